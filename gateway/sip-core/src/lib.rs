@@ -1,0 +1,15 @@
+//! Sans-IO SIP core of csps: messages, transactions (RFC 3261 §17 with RFC 6026), the registrar
+//! and digest authentication. Nothing here reads a clock, touches a socket or spawns: time comes in
+//! with each input, randomness from an injected RNG, and work for the outside world leaves as output.
+#![forbid(unsafe_code)]
+
+pub mod headers;
+pub mod message;
+pub mod parse;
+pub mod transport;
+pub mod uri;
+
+pub use message::{Header, Headers, Message, Method, Request, Response, SipHeaders};
+pub use parse::{Frame, ParseError, Parsed, frame, parse};
+pub use uri::Uri;
+pub use transport::{FlowId, Remote, Transport};
