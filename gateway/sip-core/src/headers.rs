@@ -104,7 +104,11 @@ impl Via {
 
     /// Sets or adds a parameter.
     pub fn set_param(&mut self, name: &str, value: Option<String>) {
-        match self.params.iter_mut().find(|(k, _)| k.eq_ignore_ascii_case(name)) {
+        match self
+            .params
+            .iter_mut()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        {
             Some(p) => p.1 = value,
             None => self.params.push((name.to_owned(), value)),
         }
@@ -194,7 +198,11 @@ impl NameAddr {
 
     /// Sets or adds a header parameter.
     pub fn set_param(&mut self, name: &str, value: Option<String>) {
-        match self.params.iter_mut().find(|(k, _)| k.eq_ignore_ascii_case(name)) {
+        match self
+            .params
+            .iter_mut()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        {
             Some(p) => p.1 = value,
             None => self.params.push((name.to_owned(), value)),
         }

@@ -3,6 +3,7 @@
 //! with each input, randomness from an injected RNG, and work for the outside world leaves as output.
 #![forbid(unsafe_code)]
 
+pub mod digest;
 pub mod headers;
 pub mod message;
 pub mod parse;
@@ -11,5 +12,5 @@ pub mod uri;
 
 pub use message::{Header, Headers, Message, Method, Request, Response, SipHeaders};
 pub use parse::{Frame, ParseError, Parsed, frame, parse};
-pub use uri::Uri;
 pub use transport::{FlowId, Remote, Transport};
+pub use uri::Uri;

@@ -255,7 +255,8 @@ impl Headers {
     /// Removes every line named `name`.
     pub fn remove(&mut self, name: &str) {
         let canon = canonical_name(name);
-        self.entries.retain(|h| !h.name.eq_ignore_ascii_case(&canon));
+        self.entries
+            .retain(|h| !h.name.eq_ignore_ascii_case(&canon));
     }
 
     /// All header lines in order.
@@ -341,7 +342,10 @@ pub trait SipHeaders {
 
     /// The topmost Via value, parsed.
     fn top_via(&self) -> Option<Via> {
-        self.headers().values("Via").next().and_then(|v| Via::parse(v).ok())
+        self.headers()
+            .values("Via")
+            .next()
+            .and_then(|v| Via::parse(v).ok())
     }
     /// The Call-ID.
     fn call_id(&self) -> Option<&str> {
@@ -353,11 +357,15 @@ pub trait SipHeaders {
     }
     /// The From header, parsed.
     fn from_hdr(&self) -> Option<NameAddr> {
-        self.headers().get("From").and_then(|v| NameAddr::parse(v).ok())
+        self.headers()
+            .get("From")
+            .and_then(|v| NameAddr::parse(v).ok())
     }
     /// The To header, parsed.
     fn to_hdr(&self) -> Option<NameAddr> {
-        self.headers().get("To").and_then(|v| NameAddr::parse(v).ok())
+        self.headers()
+            .get("To")
+            .and_then(|v| NameAddr::parse(v).ok())
     }
 }
 

@@ -1,0 +1,78 @@
+//! The `Store`: everything csps keeps — users (SIP accounts with HA1s), registrations (one document
+//! per binding), configuration entries — behind one async trait, so the embedded backend (default,
+//! one server) and MongoDB (several servers) are interchangeable without changing callers.
+
+pub mod embedded;
+pub mod model;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+pub use model::{
+    BindingKey, ConfigEntry, Ha1, HashAlgorithm, NewUser, Registration, User, UserPatch,
+};
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// A unique key (username per domain) is already taken.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The record does not exist.
+    #[error("not found")]
+    NotFound,
+    /// The backend failed (I/O, corruption, connection); the operation may be retried.
+    #[error("store backend: {0}")]
+    Backend(String),
+}
+
+/// Filter for listing registrations.
+#[derive(Clone, Debug, Default)]
+pub struct RegistrationFilter {
+    /// Only bindings hosted by this server.
+    pub server: Option<String>,
+    /// Only bindings of this AoR.
+    pub aor: Option<String>,
+}
+
+/// Persistent state of csps. Every method is durable when it returns `Ok`.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Creates a user; `Conflict` when the username is taken in that domain.
+    async fn create_user(&self, user: User) -> Result<User, StoreError>;
+    /// One user by id.
+    async fn get_user(&self, id: Uuid) -> Result<Option<User>, StoreError>;
+    /// One user by username and domain (both compared case-insensitively).
+    async fn find_user(&self, username: &str, domain: &str) -> Result<Option<User>, StoreError>;
+    /// All users.
+    async fn list_users(&self) -> Result<Vec<User>, StoreError>;
+    /// Replaces a user record (same id); `Conflict` if the new username is taken.
+    async fn update_user(&self, user: User) -> Result<User, StoreError>;
+    /// Deletes a user; `NotFound` if absent.
+    async fn delete_user(&self, id: Uuid) -> Result<(), StoreError>;
+
+    /// Inserts or replaces bindings (keyed by [`BindingKey`]) and removes others, in one durable write.
+    async fn write_registrations(
+        &self,
+        upserts: &[Registration],
+        removals: &[BindingKey],
+    ) -> Result<(), StoreError>;
+    /// Bindings not expired at `now`, matching `filter`.
+    async fn list_registrations(
+        &self,
+        filter: &RegistrationFilter,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Registration>, StoreError>;
+
+    /// A configuration entry (`*` or a server name) as stored JSON.
+    async fn get_config(&self, name: &str) -> Result<Option<ConfigEntry>, StoreError>;
+    /// Writes a configuration entry.
+    async fn put_config(&self, name: &str, entry: &ConfigEntry) -> Result<(), StoreError>;
+    /// Names of all configuration entries.
+    async fn list_config(&self) -> Result<Vec<String>, StoreError>;
+
+    /// Makes every earlier write durable (a no-op where each write already is).
+    async fn flush(&self) -> Result<(), StoreError>;
+}

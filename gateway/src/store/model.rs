@@ -1,0 +1,154 @@
+//! Records the store keeps, shaped for JSON (REST) and BSON (MongoDB) alike.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Digest hash algorithm of a stored HA1 (RFC 8760).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HashAlgorithm {
+    /// MD5 (RFC 2617).
+    #[serde(rename = "MD5")]
+    Md5,
+    /// SHA-256 (RFC 8760).
+    #[serde(rename = "SHA-256")]
+    Sha256,
+}
+
+/// H(username:realm:password) for one realm and algorithm; the password itself is never stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ha1 {
+    /// The realm the hash was computed for.
+    pub realm: String,
+    /// Hash algorithm.
+    pub algorithm: HashAlgorithm,
+    /// Lower-case hex digest.
+    pub hash: String,
+}
+
+/// A SIP account, later bound to a Teams user.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    /// Opaque id.
+    pub id: Uuid,
+    /// SIP username, unique per domain.
+    pub username: String,
+    /// SIP domain (realm of the account).
+    pub domain: String,
+    /// Display name.
+    pub display_name: Option<String>,
+    /// Teams user principal name.
+    pub upn: Option<String>,
+    /// E.164 number.
+    pub phone_number: Option<String>,
+    /// A disabled account cannot register.
+    pub enabled: bool,
+    /// HA1 values, one per realm and algorithm.
+    pub ha1: Vec<Ha1>,
+    /// When the account was created.
+    pub created_at: DateTime<Utc>,
+}
+
+/// What `POST /api/users` accepts.
+#[derive(Clone, Debug, Deserialize)]
+pub struct NewUser {
+    /// SIP username.
+    pub username: String,
+    /// Plain password, turned into HA1s at once.
+    pub password: String,
+    /// SIP domain; the default domain when absent.
+    pub domain: Option<String>,
+    /// Display name.
+    pub display_name: Option<String>,
+    /// Teams UPN.
+    pub upn: Option<String>,
+    /// E.164 number.
+    pub phone_number: Option<String>,
+}
+
+/// What `PATCH /api/users/{id}` may change (JSON merge patch semantics).
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct UserPatch {
+    /// New password (HA1s recomputed for the user's domain).
+    pub password: Option<String>,
+    /// Display name (`null` clears it).
+    #[serde(default, with = "double_option")]
+    pub display_name: Option<Option<String>>,
+    /// Teams UPN (`null` clears it).
+    #[serde(default, with = "double_option")]
+    pub upn: Option<Option<String>>,
+    /// E.164 number (`null` clears it).
+    #[serde(default, with = "double_option")]
+    pub phone_number: Option<Option<String>>,
+    /// Enabled flag.
+    pub enabled: Option<bool>,
+}
+
+mod double_option {
+    use serde::{Deserialize, Deserializer};
+    pub fn deserialize<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: Deserialize<'de>,
+    {
+        Option::<T>::deserialize(d).map(Some)
+    }
+}
+
+/// What identifies one binding: the AoR and either the RFC 5626 instance (`+sip.instance`
+/// and `reg-id`) or, when the phone sends none, the Contact URI.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct BindingKey {
+    /// Address of record, `sip:user@domain`.
+    pub aor: String,
+    /// `instance:<+sip.instance>;reg-id=<n>` or `contact:<uri>`.
+    pub binding: String,
+}
+
+/// One registered contact of an AoR.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registration {
+    /// Address of record.
+    pub aor: String,
+    /// The binding part of the key (see [`BindingKey`]).
+    pub binding: String,
+    /// Contact as the phone sent it (name-addr without expires).
+    pub contact: String,
+    /// Server that holds the phone's flow.
+    pub server: String,
+    /// Transport the REGISTER came over (`udp`, `tcp`, `tls`, `ws`).
+    pub transport: String,
+    /// Source address and port of the REGISTER.
+    pub source: String,
+    /// Local address the REGISTER arrived on.
+    pub local: String,
+    /// User-Agent header.
+    pub user_agent: Option<String>,
+    /// When the binding lapses.
+    pub expires_at: DateTime<Utc>,
+    /// `+sip.instance`, when sent.
+    pub instance_id: Option<String>,
+    /// `reg-id`, when sent.
+    pub reg_id: Option<u32>,
+    /// Call-ID of the REGISTER (RFC 3261 §10.3 ordering).
+    pub call_id: String,
+    /// CSeq of the REGISTER.
+    pub cseq: u32,
+    /// Contact q-value ×1000.
+    pub q: Option<u16>,
+    /// True when the phone is behind NAT (reached at `source`, kept alive by the gateway).
+    pub nat: bool,
+}
+
+impl Registration {
+    /// The key of this binding.
+    pub fn key(&self) -> BindingKey {
+        BindingKey {
+            aor: self.aor.clone(),
+            binding: self.binding.clone(),
+        }
+    }
+}
+
+/// A configuration entry: `{"Data":{"System":{…},"SipConfig":{…},…}}`.
+pub type ConfigEntry = serde_json::Value;
