@@ -7,6 +7,7 @@ pub mod digest;
 pub mod headers;
 pub mod message;
 pub mod parse;
+pub mod registrar;
 pub mod transport;
 pub mod uri;
 
