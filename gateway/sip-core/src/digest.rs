@@ -263,8 +263,17 @@ impl<'a> DigestParams<'a> {
                 (after[..end].trim_end(), &after[end..])
             };
             const NAMES: [&str; 11] = [
-                "username", "realm", "nonce", "uri", "response", "algorithm", "cnonce", "qop",
-                "nc", "opaque", "stale",
+                "username",
+                "realm",
+                "nonce",
+                "uri",
+                "response",
+                "algorithm",
+                "cnonce",
+                "qop",
+                "nc",
+                "opaque",
+                "stale",
             ];
             if let Some(i) = NAMES.iter().position(|n| n.eq_ignore_ascii_case(name)) {
                 let slot = match i {
@@ -404,8 +413,21 @@ mod tests {
         assert_eq!(p.opaque, Some(""));
         assert!(DigestParams::parse("Basic abc").is_none());
         assert!(DigestParams::parse(r#"Digest realm="unterminated"#).is_none());
-        let a = authorization(Algorithm::Md5, "u", "r", "h", "n", 3, "c", "REGISTER", "sip:r");
+        let a = authorization(
+            Algorithm::Md5,
+            "u",
+            "r",
+            "h",
+            "n",
+            3,
+            "c",
+            "REGISTER",
+            "sip:r",
+        );
         let p = DigestParams::parse(&a).expect("own output parses");
-        assert_eq!((p.nc, p.qop, p.algorithm), (Some("00000003"), Some("auth"), Some("MD5")));
+        assert_eq!(
+            (p.nc, p.qop, p.algorithm),
+            (Some("00000003"), Some("auth"), Some("MD5"))
+        );
     }
 }

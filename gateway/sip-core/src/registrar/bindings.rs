@@ -101,6 +101,8 @@ impl Table {
         let old = match list.iter_mut().find(|x| x.key == b.key) {
             Some(slot) => Some(std::mem::replace(slot, b).expires_at),
             None => {
+                // Most AoRs hold one or two bindings: grow one at a time, not by doubling.
+                list.reserve_exact(1);
                 list.push(b);
                 self.len += 1;
                 None
@@ -124,6 +126,8 @@ impl Table {
         self.len -= 1;
         if list.is_empty() {
             self.by_aor.remove(&aor);
+        } else if list.capacity() > 2 * list.len() {
+            list.shrink_to_fit();
         }
         self.unindex(&aor, b.expires_at);
         Some(b)
@@ -163,7 +167,8 @@ impl Table {
         out
     }
 
-    /// Heap bytes of the table's own structures (not of the strings inside bindings), roughly.
+    /// Heap bytes of the table's own structures, roughly: map slots, shared AoR keys, expiry index
+    /// and unused `Vec` capacity (not the `Binding` structs themselves nor their strings).
     pub(crate) fn index_bytes(&self) -> usize {
         let entry = std::mem::size_of::<(Arc<str>, Vec<Binding>)>() + 8;
         self.by_aor.capacity() * entry
@@ -171,7 +176,9 @@ impl Table {
             + self
                 .by_aor
                 .iter()
-                .map(|(k, v)| k.len() + 16 + v.capacity() * std::mem::size_of::<Binding>())
+                .map(|(k, v)| {
+                    k.len() + 16 + (v.capacity() - v.len()) * std::mem::size_of::<Binding>()
+                })
                 .sum::<usize>()
     }
 }

@@ -90,11 +90,7 @@ impl Limiter {
             return false;
         };
         e.ip.locked(now)
-            || account.is_some_and(|a| {
-                e.accounts
-                    .iter()
-                    .any(|(k, c)| &**k == a && c.locked(now))
-            })
+            || account.is_some_and(|a| e.accounts.iter().any(|(k, c)| &**k == a && c.locked(now)))
     }
 
     /// Counts one failed attempt for `account` (when known) from `ip`; returns how many lockouts
@@ -130,10 +126,7 @@ impl Limiter {
             };
             started += u32::from(e.accounts[i].1.bump(now, limit, window, lockout));
         }
-        started += u32::from(
-            e.ip
-                .bump(now, limit.saturating_mul(IP_FACTOR), window, lockout),
-        );
+        started += u32::from(e.ip.bump(now, limit.saturating_mul(IP_FACTOR), window, lockout));
         started
     }
 

@@ -269,7 +269,7 @@ impl Registrar {
         self.table.len() == 0
     }
 
-    /// Rough bytes held by the binding table's index structures (excluding the bindings' strings).
+    /// Rough heap bytes of the binding table's index structures (beyond the bindings themselves).
     pub fn index_bytes(&self) -> usize {
         self.table.index_bytes()
     }
@@ -356,15 +356,7 @@ impl Registrar {
                 self.counters.locked_rejections += 1;
                 return Err(plain(Refusal::Forbidden("locked out")));
             }
-            self.authenticate(
-                now,
-                req,
-                &username,
-                &domain,
-                &aor,
-                ip,
-                account.as_deref(),
-            )?;
+            self.authenticate(now, req, &username, &domain, &aor, ip, account.as_deref())?;
         }
         self.bind(now, req, from, local, &aor, call_id, cseq, rng)
             .map_err(plain)
@@ -432,7 +424,10 @@ impl Registrar {
         if !qop.eq_ignore_ascii_case("auth") {
             return Err(challenge(false));
         }
-        let Some(alg) = c.algorithm.map_or(Some(Algorithm::Md5), Algorithm::from_token) else {
+        let Some(alg) = c
+            .algorithm
+            .map_or(Some(Algorithm::Md5), Algorithm::from_token)
+        else {
             return Err(challenge(false));
         };
         let (id, issued, stale) = match self.nonces.check(c_nonce, now, self.cfg.nonce_lifetime) {
@@ -661,10 +656,7 @@ impl Registrar {
     ) -> Response {
         let mut r = response(req, 200, "OK", rng);
         for b in self.table.get(aor) {
-            let left = b
-                .expires_at
-                .duration_since(now)
-                .map_or(0, |d| d.as_secs());
+            let left = b.expires_at.duration_since(now).map_or(0, |d| d.as_secs());
             r.headers
                 .push("Contact", format!("{};expires={left}", b.contact));
         }
@@ -696,10 +688,8 @@ impl Registrar {
             }
             Refusal::Forbidden(why) => {
                 let mut r = response(req, 403, "Forbidden", rng);
-                r.headers.push(
-                    "Warning",
-                    format!("399 {} \"{why}\"", self.cfg.server_name),
-                );
+                r.headers
+                    .push("Warning", format!("399 {} \"{why}\"", self.cfg.server_name));
                 r
             }
             Refusal::Challenge { stale } => {
@@ -800,9 +790,10 @@ fn parse_delta(s: &str) -> Option<u32> {
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    Some(s.parse::<u64>().map_or(u32::MAX, |v| {
-        u32::try_from(v).unwrap_or(u32::MAX)
-    }))
+    Some(
+        s.parse::<u64>()
+            .map_or(u32::MAX, |v| u32::try_from(v).unwrap_or(u32::MAX)),
+    )
 }
 
 /// A q-value (`0`, `0.5`, `1.000`) × 1000.
