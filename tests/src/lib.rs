@@ -1,1 +1,357 @@
 //! Helpers for the integration tests: start `csps`, wait for its ports, talk SIP and HTTP.
+//!
+//! The gateway is started as a real process (`csps serve`) in a temporary data directory on free
+//! loopback ports; [`Gateway`] kills it on drop, also when a test panics. HTTP goes through a tiny
+//! blocking HTTP/1.1 client ([`http`]); SIPp runs through [`Sipp`].
+//!
+//! Tests are skipped (with a message on stderr) when the `csps` binary or the peer tool is not
+//! available, unless `CSPS_E2E_REQUIRED=1` is set, which turns a skip into a failure (CI sets it).
+
+#![forbid(unsafe_code)]
+
+pub mod http;
+pub mod sipp;
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub use sipp::{Sipp, SippOutcome};
+
+/// Where `e2e/` lives, for scenario files and configs.
+pub fn e2e_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../e2e")
+}
+
+/// The path of a SIPp scenario under `e2e/sipp/`.
+pub fn scenario(name: &str) -> PathBuf {
+    e2e_dir().join("sipp").join(name)
+}
+
+/// True when a missing prerequisite must fail the test instead of skipping it.
+pub fn e2e_required() -> bool {
+    std::env::var("CSPS_E2E_REQUIRED").is_ok_and(|v| v == "1")
+}
+
+/// Reports a missing prerequisite: panics under `CSPS_E2E_REQUIRED=1`, else prints and returns.
+pub fn skip(why: &str) {
+    if e2e_required() {
+        panic!("prerequisite missing (CSPS_E2E_REQUIRED=1): {why}");
+    }
+    eprintln!("SKIPPED: {why}");
+}
+
+/// Finds the `csps` binary: `$CSPS_BIN`, else `target/<profile>/csps` above the test executable.
+pub fn find_csps_bin() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("CSPS_BIN") {
+        let p = PathBuf::from(p);
+        return p.is_file().then_some(p);
+    }
+    // A test executable lives in target/<profile>/deps/; the binary in target/<profile>/.
+    let exe = std::env::current_exe().ok()?;
+    exe.ancestors()
+        .skip(1)
+        .take(3)
+        .map(|dir| dir.join("csps"))
+        .find(|p| p.is_file())
+}
+
+/// The `csps` binary if it exists and implements `serve` with the contract's flags.
+pub fn usable_csps_bin() -> Result<PathBuf, String> {
+    let bin = find_csps_bin().ok_or_else(|| {
+        "csps binary not found: run `cargo build -p csps` or set CSPS_BIN".to_string()
+    })?;
+    let out = Command::new(&bin)
+        .args(["serve", "--help"])
+        .output()
+        .map_err(|e| format!("{}: {e}", bin.display()))?;
+    let help = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() || !help.contains("--sip-listen") {
+        return Err(format!(
+            "{} does not implement `serve --sip-listen` yet",
+            bin.display()
+        ));
+    }
+    Ok(bin)
+}
+
+/// True when `tool` is on the PATH.
+pub fn have_tool(tool: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file()))
+}
+
+/// A free TCP port on 127.0.0.1 whose UDP twin is also free (released before returning).
+pub fn free_port() -> u16 {
+    free_port_on("127.0.0.1")
+}
+
+/// A port free for both TCP and UDP on `ip` (released before returning; small race accepted).
+pub fn free_port_on(ip: &str) -> u16 {
+    for _ in 0..50 {
+        let tcp = TcpListener::bind((ip, 0)).expect("bind an ephemeral TCP port on loopback");
+        let port = tcp
+            .local_addr()
+            .expect("bound socket has an address")
+            .port();
+        if UdpSocket::bind((ip, port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no port free for both TCP and UDP on {ip}");
+}
+
+/// How to start a gateway.
+#[derive(Clone, Debug)]
+pub struct GatewayOptions {
+    /// The binary; `None` means [`usable_csps_bin`].
+    pub bin: Option<PathBuf>,
+    /// `--server-name`.
+    pub server_name: Option<String>,
+    /// Add a TCP listener on the same port as UDP.
+    pub tcp: bool,
+    /// Extra arguments after `serve`.
+    pub extra_args: Vec<String>,
+    /// How long to wait for `/healthz`.
+    pub ready_timeout: Duration,
+    /// Keep the gateway's stderr in the test output (else only its tail on failure).
+    pub echo_log: bool,
+}
+
+impl Default for GatewayOptions {
+    fn default() -> Self {
+        Self {
+            bin: None,
+            server_name: Some("test".into()),
+            tcp: true,
+            extra_args: Vec::new(),
+            ready_timeout: Duration::from_secs(20),
+            echo_log: std::env::var_os("CSPS_TEST_LOG").is_some(),
+        }
+    }
+}
+
+/// A running `csps serve` on loopback ports, killed on drop.
+pub struct Gateway {
+    child: Child,
+    /// The temporary data directory (removed on drop).
+    pub data_dir: tempfile::TempDir,
+    /// The SIP port (UDP, and TCP when enabled), on 127.0.0.1.
+    pub sip_port: u16,
+    /// The HTTP address.
+    pub http: SocketAddr,
+    /// The bearer token from `<data-dir>/admin-token`.
+    pub token: String,
+    /// The server name passed on the command line, if any.
+    pub server_name: Option<String>,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Gateway {
+    /// Starts a gateway with the default options; `Err` names a missing prerequisite.
+    pub fn start() -> Result<Gateway, String> {
+        Self::start_with(GatewayOptions::default())
+    }
+
+    /// Starts a gateway, waits for `/healthz` and reads the admin token.
+    pub fn start_with(opts: GatewayOptions) -> Result<Gateway, String> {
+        let bin = match opts.bin.clone() {
+            Some(b) => b,
+            None => usable_csps_bin()?,
+        };
+        let data_dir = tempfile::Builder::new()
+            .prefix("csps-test-")
+            .tempdir()
+            .map_err(|e| format!("temp dir: {e}"))?;
+        let sip_port = free_port();
+        let http_port = free_port();
+        let http: SocketAddr = ([127, 0, 0, 1], http_port).into();
+        let mut cmd = Command::new(&bin);
+        cmd.arg("serve")
+            .arg("--data-dir")
+            .arg(data_dir.path())
+            .arg("--sip-listen")
+            .arg(format!("udp:127.0.0.1:{sip_port}"))
+            .arg("--http-listen")
+            .arg(http.to_string());
+        if opts.tcp {
+            cmd.arg("--sip-listen")
+                .arg(format!("tcp:127.0.0.1:{sip_port}"));
+        }
+        if let Some(name) = &opts.server_name {
+            cmd.arg("--server-name").arg(name);
+        }
+        cmd.args(&opts.extra_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("spawn {}: {e}", bin.display()))?;
+        let log = Arc::new(Mutex::new(Vec::new()));
+        for pipe in [
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let log = Arc::clone(&log);
+            let echo = opts.echo_log;
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    if echo {
+                        eprintln!("[csps] {line}");
+                    }
+                    if let Ok(mut l) = log.lock() {
+                        l.push(line);
+                    }
+                }
+            });
+        }
+        let mut gw = Gateway {
+            child,
+            data_dir,
+            sip_port,
+            http,
+            token: String::new(),
+            server_name: opts.server_name.clone(),
+            log,
+        };
+        gw.wait_ready(opts.ready_timeout)?;
+        Ok(gw)
+    }
+
+    fn wait_ready(&mut self, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        let token_path = self.data_dir.path().join("admin-token");
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!(
+                    "csps exited before it was ready ({status}); log tail:\n{}",
+                    self.log_tail(30)
+                ));
+            }
+            let healthy = http::request(self.http, "GET", "/healthz", None, None)
+                .is_ok_and(|r| r.status == 200);
+            let token = std::fs::read_to_string(&token_path).unwrap_or_default();
+            if healthy && !token.trim().is_empty() {
+                self.token = token.trim().to_string();
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "csps not ready within {timeout:?} (healthz={healthy}); log tail:\n{}",
+                    self.log_tail(30)
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The process id, for /proc measurements.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The SIP address on 127.0.0.1.
+    pub fn sip_addr(&self) -> SocketAddr {
+        ([127, 0, 0, 1], self.sip_port).into()
+    }
+
+    /// The last `n` lines the gateway logged.
+    pub fn log_tail(&self, n: usize) -> String {
+        let log = self.log.lock().map(|l| l.clone()).unwrap_or_default();
+        log[log.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// A request with the admin token; the body is JSON.
+    pub fn api(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> http::Response {
+        let body = body.map(|b| b.to_string());
+        http::request(self.http, method, path, Some(&self.token), body.as_deref())
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    }
+
+    /// Creates a user in the default domain; panics unless the answer is 201.
+    pub fn create_user(&self, username: &str, password: &str) -> serde_json::Value {
+        let r = self.api(
+            "POST",
+            "/api/users",
+            Some(&serde_json::json!({"username": username, "password": password})),
+        );
+        assert_eq!(r.status, 201, "POST /api/users {username}: {}", r.body);
+        r.json()
+    }
+
+    /// Adds a trusted range for this server (`--server-name`, else `*`); panics unless 201.
+    pub fn trust(&self, cidr: &str) {
+        let server = self.server_name.as_deref().unwrap_or("*");
+        let r = self.api(
+            "POST",
+            &format!("/api/config/{server}/trusted-ips"),
+            Some(&serde_json::json!({ "cidr": cidr })),
+        );
+        assert_eq!(r.status, 201, "POST trusted-ips {cidr}: {}", r.body);
+    }
+
+    /// `GET /api/registrations`, optionally for one AoR.
+    pub fn registrations(&self, aor: Option<&str>) -> Vec<serde_json::Value> {
+        let path = match aor {
+            Some(a) => format!("/api/registrations?aor={}", http::encode_query(a)),
+            None => "/api/registrations".to_string(),
+        };
+        let r = self.api("GET", &path, None);
+        assert_eq!(r.status, 200, "GET {path}: {}", r.body);
+        match r.json() {
+            serde_json::Value::Array(a) => a,
+            other => panic!("GET {path}: not a list: {other}"),
+        }
+    }
+
+    /// Registrations whose `aor` contains `user@` (tolerates `sip:` prefixes and parameters).
+    pub fn registrations_of(&self, user: &str) -> Vec<serde_json::Value> {
+        let needle = format!("{user}@");
+        self.registrations(None)
+            .into_iter()
+            .filter(|r| r["aor"].as_str().is_some_and(|a| a.contains(&needle)))
+            .collect()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("csps log tail:\n{}", self.log_tail(60));
+        }
+    }
+}
+
+/// Polls `f` every 50 ms until it returns true or `timeout` passes; returns the last result.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -1,1 +1,218 @@
-fn main() {}
+//! `csps-loadgen`: REGISTER-with-digest load over UDP, and the csps-vs-Kamailio benchmark.
+//!
+//! ```text
+//! csps-loadgen run   --target 127.0.0.1:5060 [--server-pid PID] [common flags]
+//! csps-loadgen bench [--only kamailio|csps] [--csps-bin target/release/csps]
+//!                    [--kamailio-bin kamailio] [--kamailio-cfg e2e/kamailio/kamailio.cfg]
+//!                    [--kamailio-children 4] [--kamailio-shm-mb 256] [common flags]
+//! common: --accounts 10000 --rates 2000,4000,… --step-secs 5 --drain-secs 5 --pause-secs 1
+//!         --domain csps.local --prefix u
+//! ```
+//! Account `i` is `{prefix}{i:06}` with password `pw-{username}`. A step sends `rate × step-secs`
+//! registrations, open loop, accounts round-robin, each with a fresh Call-ID: REGISTER, 401,
+//! REGISTER with an MD5 digest answer (`qop=auth`), 200. "REGISTER/s" counts registrations
+//! (each is two transactions).
+
+mod bench;
+mod load;
+mod sip;
+mod sys;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+const DEFAULT_RATES: &str = "2000,4000,6000,8000,10000,12000,15000,20000";
+
+fn usage() -> &'static str {
+    "usage: csps-loadgen run --target IP:PORT [--server-pid PID] [common]\n       \
+     csps-loadgen bench [--only kamailio|csps] [--csps-bin PATH] [--kamailio-bin PATH]\n                          \
+     [--kamailio-cfg PATH] [--kamailio-children N] [--kamailio-shm-mb N] [common]\n\
+     common: --accounts N (10000) --rates R1,R2,... (2000..20000) --step-secs S (5)\n        \
+     --drain-secs S (5) --pause-secs S (1) --domain D (csps.local) --prefix P (u)"
+}
+
+/// `--flag value` pairs.
+fn parse_flags(args: &[String]) -> Result<HashMap<String, String>, String> {
+    let mut m = HashMap::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let Some(name) = a.strip_prefix("--") else {
+            return Err(format!("unexpected argument {a}"));
+        };
+        if name == "help" {
+            return Err(String::new());
+        }
+        let (k, v) = match name.split_once('=') {
+            Some((k, v)) => (k.to_string(), v.to_string()),
+            None => (
+                name.to_string(),
+                it.next()
+                    .ok_or_else(|| format!("--{name} needs a value"))?
+                    .clone(),
+            ),
+        };
+        m.insert(k, v);
+    }
+    Ok(m)
+}
+
+fn get<T: std::str::FromStr>(
+    f: &HashMap<String, String>,
+    k: &str,
+    default: T,
+) -> Result<T, String> {
+    match f.get(k) {
+        Some(v) => v.parse().map_err(|_| format!("--{k}: cannot parse {v:?}")),
+        None => Ok(default),
+    }
+}
+
+fn plan(f: &HashMap<String, String>) -> Result<bench::Plan, String> {
+    let rates = f
+        .get("rates")
+        .map_or(DEFAULT_RATES, String::as_str)
+        .split(',')
+        .map(|r| {
+            r.trim()
+                .parse::<f64>()
+                .map_err(|_| format!("--rates: bad rate {r:?}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if rates.iter().any(|r| *r <= 0.0 || *r > 200_000.0) {
+        return Err("--rates: each rate must be in (0, 200000]".into());
+    }
+    let step_secs: f64 = get(f, "step-secs", 5.0)?;
+    let drain: f64 = get(f, "drain-secs", 5.0)?;
+    let pause: f64 = get(f, "pause-secs", 1.0)?;
+    if !(0.1..=120.0).contains(&step_secs)
+        || !(0.0..=60.0).contains(&drain)
+        || !(0.0..=60.0).contains(&pause)
+    {
+        return Err(
+            "--step-secs must be in [0.1, 120], --drain-secs and --pause-secs in [0, 60]".into(),
+        );
+    }
+    let accounts: u32 = get(f, "accounts", 10_000)?;
+    if accounts == 0 || accounts > 1_000_000 {
+        return Err("--accounts must be in [1, 1000000]".into());
+    }
+    Ok(bench::Plan {
+        accounts,
+        prefix: get(f, "prefix", "u".to_string())?,
+        domain: get(f, "domain", "csps.local".to_string())?,
+        rates,
+        step_secs,
+        drain: Duration::from_secs_f64(drain),
+        pause: Duration::from_secs_f64(pause),
+    })
+}
+
+fn run(f: &HashMap<String, String>) -> Result<(), String> {
+    let plan = plan(f)?;
+    let target: std::net::SocketAddr = f
+        .get("target")
+        .ok_or("--target IP:PORT is required")?
+        .parse()
+        .map_err(|_| "--target: expected IP:PORT")?;
+    if !target.ip().is_loopback() {
+        return Err("--target must be a loopback address".into());
+    }
+    let pid: Option<u32> = f
+        .get("server-pid")
+        .map(|p| p.parse())
+        .transpose()
+        .map_err(|_| "--server-pid: not a number")?;
+    sys::raise_nofile();
+    let (run, _) = bench::run_steps(&plan, target, pid, "target").map_err(|e| e.to_string())?;
+    bench::summary(&[run]);
+    Ok(())
+}
+
+fn bench_cmd(f: &HashMap<String, String>) -> Result<(), String> {
+    let plan = plan(f)?;
+    let only = f.get("only").map(String::as_str);
+    let nofile = sys::raise_nofile();
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let work = tempfile::Builder::new()
+        .prefix("csps-bench-")
+        .tempdir()
+        .map_err(|e| e.to_string())?;
+    println!(
+        "REGISTER benchmark: {} accounts, rates {:?}/s, {} s per step, drain {:?}, RLIMIT_NOFILE {nofile}, {} CPUs",
+        plan.accounts,
+        plan.rates,
+        plan.step_secs,
+        plan.drain,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    let mut runs = Vec::new();
+    if only != Some("csps") {
+        let k = bench::KamailioOpts {
+            bin: get(f, "kamailio-bin", PathBuf::from("kamailio"))?,
+            cfg: get(f, "kamailio-cfg", repo.join("e2e/kamailio/kamailio.cfg"))?,
+            children: get(f, "kamailio-children", 4)?,
+            shm_mb: get(f, "kamailio-shm-mb", 256)?,
+        };
+        println!();
+        runs.push(
+            bench::bench_kamailio(&plan, &k, work.path()).map_err(|e| format!("kamailio: {e}"))?,
+        );
+    }
+    if only != Some("kamailio") {
+        let bin: PathBuf = get(f, "csps-bin", repo.join("target/release/csps"))?;
+        println!();
+        match csps_usable(&bin) {
+            Ok(()) => runs.push(bench::bench_csps(&plan, &bin).map_err(|e| format!("csps: {e}"))?),
+            Err(why) if only == Some("csps") => return Err(why),
+            Err(why) => println!("csps skipped: {why}"),
+        }
+    }
+    bench::summary(&runs);
+    if f.contains_key("keep-logs") {
+        println!("logs kept in {}", work.keep().display());
+    }
+    Ok(())
+}
+
+/// Checks that `bin` is a csps that implements `serve` with the contract's flags.
+fn csps_usable(bin: &std::path::Path) -> Result<(), String> {
+    let out = std::process::Command::new(bin)
+        .args(["serve", "--help"])
+        .output()
+        .map_err(|e| {
+            format!(
+                "{}: {e} (build it with `cargo build --release -p csps`)",
+                bin.display()
+            )
+        })?;
+    if out.status.success() && String::from_utf8_lossy(&out.stdout).contains("--sip-listen") {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} does not implement `serve --sip-listen` yet",
+            bin.display()
+        ))
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("run") => parse_flags(&args[1..]).and_then(|f| run(&f)),
+        Some("bench") => parse_flags(&args[1..]).and_then(|f| bench_cmd(&f)),
+        _ => Err(String::new()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is_empty() => {
+            eprintln!("{}", usage());
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("error: {e}\n{}", usage());
+            ExitCode::from(2)
+        }
+    }
+}
