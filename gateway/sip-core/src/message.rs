@@ -5,8 +5,9 @@
 
 use bytes::Bytes;
 use std::fmt;
+use std::io::Write as _;
 
-use crate::headers::{CSeq, NameAddr, Via};
+use crate::headers::{CSeq, Contacts, HeaderError, NameAddr, Via};
 use crate::uri::Uri;
 
 /// Largest message accepted on any transport (DESIGN: 64 KiB).
@@ -95,79 +96,75 @@ pub struct Header {
 
 /// Maps a received header name (any case, compact or long) to its canonical long form.
 pub fn canonical_name(name: &str) -> std::borrow::Cow<'static, str> {
-    use std::borrow::Cow;
-    const KNOWN: &[(&str, &str)] = &[
-        ("v", "Via"),
-        ("f", "From"),
-        ("t", "To"),
-        ("i", "Call-ID"),
-        ("m", "Contact"),
-        ("l", "Content-Length"),
-        ("c", "Content-Type"),
-        ("k", "Supported"),
-        ("s", "Subject"),
-        ("e", "Content-Encoding"),
-        ("o", "Event"),
-        ("u", "Allow-Events"),
-        ("r", "Refer-To"),
-        ("b", "Referred-By"),
-        ("x", "Session-Expires"),
-        ("y", "Identity"),
-        ("via", "Via"),
-        ("from", "From"),
-        ("to", "To"),
-        ("call-id", "Call-ID"),
-        ("cseq", "CSeq"),
-        ("contact", "Contact"),
-        ("content-length", "Content-Length"),
-        ("content-type", "Content-Type"),
-        ("max-forwards", "Max-Forwards"),
-        ("expires", "Expires"),
-        ("min-expires", "Min-Expires"),
-        ("route", "Route"),
-        ("record-route", "Record-Route"),
-        ("authorization", "Authorization"),
-        ("proxy-authorization", "Proxy-Authorization"),
-        ("www-authenticate", "WWW-Authenticate"),
-        ("proxy-authenticate", "Proxy-Authenticate"),
-        ("user-agent", "User-Agent"),
-        ("server", "Server"),
-        ("allow", "Allow"),
-        ("supported", "Supported"),
-        ("require", "Require"),
-        ("proxy-require", "Proxy-Require"),
-        ("unsupported", "Unsupported"),
-        ("warning", "Warning"),
-        ("retry-after", "Retry-After"),
-        ("accept", "Accept"),
-        ("date", "Date"),
-        ("path", "Path"),
-        ("refer-to", "Refer-To"),
-        ("referred-by", "Referred-By"),
-        ("replaces", "Replaces"),
-        ("session-expires", "Session-Expires"),
-        ("min-se", "Min-SE"),
-        ("rseq", "RSeq"),
-        ("rack", "RAck"),
-        ("event", "Event"),
-        ("subscription-state", "Subscription-State"),
-        ("p-asserted-identity", "P-Asserted-Identity"),
-        ("p-preferred-identity", "P-Preferred-Identity"),
-        ("reason", "Reason"),
-        ("subject", "Subject"),
-        ("content-encoding", "Content-Encoding"),
-        ("content-disposition", "Content-Disposition"),
-        ("allow-events", "Allow-Events"),
-        ("identity", "Identity"),
-        ("history-info", "History-Info"),
-        ("diversion", "Diversion"),
-    ];
-    for (k, v) in KNOWN {
-        if name.eq_ignore_ascii_case(k) {
-            return Cow::Borrowed(v);
-        }
+    match known_name(name) {
+        Some(c) => std::borrow::Cow::Borrowed(c),
+        None => std::borrow::Cow::Owned(name.to_owned()),
     }
-    Cow::Owned(name.to_owned())
+}
+
+/// The canonical spelling of a known header name or compact form, without allocating: the name
+/// is lower-cased into a stack buffer and matched, so a lookup costs one `match`, not a table scan.
+pub fn known_name(name: &str) -> Option<&'static str> {
+    let mut buf = [0u8; 24];
+    let lower = buf.get_mut(..name.len())?;
+    lower.copy_from_slice(name.as_bytes());
+    lower.make_ascii_lowercase();
+    Some(match &*lower {
+        b"v" | b"via" => "Via",
+        b"f" | b"from" => "From",
+        b"t" | b"to" => "To",
+        b"i" | b"call-id" => "Call-ID",
+        b"m" | b"contact" => "Contact",
+        b"l" | b"content-length" => "Content-Length",
+        b"c" | b"content-type" => "Content-Type",
+        b"k" | b"supported" => "Supported",
+        b"s" | b"subject" => "Subject",
+        b"e" | b"content-encoding" => "Content-Encoding",
+        b"o" | b"event" => "Event",
+        b"u" | b"allow-events" => "Allow-Events",
+        b"r" | b"refer-to" => "Refer-To",
+        b"b" | b"referred-by" => "Referred-By",
+        b"x" | b"session-expires" => "Session-Expires",
+        b"y" | b"identity" => "Identity",
+        b"cseq" => "CSeq",
+        b"max-forwards" => "Max-Forwards",
+        b"expires" => "Expires",
+        b"min-expires" => "Min-Expires",
+        b"route" => "Route",
+        b"record-route" => "Record-Route",
+        b"authorization" => "Authorization",
+        b"proxy-authorization" => "Proxy-Authorization",
+        b"www-authenticate" => "WWW-Authenticate",
+        b"proxy-authenticate" => "Proxy-Authenticate",
+        b"user-agent" => "User-Agent",
+        b"server" => "Server",
+        b"allow" => "Allow",
+        b"require" => "Require",
+        b"proxy-require" => "Proxy-Require",
+        b"unsupported" => "Unsupported",
+        b"warning" => "Warning",
+        b"retry-after" => "Retry-After",
+        b"accept" => "Accept",
+        b"date" => "Date",
+        b"path" => "Path",
+        b"replaces" => "Replaces",
+        b"min-se" => "Min-SE",
+        b"rseq" => "RSeq",
+        b"rack" => "RAck",
+        b"subscription-state" => "Subscription-State",
+        b"p-asserted-identity" => "P-Asserted-Identity",
+        b"p-preferred-identity" => "P-Preferred-Identity",
+        b"reason" => "Reason",
+        b"content-disposition" => "Content-Disposition",
+        b"history-info" => "History-Info",
+        b"diversion" => "Diversion",
+        _ => return None,
+    })
+}
+
+/// A lookup key: the canonical name when known, else the name as given (no allocation either way).
+fn lookup_key(name: &str) -> &str {
+    known_name(name).unwrap_or(name)
 }
 
 /// The ordered header list of a message. Lookups are case-insensitive and accept compact forms.
@@ -184,16 +181,16 @@ impl Headers {
 
     /// The first value of `name`, if present.
     pub fn get(&self, name: &str) -> Option<&str> {
-        let name = canonical_name(name);
+        let name = lookup_key(name);
         self.entries
             .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(&name))
+            .find(|h| h.name.eq_ignore_ascii_case(name))
             .map(|h| h.value.as_str())
     }
 
     /// Every header line named `name`, in order (a line may still hold a comma-separated list).
     pub fn get_all<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a str> + 'a {
-        let name = canonical_name(name).into_owned();
+        let name = canonical_name(name);
         self.entries
             .iter()
             .filter(move |h| h.name.eq_ignore_ascii_case(&name))
@@ -207,7 +204,11 @@ impl Headers {
 
     /// How many header lines are named `name`.
     pub fn count(&self, name: &str) -> usize {
-        self.get_all(name).count()
+        let name = lookup_key(name);
+        self.entries
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(name))
+            .count()
     }
 
     /// Appends a header line.
@@ -231,32 +232,31 @@ impl Headers {
 
     /// Replaces every line named `name` by one line holding `value`, keeping the first one's place.
     pub fn set(&mut self, name: &str, value: impl Into<String>) {
-        let canon = canonical_name(name);
+        let canon = lookup_key(name);
         match self
             .entries
             .iter()
-            .position(|h| h.name.eq_ignore_ascii_case(&canon))
+            .position(|h| h.name.eq_ignore_ascii_case(canon))
         {
             Some(i) => {
                 self.entries[i].value = value.into();
                 let mut j = i + 1;
                 while j < self.entries.len() {
-                    if self.entries[j].name.eq_ignore_ascii_case(&canon) {
+                    if self.entries[j].name.eq_ignore_ascii_case(canon) {
                         self.entries.remove(j);
                     } else {
                         j += 1;
                     }
                 }
             }
-            None => self.push(&canon, value),
+            None => self.push(canon, value),
         }
     }
 
     /// Removes every line named `name`.
     pub fn remove(&mut self, name: &str) {
-        let canon = canonical_name(name);
-        self.entries
-            .retain(|h| !h.name.eq_ignore_ascii_case(&canon));
+        let canon = lookup_key(name);
+        self.entries.retain(|h| !h.name.eq_ignore_ascii_case(canon));
     }
 
     /// All header lines in order.
@@ -275,27 +275,39 @@ impl Headers {
     }
 }
 
-/// Splits a header value at top-level commas (not inside quotes, `<…>` or after a backslash).
+/// Splits a header value at top-level commas (not inside quotes, `<…>` or after a backslash);
+/// empty elements are skipped. Lazy, so a lookup of the first Via costs no allocation.
 pub fn split_list(value: &str) -> impl Iterator<Item = &str> {
-    let mut parts = Vec::new();
     let bytes = value.as_bytes();
-    let (mut start, mut in_quotes, mut in_angle, mut i) = (0, false, false, 0);
-    while i < bytes.len() {
-        match bytes[i] {
-            b'\\' if in_quotes => i += 1,
-            b'"' => in_quotes = !in_quotes,
-            b'<' if !in_quotes => in_angle = true,
-            b'>' if !in_quotes => in_angle = false,
-            b',' if !in_quotes && !in_angle => {
-                parts.push(value[start..i].trim());
-                start = i + 1;
+    let (mut start, mut i) = (0, 0);
+    std::iter::from_fn(move || {
+        let (mut in_quotes, mut in_angle) = (false, false);
+        while start <= bytes.len() {
+            if i >= bytes.len() {
+                let part = value.get(start..).unwrap_or("").trim();
+                start = bytes.len() + 1;
+                return (!part.is_empty()).then_some(part);
             }
-            _ => {}
+            match bytes[i] {
+                b'\\' if in_quotes => i += 1,
+                b'"' => in_quotes = !in_quotes,
+                b'<' if !in_quotes => in_angle = true,
+                b'>' if !in_quotes => in_angle = false,
+                b',' if !in_quotes && !in_angle => {
+                    let part = value.get(start..i).unwrap_or("").trim();
+                    i += 1;
+                    start = i;
+                    if !part.is_empty() {
+                        return Some(part);
+                    }
+                    continue;
+                }
+                _ => {}
+            }
+            i += 1;
         }
-        i += 1;
-    }
-    parts.push(value[start..].trim());
-    parts.into_iter().filter(|p| !p.is_empty())
+        None
+    })
 }
 
 /// A SIP request.
@@ -356,6 +368,8 @@ pub trait SipHeaders {
         self.headers().get("CSeq").and_then(|v| CSeq::parse(v).ok())
     }
     /// The From header, parsed.
+    // `from_hdr` names the From header, not a conversion.
+    #[allow(clippy::wrong_self_convention)]
     fn from_hdr(&self) -> Option<NameAddr> {
         self.headers()
             .get("From")
@@ -366,6 +380,80 @@ pub trait SipHeaders {
         self.headers()
             .get("To")
             .and_then(|v| NameAddr::parse(v).ok())
+    }
+    /// Max-Forwards, when present and in its legal range 0..=255.
+    fn max_forwards(&self) -> Option<u8> {
+        self.headers()
+            .get("Max-Forwards")
+            .and_then(parse_max_forwards)
+    }
+    /// Every Contact, parsed; `None` when there is no Contact header.
+    fn contacts(&self) -> Option<Result<Contacts, HeaderError>> {
+        Contacts::from_headers(self.headers())
+    }
+}
+
+/// Reads a Max-Forwards value (`1*DIGIT`, 0..=255; leading zeros allowed as in RFC 4475 wsinv).
+pub fn parse_max_forwards(v: &str) -> Option<u8> {
+    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let digits = v.trim_start_matches('0');
+    if digits.len() > 3 {
+        return None;
+    }
+    if digits.is_empty() {
+        return Some(0);
+    }
+    digits.parse().ok()
+}
+
+/// The usual reason phrase for a status code (RFC 3261 §21 and later RFCs), `""` when unknown.
+pub fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        100 => "Trying",
+        180 => "Ringing",
+        181 => "Call Is Being Forwarded",
+        182 => "Queued",
+        183 => "Session Progress",
+        200 => "OK",
+        202 => "Accepted",
+        301 => "Moved Permanently",
+        302 => "Moved Temporarily",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        406 => "Not Acceptable",
+        407 => "Proxy Authentication Required",
+        408 => "Request Timeout",
+        413 => "Request Entity Too Large",
+        415 => "Unsupported Media Type",
+        416 => "Unsupported URI Scheme",
+        420 => "Bad Extension",
+        421 => "Extension Required",
+        423 => "Interval Too Brief",
+        480 => "Temporarily Unavailable",
+        481 => "Call/Transaction Does Not Exist",
+        482 => "Loop Detected",
+        483 => "Too Many Hops",
+        484 => "Address Incomplete",
+        486 => "Busy Here",
+        487 => "Request Terminated",
+        488 => "Not Acceptable Here",
+        491 => "Request Pending",
+        500 => "Server Internal Error",
+        501 => "Not Implemented",
+        503 => "Service Unavailable",
+        504 => "Server Time-out",
+        505 => "Version Not Supported",
+        513 => "Message Too Large",
+        600 => "Busy Everywhere",
+        603 => "Decline",
+        604 => "Does Not Exist Anywhere",
+        606 => "Not Acceptable",
+        _ => "",
     }
 }
 
@@ -388,12 +476,16 @@ impl SipHeaders for Response {
 }
 
 impl Request {
-    /// Builds a response to this request as RFC 3261 §8.2.6.2 says: Via, From, To, Call-ID and
-    /// CSeq copied, Content-Length 0. The caller adds a To tag where one is needed.
+    /// Builds a response to this request as RFC 3261 §8.2.6.2 says: every Via, and the first
+    /// From, To, Call-ID and CSeq copied (a request with duplicates, RFC 4475 multi01, still gets
+    /// a well-formed answer), Content-Length 0. The caller adds a To tag where one is needed.
     pub fn response(&self, status: u16, reason: &str) -> Response {
         let mut headers = Headers::new();
-        for name in ["Via", "From", "To", "Call-ID", "CSeq"] {
-            for v in self.headers.get_all(name) {
+        for v in self.headers.get_all("Via") {
+            headers.push("Via", v);
+        }
+        for name in ["From", "To", "Call-ID", "CSeq"] {
+            if let Some(v) = self.headers.get(name) {
                 headers.push(name, v);
             }
         }
@@ -409,7 +501,8 @@ impl Request {
     pub fn encode(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(self.method.as_str().as_bytes());
         out.push(b' ');
-        out.extend_from_slice(self.uri.to_string().as_bytes());
+        // Writing into a Vec cannot fail.
+        let _ = write!(out, "{}", self.uri);
         out.extend_from_slice(b" SIP/2.0\r\n");
         encode_headers_and_body(&self.headers, &self.body, out);
     }
@@ -419,7 +512,7 @@ impl Response {
     /// Writes the response to `out` in wire form, with a Content-Length matching the body.
     pub fn encode(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(b"SIP/2.0 ");
-        out.extend_from_slice(self.status.to_string().as_bytes());
+        let _ = write!(out, "{}", self.status);
         out.push(b' ');
         out.extend_from_slice(self.reason.as_bytes());
         out.extend_from_slice(b"\r\n");
@@ -433,6 +526,22 @@ impl Message {
         match self {
             Message::Request(r) => r.encode(out),
             Message::Response(r) => r.encode(out),
+        }
+    }
+
+    /// The request, if this is one.
+    pub fn as_request(&self) -> Option<&Request> {
+        match self {
+            Message::Request(r) => Some(r),
+            Message::Response(_) => None,
+        }
+    }
+
+    /// The response, if this is one.
+    pub fn as_response(&self) -> Option<&Response> {
+        match self {
+            Message::Response(r) => Some(r),
+            Message::Request(_) => None,
         }
     }
 
@@ -455,7 +564,7 @@ fn encode_headers_and_body(headers: &Headers, body: &[u8], out: &mut Vec<u8>) {
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"Content-Length: ");
-    out.extend_from_slice(body.len().to_string().as_bytes());
+    let _ = write!(out, "{}", body.len());
     out.extend_from_slice(b"\r\n\r\n");
     out.extend_from_slice(body);
 }
