@@ -75,6 +75,8 @@ pub fn run_steps(
         if i > 0 {
             std::thread::sleep(plan.pause);
         }
+        let load = sys::load_average();
+        let drops0 = sys::udp_rcvbuf_errors();
         let srv0 = server_pid.map(sys::cpu_seconds_tree);
         let me0 = sys::cpu_seconds_self();
         let st = lg.run_step(rate, plan.step_secs);
@@ -83,7 +85,8 @@ pub fn run_steps(
             (Some(p), Some(c0)) => sys::cpu_seconds_tree(p) - c0,
             _ => f64::NAN,
         };
-        println!("{}", row(name, &st, srv, me));
+        let drops = sys::udp_rcvbuf_errors().saturating_sub(drops0);
+        println!("{} {:>6} {:>5.1}", row(name, &st, srv, me), drops, load);
         if !st.failure_codes.is_empty() {
             println!("    failure statuses: {:?}", st.failure_codes);
         }
@@ -113,7 +116,7 @@ pub fn header() -> String {
 /// One table row.
 pub fn row(name: &str, s: &StepStats, srv_cpu: f64, lg_cpu: f64) -> String {
     format!(
-        "{:<9} {:>9.0} {:>10.0} {:>8} {:>6} {:>7} {:>8} {:>8.2} {:>8.2} {:>9.2} {:>9.2}{}",
+        "{:<9} {:>9.0} {:>10.0} {:>8} {:>6} {:>7} {:>8} {:>8.2} {:>8.2} {:>9.2} {:>9.2} {:>2}",
         name,
         s.offered,
         s.achieved(),
@@ -125,7 +128,7 @@ pub fn row(name: &str, s: &StepStats, srv_cpu: f64, lg_cpu: f64) -> String {
         s.latency_ms(0.99),
         srv_cpu,
         lg_cpu,
-        if s.clean() { "" } else { "  *" }
+        if s.clean() { "" } else { "*" }
     )
 }
 
