@@ -937,3 +937,101 @@ fn percent_encoded_user_and_bad_requests() {
     let r = Reg::new("alice", "10.0.0.2:5060").contacts(&["<sip:alice@10.0.0.2"]);
     assert_eq!(reply(&h.send(&r.build(None), from)).status, 400);
 }
+
+#[test]
+fn malformed_registers_get_answers_not_panics() {
+    let mut h = Harness::default();
+    let from = udp("192.0.2.10:5060");
+    let base = Reg::new("alice", "192.0.2.10:5060").build(None);
+    let mut cases: Vec<(Request, u16)> = Vec::new();
+    let mut no_cseq = base.clone();
+    no_cseq.headers.remove("CSeq");
+    cases.push((no_cseq, 400));
+    let mut wrong_method = base.clone();
+    wrong_method.headers.set("CSeq", "1 INVITE");
+    cases.push((wrong_method, 400));
+    let mut tel = base.clone();
+    tel.headers.set("To", "<tel:+15551234>");
+    cases.push((tel, 404));
+    let mut no_user = base.clone();
+    no_user.headers.set("To", "<sip:example.com>");
+    cases.push((no_user, 404));
+    for (auth, status) in [
+        ("Digest", 401),
+        ("Digest realm=\"example.com\"", 400),
+        (
+            "Digest realm=\"example.com\", username=\"alice\", nonce=\"x\", uri=\"sip:example.com\", response=\"1\"",
+            401,
+        ),
+        ("Basic YWxpY2U6cHc=", 401),
+        (
+            "Digest realm=\"example.com\", username=\"alice\", nonce=\"x\", uri=\"sip:example.com\", response=\"1\", qop=auth, nc=zz, cnonce=\"c\"",
+            401,
+        ),
+    ] {
+        let mut r = base.clone();
+        r.headers.push("Authorization", auth);
+        cases.push((r, status));
+    }
+    for (i, (req, status)) in cases.iter().enumerate() {
+        let out = h.send(req, from);
+        assert_eq!(reply(&out).status, *status, "case {i}");
+    }
+    // A digest URI naming another host is refused.
+    let mut r = Reg::new("alice", "192.0.2.10:5060");
+    let nonce = challenge(reply(&h.send(&r.build(None), from)), Algorithm::Md5).0;
+    r.cseq = 2;
+    let ha1 = digest::ha1(Algorithm::Md5, "alice", DOMAIN, "alice-pw");
+    let auth = digest::authorization(
+        Algorithm::Md5,
+        "alice",
+        DOMAIN,
+        &ha1,
+        &nonce,
+        1,
+        "c",
+        "REGISTER",
+        "sip:elsewhere.example",
+    );
+    assert_eq!(reply(&h.send(&r.build(Some(&auth)), from)).status, 400);
+}
+
+/// Server-side cost of a digest registration (challenge + authenticated REGISTER, parsing
+/// included). Run with `cargo test --release -p csps-sip --test registrar -- --ignored --nocapture`.
+#[test]
+#[ignore]
+#[allow(clippy::disallowed_methods)]
+fn throughput_with_digest() {
+    let mut h = Harness::default();
+    let n = 20_000;
+    for i in 0..n {
+        h.users.add(&format!("u{i}"), "pw");
+    }
+    let mut wire = Vec::with_capacity(n);
+    for i in 0..n {
+        let r = Reg::new(&format!("u{i}"), "192.0.2.10:5060");
+        let nonce = challenge(
+            reply(&h.send(&r.build(None), udp("192.0.2.10:5060"))),
+            Algorithm::Sha256,
+        )
+        .0;
+        let mut r2 = r.clone();
+        r2.cseq = 2;
+        let auth = authorization(&r2.user, "pw", Algorithm::Md5, &nonce, 1);
+        let text = |req: &Request| Message::Request(req.clone()).to_bytes();
+        wire.push((text(&r.build(None)), text(&r2.build(Some(&auth)))));
+    }
+    let start = std::time::Instant::now();
+    for (first, second) in &wire {
+        for bytes in [first, second] {
+            let Message::Request(req) = csps_sip::parse(bytes).expect("parses").message else {
+                panic!("request")
+            };
+            let _ = h.send(&req, udp("192.0.2.10:5060"));
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let rate = n as f64 / secs;
+    eprintln!("{rate:.0} digest registrations/s (2 requests each, parsing included)");
+    assert_eq!(h.reg.len(), n);
+}
