@@ -840,6 +840,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn registrar_is_send() {
+        fn send<T: Send + 'static>() {}
+        send::<Registrar>();
+        send::<RegisterOutcome>();
+    }
+
+    #[test]
     fn helpers() {
         assert_eq!(percent_decode("al%69ce"), "alice");
         assert_eq!(percent_decode("a%2"), "a%2");
