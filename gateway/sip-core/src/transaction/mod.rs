@@ -717,3 +717,17 @@ impl Txn {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_transaction_stays_small() {
+        // The design target is ~200k live transactions: requests and responses are boxed, so the
+        // per-transaction state is the timer table plus a few words.
+        let size = std::mem::size_of::<Txn>();
+        assert!(size <= 360, "Txn is {size} bytes");
+        assert!(std::mem::size_of::<Machine>() <= 24);
+    }
+}
