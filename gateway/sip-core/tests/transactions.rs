@@ -284,8 +284,24 @@ fn client_invite_provisional_stops_timers_a_and_b() {
         phone(),
         answer(&req, 180, Some("b")),
     );
-    assert_eq!(t.poll_timeout(), None);
-    assert_eq!(t.len(), 1);
+    // Only the answer guard (Timer C's role, restarted by each 1xx) is left.
+    let guard = start + 10 * MS + TxnConfig::default().invite_answer_timeout;
+    assert_eq!(t.poll_timeout(), Some(guard));
+    receive(
+        &mut t,
+        start + 20 * MS,
+        phone(),
+        answer(&req, 183, Some("b")),
+    );
+    let guard = guard + 10 * MS;
+    assert_eq!(t.poll_timeout(), Some(guard));
+    let log = run_until(&mut t, start, guard);
+    assert!(
+        times_of_transmits(&log).is_empty(),
+        "no retransmission in Proceeding"
+    );
+    assert_eq!(log.len(), 2, "Timeout and Terminated: {log:?}");
+    assert!(t.is_empty());
 }
 
 #[test]
@@ -966,4 +982,117 @@ fn flood_of_requests_then_timeouts_leaves_nothing() {
         assert!(steps < 10_000_000, "timers must run out");
     }
     assert_eq!(t.len(), 0);
+}
+
+mod random {
+    //! RFC 3261 §17 robustness: any sequence of messages, answers and clock steps neither panics
+    //! nor leaks: after an hour of quiet every transaction has terminated.
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        /// A request from the phone: method index, branch index, RFC 2543 style, To tag.
+        Receive(u8, u8, bool, bool),
+        /// A response to one of our requests: status, branch index, method index.
+        Response(u16, u8, u8),
+        /// The app answers its n-th live server transaction with a status.
+        Respond(u16, u8),
+        /// The app sends a request: method index, branch index, over TCP.
+        Send(u8, u8, bool),
+        /// The app cancels its n-th client transaction.
+        Cancel(u8),
+        /// Time passes (ms).
+        Wait(u32),
+    }
+
+    const METHODS: [&str; 5] = ["INVITE", "ACK", "CANCEL", "OPTIONS", "BYE"];
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0..5u8, 0..4u8, any::<bool>(), any::<bool>())
+                .prop_map(|(m, b, o, t)| Op::Receive(m, b, o, t)),
+            (
+                prop_oneof![Just(100u16), Just(180), Just(200), Just(486), 0..1000u16],
+                0..4u8,
+                0..5u8
+            )
+                .prop_map(|(s, b, m)| Op::Response(s, b, m)),
+            (
+                prop_oneof![Just(180u16), Just(200), Just(487), 0..800u16],
+                0..8u8
+            )
+                .prop_map(|(s, n)| Op::Respond(s, n)),
+            (0..5u8, 0..4u8, any::<bool>()).prop_map(|(m, b, t)| Op::Send(m, b, t)),
+            (0..8u8).prop_map(Op::Cancel),
+            (0..40_000u32).prop_map(Op::Wait),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn any_sequence_terminates(ops in proptest::collection::vec(op(), 1..60)) {
+            let start = t0();
+            let mut now = start;
+            let mut t = Transactions::new(TxnConfig::default());
+            let mut servers: Vec<(TxnKey, Request)> = Vec::new();
+            let mut clients: Vec<TxnKey> = Vec::new();
+            let tcp = remote(Transport::Tcp, "192.0.2.10:5060");
+            for op in ops {
+                match op {
+                    Op::Receive(m, b, old, tag) => {
+                        let via = if old {
+                            format!("SIP/2.0/UDP 192.0.2.10:{}", 5060 + u16::from(b))
+                        } else {
+                            format!("SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK{b}")
+                        };
+                        let r = request_via(METHODS[m as usize], &via, "c", tag.then_some("x"));
+                        t.handle_input(Input::Receive { now, from: phone(), msg: Message::Request(r) });
+                    }
+                    Op::Response(status, b, m) => {
+                        let mut r = request(METHODS[m as usize], &format!("z9hG4bKo{b}")).response(status, "X");
+                        r.status = status;
+                        t.handle_input(Input::Receive { now, from: phone(), msg: Message::Response(r) });
+                    }
+                    Op::Respond(status, n) => {
+                        if let Some((key, req)) = servers.get(n as usize % servers.len().max(1)) {
+                            let mut r = req.response(200, "X");
+                            r.status = status;
+                            let _ = t.respond(now, key, r);
+                        }
+                    }
+                    Op::Send(m, b, reliable) => {
+                        let to = if reliable { tcp } else { phone() };
+                        if let Ok(k) = t.send_request(now, to, request(METHODS[m as usize], &format!("z9hG4bKo{b}"))) {
+                            clients.push(k);
+                        }
+                    }
+                    Op::Cancel(n) => {
+                        if let Some(k) = clients.get(n as usize % clients.len().max(1)) {
+                            let _ = t.cancel(now, k);
+                        }
+                    }
+                    Op::Wait(ms) => {
+                        now += Duration::from_millis(u64::from(ms));
+                        t.handle_input(Input::Timeout(now));
+                    }
+                }
+                while let Some(o) = t.poll_output() {
+                    match o {
+                        Output::Event(Event::Request { key, req, .. }) => servers.push((key, req)),
+                        Output::Event(Event::Terminated { key }) => servers.retain(|s| s.0 != key),
+                        _ => {}
+                    }
+                }
+            }
+            for _ in 0..3600 {
+                now += Duration::from_secs(1);
+                t.handle_input(Input::Timeout(now));
+                while t.poll_output().is_some() {}
+            }
+            prop_assert_eq!(t.len(), 0);
+            prop_assert_eq!(t.poll_timeout(), None);
+        }
+    }
 }

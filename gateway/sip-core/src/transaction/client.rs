@@ -84,11 +84,14 @@ impl Txn {
         };
         let key = self.key;
         let (state, next) = match (state, resp.status) {
-            // §17.1.1.2: a provisional response in Calling moves to Proceeding, which has no
-            // timers (A and B stop); every provisional response goes up.
+            // §17.1.1.2: a provisional response in Calling moves to Proceeding, where A and B
+            // stop; every provisional response goes up. Proceeding has no RFC timer of its own,
+            // so the answer guard plays Timer C's role (§16.6 step 11, restarted by each 1xx)
+            // lest a peer that never answers leave the transaction behind.
             (ClientInvite::Calling(req) | ClientInvite::Proceeding(req), 100..=199) => {
                 self.disarm(cx, TxnTimer::A);
                 self.disarm(cx, TxnTimer::B);
+                self.arm(cx, TxnTimer::Guard, cx.cfg.invite_answer_timeout);
                 Txn::event(cx, Event::Response { key, resp });
                 (ClientInvite::Proceeding(req), Next::Stay)
             }
@@ -97,6 +100,7 @@ impl Txn {
             (ClientInvite::Calling(_) | ClientInvite::Proceeding(_), 200..=299) => {
                 self.disarm(cx, TxnTimer::A);
                 self.disarm(cx, TxnTimer::B);
+                self.disarm(cx, TxnTimer::Guard);
                 self.arm(cx, TxnTimer::M, cx.cfg.t1x64());
                 Txn::event(cx, Event::Response { key, resp });
                 (ClientInvite::Accepted, Next::Stay)
@@ -106,6 +110,7 @@ impl Txn {
             (ClientInvite::Calling(req) | ClientInvite::Proceeding(req), _) => {
                 self.disarm(cx, TxnTimer::A);
                 self.disarm(cx, TxnTimer::B);
+                self.disarm(cx, TxnTimer::Guard);
                 let ack = key::ack_for(&req, &resp);
                 drop(req);
                 self.send(cx, Message::Request(ack.clone()));
@@ -150,7 +155,9 @@ impl Txn {
                 Next::Stay
             }
             // §17.1.1.2: Timer B in Calling: the TU is told of the timeout, then Terminated.
-            (TxnTimer::B, ClientInvite::Calling(_)) => {
+            // Guard in Proceeding (Timer C's role): no final response came; the same for the TU.
+            (TxnTimer::B, ClientInvite::Calling(_))
+            | (TxnTimer::Guard, ClientInvite::Proceeding(_)) => {
                 Txn::event(cx, Event::Timeout { key: self.key });
                 Next::Terminate
             }

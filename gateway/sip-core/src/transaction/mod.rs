@@ -81,7 +81,8 @@ pub struct TxnConfig {
     pub t4: Duration,
     /// How long a server INVITE waits for the app before sending 100 Trying itself (default 200 ms, §17.2.1).
     pub trying_delay: Duration,
-    /// How long a server INVITE waits for the app's next response before it is dropped (default 300 s, Timer C's role).
+    /// How long an INVITE transaction (either side) waits after its last provisional response for
+    /// the final one before it reports a timeout and is dropped (default 300 s, Timer C's role).
     pub invite_answer_timeout: Duration,
 }
 
@@ -187,7 +188,7 @@ pub enum Event {
         /// The response.
         resp: Response,
     },
-    /// Timer B or F (client), H (no ACK) or the answer guard (server) fired: treat it as a 408.
+    /// Timer B or F (client), H (no ACK) or the INVITE answer guard fired: treat it as a 408.
     Timeout {
         /// The transaction.
         key: TxnKey,

@@ -36,7 +36,9 @@ pub enum TxnTimer {
     M,
     /// Server INVITE: send 100 Trying when the app has not answered in time (RFC 3261 §17.2.1).
     Trying,
-    /// Server transaction the app never answered: drop it so it cannot leak.
+    /// No final response in time: a server transaction the app never answered (64*T1 for
+    /// non-INVITE, `invite_answer_timeout` for INVITE), or a client INVITE stuck in Proceeding
+    /// (Timer C's role); it reports a timeout and ends, so nothing leaks.
     Guard,
 }
 
