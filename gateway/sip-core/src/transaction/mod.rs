@@ -392,8 +392,11 @@ impl fmt::Debug for Transactions {
 }
 
 impl Transactions {
-    /// An empty transaction layer.
-    pub fn new(cfg: TxnConfig) -> Self {
+    /// An empty transaction layer. T1 is raised to at least 1 ms and T2 to at least T1, so a
+    /// retransmission timer can never be due again at the instant it fires.
+    pub fn new(mut cfg: TxnConfig) -> Self {
+        cfg.t1 = cfg.t1.max(Duration::from_millis(1));
+        cfg.t2 = cfg.t2.max(cfg.t1);
         Transactions {
             cfg,
             slab: Slab::default(),
@@ -722,6 +725,17 @@ impl Txn {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn zero_timers_cannot_spin() {
+        let t = Transactions::new(TxnConfig {
+            t1: Duration::ZERO,
+            t2: Duration::ZERO,
+            ..TxnConfig::default()
+        });
+        assert_eq!(t.config().t1, Duration::from_millis(1));
+        assert_eq!(t.config().t2, Duration::from_millis(1));
+    }
 
     #[test]
     fn a_transaction_stays_small() {
