@@ -102,64 +102,106 @@ pub fn canonical_name(name: &str) -> std::borrow::Cow<'static, str> {
     }
 }
 
-/// The canonical spelling of a known header name or compact form, without allocating: the name
-/// is lower-cased into a stack buffer and matched, so a lookup costs one `match`, not a table scan.
+/// The canonical spelling of a known header name or compact form, without allocating: a switch
+/// on the length, then a case-insensitive compare against the few names of that length.
 pub fn known_name(name: &str) -> Option<&'static str> {
-    let mut buf = [0u8; 24];
-    let lower = buf.get_mut(..name.len())?;
-    lower.copy_from_slice(name.as_bytes());
-    lower.make_ascii_lowercase();
-    Some(match &*lower {
-        b"v" | b"via" => "Via",
-        b"f" | b"from" => "From",
-        b"t" | b"to" => "To",
-        b"i" | b"call-id" => "Call-ID",
-        b"m" | b"contact" => "Contact",
-        b"l" | b"content-length" => "Content-Length",
-        b"c" | b"content-type" => "Content-Type",
-        b"k" | b"supported" => "Supported",
-        b"s" | b"subject" => "Subject",
-        b"e" | b"content-encoding" => "Content-Encoding",
-        b"o" | b"event" => "Event",
-        b"u" | b"allow-events" => "Allow-Events",
-        b"r" | b"refer-to" => "Refer-To",
-        b"b" | b"referred-by" => "Referred-By",
-        b"x" | b"session-expires" => "Session-Expires",
-        b"y" | b"identity" => "Identity",
-        b"cseq" => "CSeq",
-        b"max-forwards" => "Max-Forwards",
-        b"expires" => "Expires",
-        b"min-expires" => "Min-Expires",
-        b"route" => "Route",
-        b"record-route" => "Record-Route",
-        b"authorization" => "Authorization",
-        b"proxy-authorization" => "Proxy-Authorization",
-        b"www-authenticate" => "WWW-Authenticate",
-        b"proxy-authenticate" => "Proxy-Authenticate",
-        b"user-agent" => "User-Agent",
-        b"server" => "Server",
-        b"allow" => "Allow",
-        b"require" => "Require",
-        b"proxy-require" => "Proxy-Require",
-        b"unsupported" => "Unsupported",
-        b"warning" => "Warning",
-        b"retry-after" => "Retry-After",
-        b"accept" => "Accept",
-        b"date" => "Date",
-        b"path" => "Path",
-        b"replaces" => "Replaces",
-        b"min-se" => "Min-SE",
-        b"rseq" => "RSeq",
-        b"rack" => "RAck",
-        b"subscription-state" => "Subscription-State",
-        b"p-asserted-identity" => "P-Asserted-Identity",
-        b"p-preferred-identity" => "P-Preferred-Identity",
-        b"reason" => "Reason",
-        b"content-disposition" => "Content-Disposition",
-        b"history-info" => "History-Info",
-        b"diversion" => "Diversion",
-        _ => return None,
-    })
+    const KNOWN: &[&str] = &[
+        "Via",
+        "From",
+        "To",
+        "Call-ID",
+        "Contact",
+        "Content-Length",
+        "Content-Type",
+        "Supported",
+        "Subject",
+        "Content-Encoding",
+        "Event",
+        "Allow-Events",
+        "Refer-To",
+        "Referred-By",
+        "Session-Expires",
+        "Identity",
+        "CSeq",
+        "Max-Forwards",
+        "Expires",
+        "Min-Expires",
+        "Route",
+        "Record-Route",
+        "Authorization",
+        "Proxy-Authorization",
+        "WWW-Authenticate",
+        "Proxy-Authenticate",
+        "User-Agent",
+        "Server",
+        "Allow",
+        "Require",
+        "Proxy-Require",
+        "Unsupported",
+        "Warning",
+        "Retry-After",
+        "Accept",
+        "Date",
+        "Path",
+        "Replaces",
+        "Min-SE",
+        "RSeq",
+        "RAck",
+        "Subscription-State",
+        "P-Asserted-Identity",
+        "P-Preferred-Identity",
+        "Reason",
+        "Content-Disposition",
+        "History-Info",
+        "Diversion",
+    ];
+    if let [c] = name.as_bytes() {
+        // RFC 3261 §7.3.3 and later RFCs' compact forms.
+        return Some(match c.to_ascii_lowercase() {
+            b'v' => "Via",
+            b'f' => "From",
+            b't' => "To",
+            b'i' => "Call-ID",
+            b'm' => "Contact",
+            b'l' => "Content-Length",
+            b'c' => "Content-Type",
+            b'k' => "Supported",
+            b's' => "Subject",
+            b'e' => "Content-Encoding",
+            b'o' => "Event",
+            b'u' => "Allow-Events",
+            b'r' => "Refer-To",
+            b'b' => "Referred-By",
+            b'x' => "Session-Expires",
+            b'y' => "Identity",
+            _ => return None,
+        });
+    }
+    // Known names are 2..=20 bytes: one table per length, built once at compile time.
+    const MAXLEN: usize = 21;
+    const fn by_len() -> [[u8; 8]; MAXLEN] {
+        let mut t = [[u8::MAX; 8]; MAXLEN];
+        let mut i = 0;
+        while i < KNOWN.len() {
+            let l = KNOWN[i].len();
+            let mut j = 0;
+            while t[l][j] != u8::MAX {
+                j += 1;
+            }
+            t[l][j] = i as u8;
+            i += 1;
+        }
+        t
+    }
+    static BY_LEN: [[u8; 8]; MAXLEN] = by_len();
+    let slots = BY_LEN.get(name.len())?;
+    for &i in slots {
+        let k = KNOWN.get(usize::from(i))?;
+        if k.eq_ignore_ascii_case(name) {
+            return Some(k);
+        }
+    }
+    None
 }
 
 /// A lookup key: the canonical name when known, else the name as given (no allocation either way).
@@ -171,6 +213,31 @@ fn lookup_key(name: &str) -> &str {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Headers {
     entries: Vec<Header>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_names_in_any_case_and_compact_form() {
+        assert_eq!(known_name("VIA"), Some("Via"));
+        assert_eq!(known_name("v"), Some("Via"));
+        assert_eq!(known_name("cseq"), Some("CSeq"));
+        assert_eq!(
+            known_name("P-PREFERRED-IDENTITY"),
+            Some("P-Preferred-Identity")
+        );
+        assert_eq!(known_name("content-lengthx"), None);
+        assert_eq!(known_name(""), None);
+        assert_eq!(known_name("q"), None);
+        assert_eq!(known_name(&"x".repeat(100)), None);
+        let mut h = Headers::new();
+        h.push("l", "0");
+        h.push("NewHeader", "a");
+        assert_eq!(h.get("content-LENGTH"), Some("0"));
+        assert_eq!(h.get("newheader"), Some("a"));
+    }
 }
 
 impl Headers {
@@ -216,6 +283,14 @@ impl Headers {
         self.entries.push(Header {
             name: canonical_name(name).into_owned(),
             value: value.into(),
+        });
+    }
+
+    /// Appends a header whose name is already canonical (the parser's path: no second lookup).
+    pub(crate) fn push_known(&mut self, name: &str, value: String) {
+        self.entries.push(Header {
+            name: name.to_owned(),
+            value,
         });
     }
 

@@ -76,7 +76,7 @@ fn line_at(buf: &[u8], pos: usize) -> Option<(Line, bool)> {
     if pos >= buf.len() {
         return None;
     }
-    match buf[pos..].iter().position(|&b| b == b'\n') {
+    match find_byte(&buf[pos..], b'\n') {
         Some(n) => {
             let lf = pos + n;
             let end = if lf > pos && buf[lf - 1] == b'\r' {
@@ -102,6 +102,31 @@ fn line_at(buf: &[u8], pos: usize) -> Option<(Line, bool)> {
             false,
         )),
     }
+}
+
+/// The first `needle` in `hay`, eight bytes at a time (SWAR zero-byte test): line scanning is
+/// the parser's inner loop, and a 64 KiB stream buffer is rescanned on every read.
+fn find_byte(hay: &[u8], needle: u8) -> Option<usize> {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let pattern = LO.wrapping_mul(u64::from(needle));
+    let mut chunks = hay.chunks_exact(8);
+    let mut base = 0;
+    for c in &mut chunks {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(c);
+        let x = u64::from_le_bytes(w) ^ pattern;
+        if x.wrapping_sub(LO) & !x & HI != 0 {
+            // The exact position is found bytewise within the eight.
+            return c.iter().position(|&b| b == needle).map(|i| base + i);
+        }
+        base += 8;
+    }
+    chunks
+        .remainder()
+        .iter()
+        .position(|&b| b == needle)
+        .map(|i| base + i)
 }
 
 fn is_ws(b: u8) -> bool {
@@ -334,13 +359,19 @@ fn add_header(
     // TEXT-UTF8 is the rule, but a Latin-1 display name from an old phone should not cost the
     // call: invalid sequences become U+FFFD (allocation only in that case).
     let value = match value {
-        Cow::Borrowed(b) => String::from_utf8_lossy(b).into_owned(),
+        Cow::Borrowed(b) => match std::str::from_utf8(b) {
+            Ok(s) => s.to_owned(),
+            Err(_) => String::from_utf8_lossy(b).into_owned(),
+        },
         Cow::Owned(v) => match String::from_utf8(v) {
             Ok(s) => s,
             Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
         },
     };
-    headers.push(canon.unwrap_or(name), value);
+    match canon {
+        Some(c) => headers.push_known(c, value),
+        None => headers.push_known(name, value),
+    }
 }
 
 fn parse_start_line(line: &[u8], problem: &mut Problem) -> Result<Start, ParseError> {
@@ -586,6 +617,18 @@ mod tests {
         l: 5\r\n\
         \r\n\
         hello";
+
+    #[test]
+    fn find_byte_matches_position() {
+        let hay: Vec<u8> = (0..40u8).map(|i| b'a' + i % 26).collect();
+        for n in 0..hay.len() {
+            for needle in [b'a', b'k', b'z', b'\n', 0xff] {
+                let want = hay[n..].iter().position(|&b| b == needle);
+                assert_eq!(find_byte(&hay[n..], needle), want);
+            }
+        }
+        assert_eq!(find_byte(b"\x80\x81\n", b'\n'), Some(2));
+    }
 
     #[test]
     fn frames_keepalives() {

@@ -95,13 +95,26 @@ const SINGLE: &[&str] = &[
 /// this element implements (for Require and Proxy-Require).
 pub fn check_request(req: &Request, supported: &[&str]) -> Result<(), Rejection> {
     let h = &req.headers;
-    for name in ["Via", "From", "To", "Call-ID", "CSeq"] {
-        if h.count(name) == 0 {
+    // One pass tallies every header of interest (stored names are canonical for these).
+    let mut counts = [0usize; SINGLE.len() + 1];
+    for hd in h.iter() {
+        if hd.name == "Via" {
+            counts[SINGLE.len()] += 1;
+        } else if let Some(i) = SINGLE.iter().position(|s| *s == hd.name) {
+            counts[i] += 1;
+        }
+    }
+    if counts[SINGLE.len()] == 0 {
+        return Err(Rejection::bad("missing Via header"));
+    }
+    // The first four of SINGLE are the mandatory From, To, Call-ID and CSeq.
+    for (name, n) in SINGLE.iter().zip(counts).take(4) {
+        if n == 0 {
             return Err(Rejection::bad(format!("missing {name} header")));
         }
     }
-    for name in SINGLE {
-        if h.count(name) > 1 {
+    for (name, n) in SINGLE.iter().zip(counts) {
+        if n > 1 {
             return Err(Rejection::bad(format!("more than one {name} header")));
         }
     }

@@ -84,10 +84,10 @@ fn exercise(bytes: &[u8]) {
     match parse(bytes) {
         Ok(p) => {
             assert!(p.consumed <= bytes.len());
-            if let Message::Request(r) = &p.message {
-                if let Err(rej) = check_request(r, &["path"]) {
-                    let _ = Message::Response(rej.to_response(r)).to_bytes();
-                }
+            if let Message::Request(r) = &p.message
+                && let Err(rej) = check_request(r, &["path"])
+            {
+                let _ = Message::Response(rej.to_response(r)).to_bytes();
             }
             let _ = p.message.to_bytes();
         }
