@@ -134,7 +134,11 @@ impl LoadGen {
         sock.set_nonblocking(true)?;
         crate::sys::grow_socket_buffers(&sock, 16 << 20);
         let local = sock.local_addr()?;
-        let run_id = std::process::id() ^ (Instant::now().elapsed().subsec_nanos() << 8);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        // Distinguishes this run's Call-IDs from a previous run's late answers.
+        let run_id = std::process::id().wrapping_mul(7919) ^ nanos;
         let registered = vec![false; cfg.accounts as usize];
         Ok(Self {
             cfg,
