@@ -49,8 +49,9 @@ pub struct User {
     pub created_at: DateTime<Utc>,
 }
 
-/// What `POST /api/users` accepts.
+/// What `POST /api/users` accepts (unknown fields are refused).
 #[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct NewUser {
     /// SIP username.
     pub username: String,
@@ -66,9 +67,14 @@ pub struct NewUser {
     pub phone_number: Option<String>,
 }
 
-/// What `PATCH /api/users/{id}` may change (JSON merge patch semantics).
+/// What `PATCH /api/users/{id}` may change (JSON merge patch semantics; unknown fields are refused).
 #[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct UserPatch {
+    /// New SIP username (needs `password` too: the HA1s cover it).
+    pub username: Option<String>,
+    /// New SIP domain (needs `password` too: the HA1s cover it).
+    pub domain: Option<String>,
     /// New password (HA1s recomputed for the user's domain).
     pub password: Option<String>,
     /// Display name (`null` clears it).

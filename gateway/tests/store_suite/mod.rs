@@ -1,0 +1,375 @@
+//! The backend-independent store test suite: generic async checks over `&dyn Store` that every
+//! backend (embedded, MongoDB) runs. A backend's test file includes it with `mod store_suite;`
+//! and calls each `suite_*` on a fresh, empty store.
+#![allow(dead_code)]
+
+use chrono::{DateTime, Duration, Utc};
+use csps::store::{
+    BindingKey, Ha1, HashAlgorithm, Registration, RegistrationFilter, Store, StoreError, User,
+};
+use serde_json::json;
+use uuid::Uuid;
+
+/// A user record with one HA1, as the API would build it.
+pub fn user(username: &str, domain: &str) -> User {
+    User {
+        id: Uuid::new_v4(),
+        username: username.to_owned(),
+        domain: domain.to_owned(),
+        display_name: Some(format!("{username} display")),
+        upn: None,
+        phone_number: Some("+15551230000".to_owned()),
+        enabled: true,
+        ha1: vec![Ha1 {
+            realm: domain.to_owned(),
+            algorithm: HashAlgorithm::Md5,
+            hash: "0123456789abcdef0123456789abcdef".to_owned(),
+        }],
+        created_at: Utc::now(),
+    }
+}
+
+/// A binding of `aor` on `server`, expiring at `expires_at`.
+pub fn registration(
+    aor: &str,
+    binding: &str,
+    server: &str,
+    expires_at: DateTime<Utc>,
+) -> Registration {
+    Registration {
+        aor: aor.to_owned(),
+        binding: binding.to_owned(),
+        contact: format!("<sip:{binding}@192.0.2.10:5060>"),
+        server: server.to_owned(),
+        transport: "udp".to_owned(),
+        source: "192.0.2.10:5060".to_owned(),
+        local: "192.0.2.1:5060".to_owned(),
+        user_agent: Some("suite/1.0".to_owned()),
+        expires_at,
+        instance_id: None,
+        reg_id: None,
+        call_id: format!("{binding}-call"),
+        cseq: 1,
+        q: None,
+        nat: false,
+    }
+}
+
+/// Users: create, unique (case-insensitive) username per domain, find, list, update, delete.
+pub async fn suite_users(store: &dyn Store) {
+    let alice = user("alice", "example.com");
+    let created = store
+        .create_user(alice.clone())
+        .await
+        .expect("create alice");
+    assert_eq!(created, alice);
+    assert_eq!(
+        store.get_user(alice.id).await.expect("get alice"),
+        Some(alice.clone())
+    );
+
+    // Same name, other case, same domain: conflict; other domain: fine.
+    let dup = user("ALICE", "Example.COM");
+    match store.create_user(dup).await {
+        Err(StoreError::Conflict(_)) => {}
+        other => panic!("duplicate username must conflict, got {other:?}"),
+    }
+    let alice2 = user("alice", "other.example");
+    store
+        .create_user(alice2.clone())
+        .await
+        .expect("same username in another domain");
+
+    let found = store
+        .find_user("Alice", "EXAMPLE.com")
+        .await
+        .expect("find alice");
+    assert_eq!(found.map(|u| u.id), Some(alice.id));
+    assert_eq!(
+        store
+            .find_user("nobody", "example.com")
+            .await
+            .expect("find"),
+        None
+    );
+    assert_eq!(store.get_user(Uuid::new_v4()).await.expect("get"), None);
+
+    let bob = user("bob", "example.com");
+    store.create_user(bob.clone()).await.expect("create bob");
+    let mut ids: Vec<Uuid> = store
+        .list_users()
+        .await
+        .expect("list")
+        .iter()
+        .map(|u| u.id)
+        .collect();
+    ids.sort();
+    let mut want = vec![alice.id, alice2.id, bob.id];
+    want.sort();
+    assert_eq!(ids, want);
+
+    // Update: fields change; a rename to a taken name conflicts; a rename frees the old name.
+    let mut changed = alice.clone();
+    changed.display_name = None;
+    changed.enabled = false;
+    store
+        .update_user(changed.clone())
+        .await
+        .expect("update alice");
+    assert_eq!(
+        store.get_user(alice.id).await.expect("get"),
+        Some(changed.clone())
+    );
+    let mut clash = changed.clone();
+    clash.username = "Bob".to_owned();
+    match store.update_user(clash).await {
+        Err(StoreError::Conflict(_)) => {}
+        other => panic!("rename onto a taken username must conflict, got {other:?}"),
+    }
+    let mut renamed = changed.clone();
+    renamed.username = "alicia".to_owned();
+    store.update_user(renamed.clone()).await.expect("rename");
+    assert_eq!(
+        store
+            .find_user("alice", "example.com")
+            .await
+            .expect("find")
+            .map(|u| u.id),
+        None
+    );
+    assert_eq!(
+        store
+            .find_user("ALICIA", "example.com")
+            .await
+            .expect("find")
+            .map(|u| u.id),
+        Some(alice.id)
+    );
+    store
+        .create_user(user("alice", "example.com"))
+        .await
+        .expect("the old name is free again");
+    match store.update_user(user("ghost", "example.com")).await {
+        Err(StoreError::NotFound) => {}
+        other => panic!("updating a missing user must be NotFound, got {other:?}"),
+    }
+
+    // Delete: gone, its name is free, a second delete is NotFound.
+    store.delete_user(bob.id).await.expect("delete bob");
+    assert_eq!(store.get_user(bob.id).await.expect("get"), None);
+    assert_eq!(
+        store.find_user("bob", "example.com").await.expect("find"),
+        None
+    );
+    match store.delete_user(bob.id).await {
+        Err(StoreError::NotFound) => {}
+        other => panic!("second delete must be NotFound, got {other:?}"),
+    }
+    store
+        .create_user(user("bob", "example.com"))
+        .await
+        .expect("bob's name is free after delete");
+}
+
+/// Registrations: upsert replaces by key, removals, expiry and server/AoR filters.
+pub async fn suite_registrations(store: &dyn Store) {
+    let now = Utc::now();
+    let later = now + Duration::seconds(600);
+    let all = RegistrationFilter::default();
+
+    let a1 = registration("sip:alice@example.com", "contact:a1", "s1", later);
+    let a2 = registration("sip:alice@example.com", "contact:a2", "s2", later);
+    let b1 = registration("sip:bob@example.com", "contact:b1", "s1", later);
+    // An AoR that is a prefix of another must not leak into its range.
+    let p1 = registration("sip:alice@example.co", "contact:p1", "s1", later);
+    store
+        .write_registrations(&[a1.clone(), a2.clone(), b1.clone(), p1.clone()], &[])
+        .await
+        .expect("write");
+    assert_eq!(
+        store
+            .list_registrations(&all, now)
+            .await
+            .expect("list")
+            .len(),
+        4
+    );
+
+    // Same key again: replaced, still one record.
+    let mut a1b = a1.clone();
+    a1b.cseq = 2;
+    a1b.contact = "<sip:a1@198.51.100.7:5062>".to_owned();
+    store
+        .write_registrations(std::slice::from_ref(&a1b), &[])
+        .await
+        .expect("re-register");
+    let alice = RegistrationFilter {
+        aor: Some("sip:alice@example.com".to_owned()),
+        ..Default::default()
+    };
+    let mut got = store.list_registrations(&alice, now).await.expect("list");
+    got.sort_by(|x, y| x.binding.cmp(&y.binding));
+    assert_eq!(got, vec![a1b.clone(), a2.clone()]);
+
+    let s1 = RegistrationFilter {
+        server: Some("s1".to_owned()),
+        ..Default::default()
+    };
+    let mut got: Vec<String> = store
+        .list_registrations(&s1, now)
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|r| r.binding)
+        .collect();
+    got.sort();
+    assert_eq!(got, ["contact:a1", "contact:b1", "contact:p1"]);
+    let both = RegistrationFilter {
+        server: Some("s2".to_owned()),
+        aor: Some("sip:alice@example.com".to_owned()),
+    };
+    assert_eq!(
+        store.list_registrations(&both, now).await.expect("list"),
+        vec![a2.clone()]
+    );
+
+    // Expiry: a binding that lapses is not listed after its time (`expires_at > now`).
+    let soon = registration(
+        "sip:carol@example.com",
+        "contact:c1",
+        "s1",
+        now + Duration::seconds(5),
+    );
+    store
+        .write_registrations(std::slice::from_ref(&soon), &[])
+        .await
+        .expect("write");
+    let carol = RegistrationFilter {
+        aor: Some("sip:carol@example.com".to_owned()),
+        ..Default::default()
+    };
+    assert_eq!(
+        store
+            .list_registrations(&carol, now)
+            .await
+            .expect("list")
+            .len(),
+        1
+    );
+    assert!(
+        store
+            .list_registrations(&carol, soon.expires_at)
+            .await
+            .expect("list")
+            .is_empty(),
+        "a binding is expired at its expires_at"
+    );
+    assert_eq!(
+        store
+            .list_registrations(&all, now + Duration::seconds(60))
+            .await
+            .expect("list")
+            .len(),
+        4
+    );
+
+    // Removals and upserts in one call; removing a missing key is not an error.
+    let a3 = registration(
+        "sip:alice@example.com",
+        "instance:<urn:uuid:1>;reg-id=1",
+        "s1",
+        later,
+    );
+    store
+        .write_registrations(
+            std::slice::from_ref(&a3),
+            &[
+                a1.key(),
+                BindingKey {
+                    aor: "sip:nobody@example.com".to_owned(),
+                    binding: "contact:x".to_owned(),
+                },
+            ],
+        )
+        .await
+        .expect("write");
+    let mut got: Vec<String> = store
+        .list_registrations(&alice, now)
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|r| r.binding)
+        .collect();
+    got.sort();
+    assert_eq!(got, ["contact:a2", "instance:<urn:uuid:1>;reg-id=1"]);
+    store
+        .write_registrations(&[], &[])
+        .await
+        .expect("empty write");
+    store.flush().await.expect("flush");
+}
+
+/// Configuration entries: absent, put, overwrite, list.
+pub async fn suite_config(store: &dyn Store) {
+    assert_eq!(store.get_config("*").await.expect("get"), None);
+    let global = json!({"Data": {"SipConfig": {"TrustedIps": ["10.0.0.0/8"]}}});
+    store.put_config("*", &global).await.expect("put");
+    assert_eq!(store.get_config("*").await.expect("get"), Some(global));
+    let s1 = json!({"Data": {"SipConfig": {"DefaultSipDomain": "sip.example.com"}}});
+    store.put_config("s1", &s1).await.expect("put");
+    let s1b = json!({"Data": {"SipConfig": {"DefaultSipDomain": "other.example"}}});
+    store.put_config("s1", &s1b).await.expect("overwrite");
+    assert_eq!(store.get_config("s1").await.expect("get"), Some(s1b));
+    let mut names = store.list_config().await.expect("list");
+    names.sort();
+    assert_eq!(names, ["*", "s1"]);
+}
+
+/// Writes one of each record (for a durability check across reopen); returns what was written.
+pub async fn seed(store: &dyn Store) -> (User, Registration, serde_json::Value) {
+    let u = user("durable", "example.com");
+    store.create_user(u.clone()).await.expect("create");
+    let r = registration(
+        "sip:durable@example.com",
+        "contact:d1",
+        "s1",
+        Utc::now() + Duration::seconds(3600),
+    );
+    store
+        .write_registrations(std::slice::from_ref(&r), &[])
+        .await
+        .expect("write");
+    let c = json!({"Data": {"System": {"Name": "durable"}}});
+    store.put_config("s1", &c).await.expect("put");
+    (u, r, c)
+}
+
+/// Checks that what [`seed`] wrote is there (after the store was closed and reopened).
+pub async fn check_seeded(store: &dyn Store, seeded: &(User, Registration, serde_json::Value)) {
+    let (u, r, c) = seeded;
+    assert_eq!(store.get_user(u.id).await.expect("get"), Some(u.clone()));
+    assert_eq!(
+        store
+            .find_user("DURABLE", "example.com")
+            .await
+            .expect("find")
+            .map(|x| x.id),
+        Some(u.id)
+    );
+    let f = RegistrationFilter {
+        aor: Some(r.aor.clone()),
+        ..Default::default()
+    };
+    assert_eq!(
+        store
+            .list_registrations(&f, Utc::now())
+            .await
+            .expect("list"),
+        vec![r.clone()]
+    );
+    assert_eq!(store.get_config("s1").await.expect("get"), Some(c.clone()));
+    match store.create_user(user("Durable", "EXAMPLE.COM")).await {
+        Err(StoreError::Conflict(_)) => {}
+        other => panic!("the unique index survives reopen, got {other:?}"),
+    }
+}
