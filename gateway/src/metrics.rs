@@ -1,0 +1,158 @@
+//! Prometheus metrics (`GET /metrics`): counters and gauges updated with atomics from the SIP
+//! driver, encoded in the text exposition format on request.
+
+use std::sync::atomic::{AtomicI64, AtomicU64};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Label for messages dropped, by reason.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// Why.
+    pub reason: String,
+}
+
+/// Label for SIP requests, by method.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodLabel {
+    /// Method token.
+    pub method: String,
+}
+
+/// Label for SIP responses sent, by status class.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabel {
+    /// `1xx` … `6xx`.
+    pub class: String,
+}
+
+/// Every metric csps exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Live bindings held by this server.
+    pub registrations: Gauge<i64, AtomicI64>,
+    /// Live SIP transactions.
+    pub transactions: Gauge<i64, AtomicI64>,
+    /// Open stream connections (TCP, TLS).
+    pub connections: Gauge<i64, AtomicI64>,
+    /// Failed digest authentications.
+    pub auth_failures: Counter<u64, AtomicU64>,
+    /// Source/account pairs or sources locked out after repeated failures.
+    pub auth_lockouts: Counter<u64, AtomicU64>,
+    /// Messages dropped without an answer, by reason.
+    pub dropped: Family<ReasonLabel, Counter<u64, AtomicU64>>,
+    /// Requests received, by method.
+    pub requests: Family<MethodLabel, Counter<u64, AtomicU64>>,
+    /// Responses sent, by class.
+    pub responses: Family<StatusLabel, Counter<u64, AtomicU64>>,
+    /// Registration batches written to the store.
+    pub store_commits: Counter<u64, AtomicU64>,
+    /// Registration writes that failed (answered 500, nothing lost silently).
+    pub store_failures: Counter<u64, AtomicU64>,
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("csps");
+        let m = Metrics {
+            registrations: Gauge::default(),
+            transactions: Gauge::default(),
+            connections: Gauge::default(),
+            auth_failures: Counter::default(),
+            auth_lockouts: Counter::default(),
+            dropped: Family::default(),
+            requests: Family::default(),
+            responses: Family::default(),
+            store_commits: Counter::default(),
+            store_failures: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "registrations",
+            "Live SIP registrations (bindings) on this server",
+            m.registrations.clone(),
+        );
+        registry.register(
+            "transactions",
+            "Live SIP transactions",
+            m.transactions.clone(),
+        );
+        registry.register(
+            "connections",
+            "Open SIP stream connections",
+            m.connections.clone(),
+        );
+        registry.register(
+            "auth_failures",
+            "Failed digest authentications",
+            m.auth_failures.clone(),
+        );
+        registry.register(
+            "auth_lockouts",
+            "Sources locked out after repeated auth failures",
+            m.auth_lockouts.clone(),
+        );
+        registry.register(
+            "sip_dropped",
+            "SIP messages dropped without an answer",
+            m.dropped.clone(),
+        );
+        registry.register("sip_requests", "SIP requests received", m.requests.clone());
+        registry.register("sip_responses", "SIP responses sent", m.responses.clone());
+        registry.register(
+            "store_commits",
+            "Registration batches made durable",
+            m.store_commits.clone(),
+        );
+        registry.register(
+            "store_failures",
+            "Registration writes that failed",
+            m.store_failures.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// Counts one dropped message.
+    pub fn drop_msg(&self, reason: &str) {
+        self.dropped
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts one response sent.
+    pub fn response_sent(&self, status: u16) {
+        let class = format!("{}xx", status / 100);
+        self.responses.get_or_create(&StatusLabel { class }).inc();
+    }
+
+    /// Counts one request received.
+    pub fn request_received(&self, method: &str) {
+        self.requests
+            .get_or_create(&MethodLabel {
+                method: method.to_owned(),
+            })
+            .inc();
+    }
+
+    /// The text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!("encoding metrics failed: {e}");
+        }
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

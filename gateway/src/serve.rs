@@ -1,0 +1,282 @@
+//! `csps serve`: resolves the settings (flag > environment > local file > store), opens the store,
+//! starts SIP and HTTP, and on SIGTERM/SIGINT drains: new requests get 503 with Retry-After, open
+//! transactions are answered, the store is flushed, then the process exits.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use clap::{Args, ValueEnum};
+
+use crate::config::LiveConfig;
+use crate::config::local::{self, LocalFile};
+use crate::metrics::Metrics;
+use crate::sip::{self, ListenSpec, SipOptions};
+use crate::store::Store;
+use crate::store::embedded::EmbeddedStore;
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Flags of `csps serve`; each has a `CSPS_*` environment twin.
+#[derive(Args, Clone, Debug)]
+pub struct ServeArgs {
+    /// Local file (default `<data-dir>/csps.toml`).
+    #[arg(long, env = "CSPS_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Data directory (embedded store, certificates, admin token).
+    #[arg(long, env = "CSPS_DATA_DIR", default_value = "./csps-data")]
+    pub data_dir: PathBuf,
+    /// This server's name (`[a-z0-9-]{1,63}`; default: the short host name).
+    #[arg(long, env = "CSPS_SERVER_NAME")]
+    pub server_name: Option<String>,
+    /// MongoDB connection string (absent: the embedded store).
+    #[arg(long, env = "CSPS_MONGODB_URI")]
+    pub mongodb_uri: Option<String>,
+    /// SIP listener, repeatable (`udp:127.0.0.1:5060`, `tcp:[::1]:5060`, `tls:0.0.0.0:5061`);
+    /// replaces the default UDP and TCP on port 5060.
+    #[arg(long = "sip-listen", env = "CSPS_SIP_LISTEN", value_delimiter = ',')]
+    pub sip_listen: Vec<ListenSpec>,
+    /// HTTP listener for the API, the console and /metrics.
+    #[arg(long, env = "CSPS_HTTP_LISTEN", default_value = "127.0.0.1:8080")]
+    pub http_listen: SocketAddr,
+    /// Log format.
+    #[arg(long, env = "CSPS_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Create the demo account (printed once) on an empty store.
+    #[arg(long, env = "CSPS_DEMO")]
+    pub demo: bool,
+}
+
+/// A start-up or shutdown failure, with what to do about it in the message.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ServeError(String);
+
+impl ServeError {
+    fn new(what: impl std::fmt::Display) -> Self {
+        ServeError(what.to_string())
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("CSPS_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+/// State of the HTTP side that is not the REST API's.
+#[derive(Clone)]
+struct HttpState {
+    metrics: Arc<Metrics>,
+    draining: Arc<AtomicBool>,
+}
+
+async fn healthz(State(s): State<HttpState>) -> Response {
+    if s.draining.load(Ordering::Relaxed) {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "30")],
+            "draining\n",
+        )
+            .into_response()
+    } else {
+        (StatusCode::OK, "ok\n").into_response()
+    }
+}
+
+async fn metrics_page(
+    State(s): State<HttpState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Response {
+    // Loopback by default (DESIGN): scraping from elsewhere goes through a local agent or proxy.
+    if !peer.ip().is_loopback() {
+        return crate::api::Problem::new(
+            StatusCode::FORBIDDEN,
+            "metrics are served to loopback only",
+        )
+        .into_response();
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.metrics.encode(),
+    )
+        .into_response()
+}
+
+/// Runs the gateway until SIGTERM or SIGINT.
+pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
+    init_logging(args.log_format);
+    std::fs::create_dir_all(&args.data_dir).map_err(|e| {
+        ServeError::new(format!(
+            "cannot create data dir {}: {e}",
+            args.data_dir.display()
+        ))
+    })?;
+    let config_path = args
+        .config
+        .clone()
+        .unwrap_or_else(|| args.data_dir.join("csps.toml"));
+    let mut file = LocalFile::load(&config_path).map_err(ServeError::new)?;
+    let server_name = args
+        .server_name
+        .clone()
+        .or_else(|| file.server_name.clone())
+        .unwrap_or_else(local::default_server_name);
+    local::validate_server_name(&server_name).map_err(ServeError::new)?;
+    if let Some(uri) = args.mongodb_uri.as_ref().or(file.mongodb_uri.as_ref()) {
+        let _ = uri;
+        return Err(ServeError::new(
+            "mongodb_uri is set, but this build has only the embedded store (the MongoDB backend comes with central configuration); remove it to run on the embedded store",
+        ));
+    }
+    let secret = file
+        .ensure_secret_key(&config_path)
+        .map_err(ServeError::new)?;
+    let admin_token = local::ensure_admin_token(&args.data_dir).map_err(ServeError::new)?;
+    raise_nofile_limit();
+
+    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&args.data_dir).map_err(|e| {
+        ServeError::new(format!(
+            "cannot open the embedded store in {}: {e}",
+            args.data_dir.display()
+        ))
+    })?);
+    let config = LiveConfig::open(store.clone(), &server_name)
+        .await
+        .map_err(|e| ServeError::new(format!("cannot read the configuration: {e}")))?;
+    if args.demo {
+        crate::demo::ensure_demo_account(store.as_ref(), &config, &args.data_dir)
+            .await
+            .map_err(ServeError::new)?;
+    }
+
+    let metrics = Arc::new(Metrics::new());
+    let listen = if args.sip_listen.is_empty() {
+        sip::listen::default_listeners()
+    } else {
+        args.sip_listen.clone()
+    };
+    let sip = sip::start(
+        SipOptions {
+            listen,
+            certs_dir: args.data_dir.join("certs"),
+            secret,
+        },
+        store.clone(),
+        &config,
+        metrics.clone(),
+    )
+    .await
+    .map_err(ServeError::new)?;
+
+    let draining = Arc::new(AtomicBool::new(false));
+    let http_state = HttpState {
+        metrics: metrics.clone(),
+        draining: draining.clone(),
+    };
+    let api = crate::api::router(crate::api::ApiState::new(
+        store.clone(),
+        config.clone(),
+        admin_token,
+    ));
+    let app = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics_page))
+        .with_state(http_state)
+        .merge(api);
+    let listener = tokio::net::TcpListener::bind(args.http_listen)
+        .await
+        .map_err(|e| {
+            ServeError::new(format!(
+                "cannot listen on {} for HTTP: {e}",
+                args.http_listen
+            ))
+        })?;
+    tracing::info!(http = %args.http_listen, server = %server_name, "csps is ready");
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let http = tokio::spawn(async move {
+        let serve = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async {
+            let _ = stop_rx.await;
+        });
+        if let Err(e) = serve.await {
+            tracing::error!("HTTP server failed: {e}");
+        }
+    });
+
+    wait_for_signal().await;
+    tracing::info!("draining: new requests get 503, open transactions are answered");
+    draining.store(true, Ordering::Relaxed);
+    let _ = sip.draining.send(true);
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    if sip
+        .commands
+        .send(sip::core::CoreCommand::Drain(done_tx))
+        .await
+        .is_ok()
+        && tokio::time::timeout(Duration::from_secs(32), done_rx)
+            .await
+            .is_err()
+    {
+        tracing::warn!("transactions still open after 32 s; stopping anyway");
+    }
+    if let Err(e) = store.flush().await {
+        tracing::error!("flushing the store failed: {e}");
+    }
+    let _ = stop_tx.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(5), http).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// Raises the soft open-file limit to the hard limit, as servers do (many TCP phones, one fd each).
+fn raise_nofile_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(limit = n, "open-file limit"),
+        Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
+    }
+}

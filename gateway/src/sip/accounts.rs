@@ -1,0 +1,78 @@
+//! The in-memory view of SIP accounts the registrar authenticates against: username and domain
+//! to HA1s. Built from the store off the packet path and swapped in whole when users change.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use csps_sip::digest::Algorithm;
+use csps_sip::registrar::{Account, Accounts};
+
+use crate::store::{HashAlgorithm, Store, StoreError, User};
+
+/// Accounts by lower-case `username@domain`.
+#[derive(Default)]
+pub struct AccountCache {
+    by_name: HashMap<String, Account>,
+}
+
+fn key(username: &str, domain: &str) -> String {
+    let mut k = String::with_capacity(username.len() + domain.len() + 1);
+    k.push_str(&username.to_lowercase());
+    k.push('@');
+    k.push_str(&domain.to_ascii_lowercase());
+    k
+}
+
+impl AccountCache {
+    /// Builds the cache from user records.
+    pub fn from_users(users: &[User]) -> AccountCache {
+        let by_name = users
+            .iter()
+            .map(|u| {
+                let ha1 = u
+                    .ha1
+                    .iter()
+                    .map(|h| {
+                        let alg = match h.algorithm {
+                            HashAlgorithm::Md5 => Algorithm::Md5,
+                            HashAlgorithm::Sha256 => Algorithm::Sha256,
+                        };
+                        (h.realm.clone(), alg, h.hash.clone())
+                    })
+                    .collect();
+                (
+                    key(&u.username, &u.domain),
+                    Account {
+                        enabled: u.enabled,
+                        ha1,
+                    },
+                )
+            })
+            .collect();
+        AccountCache { by_name }
+    }
+
+    /// Loads every user from the store.
+    pub async fn load(store: &dyn Store) -> Result<Arc<AccountCache>, StoreError> {
+        let users = store.list_users().await?;
+        Ok(Arc::new(AccountCache::from_users(&users)))
+    }
+
+    /// Number of accounts.
+    pub fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    /// True when there are no accounts.
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+}
+
+impl Accounts for AccountCache {
+    fn lookup(&self, username: &str, domain: &str) -> Option<std::borrow::Cow<'_, Account>> {
+        self.by_name
+            .get(&key(username, domain))
+            .map(std::borrow::Cow::Borrowed)
+    }
+}

@@ -1,0 +1,574 @@
+//! The SIP core task: one task owns the transaction layer, the registrar and the table of open
+//! flows. It takes parsed messages from the receive tasks, feeds the sans-IO cores with the time,
+//! carries out what they ask (send, persist, answer) and sleeps until their next timer.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use csps_sip::registrar::{Binding, RegisterOutcome, Registrar, RegistrarConfig};
+use csps_sip::transaction::{Event, Input, Output, Transactions, TxnConfig, TxnKey};
+use csps_sip::{FlowId, Message, Method, Remote, Request, Response, SipHeaders, Transport};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, watch};
+
+use super::accounts::AccountCache;
+use super::transport::{Inbound, UDP_FLOW_BASE};
+use super::writer::Commit;
+use crate::config::Settings;
+use crate::metrics::Metrics;
+use crate::store::{BindingKey, Registration};
+
+/// Methods this version implements; the others get 405 with this list.
+pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER";
+const IMPLEMENTED_HERE: &[Method] = &[
+    Method::Register,
+    Method::Options,
+    Method::Ack,
+    Method::Cancel,
+];
+/// How often a phone behind NAT gets a keep-alive from the gateway.
+const NAT_KEEPALIVE: Duration = Duration::from_secs(20);
+
+/// Commands from the rest of the gateway.
+pub enum CoreCommand {
+    /// Users changed: here is the new account view.
+    Accounts(Arc<AccountCache>),
+    /// Stop taking new work; reply when no transaction is left.
+    Drain(tokio::sync::oneshot::Sender<()>),
+}
+
+/// What the core needs at start.
+pub struct CoreParts {
+    /// This server's name.
+    pub server_name: String,
+    /// Secret for nonces.
+    pub secret: [u8; 32],
+    /// UDP sockets by index (flow id − `UDP_FLOW_BASE`).
+    pub udp: Vec<Arc<UdpSocket>>,
+    /// Messages and flow events from the receive tasks.
+    pub inbound: mpsc::Receiver<Inbound>,
+    /// Commands.
+    pub commands: mpsc::Receiver<CoreCommand>,
+    /// Live settings.
+    pub settings: watch::Receiver<Arc<Settings>>,
+    /// The accounts at start.
+    pub accounts: Arc<AccountCache>,
+    /// Bindings this server held before a restart (not expired).
+    pub bindings: Vec<Registration>,
+    /// The group-commit writer.
+    pub writer: mpsc::Sender<Commit>,
+    /// Answers whose bindings are durable.
+    pub committed: mpsc::Receiver<Vec<(TxnKey, Response)>>,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+}
+
+/// Registrar settings from the live configuration.
+pub fn registrar_config(server_name: &str, s: &Settings) -> RegistrarConfig {
+    RegistrarConfig {
+        server_name: server_name.to_owned(),
+        default_domain: s.default_sip_domain.clone(),
+        trusted: s.trusted_ips.clone(),
+        min_expires: s.min_expires,
+        max_expires: s.max_expires,
+        default_expires: 3600.min(s.max_expires),
+        nat_expires: s.nat_expires,
+        auth_failure_limit: s.auth_failure_limit,
+        auth_failure_window: Duration::from_secs(60),
+        lockout: Duration::from_secs(300),
+        nonce_lifetime: Duration::from_secs(300),
+    }
+}
+
+struct FlowHandle {
+    tx: mpsc::Sender<Bytes>,
+    local: SocketAddr,
+}
+
+struct Core {
+    server_name: String,
+    txns: Transactions,
+    registrar: Registrar,
+    accounts: Arc<AccountCache>,
+    flows: HashMap<FlowId, FlowHandle>,
+    udp: Vec<Arc<UdpSocket>>,
+    writer: mpsc::Sender<Commit>,
+    metrics: Arc<Metrics>,
+    rng: StdRng,
+    /// NAT'ed UDP bindings to keep alive, in the order their next ping is due.
+    keepalives: VecDeque<(Instant, BindingKey, SocketAddr, Option<FlowId>)>,
+    /// Answers waiting for a durable write.
+    pending_commits: usize,
+    draining: Option<tokio::sync::oneshot::Sender<()>>,
+    out: Vec<u8>,
+    /// Registrar counters already mirrored into the metrics.
+    seen_auth: (u64, u64),
+}
+
+/// Runs the core until the inbound channel closes.
+pub async fn run(parts: CoreParts) {
+    let CoreParts {
+        server_name,
+        secret,
+        udp,
+        mut inbound,
+        mut commands,
+        mut settings,
+        accounts,
+        bindings,
+        writer,
+        mut committed,
+        metrics,
+    } = parts;
+    let cfg = registrar_config(&server_name, &settings.borrow_and_update());
+    let mut registrar = Registrar::new(cfg, secret);
+    let now_wall = SystemTime::now();
+    let now = Instant::now();
+    let mut keepalives = VecDeque::new();
+    let restored: Vec<Binding> = bindings
+        .iter()
+        .filter_map(|r| binding_from_record(r, now_wall))
+        .collect();
+    for b in &restored {
+        if b.nat && b.source.transport == Transport::Udp {
+            keepalives.push_back((
+                now + NAT_KEEPALIVE,
+                BindingKey {
+                    aor: b.aor.clone(),
+                    binding: b.key.clone(),
+                },
+                b.source.addr,
+                b.source.flow,
+            ));
+        }
+    }
+    tracing::info!(
+        bindings = restored.len(),
+        "restored registrations of this server"
+    );
+    registrar.load(restored);
+    metrics.registrations.set(registrar.len() as i64);
+    let mut core = Core {
+        server_name,
+        txns: Transactions::new(TxnConfig::default()),
+        registrar,
+        accounts,
+        flows: HashMap::new(),
+        udp,
+        writer,
+        metrics,
+        rng: StdRng::from_os_rng(),
+        keepalives,
+        pending_commits: 0,
+        draining: None,
+        out: Vec::with_capacity(2048),
+        seen_auth: (0, 0),
+    };
+    loop {
+        let deadline = core.next_deadline();
+        tokio::select! {
+            biased;
+            Some(replies) = committed.recv() => {
+                let now = Instant::now();
+                core.pending_commits = core.pending_commits.saturating_sub(replies.len());
+                for (key, resp) in replies {
+                    if let Err(e) = core.txns.respond(now, &key, resp) {
+                        tracing::debug!(%key, "answer after the write came too late: {e}");
+                    }
+                }
+            }
+            msg = inbound.recv() => {
+                let Some(msg) = msg else { break };
+                core.on_inbound(msg);
+            }
+            Some(cmd) = commands.recv() => match cmd {
+                CoreCommand::Accounts(a) => {
+                    tracing::debug!(accounts = a.len(), "account view updated");
+                    core.accounts = a;
+                }
+                CoreCommand::Drain(done) => core.draining = Some(done),
+            },
+            Ok(()) = settings.changed() => {
+                let s = settings.borrow_and_update().clone();
+                core.registrar.set_config(registrar_config(&core.server_name, &s));
+                tracing::info!(trusted = s.trusted_ips.len(), "SIP settings applied");
+            }
+            _ = sleep_until(deadline) => core.on_timer(),
+        }
+        core.drain_outputs();
+        if core.draining.is_some() && core.txns.len() == 0 && core.pending_commits == 0 {
+            if let Some(done) = core.draining.take() {
+                let _ = done.send(());
+            }
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn to_utc(t: SystemTime) -> DateTime<Utc> {
+    DateTime::<Utc>::from(t)
+}
+
+/// A stored registration back into a core binding (at start-up).
+fn binding_from_record(r: &Registration, now: SystemTime) -> Option<Binding> {
+    let expires_at: SystemTime = r.expires_at.into();
+    if expires_at <= now {
+        return None;
+    }
+    let transport = Transport::from_token(&r.transport)?;
+    let addr: SocketAddr = r.source.parse().ok()?;
+    let local: SocketAddr = r.local.parse().ok()?;
+    Some(Binding {
+        aor: r.aor.clone(),
+        key: r.binding.clone(),
+        contact: r.contact.clone(),
+        expires_at,
+        // Stream flows do not survive a restart: the phone reconnects; UDP keeps its address.
+        source: Remote {
+            transport,
+            addr,
+            flow: None,
+        },
+        local,
+        user_agent: r.user_agent.clone(),
+        instance_id: r.instance_id.clone(),
+        reg_id: r.reg_id,
+        call_id: r.call_id.clone(),
+        cseq: r.cseq,
+        q: r.q,
+        nat: r.nat,
+    })
+}
+
+impl Core {
+    fn next_deadline(&self) -> Option<Instant> {
+        let now_i = Instant::now();
+        let now_w = SystemTime::now();
+        let reg = self
+            .registrar
+            .next_expiry()
+            .map(|t| now_i + t.duration_since(now_w).unwrap_or(Duration::ZERO));
+        [
+            self.txns.poll_timeout(),
+            reg,
+            self.keepalives.front().map(|k| k.0),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    fn record(&self, b: &Binding) -> Registration {
+        Registration {
+            aor: b.aor.clone(),
+            binding: b.key.clone(),
+            contact: b.contact.clone(),
+            server: self.server_name.clone(),
+            transport: b.source.transport.as_str().to_owned(),
+            source: b.source.addr.to_string(),
+            local: b.local.to_string(),
+            user_agent: b.user_agent.clone(),
+            expires_at: to_utc(b.expires_at),
+            instance_id: b.instance_id.clone(),
+            reg_id: b.reg_id,
+            call_id: b.call_id.clone(),
+            cseq: b.cseq,
+            q: b.q,
+            nat: b.nat,
+        }
+    }
+
+    fn on_inbound(&mut self, msg: Inbound) {
+        match msg {
+            Inbound::Message { from, local, msg } => {
+                if let Message::Request(r) = &msg {
+                    self.metrics.request_received(r.method.as_str());
+                }
+                let _ = local; // UDP: the socket's address; streams: kept with the flow
+                self.txns.handle_input(Input::Receive {
+                    now: Instant::now(),
+                    from,
+                    msg,
+                });
+            }
+            Inbound::FlowOpened {
+                id,
+                remote: _,
+                local,
+                tx,
+            } => {
+                self.flows.insert(id, FlowHandle { tx, local });
+            }
+            Inbound::FlowClosed { id } => {
+                self.flows.remove(&id);
+            }
+        }
+    }
+
+    fn on_timer(&mut self) {
+        let now = Instant::now();
+        self.txns.handle_input(Input::Timeout(now));
+        let lapsed = self.registrar.expire(SystemTime::now());
+        if !lapsed.is_empty() {
+            self.metrics.registrations.set(self.registrar.len() as i64);
+        }
+        while let Some((due, _, _, _)) = self.keepalives.front() {
+            if *due > now {
+                break;
+            }
+            let Some((_, key, addr, flow)) = self.keepalives.pop_front() else {
+                break;
+            };
+            let still = self
+                .registrar
+                .lookup(&key.aor)
+                .iter()
+                .any(|b| b.key == key.binding && b.source.addr == addr);
+            if still {
+                self.send_raw(
+                    Remote {
+                        transport: Transport::Udp,
+                        addr,
+                        flow,
+                    },
+                    b"\r\n\r\n",
+                );
+                self.keepalives
+                    .push_back((now + NAT_KEEPALIVE, key, addr, flow));
+            }
+        }
+    }
+
+    fn drain_outputs(&mut self) {
+        while let Some(out) = self.txns.poll_output() {
+            match out {
+                Output::Transmit { to, msg } => {
+                    if let Message::Response(r) = &msg {
+                        self.metrics.response_sent(r.status);
+                    }
+                    self.out.clear();
+                    msg.encode(&mut self.out);
+                    let bytes = std::mem::take(&mut self.out);
+                    self.send_raw(to, &bytes);
+                    self.out = bytes;
+                }
+                Output::Event(ev) => self.on_event(ev),
+                _ => {}
+            }
+        }
+        self.metrics.transactions.set(self.txns.len() as i64);
+    }
+
+    fn send_raw(&mut self, to: Remote, bytes: &[u8]) {
+        match to.transport {
+            Transport::Udp => {
+                let sock = to
+                    .flow
+                    .and_then(|f| f.0.checked_sub(UDP_FLOW_BASE))
+                    .and_then(|i| self.udp.get(i as usize))
+                    .or_else(|| {
+                        self.udp.iter().find(|s| {
+                            s.local_addr()
+                                .map(|a| a.is_ipv4() == to.addr.is_ipv4())
+                                .unwrap_or(false)
+                        })
+                    });
+                match sock {
+                    Some(s) => {
+                        if let Err(e) = s.try_send_to(bytes, to.addr) {
+                            tracing::debug!(to = %to.addr, "UDP send failed: {e}");
+                            self.metrics.drop_msg("send_failed");
+                        }
+                    }
+                    None => self.metrics.drop_msg("no_socket"),
+                }
+            }
+            _ => match to.flow.and_then(|f| self.flows.get(&f)) {
+                Some(flow) => {
+                    if flow.tx.try_send(Bytes::copy_from_slice(bytes)).is_err() {
+                        self.metrics.drop_msg("flow_busy");
+                    }
+                }
+                None => {
+                    // Opening connections towards phones arrives with calls; the phone's own
+                    // connection is the way back until then.
+                    tracing::debug!(to = %to.addr, "no open connection for a stream message");
+                    self.metrics.drop_msg("no_flow");
+                }
+            },
+        }
+    }
+
+    fn respond(&mut self, key: &TxnKey, req: &Request, mut resp: Response) {
+        self.add_to_tag(req, &mut resp);
+        if let Err(e) = self.txns.respond(Instant::now(), key, resp) {
+            tracing::debug!(%key, "cannot answer: {e}");
+        }
+    }
+
+    fn add_to_tag(&mut self, _req: &Request, resp: &mut Response) {
+        if resp.status == 100 {
+            return;
+        }
+        if let Some(to) = resp.headers.get("To") {
+            if let Ok(mut na) = csps_sip::headers::NameAddr::parse(to) {
+                if na.tag().is_none() {
+                    let tag = format!("{:016x}", rand::Rng::random::<u64>(&mut self.rng));
+                    na.set_param("tag", Some(tag));
+                    resp.headers.set("To", na.to_string());
+                }
+            }
+        }
+    }
+
+    fn on_event(&mut self, ev: Event) {
+        match ev {
+            Event::Request { key, from, req } => {
+                let span = tracing::debug_span!("sip", call_id = req.call_id().unwrap_or(""), method = %req.method);
+                let _enter = span.enter();
+                self.on_request(key, from, req);
+            }
+            Event::Ack { .. } => {}
+            Event::Cancel { .. } => {}
+            Event::Response { .. } => {}
+            Event::Timeout { .. } => {}
+            Event::Terminated { .. } => {}
+            Event::StrayResponse { .. } => self.metrics.drop_msg("stray_response"),
+            _ => {}
+        }
+    }
+
+    fn on_request(&mut self, key: TxnKey, from: Remote, req: Request) {
+        if let Err(rej) = csps_sip::validate::check_request(&req, &[]) {
+            tracing::debug!(status = rej.status, "request refused: {}", rej.warning);
+            let resp = rej.to_response_from(&req, &self.server_name);
+            self.respond(&key, &req, resp);
+            return;
+        }
+        match req.method {
+            Method::Register => self.on_register(key, from, req),
+            Method::Options => {
+                let mut resp = req.response(200, "OK");
+                resp.headers.push("Allow", ALLOW);
+                resp.headers.push("Accept", "application/sdp");
+                resp.headers.push("Supported", "path, outbound");
+                self.respond(&key, &req, resp);
+            }
+            Method::Other(_) => {
+                let mut resp = req.response(501, "Not Implemented");
+                resp.headers.push("Allow", ALLOW);
+                self.respond(&key, &req, resp);
+            }
+            ref m if !IMPLEMENTED_HERE.contains(m) => {
+                let mut resp = req.response(405, "Method Not Allowed");
+                resp.headers.push("Allow", "ACK, CANCEL, OPTIONS, REGISTER");
+                self.respond(&key, &req, resp);
+            }
+            _ => {
+                let resp = req.response(481, "Call/Transaction Does Not Exist");
+                self.respond(&key, &req, resp);
+            }
+        }
+    }
+
+    fn on_register(&mut self, key: TxnKey, from: Remote, req: Request) {
+        let local = self.local_of(&from);
+        let accounts = self.accounts.clone();
+        let outcome = self.registrar.register(
+            SystemTime::now(),
+            &req,
+            from,
+            local,
+            accounts.as_ref(),
+            &mut self.rng,
+        );
+        self.sync_auth_counters();
+        match outcome {
+            RegisterOutcome::Reply(resp) => self.respond(&key, &req, resp),
+            RegisterOutcome::Commit {
+                upserts,
+                removals,
+                reply,
+            } => {
+                let now = Instant::now();
+                for b in &upserts {
+                    if b.nat && b.source.transport == Transport::Udp {
+                        self.keepalives.push_back((
+                            now + NAT_KEEPALIVE,
+                            BindingKey {
+                                aor: b.aor.clone(),
+                                binding: b.key.clone(),
+                            },
+                            b.source.addr,
+                            b.source.flow,
+                        ));
+                    }
+                }
+                let mut reply = reply;
+                self.add_to_tag(&req, &mut reply);
+                let commit = Commit {
+                    upserts: upserts.iter().map(|b| self.record(b)).collect(),
+                    removals: removals
+                        .into_iter()
+                        .map(|k| BindingKey {
+                            aor: k.aor,
+                            binding: k.key,
+                        })
+                        .collect(),
+                    replies: vec![(key, reply)],
+                };
+                self.metrics.registrations.set(self.registrar.len() as i64);
+                match self.writer.try_send(commit) {
+                    Ok(()) => self.pending_commits += 1,
+                    Err(_) => {
+                        let mut resp = req.response(503, "Service Unavailable");
+                        resp.headers.push("Retry-After", "5");
+                        self.metrics.store_failures.inc();
+                        self.respond(&key, &req, resp);
+                    }
+                }
+            }
+            _ => {
+                let resp = req.response(500, "Server Internal Error");
+                self.respond(&key, &req, resp);
+            }
+        }
+    }
+
+    fn sync_auth_counters(&mut self) {
+        let c = self.registrar.counters();
+        let (f, l) = self.seen_auth;
+        if c.auth_failures > f {
+            self.metrics.auth_failures.inc_by(c.auth_failures - f);
+        }
+        if c.lockouts > l {
+            self.metrics.auth_lockouts.inc_by(c.lockouts - l);
+        }
+        self.seen_auth = (c.auth_failures, c.lockouts);
+    }
+
+    fn local_of(&self, from: &Remote) -> SocketAddr {
+        let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
+        match from.flow {
+            Some(f) if f.0 >= UDP_FLOW_BASE => self
+                .udp
+                .get((f.0 - UDP_FLOW_BASE) as usize)
+                .and_then(|s| s.local_addr().ok())
+                .unwrap_or(unspecified),
+            Some(f) => self.flows.get(&f).map(|h| h.local).unwrap_or(unspecified),
+            None => unspecified,
+        }
+    }
+}

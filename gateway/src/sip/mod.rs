@@ -1,0 +1,225 @@
+//! SIP on the wire: listeners and connections (`transport`), the TLS certificate (`tls`), the
+//! core task that drives the sans-IO transaction layer and registrar (`core`), the account view it
+//! authenticates against (`accounts`) and the group-commit writer for registrations (`writer`).
+
+pub mod accounts;
+pub mod core;
+pub mod listen;
+pub mod tls;
+pub mod transport;
+pub mod writer;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use csps_sip::Transport;
+use tokio::net::{TcpListener, TcpSocket, UdpSocket};
+use tokio::sync::{mpsc, watch};
+
+pub use listen::ListenSpec;
+
+use self::accounts::AccountCache;
+use self::core::{CoreCommand, CoreParts};
+use self::transport::TransportCtx;
+use crate::config::LiveConfig;
+use crate::metrics::Metrics;
+use crate::store::{RegistrationFilter, Store};
+
+/// What starting SIP needs.
+pub struct SipOptions {
+    /// Listeners to open.
+    pub listen: Vec<ListenSpec>,
+    /// `<data-dir>/certs`.
+    pub certs_dir: PathBuf,
+    /// Secret for digest nonces.
+    pub secret: [u8; 32],
+}
+
+/// A running SIP side.
+pub struct SipHandle {
+    /// Commands to the core task.
+    pub commands: mpsc::Sender<CoreCommand>,
+    /// Set to true to refuse new requests with 503.
+    pub draining: watch::Sender<bool>,
+    /// The addresses actually bound (port 0 resolved).
+    pub bound: Vec<ListenSpec>,
+}
+
+/// Why SIP could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SipStartError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {spec}: {source}")]
+    Bind {
+        /// The listener.
+        spec: ListenSpec,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The store could not be read.
+    #[error("store: {0}")]
+    Store(#[from] crate::store::StoreError),
+    /// No TLS certificate.
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::CertError),
+}
+
+fn bind_err(spec: ListenSpec) -> impl FnOnce(std::io::Error) -> SipStartError {
+    move |source| SipStartError::Bind { spec, source }
+}
+
+/// Binds every listener, restores this server's registrations and starts the core.
+pub async fn start(
+    opts: SipOptions,
+    store: Arc<dyn Store>,
+    config: &LiveConfig,
+    metrics: Arc<Metrics>,
+) -> Result<SipHandle, SipStartError> {
+    let server_name = config.server().to_owned();
+    let (inbound_tx, inbound_rx) = mpsc::channel(16_384);
+    let (draining_tx, draining_rx) = watch::channel(false);
+    let ctx = TransportCtx {
+        inbound: inbound_tx,
+        metrics: metrics.clone(),
+        server_name: Arc::from(server_name.as_str()),
+        draining: draining_rx,
+        next_flow: Arc::new(AtomicU64::new(1)),
+    };
+    let mut udp = Vec::new();
+    let mut bound = Vec::new();
+    let mut tls_resolver: Option<Arc<tls::CertResolver>> = None;
+    let mut udp_tasks = Vec::new();
+    for spec in &opts.listen {
+        match spec.transport {
+            Transport::Udp => {
+                let sock = bind_udp(*spec).map_err(bind_err(*spec))?;
+                let addr = sock.local_addr().map_err(bind_err(*spec))?;
+                let sock = Arc::new(sock);
+                let index = udp.len() as u64;
+                udp.push(sock.clone());
+                udp_tasks.push((sock, index));
+                bound.push(ListenSpec { addr, ..*spec });
+            }
+            Transport::Tcp | Transport::Tls => {
+                let listener = bind_tcp(*spec).map_err(bind_err(*spec))?;
+                let addr = listener.local_addr().map_err(bind_err(*spec))?;
+                let acceptor = if spec.transport == Transport::Tls {
+                    let resolver = match &tls_resolver {
+                        Some(r) => r.clone(),
+                        None => {
+                            let thumb = config.settings().certificate_thumbprint.clone();
+                            let (key, tp) =
+                                tls::load_certificate(&opts.certs_dir, &thumb, &server_name)?;
+                            tracing::info!(thumbprint = %tp, "TLS certificate loaded");
+                            let r = Arc::new(tls::CertResolver::new(key));
+                            tls_resolver = Some(r.clone());
+                            r
+                        }
+                    };
+                    Some(tokio_rustls::TlsAcceptor::from(tls::server_config(
+                        resolver,
+                    )))
+                } else {
+                    None
+                };
+                tokio::spawn(transport::run_tcp_listener(ctx.clone(), listener, acceptor));
+                bound.push(ListenSpec { addr, ..*spec });
+            }
+            _ => {}
+        }
+        tracing::info!(listener = %bound.last().map(|b| b.to_string()).unwrap_or_default(), "SIP listening");
+    }
+    // Pick up a new certificate when the configuration names another one.
+    if let Some(resolver) = tls_resolver {
+        let mut rx = config.subscribe();
+        let dir = opts.certs_dir.clone();
+        let name = server_name.clone();
+        tokio::spawn(async move {
+            let mut current = rx.borrow_and_update().certificate_thumbprint.clone();
+            while rx.changed().await.is_ok() {
+                let want = rx.borrow_and_update().certificate_thumbprint.clone();
+                if want == current {
+                    continue;
+                }
+                current = want.clone();
+                match tls::load_certificate(&dir, &want, &name) {
+                    Ok((key, tp)) => {
+                        resolver.set(key);
+                        tracing::info!(thumbprint = %tp, "TLS certificate replaced");
+                    }
+                    Err(e) => tracing::error!("keeping the old TLS certificate: {e}"),
+                }
+            }
+        });
+    }
+
+    let accounts = AccountCache::load(store.as_ref()).await?;
+    let bindings = store
+        .list_registrations(
+            &RegistrationFilter {
+                server: Some(server_name.clone()),
+                aor: None,
+            },
+            chrono::Utc::now(),
+        )
+        .await?;
+    let (writer_tx, writer_rx) = mpsc::channel(8192);
+    let (done_tx, done_rx) = mpsc::channel(1024);
+    tokio::spawn(writer::run(
+        store.clone(),
+        metrics.clone(),
+        writer_rx,
+        done_tx,
+    ));
+    let (cmd_tx, cmd_rx) = mpsc::channel(64);
+    tokio::spawn(core::run(CoreParts {
+        server_name,
+        secret: opts.secret,
+        udp,
+        inbound: inbound_rx,
+        commands: cmd_rx,
+        settings: config.subscribe(),
+        accounts,
+        bindings,
+        writer: writer_tx,
+        committed: done_rx,
+        metrics,
+    }));
+    for (sock, index) in udp_tasks {
+        tokio::spawn(transport::run_udp(ctx.clone(), sock, index));
+    }
+    Ok(SipHandle {
+        commands: cmd_tx,
+        draining: draining_tx,
+        bound,
+    })
+}
+
+/// Rebuilds the account view after a change of users and hands it to the core.
+pub async fn refresh_accounts(store: &dyn Store, commands: &mpsc::Sender<CoreCommand>) {
+    match AccountCache::load(store).await {
+        Ok(a) => {
+            let _ = commands.send(CoreCommand::Accounts(a)).await;
+        }
+        Err(e) => tracing::error!("cannot reload accounts: {e}"),
+    }
+}
+
+fn bind_udp(spec: ListenSpec) -> std::io::Result<UdpSocket> {
+    let std = std::net::UdpSocket::bind(spec.addr)?;
+    std.set_nonblocking(true)?;
+    let sock = UdpSocket::from_std(std)?;
+    Ok(sock)
+}
+
+fn bind_tcp(spec: ListenSpec) -> std::io::Result<TcpListener> {
+    let sock = if spec.addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    sock.set_reuseaddr(true)?;
+    sock.bind(spec.addr)?;
+    sock.listen(1024)
+}
