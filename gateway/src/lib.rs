@@ -5,5 +5,6 @@
 //! `api` (REST over axum), `serve` (start-up, drain, shutdown), `metrics` (Prometheus).
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod config;
 pub mod store;

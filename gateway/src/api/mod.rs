@@ -1,0 +1,89 @@
+//! The REST API under `/api` (axum): users, registrations, trusted IPs and the version, with
+//! `application/problem+json` errors and the interim local/bearer access rule. [`router`] builds
+//! the whole tree from an [`ApiState`]; `serve` mounts it and owns `/healthz` and `/metrics`.
+
+pub mod access;
+pub mod problem;
+pub mod registrations;
+pub mod trusted_ips;
+pub mod users;
+pub mod version;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::http::{StatusCode, Uri};
+use axum::middleware;
+use axum::routing::get;
+
+use crate::config::LiveConfig;
+use crate::store::Store;
+pub use problem::{FieldError, Problem};
+pub use version::VersionInfo;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct ApiState {
+    /// The store (users, registrations, configuration).
+    pub store: Arc<dyn Store>,
+    /// The running server's configuration; reloaded after every configuration write.
+    pub config: LiveConfig,
+    /// The break-glass token (`<data-dir>/admin-token`), accepted as a bearer token from loopback.
+    pub admin_token: Arc<str>,
+    /// What `GET /api/version` answers.
+    pub version: VersionInfo,
+    /// Serialises this process' read-modify-write of configuration entries.
+    pub config_writes: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl ApiState {
+    /// State over `store` and `config`, accepting `admin_token` as the bearer token.
+    pub fn new(
+        store: Arc<dyn Store>,
+        config: LiveConfig,
+        admin_token: impl Into<Arc<str>>,
+    ) -> Self {
+        ApiState {
+            store,
+            config,
+            admin_token: admin_token.into(),
+            version: VersionInfo::current(),
+            config_writes: Arc::new(tokio::sync::Mutex::new(())),
+        }
+    }
+}
+
+/// The `/api` routes; unknown `/api` paths answer a 404 problem, wrong methods a 405 problem.
+pub fn router(state: ApiState) -> Router {
+    let protected = Router::new()
+        .route("/api/users", get(users::list).post(users::create))
+        .route(
+            "/api/users/{id}",
+            get(users::get).patch(users::patch).delete(users::delete),
+        )
+        .route("/api/registrations", get(registrations::list))
+        .route(
+            "/api/config/{server}/trusted-ips",
+            get(trusted_ips::list)
+                .post(trusted_ips::add)
+                .delete(trusted_ips::remove),
+        )
+        .route_layer(middleware::from_fn_with_state(state.clone(), access::guard));
+    Router::new()
+        .route("/api/version", get(version::get))
+        .merge(protected)
+        .method_not_allowed_fallback(method_not_allowed)
+        .fallback(not_found)
+        .with_state(state)
+}
+
+async fn not_found(uri: Uri) -> Problem {
+    Problem::not_found(format!("no resource at `{}`", uri.path()))
+}
+
+async fn method_not_allowed() -> Problem {
+    Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "this resource does not support the method",
+    )
+}

@@ -1,0 +1,151 @@
+//! `/api/config/{server}/trusted-ips`: the `Data.SipConfig.TrustedIps` leaf as a list resource.
+//! A change to `*` (the global entry) is written to the global entry and to every server entry
+//! (cSPS semantics: a global write overrides the servers' values of that leaf); a change to one
+//! server writes only its entry. The running server reloads its settings after every write.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::ApiState;
+use super::problem::{JsonBody, PathParam, Problem, QueryParams};
+use crate::config::{GLOBAL, leaf, parse_cidr, set_leaf};
+use crate::store::ConfigEntry;
+
+/// Dotted path of the leaf.
+pub const LEAF: &str = "Data.SipConfig.TrustedIps";
+
+/// `POST` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddBody {
+    /// Address or CIDR range.
+    pub cidr: String,
+}
+
+/// `DELETE` query.
+#[derive(Debug, Deserialize)]
+pub struct DeleteQuery {
+    /// Address or CIDR range to remove.
+    pub cidr: Option<String>,
+}
+
+/// True for `*` and for names of the form `[a-z0-9-]{1,63}` that are not reserved.
+pub fn valid_entry_name(name: &str) -> bool {
+    name == GLOBAL
+        || (!name.is_empty()
+            && name.len() <= 63
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && name != "servers"
+            && name != "paths")
+}
+
+/// The leaf's values as stored (strings only).
+fn ranges(entry: &ConfigEntry) -> Vec<String> {
+    match leaf(entry, LEAF) {
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// True when a stored value denotes the same range as `net`.
+fn same(stored: &str, net: &ipnet::IpNet) -> bool {
+    parse_cidr(stored).is_ok_and(|n| n == *net)
+}
+
+/// Reads an entry, 404 when it does not exist.
+async fn entry(state: &ApiState, server: &str) -> Result<ConfigEntry, Problem> {
+    let missing = || Problem::not_found(format!("no configuration entry `{server}`"));
+    if !valid_entry_name(server) {
+        return Err(missing());
+    }
+    state.store.get_config(server).await?.ok_or_else(missing)
+}
+
+/// Writes `list` to `server`'s entry, and for `*` to every server entry too; then reloads.
+async fn write(
+    state: &ApiState,
+    server: &str,
+    mut own: ConfigEntry,
+    list: &[String],
+) -> Result<(), Problem> {
+    let value = Value::from(list.to_vec());
+    set_leaf(&mut own, LEAF, value.clone());
+    state.store.put_config(server, &own).await?;
+    if server == GLOBAL {
+        for name in state.store.list_config().await? {
+            if name == GLOBAL {
+                continue;
+            }
+            let Some(mut e) = state.store.get_config(&name).await? else {
+                continue;
+            };
+            set_leaf(&mut e, LEAF, value.clone());
+            state.store.put_config(&name, &e).await?;
+        }
+    }
+    if let Err(e) = state.config.reload().await {
+        tracing::warn!("configuration written but not reloaded: {e}");
+    }
+    Ok(())
+}
+
+/// `GET /api/config/{server}/trusted-ips` → `["10.0.0.0/8"]`.
+pub async fn list(
+    State(state): State<ApiState>,
+    PathParam(server): PathParam<String>,
+) -> Result<Json<Vec<String>>, Problem> {
+    Ok(Json(ranges(&entry(&state, &server).await?)))
+}
+
+/// `POST /api/config/{server}/trusted-ips` `{"cidr":"…"}` → 201 with the new list; adding a
+/// range that is already there changes nothing.
+pub async fn add(
+    State(state): State<ApiState>,
+    PathParam(server): PathParam<String>,
+    JsonBody(body): JsonBody<AddBody>,
+) -> Result<Response, Problem> {
+    let net = parse_cidr(&body.cidr).map_err(|m| Problem::invalid("cidr", m))?;
+    let _writing = state.config_writes.lock().await;
+    let own = entry(&state, &server).await?;
+    let mut list = ranges(&own);
+    if !list.iter().any(|s| same(s, &net)) {
+        list.push(net.to_string());
+    }
+    write(&state, &server, own, &list).await?;
+    Ok((StatusCode::CREATED, Json(list)).into_response())
+}
+
+/// `DELETE /api/config/{server}/trusted-ips?cidr=…` → 204, 404 when the range is not listed.
+pub async fn remove(
+    State(state): State<ApiState>,
+    PathParam(server): PathParam<String>,
+    QueryParams(q): QueryParams<DeleteQuery>,
+) -> Result<StatusCode, Problem> {
+    let Some(raw) = q.cidr.filter(|c| !c.trim().is_empty()) else {
+        return Err(Problem::invalid(
+            "cidr",
+            "the `cidr` query parameter is required",
+        ));
+    };
+    let net = parse_cidr(&raw).map_err(|m| Problem::invalid("cidr", m))?;
+    let _writing = state.config_writes.lock().await;
+    let own = entry(&state, &server).await?;
+    let list = ranges(&own);
+    let kept: Vec<String> = list.iter().filter(|s| !same(s, &net)).cloned().collect();
+    if kept.len() == list.len() {
+        return Err(Problem::not_found(format!(
+            "`{net}` is not a trusted range of `{server}`"
+        )));
+    }
+    write(&state, &server, own, &kept).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

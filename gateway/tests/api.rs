@@ -1,0 +1,939 @@
+//! The REST API driven in-process (`tower::ServiceExt::oneshot`, no sockets) over an embedded
+//! store in a temporary directory: users, trusted IPs, registrations, access rules, error bodies.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::{HeaderMap, Method, Request, StatusCode, header};
+use chrono::{Duration, Utc};
+use csps::api::{ApiState, router};
+use csps::config::LiveConfig;
+use csps::store::embedded::EmbeddedStore;
+use csps::store::{HashAlgorithm, Registration, Store};
+use csps_sip::digest::{Algorithm, ha1};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+use uuid::Uuid;
+
+const TOKEN: &str = "test-admin-token-0123456789";
+const SERVER: &str = "s1";
+
+struct Harness {
+    app: Router,
+    store: Arc<dyn Store>,
+    config: LiveConfig,
+    _dir: tempfile::TempDir,
+}
+
+/// The router under test.
+fn app(state: ApiState) -> Router {
+    router(state)
+}
+
+async fn harness() -> Harness {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store: Arc<dyn Store> = Arc::new(
+        EmbeddedStore::open_async(dir.path())
+            .await
+            .expect("open store"),
+    );
+    let config = LiveConfig::open(Arc::clone(&store), SERVER)
+        .await
+        .expect("live config");
+    // A second server sharing the store.
+    let global = store
+        .get_config("*")
+        .await
+        .expect("get")
+        .expect("global entry");
+    store.put_config("s2", &global).await.expect("put s2");
+    let state = ApiState::new(Arc::clone(&store), config.clone(), TOKEN);
+    Harness {
+        app: app(state),
+        store,
+        config,
+        _dir: dir,
+    }
+}
+
+/// A request from a loopback peer with a loopback Host.
+fn local(method: Method, uri: &str) -> axum::http::request::Builder {
+    Request::builder()
+        .method(method)
+        .uri(uri)
+        .header(header::HOST, "127.0.0.1:8080")
+        .extension(ConnectInfo(SocketAddr::from(([127, 0, 0, 1], 40000))))
+}
+
+fn json_req(method: Method, uri: &str, body: &Value) -> Request<Body> {
+    local(method, uri)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body.to_string()))
+        .expect("request")
+}
+
+fn empty(method: Method, uri: &str) -> Request<Body> {
+    local(method, uri).body(Body::empty()).expect("request")
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Value,
+}
+
+impl Reply {
+    fn content_type(&self) -> &str {
+        self.headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    /// Asserts an `application/problem+json` answer with `status`.
+    fn problem(&self, status: StatusCode) -> &Self {
+        assert_eq!(self.status, status, "body: {}", self.body);
+        assert_eq!(self.content_type(), "application/problem+json");
+        assert_eq!(self.body["status"], json!(status.as_u16()));
+        assert!(self.body["title"].is_string());
+        assert!(self.body["type"].is_string());
+        self
+    }
+
+    /// The `path`s of a 422's `errors`.
+    fn error_paths(&self) -> Vec<String> {
+        self.problem(StatusCode::UNPROCESSABLE_ENTITY);
+        self.body["errors"]
+            .as_array()
+            .expect("errors array")
+            .iter()
+            .map(|e| {
+                assert!(e["message"].is_string());
+                e["path"].as_str().expect("path").to_owned()
+            })
+            .collect()
+    }
+}
+
+async fn send(app: &Router, req: Request<Body>) -> Reply {
+    let resp = app.clone().oneshot(req).await.expect("infallible");
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&bytes)))
+    };
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn assert_no_secrets(v: &Value) {
+    let s = v.to_string();
+    assert!(!s.contains("password"), "{s}");
+    assert!(!s.contains("ha1"), "{s}");
+    assert!(!s.contains("s3cret-pass"), "{s}");
+}
+
+#[tokio::test]
+async fn users_create_list_get_patch_delete() {
+    let h = harness().await;
+    let created = send(
+        &h.app,
+        json_req(
+            Method::POST,
+            "/api/users",
+            &json!({"username": "alice", "password": "s3cret-pass", "display_name": "Alice",
+                    "phone_number": "+14255550100"}),
+        ),
+    )
+    .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    assert_no_secrets(&created.body);
+    let id = created.body["id"].as_str().expect("id").to_owned();
+    assert_eq!(created.body["username"], "alice");
+    assert_eq!(created.body["domain"], "csps.local");
+    assert_eq!(created.body["display_name"], "Alice");
+    assert_eq!(created.body["phone_number"], "+14255550100");
+    assert_eq!(created.body["enabled"], true);
+    assert!(
+        created.body["created_at"]
+            .as_str()
+            .is_some_and(|t| { chrono::DateTime::parse_from_rfc3339(t).is_ok() })
+    );
+
+    // HA1s for realm = default domain, both algorithms; no password stored.
+    let uid = Uuid::parse_str(&id).expect("uuid");
+    let stored = h.store.get_user(uid).await.expect("get").expect("stored");
+    assert_eq!(stored.ha1.len(), 2);
+    for x in &stored.ha1 {
+        assert_eq!(x.realm, "csps.local");
+        let alg = match x.algorithm {
+            HashAlgorithm::Md5 => Algorithm::Md5,
+            HashAlgorithm::Sha256 => Algorithm::Sha256,
+        };
+        assert_eq!(x.hash, ha1(alg, "alice", "csps.local", "s3cret-pass"));
+    }
+    assert!(
+        !serde_json::to_string(&stored)
+            .expect("json")
+            .contains("s3cret-pass")
+    );
+
+    // Duplicate, case-insensitively: 409.
+    send(
+        &h.app,
+        json_req(
+            Method::POST,
+            "/api/users",
+            &json!({"username": "ALICE", "password": "another-pass", "domain": "CSPS.local"}),
+        ),
+    )
+    .await
+    .problem(StatusCode::CONFLICT);
+
+    // Another domain is fine.
+    let bob = send(
+        &h.app,
+        json_req(
+            Method::POST,
+            "/api/users",
+            &json!({"username": "bob", "password": "s3cret-pass", "domain": "sip.example.com"}),
+        ),
+    )
+    .await;
+    assert_eq!(bob.status, StatusCode::CREATED);
+    let bob_id = bob.body["id"].as_str().expect("id").to_owned();
+    let bob_user = h
+        .store
+        .get_user(Uuid::parse_str(&bob_id).expect("uuid"))
+        .await
+        .expect("get")
+        .expect("bob");
+    assert!(bob_user.ha1.iter().all(|x| x.realm == "sip.example.com"));
+
+    let list = send(&h.app, empty(Method::GET, "/api/users")).await;
+    assert_eq!(list.status, StatusCode::OK);
+    assert_eq!(list.body.as_array().map(Vec::len), Some(2));
+    assert_no_secrets(&list.body);
+
+    let got = send(&h.app, empty(Method::GET, &format!("/api/users/{id}"))).await;
+    assert_eq!(got.status, StatusCode::OK);
+    assert_eq!(got.body, created.body);
+
+    // Merge patch: null clears, absent keeps, a new password recomputes the HA1s.
+    let patched = send(
+        &h.app,
+        local(Method::PATCH, &format!("/api/users/{id}"))
+            .header(header::CONTENT_TYPE, "application/merge-patch+json")
+            .body(Body::from(
+                json!({"display_name": null, "upn": "alice@contoso.com",
+                       "password": "new-password-1", "enabled": false})
+                .to_string(),
+            ))
+            .expect("request"),
+    )
+    .await;
+    assert_eq!(patched.status, StatusCode::OK, "{}", patched.body);
+    assert_no_secrets(&patched.body);
+    assert_eq!(patched.body["display_name"], Value::Null);
+    assert_eq!(patched.body["upn"], "alice@contoso.com");
+    assert_eq!(patched.body["phone_number"], "+14255550100");
+    assert_eq!(patched.body["enabled"], false);
+    let stored = h.store.get_user(uid).await.expect("get").expect("stored");
+    let md5 = stored
+        .ha1
+        .iter()
+        .find(|x| x.algorithm == HashAlgorithm::Md5)
+        .expect("md5");
+    assert_eq!(
+        md5.hash,
+        ha1(Algorithm::Md5, "alice", "csps.local", "new-password-1")
+    );
+
+    // Renaming needs the password (the HA1s cover the username); with it, it works.
+    let paths = send(
+        &h.app,
+        json_req(
+            Method::PATCH,
+            &format!("/api/users/{id}"),
+            &json!({"username": "alicia"}),
+        ),
+    )
+    .await
+    .error_paths();
+    assert_eq!(paths, ["password"]);
+    let renamed = send(
+        &h.app,
+        json_req(
+            Method::PATCH,
+            &format!("/api/users/{id}"),
+            &json!({"username": "alicia", "password": "new-password-2"}),
+        ),
+    )
+    .await;
+    assert_eq!(renamed.status, StatusCode::OK, "{}", renamed.body);
+    let stored = h.store.get_user(uid).await.expect("get").expect("stored");
+    assert!(
+        stored
+            .ha1
+            .iter()
+            .any(|x| x.hash == ha1(Algorithm::Sha256, "alicia", "csps.local", "new-password-2"))
+    );
+
+    // Bad patches: unknown field, null for a required field, invalid values, not an object.
+    let paths = send(
+        &h.app,
+        json_req(
+            Method::PATCH,
+            &format!("/api/users/{id}"),
+            &json!({"id": "x"}),
+        ),
+    )
+    .await
+    .error_paths();
+    assert_eq!(paths.len(), 1);
+    let paths = send(
+        &h.app,
+        json_req(
+            Method::PATCH,
+            &format!("/api/users/{id}"),
+            &json!({"username": null, "enabled": null}),
+        ),
+    )
+    .await
+    .error_paths();
+    assert_eq!(paths, ["username", "enabled"]);
+    let paths = send(
+        &h.app,
+        json_req(
+            Method::PATCH,
+            &format!("/api/users/{id}"),
+            &json!({"phone_number": "0800", "password": "short"}),
+        ),
+    )
+    .await
+    .error_paths();
+    assert_eq!(paths, ["password", "phone_number"]);
+    send(
+        &h.app,
+        json_req(Method::PATCH, &format!("/api/users/{id}"), &json!([1, 2])),
+    )
+    .await
+    .problem(StatusCode::UNPROCESSABLE_ENTITY);
+    // A rename onto a taken name (other case) conflicts.
+    send(
+        &h.app,
+        json_req(
+            Method::PATCH,
+            &format!("/api/users/{bob_id}"),
+            &json!({"username": "ALICIA", "domain": "csps.local", "password": "whatever-1"}),
+        ),
+    )
+    .await
+    .problem(StatusCode::CONFLICT);
+
+    // Delete: 204, then 404.
+    let del = send(&h.app, empty(Method::DELETE, &format!("/api/users/{id}"))).await;
+    assert_eq!(del.status, StatusCode::NO_CONTENT);
+    send(&h.app, empty(Method::GET, &format!("/api/users/{id}")))
+        .await
+        .problem(StatusCode::NOT_FOUND);
+    send(&h.app, empty(Method::DELETE, &format!("/api/users/{id}")))
+        .await
+        .problem(StatusCode::NOT_FOUND);
+    send(
+        &h.app,
+        json_req(
+            Method::PATCH,
+            &format!("/api/users/{id}"),
+            &json!({"enabled": true}),
+        ),
+    )
+    .await
+    .problem(StatusCode::NOT_FOUND);
+    send(&h.app, empty(Method::GET, "/api/users/not-a-uuid"))
+        .await
+        .problem(StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn user_validation_is_422_with_paths() {
+    let h = harness().await;
+    let cases = [
+        (
+            json!({"username": "", "password": "s3cret-pass"}),
+            vec!["username"],
+        ),
+        (
+            json!({"username": "a b", "password": "s3cret-pass"}),
+            vec!["username"],
+        ),
+        (
+            json!({"username": "a@b", "password": "s3cret-pass"}),
+            vec!["username"],
+        ),
+        (
+            json!({"username": "alice", "password": "short"}),
+            vec!["password"],
+        ),
+        (
+            json!({"username": "alice", "password": "s3cret-pass", "phone_number": "12345"}),
+            vec!["phone_number"],
+        ),
+        (
+            json!({"username": "alice", "password": "s3cret-pass", "domain": "bad domain"}),
+            vec!["domain"],
+        ),
+        (
+            json!({"username": "alice", "password": "s3cret-pass", "upn": "nobody"}),
+            vec!["upn"],
+        ),
+        (
+            json!({"username": "", "password": "x", "phone_number": "+0"}),
+            vec!["username", "password", "phone_number"],
+        ),
+        // Wrong shapes: the path of the failing field.
+        (
+            json!({"username": 5, "password": "s3cret-pass"}),
+            vec!["username"],
+        ),
+        (json!({"username": "alice"}), vec![""]),
+        (
+            json!({"username": "alice", "password": "s3cret-pass", "admin": true}),
+            vec!["admin"],
+        ),
+    ];
+    for (body, want) in cases {
+        let r = send(&h.app, json_req(Method::POST, "/api/users", &body)).await;
+        assert_eq!(r.error_paths(), want, "{body}");
+    }
+    let list = send(&h.app, empty(Method::GET, "/api/users")).await;
+    assert_eq!(list.body, json!([]));
+}
+
+#[tokio::test]
+async fn malformed_bodies_are_problems() {
+    let h = harness().await;
+    let raw = |ct: Option<&str>, body: &'static str| {
+        let mut b = local(Method::POST, "/api/users");
+        if let Some(ct) = ct {
+            b = b.header(header::CONTENT_TYPE, ct);
+        }
+        b.body(Body::from(body)).expect("request")
+    };
+    send(&h.app, raw(Some("application/json"), "{\"username\": "))
+        .await
+        .problem(StatusCode::BAD_REQUEST);
+    send(&h.app, raw(Some("application/json"), "not json"))
+        .await
+        .problem(StatusCode::BAD_REQUEST);
+    send(&h.app, raw(Some("application/json"), ""))
+        .await
+        .problem(StatusCode::BAD_REQUEST);
+    send(&h.app, raw(Some("application/json"), "{} trailing"))
+        .await
+        .problem(StatusCode::BAD_REQUEST);
+    send(&h.app, raw(Some("application/json"), "[]"))
+        .await
+        .problem(StatusCode::UNPROCESSABLE_ENTITY);
+    // No JSON content type (a cross-site form post): 415.
+    send(&h.app, raw(None, "{}"))
+        .await
+        .problem(StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    send(&h.app, raw(Some("text/plain"), "{}"))
+        .await
+        .problem(StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let patch = local(Method::PATCH, &format!("/api/users/{}", Uuid::new_v4()))
+        .header(header::CONTENT_TYPE, "application/merge-patch+json")
+        .body(Body::from("{oops"))
+        .expect("request");
+    send(&h.app, patch).await.problem(StatusCode::BAD_REQUEST);
+    let post = local(Method::POST, "/api/config/s1/trusted-ips")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from("{\"cidr\": 10}"))
+        .expect("request");
+    assert_eq!(send(&h.app, post).await.error_paths(), ["cidr"]);
+    // Unknown paths and methods are problems too.
+    send(&h.app, empty(Method::GET, "/api/nothing-here"))
+        .await
+        .problem(StatusCode::NOT_FOUND);
+    send(&h.app, empty(Method::PUT, "/api/users"))
+        .await
+        .problem(StatusCode::METHOD_NOT_ALLOWED);
+}
+
+async fn trusted(h: &Harness, server: &str) -> Vec<String> {
+    let r = send(
+        &h.app,
+        empty(Method::GET, &format!("/api/config/{server}/trusted-ips")),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    serde_json::from_value(r.body).expect("array of strings")
+}
+
+#[tokio::test]
+async fn trusted_ips_per_server_and_global() {
+    let h = harness().await;
+    assert!(trusted(&h, "s1").await.is_empty());
+
+    // A server change touches that server's entry only, and the running server applies it.
+    let r = send(
+        &h.app,
+        json_req(
+            Method::POST,
+            "/api/config/s1/trusted-ips",
+            &json!({"cidr": "10.1.2.3/8"}),
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(r.body, json!(["10.0.0.0/8"]));
+    assert_eq!(trusted(&h, "s1").await, ["10.0.0.0/8"]);
+    assert!(trusted(&h, "s2").await.is_empty());
+    assert!(trusted(&h, "*").await.is_empty());
+    assert_eq!(
+        h.config.settings().trusted_ips,
+        vec!["10.0.0.0/8".parse::<ipnet::IpNet>().expect("net")]
+    );
+
+    // Idempotent; a single address becomes /32.
+    let again = send(
+        &h.app,
+        json_req(
+            Method::POST,
+            "/api/config/s1/trusted-ips",
+            &json!({"cidr": "10.0.0.0/8"}),
+        ),
+    )
+    .await;
+    assert_eq!(again.status, StatusCode::CREATED);
+    send(
+        &h.app,
+        json_req(
+            Method::POST,
+            "/api/config/s1/trusted-ips",
+            &json!({"cidr": "192.0.2.7"}),
+        ),
+    )
+    .await;
+    assert_eq!(trusted(&h, "s1").await, ["10.0.0.0/8", "192.0.2.7/32"]);
+
+    // Invalid ranges: 422 on `cidr`.
+    for bad in ["10.0.0.0/33", "nonsense", ""] {
+        let r = send(
+            &h.app,
+            json_req(
+                Method::POST,
+                "/api/config/s1/trusted-ips",
+                &json!({"cidr": bad}),
+            ),
+        )
+        .await;
+        assert_eq!(r.error_paths(), ["cidr"], "{bad}");
+    }
+
+    // Delete: 204, then 404; the query is required and validated.
+    let del = send(
+        &h.app,
+        empty(Method::DELETE, "/api/config/s1/trusted-ips?cidr=192.0.2.7"),
+    )
+    .await;
+    assert_eq!(del.status, StatusCode::NO_CONTENT);
+    send(
+        &h.app,
+        empty(
+            Method::DELETE,
+            "/api/config/s1/trusted-ips?cidr=192.0.2.7%2F32",
+        ),
+    )
+    .await
+    .problem(StatusCode::NOT_FOUND);
+    send(&h.app, empty(Method::DELETE, "/api/config/s1/trusted-ips"))
+        .await
+        .problem(StatusCode::UNPROCESSABLE_ENTITY);
+    send(
+        &h.app,
+        empty(Method::DELETE, "/api/config/s1/trusted-ips?cidr=x"),
+    )
+    .await
+    .problem(StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(trusted(&h, "s1").await, ["10.0.0.0/8"]);
+
+    // A global change writes the global entry and overrides every server's value.
+    let r = send(
+        &h.app,
+        json_req(
+            Method::POST,
+            "/api/config/*/trusted-ips",
+            &json!({"cidr": "2001:db8::/32"}),
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    for server in ["*", "s1", "s2"] {
+        assert_eq!(trusted(&h, server).await, ["2001:db8::/32"], "{server}");
+    }
+    assert_eq!(
+        h.config.settings().trusted_ips,
+        vec!["2001:db8::/32".parse::<ipnet::IpNet>().expect("net")]
+    );
+    // The other leaves of a server entry are left alone.
+    let s2 = h.store.get_config("s2").await.expect("get").expect("s2");
+    assert_eq!(s2["Data"]["SipConfig"]["DefaultSipDomain"], "csps.local");
+
+    // `%2A` is `*` too; a global delete clears every server's value.
+    let del = send(
+        &h.app,
+        empty(
+            Method::DELETE,
+            "/api/config/%2A/trusted-ips?cidr=2001:db8::%2F32",
+        ),
+    )
+    .await;
+    assert_eq!(del.status, StatusCode::NO_CONTENT);
+    for server in ["*", "s1", "s2"] {
+        assert!(trusted(&h, server).await.is_empty(), "{server}");
+    }
+    assert!(h.config.settings().trusted_ips.is_empty());
+
+    // Unknown or invalid entry names: 404.
+    for server in ["nope", "UPPER", "servers"] {
+        send(
+            &h.app,
+            empty(Method::GET, &format!("/api/config/{server}/trusted-ips")),
+        )
+        .await
+        .problem(StatusCode::NOT_FOUND);
+        send(
+            &h.app,
+            json_req(
+                Method::POST,
+                &format!("/api/config/{server}/trusted-ips"),
+                &json!({"cidr": "10.0.0.0/8"}),
+            ),
+        )
+        .await
+        .problem(StatusCode::NOT_FOUND);
+    }
+}
+
+fn reg(aor: &str, binding: &str, server: &str, expires_in: i64) -> Registration {
+    Registration {
+        aor: aor.to_owned(),
+        binding: binding.to_owned(),
+        contact: format!("<sip:{binding}@192.0.2.10:5060>"),
+        server: server.to_owned(),
+        transport: "udp".to_owned(),
+        source: "192.0.2.10:5060".to_owned(),
+        local: "192.0.2.1:5060".to_owned(),
+        user_agent: Some("Yealink SIP-T46U".to_owned()),
+        expires_at: Utc::now() + Duration::seconds(expires_in),
+        instance_id: Some("<urn:uuid:00000000-0000-0000-0000-000000000001>".to_owned()),
+        reg_id: Some(1),
+        call_id: "c1".to_owned(),
+        cseq: 1,
+        q: None,
+        nat: true,
+    }
+}
+
+#[tokio::test]
+async fn registrations_listing_filters_and_expiry() {
+    let h = harness().await;
+    h.store
+        .write_registrations(
+            &[
+                reg("sip:alice@example.com", "b1", "s1", 600),
+                reg("sip:alice@example.com", "b2", "s2", 600),
+                reg("sip:bob@example.com", "b3", "s1", 600),
+                reg("sip:carol@example.com", "b4", "s1", -5),
+            ],
+            &[],
+        )
+        .await
+        .expect("write");
+
+    let all = send(&h.app, empty(Method::GET, "/api/registrations")).await;
+    assert_eq!(all.status, StatusCode::OK);
+    let items = all.body.as_array().expect("bare array");
+    assert_eq!(items.len(), 3, "expired bindings are not listed");
+    let mut keys: Vec<&str> = items[0]
+        .as_object()
+        .expect("object")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        [
+            "aor",
+            "contact",
+            "expires_at",
+            "instance_id",
+            "server",
+            "source",
+            "transport",
+            "user_agent"
+        ]
+    );
+    assert!(
+        items[0]["expires_at"]
+            .as_str()
+            .is_some_and(|t| chrono::DateTime::parse_from_rfc3339(t).is_ok())
+    );
+
+    let s2 = send(&h.app, empty(Method::GET, "/api/registrations?server=s2")).await;
+    assert_eq!(s2.body.as_array().map(Vec::len), Some(1));
+    assert_eq!(s2.body[0]["contact"], "<sip:b2@192.0.2.10:5060>");
+
+    let alice = send(
+        &h.app,
+        empty(
+            Method::GET,
+            "/api/registrations?aor=sip%3Aalice%40example.com",
+        ),
+    )
+    .await;
+    assert_eq!(alice.body.as_array().map(Vec::len), Some(2));
+    // Without a scheme, `sip:` is assumed.
+    let alice_s1 = send(
+        &h.app,
+        empty(
+            Method::GET,
+            "/api/registrations?aor=alice@example.com&server=s1",
+        ),
+    )
+    .await;
+    assert_eq!(alice_s1.body.as_array().map(Vec::len), Some(1));
+    let carol = send(
+        &h.app,
+        empty(Method::GET, "/api/registrations?aor=sip:carol@example.com"),
+    )
+    .await;
+    assert_eq!(carol.body, json!([]));
+}
+
+#[tokio::test]
+async fn access_rules() {
+    let h = harness().await;
+    let from = |peer: SocketAddr, host: Option<&str>| {
+        let mut b = Request::builder()
+            .method(Method::GET)
+            .uri("/api/users")
+            .extension(ConnectInfo(peer));
+        if let Some(host) = host {
+            b = b.header(header::HOST, host);
+        }
+        b
+    };
+    let loopback = SocketAddr::from(([127, 0, 0, 1], 40000));
+    let remote = SocketAddr::from(([192, 0, 2, 1], 40000));
+    let v6 = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 40000));
+
+    let ok = |r: Reply| assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let denied = |r: Reply| {
+        r.problem(StatusCode::UNAUTHORIZED);
+        assert!(r.headers.contains_key(header::WWW_AUTHENTICATE));
+    };
+
+    // Local: loopback peer and loopback Host.
+    for host in [
+        "127.0.0.1:8080",
+        "localhost",
+        "localhost:8080",
+        "[::1]:8080",
+        "127.0.0.2",
+    ] {
+        ok(send(
+            &h.app,
+            from(loopback, Some(host)).body(Body::empty()).expect("req"),
+        )
+        .await);
+    }
+    ok(send(
+        &h.app,
+        from(v6, Some("[::1]:8080"))
+            .body(Body::empty())
+            .expect("req"),
+    )
+    .await);
+
+    // Remote peer, even with a loopback Host.
+    denied(
+        send(
+            &h.app,
+            from(remote, Some("127.0.0.1:8080"))
+                .body(Body::empty())
+                .expect("req"),
+        )
+        .await,
+    );
+    // Loopback peer but relayed by a proxy.
+    for (name, value) in [
+        ("x-forwarded-for", "203.0.113.9"),
+        ("forwarded", "for=203.0.113.9"),
+    ] {
+        denied(
+            send(
+                &h.app,
+                from(loopback, Some("127.0.0.1:8080"))
+                    .header(name, value)
+                    .body(Body::empty())
+                    .expect("req"),
+            )
+            .await,
+        );
+    }
+    // DNS rebinding: a loopback peer with a foreign Host; or no Host at all.
+    for host in [
+        Some("evil.example:8080"),
+        Some("127.0.0.1.evil.example"),
+        None,
+    ] {
+        denied(
+            send(
+                &h.app,
+                from(loopback, host).body(Body::empty()).expect("req"),
+            )
+            .await,
+        );
+    }
+    // A cross-site page.
+    denied(
+        send(
+            &h.app,
+            from(loopback, Some("127.0.0.1:8080"))
+                .header(header::ORIGIN, "https://evil.example")
+                .body(Body::empty())
+                .expect("req"),
+        )
+        .await,
+    );
+    ok(send(
+        &h.app,
+        from(loopback, Some("127.0.0.1:8080"))
+            .header(header::ORIGIN, "http://127.0.0.1:8080")
+            .body(Body::empty())
+            .expect("req"),
+    )
+    .await);
+    // No peer address known: refused.
+    denied(
+        send(
+            &h.app,
+            Request::builder()
+                .uri("/api/users")
+                .header(header::HOST, "127.0.0.1")
+                .body(Body::empty())
+                .expect("req"),
+        )
+        .await,
+    );
+
+    // The bearer token works from loopback, whatever the Host or proxy headers.
+    let bearer = format!("Bearer {TOKEN}");
+    ok(send(
+        &h.app,
+        from(loopback, Some("gateway.example.com"))
+            .header(header::AUTHORIZATION, &bearer)
+            .header("x-forwarded-for", "203.0.113.9")
+            .body(Body::empty())
+            .expect("req"),
+    )
+    .await);
+    // ... but not from a remote peer, and a wrong token is refused even locally.
+    denied(
+        send(
+            &h.app,
+            from(remote, Some("gateway.example.com"))
+                .header(header::AUTHORIZATION, &bearer)
+                .body(Body::empty())
+                .expect("req"),
+        )
+        .await,
+    );
+    denied(
+        send(
+            &h.app,
+            from(loopback, Some("127.0.0.1:8080"))
+                .header(header::AUTHORIZATION, "Bearer wrong-token")
+                .body(Body::empty())
+                .expect("req"),
+        )
+        .await,
+    );
+
+    // Every protected route is guarded (the write ones before any body is read).
+    for (method, uri) in [
+        (Method::POST, "/api/users"),
+        (Method::GET, "/api/registrations"),
+        (Method::GET, "/api/config/s1/trusted-ips"),
+        (Method::POST, "/api/config/*/trusted-ips"),
+        (Method::DELETE, "/api/config/s1/trusted-ips?cidr=10.0.0.0/8"),
+    ] {
+        let r = send(
+            &h.app,
+            Request::builder()
+                .method(method)
+                .uri(uri)
+                .header(header::HOST, "127.0.0.1:8080")
+                .header(header::CONTENT_TYPE, "application/json")
+                .extension(ConnectInfo(remote))
+                .body(Body::from("{}"))
+                .expect("req"),
+        )
+        .await;
+        denied(r);
+    }
+
+    // `GET /api/version` is open to everyone.
+    let v = send(
+        &h.app,
+        Request::builder()
+            .uri("/api/version")
+            .header(header::HOST, "gateway.example.com")
+            .extension(ConnectInfo(remote))
+            .body(Body::empty())
+            .expect("req"),
+    )
+    .await;
+    assert_eq!(v.status, StatusCode::OK);
+    assert_eq!(v.body["version"], env!("CARGO_PKG_VERSION"));
+    assert!(v.body["git_commit"].is_string());
+    assert!(v.body["build_date"].is_string());
+    assert!(v.body["components"]["redb"].is_string());
+    assert!(v.body["components"]["axum"].is_string());
+}
+
+#[tokio::test]
+async fn mock_connect_info_layer_is_honoured() {
+    let h = harness().await;
+    let app = h
+        .app
+        .clone()
+        .layer(axum::extract::connect_info::MockConnectInfo(
+            SocketAddr::from(([127, 0, 0, 1], 1)),
+        ));
+    let r = send(
+        &app,
+        Request::builder()
+            .uri("/api/users")
+            .header(header::HOST, "localhost:8080")
+            .body(Body::empty())
+            .expect("req"),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+}
