@@ -26,6 +26,7 @@ struct Harness {
     app: Router,
     store: Arc<dyn Store>,
     config: LiveConfig,
+    users_changed: tokio::sync::watch::Receiver<u64>,
     _dir: tempfile::TempDir,
 }
 
@@ -52,10 +53,12 @@ async fn harness() -> Harness {
         .expect("global entry");
     store.put_config("s2", &global).await.expect("put s2");
     let state = ApiState::new(Arc::clone(&store), config.clone(), TOKEN);
+    let users_changed = state.users_changed.subscribe();
     Harness {
         app: app(state),
         store,
         config,
+        users_changed,
         _dir: dir,
     }
 }
@@ -146,7 +149,7 @@ fn assert_no_secrets(v: &Value) {
 
 #[tokio::test]
 async fn users_create_list_get_patch_delete() {
-    let h = harness().await;
+    let mut h = harness().await;
     let created = send(
         &h.app,
         json_req(
@@ -159,6 +162,8 @@ async fn users_create_list_get_patch_delete() {
     .await;
     assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
     assert_no_secrets(&created.body);
+    assert!(h.users_changed.has_changed().expect("sender alive"));
+    h.users_changed.borrow_and_update();
     let id = created.body["id"].as_str().expect("id").to_owned();
     assert_eq!(created.body["username"], "alice");
     assert_eq!(created.body["domain"], "csps.local");
@@ -343,8 +348,10 @@ async fn users_create_list_get_patch_delete() {
     .problem(StatusCode::CONFLICT);
 
     // Delete: 204, then 404.
+    h.users_changed.borrow_and_update();
     let del = send(&h.app, empty(Method::DELETE, &format!("/api/users/{id}"))).await;
     assert_eq!(del.status, StatusCode::NO_CONTENT);
+    assert!(h.users_changed.has_changed().expect("sender alive"));
     send(&h.app, empty(Method::GET, &format!("/api/users/{id}")))
         .await
         .problem(StatusCode::NOT_FOUND);

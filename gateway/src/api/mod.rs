@@ -34,6 +34,8 @@ pub struct ApiState {
     pub version: VersionInfo,
     /// Serialises this process' read-modify-write of configuration entries.
     pub config_writes: Arc<tokio::sync::Mutex<()>>,
+    /// Bumped after every change of users, so the SIP side rebuilds its account view.
+    pub users_changed: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl ApiState {
@@ -49,7 +51,13 @@ impl ApiState {
             admin_token: admin_token.into(),
             version: VersionInfo::current(),
             config_writes: Arc::new(tokio::sync::Mutex::new(())),
+            users_changed: Arc::new(tokio::sync::watch::channel(0).0),
         }
+    }
+
+    /// Tells whoever watches `users_changed` that users were created, changed or deleted.
+    pub fn note_users_changed(&self) {
+        self.users_changed.send_modify(|g| *g = g.wrapping_add(1));
     }
 }
 

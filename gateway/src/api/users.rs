@@ -266,6 +266,7 @@ pub async fn create(
         created_at: Utc::now(),
     };
     let user = state.store.create_user(user).await?;
+    state.note_users_changed();
     Ok((StatusCode::CREATED, Json(UserView::from(&user))).into_response())
 }
 
@@ -357,6 +358,7 @@ pub async fn patch(
         user.enabled = v;
     }
     let user = state.store.update_user(user).await?;
+    state.note_users_changed();
     Ok(Json(UserView::from(&user)))
 }
 
@@ -378,7 +380,10 @@ pub async fn delete(
 ) -> Result<StatusCode, Problem> {
     let id = user_id(&id)?;
     match state.store.delete_user(id).await {
-        Ok(()) => Ok(StatusCode::NO_CONTENT),
+        Ok(()) => {
+            state.note_users_changed();
+            Ok(StatusCode::NO_CONTENT)
+        }
         Err(crate::store::StoreError::NotFound) => {
             Err(Problem::not_found(format!("no user with id `{id}`")))
         }
