@@ -1,10 +1,15 @@
 //! csps: the gateway that makes standard SIP phones work as Microsoft Teams endpoints.
 //!
-//! Modules: `sip` (transports and the SIP driver around the sans-IO core in `csps-sip`), `store`
-//! (the `Store` trait and its backends), `config` (local file, command line, live configuration),
-//! `api` (REST over axum), `serve` (start-up, drain, shutdown), `metrics` (Prometheus).
+//! Modules: `sip` (transports and the core task around the sans-IO SIP core in `csps-sip`),
+//! `store` (the `Store` trait and its backends), `config` (local file, live configuration),
+//! `api` (REST over axum), `serve` (start-up, drain, shutdown), `metrics` (Prometheus),
+//! `demo` (the `--demo` account).
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod config;
+pub mod demo;
+pub mod metrics;
+pub mod serve;
+pub mod sip;
 pub mod store;

@@ -197,11 +197,17 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
         metrics: metrics.clone(),
         draining: draining.clone(),
     };
-    let api = crate::api::router(crate::api::ApiState::new(
-        store.clone(),
-        config.clone(),
-        admin_token,
-    ));
+    let api_state = crate::api::ApiState::new(store.clone(), config.clone(), admin_token);
+    // Users changed through the API: rebuild the registrar's account view off the packet path.
+    let mut users_changed = api_state.users_changed.subscribe();
+    let (reload_store, reload_cmds) = (store.clone(), sip.commands.clone());
+    tokio::spawn(async move {
+        while users_changed.changed().await.is_ok() {
+            users_changed.borrow_and_update();
+            sip::refresh_accounts(reload_store.as_ref(), &reload_cmds).await;
+        }
+    });
+    let api = crate::api::router(api_state);
     let app = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_page))

@@ -58,13 +58,13 @@ fn baresip_registers_two_accounts() {
             return;
         }
     };
-    gw.create_user("alice", "alice-pw");
-    gw.create_user("bob", "bob-pw");
+    gw.create_user("alice", "alice-password");
+    gw.create_user("bob", "bob-password");
     let dir = tempfile::tempdir().expect("temp dir");
     write_config(
         dir.path(),
         gw.sip_port,
-        &[("alice", "alice-pw"), ("bob", "bob-pw")],
+        &[("alice", "alice-password"), ("bob", "bob-password")],
     );
     let child = Command::new("baresip")
         .arg("-f")

@@ -68,7 +68,7 @@ fn register_with_digest_over_tcp() {
 
 #[test]
 fn wrong_password_gets_401_then_403_past_the_limit() {
-    let Some(gw) = setup("carol", "right") else {
+    let Some(gw) = setup("carol", "right-password") else {
         return;
     };
     // Data.SipConfig.AuthFailureLimit defaults to 5: five wrong answers are each challenged again.
@@ -80,7 +80,7 @@ fn wrong_password_gets_401_then_403_past_the_limit() {
     assert_eq!(out.successful, 5, "five 401s expected:\n{}", out.output);
     assert_ok(&out);
     // Past the limit the (address, account) pair is refused, even with the right password.
-    let out = register(&gw, "register_blocked.xml", "carol", "right", 3600)
+    let out = register(&gw, "register_blocked.xml", "carol", "right-password", 3600)
         .local_port(port)
         .run();
     assert_ok(&out);

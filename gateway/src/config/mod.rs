@@ -33,6 +33,9 @@ pub struct Settings {
     pub nat_expires: u32,
     /// `Data.SipConfig.CertificateThumbPrint`: SHA-1 of the TLS certificate in `<data-dir>/certs/`.
     pub certificate_thumbprint: String,
+    /// `Data.SipConfig.DigestAlgorithms`: digest challenges offered, in order (`MD5`, `SHA-256`);
+    /// default `["MD5"]`.
+    pub digest_algorithms: Vec<String>,
 }
 
 impl Default for Settings {
@@ -45,6 +48,10 @@ impl Default for Settings {
             max_expires: 3600,
             nat_expires: 120,
             certificate_thumbprint: String::new(),
+            // MD5 only by default: baresip 1.0 (libre) fails the whole registration with ENOSYS
+            // when any challenge names SHA-256, and SIPp answers only the first one; operators
+            // whose phones speak RFC 8760 add "SHA-256" (first, to prefer it).
+            digest_algorithms: vec!["MD5".to_owned()],
         }
     }
 }
@@ -100,6 +107,7 @@ impl Settings {
             "MaxExpires": self.max_expires,
             "NatExpires": self.nat_expires,
             "CertificateThumbPrint": self.certificate_thumbprint,
+            "DigestAlgorithms": self.digest_algorithms,
         }}})
     }
 
@@ -130,7 +138,24 @@ impl Settings {
                 .collect(),
             _ => Vec::new(),
         };
+        let digest_algorithms = match leaf(entry, "Data.SipConfig.DigestAlgorithms") {
+            Some(Value::Array(a)) => {
+                let algs: Vec<String> = a
+                    .iter()
+                    .filter_map(|v| v.as_str())
+                    .filter(|s| csps_sip::digest::Algorithm::from_token(s).is_some())
+                    .map(str::to_owned)
+                    .collect();
+                if algs.is_empty() {
+                    d.digest_algorithms.clone()
+                } else {
+                    algs
+                }
+            }
+            _ => d.digest_algorithms.clone(),
+        };
         Settings {
+            digest_algorithms,
             default_sip_domain: str_leaf("Data.SipConfig.DefaultSipDomain", &d.default_sip_domain),
             trusted_ips,
             auth_failure_limit: u32_leaf("Data.SipConfig.AuthFailureLimit", d.auth_failure_limit),

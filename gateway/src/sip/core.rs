@@ -83,6 +83,11 @@ pub fn registrar_config(server_name: &str, s: &Settings) -> RegistrarConfig {
         auth_failure_window: Duration::from_secs(60),
         lockout: Duration::from_secs(300),
         nonce_lifetime: Duration::from_secs(300),
+        algorithms: s
+            .digest_algorithms
+            .iter()
+            .filter_map(|a| csps_sip::digest::Algorithm::from_token(a))
+            .collect(),
     }
 }
 

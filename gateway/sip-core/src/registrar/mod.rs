@@ -68,6 +68,10 @@ pub struct RegistrarConfig {
     pub lockout: Duration,
     /// How long a nonce stays fresh.
     pub nonce_lifetime: Duration,
+    /// Digest algorithms offered, in the order of the WWW-Authenticate headers (RFC 8760 §2.4:
+    /// most preferred first). Many phones (and SIPp) answer only the first challenge and know only
+    /// MD5, so MD5 leads by default; put SHA-256 first where every phone supports RFC 8760.
+    pub algorithms: Vec<Algorithm>,
 }
 
 impl Default for RegistrarConfig {
@@ -84,6 +88,7 @@ impl Default for RegistrarConfig {
             auth_failure_window: Duration::from_secs(60),
             lockout: Duration::from_secs(300),
             nonce_lifetime: Duration::from_secs(300),
+            algorithms: vec![Algorithm::Md5, Algorithm::Sha256],
         }
     }
 }
@@ -386,11 +391,14 @@ impl Registrar {
         };
         let realm = &*realm;
         let algs: Vec<Algorithm> = match account {
-            Some(a) => [Algorithm::Sha256, Algorithm::Md5]
-                .into_iter()
+            Some(a) => self
+                .cfg
+                .algorithms
+                .iter()
+                .copied()
                 .filter(|alg| a.ha1_for(realm, *alg).is_some())
                 .collect(),
-            None => vec![Algorithm::Sha256, Algorithm::Md5],
+            None => self.cfg.algorithms.clone(),
         };
         let challenge = |stale| {
             (
@@ -468,9 +476,9 @@ impl Registrar {
             c_uri,
             c_resp,
         ) {
-            if self.failed(Some(aor), ip, now) {
-                return Err(plain(Refusal::Forbidden("locked out")));
-            }
+            // The failure that reaches the limit is still answered 401: "after N failures" the
+            // pair gets 403, from the next attempt on (checked before any hashing).
+            self.failed(Some(aor), ip, now);
             return Err(challenge(false));
         }
         if stale {
@@ -827,9 +835,14 @@ fn same_addr(host: &str, port: Option<u16>, addr: SocketAddr) -> bool {
 fn uri_matches(digest_uri: &str, req_uri: &Uri) -> bool {
     match Uri::parse(digest_uri) {
         Ok(u) if u.is_sip() && req_uri.is_sip() => {
-            u.user == req_uri.user
-                && u.host.eq_ignore_ascii_case(&req_uri.host)
-                && u.port == req_uri.port
+            // A registrar's Request-URI has no user part; some clients (SIPp, some ATAs) put the
+            // registrar's address:port there instead of its domain. The response hash covers the
+            // uri as sent, so accepting any user-less SIP URI only loosens which spelling of "this
+            // registrar" is taken, never whose credentials.
+            (u.user.is_none() && req_uri.user.is_none())
+                || (u.user == req_uri.user
+                    && u.host.eq_ignore_ascii_case(&req_uri.host)
+                    && u.port == req_uri.port)
         }
         _ => digest_uri.eq_ignore_ascii_case(&req_uri.to_string()),
     }
