@@ -207,10 +207,11 @@ pub async fn run(parts: CoreParts) {
             _ = sleep_until(deadline) => core.on_timer(),
         }
         core.drain_outputs();
-        if core.draining.is_some() && core.txns.len() == 0 && core.pending_commits == 0 {
-            if let Some(done) = core.draining.take() {
-                let _ = done.send(());
-            }
+        if core.txns.is_empty()
+            && core.pending_commits == 0
+            && let Some(done) = core.draining.take()
+        {
+            let _ = done.send(());
         }
     }
 }
@@ -298,14 +299,14 @@ impl Core {
     fn on_inbound(&mut self, msg: Inbound) {
         match msg {
             Inbound::Message { from, local, msg } => {
-                if let Message::Request(r) = &msg {
+                if let Message::Request(r) = &*msg {
                     self.metrics.request_received(r.method.as_str());
                 }
                 let _ = local; // UDP: the socket's address; streams: kept with the flow
                 self.txns.handle_input(Input::Receive {
                     now: Instant::now(),
                     from,
-                    msg,
+                    msg: *msg,
                 });
             }
             Inbound::FlowOpened {
@@ -427,14 +428,13 @@ impl Core {
         if resp.status == 100 {
             return;
         }
-        if let Some(to) = resp.headers.get("To") {
-            if let Ok(mut na) = csps_sip::headers::NameAddr::parse(to) {
-                if na.tag().is_none() {
-                    let tag = format!("{:016x}", rand::Rng::random::<u64>(&mut self.rng));
-                    na.set_param("tag", Some(tag));
-                    resp.headers.set("To", na.to_string());
-                }
-            }
+        if let Some(to) = resp.headers.get("To")
+            && let Ok(mut na) = csps_sip::headers::NameAddr::parse(to)
+            && na.tag().is_none()
+        {
+            let tag = format!("{:016x}", rand::Rng::random::<u64>(&mut self.rng));
+            na.set_param("tag", Some(tag));
+            resp.headers.set("To", na.to_string());
         }
     }
 

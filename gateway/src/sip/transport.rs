@@ -29,8 +29,9 @@ pub enum Inbound {
         from: Remote,
         /// The local address it arrived on.
         local: SocketAddr,
-        /// The message, with `received`/`rport` already set on requests.
-        msg: Message,
+        /// The message, with `received`/`rport` already set on requests (boxed: the queue holds
+        /// thousands, and flow events are small).
+        msg: Box<Message>,
     },
     /// A stream connection was accepted.
     FlowOpened {
@@ -139,16 +140,17 @@ fn ingest(
     match csps_sip::parse(bytes) {
         Ok(parsed) => {
             let mut msg = parsed.message;
-            if let Message::Request(req) = &msg {
-                if *ctx.draining.borrow() && req.method != csps_sip::Method::Ack {
-                    let mut resp = req.response(503, "Service Unavailable");
-                    resp.headers.push("Retry-After", "30");
-                    let mut out = Vec::with_capacity(256);
-                    resp.encode(&mut out);
-                    ctx.metrics.response_sent(503);
-                    reply(out);
-                    return None;
-                }
+            if let Message::Request(req) = &msg
+                && *ctx.draining.borrow()
+                && req.method != csps_sip::Method::Ack
+            {
+                let mut resp = req.response(503, "Service Unavailable");
+                resp.headers.push("Retry-After", "30");
+                let mut out = Vec::with_capacity(256);
+                resp.encode(&mut out);
+                ctx.metrics.response_sent(503);
+                reply(out);
+                return None;
             }
             stamp_via(&mut msg, from.addr);
             Some(msg)
@@ -207,18 +209,17 @@ pub async fn run_udp(ctx: TransportCtx, socket: Arc<UdpSocket>, index: u64) {
         let msg = ingest(&ctx, data, remote, &mut |out| {
             let _ = sock.try_send_to(&out, from);
         });
-        if let Some(msg) = msg {
-            if ctx
+        if let Some(msg) = msg
+            && ctx
                 .inbound
                 .try_send(Inbound::Message {
                     from: remote,
                     local,
-                    msg,
+                    msg: Box::new(msg),
                 })
                 .is_err()
-            {
-                ctx.metrics.drop_msg("core_busy");
-            }
+        {
+            ctx.metrics.drop_msg("core_busy");
         }
     }
 }
@@ -377,7 +378,7 @@ pub async fn run_connection<S>(
                                 .send(Inbound::Message {
                                     from: remote,
                                     local,
-                                    msg,
+                                    msg: Box::new(msg),
                                 })
                                 .await
                                 .is_err()
