@@ -17,6 +17,15 @@ fn main() {
         .and_then(|o| String::from_utf8(o.stdout).ok())
         .map(|s| s.trim().to_owned())
         .unwrap_or_else(|| "unknown".to_owned());
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_owned());
+    let rustc_version = Command::new(rustc)
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|| "unknown".to_owned());
+    println!("cargo:rustc-env=CSPS_RUSTC_VERSION={rustc_version}");
     println!("cargo:rustc-env=CSPS_GIT_COMMIT={commit}");
     println!("cargo:rustc-env=CSPS_BUILD_DATE={date}");
     println!("cargo:rerun-if-changed=../.git/HEAD");
