@@ -158,12 +158,27 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
     let admin_token = local::ensure_admin_token(&args.data_dir).map_err(ServeError::new)?;
     raise_nofile_limit();
 
-    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&args.data_dir).map_err(|e| {
+    let embedded = Arc::new(EmbeddedStore::open(&args.data_dir).map_err(|e| {
         ServeError::new(format!(
             "cannot open the embedded store in {}: {e}",
             args.data_dir.display()
         ))
     })?);
+    // The embedded store has no TTL index: purge lapsed registrations hourly so nothing piles up
+    // (every read filters on expiry anyway).
+    let purge = embedded.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(3600));
+        loop {
+            tick.tick().await;
+            match purge.purge_expired(chrono::Utc::now()).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(purged = n, "removed lapsed registrations from the store"),
+                Err(e) => tracing::warn!("purging lapsed registrations failed: {e}"),
+            }
+        }
+    });
+    let store: Arc<dyn Store> = embedded;
     let config = LiveConfig::open(store.clone(), &server_name)
         .await
         .map_err(|e| ServeError::new(format!("cannot read the configuration: {e}")))?;
