@@ -2,7 +2,9 @@
 //!
 //! The gateway is started as a real process (`csps serve`) in a temporary data directory on free
 //! loopback ports; [`Gateway`] kills it on drop, also when a test panics. HTTP goes through a tiny
-//! blocking HTTP/1.1 client ([`http`]); SIPp runs through [`Sipp`].
+//! blocking HTTP/1.1 client ([`http`]); SIPp runs through [`Sipp`]; hand-made SIP over std sockets
+//! through [`raw`]. A gateway can be stopped with SIGTERM and started again on the same data
+//! directory and ports ([`Gateway::restart`]).
 //!
 //! Tests are skipped (with a message on stderr) when the `csps` binary or the peer tool is not
 //! available, unless `CSPS_E2E_REQUIRED=1` is set, which turns a skip into a failure (CI sets it).
@@ -10,12 +12,13 @@
 #![forbid(unsafe_code)]
 
 pub mod http;
+pub mod raw;
 pub mod sipp;
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -121,6 +124,22 @@ pub struct GatewayOptions {
     pub echo_log: bool,
 }
 
+impl GatewayOptions {
+    /// Adds a SIP listener (`tls:127.0.0.1:5061`, `udp:[::1]:5060`) to the default UDP (and TCP)
+    /// one on 127.0.0.1.
+    pub fn listen(mut self, spec: impl Into<String>) -> Self {
+        self.extra_args.push("--sip-listen".into());
+        self.extra_args.push(spec.into());
+        self
+    }
+
+    /// Adds one more argument after `serve`.
+    pub fn arg(mut self, arg: impl Into<String>) -> Self {
+        self.extra_args.push(arg.into());
+        self
+    }
+}
+
 impl Default for GatewayOptions {
     fn default() -> Self {
         Self {
@@ -148,6 +167,78 @@ pub struct Gateway {
     /// The server name passed on the command line, if any.
     pub server_name: Option<String>,
     log: Arc<Mutex<Vec<String>>>,
+    bin: PathBuf,
+    args: Vec<std::ffi::OsString>,
+    opts: GatewayOptions,
+    /// The threads copying the current process's output into `log`.
+    readers: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// Removes ANSI escape sequences (colours of the text log) from a line.
+pub fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                // CSI: parameters and intermediates up to a final byte in @..~.
+                for f in chars.by_ref() {
+                    if ('@'..='~').contains(&f) {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Spawns `bin args…` with piped output copied (without colours) into `log` by the returned
+/// threads, which end when the process closes its output.
+fn spawn_logged(
+    bin: &Path,
+    args: &[std::ffi::OsString],
+    log: &Arc<Mutex<Vec<String>>>,
+    echo: bool,
+) -> Result<(Child, Vec<std::thread::JoinHandle<()>>), String> {
+    let mut child = Command::new(bin)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("spawn {}: {e}", bin.display()))?;
+    let mut readers = Vec::new();
+    for pipe in [
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let log = Arc::clone(log);
+        readers.push(std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                let line = strip_ansi(&line);
+                if echo {
+                    eprintln!("[csps] {line}");
+                }
+                if let Ok(mut l) = log.lock() {
+                    l.push(line);
+                }
+            }
+        }));
+    }
+    Ok((child, readers))
 }
 
 impl Gateway {
@@ -169,55 +260,26 @@ impl Gateway {
         let sip_port = free_port();
         let http_port = free_port();
         let http: SocketAddr = ([127, 0, 0, 1], http_port).into();
-        let mut cmd = Command::new(&bin);
-        cmd.arg("serve")
-            .arg("--data-dir")
-            .arg(data_dir.path())
-            .arg("--sip-listen")
-            .arg(format!("udp:127.0.0.1:{sip_port}"))
-            .arg("--http-listen")
-            .arg(http.to_string());
+        let mut args: Vec<std::ffi::OsString> = vec![
+            "serve".into(),
+            "--data-dir".into(),
+            data_dir.path().into(),
+            "--sip-listen".into(),
+            format!("udp:127.0.0.1:{sip_port}").into(),
+            "--http-listen".into(),
+            http.to_string().into(),
+        ];
         if opts.tcp {
-            cmd.arg("--sip-listen")
-                .arg(format!("tcp:127.0.0.1:{sip_port}"));
+            args.push("--sip-listen".into());
+            args.push(format!("tcp:127.0.0.1:{sip_port}").into());
         }
         if let Some(name) = &opts.server_name {
-            cmd.arg("--server-name").arg(name);
+            args.push("--server-name".into());
+            args.push(name.into());
         }
-        cmd.args(&opts.extra_args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| format!("spawn {}: {e}", bin.display()))?;
+        args.extend(opts.extra_args.iter().map(Into::into));
         let log = Arc::new(Mutex::new(Vec::new()));
-        for pipe in [
-            child
-                .stdout
-                .take()
-                .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
-            child
-                .stderr
-                .take()
-                .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            let log = Arc::clone(&log);
-            let echo = opts.echo_log;
-            std::thread::spawn(move || {
-                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                    if echo {
-                        eprintln!("[csps] {line}");
-                    }
-                    if let Ok(mut l) = log.lock() {
-                        l.push(line);
-                    }
-                }
-            });
-        }
+        let (child, readers) = spawn_logged(&bin, &args, &log, opts.echo_log)?;
         let mut gw = Gateway {
             child,
             data_dir,
@@ -226,6 +288,10 @@ impl Gateway {
             token: String::new(),
             server_name: opts.server_name.clone(),
             log,
+            bin,
+            args,
+            opts: opts.clone(),
+            readers,
         };
         gw.wait_ready(opts.ready_timeout)?;
         Ok(gw)
@@ -261,6 +327,119 @@ impl Gateway {
     /// The process id, for /proc measurements.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Sends a signal (`TERM`, `INT`, `KILL`) to the process with `kill -s`.
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args(["-s", sig, &self.child.id().to_string()])
+            .status()
+            .unwrap_or_else(|e| panic!("run kill -s {sig}: {e}"));
+        assert!(status.success(), "kill -s {sig} {} failed", self.child.id());
+    }
+
+    /// Waits up to `timeout` for the process to exit; `None` while it still runs.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => {
+                    self.settle_log();
+                    return Some(status);
+                }
+                Ok(None) => {}
+                Err(e) => panic!("waiting for csps: {e}"),
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// After the process exited: lets the output threads copy its last lines (bounded, 2 s).
+    fn settle_log(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while self.readers.iter().any(|r| !r.is_finished()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        for r in std::mem::take(&mut self.readers) {
+            if r.is_finished() {
+                let _ = r.join();
+            }
+        }
+    }
+
+    /// Stops the process with SIGTERM and waits (bounded by `timeout`) for it to drain and exit;
+    /// `Err` (after killing it) when it did not exit in time.
+    pub fn stop(&mut self, timeout: Duration) -> Result<ExitStatus, String> {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            self.settle_log();
+            return Ok(status);
+        }
+        self.signal("TERM");
+        match self.wait_exit(timeout) {
+            Some(status) => Ok(status),
+            None => {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                Err(format!(
+                    "csps did not exit within {timeout:?} of SIGTERM; log tail:\n{}",
+                    self.log_tail(30)
+                ))
+            }
+        }
+    }
+
+    /// Starts the stopped process again with the same data directory, ports and flags, and waits
+    /// until it is ready. Its log is appended to the same buffer (see [`Gateway::log_len`]).
+    pub fn start_again(&mut self) -> Result<(), String> {
+        if let Ok(None) = self.child.try_wait() {
+            return Err("csps is still running; stop it first".into());
+        }
+        self.settle_log();
+        let (child, readers) = spawn_logged(&self.bin, &self.args, &self.log, self.opts.echo_log)?;
+        self.child = child;
+        self.readers = readers;
+        self.wait_ready(self.opts.ready_timeout)
+    }
+
+    /// Stops the process with SIGTERM (bounded by `stop_timeout`) and starts it again on the same
+    /// data directory and ports; returns how the first process exited.
+    pub fn restart(&mut self, stop_timeout: Duration) -> Result<ExitStatus, String> {
+        let status = self.stop(stop_timeout)?;
+        self.start_again()?;
+        Ok(status)
+    }
+
+    /// Every line logged so far (stdout and stderr, colours removed), over all starts.
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// How many lines were logged so far (a mark for [`Gateway::log_since`]).
+    pub fn log_len(&self) -> usize {
+        self.log.lock().map(|l| l.len()).unwrap_or_default()
+    }
+
+    /// The lines logged after `mark` (from [`Gateway::log_len`]).
+    pub fn log_since(&self, mark: usize) -> Vec<String> {
+        let log = self.log_lines();
+        log.get(mark..).map(<[String]>::to_vec).unwrap_or_default()
+    }
+
+    /// `GET /metrics` (no token); panics unless 200.
+    pub fn metrics_text(&self) -> String {
+        let r = http::request(self.http, "GET", "/metrics", None, None)
+            .unwrap_or_else(|e| panic!("GET /metrics: {e}"));
+        assert_eq!(r.status, 200, "GET /metrics: {}", r.body);
+        r.body
+    }
+
+    /// The sum of the samples of metric `name` (every label set) in `GET /metrics`, `None` when
+    /// no sample has that name. `name` is the full sample name (`csps_auth_failures_total`).
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        metric_sum(&self.metrics_text(), name, &[])
     }
 
     /// The SIP address on 127.0.0.1.
@@ -354,4 +533,49 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Sums the samples named `name` in a Prometheus/OpenMetrics text exposition whose labels include
+/// every `(label, value)` of `labels`; `None` when no such sample exists.
+pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut sum = None;
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (series, value) = match line.rfind('}') {
+            Some(end) => (&line[..=end], line[end + 1..].trim()),
+            None => match line.split_once(char::is_whitespace) {
+                Some((s, v)) => (s, v.trim()),
+                None => continue,
+            },
+        };
+        let (sample, label_text) = match series.split_once('{') {
+            Some((n, l)) => (n, l.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        if sample != name {
+            continue;
+        }
+        let has = |k: &str, v: &str| {
+            label_text
+                .split(',')
+                .filter_map(|kv| kv.split_once('='))
+                .any(|(lk, lv)| lk.trim() == k && lv.trim().trim_matches('"') == v)
+        };
+        if !labels.iter().all(|(k, v)| has(k, v)) {
+            continue;
+        }
+        // A timestamp may follow the value.
+        let Some(v) = value
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())
+        else {
+            continue;
+        };
+        *sum.get_or_insert(0.0) += v;
+    }
+    sum
 }

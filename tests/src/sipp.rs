@@ -20,6 +20,7 @@ pub struct Sipp {
     timeout: Duration,
     keys: Vec<(String, String)>,
     auth: Option<(String, String)>,
+    auth_uri: Option<String>,
 }
 
 /// What a SIPp run produced.
@@ -65,6 +66,7 @@ impl Sipp {
             timeout: Duration::from_secs(15),
             keys: Vec::new(),
             auth: None,
+            auth_uri: None,
         }
     }
 
@@ -116,6 +118,13 @@ impl Sipp {
         self
     }
 
+    /// The digest `uri` (`-auth_uri`, without `sip:`); by default SIPp uses the target's
+    /// `ip:port`, which it writes unbracketed (`sip:::1:5060`) for IPv6 targets.
+    pub fn auth_uri(mut self, host: &str) -> Self {
+        self.auth_uri = Some(host.into());
+        self
+    }
+
     /// The local port this run will use (picks one if none was set).
     pub fn port(&mut self) -> u16 {
         let ip = self.local_ip.clone();
@@ -158,6 +167,9 @@ impl Sipp {
         }
         if let Some((u, p)) = &self.auth {
             cmd.args(["-au", u, "-ap", p]);
+        }
+        if let Some(uri) = &self.auth_uri {
+            cmd.args(["-auth_uri", uri]);
         }
         for (k, v) in &self.keys {
             cmd.args(["-key", k, v]);
