@@ -28,6 +28,12 @@ async fn config() {
 }
 
 #[tokio::test]
+async fn audit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    store_suite::suite_audit(&open(&dir)).await;
+}
+
+#[tokio::test]
 async fn data_survives_reopen() {
     let dir = tempfile::tempdir().expect("tempdir");
     let seeded = {

@@ -22,7 +22,9 @@ use chrono::{DateTime, Utc};
 use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, TableDefinition};
 use uuid::Uuid;
 
-use super::{BindingKey, ConfigEntry, Registration, RegistrationFilter, Store, StoreError, User};
+use super::{
+    AuditEntry, BindingKey, ConfigEntry, Registration, RegistrationFilter, Store, StoreError, User,
+};
 
 /// File name of the database inside the data directory.
 pub const FILE_NAME: &str = "csps.redb";
@@ -34,6 +36,8 @@ const USERS: TableDefinition<u128, &[u8]> = TableDefinition::new("users");
 const USER_NAMES: TableDefinition<&str, u128> = TableDefinition::new("user_names");
 const REGISTRATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("registrations");
 const CONFIG: TableDefinition<&str, &[u8]> = TableDefinition::new("config");
+/// Audit log: key = (nanoseconds since the epoch, sequence), so keys sort by time.
+const AUDIT: TableDefinition<(i64, u64), &[u8]> = TableDefinition::new("audit");
 
 /// The embedded backend of [`Store`], over one redb file.
 #[derive(Clone)]
@@ -66,6 +70,7 @@ impl EmbeddedStore {
             txn.open_table(USER_NAMES)?;
             txn.open_table(REGISTRATIONS)?;
             txn.open_table(CONFIG)?;
+            txn.open_table(AUDIT)?;
         }
         txn.commit()?;
         Ok(EmbeddedStore { db: Arc::new(db) })
@@ -403,6 +408,39 @@ impl Store for EmbeddedStore {
             let mut out = Vec::new();
             for row in t.iter()? {
                 out.push(row?.0.value().to_owned());
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
+        let nanos = entry.at.timestamp_nanos_opt().unwrap_or(i64::MAX);
+        let bytes = encode(entry)?;
+        self.blocking(move |db| {
+            let txn = write_txn(db)?;
+            {
+                let mut t = txn.open_table(AUDIT)?;
+                // Entries of the same nanosecond get the next free sequence number.
+                let seq = match t.range((nanos, 0)..=(nanos, u64::MAX))?.next_back() {
+                    Some(row) => row?.0.value().1 + 1,
+                    None => 0,
+                };
+                t.insert((nanos, seq), bytes.as_slice())?;
+            }
+            txn.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_audit(&self, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        self.blocking(move |db| {
+            let txn = db.begin_read()?;
+            let t = txn.open_table(AUDIT)?;
+            let mut out = Vec::new();
+            for row in t.iter()?.rev().take(limit) {
+                out.push(decode(row?.1.value())?);
             }
             Ok(out)
         })

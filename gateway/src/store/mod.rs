@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 pub use model::{
-    BindingKey, ConfigEntry, Ha1, HashAlgorithm, NewUser, Registration, User, UserPatch,
+    AuditEntry, BindingKey, ConfigEntry, Ha1, HashAlgorithm, NewUser, Registration, User, UserPatch,
 };
 
 /// Why a store operation failed.
@@ -72,6 +72,11 @@ pub trait Store: Send + Sync + 'static {
     async fn put_config(&self, name: &str, entry: &ConfigEntry) -> Result<(), StoreError>;
     /// Names of all configuration entries.
     async fn list_config(&self) -> Result<Vec<String>, StoreError>;
+
+    /// Appends one entry to the audit log (who changed what, old and new value, when).
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError>;
+    /// The newest `limit` audit entries, newest first.
+    async fn list_audit(&self, limit: usize) -> Result<Vec<AuditEntry>, StoreError>;
 
     /// Makes every earlier write durable (a no-op where each write already is).
     async fn flush(&self) -> Result<(), StoreError>;

@@ -158,3 +158,20 @@ impl Registration {
 
 /// A configuration entry: `{"Data":{"System":{…},"SipConfig":{…},…}}`.
 pub type ConfigEntry = serde_json::Value;
+
+/// One administrative change, as the audit log keeps it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// When it happened.
+    pub at: DateTime<Utc>,
+    /// Who made it (`admin-token`, `localhost`, or the signed-in user's UPN).
+    pub actor: String,
+    /// What was done (`config.put`, `user.create`, `trusted-ips.add`, …).
+    pub action: String,
+    /// What it was done to (a configuration path, a user id, …).
+    pub target: String,
+    /// The value before, when there was one (secrets never appear in clear).
+    pub old: Option<serde_json::Value>,
+    /// The value after, when there is one (secrets never appear in clear).
+    pub new: Option<serde_json::Value>,
+}

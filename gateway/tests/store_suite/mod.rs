@@ -373,3 +373,39 @@ pub async fn check_seeded(store: &dyn Store, seeded: &(User, Registration, serde
         other => panic!("the unique index survives reopen, got {other:?}"),
     }
 }
+
+/// The audit log keeps entries in time order and lists the newest first.
+pub async fn suite_audit(store: &dyn Store) {
+    use csps::store::AuditEntry;
+    assert!(store.list_audit(10).await.expect("list").is_empty());
+    let t0 = chrono::Utc::now();
+    for i in 0..5i64 {
+        let e = AuditEntry {
+            at: t0 + chrono::Duration::milliseconds(i),
+            actor: "admin-token".into(),
+            action: "config.put".into(),
+            target: format!("Data.SipConfig.MinExpires#{i}"),
+            old: Some(json!(60)),
+            new: Some(json!(60 + i)),
+        };
+        store.append_audit(&e).await.expect("append");
+    }
+    // Two entries in the same instant are both kept.
+    let same = AuditEntry {
+        at: t0,
+        actor: "localhost".into(),
+        action: "user.create".into(),
+        target: "alice".into(),
+        old: None,
+        new: Some(json!({"username": "alice"})),
+    };
+    store
+        .append_audit(&same)
+        .await
+        .expect("append same instant");
+    let all = store.list_audit(100).await.expect("list");
+    assert_eq!(all.len(), 6);
+    assert_eq!(all[0].target, "Data.SipConfig.MinExpires#4", "newest first");
+    assert_eq!(store.list_audit(2).await.expect("list").len(), 2);
+    assert!(all.iter().any(|e| e.action == "user.create"));
+}
