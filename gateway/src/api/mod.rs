@@ -1,8 +1,10 @@
-//! The REST API under `/api` (axum): users, registrations, trusted IPs and the version, with
+//! The REST API under `/api` (axum): users, registrations, configuration entries and leaves,
+//! trusted IPs, the audit log and the version, with
 //! `application/problem+json` errors and the interim local/bearer access rule. [`router`] builds
 //! the whole tree from an [`ApiState`]; `serve` mounts it and owns `/healthz` and `/metrics`.
 
 pub mod access;
+pub mod config;
 pub mod problem;
 pub mod registrations;
 pub mod trusted_ips;
@@ -70,6 +72,17 @@ pub fn router(state: ApiState) -> Router {
             get(users::get).patch(users::patch).delete(users::delete),
         )
         .route("/api/registrations", get(registrations::list))
+        .route("/api/config/servers", get(config::servers))
+        .route("/api/config/paths", get(config::paths))
+        .route(
+            "/api/config/{server}",
+            get(config::get_entry).put(config::put_entry),
+        )
+        .route(
+            "/api/config/{server}/{leaf}",
+            get(config::get_leaf).put(config::put_leaf),
+        )
+        .route("/api/audit", get(config::audit_list))
         .route(
             "/api/config/{server}/trusted-ips",
             get(trusted_ips::list)

@@ -2,6 +2,7 @@
 //! A change to `*` (the global entry) is written to the global entry and to every server entry
 //! (cSPS semantics: a global write overrides the servers' values of that leaf); a change to one
 //! server writes only its entry. The running server reloads its settings after every write.
+//! Both go through the configuration write path of [`super::config`] (retried, audited).
 
 use axum::Json;
 use axum::extract::State;
@@ -11,8 +12,9 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::ApiState;
+use super::config::{self, Actor, read_entry};
 use super::problem::{JsonBody, PathParam, Problem, QueryParams};
-use crate::config::{GLOBAL, leaf, parse_cidr, set_leaf};
+use crate::config::{leaf, parse_cidr};
 use crate::store::ConfigEntry;
 
 /// Dotted path of the leaf.
@@ -33,17 +35,7 @@ pub struct DeleteQuery {
     pub cidr: Option<String>,
 }
 
-/// True for `*` and for names of the form `[a-z0-9-]{1,63}` that are not reserved.
-pub fn valid_entry_name(name: &str) -> bool {
-    name == GLOBAL
-        || (!name.is_empty()
-            && name.len() <= 63
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            && name != "servers"
-            && name != "paths")
-}
+pub use super::config::valid_entry_name;
 
 /// The leaf's values as stored (strings only).
 fn ranges(entry: &ConfigEntry) -> Vec<String> {
@@ -61,41 +53,22 @@ fn same(stored: &str, net: &ipnet::IpNet) -> bool {
     parse_cidr(stored).is_ok_and(|n| n == *net)
 }
 
-/// Reads an entry, 404 when it does not exist.
-async fn entry(state: &ApiState, server: &str) -> Result<ConfigEntry, Problem> {
-    let missing = || Problem::not_found(format!("no configuration entry `{server}`"));
-    if !valid_entry_name(server) {
-        return Err(missing());
-    }
-    state.store.get_config(server).await?.ok_or_else(missing)
-}
-
-/// Writes `list` to `server`'s entry, and for `*` to every server entry too; then reloads.
+/// Writes `list` through the shared configuration write path (global: every server entry, then
+/// `*`; audited; reloaded).
 async fn write(
     state: &ApiState,
+    actor: &Actor,
+    action: &str,
     server: &str,
-    mut own: ConfigEntry,
     list: &[String],
 ) -> Result<(), Problem> {
-    let value = Value::from(list.to_vec());
-    set_leaf(&mut own, LEAF, value.clone());
-    state.store.put_config(server, &own).await?;
-    if server == GLOBAL {
-        for name in state.store.list_config().await? {
-            if name == GLOBAL {
-                continue;
-            }
-            let Some(mut e) = state.store.get_config(&name).await? else {
-                continue;
-            };
-            set_leaf(&mut e, LEAF, value.clone());
-            state.store.put_config(&name, &e).await?;
-        }
-    }
-    if let Err(e) = state.config.reload().await {
-        tracing::warn!("configuration written but not reloaded: {e}");
-    }
-    Ok(())
+    let Some(l) = crate::config::model::find(LEAF) else {
+        return Err(Problem::not_found(format!(
+            "no configuration leaf `{LEAF}`"
+        )));
+    };
+    let sets = [(l, Value::from(list.to_vec()))];
+    config::write(state, actor, action, server, &sets, &sets, Some(LEAF)).await
 }
 
 /// `GET /api/config/{server}/trusted-ips` → `["10.0.0.0/8"]`.
@@ -103,30 +76,32 @@ pub async fn list(
     State(state): State<ApiState>,
     PathParam(server): PathParam<String>,
 ) -> Result<Json<Vec<String>>, Problem> {
-    Ok(Json(ranges(&entry(&state, &server).await?)))
+    Ok(Json(ranges(&read_entry(&state, &server).await?)))
 }
 
 /// `POST /api/config/{server}/trusted-ips` `{"cidr":"…"}` → 201 with the new list; adding a
 /// range that is already there changes nothing.
 pub async fn add(
     State(state): State<ApiState>,
+    actor: Actor,
     PathParam(server): PathParam<String>,
     JsonBody(body): JsonBody<AddBody>,
 ) -> Result<Response, Problem> {
     let net = parse_cidr(&body.cidr).map_err(|m| Problem::invalid("cidr", m))?;
     let _writing = state.config_writes.lock().await;
-    let own = entry(&state, &server).await?;
+    let own = read_entry(&state, &server).await?;
     let mut list = ranges(&own);
     if !list.iter().any(|s| same(s, &net)) {
         list.push(net.to_string());
     }
-    write(&state, &server, own, &list).await?;
+    write(&state, &actor, "trusted-ips.add", &server, &list).await?;
     Ok((StatusCode::CREATED, Json(list)).into_response())
 }
 
 /// `DELETE /api/config/{server}/trusted-ips?cidr=…` → 204, 404 when the range is not listed.
 pub async fn remove(
     State(state): State<ApiState>,
+    actor: Actor,
     PathParam(server): PathParam<String>,
     QueryParams(q): QueryParams<DeleteQuery>,
 ) -> Result<StatusCode, Problem> {
@@ -138,7 +113,7 @@ pub async fn remove(
     };
     let net = parse_cidr(&raw).map_err(|m| Problem::invalid("cidr", m))?;
     let _writing = state.config_writes.lock().await;
-    let own = entry(&state, &server).await?;
+    let own = read_entry(&state, &server).await?;
     let list = ranges(&own);
     let kept: Vec<String> = list.iter().filter(|s| !same(s, &net)).cloned().collect();
     if kept.len() == list.len() {
@@ -146,6 +121,6 @@ pub async fn remove(
             "`{net}` is not a trusted range of `{server}`"
         )));
     }
-    write(&state, &server, own, &kept).await?;
+    write(&state, &actor, "trusted-ips.remove", &server, &kept).await?;
     Ok(StatusCode::NO_CONTENT)
 }

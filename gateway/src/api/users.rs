@@ -13,6 +13,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::ApiState;
+use super::config::{Actor, audit};
 use super::problem::{FieldError, JsonBody, PathParam, Problem, from_value, parse_json};
 use crate::store::{Ha1, HashAlgorithm, NewUser, User, UserPatch};
 
@@ -234,6 +235,7 @@ pub async fn list(State(state): State<ApiState>) -> Result<Json<Vec<UserView>>, 
 /// `POST /api/users` → 201 with the user.
 pub async fn create(
     State(state): State<ApiState>,
+    actor: Actor,
     JsonBody(body): JsonBody<NewUser>,
 ) -> Result<Response, Problem> {
     let username = body.username.trim().to_owned();
@@ -267,7 +269,17 @@ pub async fn create(
     };
     let user = state.store.create_user(user).await?;
     state.note_users_changed();
-    Ok((StatusCode::CREATED, Json(UserView::from(&user))).into_response())
+    let view = UserView::from(&user);
+    audit(
+        &state,
+        &actor,
+        "user.create",
+        &format!("user/{}", user.id),
+        None,
+        Some(audit_view(&view, true)),
+    )
+    .await;
+    Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
 /// `GET /api/users/{id}`.
@@ -286,6 +298,7 @@ pub async fn get(
 /// password too, because the HA1s cover both.
 pub async fn patch(
     State(state): State<ApiState>,
+    actor: Actor,
     PathParam(id): PathParam<String>,
     headers: HeaderMap,
     body: Bytes,
@@ -336,6 +349,7 @@ pub async fn patch(
     if !errors.is_empty() {
         return Err(Problem::validation(errors));
     }
+    let before = UserView::from(&user);
     if let Some(u) = username {
         user.username = u.to_owned();
     }
@@ -359,7 +373,26 @@ pub async fn patch(
     }
     let user = state.store.update_user(user).await?;
     state.note_users_changed();
-    Ok(Json(UserView::from(&user)))
+    let view = UserView::from(&user);
+    audit(
+        &state,
+        &actor,
+        "user.patch",
+        &format!("user/{}", user.id),
+        Some(audit_view(&before, false)),
+        Some(audit_view(&view, p.password.is_some())),
+    )
+    .await;
+    Ok(Json(view))
+}
+
+/// A user as the audit log keeps it: the view, plus `"password":"***"` when one was set.
+fn audit_view(view: &UserView, password_set: bool) -> Value {
+    let mut v = serde_json::to_value(view).unwrap_or(Value::Null);
+    if password_set && let Some(o) = v.as_object_mut() {
+        o.insert("password".to_owned(), Value::from("***"));
+    }
+    v
 }
 
 /// Checks the content type and parses a body into a JSON value.
@@ -376,12 +409,24 @@ fn json_body(headers: &HeaderMap, body: &[u8]) -> Result<JsonBody<Value>, Proble
 /// `DELETE /api/users/{id}` → 204.
 pub async fn delete(
     State(state): State<ApiState>,
+    actor: Actor,
     PathParam(id): PathParam<String>,
 ) -> Result<StatusCode, Problem> {
     let id = user_id(&id)?;
+    let before = state.store.get_user(id).await?;
     match state.store.delete_user(id).await {
         Ok(()) => {
             state.note_users_changed();
+            let old = before.map(|u| audit_view(&UserView::from(&u), false));
+            audit(
+                &state,
+                &actor,
+                "user.delete",
+                &format!("user/{id}"),
+                old,
+                None,
+            )
+            .await;
             Ok(StatusCode::NO_CONTENT)
         }
         Err(crate::store::StoreError::NotFound) => {

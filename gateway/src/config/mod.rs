@@ -2,14 +2,18 @@
 //! live settings read from the store's configuration entries (`*` and one per server) under the
 //! cSPS keys (`Data.SipConfig.TrustedIps`, …). Changes are published on a watch channel, so every
 //! consumer (the registrar's trusted ranges, the TLS listener) applies them without a restart.
+//! [`model`] holds the typed leaf table (types, defaults, validation, secrets).
 
 pub mod local;
+pub mod model;
 
 use std::sync::Arc;
 
 use ipnet::IpNet;
 use serde_json::{Value, json};
 use tokio::sync::watch;
+
+pub use model::{LEAVES, Leaf};
 
 use crate::store::{ConfigEntry, Store, StoreError};
 
@@ -36,136 +40,180 @@ pub struct Settings {
     /// `Data.SipConfig.DigestAlgorithms`: digest challenges offered, in order (`MD5`, `SHA-256`);
     /// default `["MD5"]`.
     pub digest_algorithms: Vec<String>,
+    /// `Data.SipConfig.Srtp`: SRTP towards phones.
+    pub srtp: SrtpMode,
+    /// `Data.SipConfig.Use8KHz`: offer narrowband codecs only to phones.
+    pub use_8khz: bool,
+    /// `Data.SipConfig.EmergencyNumbers`: numbers always routed as emergency calls.
+    pub emergency_numbers: Vec<String>,
+    /// `Data.System.MinRtpPort`: lowest media port (below `max_rtp_port`).
+    pub min_rtp_port: u16,
+    /// `Data.System.MaxRtpPort`: highest media port.
+    pub max_rtp_port: u16,
+    /// `Data.System.SwaggerRemote`: Swagger UI for remote clients too.
+    pub swagger_remote: bool,
+    /// `Data.System.CallRecordDays`: days call records are kept.
+    pub call_record_days: u32,
+    /// `Data.SpsAzureApp.*`: the app end users sign in with.
+    pub sps_app: AzureApp,
+    /// `Data.AdminAzureApp.*`: the app admins sign in with.
+    pub admin_app: AzureApp,
+}
+
+/// `Data.SipConfig.Srtp`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SrtpMode {
+    /// Plain RTP only (the cSPS default).
+    #[default]
+    Disabled,
+    /// SRTP offered; plain RTP accepted.
+    Supported,
+    /// SRTP only.
+    Required,
+}
+
+/// A secret string: compared and cloned like a string, never printed by `Debug`.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl Secret {
+    /// The secret in clear.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"***\"" })
+    }
+}
+
+/// An Entra ID application (`Data.SpsAzureApp` or `Data.AdminAzureApp`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AzureApp {
+    /// Tenant id or domain; empty when not configured.
+    pub tenant: String,
+    /// Application (client) id.
+    pub client_id: String,
+    /// Client secret.
+    pub client_secret: Secret,
+    /// OAuth redirect URI (SpsAzureApp only; empty otherwise).
+    pub redirect_uri: String,
+    /// Login authority, `https://login.microsoftonline.com` by default.
+    pub authority: String,
+    /// Object id of the admin group (AdminAzureApp only; empty otherwise).
+    pub admin_group_id: String,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings {
-            default_sip_domain: "csps.local".to_owned(),
-            trusted_ips: Vec::new(),
-            auth_failure_limit: 5,
-            min_expires: 60,
-            max_expires: 3600,
-            nat_expires: 120,
-            certificate_thumbprint: String::new(),
-            // MD5 only by default: baresip 1.0 (libre) fails the whole registration with ENOSYS
-            // when any challenge names SHA-256, and SIPp answers only the first one; operators
-            // whose phones speak RFC 8760 add "SHA-256" (first, to prefer it).
-            digest_algorithms: vec!["MD5".to_owned()],
-        }
+        // The model's defaults: DigestAlgorithms is MD5 only by default: baresip 1.0 (libre)
+        // fails the whole registration with ENOSYS when any challenge names SHA-256, and SIPp
+        // answers only the first one; operators whose phones speak RFC 8760 add "SHA-256".
+        Settings::from_entry(&json!({}))
     }
 }
-
-/// One leaf of the configuration: its dotted path, JSON type and default.
-pub struct Leaf {
-    /// Dotted path such as `Data.SipConfig.TrustedIps`.
-    pub path: &'static str,
-    /// JSON type: `string`, `integer`, `boolean`, `array`.
-    pub kind: &'static str,
-}
-
-/// The leaves this version knows (the access-control issue extends the model).
-pub const LEAVES: &[Leaf] = &[
-    Leaf {
-        path: "Data.SipConfig.DefaultSipDomain",
-        kind: "string",
-    },
-    Leaf {
-        path: "Data.SipConfig.TrustedIps",
-        kind: "array",
-    },
-    Leaf {
-        path: "Data.SipConfig.AuthFailureLimit",
-        kind: "integer",
-    },
-    Leaf {
-        path: "Data.SipConfig.MinExpires",
-        kind: "integer",
-    },
-    Leaf {
-        path: "Data.SipConfig.MaxExpires",
-        kind: "integer",
-    },
-    Leaf {
-        path: "Data.SipConfig.NatExpires",
-        kind: "integer",
-    },
-    Leaf {
-        path: "Data.SipConfig.CertificateThumbPrint",
-        kind: "string",
-    },
-];
 
 impl Settings {
-    /// The entry a fresh store starts with.
+    /// The entry a fresh store starts with: every leaf of the model at its default, with this
+    /// value's SIP settings.
     pub fn default_entry(&self) -> ConfigEntry {
-        json!({"Data": {"SipConfig": {
-            "DefaultSipDomain": self.default_sip_domain,
-            "TrustedIps": self.trusted_ips.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
-            "AuthFailureLimit": self.auth_failure_limit,
-            "MinExpires": self.min_expires,
-            "MaxExpires": self.max_expires,
-            "NatExpires": self.nat_expires,
-            "CertificateThumbPrint": self.certificate_thumbprint,
-            "DigestAlgorithms": self.digest_algorithms,
-        }}})
+        let mut e = model::defaults();
+        for (p, v) in [
+            ("DefaultSipDomain", json!(self.default_sip_domain)),
+            (
+                "TrustedIps",
+                json!(
+                    self.trusted_ips
+                        .iter()
+                        .map(|n| n.to_string())
+                        .collect::<Vec<_>>()
+                ),
+            ),
+            ("AuthFailureLimit", json!(self.auth_failure_limit)),
+            ("MinExpires", json!(self.min_expires)),
+            ("MaxExpires", json!(self.max_expires)),
+            ("NatExpires", json!(self.nat_expires)),
+            ("CertificateThumbPrint", json!(self.certificate_thumbprint)),
+            ("DigestAlgorithms", json!(self.digest_algorithms)),
+        ] {
+            set_leaf(&mut e, &format!("Data.SipConfig.{p}"), v);
+        }
+        e
     }
 
-    /// Reads the settings from an entry; a missing or invalid leaf keeps its default (and is logged).
+    /// Reads the settings from an entry; a missing or invalid leaf keeps its default (and is
+    /// logged), and so does a pair that breaks a cross-field rule (MinRtpPort < MaxRtpPort,
+    /// MinExpires <= MaxExpires).
     pub fn from_entry(entry: &ConfigEntry) -> Settings {
-        let d = Settings::default();
-        let str_leaf = |p: &str, def: &str| match leaf(entry, p) {
-            Some(Value::String(s)) => s.clone(),
-            _ => def.to_owned(),
-        };
-        let u32_leaf = |p: &str, def: u32| {
-            leaf(entry, p)
-                .and_then(Value::as_u64)
-                .and_then(|v| u32::try_from(v).ok())
-                .unwrap_or(def)
-        };
-        let trusted_ips = match leaf(entry, "Data.SipConfig.TrustedIps") {
-            Some(Value::Array(a)) => a
-                .iter()
-                .filter_map(|v| v.as_str())
-                .filter_map(|s| match parse_cidr(s) {
-                    Ok(n) => Some(n),
-                    Err(e) => {
-                        tracing::warn!(cidr = s, "ignoring trusted range: {e}");
-                        None
-                    }
-                })
-                .collect(),
-            _ => Vec::new(),
-        };
-        let digest_algorithms = match leaf(entry, "Data.SipConfig.DigestAlgorithms") {
-            Some(Value::Array(a)) => {
-                let algs: Vec<String> = a
-                    .iter()
-                    .filter_map(|v| v.as_str())
-                    .filter(|s| csps_sip::digest::Algorithm::from_token(s).is_some())
-                    .map(str::to_owned)
-                    .collect();
-                if algs.is_empty() {
-                    d.digest_algorithms.clone()
-                } else {
-                    algs
+        let mut e = model::effective(entry);
+        for err in model::cross_field(&e) {
+            tracing::warn!("stored configuration: {}; using the defaults", err.message);
+            for p in [err.lower, err.upper] {
+                if let Some(l) = model::find(p) {
+                    set_leaf(&mut e, p, l.default.value());
                 }
             }
-            _ => d.digest_algorithms.clone(),
+        }
+        let e = &e;
+        let s = |p: &str| {
+            leaf(e, p)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let int = |p: &str| leaf(e, p).and_then(Value::as_i64).unwrap_or_default();
+        let u32_ = |p: &str| u32::try_from(int(p)).unwrap_or_default();
+        let u16_ = |p: &str| u16::try_from(int(p)).unwrap_or_default();
+        let bool_ = |p: &str| leaf(e, p).and_then(Value::as_bool).unwrap_or_default();
+        let strs = |p: &str| -> Vec<String> {
+            leaf(e, p)
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let app = |g: &str| AzureApp {
+            tenant: s(&format!("Data.{g}.Tenant")),
+            client_id: s(&format!("Data.{g}.ClientId")),
+            client_secret: Secret(s(&format!("Data.{g}.ClientSecret"))),
+            redirect_uri: s(&format!("Data.{g}.RedirectUri")),
+            authority: s(&format!("Data.{g}.Authority")),
+            admin_group_id: s(&format!("Data.{g}.AdminGroupId")),
         };
         Settings {
-            digest_algorithms,
-            default_sip_domain: str_leaf("Data.SipConfig.DefaultSipDomain", &d.default_sip_domain),
-            trusted_ips,
-            auth_failure_limit: u32_leaf("Data.SipConfig.AuthFailureLimit", d.auth_failure_limit),
-            min_expires: u32_leaf("Data.SipConfig.MinExpires", d.min_expires),
-            max_expires: u32_leaf("Data.SipConfig.MaxExpires", d.max_expires),
-            nat_expires: u32_leaf("Data.SipConfig.NatExpires", d.nat_expires),
-            certificate_thumbprint: str_leaf(
-                "Data.SipConfig.CertificateThumbPrint",
-                &d.certificate_thumbprint,
-            ),
+            default_sip_domain: s("Data.SipConfig.DefaultSipDomain"),
+            trusted_ips: strs("Data.SipConfig.TrustedIps")
+                .iter()
+                .filter_map(|c| parse_cidr(c).ok())
+                .collect(),
+            auth_failure_limit: u32_("Data.SipConfig.AuthFailureLimit"),
+            min_expires: u32_("Data.SipConfig.MinExpires"),
+            max_expires: u32_("Data.SipConfig.MaxExpires"),
+            nat_expires: u32_("Data.SipConfig.NatExpires"),
+            certificate_thumbprint: s("Data.SipConfig.CertificateThumbPrint"),
+            digest_algorithms: strs("Data.SipConfig.DigestAlgorithms")
+                .into_iter()
+                .filter(|a| csps_sip::digest::Algorithm::from_token(a).is_some())
+                .collect(),
+            srtp: match s("Data.SipConfig.Srtp").as_str() {
+                "Supported" => SrtpMode::Supported,
+                "Required" => SrtpMode::Required,
+                _ => SrtpMode::Disabled,
+            },
+            use_8khz: bool_("Data.SipConfig.Use8KHz"),
+            emergency_numbers: strs("Data.SipConfig.EmergencyNumbers"),
+            min_rtp_port: u16_("Data.System.MinRtpPort"),
+            max_rtp_port: u16_("Data.System.MaxRtpPort"),
+            swagger_remote: bool_("Data.System.SwaggerRemote"),
+            call_record_days: u32_("Data.System.CallRecordDays"),
+            sps_app: app("SpsAzureApp"),
+            admin_app: app("AdminAzureApp"),
         }
     }
 }
