@@ -126,6 +126,83 @@ async fn metrics_page(
         .into_response()
 }
 
+/// How often lapsed registrations are purged where the database does not expire them itself.
+const PURGE_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// Opens the store: MongoDB when `mongodb_uri` is set (database from the URI path, default
+/// `csps`), else the embedded store in `data_dir`. Starts the hourly purge of lapsed registrations
+/// where the store has no TTL index: always for the embedded store; for MongoDB only when the
+/// server refuses TTL indexes (FerretDB v1), and then only on the server holding the purge lease,
+/// removing documents expired for more than a day.
+async fn open_store(
+    mongodb_uri: Option<&str>,
+    data_dir: &std::path::Path,
+    server_name: &str,
+) -> Result<Arc<dyn Store>, ServeError> {
+    if let Some(uri) = mongodb_uri {
+        let mongo = crate::store::mongo::MongoStore::connect(uri, None)
+            .await
+            .map_err(|e| ServeError::new(format!("cannot open the MongoDB store: {e}")))?;
+        tracing::info!(
+            store = "mongodb",
+            at = mongo.describe(),
+            ttl_index = mongo.ttl_index(),
+            "store: MongoDB"
+        );
+        if !mongo.ttl_index() {
+            let purge = mongo.clone();
+            let me = server_name.to_owned();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(PURGE_INTERVAL);
+                loop {
+                    tick.tick().await;
+                    let now = chrono::Utc::now();
+                    // One server purges: the lease holder (renewed every hour, held for two).
+                    match purge
+                        .try_lease("purge-expired", &me, now, chrono::Duration::hours(2))
+                        .await
+                    {
+                        Ok(true) => {}
+                        Ok(false) => continue,
+                        Err(e) => {
+                            tracing::warn!("taking the purge lease failed: {e}");
+                            continue;
+                        }
+                    }
+                    match purge.purge_expired(now - chrono::Duration::days(1)).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(purged = n, "removed lapsed registrations"),
+                        Err(e) => tracing::warn!("purging lapsed registrations failed: {e}"),
+                    }
+                }
+            });
+        }
+        return Ok(Arc::new(mongo));
+    }
+    let embedded = Arc::new(EmbeddedStore::open(data_dir).map_err(|e| {
+        ServeError::new(format!(
+            "cannot open the embedded store in {}: {e}",
+            data_dir.display()
+        ))
+    })?);
+    tracing::info!(store = "embedded", at = %data_dir.display(), "store: embedded");
+    // The embedded store has no TTL index: purge lapsed registrations hourly so nothing piles up
+    // (every read filters on expiry anyway).
+    let purge = embedded.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(PURGE_INTERVAL);
+        loop {
+            tick.tick().await;
+            match purge.purge_expired(chrono::Utc::now()).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(purged = n, "removed lapsed registrations from the store"),
+                Err(e) => tracing::warn!("purging lapsed registrations failed: {e}"),
+            }
+        }
+    });
+    Ok(embedded)
+}
+
 /// Runs the gateway until SIGTERM or SIGINT.
 pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
     init_logging(args.log_format);
@@ -146,39 +223,17 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
         .or_else(|| file.server_name.clone())
         .unwrap_or_else(local::default_server_name);
     local::validate_server_name(&server_name).map_err(ServeError::new)?;
-    if let Some(uri) = args.mongodb_uri.as_ref().or(file.mongodb_uri.as_ref()) {
-        let _ = uri;
-        return Err(ServeError::new(
-            "mongodb_uri is set, but this build has only the embedded store (the MongoDB backend comes with central configuration); remove it to run on the embedded store",
-        ));
-    }
+    let mongodb_uri = args
+        .mongodb_uri
+        .clone()
+        .or_else(|| file.mongodb_uri.clone());
     let secret = file
         .ensure_secret_key(&config_path)
         .map_err(ServeError::new)?;
     let admin_token = local::ensure_admin_token(&args.data_dir).map_err(ServeError::new)?;
     raise_nofile_limit();
 
-    let embedded = Arc::new(EmbeddedStore::open(&args.data_dir).map_err(|e| {
-        ServeError::new(format!(
-            "cannot open the embedded store in {}: {e}",
-            args.data_dir.display()
-        ))
-    })?);
-    // The embedded store has no TTL index: purge lapsed registrations hourly so nothing piles up
-    // (every read filters on expiry anyway).
-    let purge = embedded.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(3600));
-        loop {
-            tick.tick().await;
-            match purge.purge_expired(chrono::Utc::now()).await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(purged = n, "removed lapsed registrations from the store"),
-                Err(e) => tracing::warn!("purging lapsed registrations failed: {e}"),
-            }
-        }
-    });
-    let store: Arc<dyn Store> = embedded;
+    let store = open_store(mongodb_uri.as_deref(), &args.data_dir, &server_name).await?;
     let config = LiveConfig::open(store.clone(), &server_name)
         .await
         .map_err(|e| ServeError::new(format!("cannot read the configuration: {e}")))?;

@@ -4,6 +4,7 @@
 
 pub mod embedded;
 pub mod model;
+pub mod mongo;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};

@@ -1,0 +1,706 @@
+//! The MongoDB backend: several csps servers share users, registrations, configuration and the
+//! audit log through one MongoDB (or a server speaking its protocol, such as FerretDB).
+//!
+//! # Driver and features
+//! The official `mongodb` driver 3.x with `default-features = false` and only:
+//! - `compat-3-3-0` (the driver refuses to build without it) and `bson-3` (the current BSON crate);
+//! - `rustls-tls`, which is rustls with the **ring** provider — the workspace's only provider, so no
+//!   aws-lc-rs is built. `tls=true` in the URI uses it, with the webpki roots (plus `tlsCAFile`).
+//!
+//! Left out on purpose: `dns-resolver` (it pulls the hickory resolver for `mongodb+srv://` seed
+//! lists — list the hosts in a `mongodb://` URI instead; [`MongoStore::connect`] says so when given
+//! an SRV URI), compression, in-use encryption, AWS/GSSAPI/OIDC authentication (SCRAM works).
+//!
+//! # Collections
+//! - `users`: `_id` = the user id (UUID string), the [`User`] fields, plus `username_key` and
+//!   `domain_key` (lower-cased) under a unique index, so usernames are unique per domain regardless
+//!   of case.
+//! - `registrations`: one document per binding, `_id` = AoR + `"\0"` + binding. A phone that moves
+//!   to another server replaces the same document (its `server` changes), never adds a second.
+//!   `expires_at` is a BSON date (milliseconds; `expires_ns` keeps the sub-millisecond part so a
+//!   binding reads back exactly as written) under a TTL index (`expireAfterSeconds: 0`).
+//! - `config`: `_id` = entry name (`*` or a server name), the entry's top-level fields beside it
+//!   (`{"_id": "*", "Data": {…}}`).
+//! - `audit`: one document per change, `at` a BSON date; listed newest first.
+//! - `leases`: who runs the fallback purge (below).
+//!
+//! # Expiry
+//! Every registration query filters on `expires_at > now`. The database removes lapsed bindings
+//! through the TTL index where it has one; FerretDB v1 refuses TTL indexes (NotImplemented) or keeps
+//! the option without acting on it. [`MongoStore::ttl_index`] tells which; without it one server —
+//! the holder of the `purge-expired` lease ([`MongoStore::try_lease`]) — calls
+//! [`MongoStore::purge_expired`] hourly with `now - 1 day` (see `serve`), so nothing piles up.
+//!
+//! # Writes
+//! Writes ask for `w: "majority", j: true` where the server honours it (MongoDB); servers that
+//! cannot (FerretDB v1 writes synchronously to SQLite and rejects nothing but does not implement
+//! write concerns) get their default. Registrations go as one unordered bulk `update` (upserts) and
+//! one unordered bulk `delete` (removals) — no transactions, which FerretDB v1 lacks; each binding
+//! is an independent, idempotent write. Duplicate keys (11000, and FerretDB v1's InternalError
+//! "UNIQUE constraint failed" on updates) are [`StoreError::Conflict`].
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use mongodb::bson::{self, Bson, Document, doc};
+use mongodb::error::{ErrorKind, WriteFailure};
+use mongodb::options::{
+    Acknowledgment, ClientOptions, DatabaseOptions, IndexOptions, WriteConcern,
+};
+use mongodb::{Client, Collection, Database, IndexModel};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use uuid::Uuid;
+
+use super::{
+    AuditEntry, BindingKey, ConfigEntry, Registration, RegistrationFilter, Store, StoreError, User,
+};
+
+/// Database used when neither the caller nor the URI path names one.
+pub const DEFAULT_DATABASE: &str = "csps";
+/// Server selection timeout when the URI sets none (`serverSelectionTimeoutMS`).
+pub const SERVER_SELECTION_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connect timeout when the URI sets none (`connectTimeoutMS`).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+const USERS: &str = "users";
+const REGISTRATIONS: &str = "registrations";
+const CONFIG: &str = "config";
+const AUDIT: &str = "audit";
+const LEASES: &str = "leases";
+/// Writes per bulk command (well under every server's `maxWriteBatchSize`).
+const BULK_CHUNK: usize = 1000;
+
+const DUPLICATE_KEY: i32 = 11000;
+const NOT_IMPLEMENTED: i32 = 238;
+const INDEX_OPTIONS_CONFLICT: i32 = 85;
+const INDEX_KEY_SPECS_CONFLICT: i32 = 86;
+
+/// The MongoDB store. Cheap to clone (the driver's client is a shared pool).
+#[derive(Clone, Debug)]
+pub struct MongoStore {
+    db: Database,
+    users: Collection<Document>,
+    registrations: Collection<Document>,
+    config: Collection<Document>,
+    audit: Collection<Document>,
+    leases: Collection<Document>,
+    /// `writeConcern` added to raw bulk commands (`None`: the server's default).
+    write_concern: Option<Document>,
+    ttl_index: bool,
+    server: String,
+}
+
+impl MongoStore {
+    /// Connects to `uri`, checks that the server answers (bounded by the server selection timeout,
+    /// 10 s unless the URI sets `serverSelectionTimeoutMS`) and creates the indexes. The database is
+    /// `db_name`, else the URI's path (`mongodb://host/<db>`), else `csps`.
+    pub async fn connect(uri: &str, db_name: Option<&str>) -> Result<Self, StoreError> {
+        if uri.trim_start().starts_with("mongodb+srv://") {
+            return Err(StoreError::Backend(
+                "mongodb+srv:// URIs need a DNS SRV resolver, which this build leaves out; \
+                 list the hosts instead: mongodb://host1,host2,host3/?replicaSet=…"
+                    .into(),
+            ));
+        }
+        let mut opts = ClientOptions::parse(uri)
+            .await
+            .map_err(|e| StoreError::Backend(format!("invalid MongoDB URI: {e}")))?;
+        opts.server_selection_timeout
+            .get_or_insert(SERVER_SELECTION_TIMEOUT);
+        opts.connect_timeout.get_or_insert(CONNECT_TIMEOUT);
+        opts.app_name.get_or_insert_with(|| "csps".to_owned());
+        let name = db_name
+            .map(str::to_owned)
+            .or_else(|| opts.default_database.clone())
+            .unwrap_or_else(|| DEFAULT_DATABASE.to_owned());
+        // Hosts only: the URI may carry a password.
+        let hosts = opts
+            .hosts
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        let server = format!("{hosts}/{name}");
+        let client = Client::with_options(opts)
+            .map_err(|e| StoreError::Backend(format!("MongoDB client for {server}: {e}")))?;
+        let build = client
+            .database(&name)
+            .run_command(doc! { "buildInfo": 1 })
+            .await
+            .map_err(|e| StoreError::Backend(format!("cannot reach MongoDB at {server}: {e}")))?;
+        let ferretdb_v1 = build
+            .get_str("ferretdbVersion")
+            .is_ok_and(|v| v.trim_start_matches('v').starts_with("1."));
+        // MongoDB honours majority + journal; FerretDB v1 does not implement write concerns (each
+        // write is a committed SQLite transaction before it answers), so it gets its default.
+        let wc = (!ferretdb_v1).then(|| {
+            WriteConcern::builder()
+                .w(Acknowledgment::Majority)
+                .journal(true)
+                .build()
+        });
+        let write_concern = wc.as_ref().map(|_| doc! { "w": "majority", "j": true });
+        let db = client
+            .database_with_options(&name, DatabaseOptions::builder().write_concern(wc).build());
+        let coll = |n: &str| db.collection::<Document>(n);
+        let mut store = MongoStore {
+            users: coll(USERS),
+            registrations: coll(REGISTRATIONS),
+            config: coll(CONFIG),
+            audit: coll(AUDIT),
+            leases: coll(LEASES),
+            db,
+            write_concern,
+            ttl_index: false,
+            server,
+        };
+        store.create_indexes(ferretdb_v1).await?;
+        Ok(store)
+    }
+
+    /// `host:port,…/database` (no credentials), for logs.
+    pub fn describe(&self) -> &str {
+        &self.server
+    }
+
+    /// The database name.
+    pub fn database_name(&self) -> &str {
+        self.db.name()
+    }
+
+    /// True when the database expires registrations itself (a working TTL index); false on
+    /// servers without TTL support (FerretDB v1), where one server must call
+    /// [`purge_expired`](Self::purge_expired) periodically.
+    pub fn ttl_index(&self) -> bool {
+        self.ttl_index
+    }
+
+    async fn create_indexes(&mut self, ferretdb_v1: bool) -> Result<(), StoreError> {
+        let users = IndexModel::builder()
+            .keys(doc! { "username_key": 1, "domain_key": 1 })
+            .options(
+                IndexOptions::builder()
+                    .name("username_domain".to_owned())
+                    .unique(true)
+                    .build(),
+            )
+            .build();
+        self.users
+            .create_index(users)
+            .await
+            .map_err(|e| backend("creating the users index", e))?;
+        for (name, key) in [("aor", "aor"), ("server", "server")] {
+            let m = IndexModel::builder()
+                .keys(doc! { key: 1 })
+                .options(IndexOptions::builder().name(name.to_owned()).build())
+                .build();
+            self.registrations
+                .create_index(m)
+                .await
+                .map_err(|e| backend("creating the registrations indexes", e))?;
+        }
+        let audit = IndexModel::builder()
+            .keys(doc! { "at": -1 })
+            .options(IndexOptions::builder().name("at".to_owned()).build())
+            .build();
+        self.audit
+            .create_index(audit)
+            .await
+            .map_err(|e| backend("creating the audit index", e))?;
+
+        // TTL on expires_at; fall back to a plain index where the server refuses the option.
+        let ttl = IndexModel::builder()
+            .keys(doc! { "expires_at": 1 })
+            .options(
+                IndexOptions::builder()
+                    .name("expires_at".to_owned())
+                    .expire_after(Duration::ZERO)
+                    .build(),
+            )
+            .build();
+        match self.registrations.create_index(ttl).await {
+            Ok(_) => {}
+            Err(e) => match error_code(&e) {
+                // NotImplemented, or any refusal of the option: a plain index, purge instead.
+                Some(NOT_IMPLEMENTED) | Some(2) | Some(67) | Some(197) => {
+                    tracing::info!(
+                        "the MongoDB server refuses TTL indexes ({e}); lapsed registrations are \
+                         purged by one server instead"
+                    );
+                    let plain = IndexModel::builder()
+                        .keys(doc! { "expires_at": 1 })
+                        .options(
+                            IndexOptions::builder()
+                                .name("expires_at".to_owned())
+                                .build(),
+                        )
+                        .build();
+                    self.registrations
+                        .create_index(plain)
+                        .await
+                        .map_err(|e| backend("creating the expires_at index", e))?;
+                }
+                // An existing expires_at index with other options (made before): keep it.
+                Some(INDEX_OPTIONS_CONFLICT) | Some(INDEX_KEY_SPECS_CONFLICT) => {}
+                _ => return Err(backend("creating the expires_at TTL index", e)),
+            },
+        }
+        // Believe what the server lists, not what it accepted.
+        let mut listed = false;
+        let mut cursor = self
+            .registrations
+            .list_indexes()
+            .await
+            .map_err(|e| backend("listing indexes", e))?;
+        while cursor
+            .advance()
+            .await
+            .map_err(|e| backend("listing indexes", e))?
+        {
+            let index = cursor
+                .deserialize_current()
+                .map_err(|e| backend("listing indexes", e))?;
+            if index.keys.get("expires_at").is_some()
+                && index.keys.len() == 1
+                && index
+                    .options
+                    .as_ref()
+                    .and_then(|o| o.expire_after)
+                    .is_some()
+            {
+                listed = true;
+            }
+        }
+        self.ttl_index = listed && !ferretdb_v1;
+        Ok(())
+    }
+
+    /// Deletes registrations that lapsed before `before` (the caller passes `now - 1 day`);
+    /// returns how many. Only needed where [`ttl_index`](Self::ttl_index) is false.
+    pub async fn purge_expired(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        // Strictly before the millisecond of `before`: never removes a binding alive at `before`.
+        let r = self
+            .registrations
+            .delete_many(doc! { "expires_at": { "$lt": bson_date(before).0 } })
+            .await
+            .map_err(map_err)?;
+        Ok(r.deleted_count)
+    }
+
+    /// Takes or renews the lease `name` for `holder` until `now + hold`; true when `holder` has
+    /// it. A lease whose holder stops renewing it passes to another server once it has run out.
+    pub async fn try_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: DateTime<Utc>,
+        hold: chrono::Duration,
+    ) -> Result<bool, StoreError> {
+        let filter = doc! {
+            "_id": name,
+            "$or": [ { "holder": holder }, { "until": { "$lte": bson_date(now).0 } } ],
+        };
+        let update = doc! { "$set": { "holder": holder, "until": bson_date(now + hold).0 } };
+        match self.leases.update_one(filter, update).upsert(true).await {
+            Ok(_) => Ok(true),
+            // Held by someone else: the upsert collides with the existing _id.
+            Err(e) if is_duplicate(&e) => Ok(false),
+            Err(e) => Err(map_err(e)),
+        }
+    }
+
+    /// Runs one raw write command (`update`/`delete` with a statement array) and checks its
+    /// per-statement errors.
+    async fn bulk(&self, mut cmd: Document) -> Result<(), StoreError> {
+        if let Some(wc) = &self.write_concern {
+            cmd.insert("writeConcern", wc.clone());
+        }
+        let reply = self.db.run_command(cmd).await.map_err(map_err)?;
+        if let Ok(errors) = reply.get_array("writeErrors") {
+            let mut first = None;
+            for e in errors {
+                let Some(e) = e.as_document() else { continue };
+                let code = e.get_i32("code").unwrap_or(0);
+                let msg = e.get_str("errmsg").unwrap_or("").to_owned();
+                if code == DUPLICATE_KEY || (code == 1 && msg.contains("UNIQUE constraint failed"))
+                {
+                    return Err(StoreError::Conflict(msg));
+                }
+                first.get_or_insert(format!("write error {code}: {msg}"));
+            }
+            if let Some(msg) = first {
+                return Err(StoreError::Backend(msg));
+            }
+        }
+        if let Ok(wce) = reply.get_document("writeConcernError") {
+            return Err(StoreError::Backend(format!(
+                "write concern: {}",
+                wce.get_str("errmsg").unwrap_or("unsatisfied")
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Store for MongoStore {
+    async fn create_user(&self, user: User) -> Result<User, StoreError> {
+        let d = user_doc(&user)?;
+        match self.users.insert_one(d).await {
+            Ok(_) => Ok(user),
+            Err(e) if is_duplicate(&e) => Err(StoreError::Conflict(format!(
+                "username {} is taken in {}",
+                user.username, user.domain
+            ))),
+            Err(e) => Err(map_err(e)),
+        }
+    }
+
+    async fn get_user(&self, id: Uuid) -> Result<Option<User>, StoreError> {
+        let d = self
+            .users
+            .find_one(doc! { "_id": id.to_string() })
+            .await
+            .map_err(map_err)?;
+        d.map(user_from_doc).transpose()
+    }
+
+    async fn find_user(&self, username: &str, domain: &str) -> Result<Option<User>, StoreError> {
+        let d = self
+            .users
+            .find_one(doc! {
+                "username_key": username.to_lowercase(),
+                "domain_key": domain.to_lowercase(),
+            })
+            .await
+            .map_err(map_err)?;
+        d.map(user_from_doc).transpose()
+    }
+
+    async fn list_users(&self) -> Result<Vec<User>, StoreError> {
+        let mut users = Vec::new();
+        let mut cursor = self.users.find(doc! {}).await.map_err(map_err)?;
+        while cursor.advance().await.map_err(map_err)? {
+            let d = cursor.deserialize_current().map_err(map_err)?;
+            users.push(user_from_doc(d)?);
+        }
+        // The embedded store's order: domain, then username, case-insensitively.
+        users.sort_by_cached_key(|u| (u.domain.to_lowercase(), u.username.to_lowercase()));
+        Ok(users)
+    }
+
+    async fn update_user(&self, user: User) -> Result<User, StoreError> {
+        let d = user_doc(&user)?;
+        match self
+            .users
+            .replace_one(doc! { "_id": user.id.to_string() }, d)
+            .await
+        {
+            Ok(r) if r.matched_count == 0 => Err(StoreError::NotFound),
+            Ok(_) => Ok(user),
+            Err(e) if is_duplicate(&e) => Err(StoreError::Conflict(format!(
+                "username {} is taken in {}",
+                user.username, user.domain
+            ))),
+            Err(e) => Err(map_err(e)),
+        }
+    }
+
+    async fn delete_user(&self, id: Uuid) -> Result<(), StoreError> {
+        let r = self
+            .users
+            .delete_one(doc! { "_id": id.to_string() })
+            .await
+            .map_err(map_err)?;
+        if r.deleted_count == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    async fn write_registrations(
+        &self,
+        upserts: &[Registration],
+        removals: &[BindingKey],
+    ) -> Result<(), StoreError> {
+        for chunk in upserts.chunks(BULK_CHUNK) {
+            let mut updates = Vec::with_capacity(chunk.len());
+            for r in chunk {
+                updates.push(Bson::Document(doc! {
+                    "q": { "_id": binding_id(&r.aor, &r.binding) },
+                    "u": registration_doc(r)?,
+                    "upsert": true,
+                }));
+            }
+            self.bulk(doc! { "update": REGISTRATIONS, "updates": updates, "ordered": false })
+                .await?;
+        }
+        for chunk in removals.chunks(BULK_CHUNK) {
+            let deletes: Vec<Bson> = chunk
+                .iter()
+                .map(|k| {
+                    Bson::Document(doc! {
+                        "q": { "_id": binding_id(&k.aor, &k.binding) },
+                        "limit": 1,
+                    })
+                })
+                .collect();
+            self.bulk(doc! { "delete": REGISTRATIONS, "deletes": deletes, "ordered": false })
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn list_registrations(
+        &self,
+        filter: &RegistrationFilter,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Registration>, StoreError> {
+        // The server compares milliseconds (`>=` the millisecond of `now`); the exact
+        // `expires_at > now` is checked here on the full-precision value.
+        let mut q = doc! { "expires_at": { "$gte": bson_date(now).0 } };
+        if let Some(server) = &filter.server {
+            q.insert("server", server.as_str());
+        }
+        if let Some(aor) = &filter.aor {
+            q.insert("aor", aor.as_str());
+        }
+        let mut out = Vec::new();
+        let mut cursor = self.registrations.find(q).await.map_err(map_err)?;
+        while cursor.advance().await.map_err(map_err)? {
+            let d = cursor.deserialize_current().map_err(map_err)?;
+            let r = registration_from_doc(d)?;
+            if r.expires_at > now {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn get_config(&self, name: &str) -> Result<Option<ConfigEntry>, StoreError> {
+        let d = self
+            .config
+            .find_one(doc! { "_id": name })
+            .await
+            .map_err(map_err)?;
+        d.map(|mut d| {
+            d.remove("_id");
+            from_bson::<ConfigEntry>(Bson::Document(d))
+        })
+        .transpose()
+    }
+
+    async fn put_config(&self, name: &str, entry: &ConfigEntry) -> Result<(), StoreError> {
+        let mut d = match to_bson(entry)? {
+            Bson::Document(d) if !d.contains_key("_id") => d,
+            _ => {
+                return Err(StoreError::Backend(format!(
+                    "configuration entry {name}: must be a JSON object without an _id key"
+                )));
+            }
+        };
+        d.insert("_id", name);
+        self.config
+            .replace_one(doc! { "_id": name }, d)
+            .upsert(true)
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn list_config(&self) -> Result<Vec<String>, StoreError> {
+        let mut names = Vec::new();
+        let mut cursor = self
+            .config
+            .find(doc! {})
+            .projection(doc! { "_id": 1 })
+            .await
+            .map_err(map_err)?;
+        while cursor.advance().await.map_err(map_err)? {
+            let d = cursor.deserialize_current().map_err(map_err)?;
+            let name = d
+                .get_str("_id")
+                .map_err(|e| StoreError::Backend(format!("config entry without a name: {e}")))?;
+            names.push(name.to_owned());
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
+        let mut d = json_doc(entry)?;
+        let (at, at_ns) = bson_date(entry.at);
+        d.insert("at", at);
+        d.insert("at_ns", at_ns);
+        self.audit.insert_one(d).await.map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn list_audit(&self, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new()); // a MongoDB limit of 0 means "no limit"
+        }
+        let mut out = Vec::new();
+        let mut cursor = self
+            .audit
+            .find(doc! {})
+            .sort(doc! { "at": -1, "at_ns": -1, "_id": -1 })
+            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+            .await
+            .map_err(map_err)?;
+        while cursor.advance().await.map_err(map_err)? {
+            let mut d = cursor.deserialize_current().map_err(map_err)?;
+            d.remove("_id");
+            let at = take_date(&mut d, "at", "at_ns")?;
+            let mut v = from_bson::<serde_json::Value>(Bson::Document(d))?;
+            if let Some(o) = v.as_object_mut() {
+                o.insert("at".into(), json_time(at)?);
+            }
+            out.push(from_json(v)?);
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        // Every write was acknowledged with the strongest write concern the server offers.
+        Ok(())
+    }
+}
+
+/// `_id` of a binding: AoR, NUL, binding (neither contains a NUL: both come from SIP text).
+fn binding_id(aor: &str, binding: &str) -> String {
+    format!("{aor}\0{binding}")
+}
+
+/// A BSON date (milliseconds, floored) and the nanoseconds below it.
+fn bson_date(t: DateTime<Utc>) -> (bson::DateTime, i32) {
+    let ms = t.timestamp_millis();
+    let sub = t.timestamp_subsec_nanos() % 1_000_000;
+    (
+        bson::DateTime::from_millis(ms),
+        i32::try_from(sub).unwrap_or(0),
+    )
+}
+
+/// Removes a BSON date and its nanosecond field from `d` and rebuilds the exact time.
+fn take_date(d: &mut Document, field: &str, ns_field: &str) -> Result<DateTime<Utc>, StoreError> {
+    let ms = match d.remove(field) {
+        Some(Bson::DateTime(t)) => t.timestamp_millis(),
+        other => {
+            return Err(StoreError::Backend(format!(
+                "stored {field} is not a date: {other:?}"
+            )));
+        }
+    };
+    let ns = match d.remove(ns_field) {
+        Some(Bson::Int32(n)) => i64::from(n),
+        Some(Bson::Int64(n)) => n,
+        _ => 0,
+    };
+    DateTime::<Utc>::from_timestamp_millis(ms)
+        .and_then(|t| t.checked_add_signed(chrono::Duration::nanoseconds(ns)))
+        .ok_or_else(|| StoreError::Backend(format!("stored {field} out of range")))
+}
+
+fn json_time(t: DateTime<Utc>) -> Result<serde_json::Value, StoreError> {
+    serde_json::to_value(t).map_err(|e| StoreError::Backend(format!("encoding a time: {e}")))
+}
+
+fn user_doc(user: &User) -> Result<Document, StoreError> {
+    let mut d = json_doc(user)?;
+    d.insert("_id", user.id.to_string());
+    d.insert("username_key", user.username.to_lowercase());
+    d.insert("domain_key", user.domain.to_lowercase());
+    Ok(d)
+}
+
+fn user_from_doc(mut d: Document) -> Result<User, StoreError> {
+    d.remove("_id");
+    d.remove("username_key");
+    d.remove("domain_key");
+    from_json(from_bson::<serde_json::Value>(Bson::Document(d))?)
+}
+
+fn registration_doc(r: &Registration) -> Result<Document, StoreError> {
+    let mut d = json_doc(r)?;
+    d.insert("_id", binding_id(&r.aor, &r.binding));
+    let (at, ns) = bson_date(r.expires_at);
+    d.insert("expires_at", at);
+    d.insert("expires_ns", ns);
+    Ok(d)
+}
+
+fn registration_from_doc(mut d: Document) -> Result<Registration, StoreError> {
+    d.remove("_id");
+    let expires_at = take_date(&mut d, "expires_at", "expires_ns")?;
+    let mut v = from_bson::<serde_json::Value>(Bson::Document(d))?;
+    if let Some(o) = v.as_object_mut() {
+        o.insert("expires_at".into(), json_time(expires_at)?);
+    }
+    from_json(v)
+}
+
+/// A record as a BSON document, through JSON (UUIDs and times as their JSON strings).
+fn json_doc<T: Serialize>(value: &T) -> Result<Document, StoreError> {
+    let v = serde_json::to_value(value)
+        .map_err(|e| StoreError::Backend(format!("encoding a record: {e}")))?;
+    match to_bson(&v)? {
+        Bson::Document(d) => Ok(d),
+        other => Err(StoreError::Backend(format!(
+            "a record must encode as a document, not {other:?}"
+        ))),
+    }
+}
+
+fn to_bson(v: &serde_json::Value) -> Result<Bson, StoreError> {
+    bson::serialize_to_bson(v).map_err(|e| StoreError::Backend(format!("encoding BSON: {e}")))
+}
+
+fn from_bson<T: DeserializeOwned>(b: Bson) -> Result<T, StoreError> {
+    bson::deserialize_from_bson(b)
+        .map_err(|e| StoreError::Backend(format!("decoding a stored document: {e}")))
+}
+
+fn from_json<T: DeserializeOwned>(v: serde_json::Value) -> Result<T, StoreError> {
+    serde_json::from_value(v)
+        .map_err(|e| StoreError::Backend(format!("decoding a stored record: {e}")))
+}
+
+/// The server's error code, from a command error or a single write error.
+fn error_code(e: &mongodb::error::Error) -> Option<i32> {
+    match e.kind.as_ref() {
+        ErrorKind::Command(c) => Some(c.code),
+        ErrorKind::Write(WriteFailure::WriteError(w)) => Some(w.code),
+        ErrorKind::Write(WriteFailure::WriteConcernError(w)) => Some(w.code),
+        _ => None,
+    }
+}
+
+/// A unique index refused the write: 11000, or FerretDB v1's answer to an update that collides
+/// (InternalError carrying SQLite's "UNIQUE constraint failed").
+fn is_duplicate(e: &mongodb::error::Error) -> bool {
+    match e.kind.as_ref() {
+        ErrorKind::Command(c) => {
+            c.code == DUPLICATE_KEY
+                || (c.code == 1 && c.message.contains("UNIQUE constraint failed"))
+        }
+        _ => error_code(e) == Some(DUPLICATE_KEY),
+    }
+}
+
+fn map_err(e: mongodb::error::Error) -> StoreError {
+    if is_duplicate(&e) {
+        StoreError::Conflict(e.to_string())
+    } else {
+        StoreError::Backend(format!("MongoDB: {e}"))
+    }
+}
+
+fn backend(what: &str, e: mongodb::error::Error) -> StoreError {
+    StoreError::Backend(format!("MongoDB, {what}: {e}"))
+}
