@@ -32,6 +32,8 @@ const IMPLEMENTED_HERE: &[Method] = &[
     Method::Ack,
     Method::Cancel,
 ];
+/// Queued inbound messages handled per wakeup of the core after the first.
+const INBOUND_BATCH: usize = 256;
 /// How often a phone behind NAT gets a keep-alive from the gateway.
 const NAT_KEEPALIVE: Duration = Duration::from_secs(20);
 
@@ -175,22 +177,38 @@ pub async fn run(parts: CoreParts) {
         out: Vec::with_capacity(2048),
         seen_auth: (0, 0),
     };
+    // One timer, re-armed only when the earliest deadline moves (not once per message).
+    let sleep = tokio::time::sleep(Duration::from_secs(3600));
+    tokio::pin!(sleep);
+    let mut armed: Option<Instant> = None;
     loop {
         let deadline = core.next_deadline();
+        if deadline != armed {
+            if let Some(d) = deadline {
+                sleep.as_mut().reset(d.into());
+            }
+            armed = deadline;
+        }
         tokio::select! {
             biased;
             Some(replies) = committed.recv() => {
-                let now = Instant::now();
-                core.pending_commits = core.pending_commits.saturating_sub(replies.len());
-                for (key, resp) in replies {
-                    if let Err(e) = core.txns.respond(now, &key, resp) {
-                        tracing::debug!(%key, "answer after the write came too late: {e}");
-                    }
+                core.on_committed(replies);
+                // Take every batch already written before looking at new requests.
+                while let Ok(more) = committed.try_recv() {
+                    core.on_committed(more);
                 }
             }
             msg = inbound.recv() => {
                 let Some(msg) = msg else { break };
                 core.on_inbound(msg);
+                // Everything already queued is handled in this wakeup; bounded so timers,
+                // commits and commands still get their turn under a flood.
+                for _ in 0..INBOUND_BATCH {
+                    match inbound.try_recv() {
+                        Ok(msg) => core.on_inbound(msg),
+                        Err(_) => break,
+                    }
+                }
             }
             Some(cmd) = commands.recv() => match cmd {
                 CoreCommand::Accounts(a) => {
@@ -204,7 +222,10 @@ pub async fn run(parts: CoreParts) {
                 core.registrar.set_config(registrar_config(&core.server_name, &s));
                 tracing::info!(trusted = s.trusted_ips.len(), "SIP settings applied");
             }
-            _ = sleep_until(deadline) => core.on_timer(),
+            _ = &mut sleep, if armed.is_some() => {
+                armed = None;
+                core.on_timer();
+            }
         }
         core.drain_outputs();
         if core.txns.is_empty()
@@ -213,13 +234,6 @@ pub async fn run(parts: CoreParts) {
         {
             let _ = done.send(());
         }
-    }
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d.into()).await,
-        None => std::future::pending().await,
     }
 }
 
@@ -296,6 +310,16 @@ impl Core {
         }
     }
 
+    fn on_committed(&mut self, replies: Vec<(TxnKey, Response)>) {
+        let now = Instant::now();
+        self.pending_commits = self.pending_commits.saturating_sub(replies.len());
+        for (key, resp) in replies {
+            if let Err(e) = self.txns.respond(now, &key, resp) {
+                tracing::debug!(%key, "answer after the write came too late: {e}");
+            }
+        }
+    }
+
     fn on_inbound(&mut self, msg: Inbound) {
         match msg {
             Inbound::Message { from, local, msg } => {
@@ -303,6 +327,9 @@ impl Core {
                     self.metrics.request_received(r.method.as_str());
                 }
                 let _ = local; // UDP: the socket's address; streams: kept with the flow
+                let Some(msg) = self.challenge_statelessly(from, msg) else {
+                    return;
+                };
                 self.txns.handle_input(Input::Receive {
                     now: Instant::now(),
                     from,
@@ -318,6 +345,8 @@ impl Core {
                 self.flows.insert(id, FlowHandle { tx, local });
             }
             Inbound::FlowClosed { id } => {
+                // Answers to messages handled earlier in this batch may still be queued for it.
+                self.drain_outputs();
                 self.flows.remove(&id);
             }
         }
@@ -550,6 +579,53 @@ impl Core {
                 self.respond(&key, &req, resp);
             }
         }
+    }
+
+    /// A REGISTER without credentials from an untrusted source can only be challenged (or
+    /// refused: locked out, malformed): it is answered without a transaction, as DESIGN.md's
+    /// endpoint split asks, so a challenge costs no stored state (a retransmission simply gets a
+    /// fresh challenge). Everything else is handed back for the transaction layer.
+    fn challenge_statelessly(&mut self, from: Remote, msg: Box<Message>) -> Option<Box<Message>> {
+        let Message::Request(req) = &*msg else {
+            return Some(msg);
+        };
+        if req.method != Method::Register || req.headers.get("Authorization").is_some() {
+            return Some(msg);
+        }
+        let ip = from.addr.ip().to_canonical();
+        if self
+            .registrar
+            .config()
+            .trusted
+            .iter()
+            .any(|n| n.contains(&ip))
+            || csps_sip::validate::check_request(req, &[]).is_err()
+        {
+            return Some(msg);
+        }
+        let local = self.local_of(&from);
+        let accounts = self.accounts.clone();
+        let outcome = self.registrar.register(
+            SystemTime::now(),
+            req,
+            from,
+            local,
+            accounts.as_ref(),
+            &mut self.rng,
+        );
+        self.sync_auth_counters();
+        let mut resp = match outcome {
+            RegisterOutcome::Reply(resp) => resp,
+            // The registrar binds only after credentials or from a trusted address, both
+            // excluded above; should that ever change, fail visibly rather than bind unanswered.
+            _ => {
+                tracing::error!("registrar bound a REGISTER without credentials");
+                req.response(500, "Server Internal Error")
+            }
+        };
+        self.add_to_tag(req, &mut resp);
+        self.txns.send_stateless(from, Message::Response(resp));
+        None
     }
 
     fn sync_auth_counters(&mut self) {

@@ -206,11 +206,31 @@ pub async fn refresh_accounts(store: &dyn Store, commands: &mpsc::Sender<CoreCom
     }
 }
 
+/// Receive buffer asked for on UDP sockets: a REGISTER flood of ~20k datagrams/s must survive a
+/// few milliseconds in which the receive task is not scheduled (the kernel's 208 KiB default
+/// holds only ~100 datagrams, as each costs a 2 KiB+ skb).
+const UDP_RCVBUF: usize = 8 << 20;
+/// Send buffer asked for on UDP sockets (answers leave in bursts after a group commit).
+const UDP_SNDBUF: usize = 4 << 20;
+
 fn bind_udp(spec: ListenSpec) -> std::io::Result<UdpSocket> {
-    let std = std::net::UdpSocket::bind(spec.addr)?;
-    std.set_nonblocking(true)?;
-    let sock = UdpSocket::from_std(std)?;
-    Ok(sock)
+    use socket2::{Domain, Protocol, Socket, Type};
+    let sock = Socket::new(
+        Domain::for_address(spec.addr),
+        Type::DGRAM,
+        Some(Protocol::UDP),
+    )?;
+    // As servers do; the kernel caps the request at net.core.rmem_max / wmem_max (an operator
+    // raises those for more), and a refusal leaves the default rather than failing the listener.
+    if let Err(e) = sock.set_recv_buffer_size(UDP_RCVBUF) {
+        tracing::debug!("SO_RCVBUF on {}: {e}", spec.addr);
+    }
+    if let Err(e) = sock.set_send_buffer_size(UDP_SNDBUF) {
+        tracing::debug!("SO_SNDBUF on {}: {e}", spec.addr);
+    }
+    sock.bind(&spec.addr.into())?;
+    sock.set_nonblocking(true)?;
+    UdpSocket::from_std(sock.into())
 }
 
 fn bind_tcp(spec: ListenSpec) -> std::io::Result<TcpListener> {

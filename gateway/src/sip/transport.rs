@@ -96,7 +96,10 @@ pub fn stamp_via(msg: &mut Message, from: SocketAddr) {
         }
         changed = true;
     }
-    if changed {
+    if changed && rest.is_empty() && req.headers.count("Via") == 1 {
+        // The common case, one Via line holding one value: replaced in place.
+        req.headers.set("Via", via.to_string());
+    } else if changed {
         let mut value = via.to_string();
         for r in rest {
             value.push_str(", ");
@@ -172,6 +175,9 @@ fn ingest(
     }
 }
 
+/// Datagrams a UDP receive task reads in a row before it yields to the scheduler.
+const UDP_BURST: u32 = 64;
+
 /// Reads one UDP socket until the process ends.
 pub async fn run_udp(ctx: TransportCtx, socket: Arc<UdpSocket>, index: u64) {
     let local = match socket.local_addr() {
@@ -183,9 +189,27 @@ pub async fn run_udp(ctx: TransportCtx, socket: Arc<UdpSocket>, index: u64) {
     };
     let flow = Some(FlowId(UDP_FLOW_BASE + index));
     let mut buf = vec![0u8; 65_536];
+    // Datagrams read since the last yield: the socket is drained without a trip through the
+    // reactor per datagram, but the task still yields now and then so it cannot starve others.
+    let mut burst = 0u32;
     loop {
-        let (n, from) = match socket.recv_from(&mut buf).await {
-            Ok(x) => x,
+        let (n, from) = match socket.try_recv_from(&mut buf) {
+            Ok(x) => {
+                burst += 1;
+                if burst >= UDP_BURST {
+                    burst = 0;
+                    tokio::task::yield_now().await;
+                }
+                x
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                burst = 0;
+                if let Err(e) = socket.readable().await {
+                    tracing::debug!("UDP socket {local} not readable: {e}");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                continue;
+            }
             Err(e) => {
                 // ICMP errors surface here on some systems; they are not fatal for the socket.
                 tracing::debug!("UDP receive on {local}: {e}");
