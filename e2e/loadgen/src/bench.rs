@@ -27,6 +27,20 @@ pub struct Plan {
     pub drain: Duration,
     /// Pause between steps.
     pub pause: Duration,
+    /// csps only: after the last step, wait up to this long for its transactions to end (Timer J
+    /// keeps each answered REGISTER's transaction 32 s) before measuring memory again.
+    pub settle: Duration,
+}
+
+/// RSS growth over the run, in bytes per registered account.
+#[derive(Clone, Copy, Debug)]
+pub struct Memory {
+    /// Right after the last step (live transactions included).
+    pub at_load: f64,
+    /// After the transactions ended (`--settle-secs`), when measured.
+    pub settled: Option<f64>,
+    /// Registrations the API listed.
+    pub listed: usize,
 }
 
 /// One server's results.
@@ -35,8 +49,8 @@ pub struct ServerRun {
     pub name: String,
     /// Per step: stats, server CPU seconds, loadgen CPU seconds.
     pub steps: Vec<(StepStats, f64, f64)>,
-    /// csps only: bytes of RSS per registration, and how many registrations the API listed.
-    pub memory: Option<(f64, usize)>,
+    /// csps only: RSS per registration.
+    pub memory: Option<Memory>,
 }
 
 impl ServerRun {
@@ -269,13 +283,42 @@ pub fn bench_csps(plan: &Plan, bin: &Path) -> std::io::Result<ServerRun> {
         .and_then(|v| v.as_array().map(Vec::len))
         .unwrap_or(0);
     if registered > 0 {
-        let per = (rss1.saturating_sub(rss0) as f64 * 1024.0) / registered as f64;
-        run.memory = Some((per, listed));
+        let per = |rss: u64| (rss.saturating_sub(rss0) as f64 * 1024.0) / registered as f64;
         println!(
-            "csps VmRSS {rss0} KiB -> {rss1} KiB for {registered} registered accounts ({listed} listed by the API)"
+            "csps VmRSS {rss0} KiB -> {rss1} KiB right after the load, {registered} registered accounts ({listed} listed by the API)"
         );
+        let mut memory = Memory {
+            at_load: per(rss1),
+            settled: None,
+            listed,
+        };
+        if !plan.settle.is_zero() {
+            let t = Instant::now();
+            let mut left = live_transactions(&mut http);
+            while left != Some(0) && t.elapsed() < plan.settle {
+                std::thread::sleep(Duration::from_millis(500));
+                left = live_transactions(&mut http);
+            }
+            let rss2 = sys::vm_rss_kib(pid).unwrap_or(0);
+            println!(
+                "csps VmRSS {rss2} KiB after {:.0} s of settling ({} live transactions)",
+                t.elapsed().as_secs_f64(),
+                left.map_or("?".to_string(), |n| n.to_string())
+            );
+            memory.settled = Some(per(rss2));
+        }
+        run.memory = Some(memory);
     }
     Ok(run)
+}
+
+/// The gateway's `csps_transactions` gauge, from `GET /metrics`.
+fn live_transactions(http: &mut csps_tests::http::Client) -> Option<u64> {
+    let r = http.request("GET", "/metrics", None).ok()?;
+    r.body.lines().find_map(|l| {
+        let v = l.strip_prefix("csps_transactions ")?;
+        v.trim().parse::<f64>().ok().map(|f| f as u64)
+    })
 }
 
 /// Prints the closing summary.
@@ -289,11 +332,17 @@ pub fn summary(runs: &[ServerRun]) {
             Some(b) => println!("{:<9} highest clean rate: {b:.0} REGISTER/s", r.name),
             None => println!("{:<9} highest clean rate: none", r.name),
         }
-        if let Some((per, listed)) = r.memory {
-            println!(
-                "{:<9} memory per registration: {per:.0} bytes ({listed} registrations listed)",
-                r.name
-            );
+        if let Some(m) = r.memory {
+            match m.settled {
+                Some(settled) => println!(
+                    "{:<9} memory per registration: {settled:.0} bytes once transactions ended, {:.0} bytes right after the load ({} registrations listed)",
+                    r.name, m.at_load, m.listed
+                ),
+                None => println!(
+                    "{:<9} memory per registration: {:.0} bytes right after the load, live transactions included ({} registrations listed; --settle-secs 40 measures after they end)",
+                    r.name, m.at_load, m.listed
+                ),
+            }
         }
     }
     let best = |n: &str| {

@@ -6,7 +6,7 @@
 //!                    [--kamailio-bin kamailio] [--kamailio-cfg e2e/kamailio/kamailio.cfg]
 //!                    [--kamailio-children 4] [--kamailio-shm-mb 256] [common flags]
 //! common: --accounts 10000 --rates 2000,4000,… --step-secs 5 --drain-secs 5 --pause-secs 1
-//!         --domain csps.local --prefix u
+//!         --domain csps.local --prefix u [--settle-secs 0] [--keep-logs]
 //! ```
 //! Account `i` is `{prefix}{i:06}` with password `pw-{username}`. A step sends `rate × step-secs`
 //! registrations, open loop, accounts round-robin, each with a fresh Call-ID: REGISTER, 401,
@@ -23,17 +23,21 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-const DEFAULT_RATES: &str = "2000,4000,6000,8000,10000,12000,15000,20000";
+const DEFAULT_RATES: &str = "2000,4000,6000,8000,9000,10000,11000,12000,15000,20000";
 
 fn usage() -> &'static str {
     "usage: csps-loadgen run --target IP:PORT [--server-pid PID] [common]\n       \
      csps-loadgen bench [--only kamailio|csps] [--csps-bin PATH] [--kamailio-bin PATH]\n                          \
      [--kamailio-cfg PATH] [--kamailio-children N] [--kamailio-shm-mb N] [common]\n\
-     common: --accounts N (10000) --rates R1,R2,... (2000..20000) --step-secs S (5)\n        \
-     --drain-secs S (5) --pause-secs S (1) --domain D (csps.local) --prefix P (u)"
+     common: --accounts N (10000) --rates R1,R2,... (2000..20000, finer near 10000) --step-secs S (5)\n        \
+     --drain-secs S (5) --pause-secs S (1) --domain D (csps.local) --prefix P (u)\n        \
+     --settle-secs S (0; else also measure csps memory once its transactions end) --keep-logs"
 }
 
-/// `--flag value` pairs.
+/// Flags without a value.
+const FLAGS: &[&str] = &["keep-logs"];
+
+/// `--flag value` pairs (and the value-less [`FLAGS`]).
 fn parse_flags(args: &[String]) -> Result<HashMap<String, String>, String> {
     let mut m = HashMap::new();
     let mut it = args.iter();
@@ -43,6 +47,10 @@ fn parse_flags(args: &[String]) -> Result<HashMap<String, String>, String> {
         };
         if name == "help" {
             return Err(String::new());
+        }
+        if FLAGS.contains(&name) {
+            m.insert(name.to_string(), String::new());
+            continue;
         }
         let (k, v) = match name.split_once('=') {
             Some((k, v)) => (k.to_string(), v.to_string()),
@@ -86,12 +94,14 @@ fn plan(f: &HashMap<String, String>) -> Result<bench::Plan, String> {
     let step_secs: f64 = get(f, "step-secs", 5.0)?;
     let drain: f64 = get(f, "drain-secs", 5.0)?;
     let pause: f64 = get(f, "pause-secs", 1.0)?;
+    let settle: f64 = get(f, "settle-secs", 0.0)?;
     if !(0.1..=120.0).contains(&step_secs)
         || !(0.0..=60.0).contains(&drain)
         || !(0.0..=60.0).contains(&pause)
+        || !(0.0..=120.0).contains(&settle)
     {
         return Err(
-            "--step-secs must be in [0.1, 120], --drain-secs and --pause-secs in [0, 60]".into(),
+            "--step-secs must be in [0.1, 120], --drain-secs and --pause-secs in [0, 60], --settle-secs in [0, 120]".into(),
         );
     }
     let accounts: u32 = get(f, "accounts", 10_000)?;
@@ -106,6 +116,7 @@ fn plan(f: &HashMap<String, String>) -> Result<bench::Plan, String> {
         step_secs,
         drain: Duration::from_secs_f64(drain),
         pause: Duration::from_secs_f64(pause),
+        settle: Duration::from_secs_f64(settle),
     })
 }
 
