@@ -8,7 +8,7 @@ use rand::Rng;
 use uuid::Uuid;
 
 use crate::config::LiveConfig;
-use crate::store::{Ha1, HashAlgorithm, Store, User};
+use crate::store::{Store, User};
 
 /// The demo account's username.
 pub const DEMO_USER: &str = "demo";
@@ -32,17 +32,7 @@ pub async fn ensure_demo_account(
         .take(12)
         .map(char::from)
         .collect();
-    let ha1 = [
-        (HashAlgorithm::Md5, csps_sip::digest::Algorithm::Md5),
-        (HashAlgorithm::Sha256, csps_sip::digest::Algorithm::Sha256),
-    ]
-    .into_iter()
-    .map(|(stored, alg)| Ha1 {
-        realm: domain.clone(),
-        algorithm: stored,
-        hash: csps_sip::digest::ha1(alg, DEMO_USER, &domain, &password),
-    })
-    .collect();
+    let ha1 = crate::api::users::ha1s(DEMO_USER, &domain, &password);
     store
         .create_user(User {
             id: Uuid::new_v4(),
