@@ -142,19 +142,7 @@ pub async fn run(parts: CoreParts) {
         .iter()
         .filter_map(|r| binding_from_record(r, now_wall))
         .collect();
-    for b in &restored {
-        if b.nat && b.source.transport == Transport::Udp {
-            keepalives.push_back((
-                now + NAT_KEEPALIVE,
-                BindingKey {
-                    aor: b.aor.clone(),
-                    binding: b.key.clone(),
-                },
-                b.source.addr,
-                b.source.flow,
-            ));
-        }
-    }
+    keepalives.extend(restored.iter().filter_map(|b| keepalive_entry(now, b)));
     tracing::info!(
         bindings = restored.len(),
         "restored registrations of this server"
@@ -239,6 +227,24 @@ pub async fn run(parts: CoreParts) {
 
 fn to_utc(t: SystemTime) -> DateTime<Utc> {
     DateTime::<Utc>::from(t)
+}
+
+/// The first keep-alive of a binding behind NAT over UDP (none for other bindings).
+fn keepalive_entry(
+    now: Instant,
+    b: &Binding,
+) -> Option<(Instant, BindingKey, SocketAddr, Option<FlowId>)> {
+    (b.nat && b.source.transport == Transport::Udp).then(|| {
+        (
+            now + NAT_KEEPALIVE,
+            BindingKey {
+                aor: b.aor.clone(),
+                binding: b.key.clone(),
+            },
+            b.source.addr,
+            b.source.flow,
+        )
+    })
 }
 
 /// A stored registration back into a core binding (at start-up).
@@ -537,19 +543,8 @@ impl Core {
                 reply,
             } => {
                 let now = Instant::now();
-                for b in &upserts {
-                    if b.nat && b.source.transport == Transport::Udp {
-                        self.keepalives.push_back((
-                            now + NAT_KEEPALIVE,
-                            BindingKey {
-                                aor: b.aor.clone(),
-                                binding: b.key.clone(),
-                            },
-                            b.source.addr,
-                            b.source.flow,
-                        ));
-                    }
-                }
+                self.keepalives
+                    .extend(upserts.iter().filter_map(|b| keepalive_entry(now, b)));
                 let mut reply = reply;
                 self.add_to_tag(&req, &mut reply);
                 let commit = Commit {
