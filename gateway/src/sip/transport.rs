@@ -123,14 +123,19 @@ pub fn stamp_via(msg: &mut Message, from: SocketAddr) {
 /// Builds the stateless answer to a request that failed to parse, when it can be answered.
 pub fn reject_unparsable(err: &ParseError, server_name: &str) -> Option<Vec<u8>> {
     let req = err.request.as_deref()?;
-    let mut resp = req.response(err.status, csps_sip::message::reason_phrase(err.status));
+    Some(refusal(req, err.status, &err.reason, server_name))
+}
+
+/// A stateless answer with `status` and a Warning saying why, in wire form.
+fn refusal(req: &csps_sip::Request, status: u16, why: &str, server_name: &str) -> Vec<u8> {
+    let mut resp = req.response(status, csps_sip::message::reason_phrase(status));
     resp.headers.push(
         "Warning",
-        csps_sip::validate::warning_value(server_name, &err.reason),
+        csps_sip::validate::warning_value(server_name, why),
     );
     let mut out = Vec::with_capacity(512);
     resp.encode(&mut out);
-    Some(out)
+    out
 }
 
 /// Parses bytes from one remote, counting and answering failures. Returns the message to pass on.
@@ -369,14 +374,7 @@ pub async fn run_connection<S>(
                             Err(e) => reject_unparsable(&e, &ctx.server_name),
                             Ok(p) => match p.message {
                                 Message::Request(req) => {
-                                    let mut resp = req.response(400, "Bad Request");
-                                    resp.headers.push(
-                                        "Warning",
-                                        csps_sip::validate::warning_value(&ctx.server_name, why),
-                                    );
-                                    let mut out = Vec::new();
-                                    resp.encode(&mut out);
-                                    Some(out)
+                                    Some(refusal(&req, 400, why, &ctx.server_name))
                                 }
                                 Message::Response(_) => None,
                             },
