@@ -11,6 +11,7 @@ pub mod headers;
 pub mod message;
 pub mod parse;
 pub mod registrar;
+pub mod sdp;
 pub mod transaction;
 pub mod transport;
 pub mod uri;
