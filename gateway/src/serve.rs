@@ -277,6 +277,12 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
             sip::refresh_accounts(reload_store.as_ref(), &reload_cmds).await;
         }
     });
+    // Changes made by other servers (or in the database): reload the view and the accounts.
+    let users_state = api_state.clone();
+    crate::config::propagate::spawn(store.clone(), config.clone(), move || {
+        users_state.note_users_changed()
+    })
+    .await;
     let api = crate::api::router(api_state);
     let app = Router::new()
         .route("/healthz", get(healthz))

@@ -3,199 +3,61 @@
 //! a binding that moves between servers, the TTL fallback purge, durability across a restart of
 //! the database.
 //!
-//! FerretDB is found through `FERRETDB_BIN`, then `PATH`, then `$HOME/go/bin` and
-//! `$HOME/.local/bin` (`e2e/setup` installs it). When it is missing the tests print SKIPPED and
-//! pass, unless `CSPS_E2E_REQUIRED=1` (CI), where they fail.
+//! FerretDB comes from the test harness (`csps_tests::ferret`, which says where it finds the
+//! binary). When it is missing the tests print SKIPPED and pass, unless `CSPS_E2E_REQUIRED=1`
+//! (CI), where they fail.
 
 mod store_suite;
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use csps::store::mongo::MongoStore;
 use csps::store::{RegistrationFilter, Store};
+use csps_tests::ferret::Ferret;
 
-/// How long FerretDB may take to accept connections.
-const START_TIMEOUT: Duration = Duration::from_secs(30);
-
-fn e2e_required() -> bool {
-    std::env::var("CSPS_E2E_REQUIRED").is_ok_and(|v| v == "1")
-}
-
-/// Reports a missing prerequisite: panics under `CSPS_E2E_REQUIRED=1`, else prints and returns.
-fn skip(why: &str) {
-    if e2e_required() {
-        panic!("prerequisite missing (CSPS_E2E_REQUIRED=1): {why}");
-    }
-    eprintln!("SKIPPED: {why}");
-}
-
-/// The FerretDB binary: `$FERRETDB_BIN`, then `PATH`, then `$HOME/go/bin`, `$HOME/.local/bin`.
-fn ferretdb_bin() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("FERRETDB_BIN") {
-        let p = PathBuf::from(p);
-        return p.is_file().then_some(p);
-    }
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect())
-        .unwrap_or_default();
-    if let Some(home) = std::env::var_os("HOME") {
-        let home = PathBuf::from(home);
-        dirs.push(home.join("go").join("bin"));
-        dirs.push(home.join(".local").join("bin"));
-    }
-    dirs.into_iter()
-        .map(|d| d.join("ferretdb"))
-        .find(|p| p.is_file())
+/// Connects a store to `f`'s server, database `db`.
+async fn store(f: &Ferret, db: &str) -> MongoStore {
+    MongoStore::connect(&f.uri(), Some(db))
+        .await
+        .unwrap_or_else(|e| panic!("connect to FerretDB: {e}\n{}", f.log_tail()))
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
+    std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free loopback port")
 }
 
-/// A FerretDB process on its own directory and ports; killed on drop.
-struct Ferret {
-    bin: PathBuf,
-    dir: tempfile::TempDir,
-    port: u16,
-    child: Option<Child>,
-}
-
-impl Ferret {
-    /// Starts FerretDB, or returns `None` after [`skip`] when the binary is missing.
-    fn start() -> Option<Ferret> {
-        let Some(bin) = ferretdb_bin() else {
-            skip("ferretdb not found (FERRETDB_BIN, PATH, ~/go/bin): run e2e/setup");
-            return None;
-        };
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut f = Ferret {
-            bin,
-            dir,
-            port: 0,
-            child: None,
-        };
-        f.spawn();
-        Some(f)
-    }
-
-    /// (Re)starts the process on the same data directory, on fresh ports.
-    fn spawn(&mut self) {
-        self.port = free_port();
-        let debug = free_port();
-        let d = self.dir.path();
-        let log = std::fs::File::create(d.join("ferretdb.log")).expect("log file");
-        let child = Command::new(&self.bin)
-            .arg("--handler=sqlite")
-            .arg(format!("--sqlite-url=file:{}/", d.display()))
-            .arg(format!("--listen-addr=127.0.0.1:{}", self.port))
-            .arg(format!("--debug-addr=127.0.0.1:{debug}"))
-            .arg(format!("--state-dir={}", d.display()))
-            .arg("--telemetry=disable")
-            .arg("--log-level=warn")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log file"))
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {}: {e}", self.bin.display()));
-        self.child = Some(child);
-        self.wait_ready();
-    }
-
-    fn wait_ready(&mut self) {
-        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                return;
-            }
-            if let Some(child) = self.child.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                panic!(
-                    "ferretdb exited ({status}) before listening:\n{}",
-                    self.log_tail()
-                );
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "ferretdb did not listen on {addr} within {START_TIMEOUT:?}:\n{}",
-                    self.log_tail()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn log_tail(&self) -> String {
-        let text =
-            std::fs::read_to_string(self.dir.path().join("ferretdb.log")).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn uri(&self) -> String {
-        format!("mongodb://127.0.0.1:{}/", self.port)
-    }
-
-    async fn store(&self, db: &str) -> MongoStore {
-        MongoStore::connect(&self.uri(), Some(db))
-            .await
-            .unwrap_or_else(|e| panic!("connect to FerretDB: {e}\n{}", self.log_tail()))
-    }
-
-    fn data_dir(&self) -> &Path {
-        self.dir.path()
-    }
-}
-
-impl Drop for Ferret {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
 #[tokio::test]
 async fn users() {
     let Some(f) = Ferret::start() else { return };
-    store_suite::suite_users(&f.store("users").await).await;
+    store_suite::suite_users(&store(&f, "users").await).await;
 }
 
 #[tokio::test]
 async fn registrations() {
     let Some(f) = Ferret::start() else { return };
-    store_suite::suite_registrations(&f.store("registrations").await).await;
+    store_suite::suite_registrations(&store(&f, "registrations").await).await;
 }
 
 #[tokio::test]
 async fn config() {
     let Some(f) = Ferret::start() else { return };
-    store_suite::suite_config(&f.store("config").await).await;
+    store_suite::suite_config(&store(&f, "config").await).await;
 }
 
 #[tokio::test]
 async fn audit() {
     let Some(f) = Ferret::start() else { return };
-    store_suite::suite_audit(&f.store("audit").await).await;
+    store_suite::suite_audit(&store(&f, "audit").await).await;
 }
 
 #[tokio::test]
 async fn suites_share_one_server_on_separate_databases() {
     let Some(f) = Ferret::start() else { return };
-    let (a, b) = (f.store("shared_a").await, f.store("shared_b").await);
+    let (a, b) = (store(&f, "shared_a").await, store(&f, "shared_b").await);
     store_suite::suite_config(&a).await;
     // Another database on the same server sees none of it.
     store_suite::suite_config(&b).await;
@@ -206,22 +68,22 @@ async fn suites_share_one_server_on_separate_databases() {
 async fn data_survives_reconnect_and_database_restart() {
     let Some(mut f) = Ferret::start() else { return };
     let seeded = {
-        let store = f.store("durable").await;
+        let store = store(&f, "durable").await;
         store_suite::seed(&store).await
     };
     // A new client on the same server.
-    store_suite::check_seeded(&f.store("durable").await, &seeded).await;
+    store_suite::check_seeded(&store(&f, "durable").await, &seeded).await;
     // The database process restarted on the same files.
     f.stop();
     f.spawn();
     assert!(f.data_dir().read_dir().expect("data dir").next().is_some());
-    store_suite::check_seeded(&f.store("durable").await, &seeded).await;
+    store_suite::check_seeded(&store(&f, "durable").await, &seeded).await;
 }
 
 #[tokio::test]
 async fn a_binding_moving_to_another_server_stays_one_document() {
     let Some(f) = Ferret::start() else { return };
-    let (on_a, on_b) = (f.store("moving").await, f.store("moving").await);
+    let (on_a, on_b) = (store(&f, "moving").await, store(&f, "moving").await);
     let now = Utc::now();
     let later = now + chrono::Duration::seconds(600);
     let aor = "sip:alice@example.com";
@@ -263,7 +125,7 @@ async fn a_binding_moving_to_another_server_stays_one_document() {
 #[tokio::test]
 async fn expired_bindings_are_filtered_and_purged_after_a_day() {
     let Some(f) = Ferret::start() else { return };
-    let store = f.store("expiry").await;
+    let store = store(&f, "expiry").await;
     let now = Utc::now();
     let h = chrono::Duration::hours;
     let aor = "sip:bob@example.com";
@@ -307,7 +169,7 @@ async fn expired_bindings_are_filtered_and_purged_after_a_day() {
 #[tokio::test]
 async fn the_purge_lease_has_one_holder_until_it_runs_out() {
     let Some(f) = Ferret::start() else { return };
-    let (a, b) = (f.store("lease").await, f.store("lease").await);
+    let (a, b) = (store(&f, "lease").await, store(&f, "lease").await);
     let now = Utc::now();
     let hold = chrono::Duration::hours(2);
     assert!(a.try_lease("purge", "a", now, hold).await.expect("a takes"));
@@ -364,4 +226,88 @@ async fn database_name_comes_from_the_uri_path() {
     assert_eq!(named.database_name(), "fromuri");
     let default = MongoStore::connect(&f.uri(), None).await.expect("connect");
     assert_eq!(default.database_name(), "csps");
+}
+
+#[tokio::test]
+async fn writes_bump_the_change_counters_and_ferretdb_has_no_change_stream() {
+    let Some(f) = Ferret::start() else { return };
+    let s = store(&f, "revisions").await;
+    let r0 = s
+        .revisions()
+        .await
+        .expect("revisions")
+        .expect("MongoDB polls");
+    s.put_config("a", &serde_json::json!({"Data": {}}))
+        .await
+        .expect("put");
+    let r1 = s.revisions().await.expect("revisions").expect("some");
+    assert_eq!((r1.config, r1.users), (r0.config + 1, r0.users));
+    let u = s
+        .create_user(store_suite::user("carol", "example.com"))
+        .await
+        .expect("create");
+    s.update_user(u.clone()).await.expect("update");
+    s.delete_user(u.id).await.expect("delete");
+    let r2 = s.revisions().await.expect("revisions").expect("some");
+    assert_eq!((r2.config, r2.users), (r1.config, r1.users + 3));
+    // A refused write bumps nothing.
+    assert!(s.delete_user(u.id).await.is_err());
+    assert_eq!(s.revisions().await.expect("revisions"), Some(r2));
+    // FerretDB v1 refuses $changeStream: servers poll.
+    assert!(s.change_feed().await.expect("no error").is_none());
+}
+
+#[tokio::test]
+async fn a_running_server_sees_changes_written_by_another() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let Some(f) = Ferret::start() else { return };
+    let mine: Arc<dyn Store> = Arc::new(store(&f, "live").await);
+    let other = store(&f, "live").await;
+    let config = csps::config::LiveConfig::open(mine.clone(), "a")
+        .await
+        .expect("open");
+    let users_seen = Arc::new(AtomicUsize::new(0));
+    let seen = users_seen.clone();
+    let task = csps::config::propagate::spawn(mine, config.clone(), move || {
+        seen.fetch_add(1, Ordering::SeqCst);
+    })
+    .await
+    .expect("MongoDB is watched");
+    let mut rx = config.subscribe();
+    assert!(config.settings().trusted_ips.is_empty());
+
+    // Another server (here: a second client) changes a's entry directly in the store.
+    let mut entry = other.get_config("a").await.expect("get").expect("a exists");
+    csps::config::set_leaf(
+        &mut entry,
+        "Data.SipConfig.TrustedIps",
+        serde_json::json!(["10.1.0.0/16"]),
+    );
+    other.put_config("a", &entry).await.expect("put");
+    tokio::time::timeout(Duration::from_secs(5), rx.changed())
+        .await
+        .expect("the change arrives within 5 s")
+        .expect("sender alive");
+    assert_eq!(
+        config.settings().trusted_ips,
+        vec!["10.1.0.0/16".parse::<ipnet::IpNet>().expect("cidr")]
+    );
+
+    // A user created elsewhere: the account view is told to reload.
+    let before = users_seen.load(Ordering::SeqCst);
+    other
+        .create_user(store_suite::user("dave", "example.com"))
+        .await
+        .expect("create");
+    let t0 = Instant::now();
+    while users_seen.load(Ordering::SeqCst) == before {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "users change not seen"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    task.abort();
 }

@@ -3,7 +3,7 @@
 //! The gateway is started as a real process (`csps serve`) in a temporary data directory on free
 //! loopback ports; [`Gateway`] kills it on drop, also when a test panics. HTTP goes through a tiny
 //! blocking HTTP/1.1 client ([`http`]); SIPp runs through [`Sipp`]; hand-made SIP over std sockets
-//! through [`raw`]. A gateway can be stopped with SIGTERM and started again on the same data
+//! through [`raw`]; a FerretDB for the MongoDB store through [`ferret`]. A gateway can be stopped with SIGTERM and started again on the same data
 //! directory and ports ([`Gateway::restart`]).
 //!
 //! Tests are skipped (with a message on stderr) when the `csps` binary or the peer tool is not
@@ -11,6 +11,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod ferret;
 pub mod http;
 pub mod raw;
 pub mod sipp;

@@ -2,10 +2,12 @@
 //! live settings read from the store's configuration entries (`*` and one per server) under the
 //! cSPS keys (`Data.SipConfig.TrustedIps`, …). Changes are published on a watch channel, so every
 //! consumer (the registrar's trusted ranges, the TLS listener) applies them without a restart.
-//! [`model`] holds the typed leaf table (types, defaults, validation, secrets).
+//! [`model`] holds the typed leaf table (types, defaults, validation, secrets); [`propagate`]
+//! keeps the view current when other servers change the shared store.
 
 pub mod local;
 pub mod model;
+pub mod propagate;
 
 use std::sync::Arc;
 

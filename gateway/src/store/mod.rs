@@ -38,6 +38,27 @@ pub struct RegistrationFilter {
     pub aor: Option<String>,
 }
 
+/// Change counters of what other servers may change under a running one: each write of a
+/// configuration entry bumps `config`, each write of a user bumps `users`. A server that polls
+/// compares two of them instead of reading everything again.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Revisions {
+    /// Bumped by every `put_config`.
+    pub config: i64,
+    /// Bumped by every create, update and delete of a user.
+    pub users: i64,
+}
+
+/// What a pushed change notification is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ChangeTopic {
+    /// A configuration entry changed.
+    Config,
+    /// A user was created, changed or deleted.
+    Users,
+}
+
 /// Persistent state of csps. Every method is durable when it returns `Ok`.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -81,4 +102,20 @@ pub trait Store: Send + Sync + 'static {
 
     /// Makes every earlier write durable (a no-op where each write already is).
     async fn flush(&self) -> Result<(), StoreError>;
+
+    /// The change counters, for servers that poll; `None` where only one server uses the store
+    /// (the embedded one), so there is nothing to watch.
+    async fn revisions(&self) -> Result<Option<Revisions>, StoreError> {
+        Ok(None)
+    }
+
+    /// Pushed change notifications (MongoDB change streams) where the backend offers them: the
+    /// receiver yields one topic per change and closes when the feed breaks. `None` where the
+    /// backend has none (the embedded store; FerretDB v1, a standalone mongod): poll
+    /// [`revisions`](Store::revisions) instead.
+    async fn change_feed(
+        &self,
+    ) -> Result<Option<tokio::sync::mpsc::Receiver<ChangeTopic>>, StoreError> {
+        Ok(None)
+    }
 }

@@ -23,6 +23,15 @@
 //!   (`{"_id": "*", "Data": {…}}`).
 //! - `audit`: one document per change, `at` a BSON date; listed newest first.
 //! - `leases`: who runs the fallback purge (below).
+//! - `revisions`: `{_id: "config"|"users", n}`, bumped (`$inc`) after every write of a
+//!   configuration entry or a user, so running servers that poll read two tiny documents instead
+//!   of everything ([`Store::revisions`]).
+//!
+//! # Change notifications
+//! [`Store::change_feed`] opens a change stream on `config` and `users` where the server offers
+//! one (a MongoDB replica set or sharded cluster); it also sees writes made by hand. FerretDB v1
+//! and a standalone mongod refuse `$changeStream`: the feed is `None` and servers poll the
+//! revisions (see `config::propagate`).
 //!
 //! # Expiry
 //! Every registration query filters on `expires_at > now`. The database removes lapsed bindings
@@ -54,7 +63,8 @@ use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
 use super::{
-    AuditEntry, BindingKey, ConfigEntry, Registration, RegistrationFilter, Store, StoreError, User,
+    AuditEntry, BindingKey, ChangeTopic, ConfigEntry, Registration, RegistrationFilter, Revisions,
+    Store, StoreError, User,
 };
 
 /// Database used when neither the caller nor the URI path names one.
@@ -69,6 +79,7 @@ const REGISTRATIONS: &str = "registrations";
 const CONFIG: &str = "config";
 const AUDIT: &str = "audit";
 const LEASES: &str = "leases";
+const REVISIONS: &str = "revisions";
 /// Writes per bulk command (well under every server's `maxWriteBatchSize`).
 const BULK_CHUNK: usize = 1000;
 
@@ -86,6 +97,7 @@ pub struct MongoStore {
     config: Collection<Document>,
     audit: Collection<Document>,
     leases: Collection<Document>,
+    revisions: Collection<Document>,
     /// `writeConcern` added to raw bulk commands (`None`: the server's default).
     write_concern: Option<Document>,
     ttl_index: bool,
@@ -151,6 +163,7 @@ impl MongoStore {
             config: coll(CONFIG),
             audit: coll(AUDIT),
             leases: coll(LEASES),
+            revisions: coll(REVISIONS),
             db,
             write_concern,
             ttl_index: false,
@@ -311,6 +324,21 @@ impl MongoStore {
         }
     }
 
+    /// Bumps a change counter after a write. A failure is logged, not returned: the write itself
+    /// succeeded, and polling servers also reload everything periodically.
+    async fn bump(&self, topic: &str) {
+        if let Err(e) = self
+            .revisions
+            .update_one(doc! { "_id": topic }, doc! { "$inc": { "n": 1_i64 } })
+            .upsert(true)
+            .await
+        {
+            tracing::warn!(
+                "bumping the {topic} revision failed (other servers see the change at their next full reload): {e}"
+            );
+        }
+    }
+
     /// Runs one raw write command (`update`/`delete` with a statement array) and checks its
     /// per-statement errors.
     async fn bulk(&self, mut cmd: Document) -> Result<(), StoreError> {
@@ -349,7 +377,10 @@ impl Store for MongoStore {
     async fn create_user(&self, user: User) -> Result<User, StoreError> {
         let d = user_doc(&user)?;
         match self.users.insert_one(d).await {
-            Ok(_) => Ok(user),
+            Ok(_) => {
+                self.bump(USERS).await;
+                Ok(user)
+            }
             Err(e) if is_duplicate(&e) => Err(StoreError::Conflict(format!(
                 "username {} is taken in {}",
                 user.username, user.domain
@@ -399,7 +430,10 @@ impl Store for MongoStore {
             .await
         {
             Ok(r) if r.matched_count == 0 => Err(StoreError::NotFound),
-            Ok(_) => Ok(user),
+            Ok(_) => {
+                self.bump(USERS).await;
+                Ok(user)
+            }
             Err(e) if is_duplicate(&e) => Err(StoreError::Conflict(format!(
                 "username {} is taken in {}",
                 user.username, user.domain
@@ -417,6 +451,7 @@ impl Store for MongoStore {
         if r.deleted_count == 0 {
             return Err(StoreError::NotFound);
         }
+        self.bump(USERS).await;
         Ok(())
     }
 
@@ -507,6 +542,7 @@ impl Store for MongoStore {
             .upsert(true)
             .await
             .map_err(map_err)?;
+        self.bump(CONFIG).await;
         Ok(())
     }
 
@@ -569,6 +605,71 @@ impl Store for MongoStore {
     async fn flush(&self) -> Result<(), StoreError> {
         // Every write was acknowledged with the strongest write concern the server offers.
         Ok(())
+    }
+
+    async fn revisions(&self) -> Result<Option<Revisions>, StoreError> {
+        let mut r = Revisions::default();
+        let mut cursor = self.revisions.find(doc! {}).await.map_err(map_err)?;
+        while cursor.advance().await.map_err(map_err)? {
+            let d = cursor.deserialize_current().map_err(map_err)?;
+            let n = match d.get("n") {
+                Some(Bson::Int64(n)) => *n,
+                Some(Bson::Int32(n)) => i64::from(*n),
+                _ => 0,
+            };
+            match d.get_str("_id") {
+                Ok(CONFIG) => r.config = n,
+                Ok(USERS) => r.users = n,
+                _ => {}
+            }
+        }
+        Ok(Some(r))
+    }
+
+    async fn change_feed(
+        &self,
+    ) -> Result<Option<tokio::sync::mpsc::Receiver<ChangeTopic>>, StoreError> {
+        let opened = self
+            .db
+            .watch()
+            .pipeline([doc! { "$match": { "ns.coll": { "$in": [CONFIG, USERS] } } }])
+            .await;
+        let mut stream = match opened {
+            Ok(s) => s,
+            // FerretDB v1 (no $changeStream stage) and a standalone mongod (change streams need
+            // a replica set) refuse it with a command error: the caller polls instead.
+            Err(e) if matches!(e.kind.as_ref(), ErrorKind::Command(_)) => {
+                tracing::info!("no change streams on this server ({e}); polling for changes");
+                return Ok(None);
+            }
+            Err(e) => return Err(map_err(e)),
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            loop {
+                match stream.next_if_any().await {
+                    Ok(Some(ev)) => {
+                        let topic = match ev.ns.and_then(|ns| ns.coll).as_deref() {
+                            Some(USERS) => ChangeTopic::Users,
+                            _ => ChangeTopic::Config,
+                        };
+                        if tx.send(topic).await.is_err() {
+                            return; // nobody listens any more
+                        }
+                    }
+                    Ok(None) if stream.is_alive() => {}
+                    Ok(None) => {
+                        tracing::warn!("the change stream ended; polling for changes");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!("the change stream failed ({e}); polling for changes");
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Some(rx))
     }
 }
 
