@@ -217,6 +217,13 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
         .clone()
         .unwrap_or_else(|| args.data_dir.join("csps.toml"));
     let mut file = LocalFile::load(&config_path).map_err(ServeError::new)?;
+    // An old-format file is checked before anything is written (a bad value stops here).
+    let old_values = crate::config::upgrade::parse(&file).map_err(|e| {
+        ServeError::new(format!(
+            "{}: cannot upgrade the old-format file: {e}",
+            config_path.display()
+        ))
+    })?;
     let server_name = args
         .server_name
         .clone()
@@ -227,13 +234,20 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
         .mongodb_uri
         .clone()
         .or_else(|| file.mongodb_uri.clone());
-    let secret = file
-        .ensure_secret_key(&config_path)
-        .map_err(ServeError::new)?;
     let admin_token = local::ensure_admin_token(&args.data_dir).map_err(ServeError::new)?;
     raise_nofile_limit();
 
     let store = open_store(mongodb_uri.as_deref(), &args.data_dir, &server_name).await?;
+    if let Some(old) = &old_values {
+        crate::config::upgrade::apply(store.as_ref(), &server_name, old, &config_path, &file)
+            .await
+            .map_err(ServeError::new)?;
+        file.legacy_data = None;
+    }
+    // After the upgrade: saving a new key must not drop old-format tables not yet copied.
+    let secret = file
+        .ensure_secret_key(&config_path)
+        .map_err(ServeError::new)?;
     let config = LiveConfig::open(store.clone(), &server_name)
         .await
         .map_err(|e| ServeError::new(format!("cannot read the configuration: {e}")))?;

@@ -1,5 +1,6 @@
 //! The local file `csps.toml`: the only configuration outside the store (DESIGN, "Local file"):
-//! `mongodb_uri`, `server_name`, `secret_key`. Also the break-glass `admin-token` beside it.
+//! `mongodb_uri`, `server_name`, `secret_key`. Also the break-glass `admin-token` beside it. A file
+//! in the old format also holds `[Data.*]` tables, which [`super::upgrade`] moves into the store.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -10,7 +11,7 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
 /// The contents of `csps.toml`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LocalFile {
     /// MongoDB connection string; absent = the embedded store.
@@ -22,6 +23,10 @@ pub struct LocalFile {
     /// Key that encrypts secrets at rest (base64url, 32 bytes); generated at first start.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_key: Option<String>,
+    /// The `[Data.*]` tables of a file in the old (cSPS) format, moved into the store at start by
+    /// [`super::upgrade`]; never written back.
+    #[serde(default, rename = "Data", skip_serializing)]
+    pub legacy_data: Option<toml::Value>,
 }
 
 /// Why the local file or a local secret could not be used.

@@ -8,6 +8,7 @@
 pub mod local;
 pub mod model;
 pub mod propagate;
+pub mod upgrade;
 
 use std::sync::Arc;
 

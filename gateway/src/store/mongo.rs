@@ -638,11 +638,17 @@ impl Store for MongoStore {
             Ok(s) => s,
             // FerretDB v1 (no $changeStream stage) and a standalone mongod (change streams need
             // a replica set) refuse it with a command error: the caller polls instead.
-            Err(e) if matches!(e.kind.as_ref(), ErrorKind::Command(_)) => {
-                tracing::info!("no change streams on this server ({e}); polling for changes");
-                return Ok(None);
-            }
-            Err(e) => return Err(map_err(e)),
+            Err(e) => match e.kind.as_ref() {
+                ErrorKind::Command(c) => {
+                    tracing::info!(
+                        code = c.code,
+                        "no change streams on this server ({}); polling for changes",
+                        c.message
+                    );
+                    return Ok(None);
+                }
+                _ => return Err(map_err(e)),
+            },
         };
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         tokio::spawn(async move {
