@@ -206,7 +206,7 @@ pub struct Registrar {
 enum Refusal {
     Status(u16, &'static str),
     Forbidden(&'static str),
-    Challenge { stale: bool },
+    Challenge { stale: bool, proxy: bool },
 }
 
 impl Registrar {
@@ -310,6 +310,59 @@ impl Registrar {
         }
     }
 
+    /// Authenticates a dialog-creating request from a phone (INVITE, REFER, …; RFC 3261 §22.3):
+    /// the caller is the account named by the From URI; a source in a trusted range needs only an
+    /// existing, enabled account; anyone else answers a 407 digest challenge with the same nonces,
+    /// replay checks and brute-force limiter as REGISTER. `Ok` is the caller's (username, domain);
+    /// `Err` is the response to send (407, 403, 404, 400).
+    pub fn authorize(
+        &mut self,
+        now: SystemTime,
+        req: &Request,
+        from: Remote,
+        accounts: &dyn Accounts,
+        rng: &mut impl RngCore,
+    ) -> Result<(String, String), Response> {
+        self.limiter.purge(now, self.cfg.auth_failure_window);
+        self.nonces.purge(now, self.cfg.nonce_lifetime);
+        let plain = |r: Refusal| (r, None);
+        let result = (|| {
+            let caller = req
+                .from_hdr()
+                .ok_or(plain(Refusal::Status(400, "Bad From Header")))?;
+            let (Some(user), true) = (caller.uri.user.as_deref(), caller.uri.is_sip()) else {
+                return Err(plain(Refusal::Forbidden("caller is not a SIP account")));
+            };
+            let username = percent_decode(user).into_owned();
+            let domain = lower(&caller.uri.host).into_owned();
+            let aor = aor(&username, &domain);
+            let ip = from.addr.ip().to_canonical();
+            let account = accounts.lookup(&username, &domain);
+            if self.cfg.trusted.iter().any(|n| n.contains(&ip)) {
+                match &account {
+                    None => return Err(plain(Refusal::Forbidden("unknown caller"))),
+                    Some(a) if !a.enabled => {
+                        return Err(plain(Refusal::Forbidden("account disabled")));
+                    }
+                    Some(_) => {}
+                }
+            } else {
+                if self
+                    .limiter
+                    .locked(account.as_ref().map(|_| aor.as_str()), ip, now)
+                {
+                    self.counters.locked_rejections += 1;
+                    return Err(plain(Refusal::Forbidden("locked out")));
+                }
+                self.authenticate(now, req, &username, &domain, &aor, ip, account.as_deref())?;
+            }
+            Ok((username, domain))
+        })();
+        result.map_err(|(refusal, realm_and_algs)| {
+            self.refuse(now, req, refusal, realm_and_algs, rng)
+        })
+    }
+
     #[allow(clippy::type_complexity)]
     fn handle(
         &mut self,
@@ -402,7 +455,10 @@ impl Registrar {
         };
         let challenge = |stale| {
             (
-                Refusal::Challenge { stale },
+                Refusal::Challenge {
+                    stale,
+                    proxy: req.method != Method::Register,
+                },
                 Some((realm.to_owned(), algs.clone())),
             )
         };
@@ -413,7 +469,11 @@ impl Registrar {
         };
         let Some(c) = req
             .headers
-            .get_all("Authorization")
+            .get_all(if req.method == Method::Register {
+                "Authorization"
+            } else {
+                "Proxy-Authorization"
+            })
             .filter_map(DigestParams::parse)
             .find(|c| c.realm.is_some_and(known_realm))
         else {
@@ -700,12 +760,17 @@ impl Registrar {
                     .push("Warning", format!("399 {} \"{why}\"", self.cfg.server_name));
                 r
             }
-            Refusal::Challenge { stale } => {
+            Refusal::Challenge { stale, proxy } => {
                 self.counters.challenges += 1;
                 let (realm, algs) = realm_and_algs
                     .unwrap_or_else(|| (self.cfg.default_domain.clone(), vec![Algorithm::Md5]));
                 let nonce = self.nonces.mint(now, rng);
-                let mut r = response(req, 401, "Unauthorized", rng);
+                let (status, reason, header) = if proxy {
+                    (407, "Proxy Authentication Required", "Proxy-Authenticate")
+                } else {
+                    (401, "Unauthorized", "WWW-Authenticate")
+                };
+                let mut r = response(req, status, reason, rng);
                 for alg in algs {
                     let mut v = format!(
                         "Digest realm=\"{realm}\", nonce=\"{nonce}\", algorithm={}, qop=\"auth\"",
@@ -714,7 +779,7 @@ impl Registrar {
                     if stale {
                         v.push_str(", stale=true");
                     }
-                    r.headers.push("WWW-Authenticate", v);
+                    r.headers.push(header, v);
                 }
                 r
             }
