@@ -6,6 +6,7 @@
 //! metadata, and cannot answer 400 from a partly-read message as RFC 4475 expects.
 #![forbid(unsafe_code)]
 
+pub mod dialog;
 pub mod digest;
 pub mod headers;
 pub mod message;
