@@ -281,7 +281,8 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
         metrics: metrics.clone(),
         draining: draining.clone(),
     };
-    let api_state = crate::api::ApiState::new(store.clone(), config.clone(), admin_token);
+    let mut api_state = crate::api::ApiState::new(store.clone(), config.clone(), admin_token);
+    api_state.calls = sip.calls.clone();
     // Users changed through the API: rebuild the registrar's account view off the packet path.
     let mut users_changed = api_state.users_changed.subscribe();
     let (reload_store, reload_cmds) = (store.clone(), sip.commands.clone());

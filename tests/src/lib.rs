@@ -11,6 +11,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod audio;
+pub mod baresip;
 pub mod ferret;
 pub mod http;
 pub mod raw;
@@ -106,6 +108,22 @@ pub fn free_port_on(ip: &str) -> u16 {
         }
     }
     panic!("no port free for both TCP and UDP on {ip}");
+}
+
+/// A gateway with default options for a test that needs `tool` (SIPp, baresip…); `None` after
+/// [`skip`] when the tool or the binary is missing.
+pub fn gateway_for(tool: &str) -> Option<Gateway> {
+    if !have_tool(tool) {
+        skip(&format!("{tool} not installed (run e2e/setup)"));
+        return None;
+    }
+    match Gateway::start() {
+        Ok(gw) => Some(gw),
+        Err(why) => {
+            skip(&why);
+            None
+        }
+    }
 }
 
 /// How to start a gateway.

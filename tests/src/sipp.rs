@@ -21,6 +21,7 @@ pub struct Sipp {
     keys: Vec<(String, String)>,
     auth: Option<(String, String)>,
     auth_uri: Option<String>,
+    extra: Vec<String>,
 }
 
 /// What a SIPp run produced.
@@ -67,6 +68,7 @@ impl Sipp {
             keys: Vec::new(),
             auth: None,
             auth_uri: None,
+            extra: Vec::new(),
         }
     }
 
@@ -125,6 +127,12 @@ impl Sipp {
         self
     }
 
+    /// One more command-line argument (`-rtp_echo`, `-mp 7000`, …).
+    pub fn arg(mut self, a: impl Into<String>) -> Self {
+        self.extra.push(a.into());
+        self
+    }
+
     /// The local port this run will use (picks one if none was set).
     pub fn port(&mut self) -> u16 {
         let ip = self.local_ip.clone();
@@ -174,6 +182,7 @@ impl Sipp {
         for (k, v) in &self.keys {
             cmd.args(["-key", k, v]);
         }
+        cmd.args(&self.extra);
         let started = Instant::now();
         let out = cmd.output().expect("run sipp (install it with e2e/setup)");
         let code = out.status.code().unwrap_or(-1);

@@ -1,36 +1,14 @@
 //! RFC 3261 §10: a real UA (baresip 1.0) registers two accounts from one process.
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use csps_tests::{Gateway, free_port, have_tool, skip, wait_until};
-
-/// Kills baresip on drop, also on panic.
-struct Baresip(Child);
-
-impl Drop for Baresip {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use csps_tests::{Gateway, have_tool, skip, wait_until};
 
 /// A headless baresip config: no audio or video modules, SIP on a free loopback port.
 fn write_config(dir: &std::path::Path, sip_port: u16, accounts: &[(&str, &str)]) {
     let config = format!(
-        "poll_method\tepoll\n\
-         sip_listen\t127.0.0.1:{}\n\
-         sip_transports\tudp\n\
-         module_path\t/usr/lib/baresip/modules\n\
-         module\t\tg711.so\n\
-         module_app\taccount.so\n\
-         audio_player\tnone\n\
-         audio_source\tnone\n\
-         audio_alert\tnone\n\
-         video_display\tnone\n\
-         video_source\tnone\n\
-         net_interface\t127.0.0.1\n",
-        free_port()
+        "{}audio_player\tnone\naudio_source\tnone\n",
+        csps_tests::baresip::config_head()
     );
     std::fs::write(dir.join("config"), config).expect("write baresip config");
     let accounts: String = accounts
@@ -66,15 +44,7 @@ fn baresip_registers_two_accounts() {
         gw.sip_port,
         &[("alice", "alice-password"), ("bob", "bob-password")],
     );
-    let child = Command::new("baresip")
-        .arg("-f")
-        .arg(dir.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start baresip");
-    let _baresip = Baresip(child);
+    let _baresip = csps_tests::baresip::start(dir.path(), &[]);
     let both = wait_until(Duration::from_secs(15), || {
         !gw.registrations_of("alice").is_empty() && !gw.registrations_of("bob").is_empty()
     });

@@ -2,23 +2,13 @@
 
 use std::time::Duration;
 
-use csps_tests::{Gateway, Sipp, have_tool, skip, wait_until};
+use csps_tests::{Gateway, Sipp, wait_until};
 
 const DOMAIN: &str = "csps.local";
 
 /// Starts a gateway with one user, or returns `None` (skipped) when a prerequisite is missing.
 fn setup(user: &str, password: &str) -> Option<Gateway> {
-    if !have_tool("sipp") {
-        skip("sipp not installed (run e2e/setup)");
-        return None;
-    }
-    let gw = match Gateway::start() {
-        Ok(gw) => gw,
-        Err(why) => {
-            skip(&why);
-            return None;
-        }
-    };
+    let gw = csps_tests::gateway_for("sipp")?;
     gw.create_user(user, password);
     Some(gw)
 }

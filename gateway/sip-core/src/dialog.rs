@@ -106,8 +106,12 @@ impl Dialog {
     /// True when `req` belongs to this dialog (Call-ID and both tags, §12.2.2).
     pub fn matches(&self, req: &Request) -> bool {
         req.call_id() == Some(self.call_id.as_str())
-            && req.from_hdr().is_some_and(|f| f.tag() == Some(&self.remote_tag))
-            && req.to_hdr().is_some_and(|t| t.tag() == Some(&self.local_tag))
+            && req
+                .from_hdr()
+                .is_some_and(|f| f.tag() == Some(&self.remote_tag))
+            && req
+                .to_hdr()
+                .is_some_and(|t| t.tag() == Some(&self.local_tag))
     }
 
     /// Takes note of a request from the peer; false when its CSeq is not above the last one
@@ -224,9 +228,11 @@ mod tests {
         assert_eq!(bye.headers.get("From"), Some("\"GW\" <sip:alice@x>;tag=l1"));
         assert_eq!(bye.headers.get("To"), Some("<sip:bob@x>;tag=r1"));
         // The peer's BYE (tags swapped) matches.
-        let theirs = req("BYE sip:gw@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.9;branch=z9hG4bKc\r\n\
+        let theirs = req(
+            "BYE sip:gw@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.9;branch=z9hG4bKc\r\n\
             From: <sip:bob@x>;tag=r1\r\nTo: <sip:alice@x>;tag=l1\r\nCall-ID: c9\r\nCSeq: 7 BYE\r\n\
-            Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n");
+            Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+        );
         assert!(d.matches(&theirs));
         assert!(d.accept_remote_seq(&theirs));
         assert!(!d.accept_remote_seq(&theirs), "a repeated CSeq is refused");
@@ -235,10 +241,17 @@ mod tests {
     #[test]
     fn cancel_copies_the_invite() {
         let invite = req(INVITE);
-        let c = cancel(&invite, Some("SIP;cause=200;text=\"Call completed elsewhere\""));
+        let c = cancel(
+            &invite,
+            Some("SIP;cause=200;text=\"Call completed elsewhere\""),
+        );
         assert_eq!(c.headers.get("Via"), invite.headers.get("Via"));
         assert_eq!(c.headers.get("CSeq"), Some("1 CANCEL"));
         assert_eq!(c.uri, invite.uri);
-        assert!(c.headers.get("Reason").is_some_and(|r| r.contains("cause=200")));
+        assert!(
+            c.headers
+                .get("Reason")
+                .is_some_and(|r| r.contains("cause=200"))
+        );
     }
 }

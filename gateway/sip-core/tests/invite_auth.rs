@@ -56,7 +56,10 @@ fn invite_is_challenged_with_407_and_then_accepted() {
         .expect_err("challenged");
     assert_eq!(r.status, 407);
     assert!(r.headers.get("WWW-Authenticate").is_none());
-    let h = r.headers.get("Proxy-Authenticate").expect("Proxy-Authenticate");
+    let h = r
+        .headers
+        .get("Proxy-Authenticate")
+        .expect("Proxy-Authenticate");
     let p = DigestParams::parse(h).expect("digest");
     let nonce = p.nonce.expect("nonce").to_owned();
     let realm = p.realm.expect("realm").to_owned();
@@ -74,7 +77,13 @@ fn invite_is_challenged_with_407_and_then_accepted() {
         "INVITE",
         "sip:bob@example.com",
     );
-    let ok = reg.authorize(now, &invite("alice", Some(&good)), phone(), &accounts, &mut rng);
+    let ok = reg.authorize(
+        now,
+        &invite("alice", Some(&good)),
+        phone(),
+        &accounts,
+        &mut rng,
+    );
     assert_eq!(ok, Ok(("alice".to_owned(), "example.com".to_owned())));
 
     // A wrong password is challenged again and counted.
@@ -91,7 +100,13 @@ fn invite_is_challenged_with_407_and_then_accepted() {
         "sip:bob@example.com",
     );
     let r = reg
-        .authorize(now, &invite("alice", Some(&bad)), phone(), &accounts, &mut rng)
+        .authorize(
+            now,
+            &invite("alice", Some(&bad)),
+            phone(),
+            &accounts,
+            &mut rng,
+        )
         .expect_err("refused");
     assert_eq!(r.status, 407);
     assert_eq!(reg.counters().auth_failures, 1);

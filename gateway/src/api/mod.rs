@@ -1,9 +1,10 @@
 //! The REST API under `/api` (axum): users, registrations, configuration entries and leaves,
-//! trusted IPs, the audit log and the version, with
+//! trusted IPs, the audit log, running calls and the version, with
 //! `application/problem+json` errors and the interim local/bearer access rule. [`router`] builds
 //! the whole tree from an [`ApiState`]; `serve` mounts it and owns `/healthz` and `/metrics`.
 
 pub mod access;
+pub mod calls;
 pub mod config;
 pub mod problem;
 pub mod registrations;
@@ -38,6 +39,8 @@ pub struct ApiState {
     pub config_writes: Arc<tokio::sync::Mutex<()>>,
     /// Bumped after every change of users, so the SIP side rebuilds its account view.
     pub users_changed: Arc<tokio::sync::watch::Sender<u64>>,
+    /// The running calls (empty until the SIP side hands its directory over).
+    pub calls: crate::calls::Directory,
 }
 
 impl ApiState {
@@ -54,6 +57,7 @@ impl ApiState {
             version: VersionInfo::current(),
             config_writes: Arc::new(tokio::sync::Mutex::new(())),
             users_changed: Arc::new(tokio::sync::watch::channel(0).0),
+            calls: crate::calls::Directory::default(),
         }
     }
 
@@ -72,6 +76,8 @@ pub fn router(state: ApiState) -> Router {
             get(users::get).patch(users::patch).delete(users::delete),
         )
         .route("/api/registrations", get(registrations::list))
+        .route("/api/calls", get(calls::list))
+        .route("/api/calls/{id}", axum::routing::delete(calls::hang_up))
         .route("/api/config/servers", get(config::servers))
         .route("/api/config/paths", get(config::paths))
         .route(

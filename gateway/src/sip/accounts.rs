@@ -13,6 +13,8 @@ use crate::store::{HashAlgorithm, Store, StoreError, User};
 #[derive(Default)]
 pub struct AccountCache {
     by_name: HashMap<String, Account>,
+    /// Display names, for the caller identity the gateway asserts.
+    display: HashMap<String, String>,
 }
 
 fn key(username: &str, domain: &str) -> String {
@@ -49,13 +51,25 @@ impl AccountCache {
                 )
             })
             .collect();
-        AccountCache { by_name }
+        let display = users
+            .iter()
+            .filter_map(|u| {
+                let name = u.display_name.as_deref()?.trim();
+                (!name.is_empty()).then(|| (key(&u.username, &u.domain), name.to_owned()))
+            })
+            .collect();
+        AccountCache { by_name, display }
     }
 
     /// Loads every user from the store.
     pub async fn load(store: &dyn Store) -> Result<Arc<AccountCache>, StoreError> {
         let users = store.list_users().await?;
         Ok(Arc::new(AccountCache::from_users(&users)))
+    }
+
+    /// The display name of `username@domain`, if it has one.
+    pub fn display_name(&self, username: &str, domain: &str) -> Option<&str> {
+        self.display.get(&key(username, domain)).map(String::as_str)
     }
 
     /// Number of accounts.

@@ -28,6 +28,7 @@ use crate::store::{BindingKey, Registration};
 pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER";
 const IMPLEMENTED_HERE: &[Method] = &[
     Method::Register,
+    Method::Invite,
     Method::Options,
     Method::Ack,
     Method::Cancel,
@@ -69,6 +70,11 @@ pub struct CoreParts {
     pub committed: mpsc::Receiver<Vec<(TxnKey, Response)>>,
     /// Counters.
     pub metrics: Arc<Metrics>,
+    /// Calls: the switch, and the actions its call tasks send.
+    pub calls: (
+        crate::calls::Switch,
+        mpsc::Receiver<(crate::calls::CallNo, crate::calls::CallAction)>,
+    ),
 }
 
 /// Registrar settings from the live configuration.
@@ -116,6 +122,7 @@ struct Core {
     out: Vec<u8>,
     /// Registrar counters already mirrored into the metrics.
     seen_auth: (u64, u64),
+    calls: crate::calls::Switch,
 }
 
 /// Runs the core until the inbound channel closes.
@@ -132,6 +139,7 @@ pub async fn run(parts: CoreParts) {
         writer,
         mut committed,
         metrics,
+        calls: (calls, mut call_actions),
     } = parts;
     let cfg = registrar_config(&server_name, &settings.borrow_and_update());
     let mut registrar = Registrar::new(cfg, secret);
@@ -164,6 +172,7 @@ pub async fn run(parts: CoreParts) {
         draining: None,
         out: Vec::with_capacity(2048),
         seen_auth: (0, 0),
+        calls,
     };
     // One timer, re-armed only when the earliest deadline moves (not once per message).
     let sleep = tokio::time::sleep(Duration::from_secs(3600));
@@ -196,6 +205,12 @@ pub async fn run(parts: CoreParts) {
                         Ok(msg) => core.on_inbound(msg),
                         Err(_) => break,
                     }
+                }
+            }
+            Some((no, action)) = call_actions.recv() => {
+                core.calls.apply(&mut core.txns, no, action);
+                while let Ok((no, action)) = call_actions.try_recv() {
+                    core.calls.apply(&mut core.txns, no, action);
                 }
             }
             Some(cmd) = commands.recv() => match cmd {
@@ -480,11 +495,16 @@ impl Core {
                 let _enter = span.enter();
                 self.on_request(key, from, req);
             }
-            Event::Ack { .. } => {}
-            Event::Cancel { .. } => {}
-            Event::Response { .. } => {}
-            Event::Timeout { .. } => {}
-            Event::Terminated { .. } => {}
+            Event::Ack { req, .. } => self.calls.on_ack(req),
+            Event::Cancel { req, .. } => self.calls.on_cancel(req),
+            Event::Response { key, resp } => {
+                let routed = self.calls.on_response(key, resp);
+                if !routed {
+                    self.metrics.drop_msg("stray_response");
+                }
+            }
+            Event::Timeout { key } => self.calls.on_timeout(key),
+            Event::Terminated { key } => self.calls.on_terminated(key),
             Event::StrayResponse { .. } => self.metrics.drop_msg("stray_response"),
             _ => {}
         }
@@ -497,8 +517,16 @@ impl Core {
             self.respond(&key, &req, resp);
             return;
         }
+        if req.method != Method::Register && self.calls.owns(&req) {
+            self.calls.on_in_dialog(key, from, req);
+            return;
+        }
         match req.method {
             Method::Register => self.on_register(key, from, req),
+            Method::Invite if req.to_hdr().is_some_and(|t| t.tag().is_none()) => {
+                let local = self.local_of(&from);
+                self.on_invite(key, from, req, local);
+            }
             Method::Options => {
                 let mut resp = req.response(200, "OK");
                 resp.headers.push("Allow", ALLOW);
@@ -513,7 +541,7 @@ impl Core {
             }
             ref m if !IMPLEMENTED_HERE.contains(m) => {
                 let mut resp = req.response(405, "Method Not Allowed");
-                resp.headers.push("Allow", "ACK, CANCEL, OPTIONS, REGISTER");
+                resp.headers.push("Allow", ALLOW);
                 self.respond(&key, &req, resp);
             }
             _ => {
@@ -623,6 +651,22 @@ impl Core {
         None
     }
 
+    fn on_invite(&mut self, key: TxnKey, from: Remote, req: Request, local: SocketAddr) {
+        let accounts = self.accounts.clone();
+        let (udp, flows) = (&self.udp, &self.flows);
+        let local_of = |r: &Remote| local_for(udp, flows, r);
+        let cx = crate::calls::InviteCx {
+            txns: &mut self.txns,
+            registrar: &mut self.registrar,
+            accounts: accounts.as_ref(),
+            rng: &mut self.rng,
+            local,
+            local_of: &local_of,
+        };
+        self.calls.on_invite(cx, key, from, req);
+        self.sync_auth_counters();
+    }
+
     fn sync_auth_counters(&mut self) {
         let c = self.registrar.counters();
         let (f, l) = self.seen_auth;
@@ -636,15 +680,30 @@ impl Core {
     }
 
     fn local_of(&self, from: &Remote) -> SocketAddr {
-        let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
-        match from.flow {
-            Some(f) if f.0 >= UDP_FLOW_BASE => self
-                .udp
-                .get((f.0 - UDP_FLOW_BASE) as usize)
-                .and_then(|s| s.local_addr().ok())
-                .unwrap_or(unspecified),
-            Some(f) => self.flows.get(&f).map(|h| h.local).unwrap_or(unspecified),
-            None => unspecified,
-        }
+        local_for(&self.udp, &self.flows, from)
+    }
+}
+
+/// The local address a message from (or to) `r` uses: its UDP socket's or its connection's; a
+/// UDP peer without a known socket (a binding restored after a restart) gets the first socket of
+/// its address family, as `send_raw` does.
+fn local_for(
+    udp: &[Arc<UdpSocket>],
+    flows: &HashMap<FlowId, FlowHandle>,
+    r: &Remote,
+) -> SocketAddr {
+    let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
+    match r.flow {
+        Some(f) if f.0 >= UDP_FLOW_BASE => udp
+            .get((f.0 - UDP_FLOW_BASE) as usize)
+            .and_then(|s| s.local_addr().ok())
+            .unwrap_or(unspecified),
+        Some(f) => flows.get(&f).map(|h| h.local).unwrap_or(unspecified),
+        None if r.transport == Transport::Udp => udp
+            .iter()
+            .filter_map(|s| s.local_addr().ok())
+            .find(|a| a.is_ipv4() == r.addr.is_ipv4())
+            .unwrap_or(unspecified),
+        None => unspecified,
     }
 }

@@ -44,6 +44,10 @@ pub struct SipHandle {
     pub draining: watch::Sender<bool>,
     /// The addresses actually bound (port 0 resolved).
     pub bound: Vec<ListenSpec>,
+    /// The running calls (for the API).
+    pub calls: crate::calls::Directory,
+    /// User state changes (busy while in a call).
+    pub user_states: tokio::sync::broadcast::Sender<crate::calls::UserState>,
 }
 
 /// Why SIP could not start.
@@ -173,6 +177,16 @@ pub async fn start(
         done_tx,
     ));
     let (cmd_tx, cmd_rx) = mpsc::channel(64);
+    let (call_tx, call_rx) = mpsc::channel(4096);
+    let directory = crate::calls::Directory::default();
+    let (user_states, _) = tokio::sync::broadcast::channel(256);
+    let switch = crate::calls::Switch::new(
+        server_name.clone(),
+        config.subscribe(),
+        call_tx,
+        directory.clone(),
+        user_states.clone(),
+    );
     tokio::spawn(core::run(CoreParts {
         server_name,
         secret: opts.secret,
@@ -185,6 +199,7 @@ pub async fn start(
         writer: writer_tx,
         committed: done_rx,
         metrics,
+        calls: (switch, call_rx),
     }));
     for (sock, index) in udp_tasks {
         tokio::spawn(transport::run_udp(ctx.clone(), sock, index));
@@ -193,6 +208,8 @@ pub async fn start(
         commands: cmd_tx,
         draining: draining_tx,
         bound,
+        calls: directory,
+        user_states,
     })
 }
 

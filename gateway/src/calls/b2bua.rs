@@ -1,0 +1,1109 @@
+//! The sans-IO call: a back-to-back user agent between the caller's leg (A, the phone's INVITE
+//! server transaction and then its dialog) and the callee's forks (B, one client INVITE per
+//! registered device). Events come in with the time ([`Input`]); SIP messages to send, media
+//! changes and the end of the call leave as [`Output`]; [`Call::poll_timeout`] says when to call
+//! back. Nothing here reads a clock, a socket or a global RNG.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use csps_sip::dialog::{self, Dialog};
+use csps_sip::sdp::{self, Sdp};
+use csps_sip::transaction::TxnKey;
+use csps_sip::{Headers, Method, Remote, Request, Response, SipHeaders, Transport, Uri};
+use rand::RngCore;
+
+/// How long the callee's devices ring before the caller gets 480.
+pub const NO_ANSWER: Duration = Duration::from_secs(60);
+/// How long a call that is ending waits for the last answers (64·T1).
+const LINGER: Duration = Duration::from_secs(32);
+/// RFC 3261 T1 and T2 for the 2xx retransmissions of a UAS core (§13.3.1.4).
+const T1: Duration = Duration::from_millis(500);
+const T2: Duration = Duration::from_secs(4);
+/// RFC 3326 reason for forks that lost the race.
+pub const COMPLETED_ELSEWHERE: &str = "SIP;cause=200;text=\"Call completed elsewhere\"";
+
+/// One device to ring.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// Where to send (the flow the device registered on).
+    pub to: Remote,
+    /// The Request-URI (the registered Contact).
+    pub uri: Uri,
+    /// The gateway's SIP address on that flow (for Via and Contact).
+    pub local: SocketAddr,
+}
+
+/// What a new call starts from.
+#[derive(Clone, Debug)]
+pub struct Setup {
+    /// The caller's INVITE server transaction.
+    pub key: TxnKey,
+    /// Where the INVITE came from.
+    pub from: Remote,
+    /// The gateway's SIP address on the caller's flow.
+    pub local: SocketAddr,
+    /// The INVITE.
+    pub invite: Request,
+    /// The caller as the gateway asserts it: `"Name" <sip:user@domain>`.
+    pub caller: String,
+    /// The callee's To value: `<sip:user@domain>`.
+    pub callee: String,
+    /// The devices to ring.
+    pub targets: Vec<Target>,
+    /// Call-ID of the B side.
+    pub b_call_id: String,
+    /// The relay's RTP address facing A and B.
+    pub relay_a: SocketAddr,
+    /// See `relay_a`.
+    pub relay_b: SocketAddr,
+    /// Server name for Warning headers.
+    pub agent: String,
+}
+
+/// Something that happened to the call.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Input {
+    /// A new server transaction inside one of the call's dialogs (BYE, re-INVITE, INFO, …).
+    Request {
+        /// The transaction.
+        key: TxnKey,
+        /// Its source.
+        from: Remote,
+        /// The request.
+        req: Request,
+    },
+    /// An ACK to a 2xx.
+    Ack(Request),
+    /// The caller cancelled its INVITE (the transaction layer answered the CANCEL).
+    Cancel(Request),
+    /// A response to a request this call sent (`tag` as in [`Output::Send`]).
+    Response {
+        /// The request's tag.
+        tag: u32,
+        /// The response.
+        resp: Response,
+    },
+    /// A request this call sent got no final answer in time (or could not be sent).
+    Timeout {
+        /// The request's tag.
+        tag: u32,
+    },
+    /// Hang up (an administrator's DELETE).
+    Hangup,
+}
+
+/// Media changes for the relay.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MediaChange {
+    /// Leg A's SDP address and signalling source.
+    A(Option<SocketAddr>, std::net::IpAddr),
+    /// Leg B's (the answering or early-media device).
+    B(Option<SocketAddr>, std::net::IpAddr),
+}
+
+/// Work for the driver.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Output {
+    /// Answer a server transaction.
+    Respond {
+        /// The transaction.
+        key: TxnKey,
+        /// The response.
+        resp: Response,
+    },
+    /// Start a client transaction; its responses come back with `tag`.
+    Send {
+        /// The call's name for it.
+        tag: u32,
+        /// Destination.
+        to: Remote,
+        /// The request.
+        req: Request,
+    },
+    /// Send without a transaction (ACK to a 2xx).
+    Stateless {
+        /// Destination.
+        to: Remote,
+        /// The ACK.
+        req: Request,
+    },
+    /// Point the relay somewhere.
+    Media(MediaChange),
+    /// The callee's phone answered (for the call list and user state).
+    Answered,
+    /// The call is over; the driver drops it.
+    Ended,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ForkState {
+    /// INVITE sent, nothing heard.
+    Calling,
+    /// A provisional response arrived (CANCEL is now allowed).
+    Proceeding,
+    /// Answered 2xx.
+    Answered,
+    /// A final non-2xx (or timeout: 408).
+    Done(u16),
+}
+
+struct Fork {
+    tag: u32,
+    target: Target,
+    invite: Request,
+    state: ForkState,
+    /// Lost the race or the call ended: CANCEL as soon as a provisional allows it.
+    cancel: Option<&'static str>,
+    dialog: Option<Dialog>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Forks ringing; the caller has no final answer.
+    Ringing,
+    /// 200 sent to the caller; waiting for its ACK.
+    Answered,
+    /// Both dialogs confirmed.
+    Confirmed,
+    /// BYEs or CANCELs out; waiting for their answers.
+    Ending,
+    /// Over.
+    Ended,
+}
+
+/// One call.
+pub struct Call {
+    setup: Setup,
+    a_tag: String,
+    a_contact: String,
+    a_dialog: Option<Dialog>,
+    /// The SDP sent to B (the caller's offer, restricted and rewritten).
+    b_offer: Option<Sdp>,
+    /// The 200 to the caller, kept for retransmission until the ACK.
+    a_ok: Option<Response>,
+    a_ok_next: Option<(Instant, Duration, Instant)>,
+    b_from_tag: String,
+    forks: Vec<Fork>,
+    winner: Option<usize>,
+    /// Tags of BYEs this call sent and still waits for.
+    pending_byes: Vec<u32>,
+    early_media_from: Option<usize>,
+    phase: Phase,
+    ring_deadline: Option<Instant>,
+    linger_deadline: Option<Instant>,
+    next_tag: u32,
+    out: VecDeque<Output>,
+    rng: Box<dyn RngCore + Send>,
+}
+
+fn hex_token(rng: &mut dyn RngCore) -> String {
+    format!("{:016x}", rng.next_u64())
+}
+
+fn via(t: &Target, rng: &mut dyn RngCore) -> String {
+    via_for(t.to.transport, t.local, rng)
+}
+
+fn via_for(transport: Transport, local: SocketAddr, rng: &mut dyn RngCore) -> String {
+    format!(
+        "SIP/2.0/{} {local};branch=z9hG4bK{};rport",
+        transport.via_token(),
+        hex_token(rng)
+    )
+}
+
+fn contact_for(transport: Transport, local: SocketAddr) -> String {
+    match transport {
+        Transport::Udp => format!("<sip:csps@{local}>"),
+        t => format!("<sip:csps@{local};transport={}>", t.as_str().to_lowercase()),
+    }
+}
+
+fn is_sdp(headers: &Headers, body: &Bytes) -> bool {
+    !body.is_empty()
+        && headers
+            .get("Content-Type")
+            .is_none_or(|c| c.trim().to_ascii_lowercase().starts_with("application/sdp"))
+}
+
+/// The answer the caller gets when no device answered (RFC 3261 §16.7 step 6, as phones expect:
+/// busy wins over the rest, 6xx over everything, unreachable devices read as 480).
+fn best_final(statuses: impl Iterator<Item = u16>) -> u16 {
+    let mut best: Option<u16> = None;
+    let rank = |s: u16| match s {
+        600..=699 => 0,
+        486 => 1,
+        480 | 408 | 500..=599 => 4,
+        487 => 5,
+        400..=499 => 2,
+        _ => 6,
+    };
+    for s in statuses {
+        if best.is_none_or(|b| rank(s) < rank(b)) {
+            best = Some(s);
+        }
+    }
+    best.filter(|s| !matches!(s, 408 | 480 | 500..=599))
+        .unwrap_or(480)
+}
+
+impl Call {
+    /// A new call; `start` sends the INVITEs.
+    pub fn new(setup: Setup, mut rng: Box<dyn RngCore + Send>) -> Call {
+        let a_tag = hex_token(&mut *rng);
+        let b_from_tag = hex_token(&mut *rng);
+        let a_contact = contact_for(setup.from.transport, setup.local);
+        Call {
+            setup,
+            a_tag,
+            a_contact,
+            a_dialog: None,
+            b_offer: None,
+            a_ok: None,
+            a_ok_next: None,
+            b_from_tag,
+            forks: Vec::new(),
+            winner: None,
+            pending_byes: Vec::new(),
+            early_media_from: None,
+            phase: Phase::Ringing,
+            ring_deadline: None,
+            linger_deadline: None,
+            next_tag: 1,
+            out: VecDeque::new(),
+            rng,
+        }
+    }
+
+    /// The Call-IDs of both sides (for the driver's routing table).
+    pub fn call_ids(&self) -> (&str, &str) {
+        (
+            self.setup.invite.call_id().unwrap_or(""),
+            &self.setup.b_call_id,
+        )
+    }
+
+    /// Checks the caller's offer and rings every target.
+    pub fn start(&mut self, now: Instant) {
+        let invite = &self.setup.invite;
+        if !is_sdp(&invite.headers, &invite.body) {
+            // Offerless INVITEs (RFC 3261 §13.2.1 with the offer in the 2xx) come with the
+            // re-INVITE work; until then the caller learns why.
+            self.reject(488, Some("offerless INVITE not supported yet"));
+            return;
+        }
+        let mut offer = match Sdp::parse(&invite.body) {
+            Ok(s) => s,
+            Err(e) => {
+                self.reject(400, Some(&format!("bad SDP: {e}")));
+                return;
+            }
+        };
+        let a_sdp_addr = offer.audio_index().and_then(|i| offer.rtp_addr(i));
+        let idx = match sdp::restrict_offer(&mut offer, sdp::SUPPORTED) {
+            Ok(i) => i,
+            Err(e) => {
+                self.reject(e.status(), Some(&e.to_string()));
+                return;
+            }
+        };
+        self.out.push_back(Output::Media(MediaChange::A(
+            a_sdp_addr,
+            self.setup.from.addr.ip(),
+        )));
+        sdp::rewrite_address(&mut offer, idx, self.setup.relay_b);
+        let body = Bytes::from(offer.to_bytes());
+        self.b_offer = Some(offer);
+        for target in self.setup.targets.clone() {
+            let tag = self.tag();
+            let mut h = Headers::new();
+            h.push("Via", via(&target, &mut *self.rng));
+            h.push("Max-Forwards", "70");
+            h.push(
+                "From",
+                format!("{};tag={}", self.setup.caller, self.b_from_tag),
+            );
+            h.push("To", self.setup.callee.clone());
+            h.push("Call-ID", self.setup.b_call_id.clone());
+            h.push("CSeq", "1 INVITE");
+            h.push("Contact", contact_for(target.to.transport, target.local));
+            // The gateway's own assertion; whatever the phone sent is not copied (RFC 3325).
+            h.push("P-Asserted-Identity", self.setup.caller.clone());
+            h.push("Allow", super::ALLOW_IN_DIALOG);
+            h.push("Content-Type", "application/sdp");
+            let req = Request {
+                method: Method::Invite,
+                uri: target.uri.clone(),
+                headers: h,
+                body: body.clone(),
+            };
+            self.out.push_back(Output::Send {
+                tag,
+                to: target.to,
+                req: req.clone(),
+            });
+            self.forks.push(Fork {
+                tag,
+                target,
+                invite: req,
+                state: ForkState::Calling,
+                cancel: None,
+                dialog: None,
+            });
+        }
+        self.ring_deadline = Some(now + NO_ANSWER);
+    }
+
+    fn tag(&mut self) -> u32 {
+        let t = self.next_tag;
+        self.next_tag = self.next_tag.wrapping_add(1);
+        t
+    }
+
+    /// A response to the caller's INVITE (with the gateway's To tag and Contact).
+    fn a_response(&self, status: u16, reason: &str) -> Response {
+        let inv = &self.setup.invite;
+        let mut r = inv.response(status, reason);
+        if status != 100
+            && let Some(to) = inv.headers.get("To")
+        {
+            r.headers.set("To", format!("{to};tag={}", self.a_tag));
+        }
+        if (101..300).contains(&status) {
+            r.headers.push("Contact", self.a_contact.clone());
+        }
+        r
+    }
+
+    fn reject(&mut self, status: u16, warning: Option<&str>) {
+        let mut r = self.a_response(status, csps_sip::message::reason_phrase(status));
+        if let Some(w) = warning {
+            r.headers.push(
+                "Warning",
+                csps_sip::validate::warning_value(&self.setup.agent, w),
+            );
+        }
+        self.out.push_back(Output::Respond {
+            key: self.setup.key,
+            resp: r,
+        });
+        self.end_or_linger();
+    }
+
+    /// Feeds one input at `now`; then drain [`Call::poll_output`].
+    pub fn handle(&mut self, now: Instant, input: Input) {
+        match input {
+            Input::Response { tag, resp } => self.on_response(now, tag, resp),
+            Input::Timeout { tag } => {
+                if let Some(i) = self.forks.iter().position(|f| f.tag == tag) {
+                    self.fork_failed(now, i, 408);
+                } else {
+                    self.bye_done(tag);
+                }
+            }
+            Input::Request { key, from, req } => self.on_request(now, key, from, req),
+            Input::Ack(req) => {
+                if self.phase == Phase::Answered
+                    && self.a_dialog.as_ref().is_some_and(|d| d.matches(&req))
+                {
+                    self.a_ok = None;
+                    self.a_ok_next = None;
+                    self.phase = Phase::Confirmed;
+                }
+            }
+            Input::Cancel(req) => {
+                if self.phase == Phase::Ringing {
+                    let r = self.a_response(487, "Request Terminated");
+                    self.out.push_back(Output::Respond {
+                        key: self.setup.key,
+                        resp: r,
+                    });
+                    let reason = req
+                        .headers
+                        .get("Reason")
+                        .is_some_and(|r| r.contains("cause=200"))
+                        .then_some(COMPLETED_ELSEWHERE);
+                    self.cancel_forks(now, reason);
+                    self.end_or_linger_at(now);
+                }
+            }
+            Input::Hangup => self.hang_up(now, Some(503)),
+        }
+    }
+
+    /// Ends the call from the gateway's side: BYE both confirmed dialogs, or answer a ringing
+    /// caller with `ringing_status` and cancel the forks.
+    fn hang_up(&mut self, now: Instant, ringing_status: Option<u16>) {
+        match self.phase {
+            Phase::Ringing => {
+                let s = ringing_status.unwrap_or(480);
+                let r = self.a_response(s, csps_sip::message::reason_phrase(s));
+                self.out.push_back(Output::Respond {
+                    key: self.setup.key,
+                    resp: r,
+                });
+                self.cancel_forks(now, None);
+                self.end_or_linger_at(now);
+            }
+            Phase::Answered | Phase::Confirmed => {
+                self.bye_a();
+                self.bye_b();
+                self.end_or_linger_at(now);
+            }
+            Phase::Ending | Phase::Ended => {}
+        }
+    }
+
+    fn bye_a(&mut self) {
+        let tag = self.tag();
+        let v = via_for(self.setup.from.transport, self.setup.local, &mut *self.rng);
+        if let Some(d) = self.a_dialog.as_mut() {
+            let req = d.request(Method::Bye, &v);
+            self.pending_byes.push(tag);
+            self.out.push_back(Output::Send {
+                tag,
+                to: self.setup.from,
+                req,
+            });
+        }
+    }
+
+    fn bye_b(&mut self) {
+        if let Some(w) = self.winner {
+            self.bye_fork(w);
+        }
+    }
+
+    fn bye_fork(&mut self, i: usize) {
+        let tag = self.tag();
+        let v = via(&self.forks[i].target, &mut *self.rng);
+        let to = self.forks[i].target.to;
+        if let Some(d) = self.forks[i].dialog.as_mut() {
+            let req = d.request(Method::Bye, &v);
+            self.pending_byes.push(tag);
+            self.out.push_back(Output::Send { tag, to, req });
+        }
+    }
+
+    fn bye_done(&mut self, tag: u32) {
+        self.pending_byes.retain(|t| *t != tag);
+        if self.phase == Phase::Ending && self.settled() {
+            self.finish();
+        }
+    }
+
+    /// True when nothing is outstanding: no BYE unanswered, no fork still ringing.
+    fn settled(&self) -> bool {
+        self.pending_byes.is_empty()
+            && self
+                .forks
+                .iter()
+                .all(|f| !matches!(f.state, ForkState::Calling | ForkState::Proceeding))
+    }
+
+    fn finish(&mut self) {
+        if self.phase != Phase::Ended {
+            self.phase = Phase::Ended;
+            self.out.push_back(Output::Ended);
+        }
+    }
+
+    fn end_or_linger(&mut self) {
+        self.phase = Phase::Ending;
+        if self.settled() {
+            self.finish();
+        }
+    }
+
+    fn end_or_linger_at(&mut self, now: Instant) {
+        self.linger_deadline = Some(now + LINGER);
+        self.end_or_linger();
+    }
+
+    fn cancel_forks(&mut self, now: Instant, reason: Option<&'static str>) {
+        let _ = now;
+        for i in 0..self.forks.len() {
+            if Some(i) == self.winner {
+                continue;
+            }
+            let f = &mut self.forks[i];
+            match f.state {
+                ForkState::Proceeding => {
+                    let req = dialog::cancel(&f.invite, reason);
+                    let tag = self.next_tag;
+                    self.next_tag += 1;
+                    f.cancel = Some(reason.unwrap_or(""));
+                    self.out.push_back(Output::Send {
+                        tag,
+                        to: f.target.to,
+                        req,
+                    });
+                }
+                // §9.1: no CANCEL before a provisional; sent when one arrives.
+                ForkState::Calling => f.cancel = Some(reason.unwrap_or("")),
+                _ => {}
+            }
+        }
+    }
+
+    fn on_response(&mut self, now: Instant, tag: u32, resp: Response) {
+        let Some(i) = self.forks.iter().position(|f| f.tag == tag) else {
+            // A BYE's or CANCEL's answer.
+            if resp.status >= 200 {
+                self.bye_done(tag);
+            }
+            return;
+        };
+        let status = resp.status;
+        if status < 200 {
+            self.on_provisional(i, resp);
+        } else if status < 300 {
+            self.on_answer(now, i, resp);
+        } else {
+            self.fork_failed(now, i, status);
+        }
+    }
+
+    fn on_provisional(&mut self, i: usize, resp: Response) {
+        let f = &mut self.forks[i];
+        if f.state == ForkState::Calling {
+            f.state = ForkState::Proceeding;
+            if let Some(reason) = f.cancel {
+                let reason = (!reason.is_empty()).then_some(reason);
+                let req = dialog::cancel(&f.invite, reason);
+                let to = f.target.to;
+                let tag = self.tag();
+                self.out.push_back(Output::Send { tag, to, req });
+                return;
+            }
+        }
+        if self.phase != Phase::Ringing || resp.status == 100 {
+            return;
+        }
+        // Early media: the first device that sends SDP is heard until one answers.
+        let early = if is_sdp(&resp.headers, &resp.body) && self.early_media_from.is_none() {
+            self.rewritten_answer(i, &resp.body)
+        } else {
+            None
+        };
+        let mut r = self.a_response(resp.status, &resp.reason);
+        if let Some(body) = early {
+            self.early_media_from = Some(i);
+            r.headers.push("Content-Type", "application/sdp");
+            r.body = body;
+        }
+        self.out.push_back(Output::Respond {
+            key: self.setup.key,
+            resp: r,
+        });
+    }
+
+    /// The device's answer, checked against our offer, with the relay's A-side address, and the
+    /// relay pointed at the device.
+    fn rewritten_answer(&mut self, i: usize, body: &Bytes) -> Option<Bytes> {
+        let offer = self.b_offer.as_ref()?;
+        let mut answer = Sdp::parse(body).ok()?;
+        let idx = sdp::check_answer(offer, &answer).ok()?;
+        let addr = answer.rtp_addr(idx);
+        self.out.push_back(Output::Media(MediaChange::B(
+            addr,
+            self.forks[i].target.to.addr.ip(),
+        )));
+        sdp::rewrite_address(&mut answer, idx, self.setup.relay_a);
+        Some(Bytes::from(answer.to_bytes()))
+    }
+
+    fn on_answer(&mut self, now: Instant, i: usize, resp: Response) {
+        let f = &mut self.forks[i];
+        let first = f.dialog.is_none();
+        if first {
+            f.dialog = Dialog::uac(&f.invite, &resp);
+        }
+        let Some(d) = f.dialog.as_ref() else {
+            return;
+        };
+        // Every 2xx (retransmissions too) is ACKed, with a new branch (§13.2.2.4).
+        let v = via(&f.target, &mut *self.rng);
+        let ack = d.ack(1, &v);
+        let to = f.target.to;
+        self.out.push_back(Output::Stateless { to, req: ack });
+        if !first {
+            return;
+        }
+        f.state = ForkState::Answered;
+        if self.winner.is_some() || self.phase != Phase::Ringing {
+            // Answered too late (another device won, or the caller left): hang it up.
+            self.bye_fork(i);
+            self.end_check();
+            return;
+        }
+        let Some(body) = is_sdp(&resp.headers, &resp.body)
+            .then(|| self.rewritten_answer(i, &resp.body))
+            .flatten()
+        else {
+            // No usable answer: the call cannot carry audio.
+            self.winner = Some(i);
+            self.bye_b();
+            let mut r = self.a_response(488, "Not Acceptable Here");
+            r.headers.push(
+                "Warning",
+                csps_sip::validate::warning_value(
+                    &self.setup.agent,
+                    "the callee answered without a usable SDP answer",
+                ),
+            );
+            self.out.push_back(Output::Respond {
+                key: self.setup.key,
+                resp: r,
+            });
+            self.cancel_forks(now, Some(COMPLETED_ELSEWHERE));
+            self.end_or_linger_at(now);
+            return;
+        };
+        self.winner = Some(i);
+        let mut ok = self.a_response(200, "OK");
+        ok.headers.push("Allow", super::ALLOW_IN_DIALOG);
+        ok.headers.push("Content-Type", "application/sdp");
+        ok.body = body;
+        self.a_dialog = Dialog::uas(&self.setup.invite, &self.a_tag, &self.a_contact);
+        self.out.push_back(Output::Respond {
+            key: self.setup.key,
+            resp: ok.clone(),
+        });
+        if !self.setup.from.transport.is_reliable() {
+            self.a_ok = Some(ok);
+            self.a_ok_next = Some((now + T1, T1, now + LINGER));
+        }
+        self.phase = Phase::Answered;
+        self.ring_deadline = None;
+        self.out.push_back(Output::Answered);
+        self.cancel_forks(now, Some(COMPLETED_ELSEWHERE));
+    }
+
+    fn end_check(&mut self) {
+        if self.phase == Phase::Ending && self.settled() {
+            self.finish();
+        }
+    }
+
+    fn fork_failed(&mut self, now: Instant, i: usize, status: u16) {
+        let f = &mut self.forks[i];
+        if matches!(f.state, ForkState::Answered | ForkState::Done(_)) {
+            return;
+        }
+        f.state = ForkState::Done(status);
+        if self.phase == Phase::Ringing
+            && self
+                .forks
+                .iter()
+                .all(|f| matches!(f.state, ForkState::Done(_)))
+        {
+            let s = best_final(self.forks.iter().filter_map(|f| match f.state {
+                ForkState::Done(s) => Some(s),
+                _ => None,
+            }));
+            let r = self.a_response(s, csps_sip::message::reason_phrase(s));
+            self.out.push_back(Output::Respond {
+                key: self.setup.key,
+                resp: r,
+            });
+            self.end_or_linger_at(now);
+            return;
+        }
+        self.end_check();
+    }
+
+    fn on_request(&mut self, now: Instant, key: TxnKey, _from: Remote, req: Request) {
+        let from_a = self.a_dialog.as_ref().is_some_and(|d| d.matches(&req));
+        let fork = self
+            .forks
+            .iter()
+            .position(|f| f.dialog.as_ref().is_some_and(|d| d.matches(&req)));
+        if !from_a && fork.is_none() {
+            let r = req.response(481, "Call/Transaction Does Not Exist");
+            self.out.push_back(Output::Respond { key, resp: r });
+            return;
+        }
+        let seq_ok = if from_a {
+            self.a_dialog
+                .as_mut()
+                .is_some_and(|d| d.accept_remote_seq(&req))
+        } else {
+            fork.and_then(|i| self.forks[i].dialog.as_mut())
+                .is_some_and(|d| d.accept_remote_seq(&req))
+        };
+        if !seq_ok {
+            let r = req.response(500, "Server Internal Error");
+            self.out.push_back(Output::Respond { key, resp: r });
+            return;
+        }
+        match req.method {
+            Method::Bye => {
+                self.out.push_back(Output::Respond {
+                    key,
+                    resp: req.response(200, "OK"),
+                });
+                if matches!(self.phase, Phase::Answered | Phase::Confirmed) {
+                    if from_a {
+                        self.bye_b();
+                    } else if fork == self.winner {
+                        self.bye_a();
+                    } else if let Some(i) = fork {
+                        // A late fork that we are already hanging up.
+                        let _ = i;
+                    }
+                    if from_a || fork == self.winner {
+                        self.a_ok = None;
+                        self.a_ok_next = None;
+                        self.end_or_linger_at(now);
+                    }
+                }
+            }
+            Method::Options | Method::Info => {
+                self.out.push_back(Output::Respond {
+                    key,
+                    resp: req.response(200, "OK"),
+                });
+            }
+            _ => {
+                // Hold, resume and session refreshes (re-INVITE/UPDATE) come with the next slice;
+                // 488 leaves the call as it was (RFC 3261 §14.2).
+                let mut r = req.response(
+                    if matches!(req.method, Method::Invite | Method::Update) {
+                        488
+                    } else {
+                        501
+                    },
+                    "Not Supported Yet",
+                );
+                r.headers.push("Allow", super::ALLOW_IN_DIALOG);
+                self.out.push_back(Output::Respond { key, resp: r });
+            }
+        }
+    }
+
+    /// Fires what is due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if let Some(d) = self.ring_deadline
+            && d <= now
+        {
+            self.ring_deadline = None;
+            if self.phase == Phase::Ringing {
+                self.hang_up(now, Some(480));
+            }
+        }
+        if let Some((at, interval, give_up)) = self.a_ok_next
+            && at <= now
+        {
+            if now >= give_up {
+                // §13.3.1.4: no ACK within 64·T1: confirm and end the session.
+                self.a_ok_next = None;
+                self.a_ok = None;
+                self.phase = Phase::Confirmed;
+                self.hang_up(now, None);
+            } else if let Some(ok) = self.a_ok.clone() {
+                self.out.push_back(Output::Respond {
+                    key: self.setup.key,
+                    resp: ok,
+                });
+                let next = (interval * 2).min(T2);
+                self.a_ok_next = Some((now + next, next, give_up));
+            }
+        }
+        if let Some(d) = self.linger_deadline
+            && d <= now
+            && self.phase == Phase::Ending
+        {
+            self.finish();
+        }
+    }
+
+    /// When to call [`Call::handle_timeout`].
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        [
+            self.ring_deadline,
+            self.a_ok_next.map(|x| x.0),
+            self.linger_deadline.filter(|_| self.phase == Phase::Ending),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// The next thing to do.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// True once answered and not yet over.
+    pub fn is_answered(&self) -> bool {
+        matches!(self.phase, Phase::Answered | Phase::Confirmed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use csps_sip::Message;
+    use rand::SeedableRng;
+
+    fn remote(a: &str) -> Remote {
+        Remote {
+            transport: Transport::Udp,
+            addr: a.parse().expect("addr"),
+            flow: None,
+        }
+    }
+
+    fn invite(body: &str) -> Request {
+        let s = format!(
+            "INVITE sip:bob@csps.local SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.7:5060;branch=z9hG4bKa\r\n\
+             From: <sip:alice@csps.local>;tag=at\r\nTo: <sip:bob@csps.local>\r\nCall-ID: a-call\r\n\
+             CSeq: 2 INVITE\r\nContact: <sip:alice@10.0.0.7>\r\nMax-Forwards: 70\r\n\
+             P-Asserted-Identity: <sip:ceo@csps.local>\r\nContent-Type: application/sdp\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        match csps_sip::parse(s.as_bytes()).expect("parses").message {
+            Message::Request(r) => r,
+            Message::Response(_) => panic!("request expected"),
+        }
+    }
+
+    const OFFER: &str = "v=0\r\no=- 1 1 IN IP4 10.0.0.7\r\ns=-\r\nc=IN IP4 10.0.0.7\r\nt=0 0\r\n\
+        m=audio 4000 RTP/AVP 0 18 101\r\na=rtpmap:18 G729/8000\r\na=rtpmap:101 telephone-event/8000\r\n";
+    const ANSWER: &str = "v=0\r\no=- 5 5 IN IP4 192.0.2.9\r\ns=-\r\nc=IN IP4 192.0.2.9\r\nt=0 0\r\n\
+        m=audio 5000 RTP/AVP 0\r\n";
+
+    /// A call from alice to bob's two devices, started at `now`; the server transaction key is
+    /// borrowed from a real transaction layer.
+    fn call(body: &str, now: Instant) -> Call {
+        let mut txns = csps_sip::transaction::Transactions::new(Default::default());
+        txns.handle_input(csps_sip::transaction::Input::Receive {
+            now,
+            from: remote("10.0.0.7:5060"),
+            msg: Message::Request(invite(body)),
+        });
+        let key = loop {
+            match txns.poll_output() {
+                Some(csps_sip::transaction::Output::Event(
+                    csps_sip::transaction::Event::Request { key, .. },
+                )) => break key,
+                Some(_) => {}
+                None => panic!("no request event"),
+            }
+        };
+        let target = |a: &str| Target {
+            to: remote(a),
+            uri: Uri::parse(&format!("sip:bob@{a}")).expect("uri"),
+            local: "192.0.2.1:5060".parse().expect("addr"),
+        };
+        let mut c = Call::new(
+            Setup {
+                key,
+                from: remote("203.0.113.5:5060"),
+                local: "192.0.2.1:5060".parse().expect("addr"),
+                invite: invite(body),
+                caller: "\"Alice\" <sip:alice@csps.local>".into(),
+                callee: "<sip:bob@csps.local>".into(),
+                targets: vec![target("192.0.2.9:5060"), target("192.0.2.10:5060")],
+                b_call_id: "b-call".into(),
+                relay_a: "192.0.2.1:20000".parse().expect("addr"),
+                relay_b: "192.0.2.1:20002".parse().expect("addr"),
+                agent: "test".into(),
+            },
+            Box::new(rand::rngs::StdRng::seed_from_u64(7)),
+        );
+        c.start(now);
+        c
+    }
+
+    fn drain(c: &mut Call) -> Vec<Output> {
+        std::iter::from_fn(|| c.poll_output()).collect()
+    }
+
+    fn sent_invites(out: &[Output]) -> Vec<(u32, Request)> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Send { tag, req, .. } if req.method == Method::Invite => {
+                    Some((*tag, req.clone()))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn reply(req: &Request, status: u16, to_tag: &str, body: Option<&str>) -> Response {
+        let mut r = req.response(status, "x");
+        let to = req.headers.get("To").expect("To");
+        r.headers.set("To", format!("{to};tag={to_tag}"));
+        r.headers.push("Contact", "<sip:bob@192.0.2.9>");
+        if let Some(b) = body {
+            r.headers.push("Content-Type", "application/sdp");
+            r.body = Bytes::from(b.to_owned());
+        }
+        r
+    }
+
+    /// Every device answers `status`.
+    fn answer_all(c: &mut Call, invites: &[(u32, Request)], now: Instant, status: u16) {
+        for (tag, inv) in invites {
+            let resp = reply(inv, status, "t", None);
+            c.handle(now, Input::Response { tag: *tag, resp });
+        }
+    }
+
+    fn responses_to_a(out: &[Output]) -> Vec<&Response> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Respond { resp, .. } => Some(resp),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn forks_first_answer_wins_others_cancelled_with_reason() {
+        let t0 = Instant::now();
+        let mut c = call(OFFER, t0);
+        let out = drain(&mut c);
+        let invites = sent_invites(&out);
+        assert_eq!(invites.len(), 2, "one INVITE per device");
+        let (tag1, inv1) = invites[0].clone();
+        let (tag2, inv2) = invites[1].clone();
+        // The gateway's own identity, never the phone's; only supported codecs offered onwards.
+        let pai: Vec<_> = inv1.headers.get_all("P-Asserted-Identity").collect();
+        assert_eq!(pai, ["\"Alice\" <sip:alice@csps.local>"]);
+        let body = String::from_utf8_lossy(&inv1.body).into_owned();
+        assert!(body.contains("m=audio 20002 RTP/AVP 0 101\r\n"), "{body}");
+        assert!(body.contains("c=IN IP4 192.0.2.1"), "{body}");
+
+        c.handle(
+            t0,
+            Input::Response {
+                tag: tag2,
+                resp: reply(&inv2, 180, "d2", None),
+            },
+        );
+        let out = drain(&mut c);
+        assert_eq!(responses_to_a(&out)[0].status, 180);
+
+        c.handle(
+            t0,
+            Input::Response {
+                tag: tag1,
+                resp: reply(&inv1, 200, "d1", Some(ANSWER)),
+            },
+        );
+        let out = drain(&mut c);
+        let ok = responses_to_a(&out)[0].clone();
+        assert_eq!(ok.status, 200);
+        let body = String::from_utf8_lossy(&ok.body).into_owned();
+        assert!(body.contains("m=audio 20000 RTP/AVP 0"), "{body}");
+        assert!(
+            out.iter()
+                .any(|o| matches!(o, Output::Stateless { req, .. } if req.method == Method::Ack))
+        );
+        assert!(out.iter().any(|o| matches!(o,
+            Output::Media(MediaChange::B(Some(a), _)) if a.to_string() == "192.0.2.9:5000")));
+        let cancel = out
+            .iter()
+            .find_map(|o| match o {
+                Output::Send { req, to, .. } if req.method == Method::Cancel => Some((req, to)),
+                _ => None,
+            })
+            .expect("the ringing fork is cancelled");
+        assert_eq!(cancel.1.addr.to_string(), "192.0.2.10:5060");
+        assert_eq!(cancel.0.headers.get("Reason"), Some(COMPLETED_ELSEWHERE));
+    }
+
+    #[test]
+    fn all_busy_gives_486_and_no_answer_gives_480() {
+        let t0 = Instant::now();
+        let mut c = call(OFFER, t0);
+        let invites = sent_invites(&drain(&mut c));
+        answer_all(&mut c, &invites, t0, 486);
+        let out = drain(&mut c);
+        assert_eq!(responses_to_a(&out)[0].status, 486);
+        assert!(out.iter().any(|o| matches!(o, Output::Ended)));
+
+        let mut c = call(OFFER, t0);
+        let invites = sent_invites(&drain(&mut c));
+        answer_all(&mut c, &invites, t0, 180);
+        drain(&mut c);
+        let due = c.poll_timeout().expect("ring timer");
+        assert_eq!(due, t0 + NO_ANSWER);
+        c.handle_timeout(due);
+        let out = drain(&mut c);
+        assert_eq!(responses_to_a(&out)[0].status, 480);
+        let cancels = out
+            .iter()
+            .filter(|o| matches!(o, Output::Send { req, .. } if req.method == Method::Cancel))
+            .count();
+        assert_eq!(cancels, 2);
+        // Each CANCELled INVITE ends with 487; then the call is over.
+        answer_all(&mut c, &invites, due, 487);
+        assert!(drain(&mut c).iter().any(|o| matches!(o, Output::Ended)));
+    }
+
+    #[test]
+    fn bad_or_unusable_offers_are_refused() {
+        let t0 = Instant::now();
+        let mut c = call("v=0\r\nthis is not sdp\r\n", t0);
+        let out = drain(&mut c);
+        assert_eq!(responses_to_a(&out)[0].status, 400);
+        assert!(sent_invites(&out).is_empty());
+
+        let g729 = "v=0\r\no=- 1 1 IN IP4 10.0.0.7\r\ns=-\r\nc=IN IP4 10.0.0.7\r\nt=0 0\r\n\
+            m=audio 4000 RTP/AVP 18\r\na=rtpmap:18 G729/8000\r\n";
+        let mut c = call(g729, t0);
+        let out = drain(&mut c);
+        let r = responses_to_a(&out)[0];
+        assert_eq!(r.status, 488);
+        let w = r.headers.get("Warning").expect("Warning");
+        assert!(w.contains("PCMU/8000") && w.contains("opus/48000/2"), "{w}");
+    }
+
+    #[test]
+    fn caller_cancel_gives_487_and_cancels_forks() {
+        let t0 = Instant::now();
+        let mut c = call(OFFER, t0);
+        let invites = sent_invites(&drain(&mut c));
+        c.handle(
+            t0,
+            Input::Response {
+                tag: invites[0].0,
+                resp: reply(&invites[0].1, 180, "r", None),
+            },
+        );
+        drain(&mut c);
+        let mut cancel = invite(OFFER);
+        cancel.method = Method::Cancel;
+        c.handle(t0, Input::Cancel(cancel));
+        let out = drain(&mut c);
+        assert_eq!(responses_to_a(&out)[0].status, 487);
+        let n = out
+            .iter()
+            .filter(|o| matches!(o, Output::Send { req, .. } if req.method == Method::Cancel))
+            .count();
+        assert_eq!(n, 1, "only the fork that rang can be cancelled now");
+        // The silent fork is cancelled as soon as it rings (§9.1).
+        c.handle(
+            t0,
+            Input::Response {
+                tag: invites[1].0,
+                resp: reply(&invites[1].1, 180, "s", None),
+            },
+        );
+        let out = drain(&mut c);
+        assert!(
+            out.iter()
+                .any(|o| matches!(o, Output::Send { req, .. } if req.method == Method::Cancel))
+        );
+    }
+}

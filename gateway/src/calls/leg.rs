@@ -1,0 +1,69 @@
+//! A call's legs as the rest of the gateway sees them: what kind of party each is, and the
+//! read-only views the REST API and the user-state bus get. A leg today is a registered phone;
+//! the Teams leg (Direct Routing) and the browser leg (WebRTC) are further [`LegKind`]s: each
+//! brings its own signalling behind the same call task and the same relay interface (an RTP
+//! address to send to, a latch deciding what it accepts).
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::media::LegCounters;
+
+/// What is at the end of a leg.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum LegKind {
+    /// A SIP phone registered to this server.
+    Phone,
+}
+
+/// One leg of a call, for the API.
+#[derive(Clone, Debug, Serialize)]
+pub struct LegInfo {
+    /// What it is.
+    pub kind: LegKind,
+    /// The party: `sip:user@domain`.
+    pub party: String,
+    /// Where its signalling comes from.
+    pub signalling: String,
+    /// The RTP source the relay latched on to, once it did.
+    pub media: Option<String>,
+    /// The codec in use (`PCMU/8000`, `opus/48000/2`…), once answered.
+    pub codec: Option<String>,
+    /// Whether media is SRTP (always false until SRTP lands).
+    pub srtp: bool,
+    /// What this leg sent to the gateway.
+    pub counters: LegCounters,
+}
+
+/// One call, for `GET /api/calls`.
+#[derive(Clone, Debug, Serialize)]
+pub struct CallInfo {
+    /// The call's number on this server (for `DELETE /api/calls/{id}`).
+    pub id: u64,
+    /// `ringing` or `answered`.
+    pub state: &'static str,
+    /// When the INVITE arrived.
+    pub started_at: DateTime<Utc>,
+    /// When the callee answered.
+    pub answered_at: Option<DateTime<Utc>>,
+    /// Seconds since the start.
+    pub duration_secs: u64,
+    /// Whether the dialled number is an emergency number.
+    pub emergency: bool,
+    /// Caller's leg first, then the callee's.
+    pub legs: Vec<LegInfo>,
+}
+
+/// A user's call state as published on the internal bus (Teams presence and the console
+/// consume it): a user with any device in a call is busy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct UserState {
+    /// `sip:user@domain`.
+    pub aor: String,
+    /// True while in an answered call, false when it ended.
+    pub busy: bool,
+    /// The call.
+    pub call: u64,
+}

@@ -1,0 +1,489 @@
+//! Calls: the B2BUA. The SIP core hands every dialog-creating INVITE to [`Switch::on_invite`],
+//! which authenticates the caller, routes the call ([`route`], the seam where WASM routing
+//! policies will plug in), and spawns one task per call. That task owns the call's sans-IO state
+//! machine ([`b2bua::Call`]) and its media relay; it talks to the core only through messages:
+//! [`CallEvent`]s in (requests, responses, timeouts routed by Call-ID and transaction), and
+//! [`CallAction`]s out (answers and requests the core's transaction layer sends). The switch keeps
+//! the routing entries and drops them when a call reports [`CallAction::Ended`].
+//!
+//! A call leg today is a registered phone; the Teams leg and the WebRTC leg will be further
+//! [`leg::LegKind`]s behind the same call task.
+
+pub mod b2bua;
+pub mod leg;
+mod task;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+use csps_sip::registrar::{Accounts, Registrar};
+use csps_sip::transaction::{Transactions, TxnKey};
+use csps_sip::{Remote, Request, Response, SipHeaders};
+use rand::RngCore;
+use tokio::sync::{broadcast, mpsc, watch};
+
+use crate::config::Settings;
+use crate::media::PortPool;
+use crate::sip::accounts::AccountCache;
+
+pub use leg::{CallInfo, LegInfo, UserState};
+
+/// Methods accepted inside a call's dialogs.
+pub const ALLOW_IN_DIALOG: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO";
+
+/// Identifies a call on this server.
+pub type CallNo = u64;
+
+/// What the core passes to a call task.
+#[derive(Debug)]
+#[non_exhaustive]
+#[allow(clippy::large_enum_variant)] // moved once through the call's channel, never stored
+pub enum CallEvent {
+    /// A message or timeout for the call's state machine.
+    Sip(b2bua::Input),
+    /// Report the call's state for the API.
+    Snapshot(tokio::sync::oneshot::Sender<CallInfo>),
+}
+
+/// What a call task asks of the core.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum CallAction {
+    /// Answer a server transaction.
+    Respond(TxnKey, Response),
+    /// Start a client transaction.
+    Send {
+        /// The call's tag for it.
+        tag: u32,
+        /// Destination.
+        to: Remote,
+        /// The request.
+        req: Request,
+    },
+    /// Send outside a transaction.
+    Stateless(Remote, Request),
+    /// The call is over.
+    Ended,
+}
+
+/// Handles to the running calls for the REST API: call number to the task's event channel. Only
+/// the switch writes it (when a call starts and ends), so it is never touched on the packet path.
+#[derive(Clone, Default)]
+pub struct Directory(Arc<Mutex<HashMap<CallNo, mpsc::Sender<CallEvent>>>>);
+
+impl Directory {
+    /// Every running call's state, asked of each call task (a task that does not answer within
+    /// a second is left out).
+    pub async fn list(&self) -> Vec<CallInfo> {
+        let senders: Vec<_> = match self.0.lock() {
+            Ok(m) => m.values().cloned().collect(),
+            Err(_) => return Vec::new(),
+        };
+        let mut out = Vec::new();
+        for tx in senders {
+            let (otx, orx) = tokio::sync::oneshot::channel();
+            if tx.send(CallEvent::Snapshot(otx)).await.is_err() {
+                continue;
+            }
+            if let Ok(Ok(info)) = tokio::time::timeout(std::time::Duration::from_secs(1), orx).await
+            {
+                out.push(info);
+            }
+        }
+        out.sort_by_key(|c| c.started_at);
+        out
+    }
+
+    /// Hangs up call `id`; false when there is no such call.
+    pub async fn hang_up(&self, id: CallNo) -> bool {
+        let tx = match self.0.lock() {
+            Ok(m) => m.get(&id).cloned(),
+            Err(_) => None,
+        };
+        match tx {
+            Some(tx) => tx.send(CallEvent::Sip(b2bua::Input::Hangup)).await.is_ok(),
+            None => false,
+        }
+    }
+
+    fn insert(&self, id: CallNo, tx: mpsc::Sender<CallEvent>) {
+        if let Ok(mut m) = self.0.lock() {
+            m.insert(id, tx);
+        }
+    }
+
+    fn remove(&self, id: CallNo) {
+        if let Ok(mut m) = self.0.lock() {
+            m.remove(&id);
+        }
+    }
+}
+
+/// Where a call goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Route {
+    /// A local user: ring their registered devices.
+    Local {
+        /// Username.
+        user: String,
+        /// Domain.
+        domain: String,
+    },
+    /// An emergency number with no local target: refused with 503 until the Teams trunk exists.
+    EmergencyUnrouted,
+    /// Nobody by that name: 404.
+    Unknown,
+}
+
+/// The routing decision for a call to `dialled` (the Request-URI user part) from a caller in
+/// `domain`: a local user of that domain by username. This one function is where routing
+/// policies (WASM) will be consulted first.
+pub fn route(dialled: &str, domain: &str, emergency: bool, accounts: &AccountCache) -> Route {
+    if accounts.lookup(dialled, domain).is_some() {
+        return Route::Local {
+            user: dialled.to_owned(),
+            domain: domain.to_owned(),
+        };
+    }
+    if emergency {
+        Route::EmergencyUnrouted
+    } else {
+        Route::Unknown
+    }
+}
+
+/// What the switch borrows from the core for one INVITE.
+pub struct InviteCx<'a> {
+    /// The transaction layer (to answer).
+    pub txns: &'a mut Transactions,
+    /// The registrar (authentication and bindings).
+    pub registrar: &'a mut Registrar,
+    /// The accounts.
+    pub accounts: &'a AccountCache,
+    /// Randomness.
+    pub rng: &'a mut rand::rngs::StdRng,
+    /// The gateway's address on the caller's flow.
+    pub local: SocketAddr,
+    /// Resolves the gateway's address on a registered device's flow.
+    pub local_of: &'a dyn Fn(&Remote) -> SocketAddr,
+}
+
+/// The core's side of calls: routing entries by Call-ID and client transaction.
+pub struct Switch {
+    server_name: String,
+    settings: watch::Receiver<Arc<Settings>>,
+    actions: mpsc::Sender<(CallNo, CallAction)>,
+    calls: HashMap<CallNo, mpsc::Sender<CallEvent>>,
+    by_call_id: HashMap<String, CallNo>,
+    call_ids: HashMap<CallNo, [String; 2]>,
+    clients: HashMap<TxnKey, (CallNo, u32)>,
+    next: CallNo,
+    ports: Arc<PortPool>,
+    directory: Directory,
+    states: broadcast::Sender<UserState>,
+}
+
+impl Switch {
+    /// A switch; call tasks send their actions on `actions`.
+    pub fn new(
+        server_name: String,
+        settings: watch::Receiver<Arc<Settings>>,
+        actions: mpsc::Sender<(CallNo, CallAction)>,
+        directory: Directory,
+        states: broadcast::Sender<UserState>,
+    ) -> Switch {
+        Switch {
+            server_name,
+            settings,
+            actions,
+            calls: HashMap::new(),
+            by_call_id: HashMap::new(),
+            call_ids: HashMap::new(),
+            clients: HashMap::new(),
+            next: 1,
+            ports: Arc::new(PortPool::new()),
+            directory,
+            states,
+        }
+    }
+
+    /// Number of running calls.
+    pub fn len(&self) -> usize {
+        self.calls.len()
+    }
+
+    /// True when no call runs.
+    pub fn is_empty(&self) -> bool {
+        self.calls.is_empty()
+    }
+
+    /// True when `req` belongs to a running call (by Call-ID).
+    pub fn owns(&self, req: &Request) -> bool {
+        req.call_id()
+            .is_some_and(|c| self.by_call_id.contains_key(c))
+    }
+
+    fn send(&mut self, no: CallNo, ev: b2bua::Input) {
+        if let Some(tx) = self.calls.get(&no)
+            && tx.try_send(CallEvent::Sip(ev)).is_err()
+        {
+            tracing::warn!(call = no, "call task busy; event dropped");
+        }
+    }
+
+    fn by_req(&self, req: &Request) -> Option<CallNo> {
+        req.call_id().and_then(|c| self.by_call_id.get(c)).copied()
+    }
+
+    /// A request inside a running call's dialog (BYE, re-INVITE, INFO, …).
+    pub fn on_in_dialog(&mut self, key: TxnKey, from: Remote, req: Request) {
+        if let Some(no) = self.by_req(&req) {
+            self.send(no, b2bua::Input::Request { key, from, req });
+        }
+    }
+
+    /// An ACK the transaction layer did not absorb (ACK to a 2xx).
+    pub fn on_ack(&mut self, req: Request) {
+        if let Some(no) = self.by_req(&req) {
+            self.send(no, b2bua::Input::Ack(req));
+        }
+    }
+
+    /// A CANCEL of a caller's INVITE.
+    pub fn on_cancel(&mut self, req: Request) {
+        if let Some(no) = self.by_req(&req) {
+            self.send(no, b2bua::Input::Cancel(req));
+        }
+    }
+
+    /// A response to one of the calls' client transactions; false when it is not a call's.
+    pub fn on_response(&mut self, key: TxnKey, resp: Response) -> bool {
+        let Some(&(no, tag)) = self.clients.get(&key) else {
+            return false;
+        };
+        self.send(no, b2bua::Input::Response { tag, resp });
+        true
+    }
+
+    /// A client transaction of a call timed out.
+    pub fn on_timeout(&mut self, key: TxnKey) {
+        if let Some(&(no, tag)) = self.clients.get(&key) {
+            self.send(no, b2bua::Input::Timeout { tag });
+        }
+    }
+
+    /// A transaction ended: forget its routing entry.
+    pub fn on_terminated(&mut self, key: TxnKey) {
+        self.clients.remove(&key);
+    }
+
+    /// Carries out one call task's action on the transaction layer.
+    pub fn apply(&mut self, txns: &mut Transactions, no: CallNo, action: CallAction) {
+        let now = Instant::now();
+        match action {
+            CallAction::Respond(key, resp) => {
+                if let Err(e) = txns.respond(now, &key, resp) {
+                    tracing::debug!(call = no, %key, "answer not sent: {e}");
+                }
+            }
+            CallAction::Send { tag, to, req } => match txns.send_request(now, to, req) {
+                Ok(key) => {
+                    self.clients.insert(key, (no, tag));
+                }
+                Err(e) => {
+                    tracing::debug!(call = no, "request not sent: {e}");
+                    self.send(no, b2bua::Input::Timeout { tag });
+                }
+            },
+            CallAction::Stateless(to, req) => {
+                txns.send_stateless(to, csps_sip::Message::Request(req));
+            }
+            CallAction::Ended => {
+                self.calls.remove(&no);
+                self.directory.remove(no);
+                if let Some(ids) = self.call_ids.remove(&no) {
+                    for id in ids {
+                        self.by_call_id.remove(&id);
+                    }
+                }
+                self.clients.retain(|_, (n, _)| *n != no);
+            }
+        }
+    }
+
+    /// A new INVITE (no To tag) from `from`: authenticate, route, and start the call; or answer
+    /// it with the refusal.
+    pub fn on_invite(&mut self, cx: InviteCx<'_>, key: TxnKey, from: Remote, req: Request) {
+        let now = Instant::now();
+        let settings = self.settings.borrow().clone();
+        let refuse = |txns: &mut Transactions, status: u16, warning: Option<&str>| {
+            let mut r = req.response(status, csps_sip::message::reason_phrase(status));
+            if let Some(to) = req.headers.get("To") {
+                r.headers
+                    .set("To", format!("{to};tag={:016x}", rand::random::<u64>()));
+            }
+            if let Some(w) = warning {
+                r.headers.push(
+                    "Warning",
+                    csps_sip::validate::warning_value(&self.server_name, w),
+                );
+            }
+            if let Err(e) = txns.respond(now, &key, r) {
+                tracing::debug!(%key, "cannot answer INVITE: {e}");
+            }
+        };
+        if self.owns(&req) {
+            // Same Call-ID as a running call but no To tag: a merged or looped request.
+            refuse(cx.txns, 482, None);
+            return;
+        }
+        let dialled = req
+            .uri
+            .user
+            .as_deref()
+            .map(|u| csps_sip::registrar::percent_decode(u).into_owned())
+            .unwrap_or_default();
+        let emergency = settings.emergency_numbers.contains(&dialled);
+        let caller =
+            match cx
+                .registrar
+                .authorize(SystemTime::now(), &req, from, cx.accounts, cx.rng)
+            {
+                Ok(c) => Some(c),
+                // "Always routed, whatever else fails": an emergency call is not challenged.
+                Err(_) if emergency => None,
+                Err(resp) => {
+                    if let Err(e) = cx.txns.respond(now, &key, resp) {
+                        tracing::debug!(%key, "cannot answer INVITE: {e}");
+                    }
+                    return;
+                }
+            };
+        let domain = caller
+            .as_ref()
+            .map(|c| c.1.clone())
+            .unwrap_or_else(|| settings.default_sip_domain.clone());
+        let (user, domain) = match route(&dialled, &domain, emergency, cx.accounts) {
+            Route::Local { user, domain } => (user, domain),
+            Route::EmergencyUnrouted => {
+                tracing::warn!(number = %dialled, "emergency call with no route");
+                refuse(
+                    cx.txns,
+                    503,
+                    Some("emergency number: no route until the Teams trunk is configured"),
+                );
+                return;
+            }
+            Route::Unknown => {
+                refuse(cx.txns, 404, None);
+                return;
+            }
+        };
+        let aor = csps_sip::registrar::aor(&user, &domain);
+        let targets: Vec<b2bua::Target> = cx
+            .registrar
+            .lookup(&aor)
+            .into_iter()
+            .filter_map(|b| {
+                let uri = csps_sip::headers::NameAddr::parse(&b.contact).ok()?.uri;
+                let mut local = (cx.local_of)(&b.source);
+                if local.ip().is_unspecified() {
+                    local.set_ip(crate::media::local_ip_towards(b.source.addr.ip())?);
+                }
+                Some(b2bua::Target {
+                    to: b.source,
+                    uri,
+                    local,
+                })
+            })
+            .collect();
+        if targets.is_empty() {
+            refuse(cx.txns, 480, Some("the callee has no registered device"));
+            return;
+        }
+        let mut local = cx.local;
+        if local.ip().is_unspecified()
+            && let Some(ip) = crate::media::local_ip_towards(from.addr.ip())
+        {
+            local.set_ip(ip);
+        }
+        let caller_id = match &caller {
+            Some((u, d)) => {
+                let display = cx.accounts.display_name(u, d);
+                let uri = csps_sip::registrar::aor(u, d);
+                match display {
+                    Some(n) => format!("{} <{uri}>", quote(n)),
+                    None => format!("<{uri}>"),
+                }
+            }
+            None => "<sip:anonymous@anonymous.invalid>".to_owned(),
+        };
+        let media = match task::bind_media(
+            &self.ports,
+            local.ip(),
+            targets[0].local.ip(),
+            settings.min_rtp_port,
+            settings.max_rtp_port,
+        ) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!("no media ports: {e}");
+                refuse(cx.txns, 503, Some("no free media port"));
+                return;
+            }
+        };
+        let b_call_id = format!(
+            "{:016x}{:016x}@{}",
+            cx.rng.next_u64(),
+            cx.rng.next_u64(),
+            self.server_name
+        );
+        let Some(a_call_id) = req.call_id().map(str::to_owned) else {
+            refuse(cx.txns, 400, None);
+            return;
+        };
+        let no = self.next;
+        self.next += 1;
+        let (tx, rx) = mpsc::channel(256);
+        self.calls.insert(no, tx.clone());
+        self.directory.insert(no, tx);
+        self.by_call_id.insert(a_call_id.clone(), no);
+        self.by_call_id.insert(b_call_id.clone(), no);
+        self.call_ids.insert(no, [a_call_id, b_call_id.clone()]);
+        let setup = b2bua::Setup {
+            key,
+            from,
+            local,
+            invite: req,
+            caller: caller_id,
+            callee: format!("<{aor}>"),
+            targets,
+            b_call_id,
+            relay_a: SocketAddr::new(local.ip(), 0),
+            relay_b: SocketAddr::new(local.ip(), 0),
+            agent: self.server_name.clone(),
+        };
+        tokio::spawn(task::run(task::CallTask {
+            no,
+            setup,
+            media,
+            events: rx,
+            actions: self.actions.clone(),
+            states: self.states.clone(),
+            caller: caller.map(|(u, d)| csps_sip::registrar::aor(&u, &d)),
+            callee: aor,
+            emergency,
+        }));
+    }
+}
+
+fn quote(s: &str) -> String {
+    let clean: String = s
+        .chars()
+        .filter(|c| !matches!(c, '"' | '\\' | '\r' | '\n'))
+        .collect();
+    format!("\"{clean}\"")
+}

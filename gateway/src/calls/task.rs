@@ -1,0 +1,193 @@
+//! The tokio driver of one call: it owns the sans-IO [`Call`] and the media [`Relay`], feeds the
+//! call the core's events and its timer, forwards media, and sends the call's SIP work to the
+//! core. When the call ends the task returns and everything it owned (sockets included) is freed.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
+
+use chrono::Utc;
+use csps_sip::sdp::Sdp;
+use rand::SeedableRng;
+use tokio::sync::{broadcast, mpsc};
+
+use super::b2bua::{Call, MediaChange, Output, Setup};
+use super::leg::{CallInfo, LegInfo, LegKind, UserState};
+use super::{CallAction, CallEvent, CallNo};
+use crate::media::PortPool;
+use crate::media::relay::Relay;
+
+/// Everything a call task starts with.
+pub struct CallTask {
+    pub no: CallNo,
+    pub setup: Setup,
+    pub media: Relay,
+    pub events: mpsc::Receiver<CallEvent>,
+    pub actions: mpsc::Sender<(CallNo, CallAction)>,
+    pub states: broadcast::Sender<UserState>,
+    pub caller: Option<String>,
+    pub callee: String,
+    pub emergency: bool,
+}
+
+/// Binds the relay's two socket pairs: one on the caller's side, one on the callee's.
+pub fn bind_media(
+    pool: &PortPool,
+    a_ip: IpAddr,
+    b_ip: IpAddr,
+    min: u16,
+    max: u16,
+) -> std::io::Result<Relay> {
+    let a = pool.bind_pair(a_ip, min, max)?;
+    let b = pool.bind_pair(b_ip, min, max)?;
+    Relay::new(a, b)
+}
+
+fn codec_of(body: &[u8]) -> Option<String> {
+    let sdp = Sdp::parse(body).ok()?;
+    let f = sdp.audio()?.codecs().next()?;
+    Some(format!("{}/{}", f.codec.name(), f.clock))
+}
+
+/// Runs the call to its end.
+pub async fn run(t: CallTask) {
+    let CallTask {
+        no,
+        mut setup,
+        mut media,
+        mut events,
+        actions,
+        states,
+        caller,
+        callee,
+        emergency,
+    } = t;
+    match (media.addr_a(), media.addr_b()) {
+        (Ok(a), Ok(b)) => {
+            setup.relay_a = a;
+            setup.relay_b = b;
+        }
+        _ => return,
+    }
+    let call_id = setup.invite.headers.get("Call-ID").unwrap_or("").to_owned();
+    let span = tracing::info_span!("call", call = no, call_id = %call_id);
+    let _enter = span.enter();
+    let a_signalling = setup.from.addr;
+    let started_at = Utc::now();
+    let mut answered_at = None;
+    let mut b_signalling: Option<SocketAddr> = None;
+    let mut codec: Option<String> = None;
+    let mut call = Call::new(setup, Box::new(rand::rngs::StdRng::from_os_rng()));
+    call.start(Instant::now());
+    let sleep = tokio::time::sleep(std::time::Duration::from_secs(3600));
+    tokio::pin!(sleep);
+    loop {
+        // Carry out what the call asked for.
+        let mut ended = false;
+        while let Some(out) = call.poll_output() {
+            tracing::trace!(?out, "call output");
+            let action = match out {
+                Output::Respond { key, resp } => {
+                    if resp.status == 200 && codec.is_none() {
+                        codec = codec_of(&resp.body);
+                    }
+                    CallAction::Respond(key, resp)
+                }
+                Output::Send { tag, to, req } => CallAction::Send { tag, to, req },
+                Output::Stateless { to, req } => CallAction::Stateless(to, req),
+                Output::Media(MediaChange::A(sdp, ip)) => {
+                    media.expect_a(sdp, ip);
+                    continue;
+                }
+                Output::Media(MediaChange::B(sdp, ip)) => {
+                    media.expect_b(sdp, ip);
+                    b_signalling = Some(SocketAddr::new(ip, 0));
+                    continue;
+                }
+                Output::Answered => {
+                    answered_at = Some(Utc::now());
+                    for aor in caller.iter().chain(Some(&callee)) {
+                        let _ = states.send(UserState {
+                            aor: aor.clone(),
+                            busy: true,
+                            call: no,
+                        });
+                    }
+                    continue;
+                }
+                Output::Ended => {
+                    ended = true;
+                    CallAction::Ended
+                }
+            };
+            if actions.send((no, action)).await.is_err() {
+                return;
+            }
+        }
+        if ended {
+            break;
+        }
+        if let Some(d) = call.poll_timeout() {
+            sleep.as_mut().reset(d.into());
+        }
+        tokio::select! {
+            ev = events.recv() => match ev {
+                Some(CallEvent::Sip(input)) => {
+                    tracing::trace!(?input, "call input");
+                    call.handle(Instant::now(), input);
+                }
+                Some(CallEvent::Snapshot(reply)) => {
+                    let (ca, cb) = media.counters();
+                    let now = Utc::now();
+                    let _ = reply.send(CallInfo {
+                        id: no,
+                        state: if call.is_answered() { "answered" } else { "ringing" },
+                        started_at,
+                        answered_at,
+                        duration_secs: (now - started_at).num_seconds().max(0) as u64,
+                        emergency,
+                        legs: vec![
+                            LegInfo {
+                                kind: LegKind::Phone,
+                                party: caller.clone().unwrap_or_else(|| "anonymous".into()),
+                                signalling: a_signalling.to_string(),
+                                media: media.latched_a().map(|a| a.to_string()),
+                                codec: codec.clone(),
+                                srtp: false,
+                                counters: ca,
+                            },
+                            LegInfo {
+                                kind: LegKind::Phone,
+                                party: callee.clone(),
+                                signalling: b_signalling.map(|a| a.ip().to_string()).unwrap_or_default(),
+                                media: media.latched_b().map(|a| a.to_string()),
+                                codec: codec.clone(),
+                                srtp: false,
+                                counters: cb,
+                            },
+                        ],
+                    });
+                }
+                // The core is gone (shutdown).
+                None => break,
+            },
+            _ = &mut sleep, if call.poll_timeout().is_some() => call.handle_timeout(Instant::now()),
+            () = media.forward() => {}
+        }
+    }
+    if answered_at.is_some() {
+        for aor in caller.iter().chain(Some(&callee)) {
+            let _ = states.send(UserState {
+                aor: aor.clone(),
+                busy: false,
+                call: no,
+            });
+        }
+    }
+    let (ca, cb) = media.counters();
+    tracing::info!(
+        a_rtp = ca.rtp_packets,
+        b_rtp = cb.rtp_packets,
+        dropped = ca.dropped_unexpected + cb.dropped_unexpected,
+        "call ended"
+    );
+}

@@ -1,0 +1,216 @@
+//! Media: the RTP/RTCP relay of a call (no decoding while both legs use the same codec), the UDP
+//! port pool it takes ports from (`Data.System.MinRtpPort..MaxRtpPort`), and latching, the rule
+//! that decides which source a leg's media is accepted from. A phone behind NAT writes its private
+//! address into SDP, so that address is not trusted: a leg latches on to the first packet from the
+//! IP its SDP or its signalling came from, sends back to where it latched (symmetric RTP), and
+//! drops and counts packets from anywhere else. `Latch` is sans-IO; `relay` is the socket side the
+//! call task drives.
+
+pub mod relay;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// Packet counters of one direction of one leg (what the leg sent to the gateway).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct LegCounters {
+    /// RTP packets accepted and forwarded.
+    pub rtp_packets: u64,
+    /// RTP bytes accepted.
+    pub rtp_bytes: u64,
+    /// RTCP packets accepted and forwarded.
+    pub rtcp_packets: u64,
+    /// Packets from an unexpected address (before or after latching), dropped.
+    pub dropped_unexpected: u64,
+    /// Packets that are not RTP/RTCP version 2, dropped.
+    pub dropped_malformed: u64,
+    /// Packets that could not be sent on (no destination yet, socket error).
+    pub dropped_unsent: u64,
+}
+
+/// Which source one leg's packets are accepted from.
+#[derive(Clone, Debug, Default)]
+pub struct Latch {
+    /// IPs a first packet may come from: the SDP address and the signalling source.
+    expected: Vec<IpAddr>,
+    /// Where the SDP asked for media (used until latched).
+    sdp: Option<SocketAddr>,
+    /// The source latched on to.
+    latched: Option<SocketAddr>,
+}
+
+impl Latch {
+    /// Sets where the leg's SDP says it receives and which IPs may send its media. A latch on
+    /// an address outside the new set is released (a new answer from another device).
+    pub fn expect(&mut self, sdp: Option<SocketAddr>, signalling: IpAddr) {
+        let mut ips = vec![signalling.to_canonical()];
+        if let Some(a) = sdp {
+            let ip = a.ip().to_canonical();
+            if !ip.is_unspecified() && !ips.contains(&ip) {
+                ips.push(ip);
+            }
+        }
+        if let Some(l) = self.latched
+            && !ips.contains(&l.ip().to_canonical())
+        {
+            self.latched = None;
+        }
+        self.expected = ips;
+        self.sdp = sdp.filter(|a| !a.ip().is_unspecified() && a.port() != 0);
+    }
+
+    /// True when a packet from `from` is accepted (latching on to it if nothing is latched yet).
+    pub fn accept(&mut self, from: SocketAddr) -> bool {
+        match self.latched {
+            Some(l) => l == from,
+            None if self.expected.contains(&from.ip().to_canonical()) => {
+                self.latched = Some(from);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Where to send this leg's media: the latched source, else the SDP address.
+    pub fn destination(&self) -> Option<SocketAddr> {
+        self.latched.or(self.sdp)
+    }
+
+    /// The latched source, if any.
+    pub fn latched(&self) -> Option<SocketAddr> {
+        self.latched
+    }
+}
+
+/// True for an RTP or RTCP packet (version 2, at least a fixed header).
+pub fn is_rtp_v2(p: &[u8]) -> bool {
+    p.len() >= 8 && p[0] >> 6 == 2
+}
+
+/// The media port range, shared by every call on this server; pairs are even RTP ports with RTCP
+/// on the next port (RFC 3550 §11).
+#[derive(Debug)]
+pub struct PortPool {
+    next: AtomicU32,
+}
+
+impl Default for PortPool {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PortPool {
+    /// A pool; the range comes with each allocation so a configuration change applies at once.
+    pub fn new() -> PortPool {
+        PortPool {
+            next: AtomicU32::new(0),
+        }
+    }
+
+    /// Binds an RTP/RTCP socket pair on `ip` within `min..=max`, trying each even port at most
+    /// once, starting after the last one handed out (so ports are not reused at once).
+    pub fn bind_pair(
+        &self,
+        ip: IpAddr,
+        min: u16,
+        max: u16,
+    ) -> std::io::Result<(std::net::UdpSocket, std::net::UdpSocket)> {
+        let first = u32::from(min.div_ceil(2) * 2);
+        let last = u32::from(max);
+        if first + 1 > last {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "RTP port range holds no even/odd pair",
+            ));
+        }
+        let pairs = (last - first).div_ceil(2);
+        for _ in 0..pairs {
+            let n = self.next.fetch_add(1, Ordering::Relaxed) % pairs;
+            let port = (first + 2 * n) as u16;
+            let Ok(rtp) = std::net::UdpSocket::bind(SocketAddr::new(ip, port)) else {
+                continue;
+            };
+            let Ok(rtcp) = std::net::UdpSocket::bind(SocketAddr::new(ip, port + 1)) else {
+                continue;
+            };
+            rtp.set_nonblocking(true)?;
+            rtcp.set_nonblocking(true)?;
+            return Ok((rtp, rtcp));
+        }
+        Err(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            "no free RTP port pair in Data.System.MinRtpPort..MaxRtpPort",
+        ))
+    }
+}
+
+/// The local address the kernel would use towards `peer` (no packet is sent): what a gateway
+/// listening on 0.0.0.0 writes into Via, Contact and SDP.
+pub fn local_ip_towards(peer: IpAddr) -> Option<IpAddr> {
+    let bind: SocketAddr = if peer.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let s = std::net::UdpSocket::bind(bind).ok()?;
+    s.connect(SocketAddr::new(peer, 9)).ok()?;
+    Some(s.local_addr().ok()?.ip())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a(s: &str) -> SocketAddr {
+        s.parse().expect("addr")
+    }
+
+    #[test]
+    fn latches_on_signalling_ip_not_private_sdp() {
+        let mut l = Latch::default();
+        // The phone wrote its private address; its packets come from the NAT's public one.
+        l.expect(Some(a("10.0.0.7:4000")), "203.0.113.5".parse().expect("ip"));
+        assert_eq!(l.destination(), Some(a("10.0.0.7:4000")));
+        assert!(
+            !l.accept(a("198.51.100.1:4000")),
+            "a stranger is not latched"
+        );
+        assert!(l.accept(a("203.0.113.5:31000")));
+        assert_eq!(
+            l.destination(),
+            Some(a("203.0.113.5:31000")),
+            "symmetric RTP"
+        );
+        assert!(
+            !l.accept(a("203.0.113.5:31002")),
+            "after latching only that source"
+        );
+        assert!(l.accept(a("203.0.113.5:31000")));
+        // A new answer from another device releases the latch.
+        l.expect(Some(a("192.0.2.9:5000")), "192.0.2.9".parse().expect("ip"));
+        assert_eq!(l.latched(), None);
+        assert!(l.accept(a("192.0.2.9:5000")));
+    }
+
+    #[test]
+    fn pool_hands_out_even_pairs_in_range() {
+        let pool = PortPool::new();
+        let ip: IpAddr = "127.0.0.1".parse().expect("ip");
+        let (r1, c1) = pool.bind_pair(ip, 41001, 41010).expect("pair");
+        let (r2, _c2) = pool.bind_pair(ip, 41001, 41010).expect("pair");
+        let p1 = r1.local_addr().expect("addr").port();
+        let p2 = r2.local_addr().expect("addr").port();
+        assert!(p1 % 2 == 0 && (41002..=41010).contains(&p1));
+        assert_eq!(c1.local_addr().expect("addr").port(), p1 + 1);
+        assert_ne!(p1, p2);
+        assert!(pool.bind_pair(ip, 41001, 41001).is_err());
+    }
+
+    #[test]
+    fn rtp_version_check() {
+        assert!(is_rtp_v2(&[0x80, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0]));
+        assert!(!is_rtp_v2(&[0x40, 0, 0, 1, 0, 0, 0, 0]));
+        assert!(!is_rtp_v2(&[0x80]));
+    }
+}

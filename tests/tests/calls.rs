@@ -1,0 +1,224 @@
+//! RFC 3261 §13–15 (INVITE, CANCEL, BYE) through the gateway as a B2BUA, with real phones: SIPp
+//! scenarios for the signalling rules (407 before a call, the gateway's own P-Asserted-Identity,
+//! busy), baresip for audio (a tone from one phone detected in what the other one decoded).
+
+use std::time::Duration;
+
+use csps_tests::{Gateway, Sipp, free_port, have_tool, skip, wait_until};
+
+const DOMAIN: &str = "csps.local";
+
+fn gateway(users: &[(&str, &str)]) -> Option<Gateway> {
+    let gw = csps_tests::gateway_for("sipp")?;
+    for (u, p) in users {
+        gw.create_user(u, p);
+    }
+    Some(gw)
+}
+
+/// Registers `user` with SIPp from a fixed local port, then starts the SIPp callee `scenario` on
+/// that port in a thread.
+fn callee(
+    gw: &Gateway,
+    scenario: &str,
+    user: &str,
+    password: &str,
+) -> std::thread::JoinHandle<csps_tests::SippOutcome> {
+    let port = free_port();
+    let reg = Sipp::new("register.xml", gw.sip_addr())
+        .local_port(port)
+        .key("user", user)
+        .key("domain", DOMAIN)
+        .key("expires", 300)
+        .auth(user, password)
+        .timeout(Duration::from_secs(10))
+        .run();
+    assert!(reg.ok(), "{user} did not register:\n{}", reg.output);
+    let sipp = Sipp::new(scenario, gw.sip_addr())
+        .local_port(port)
+        .key("user", user)
+        .arg("-mp")
+        .arg(free_port().to_string())
+        .arg("-rtp_echo")
+        .timeout(Duration::from_secs(30));
+    std::thread::spawn(move || sipp.run())
+}
+
+#[test]
+fn sipp_call_is_challenged_then_connected_without_the_forged_identity() {
+    let Some(gw) = gateway(&[("alice", "alice-secret-1"), ("bob", "bob-secret-1")]) else {
+        return;
+    };
+    let bob = callee(&gw, "uas_answer.xml", "bob", "bob-secret-1");
+    let alice = Sipp::new("uac_call.xml", gw.sip_addr())
+        .key("user", "alice")
+        .key("domain", DOMAIN)
+        .key("callee", "bob")
+        .auth("alice", "alice-secret-1")
+        .auth_uri(&format!("bob@{DOMAIN}"))
+        .arg("-mp")
+        .arg(free_port().to_string())
+        .timeout(Duration::from_secs(30))
+        .run();
+    let bob = bob.join().expect("callee thread");
+    assert!(
+        alice.ok(),
+        "caller failed:\n{}\n--- gateway ---\n{}",
+        alice.output,
+        gw.log_tail(40)
+    );
+    // The callee's scenario fails on a P-Preferred-Identity, on the word "forged" anywhere in the
+    // INVITE, and on a missing gateway-asserted P-Asserted-Identity for alice.
+    assert!(
+        bob.ok(),
+        "callee failed:\n{}\n--- gateway ---\n{}",
+        bob.output,
+        gw.log_tail(40)
+    );
+}
+
+/// A headless baresip phone for `user` that plays a `tone_hz` sine (`ausine`), records what it
+/// decodes into `dir` (`sndfile`), answers calls by itself, and runs `commands` at start.
+fn baresip(
+    gw: &Gateway,
+    dir: &std::path::Path,
+    user: &str,
+    password: &str,
+    tone_hz: u32,
+    commands: &[&str],
+) -> csps_tests::baresip::Baresip {
+    let config = format!(
+        "{}module\t\tausine.so\n\
+         module\t\tsndfile.so\n\
+         module\t\taubridge.so\n\
+         module_app\tmenu.so\n\
+         audio_player\taubridge,speaker-{user}\n\
+         audio_source\tausine,{tone_hz}\n\
+         ausrc_srate\t48000\n\
+         ausrc_channels\t2\n\
+         auplay_srate\t48000\n\
+         auplay_channels\t2\n\
+         snd_path\t{}\n",
+        csps_tests::baresip::config_head(),
+        dir.display(),
+    );
+    std::fs::write(dir.join("config"), config).expect("write baresip config");
+    std::fs::write(
+        dir.join("accounts"),
+        format!(
+            "<sip:{user}@{DOMAIN}>;auth_pass={password};outbound=\"sip:127.0.0.1:{};transport=udp\";regint=600;audio_codecs=PCMU;answermode=auto\n",
+            gw.sip_port
+        ),
+    )
+    .expect("write baresip accounts");
+    std::fs::write(dir.join("contacts"), "").expect("write baresip contacts");
+    csps_tests::baresip::start(dir, commands)
+}
+
+/// The tone share of `freq` in the decoded recording under `dir` (the `*dec*.wav` file).
+fn heard(dir: &std::path::Path, freq: f32) -> Result<f32, String> {
+    let wav = std::fs::read_dir(dir)
+        .map_err(|e| e.to_string())?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name().is_some_and(|n| {
+                n.to_string_lossy().contains("dec") && n.to_string_lossy().ends_with(".wav")
+            })
+        })
+        .ok_or_else(|| format!("no decoded recording in {}", dir.display()))?;
+    let bytes = std::fs::read(&wav).map_err(|e| e.to_string())?;
+    let mut pcm = csps_tests::audio::read_wav(&bytes)?;
+    // Skip the first half second (jitter buffer fill, ringing), judge the rest.
+    let skip = (pcm.rate / 2) as usize;
+    if pcm.samples.len() <= skip + pcm.rate as usize / 2 {
+        return Err(format!(
+            "recording too short: {} samples",
+            pcm.samples.len()
+        ));
+    }
+    pcm.samples.drain(..skip);
+    Ok(csps_tests::audio::tone_share(&pcm, freq))
+}
+
+#[test]
+fn baresip_call_carries_each_phones_tone_to_the_other() {
+    if !have_tool("baresip") {
+        skip("baresip not installed (run e2e/setup)");
+        return;
+    }
+    let Some(gw) = gateway(&[("alice", "alice-secret-1"), ("bob", "bob-secret-1")]) else {
+        return;
+    };
+    let bob_dir = tempfile::tempdir().expect("temp dir");
+    let alice_dir = tempfile::tempdir().expect("temp dir");
+    let _bob = baresip(&gw, bob_dir.path(), "bob", "bob-secret-1", 1000, &[]);
+    assert!(
+        wait_until(Duration::from_secs(15), || !gw
+            .registrations_of("bob")
+            .is_empty()),
+        "bob did not register"
+    );
+    let alice = baresip(
+        &gw,
+        alice_dir.path(),
+        "alice",
+        "alice-secret-1",
+        600,
+        &[&format!("/dial sip:bob@{DOMAIN}")],
+    );
+    // Answered: the gateway lists the call.
+    let answered = wait_until(Duration::from_secs(15), || {
+        gw.api("GET", "/api/calls", None)
+            .json()
+            .as_array()
+            .is_some_and(|a| a.iter().any(|c| c["state"] == "answered"))
+    });
+    assert!(
+        answered,
+        "no answered call; gateway log:\n{}",
+        gw.log_tail(40)
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    let calls = gw.api("GET", "/api/calls", None).json();
+    // The administrator hangs up: both phones get a BYE, which also closes their recordings.
+    let id = calls[0]["id"].as_u64().expect("call id");
+    let del = gw.api("DELETE", &format!("/api/calls/{id}"), None);
+    assert_eq!(del.status, 204, "{}", del.body);
+    assert!(
+        wait_until(Duration::from_secs(10), || gw
+            .api("GET", "/api/calls", None)
+            .json()
+            .as_array()
+            .is_some_and(|a| a.is_empty())),
+        "the call did not end"
+    );
+    assert_eq!(
+        gw.api("DELETE", &format!("/api/calls/{id}"), None).status,
+        404
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    drop(alice);
+    let bob_hears_alice = heard(bob_dir.path(), 600.0).expect("bob's recording");
+    let alice_hears_bob = heard(alice_dir.path(), 1000.0).expect("alice's recording");
+    assert!(
+        bob_hears_alice > 0.5,
+        "bob hears 600 Hz at {bob_hears_alice}; calls: {calls}"
+    );
+    assert!(
+        alice_hears_bob > 0.5,
+        "alice hears 1000 Hz at {alice_hears_bob}; calls: {calls}"
+    );
+    // And not their own tone.
+    assert!(heard(bob_dir.path(), 1000.0).expect("bob") < 0.1);
+    let legs = &calls[0]["legs"];
+    assert_eq!(legs[0]["codec"], "PCMU/8000", "{calls}");
+    assert!(
+        legs[0]["counters"]["rtp_packets"].as_u64().unwrap_or(0) > 100,
+        "{calls}"
+    );
+    assert!(
+        legs[1]["counters"]["rtp_packets"].as_u64().unwrap_or(0) > 100,
+        "{calls}"
+    );
+}
