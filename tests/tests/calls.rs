@@ -44,13 +44,9 @@ fn callee(
     std::thread::spawn(move || sipp.run())
 }
 
-#[test]
-fn sipp_call_is_challenged_then_connected_without_the_forged_identity() {
-    let Some(gw) = gateway(&[("alice", "alice-secret-1"), ("bob", "bob-secret-1")]) else {
-        return;
-    };
-    let bob = callee(&gw, "uas_answer.xml", "bob", "bob-secret-1");
-    let alice = Sipp::new("uac_call.xml", gw.sip_addr())
+/// Runs the SIPp caller `scenario` as alice calling bob (alice authenticates after a 407).
+fn caller(gw: &Gateway, scenario: &str) -> csps_tests::SippOutcome {
+    Sipp::new(scenario, gw.sip_addr())
         .key("user", "alice")
         .key("domain", DOMAIN)
         .key("callee", "bob")
@@ -59,21 +55,65 @@ fn sipp_call_is_challenged_then_connected_without_the_forged_identity() {
         .arg("-mp")
         .arg(free_port().to_string())
         .timeout(Duration::from_secs(30))
-        .run();
-    let bob = bob.join().expect("callee thread");
+        .run()
+}
+
+fn assert_both_ok(gw: &Gateway, alice: &csps_tests::SippOutcome, bob: &csps_tests::SippOutcome) {
     assert!(
         alice.ok(),
         "caller failed:\n{}\n--- gateway ---\n{}",
         alice.output,
         gw.log_tail(40)
     );
-    // The callee's scenario fails on a P-Preferred-Identity, on the word "forged" anywhere in the
-    // INVITE, and on a missing gateway-asserted P-Asserted-Identity for alice.
     assert!(
         bob.ok(),
         "callee failed:\n{}\n--- gateway ---\n{}",
         bob.output,
         gw.log_tail(40)
+    );
+}
+
+#[test]
+fn sipp_call_is_challenged_then_connected_without_the_forged_identity() {
+    let Some(gw) = gateway(&[("alice", "alice-secret-1"), ("bob", "bob-secret-1")]) else {
+        return;
+    };
+    let bob = callee(&gw, "uas_answer.xml", "bob", "bob-secret-1");
+    let alice = caller(&gw, "uac_call.xml");
+    let bob = bob.join().expect("callee thread");
+    // The caller's scenario requires the 407 before its authenticated INVITE; the callee's fails on
+    // a P-Preferred-Identity, on "forged" or sip:ceo@ anywhere in the INVITE, and on a missing
+    // P-Asserted-Identity.
+    assert_both_ok(&gw, &alice, &bob);
+}
+
+#[test]
+fn sipp_busy_callee_gives_486_to_the_caller() {
+    let Some(gw) = gateway(&[("alice", "alice-secret-1"), ("bob", "bob-secret-1")]) else {
+        return;
+    };
+    let bob = callee(&gw, "uas_busy.xml", "bob", "bob-secret-1");
+    let alice = caller(&gw, "uac_busy.xml");
+    let bob = bob.join().expect("callee thread");
+    assert_both_ok(&gw, &alice, &bob);
+}
+
+#[test]
+fn sipp_caller_cancel_reaches_the_ringing_callee() {
+    let Some(gw) = gateway(&[("alice", "alice-secret-1"), ("bob", "bob-secret-1")]) else {
+        return;
+    };
+    let bob = callee(&gw, "uas_cancel.xml", "bob", "bob-secret-1");
+    let alice = caller(&gw, "uac_cancel.xml");
+    let bob = bob.join().expect("callee thread");
+    assert_both_ok(&gw, &alice, &bob);
+    assert!(
+        wait_until(Duration::from_secs(5), || gw
+            .api("GET", "/api/calls", None)
+            .json()
+            .as_array()
+            .is_some_and(|a| a.is_empty())),
+        "the cancelled call is still listed"
     );
 }
 
