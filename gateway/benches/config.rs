@@ -5,7 +5,8 @@
 //!   servers `a` and `b`, each with its own client, [`LiveConfig`] and propagation task, exactly
 //!   as `csps serve` runs them. A third client makes N global changes of
 //!   `Data.SipConfig.TrustedIps` the way `PUT /api/config/*/…` writes them (every server entry,
-//!   then `*`); each is timed from the start of the write until both servers' views hold it.
+//!   then `*`); each is timed from the start of the write until both servers' views hold it. The
+//!   changes start at spread-out moments of the 250 ms polling interval.
 //! - Reads: leaf reads per second from the in-memory view (`settings()`, one thread).
 
 use std::sync::Arc;
@@ -67,6 +68,10 @@ async fn run(changes: usize) {
     for i in 0..changes {
         let cidr = format!("10.{}.{}.0/24", i / 250, i % 250);
         let want = vec![cidr.parse::<ipnet::IpNet>().expect("cidr")];
+        // Spread the changes over the polling phase: a change made right after the previous one
+        // was seen would always wait one whole interval.
+        let phase = (i as u64 * 97) % 250;
+        tokio::time::sleep(Duration::from_millis(phase)).await;
         let t0 = Instant::now();
         for name in ["a", "b", GLOBAL] {
             let mut e = admin.get_config(name).await.expect("get").expect("entry");
