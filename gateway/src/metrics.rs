@@ -1,6 +1,7 @@
 //! Prometheus metrics (`GET /metrics`): counters and gauges updated with atomics from the SIP
 //! driver, encoded in the text exposition format on request.
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicI64, AtomicU64};
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -53,7 +54,15 @@ pub struct Metrics {
     pub store_commits: Counter<u64, AtomicU64>,
     /// Registration writes that failed (answered 500, nothing lost silently).
     pub store_failures: Counter<u64, AtomicU64>,
+    /// `requests` children of the methods in [`HOT_METHODS`], resolved once: the family's lookup
+    /// allocates a label and takes a lock, per message otherwise.
+    hot_requests: [OnceLock<Counter<u64, AtomicU64>>; HOT_METHODS.len()],
+    /// `responses` children by class (index 1..=6), resolved once.
+    hot_responses: [OnceLock<Counter<u64, AtomicU64>>; 7],
 }
+
+/// Methods whose request counter is cached.
+const HOT_METHODS: [&str; 6] = ["REGISTER", "OPTIONS", "INVITE", "ACK", "BYE", "CANCEL"];
 
 impl Metrics {
     /// Creates and registers every metric.
@@ -71,6 +80,8 @@ impl Metrics {
             store_commits: Counter::default(),
             store_failures: Counter::default(),
             registry: Registry::default(),
+            hot_requests: Default::default(),
+            hot_responses: Default::default(),
         };
         registry.register(
             "registrations",
@@ -128,17 +139,30 @@ impl Metrics {
 
     /// Counts one response sent.
     pub fn response_sent(&self, status: u16) {
-        let class = format!("{}xx", status / 100);
-        self.responses.get_or_create(&StatusLabel { class }).inc();
+        let class = usize::from(status / 100);
+        let family = || {
+            let class = format!("{class}xx");
+            self.responses.get_or_create(&StatusLabel { class }).clone()
+        };
+        match self.hot_responses.get(class) {
+            Some(c) if class > 0 => c.get_or_init(family).inc(),
+            _ => family().inc(),
+        };
     }
 
     /// Counts one request received.
     pub fn request_received(&self, method: &str) {
-        self.requests
-            .get_or_create(&MethodLabel {
-                method: method.to_owned(),
-            })
-            .inc();
+        let family = || {
+            self.requests
+                .get_or_create(&MethodLabel {
+                    method: method.to_owned(),
+                })
+                .clone()
+        };
+        match HOT_METHODS.iter().position(|m| *m == method) {
+            Some(i) => self.hot_requests[i].get_or_init(family).inc(),
+            None => family().inc(),
+        };
     }
 
     /// The text exposition.
