@@ -308,12 +308,18 @@ impl Txn {
     }
 }
 
-/// Transactions in a slab: O(1) lookup by key, slots reused with a new generation.
+/// Transactions in a slab: O(1) lookup by key, slots reused with a new generation. Each
+/// transaction is boxed so a slot costs 16 bytes: after a burst (Timer J keeps every answered
+/// non-INVITE transaction 32 s) the slot vector is all that stays allocated until the layer is
+/// idle again, when [`Slab::reclaim`] drops it.
 #[derive(Default)]
 struct Slab {
-    slots: Vec<(u32, Option<Txn>)>,
+    slots: Vec<(u32, Option<Box<Txn>>)>,
     free: Vec<u32>,
     live: usize,
+    /// Generation of slots created from now on: above every generation handed out before the
+    /// last [`Slab::reclaim`], so a stale key can never name a new transaction.
+    fresh_generation: u32,
 }
 
 impl Slab {
@@ -325,7 +331,7 @@ impl Slab {
             },
             None => TxnKey {
                 idx: u32::try_from(self.slots.len()).unwrap_or(u32::MAX),
-                generation: 0,
+                generation: self.fresh_generation,
             },
         }
     }
@@ -335,9 +341,9 @@ impl Slab {
         let idx = txn.key.idx;
         if self.free.last() == Some(&idx) {
             self.free.pop();
-            self.slots[idx as usize].1 = Some(txn);
+            self.slots[idx as usize].1 = Some(Box::new(txn));
         } else {
-            self.slots.push((txn.key.generation, Some(txn)));
+            self.slots.push((txn.key.generation, Some(Box::new(txn))));
         }
         self.live += 1;
     }
@@ -365,7 +371,29 @@ impl Slab {
         slot.0 = slot.0.wrapping_add(1);
         self.free.push(key.idx);
         self.live -= 1;
-        txn
+        txn.map(|t| *t)
+    }
+
+    /// With no live transaction, frees the slot and free-list storage a burst left behind.
+    fn reclaim(&mut self) {
+        if self.live != 0 || self.slots.capacity() < RECLAIM_ABOVE {
+            return;
+        }
+        let highest = self.slots.iter().map(|s| s.0).max().unwrap_or(0);
+        self.fresh_generation = self.fresh_generation.max(highest);
+        self.slots = Vec::new();
+        self.free = Vec::new();
+    }
+}
+
+/// Storage for fewer entries than this is kept when the layer goes idle (no churn at low load).
+const RECLAIM_ABOVE: usize = 4096;
+
+/// Shrinks an index map that a burst grew when it is mostly empty again (amortised: the map must
+/// lose seven eighths of its capacity between two shrinks).
+fn shrink_sparse<V>(map: &mut HashMap<Box<str>, V>) {
+    if map.capacity() >= RECLAIM_ABOVE && map.len() * 8 < map.capacity() {
+        map.shrink_to_fit();
     }
 }
 
@@ -545,7 +573,9 @@ impl Transactions {
         };
         if index.get(&txn.index_key) == Some(&key) {
             index.remove(&txn.index_key);
+            shrink_sparse(index);
         }
+        self.slab.reclaim();
         self.out.push_back(Output::Event(Event::Terminated { key }));
     }
 
@@ -738,11 +768,74 @@ mod tests {
     }
 
     #[test]
+    // A test needs one real instant to start its simulated clock from.
+    #[allow(clippy::disallowed_methods)]
+    fn a_burst_is_reclaimed_when_idle_and_old_keys_stay_stale() {
+        let mut t = Transactions::new(TxnConfig::default());
+        let from = Remote {
+            transport: crate::Transport::Udp,
+            addr: "192.0.2.7:5060".parse().expect("address"),
+            flow: None,
+        };
+        let now = Instant::now();
+        let mut keys = Vec::new();
+        for i in 0..5000 {
+            let text = format!(
+                "OPTIONS sip:gw SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.7;branch=z9hG4bK{i}\r\n\
+                 From: <sip:a@b>;tag=1\r\nTo: <sip:gw>\r\nCall-ID: c{i}\r\n\
+                 CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\n\r\n"
+            );
+            let msg = crate::parse(text.as_bytes()).expect("parses").message;
+            t.handle_input(Input::Receive { now, from, msg });
+            while let Some(out) = t.poll_output() {
+                if let Output::Event(Event::Request { key, req, .. }) = out {
+                    t.respond(now, &key, req.response(200, "OK"))
+                        .expect("answer");
+                    keys.push(key);
+                }
+            }
+        }
+        assert_eq!(t.len(), 5000);
+        // Timer J ends every one of them.
+        t.handle_input(Input::Timeout(now + Duration::from_secs(33)));
+        while t.poll_output().is_some() {}
+        assert!(t.is_empty());
+        assert_eq!(t.slab.slots.capacity(), 0, "slots freed");
+        assert!(t.servers.capacity() < RECLAIM_ABOVE, "index shrunk");
+        // A key from before the reclaim never names a later transaction.
+        let text = "OPTIONS sip:gw SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.7;branch=z9hG4bKnew\r\n\
+                    From: <sip:a@b>;tag=1\r\nTo: <sip:gw>\r\nCall-ID: n\r\n\
+                    CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\n\r\n";
+        let msg = crate::parse(text.as_bytes()).expect("parses").message;
+        let later = now + Duration::from_secs(34);
+        t.handle_input(Input::Receive {
+            now: later,
+            from,
+            msg,
+        });
+        while t.poll_output().is_some() {}
+        let stale = keys[0];
+        let resp = Response {
+            status: 200,
+            reason: "OK".into(),
+            headers: crate::Headers::new(),
+            body: Default::default(),
+        };
+        assert_eq!(
+            t.respond(later, &stale, resp),
+            Err(TxnError::UnknownTransaction)
+        );
+        assert_eq!(t.len(), 1);
+    }
+
+    #[test]
     fn a_transaction_stays_small() {
         // The design target is ~200k live transactions: requests and responses are boxed, so the
         // per-transaction state is the timer table plus a few words.
         let size = std::mem::size_of::<Txn>();
         assert!(size <= 360, "Txn is {size} bytes");
+        // Slots hold boxed transactions: an idle slot left by a burst costs 16 bytes.
+        assert!(std::mem::size_of::<(u32, Option<Box<Txn>>)>() <= 16);
         assert!(std::mem::size_of::<Machine>() <= 24);
     }
 }
