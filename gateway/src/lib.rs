@@ -2,12 +2,13 @@
 //!
 //! Modules: `sip` (transports and the core task around the sans-IO SIP core in `csps-sip`),
 //! `store` (the `Store` trait and its backends), `config` (local file, live configuration),
-//! `api` (REST over axum), `serve` (start-up, drain, shutdown), `metrics` (Prometheus),
-//! `demo` (the `--demo` account), `calls` (the B2BUA: one task per call), `media` (the RTP
-//! relay and its port pool).
+//! `api` (REST over axum), `auth` (admin sign-in: JWT validation, group membership), `serve`
+//! (start-up, drain, shutdown), `metrics` (Prometheus), `demo` (the `--demo` account), `calls`
+//! (the B2BUA: one task per call), `media` (the RTP relay and its port pool).
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod auth;
 pub mod calls;
 pub mod config;
 pub mod demo;

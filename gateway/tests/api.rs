@@ -63,13 +63,19 @@ async fn harness() -> Harness {
     }
 }
 
-/// A request from a loopback peer with a loopback Host.
+/// A request from a loopback peer with a loopback Host; with the break-glass token except for
+/// the config APIs (which answer such local requests without credentials).
 fn local(method: Method, uri: &str) -> axum::http::request::Builder {
-    Request::builder()
+    let b = Request::builder()
         .method(method)
         .uri(uri)
         .header(header::HOST, "127.0.0.1:8080")
-        .extension(ConnectInfo(SocketAddr::from(([127, 0, 0, 1], 40000))))
+        .extension(ConnectInfo(SocketAddr::from(([127, 0, 0, 1], 40000))));
+    if uri.starts_with("/api/config/") {
+        b
+    } else {
+        b.header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+    }
 }
 
 fn json_req(method: Method, uri: &str, body: &Value) -> Request<Body> {
@@ -738,7 +744,7 @@ async fn access_rules() {
     let from = |peer: SocketAddr, host: Option<&str>| {
         let mut b = Request::builder()
             .method(Method::GET)
-            .uri("/api/users")
+            .uri("/api/config/servers")
             .extension(ConnectInfo(peer));
         if let Some(host) = host {
             b = b.header(header::HOST, host);
@@ -776,6 +782,37 @@ async fn access_rules() {
             .expect("req"),
     )
     .await);
+
+    // Other APIs need credentials even from loopback.
+    for uri in ["/api/users", "/api/registrations", "/api/audit"] {
+        denied(
+            send(
+                &h.app,
+                Request::builder()
+                    .uri(uri)
+                    .header(header::HOST, "127.0.0.1:8080")
+                    .extension(ConnectInfo(loopback))
+                    .body(Body::empty())
+                    .expect("req"),
+            )
+            .await,
+        );
+    }
+    // A bearer token that is not the break-glass one is a token of the admin app, which is not
+    // configured here: 401, even for a config API from loopback.
+    denied(
+        send(
+            &h.app,
+            from(loopback, Some("127.0.0.1:8080"))
+                .header(
+                    header::AUTHORIZATION,
+                    "Bearer eyJhbGciOiJSUzI1NiJ9.e30.c2ln",
+                )
+                .body(Body::empty())
+                .expect("req"),
+        )
+        .await,
+    );
 
     // Remote peer, even with a loopback Host.
     denied(
@@ -841,7 +878,7 @@ async fn access_rules() {
         send(
             &h.app,
             Request::builder()
-                .uri("/api/users")
+                .uri("/api/config/servers")
                 .header(header::HOST, "127.0.0.1")
                 .body(Body::empty())
                 .expect("req"),
@@ -936,7 +973,7 @@ async fn mock_connect_info_layer_is_honoured() {
     let r = send(
         &app,
         Request::builder()
-            .uri("/api/users")
+            .uri("/api/config/servers")
             .header(header::HOST, "localhost:8080")
             .body(Body::empty())
             .expect("req"),

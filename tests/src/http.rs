@@ -69,6 +69,7 @@ impl Client {
                 method,
                 path,
                 self.token.as_deref(),
+                &[],
                 body,
                 true,
             );
@@ -101,22 +102,50 @@ pub fn request(
     let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut conn = BufReader::new(s);
-    send(&mut conn, addr, method, path, token, body, false).map(|(r, _)| r)
+    send(&mut conn, addr, method, path, token, &[], body, false).map(|(r, _)| r)
 }
 
+/// One request on a fresh connection with extra headers; a `Host` among them replaces the
+/// default (`addr`).
+pub fn request_with_headers(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> std::io::Result<Response> {
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut conn = BufReader::new(s);
+    send(&mut conn, addr, method, path, token, headers, body, false).map(|(r, _)| r)
+}
+
+#[allow(clippy::too_many_arguments)]
 fn send(
     conn: &mut BufReader<TcpStream>,
     addr: SocketAddr,
     method: &str,
     path: &str,
     token: Option<&str>,
+    headers: &[(&str, &str)],
     body: Option<&str>,
     keep_alive: bool,
 ) -> std::io::Result<(Response, bool)> {
+    let host = headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("host"))
+        .map_or_else(|| addr.to_string(), |(_, v)| (*v).to_string());
     let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\nConnection: {}\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nAccept: application/json\r\nConnection: {}\r\n",
         if keep_alive { "keep-alive" } else { "close" }
     );
+    for (n, v) in headers
+        .iter()
+        .filter(|(n, _)| !n.eq_ignore_ascii_case("host"))
+    {
+        req.push_str(&format!("{n}: {v}\r\n"));
+    }
     if let Some(t) = token {
         req.push_str(&format!("Authorization: Bearer {t}\r\n"));
     }

@@ -13,8 +13,10 @@
 
 pub mod audio;
 pub mod baresip;
+pub mod emulator;
 pub mod ferret;
 pub mod http;
+pub mod netns;
 pub mod raw;
 pub mod sipp;
 
@@ -52,7 +54,13 @@ pub fn skip(why: &str) {
 
 /// Finds the `csps` binary: `$CSPS_BIN`, else `target/<profile>/csps` above the test executable.
 pub fn find_csps_bin() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("CSPS_BIN") {
+    find_workspace_bin("csps", "CSPS_BIN")
+}
+
+/// Finds a binary of this workspace: `$<env>`, else `target/<profile>/<name>` above the test
+/// executable.
+pub fn find_workspace_bin(name: &str, env: &str) -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os(env) {
         let p = PathBuf::from(p);
         return p.is_file().then_some(p);
     }
@@ -61,7 +69,7 @@ pub fn find_csps_bin() -> Option<PathBuf> {
     exe.ancestors()
         .skip(1)
         .take(3)
-        .map(|dir| dir.join("csps"))
+        .map(|dir| dir.join(name))
         .find(|p| p.is_file())
 }
 
@@ -141,6 +149,9 @@ pub struct GatewayOptions {
     pub ready_timeout: Duration,
     /// Keep the gateway's stderr in the test output (else only its tail on failure).
     pub echo_log: bool,
+    /// Address the HTTP listener binds (default 127.0.0.1); with `0.0.0.0` the tests still talk
+    /// to it on 127.0.0.1, and a network namespace the test made can reach it on its veth.
+    pub http_ip: std::net::IpAddr,
 }
 
 impl GatewayOptions {
@@ -168,6 +179,7 @@ impl Default for GatewayOptions {
             extra_args: Vec::new(),
             ready_timeout: Duration::from_secs(20),
             echo_log: std::env::var_os("CSPS_TEST_LOG").is_some(),
+            http_ip: std::net::Ipv4Addr::LOCALHOST.into(),
         }
     }
 }
@@ -278,7 +290,17 @@ impl Gateway {
             .map_err(|e| format!("temp dir: {e}"))?;
         let sip_port = free_port();
         let http_port = free_port();
-        let http: SocketAddr = ([127, 0, 0, 1], http_port).into();
+        let http_port = if opts.http_ip.is_loopback() || opts.http_ip.is_unspecified() {
+            http_port
+        } else {
+            free_port_on(&opts.http_ip.to_string())
+        };
+        let bind = SocketAddr::new(opts.http_ip, http_port);
+        let http: SocketAddr = if opts.http_ip.is_unspecified() {
+            ([127, 0, 0, 1], http_port).into()
+        } else {
+            bind
+        };
         let mut args: Vec<std::ffi::OsString> = vec![
             "serve".into(),
             "--data-dir".into(),
@@ -286,7 +308,7 @@ impl Gateway {
             "--sip-listen".into(),
             format!("udp:127.0.0.1:{sip_port}").into(),
             "--http-listen".into(),
-            http.to_string().into(),
+            bind.to_string().into(),
         ];
         if opts.tcp {
             args.push("--sip-listen".into());

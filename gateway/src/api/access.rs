@@ -1,19 +1,32 @@
-//! Who may call `/api/*` until Azure sign-in arrives (the access-control issue replaces this):
-//! (a) local requests — loopback peer, a Host header naming a loopback address, no proxy headers
-//! (`Forwarded`, `X-Forwarded-*`, `X-Real-IP`) and no foreign `Origin` — so neither a local reverse
-//! proxy nor DNS rebinding nor a cross-site page opens the API; (b) the break-glass bearer token
-//! from `<data-dir>/admin-token`, from a loopback peer. Everything else gets 401.
+//! Who may call what under `/api` (DESIGN "Access"). [`guard`] runs before every protected
+//! route, puts the caller's [`Identity`] and audit [`Actor`] into the request's extensions, or
+//! answers with a problem:
+//!
+//! - a bearer token equal to the break-glass token (`<data-dir>/admin-token`) is an admin from a
+//!   loopback peer, and 401 from anywhere else;
+//! - any other bearer token must be a valid token of the admin Azure app (`crate::auth`): invalid
+//!   or expired is 401, a signed-in user outside the admin group 403 (on [`Rule::SignedIn`]
+//!   routes any signed-in user passes); a request with a token is judged by the token alone;
+//! - without a token, only the config APIs answer, and only local requests: a loopback peer, a
+//!   Host header naming a loopback address, no proxy headers (`Forwarded`, `X-Forwarded-*`,
+//!   `X-Real-IP`) and no foreign `Origin` — so neither a local reverse proxy nor DNS rebinding
+//!   nor a cross-site page opens them. Everything else is 401 with `WWW-Authenticate: Bearer`.
+//!
+//! `/healthz`, `/metrics` and `/api/version` are outside the guard.
 
 use std::net::{IpAddr, SocketAddr};
 
 use axum::extract::connect_info::{ConnectInfo, MockConnectInfo};
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, header};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::ApiState;
+use super::config::Actor;
 use super::problem::Problem;
+use crate::auth::{AuthError, Identity};
 
 /// Headers a proxy adds; their presence means the request was relayed, so it is not local.
 const PROXY_HEADERS: &[&str] = &[
@@ -24,47 +37,114 @@ const PROXY_HEADERS: &[&str] = &[
     "x-real-ip",
 ];
 
-/// Middleware on every protected route: lets the request through or answers 401.
+/// What a route asks of its caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rule {
+    /// An admin; or, without credentials, a local request (the config APIs).
+    AdminOrLocal,
+    /// An admin: a member of the admin group, or the break-glass token from localhost.
+    Admin,
+    /// Any valid token of the admin app (admin or not), or the break-glass token.
+    SignedIn,
+}
+
+/// The rule of a path: `/api/config/...` are the config APIs; `/api/debug/claims` shows any
+/// signed-in caller their own claims; everything else needs an admin.
+pub fn rule(path: &str) -> Rule {
+    if path == "/api/config" || path.starts_with("/api/config/") {
+        Rule::AdminOrLocal
+    } else if path == "/api/debug/claims" {
+        Rule::SignedIn
+    } else {
+        Rule::Admin
+    }
+}
+
+/// Middleware on every protected route: lets the request through with its [`Identity`] and
+/// [`Actor`] in the extensions, or answers 401/403/503.
 pub async fn guard(State(state): State<ApiState>, req: Request, next: Next) -> Response {
-    match check(&state, &req) {
-        Ok(()) => next.run(req).await,
+    let (mut parts, body) = req.into_parts();
+    match check(&state, &parts).await {
+        Ok(id) => {
+            parts.extensions.insert(Actor(id.actor.clone()));
+            parts.extensions.insert(id);
+            next.run(Request::from_parts(parts, body)).await
+        }
         Err(p) => p.into_response(),
     }
 }
 
 /// The peer address, from `ConnectInfo` (the real server) or `MockConnectInfo` (tests).
-pub fn peer(req: &Request) -> Option<SocketAddr> {
-    let ext = req.extensions();
+pub fn peer(parts: &Parts) -> Option<SocketAddr> {
+    let ext = &parts.extensions;
     ext.get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0)
         .or_else(|| ext.get::<MockConnectInfo<SocketAddr>>().map(|c| c.0))
 }
 
 /// Decides access for one request.
-fn check(state: &ApiState, req: &Request) -> Result<(), Problem> {
-    let Some(peer) = peer(req) else {
+async fn check(state: &ApiState, parts: &Parts) -> Result<Identity, Problem> {
+    let rule = rule(parts.uri.path());
+    let Some(peer) = peer(parts) else {
         return Err(Problem::unauthorized("the peer address is unknown"));
     };
-    if !is_loopback(peer.ip()) {
+    let loopback_peer = is_loopback(peer.ip());
+    let headers = &parts.headers;
+    if let Some(token) = bearer(headers) {
+        if ct_eq(token.as_bytes(), state.admin_token.as_bytes()) {
+            return if loopback_peer {
+                Ok(Identity::admin_token())
+            } else {
+                Err(Problem::unauthorized(
+                    "the break-glass admin token is accepted from localhost only",
+                ))
+            };
+        }
+        let app = state.config.settings().admin_app.clone();
+        let id = state
+            .auth
+            .authenticate(token, &app)
+            .await
+            .map_err(|e| match e {
+                AuthError::Unavailable(m) => {
+                    tracing::warn!("cannot judge an admin token now: {m}");
+                    Problem::unavailable(format!("the token cannot be checked now: {m}"))
+                }
+                e => Problem::unauthorized(e.to_string()),
+            })?;
+        if id.admin || rule == Rule::SignedIn {
+            return Ok(id);
+        }
+        tracing::info!(actor = %id.actor, path = parts.uri.path(), "signed-in non-admin refused");
+        return Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "signed in, but not a member of the admin group (Data.AdminAzureApp.AdminGroupId)",
+        ));
+    }
+    if rule != Rule::AdminOrLocal {
+        return Err(Problem::unauthorized(
+            "sign in: this API needs a bearer token of the admin app",
+        ));
+    }
+    if !loopback_peer {
         return Err(Problem::unauthorized(
             "authentication required: this API answers remote requests only with credentials",
         ));
     }
-    let headers = req.headers();
-    if let Some(token) = bearer(headers) {
-        return if ct_eq(token.as_bytes(), state.admin_token.as_bytes()) {
-            Ok(())
-        } else {
-            Err(Problem::unauthorized("invalid bearer token"))
-        };
-    }
+    local_unauthenticated(parts)?;
+    Ok(Identity::localhost())
+}
+
+/// The Host, proxy-header and Origin rules for an unauthenticated request from a loopback peer.
+fn local_unauthenticated(parts: &Parts) -> Result<(), Problem> {
+    let headers = &parts.headers;
     if PROXY_HEADERS.iter().any(|h| headers.contains_key(*h)) {
         return Err(Problem::unauthorized(
             "a proxied request needs credentials (Forwarded/X-Forwarded-For present)",
         ));
     }
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
-    let host = host.or_else(|| req.uri().authority().map(|a| a.as_str()));
+    let host = host.or_else(|| parts.uri.authority().map(|a| a.as_str()));
     if !host.is_some_and(is_loopback_host) {
         return Err(Problem::unauthorized(
             "unauthenticated requests are accepted only for a loopback Host",
@@ -170,6 +250,16 @@ mod tests {
         ] {
             assert!(!is_loopback_host(h), "{h}");
         }
+    }
+
+    #[test]
+    fn rules_by_path() {
+        assert_eq!(rule("/api/config/servers"), Rule::AdminOrLocal);
+        assert_eq!(rule("/api/config/*/trusted-ips"), Rule::AdminOrLocal);
+        assert_eq!(rule("/api/configx"), Rule::Admin);
+        assert_eq!(rule("/api/users"), Rule::Admin);
+        assert_eq!(rule("/api/audit"), Rule::Admin);
+        assert_eq!(rule("/api/debug/claims"), Rule::SignedIn);
     }
 
     #[test]

@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{FromRequestParts, State};
-use axum::http::header;
 use axum::http::request::Parts;
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
@@ -32,10 +31,8 @@ const ATTEMPTS: u32 = 3;
 const AUDIT_DEFAULT: usize = 100;
 const AUDIT_MAX: usize = 1000;
 
-/// Who makes a change, for the audit log. The access guard may put one into the request's
-/// extensions (the signed-in user's UPN); without it, a request that carried a bearer token (the
-/// break-glass token: the interim guard lets no other through) is `admin-token`, any other
-/// `localhost`.
+/// Who makes a change, for the audit log: the access guard (`access::guard`) puts it into the
+/// request's extensions (the signed-in user's UPN, `admin-token` or `localhost`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Actor(pub String);
 
@@ -43,18 +40,13 @@ impl<S: Send + Sync> FromRequestParts<S> for Actor {
     type Rejection = Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        if let Some(a) = parts.extensions.get::<Actor>() {
-            return Ok(a.clone());
-        }
-        let bearer = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().split_once(' '))
-            .is_some_and(|(scheme, t)| scheme.eq_ignore_ascii_case("bearer") && !t.is_empty());
-        Ok(Actor(
-            if bearer { "admin-token" } else { "localhost" }.to_owned(),
-        ))
+        // Every route that changes something is behind the guard; `unknown` would mean a route
+        // outside it, and is then visible in the log rather than a made-up name.
+        Ok(parts
+            .extensions
+            .get::<Actor>()
+            .cloned()
+            .unwrap_or_else(|| Actor("unknown".to_owned())))
     }
 }
 

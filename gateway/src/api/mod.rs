@@ -1,11 +1,12 @@
 //! The REST API under `/api` (axum): users, registrations, configuration entries and leaves,
-//! trusted IPs, the audit log, running calls and the version, with
-//! `application/problem+json` errors and the interim local/bearer access rule. [`router`] builds
+//! trusted IPs, the audit log, running calls, the caller's claims and the version, with
+//! `application/problem+json` errors and the access rules of [`access`]. [`router`] builds
 //! the whole tree from an [`ApiState`]; `serve` mounts it and owns `/healthz` and `/metrics`.
 
 pub mod access;
 pub mod calls;
 pub mod config;
+pub mod debug;
 pub mod problem;
 pub mod registrations;
 pub mod trusted_ips;
@@ -33,6 +34,8 @@ pub struct ApiState {
     pub config: LiveConfig,
     /// The break-glass token (`<data-dir>/admin-token`), accepted as a bearer token from loopback.
     pub admin_token: Arc<str>,
+    /// Validates admin-app tokens (keys, Graph membership; caches shared by clones).
+    pub auth: crate::auth::Authenticator,
     /// What `GET /api/version` answers.
     pub version: VersionInfo,
     /// Serialises this process' read-modify-write of configuration entries.
@@ -54,6 +57,7 @@ impl ApiState {
             store,
             config,
             admin_token: admin_token.into(),
+            auth: crate::auth::Authenticator::new(),
             version: VersionInfo::current(),
             config_writes: Arc::new(tokio::sync::Mutex::new(())),
             users_changed: Arc::new(tokio::sync::watch::channel(0).0),
@@ -89,6 +93,7 @@ pub fn router(state: ApiState) -> Router {
             get(config::get_leaf).put(config::put_leaf),
         )
         .route("/api/audit", get(config::audit_list))
+        .route("/api/debug/claims", get(debug::claims))
         .route(
             "/api/config/{server}/trusted-ips",
             get(trusted_ips::list)

@@ -107,6 +107,8 @@ pub struct AzureApp {
     pub authority: String,
     /// Object id of the admin group (AdminAzureApp only; empty otherwise).
     pub admin_group_id: String,
+    /// Microsoft Graph base URL (AdminAzureApp only; empty otherwise).
+    pub graph_url: String,
 }
 
 impl Default for Settings {
@@ -188,6 +190,7 @@ impl Settings {
             redirect_uri: s(&format!("Data.{g}.RedirectUri")),
             authority: s(&format!("Data.{g}.Authority")),
             admin_group_id: s(&format!("Data.{g}.AdminGroupId")),
+            graph_url: s(&format!("Data.{g}.GraphUrl")),
         };
         Settings {
             default_sip_domain: s("Data.SipConfig.DefaultSipDomain"),

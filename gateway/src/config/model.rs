@@ -256,6 +256,13 @@ pub const LEAVES: &[Leaf] = &[
         meaning: "Entra ID authority (login endpoint) of the admin app",
     },
     Leaf {
+        path: "Data.AdminAzureApp.GraphUrl",
+        kind: Kind::String(Text::Url),
+        default: DefaultValue::Str("https://graph.microsoft.com"),
+        secret: false,
+        meaning: "Microsoft Graph base URL, asked for group membership when an admin's token has the groups overage",
+    },
+    Leaf {
         path: "Data.SipConfig.DefaultSipDomain",
         kind: Kind::String(Text::Host),
         default: DefaultValue::Str("csps.local"),
