@@ -2,7 +2,7 @@
 //! with the time, its source and an account lookup; out comes either a reply to send at once
 //! (401/403/404/423/400/500) or a [`RegisterOutcome::Commit`] whose binding changes the driver
 //! persists before it sends the 200. It owns the in-memory bindings (by AoR, with an expiry index),
-//! the stateless nonces and their `nc` table, and the brute-force limiter.
+//! the nonces and their fixed `nc` ring, and the brute-force limiter.
 //!
 //! ```
 //! use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -40,7 +40,9 @@ use nonce::{NonceCheck, Nonces};
 /// Most bindings one AoR may hold; a REGISTER that would exceed it gets 403.
 pub const MAX_BINDINGS_PER_AOR: usize = 32;
 
-/// Most nonces whose `nc` is tracked at once (older ones are then treated as stale).
+/// Outstanding nonces whose `nc` is tracked (a fixed ring of 4 B slots, 4 MiB, touched only as
+/// used): at 10,000 challenges/s a nonce stays usable for 100 s before its slot is reused and it
+/// turns stale (the phone is re-challenged with `stale=true`, no password prompt).
 pub const MAX_TRACKED_NONCES: usize = 1 << 20;
 
 /// Registrar settings; replaceable at run time with [`Registrar::set_config`].
@@ -187,7 +189,7 @@ pub struct RegistrarCounters {
     pub commits: u64,
     /// Bindings held now.
     pub bindings: u64,
-    /// Nonces whose `nc` is tracked now.
+    /// Outstanding nonces with an accepted `nc` now.
     pub tracked_nonces: u64,
     /// Source IPs the limiter tracks now.
     pub limiter_entries: u64,
@@ -210,13 +212,14 @@ enum Refusal {
 }
 
 impl Registrar {
-    /// A registrar with `cfg`, minting nonces with `secret` (share it between servers that share
-    /// phones, so a nonce from one is accepted by the other).
+    /// A registrar with `cfg`, minting nonces with `secret`. Servers sharing the secret know each
+    /// other's nonces as genuine but not their `nc` state: a phone that moves over is answered
+    /// `stale=true` and retries with a local nonce, without a password prompt.
     pub fn new(cfg: RegistrarConfig, secret: [u8; 32]) -> Self {
         Self::with_nonce_capacity(cfg, secret, MAX_TRACKED_NONCES)
     }
 
-    /// Like [`Registrar::new`] with a smaller `nc` table (tests, small devices).
+    /// Like [`Registrar::new`] with `nonces` outstanding nonce slots (tests, small devices).
     pub fn with_nonce_capacity(cfg: RegistrarConfig, secret: [u8; 32], nonces: usize) -> Self {
         Registrar {
             cfg,
@@ -498,10 +501,10 @@ impl Registrar {
         else {
             return Err(challenge(false));
         };
-        let (id, issued, stale) = match self.nonces.check(c_nonce, now, self.cfg.nonce_lifetime) {
+        let (seq, stale) = match self.nonces.check(c_nonce, now, self.cfg.nonce_lifetime) {
             NonceCheck::Invalid => return Err(challenge(false)),
-            NonceCheck::Stale => ([0; 16], 0, true),
-            NonceCheck::Fresh { id, issued } => (id, issued, false),
+            NonceCheck::Stale => (0, true),
+            NonceCheck::Fresh { seq } => (seq, false),
         };
         let nc_val = match u32::from_str_radix(nc, 16) {
             Ok(n) if nc.len() == 8 => n,
@@ -521,7 +524,7 @@ impl Registrar {
         let Some(ha1) = account.ha1_for(c_realm, alg) else {
             return Err(challenge(false));
         };
-        if !stale && !self.nonces.nc_fresh(&id, nc_val) {
+        if !stale && !self.nonces.nc_fresh(seq, nc_val) {
             self.counters.nc_replays += 1;
             return Err(challenge(false));
         }
@@ -548,8 +551,7 @@ impl Registrar {
         if !account.enabled {
             return Err(plain(Refusal::Forbidden("account disabled")));
         }
-        self.nonces
-            .accept(id, issued, nc_val, now, self.cfg.nonce_lifetime);
+        self.nonces.accept(seq, nc_val);
         Ok(())
     }
 
