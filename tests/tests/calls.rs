@@ -262,3 +262,96 @@ fn baresip_call_carries_each_phones_tone_to_the_other() {
         "{calls}"
     );
 }
+
+/// A request of `method` from a phone at `local` that names a dialog the gateway never made
+/// (`to_tag` set), with `extra` headers and no body.
+fn out_of_dialog(method: &str, local: std::net::SocketAddr, gw: &Gateway, extra: &str) -> String {
+    use csps_tests::raw::token;
+    format!(
+        "{method} sip:csps@{gw_addr} SIP/2.0\r\n\
+         Via: SIP/2.0/UDP {local};branch=z9hG4bK{branch};rport\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:alice@{DOMAIN}>;tag={ftag}\r\n\
+         To: <sip:bob@{DOMAIN}>;tag={ttag}\r\n\
+         Call-ID: {call_id}\r\n\
+         CSeq: 7 {method}\r\n\
+         Contact: <sip:alice@{local}>\r\n\
+         {extra}Content-Length: 0\r\n\r\n",
+        gw_addr = gw.sip_addr(),
+        branch = token("b"),
+        ftag = token("f"),
+        ttag = token("t"),
+        call_id = token("c"),
+    )
+}
+
+/// Datagrams from the gateway within `wait` (keep-alives skipped).
+fn answers_within(sock: &std::net::UdpSocket, wait: Duration) -> Vec<String> {
+    let deadline = std::time::Instant::now() + wait;
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return got;
+        }
+        sock.set_read_timeout(Some(left)).expect("read timeout");
+        match sock.recv(&mut buf) {
+            Ok(n) if buf[..n].iter().all(|b| matches!(b, b'\r' | b'\n')) => {}
+            Ok(n) => got.push(String::from_utf8_lossy(&buf[..n]).into_owned()),
+            Err(_) => return got,
+        }
+    }
+}
+
+/// RFC 3261 §12.2.2: a BYE, INFO, UPDATE, re-INVITE or CANCEL naming no dialog or transaction of
+/// the gateway gets 481 (not 405); §17: an ACK is never answered, not even a malformed one, while
+/// the same defect in another request gets its 400.
+#[test]
+fn requests_outside_any_dialog_get_481_and_a_malformed_ack_gets_nothing() {
+    let gw = match Gateway::start() {
+        Ok(g) => g,
+        Err(e) => return skip(&e),
+    };
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    sock.connect(gw.sip_addr()).expect("connect");
+    let local = sock.local_addr().expect("local addr");
+    for method in ["BYE", "INFO", "UPDATE", "INVITE", "CANCEL"] {
+        let req = out_of_dialog(method, local, &gw, "");
+        let resp = csps_tests::raw::udp_request(&sock, gw.sip_addr(), &req, Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("{method}: {e}"));
+        assert_eq!(resp.status, 481, "{method} outside a dialog: {resp:?}");
+        if method == "INVITE" {
+            // The ACK for the 481 (same transaction), so it is not retransmitted.
+            let ack = req
+                .replacen("INVITE sip:", "ACK sip:", 1)
+                .replace("CSeq: 7 INVITE", "CSeq: 7 ACK");
+            sock.send(ack.as_bytes()).expect("send ACK");
+        }
+    }
+    // Two Content-Length headers: readable enough to answer, malformed all the same.
+    let defect = "Content-Length: 0\r\n";
+    let bad_info = out_of_dialog("INFO", local, &gw, defect);
+    assert!(
+        csps_sip::parse(bad_info.as_bytes()).is_err(),
+        "the defect must make the request malformed"
+    );
+    sock.send(bad_info.as_bytes()).expect("send");
+    let got = answers_within(&sock, Duration::from_secs(2));
+    assert!(
+        got.iter().any(|a| a.starts_with("SIP/2.0 400")),
+        "a malformed INFO gets 400: {got:?}"
+    );
+    let bad_ack = out_of_dialog("ACK", local, &gw, defect);
+    sock.send(bad_ack.as_bytes()).expect("send");
+    let got = answers_within(&sock, Duration::from_millis(1500));
+    assert!(got.is_empty(), "a malformed ACK was answered: {got:?}");
+    // A well-formed stray ACK is dropped too, and the gateway still answers afterwards.
+    let ack = out_of_dialog("ACK", local, &gw, "");
+    sock.send(ack.as_bytes()).expect("send");
+    assert!(answers_within(&sock, Duration::from_millis(800)).is_empty());
+    let opts = csps_tests::raw::options("UDP", local, gw.sip_addr());
+    let resp = csps_tests::raw::udp_request(&sock, gw.sip_addr(), &opts, Duration::from_secs(5))
+        .expect("OPTIONS");
+    assert_eq!(resp.status, 200);
+}

@@ -40,6 +40,14 @@ fn want(bytes: &[u8]) -> Want {
             },
             Message::Response(_) => Want::Silence,
         },
+        // An ACK is never answered, however malformed (RFC 3261 §17).
+        Err(e)
+            if e.request
+                .as_ref()
+                .is_some_and(|r| r.method == csps_sip::Method::Ack) =>
+        {
+            Want::Silence
+        }
         Err(e) if e.request.is_some() => Want::Status(e.status),
         Err(_) => Want::Silence,
     }

@@ -25,13 +25,18 @@ use crate::metrics::Metrics;
 use crate::store::{BindingKey, Registration};
 
 /// Methods this version implements; the others get 405 with this list.
-pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER";
+pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, REGISTER";
+/// Methods implemented here: outside a call's dialog, those that only make sense inside one get
+/// 481 (RFC 3261 §12.2.2), not 405.
 const IMPLEMENTED_HERE: &[Method] = &[
     Method::Register,
     Method::Invite,
     Method::Options,
     Method::Ack,
     Method::Cancel,
+    Method::Bye,
+    Method::Info,
+    Method::Update,
 ];
 /// Queued inbound messages handled per wakeup of the core after the first.
 const INBOUND_BATCH: usize = 256;

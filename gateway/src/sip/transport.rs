@@ -123,11 +123,15 @@ pub fn stamp_via(msg: &mut Message, from: SocketAddr) {
 /// Builds the stateless answer to a request that failed to parse, when it can be answered.
 pub fn reject_unparsable(err: &ParseError, server_name: &str) -> Option<Vec<u8>> {
     let req = err.request.as_deref()?;
-    Some(refusal(req, err.status, &err.reason, server_name))
+    refusal(req, err.status, &err.reason, server_name)
 }
 
-/// A stateless answer with `status` and a Warning saying why, in wire form.
-fn refusal(req: &csps_sip::Request, status: u16, why: &str, server_name: &str) -> Vec<u8> {
+/// A stateless answer with `status` and a Warning saying why, in wire form; none for an ACK,
+/// which is never answered (RFC 3261 §17.2.1: a UA that cannot use an ACK drops it).
+fn refusal(req: &csps_sip::Request, status: u16, why: &str, server_name: &str) -> Option<Vec<u8>> {
+    if req.method == csps_sip::Method::Ack {
+        return None;
+    }
     let mut resp = req.response(status, csps_sip::message::reason_phrase(status));
     resp.headers.push(
         "Warning",
@@ -135,7 +139,7 @@ fn refusal(req: &csps_sip::Request, status: u16, why: &str, server_name: &str) -
     );
     let mut out = Vec::with_capacity(512);
     resp.encode(&mut out);
-    out
+    Some(out)
 }
 
 /// Parses bytes from one remote, counting and answering failures. Returns the message to pass on.
@@ -373,9 +377,7 @@ pub async fn run_connection<S>(
                         let out = match csps_sip::parse(&buf[..end]) {
                             Err(e) => reject_unparsable(&e, &ctx.server_name),
                             Ok(p) => match p.message {
-                                Message::Request(req) => {
-                                    Some(refusal(&req, 400, why, &ctx.server_name))
-                                }
+                                Message::Request(req) => refusal(&req, 400, why, &ctx.server_name),
                                 Message::Response(_) => None,
                             },
                         };
