@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use chrono::{DateTime, Utc};
 use csps_sip::registrar::{Binding, RegisterOutcome, Registrar, RegistrarConfig};
 use csps_sip::transaction::{Event, Input, Output, Transactions, TxnConfig, TxnKey};
 use csps_sip::{FlowId, Message, Method, Remote, Request, Response, SipHeaders, Transport};
@@ -245,10 +244,6 @@ pub async fn run(parts: CoreParts) {
     }
 }
 
-fn to_utc(t: SystemTime) -> DateTime<Utc> {
-    DateTime::<Utc>::from(t)
-}
-
 /// The first keep-alive of a binding behind NAT over UDP (none for other bindings).
 fn keepalive_entry(
     now: Instant,
@@ -314,26 +309,6 @@ impl Core {
         .into_iter()
         .flatten()
         .min()
-    }
-
-    fn record(&self, b: &Binding) -> Registration {
-        Registration {
-            aor: b.aor.clone(),
-            binding: b.key.clone(),
-            contact: b.contact.clone(),
-            server: self.server_name.clone(),
-            transport: b.source.transport.as_str().to_owned(),
-            source: b.source.addr.to_string(),
-            local: b.local.to_string(),
-            user_agent: b.user_agent.clone(),
-            expires_at: to_utc(b.expires_at),
-            instance_id: b.instance_id.clone(),
-            reg_id: b.reg_id,
-            call_id: b.call_id.clone(),
-            cseq: b.cseq,
-            q: b.q,
-            nat: b.nat,
-        }
     }
 
     fn on_committed(&mut self, replies: Vec<(TxnKey, Response)>) {
@@ -569,7 +544,12 @@ impl Core {
         );
         self.sync_auth_counters();
         match outcome {
-            RegisterOutcome::Reply(resp) => self.respond(&key, &req, resp),
+            // The registrar's replies carry their To tag already.
+            RegisterOutcome::Reply(resp) => {
+                if let Err(e) = self.txns.respond(Instant::now(), &key, resp) {
+                    tracing::debug!(%key, "cannot answer: {e}");
+                }
+            }
             RegisterOutcome::Commit {
                 upserts,
                 removals,
@@ -578,10 +558,9 @@ impl Core {
                 let now = Instant::now();
                 self.keepalives
                     .extend(upserts.iter().filter_map(|b| keepalive_entry(now, b)));
-                let mut reply = reply;
-                self.add_to_tag(&req, &mut reply);
+                // The registrar's replies carry their To tag already.
                 let commit = Commit {
-                    upserts: upserts.iter().map(|b| self.record(b)).collect(),
+                    upserts,
                     removals: removals
                         .into_iter()
                         .map(|k| BindingKey {
@@ -642,16 +621,18 @@ impl Core {
             &mut self.rng,
         );
         self.sync_auth_counters();
-        let mut resp = match outcome {
+        let resp = match outcome {
+            // The registrar's replies carry their To tag already.
             RegisterOutcome::Reply(resp) => resp,
             // The registrar binds only after credentials or from a trusted address, both
             // excluded above; should that ever change, fail visibly rather than bind unanswered.
             _ => {
                 tracing::error!("registrar bound a REGISTER without credentials");
-                req.response(500, "Server Internal Error")
+                let mut resp = req.response(500, "Server Internal Error");
+                self.add_to_tag(req, &mut resp);
+                resp
             }
         };
-        self.add_to_tag(req, &mut resp);
         self.txns.send_stateless(from, Message::Response(resp));
         None
     }

@@ -171,6 +171,7 @@ pub async fn start(
     let (writer_tx, writer_rx) = mpsc::channel(8192);
     let (done_tx, done_rx) = mpsc::channel(1024);
     tokio::spawn(writer::run(
+        server_name.clone(),
         store.clone(),
         metrics.clone(),
         writer_rx,

@@ -6,7 +6,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use csps_sip::Response;
+use csps_sip::registrar::Binding;
 use csps_sip::transaction::TxnKey;
 use tokio::sync::mpsc;
 
@@ -15,8 +17,8 @@ use crate::store::{BindingKey, Registration, Store};
 
 /// Changes that must be durable before `replies` are sent.
 pub struct Commit {
-    /// Bindings to insert or replace.
-    pub upserts: Vec<Registration>,
+    /// Bindings to insert or replace (turned into store records here, off the core task).
+    pub upserts: Vec<Binding>,
     /// Bindings to remove.
     pub removals: Vec<BindingKey>,
     /// Server transactions to answer once written.
@@ -30,8 +32,30 @@ const LINGER: Duration = Duration::from_millis(1);
 /// Largest number of commits folded into one store write.
 const MAX_BATCH: usize = 1024;
 
-/// Runs until the core drops its sender; answers come back on `done`.
+/// The store record of a binding held by `server`.
+pub fn record(server: &str, b: &Binding) -> Registration {
+    Registration {
+        aor: b.aor.clone(),
+        binding: b.key.clone(),
+        contact: b.contact.clone(),
+        server: server.to_owned(),
+        transport: b.source.transport.as_str().to_owned(),
+        source: b.source.addr.to_string(),
+        local: b.local.to_string(),
+        user_agent: b.user_agent.clone(),
+        expires_at: DateTime::<Utc>::from(b.expires_at),
+        instance_id: b.instance_id.clone(),
+        reg_id: b.reg_id,
+        call_id: b.call_id.clone(),
+        cseq: b.cseq,
+        q: b.q,
+        nat: b.nat,
+    }
+}
+
+/// Runs until the core drops its sender; answers come back on `done`. Records name `server`.
 pub async fn run(
+    server: String,
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
     mut rx: mpsc::Receiver<Commit>,
@@ -43,14 +67,15 @@ pub async fn run(
         if rx.len() < LINGER_BELOW {
             tokio::time::sleep(LINGER).await;
         }
-        let mut upserts = first.upserts;
+        let mut upserts: Vec<Registration> =
+            first.upserts.iter().map(|b| record(&server, b)).collect();
         let mut removals = first.removals;
         let mut replies = first.replies;
         let mut n = 1;
         while n < MAX_BATCH {
             match rx.try_recv() {
                 Ok(c) => {
-                    upserts.extend(c.upserts);
+                    upserts.extend(c.upserts.iter().map(|b| record(&server, b)));
                     removals.extend(c.removals);
                     replies.extend(c.replies);
                     n += 1;
