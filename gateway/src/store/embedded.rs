@@ -29,8 +29,11 @@ use super::{
 /// File name of the database inside the data directory.
 pub const FILE_NAME: &str = "csps.redb";
 
-/// Page cache bound: the registrar's memory per binding is measured, so the cache stays modest.
-const CACHE_BYTES: usize = 16 * 1024 * 1024;
+/// redb's own page cache. Kept small: redb reads the file with `pread`, so its pages stay in the
+/// kernel's page cache anyway and a miss costs a system call on the store's blocking thread, not
+/// a disk read; 16 MiB had been 1.6 KiB of resident memory per registration at 10,000 accounts.
+/// A batch of 1,024 registrations dirties well under 1 MiB.
+const CACHE_BYTES: usize = 4 * 1024 * 1024;
 
 const USERS: TableDefinition<u128, &[u8]> = TableDefinition::new("users");
 const USER_NAMES: TableDefinition<&str, u128> = TableDefinition::new("user_names");
