@@ -117,6 +117,46 @@ fn sipp_caller_cancel_reaches_the_ringing_callee() {
     );
 }
 
+/// RFC 3264 §8.4 hold and resume through the gateway, the caller holding: its re-INVITE with
+/// a=sendonly reaches the callee from the relay's address, the callee's a=recvonly answer comes
+/// back, and the same for the resume with a=sendrecv (both scenarios check every SDP).
+#[test]
+fn sipp_caller_holds_and_resumes() {
+    let Some(gw) = gateway(&[("alice", "alice-secret-1"), ("bob", "bob-secret-1")]) else {
+        return;
+    };
+    let bob = callee(&gw, "uas_held.xml", "bob", "bob-secret-1");
+    let alice = caller(&gw, "uac_hold.xml");
+    let bob = bob.join().expect("callee thread");
+    assert_both_ok(&gw, &alice, &bob);
+}
+
+/// Hold from the other side: the callee's own re-INVITEs (sendonly, then sendrecv) reach the
+/// caller inside the caller's dialog and the caller's answers go back.
+#[test]
+fn sipp_callee_holds_and_resumes() {
+    let Some(gw) = gateway(&[("alice", "alice-secret-1"), ("bob", "bob-secret-1")]) else {
+        return;
+    };
+    let bob = callee(&gw, "uas_holds.xml", "bob", "bob-secret-1");
+    let alice = caller(&gw, "uac_held.xml");
+    let bob = bob.join().expect("callee thread");
+    assert_both_ok(&gw, &alice, &bob);
+}
+
+/// DTMF by SIP INFO (application/dtmf-relay and application/dtmf) reaches the other phone inside
+/// its dialog, and that phone's own answer (its reason phrase) comes back to the sender.
+#[test]
+fn sipp_info_dtmf_is_relayed_to_the_other_phone() {
+    let Some(gw) = gateway(&[("alice", "alice-secret-1"), ("bob", "bob-secret-1")]) else {
+        return;
+    };
+    let bob = callee(&gw, "uas_info.xml", "bob", "bob-secret-1");
+    let alice = caller(&gw, "uac_info.xml");
+    let bob = bob.join().expect("callee thread");
+    assert_both_ok(&gw, &alice, &bob);
+}
+
 /// A headless baresip phone for `user` that plays a `tone_hz` sine (`ausine`), records what it
 /// decodes into `dir` (`sndfile`), answers calls by itself, and runs `commands` at start.
 fn baresip(

@@ -176,6 +176,41 @@ enum Phase {
     Ended,
 }
 
+/// A session modification in flight: a re-INVITE or UPDATE from one leg (the origin), relayed
+/// to the other (the target) as the gateway's own request in that dialog.
+struct ReOffer {
+    /// The origin is leg A (else the answered device, B).
+    from_a: bool,
+    /// The origin's server transaction.
+    key: TxnKey,
+    /// INVITE or UPDATE.
+    method: Method,
+    /// The origin's request (to build the answer from).
+    req: Request,
+    /// Our client transaction towards the target.
+    tag: u32,
+    /// Its CSeq number (for the ACK of a 2xx).
+    seq: u32,
+    /// The offer sent to the target; `None` for an offerless re-INVITE (the target's 2xx
+    /// carries the offer, the origin's ACK the answer).
+    offer: Option<Sdp>,
+    /// The origin's SDP address, applied to the relay once the target answered.
+    origin_addr: Option<SocketAddr>,
+    /// After the 2xx went to the origin: waiting for its ACK.
+    answered: Option<Answered>,
+}
+
+/// The 2xx of a relayed re-INVITE, retransmitted until the origin's ACK (§13.3.1.4).
+struct Answered {
+    /// The origin's INVITE CSeq, which its ACK repeats.
+    cseq: u32,
+    resp: Response,
+    /// Offerless: the offer put in the 2xx, which the ACK answers.
+    offer_to_origin: Option<Sdp>,
+    /// Next retransmission, its interval and when to give up (UDP only).
+    next: Option<(Instant, Duration, Instant)>,
+}
+
 /// One call.
 pub struct Call {
     setup: Setup,
@@ -193,6 +228,10 @@ pub struct Call {
     /// Tags of BYEs this call sent and still waits for.
     pending_byes: Vec<u32>,
     early_media_from: Option<usize>,
+    /// The re-INVITE or UPDATE being relayed (one at a time, RFC 3261 §14).
+    reoffer: Option<ReOffer>,
+    /// INFOs relayed to the other leg: our tag, the origin's transaction and request.
+    infos: Vec<(u32, TxnKey, Request)>,
     phase: Phase,
     ring_deadline: Option<Instant>,
     linger_deadline: Option<Instant>,
@@ -252,6 +291,19 @@ fn best_final(statuses: impl Iterator<Item = u16>) -> u16 {
         .unwrap_or(480)
 }
 
+/// The answer to a relayed request, for its origin: the status and reason, and a body when the
+/// other side sent one.
+fn relayed_response(origin: &Request, resp: &Response) -> Response {
+    let mut r = origin.response(resp.status, &resp.reason);
+    if let Some(ct) = resp.headers.get("Content-Type")
+        && !resp.body.is_empty()
+    {
+        r.headers.push("Content-Type", ct);
+        r.body = resp.body.clone();
+    }
+    r
+}
+
 impl Call {
     /// A new call; `start` sends the INVITEs.
     pub fn new(setup: Setup, mut rng: Box<dyn RngCore + Send>) -> Call {
@@ -271,6 +323,8 @@ impl Call {
             winner: None,
             pending_byes: Vec::new(),
             early_media_from: None,
+            reoffer: None,
+            infos: Vec::new(),
             phase: Phase::Ringing,
             ring_deadline: None,
             linger_deadline: None,
@@ -402,6 +456,14 @@ impl Call {
             Input::Timeout { tag } => {
                 if let Some(i) = self.forks.iter().position(|f| f.tag == tag) {
                     self.fork_failed(now, i, 408);
+                } else if self.reoffer.as_ref().is_some_and(|r| r.tag == tag) {
+                    self.reoffer_failed(408, "Request Timeout");
+                } else if let Some(k) = self.infos.iter().position(|(t, ..)| *t == tag) {
+                    let (_, key, req) = self.infos.remove(k);
+                    self.out.push_back(Output::Respond {
+                        key,
+                        resp: req.response(408, "Request Timeout"),
+                    });
                 } else {
                     self.bye_done(tag);
                 }
@@ -414,6 +476,8 @@ impl Call {
                     self.a_ok = None;
                     self.a_ok_next = None;
                     self.phase = Phase::Confirmed;
+                } else {
+                    self.on_reoffer_ack(req);
                 }
             }
             Input::Cancel(req) => {
@@ -552,6 +616,20 @@ impl Call {
     }
 
     fn on_response(&mut self, now: Instant, tag: u32, resp: Response) {
+        if self.reoffer.as_ref().is_some_and(|r| r.tag == tag) {
+            self.on_reoffer_response(now, resp);
+            return;
+        }
+        if let Some(k) = self.infos.iter().position(|(t, ..)| *t == tag) {
+            if resp.status >= 200 {
+                let (_, key, req) = self.infos.remove(k);
+                self.out.push_back(Output::Respond {
+                    key,
+                    resp: relayed_response(&req, &resp),
+                });
+            }
+            return;
+        }
         let Some(i) = self.forks.iter().position(|f| f.tag == tag) else {
             // A BYE's or CANCEL's answer.
             if resp.status >= 200 {
@@ -764,24 +842,414 @@ impl Call {
                     }
                 }
             }
-            Method::Options | Method::Info => {
+            Method::Options => {
                 self.out.push_back(Output::Respond {
                     key,
                     resp: req.response(200, "OK"),
                 });
             }
+            Method::Invite | Method::Update | Method::Info
+                if !from_a && (fork != self.winner || self.winner.is_none()) =>
+            {
+                // A device that lost the race (being hung up) has no session to modify.
+                let r = req.response(481, "Call/Transaction Does Not Exist");
+                self.out.push_back(Output::Respond { key, resp: r });
+            }
+            Method::Invite | Method::Update => self.on_reoffer(key, from_a, req),
+            Method::Info => self.relay_info(key, from_a, req),
             _ => {
-                // Hold, resume and session refreshes (re-INVITE/UPDATE) come with the next slice;
-                // 488 leaves the call as it was (RFC 3261 §14.2).
-                let mut r = req.response(
-                    if matches!(req.method, Method::Invite | Method::Update) {
-                        488
-                    } else {
-                        501
-                    },
-                    "Not Supported Yet",
-                );
+                let mut r = req.response(501, "Not Implemented");
                 r.headers.push("Allow", super::ALLOW_IN_DIALOG);
+                self.out.push_back(Output::Respond { key, resp: r });
+            }
+        }
+    }
+
+    /// Builds a request in the dialog of leg A (`to_a`) or of the answered device, sends it, and
+    /// returns its tag and CSeq number; `None` when that dialog does not exist.
+    fn send_in_dialog(
+        &mut self,
+        to_a: bool,
+        method: Method,
+        content_type: Option<&str>,
+        body: Bytes,
+    ) -> Option<(u32, u32)> {
+        let tag = self.tag();
+        let (via, to, d) = if to_a {
+            let v = via_for(self.setup.from.transport, self.setup.local, &mut *self.rng);
+            (v, self.setup.from, self.a_dialog.as_mut()?)
+        } else {
+            let w = self.winner?;
+            let v = via(&self.forks[w].target, &mut *self.rng);
+            let f = &mut self.forks[w];
+            (v, f.target.to, f.dialog.as_mut()?)
+        };
+        let mut req = d.request(method, &via);
+        let seq = d.local_seq;
+        if matches!(req.method, Method::Invite | Method::Update) {
+            req.headers.push("Allow", super::ALLOW_IN_DIALOG);
+        }
+        if let Some(ct) = content_type.filter(|_| !body.is_empty()) {
+            req.headers.push("Content-Type", ct);
+        }
+        req.body = body;
+        self.out.push_back(Output::Send { tag, to, req });
+        Some((tag, seq))
+    }
+
+    /// The ACK for a 2xx to our re-INVITE with CSeq `seq`, in leg A's (`to_a`) or B's dialog.
+    fn ack_in_dialog(&mut self, to_a: bool, seq: u32, body: Option<Bytes>) {
+        let (via, to, d) = if to_a {
+            let v = via_for(self.setup.from.transport, self.setup.local, &mut *self.rng);
+            (v, self.setup.from, self.a_dialog.as_ref())
+        } else {
+            let Some(w) = self.winner else { return };
+            let v = via(&self.forks[w].target, &mut *self.rng);
+            let f = &self.forks[w];
+            (v, f.target.to, f.dialog.as_ref())
+        };
+        let Some(d) = d else { return };
+        let mut ack = d.ack(seq, &via);
+        if let Some(b) = body {
+            ack.headers.push("Content-Type", "application/sdp");
+            ack.body = b;
+        }
+        self.out.push_back(Output::Stateless { to, req: ack });
+    }
+
+    /// The relay change for leg A (`a`) or the answered device.
+    fn media_for(&mut self, a: bool, addr: Option<SocketAddr>) {
+        let change = if a {
+            MediaChange::A(addr, self.setup.from.addr.ip())
+        } else {
+            let Some(w) = self.winner else { return };
+            MediaChange::B(addr, self.forks[w].target.to.addr.ip())
+        };
+        self.out.push_back(Output::Media(change));
+    }
+
+    /// The relay's address facing leg A (`a`) or B.
+    fn relay_facing(&self, a: bool) -> SocketAddr {
+        if a {
+            self.setup.relay_a
+        } else {
+            self.setup.relay_b
+        }
+    }
+
+    /// A re-INVITE or UPDATE from one leg (hold, resume, a new address, a session refresh):
+    /// relayed to the other leg with the relay's address in its SDP; that leg's answer comes
+    /// back the same way (RFC 3264 §8). Direction attributes pass through unchanged, so a
+    /// phone's `sendonly` reaches the other phone, which answers `recvonly`.
+    fn on_reoffer(&mut self, key: TxnKey, from_a: bool, req: Request) {
+        let respond = |this: &mut Call, status: u16, warning: Option<&str>| {
+            let mut r = req.response(status, csps_sip::message::reason_phrase(status));
+            if status == 500 {
+                // §14.2: the origin's earlier request is still being answered.
+                r.headers.push("Retry-After", "1");
+            }
+            if let Some(w) = warning {
+                r.headers.push(
+                    "Warning",
+                    csps_sip::validate::warning_value(&this.setup.agent, w),
+                );
+            }
+            this.out.push_back(Output::Respond { key, resp: r });
+        };
+        if let Some(p) = &self.reoffer {
+            // §14.1: glare when our own request to this leg is pending; §14.2: 500 with
+            // Retry-After when this leg's previous one is still in progress.
+            let status = if p.from_a == from_a { 500 } else { 491 };
+            respond(self, status, None);
+            return;
+        }
+        if self.phase != Phase::Confirmed {
+            // The initial INVITE's ACK is still outstanding: the session is not settled yet.
+            respond(self, 491, None);
+            return;
+        }
+        let has_body = !req.body.is_empty();
+        if has_body && !is_sdp(&req.headers, &req.body) {
+            let mut r = req.response(415, "Unsupported Media Type");
+            r.headers.push("Accept", "application/sdp");
+            self.out.push_back(Output::Respond { key, resp: r });
+            return;
+        }
+        if !has_body && req.method == Method::Update {
+            // An UPDATE without an offer only refreshes the session (RFC 3311 §5.2).
+            let mut r = req.response(200, "OK");
+            r.headers.push("Contact", self.contact_towards(from_a));
+            self.out.push_back(Output::Respond { key, resp: r });
+            return;
+        }
+        let (offer, origin_addr, body) = if has_body {
+            let mut offer = match Sdp::parse(&req.body) {
+                Ok(s) => s,
+                Err(e) => {
+                    respond(self, 400, Some(&format!("bad SDP: {e}")));
+                    return;
+                }
+            };
+            let origin_addr = offer.audio_index().and_then(|i| offer.rtp_addr(i));
+            let idx = match sdp::restrict_offer(&mut offer, sdp::SUPPORTED) {
+                Ok(i) => i,
+                Err(e) => {
+                    respond(self, e.status(), Some(&e.to_string()));
+                    return;
+                }
+            };
+            sdp::rewrite_address(&mut offer, idx, self.relay_facing(!from_a));
+            let body = Bytes::from(offer.to_bytes());
+            (Some(offer), origin_addr, body)
+        } else {
+            (None, None, Bytes::new())
+        };
+        let method = req.method.clone();
+        let Some((tag, seq)) =
+            self.send_in_dialog(!from_a, method.clone(), Some("application/sdp"), body)
+        else {
+            respond(self, 481, None);
+            return;
+        };
+        self.reoffer = Some(ReOffer {
+            from_a,
+            key,
+            method,
+            req,
+            tag,
+            seq,
+            offer,
+            origin_addr,
+            answered: None,
+        });
+    }
+
+    /// Our Contact in the dialog with leg A (`a`) or B.
+    fn contact_towards(&self, a: bool) -> String {
+        if a {
+            self.a_contact.clone()
+        } else {
+            self.winner
+                .map(|w| {
+                    contact_for(
+                        self.forks[w].target.to.transport,
+                        self.forks[w].target.local,
+                    )
+                })
+                .unwrap_or_default()
+        }
+    }
+
+    /// The relayed re-INVITE/UPDATE failed (non-2xx, timeout): the origin gets `status`, and the
+    /// session stays as it was (§14.1).
+    fn reoffer_failed(&mut self, status: u16, reason: &str) {
+        let Some(p) = self.reoffer.take() else { return };
+        let mut r = p.req.response(status, reason);
+        if status == 491 {
+            // The target saw glare too; the origin retries after its own random wait (§14.1).
+            r.headers.push("Retry-After", "1");
+        }
+        self.out.push_back(Output::Respond {
+            key: p.key,
+            resp: r,
+        });
+    }
+
+    fn on_reoffer_response(&mut self, now: Instant, resp: Response) {
+        let Some(p) = self.reoffer.as_ref() else {
+            return;
+        };
+        let (from_a, is_invite, seq) = (p.from_a, p.method == Method::Invite, p.seq);
+        if resp.status < 200 {
+            return;
+        }
+        if resp.status >= 300 {
+            self.reoffer_failed(resp.status, &resp.reason);
+            return;
+        }
+        if is_invite && p.answered.is_some() {
+            // A retransmitted 2xx: our ACK got lost, send it again (for an offerless one the
+            // ACK waits for the origin's, which carries the answer).
+            if p.offer.is_some() {
+                self.ack_in_dialog(!from_a, seq, None);
+            }
+            return;
+        }
+        let body_ok = is_sdp(&resp.headers, &resp.body);
+        let Some(p) = self.reoffer.as_mut() else {
+            return;
+        };
+        let result: Result<(Bytes, Option<Sdp>), String> = match p.offer.as_ref() {
+            // The target's answer to the relayed offer.
+            Some(offer) if body_ok => Sdp::parse(&resp.body)
+                .map_err(|e| format!("bad SDP answer: {e}"))
+                .and_then(|mut answer| {
+                    let idx = sdp::check_answer(offer, &answer).map_err(|e| e.to_string())?;
+                    let target_addr = answer.rtp_addr(idx);
+                    sdp::rewrite_address(
+                        &mut answer,
+                        idx,
+                        if from_a {
+                            self.setup.relay_a
+                        } else {
+                            self.setup.relay_b
+                        },
+                    );
+                    self.out.push_back(Output::Media(if from_a {
+                        match self.winner {
+                            Some(w) => {
+                                MediaChange::B(target_addr, self.forks[w].target.to.addr.ip())
+                            }
+                            None => return Err("no answered device".into()),
+                        }
+                    } else {
+                        MediaChange::A(target_addr, self.setup.from.addr.ip())
+                    }));
+                    Ok((Bytes::from(answer.to_bytes()), None))
+                }),
+            Some(_) => Err("the answer carries no SDP".into()),
+            // Offerless re-INVITE: the target's 2xx carries the offer for the origin.
+            None if body_ok && is_invite => Sdp::parse(&resp.body)
+                .map_err(|e| format!("bad SDP offer: {e}"))
+                .and_then(|mut offer| {
+                    let target_addr = offer.audio_index().and_then(|i| offer.rtp_addr(i));
+                    let idx = sdp::restrict_offer(&mut offer, sdp::SUPPORTED)
+                        .map_err(|e| e.to_string())?;
+                    self.out.push_back(Output::Media(if from_a {
+                        match self.winner {
+                            Some(w) => {
+                                MediaChange::B(target_addr, self.forks[w].target.to.addr.ip())
+                            }
+                            None => return Err("no answered device".into()),
+                        }
+                    } else {
+                        MediaChange::A(target_addr, self.setup.from.addr.ip())
+                    }));
+                    sdp::rewrite_address(
+                        &mut offer,
+                        idx,
+                        if from_a {
+                            self.setup.relay_a
+                        } else {
+                            self.setup.relay_b
+                        },
+                    );
+                    Ok((Bytes::from(offer.to_bytes()), Some(offer)))
+                }),
+            None => Err("the 2xx to an offerless re-INVITE carries no offer".into()),
+        };
+        let (body, offer_to_origin) = match result {
+            Ok(x) => x,
+            Err(why) => {
+                // The target took a session description the origin cannot be given: the
+                // target's transaction is completed, the origin learns why and keeps its
+                // session (§14.1).
+                tracing::info!("re-offer failed: {why}");
+                if is_invite {
+                    self.ack_in_dialog(!from_a, seq, None);
+                }
+                let Some(p) = self.reoffer.take() else { return };
+                let mut r = p.req.response(488, "Not Acceptable Here");
+                r.headers.push(
+                    "Warning",
+                    csps_sip::validate::warning_value(&self.setup.agent, &why),
+                );
+                self.out.push_back(Output::Respond {
+                    key: p.key,
+                    resp: r,
+                });
+                return;
+            }
+        };
+        let Some(p) = self.reoffer.as_ref() else {
+            return;
+        };
+        let origin_addr = p.origin_addr;
+        let mut ok = p.req.response(200, "OK");
+        ok.headers.push("Contact", self.contact_towards(from_a));
+        ok.headers.push("Allow", super::ALLOW_IN_DIALOG);
+        ok.headers.push("Content-Type", "application/sdp");
+        ok.body = body;
+        let key = p.key;
+        let cseq = p.req.cseq().map(|c| c.seq).unwrap_or(0);
+        if origin_addr.is_some() {
+            self.media_for(from_a, origin_addr);
+        }
+        self.out.push_back(Output::Respond {
+            key,
+            resp: ok.clone(),
+        });
+        if !is_invite {
+            self.reoffer = None;
+            return;
+        }
+        let offerless = offer_to_origin.is_some();
+        if !offerless {
+            // With an offer relayed, the target's 2xx is ACKed at once.
+            self.ack_in_dialog(!from_a, seq, None);
+        }
+        let reliable = if from_a {
+            self.setup.from.transport.is_reliable()
+        } else {
+            self.winner
+                .is_some_and(|w| self.forks[w].target.to.transport.is_reliable())
+        };
+        if let Some(p) = self.reoffer.as_mut() {
+            p.answered = Some(Answered {
+                cseq,
+                resp: ok,
+                offer_to_origin,
+                next: (!reliable).then_some((now + T1, T1, now + LINGER)),
+            });
+        }
+    }
+
+    /// The origin's ACK to the 2xx of a relayed re-INVITE; for an offerless one it carries the
+    /// answer, which goes on in the ACK to the target.
+    fn on_reoffer_ack(&mut self, ack: Request) {
+        let Some(p) = self.reoffer.as_ref() else {
+            return;
+        };
+        let Some(a) = p.answered.as_ref() else { return };
+        let in_dialog = if p.from_a {
+            self.a_dialog.as_ref().is_some_and(|d| d.matches(&ack))
+        } else {
+            self.winner
+                .and_then(|w| self.forks[w].dialog.as_ref())
+                .is_some_and(|d| d.matches(&ack))
+        };
+        if !in_dialog || ack.cseq().map(|c| c.seq) != Some(a.cseq) {
+            return;
+        }
+        let Some(p) = self.reoffer.take() else { return };
+        let Some(a) = p.answered else { return };
+        let Some(offer) = a.offer_to_origin else {
+            return;
+        };
+        let answer = is_sdp(&ack.headers, &ack.body)
+            .then(|| Sdp::parse(&ack.body).ok())
+            .flatten()
+            .and_then(|mut answer| {
+                let idx = sdp::check_answer(&offer, &answer).ok()?;
+                let addr = answer.rtp_addr(idx);
+                self.media_for(p.from_a, addr);
+                sdp::rewrite_address(&mut answer, idx, self.relay_facing(!p.from_a));
+                Some(Bytes::from(answer.to_bytes()))
+            });
+        if answer.is_none() {
+            tracing::info!("the ACK to an offerless re-INVITE carries no usable answer");
+        }
+        self.ack_in_dialog(!p.from_a, p.seq, answer);
+    }
+
+    /// An INFO (DTMF by `application/dtmf-relay` or `application/dtmf`, or anything else a phone
+    /// sends) passed to the other leg as is; its answer comes back to the sender.
+    fn relay_info(&mut self, key: TxnKey, from_a: bool, req: Request) {
+        let ct = req.headers.get("Content-Type").map(str::to_owned);
+        match self.send_in_dialog(!from_a, Method::Info, ct.as_deref(), req.body.clone()) {
+            Some((tag, _)) => self.infos.push((tag, key, req)),
+            None => {
+                let r = req.response(481, "Call/Transaction Does Not Exist");
                 self.out.push_back(Output::Respond { key, resp: r });
             }
         }
@@ -821,6 +1289,28 @@ impl Call {
         {
             self.finish();
         }
+        let due = self
+            .reoffer
+            .as_ref()
+            .and_then(|p| p.answered.as_ref())
+            .and_then(|a| a.next)
+            .filter(|n| n.0 <= now);
+        if let Some((_, interval, give_up)) = due {
+            if now >= give_up {
+                // No ACK: the modification is over; the call goes on (§13.3.1.4 says end the
+                // session, but a lost ACK to a hold should not cost the user the call).
+                self.reoffer = None;
+            } else if let Some(p) = self.reoffer.as_mut()
+                && let Some(a) = p.answered.as_mut()
+            {
+                let next = (interval * 2).min(T2);
+                a.next = Some((now + next, next, give_up));
+                self.out.push_back(Output::Respond {
+                    key: p.key,
+                    resp: a.resp.clone(),
+                });
+            }
+        }
     }
 
     /// When to call [`Call::handle_timeout`].
@@ -829,6 +1319,10 @@ impl Call {
             self.ring_deadline,
             self.a_ok_next.map(|x| x.0),
             self.linger_deadline.filter(|_| self.phase == Phase::Ending),
+            self.reoffer
+                .as_ref()
+                .and_then(|p| p.answered.as_ref())
+                .and_then(|a| a.next.map(|n| n.0)),
         ]
         .into_iter()
         .flatten()
@@ -883,21 +1377,7 @@ mod tests {
     /// A call from alice to bob's two devices, started at `now`; the server transaction key is
     /// borrowed from a real transaction layer.
     fn call(body: &str, now: Instant) -> Call {
-        let mut txns = csps_sip::transaction::Transactions::new(Default::default());
-        txns.handle_input(csps_sip::transaction::Input::Receive {
-            now,
-            from: remote("10.0.0.7:5060"),
-            msg: Message::Request(invite(body)),
-        });
-        let key = loop {
-            match txns.poll_output() {
-                Some(csps_sip::transaction::Output::Event(
-                    csps_sip::transaction::Event::Request { key, .. },
-                )) => break key,
-                Some(_) => {}
-                None => panic!("no request event"),
-            }
-        };
+        let key = key_for(&invite(body), "10.0.0.7:5060");
         let target = |a: &str| Target {
             to: remote(a),
             uri: Uri::parse(&format!("sip:bob@{a}")).expect("uri"),
@@ -1105,5 +1585,390 @@ mod tests {
             out.iter()
                 .any(|o| matches!(o, Output::Send { req, .. } if req.method == Method::Cancel))
         );
+    }
+
+    /// A call answered by the first device and ACKed by the caller; returns the call, the To tag
+    /// the caller got, and the INVITE the answering device received.
+    fn confirmed(t0: Instant) -> (Call, String, Request) {
+        let mut c = call(OFFER, t0);
+        let invites = sent_invites(&drain(&mut c));
+        let (tag1, inv1) = invites[0].clone();
+        c.handle(
+            t0,
+            Input::Response {
+                tag: tag1,
+                resp: reply(&inv1, 200, "d1", Some(ANSWER)),
+            },
+        );
+        let out = drain(&mut c);
+        let ok = responses_to_a(&out)[0].clone();
+        let a_tag = ok
+            .to_hdr()
+            .and_then(|t| t.tag().map(str::to_owned))
+            .expect("To tag");
+        c.handle(t0, Input::Ack(in_dialog_a("ACK", 2, &a_tag, None)));
+        (c, a_tag, inv1)
+    }
+
+    fn parse_req(s: &str) -> Request {
+        match csps_sip::parse(s.as_bytes()).expect("parses").message {
+            Message::Request(r) => r,
+            Message::Response(_) => panic!("request expected"),
+        }
+    }
+
+    fn with_body(head: String, body: Option<(&str, &str)>) -> Request {
+        let (ct, b) = body.unwrap_or(("", ""));
+        let ct = if ct.is_empty() {
+            String::new()
+        } else {
+            format!("Content-Type: {ct}\r\n")
+        };
+        parse_req(&format!("{head}{ct}Content-Length: {}\r\n\r\n{b}", b.len()))
+    }
+
+    /// A request from the caller inside its dialog with the gateway.
+    fn in_dialog_a(method: &str, seq: u32, a_tag: &str, sdp: Option<&str>) -> Request {
+        in_dialog_a_typed(method, seq, a_tag, sdp.map(|b| ("application/sdp", b)))
+    }
+
+    fn in_dialog_a_typed(
+        method: &str,
+        seq: u32,
+        a_tag: &str,
+        body: Option<(&str, &str)>,
+    ) -> Request {
+        with_body(
+            format!(
+                "{method} sip:csps@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.7:5060;branch=z9hG4bK{method}{seq}\r\n\
+                 From: <sip:alice@csps.local>;tag=at\r\nTo: <sip:bob@csps.local>;tag={a_tag}\r\n\
+                 Call-ID: a-call\r\nCSeq: {seq} {method}\r\nContact: <sip:alice@10.0.0.7>\r\nMax-Forwards: 70\r\n"
+            ),
+            body,
+        )
+    }
+
+    /// A request from the answering device inside its dialog with the gateway.
+    fn in_dialog_b(method: &str, seq: u32, inv1: &Request, sdp: Option<&str>) -> Request {
+        let from_tag = inv1
+            .from_hdr()
+            .and_then(|f| f.tag().map(str::to_owned))
+            .expect("From tag");
+        with_body(
+            format!(
+                "{method} sip:csps@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.9:5060;branch=z9hG4bKb{method}{seq}\r\n\
+                 From: <sip:bob@csps.local>;tag=d1\r\nTo: \"Alice\" <sip:alice@csps.local>;tag={from_tag}\r\n\
+                 Call-ID: b-call\r\nCSeq: {seq} {method}\r\nContact: <sip:bob@192.0.2.9>\r\nMax-Forwards: 70\r\n"
+            ),
+            sdp.map(|b| ("application/sdp", b)),
+        )
+    }
+
+    /// A server transaction key for a request (a real transaction layer's).
+    fn key_for(req: &Request, from: &str) -> TxnKey {
+        let mut txns = csps_sip::transaction::Transactions::new(Default::default());
+        txns.handle_input(csps_sip::transaction::Input::Receive {
+            now: Instant::now(),
+            from: remote(from),
+            msg: Message::Request(req.clone()),
+        });
+        loop {
+            match txns.poll_output() {
+                Some(csps_sip::transaction::Output::Event(
+                    csps_sip::transaction::Event::Request { key, .. },
+                )) => break key,
+                Some(_) => {}
+                None => panic!("no request event"),
+            }
+        }
+    }
+
+    fn request_in(c: &mut Call, now: Instant, req: Request, from: &str) -> Vec<Output> {
+        let key = key_for(&req, from);
+        c.handle(
+            now,
+            Input::Request {
+                key,
+                from: remote(from),
+                req,
+            },
+        );
+        drain(c)
+    }
+
+    fn sent(out: &[Output], method: Method) -> Option<(u32, Request, Remote)> {
+        out.iter().find_map(|o| match o {
+            Output::Send { tag, req, to } if req.method == method => Some((*tag, req.clone(), *to)),
+            _ => None,
+        })
+    }
+
+    fn body(m: &Request) -> String {
+        String::from_utf8_lossy(&m.body).into_owned()
+    }
+
+    const HOLD: &str = "v=0\r\no=- 1 2 IN IP4 10.0.0.7\r\ns=-\r\nc=IN IP4 10.0.0.7\r\nt=0 0\r\n\
+        m=audio 4000 RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\na=sendonly\r\n";
+    const HELD: &str = "v=0\r\no=- 5 6 IN IP4 192.0.2.9\r\ns=-\r\nc=IN IP4 192.0.2.9\r\nt=0 0\r\n\
+        m=audio 5002 RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\na=recvonly\r\n";
+
+    #[test]
+    fn hold_from_the_caller_is_relayed_and_answered_through_the_relay() {
+        let t0 = Instant::now();
+        let (mut c, a_tag, _) = confirmed(t0);
+        drain(&mut c);
+        let out = request_in(
+            &mut c,
+            t0,
+            in_dialog_a("INVITE", 3, &a_tag, Some(HOLD)),
+            "203.0.113.5:5060",
+        );
+        let (tag, reinv, to) = sent(&out, Method::Invite).expect("re-INVITE to bob");
+        assert_eq!(to.addr.to_string(), "192.0.2.9:5060");
+        assert_eq!(reinv.headers.get("Call-ID"), Some("b-call"));
+        assert_eq!(reinv.headers.get("CSeq"), Some("2 INVITE"));
+        let b = body(&reinv);
+        assert!(b.contains("a=sendonly"), "{b}");
+        assert!(b.contains("m=audio 20002 RTP/AVP 0 101"), "{b}");
+        assert!(!b.contains("10.0.0.7"), "{b}");
+        assert!(responses_to_a(&out).is_empty(), "no answer before bob's");
+
+        let mut ok = reinv.response(200, "OK");
+        ok.headers.push("Content-Type", "application/sdp");
+        ok.body = Bytes::from_static(HELD.as_bytes());
+        c.handle(t0, Input::Response { tag, resp: ok });
+        let out = drain(&mut c);
+        let to_a = responses_to_a(&out)[0].clone();
+        assert_eq!(to_a.status, 200);
+        assert_eq!(to_a.headers.get("CSeq"), Some("3 INVITE"));
+        let b = String::from_utf8_lossy(&to_a.body).into_owned();
+        assert!(
+            b.contains("a=recvonly") && b.contains("m=audio 20000"),
+            "{b}"
+        );
+        assert!(out.iter().any(|o| matches!(o,
+            Output::Stateless { req, .. } if req.method == Method::Ack
+                && req.headers.get("CSeq") == Some("2 ACK"))));
+        assert!(out.iter().any(|o| matches!(o,
+            Output::Media(MediaChange::B(Some(a), _)) if a.to_string() == "192.0.2.9:5002")));
+        // Over UDP the 200 is repeated until alice's ACK.
+        let due = c.poll_timeout().expect("2xx retransmission");
+        c.handle_timeout(due);
+        assert_eq!(responses_to_a(&drain(&mut c))[0].status, 200);
+        c.handle(due, Input::Ack(in_dialog_a("ACK", 3, &a_tag, None)));
+        assert_eq!(c.poll_timeout(), None, "ACKed: nothing more to repeat");
+        // Resume works the same way afterwards.
+        let out = request_in(
+            &mut c,
+            due,
+            in_dialog_a("INVITE", 4, &a_tag, Some(OFFER)),
+            "203.0.113.5:5060",
+        );
+        assert!(sent(&out, Method::Invite).is_some(), "resume relayed");
+    }
+
+    #[test]
+    fn glare_gets_491_and_a_second_request_from_the_same_side_500() {
+        let t0 = Instant::now();
+        let (mut c, a_tag, inv1) = confirmed(t0);
+        drain(&mut c);
+        let out = request_in(
+            &mut c,
+            t0,
+            in_dialog_a("INVITE", 3, &a_tag, Some(HOLD)),
+            "203.0.113.5:5060",
+        );
+        let (tag, reinv, _) = sent(&out, Method::Invite).expect("relayed");
+        let out = request_in(
+            &mut c,
+            t0,
+            in_dialog_b("INVITE", 1, &inv1, Some(ANSWER)),
+            "192.0.2.9:5060",
+        );
+        assert_eq!(responses_to_a(&out)[0].status, 491, "glare on bob's leg");
+        let out = request_in(
+            &mut c,
+            t0,
+            in_dialog_a("UPDATE", 4, &a_tag, Some(HOLD)),
+            "203.0.113.5:5060",
+        );
+        let r = responses_to_a(&out)[0];
+        assert_eq!(r.status, 500);
+        assert!(r.headers.get("Retry-After").is_some());
+        // Bob saw glare too and says 491: alice gets it and the call stays as it was.
+        c.handle(
+            t0,
+            Input::Response {
+                tag,
+                resp: reinv.response(491, "Request Pending"),
+            },
+        );
+        let out = drain(&mut c);
+        assert_eq!(responses_to_a(&out)[0].status, 491);
+        assert!(!out.iter().any(|o| matches!(o, Output::Ended)));
+        let out = request_in(
+            &mut c,
+            t0,
+            in_dialog_b("INVITE", 2, &inv1, Some(ANSWER)),
+            "192.0.2.9:5060",
+        );
+        assert!(
+            sent(&out, Method::Invite).is_some(),
+            "bob's retry goes through"
+        );
+    }
+
+    #[test]
+    fn offerless_reinvite_takes_the_offer_from_the_200_and_the_answer_from_the_ack() {
+        let t0 = Instant::now();
+        let (mut c, a_tag, inv1) = confirmed(t0);
+        drain(&mut c);
+        let out = request_in(
+            &mut c,
+            t0,
+            in_dialog_b("INVITE", 1, &inv1, None),
+            "192.0.2.9:5060",
+        );
+        let (tag, reinv, to) = sent(&out, Method::Invite).expect("offerless re-INVITE to alice");
+        assert_eq!(to.addr.to_string(), "203.0.113.5:5060");
+        assert!(reinv.body.is_empty());
+        assert_eq!(
+            reinv.headers.get("To"),
+            Some("<sip:alice@csps.local>;tag=at")
+        );
+        assert!(
+            reinv
+                .headers
+                .get("From")
+                .is_some_and(|f| f.contains(&a_tag))
+        );
+        // Alice offers in her 200.
+        let mut ok = reinv.response(200, "OK");
+        ok.headers.push("Content-Type", "application/sdp");
+        ok.body = Bytes::from_static(OFFER.as_bytes());
+        c.handle(t0, Input::Response { tag, resp: ok });
+        let out = drain(&mut c);
+        let to_b = responses_to_a(&out)[0].clone();
+        assert_eq!(to_b.status, 200);
+        let b = String::from_utf8_lossy(&to_b.body).into_owned();
+        assert!(
+            b.contains("m=audio 20002 RTP/AVP 0 101"),
+            "offer via the relay: {b}"
+        );
+        assert!(
+            !out.iter().any(|o| matches!(o, Output::Stateless { .. })),
+            "alice's ACK waits for bob's answer"
+        );
+        // Bob answers in his ACK; it goes on to alice in hers.
+        let ack = in_dialog_b("ACK", 1, &inv1, Some(ANSWER));
+        c.handle(t0, Input::Ack(ack));
+        let out = drain(&mut c);
+        let ack = out
+            .iter()
+            .find_map(|o| match o {
+                Output::Stateless { req, .. } if req.method == Method::Ack => Some(req.clone()),
+                _ => None,
+            })
+            .expect("ACK to alice");
+        assert_eq!(ack.headers.get("CSeq"), Some("1 ACK"));
+        assert!(
+            body(&ack).contains("m=audio 20000 RTP/AVP 0"),
+            "{}",
+            body(&ack)
+        );
+        assert!(out.iter().any(|o| matches!(o,
+            Output::Media(MediaChange::B(Some(a), _)) if a.to_string() == "192.0.2.9:5000")));
+        assert_eq!(c.poll_timeout(), None);
+    }
+
+    #[test]
+    fn bad_sdp_in_an_update_gets_400_and_the_call_goes_on() {
+        let t0 = Instant::now();
+        let (mut c, a_tag, _) = confirmed(t0);
+        drain(&mut c);
+        let out = request_in(
+            &mut c,
+            t0,
+            in_dialog_a("UPDATE", 3, &a_tag, Some("v=0\r\nm=audio banana\r\n")),
+            "203.0.113.5:5060",
+        );
+        let r = responses_to_a(&out)[0];
+        assert_eq!(r.status, 400);
+        assert!(r.headers.get("Warning").is_some_and(|w| w.contains("SDP")));
+        assert!(sent(&out, Method::Update).is_none());
+        let g729 = "v=0\r\no=- 1 3 IN IP4 10.0.0.7\r\ns=-\r\nc=IN IP4 10.0.0.7\r\nt=0 0\r\n\
+            m=audio 4000 RTP/AVP 18\r\na=rtpmap:18 G729/8000\r\n";
+        let out = request_in(
+            &mut c,
+            t0,
+            in_dialog_a("UPDATE", 4, &a_tag, Some(g729)),
+            "203.0.113.5:5060",
+        );
+        assert_eq!(responses_to_a(&out)[0].status, 488);
+        // A good UPDATE still goes through, and its answer comes back.
+        let out = request_in(
+            &mut c,
+            t0,
+            in_dialog_a("UPDATE", 5, &a_tag, Some(HOLD)),
+            "203.0.113.5:5060",
+        );
+        let (tag, upd, _) = sent(&out, Method::Update).expect("relayed");
+        let mut ok = upd.response(200, "OK");
+        ok.headers.push("Content-Type", "application/sdp");
+        ok.body = Bytes::from_static(HELD.as_bytes());
+        c.handle(t0, Input::Response { tag, resp: ok });
+        let out = drain(&mut c);
+        let r = responses_to_a(&out)[0];
+        assert_eq!((r.status, r.headers.get("CSeq")), (200, Some("5 UPDATE")));
+        assert!(String::from_utf8_lossy(&r.body).contains("a=recvonly"));
+        assert!(
+            !out.iter().any(|o| matches!(o, Output::Stateless { .. })),
+            "no ACK for UPDATE"
+        );
+        assert_eq!(c.poll_timeout(), None);
+    }
+
+    #[test]
+    fn info_dtmf_is_relayed_and_its_answer_returned() {
+        let t0 = Instant::now();
+        let (mut c, a_tag, _) = confirmed(t0);
+        drain(&mut c);
+        let dtmf = "Signal=5\r\nDuration=160\r\n";
+        let out = request_in(
+            &mut c,
+            t0,
+            in_dialog_a_typed("INFO", 3, &a_tag, Some(("application/dtmf-relay", dtmf))),
+            "203.0.113.5:5060",
+        );
+        assert!(responses_to_a(&out).is_empty(), "answered once bob answers");
+        let (tag, info, to) = sent(&out, Method::Info).expect("INFO to bob");
+        assert_eq!(to.addr.to_string(), "192.0.2.9:5060");
+        assert_eq!(
+            info.headers.get("Content-Type"),
+            Some("application/dtmf-relay")
+        );
+        assert_eq!(body(&info), dtmf);
+        c.handle(
+            t0,
+            Input::Response {
+                tag,
+                resp: info.response(200, "OK"),
+            },
+        );
+        let out = drain(&mut c);
+        let r = responses_to_a(&out)[0];
+        assert_eq!((r.status, r.headers.get("CSeq")), (200, Some("3 INFO")));
+        // No answer from bob: alice gets 408 and keeps her call.
+        let out = request_in(
+            &mut c,
+            t0,
+            in_dialog_a_typed("INFO", 4, &a_tag, Some(("application/dtmf", "7"))),
+            "203.0.113.5:5060",
+        );
+        let (tag, _, _) = sent(&out, Method::Info).expect("INFO to bob");
+        c.handle(t0, Input::Timeout { tag });
+        let out = drain(&mut c);
+        assert_eq!(responses_to_a(&out)[0].status, 408);
+        assert!(c.is_answered());
     }
 }

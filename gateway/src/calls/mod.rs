@@ -31,7 +31,7 @@ use crate::sip::accounts::AccountCache;
 pub use leg::{CallInfo, LegInfo, UserState};
 
 /// Methods accepted inside a call's dialogs.
-pub const ALLOW_IN_DIALOG: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO";
+pub const ALLOW_IN_DIALOG: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE";
 
 /// Identifies a call on this server.
 pub type CallNo = u64;

@@ -41,8 +41,14 @@ pub struct Latch {
 
 impl Latch {
     /// Sets where the leg's SDP says it receives and which IPs may send its media. A latch on
-    /// an address outside the new set is released (a new answer from another device).
+    /// an address outside the new set is released (a new answer from another device), and so is
+    /// one whose SDP address moved (a re-INVITE or UPDATE naming a new port: the phone's media
+    /// now comes from elsewhere, so the relay latches afresh).
     pub fn expect(&mut self, sdp: Option<SocketAddr>, signalling: IpAddr) {
+        let sdp = sdp.filter(|a| !a.ip().is_unspecified() && a.port() != 0);
+        if self.sdp.is_some() && sdp.is_some() && self.sdp != sdp {
+            self.latched = None;
+        }
         let mut ips = vec![signalling.to_canonical()];
         if let Some(a) = sdp {
             let ip = a.ip().to_canonical();
@@ -56,7 +62,10 @@ impl Latch {
             self.latched = None;
         }
         self.expected = ips;
-        self.sdp = sdp.filter(|a| !a.ip().is_unspecified() && a.port() != 0);
+        // An SDP without a usable address (old-style hold, c=0.0.0.0) leaves the last one.
+        if sdp.is_some() {
+            self.sdp = sdp;
+        }
     }
 
     /// True when a packet from `from` is accepted (latching on to it if nothing is latched yet).
@@ -191,6 +200,25 @@ mod tests {
         l.expect(Some(a("192.0.2.9:5000")), "192.0.2.9".parse().expect("ip"));
         assert_eq!(l.latched(), None);
         assert!(l.accept(a("192.0.2.9:5000")));
+    }
+
+    #[test]
+    fn same_sdp_keeps_the_latch_a_moved_port_releases_it() {
+        let ip: IpAddr = "203.0.113.5".parse().expect("ip");
+        let mut l = Latch::default();
+        l.expect(Some(a("10.0.0.7:4000")), ip);
+        assert!(l.accept(a("203.0.113.5:31000")));
+        // A hold re-INVITE naming the same address: media keeps flowing to the NAT's port.
+        l.expect(Some(a("10.0.0.7:4000")), ip);
+        assert_eq!(l.latched(), Some(a("203.0.113.5:31000")));
+        // Old-style hold (c=0.0.0.0) says nothing about where media comes from.
+        l.expect(Some(a("0.0.0.0:4000")), ip);
+        assert_eq!(l.latched(), Some(a("203.0.113.5:31000")));
+        // The phone moved its media port: latch afresh.
+        l.expect(Some(a("10.0.0.7:4100")), ip);
+        assert_eq!(l.latched(), None);
+        assert_eq!(l.destination(), Some(a("10.0.0.7:4100")));
+        assert!(l.accept(a("203.0.113.5:31100")));
     }
 
     #[test]
