@@ -157,6 +157,44 @@ fn sipp_info_dtmf_is_relayed_to_the_other_phone() {
     assert_both_ok(&gw, &alice, &bob);
 }
 
+/// Switching: alice has two calls up at once (bob's, then carol's a second later); she holds
+/// bob's when carol's is up, then holds carol's and resumes bob's, and at last resumes carol's.
+/// Each callee sees exactly its own call's hold and resume, with the relay's SDP, in order.
+#[test]
+fn sipp_phone_with_two_calls_switches_between_them() {
+    let Some(gw) = gateway(&[
+        ("alice", "alice-secret-1"),
+        ("bob", "bob-secret-1"),
+        ("carol", "carol-secret-1"),
+    ]) else {
+        return;
+    };
+    let bob = callee(&gw, "uas_held.xml", "bob", "bob-secret-1");
+    let carol = callee(&gw, "uas_held.xml", "carol", "carol-secret-1");
+    // Calls from loopback need no challenge: the two calls can share one SIPp run.
+    gw.trust("127.0.0.0/8");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let inf = dir.path().join("calls.csv");
+    // callee; ms from answer to hold; ms from hold to resume
+    std::fs::write(&inf, "SEQUENTIAL\nbob;1500;2000;\ncarol;2200;2500;\n").expect("write -inf");
+    let alice = Sipp::new("uac_switch.xml", gw.sip_addr())
+        .key("user", "alice")
+        .key("domain", DOMAIN)
+        .calls(2)
+        .rate(1)
+        .arg("-inf")
+        .arg(inf.to_string_lossy().into_owned())
+        .arg("-mp")
+        .arg(free_port().to_string())
+        .timeout(Duration::from_secs(30))
+        .run();
+    let bob = bob.join().expect("bob thread");
+    let carol = carol.join().expect("carol thread");
+    assert_both_ok(&gw, &alice, &bob);
+    assert!(carol.ok(), "carol failed:\n{}", carol.output);
+    assert_eq!(alice.successful, 2, "{}", alice.output);
+}
+
 /// A headless baresip phone for `user` that plays a `tone_hz` sine (`ausine`), records what it
 /// decodes into `dir` (`sndfile`), answers calls by itself, and runs `commands` at start.
 fn baresip(
