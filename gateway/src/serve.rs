@@ -86,12 +86,20 @@ fn init_logging(format: LogFormat) {
 
 /// State of the HTTP side that is not the REST API's.
 #[derive(Clone)]
-struct HttpState {
+pub(crate) struct HttpState {
     metrics: Arc<Metrics>,
     draining: Arc<AtomicBool>,
 }
 
-async fn healthz(State(s): State<HttpState>) -> Response {
+/// `GET /healthz`: `ok`, or 503 while draining.
+#[utoipa::path(get, path = "/healthz", tag = "system",
+    responses(
+        (status = 200, description = "Serving", body = String, content_type = "text/plain",
+            example = "ok\n"),
+        (status = 503, description = "Draining (`Retry-After`)", body = String,
+            content_type = "text/plain"),
+    ))]
+pub(crate) async fn healthz(State(s): State<HttpState>) -> Response {
     if s.draining.load(Ordering::Relaxed) {
         (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -104,7 +112,14 @@ async fn healthz(State(s): State<HttpState>) -> Response {
     }
 }
 
-async fn metrics_page(
+/// `GET /metrics`: Prometheus/OpenMetrics text, to loopback peers.
+#[utoipa::path(get, path = "/metrics", tag = "system",
+    responses(
+        (status = 200, description = "The metrics", body = String,
+            content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        (status = 403, response = crate::api::openapi::Forbidden),
+    ))]
+pub(crate) async fn metrics_page(
     State(s): State<HttpState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
 ) -> Response {

@@ -135,8 +135,9 @@ async fn check(state: &ApiState, parts: &Parts) -> Result<Identity, Problem> {
     Ok(Identity::localhost())
 }
 
-/// The Host, proxy-header and Origin rules for an unauthenticated request from a loopback peer.
-fn local_unauthenticated(parts: &Parts) -> Result<(), Problem> {
+/// The Host, proxy-header and Origin rules for an unauthenticated request from a loopback peer
+/// (also what makes a request local for the Swagger UI, `openapi`).
+pub fn local_unauthenticated(parts: &Parts) -> Result<(), Problem> {
     let headers = &parts.headers;
     if PROXY_HEADERS.iter().any(|h| headers.contains_key(*h)) {
         return Err(Problem::unauthorized(

@@ -20,6 +20,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::ApiState;
+use super::openapi::{
+    ConfigEntry as EntrySchema, LeafValue, MethodNotAllowed, NotFound, Unprocessable,
+    UnsupportedMediaType,
+};
 use super::problem::{FieldError, JsonBody, PathParam, Problem, QueryParams};
 use crate::config::model::{self, GROUPS, LEAVES, Leaf};
 use crate::config::{GLOBAL, leaf, set_leaf};
@@ -48,6 +52,29 @@ impl<S: Send + Sync> FromRequestParts<S> for Actor {
             .cloned()
             .unwrap_or_else(|| Actor("unknown".to_owned())))
     }
+}
+
+/// The `{server}` path parameter.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+pub struct Server {
+    /// `*` (the global entry) or a server name `[a-z0-9-]{1,63}` (not `servers`, `paths`).
+    #[param(pattern = r"^(\*|[a-z0-9-]{1,63})$", example = "*")]
+    server: String,
+}
+
+/// The `{server}` and `{leaf}` path parameters.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+pub struct ServerLeaf {
+    /// `*` (the global entry) or a server name `[a-z0-9-]{1,63}` (not `servers`, `paths`).
+    #[param(pattern = r"^(\*|[a-z0-9-]{1,63})$", example = "*")]
+    server: String,
+    /// Dotted leaf path (`GET /api/config/paths` lists them).
+    #[param(example = "Data.SipConfig.DefaultSipDomain")]
+    leaf: String,
 }
 
 /// True for `*` and for names of the form `[a-z0-9-]{1,63}` that are not reserved.
@@ -257,6 +284,9 @@ pub async fn write(
 }
 
 /// `GET /api/config/servers` → the server entries' names (not `*`), sorted.
+#[utoipa::path(get, path = "/api/config/servers", tag = "config",
+    responses((status = 200, description = "Server entries (not `*`), sorted", body = [String],
+        example = json!(["a", "b"]))))]
 pub async fn servers(State(state): State<ApiState>) -> Result<Json<Vec<String>>, Problem> {
     let mut names = retry(|| state.store.list_config()).await?;
     names.retain(|n| n != GLOBAL);
@@ -265,19 +295,23 @@ pub async fn servers(State(state): State<ApiState>) -> Result<Json<Vec<String>>,
 }
 
 /// One row of `GET /api/config/paths`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"path": "Data.System.MinRtpPort", "type": "integer", "default": 20000,
+    "secret": false, "minimum": 1024, "maximum": 65535,
+    "description": "lowest UDP port for RTP/SRTP media"}))]
 pub struct PathInfo {
     /// Dotted path.
     pub path: &'static str,
     /// JSON type (`integer`, `boolean`, `string`, `array`).
     #[serde(rename = "type")]
     pub kind: &'static str,
-    /// Default value.
+    /// Default value (the leaf's type).
     pub default: Value,
     /// Never returned by GET.
     pub secret: bool,
     /// Allowed values (enums and arrays of enums).
     #[serde(rename = "enum", skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<String>>)]
     pub values: Option<&'static [&'static str]>,
     /// Smallest value (integers).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -290,6 +324,8 @@ pub struct PathInfo {
 }
 
 /// `GET /api/config/paths` → `[{"path","type","default",…}]`, every leaf of the model.
+#[utoipa::path(get, path = "/api/config/paths", tag = "config",
+    responses((status = 200, description = "Every leaf of the model", body = [PathInfo])))]
 pub async fn paths() -> Json<Vec<PathInfo>> {
     use model::{Item, Kind};
     Json(
@@ -320,6 +356,13 @@ pub async fn paths() -> Json<Vec<PathInfo>> {
 }
 
 /// `GET /api/config/{server}` → `{"Data":{…}}`, defaults filled in, secrets `null`.
+#[utoipa::path(get, path = "/api/config/{server}", tag = "config", params(Server),
+    responses(
+        (status = 200, description = "The entry, defaults filled in, secrets `null`",
+            body = EntrySchema),
+        (status = 404, response = NotFound),
+        (status = 405, response = MethodNotAllowed),
+    ))]
 pub async fn get_entry(
     State(state): State<ApiState>,
     PathParam(server): PathParam<String>,
@@ -388,6 +431,15 @@ fn parse_entry(body: &Value) -> Result<Vec<Set>, Vec<FieldError>> {
 /// `PUT /api/config/{server}` with a whole entry → the entry as GET shows it. Absent leaves take
 /// their default; an absent or `null` secret keeps the stored one. For `*`, the leaves whose
 /// value differs from the global entry's are also set on every server entry.
+#[utoipa::path(put, path = "/api/config/{server}", tag = "config", params(Server),
+    request_body(content = EntrySchema, description = "The whole entry"),
+    responses(
+        (status = 200, description = "The entry as GET shows it", body = EntrySchema),
+        (status = 404, response = NotFound),
+        (status = 405, response = MethodNotAllowed),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = Unprocessable),
+    ))]
 pub async fn put_entry(
     State(state): State<ApiState>,
     actor: Actor,
@@ -419,6 +471,12 @@ pub async fn put_entry(
 }
 
 /// `GET /api/config/{server}/{leaf}` → the bare value (`null` for a secret).
+#[utoipa::path(get, path = "/api/config/{server}/{leaf}", tag = "config", params(ServerLeaf),
+    responses(
+        (status = 200, description = "The bare value (`null` for a secret)",
+            body = LeafValue),
+        (status = 404, response = NotFound),
+    ))]
 pub async fn get_leaf(
     State(state): State<ApiState>,
     PathParam((server, path)): PathParam<(String, String)>,
@@ -430,6 +488,14 @@ pub async fn get_leaf(
 
 /// `PUT /api/config/{server}/{leaf}` with a bare JSON value → the value as GET shows it. For
 /// `*`, the global entry and every server entry get it. `null` for a secret keeps it.
+#[utoipa::path(put, path = "/api/config/{server}/{leaf}", tag = "config", params(ServerLeaf),
+    request_body(content = LeafValue, description = "The bare JSON value of the leaf"),
+    responses(
+        (status = 200, description = "The value as GET shows it", body = LeafValue),
+        (status = 404, response = NotFound),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = Unprocessable),
+    ))]
 pub async fn put_leaf(
     State(state): State<ApiState>,
     actor: Actor,
@@ -458,13 +524,17 @@ pub async fn put_leaf(
 }
 
 /// `GET /api/audit` query.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AuditQuery {
     /// How many entries (default 100, at most 1000).
+    #[param(minimum = 0, example = 20)]
     pub limit: Option<usize>,
 }
 
 /// `GET /api/audit?limit=N` → the newest N admin changes, newest first.
+#[utoipa::path(get, path = "/api/audit", tag = "config", params(AuditQuery),
+    responses((status = 200, description = "Newest first (secrets `***`)", body = [AuditEntry])))]
 pub async fn audit_list(
     State(state): State<ApiState>,
     QueryParams(q): QueryParams<AuditQuery>,

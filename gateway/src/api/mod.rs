@@ -1,12 +1,14 @@
 //! The REST API under `/api` (axum): users, registrations, configuration entries and leaves,
-//! trusted IPs, the audit log, running calls, the caller's claims and the version, with
-//! `application/problem+json` errors and the access rules of [`access`]. [`router`] builds
+//! trusted IPs, the audit log, running calls, the caller's claims and the version, its OpenAPI
+//! document (`/api/openapi.json`) and Swagger UI (`/swagger`), with `application/problem+json`
+//! errors and the access rules of [`access`]. [`router`] builds
 //! the whole tree from an [`ApiState`]; `serve` mounts it and owns `/healthz` and `/metrics`.
 
 pub mod access;
 pub mod calls;
 pub mod config;
 pub mod debug;
+pub mod openapi;
 pub mod problem;
 pub mod registrations;
 pub mod trusted_ips;
@@ -104,6 +106,7 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/api/version", get(version::get))
         .merge(protected)
+        .merge(openapi::routes(state.clone()))
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .with_state(state)

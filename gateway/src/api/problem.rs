@@ -15,7 +15,7 @@ use crate::store::StoreError;
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
 /// One invalid field of a request body or query.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct FieldError {
     /// Where: a field name or dotted path (`username`, `cidr`); empty for the whole body.
     pub path: String,
@@ -34,7 +34,10 @@ impl FieldError {
 }
 
 /// An HTTP error answered as `application/problem+json`.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"type": "about:blank", "title": "Unprocessable Entity", "status": 422,
+    "detail": "the request is not valid; see `errors`",
+    "errors": [{"path": "username", "message": "must not be empty"}]}))]
 pub struct Problem {
     /// Problem type URI (`about:blank`: the status says it all).
     #[serde(rename = "type")]

@@ -10,7 +10,11 @@ use super::problem::{Problem, QueryParams};
 use crate::store::{Registration, RegistrationFilter};
 
 /// One binding as the API shows it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"aor": "sip:alice@csps.local",
+    "contact": "<sip:alice@192.0.2.10:5060;transport=udp>", "server": "a", "transport": "udp",
+    "source": "192.0.2.10:5060", "user_agent": "baresip v1.0.0",
+    "expires_at": "2026-11-26T10:00:00Z", "instance_id": null}))]
 pub struct RegistrationView {
     /// Address of record, `sip:user@domain`.
     pub aor: String,
@@ -46,7 +50,8 @@ impl From<Registration> for RegistrationView {
 }
 
 /// Query of the listing.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Only bindings held by this server.
     pub server: Option<String>,
@@ -55,6 +60,8 @@ pub struct ListQuery {
 }
 
 /// `GET /api/registrations`.
+#[utoipa::path(get, path = "/api/registrations", tag = "registrations", params(ListQuery),
+    responses((status = 200, description = "Live bindings, by AoR", body = [RegistrationView])))]
 pub async fn list(
     State(state): State<ApiState>,
     QueryParams(q): QueryParams<ListQuery>,

@@ -12,7 +12,9 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::ApiState;
+use super::config::Server;
 use super::config::{self, Actor, read_entry};
+use super::openapi::{NotFound, Unprocessable, UnsupportedMediaType};
 use super::problem::{JsonBody, PathParam, Problem, QueryParams};
 use crate::config::{leaf, parse_cidr};
 use crate::store::ConfigEntry;
@@ -21,7 +23,8 @@ use crate::store::ConfigEntry;
 pub const LEAF: &str = "Data.SipConfig.TrustedIps";
 
 /// `POST` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"cidr": "192.168.10.0/24"}))]
 #[serde(deny_unknown_fields)]
 pub struct AddBody {
     /// Address or CIDR range.
@@ -29,9 +32,11 @@ pub struct AddBody {
 }
 
 /// `DELETE` query.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct DeleteQuery {
-    /// Address or CIDR range to remove.
+    /// Address or CIDR range to remove (required).
+    #[param(required = true, example = "192.168.10.0/24")]
     pub cidr: Option<String>,
 }
 
@@ -72,6 +77,12 @@ async fn write(
 }
 
 /// `GET /api/config/{server}/trusted-ips` → `["10.0.0.0/8"]`.
+#[utoipa::path(get, path = "/api/config/{server}/trusted-ips", tag = "config", params(Server),
+    responses(
+        (status = 200, description = "The trusted ranges (`Data.SipConfig.TrustedIps`)",
+            body = [String], example = json!(["10.0.0.0/8"])),
+        (status = 404, response = NotFound),
+    ))]
 pub async fn list(
     State(state): State<ApiState>,
     PathParam(server): PathParam<String>,
@@ -81,6 +92,14 @@ pub async fn list(
 
 /// `POST /api/config/{server}/trusted-ips` `{"cidr":"…"}` → 201 with the new list; adding a
 /// range that is already there changes nothing.
+#[utoipa::path(post, path = "/api/config/{server}/trusted-ips", tag = "config", params(Server),
+    request_body = AddBody,
+    responses(
+        (status = 201, description = "Added (or already there); the new list", body = [String]),
+        (status = 404, response = NotFound),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = Unprocessable),
+    ))]
 pub async fn add(
     State(state): State<ApiState>,
     actor: Actor,
@@ -99,6 +118,13 @@ pub async fn add(
 }
 
 /// `DELETE /api/config/{server}/trusted-ips?cidr=…` → 204, 404 when the range is not listed.
+#[utoipa::path(delete, path = "/api/config/{server}/trusted-ips", tag = "config",
+    params(Server, DeleteQuery),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 404, response = NotFound),
+        (status = 422, response = Unprocessable),
+    ))]
 pub async fn remove(
     State(state): State<ApiState>,
     actor: Actor,

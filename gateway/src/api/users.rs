@@ -14,6 +14,7 @@ use uuid::Uuid;
 
 use super::ApiState;
 use super::config::{Actor, audit};
+use super::openapi::{Conflict, NotFound, Unprocessable, UnsupportedMediaType};
 use super::problem::{FieldError, JsonBody, PathParam, Problem, from_value, parse_json};
 use crate::store::{Ha1, HashAlgorithm, NewUser, User, UserPatch};
 
@@ -25,7 +26,10 @@ pub const MAX_PASSWORD: usize = 256;
 pub const MAX_USERNAME: usize = 128;
 
 /// A user as the API shows it: everything but secrets.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"id": "7c9e6679-7425-40de-944b-e07fc1f90ae7", "username": "alice",
+    "domain": "csps.local", "display_name": "Alice", "upn": "alice@contoso.com",
+    "phone_number": "+14255550100", "enabled": true, "created_at": "2026-11-26T09:00:00Z"}))]
 pub struct UserView {
     /// Opaque id.
     pub id: Uuid,
@@ -221,18 +225,37 @@ fn check_optional(
     }
 }
 
+/// The `{id}` path parameter.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+struct UserId {
+    /// The user's id (a UUID; anything else is not found).
+    #[param(example = "7c9e6679-7425-40de-944b-e07fc1f90ae7")]
+    id: Uuid,
+}
+
 /// Parses a user id from the path; a malformed id is simply not found.
 fn user_id(raw: &str) -> Result<Uuid, Problem> {
     Uuid::parse_str(raw).map_err(|_| Problem::not_found(format!("no user with id `{raw}`")))
 }
 
 /// `GET /api/users`.
+#[utoipa::path(get, path = "/api/users", tag = "users",
+    responses((status = 200, description = "Every user", body = [UserView])))]
 pub async fn list(State(state): State<ApiState>) -> Result<Json<Vec<UserView>>, Problem> {
     let users = state.store.list_users().await?;
     Ok(Json(users.iter().map(UserView::from).collect()))
 }
 
 /// `POST /api/users` → 201 with the user.
+#[utoipa::path(post, path = "/api/users", tag = "users", request_body = NewUser,
+    responses(
+        (status = 201, description = "Created; never the password or HA1s", body = UserView),
+        (status = 409, response = Conflict),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = Unprocessable),
+    ))]
 pub async fn create(
     State(state): State<ApiState>,
     actor: Actor,
@@ -283,6 +306,11 @@ pub async fn create(
 }
 
 /// `GET /api/users/{id}`.
+#[utoipa::path(get, path = "/api/users/{id}", tag = "users", params(UserId),
+    responses(
+        (status = 200, description = "The user", body = UserView),
+        (status = 404, response = NotFound),
+    ))]
 pub async fn get(
     State(state): State<ApiState>,
     PathParam(id): PathParam<String>,
@@ -296,6 +324,16 @@ pub async fn get(
 
 /// `PATCH /api/users/{id}` (JSON merge patch). Changing the username or domain needs the
 /// password too, because the HA1s cover both.
+#[utoipa::path(patch, path = "/api/users/{id}", tag = "users", params(UserId),
+    request_body(content = UserPatch, content_type = "application/merge-patch+json",
+        description = "JSON merge patch (`application/json` is accepted too)"),
+    responses(
+        (status = 200, description = "The changed user", body = UserView),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = Unprocessable),
+    ))]
 pub async fn patch(
     State(state): State<ApiState>,
     actor: Actor,
@@ -407,6 +445,11 @@ fn json_body(headers: &HeaderMap, body: &[u8]) -> Result<JsonBody<Value>, Proble
 }
 
 /// `DELETE /api/users/{id}` → 204.
+#[utoipa::path(delete, path = "/api/users/{id}", tag = "users", params(UserId),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, response = NotFound),
+    ))]
 pub async fn delete(
     State(state): State<ApiState>,
     actor: Actor,

@@ -17,7 +17,9 @@ const COMPONENTS: &[(&str, &str)] = &[
 ];
 
 /// The body of `GET /api/version`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"version": "0.1.0", "git_commit": "aa41a98", "build_date":
+    "2026-11-26T09:00:00Z", "rustc": "rustc 1.95.0", "components": {"axum": "0.8.9"}}))]
 pub struct VersionInfo {
     /// Version of csps.
     pub version: String,
@@ -54,6 +56,8 @@ impl Default for VersionInfo {
 }
 
 /// `GET /api/version`.
+#[utoipa::path(get, path = "/api/version", tag = "system",
+    responses((status = 200, description = "What is running", body = VersionInfo)))]
 pub async fn get(State(state): State<ApiState>) -> Json<VersionInfo> {
     Json(state.version.clone())
 }

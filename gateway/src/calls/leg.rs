@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::media::LegCounters;
 
 /// What is at the end of a leg.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum LegKind {
@@ -19,7 +19,7 @@ pub enum LegKind {
 }
 
 /// One leg of a call, for the API.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct LegInfo {
     /// What it is.
     pub kind: LegKind,
@@ -38,11 +38,12 @@ pub struct LegInfo {
 }
 
 /// One call, for `GET /api/calls`.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct CallInfo {
     /// The call's number on this server (for `DELETE /api/calls/{id}`).
     pub id: u64,
     /// `ringing` or `answered`.
+    #[schema(value_type = String, example = "answered")]
     pub state: &'static str,
     /// When the INVITE arrived.
     pub started_at: DateTime<Utc>,

@@ -50,7 +50,9 @@ pub struct User {
 }
 
 /// What `POST /api/users` accepts (unknown fields are refused).
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"username": "alice", "password": "alice-secret-1",
+    "domain": "csps.local", "display_name": "Alice", "phone_number": "+14255550100"}))]
 #[serde(deny_unknown_fields)]
 pub struct NewUser {
     /// SIP username.
@@ -68,25 +70,33 @@ pub struct NewUser {
 }
 
 /// What `PATCH /api/users/{id}` may change (JSON merge patch semantics; unknown fields are refused).
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"display_name": "Alice Smith", "phone_number": null}))]
 pub struct UserPatch {
     /// New SIP username (needs `password` too: the HA1s cover it).
+    #[schema(nullable = false)]
     pub username: Option<String>,
     /// New SIP domain (needs `password` too: the HA1s cover it).
+    #[schema(nullable = false)]
     pub domain: Option<String>,
     /// New password (HA1s recomputed for the user's domain).
+    #[schema(nullable = false)]
     pub password: Option<String>,
     /// Display name (`null` clears it).
     #[serde(default, with = "double_option")]
+    #[schema(value_type = Option<String>, nullable)]
     pub display_name: Option<Option<String>>,
     /// Teams UPN (`null` clears it).
     #[serde(default, with = "double_option")]
+    #[schema(value_type = Option<String>, nullable)]
     pub upn: Option<Option<String>>,
     /// E.164 number (`null` clears it).
     #[serde(default, with = "double_option")]
+    #[schema(value_type = Option<String>, nullable)]
     pub phone_number: Option<Option<String>>,
     /// Enabled flag.
+    #[schema(nullable = false)]
     pub enabled: Option<bool>,
 }
 
@@ -160,7 +170,7 @@ impl Registration {
 pub type ConfigEntry = serde_json::Value;
 
 /// One administrative change, as the audit log keeps it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AuditEntry {
     /// When it happened.
     pub at: DateTime<Utc>,
