@@ -10,6 +10,12 @@ use super::problem::Problem;
 use crate::auth::Identity;
 
 /// The caller's identity and claims.
+#[utoipa::path(get, path = "/api/debug/claims", tag = "system",
+    responses(
+        (status = 200, description = "The caller as the access layer saw it, with the token's \
+            validated claims (`null` for the break-glass token)", body = Identity),
+        (status = 401, response = super::openapi::Unauthorized),
+    ))]
 pub async fn claims(id: Option<Extension<Identity>>) -> Result<Json<Identity>, Problem> {
     id.map(|Extension(id)| Json(id))
         .ok_or_else(|| Problem::unauthorized("no authenticated caller"))

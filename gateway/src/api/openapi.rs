@@ -24,7 +24,7 @@ use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::{Config, SwaggerUi};
 
 use super::ApiState;
-use super::access;
+use super::access::{self, Rule};
 use super::problem::{PROBLEM_JSON, Problem};
 use crate::config::model::{GROUPS, Item, Kind, LEAVES, Leaf, Text};
 
@@ -45,8 +45,11 @@ pub const BEARER: &str = "bearer";
             IPs, the audit log. JSON with snake_case fields (configuration keys keep their cSPS \
             spelling), RFC 3339 times, lists as bare arrays; every error is \
             `application/problem+json`, validation errors are 422 with `errors:[{path,message}]`. \
-            Authentication: a bearer token (the break-glass `<data-dir>/admin-token` from \
-            localhost); the configuration APIs also answer unauthenticated local requests."
+            Authentication: a bearer token of the admin Azure app (`Data.AdminAzureApp`; a \
+            member of the admin group is an admin, others get 403) or the break-glass \
+            `<data-dir>/admin-token` from localhost; without a token only the configuration \
+            APIs answer, and only local requests. `GET /api/debug/claims` shows any signed-in \
+            caller their own claims."
     ),
     paths(
         super::version::get,
@@ -71,6 +74,7 @@ pub const BEARER: &str = "bearer";
         super::config::audit_list,
         super::calls::list,
         super::calls::hang_up,
+        super::debug::claims,
     ),
     components(
         schemas(Problem, super::FieldError),
@@ -142,8 +146,8 @@ fn problem(name: &str, description: &str) -> utoipa::openapi::Response {
 /// operation can answer, and the configuration schemas built from the leaf model.
 struct Finish;
 
-/// Operations open to everyone (no credentials).
-const OPEN: &[&str] = &["/api/version", DOC_PATH, "/healthz", "/metrics"];
+/// Operations open to everyone (no credentials); outside the guard of [`access`].
+const OPEN: &[&str] = &["/api/version", "/healthz", "/metrics"];
 
 impl Modify for Finish {
     fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
@@ -154,7 +158,8 @@ impl Modify for Finish {
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
                     .description(Some(
-                        "The break-glass token of `<data-dir>/admin-token` (from localhost)",
+                        "An access token of the admin Azure app (JWT), or the break-glass token \
+                         of `<data-dir>/admin-token` (from localhost)",
                     ))
                     .build(),
             ),
@@ -162,7 +167,9 @@ impl Modify for Finish {
         let bearer = SecurityRequirement::new(BEARER, Vec::<String>::new());
         for (path, item) in doc.paths.paths.iter_mut() {
             let open = OPEN.contains(&path.as_str());
-            let local_ok = path.starts_with("/api/config/");
+            // The rules of the guard; the document itself is also served to local clients.
+            let rule = access::rule(path);
+            let local_ok = rule == Rule::AdminOrLocal || path == DOC_PATH;
             for op in operations(item) {
                 leaf_enum(op);
                 if open {
@@ -181,6 +188,10 @@ impl Modify for Finish {
                     ("403", "Forbidden"),
                     ("503", "Unavailable"),
                 ] {
+                    // Any signed-in caller passes a `SignedIn` route: no 403 there.
+                    if status == "403" && rule == Rule::SignedIn {
+                        continue;
+                    }
                     op.responses
                         .responses
                         .entry(status.into())

@@ -36,7 +36,7 @@ pub enum AuthError {
 }
 
 /// How a caller was authenticated.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 #[non_exhaustive]
 pub enum Via {
@@ -49,7 +49,7 @@ pub enum Via {
 }
 
 /// The caller of a request, as the access layer established it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct Identity {
     /// Who, for the audit log: the UPN (or object id) of a token, `admin-token` or `localhost`.
     pub actor: String,
@@ -58,6 +58,7 @@ pub struct Identity {
     /// How the caller was authenticated.
     pub via: Via,
     /// The validated claims of the token (`None` without one).
+    #[schema(value_type = Option<Object>)]
     pub claims: Option<Map<String, Value>>,
 }
 
