@@ -152,12 +152,18 @@ fn document_is_openapi_3_1_and_every_ref_resolves() {
             .filter_map(|s| s.strip_prefix('{')?.strip_suffix('}'))
             .collect();
         assert_eq!(declared, used, "{method} {path} path parameters");
-        let open = ["/api/version", DOC_PATH, "/healthz", "/metrics"].contains(&path.as_str());
+        // Outside the guard: no credentials asked. Inside: 401, and 403 unless any signed-in
+        // caller passes (the guard's own rule for the path).
+        let open = ["/api/version", "/healthz", "/metrics"].contains(&path.as_str());
         if !open {
-            for status in ["401", "403"] {
-                let r = &responses[status]["$ref"];
-                assert!(r.is_string(), "{method} {path} lacks {status}");
-            }
+            let r = &responses["401"]["$ref"];
+            assert!(r.is_string(), "{method} {path} lacks 401");
+            let signed_in = csps::api::access::rule(path.as_str()) == csps::api::access::Rule::SignedIn;
+            assert_eq!(
+                responses["403"]["$ref"].is_string(),
+                !signed_in,
+                "{method} {path}: 403 documented only where a signed-in non-admin is refused"
+            );
         }
     }
     // The problem type carries the validation errors' shape.
