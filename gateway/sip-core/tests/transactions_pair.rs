@@ -70,6 +70,10 @@ struct Net {
 
 impl Net {
     fn send(&mut self, now: Instant, to_server: bool, msg: &Message) {
+        self.send_bytes(now, to_server, msg.to_bytes());
+    }
+
+    fn send_bytes(&mut self, now: Instant, to_server: bool, bytes: Vec<u8>) {
         self.sent += 1;
         if self.drop_every > 0 && self.sent.is_multiple_of(self.drop_every) {
             self.dropped += 1;
@@ -78,10 +82,7 @@ impl Net {
         let delay = if self.sent % 3 == 1 { 45 } else { 20 };
         self.in_flight.insert(
             (now + Duration::from_millis(delay), self.sent),
-            Packet {
-                to_server,
-                bytes: msg.to_bytes(),
-            },
+            Packet { to_server, bytes },
         );
     }
 }
@@ -189,6 +190,7 @@ impl Pair {
     fn server_output(&mut self, o: Output) {
         match o {
             Output::Transmit { msg, .. } => self.net.send(self.now, false, &msg),
+            Output::Resend { bytes, .. } => self.net.send_bytes(self.now, false, bytes.to_vec()),
             Output::Event(Event::Request { key, req, .. }) => {
                 let call_id = req.call_id().unwrap_or_default().to_owned();
                 let n: u32 = call_id

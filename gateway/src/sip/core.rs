@@ -390,7 +390,21 @@ impl Core {
     fn drain_outputs(&mut self) {
         while let Some(out) = self.txns.poll_output() {
             match out {
-                Output::Transmit { to, msg } => {
+                Output::Transmit {
+                    to,
+                    encoded: Some(bytes),
+                    msg,
+                } => {
+                    if let Message::Response(r) = &msg {
+                        self.metrics.response_sent(r.status);
+                    }
+                    self.send_raw(to, &bytes);
+                }
+                Output::Resend { to, status, bytes } => {
+                    self.metrics.response_sent(status);
+                    self.send_raw(to, &bytes);
+                }
+                Output::Transmit { to, msg, .. } => {
                     if let Message::Response(r) = &msg {
                         self.metrics.response_sent(r.status);
                     }

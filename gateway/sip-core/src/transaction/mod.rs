@@ -31,7 +31,10 @@
 //!     while let Some(out) = txns.poll_output() {
 //!         match out {
 //!             // A real driver writes the bytes to the socket or connection of `to`.
-//!             Output::Transmit { to, msg } => sent.push((to, msg.to_bytes())),
+//!             Output::Transmit { to, msg, encoded } => {
+//!                 sent.push((to, encoded.map_or_else(|| msg.to_bytes(), |b| b.to_vec())))
+//!             }
+//!             Output::Resend { to, bytes, .. } => sent.push((to, bytes.to_vec())),
 //!             Output::Event(Event::Request { key, req, .. }) => {
 //!                 txns.respond(now, &key, req.response(200, "OK")).unwrap();
 //!             }
@@ -57,6 +60,8 @@ mod timer;
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
+
+use bytes::Bytes;
 use std::time::{Duration, Instant};
 
 use crate::message::{Message, Method, Request, Response};
@@ -146,6 +151,19 @@ pub enum Output {
         to: Remote,
         /// The message.
         msg: Message,
+        /// `msg` already in wire form (the layer keeps it to repeat it): send these bytes.
+        encoded: Option<Bytes>,
+    },
+    /// Send again a response already sent in wire form (a server transaction answering a
+    /// retransmitted request, or Timer G); kept encoded so a transaction waiting out Timer J
+    /// holds a few hundred bytes, not a parsed message.
+    Resend {
+        /// Destination.
+        to: Remote,
+        /// The response's status code (for counting).
+        status: u16,
+        /// The response in wire form.
+        bytes: Bytes,
     },
     /// Something the application must know.
     Event(Event),
@@ -300,6 +318,7 @@ impl Txn {
         cx.out.push_back(Output::Transmit {
             to: self.remote,
             msg,
+            encoded: None,
         });
     }
 
@@ -545,7 +564,11 @@ impl Transactions {
     /// Sends a message outside any transaction (ACK to a 2xx, stateless answers), so the driver
     /// has a single output path.
     pub fn send_stateless(&mut self, to: Remote, msg: Message) {
-        self.out.push_back(Output::Transmit { to, msg });
+        self.out.push_back(Output::Transmit {
+            to,
+            msg,
+            encoded: None,
+        });
     }
 
     fn split(&mut self, now: Instant) -> (&mut Slab, Ctx<'_>) {
@@ -830,12 +853,14 @@ mod tests {
 
     #[test]
     fn a_transaction_stays_small() {
-        // The design target is ~200k live transactions: requests and responses are boxed, so the
-        // per-transaction state is the timer table plus a few words.
+        // The design target is ~200k live transactions: requests and responses are boxed or
+        // encoded, so the per-transaction state is the timer table plus a few words.
         let size = std::mem::size_of::<Txn>();
         assert!(size <= 360, "Txn is {size} bytes");
         // Slots hold boxed transactions: an idle slot left by a burst costs 16 bytes.
         assert!(std::mem::size_of::<(u32, Option<Box<Txn>>)>() <= 16);
-        assert!(std::mem::size_of::<Machine>() <= 24);
+        // A non-INVITE final response is held as `Bytes` inline (32 bytes of handle to its wire
+        // form, a few hundred bytes) rather than a boxed parsed `Response` (~1 KiB of headers).
+        assert!(std::mem::size_of::<Machine>() <= 40);
     }
 }

@@ -1,11 +1,14 @@
 //! Server transactions: INVITE (RFC 3261 §17.2.1 with RFC 6026 §8.5–§8.7's Accepted state) and
-//! non-INVITE (§17.2.2). A server transaction keeps only the last response it may have to repeat;
+//! non-INVITE (§17.2.2). A server transaction keeps only the last response it may have to repeat
+//! (a non-INVITE final response in wire form: it waits out Timer J, 32 s, under every REGISTER);
 //! the request itself goes to the app. A transition consumes the old state and returns the new one.
+
+use bytes::Bytes;
 
 use crate::message::{Message, Request, Response};
 use crate::transport::Remote;
 
-use super::{Ctx, Event, Machine, Next, Txn, TxnError, TxnTimer, key};
+use super::{Ctx, Event, Machine, Next, Output, Txn, TxnError, TxnTimer, key};
 
 /// Server INVITE states (§17.2.1, Figure 7 as amended by RFC 6026 Figure 5).
 pub(super) enum ServerInvite {
@@ -28,7 +31,12 @@ pub(super) enum ServerNonInvite {
     /// A provisional response was sent; retransmissions get it again.
     Proceeding(Box<Response>),
     /// A final response was sent; retransmissions get it again until Timer J.
-    Completed(Box<Response>),
+    Completed {
+        /// Its status code.
+        status: u16,
+        /// The response in wire form.
+        bytes: Bytes,
+    },
 }
 
 impl Txn {
@@ -91,9 +99,15 @@ impl Txn {
             Machine::ServerInvite(_) => None,
             // §17.2.2: absorbed in Trying; the last response again in Proceeding and Completed.
             Machine::ServerNonInvite(ServerNonInvite::Trying) => None,
-            Machine::ServerNonInvite(
-                ServerNonInvite::Proceeding(r) | ServerNonInvite::Completed(r),
-            ) => Some(r),
+            Machine::ServerNonInvite(ServerNonInvite::Proceeding(r)) => Some(r),
+            Machine::ServerNonInvite(ServerNonInvite::Completed { status, bytes }) => {
+                cx.out.push_back(Output::Resend {
+                    to: self.remote,
+                    status: *status,
+                    bytes: bytes.clone(),
+                });
+                None
+            }
             _ => None,
         };
         if let Some(r) = repeat {
@@ -262,13 +276,22 @@ impl Txn {
                     self.send(cx, Message::Response(resp));
                     (ServerNonInvite::Trying, Next::Terminate)
                 } else {
-                    self.send(cx, Message::Response(resp.clone()));
+                    // Encoded once: the driver sends these bytes, the state keeps them.
+                    let mut wire = Vec::with_capacity(512);
+                    resp.encode(&mut wire);
+                    let bytes = Bytes::from(wire);
+                    let status = resp.status;
+                    cx.out.push_back(Output::Transmit {
+                        to: self.remote,
+                        msg: Message::Response(resp),
+                        encoded: Some(bytes.clone()),
+                    });
                     self.arm(cx, TxnTimer::J, cx.cfg.t1x64());
-                    (ServerNonInvite::Completed(Box::new(resp)), Next::Stay)
+                    (ServerNonInvite::Completed { status, bytes }, Next::Stay)
                 }
             }
             // §17.2.2: nothing more may be sent after the final response.
-            (s @ ServerNonInvite::Completed(_), _) => {
+            (s @ ServerNonInvite::Completed { .. }, _) => {
                 self.machine = Machine::ServerNonInvite(s);
                 return Err(TxnError::WrongState);
             }
@@ -283,7 +306,7 @@ impl Txn {
         };
         match (t, state) {
             // §17.2.2: Timer J ends Completed.
-            (TxnTimer::J, ServerNonInvite::Completed(_)) => Next::Terminate,
+            (TxnTimer::J, ServerNonInvite::Completed { .. }) => Next::Terminate,
             // Guard: the app never answered and the client has given up (its Timer F).
             (TxnTimer::Guard, ServerNonInvite::Trying | ServerNonInvite::Proceeding(_)) => {
                 Txn::event(cx, Event::Timeout { key: self.key });
