@@ -556,7 +556,7 @@ mod tests {
     use super::*;
     use crate::config::LiveConfig;
     use crate::store::embedded::EmbeddedStore;
-    use crate::store::{BindingKey, Registration, RegistrationFilter, Store, User};
+    use crate::store::{Registration, RegistrationFilter, Removal, Store, User};
 
     /// The embedded store, with `put_config` failing for chosen entries (attempts counted).
     struct Flaky {
@@ -607,7 +607,7 @@ mod tests {
         async fn write_registrations(
             &self,
             upserts: &[Registration],
-            removals: &[BindingKey],
+            removals: &[Removal],
         ) -> Result<(), StoreError> {
             self.inner.write_registrations(upserts, removals).await
         }

@@ -13,7 +13,7 @@ use csps_sip::transaction::TxnKey;
 use tokio::sync::mpsc;
 
 use crate::metrics::Metrics;
-use crate::store::{BindingKey, Registration, Store};
+use crate::store::{BindingKey, Registration, Removal, Store};
 
 /// Changes that must be durable before `replies` are sent.
 pub struct Commit {
@@ -69,14 +69,18 @@ pub async fn run(
         }
         let mut upserts: Vec<Registration> =
             first.upserts.iter().map(|b| record(&server, b)).collect();
-        let mut removals = first.removals;
+        let mut removals: Vec<Removal> = first
+            .removals
+            .into_iter()
+            .map(|key| removal(&server, key))
+            .collect();
         let mut replies = first.replies;
         let mut n = 1;
         while n < MAX_BATCH {
             match rx.try_recv() {
                 Ok(c) => {
                     upserts.extend(c.upserts.iter().map(|b| record(&server, b)));
-                    removals.extend(c.removals);
+                    removals.extend(c.removals.into_iter().map(|key| removal(&server, key)));
                     replies.extend(c.replies);
                     n += 1;
                 }
@@ -119,5 +123,13 @@ pub async fn run(
         if done.send(replies).await.is_err() {
             return;
         }
+    }
+}
+
+/// This server's removal of a binding.
+fn removal(server: &str, key: BindingKey) -> Removal {
+    Removal {
+        key,
+        server: server.to_owned(),
     }
 }

@@ -23,7 +23,7 @@ use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, TableDefi
 use uuid::Uuid;
 
 use super::{
-    AuditEntry, BindingKey, ConfigEntry, Registration, RegistrationFilter, Store, StoreError, User,
+    AuditEntry, ConfigEntry, Registration, RegistrationFilter, Removal, Store, StoreError, User,
 };
 
 /// File name of the database inside the data directory.
@@ -309,7 +309,7 @@ impl Store for EmbeddedStore {
     async fn write_registrations(
         &self,
         upserts: &[Registration],
-        removals: &[BindingKey],
+        removals: &[Removal],
     ) -> Result<(), StoreError> {
         if upserts.is_empty() && removals.is_empty() {
             return Ok(());
@@ -319,16 +319,23 @@ impl Store for EmbeddedStore {
             .iter()
             .map(|r| Ok((binding_key(&r.aor, &r.binding), encode(r)?)))
             .collect::<Result<Vec<_>, StoreError>>()?;
-        let dels: Vec<String> = removals
+        let dels: Vec<(String, String)> = removals
             .iter()
-            .map(|k| binding_key(&k.aor, &k.binding))
+            .map(|k| (binding_key(&k.key.aor, &k.key.binding), k.server.clone()))
             .collect();
         self.blocking(move |db| {
             let txn = write_txn(db)?;
             {
                 let mut t = txn.open_table(REGISTRATIONS)?;
-                for k in &dels {
-                    t.remove(k.as_str())?;
+                for (k, server) in &dels {
+                    // Only while this server still holds it (see `Removal`).
+                    let held = match t.get(k.as_str())? {
+                        Some(v) => decode::<Registration>(v.value())?.server == *server,
+                        None => false,
+                    };
+                    if held {
+                        t.remove(k.as_str())?;
+                    }
                 }
                 for (k, v) in &puts {
                     t.insert(k.as_str(), v.as_slice())?;

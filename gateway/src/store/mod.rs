@@ -11,7 +11,8 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 pub use model::{
-    AuditEntry, BindingKey, ConfigEntry, Ha1, HashAlgorithm, NewUser, Registration, User, UserPatch,
+    AuditEntry, BindingKey, ConfigEntry, Ha1, HashAlgorithm, NewUser, Registration, Removal, User,
+    UserPatch,
 };
 
 /// Why a store operation failed.
@@ -75,11 +76,12 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes a user; `NotFound` if absent.
     async fn delete_user(&self, id: Uuid) -> Result<(), StoreError>;
 
-    /// Inserts or replaces bindings (keyed by [`BindingKey`]) and removes others, in one durable write.
+    /// Inserts or replaces bindings (keyed by [`BindingKey`]) and removes others still held by
+    /// the removing server, in one durable write.
     async fn write_registrations(
         &self,
         upserts: &[Registration],
-        removals: &[BindingKey],
+        removals: &[Removal],
     ) -> Result<(), StoreError>;
     /// Bindings not expired at `now`, matching `filter`.
     async fn list_registrations(

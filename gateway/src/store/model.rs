@@ -121,6 +121,16 @@ pub struct BindingKey {
     pub binding: String,
 }
 
+/// A binding to remove, but only while `server` holds it: a phone that moved to another
+/// server and then unregisters (or is removed) on the old one leaves the new one's document alone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Removal {
+    /// The binding.
+    pub key: BindingKey,
+    /// The server removing it; the stored document must name it as host.
+    pub server: String,
+}
+
 /// One registered contact of an AoR.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Registration {

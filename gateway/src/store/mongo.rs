@@ -63,7 +63,7 @@ use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
 use super::{
-    AuditEntry, BindingKey, ChangeTopic, ConfigEntry, Registration, RegistrationFilter, Revisions,
+    AuditEntry, ChangeTopic, ConfigEntry, Registration, RegistrationFilter, Removal, Revisions,
     Store, StoreError, User,
 };
 
@@ -458,7 +458,7 @@ impl Store for MongoStore {
     async fn write_registrations(
         &self,
         upserts: &[Registration],
-        removals: &[BindingKey],
+        removals: &[Removal],
     ) -> Result<(), StoreError> {
         for chunk in upserts.chunks(BULK_CHUNK) {
             let mut updates = Vec::with_capacity(chunk.len());
@@ -477,7 +477,7 @@ impl Store for MongoStore {
                 .iter()
                 .map(|k| {
                     Bson::Document(doc! {
-                        "q": { "_id": binding_id(&k.aor, &k.binding) },
+                        "q": { "_id": binding_id(&k.key.aor, &k.key.binding), "server": k.server.as_str() },
                         "limit": 1,
                     })
                 })

@@ -5,10 +5,19 @@
 
 use chrono::{DateTime, Duration, Utc};
 use csps::store::{
-    BindingKey, Ha1, HashAlgorithm, Registration, RegistrationFilter, Store, StoreError, User,
+    BindingKey, Ha1, HashAlgorithm, Registration, RegistrationFilter, Removal, Store, StoreError,
+    User,
 };
 use serde_json::json;
 use uuid::Uuid;
+
+/// `server`'s removal of `key`.
+pub fn removal(key: BindingKey, server: &str) -> Removal {
+    Removal {
+        key,
+        server: server.to_owned(),
+    }
+}
 
 /// A user record with one HA1, as the API would build it.
 pub fn user(username: &str, domain: &str) -> User {
@@ -284,11 +293,14 @@ pub async fn suite_registrations(store: &dyn Store) {
         .write_registrations(
             std::slice::from_ref(&a3),
             &[
-                a1.key(),
-                BindingKey {
-                    aor: "sip:nobody@example.com".to_owned(),
-                    binding: "contact:x".to_owned(),
-                },
+                removal(a1.key(), "s1"),
+                removal(
+                    BindingKey {
+                        aor: "sip:nobody@example.com".to_owned(),
+                        binding: "contact:x".to_owned(),
+                    },
+                    "s1",
+                ),
             ],
         )
         .await
@@ -302,6 +314,30 @@ pub async fn suite_registrations(store: &dyn Store) {
         .collect();
     got.sort();
     assert_eq!(got, ["contact:a2", "instance:<urn:uuid:1>;reg-id=1"]);
+
+    // The phone behind a2 moved to s1; s2 (its old server) removing it leaves s1's document,
+    // and s1 removing it removes it.
+    let mut moved = a2.clone();
+    moved.server = "s1".to_owned();
+    store
+        .write_registrations(std::slice::from_ref(&moved), &[])
+        .await
+        .expect("move");
+    store
+        .write_registrations(&[], &[removal(a2.key(), "s2")])
+        .await
+        .expect("stale removal");
+    let held = store.list_registrations(&alice, now).await.expect("list");
+    assert!(
+        held.contains(&moved),
+        "a removal by the old server deleted the new server's binding: {held:?}"
+    );
+    store
+        .write_registrations(&[], &[removal(a2.key(), "s1")])
+        .await
+        .expect("removal");
+    let held = store.list_registrations(&alice, now).await.expect("list");
+    assert!(!held.iter().any(|r| r.binding == "contact:a2"), "{held:?}");
     store
         .write_registrations(&[], &[])
         .await
