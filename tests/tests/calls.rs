@@ -195,6 +195,29 @@ fn sipp_phone_with_two_calls_switches_between_them() {
     assert_eq!(alice.successful, 2, "{}", alice.output);
 }
 
+/// RFC 4028 session timers: too short an interval gets 422 with Min-SE: 90, the retry is
+/// answered with the interval and the caller as refresher (the callee knows no timers), and an
+/// UPDATE without offer refreshes it. (Expiry itself is a unit test on a simulated clock: the
+/// shortest legal interval is 90 s.)
+#[test]
+fn sipp_session_timer_is_negotiated_and_refreshed() {
+    let Some(gw) = gateway(&[("alice", "alice-secret-1"), ("bob", "bob-secret-1")]) else {
+        return;
+    };
+    let bob = callee(&gw, "uas_answer.xml", "bob", "bob-secret-1");
+    gw.trust("127.0.0.0/8");
+    let alice = Sipp::new("uac_timer.xml", gw.sip_addr())
+        .key("user", "alice")
+        .key("domain", DOMAIN)
+        .key("callee", "bob")
+        .arg("-mp")
+        .arg(free_port().to_string())
+        .timeout(Duration::from_secs(30))
+        .run();
+    let bob = bob.join().expect("callee thread");
+    assert_both_ok(&gw, &alice, &bob);
+}
+
 /// A headless baresip phone for `user` that plays a `tone_hz` sine (`ausine`), records what it
 /// decodes into `dir` (`sndfile`), answers calls by itself, and runs `commands` at start.
 fn baresip(

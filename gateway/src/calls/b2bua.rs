@@ -22,6 +22,10 @@ const LINGER: Duration = Duration::from_secs(32);
 /// RFC 3261 T1 and T2 for the 2xx retransmissions of a UAS core (§13.3.1.4).
 const T1: Duration = Duration::from_millis(500);
 const T2: Duration = Duration::from_secs(4);
+/// The smallest session interval accepted (RFC 4028 §5: never below 90 s).
+pub const MIN_SE: u32 = 90;
+/// RFC 3326 reason on the BYEs of a session whose timer ran out.
+const SESSION_EXPIRED: &str = "SIP;cause=408;text=\"Session timer expired\"";
 /// RFC 3326 reason for forks that lost the race.
 pub const COMPLETED_ELSEWHERE: &str = "SIP;cause=200;text=\"Call completed elsewhere\"";
 
@@ -232,6 +236,11 @@ pub struct Call {
     reoffer: Option<ReOffer>,
     /// INFOs relayed to the other leg: our tag, the origin's transaction and request.
     infos: Vec<(u32, TxnKey, Request)>,
+    /// The negotiated session interval (RFC 4028) and when the session expires without a
+    /// refresh; `None` when neither phone asked for session timers.
+    session: Option<(Duration, Instant)>,
+    /// RFC 3326 Reason on the BYEs the gateway sends, when it has one.
+    bye_reason: Option<&'static str>,
     phase: Phase,
     ring_deadline: Option<Instant>,
     linger_deadline: Option<Instant>,
@@ -291,6 +300,40 @@ fn best_final(statuses: impl Iterator<Item = u16>) -> u16 {
         .unwrap_or(480)
 }
 
+/// `Session-Expires` (RFC 4028 §4): the interval in seconds and the `refresher` parameter.
+fn session_expires(h: &Headers) -> Option<(u32, Option<String>)> {
+    let v = h.get("Session-Expires")?;
+    let mut parts = v.split(';');
+    let secs = parts.next()?.trim().parse().ok()?;
+    let refresher = parts.find_map(|p| {
+        let (k, v) = p.split_once('=')?;
+        k.trim()
+            .eq_ignore_ascii_case("refresher")
+            .then(|| v.trim().to_ascii_lowercase())
+    });
+    Some((secs, refresher))
+}
+
+/// True when `h` lists the `timer` option tag in Supported (or its compact form `k`).
+fn supports_timer(h: &Headers) -> bool {
+    h.values("Supported")
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("timer"))
+}
+
+/// Session-timer headers copied from one leg's message to the other's (refreshes and their
+/// answers pass through unchanged, so the phones keep negotiating with each other).
+fn copy_timer_headers(from: &Headers, to: &mut Headers) {
+    for name in ["Session-Expires", "Min-SE"] {
+        if let Some(v) = from.get(name) {
+            to.set(name, v.to_owned());
+        }
+    }
+    if supports_timer(from) {
+        to.push("Supported", "timer");
+    }
+}
+
 /// The answer to a relayed request, for its origin: the status and reason, and a body when the
 /// other side sent one.
 fn relayed_response(origin: &Request, resp: &Response) -> Response {
@@ -325,6 +368,8 @@ impl Call {
             early_media_from: None,
             reoffer: None,
             infos: Vec::new(),
+            session: None,
+            bye_reason: None,
             phase: Phase::Ringing,
             ring_deadline: None,
             linger_deadline: None,
@@ -349,6 +394,20 @@ impl Call {
             // Offerless INVITEs (RFC 3261 §13.2.1 with the offer in the 2xx) come with the
             // re-INVITE work; until then the caller learns why.
             self.reject(488, Some("offerless INVITE not supported yet"));
+            return;
+        }
+        if let Some((se, _)) = session_expires(&invite.headers)
+            && se < MIN_SE
+            && supports_timer(&invite.headers)
+        {
+            // RFC 4028 §8.1: too short an interval from a UAC that knows timers.
+            let mut r = self.a_response(422, "Session Interval Too Small");
+            r.headers.push("Min-SE", MIN_SE.to_string());
+            self.out.push_back(Output::Respond {
+                key: self.setup.key,
+                resp: r,
+            });
+            self.end_or_linger();
             return;
         }
         let mut offer = match Sdp::parse(&invite.body) {
@@ -389,6 +448,23 @@ impl Call {
             // The gateway's own assertion; whatever the phone sent is not copied (RFC 3325).
             h.push("P-Asserted-Identity", self.setup.caller.clone());
             h.push("Allow", super::ALLOW_IN_DIALOG);
+            if let Some((se, _)) = session_expires(&self.setup.invite.headers) {
+                // The caller asked for session timers: the callee negotiates them with it
+                // through the gateway (an interval below ours is raised, §7.4).
+                h.push("Session-Expires", se.max(MIN_SE).to_string());
+                let min = self
+                    .setup
+                    .invite
+                    .headers
+                    .get("Min-SE")
+                    .and_then(|v| v.trim().parse::<u32>().ok())
+                    .unwrap_or(MIN_SE)
+                    .max(MIN_SE);
+                h.push("Min-SE", min.to_string());
+            }
+            if supports_timer(&self.setup.invite.headers) {
+                h.push("Supported", "timer");
+            }
             h.push("Content-Type", "application/sdp");
             let req = Request {
                 method: Method::Invite,
@@ -527,7 +603,10 @@ impl Call {
         let tag = self.tag();
         let v = via_for(self.setup.from.transport, self.setup.local, &mut *self.rng);
         if let Some(d) = self.a_dialog.as_mut() {
-            let req = d.request(Method::Bye, &v);
+            let mut req = d.request(Method::Bye, &v);
+            if let Some(r) = self.bye_reason {
+                req.headers.push("Reason", r);
+            }
             self.pending_byes.push(tag);
             self.out.push_back(Output::Send {
                 tag,
@@ -548,7 +627,10 @@ impl Call {
         let v = via(&self.forks[i].target, &mut *self.rng);
         let to = self.forks[i].target.to;
         if let Some(d) = self.forks[i].dialog.as_mut() {
-            let req = d.request(Method::Bye, &v);
+            let mut req = d.request(Method::Bye, &v);
+            if let Some(r) = self.bye_reason {
+                req.headers.push("Reason", r);
+            }
             self.pending_byes.push(tag);
             self.out.push_back(Output::Send { tag, to, req });
         }
@@ -746,6 +828,7 @@ impl Call {
         self.winner = Some(i);
         let mut ok = self.a_response(200, "OK");
         ok.headers.push("Allow", super::ALLOW_IN_DIALOG);
+        self.start_session_timer(now, &resp, &mut ok);
         ok.headers.push("Content-Type", "application/sdp");
         ok.body = body;
         self.a_dialog = Dialog::uas(&self.setup.invite, &self.a_tag, &self.a_contact);
@@ -761,6 +844,41 @@ impl Call {
         self.ring_deadline = None;
         self.out.push_back(Output::Answered);
         self.cancel_forks(now, Some(COMPLETED_ELSEWHERE));
+    }
+
+    /// RFC 4028 §9 for the 2xx to the caller: the callee's negotiated interval and refresher
+    /// when it sent one, else (a caller that supports timers and asked for them) the caller's
+    /// interval with the caller as refresher; the gateway then times the session.
+    fn start_session_timer(&mut self, now: Instant, b_ok: &Response, a_ok: &mut Response) {
+        let inv = &self.setup.invite.headers;
+        let negotiated = match session_expires(&b_ok.headers) {
+            Some((se, refresher)) => Some((se.max(MIN_SE), refresher.unwrap_or("uas".into()))),
+            None if supports_timer(inv) => {
+                session_expires(inv).map(|(se, _)| (se.max(MIN_SE), "uac".to_owned()))
+            }
+            None => None,
+        };
+        let Some((se, refresher)) = negotiated else {
+            return;
+        };
+        a_ok.headers
+            .push("Session-Expires", format!("{se};refresher={refresher}"));
+        if supports_timer(inv) {
+            a_ok.headers.push("Require", "timer");
+        }
+        let interval = Duration::from_secs(u64::from(se));
+        self.session = Some((interval, now + interval));
+    }
+
+    /// A session refresh went through (a relayed re-INVITE/UPDATE answered 2xx, or an UPDATE
+    /// without offer): the session lives another interval, the one in the 2xx when it names one.
+    fn refreshed(&mut self, now: Instant, ok: Option<&Response>) {
+        if let Some((interval, deadline)) = self.session.as_mut() {
+            if let Some((se, _)) = ok.and_then(|r| session_expires(&r.headers)) {
+                *interval = Duration::from_secs(u64::from(se.max(MIN_SE)));
+            }
+            *deadline = now + *interval;
+        }
     }
 
     fn end_check(&mut self) {
@@ -855,7 +973,7 @@ impl Call {
                 let r = req.response(481, "Call/Transaction Does Not Exist");
                 self.out.push_back(Output::Respond { key, resp: r });
             }
-            Method::Invite | Method::Update => self.on_reoffer(key, from_a, req),
+            Method::Invite | Method::Update => self.on_reoffer(now, key, from_a, req),
             Method::Info => self.relay_info(key, from_a, req),
             _ => {
                 let mut r = req.response(501, "Not Implemented");
@@ -873,6 +991,7 @@ impl Call {
         method: Method,
         content_type: Option<&str>,
         body: Bytes,
+        timer_headers: Option<&Headers>,
     ) -> Option<(u32, u32)> {
         let tag = self.tag();
         let (via, to, d) = if to_a {
@@ -888,6 +1007,9 @@ impl Call {
         let seq = d.local_seq;
         if matches!(req.method, Method::Invite | Method::Update) {
             req.headers.push("Allow", super::ALLOW_IN_DIALOG);
+        }
+        if let Some(h) = timer_headers {
+            copy_timer_headers(h, &mut req.headers);
         }
         if let Some(ct) = content_type.filter(|_| !body.is_empty()) {
             req.headers.push("Content-Type", ct);
@@ -941,7 +1063,7 @@ impl Call {
     /// relayed to the other leg with the relay's address in its SDP; that leg's answer comes
     /// back the same way (RFC 3264 §8). Direction attributes pass through unchanged, so a
     /// phone's `sendonly` reaches the other phone, which answers `recvonly`.
-    fn on_reoffer(&mut self, key: TxnKey, from_a: bool, req: Request) {
+    fn on_reoffer(&mut self, now: Instant, key: TxnKey, from_a: bool, req: Request) {
         let respond = |this: &mut Call, status: u16, warning: Option<&str>| {
             let mut r = req.response(status, csps_sip::message::reason_phrase(status));
             if status == 500 {
@@ -976,9 +1098,21 @@ impl Call {
             return;
         }
         if !has_body && req.method == Method::Update {
-            // An UPDATE without an offer only refreshes the session (RFC 3311 §5.2).
+            // An UPDATE without an offer only refreshes the session (RFC 3311 §5.2, RFC 4028).
             let mut r = req.response(200, "OK");
             r.headers.push("Contact", self.contact_towards(from_a));
+            if let Some((interval, _)) = self.session {
+                let secs = session_expires(&req.headers)
+                    .map(|(se, _)| se.max(MIN_SE))
+                    .unwrap_or(interval.as_secs() as u32);
+                r.headers
+                    .push("Session-Expires", format!("{secs};refresher=uac"));
+                r.headers.push("Require", "timer");
+                self.session = Some((
+                    Duration::from_secs(u64::from(secs)),
+                    now + Duration::from_secs(u64::from(secs)),
+                ));
+            }
             self.out.push_back(Output::Respond { key, resp: r });
             return;
         }
@@ -1005,9 +1139,13 @@ impl Call {
             (None, None, Bytes::new())
         };
         let method = req.method.clone();
-        let Some((tag, seq)) =
-            self.send_in_dialog(!from_a, method.clone(), Some("application/sdp"), body)
-        else {
+        let Some((tag, seq)) = self.send_in_dialog(
+            !from_a,
+            method.clone(),
+            Some("application/sdp"),
+            body,
+            Some(&req.headers),
+        ) else {
             respond(self, 481, None);
             return;
         };
@@ -1168,10 +1306,19 @@ impl Call {
         let mut ok = p.req.response(200, "OK");
         ok.headers.push("Contact", self.contact_towards(from_a));
         ok.headers.push("Allow", super::ALLOW_IN_DIALOG);
+        copy_timer_headers(&resp.headers, &mut ok.headers);
+        if resp
+            .headers
+            .get("Require")
+            .is_some_and(|r| r.contains("timer"))
+        {
+            ok.headers.push("Require", "timer");
+        }
         ok.headers.push("Content-Type", "application/sdp");
         ok.body = body;
         let key = p.key;
         let cseq = p.req.cseq().map(|c| c.seq).unwrap_or(0);
+        self.refreshed(now, Some(&resp));
         if origin_addr.is_some() {
             self.media_for(from_a, origin_addr);
         }
@@ -1246,7 +1393,7 @@ impl Call {
     /// sends) passed to the other leg as is; its answer comes back to the sender.
     fn relay_info(&mut self, key: TxnKey, from_a: bool, req: Request) {
         let ct = req.headers.get("Content-Type").map(str::to_owned);
-        match self.send_in_dialog(!from_a, Method::Info, ct.as_deref(), req.body.clone()) {
+        match self.send_in_dialog(!from_a, Method::Info, ct.as_deref(), req.body.clone(), None) {
             Some((tag, _)) => self.infos.push((tag, key, req)),
             None => {
                 let r = req.response(481, "Call/Transaction Does Not Exist");
@@ -1289,6 +1436,16 @@ impl Call {
         {
             self.finish();
         }
+        if let Some((_, deadline)) = self.session
+            && deadline <= now
+            && self.is_answered()
+        {
+            // RFC 4028 §10: nobody refreshed the session in time; it is over.
+            tracing::info!("session timer expired: hanging up");
+            self.session = None;
+            self.bye_reason = Some(SESSION_EXPIRED);
+            self.hang_up(now, None);
+        }
         let due = self
             .reoffer
             .as_ref()
@@ -1323,6 +1480,9 @@ impl Call {
                 .as_ref()
                 .and_then(|p| p.answered.as_ref())
                 .and_then(|a| a.next.map(|n| n.0)),
+            self.session
+                .filter(|_| self.is_answered())
+                .map(|(_, deadline)| deadline),
         ]
         .into_iter()
         .flatten()
@@ -1355,8 +1515,13 @@ mod tests {
     }
 
     fn invite(body: &str) -> Request {
+        invite_with(body, "")
+    }
+
+    /// The caller's INVITE with `extra` header lines (each ending in CRLF).
+    fn invite_with(body: &str, extra: &str) -> Request {
         let s = format!(
-            "INVITE sip:bob@csps.local SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.7:5060;branch=z9hG4bKa\r\n\
+            "INVITE sip:bob@csps.local SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.7:5060;branch=z9hG4bKa\r\n{extra}\
              From: <sip:alice@csps.local>;tag=at\r\nTo: <sip:bob@csps.local>\r\nCall-ID: a-call\r\n\
              CSeq: 2 INVITE\r\nContact: <sip:alice@10.0.0.7>\r\nMax-Forwards: 70\r\n\
              P-Asserted-Identity: <sip:ceo@csps.local>\r\nContent-Type: application/sdp\r\n\
@@ -1377,7 +1542,12 @@ mod tests {
     /// A call from alice to bob's two devices, started at `now`; the server transaction key is
     /// borrowed from a real transaction layer.
     fn call(body: &str, now: Instant) -> Call {
-        let key = key_for(&invite(body), "10.0.0.7:5060");
+        call_with(body, "", now)
+    }
+
+    /// A call whose INVITE carries `extra` header lines.
+    fn call_with(body: &str, extra: &str, now: Instant) -> Call {
+        let key = key_for(&invite_with(body, extra), "10.0.0.7:5060");
         let target = |a: &str| Target {
             to: remote(a),
             uri: Uri::parse(&format!("sip:bob@{a}")).expect("uri"),
@@ -1388,7 +1558,7 @@ mod tests {
                 key,
                 from: remote("203.0.113.5:5060"),
                 local: "192.0.2.1:5060".parse().expect("addr"),
-                invite: invite(body),
+                invite: invite_with(body, extra),
                 caller: "\"Alice\" <sip:alice@csps.local>".into(),
                 callee: "<sip:bob@csps.local>".into(),
                 targets: vec![target("192.0.2.9:5060"), target("192.0.2.10:5060")],
@@ -1590,7 +1760,14 @@ mod tests {
     /// A call answered by the first device and ACKed by the caller; returns the call, the To tag
     /// the caller got, and the INVITE the answering device received.
     fn confirmed(t0: Instant) -> (Call, String, Request) {
-        let mut c = call(OFFER, t0);
+        let (c, a_tag, inv1, _) = confirmed_with(t0, "");
+        (c, a_tag, inv1)
+    }
+
+    /// As [`confirmed`], the caller's INVITE with `extra` header lines; also returns the 200
+    /// the caller got.
+    fn confirmed_with(t0: Instant, extra: &str) -> (Call, String, Request, Response) {
+        let mut c = call_with(OFFER, extra, t0);
         let invites = sent_invites(&drain(&mut c));
         let (tag1, inv1) = invites[0].clone();
         c.handle(
@@ -1607,7 +1784,7 @@ mod tests {
             .and_then(|t| t.tag().map(str::to_owned))
             .expect("To tag");
         c.handle(t0, Input::Ack(in_dialog_a("ACK", 2, &a_tag, None)));
-        (c, a_tag, inv1)
+        (c, a_tag, inv1, ok)
     }
 
     fn parse_req(s: &str) -> Request {
@@ -1703,6 +1880,14 @@ mod tests {
         })
     }
 
+    /// The other phone answers our relayed request `req` (sent with `tag`) 200 with `sdp`.
+    fn answer_with_sdp(c: &mut Call, now: Instant, tag: u32, req: &Request, sdp: &'static str) {
+        let mut ok = req.response(200, "OK");
+        ok.headers.push("Content-Type", "application/sdp");
+        ok.body = Bytes::from_static(sdp.as_bytes());
+        c.handle(now, Input::Response { tag, resp: ok });
+    }
+
     fn body(m: &Request) -> String {
         String::from_utf8_lossy(&m.body).into_owned()
     }
@@ -1733,10 +1918,7 @@ mod tests {
         assert!(!b.contains("10.0.0.7"), "{b}");
         assert!(responses_to_a(&out).is_empty(), "no answer before bob's");
 
-        let mut ok = reinv.response(200, "OK");
-        ok.headers.push("Content-Type", "application/sdp");
-        ok.body = Bytes::from_static(HELD.as_bytes());
-        c.handle(t0, Input::Response { tag, resp: ok });
+        answer_with_sdp(&mut c, t0, tag, &reinv, HELD);
         let out = drain(&mut c);
         let to_a = responses_to_a(&out)[0].clone();
         assert_eq!(to_a.status, 200);
@@ -1843,10 +2025,7 @@ mod tests {
                 .is_some_and(|f| f.contains(&a_tag))
         );
         // Alice offers in her 200.
-        let mut ok = reinv.response(200, "OK");
-        ok.headers.push("Content-Type", "application/sdp");
-        ok.body = Bytes::from_static(OFFER.as_bytes());
-        c.handle(t0, Input::Response { tag, resp: ok });
+        answer_with_sdp(&mut c, t0, tag, &reinv, OFFER);
         let out = drain(&mut c);
         let to_b = responses_to_a(&out)[0].clone();
         assert_eq!(to_b.status, 200);
@@ -1913,10 +2092,7 @@ mod tests {
             "203.0.113.5:5060",
         );
         let (tag, upd, _) = sent(&out, Method::Update).expect("relayed");
-        let mut ok = upd.response(200, "OK");
-        ok.headers.push("Content-Type", "application/sdp");
-        ok.body = Bytes::from_static(HELD.as_bytes());
-        c.handle(t0, Input::Response { tag, resp: ok });
+        answer_with_sdp(&mut c, t0, tag, &upd, HELD);
         let out = drain(&mut c);
         let r = responses_to_a(&out)[0];
         assert_eq!((r.status, r.headers.get("CSeq")), (200, Some("5 UPDATE")));
@@ -1970,5 +2146,82 @@ mod tests {
         let out = drain(&mut c);
         assert_eq!(responses_to_a(&out)[0].status, 408);
         assert!(c.is_answered());
+    }
+
+    #[test]
+    fn session_interval_below_min_se_gets_422() {
+        let t0 = Instant::now();
+        let mut c = call_with(OFFER, "Session-Expires: 30\r\nSupported: timer\r\n", t0);
+        let out = drain(&mut c);
+        let r = responses_to_a(&out)[0];
+        assert_eq!(r.status, 422);
+        assert_eq!(r.headers.get("Min-SE"), Some("90"));
+        assert!(sent_invites(&out).is_empty());
+        assert!(out.iter().any(|o| matches!(o, Output::Ended)));
+    }
+
+    #[test]
+    fn session_timer_ends_an_unrefreshed_call_and_a_refresh_extends_it() {
+        let t0 = Instant::now();
+        // Bob knows nothing of timers: alice refreshes, the gateway times the session.
+        let (mut c, a_tag, inv1, ok) = confirmed_with(
+            t0,
+            "Session-Expires: 120;refresher=uac\r\nSupported: timer\r\n",
+        );
+        assert_eq!(inv1.headers.get("Session-Expires"), Some("120"));
+        assert_eq!(inv1.headers.get("Min-SE"), Some("90"));
+        assert!(supports_timer(&inv1.headers));
+        assert_eq!(ok.headers.get("Session-Expires"), Some("120;refresher=uac"));
+        assert_eq!(ok.headers.get("Require"), Some("timer"));
+        drain(&mut c);
+        assert_eq!(c.poll_timeout(), Some(t0 + Duration::from_secs(120)));
+        // A refresh at 100 s (an UPDATE without offer) moves the end to 220 s.
+        let t100 = t0 + Duration::from_secs(100);
+        let out = request_in(
+            &mut c,
+            t100,
+            in_dialog_a("UPDATE", 3, &a_tag, None),
+            "203.0.113.5:5060",
+        );
+        let r = responses_to_a(&out)[0];
+        assert_eq!(r.status, 200);
+        assert!(
+            r.headers
+                .get("Session-Expires")
+                .is_some_and(|v| v.starts_with("120"))
+        );
+        c.handle_timeout(t0 + Duration::from_secs(130));
+        assert!(drain(&mut c).is_empty(), "refreshed: the call goes on");
+        assert!(c.is_answered());
+        // A relayed re-INVITE refreshes too.
+        let t150 = t0 + Duration::from_secs(150);
+        let out = request_in(
+            &mut c,
+            t150,
+            in_dialog_a("INVITE", 4, &a_tag, Some(OFFER)),
+            "203.0.113.5:5060",
+        );
+        let (tag, reinv, _) = sent(&out, Method::Invite).expect("relayed");
+        answer_with_sdp(&mut c, t150, tag, &reinv, ANSWER);
+        drain(&mut c);
+        c.handle(t150, Input::Ack(in_dialog_a("ACK", 4, &a_tag, None)));
+        let end = t150 + Duration::from_secs(120);
+        assert_eq!(c.poll_timeout(), Some(end));
+        // Nobody refreshes again: at the end both phones get a BYE saying why.
+        c.handle_timeout(end);
+        let out = drain(&mut c);
+        let byes: Vec<_> = out
+            .iter()
+            .filter_map(|o| match o {
+                Output::Send { req, .. } if req.method == Method::Bye => Some(req),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(byes.len(), 2, "{out:?}");
+        assert!(
+            byes.iter()
+                .all(|b| b.headers.get("Reason") == Some(SESSION_EXPIRED))
+        );
+        assert!(!c.is_answered());
     }
 }
