@@ -28,6 +28,8 @@ pub struct EmulatorOptions {
     pub clients: Vec<(String, String)>,
     /// Group memberships: (user object id, group id).
     pub members: Vec<(String, String)>,
+    /// The gateway FQDN the Direct Routing proxies require in Contact; `Some` starts them.
+    pub sip_fqdn: Option<String>,
 }
 
 /// A running `teams-emulator`.
@@ -59,6 +61,9 @@ impl TeamsEmulator {
         }
         for (oid, group) in &opts.members {
             cmd.arg("--member").arg(format!("{oid}={group}"));
+        }
+        if let Some(fqdn) = &opts.sip_fqdn {
+            cmd.arg("--sip-fqdn").arg(fqdn);
         }
         let child = cmd
             .stdin(Stdio::null())
@@ -128,6 +133,92 @@ impl TeamsEmulator {
             .unwrap_or_else(|e| panic!("DELETE /test/requests: {e}"));
         assert_eq!(r.status, 204, "DELETE /test/requests: {}", r.body);
     }
+}
+
+/// The emulated Direct Routing proxies, as `GET /test/sip` shows them.
+#[derive(Clone, Debug)]
+pub struct SipProxies {
+    /// PEM of the emulator's test CA.
+    pub ca_pem: String,
+    /// Each proxy's address, in order (sip, sip2, sip3).
+    pub addrs: Vec<SocketAddr>,
+    /// Whether each is serving.
+    pub up: Vec<bool>,
+}
+
+impl TeamsEmulator {
+    /// The SIP proxies' CA, addresses and state.
+    pub fn sip(&self) -> SipProxies {
+        let r = http::request(self.addr, "GET", "/test/sip", None, None)
+            .unwrap_or_else(|e| panic!("GET /test/sip: {e}"));
+        assert_eq!(r.status, 200, "GET /test/sip: {}", r.body);
+        let v = r.json();
+        let proxies = v["proxies"].as_array().cloned().unwrap_or_default();
+        SipProxies {
+            ca_pem: v["ca_pem"].as_str().unwrap_or_default().to_owned(),
+            addrs: proxies
+                .iter()
+                .filter_map(|p| p["addr"].as_str()?.parse().ok())
+                .collect(),
+            up: proxies.iter().map(|p| p["up"] == true).collect(),
+        }
+    }
+
+    /// Stops (`false`) or restarts (`true`) proxy `n` (1..=3).
+    pub fn set_proxy(&self, n: usize, up: bool) {
+        let path = format!("/test/sip/{n}/{}", if up { "start" } else { "stop" });
+        let r = http::request(self.addr, "POST", &path, None, Some(""))
+            .unwrap_or_else(|e| panic!("POST {path}: {e}"));
+        assert_eq!(r.status, 204, "POST {path}: {}", r.body);
+    }
+
+    /// The SIP messages the proxies received (request log entries with `"face":"sip"`).
+    pub fn sip_messages(&self) -> Vec<Value> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r["face"] == "sip")
+            .collect()
+    }
+}
+
+/// A TLS client connection to `addr` that trusts only `ca_pem` and expects `name` in the
+/// server's certificate (TLS 1.2+, ring).
+pub fn tls_connect(
+    addr: SocketAddr,
+    ca_pem: &str,
+    name: &str,
+) -> Result<rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>, String> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots
+            .add(c.map_err(|e| format!("CA PEM: {e}"))?)
+            .map_err(|e| format!("CA: {e}"))?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| format!("TLS versions: {e}"))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let server = rustls_pki_types::ServerName::try_from(name.to_owned())
+        .map_err(|e| format!("{name}: {e}"))?;
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), server)
+        .map_err(|e| format!("TLS client: {e}"))?;
+    let tcp = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    tls.sock
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| format!("set_read_timeout: {e}"))?;
+    // Finish the handshake now, so a certificate that does not verify is an error here.
+    while tls.conn.is_handshaking() {
+        tls.conn
+            .complete_io(&mut tls.sock)
+            .map_err(|e| format!("TLS handshake with {addr}: {e}"))?;
+    }
+    Ok(tls)
 }
 
 impl Drop for TeamsEmulator {

@@ -96,9 +96,27 @@ pub fn udp_request(
     }
 }
 
-/// Sends `msg` on a TCP connection and returns the first final response, within `timeout`.
+/// A byte stream whose reads can be bounded in time: TCP, or TLS over TCP.
+pub trait Stream: Read + Write {
+    /// Bounds the next reads (`None`: unbounded).
+    fn read_timeout(&self, d: Option<Duration>) -> std::io::Result<()>;
+}
+
+impl Stream for TcpStream {
+    fn read_timeout(&self, d: Option<Duration>) -> std::io::Result<()> {
+        self.set_read_timeout(d)
+    }
+}
+
+impl Stream for rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    fn read_timeout(&self, d: Option<Duration>) -> std::io::Result<()> {
+        self.sock.set_read_timeout(d)
+    }
+}
+
+/// Sends `msg` on a TCP or TLS connection and returns the first final response, within `timeout`.
 pub fn tcp_request(
-    stream: &mut TcpStream,
+    stream: &mut impl Stream,
     msg: &str,
     timeout: Duration,
 ) -> Result<Response, String> {
@@ -131,7 +149,7 @@ pub fn tcp_request(
             return Err(format!("no final response within {timeout:?}"));
         }
         stream
-            .set_read_timeout(Some(left))
+            .read_timeout(Some(left))
             .map_err(|e| format!("set_read_timeout: {e}"))?;
         match stream.read(&mut chunk) {
             Ok(0) => return Err("connection closed before a final response".into()),

@@ -106,6 +106,7 @@ fn setup() -> Option<World> {
             (OVERAGE_ADMIN_OID.into(), ADMIN_GROUP.into()),
             (OVERAGE_USER_OID.into(), OTHER_GROUP.into()),
         ],
+        ..EmulatorOptions::default()
     }) {
         Ok(e) => e,
         Err(e) => {

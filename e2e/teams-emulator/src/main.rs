@@ -2,17 +2,19 @@
 //! face of it, each shaped after the real service:
 //! - [`token`]: Entra ID — OpenID discovery, JWKS, the client-credentials token endpoint;
 //! - [`graph`]: Microsoft Graph — group membership (`checkMemberGroups`, `getMemberGroups`);
-//! - later `sip` (the Direct Routing SIP proxy) and presence, for the Teams leg.
+//! - [`sip`]: Direct Routing — three SIP proxies over TLS (with `--sip-fqdn`); presence later.
 //!
 //! Every request to a face is recorded ([`record`]) for tests to assert on. Test facilities live
 //! under `/test/` and are not part of any Microsoft API: `POST /test/mint` (sign a user token),
-//! `GET|DELETE /test/requests` (the request log). The emulator listens on loopback only.
+//! `GET|DELETE /test/requests` (the request log), `GET /test/sip` and
+//! `POST /test/sip/{n}/stop|start` (the SIP proxies). The emulator listens on loopback only.
 
 #![forbid(unsafe_code)]
 
 mod graph;
 mod keys;
 mod record;
+mod sip;
 mod token;
 
 use std::collections::HashMap;
@@ -57,6 +59,14 @@ struct Args {
     /// One group membership, `USER_OBJECT_ID=GROUP_ID` (repeatable; added to `--groups`).
     #[arg(long = "member")]
     members: Vec<String>,
+    /// The gateway's FQDN: starts the SIP proxies, which refuse an OPTIONS or INVITE whose
+    /// Contact does not hold it.
+    #[arg(long)]
+    sip_fqdn: Option<String>,
+    /// Where the first SIP proxy listens (the others on the next ports); loopback only; port 0:
+    /// any free ports (printed, and listed by `GET /test/sip`).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    sip_listen: SocketAddr,
 }
 
 /// What every face shares.
@@ -75,6 +85,8 @@ pub struct Emulator {
     pub members: HashMap<String, Vec<String>>,
     /// The request log.
     pub log: record::Log,
+    /// The Direct Routing SIP proxies, when `--sip-fqdn` is given.
+    pub sip: Option<sip::SipFace>,
 }
 
 /// Shared state of the handlers.
@@ -142,6 +154,9 @@ fn app(state: Shared) -> Router {
         )
         .route("/test/mint", post(token::mint))
         .route("/test/requests", get(record::list).delete(record::clear))
+        .route("/test/sip", get(sip::status))
+        .route("/test/sip/{n}/stop", post(sip::stop))
+        .route("/test/sip/{n}/start", post(sip::start))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             record::record,
@@ -150,8 +165,10 @@ fn app(state: Shared) -> Router {
 }
 
 async fn run(args: Args) -> Result<(), String> {
-    if !args.listen.ip().is_loopback() {
-        return Err(format!("--listen {}: loopback addresses only", args.listen));
+    for (flag, a) in [("--listen", args.listen), ("--sip-listen", args.sip_listen)] {
+        if !a.ip().is_loopback() {
+            return Err(format!("{flag} {a}: loopback addresses only"));
+        }
     }
     let signing = SigningKey::load(&args.signing_key, &args.kid)?;
     let rogue = match &args.rogue_key {
@@ -170,6 +187,13 @@ async fn run(args: Args) -> Result<(), String> {
     let addr = listener
         .local_addr()
         .map_err(|e| format!("listening address: {e}"))?;
+    let (sip, sip_listeners) = match &args.sip_fqdn {
+        Some(fqdn) => {
+            let (face, l) = sip::SipFace::bind(fqdn.clone(), args.sip_listen).await?;
+            (Some(face), l)
+        }
+        None => (None, Vec::new()),
+    };
     let state = Arc::new(Emulator {
         base: format!("http://{addr}"),
         tenant: args.tenant.clone(),
@@ -178,8 +202,17 @@ async fn run(args: Args) -> Result<(), String> {
         clients,
         members,
         log: record::Log::default(),
+        sip,
     });
     println!("teams-emulator listening on {addr}");
+    if let Some(face) = &state.sip {
+        for (i, a) in face.addrs().iter().enumerate() {
+            println!("SIP proxy {} ({}) on tls:{a}", i + 1, sip::NAMES[i]);
+        }
+    }
+    for (i, l) in sip_listeners.into_iter().enumerate() {
+        sip::serve(&state, i, l);
+    }
     axum::serve(listener, app(state))
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;

@@ -27,7 +27,8 @@ const MAX_BODY: usize = 1 << 20;
 pub struct Log(Mutex<VecDeque<Value>>);
 
 impl Log {
-    fn push(&self, entry: Value) {
+    /// Appends an entry (the oldest goes beyond [`KEEP`]).
+    pub fn push(&self, entry: Value) {
         let mut l = self.0.lock().unwrap_or_else(|p| p.into_inner());
         if l.len() >= KEEP {
             l.pop_front();
