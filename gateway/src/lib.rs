@@ -4,7 +4,8 @@
 //! `store` (the `Store` trait and its backends), `config` (local file, live configuration),
 //! `api` (REST over axum), `auth` (admin sign-in: JWT validation, group membership), `serve`
 //! (start-up, drain, shutdown), `metrics` (Prometheus), `demo` (the `--demo` account), `calls`
-//! (the B2BUA: one task per call), `media` (the RTP relay and its port pool).
+//! (the B2BUA: one task per call), `media` (the RTP relay and its port pool), `trunk` (the
+//! Teams Direct Routing trunk: proxies, keep-alive, failover).
 #![forbid(unsafe_code)]
 
 pub mod api;
@@ -17,3 +18,4 @@ pub mod metrics;
 pub mod serve;
 pub mod sip;
 pub mod store;
+pub mod trunk;

@@ -1,0 +1,240 @@
+//! The Direct Routing trunk to Microsoft Teams: owns which SIP proxy (sip, sip2, sip3 of the real
+//! service, or the configured list) takes the gateway's traffic, and the OPTIONS keep-alive that
+//! tells it. [`Trunk`] is sans-IO — the driver passes time, random tokens and answers in, and
+//! sends what it is given — so failover is tested on a simulated clock. The TLS driver, the
+//! configuration leaves and `GET /api/trunk` come next (issue 5).
+
+use std::time::{Duration, Instant};
+
+use csps_sip::{Headers, Method, Request, Uri};
+
+/// Methods the trunk allows; REFER must be listed or Teams never transfers (issue 5).
+pub const ALLOW: &str = "INVITE,ACK,OPTIONS,CANCEL,BYE,REFER,NOTIFY,UPDATE";
+
+/// One proxy as the trunk sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Proxy {
+    /// `host:port` as configured (host is what its TLS certificate must name).
+    pub target: String,
+    /// False after an OPTIONS went unanswered, until one is answered again.
+    pub up: bool,
+    /// When the last OPTIONS was sent.
+    pub last_options: Option<Instant>,
+    /// Status of the last answer to an OPTIONS (any answer proves the proxy alive).
+    pub last_status: Option<u16>,
+    next_ping: Instant,
+    seq: u32,
+}
+
+/// The proxies in their configured order and the keep-alive schedule.
+#[derive(Clone, Debug)]
+pub struct Trunk {
+    fqdn: String,
+    interval: Duration,
+    proxies: Vec<Proxy>,
+}
+
+/// Random tokens for one request, drawn by the driver (the core has no RNG).
+#[derive(Clone, Debug)]
+pub struct Tokens {
+    /// Via branch without the magic cookie.
+    pub branch: String,
+    /// From tag.
+    pub tag: String,
+    /// Call-ID.
+    pub call_id: String,
+}
+
+impl Trunk {
+    /// A trunk for the gateway `fqdn` over `targets` (in order), each assumed up and pinged at
+    /// `now`, then every `interval`.
+    pub fn new(fqdn: &str, targets: &[String], interval: Duration, now: Instant) -> Trunk {
+        Trunk {
+            fqdn: fqdn.to_owned(),
+            interval,
+            proxies: targets
+                .iter()
+                .map(|t| Proxy {
+                    target: t.clone(),
+                    up: true,
+                    last_options: None,
+                    last_status: None,
+                    next_ping: now,
+                    seq: 0,
+                })
+                .collect(),
+        }
+    }
+
+    /// The proxies, in order.
+    pub fn proxies(&self) -> &[Proxy] {
+        &self.proxies
+    }
+
+    /// The proxy that takes new traffic: the first one up, in the configured order.
+    pub fn current(&self) -> Option<usize> {
+        self.proxies.iter().position(|p| p.up)
+    }
+
+    /// The proxies whose keep-alive is due at `now`.
+    pub fn due(&self, now: Instant) -> Vec<usize> {
+        (0..self.proxies.len())
+            .filter(|&i| self.proxies[i].next_ping <= now)
+            .collect()
+    }
+
+    /// When the driver must call [`Self::due`] next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.proxies.iter().map(|p| p.next_ping).min()
+    }
+
+    /// The OPTIONS keep-alive for proxy `i`, with the FQDN in Via and Contact as Direct Routing
+    /// requires (it ignores an SBC whose OPTIONS lack it); schedules the next one.
+    pub fn options(&mut self, i: usize, now: Instant, tokens: &Tokens) -> Option<Request> {
+        let fqdn = self.fqdn.clone();
+        let interval = self.interval;
+        let p = self.proxies.get_mut(i)?;
+        p.seq = p.seq.wrapping_add(1);
+        p.last_options = Some(now);
+        p.next_ping = now + interval;
+        let host = p
+            .target
+            .rsplit_once(':')
+            .map_or(p.target.as_str(), |(h, _)| h);
+        let uri = Uri::parse(&format!("sip:{};transport=tls", p.target)).ok()?;
+        let mut h = Headers::new();
+        h.push(
+            "Via",
+            format!("SIP/2.0/TLS {fqdn}:5061;branch=z9hG4bK{}", tokens.branch),
+        );
+        h.push("Max-Forwards", "70");
+        h.push(
+            "From",
+            format!("<sip:{fqdn}:5061;transport=tls>;tag={}", tokens.tag),
+        );
+        h.push("To", format!("<sip:{host}>"));
+        h.push("Call-ID", tokens.call_id.clone());
+        h.push("CSeq", format!("{} OPTIONS", p.seq));
+        h.push("Contact", format!("<sip:{fqdn}:5061;transport=tls>"));
+        h.push("Allow", ALLOW);
+        Some(Request {
+            method: Method::Options,
+            uri,
+            headers: h,
+            body: bytes::Bytes::new(),
+        })
+    }
+
+    /// An answer to proxy `i`'s OPTIONS: it is alive (even a 403 comes from a live proxy; the
+    /// status shows why it refused us).
+    pub fn answered(&mut self, i: usize, status: u16) {
+        if let Some(p) = self.proxies.get_mut(i) {
+            p.up = true;
+            p.last_status = Some(status);
+        }
+    }
+
+    /// Proxy `i` did not answer (transaction timeout, connection or TLS failure): marked down,
+    /// so [`Self::current`] moves to the next one; the keep-alive goes on to bring it back.
+    pub fn unreachable(&mut self, i: usize) {
+        if let Some(p) = self.proxies.get_mut(i) {
+            p.up = false;
+            p.last_status = None;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use csps_sip::headers::NameAddr;
+    use csps_sip::{Message, SipHeaders, parse};
+
+    /// The simulated clock's origin.
+    #[allow(clippy::disallowed_methods)]
+    fn t0() -> Instant {
+        Instant::now()
+    }
+
+    fn tokens(n: u32) -> Tokens {
+        Tokens {
+            branch: format!("b{n}"),
+            tag: format!("t{n}"),
+            call_id: format!("c{n}"),
+        }
+    }
+
+    fn trunk(now: Instant) -> Trunk {
+        let targets: Vec<String> = ["sip", "sip2", "sip3"]
+            .iter()
+            .map(|h| format!("{h}.pstnhub.microsoft.com:5061"))
+            .collect();
+        Trunk::new("sbc1.csps.test", &targets, Duration::from_secs(60), now)
+    }
+
+    #[test]
+    fn options_carry_the_fqdn_in_via_and_contact_and_reparse() {
+        let now = t0();
+        let mut t = trunk(now);
+        let req = t.options(1, now, &tokens(1)).expect("proxy 2");
+        let mut wire = Vec::new();
+        req.encode(&mut wire);
+        let Message::Request(back) = parse(&wire).expect("parses").message else {
+            panic!("a request")
+        };
+        assert_eq!(back.uri.host, "sip2.pstnhub.microsoft.com");
+        let via = back.top_via().expect("Via");
+        assert_eq!(
+            (via.transport.as_str(), via.host.as_str()),
+            ("TLS", "sbc1.csps.test")
+        );
+        let contact = NameAddr::parse(back.headers.get("Contact").expect("Contact")).expect("ok");
+        assert_eq!(contact.uri.host, "sbc1.csps.test");
+        assert!(
+            back.headers
+                .get("Allow")
+                .is_some_and(|a| a.contains("REFER"))
+        );
+        assert_eq!(back.cseq().map(|c| c.seq), Some(1));
+        let again = t.options(1, now, &tokens(2)).expect("proxy 2");
+        assert_eq!(again.cseq().map(|c| c.seq), Some(2), "CSeq grows per proxy");
+        assert!(t.options(3, now, &tokens(3)).is_none(), "no fourth proxy");
+    }
+
+    #[test]
+    fn an_unanswering_proxy_is_skipped_until_it_answers_again() {
+        let now = t0();
+        let mut t = trunk(now);
+        assert_eq!(t.current(), Some(0));
+        t.unreachable(0);
+        assert_eq!(t.current(), Some(1), "traffic moves to sip2");
+        t.unreachable(1);
+        assert_eq!(t.current(), Some(2));
+        t.answered(0, 200);
+        assert_eq!(t.current(), Some(0), "sip is back first in order");
+        t.answered(1, 403);
+        assert!(t.proxies()[1].up, "a refusal comes from a live proxy");
+        assert_eq!(t.proxies()[1].last_status, Some(403));
+        for i in 0..3 {
+            t.unreachable(i);
+        }
+        assert_eq!(t.current(), None);
+    }
+
+    #[test]
+    fn keepalives_are_due_every_interval_per_proxy() {
+        let now = t0();
+        let mut t = trunk(now);
+        assert_eq!(t.due(now), [0, 1, 2], "all pinged at start");
+        for i in 0..3 {
+            t.options(i, now, &tokens(i as u32));
+        }
+        assert!(t.due(now).is_empty());
+        assert_eq!(t.poll_timeout(), Some(now + Duration::from_secs(60)));
+        let later = now + Duration::from_secs(30);
+        t.options(1, later, &tokens(9));
+        assert_eq!(t.due(now + Duration::from_secs(60)), [0, 2]);
+        assert_eq!(t.due(now + Duration::from_secs(90)), [0, 1, 2]);
+        assert_eq!(t.proxies()[1].last_options, Some(later));
+    }
+}
