@@ -5,8 +5,11 @@
 //! `api` (REST over axum), `auth` (admin sign-in: JWT validation, group membership), `serve`
 //! (start-up, drain, shutdown), `metrics` (Prometheus), `demo` (the `--demo` account), `calls`
 //! (the B2BUA: one task per call), `media` (the RTP relay and its port pool), `trunk` (the
-//! Teams Direct Routing trunk: proxies, keep-alive, failover).
-#![forbid(unsafe_code)]
+//! Teams Direct Routing trunk: proxies, keep-alive, failover), `policy` (sandboxed WASM
+//! policies: routing, admission, quirks).
+// `deny`, not `forbid`: the WASM policy bindings that wasmtime's `bindgen!` generates implement
+// its unsafe component traits (policy/sandbox.rs allows it there, and only there).
+#![deny(unsafe_code)]
 
 pub mod api;
 pub mod auth;
@@ -15,6 +18,7 @@ pub mod config;
 pub mod demo;
 pub mod media;
 pub mod metrics;
+pub mod policy;
 pub mod serve;
 pub mod sip;
 pub mod store;

@@ -31,6 +31,28 @@ pub struct StatusLabel {
     pub class: String,
 }
 
+/// Label of a policy decision: the kind and the module (`v<version>-<hash prefix>`, `builtin`,
+/// `emergency`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyLabel {
+    /// `routing`, `admission`, `quirks`.
+    pub kind: String,
+    /// Which module decided.
+    pub module: String,
+}
+
+/// Label of a policy failure: kind, module, and why (`fuel`, `timeout`, `memory`, `trap`,
+/// `invalid`, `unavailable`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyFailureLabel {
+    /// `routing`, `admission`, `quirks`.
+    pub kind: String,
+    /// The module that failed.
+    pub module: String,
+    /// Why.
+    pub reason: String,
+}
+
 /// Every metric csps exports.
 pub struct Metrics {
     registry: Registry,
@@ -54,6 +76,10 @@ pub struct Metrics {
     pub store_commits: Counter<u64, AtomicU64>,
     /// Registration writes that failed (answered 500, nothing lost silently).
     pub store_failures: Counter<u64, AtomicU64>,
+    /// Policy decisions, by kind and module.
+    pub policy_decisions: Family<PolicyLabel, Counter<u64, AtomicU64>>,
+    /// Policy module failures answered by the built-in rule, by kind, module and reason.
+    pub policy_failures: Family<PolicyFailureLabel, Counter<u64, AtomicU64>>,
     /// `requests` children of the methods in [`HOT_METHODS`], resolved once: the family's lookup
     /// allocates a label and takes a lock, per message otherwise.
     hot_requests: [OnceLock<Counter<u64, AtomicU64>>; HOT_METHODS.len()],
@@ -79,6 +105,8 @@ impl Metrics {
             responses: Family::default(),
             store_commits: Counter::default(),
             store_failures: Counter::default(),
+            policy_decisions: Family::default(),
+            policy_failures: Family::default(),
             registry: Registry::default(),
             hot_requests: Default::default(),
             hot_responses: Default::default(),
@@ -125,6 +153,16 @@ impl Metrics {
             "Registration writes that failed",
             m.store_failures.clone(),
         );
+        registry.register(
+            "policy_decisions",
+            "Policy decisions, by kind and deciding module",
+            m.policy_decisions.clone(),
+        );
+        registry.register(
+            "policy_failures",
+            "Policy module failures answered by the built-in rule",
+            m.policy_failures.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -163,6 +201,27 @@ impl Metrics {
             Some(i) => self.hot_requests[i].get_or_init(family).inc(),
             None => family().inc(),
         };
+    }
+
+    /// Counts one policy decision.
+    pub fn policy_decision(&self, kind: &str, module: &str) {
+        self.policy_decisions
+            .get_or_create(&PolicyLabel {
+                kind: kind.to_owned(),
+                module: module.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts one policy module failure.
+    pub fn policy_failure(&self, kind: &str, module: &str, reason: &str) {
+        self.policy_failures
+            .get_or_create(&PolicyFailureLabel {
+                kind: kind.to_owned(),
+                module: module.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .inc();
     }
 
     /// The text exposition.

@@ -296,7 +296,11 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
         metrics: metrics.clone(),
         draining: draining.clone(),
     };
+    let policies = start_policies(&store, &config, &metrics, mongodb_uri.is_some()).await;
     let mut api_state = crate::api::ApiState::new(store.clone(), config.clone(), admin_token);
+    if let Some(engine) = policies {
+        api_state = api_state.with_policies(engine);
+    }
     api_state.calls = sip.calls.clone();
     // Users changed through the API: rebuild the registrar's account view off the packet path.
     let mut users_changed = api_state.users_changed.subscribe();
@@ -365,6 +369,49 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
     let _ = tokio::time::timeout(Duration::from_secs(5), http).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// How often a server of a cluster looks for policy modules uploaded through another server.
+const POLICY_POLL: Duration = Duration::from_secs(10);
+
+/// Starts the policy engine: loads the stored modules, follows the emergency numbers of the live
+/// configuration and, on a shared (MongoDB) store, polls it for modules uploaded elsewhere.
+/// `None` (built-in rules only, logged) when the engine cannot start.
+async fn start_policies(
+    store: &Arc<dyn Store>,
+    config: &LiveConfig,
+    metrics: &Arc<Metrics>,
+    shared_store: bool,
+) -> Option<Arc<crate::policy::PolicyEngine>> {
+    use crate::policy::{Limits, PolicyEngine};
+    let engine = match PolicyEngine::new(metrics.clone(), Limits::default()) {
+        Ok(e) => Arc::new(e),
+        Err(e) => {
+            tracing::error!("policies are off (built-in rules only): {e}");
+            return None;
+        }
+    };
+    engine.set_emergency_numbers(config.settings().emergency_numbers.clone());
+    engine.sync_with_store(store.as_ref()).await;
+    let mut settings = config.subscribe();
+    let follower = engine.clone();
+    tokio::spawn(async move {
+        while settings.changed().await.is_ok() {
+            let numbers = settings.borrow_and_update().emergency_numbers.clone();
+            follower.set_emergency_numbers(numbers);
+        }
+    });
+    if shared_store {
+        let (poller, store) = (engine.clone(), store.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(POLICY_POLL);
+            loop {
+                tick.tick().await;
+                poller.sync_with_store(store.as_ref()).await;
+            }
+        });
+    }
+    Some(engine)
 }
 
 async fn wait_for_signal() {

@@ -34,6 +34,12 @@ async fn audit() {
 }
 
 #[tokio::test]
+async fn policies() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    store_suite::suite_policies(&open(&dir)).await;
+}
+
+#[tokio::test]
 async fn data_survives_reopen() {
     let dir = tempfile::tempdir().expect("tempdir");
     let seeded = {

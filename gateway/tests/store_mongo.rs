@@ -55,6 +55,12 @@ async fn audit() {
 }
 
 #[tokio::test]
+async fn policies() {
+    let Some(f) = Ferret::start() else { return };
+    store_suite::suite_policies(&store(&f, "policies").await).await;
+}
+
+#[tokio::test]
 async fn suites_share_one_server_on_separate_databases() {
     let Some(f) = Ferret::start() else { return };
     let (a, b) = (store(&f, "shared_a").await, store(&f, "shared_b").await);

@@ -260,6 +260,7 @@ mod tests {
         assert_eq!(rule("/api/configx"), Rule::Admin);
         assert_eq!(rule("/api/users"), Rule::Admin);
         assert_eq!(rule("/api/audit"), Rule::Admin);
+        assert_eq!(rule("/api/policies/routing"), Rule::Admin);
         assert_eq!(rule("/api/debug/claims"), Rule::SignedIn);
     }
 

@@ -1,7 +1,7 @@
 //! The REST API under `/api` (axum): users, registrations, configuration entries and leaves,
-//! trusted IPs, the audit log, running calls, the caller's claims and the version, its OpenAPI
-//! document (`/api/openapi.json`) and Swagger UI (`/swagger`), with `application/problem+json`
-//! errors and the access rules of [`access`]. [`router`] builds
+//! trusted IPs, the audit log, running calls, policy modules, the caller's claims and the
+//! version, its OpenAPI document (`/api/openapi.json`) and Swagger UI (`/swagger`), with
+//! `application/problem+json` errors and the access rules of [`access`]. [`router`] builds
 //! the whole tree from an [`ApiState`]; `serve` mounts it and owns `/healthz` and `/metrics`.
 
 pub mod access;
@@ -9,6 +9,7 @@ pub mod calls;
 pub mod config;
 pub mod debug;
 pub mod openapi;
+pub mod policies;
 pub mod problem;
 pub mod registrations;
 pub mod trusted_ips;
@@ -46,6 +47,8 @@ pub struct ApiState {
     pub users_changed: Arc<tokio::sync::watch::Sender<u64>>,
     /// The running calls (empty until the SIP side hands its directory over).
     pub calls: crate::calls::Directory,
+    /// The WASM policy engine (`None`: `/api/policies` answers 503).
+    pub policies: Option<Arc<crate::policy::PolicyEngine>>,
 }
 
 impl ApiState {
@@ -64,7 +67,14 @@ impl ApiState {
             config_writes: Arc::new(tokio::sync::Mutex::new(())),
             users_changed: Arc::new(tokio::sync::watch::channel(0).0),
             calls: crate::calls::Directory::default(),
+            policies: None,
         }
+    }
+
+    /// The same state with `engine` serving `/api/policies`.
+    pub fn with_policies(mut self, engine: Arc<crate::policy::PolicyEngine>) -> Self {
+        self.policies = Some(engine);
+        self
     }
 
     /// Tells whoever watches `users_changed` that users were created, changed or deleted.
@@ -101,6 +111,17 @@ pub fn router(state: ApiState) -> Router {
             get(trusted_ips::list)
                 .post(trusted_ips::add)
                 .delete(trusted_ips::remove),
+        )
+        .route("/api/policies", get(policies::list))
+        .route(
+            "/api/policies/{kind}",
+            get(policies::get)
+                .put(policies::put)
+                .delete(policies::delete),
+        )
+        .route(
+            "/api/policies/{kind}/disable",
+            axum::routing::post(policies::disable),
         )
         .route_layer(middleware::from_fn_with_state(state.clone(), access::guard));
     Router::new()

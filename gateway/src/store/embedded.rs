@@ -9,7 +9,9 @@
 //! - `users`: id (`u128`) → the [`User`] as JSON;
 //! - `user_names`: `lower(username)@lower(domain)` → id, the unique index;
 //! - `registrations`: `aor \0 binding` → the [`Registration`] as JSON, so one AoR is a key range;
-//! - `config`: entry name (`*` or a server) → the entry as JSON.
+//! - `config`: entry name (`*` or a server) → the entry as JSON;
+//! - `policies`: kind → the [`PolicyMeta`] as JSON, `policy_wasm`: kind → the component's bytes
+//!   (apart, so listing never reads megabytes).
 //!
 //! Registrations are the hot path: the SIP driver group-commits REGISTERs, and one
 //! [`Store::write_registrations`] call is one write transaction with one fsync.
@@ -23,7 +25,8 @@ use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, TableDefi
 use uuid::Uuid;
 
 use super::{
-    AuditEntry, ConfigEntry, Registration, RegistrationFilter, Removal, Store, StoreError, User,
+    AuditEntry, ConfigEntry, PolicyMeta, PolicyRecord, Registration, RegistrationFilter, Removal,
+    Store, StoreError, User,
 };
 
 /// File name of the database inside the data directory.
@@ -41,6 +44,8 @@ const REGISTRATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("regist
 const CONFIG: TableDefinition<&str, &[u8]> = TableDefinition::new("config");
 /// Audit log: key = (nanoseconds since the epoch, sequence), so keys sort by time.
 const AUDIT: TableDefinition<(i64, u64), &[u8]> = TableDefinition::new("audit");
+const POLICIES: TableDefinition<&str, &[u8]> = TableDefinition::new("policies");
+const POLICY_WASM: TableDefinition<&str, &[u8]> = TableDefinition::new("policy_wasm");
 
 /// The embedded backend of [`Store`], over one redb file.
 #[derive(Clone)]
@@ -74,6 +79,8 @@ impl EmbeddedStore {
             txn.open_table(REGISTRATIONS)?;
             txn.open_table(CONFIG)?;
             txn.open_table(AUDIT)?;
+            txn.open_table(POLICIES)?;
+            txn.open_table(POLICY_WASM)?;
         }
         txn.commit()?;
         Ok(EmbeddedStore { db: Arc::new(db) })
@@ -450,6 +457,67 @@ impl Store for EmbeddedStore {
             let t = txn.open_table(AUDIT)?;
             let mut out = Vec::new();
             for row in t.iter()?.rev().take(limit) {
+                out.push(decode(row?.1.value())?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn get_policy(&self, kind: &str) -> Result<Option<PolicyRecord>, StoreError> {
+        let kind = kind.to_owned();
+        self.blocking(move |db| {
+            let txn = db.begin_read()?;
+            let Some(meta) = txn.open_table(POLICIES)?.get(kind.as_str())? else {
+                return Ok(None);
+            };
+            let meta: PolicyMeta = decode(meta.value())?;
+            let wasm = txn
+                .open_table(POLICY_WASM)?
+                .get(kind.as_str())?
+                .map(|w| w.value().to_vec())
+                .ok_or_else(|| StoreError::Backend(format!("policy {kind}: bytes missing")))?;
+            Ok(Some(PolicyRecord { meta, wasm }))
+        })
+        .await
+    }
+
+    async fn put_policy(&self, record: &PolicyRecord) -> Result<(), StoreError> {
+        let meta = encode(&record.meta)?;
+        let kind = record.meta.kind.clone();
+        let wasm = record.wasm.clone();
+        self.blocking(move |db| {
+            let txn = write_txn(db)?;
+            txn.open_table(POLICY_WASM)?
+                .insert(kind.as_str(), wasm.as_slice())?;
+            txn.open_table(POLICIES)?
+                .insert(kind.as_str(), meta.as_slice())?;
+            txn.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete_policy(&self, kind: &str) -> Result<(), StoreError> {
+        let kind = kind.to_owned();
+        self.blocking(move |db| {
+            let txn = write_txn(db)?;
+            let found = txn.open_table(POLICIES)?.remove(kind.as_str())?.is_some();
+            txn.open_table(POLICY_WASM)?.remove(kind.as_str())?;
+            if !found {
+                return Err(StoreError::NotFound);
+            }
+            txn.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_policies(&self) -> Result<Vec<PolicyMeta>, StoreError> {
+        self.blocking(|db| {
+            let txn = db.begin_read()?;
+            let mut out = Vec::new();
+            for row in txn.open_table(POLICIES)?.iter()? {
                 out.push(decode(row?.1.value())?);
             }
             Ok(out)

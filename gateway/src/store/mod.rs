@@ -1,5 +1,5 @@
 //! The `Store`: everything csps keeps — users (SIP accounts with HA1s), registrations (one document
-//! per binding), configuration entries — behind one async trait, so the embedded backend (default,
+//! per binding), configuration entries, the audit log, policy modules — behind one async trait, so the embedded backend (default,
 //! one server) and MongoDB (several servers) are interchangeable without changing callers.
 
 pub mod embedded;
@@ -11,8 +11,8 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 pub use model::{
-    AuditEntry, BindingKey, ConfigEntry, Ha1, HashAlgorithm, NewUser, Registration, Removal, User,
-    UserPatch,
+    AuditEntry, BindingKey, ConfigEntry, Ha1, HashAlgorithm, NewUser, PolicyMeta, PolicyRecord,
+    Registration, Removal, User, UserPatch,
 };
 
 /// Why a store operation failed.
@@ -101,6 +101,29 @@ pub trait Store: Send + Sync + 'static {
     async fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError>;
     /// The newest `limit` audit entries, newest first.
     async fn list_audit(&self, limit: usize) -> Result<Vec<AuditEntry>, StoreError>;
+
+    /// The stored policy module of `kind` (`routing`, `admission`, `quirks`), bytes included.
+    /// (Default: a store without policies; both real backends implement all four methods.)
+    async fn get_policy(&self, kind: &str) -> Result<Option<PolicyRecord>, StoreError> {
+        let _ = kind;
+        Ok(None)
+    }
+    /// Stores a policy module, replacing the one of its kind.
+    async fn put_policy(&self, record: &PolicyRecord) -> Result<(), StoreError> {
+        let _ = record;
+        Err(StoreError::Backend(
+            "this store keeps no policy modules".into(),
+        ))
+    }
+    /// Removes the policy module of `kind`; `NotFound` when there is none.
+    async fn delete_policy(&self, kind: &str) -> Result<(), StoreError> {
+        let _ = kind;
+        Err(StoreError::NotFound)
+    }
+    /// The stored policy modules' descriptions (no bytes), ordered by kind.
+    async fn list_policies(&self) -> Result<Vec<PolicyMeta>, StoreError> {
+        Ok(Vec::new())
+    }
 
     /// Makes every earlier write durable (a no-op where each write already is).
     async fn flush(&self) -> Result<(), StoreError>;

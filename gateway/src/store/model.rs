@@ -195,3 +195,31 @@ pub struct AuditEntry {
     /// The value after, when there is one (secrets never appear in clear).
     pub new: Option<serde_json::Value>,
 }
+
+/// A policy module as the store describes it (without its bytes).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyMeta {
+    /// `routing`, `admission` or `quirks`.
+    pub kind: String,
+    /// 1 for the first upload of this kind, +1 for every later one.
+    pub version: u64,
+    /// SHA-256 of the component, lower-case hex.
+    pub hash: String,
+    /// Size of the component in bytes.
+    pub size: u64,
+    /// When it was uploaded.
+    pub uploaded_at: DateTime<Utc>,
+    /// Who uploaded it.
+    pub uploaded_by: String,
+    /// Why it is switched off (`POST /api/policies/{kind}/disable`), when it is.
+    pub disabled: Option<String>,
+}
+
+/// A policy module: its description and the component's bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyRecord {
+    /// What it is.
+    pub meta: PolicyMeta,
+    /// The WebAssembly component.
+    pub wasm: Vec<u8>,
+}

@@ -26,6 +26,8 @@
 //! - `revisions`: `{_id: "config"|"users", n}`, bumped (`$inc`) after every write of a
 //!   configuration entry or a user, so running servers that poll read two tiny documents instead
 //!   of everything ([`Store::revisions`]).
+//! - `policies`: `_id` = the kind, the [`PolicyMeta`] fields beside it and `wasm`, the component
+//!   as BSON binary (documents stay under the 16 MiB limit: uploads are capped at 8 MiB).
 //!
 //! # Change notifications
 //! [`Store::change_feed`] opens a change stream on `config` and `users` where the server offers
@@ -63,8 +65,8 @@ use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
 use super::{
-    AuditEntry, ChangeTopic, ConfigEntry, Registration, RegistrationFilter, Removal, Revisions,
-    Store, StoreError, User,
+    AuditEntry, ChangeTopic, ConfigEntry, PolicyMeta, PolicyRecord, Registration,
+    RegistrationFilter, Removal, Revisions, Store, StoreError, User,
 };
 
 /// Database used when neither the caller nor the URI path names one.
@@ -79,6 +81,7 @@ const REGISTRATIONS: &str = "registrations";
 const CONFIG: &str = "config";
 const AUDIT: &str = "audit";
 const LEASES: &str = "leases";
+const POLICIES: &str = "policies";
 const REVISIONS: &str = "revisions";
 /// Writes per bulk command (well under every server's `maxWriteBatchSize`).
 const BULK_CHUNK: usize = 1000;
@@ -602,6 +605,82 @@ impl Store for MongoStore {
         Ok(out)
     }
 
+    async fn get_policy(&self, kind: &str) -> Result<Option<PolicyRecord>, StoreError> {
+        let found = self
+            .db
+            .collection::<Document>(POLICIES)
+            .find_one(doc! { "_id": kind })
+            .await
+            .map_err(map_err)?;
+        let Some(mut d) = found else {
+            return Ok(None);
+        };
+        let wasm = match d.remove("wasm") {
+            Some(Bson::Binary(b)) => b.bytes,
+            other => {
+                return Err(StoreError::Backend(format!(
+                    "policy {kind}: stored bytes are not binary: {:?}",
+                    other.map(|b| b.element_type())
+                )));
+            }
+        };
+        Ok(Some(PolicyRecord {
+            meta: policy_meta_from_doc(d)?,
+            wasm,
+        }))
+    }
+
+    async fn put_policy(&self, record: &PolicyRecord) -> Result<(), StoreError> {
+        let kind = record.meta.kind.as_str();
+        let mut d = json_doc(&record.meta)?;
+        d.insert("_id", kind);
+        d.insert(
+            "wasm",
+            Bson::Binary(bson::Binary {
+                subtype: bson::spec::BinarySubtype::Generic,
+                bytes: record.wasm.clone(),
+            }),
+        );
+        self.db
+            .collection::<Document>(POLICIES)
+            .replace_one(doc! { "_id": kind }, d)
+            .upsert(true)
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn delete_policy(&self, kind: &str) -> Result<(), StoreError> {
+        let r = self
+            .db
+            .collection::<Document>(POLICIES)
+            .delete_one(doc! { "_id": kind })
+            .await
+            .map_err(map_err)?;
+        if r.deleted_count == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    async fn list_policies(&self) -> Result<Vec<PolicyMeta>, StoreError> {
+        let mut out = Vec::new();
+        let mut cursor = self
+            .db
+            .collection::<Document>(POLICIES)
+            .find(doc! {})
+            .projection(doc! { "wasm": 0 })
+            .await
+            .map_err(map_err)?;
+        while cursor.advance().await.map_err(map_err)? {
+            let mut d = cursor.deserialize_current().map_err(map_err)?;
+            d.remove("wasm");
+            out.push(policy_meta_from_doc(d)?);
+        }
+        out.sort_by(|a, b| a.kind.cmp(&b.kind));
+        Ok(out)
+    }
+
     async fn flush(&self) -> Result<(), StoreError> {
         // Every write was acknowledged with the strongest write concern the server offers.
         Ok(())
@@ -730,6 +809,11 @@ fn user_from_doc(mut d: Document) -> Result<User, StoreError> {
     d.remove("_id");
     d.remove("username_key");
     d.remove("domain_key");
+    from_json(from_bson::<serde_json::Value>(Bson::Document(d))?)
+}
+
+fn policy_meta_from_doc(mut d: Document) -> Result<PolicyMeta, StoreError> {
+    d.remove("_id");
     from_json(from_bson::<serde_json::Value>(Bson::Document(d))?)
 }
 

@@ -445,3 +445,63 @@ pub async fn suite_audit(store: &dyn Store) {
     assert_eq!(store.list_audit(2).await.expect("list").len(), 2);
     assert!(all.iter().any(|e| e.action == "user.create"));
 }
+
+/// A policy record of `kind` with `size` bytes of (non-WASM) content.
+pub fn policy(kind: &str, version: u64, size: usize) -> csps::store::PolicyRecord {
+    use csps::store::{PolicyMeta, PolicyRecord};
+    let wasm: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+    PolicyRecord {
+        meta: PolicyMeta {
+            kind: kind.to_owned(),
+            version,
+            hash: format!("{version:064x}"),
+            size: size as u64,
+            uploaded_at: Utc::now(),
+            uploaded_by: "admin-token".into(),
+            disabled: None,
+        },
+        wasm,
+    }
+}
+
+/// Policy modules: one per kind, replaced by a new version, listed without bytes, several MiB
+/// kept exactly, a disabled reason kept, deleted (NotFound the second time).
+pub async fn suite_policies(store: &dyn Store) {
+    assert!(store.list_policies().await.expect("list").is_empty());
+    assert_eq!(store.get_policy("routing").await.expect("get"), None);
+
+    let routing = policy("routing", 1, 3 << 20);
+    store.put_policy(&routing).await.expect("put routing");
+    let quirks = policy("quirks", 1, 1000);
+    store.put_policy(&quirks).await.expect("put quirks");
+    assert_eq!(
+        store.get_policy("routing").await.expect("get"),
+        Some(routing.clone()),
+        "3 MiB read back exactly"
+    );
+
+    let mut v2 = policy("routing", 2, 2000);
+    v2.meta.disabled = Some("switched off by admin-token".into());
+    store.put_policy(&v2).await.expect("replace routing");
+    assert_eq!(
+        store.get_policy("routing").await.expect("get"),
+        Some(v2.clone())
+    );
+    let listed = store.list_policies().await.expect("list");
+    assert_eq!(
+        listed,
+        vec![quirks.meta.clone(), v2.meta.clone()],
+        "by kind, no bytes"
+    );
+
+    store.delete_policy("routing").await.expect("delete");
+    assert_eq!(store.get_policy("routing").await.expect("get"), None);
+    match store.delete_policy("routing").await {
+        Err(StoreError::NotFound) => {}
+        other => panic!("deleting twice must be NotFound, got {other:?}"),
+    }
+    assert_eq!(
+        store.list_policies().await.expect("list"),
+        vec![quirks.meta]
+    );
+}

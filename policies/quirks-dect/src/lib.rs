@@ -1,0 +1,38 @@
+//! Example quirks policy for one DECT base ("ACME DECT-200", a made-up model standing for bases
+//! whose radio side carries G.711 only): offers sent to it keep only PCMU/PCMA, use 20 ms
+//! packets, lose `rtcp-fb` lines, and carry no `Session-Expires` (its firmware refreshes at the
+//! wrong time). Every other device gets the built-in defaults.
+
+use csps_policy_sdk::quirks::{Direction, Edits, Guest, HeaderEdit, Message, SdpEdit, builtin};
+
+struct Policy;
+
+/// True for the base this policy is for.
+fn is_acme_base(message: &Message) -> bool {
+    message
+        .user_agent
+        .as_deref()
+        .is_some_and(|ua| ua.to_ascii_lowercase().starts_with("acme dect-200"))
+}
+
+impl Guest for Policy {
+    fn adjust(message: Message) -> Edits {
+        if !is_acme_base(&message) || message.direction != Direction::ToDevice {
+            return builtin(message);
+        }
+        let mut sdp = Vec::new();
+        if message.sdp.is_some() {
+            for codec in ["opus", "G722", "G729", "iLBC", "SILK"] {
+                sdp.push(SdpEdit::DropCodec(codec.into()));
+            }
+            sdp.push(SdpEdit::ForcePtime(20));
+            sdp.push(SdpEdit::StripAttribute("rtcp-fb".into()));
+        }
+        Edits {
+            headers: vec![HeaderEdit::Remove("Session-Expires".into())],
+            sdp,
+        }
+    }
+}
+
+csps_policy_sdk::quirks::export_quirks!(Policy);
