@@ -31,7 +31,12 @@ async fn app() -> (Router, tempfile::TempDir) {
     let config = LiveConfig::open(Arc::clone(&store), "a")
         .await
         .expect("config");
-    (router(ApiState::new(store, config, TOKEN)), dir)
+    // The policy routes answer 503 without an engine; the document's routes all run here.
+    let metrics = Arc::new(csps::metrics::Metrics::new());
+    let engine = csps::policy::PolicyEngine::new(metrics, csps::policy::Limits::default())
+        .expect("policy engine");
+    let state = ApiState::new(store, config, TOKEN).with_policies(Arc::new(engine));
+    (router(state), dir)
 }
 
 /// A request from `peer` with Host `host` and the extra headers.

@@ -75,6 +75,11 @@ pub const BEARER: &str = "bearer";
         super::calls::list,
         super::calls::hang_up,
         super::debug::claims,
+        super::policies::list,
+        super::policies::get,
+        super::policies::put,
+        super::policies::delete,
+        super::policies::disable,
     ),
     components(
         schemas(Problem, super::FieldError),
@@ -87,7 +92,9 @@ pub const BEARER: &str = "bearer";
             Conflict,
             UnsupportedMediaType,
             Unprocessable,
-            Unavailable
+            Unavailable,
+            PayloadTooLarge,
+            NotWasm
         )
     ),
     modifiers(&Finish),
@@ -97,6 +104,7 @@ pub const BEARER: &str = "bearer";
         (name = "registrations", description = "Live bindings of every server"),
         (name = "calls", description = "Running calls of this server"),
         (name = "config", description = "Configuration entries and leaves (cSPS keys), trusted IPs, audit log"),
+        (name = "policies", description = "WASM policy modules (routing, admission, device quirks): upload, inspect, switch off, back to the built-in rule"),
     )
 )]
 pub struct ApiDoc;
@@ -125,6 +133,8 @@ problem_response! {
     UnsupportedMediaType = "The body is not `application/json` (or `application/*+json`).";
     Unprocessable = "The request is not valid; `errors` lists each field with what is wrong.";
     Unavailable = "The store failed; the request may be retried.";
+    PayloadTooLarge = "The body is larger than the endpoint accepts.";
+    NotWasm = "The body is not sent as `application/wasm` (or `application/octet-stream`).";
 }
 
 /// A problem+json response; a 401 also carries its `WWW-Authenticate` header.

@@ -17,6 +17,7 @@ use serde_json::json;
 
 use super::ApiState;
 use super::config::{self, Actor};
+use super::openapi::{Conflict, NotFound, NotWasm, PayloadTooLarge, Unprocessable};
 use super::problem::{PathParam, Problem};
 use crate::policy::{PolicyEngine, PolicyError, PolicyKind, PolicyStatus, hash};
 use crate::store::{PolicyMeta, PolicyRecord};
@@ -39,7 +40,20 @@ fn kind(name: &str) -> Result<PolicyKind, Problem> {
     })
 }
 
+/// The `{kind}` path parameter.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+struct Kind {
+    /// `routing`, `admission` or `quirks` (anything else is not found).
+    #[param(example = "routing")]
+    kind: String,
+}
+
 /// `GET /api/policies` → one entry per kind.
+#[utoipa::path(get, path = "/api/policies", tag = "policies",
+    responses((status = 200, description = "Each kind: the module in use (or the built-in rule) \
+        and its counters", body = [PolicyStatus])))]
 pub async fn list(State(state): State<ApiState>) -> Result<Json<Vec<PolicyStatus>>, Problem> {
     let engine = engine(&state)?;
     Ok(Json(
@@ -51,6 +65,11 @@ pub async fn list(State(state): State<ApiState>) -> Result<Json<Vec<PolicyStatus
 }
 
 /// `GET /api/policies/{kind}`.
+#[utoipa::path(get, path = "/api/policies/{kind}", tag = "policies", params(Kind),
+    responses(
+        (status = 200, description = "The module in use (or the built-in rule)", body = PolicyStatus),
+        (status = 404, response = NotFound),
+    ))]
 pub async fn get(
     State(state): State<ApiState>,
     PathParam(name): PathParam<String>,
@@ -60,6 +79,18 @@ pub async fn get(
 }
 
 /// `PUT /api/policies/{kind}` with the component as the body (`application/wasm`).
+#[utoipa::path(put, path = "/api/policies/{kind}", tag = "policies", params(Kind),
+    request_body(content = Vec<u8>, content_type = "application/wasm",
+        description = "A WebAssembly component implementing the kind's world of `wit/policy.wit` \
+            (built for `wasm32-wasip2`), at most 8 MiB"),
+    responses(
+        (status = 200, description = "Checked, compiled, stored; it decides from now on for new \
+            calls and registrations", body = PolicyStatus),
+        (status = 404, response = NotFound),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = NotWasm),
+        (status = 422, response = Unprocessable),
+    ))]
 pub async fn put(
     State(state): State<ApiState>,
     PathParam(name): PathParam<String>,
@@ -135,6 +166,11 @@ pub async fn put(
 }
 
 /// `DELETE /api/policies/{kind}`: back to the built-in rule (204 also when none was loaded).
+#[utoipa::path(delete, path = "/api/policies/{kind}", tag = "policies", params(Kind),
+    responses(
+        (status = 204, description = "The built-in rule decides from now on"),
+        (status = 404, response = NotFound),
+    ))]
 pub async fn delete(
     State(state): State<ApiState>,
     PathParam(name): PathParam<String>,
@@ -167,6 +203,12 @@ pub async fn delete(
 
 /// `POST /api/policies/{kind}/disable`: switches the module off (kept in the store, so every
 /// server and every restart honours it) until a new upload; 409 when there is none.
+#[utoipa::path(post, path = "/api/policies/{kind}/disable", tag = "policies", params(Kind),
+    responses(
+        (status = 200, description = "Switched off; the built-in rule decides", body = PolicyStatus),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+    ))]
 pub async fn disable(
     State(state): State<ApiState>,
     PathParam(name): PathParam<String>,

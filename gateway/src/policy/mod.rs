@@ -30,7 +30,7 @@ use crate::metrics::Metrics;
 use crate::store::{PolicyMeta, PolicyRecord, Store};
 
 /// The kinds of policy, one world each in `wit/policy.wit`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum PolicyKind {
     /// Where calls go.
@@ -210,11 +210,17 @@ impl Pinned {
 }
 
 /// A policy's state as `GET /api/policies` shows it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"kind": "routing", "source": "module", "version": 3,
+    "hash": "9f2c4e0b5d1a7c3e8f6b2d4a0c9e1f3b5d7a9c1e3f5b7d9a1c3e5f7b9d1a3c5e", "size": 61234,
+    "uploaded_at": "2026-11-26T09:00:00Z", "uploaded_by": "admin-token",
+    "loaded_at": "2026-11-26T09:00:01Z", "decisions": 1520, "failures": {"timeout": 1},
+    "last_error": "ran past the 20 ms deadline", "disabled_reason": null}))]
 pub struct PolicyStatus {
     /// `routing`, `admission`, `quirks`.
     pub kind: PolicyKind,
     /// `module` when an uploaded module is loaded, else `builtin`.
+    #[schema(value_type = String, example = "module")]
     pub source: &'static str,
     /// The module's version (`null` for the built-in rule).
     pub version: Option<u64>,
@@ -231,6 +237,7 @@ pub struct PolicyStatus {
     /// Decisions asked of the module on this server.
     pub decisions: u64,
     /// Failures by reason (`fuel`, `timeout`, `memory`, `trap`, `invalid`, `unavailable`).
+    #[schema(value_type = BTreeMap<String, u64>)]
     pub failures: BTreeMap<Failure, u64>,
     /// The last failure's message.
     pub last_error: Option<String>,
