@@ -105,6 +105,10 @@ fn schemathesis_finds_no_server_error_or_schema_mismatch() {
         .arg("--report-dir")
         .arg(report.path())
         .current_dir(report.path())
+        .env(
+            "SCHEMATHESIS_HOOKS",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/data/schemathesis_hooks.py"),
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
