@@ -72,7 +72,7 @@ pub async fn run(
         let mut removals: Vec<Removal> = first
             .removals
             .into_iter()
-            .map(|key| removal(&server, key))
+            .map(|key| Removal::by(&server, key))
             .collect();
         let mut replies = first.replies;
         let mut n = 1;
@@ -80,7 +80,7 @@ pub async fn run(
             match rx.try_recv() {
                 Ok(c) => {
                     upserts.extend(c.upserts.iter().map(|b| record(&server, b)));
-                    removals.extend(c.removals.into_iter().map(|key| removal(&server, key)));
+                    removals.extend(c.removals.into_iter().map(|key| Removal::by(&server, key)));
                     replies.extend(c.replies);
                     n += 1;
                 }
@@ -123,13 +123,5 @@ pub async fn run(
         if done.send(replies).await.is_err() {
             return;
         }
-    }
-}
-
-/// This server's removal of a binding.
-fn removal(server: &str, key: BindingKey) -> Removal {
-    Removal {
-        key,
-        server: server.to_owned(),
     }
 }

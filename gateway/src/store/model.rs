@@ -131,6 +131,16 @@ pub struct Removal {
     pub server: String,
 }
 
+impl Removal {
+    /// `server`'s removal of `key`.
+    pub fn by(server: &str, key: BindingKey) -> Self {
+        Removal {
+            key,
+            server: server.to_owned(),
+        }
+    }
+}
+
 /// One registered contact of an AoR.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Registration {

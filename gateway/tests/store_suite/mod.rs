@@ -11,14 +11,6 @@ use csps::store::{
 use serde_json::json;
 use uuid::Uuid;
 
-/// `server`'s removal of `key`.
-pub fn removal(key: BindingKey, server: &str) -> Removal {
-    Removal {
-        key,
-        server: server.to_owned(),
-    }
-}
-
 /// A user record with one HA1, as the API would build it.
 pub fn user(username: &str, domain: &str) -> User {
     User {
@@ -293,13 +285,13 @@ pub async fn suite_registrations(store: &dyn Store) {
         .write_registrations(
             std::slice::from_ref(&a3),
             &[
-                removal(a1.key(), "s1"),
-                removal(
+                Removal::by("s1", a1.key()),
+                Removal::by(
+                    "s1",
                     BindingKey {
                         aor: "sip:nobody@example.com".to_owned(),
                         binding: "contact:x".to_owned(),
                     },
-                    "s1",
                 ),
             ],
         )
@@ -324,7 +316,7 @@ pub async fn suite_registrations(store: &dyn Store) {
         .await
         .expect("move");
     store
-        .write_registrations(&[], &[removal(a2.key(), "s2")])
+        .write_registrations(&[], &[Removal::by("s2", a2.key())])
         .await
         .expect("stale removal");
     let held = store.list_registrations(&alice, now).await.expect("list");
@@ -333,7 +325,7 @@ pub async fn suite_registrations(store: &dyn Store) {
         "a removal by the old server deleted the new server's binding: {held:?}"
     );
     store
-        .write_registrations(&[], &[removal(a2.key(), "s1")])
+        .write_registrations(&[], &[Removal::by("s1", a2.key())])
         .await
         .expect("removal");
     let held = store.list_registrations(&alice, now).await.expect("list");
