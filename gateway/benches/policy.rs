@@ -1,7 +1,14 @@
-//! Policy decision latency: one decision at a time, each in a fresh instance taken from the
-//! pooling allocator (instantiation, the call, fuel and deadline set-up, the answer's check and
-//! the metrics included), for each default module and the built-in rule. Prints a table; run
-//! with `cargo bench -p csps --bench policy`.
+//! Policies, measured two ways; run with `cargo bench -p csps --bench policy`.
+//!
+//! 1. Decision latency: one decision at a time, each in a fresh instance taken from the pooling
+//!    allocator (instantiation, the call, fuel and deadline set-up, the answer's check and the
+//!    metrics included), for each default module and the built-in rule.
+//! 2. Call setup rate through the gateway binary with policies off (built-in rules) and on (the
+//!    default admission, routing and quirks modules uploaded): SIPp calls from a trusted caller to
+//!    a SIPp callee (INVITE, 200, ACK, BYE at once), a fixed number of calls with a bounded
+//!    number in flight, rounds alternating off/on. Needs SIPp (`e2e/setup`) and the release
+//!    binary; skipped without them. `POLICY_BENCH_CALLS` (default 1000) and
+//!    `POLICY_BENCH_ROUNDS` (default 3) size it.
 
 #[path = "../tests/policy_support/mod.rs"]
 mod policy_support;
@@ -74,6 +81,102 @@ fn main() {
     row("admit", "admission_default", || drop(e.admit(&register)));
     let e = with(PolicyKind::Quirks, &quirks);
     row("quirks", "quirks_default", || drop(e.quirks(&message)));
+
+    call_setup_rate(&[
+        ("admission", &admission),
+        ("routing", &routing),
+        ("quirks", &quirks),
+    ]);
+}
+
+/// Section 2: calls per second with policies off and on.
+fn call_setup_rate(modules: &[(&str, &[u8])]) {
+    use csps_tests::{Sipp, free_port, have_tool, raw};
+    let env = |name: &str, default: u32| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let (calls, rounds) = (
+        env("POLICY_BENCH_CALLS", 1000),
+        env("POLICY_BENCH_ROUNDS", 3),
+    );
+    if !have_tool("sipp") {
+        println!("\ncall setup rate: SKIPPED (SIPp not installed; run e2e/setup)");
+        return;
+    }
+    let gw = match csps_tests::Gateway::start() {
+        Ok(gw) => gw,
+        Err(why) => {
+            println!("\ncall setup rate: SKIPPED ({why})");
+            return;
+        }
+    };
+    for u in ["alice", "bob"] {
+        gw.create_user(u, &format!("{u}-secret-1"));
+    }
+    gw.trust("127.0.0.0/8");
+    std::thread::sleep(Duration::from_millis(500));
+    let port = free_port();
+    if let Err(e) = raw::register_trusted(gw.sip_addr(), "bob", "csps.local", port, "bench") {
+        println!("\ncall setup rate: FAILED to register the callee: {e}");
+        return;
+    }
+    println!("\n| round | policies | calls ok | failed | seconds | calls/s |");
+    println!("|---|---|---|---|---|---|");
+    let mut rates: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    for round in 1..=rounds {
+        for on in [false, true] {
+            for (kind, wasm) in modules {
+                let path = format!("/api/policies/{kind}");
+                let r = if on {
+                    gw.api_bytes("PUT", &path, "application/wasm", wasm)
+                } else {
+                    gw.api("DELETE", &path, None)
+                };
+                assert!(r.status < 300, "{kind} policy: {} {}", r.status, r.body);
+            }
+            let callee = Sipp::new("uas_bench.xml", gw.sip_addr())
+                .local_port(port)
+                .key("user", "bob")
+                .calls(calls)
+                .timeout(Duration::from_secs(120));
+            let callee = std::thread::spawn(move || callee.run());
+            std::thread::sleep(Duration::from_millis(300));
+            let started = Instant::now();
+            let caller = Sipp::new("uac_dial.xml", gw.sip_addr())
+                .key("user", "alice")
+                .key("domain", "csps.local")
+                .key("callee", "bob")
+                .calls(calls)
+                .rate(5000)
+                .arg("-l")
+                .arg("50")
+                .arg("-d")
+                .arg("0")
+                .arg("-mp")
+                .arg(free_port().to_string())
+                .timeout(Duration::from_secs(120))
+                .run();
+            let secs = started.elapsed().as_secs_f64();
+            let _ = callee.join();
+            let rate = caller.successful as f64 / secs;
+            rates[usize::from(on)].push(rate);
+            println!(
+                "| {round} | {} | {} | {} | {secs:.2} | {rate:.0} |",
+                if on { "on" } else { "off" },
+                caller.successful,
+                caller.failed
+            );
+        }
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let (off, on) = (mean(&rates[0]), mean(&rates[1]));
+    println!(
+        "\ncall setup rate, mean of {rounds} rounds: off {off:.0}/s, on {on:.0}/s ({:+.1} %)",
+        (on - off) / off * 100.0
+    );
 }
 
 fn engine() -> PolicyEngine {

@@ -205,12 +205,17 @@ impl Metrics {
 
     /// Counts one policy decision.
     pub fn policy_decision(&self, kind: &str, module: &str) {
+        self.policy_decision_counter(kind, module).inc();
+    }
+
+    /// The decision counter of a kind and module, to keep and count without a lookup.
+    pub fn policy_decision_counter(&self, kind: &str, module: &str) -> Counter<u64, AtomicU64> {
         self.policy_decisions
             .get_or_create(&PolicyLabel {
                 kind: kind.to_owned(),
                 module: module.to_owned(),
             })
-            .inc();
+            .clone()
     }
 
     /// Counts one policy module failure.

@@ -273,6 +273,8 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
     }
 
     let metrics = Arc::new(Metrics::new());
+    // Before SIP: the registrar and the calls ask the policies from the first message on.
+    let policies = start_policies(&store, &config, &metrics, mongodb_uri.is_some()).await;
     let listen = if args.sip_listen.is_empty() {
         sip::listen::default_listeners()
     } else {
@@ -283,6 +285,7 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
             listen,
             certs_dir: args.data_dir.join("certs"),
             secret,
+            policies: policies.clone(),
         },
         store.clone(),
         &config,
@@ -296,7 +299,6 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
         metrics: metrics.clone(),
         draining: draining.clone(),
     };
-    let policies = start_policies(&store, &config, &metrics, mongodb_uri.is_some()).await;
     let mut api_state = crate::api::ApiState::new(store.clone(), config.clone(), admin_token);
     if let Some(engine) = policies {
         api_state = api_state.with_policies(engine);

@@ -121,6 +121,31 @@ pub fn request_with_headers(
     send(&mut conn, addr, method, path, token, headers, body, false).map(|(r, _)| r)
 }
 
+/// One request with a binary body of `content_type` (a WASM component…) on a fresh connection.
+pub fn request_bytes(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    content_type: &str,
+    body: &[u8],
+) -> std::io::Result<Response> {
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let mut conn = BufReader::new(s);
+    send_bytes(
+        &mut conn,
+        addr,
+        method,
+        path,
+        token,
+        &[],
+        Some((content_type, body)),
+        false,
+    )
+    .map(|(r, _)| r)
+}
+
 #[allow(clippy::too_many_arguments)]
 fn send(
     conn: &mut BufReader<TcpStream>,
@@ -130,6 +155,21 @@ fn send(
     token: Option<&str>,
     headers: &[(&str, &str)],
     body: Option<&str>,
+    keep_alive: bool,
+) -> std::io::Result<(Response, bool)> {
+    let body = body.map(|b| ("application/json", b.as_bytes()));
+    send_bytes(conn, addr, method, path, token, headers, body, keep_alive)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn send_bytes(
+    conn: &mut BufReader<TcpStream>,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+    body: Option<(&str, &[u8])>,
     keep_alive: bool,
 ) -> std::io::Result<(Response, bool)> {
     let host = headers
@@ -149,12 +189,14 @@ fn send(
     if let Some(t) = token {
         req.push_str(&format!("Authorization: Bearer {t}\r\n"));
     }
-    let body = body.unwrap_or("");
+    let (content_type, body) = body.unwrap_or(("application/json", b""));
     if !body.is_empty() || matches!(method, "POST" | "PUT" | "PATCH") {
-        req.push_str("Content-Type: application/json\r\n");
+        req.push_str(&format!("Content-Type: {content_type}\r\n"));
     }
-    req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
-    conn.get_mut().write_all(req.as_bytes())?;
+    req.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    let mut wire = req.into_bytes();
+    wire.extend_from_slice(body);
+    conn.get_mut().write_all(&wire)?;
 
     let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
     let mut line = String::new();

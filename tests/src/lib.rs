@@ -506,6 +506,25 @@ impl Gateway {
             .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
     }
 
+    /// A request with the admin token and a binary body of `content_type` (a WASM component).
+    pub fn api_bytes(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: &[u8],
+    ) -> http::Response {
+        http::request_bytes(
+            self.http,
+            method,
+            path,
+            Some(&self.token),
+            content_type,
+            body,
+        )
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    }
+
     /// Creates a user in the default domain; panics unless the answer is 201.
     pub fn create_user(&self, username: &str, password: &str) -> serde_json::Value {
         let r = self.api(

@@ -39,6 +39,43 @@ pub fn options(transport: &str, local: SocketAddr, target: SocketAddr) -> String
     )
 }
 
+/// Registers `user@domain` from 127.0.0.1:`port` with `user_agent`, without credentials (the
+/// test trusted the source), and closes the socket so a SIPp phone can take the port over.
+/// `Err` says what came back instead of a 200.
+pub fn register_trusted(
+    target: SocketAddr,
+    user: &str,
+    domain: &str,
+    port: u16,
+    user_agent: &str,
+) -> Result<(), String> {
+    let sock = UdpSocket::bind(("127.0.0.1", port)).map_err(|e| format!("bind {port}: {e}"))?;
+    let local = sock
+        .local_addr()
+        .map_err(|e| format!("local address: {e}"))?;
+    let msg = format!(
+        "REGISTER sip:{domain} SIP/2.0\r\n\
+         Via: SIP/2.0/UDP {local};branch=z9hG4bK{branch};rport\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:{user}@{domain}>;tag={tag}\r\n\
+         To: <sip:{user}@{domain}>\r\n\
+         Call-ID: {call_id}\r\n\
+         CSeq: 1 REGISTER\r\n\
+         Contact: <sip:{user}@{local};transport=udp>\r\n\
+         Expires: 300\r\n\
+         User-Agent: {user_agent}\r\n\
+         Content-Length: 0\r\n\r\n",
+        branch = token("r"),
+        tag = token("t"),
+        call_id = token("c"),
+    );
+    let resp = udp_request(&sock, target, &msg, Duration::from_secs(5))?;
+    if resp.status != 200 {
+        return Err(format!("REGISTER {user}: {} {}", resp.status, resp.reason));
+    }
+    Ok(())
+}
+
 /// Parses a datagram or framed message as a SIP response.
 pub fn parse_response(bytes: &[u8]) -> Result<Response, String> {
     match csps_sip::parse(bytes) {

@@ -8,7 +8,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use csps_sip::digest::{self, Algorithm, DigestParams};
 use csps_sip::registrar::{
-    Account, Accounts, Binding, RegisterOutcome, Registrar, RegistrarConfig,
+    Account, Accounts, Admission, AdmissionRequest, Binding, Gatekeeper, RegisterOutcome,
+    Registrar, RegistrarConfig,
 };
 use csps_sip::{FlowId, Message, Remote, Request, Response, Transport};
 use rand::SeedableRng;
@@ -78,13 +79,16 @@ impl Reg {
         let mut s = format!(
             "REGISTER sip:{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP {};branch=z9hG4bK{}\r\n\
              Max-Forwards: 70\r\nFrom: <sip:{u}@{DOMAIN}>;tag=f1\r\nTo: <sip:{u}@{DOMAIN}>\r\n\
-             Call-ID: {}\r\nCSeq: {} REGISTER\r\nUser-Agent: test-phone/1.0\r\n",
+             Call-ID: {}\r\nCSeq: {} REGISTER\r\n",
             self.via,
             self.cseq,
             self.call_id,
             self.cseq,
             u = self.user
         );
+        if !self.extra.iter().any(|(n, _)| n == "User-Agent") {
+            s.push_str("User-Agent: test-phone/1.0\r\n");
+        }
         for c in &self.contacts {
             s.push_str(&format!("Contact: {c}\r\n"));
         }
@@ -518,6 +522,93 @@ fn trusted_ranges_skip_the_challenge_v4_and_v6() {
         udp("[2001:db9::1]:5060"),
     );
     assert_eq!(reply(&out).status, 401);
+}
+
+/// An admission policy as an operator might write one: refuse a device family, admit one
+/// account from a subnet outside the trusted ranges, challenge everything else (trusted or not).
+struct Policy;
+
+impl Gatekeeper for Policy {
+    fn admit(&self, req: &AdmissionRequest<'_>) -> Admission {
+        if req
+            .user_agent
+            .is_some_and(|ua| ua.starts_with("friendly-scanner"))
+        {
+            return Admission::Reject {
+                code: 403,
+                reason: "Scanner Refused".into(),
+            };
+        }
+        if req.aor == "sip:bob@example.com" && req.source.ip().to_string().starts_with("192.0.2.") {
+            return Admission::Admit;
+        }
+        Admission::Challenge
+    }
+}
+
+#[test]
+fn the_gatekeeper_decides_admission_instead_of_the_trusted_ranges() {
+    let mut h = trusted_harness();
+    h.reg.set_gatekeeper(Box::new(Policy));
+    // Trusted range, but the policy challenges: 401, and the digest path works as usual.
+    let r = Reg::new("alice", "10.1.2.3:5060");
+    let out = h.register(&r, udp("10.1.2.3:5060"), "alice-pw", Algorithm::Md5);
+    committed(&out);
+    // Outside the trusted ranges, but admitted by the policy (the account must still exist).
+    let out = h.send(
+        &Reg::new("bob", "192.0.2.7:5060").build(None),
+        udp("192.0.2.7:5060"),
+    );
+    committed(&out);
+    // The user agent the policy refuses: its status, reason and a Warning saying who refused.
+    let out = h.send(
+        &Reg::new("carol", "10.1.2.3:5060")
+            .header("User-Agent", "friendly-scanner")
+            .build(None),
+        udp("10.1.2.3:5060"),
+    );
+    let resp = reply(&out);
+    assert_eq!(
+        (resp.status, resp.reason.as_str()),
+        (403, "Scanner Refused")
+    );
+    assert!(
+        warning(resp).contains("admission policy"),
+        "{}",
+        warning(resp)
+    );
+}
+
+/// A gatekeeper that answers what it is told to, even nonsense.
+struct Says(Admission);
+
+impl Gatekeeper for Says {
+    fn admit(&self, _req: &AdmissionRequest<'_>) -> Admission {
+        self.0.clone()
+    }
+}
+
+#[test]
+fn a_rejection_with_a_bad_status_or_phrase_still_gives_a_valid_response() {
+    let mut h = Harness::default();
+    h.reg.set_gatekeeper(Box::new(Says(Admission::Reject {
+        code: 200,
+        reason: "OK\r\nX-Injected: 1".into(),
+    })));
+    let out = h.send(
+        &Reg::new("alice", "192.0.2.1:5060").build(None),
+        udp("192.0.2.1:5060"),
+    );
+    let resp = reply(&out);
+    assert_eq!((resp.status, resp.reason.as_str()), (403, "Forbidden"));
+    assert!(resp.headers.get("X-Injected").is_none());
+    // Admit on an unknown account is still 404: the account must exist.
+    h.reg.set_gatekeeper(Box::new(Says(Admission::Admit)));
+    let out = h.send(
+        &Reg::new("mallory", "192.0.2.1:5060").build(None),
+        udp("192.0.2.1:5060"),
+    );
+    assert_eq!(reply(&out).status, 404);
 }
 
 #[test]

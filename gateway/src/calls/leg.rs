@@ -53,6 +53,11 @@ pub struct CallInfo {
     pub duration_secs: u64,
     /// Whether the dialled number is an emergency number.
     pub emergency: bool,
+    /// Version of the routing policy module the call was routed with (`null`: the built-in
+    /// rule); a module uploaded later applies to new calls only.
+    pub routing_policy: Option<u64>,
+    /// Version of the quirks policy module the call keeps for its length (`null`: built-in).
+    pub quirks_policy: Option<u64>,
     /// Caller's leg first, then the callee's.
     pub legs: Vec<LegInfo>,
 }

@@ -26,6 +26,8 @@ use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::config::Settings;
 use crate::media::PortPool;
+use crate::policy::hooks::{CallQuirks, Device};
+use crate::policy::{Pinned, PolicyEngine, PolicyKind, Route as PolicyRoute, RouteRequest, rules};
 use crate::sip::accounts::AccountCache;
 
 pub use leg::{CallInfo, LegInfo, UserState};
@@ -132,26 +134,105 @@ pub enum Route {
         /// Domain.
         domain: String,
     },
+    /// Out through the Teams trunk to this E.164 number: refused with 503 until the trunk exists.
+    Teams(String),
+    /// To a web phone user: refused with 503 until the web phone exists.
+    WebUser(String),
     /// An emergency number with no local target: refused with 503 until the Teams trunk exists.
     EmergencyUnrouted,
-    /// Nobody by that name: 404.
-    Unknown,
+    /// Refused with this status and reason (the built-in 404/484, or a routing policy's answer).
+    Reject {
+        /// SIP status, 400–699.
+        code: u16,
+        /// Reason phrase.
+        reason: String,
+    },
 }
 
-/// The routing decision for a call to `dialled` (the Request-URI user part) from a caller in
-/// `domain`: a local user of that domain by username. This one function is where routing
-/// policies (WASM) will be consulted first.
-pub fn route(dialled: &str, domain: &str, emergency: bool, accounts: &AccountCache) -> Route {
-    if accounts.lookup(dialled, domain).is_some() {
-        return Route::Local {
-            user: dialled.to_owned(),
-            domain: domain.to_owned(),
-        };
+/// One routing question: who calls what.
+#[derive(Clone, Copy, Debug)]
+pub struct RouteQuery<'a> {
+    /// What was dialled: the Request-URI's user part (percent-decoded).
+    pub dialled: &'a str,
+    /// The authenticated caller (username, domain); `None` only for an unchallenged emergency
+    /// call.
+    pub caller: Option<(&'a str, &'a str)>,
+    /// The domain local users are looked up in.
+    pub domain: &'a str,
+    /// The calling device's User-Agent.
+    pub device: Option<&'a str>,
+    /// Whether `dialled` is a configured emergency number.
+    pub emergency: bool,
+}
+
+/// The routing decision for a call. Emergency numbers first, by the built-in rule (a local
+/// account of that name, else 503 until the trunk exists) and before any policy; then the
+/// routing policy pinned for the call (`pinned`; the built-in rule when there is no engine or
+/// module). A Teams route to the number of a local account stays local (as dialling that number
+/// does), and a local route to an account that does not exist is 404.
+pub fn route(
+    q: &RouteQuery<'_>,
+    accounts: &AccountCache,
+    policies: Option<&PolicyEngine>,
+    pinned: &Pinned,
+) -> Route {
+    let local = |user: &str, domain: &str| {
+        accounts
+            .lookup(user, domain)
+            .is_some()
+            .then(|| Route::Local {
+                user: user.to_owned(),
+                domain: domain.to_owned(),
+            })
+    };
+    let by_number = |number: &str| accounts.by_number(number).and_then(|(u, d)| local(u, d));
+    if q.emergency {
+        return local(q.dialled, q.domain).unwrap_or(Route::EmergencyUnrouted);
     }
-    if emergency {
-        Route::EmergencyUnrouted
+    let local_match = if accounts.lookup(q.dialled, q.domain).is_some() {
+        Some(q.dialled.to_owned())
     } else {
-        Route::Unknown
+        accounts
+            .by_number(&rules::dial_string(q.dialled))
+            .filter(|(_, d)| d.eq_ignore_ascii_case(q.domain))
+            .map(|(u, _)| u.to_owned())
+    };
+    let (user, caller_domain) = q.caller.unwrap_or(("", q.domain));
+    let mut attributes = Vec::new();
+    if let Some(name) = accounts.display_name(user, caller_domain) {
+        attributes.push(("display_name".to_owned(), name.to_owned()));
+    }
+    let req = RouteRequest {
+        caller: rules::Caller {
+            user: user.to_owned(),
+            domain: caller_domain.to_owned(),
+            phone_number: accounts
+                .phone_number(user, caller_domain)
+                .map(str::to_owned),
+            device: q.device.map(str::to_owned),
+            attributes,
+        },
+        dialled: q.dialled.to_owned(),
+        local_match,
+    };
+    let decided = match policies {
+        Some(engine) => engine.route_with(pinned, &req).value,
+        None => rules::route(&req),
+    };
+    match decided {
+        PolicyRoute::LocalUser(u) => local(&u, q.domain).unwrap_or(Route::Reject {
+            code: 404,
+            reason: "Not Found".into(),
+        }),
+        PolicyRoute::Teams(n) => by_number(&n).unwrap_or(Route::Teams(n)),
+        PolicyRoute::WebUser(u) => Route::WebUser(u),
+        PolicyRoute::Reject { code, reason } => Route::Reject { code, reason },
+        // The engine's own emergency check, should its list be newer than the settings here.
+        PolicyRoute::Emergency(_) => local(q.dialled, q.domain).unwrap_or(Route::EmergencyUnrouted),
+        _ => Route::Reject {
+            code: 404,
+            reason: "Not Found".into(),
+        },
     }
 }
 
@@ -184,6 +265,7 @@ pub struct Switch {
     ports: Arc<PortPool>,
     directory: Directory,
     states: broadcast::Sender<UserState>,
+    policies: Option<Arc<PolicyEngine>>,
 }
 
 impl Switch {
@@ -194,6 +276,7 @@ impl Switch {
         actions: mpsc::Sender<(CallNo, CallAction)>,
         directory: Directory,
         states: broadcast::Sender<UserState>,
+        policies: Option<Arc<PolicyEngine>>,
     ) -> Switch {
         Switch {
             server_name,
@@ -207,6 +290,7 @@ impl Switch {
             ports: Arc::new(PortPool::new()),
             directory,
             states,
+            policies,
         }
     }
 
@@ -319,21 +403,30 @@ impl Switch {
     pub fn on_invite(&mut self, cx: InviteCx<'_>, key: TxnKey, from: Remote, req: Request) {
         let now = Instant::now();
         let settings = self.settings.borrow().clone();
+        let respond =
+            |txns: &mut Transactions, status: u16, reason: &str, warning: Option<&str>| {
+                let mut r = req.response(status, reason);
+                if let Some(to) = req.headers.get("To") {
+                    r.headers
+                        .set("To", format!("{to};tag={:016x}", rand::random::<u64>()));
+                }
+                if let Some(w) = warning {
+                    r.headers.push(
+                        "Warning",
+                        csps_sip::validate::warning_value(&self.server_name, w),
+                    );
+                }
+                if let Err(e) = txns.respond(now, &key, r) {
+                    tracing::debug!(%key, "cannot answer INVITE: {e}");
+                }
+            };
         let refuse = |txns: &mut Transactions, status: u16, warning: Option<&str>| {
-            let mut r = req.response(status, csps_sip::message::reason_phrase(status));
-            if let Some(to) = req.headers.get("To") {
-                r.headers
-                    .set("To", format!("{to};tag={:016x}", rand::random::<u64>()));
-            }
-            if let Some(w) = warning {
-                r.headers.push(
-                    "Warning",
-                    csps_sip::validate::warning_value(&self.server_name, w),
-                );
-            }
-            if let Err(e) = txns.respond(now, &key, r) {
-                tracing::debug!(%key, "cannot answer INVITE: {e}");
-            }
+            respond(
+                txns,
+                status,
+                csps_sip::message::reason_phrase(status),
+                warning,
+            );
         };
         if self.owns(&req) {
             // Same Call-ID as a running call but no To tag: a merged or looped request.
@@ -346,7 +439,7 @@ impl Switch {
             .as_deref()
             .map(|u| csps_sip::registrar::percent_decode(u).into_owned())
             .unwrap_or_default();
-        let emergency = settings.emergency_numbers.contains(&dialled);
+        let emergency = rules::is_emergency(&dialled, &settings.emergency_numbers);
         let caller =
             match cx
                 .registrar
@@ -366,7 +459,20 @@ impl Switch {
             .as_ref()
             .map(|c| c.1.clone())
             .unwrap_or_else(|| settings.default_sip_domain.clone());
-        let (user, domain) = match route(&dialled, &domain, emergency, cx.accounts) {
+        // The call keeps the routing and quirks modules it began with.
+        let routing = self
+            .policies
+            .as_ref()
+            .map_or(Pinned::builtin(), |e| e.pin(PolicyKind::Routing));
+        let query = RouteQuery {
+            dialled: &dialled,
+            caller: caller.as_ref().map(|(u, d)| (u.as_str(), d.as_str())),
+            domain: &domain,
+            device: req.headers.get("User-Agent"),
+            emergency,
+        };
+        let decided = route(&query, cx.accounts, self.policies.as_deref(), &routing);
+        let (user, domain) = match decided {
             Route::Local { user, domain } => (user, domain),
             Route::EmergencyUnrouted => {
                 tracing::warn!(number = %dialled, "emergency call with no route");
@@ -377,12 +483,25 @@ impl Switch {
                 );
                 return;
             }
-            Route::Unknown => {
-                refuse(cx.txns, 404, None);
+            Route::Teams(number) => {
+                tracing::info!(%number, "call routed to Teams; no trunk yet");
+                let why = format!("routed to Teams as {number}: no Teams trunk is configured");
+                refuse(cx.txns, 503, Some(&why));
+                return;
+            }
+            Route::WebUser(user) => {
+                let why = format!("routed to web user {user}: the web phone is not available");
+                refuse(cx.txns, 503, Some(&why));
+                return;
+            }
+            Route::Reject { code, reason } => {
+                respond(cx.txns, code, &reason, None);
                 return;
             }
         };
         let aor = csps_sip::registrar::aor(&user, &domain);
+        // The caller's device, then each registered device of the callee, for the quirks.
+        let mut devices = vec![(from.addr, Device::new(req.headers.get("User-Agent")))];
         let targets: Vec<b2bua::Target> = cx
             .registrar
             .lookup(&aor)
@@ -393,6 +512,7 @@ impl Switch {
                 if local.ip().is_unspecified() {
                     local.set_ip(crate::media::local_ip_towards(b.source.addr.ip())?);
                 }
+                devices.push((b.source.addr, Device::new(b.user_agent.as_deref())));
                 Some(b2bua::Target {
                     to: b.source,
                     uri,
@@ -476,6 +596,11 @@ impl Switch {
             caller: caller.map(|(u, d)| csps_sip::registrar::aor(&u, &d)),
             callee: aor,
             emergency,
+            routing_policy: routing.version(),
+            quirks: self
+                .policies
+                .clone()
+                .map(|engine| (CallQuirks::pin(engine), devices)),
         }));
     }
 }

@@ -2,19 +2,23 @@
 //! call the core's events and its timer, forwards media, and sends the call's SIP work to the
 //! core. When the call ends the task returns and everything it owned (sockets included) is freed.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use chrono::Utc;
 use csps_sip::sdp::Sdp;
+use csps_sip::transaction::TxnKey;
 use rand::SeedableRng;
 use tokio::sync::{broadcast, mpsc};
 
-use super::b2bua::{Call, MediaChange, Output, Setup};
+use super::b2bua::{Call, Input, MediaChange, Output, Setup};
 use super::leg::{CallInfo, LegInfo, LegKind, UserState};
 use super::{CallAction, CallEvent, CallNo};
 use crate::media::PortPool;
 use crate::media::relay::Relay;
+use crate::policy::hooks::{CallQuirks, Device};
+use crate::policy::rules::Direction;
 
 /// Everything a call task starts with.
 pub struct CallTask {
@@ -27,6 +31,87 @@ pub struct CallTask {
     pub caller: Option<String>,
     pub callee: String,
     pub emergency: bool,
+    /// The routing module version the call was routed with (`None`: the built-in rule).
+    pub routing_policy: Option<u64>,
+    /// The call's pinned quirks and its devices by signalling address (the caller's first);
+    /// `None` without a policy engine.
+    pub quirks: Option<(CallQuirks, Vec<(SocketAddr, Device)>)>,
+}
+
+/// Applies the call's pinned device quirks to what goes to and comes from each device: requests
+/// by their destination or source, responses by the request they answer.
+struct Quirks {
+    quirks: CallQuirks,
+    devices: Vec<(SocketAddr, Device)>,
+    /// The caller's INVITE transaction (answered towards the caller).
+    a_key: TxnKey,
+    /// Where each request the call sent went (its responses come from there).
+    sent_to: HashMap<u32, SocketAddr>,
+    /// Where each request the call is answering came from.
+    answering: HashMap<TxnKey, SocketAddr>,
+}
+
+impl Quirks {
+    fn device(&self, addr: SocketAddr) -> Option<&Device> {
+        self.devices
+            .iter()
+            .find(|(a, _)| *a == addr)
+            .map(|(_, d)| d)
+    }
+
+    /// Before the call sees an input.
+    fn incoming(&mut self, input: &mut Input) {
+        match input {
+            Input::Request { key, from, req } => {
+                self.answering.insert(*key, from.addr);
+                if let Some(d) = self.device(from.addr) {
+                    self.quirks.request(d, Direction::FromDevice, req);
+                }
+            }
+            Input::Response { tag, resp } => {
+                if let Some(d) = self.sent_to.get(tag).and_then(|a| self.device(*a)) {
+                    self.quirks.response(d, Direction::FromDevice, resp);
+                }
+                if resp.status >= 200 {
+                    self.sent_to.remove(tag);
+                }
+            }
+            Input::Timeout { tag } => {
+                self.sent_to.remove(tag);
+            }
+            _ => {}
+        }
+    }
+
+    /// Before an output leaves for the core.
+    fn outgoing(&mut self, out: &mut Output) {
+        match out {
+            Output::Respond { key, resp } => {
+                let to = if *key == self.a_key {
+                    self.devices.first().map(|(a, _)| *a)
+                } else if resp.status >= 200 {
+                    self.answering.remove(key)
+                } else {
+                    self.answering.get(key).copied()
+                };
+                if let Some(d) = to.and_then(|a| self.device(a)) {
+                    self.quirks.response(d, Direction::ToDevice, resp);
+                }
+            }
+            Output::Send { tag, to, req } => {
+                self.sent_to.insert(*tag, to.addr);
+                if let Some(d) = self.device(to.addr) {
+                    self.quirks.request(d, Direction::ToDevice, req);
+                }
+            }
+            Output::Stateless { to, req } => {
+                if let Some(d) = self.device(to.addr) {
+                    self.quirks.request(d, Direction::ToDevice, req);
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 /// Binds the relay's two socket pairs: one on the caller's side, one on the callee's.
@@ -60,6 +145,8 @@ pub async fn run(t: CallTask) {
         caller,
         callee,
         emergency,
+        routing_policy,
+        quirks,
     } = t;
     match (media.addr_a(), media.addr_b()) {
         (Ok(a), Ok(b)) => {
@@ -76,6 +163,20 @@ pub async fn run(t: CallTask) {
     let mut answered_at = None;
     let mut b_signalling: Option<SocketAddr> = None;
     let mut codec: Option<String> = None;
+    let quirks_policy = quirks.as_ref().and_then(|(q, _)| q.version());
+    let mut quirks = quirks.map(|(quirks, devices)| Quirks {
+        quirks,
+        devices,
+        a_key: setup.key,
+        sent_to: HashMap::new(),
+        answering: HashMap::new(),
+    });
+    if let Some(q) = &quirks
+        && let Some((_, caller_device)) = q.devices.first()
+    {
+        q.quirks
+            .request(caller_device, Direction::FromDevice, &mut setup.invite);
+    }
     let mut call = Call::new(setup, Box::new(rand::rngs::StdRng::from_os_rng()));
     call.start(Instant::now());
     let sleep = tokio::time::sleep(std::time::Duration::from_secs(3600));
@@ -83,7 +184,10 @@ pub async fn run(t: CallTask) {
     loop {
         // Carry out what the call asked for.
         let mut ended = false;
-        while let Some(out) = call.poll_output() {
+        while let Some(mut out) = call.poll_output() {
+            if let Some(q) = quirks.as_mut() {
+                q.outgoing(&mut out);
+            }
             tracing::trace!(?out, "call output");
             let action = match out {
                 Output::Respond { key, resp } => {
@@ -131,7 +235,10 @@ pub async fn run(t: CallTask) {
         }
         tokio::select! {
             ev = events.recv() => match ev {
-                Some(CallEvent::Sip(input)) => {
+                Some(CallEvent::Sip(mut input)) => {
+                    if let Some(q) = quirks.as_mut() {
+                        q.incoming(&mut input);
+                    }
                     tracing::trace!(?input, "call input");
                     call.handle(Instant::now(), input);
                 }
@@ -145,6 +252,8 @@ pub async fn run(t: CallTask) {
                         answered_at,
                         duration_secs: (now - started_at).num_seconds().max(0) as u64,
                         emergency,
+                        routing_policy,
+                        quirks_policy,
                         legs: vec![
                             LegInfo {
                                 kind: LegKind::Phone,

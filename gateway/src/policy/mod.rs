@@ -13,6 +13,7 @@
 //! Emergency numbers (`Data.SipConfig.EmergencyNumbers`) are routed by the built-in rule before
 //! any policy runs.
 
+pub mod hooks;
 pub mod sandbox;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -25,6 +26,8 @@ use serde::Serialize;
 
 pub use csps_policy_rules as rules;
 pub use rules::{Edits, Message as QuirkMessage, RegisterRequest, Route, RouteRequest, Verdict};
+
+use prometheus_client::metrics::counter::Counter;
 
 use crate::metrics::Metrics;
 use crate::store::{PolicyMeta, PolicyRecord, Store};
@@ -203,9 +206,20 @@ struct Health {
 pub struct Pinned(Option<Arc<Module>>);
 
 impl Pinned {
+    /// No module: the built-in rule (where there is no engine).
+    pub fn builtin() -> Pinned {
+        Pinned(None)
+    }
+
     /// The pinned module's version (`None`: the built-in rule).
     pub fn version(&self) -> Option<u64> {
         self.0.as_ref().map(|m| m.meta.version)
+    }
+
+    /// True when a module is pinned and switched on, so a decision runs in the sandbox; false
+    /// when the built-in rule decides (the hooks' fast path skips building a request then).
+    pub fn is_active(&self) -> bool {
+        self.0.as_ref().is_some_and(|m| !m.is_disabled())
     }
 }
 
@@ -264,6 +278,9 @@ pub struct PolicyEngine {
     emergency: RwLock<Arc<Vec<String>>>,
     limits: Limits,
     metrics: Arc<Metrics>,
+    /// The `module="builtin"` decision counter of each kind, resolved once: the hooks count
+    /// every built-in decision on the packet path, where the family's lookup would allocate.
+    builtin: [Counter<u64, AtomicU64>; 3],
 }
 
 /// SHA-256 of `wasm`, lower-case hex.
@@ -275,12 +292,15 @@ pub fn hash(wasm: &[u8]) -> String {
 impl PolicyEngine {
     /// An engine with no module loaded (every decision built-in), counting into `metrics`.
     pub fn new(metrics: Arc<Metrics>, limits: Limits) -> Result<PolicyEngine, PolicyError> {
+        let builtin =
+            PolicyKind::ALL.map(|k| metrics.policy_decision_counter(k.as_str(), "builtin"));
         Ok(PolicyEngine {
             sandbox: sandbox::Sandbox::new(&limits).map_err(PolicyError::Engine)?,
             slots: Default::default(),
             emergency: RwLock::new(Arc::new(Vec::new())),
             limits,
             metrics,
+            builtin,
         })
     }
 
@@ -327,9 +347,14 @@ impl PolicyEngine {
 
     /// Judges a REGISTER with the current admission module.
     pub fn admit(&self, req: &RegisterRequest) -> Decision<Verdict> {
+        self.admit_with(&self.pin(PolicyKind::Admission), req)
+    }
+
+    /// Judges a REGISTER with a pinned admission module.
+    pub fn admit_with(&self, pinned: &Pinned, req: &RegisterRequest) -> Decision<Verdict> {
         self.decide(
             PolicyKind::Admission,
-            &self.pin(PolicyKind::Admission),
+            pinned,
             || rules::admit(req),
             |p| self.sandbox.admit(p, &self.limits, req),
             rules::check_verdict,
@@ -356,6 +381,12 @@ impl PolicyEngine {
         self.metrics.policy_decision(kind.as_str(), module);
     }
 
+    /// Counts a decision the built-in rule made without asking [`PolicyEngine::decide`] (a
+    /// hook's fast path when no module is active).
+    pub fn count_builtin_decision(&self, kind: PolicyKind) {
+        self.builtin[kind.slot()].inc();
+    }
+
     /// Runs `run` on the pinned module, falling back to `builtin` on any failure.
     fn decide<T>(
         &self,
@@ -366,7 +397,7 @@ impl PolicyEngine {
         check: impl FnOnce(&T) -> Result<(), String>,
     ) -> Decision<T> {
         let Some(m) = pinned.0.as_ref().filter(|m| !m.is_disabled()) else {
-            self.count_builtin(kind, "builtin");
+            self.count_builtin_decision(kind);
             return Decision {
                 value: builtin(),
                 by: DecidedBy::Builtin,

@@ -1,5 +1,6 @@
-//! The in-memory view of SIP accounts the registrar authenticates against: username and domain
-//! to HA1s. Built from the store off the packet path and swapped in whole when users change.
+//! The in-memory view of SIP accounts the registrar authenticates against (username and domain
+//! to HA1s) and calls are routed by (usernames and E.164 numbers). Built from the store off the
+//! packet path and swapped in whole when users change.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,6 +16,10 @@ pub struct AccountCache {
     by_name: HashMap<String, Account>,
     /// Display names, for the caller identity the gateway asserts.
     display: HashMap<String, String>,
+    /// E.164 number → (username, domain): a call to a local account's number stays local.
+    by_number: HashMap<String, (String, String)>,
+    /// `username@domain` → its E.164 number, for routing policies.
+    numbers: HashMap<String, String>,
 }
 
 fn key(username: &str, domain: &str) -> String {
@@ -58,7 +63,41 @@ impl AccountCache {
                 (!name.is_empty()).then(|| (key(&u.username, &u.domain), name.to_owned()))
             })
             .collect();
-        AccountCache { by_name, display }
+        let mut by_number = HashMap::new();
+        let mut numbers = HashMap::new();
+        for u in users {
+            let Some(n) = u
+                .phone_number
+                .as_deref()
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+            else {
+                continue;
+            };
+            numbers.insert(key(&u.username, &u.domain), n.to_owned());
+            // Two accounts with one number: the first keeps it (the store lists by creation).
+            by_number
+                .entry(n.to_owned())
+                .or_insert_with(|| (u.username.clone(), u.domain.clone()));
+        }
+        AccountCache {
+            by_name,
+            display,
+            by_number,
+            numbers,
+        }
+    }
+
+    /// The account (username, domain) whose E.164 number is `number`.
+    pub fn by_number(&self, number: &str) -> Option<(&str, &str)> {
+        self.by_number
+            .get(number)
+            .map(|(u, d)| (u.as_str(), d.as_str()))
+    }
+
+    /// The E.164 number of `username@domain`, if it has one.
+    pub fn phone_number(&self, username: &str, domain: &str) -> Option<&str> {
+        self.numbers.get(&key(username, domain)).map(String::as_str)
     }
 
     /// Loads every user from the store.

@@ -56,6 +56,8 @@ pub struct CoreParts {
     pub server_name: String,
     /// Secret for nonces.
     pub secret: [u8; 32],
+    /// The policy engine: the registrar asks its admission policy.
+    pub policies: Option<Arc<crate::policy::PolicyEngine>>,
     /// UDP sockets by index (flow id − `UDP_FLOW_BASE`).
     pub udp: Vec<Arc<UdpSocket>>,
     /// Messages and flow events from the receive tasks.
@@ -134,6 +136,7 @@ pub async fn run(parts: CoreParts) {
     let CoreParts {
         server_name,
         secret,
+        policies,
         udp,
         mut inbound,
         mut commands,
@@ -147,6 +150,9 @@ pub async fn run(parts: CoreParts) {
     } = parts;
     let cfg = registrar_config(&server_name, &settings.borrow_and_update());
     let mut registrar = Registrar::new(cfg, secret);
+    if let Some(engine) = policies {
+        registrar.set_gatekeeper(Box::new(crate::policy::hooks::PolicyGatekeeper(engine)));
+    }
     let now_wall = SystemTime::now();
     let now = Instant::now();
     let mut keepalives = VecDeque::new();

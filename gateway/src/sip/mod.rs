@@ -34,6 +34,8 @@ pub struct SipOptions {
     pub certs_dir: PathBuf,
     /// Secret for digest nonces.
     pub secret: [u8; 32],
+    /// The policy engine (admission, routing, quirks); `None`: built-in rules only.
+    pub policies: Option<Arc<crate::policy::PolicyEngine>>,
 }
 
 /// A running SIP side.
@@ -187,10 +189,12 @@ pub async fn start(
         call_tx,
         directory.clone(),
         user_states.clone(),
+        opts.policies.clone(),
     );
     tokio::spawn(core::run(CoreParts {
         server_name,
         secret: opts.secret,
+        policies: opts.policies,
         udp,
         inbound: inbound_rx,
         commands: cmd_rx,

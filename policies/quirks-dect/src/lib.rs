@@ -1,9 +1,12 @@
 //! Example quirks policy for one DECT base ("ACME DECT-200", a made-up model standing for bases
 //! whose radio side carries G.711 only): offers sent to it keep only PCMU/PCMA, use 20 ms
-//! packets, lose `rtcp-fb` lines, and carry no `Session-Expires` (its firmware refreshes at the
-//! wrong time). Every other device gets the built-in defaults.
+//! packets, lose `rtcp-fb` lines, carry no `Session-Expires` (its firmware refreshes at the
+//! wrong time) and advertise no INFO in `Allow` (the base answers an in-dialog INFO with 501 and
+//! drops the call). Every other device gets the built-in defaults.
 
-use csps_policy_sdk::quirks::{Direction, Edits, Guest, HeaderEdit, Message, SdpEdit, builtin};
+use csps_policy_sdk::quirks::{
+    Direction, Edits, Guest, Header, HeaderEdit, Message, SdpEdit, builtin,
+};
 
 struct Policy;
 
@@ -29,7 +32,13 @@ impl Guest for Policy {
             sdp.push(SdpEdit::StripAttribute("rtcp-fb".into()));
         }
         Edits {
-            headers: vec![HeaderEdit::Remove("Session-Expires".into())],
+            headers: vec![
+                HeaderEdit::Remove("Session-Expires".into()),
+                HeaderEdit::Set(Header {
+                    name: "Allow".into(),
+                    value: "INVITE, ACK, CANCEL, BYE, OPTIONS".into(),
+                }),
+            ],
             sdp,
         }
     }

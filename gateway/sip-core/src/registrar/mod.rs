@@ -4,6 +4,10 @@
 //! persists before it sends the 200. It owns the in-memory bindings (by AoR, with an expiry index),
 //! the nonces and their fixed `nc` ring, and the brute-force limiter.
 //!
+//! Whether a request is bound without a challenge, challenged or refused is asked of a
+//! [`Gatekeeper`] (the driver's admission policy); without one, cSPS's trusted-IP rule
+//! ([`TrustedIps`]) decides in place.
+//!
 //! ```
 //! use std::time::{Duration, SystemTime, UNIX_EPOCH};
 //! use csps_sip::registrar::{Registrar, RegistrarConfig, RegisterOutcome};
@@ -140,6 +144,62 @@ pub trait Accounts {
     fn lookup(&self, username: &str, domain: &str) -> Option<Cow<'_, Account>>;
 }
 
+/// A request from a device for the admission decision: a REGISTER, or a dialog-creating request
+/// (INVITE, REFER, …) whose caller is authenticated the same way.
+#[derive(Clone, Copy, Debug)]
+pub struct AdmissionRequest<'a> {
+    /// Where it came from.
+    pub source: SocketAddr,
+    /// The transport it came over.
+    pub transport: Transport,
+    /// Its User-Agent header.
+    pub user_agent: Option<&'a str>,
+    /// The account's address of record (`sip:user@domain`; the To AoR of a REGISTER, the From
+    /// AoR of an INVITE).
+    pub aor: &'a str,
+    /// The configured trusted ranges ([`RegistrarConfig::trusted`]).
+    pub trusted: &'a [IpNet],
+}
+
+/// The admission decision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Admission {
+    /// No challenge; the account must still exist and be enabled.
+    Admit,
+    /// Digest authentication (the normal path).
+    Challenge,
+    /// Refuse with this status (400–699) and reason phrase.
+    Reject {
+        /// SIP status.
+        code: u16,
+        /// Reason phrase.
+        reason: String,
+    },
+}
+
+/// Decides admission. The driver supplies one (its admission policy); it runs in place, on the
+/// registrar's thread, so it must be quick and must not block.
+pub trait Gatekeeper: Send {
+    /// The decision for one request.
+    fn admit(&self, req: &AdmissionRequest<'_>) -> Admission;
+}
+
+/// cSPS's trusted-IP rule: a source in a trusted range is admitted, every other one challenged.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TrustedIps;
+
+impl Gatekeeper for TrustedIps {
+    fn admit(&self, req: &AdmissionRequest<'_>) -> Admission {
+        let ip = req.source.ip().to_canonical();
+        if req.trusted.iter().any(|n| n.contains(&ip)) {
+            Admission::Admit
+        } else {
+            Admission::Challenge
+        }
+    }
+}
+
 /// What to do with a REGISTER.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -202,13 +262,19 @@ pub struct Registrar {
     table: bindings::Table,
     limiter: Limiter,
     counters: RegistrarCounters,
+    gatekeeper: Option<Box<dyn Gatekeeper>>,
 }
 
 /// A refusal, turned into a response by [`Registrar::refuse`].
 enum Refusal {
     Status(u16, &'static str),
     Forbidden(&'static str),
-    Challenge { stale: bool, proxy: bool },
+    /// Refused by the admission policy.
+    Policy(u16, String),
+    Challenge {
+        stale: bool,
+        proxy: bool,
+    },
 }
 
 impl Registrar {
@@ -227,6 +293,28 @@ impl Registrar {
             table: bindings::Table::default(),
             limiter: Limiter::default(),
             counters: RegistrarCounters::default(),
+            gatekeeper: None,
+        }
+    }
+
+    /// Asks `gatekeeper` (instead of the built-in [`TrustedIps`] rule) which requests are admitted
+    /// without a challenge, challenged or refused.
+    pub fn set_gatekeeper(&mut self, gatekeeper: Box<dyn Gatekeeper>) {
+        self.gatekeeper = Some(gatekeeper);
+    }
+
+    /// The admission decision for a request from `from`.
+    fn admission(&self, req: &Request, from: Remote, aor: &str) -> Admission {
+        let ask = AdmissionRequest {
+            source: from.addr,
+            transport: from.transport,
+            user_agent: req.headers.get("User-Agent"),
+            aor,
+            trusted: &self.cfg.trusted,
+        };
+        match &self.gatekeeper {
+            Some(g) => g.admit(&ask),
+            None => TrustedIps.admit(&ask),
         }
     }
 
@@ -339,26 +427,10 @@ impl Registrar {
             let username = percent_decode(user).into_owned();
             let domain = lower(&caller.uri.host).into_owned();
             let aor = aor(&username, &domain);
-            let ip = from.addr.ip().to_canonical();
             let account = accounts.lookup(&username, &domain);
-            if self.cfg.trusted.iter().any(|n| n.contains(&ip)) {
-                match &account {
-                    None => return Err(plain(Refusal::Forbidden("unknown caller"))),
-                    Some(a) if !a.enabled => {
-                        return Err(plain(Refusal::Forbidden("account disabled")));
-                    }
-                    Some(_) => {}
-                }
-            } else {
-                if self
-                    .limiter
-                    .locked(account.as_ref().map(|_| aor.as_str()), ip, now)
-                {
-                    self.counters.locked_rejections += 1;
-                    return Err(plain(Refusal::Forbidden("locked out")));
-                }
-                self.authenticate(now, req, &username, &domain, &aor, ip, account.as_deref())?;
-            }
+            let unknown = Refusal::Forbidden("unknown caller");
+            let who = (username.as_str(), domain.as_str(), aor.as_str());
+            self.admit(now, req, from, who, account.as_deref(), unknown)?;
             Ok((username, domain))
         })();
         result.map_err(|(refusal, realm_and_algs)| {
@@ -398,29 +470,50 @@ impl Registrar {
         let username = percent_decode(user);
         let domain = lower(&to.uri.host);
         let aor = aor(&username, &domain);
-        let ip = from.addr.ip().to_canonical();
         let account = accounts.lookup(&username, &domain);
-
-        if self.cfg.trusted.iter().any(|n| n.contains(&ip)) {
-            match &account {
-                None => return Err(plain(Refusal::Status(404, "Not Found"))),
-                Some(a) if !a.enabled => {
-                    return Err(plain(Refusal::Forbidden("account disabled")));
-                }
-                Some(_) => {}
-            }
-        } else {
-            if self
-                .limiter
-                .locked(account.as_ref().map(|_| aor.as_str()), ip, now)
-            {
-                self.counters.locked_rejections += 1;
-                return Err(plain(Refusal::Forbidden("locked out")));
-            }
-            self.authenticate(now, req, &username, &domain, &aor, ip, account.as_deref())?;
-        }
+        let unknown = Refusal::Status(404, "Not Found");
+        self.admit(
+            now,
+            req,
+            from,
+            (&username, &domain, &aor),
+            account.as_deref(),
+            unknown,
+        )?;
         self.bind(now, req, from, local, &aor, call_id, cseq, rng)
             .map_err(plain)
+    }
+
+    /// Admission of a request from `from` for `who` = (username, domain, AoR): what the
+    /// gatekeeper says, then for an admitted request an existing, enabled account (`unknown`
+    /// when there is none), for a challenged one the lockout check and digest authentication.
+    #[allow(clippy::type_complexity)]
+    fn admit(
+        &mut self,
+        now: SystemTime,
+        req: &Request,
+        from: Remote,
+        (username, domain, aor): (&str, &str, &str),
+        account: Option<&Account>,
+        unknown: Refusal,
+    ) -> Result<(), (Refusal, Option<(String, Vec<Algorithm>)>)> {
+        let plain = |r: Refusal| (r, None);
+        match self.admission(req, from, aor) {
+            Admission::Admit => match account {
+                None => Err(plain(unknown)),
+                Some(a) if !a.enabled => Err(plain(Refusal::Forbidden("account disabled"))),
+                Some(_) => Ok(()),
+            },
+            Admission::Reject { code, reason } => Err(plain(Refusal::Policy(code, reason))),
+            Admission::Challenge => {
+                let ip = from.addr.ip().to_canonical();
+                if self.limiter.locked(account.map(|_| aor), ip, now) {
+                    self.counters.locked_rejections += 1;
+                    return Err(plain(Refusal::Forbidden("locked out")));
+                }
+                self.authenticate(now, req, username, domain, aor, ip, account)
+            }
+        }
     }
 
     /// Digest authentication of `req` for `account` (None: unknown user). Errors carry the realm
@@ -754,6 +847,28 @@ impl Registrar {
                 if status == 405 {
                     r.headers.push("Allow", "REGISTER");
                 }
+                r
+            }
+            Refusal::Policy(status, reason) => {
+                // The policy's phrase is checked by the driver; keep the status in range anyway.
+                let status = if (400..=699).contains(&status) {
+                    status
+                } else {
+                    403
+                };
+                let reason = if reason.is_empty() || reason.chars().any(char::is_control) {
+                    crate::message::reason_phrase(status)
+                } else {
+                    &reason
+                };
+                let mut r = response(req, status, reason, rng);
+                r.headers.push(
+                    "Warning",
+                    format!(
+                        "399 {} \"refused by the admission policy\"",
+                        self.cfg.server_name
+                    ),
+                );
                 r
             }
             Refusal::Forbidden(why) => {
