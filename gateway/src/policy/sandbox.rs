@@ -56,6 +56,8 @@ use routing_world::exports::csps::policy::router as rt;
 
 /// Epoch ticks per second: the deadline's resolution is one millisecond.
 const TICK: Duration = Duration::from_millis(1);
+/// Bytes of a pooled memory or table slot reset in place (kept resident) when an instance ends.
+const KEEP_RESIDENT: usize = 1 << 20;
 /// Compiled components kept beyond the ones in use.
 const CACHE_SPARE: usize = 8;
 
@@ -118,7 +120,12 @@ impl Sandbox {
             .total_memories(n.saturating_mul(2))
             .total_tables(n.saturating_mul(8))
             .max_memories_per_component(2)
-            .max_memory_size(limits.memory);
+            .max_memory_size(limits.memory)
+            // A slot handed back is reset by zeroing its first pages instead of unmapping them
+            // (madvise), so the next decision does not pay a page fault per page it touches:
+            // a Rust guest touches its stack and heap pages on every call.
+            .linear_memory_keep_resident(KEEP_RESIDENT)
+            .table_keep_resident(KEEP_RESIDENT);
         let mut cfg = Config::new();
         cfg.consume_fuel(true)
             .epoch_interruption(true)

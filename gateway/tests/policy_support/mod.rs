@@ -42,6 +42,8 @@ fn build() -> Result<PathBuf, String> {
             "--manifest-path",
         ])
         .arg(root.join("policies").join("Cargo.toml"))
+        // From inside policies/, so its .cargo/config.toml (the guests' stack size) applies.
+        .current_dir(root.join("policies"))
         .env("CARGO_TARGET_DIR", &target_dir)
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
