@@ -8,6 +8,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 /// Label for messages dropped, by reason.
@@ -53,6 +54,57 @@ pub struct PolicyFailureLabel {
     pub reason: String,
 }
 
+/// Label of a failed call: the final status the caller got.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CallStatusLabel {
+    /// `404`, `486`, `487`, …
+    pub status: String,
+}
+
+/// The calls' metrics, cloned into the call directory (each metric shares its value with the
+/// registered one).
+#[derive(Clone, Debug)]
+pub struct CallMetrics {
+    /// Calls running on this server (ringing or answered).
+    pub active: Gauge<i64, AtomicI64>,
+    /// INVITEs that started a call or were refused after authentication (404, 480, 503, …).
+    pub attempts: Counter<u64, AtomicU64>,
+    /// Calls answered.
+    pub setups: Counter<u64, AtomicU64>,
+    /// Calls that ended unanswered, by the final status the caller got.
+    pub failures: Family<CallStatusLabel, Counter<u64, AtomicU64>>,
+    /// Seconds from the INVITE to the first ringing, early media or answer the caller got.
+    pub post_dial_delay: Histogram,
+    /// Seconds from the answer to the end of answered calls.
+    pub talk_time: Histogram,
+}
+
+impl Default for CallMetrics {
+    fn default() -> Self {
+        CallMetrics {
+            active: Gauge::default(),
+            attempts: Counter::default(),
+            setups: Counter::default(),
+            failures: Family::default(),
+            post_dial_delay: Histogram::new([
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+            talk_time: Histogram::new([1.0, 5.0, 15.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0]),
+        }
+    }
+}
+
+impl CallMetrics {
+    /// Counts a call that ended unanswered with `status` to the caller.
+    pub fn failed(&self, status: u16) {
+        self.failures
+            .get_or_create(&CallStatusLabel {
+                status: status.to_string(),
+            })
+            .inc();
+    }
+}
+
 /// Every metric csps exports.
 pub struct Metrics {
     registry: Registry,
@@ -80,6 +132,8 @@ pub struct Metrics {
     pub policy_decisions: Family<PolicyLabel, Counter<u64, AtomicU64>>,
     /// Policy module failures answered by the built-in rule, by kind, module and reason.
     pub policy_failures: Family<PolicyFailureLabel, Counter<u64, AtomicU64>>,
+    /// Calls: running, attempts, setups, failures, timings.
+    pub calls: CallMetrics,
     /// `requests` children of the methods in [`HOT_METHODS`], resolved once: the family's lookup
     /// allocates a label and takes a lock, per message otherwise.
     hot_requests: [OnceLock<Counter<u64, AtomicU64>>; HOT_METHODS.len()],
@@ -107,6 +161,7 @@ impl Metrics {
             store_failures: Counter::default(),
             policy_decisions: Family::default(),
             policy_failures: Family::default(),
+            calls: CallMetrics::default(),
             registry: Registry::default(),
             hot_requests: Default::default(),
             hot_responses: Default::default(),
@@ -162,6 +217,33 @@ impl Metrics {
             "policy_failures",
             "Policy module failures answered by the built-in rule",
             m.policy_failures.clone(),
+        );
+        let c = &m.calls;
+        registry.register(
+            "calls_active",
+            "Calls running on this server",
+            c.active.clone(),
+        );
+        registry.register(
+            "call_attempts",
+            "INVITEs that started a call or were refused after authentication",
+            c.attempts.clone(),
+        );
+        registry.register("call_setups", "Calls answered", c.setups.clone());
+        registry.register(
+            "call_failures",
+            "Calls ended unanswered, by the final status the caller got",
+            c.failures.clone(),
+        );
+        registry.register(
+            "call_post_dial_delay_seconds",
+            "From the INVITE to the first ringing, early media or answer",
+            c.post_dial_delay.clone(),
+        );
+        registry.register(
+            "call_talk_seconds",
+            "From the answer to the end of answered calls",
+            c.talk_time.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -89,13 +89,196 @@ fn sipp_call_is_challenged_then_connected_without_the_forged_identity() {
 
 #[test]
 fn sipp_busy_callee_gives_486_to_the_caller() {
-    let Some(gw) = gateway(&[("alice", "alice-secret-1"), ("bob", "bob-secret-1")]) else {
+    let Some((gw, record)) = alice_calls_bob("uas_busy.xml", "uac_busy.xml") else {
         return;
     };
-    let bob = callee(&gw, "uas_busy.xml", "bob", "bob-secret-1");
-    let alice = caller(&gw, "uac_busy.xml");
+    // The call's record and the failure metric say busy.
+    assert_eq!(record["status"], 486, "{record}");
+    assert_eq!(record["end_reason"], "callee_refused", "{record}");
+    assert!(record["answered_at"].is_null(), "{record}");
+    let m = gw.metrics_text();
+    let failures =
+        |s: &str| csps_tests::metric_sum(&m, "csps_call_failures_total", &[("status", s)]);
+    assert_eq!(failures("486"), Some(1.0), "{m}");
+    assert_eq!(
+        csps_tests::metric_sum(&m, "csps_call_setups_total", &[]),
+        Some(0.0)
+    );
+}
+
+/// Alice calls bob with the SIPp scenarios `uas` (bob) and `uac` (alice); both must pass. The
+/// gateway and the call's record once it ended.
+fn alice_calls_bob(uas: &str, uac: &str) -> Option<(Gateway, serde_json::Value)> {
+    let gw = gateway(&[("alice", "alice-secret-1"), ("bob", "bob-secret-1")])?;
+    let bob = callee(&gw, uas, "bob", "bob-secret-1");
+    let alice = caller(&gw, uac);
     let bob = bob.join().expect("callee thread");
     assert_both_ok(&gw, &alice, &bob);
+    let record = ended_call(&gw);
+    Some((gw, record))
+}
+
+/// The one ended call's record, once `GET /api/calls/history` lists it.
+fn ended_call(gw: &Gateway) -> serde_json::Value {
+    let mut last = serde_json::Value::Null;
+    let listed = wait_until(Duration::from_secs(10), || {
+        last = gw.api("GET", "/api/calls/history", None).json();
+        last.as_array().is_some_and(|a| a.len() == 1)
+    });
+    assert!(listed, "no ended call in the history: {last}");
+    last[0].clone()
+}
+
+/// One step of a ladder: direction, method, status (for a response).
+type Step = (String, String, Option<u64>);
+
+/// The steps of leg `leg` in `messages`, with immediate repeats (UDP retransmissions, which the
+/// ladder shows, but whose number depends on timing) folded into one.
+fn leg_steps(messages: &[serde_json::Value], leg: &str) -> Vec<Step> {
+    let mut steps: Vec<Step> = Vec::new();
+    for m in messages.iter().filter(|m| m["leg"] == leg) {
+        let step = (
+            m["direction"].as_str().unwrap_or("").to_owned(),
+            m["method"].as_str().unwrap_or("").to_owned(),
+            m["status"].as_u64(),
+        );
+        if steps.last() != Some(&step) {
+            steps.push(step);
+        }
+    }
+    steps
+}
+
+/// The ladder of a call (DESIGN: `GET /api/calls/{id}/messages`): after a SIPp call through the
+/// gateway, both legs show INVITE, 100, 180, 200, ACK, BYE, 200 in order with the right
+/// directions and peers, the B leg's steps fall between the A leg's ones as a B2BUA relays them,
+/// each message's text is the whole message, and the record and the metrics count one answered
+/// call that the caller hung up.
+#[test]
+fn sipp_call_messages_form_the_ladder_of_both_legs() {
+    let Some((gw, record)) = alice_calls_bob("uas_answer.xml", "uac_call.xml") else {
+        return;
+    };
+    assert_eq!(record["status"], 200, "{record}");
+    assert_eq!(record["end_reason"], "caller_hung_up", "{record}");
+    assert_eq!(record["caller"], format!("sip:alice@{DOMAIN}"), "{record}");
+    assert_eq!(record["callee"], format!("sip:bob@{DOMAIN}"), "{record}");
+    assert!(record["answered_at"].is_string() && record["ended_at"].is_string());
+    let id = record["id"].as_u64().expect("id");
+    let r = gw.api("GET", &format!("/api/calls/{id}/messages"), None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let messages = r.json().as_array().cloned().expect("a list");
+    // Leg a as the caller saw it; leg b is the same ladder the other way round.
+    let ladder = [
+        ("in", "INVITE", None),
+        ("out", "INVITE", Some(100)),
+        ("out", "INVITE", Some(180)),
+        ("out", "INVITE", Some(200)),
+        ("in", "ACK", None),
+        ("in", "BYE", None),
+        ("out", "BYE", Some(200)),
+    ];
+    let expect = |flip: bool| -> Vec<Step> {
+        ladder
+            .iter()
+            .map(|&(d, m, s)| {
+                let d = match (d, flip) {
+                    ("in", true) => "out",
+                    ("out", true) => "in",
+                    (d, _) => d,
+                };
+                (d.to_owned(), m.to_owned(), s)
+            })
+            .collect()
+    };
+    assert_eq!(
+        leg_steps(&messages, "a"),
+        expect(false),
+        "leg a: {messages:#?}"
+    );
+    assert_eq!(
+        leg_steps(&messages, "b"),
+        expect(true),
+        "leg b: {messages:#?}"
+    );
+    // Relayed in causal order: A's INVITE before B's, B's 180/200 before A's, A's BYE before B's.
+    let pos = |leg: &str, d: &str, m: &str, s: Option<u64>| {
+        messages
+            .iter()
+            .position(|x| {
+                x["leg"] == leg
+                    && x["direction"] == d
+                    && x["method"] == m
+                    && x["status"].as_u64() == s
+            })
+            .expect("step present")
+    };
+    assert!(pos("a", "in", "INVITE", None) < pos("b", "out", "INVITE", None));
+    assert!(pos("b", "in", "INVITE", Some(180)) < pos("a", "out", "INVITE", Some(180)));
+    assert!(pos("b", "in", "INVITE", Some(200)) < pos("a", "out", "INVITE", Some(200)));
+    assert!(pos("a", "in", "BYE", None) < pos("b", "out", "BYE", None));
+    // Peers: alice's SIPp on leg a, bob's registered SIPp on leg b; never the gateway itself.
+    let gw_addr = gw.sip_addr().to_string();
+    for m in &messages {
+        assert!(
+            m["peer"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("127.0.0.1:") && p != gw_addr)
+        );
+    }
+    let peers = |leg: &str| {
+        let mut p: Vec<_> = messages
+            .iter()
+            .filter(|m| m["leg"] == leg)
+            .map(|m| m["peer"].clone())
+            .collect();
+        p.dedup();
+        p
+    };
+    assert_eq!(peers("a").len(), 1, "one peer on leg a");
+    assert_eq!(peers("b").len(), 1, "one peer on leg b");
+    assert_ne!(peers("a"), peers("b"));
+    // Whole messages: the 200 to alice carries the relay's SDP, the forged identity is only in
+    // what alice sent; every message has its time.
+    let ok_a = &messages[pos("a", "out", "INVITE", Some(200))];
+    assert_eq!(ok_a["first_line"], "SIP/2.0 200 OK");
+    assert!(
+        ok_a["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("\r\nm=audio ")),
+        "{ok_a}"
+    );
+    let invite_b = messages[pos("b", "out", "INVITE", None)]["text"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
+    assert!(
+        !invite_b.contains("forged") && invite_b.contains("P-Asserted-Identity"),
+        "{invite_b}"
+    );
+    assert!(
+        messages
+            .iter()
+            .all(|m| m["at"].as_str().is_some_and(|t| t.ends_with('Z')))
+    );
+    // Unknown calls are 404 problems.
+    assert_eq!(
+        gw.api("GET", "/api/calls/999999/messages", None).status,
+        404
+    );
+    assert_eq!(gw.api("GET", "/api/calls/x/messages", None).status, 404);
+    // Metrics: one attempt, answered, over; its talk time observed.
+    let m = gw.metrics_text();
+    let v = |n: &str| csps_tests::metric_sum(&m, n, &[]);
+    assert_eq!(v("csps_call_attempts_total"), Some(1.0), "{m}");
+    assert_eq!(v("csps_call_setups_total"), Some(1.0), "{m}");
+    assert_eq!(v("csps_calls_active"), Some(0.0), "{m}");
+    assert_eq!(v("csps_call_talk_seconds_count"), Some(1.0), "{m}");
+    assert_eq!(
+        v("csps_call_post_dial_delay_seconds_count"),
+        Some(1.0),
+        "{m}"
+    );
 }
 
 #[test]

@@ -1,6 +1,8 @@
-//! `GET /api/calls` (the running calls of this server: legs, codecs, duration, packet counters)
-//! and `DELETE /api/calls/{id}` (hang up). Each call task answers for itself; nothing here holds
-//! call state.
+//! `GET /api/calls` (the running calls of this server: legs, codecs, duration, packet counters),
+//! `DELETE /api/calls/{id}` (hang up), `GET /api/calls/{id}/messages` (the SIP messages of a
+//! running or recent call, for the ladder diagram) and `GET /api/calls/history` (the records of
+//! the recent ended calls). Each call task answers for itself, the call directory keeps the
+//! recent ended ones; nothing here holds call state.
 
 use axum::Json;
 use axum::extract::State;
@@ -9,7 +11,7 @@ use axum::http::StatusCode;
 use super::ApiState;
 use super::openapi::NotFound;
 use super::problem::{PathParam, Problem};
-use crate::calls::CallInfo;
+use crate::calls::{CallInfo, CallRecord, SipMessage};
 
 /// `GET /api/calls`.
 #[utoipa::path(get, path = "/api/calls", tag = "calls",
@@ -38,4 +40,35 @@ pub async fn hang_up(
     } else {
         Err(Problem::not_found(format!("no call `{id}`")))
     }
+}
+
+/// `GET /api/calls/{id}/messages`.
+#[utoipa::path(get, path = "/api/calls/{id}/messages", tag = "calls",
+    params(("id" = String, Path, description = "The call's number (`id` of `GET /api/calls` or \
+        of `GET /api/calls/history`)", example = "1")),
+    responses(
+        (status = 200, description = "The SIP messages of the call's legs in the order the \
+            gateway received or sent them (at most 200 per call; the oldest ended calls are \
+            forgotten first)", body = [SipMessage]),
+        (status = 404, response = NotFound),
+    ))]
+pub async fn messages(
+    State(state): State<ApiState>,
+    PathParam(id): PathParam<String>,
+) -> Result<Json<Vec<SipMessage>>, Problem> {
+    let found = match id.parse::<u64>() {
+        Ok(no) => state.calls.messages(no).await,
+        Err(_) => None,
+    };
+    found
+        .map(Json)
+        .ok_or_else(|| Problem::not_found(format!("no call `{id}` running or kept")))
+}
+
+/// `GET /api/calls/history`.
+#[utoipa::path(get, path = "/api/calls/history", tag = "calls",
+    responses((status = 200, description = "The records of the recent ended calls of this \
+        server, newest first (the last 1000 at most)", body = [CallRecord])))]
+pub async fn history(State(state): State<ApiState>) -> Json<Vec<CallRecord>> {
+    Json(state.calls.history())
 }

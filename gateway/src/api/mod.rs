@@ -94,6 +94,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/registrations", get(registrations::list))
         .route("/api/calls", get(calls::list))
         .route("/api/calls/{id}", axum::routing::delete(calls::hang_up))
+        .route("/api/calls/history", get(calls::history))
+        .route("/api/calls/{id}/messages", get(calls::messages))
         .route("/api/config/servers", get(config::servers))
         .route("/api/config/paths", get(config::paths))
         .route(

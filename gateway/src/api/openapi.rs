@@ -74,6 +74,8 @@ pub const BEARER: &str = "bearer";
         super::config::audit_list,
         super::calls::list,
         super::calls::hang_up,
+        super::calls::messages,
+        super::calls::history,
         super::debug::claims,
         super::policies::list,
         super::policies::get,
@@ -102,7 +104,7 @@ pub const BEARER: &str = "bearer";
         (name = "system", description = "Version, health, metrics, this document"),
         (name = "users", description = "SIP accounts; passwords become digest HA1s and are never returned"),
         (name = "registrations", description = "Live bindings of every server"),
-        (name = "calls", description = "Running calls of this server"),
+        (name = "calls", description = "Running and recent calls of this server, their SIP messages"),
         (name = "config", description = "Configuration entries and leaves (cSPS keys), trusted IPs, audit log"),
         (name = "policies", description = "WASM policy modules (routing, admission, device quirks): upload, inspect, switch off, back to the built-in rule"),
     )

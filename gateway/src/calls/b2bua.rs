@@ -144,6 +144,48 @@ pub enum Output {
     Ended,
 }
 
+/// Why a call ended, for its record (the first cause wins).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum EndReason {
+    /// The caller sent BYE.
+    CallerHungUp,
+    /// The answering device sent BYE.
+    CalleeHungUp,
+    /// The caller cancelled before an answer.
+    Cancelled,
+    /// Every device of the callee refused or could not be reached (the status says how).
+    CalleeRefused,
+    /// Nobody answered in time.
+    NoAnswer,
+    /// The gateway refused the call (bad or unusable SDP, too short a session interval).
+    Rejected,
+    /// An administrator hung up (`DELETE /api/calls/{id}`).
+    AdminHangUp,
+    /// Nobody refreshed the session in time (RFC 4028).
+    SessionExpired,
+    /// The caller never acknowledged the 200 (RFC 3261 §13.3.1.4).
+    NoAck,
+}
+
+impl EndReason {
+    /// The snake_case name (as in the API and the metrics).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::CallerHungUp => "caller_hung_up",
+            EndReason::CalleeHungUp => "callee_hung_up",
+            EndReason::Cancelled => "cancelled",
+            EndReason::CalleeRefused => "callee_refused",
+            EndReason::NoAnswer => "no_answer",
+            EndReason::Rejected => "rejected",
+            EndReason::AdminHangUp => "admin_hang_up",
+            EndReason::SessionExpired => "session_expired",
+            EndReason::NoAck => "no_ack",
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum ForkState {
     /// INVITE sent, nothing heard.
@@ -241,6 +283,8 @@ pub struct Call {
     session: Option<(Duration, Instant)>,
     /// RFC 3326 Reason on the BYEs the gateway sends, when it has one.
     bye_reason: Option<&'static str>,
+    /// Why the call ends, once something ended it.
+    end_reason: Option<EndReason>,
     phase: Phase,
     ring_deadline: Option<Instant>,
     linger_deadline: Option<Instant>,
@@ -370,6 +414,7 @@ impl Call {
             infos: Vec::new(),
             session: None,
             bye_reason: None,
+            end_reason: None,
             phase: Phase::Ringing,
             ring_deadline: None,
             linger_deadline: None,
@@ -407,6 +452,7 @@ impl Call {
                 key: self.setup.key,
                 resp: r,
             });
+            self.ending(EndReason::Rejected);
             self.end_or_linger();
             return;
         }
@@ -425,6 +471,13 @@ impl Call {
                 return;
             }
         };
+        // 100 at once (RFC 3261 §16.2 as a proxy would): the answer depends on other phones,
+        // and the caller should stop retransmitting now rather than after the 200 ms timer.
+        let trying = self.a_response(100, "Trying");
+        self.out.push_back(Output::Respond {
+            key: self.setup.key,
+            resp: trying,
+        });
         self.out.push_back(Output::Media(MediaChange::A(
             a_sdp_addr,
             self.setup.from.addr.ip(),
@@ -510,7 +563,18 @@ impl Call {
         r
     }
 
+    /// Notes why the call ends, unless an earlier cause already did.
+    fn ending(&mut self, why: EndReason) {
+        self.end_reason.get_or_insert(why);
+    }
+
+    /// Why the call ended (or is ending); `None` while it goes on.
+    pub fn end_reason(&self) -> Option<EndReason> {
+        self.end_reason
+    }
+
     fn reject(&mut self, status: u16, warning: Option<&str>) {
+        self.ending(EndReason::Rejected);
         let mut r = self.a_response(status, csps_sip::message::reason_phrase(status));
         if let Some(w) = warning {
             r.headers.push(
@@ -558,6 +622,7 @@ impl Call {
             }
             Input::Cancel(req) => {
                 if self.phase == Phase::Ringing {
+                    self.ending(EndReason::Cancelled);
                     let r = self.a_response(487, "Request Terminated");
                     self.out.push_back(Output::Respond {
                         key: self.setup.key,
@@ -572,7 +637,15 @@ impl Call {
                     self.end_or_linger_at(now);
                 }
             }
-            Input::Hangup => self.hang_up(now, Some(503)),
+            Input::Hangup => {
+                if matches!(
+                    self.phase,
+                    Phase::Ringing | Phase::Answered | Phase::Confirmed
+                ) {
+                    self.ending(EndReason::AdminHangUp);
+                }
+                self.hang_up(now, Some(503));
+            }
         }
     }
 
@@ -807,6 +880,7 @@ impl Call {
             .flatten()
         else {
             // No usable answer: the call cannot carry audio.
+            self.ending(EndReason::Rejected);
             self.winner = Some(i);
             self.bye_b();
             let mut r = self.a_response(488, "Not Acceptable Here");
@@ -908,6 +982,7 @@ impl Call {
                 key: self.setup.key,
                 resp: r,
             });
+            self.ending(EndReason::CalleeRefused);
             self.end_or_linger_at(now);
             return;
         }
@@ -954,6 +1029,11 @@ impl Call {
                         let _ = i;
                     }
                     if from_a || fork == self.winner {
+                        self.ending(if from_a {
+                            EndReason::CallerHungUp
+                        } else {
+                            EndReason::CalleeHungUp
+                        });
                         self.a_ok = None;
                         self.a_ok_next = None;
                         self.end_or_linger_at(now);
@@ -1409,6 +1489,7 @@ impl Call {
         {
             self.ring_deadline = None;
             if self.phase == Phase::Ringing {
+                self.ending(EndReason::NoAnswer);
                 self.hang_up(now, Some(480));
             }
         }
@@ -1420,6 +1501,7 @@ impl Call {
                 self.a_ok_next = None;
                 self.a_ok = None;
                 self.phase = Phase::Confirmed;
+                self.ending(EndReason::NoAck);
                 self.hang_up(now, None);
             } else if let Some(ok) = self.a_ok.clone() {
                 self.out.push_back(Output::Respond {
@@ -1444,6 +1526,7 @@ impl Call {
             tracing::info!("session timer expired: hanging up");
             self.session = None;
             self.bye_reason = Some(SESSION_EXPIRED);
+            self.ending(EndReason::SessionExpired);
             self.hang_up(now, None);
         }
         let due = self

@@ -11,6 +11,7 @@
 
 pub mod b2bua;
 pub mod leg;
+pub mod record;
 mod task;
 
 use std::collections::HashMap;
@@ -22,6 +23,7 @@ use csps_sip::registrar::{Accounts, Registrar};
 use csps_sip::transaction::{Transactions, TxnKey};
 use csps_sip::{Remote, Request, Response, SipHeaders};
 use rand::RngCore;
+use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::config::Settings;
@@ -31,6 +33,9 @@ use crate::policy::{Pinned, PolicyEngine, PolicyKind, Route as PolicyRoute, Rout
 use crate::sip::accounts::AccountCache;
 
 pub use leg::{CallInfo, LegInfo, UserState};
+pub use record::{CallRecord, SipMessage};
+
+use crate::metrics::CallMetrics;
 
 /// Methods accepted inside a call's dialogs.
 pub const ALLOW_IN_DIALOG: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE";
@@ -47,6 +52,17 @@ pub enum CallEvent {
     Sip(b2bua::Input),
     /// Report the call's state for the API.
     Snapshot(tokio::sync::oneshot::Sender<CallInfo>),
+    /// Report the SIP messages kept so far.
+    Messages(tokio::sync::oneshot::Sender<Vec<SipMessage>>),
+}
+
+/// A call started, was answered or ended: for the console's event stream.
+#[derive(Clone, Debug, Serialize)]
+pub struct CallNotice {
+    /// `started`, `answered` or `ended`.
+    pub event: &'static str,
+    /// The call's record as of that moment.
+    pub call: CallRecord,
 }
 
 /// What a call task asks of the core.
@@ -70,16 +86,105 @@ pub enum CallAction {
     Ended,
 }
 
-/// Handles to the running calls for the REST API: call number to the task's event channel. Only
-/// the switch writes it (when a call starts and ends), so it is never touched on the packet path.
-#[derive(Clone, Default)]
-pub struct Directory(Arc<Mutex<HashMap<CallNo, mpsc::Sender<CallEvent>>>>);
+/// Handles to the calls for the REST API: call number to the running task's event channel (only
+/// the switch writes it, when a call starts and ends, so it is never touched on the packet
+/// path), the recent ended calls, the calls' metrics and their notices.
+#[derive(Clone)]
+pub struct Directory {
+    running: Arc<Mutex<HashMap<CallNo, mpsc::Sender<CallEvent>>>>,
+    history: Arc<record::History>,
+    metrics: CallMetrics,
+    notices: broadcast::Sender<CallNotice>,
+}
+
+impl Default for Directory {
+    fn default() -> Self {
+        Directory::new(CallMetrics::default())
+    }
+}
 
 impl Directory {
+    /// An empty directory counting into `metrics`.
+    pub fn new(metrics: CallMetrics) -> Directory {
+        Directory {
+            running: Arc::default(),
+            history: Arc::default(),
+            metrics,
+            notices: broadcast::channel(256).0,
+        }
+    }
+
+    /// Calls starting, answered and ending (for `GET /api/events`).
+    pub fn subscribe(&self) -> broadcast::Receiver<CallNotice> {
+        self.notices.subscribe()
+    }
+
+    /// The records of the recent ended calls, newest first.
+    pub fn history(&self) -> Vec<CallRecord> {
+        self.history.records()
+    }
+
+    /// The SIP messages of call `id`, running (asked of its task) or recently ended; `None`
+    /// when the call is unknown or no longer kept.
+    pub async fn messages(&self, id: CallNo) -> Option<Vec<SipMessage>> {
+        let tx = self.running.lock().ok().and_then(|m| m.get(&id).cloned());
+        if let Some(tx) = tx {
+            let (otx, orx) = tokio::sync::oneshot::channel();
+            if tx.send(CallEvent::Messages(otx)).await.is_ok()
+                && let Ok(Ok(m)) =
+                    tokio::time::timeout(std::time::Duration::from_secs(1), orx).await
+            {
+                return Some(m);
+            }
+            // The task ended meanwhile: its messages are in the history now.
+        }
+        self.history.messages(id)
+    }
+
+    fn notify(&self, event: &'static str, call: &CallRecord) {
+        // Nobody listening is fine.
+        let _ = self.notices.send(CallNotice {
+            event,
+            call: call.clone(),
+        });
+    }
+
+    /// A call task's record at its start.
+    pub(crate) fn started(&self, call: &CallRecord) {
+        self.notify("started", call);
+    }
+
+    /// The call was answered.
+    pub(crate) fn answered(&self, call: &CallRecord) {
+        self.metrics.setups.inc();
+        self.notify("answered", call);
+    }
+
+    /// The caller got its first ringing, early media or answer `secs` after its INVITE.
+    pub(crate) fn post_dial_delay(&self, secs: f64) {
+        self.metrics.post_dial_delay.observe(secs);
+    }
+
+    /// A call ended: its record and messages go to the history, its numbers to the metrics.
+    pub(crate) fn ended(&self, call: CallRecord, log: record::MessageLog) {
+        match (call.answered_at, call.status) {
+            (Some(_), _) => self.metrics.talk_time.observe(call.talk_secs as f64),
+            (None, Some(s)) => self.metrics.failed(s),
+            (None, None) => {}
+        }
+        self.notify("ended", &call);
+        self.history.push(call, log);
+    }
+
+    /// An INVITE refused before a call task existed (no route, no device, no port).
+    pub(crate) fn refused(&self, status: u16) {
+        self.metrics.attempts.inc();
+        self.metrics.failed(status);
+    }
     /// Every running call's state, asked of each call task (a task that does not answer within
     /// a second is left out).
     pub async fn list(&self) -> Vec<CallInfo> {
-        let senders: Vec<_> = match self.0.lock() {
+        let senders: Vec<_> = match self.running.lock() {
             Ok(m) => m.values().cloned().collect(),
             Err(_) => return Vec::new(),
         };
@@ -100,7 +205,7 @@ impl Directory {
 
     /// Hangs up call `id`; false when there is no such call.
     pub async fn hang_up(&self, id: CallNo) -> bool {
-        let tx = match self.0.lock() {
+        let tx = match self.running.lock() {
             Ok(m) => m.get(&id).cloned(),
             Err(_) => None,
         };
@@ -111,14 +216,17 @@ impl Directory {
     }
 
     fn insert(&self, id: CallNo, tx: mpsc::Sender<CallEvent>) {
-        if let Ok(mut m) = self.0.lock() {
+        if let Ok(mut m) = self.running.lock() {
             m.insert(id, tx);
+            self.metrics.attempts.inc();
+            self.metrics.active.set(m.len() as i64);
         }
     }
 
     fn remove(&self, id: CallNo) {
-        if let Ok(mut m) = self.0.lock() {
+        if let Ok(mut m) = self.running.lock() {
             m.remove(&id);
+            self.metrics.active.set(m.len() as i64);
         }
     }
 }
@@ -416,6 +524,10 @@ impl Switch {
                         csps_sip::validate::warning_value(&self.server_name, w),
                     );
                 }
+                if status != 482 {
+                    // A loop is not a call attempt; everything else refused here is.
+                    self.directory.refused(status);
+                }
                 if let Err(e) = txns.respond(now, &key, r) {
                     tracing::debug!(%key, "cannot answer INVITE: {e}");
                 }
@@ -601,6 +713,7 @@ impl Switch {
                 .policies
                 .clone()
                 .map(|engine| (CallQuirks::pin(engine), devices)),
+            directory: self.directory.clone(),
         }));
     }
 }

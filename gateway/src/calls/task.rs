@@ -7,6 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use chrono::Utc;
+use csps_sip::SipHeaders;
 use csps_sip::sdp::Sdp;
 use csps_sip::transaction::TxnKey;
 use rand::SeedableRng;
@@ -14,7 +15,8 @@ use tokio::sync::{broadcast, mpsc};
 
 use super::b2bua::{Call, Input, MediaChange, Output, Setup};
 use super::leg::{CallInfo, LegInfo, LegKind, UserState};
-use super::{CallAction, CallEvent, CallNo};
+use super::record::{CallRecord, Direction as LogDirection, MessageLog};
+use super::{CallAction, CallEvent, CallNo, Directory};
 use crate::media::PortPool;
 use crate::media::relay::Relay;
 use crate::policy::hooks::{CallQuirks, Device};
@@ -36,81 +38,155 @@ pub struct CallTask {
     /// The call's pinned quirks and its devices by signalling address (the caller's first);
     /// `None` without a policy engine.
     pub quirks: Option<(CallQuirks, Vec<(SocketAddr, Device)>)>,
+    /// Where the call's record and messages go when it ends.
+    pub directory: Directory,
 }
 
-/// Applies the call's pinned device quirks to what goes to and comes from each device: requests
-/// by their destination or source, responses by the request they answer.
-struct Quirks {
-    quirks: CallQuirks,
-    devices: Vec<(SocketAddr, Device)>,
+/// Where each message of the call comes from or goes to: requests by their source or
+/// destination, responses by the request they answer, ACK and CANCEL (which come without an
+/// address) by the last peer heard on their Call-ID. The quirks and the message log use it.
+struct Peers {
     /// The caller's INVITE transaction (answered towards the caller).
     a_key: TxnKey,
+    a_peer: SocketAddr,
     /// Where each request the call sent went (its responses come from there).
     sent_to: HashMap<u32, SocketAddr>,
     /// Where each request the call is answering came from.
     answering: HashMap<TxnKey, SocketAddr>,
+    /// The last peer heard from or sent to on each Call-ID (one entry per leg).
+    by_call_id: HashMap<String, SocketAddr>,
+}
+
+impl Peers {
+    fn new(setup: &Setup) -> Peers {
+        let mut by_call_id = HashMap::new();
+        if let Some(c) = setup.invite.call_id() {
+            by_call_id.insert(c.to_owned(), setup.from.addr);
+        }
+        Peers {
+            a_key: setup.key,
+            a_peer: setup.from.addr,
+            sent_to: HashMap::new(),
+            answering: HashMap::new(),
+            by_call_id,
+        }
+    }
+
+    fn on_call_id(&self, call_id: Option<&str>) -> Option<SocketAddr> {
+        call_id.and_then(|c| self.by_call_id.get(c)).copied()
+    }
+
+    /// The peer an input came from.
+    fn incoming(&mut self, input: &Input) -> Option<SocketAddr> {
+        match input {
+            Input::Request { key, from, req } => {
+                self.answering.insert(*key, from.addr);
+                if let Some(c) = req.call_id() {
+                    self.by_call_id.insert(c.to_owned(), from.addr);
+                }
+                Some(from.addr)
+            }
+            Input::Response { tag, resp } => {
+                let peer = self.sent_to.get(tag).copied();
+                if resp.status >= 200 {
+                    self.sent_to.remove(tag);
+                }
+                peer.or_else(|| self.on_call_id(resp.headers.get("Call-ID")))
+            }
+            Input::Timeout { tag } => {
+                self.sent_to.remove(tag);
+                None
+            }
+            Input::Ack(req) | Input::Cancel(req) => self.on_call_id(req.call_id()),
+            _ => None,
+        }
+    }
+
+    /// The peer an output goes to.
+    fn outgoing(&mut self, out: &Output) -> Option<SocketAddr> {
+        match out {
+            Output::Respond { key, resp } => {
+                if *key == self.a_key {
+                    Some(self.a_peer)
+                } else if resp.status >= 200 {
+                    self.answering.remove(key)
+                } else {
+                    self.answering.get(key).copied()
+                }
+            }
+            Output::Send { tag, to, req } => {
+                self.sent_to.insert(*tag, to.addr);
+                if let Some(c) = req.call_id() {
+                    self.by_call_id.insert(c.to_owned(), to.addr);
+                }
+                Some(to.addr)
+            }
+            Output::Stateless { to, .. } => Some(to.addr),
+            _ => None,
+        }
+    }
+}
+
+/// Applies the call's pinned device quirks to what goes to and comes from each device, found by
+/// its signalling address.
+struct Quirks {
+    quirks: CallQuirks,
+    devices: Vec<(SocketAddr, Device)>,
 }
 
 impl Quirks {
-    fn device(&self, addr: SocketAddr) -> Option<&Device> {
+    fn device(&self, addr: Option<SocketAddr>) -> Option<&Device> {
+        let addr = addr?;
         self.devices
             .iter()
             .find(|(a, _)| *a == addr)
             .map(|(_, d)| d)
     }
 
-    /// Before the call sees an input.
-    fn incoming(&mut self, input: &mut Input) {
+    /// Before the call sees an input from `peer`.
+    fn incoming(&mut self, peer: Option<SocketAddr>, input: &mut Input) {
+        let Some(d) = self.device(peer) else { return };
         match input {
-            Input::Request { key, from, req } => {
-                self.answering.insert(*key, from.addr);
-                if let Some(d) = self.device(from.addr) {
-                    self.quirks.request(d, Direction::FromDevice, req);
-                }
-            }
-            Input::Response { tag, resp } => {
-                if let Some(d) = self.sent_to.get(tag).and_then(|a| self.device(*a)) {
-                    self.quirks.response(d, Direction::FromDevice, resp);
-                }
-                if resp.status >= 200 {
-                    self.sent_to.remove(tag);
-                }
-            }
-            Input::Timeout { tag } => {
-                self.sent_to.remove(tag);
-            }
+            Input::Request { req, .. } => self.quirks.request(d, Direction::FromDevice, req),
+            Input::Response { resp, .. } => self.quirks.response(d, Direction::FromDevice, resp),
             _ => {}
         }
     }
 
-    /// Before an output leaves for the core.
-    fn outgoing(&mut self, out: &mut Output) {
+    /// Before an output leaves for `peer`.
+    fn outgoing(&mut self, peer: Option<SocketAddr>, out: &mut Output) {
+        let Some(d) = self.device(peer) else { return };
         match out {
-            Output::Respond { key, resp } => {
-                let to = if *key == self.a_key {
-                    self.devices.first().map(|(a, _)| *a)
-                } else if resp.status >= 200 {
-                    self.answering.remove(key)
-                } else {
-                    self.answering.get(key).copied()
-                };
-                if let Some(d) = to.and_then(|a| self.device(a)) {
-                    self.quirks.response(d, Direction::ToDevice, resp);
-                }
-            }
-            Output::Send { tag, to, req } => {
-                self.sent_to.insert(*tag, to.addr);
-                if let Some(d) = self.device(to.addr) {
-                    self.quirks.request(d, Direction::ToDevice, req);
-                }
-            }
-            Output::Stateless { to, req } => {
-                if let Some(d) = self.device(to.addr) {
-                    self.quirks.request(d, Direction::ToDevice, req);
-                }
+            Output::Respond { resp, .. } => self.quirks.response(d, Direction::ToDevice, resp),
+            Output::Send { req, .. } | Output::Stateless { req, .. } => {
+                self.quirks.request(d, Direction::ToDevice, req)
             }
             _ => {}
         }
+    }
+}
+
+/// Logs an input (before the quirks touch it: as on the wire).
+fn log_input(log: &mut MessageLog, peer: Option<SocketAddr>, input: &Input) {
+    let Some(peer) = peer else { return };
+    match input {
+        Input::Request { req, .. } | Input::Ack(req) | Input::Cancel(req) => {
+            log.request(LogDirection::In, peer, req)
+        }
+        Input::Response { resp, .. } => log.response(LogDirection::In, peer, resp),
+        _ => {}
+    }
+}
+
+/// Logs an output (after the quirks: as on the wire).
+fn log_output(log: &mut MessageLog, peer: Option<SocketAddr>, out: &Output) {
+    let Some(peer) = peer else { return };
+    match out {
+        Output::Respond { resp, .. } => log.response(LogDirection::Out, peer, resp),
+        Output::Send { req, .. } | Output::Stateless { req, .. } => {
+            log.request(LogDirection::Out, peer, req)
+        }
+        _ => {}
     }
 }
 
@@ -147,6 +223,7 @@ pub async fn run(t: CallTask) {
         emergency,
         routing_policy,
         quirks,
+        directory,
     } = t;
     match (media.addr_a(), media.addr_b()) {
         (Ok(a), Ok(b)) => {
@@ -160,23 +237,38 @@ pub async fn run(t: CallTask) {
     let _enter = span.enter();
     let a_signalling = setup.from.addr;
     let started_at = Utc::now();
+    let started = Instant::now();
+    let mut record = CallRecord {
+        id: no,
+        call_id: call_id.clone(),
+        caller: caller.clone().unwrap_or_else(|| "anonymous".into()),
+        callee: callee.clone(),
+        started_at,
+        answered_at: None,
+        ended_at: None,
+        talk_secs: 0,
+        status: None,
+        end_reason: None,
+        emergency,
+        messages: 0,
+        messages_dropped: 0,
+    };
+    directory.started(&record);
+    let mut log = MessageLog::default();
+    let mut peers = Peers::new(&setup);
+    log.request(LogDirection::In, setup.from.addr, &setup.invite);
     let mut answered_at = None;
     let mut b_signalling: Option<SocketAddr> = None;
     let mut codec: Option<String> = None;
     let quirks_policy = quirks.as_ref().and_then(|(q, _)| q.version());
-    let mut quirks = quirks.map(|(quirks, devices)| Quirks {
-        quirks,
-        devices,
-        a_key: setup.key,
-        sent_to: HashMap::new(),
-        answering: HashMap::new(),
-    });
+    let mut quirks = quirks.map(|(quirks, devices)| Quirks { quirks, devices });
     if let Some(q) = &quirks
         && let Some((_, caller_device)) = q.devices.first()
     {
         q.quirks
             .request(caller_device, Direction::FromDevice, &mut setup.invite);
     }
+    let mut first_answer_seen = false;
     let mut call = Call::new(setup, Box::new(rand::rngs::StdRng::from_os_rng()));
     call.start(Instant::now());
     let sleep = tokio::time::sleep(std::time::Duration::from_secs(3600));
@@ -185,12 +277,22 @@ pub async fn run(t: CallTask) {
         // Carry out what the call asked for.
         let mut ended = false;
         while let Some(mut out) = call.poll_output() {
+            let peer = peers.outgoing(&out);
             if let Some(q) = quirks.as_mut() {
-                q.outgoing(&mut out);
+                q.outgoing(peer, &mut out);
             }
+            log_output(&mut log, peer, &out);
             tracing::trace!(?out, "call output");
             let action = match out {
                 Output::Respond { key, resp } => {
+                    if key == peers.a_key && resp.status > 100 && record.status.is_none() {
+                        if resp.status >= 200 {
+                            record.status = Some(resp.status);
+                        }
+                        if !std::mem::replace(&mut first_answer_seen, true) {
+                            directory.post_dial_delay(started.elapsed().as_secs_f64());
+                        }
+                    }
                     if resp.status == 200 && codec.is_none() {
                         codec = codec_of(&resp.body);
                     }
@@ -209,6 +311,8 @@ pub async fn run(t: CallTask) {
                 }
                 Output::Answered => {
                     answered_at = Some(Utc::now());
+                    record.answered_at = answered_at;
+                    directory.answered(&record);
                     for aor in caller.iter().chain(Some(&callee)) {
                         let _ = states.send(UserState {
                             aor: aor.clone(),
@@ -236,11 +340,16 @@ pub async fn run(t: CallTask) {
         tokio::select! {
             ev = events.recv() => match ev {
                 Some(CallEvent::Sip(mut input)) => {
+                    let peer = peers.incoming(&input);
+                    log_input(&mut log, peer, &input);
                     if let Some(q) = quirks.as_mut() {
-                        q.incoming(&mut input);
+                        q.incoming(peer, &mut input);
                     }
                     tracing::trace!(?input, "call input");
                     call.handle(Instant::now(), input);
+                }
+                Some(CallEvent::Messages(reply)) => {
+                    let _ = reply.send(log.messages().to_vec());
                 }
                 Some(CallEvent::Snapshot(reply)) => {
                     let (ca, cb) = media.counters();
@@ -292,6 +401,13 @@ pub async fn run(t: CallTask) {
             });
         }
     }
+    let ended_at = Utc::now();
+    record.ended_at = Some(ended_at);
+    record.talk_secs = answered_at.map_or(0, |a| (ended_at - a).num_seconds().max(0) as u64);
+    record.end_reason = call.end_reason();
+    record.messages = log.messages().len();
+    record.messages_dropped = log.dropped();
+    directory.ended(record, log);
     let (ca, cb) = media.counters();
     tracing::info!(
         a_rtp = ca.rtp_packets,

@@ -181,7 +181,7 @@ pub async fn start(
     ));
     let (cmd_tx, cmd_rx) = mpsc::channel(64);
     let (call_tx, call_rx) = mpsc::channel(4096);
-    let directory = crate::calls::Directory::default();
+    let directory = crate::calls::Directory::new(metrics.calls.clone());
     let (user_states, _) = tokio::sync::broadcast::channel(256);
     let switch = crate::calls::Switch::new(
         server_name.clone(),
