@@ -304,6 +304,7 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
         api_state = api_state.with_policies(engine);
     }
     api_state.calls = sip.calls.clone();
+    api_state.trunk = sip.trunk.clone();
     // Users changed through the API: rebuild the registrar's account view off the packet path.
     let mut users_changed = api_state.users_changed.subscribe();
     let (reload_store, reload_cmds) = (store.clone(), sip.commands.clone());

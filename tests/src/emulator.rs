@@ -140,6 +140,11 @@ impl TeamsEmulator {
 pub struct SipProxies {
     /// PEM of the emulator's test CA.
     pub ca_pem: String,
+    /// PEM of the SBC certificate (for the FQDN, from the test CA) with its key: what a trunk
+    /// peer presents for mutual TLS.
+    pub sbc_pem: String,
+    /// Its SHA-1 thumbprint (for `Data.SipConfig.CertificateThumbPrint`).
+    pub sbc_thumbprint: String,
     /// Each proxy's address, in order (sip, sip2, sip3).
     pub addrs: Vec<SocketAddr>,
     /// Whether each is serving.
@@ -156,6 +161,8 @@ impl TeamsEmulator {
         let proxies = v["proxies"].as_array().cloned().unwrap_or_default();
         SipProxies {
             ca_pem: v["ca_pem"].as_str().unwrap_or_default().to_owned(),
+            sbc_pem: v["sbc_pem"].as_str().unwrap_or_default().to_owned(),
+            sbc_thumbprint: v["sbc_thumbprint"].as_str().unwrap_or_default().to_owned(),
             addrs: proxies
                 .iter()
                 .filter_map(|p| p["addr"].as_str()?.parse().ok())
@@ -172,6 +179,15 @@ impl TeamsEmulator {
         assert_eq!(r.status, 204, "POST {path}: {}", r.body);
     }
 
+    /// Makes proxy `n` (1..=3) send an OPTIONS ping on each open connection; how many it sent.
+    pub fn ping(&self, n: usize) -> u64 {
+        let path = format!("/test/sip/{n}/options");
+        let r = http::request(self.addr, "POST", &path, None, Some(""))
+            .unwrap_or_else(|e| panic!("POST {path}: {e}"));
+        assert_eq!(r.status, 200, "POST {path}: {}", r.body);
+        r.json()["sent"].as_u64().unwrap_or(0)
+    }
+
     /// The SIP messages the proxies received (request log entries with `"face":"sip"`).
     pub fn sip_messages(&self) -> Vec<Value> {
         self.requests()
@@ -181,12 +197,14 @@ impl TeamsEmulator {
     }
 }
 
-/// A TLS client connection to `addr` that trusts only `ca_pem` and expects `name` in the
-/// server's certificate (TLS 1.2+, ring).
+/// A TLS client connection to `addr` that trusts only `ca_pem`, expects `name` in the server's
+/// certificate and presents `client` (PEM of a certificate chain and its key) when given (TLS
+/// 1.2+, ring).
 pub fn tls_connect(
     addr: SocketAddr,
     ca_pem: &str,
     name: &str,
+    client: Option<&str>,
 ) -> Result<rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>, String> {
     use rustls_pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
@@ -200,8 +218,20 @@ pub fn tls_connect(
     ))
     .with_safe_default_protocol_versions()
     .map_err(|e| format!("TLS versions: {e}"))?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    .with_root_certificates(roots);
+    let config = match client {
+        None => config.with_no_client_auth(),
+        Some(pem) => {
+            let chain = rustls_pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("client PEM: {e}"))?;
+            let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(pem.as_bytes())
+                .map_err(|e| format!("client key: {e}"))?;
+            config
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| format!("client certificate: {e}"))?
+        }
+    };
     let server = rustls_pki_types::ServerName::try_from(name.to_owned())
         .map_err(|e| format!("{name}: {e}"))?;
     let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), server)
@@ -219,6 +249,50 @@ pub fn tls_connect(
             .map_err(|e| format!("TLS handshake with {addr}: {e}"))?;
     }
     Ok(tls)
+}
+
+impl TeamsEmulator {
+    /// Points `gw`'s Teams trunk at the emulated proxies: the SBC certificate into
+    /// `<data-dir>/certs/` (named by its thumbprint), the emulator's CA as `TeamsCaFile`, the
+    /// FQDN, the three proxies by address and a keep-alive every `interval` seconds.
+    pub fn attach_trunk(&self, gw: &crate::Gateway, fqdn: &str, interval: u32) {
+        self.attach_trunk_trusting(gw, fqdn, interval, &self.sip().ca_pem);
+    }
+
+    /// [`Self::attach_trunk`], but the gateway trusts `ca_pem` for the proxies' certificates.
+    pub fn attach_trunk_trusting(
+        &self,
+        gw: &crate::Gateway,
+        fqdn: &str,
+        interval: u32,
+        ca_pem: &str,
+    ) {
+        let sip = self.sip();
+        let dir = gw.data_dir.path();
+        let certs = dir.join("certs");
+        std::fs::create_dir_all(&certs).expect("certs dir");
+        std::fs::write(certs.join("sbc.pem"), &sip.sbc_pem).expect("write sbc.pem");
+        let ca = dir.join("teams-ca.pem");
+        std::fs::write(&ca, ca_pem).expect("write teams-ca.pem");
+        let proxies: Vec<String> = sip.addrs.iter().map(|a| a.to_string()).collect();
+        let server = gw.server_name.as_deref().unwrap_or("*");
+        for (leaf, value) in [
+            (
+                "Data.SipConfig.CertificateThumbPrint",
+                json!(sip.sbc_thumbprint),
+            ),
+            (
+                "Data.SipConfig.TeamsCaFile",
+                json!(ca.display().to_string()),
+            ),
+            ("Data.SipConfig.TeamsOptionsInterval", json!(interval)),
+            ("Data.SipConfig.TeamsProxies", json!(proxies)),
+            ("Data.SipConfig.SbcFqdn", json!(fqdn)),
+        ] {
+            let r = gw.api("PUT", &format!("/api/config/{server}/{leaf}"), Some(&value));
+            assert!(r.status < 300, "PUT {leaf}: {} {}", r.status, r.body);
+        }
+    }
 }
 
 impl Drop for TeamsEmulator {

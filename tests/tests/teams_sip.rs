@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 
 use csps_sip::SipHeaders;
-use csps_tests::emulator::{EmulatorOptions, TeamsEmulator, tls_connect};
+use csps_tests::emulator::{EmulatorOptions, SipProxies, TeamsEmulator, tls_connect};
 use csps_tests::raw::{tcp_request, token};
 use csps_tests::skip;
 use std::time::Duration;
@@ -47,8 +47,8 @@ fn request(method: &str, contact_host: &str) -> String {
     )
 }
 
-fn ask(addr: SocketAddr, ca: &str, msg: &str) -> Result<csps_sip::Response, String> {
-    let mut tls = tls_connect(addr, ca, PROXY)?;
+fn ask(addr: SocketAddr, sip: &SipProxies, msg: &str) -> Result<csps_sip::Response, String> {
+    let mut tls = tls_connect(addr, &sip.ca_pem, PROXY, Some(&sip.sbc_pem))?;
     tcp_request(&mut tls, msg, Duration::from_secs(5))
 }
 
@@ -59,7 +59,7 @@ fn proxies_answer_options_with_the_fqdn_and_refuse_without() {
     assert_eq!(sip.addrs.len(), 3);
     assert_eq!(sip.up, [true, true, true]);
     for (i, addr) in sip.addrs.iter().enumerate() {
-        let ok = ask(*addr, &sip.ca_pem, &request("OPTIONS", FQDN))
+        let ok = ask(*addr, &sip, &request("OPTIONS", FQDN))
             .unwrap_or_else(|e| panic!("proxy {}: {e}", i + 1));
         assert_eq!(ok.status, 200, "proxy {}", i + 1);
         assert!(
@@ -71,7 +71,7 @@ fn proxies_answer_options_with_the_fqdn_and_refuse_without() {
     }
     let addr = sip.addrs[0];
     for method in ["OPTIONS", "INVITE"] {
-        let no = ask(addr, &sip.ca_pem, &request(method, "127.0.0.1")).expect("an answer");
+        let no = ask(addr, &sip, &request(method, "127.0.0.1")).expect("an answer");
         assert_eq!(no.status, 403, "{method} without the FQDN in Contact");
         assert!(no.headers.get("Warning").is_some());
     }
@@ -99,22 +99,23 @@ fn proxies_answer_options_with_the_fqdn_and_refuse_without() {
 fn a_stopped_proxy_refuses_connections_until_restarted() {
     let Some(emu) = emulator() else { return };
     let sip = emu.sip();
-    let mut open = tls_connect(sip.addrs[0], &sip.ca_pem, PROXY).expect("proxy 1 up");
+    let mut open =
+        tls_connect(sip.addrs[0], &sip.ca_pem, PROXY, Some(&sip.sbc_pem)).expect("proxy 1 up");
     emu.set_proxy(1, false);
     assert_eq!(emu.sip().up, [false, true, true]);
     assert!(
-        tls_connect(sip.addrs[0], &sip.ca_pem, PROXY).is_err(),
+        tls_connect(sip.addrs[0], &sip.ca_pem, PROXY, Some(&sip.sbc_pem)).is_err(),
         "proxy 1 stopped: no new connection"
     );
     assert!(
         tcp_request(&mut open, &request("OPTIONS", FQDN), Duration::from_secs(5)).is_err(),
         "proxy 1 stopped: its open connections are closed"
     );
-    let ok = ask(sip.addrs[1], &sip.ca_pem, &request("OPTIONS", FQDN)).expect("proxy 2");
+    let ok = ask(sip.addrs[1], &sip, &request("OPTIONS", FQDN)).expect("proxy 2");
     assert_eq!(ok.status, 200);
     emu.set_proxy(1, true);
     assert_eq!(emu.sip().up, [true, true, true]);
-    let ok = ask(sip.addrs[0], &sip.ca_pem, &request("OPTIONS", FQDN)).expect("proxy 1 again");
+    let ok = ask(sip.addrs[0], &sip, &request("OPTIONS", FQDN)).expect("proxy 1 again");
     assert_eq!(ok.status, 200);
 }
 
@@ -123,14 +124,51 @@ fn a_client_trusting_another_ca_refuses_the_proxy() {
     let Some(emu) = emulator() else { return };
     let Some(other) = emulator() else { return };
     let sip = emu.sip();
-    let Err(err) = tls_connect(sip.addrs[0], &other.sip().ca_pem, PROXY) else {
+    let Err(err) = tls_connect(sip.addrs[0], &other.sip().ca_pem, PROXY, Some(&sip.sbc_pem)) else {
         panic!("a client trusting another CA must refuse the proxy")
     };
     assert!(err.contains("certificate"), "{err}");
     // And the proxy's certificate names the proxy, not any name.
-    let Err(err) = tls_connect(sip.addrs[0], &sip.ca_pem, "other.example.com") else {
+    let Err(err) = tls_connect(
+        sip.addrs[0],
+        &sip.ca_pem,
+        "other.example.com",
+        Some(&sip.sbc_pem),
+    ) else {
         panic!("a name the certificate does not hold must be refused")
     };
     assert!(err.contains("certificate"), "{err}");
-    assert!(tls_connect(sip.addrs[0], &sip.ca_pem, "sip2.pstnhub.microsoft.com").is_ok());
+    assert!(
+        tls_connect(
+            sip.addrs[0],
+            &sip.ca_pem,
+            "sip2.pstnhub.microsoft.com",
+            Some(&sip.sbc_pem)
+        )
+        .is_ok()
+    );
+}
+
+#[test]
+fn proxies_want_a_client_certificate_from_their_ca() {
+    let Some(emu) = emulator() else { return };
+    let Some(other) = emulator() else { return };
+    let sip = emu.sip();
+    let refused = |client: Option<&str>| {
+        // TLS 1.3: the client finishes its side of the handshake before the proxy checks the
+        // certificate, so the refusal shows on the first exchange.
+        match tls_connect(sip.addrs[0], &sip.ca_pem, PROXY, client) {
+            Err(_) => true,
+            Ok(mut tls) => {
+                tcp_request(&mut tls, &request("OPTIONS", FQDN), Duration::from_secs(5)).is_err()
+            }
+        }
+    };
+    assert!(refused(None), "no client certificate");
+    assert!(
+        refused(Some(&other.sip().sbc_pem)),
+        "a certificate from another CA"
+    );
+    assert!(!refused(Some(&sip.sbc_pem)), "the SBC certificate is taken");
+    assert_eq!(sip.sbc_thumbprint.len(), 40);
 }

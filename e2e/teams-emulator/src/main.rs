@@ -7,7 +7,7 @@
 //! Every request to a face is recorded ([`record`]) for tests to assert on. Test facilities live
 //! under `/test/` and are not part of any Microsoft API: `POST /test/mint` (sign a user token),
 //! `GET|DELETE /test/requests` (the request log), `GET /test/sip` and
-//! `POST /test/sip/{n}/stop|start` (the SIP proxies). The emulator listens on loopback only.
+//! `POST /test/sip/{n}/stop|start|options` (the SIP proxies). The emulator listens on loopback only.
 
 #![forbid(unsafe_code)]
 
@@ -157,6 +157,7 @@ fn app(state: Shared) -> Router {
         .route("/test/sip", get(sip::status))
         .route("/test/sip/{n}/stop", post(sip::stop))
         .route("/test/sip/{n}/start", post(sip::start))
+        .route("/test/sip/{n}/options", post(sip::ping))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             record::record,

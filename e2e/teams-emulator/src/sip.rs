@@ -1,14 +1,19 @@
 //! The Direct Routing SIP face: three SIP proxies over TLS, like sip, sip2 and sip3.pstnhub.
 //! microsoft.com, each on its own loopback port with a certificate from the emulator's own test
-//! CA (generated at start with rcgen; `GET /test/sip` hands out the CA's PEM so a gateway can
-//! trust it). A test stops or restarts a proxy with `POST /test/sip/{n}/stop|start` (n = 1..3);
+//! CA (generated at start with rcgen). Like Direct Routing, the proxies want mutual TLS: a client
+//! must present a certificate the CA issued — the CA plays the public CA the real service
+//! trusts, and issues the SBC's certificate for `--sip-fqdn` too. `GET /test/sip` hands out the
+//! CA's PEM (for the gateway to trust) and the SBC's certificate and key (for the gateway to
+//! present). A test stops or restarts a proxy with `POST /test/sip/{n}/stop|start` (n = 1..3);
 //! a stopped proxy closes its listener and every open connection, as a dead proxy would.
+//! `POST /test/sip/{n}/options` makes proxy n send an OPTIONS ping on each of its open
+//! connections, as Direct Routing pings the SBC.
 //!
 //! It refuses what Direct Routing refuses: an OPTIONS or INVITE whose Contact does not hold the
-//! gateway's FQDN (`--sip-fqdn`) gets 403. A good OPTIONS gets 200. Answers are shaped after real
-//! DR traffic (upper-case header names, Microsoft's `Server`). Every message received is recorded
-//! in the request log as `{"face":"sip","proxy":n,"method","contact","status","message"}`.
-//! Calls, and OPTIONS from the proxies to the gateway, come later.
+//! gateway's FQDN (`--sip-fqdn`) gets 403. A good OPTIONS gets 200. Messages are shaped after
+//! real DR traffic (upper-case header names, Microsoft's `Server`). Every message received is
+//! recorded in the request log as `{"face":"sip","proxy":n,"method","contact","status",
+//! "cseq","message"}`. Calls come later.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -23,6 +28,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
@@ -39,10 +45,12 @@ const MAX_MESSAGE: usize = 64 * 1024;
 /// What the emulator's proxies call themselves, after the real `Server` header.
 const SERVER: &str = "Microsoft.PSTNHub.SIPProxy v.2024.2.6.5 i.EMULATOR.1 (teams-emulator)";
 
-/// One proxy: its fixed address and, while it runs, the task that serves it.
+/// One proxy: its fixed address and, while it runs, the task that serves it and a way to write
+/// on each of its open connections.
 struct Proxy {
     addr: SocketAddr,
     task: Option<JoinHandle<()>>,
+    conns: Vec<mpsc::Sender<Vec<u8>>>,
 }
 
 /// The SIP face's state.
@@ -51,12 +59,25 @@ pub struct SipFace {
     fqdn: String,
     /// PEM of the test CA that issued the proxies' certificates.
     ca_pem: String,
+    /// PEM of the SBC's certificate (SAN: the FQDN) and key, issued by the test CA.
+    sbc_pem: String,
+    /// SHA-1 thumbprint of the SBC's certificate (upper-case hex, as the gateway names it).
+    sbc_thumbprint: String,
     acceptor: TlsAcceptor,
     proxies: Mutex<Vec<Proxy>>,
 }
 
-/// Makes the CA and the proxies' certificate (SANs: the three names, `localhost`, 127.0.0.1).
-fn certificates() -> Result<(String, TlsAcceptor), String> {
+/// What [`certificates`] makes.
+struct Certificates {
+    ca_pem: String,
+    sbc_pem: String,
+    sbc_thumbprint: String,
+    acceptor: TlsAcceptor,
+}
+
+/// Makes the CA, the proxies' certificate (SANs: the three names, `localhost`, 127.0.0.1) and
+/// the SBC's (SAN: `fqdn`); the proxies require a client certificate from the CA.
+fn certificates(fqdn: &str) -> Result<Certificates, String> {
     let err = |e: rcgen::Error| format!("test CA: {e}");
     let ca_key = KeyPair::generate().map_err(err)?;
     let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
@@ -70,19 +91,50 @@ fn certificates() -> Result<(String, TlsAcceptor), String> {
     let mut leaf = CertificateParams::new(sans).map_err(err)?;
     leaf.distinguished_name.push(DnType::CommonName, NAMES[0]);
     let cert = leaf.signed_by(&key, &ca_cert, &ca_key).map_err(err)?;
+    let sbc_key = KeyPair::generate().map_err(err)?;
+    let mut sbc = CertificateParams::new(vec![fqdn.to_owned()]).map_err(err)?;
+    sbc.distinguished_name.push(DnType::CommonName, fqdn);
+    let sbc_cert = sbc.signed_by(&sbc_key, &ca_cert, &ca_key).map_err(err)?;
     let chain = vec![
         CertificateDer::from(cert.der().to_vec()),
         CertificateDer::from(ca_cert.der().to_vec()),
     ];
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from(ca_cert.der().to_vec()))
+        .map_err(|e| format!("test CA as a root: {e}"))?;
+    let clients = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| format!("client verifier: {e}"))?;
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| format!("TLS versions: {e}"))?
-        .with_no_client_auth()
+        .with_client_cert_verifier(clients)
         .with_single_cert(chain, key)
         .map_err(|e| format!("proxy certificate: {e}"))?;
-    Ok((ca_cert.pem(), TlsAcceptor::from(Arc::new(config))))
+    Ok(Certificates {
+        ca_pem: ca_cert.pem(),
+        sbc_pem: format!(
+            "{}{}{}",
+            sbc_cert.pem(),
+            ca_cert.pem(),
+            sbc_key.serialize_pem()
+        ),
+        sbc_thumbprint: ring::digest::digest(
+            &ring::digest::SHA1_FOR_LEGACY_USE_ONLY,
+            sbc_cert.der(),
+        )
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect(),
+        acceptor: TlsAcceptor::from(Arc::new(config)),
+    })
 }
 
 impl SipFace {
@@ -91,7 +143,12 @@ impl SipFace {
         fqdn: String,
         base: SocketAddr,
     ) -> Result<(SipFace, Vec<TcpListener>), String> {
-        let (ca_pem, acceptor) = certificates()?;
+        let Certificates {
+            ca_pem,
+            sbc_pem,
+            sbc_thumbprint,
+            acceptor,
+        } = certificates(&fqdn)?;
         let mut listeners = Vec::new();
         let mut proxies = Vec::new();
         for i in 0..NAMES.len() {
@@ -105,12 +162,18 @@ impl SipFace {
             let addr = l
                 .local_addr()
                 .map_err(|e| format!("SIP proxy address: {e}"))?;
-            proxies.push(Proxy { addr, task: None });
+            proxies.push(Proxy {
+                addr,
+                task: None,
+                conns: Vec::new(),
+            });
             listeners.push(l);
         }
         let face = SipFace {
             fqdn,
             ca_pem,
+            sbc_pem,
+            sbc_thumbprint,
             acceptor,
             proxies: Mutex::new(proxies),
         };
@@ -165,6 +228,12 @@ async fn connection<S>(state: Shared, i: usize, mut tls: S)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
+    let Some(face) = &state.sip else { return };
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(16);
+    if let Some(p) = face.lock().get_mut(i) {
+        p.conns.retain(|c| !c.is_closed());
+        p.conns.push(tx);
+    }
     let mut buf: Vec<u8> = Vec::new();
     let mut chunk = [0u8; 8192];
     loop {
@@ -189,9 +258,16 @@ where
             Frame::Incomplete if buf.len() < MAX_MESSAGE => {}
             Frame::Incomplete | Frame::Invalid(_) => return,
         }
-        match tls.read(&mut chunk).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        tokio::select! {
+            read = tls.read(&mut chunk) => match read {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            },
+            Some(out) = rx.recv() => {
+                if tls.write_all(&out).await.is_err() {
+                    return;
+                }
+            }
         }
     }
 }
@@ -229,6 +305,8 @@ fn handle(state: &Shared, i: usize, bytes: &[u8]) -> Option<Vec<u8>> {
         }
         Ok(Message::Response(resp)) => {
             entry["status"] = Value::from(resp.status);
+            entry["cseq"] = resp.headers.get("CSeq").map_or(Value::Null, Value::from);
+            entry["contact"] = resp.headers.get("Contact").map_or(Value::Null, Value::from);
             None
         }
         Err(e) => {
@@ -289,9 +367,64 @@ pub async fn status(State(s): State<Shared>) -> (StatusCode, Json<Value>) {
         .collect();
     (
         StatusCode::OK,
-        Json(json!({"fqdn": face.fqdn, "ca_pem": face.ca_pem, "proxies": proxies})),
+        Json(
+            json!({"fqdn": face.fqdn, "ca_pem": face.ca_pem, "sbc_pem": face.sbc_pem,
+                    "sbc_thumbprint": face.sbc_thumbprint,
+                    "proxies": proxies}),
+        ),
     )
 }
+
+/// An OPTIONS ping from proxy `i` to the SBC, as Direct Routing sends them (upper-case header
+/// names, the proxy's FQDN in Via and Contact).
+fn options_ping(fqdn: &str, i: usize, n: u64) -> Vec<u8> {
+    let proxy = NAMES[i];
+    format!(
+        "OPTIONS sip:{fqdn}:5061;transport=tls SIP/2.0\r\n\
+         VIA: SIP/2.0/TLS {proxy}:5061;branch=z9hG4bKemu{i}{n}\r\n\
+         MAX-FORWARDS: 70\r\n\
+         FROM: <sip:{proxy}:5061>;tag=emuping{i}{n}\r\n\
+         TO: <sip:{fqdn}>\r\n\
+         CALL-ID: emu-options-{i}-{n}\r\n\
+         CSEQ: {n} OPTIONS\r\n\
+         CONTACT: <sip:{proxy}:5061;transport=tls>\r\n\
+         USER-AGENT: {SERVER}\r\n\
+         CONTENT-LENGTH: 0\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+/// `POST /test/sip/{n}/options`: proxy n sends an OPTIONS on each open connection; the answers
+/// land in the request log. Answers how many were sent.
+pub async fn ping(State(s): State<Shared>, Path(n): Path<usize>) -> (StatusCode, Json<Value>) {
+    let Some(face) = &s.sip else {
+        return (StatusCode::NOT_FOUND, Json(json!({"error": "no SIP face"})));
+    };
+    let i = n.wrapping_sub(1);
+    let conns = match face.lock().get_mut(i) {
+        Some(p) => {
+            p.conns.retain(|c| !c.is_closed());
+            p.conns.clone()
+        }
+        None => {
+            return (
+                StatusCode::NOT_FOUND,
+                Json(json!({"error": "no such proxy"})),
+            );
+        }
+    };
+    let seq = PINGS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut sent = 0;
+    for c in conns {
+        if c.send(options_ping(&face.fqdn, i, seq)).await.is_ok() {
+            sent += 1;
+        }
+    }
+    (StatusCode::OK, Json(json!({"sent": sent})))
+}
+
+/// Numbers the emulator's OPTIONS pings.
+static PINGS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// `POST /test/sip/{n}/stop`: closes proxy n's listener and connections.
 pub async fn stop(State(s): State<Shared>, Path(n): Path<usize>) -> StatusCode {

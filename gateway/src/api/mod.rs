@@ -12,6 +12,7 @@ pub mod openapi;
 pub mod policies;
 pub mod problem;
 pub mod registrations;
+pub mod trunk;
 pub mod trusted_ips;
 pub mod users;
 pub mod version;
@@ -49,6 +50,8 @@ pub struct ApiState {
     pub calls: crate::calls::Directory,
     /// The WASM policy engine (`None`: `/api/policies` answers 503).
     pub policies: Option<Arc<crate::policy::PolicyEngine>>,
+    /// The Teams trunk's published state (no trunk until the SIP side hands its view over).
+    pub trunk: tokio::sync::watch::Receiver<crate::trunk::driver::TrunkView>,
 }
 
 impl ApiState {
@@ -68,6 +71,7 @@ impl ApiState {
             users_changed: Arc::new(tokio::sync::watch::channel(0).0),
             calls: crate::calls::Directory::default(),
             policies: None,
+            trunk: tokio::sync::watch::channel(Default::default()).1,
         }
     }
 
@@ -93,6 +97,7 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/api/registrations", get(registrations::list))
         .route("/api/calls", get(calls::list))
+        .route("/api/trunk", get(trunk::get))
         .route("/api/calls/{id}", axum::routing::delete(calls::hang_up))
         .route("/api/calls/history", get(calls::history))
         .route("/api/calls/{id}/messages", get(calls::messages))

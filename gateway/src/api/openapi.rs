@@ -76,6 +76,7 @@ pub const BEARER: &str = "bearer";
         super::calls::hang_up,
         super::calls::messages,
         super::calls::history,
+        super::trunk::get,
         super::debug::claims,
         super::policies::list,
         super::policies::get,
@@ -105,6 +106,8 @@ pub const BEARER: &str = "bearer";
         (name = "users", description = "SIP accounts; passwords become digest HA1s and are never returned"),
         (name = "registrations", description = "Live bindings of every server"),
         (name = "calls", description = "Running and recent calls of this server, their SIP messages"),
+        (name = "calls", description = "Running calls of this server"),
+        (name = "trunk", description = "The Teams Direct Routing trunk of this server"),
         (name = "config", description = "Configuration entries and leaves (cSPS keys), trusted IPs, audit log"),
         (name = "policies", description = "WASM policy modules (routing, admission, device quirks): upload, inspect, switch off, back to the built-in rule"),
     )
@@ -294,6 +297,10 @@ pub fn leaf_schema(l: &Leaf) -> Schema {
                     .schema_type(Type::String)
                     .description(Some("digits, `*`, `#`, an optional leading `+`"))
                     .examples([json!("112")]),
+                Item::HostPort => ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .description(Some("`host:port`"))
+                    .examples([json!("sip.pstnhub.microsoft.com:5061")]),
             };
             let a = ArrayBuilder::new()
                 .description(Some(l.meaning))

@@ -57,6 +57,9 @@ pub struct Settings {
     pub swagger_remote: bool,
     /// `Data.System.CallRecordDays`: days call records are kept.
     pub call_record_days: u32,
+    /// `Data.SipConfig.SbcFqdn`, `TeamsProxies`, `TeamsCaFile`, `TeamsOptionsInterval`: the
+    /// Direct Routing trunk.
+    pub trunk: TrunkSettings,
     /// `Data.SpsAzureApp.*`: the app end users sign in with.
     pub sps_app: AzureApp,
     /// `Data.AdminAzureApp.*`: the app admins sign in with.
@@ -73,6 +76,19 @@ pub enum SrtpMode {
     Supported,
     /// SRTP only.
     Required,
+}
+
+/// The Direct Routing trunk's leaves.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TrunkSettings {
+    /// The gateway's FQDN on the trunk; empty: no trunk.
+    pub fqdn: String,
+    /// `host:port` of each proxy, in failover order.
+    pub proxies: Vec<String>,
+    /// PEM file of trusted CAs; empty: the web PKI roots.
+    pub ca_file: String,
+    /// Seconds between OPTIONS keep-alives.
+    pub options_interval: u32,
 }
 
 /// A secret string: compared and cloned like a string, never printed by `Debug`.
@@ -218,6 +234,12 @@ impl Settings {
             max_rtp_port: u16_("Data.System.MaxRtpPort"),
             swagger_remote: bool_("Data.System.SwaggerRemote"),
             call_record_days: u32_("Data.System.CallRecordDays"),
+            trunk: TrunkSettings {
+                fqdn: s("Data.SipConfig.SbcFqdn"),
+                proxies: strs("Data.SipConfig.TeamsProxies"),
+                ca_file: s("Data.SipConfig.TeamsCaFile"),
+                options_interval: u32_("Data.SipConfig.TeamsOptionsInterval"),
+            },
             sps_app: app("SpsAzureApp"),
             admin_app: app("AdminAzureApp"),
         }

@@ -14,6 +14,8 @@ pub enum Text {
     Any,
     /// A host name or IP address literal.
     Host,
+    /// A host name or IP address literal, or empty.
+    HostOrEmpty,
     /// An `https://` or `http://` URL, or empty.
     UrlOrEmpty,
     /// An `https://` or `http://` URL.
@@ -36,6 +38,8 @@ pub enum Item {
     OneOf(&'static [&'static str]),
     /// A dial string: digits, `*`, `#`, optional leading `+`.
     DialString,
+    /// `host:port` (a host name, an IPv4 address or a bracketed IPv6 address; port 1..=65535).
+    HostPort,
 }
 
 /// The type and rule of a leaf.
@@ -333,6 +337,38 @@ pub const LEAVES: &[Leaf] = &[
         meaning: "digest challenges offered, most preferred first (`MD5`, `SHA-256`); not empty",
     },
     Leaf {
+        path: "Data.SipConfig.SbcFqdn",
+        kind: Kind::String(Text::HostOrEmpty),
+        default: DefaultValue::Str(""),
+        secret: false,
+        meaning: "the gateway's FQDN on the Teams Direct Routing trunk (in Via and Contact of every trunk request; the TLS certificate's SAN must hold it); empty: no trunk",
+    },
+    Leaf {
+        path: "Data.SipConfig.TeamsProxies",
+        kind: Kind::Array(Item::HostPort),
+        default: DefaultValue::Strs(&[
+            "sip.pstnhub.microsoft.com:5061",
+            "sip2.pstnhub.microsoft.com:5061",
+            "sip3.pstnhub.microsoft.com:5061",
+        ]),
+        secret: false,
+        meaning: "Direct Routing SIP proxies (`host:port`, over TLS) in failover order: new calls go to the first one answering OPTIONS",
+    },
+    Leaf {
+        path: "Data.SipConfig.TeamsCaFile",
+        kind: Kind::String(Text::Any),
+        default: DefaultValue::Str(""),
+        secret: false,
+        meaning: "PEM file of the CAs trusted for the Direct Routing proxies' certificates; empty: the public web PKI roots (Mozilla's), as Microsoft's certificates chain to",
+    },
+    Leaf {
+        path: "Data.SipConfig.TeamsOptionsInterval",
+        kind: Kind::Integer { min: 1, max: 3600 },
+        default: DefaultValue::Int(60),
+        secret: false,
+        meaning: "seconds between OPTIONS keep-alives to each Direct Routing proxy (an unreachable one is retried as often)",
+    },
+    Leaf {
         path: "Data.SipConfig.EmergencyNumbers",
         kind: Kind::Array(Item::DialString),
         default: DefaultValue::Strs(&["112", "911", "999"]),
@@ -496,6 +532,22 @@ fn check_item(item: Item, s: &str) -> Result<String, String> {
             .find(|n| n.eq_ignore_ascii_case(s.trim()))
             .map(|n| (*n).to_owned())
             .ok_or_else(|| format!("must be one of {}", names.join(", "))),
+        Item::HostPort => {
+            let s = s.trim();
+            let bad = || format!("`{s}` is not `host:port`");
+            let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+            if !port.parse::<u16>().is_ok_and(|p| p > 0) {
+                return Err(bad());
+            }
+            let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']'));
+            match bare {
+                Some(v6) if v6.parse::<std::net::Ipv6Addr>().is_ok() => {}
+                Some(_) => return Err(bad()),
+                None if host.contains(':') => return Err(bad()),
+                None => crate::api::users::check_domain(host).map_err(|_| bad())?,
+            }
+            Ok(s.to_ascii_lowercase())
+        }
         Item::DialString => {
             let s = s.trim();
             let digits = s.strip_prefix('+').unwrap_or(s);
@@ -525,7 +577,10 @@ fn check_text(t: Text, s: &str) -> Result<String, String> {
     let s = if t == Text::Any { s } else { s.trim() };
     match t {
         Text::Any => Ok(s.to_owned()),
-        Text::Host => crate::api::users::check_domain(s).map(|()| s.to_ascii_lowercase()),
+        Text::HostOrEmpty if s.is_empty() => Ok(String::new()),
+        Text::Host | Text::HostOrEmpty => {
+            crate::api::users::check_domain(s).map(|()| s.to_ascii_lowercase())
+        }
         Text::UrlOrEmpty if s.is_empty() => Ok(String::new()),
         Text::Url | Text::UrlOrEmpty => check_url(s).map(|()| s.to_owned()),
         Text::GuidOrEmpty if s.is_empty() => Ok(String::new()),
@@ -652,6 +707,32 @@ mod tests {
         let tenant = get("Data.AdminAzureApp.Tenant");
         assert!(tenant.check(&json!("contoso.onmicrosoft.com")).is_ok());
         assert!(tenant.check(&json!("nodots")).is_err());
+        let proxies = get("Data.SipConfig.TeamsProxies");
+        assert_eq!(
+            proxies.check(&json!([
+                "SIP.example.com:5061",
+                "127.0.0.1:1",
+                "[::1]:5061"
+            ])),
+            Ok(json!(["sip.example.com:5061", "127.0.0.1:1", "[::1]:5061"]))
+        );
+        for bad in [
+            "sip.example.com",
+            "x:0",
+            "x:70000",
+            "::1:5061",
+            "[x]:1",
+            "a b:1",
+        ] {
+            assert!(proxies.check(&json!([bad])).is_err(), "{bad}");
+        }
+        let fqdn = get("Data.SipConfig.SbcFqdn");
+        assert_eq!(fqdn.check(&json!("")), Ok(json!("")));
+        assert_eq!(
+            fqdn.check(&json!("SBC1.csps.test")),
+            Ok(json!("sbc1.csps.test"))
+        );
+        assert!(fqdn.check(&json!("bad host")).is_err());
         let em = get("Data.SipConfig.EmergencyNumbers");
         assert!(em.check(&json!(["112", "+4930*1#"])).is_ok());
         assert!(em.check(&json!(["11a"])).is_err());

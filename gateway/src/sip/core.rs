@@ -48,6 +48,19 @@ pub enum CoreCommand {
     Accounts(Arc<AccountCache>),
     /// Stop taking new work; reply when no transaction is left.
     Drain(tokio::sync::oneshot::Sender<()>),
+    /// Where the answers to the trunk driver's requests go.
+    TrunkAnswers(mpsc::Sender<crate::trunk::driver::CoreAnswer>),
+    /// The trunk driver's request (an OPTIONS keep-alive) to proxy `proxy`, on its flow.
+    TrunkSend {
+        /// The driver's configuration generation, echoed in the answer.
+        generation: u64,
+        /// The proxy's index.
+        proxy: usize,
+        /// The proxy's connection.
+        to: Remote,
+        /// The request (boxed: commands are small otherwise).
+        req: Box<Request>,
+    },
 }
 
 /// What the core needs at start.
@@ -129,6 +142,9 @@ struct Core {
     /// Registrar counters already mirrored into the metrics.
     seen_auth: (u64, u64),
     calls: crate::calls::Switch,
+    /// The trunk driver's channel, and its client transactions (generation, proxy).
+    trunk: Option<mpsc::Sender<crate::trunk::driver::CoreAnswer>>,
+    trunk_txns: HashMap<TxnKey, (u64, usize)>,
 }
 
 /// Runs the core until the inbound channel closes.
@@ -183,6 +199,8 @@ pub async fn run(parts: CoreParts) {
         out: Vec::with_capacity(2048),
         seen_auth: (0, 0),
         calls,
+        trunk: None,
+        trunk_txns: HashMap::new(),
     };
     // One timer, re-armed only when the earliest deadline moves (not once per message).
     let sleep = tokio::time::sleep(Duration::from_secs(3600));
@@ -229,6 +247,10 @@ pub async fn run(parts: CoreParts) {
                     core.accounts = a;
                 }
                 CoreCommand::Drain(done) => core.draining = Some(done),
+                CoreCommand::TrunkAnswers(tx) => core.trunk = Some(tx),
+                CoreCommand::TrunkSend { generation, proxy, to, req } => {
+                    core.trunk_send(generation, proxy, to, *req);
+                }
             },
             Ok(()) = settings.changed() => {
                 let s = settings.borrow_and_update().clone();
@@ -497,6 +519,25 @@ impl Core {
             }
             Event::Ack { req, .. } => self.calls.on_ack(req),
             Event::Cancel { req, .. } => self.calls.on_cancel(req),
+            Event::Response { key, resp } if self.trunk_txns.contains_key(&key) => {
+                if resp.status >= 200
+                    && let Some((generation, proxy)) = self.trunk_txns.remove(&key)
+                {
+                    self.trunk_answer(crate::trunk::driver::CoreAnswer::Answered {
+                        generation,
+                        proxy,
+                        status: resp.status,
+                    });
+                }
+            }
+            Event::Timeout { key } if self.trunk_txns.contains_key(&key) => {
+                if let Some((generation, proxy)) = self.trunk_txns.remove(&key) {
+                    self.trunk_answer(crate::trunk::driver::CoreAnswer::Timeout {
+                        generation,
+                        proxy,
+                    });
+                }
+            }
             Event::Response { key, resp } => {
                 let routed = self.calls.on_response(key, resp);
                 if !routed {
@@ -504,9 +545,33 @@ impl Core {
                 }
             }
             Event::Timeout { key } => self.calls.on_timeout(key),
-            Event::Terminated { key } => self.calls.on_terminated(key),
+            Event::Terminated { key } => {
+                self.trunk_txns.remove(&key);
+                self.calls.on_terminated(key);
+            }
             Event::StrayResponse { .. } => self.metrics.drop_msg("stray_response"),
             _ => {}
+        }
+    }
+
+    /// Starts the trunk driver's client transaction.
+    fn trunk_send(&mut self, generation: u64, proxy: usize, to: Remote, req: Request) {
+        match self.txns.send_request(Instant::now(), to, req) {
+            Ok(key) => {
+                self.trunk_txns.insert(key, (generation, proxy));
+            }
+            Err(e) => {
+                tracing::debug!("trunk request not sent: {e}");
+                self.trunk_answer(crate::trunk::driver::CoreAnswer::Timeout { generation, proxy });
+            }
+        }
+    }
+
+    fn trunk_answer(&mut self, a: crate::trunk::driver::CoreAnswer) {
+        if let Some(tx) = &self.trunk
+            && tx.try_send(a).is_err()
+        {
+            tracing::debug!("trunk driver busy; answer dropped");
         }
     }
 

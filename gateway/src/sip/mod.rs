@@ -50,6 +50,8 @@ pub struct SipHandle {
     pub calls: crate::calls::Directory,
     /// User state changes (busy while in a call).
     pub user_states: tokio::sync::broadcast::Sender<crate::calls::UserState>,
+    /// The Teams trunk's state (for `GET /api/trunk`).
+    pub trunk: watch::Receiver<crate::trunk::driver::TrunkView>,
 }
 
 /// Why SIP could not start.
@@ -191,6 +193,13 @@ pub async fn start(
         user_states.clone(),
         opts.policies.clone(),
     );
+    let trunk = crate::trunk::driver::spawn(crate::trunk::driver::DriverParts {
+        ctx: ctx.clone(),
+        core: cmd_tx.clone(),
+        settings: config.subscribe(),
+        certs_dir: opts.certs_dir.clone(),
+        server_name: server_name.clone(),
+    });
     tokio::spawn(core::run(CoreParts {
         server_name,
         secret: opts.secret,
@@ -215,6 +224,7 @@ pub async fn start(
         bound,
         calls: directory,
         user_states,
+        trunk,
     })
 }
 

@@ -301,7 +301,7 @@ const PARTIAL_TIMEOUT: Duration = Duration::from_secs(32);
 /// Consecutive unparsable messages after which a connection is closed.
 const GARBAGE_LIMIT: u32 = 3;
 
-/// Serves one stream connection: frames messages, answers CRLF pings, writes what the core sends.
+/// Serves one accepted stream connection under a new flow id.
 pub async fn run_connection<S>(
     ctx: TransportCtx,
     stream: S,
@@ -311,7 +311,31 @@ pub async fn run_connection<S>(
 ) where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    let id = FlowId(ctx.next_flow.fetch_add(1, Ordering::Relaxed));
+    let id = ctx.new_flow();
+    serve_connection(ctx, id, stream, peer, local, transport, None).await
+}
+
+impl TransportCtx {
+    /// A flow id no connection used before.
+    pub fn new_flow(&self) -> FlowId {
+        FlowId(self.next_flow.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+/// Serves one stream connection as flow `id` (the trunk driver opens its own and needs the id to
+/// send on it, and `opened` to learn when the core knows it): frames messages, answers CRLF
+/// pings, writes what the core sends.
+pub async fn serve_connection<S>(
+    ctx: TransportCtx,
+    id: FlowId,
+    stream: S,
+    peer: SocketAddr,
+    local: SocketAddr,
+    transport: Transport,
+    opened: Option<tokio::sync::oneshot::Sender<()>>,
+) where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
     let remote = Remote {
         transport,
         addr: peer,
@@ -331,6 +355,9 @@ pub async fn run_connection<S>(
         .is_err()
     {
         return;
+    }
+    if let Some(o) = opened {
+        let _ = o.send(());
     }
     ctx.metrics.connections.inc();
     let writer = tokio::spawn(async move {

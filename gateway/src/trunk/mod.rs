@@ -1,8 +1,11 @@
 //! The Direct Routing trunk to Microsoft Teams: owns which SIP proxy (sip, sip2, sip3 of the real
 //! service, or the configured list) takes the gateway's traffic, and the OPTIONS keep-alive that
 //! tells it. [`Trunk`] is sans-IO — the driver passes time, random tokens and answers in, and
-//! sends what it is given — so failover is tested on a simulated clock. The TLS driver, the
-//! configuration leaves and `GET /api/trunk` come next (issue 5).
+//! sends what it is given — so failover is tested on a simulated clock. [`driver`] is the tokio
+//! side: TLS connections (mutual, with the gateway's certificate), timers, and the view
+//! `GET /api/trunk` shows.
+
+pub mod driver;
 
 use std::time::{Duration, Instant};
 
@@ -22,6 +25,8 @@ pub struct Proxy {
     pub last_options: Option<Instant>,
     /// Status of the last answer to an OPTIONS (any answer proves the proxy alive).
     pub last_status: Option<u16>,
+    /// Time from the last answered OPTIONS to its answer.
+    pub rtt: Option<Duration>,
     next_ping: Instant,
     seq: u32,
 }
@@ -59,6 +64,7 @@ impl Trunk {
                     up: true,
                     last_options: None,
                     last_status: None,
+                    rtt: None,
                     next_ping: now,
                     seq: 0,
                 })
@@ -125,12 +131,30 @@ impl Trunk {
         })
     }
 
-    /// An answer to proxy `i`'s OPTIONS: it is alive (even a 403 comes from a live proxy; the
-    /// status shows why it refused us).
-    pub fn answered(&mut self, i: usize, status: u16) {
+    /// The keep-alive of proxy `i` is due but cannot be sent yet (the driver is still
+    /// connecting): asks again after the interval, so a dead proxy is not retried in a loop.
+    pub fn deferred(&mut self, i: usize, now: Instant) {
+        let interval = self.interval;
+        if let Some(p) = self.proxies.get_mut(i) {
+            p.next_ping = now + interval;
+        }
+    }
+
+    /// A connection to proxy `i` just opened: its keep-alive is due at once, as the answer is
+    /// what brings it up.
+    pub fn connected(&mut self, i: usize, now: Instant) {
+        if let Some(p) = self.proxies.get_mut(i) {
+            p.next_ping = now;
+        }
+    }
+
+    /// An answer to proxy `i`'s OPTIONS at `now`: it is alive (even a 403 comes from a live
+    /// proxy; the status shows why it refused us).
+    pub fn answered(&mut self, i: usize, status: u16, now: Instant) {
         if let Some(p) = self.proxies.get_mut(i) {
             p.up = true;
             p.last_status = Some(status);
+            p.rtt = p.last_options.map(|t| now.saturating_duration_since(t));
         }
     }
 
@@ -140,6 +164,7 @@ impl Trunk {
         if let Some(p) = self.proxies.get_mut(i) {
             p.up = false;
             p.last_status = None;
+            p.rtt = None;
         }
     }
 }
@@ -210,9 +235,11 @@ mod tests {
         assert_eq!(t.current(), Some(1), "traffic moves to sip2");
         t.unreachable(1);
         assert_eq!(t.current(), Some(2));
-        t.answered(0, 200);
+        t.options(0, now, &tokens(1));
+        t.answered(0, 200, now + Duration::from_millis(7));
         assert_eq!(t.current(), Some(0), "sip is back first in order");
-        t.answered(1, 403);
+        assert_eq!(t.proxies()[0].rtt, Some(Duration::from_millis(7)));
+        t.answered(1, 403, now);
         assert!(t.proxies()[1].up, "a refusal comes from a live proxy");
         assert_eq!(t.proxies()[1].last_status, Some(403));
         for i in 0..3 {
@@ -236,5 +263,12 @@ mod tests {
         assert_eq!(t.due(now + Duration::from_secs(60)), [0, 2]);
         assert_eq!(t.due(now + Duration::from_secs(90)), [0, 1, 2]);
         assert_eq!(t.proxies()[1].last_options, Some(later));
+        t.deferred(0, later);
+        assert_eq!(
+            t.due(now + Duration::from_secs(60)),
+            [2],
+            "deferred by an interval"
+        );
+        assert_eq!(t.due(later + Duration::from_secs(60)), [0, 1, 2]);
     }
 }
