@@ -2,7 +2,8 @@
 //!
 //! 1. Decision latency: one decision at a time, each in a fresh instance taken from the pooling
 //!    allocator (instantiation, the call, fuel and deadline set-up, the answer's check and the
-//!    metrics included), for each default module and the built-in rule.
+//!    metrics included), for each default module and the built-in rule; and a quirks decision
+//!    in a call's instance (a call's second and later messages).
 //! 2. Call setup rate through the gateway binary with policies off (built-in rules) and on (the
 //!    default admission, routing and quirks modules uploaded): SIPp calls from a trusted caller to
 //!    a SIPp callee (INVITE, 200, ACK, BYE at once), a fixed number of calls with a bounded
@@ -81,6 +82,12 @@ fn main() {
     row("admit", "admission_default", || drop(e.admit(&register)));
     let e = with(PolicyKind::Quirks, &quirks);
     row("quirks", "quirks_default", || drop(e.quirks(&message)));
+    // What a call pays per message after its first: the call's instance is reused.
+    let pinned = e.pin(PolicyKind::Quirks);
+    let mut instance = None;
+    row("quirks, call's instance", "quirks_default", || {
+        drop(e.quirks_in(&pinned, &mut instance, &message))
+    });
 
     call_setup_rate(&[
         ("admission", &admission),

@@ -134,18 +134,18 @@ struct Quirks {
     devices: Vec<(SocketAddr, Device)>,
 }
 
-impl Quirks {
-    fn device(&self, addr: Option<SocketAddr>) -> Option<&Device> {
-        let addr = addr?;
-        self.devices
-            .iter()
-            .find(|(a, _)| *a == addr)
-            .map(|(_, d)| d)
-    }
+/// The device at a signalling address.
+fn device_at(devices: &[(SocketAddr, Device)], addr: Option<SocketAddr>) -> Option<&Device> {
+    let addr = addr?;
+    devices.iter().find(|(a, _)| *a == addr).map(|(_, d)| d)
+}
 
+impl Quirks {
     /// Before the call sees an input from `peer`.
     fn incoming(&mut self, peer: Option<SocketAddr>, input: &mut Input) {
-        let Some(d) = self.device(peer) else { return };
+        let Some(d) = device_at(&self.devices, peer) else {
+            return;
+        };
         match input {
             Input::Request { req, .. } => self.quirks.request(d, Direction::FromDevice, req),
             Input::Response { resp, .. } => self.quirks.response(d, Direction::FromDevice, resp),
@@ -155,7 +155,9 @@ impl Quirks {
 
     /// Before an output leaves for `peer`.
     fn outgoing(&mut self, peer: Option<SocketAddr>, out: &mut Output) {
-        let Some(d) = self.device(peer) else { return };
+        let Some(d) = device_at(&self.devices, peer) else {
+            return;
+        };
         match out {
             Output::Respond { resp, .. } => self.quirks.response(d, Direction::ToDevice, resp),
             Output::Send { req, .. } | Output::Stateless { req, .. } => {
@@ -262,7 +264,7 @@ pub async fn run(t: CallTask) {
     let mut codec: Option<String> = None;
     let quirks_policy = quirks.as_ref().and_then(|(q, _)| q.version());
     let mut quirks = quirks.map(|(quirks, devices)| Quirks { quirks, devices });
-    if let Some(q) = &quirks
+    if let Some(q) = &mut quirks
         && let Some((_, caller_device)) = q.devices.first()
     {
         q.quirks

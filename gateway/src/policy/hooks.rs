@@ -14,6 +14,7 @@ use csps_sip::registrar::{Admission, AdmissionRequest, Gatekeeper, TrustedIps};
 use ipnet::IpNet;
 
 use super::rules::{self, Direction, Edits, HeaderEdit, IpRange, StartLine, Transport};
+use super::sandbox::QuirksInstance;
 use super::{Pinned, PolicyEngine, PolicyKind, QuirkMessage, RegisterRequest, Verdict};
 
 /// The registrar's admission decision through the admission policy.
@@ -96,17 +97,33 @@ impl Device {
 }
 
 /// The quirks of one call: the module it began with (pinned for its length) and the engine.
-#[derive(Clone)]
 pub struct CallQuirks {
     engine: Arc<PolicyEngine>,
     pinned: Pinned,
+    /// The module's instance for this call (see [`PolicyEngine::quirks_in`]).
+    instance: Option<QuirksInstance>,
+}
+
+impl Clone for CallQuirks {
+    /// The same pinned module; the clone gets its own instance when it first needs one.
+    fn clone(&self) -> CallQuirks {
+        CallQuirks {
+            engine: self.engine.clone(),
+            pinned: self.pinned.clone(),
+            instance: None,
+        }
+    }
 }
 
 impl CallQuirks {
     /// Pins the current quirks module (or the built-in rule) for a new call.
     pub fn pin(engine: Arc<PolicyEngine>) -> CallQuirks {
         let pinned = engine.pin(PolicyKind::Quirks);
-        CallQuirks { engine, pinned }
+        CallQuirks {
+            engine,
+            pinned,
+            instance: None,
+        }
     }
 
     /// The pinned module's version (`None`: the built-in rule).
@@ -115,19 +132,24 @@ impl CallQuirks {
     }
 
     /// Applies the quirks to a request to or from `device`.
-    pub fn request(&self, device: &Device, direction: Direction, req: &mut csps_sip::Request) {
+    pub fn request(&mut self, device: &Device, direction: Direction, req: &mut csps_sip::Request) {
         let start = StartLine::Request(req.method.as_str().to_owned());
         self.apply(device, direction, start, &mut req.headers, &mut req.body);
     }
 
     /// Applies the quirks to a response to or from `device`.
-    pub fn response(&self, device: &Device, direction: Direction, resp: &mut csps_sip::Response) {
+    pub fn response(
+        &mut self,
+        device: &Device,
+        direction: Direction,
+        resp: &mut csps_sip::Response,
+    ) {
         let start = StartLine::Response(resp.status);
         self.apply(device, direction, start, &mut resp.headers, &mut resp.body);
     }
 
     fn apply(
-        &self,
+        &mut self,
         device: &Device,
         direction: Direction,
         start: StartLine,
@@ -159,7 +181,10 @@ impl CallQuirks {
         let Edits {
             headers: header_edits,
             sdp: sdp_edits,
-        } = self.engine.quirks_with(&self.pinned, &msg).value;
+        } = self
+            .engine
+            .quirks_in(&self.pinned, &mut self.instance, &msg)
+            .value;
         apply_headers(headers, &header_edits);
         if let Some(sdp) = sdp
             && !sdp_edits.is_empty()

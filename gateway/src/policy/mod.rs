@@ -94,7 +94,7 @@ impl Default for Limits {
             fuel: 5_000_000,
             deadline: Duration::from_millis(20),
             memory: 16 << 20,
-            instances: 64,
+            instances: 1024,
             failure_limit: 5,
             failure_window: Duration::from_secs(60),
         }
@@ -366,13 +366,35 @@ impl PolicyEngine {
         self.quirks_with(&self.pin(PolicyKind::Quirks), msg)
     }
 
-    /// Device-quirk edits with a pinned quirks module.
+    /// Device-quirk edits with a pinned quirks module, in an instance of its own.
     pub fn quirks_with(&self, pinned: &Pinned, msg: &QuirkMessage) -> Decision<Edits> {
+        self.quirks_in(pinned, &mut None, msg)
+    }
+
+    /// Device-quirk edits with a call's pinned quirks module, in the call's instance `slot`:
+    /// instantiated by the first decision that runs the module, dropped after a failure (the
+    /// next decision starts a fresh one).
+    pub fn quirks_in(
+        &self,
+        pinned: &Pinned,
+        slot: &mut Option<sandbox::QuirksInstance>,
+        msg: &QuirkMessage,
+    ) -> Decision<Edits> {
         self.decide(
             PolicyKind::Quirks,
             pinned,
             || rules::adjust(msg),
-            |p| self.sandbox.adjust(p, &self.limits, msg),
+            |p| {
+                let instance = match slot {
+                    Some(i) => i,
+                    None => slot.insert(self.sandbox.quirks_instance(p, &self.limits)?),
+                };
+                let edits = instance.adjust(&self.limits, msg);
+                if edits.is_err() {
+                    *slot = None;
+                }
+                edits
+            },
             rules::check_edits,
         )
     }

@@ -4,6 +4,13 @@
 //! wrong time) and advertise no INFO in `Allow` (the base answers an in-dialog INFO with 501 and
 //! drops the call). Every other device gets the built-in defaults.
 
+#![no_std]
+
+extern crate alloc;
+
+use alloc::vec;
+use alloc::vec::Vec;
+
 use csps_policy_sdk::quirks::{
     Direction, Edits, Guest, Header, HeaderEdit, Message, SdpEdit, builtin,
 };

@@ -1,6 +1,8 @@
 //! The default quirks policy: the built-in per-family edits (DECT bases, Yealink, Polycom,
 //! Grandstream, Cisco), as a component.
 
+#![no_std]
+
 use csps_policy_sdk::quirks::{Edits, Guest, Message, builtin};
 
 struct Policy;

@@ -1,6 +1,8 @@
 //! The default routing policy: csps's built-in rule (a local account when the dialled string
 //! names one, else an E.164 number to the Teams trunk, else 484/404), as a component.
 
+#![no_std]
+
 use csps_policy_sdk::routing::{Guest, Route, RouteRequest, builtin};
 
 struct Policy;

@@ -2,6 +2,12 @@
 //! (`0501234567`) goes to Teams as `+972501234567`; everything else follows the built-in rule
 //! (local users, `+…`/`00…` numbers).
 
+#![no_std]
+
+extern crate alloc;
+
+use alloc::format;
+
 use csps_policy_sdk::routing::{Guest, Route, RouteRequest, builtin};
 use csps_policy_sdk::rules::dial_string;
 

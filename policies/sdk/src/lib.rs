@@ -10,8 +10,70 @@
 //! }
 //! csps_policy_sdk::routing::export_routing!(Policy);
 //! ```
+//!
+//! # `no_std`
+//! The SDK, the rules and the policies in this folder are `#![no_std]` with `alloc`: Rust's std
+//! on `wasm32-wasip2` imports `wasi:cli` and `wasi:io` (for printing a panic message) and adds
+//! core modules to the component, which the host must instantiate for every decision. Without
+//! them a component is one core module with no imports, and a decision costs a fraction. The SDK
+//! supplies what std would: the allocator (`dlmalloc`, std's own on WASM) and a panic handler that
+//! traps (the host counts the trap and answers with its built-in rule). A policy that wants std
+//! enables the SDK's `std` feature, which leaves both to std; it works, only slower.
+
+#![no_std]
 
 extern crate self as csps_policy_sdk;
+
+#[doc(hidden)]
+pub extern crate alloc;
+
+#[cfg(all(target_arch = "wasm32", not(feature = "std")))]
+#[global_allocator]
+static ALLOCATOR: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;
+
+/// The canonical ABI's allocator export, through which the host passes a request in. std on
+/// `wasm32-wasip2` provides it (and wit-bindgen leaves it to std there); without std, the SDK does.
+///
+/// # Safety
+/// Called by the host only, as the component model's `cabi_realloc` contract says: `old_ptr` and
+/// `old_len` describe an earlier allocation of this function (or `old_len` is 0), `align` is a
+/// power of two.
+#[cfg(all(target_arch = "wasm32", not(feature = "std")))]
+#[unsafe(export_name = "cabi_realloc")]
+pub unsafe extern "C" fn cabi_realloc(
+    old_ptr: *mut u8,
+    old_len: usize,
+    align: usize,
+    new_len: usize,
+) -> *mut u8 {
+    use alloc::alloc::{Layout, alloc, realloc};
+    if new_len == 0 {
+        return align as *mut u8;
+    }
+    let ptr = unsafe {
+        if old_len == 0 {
+            alloc(Layout::from_size_align_unchecked(new_len, align))
+        } else {
+            realloc(
+                old_ptr,
+                Layout::from_size_align_unchecked(old_len, align),
+                new_len,
+            )
+        }
+    };
+    if ptr.is_null() {
+        // Out of memory (the host's cap): end the decision as a trap.
+        core::arch::wasm32::unreachable()
+    }
+    ptr
+}
+
+/// A panic ends the decision as a trap; the host falls back to its built-in rule.
+#[cfg(all(target_arch = "wasm32", not(feature = "std")))]
+#[panic_handler]
+fn panic(_: &core::panic::PanicInfo) -> ! {
+    core::arch::wasm32::unreachable()
+}
 
 pub use csps_policy_rules as rules;
 #[doc(hidden)]
@@ -29,6 +91,7 @@ pub mod routing {
         runtime_path: "csps_policy_sdk::wit_bindgen::rt",
     });
 
+    use alloc::format;
     use csps_policy_rules as rules;
     pub use exports::csps::policy::router::{
         Attribute, Caller, Destination as Route, Guest, Rejection, RouteRequest,
@@ -87,13 +150,13 @@ pub mod admission {
         runtime_path: "csps_policy_sdk::wit_bindgen::rt",
     });
 
+    use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
     use csps_policy_rules as rules;
     pub use exports::csps::policy::gatekeeper::{
         Guest, IpAddress, IpRange, RegisterRequest, Rejection, Transport, Verdict,
     };
-    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-    /// A WIT address as a std one.
+    /// A WIT address as a `core::net` one.
     pub fn ip(a: IpAddress) -> IpAddr {
         match a {
             IpAddress::V4((a, b, c, d)) => IpAddr::V4(Ipv4Addr::new(a, b, c, d)),

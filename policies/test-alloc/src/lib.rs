@@ -2,6 +2,12 @@
 //! 16 MiB memory cap stops it (the allocation fails, the guest aborts) and the call is routed by
 //! the built-in rule.
 
+#![no_std]
+
+extern crate alloc;
+
+use alloc::vec::Vec;
+
 use csps_policy_sdk::routing::{Guest, Route, RouteRequest};
 
 struct Policy;
@@ -14,7 +20,7 @@ impl Guest for Policy {
             // is what stops it.
             let mut block = Vec::with_capacity(1 << 20);
             block.push(request.dialled.len() as u8);
-            hoard.push(std::hint::black_box(block));
+            hoard.push(core::hint::black_box(block));
         }
     }
 }

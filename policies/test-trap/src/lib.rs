@@ -1,6 +1,8 @@
 //! Test policy (never deploy): a routing module that traps (a panic, which aborts with
 //! `unreachable` under `panic = "abort"`), to show that the call is routed by the built-in rule.
 
+#![no_std]
+
 use csps_policy_sdk::routing::{Guest, Route, RouteRequest};
 
 struct Policy;
