@@ -639,3 +639,62 @@ fn requests_outside_any_dialog_get_481_and_a_malformed_ack_gets_nothing() {
         .expect("OPTIONS");
     assert_eq!(resp.status, 200);
 }
+
+/// Log lines of concurrent calls each carry their own call's span only. A call task that kept
+/// its span entered across `.await` left it entered on the worker thread, so other calls' lines
+/// and spans nested inside it and every line grew with the number of calls in progress.
+#[test]
+fn concurrent_calls_log_in_their_own_span_only() {
+    let Some(gw) = gateway(&[("alice", "alice-secret-1"), ("bob", "bob-secret-1")]) else {
+        return;
+    };
+    gw.trust("127.0.0.0/8");
+    std::thread::sleep(Duration::from_millis(500));
+    let port = free_port();
+    csps_tests::raw::register_trusted(gw.sip_addr(), "bob", DOMAIN, port, "span")
+        .expect("bob registers from a trusted address");
+    let calls = 60;
+    let bob = Sipp::new("uas_bench.xml", gw.sip_addr())
+        .local_port(port)
+        .key("user", "bob")
+        .calls(calls)
+        .timeout(Duration::from_secs(60));
+    let bob = std::thread::spawn(move || bob.run());
+    std::thread::sleep(Duration::from_millis(300));
+    let alice = Sipp::new("uac_dial.xml", gw.sip_addr())
+        .key("user", "alice")
+        .key("domain", DOMAIN)
+        .key("callee", "bob")
+        .calls(calls)
+        .rate(200)
+        .arg("-l")
+        .arg("20")
+        .arg("-mp")
+        .arg(free_port().to_string())
+        .timeout(Duration::from_secs(60))
+        .run();
+    let bob = bob.join().expect("callee thread");
+    assert_both_ok(&gw, &alice, &bob);
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            gw.log_lines()
+                .iter()
+                .filter(|l| l.contains("call ended"))
+                .count()
+                >= calls as usize
+        }),
+        "not every call logged its end:\n{}",
+        gw.log_tail(20)
+    );
+    let nested: Vec<String> = gw
+        .log_lines()
+        .into_iter()
+        .filter(|l| l.matches("call{").count() > 1)
+        .collect();
+    assert!(
+        nested.is_empty(),
+        "{} log lines carry several calls' spans, e.g.:\n{}",
+        nested.len(),
+        nested.first().map(|l| &l[..l.len().min(400)]).unwrap_or("")
+    );
+}

@@ -12,6 +12,7 @@ use csps_sip::sdp::Sdp;
 use csps_sip::transaction::TxnKey;
 use rand::SeedableRng;
 use tokio::sync::{broadcast, mpsc};
+use tracing::Instrument;
 
 use super::b2bua::{Call, Input, MediaChange, Output, Setup};
 use super::leg::{CallInfo, LegInfo, LegKind, UserState};
@@ -211,8 +212,24 @@ fn codec_of(body: &[u8]) -> Option<String> {
     Some(format!("{}/{}", f.codec.name(), f.clock))
 }
 
-/// Runs the call to its end.
+/// Runs the call to its end, its log lines in the call's span.
 pub async fn run(t: CallTask) {
+    let call_id = t
+        .setup
+        .invite
+        .headers
+        .get("Call-ID")
+        .unwrap_or("")
+        .to_owned();
+    // A root span, attached to the task's future: a span entered with a guard held across
+    // `.await` stays entered on the worker thread while the call is suspended, so every other
+    // task's log lines and every later call's span nest inside it, and each log line then
+    // formats the whole chain (a few hundred spans under load).
+    let span = tracing::info_span!(parent: None, "call", call = t.no, call_id = %call_id);
+    run_call(t, call_id).instrument(span).await
+}
+
+async fn run_call(t: CallTask, call_id: String) {
     let CallTask {
         no,
         mut setup,
@@ -234,9 +251,6 @@ pub async fn run(t: CallTask) {
         }
         _ => return,
     }
-    let call_id = setup.invite.headers.get("Call-ID").unwrap_or("").to_owned();
-    let span = tracing::info_span!("call", call = no, call_id = %call_id);
-    let _enter = span.enter();
     let a_signalling = setup.from.addr;
     let started_at = Utc::now();
     let started = Instant::now();
