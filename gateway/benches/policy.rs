@@ -9,7 +9,8 @@
 //!    a SIPp callee (INVITE, 200, ACK, BYE at once), a fixed number of calls with a bounded
 //!    number in flight, rounds alternating off/on. Needs SIPp (`e2e/setup`) and the release
 //!    binary; skipped without them. `POLICY_BENCH_CALLS` (default 1000) and
-//!    `POLICY_BENCH_ROUNDS` (default 3) size it.
+//!    `POLICY_BENCH_ROUNDS` (default 3) size it; `POLICY_BENCH_MODULES` (e.g. `routing,quirks`)
+//!    uploads only those modules.
 
 #[path = "../tests/policy_support/mod.rs"]
 mod policy_support;
@@ -88,12 +89,54 @@ fn main() {
     row("quirks, call's instance", "quirks_default", || {
         drop(e.quirks_in(&pinned, &mut instance, &message))
     });
+    // The same with a whole INVITE as a phone sends it: every header crosses into the guest.
+    let invite = Message {
+        headers: [
+            (
+                "Via",
+                "SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK-524287-1---c5a1;rport",
+            ),
+            ("Max-Forwards", "70"),
+            ("From", "\"Alice\" <sip:alice@csps.local>;tag=8f2e51a7"),
+            ("To", "<sip:bob@csps.local>"),
+            ("Call-ID", "NjQ4ZGM2ZDI1YzJlN2E2ZjYxNTk1N2FiNjk5ZGYyNjM"),
+            ("CSeq", "1 INVITE"),
+            ("Contact", "<sip:alice@192.0.2.10:5060;transport=udp>"),
+            (
+                "Allow",
+                "INVITE, ACK, CANCEL, BYE, NOTIFY, REFER, OPTIONS, INFO, UPDATE",
+            ),
+            ("Supported", "replaces, timer"),
+            ("Session-Expires", "1800"),
+            ("User-Agent", "Gigaset N870 IP PRO/83.V2.39.0"),
+            ("Content-Type", "application/sdp"),
+        ]
+        .into_iter()
+        .map(|(n, v)| (n.to_owned(), v.to_owned()))
+        .collect(),
+        ..message.clone()
+    };
+    row(
+        "quirks, call's instance, 12-header INVITE",
+        "quirks_default",
+        || drop(e.quirks_in(&pinned, &mut instance, &invite)),
+    );
 
-    call_setup_rate(&[
-        ("admission", &admission),
-        ("routing", &routing),
-        ("quirks", &quirks),
-    ]);
+    // `POLICY_BENCH_MODULES=routing,quirks` turns on only those, to attribute the difference.
+    let chosen = std::env::var("POLICY_BENCH_MODULES").ok();
+    let modules: Vec<(&str, &[u8])> = [
+        ("admission", &admission[..]),
+        ("routing", &routing[..]),
+        ("quirks", &quirks[..]),
+    ]
+    .into_iter()
+    .filter(|(kind, _)| {
+        chosen
+            .as_deref()
+            .is_none_or(|c| c.split(',').any(|k| k == *kind))
+    })
+    .collect();
+    call_setup_rate(&modules);
 }
 
 /// Section 2: calls per second with policies off and on.
@@ -130,9 +173,12 @@ fn call_setup_rate(modules: &[(&str, &[u8])]) {
         println!("\ncall setup rate: FAILED to register the callee: {e}");
         return;
     }
-    println!("\n| round | policies | calls ok | failed | seconds | calls/s |");
-    println!("|---|---|---|---|---|---|");
+    println!(
+        "\n| round | policies | calls ok | failed | seconds | calls/s | gateway CPU µs/call | page faults/call |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
     let mut rates: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    let mut cpu: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
     for round in 1..=rounds {
         for on in [false, true] {
             for (kind, wasm) in modules {
@@ -151,6 +197,7 @@ fn call_setup_rate(modules: &[(&str, &[u8])]) {
                 .timeout(Duration::from_secs(120));
             let callee = std::thread::spawn(move || callee.run());
             std::thread::sleep(Duration::from_millis(300));
+            let before = usage(gw.pid());
             let started = Instant::now();
             let caller = Sipp::new("uac_dial.xml", gw.sip_addr())
                 .key("user", "alice")
@@ -168,10 +215,15 @@ fn call_setup_rate(modules: &[(&str, &[u8])]) {
                 .run();
             let secs = started.elapsed().as_secs_f64();
             let _ = callee.join();
+            let after = usage(gw.pid());
             let rate = caller.successful as f64 / secs;
+            let ok = caller.successful.max(1) as f64;
+            let per_call = (after.cpu - before.cpu) * 1e6 / ok;
+            let faults = (after.faults - before.faults) as f64 / ok;
             rates[usize::from(on)].push(rate);
+            cpu[usize::from(on)].push(per_call);
             println!(
-                "| {round} | {} | {} | {} | {secs:.2} | {rate:.0} |",
+                "| {round} | {} | {} | {} | {secs:.2} | {rate:.0} | {per_call:.0} | {faults:.1} |",
                 if on { "on" } else { "off" },
                 caller.successful,
                 caller.failed
@@ -184,6 +236,47 @@ fn call_setup_rate(modules: &[(&str, &[u8])]) {
         "\ncall setup rate, mean of {rounds} rounds: off {off:.0}/s, on {on:.0}/s ({:+.1} %)",
         (on - off) / off * 100.0
     );
+    // The rate above shares two cores with both SIPp processes, so it moves with their
+    // scheduling; the gateway's own CPU time per call is its capacity, free of that.
+    let (cpu_off, cpu_on) = (mean(&cpu[0]), mean(&cpu[1]));
+    println!(
+        "gateway CPU per call, mean of {rounds} rounds: off {cpu_off:.0} µs, on {cpu_on:.0} µs \
+         ({:+.1} %; capacity per core {:.0} → {:.0} calls/s)",
+        (cpu_on - cpu_off) / cpu_off * 100.0,
+        1e6 / cpu_off,
+        1e6 / cpu_on
+    );
+}
+
+/// What the process has used so far, all its threads (from `/proc`; zeros where there is none).
+#[derive(Clone, Copy, Default)]
+struct Usage {
+    /// User plus system CPU seconds.
+    cpu: f64,
+    /// Minor page faults.
+    faults: u64,
+}
+
+fn usage(pid: u32) -> Usage {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return Usage::default();
+    };
+    // Fields after the command name, which is in parentheses and may hold spaces; what follows
+    // it starts at field 3 of the line: minflt is field 10, utime and stime fields 14 and 15.
+    let fields: Vec<u64> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| {
+            rest.split_whitespace()
+                .map(|f| f.parse().unwrap_or(0))
+                .collect()
+        })
+        .unwrap_or_default();
+    let field = |n: usize| fields.get(n - 3).copied().unwrap_or(0);
+    Usage {
+        // USER_HZ is 100 on every Linux this runs on.
+        cpu: (field(14) + field(15)) as f64 / 100.0,
+        faults: field(10),
+    }
 }
 
 fn engine() -> PolicyEngine {
