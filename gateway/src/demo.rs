@@ -42,6 +42,7 @@ pub async fn ensure_demo_account(
             upn: None,
             phone_number: None,
             enabled: true,
+            activated: false,
             ha1,
             created_at: Utc::now(),
         })

@@ -188,6 +188,29 @@ impl TeamsEmulator {
         r.json()["sent"].as_u64().unwrap_or(0)
     }
 
+    /// The calls the proxies took part in (`GET /test/sip/calls`): `{"call_id","direction",
+    /// "proxy","number","status","state","ended_by","proto","rtp":{"received","echoed","sent",
+    /// "returned"}}`.
+    pub fn sip_calls(&self) -> Vec<Value> {
+        let r = http::request(self.addr, "GET", "/test/sip/calls", None, None)
+            .unwrap_or_else(|e| panic!("GET /test/sip/calls: {e}"));
+        match r.json() {
+            Value::Array(a) => a,
+            other => panic!("GET /test/sip/calls: {other}"),
+        }
+    }
+
+    /// Makes proxy `n` call `to` at the SBC as Teams does (hanging up `hangup_after_ms` after
+    /// the answer); the call's Call-ID.
+    pub fn call_in(&self, n: usize, to: &str, hangup_after_ms: u64) -> String {
+        let path = format!("/test/sip/{n}/call");
+        let body = json!({"to": to, "hangup_after_ms": hangup_after_ms}).to_string();
+        let r = http::request(self.addr, "POST", &path, None, Some(&body))
+            .unwrap_or_else(|e| panic!("POST {path}: {e}"));
+        assert_eq!(r.status, 200, "POST {path}: {}", r.body);
+        r.json()["call_id"].as_str().unwrap_or_default().to_owned()
+    }
+
     /// The SIP messages the proxies received (request log entries with `"face":"sip"`).
     pub fn sip_messages(&self) -> Vec<Value> {
         self.requests()

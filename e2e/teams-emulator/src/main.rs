@@ -2,15 +2,18 @@
 //! face of it, each shaped after the real service:
 //! - [`token`]: Entra ID — OpenID discovery, JWKS, the client-credentials token endpoint;
 //! - [`graph`]: Microsoft Graph — group membership (`checkMemberGroups`, `getMemberGroups`);
-//! - [`sip`]: Direct Routing — three SIP proxies over TLS (with `--sip-fqdn`); presence later.
+//! - [`sip`]: Direct Routing — three SIP proxies over TLS (with `--sip-fqdn`), and [`calls`]
+//!   through them both ways (tone and echo); presence later.
 //!
 //! Every request to a face is recorded ([`record`]) for tests to assert on. Test facilities live
 //! under `/test/` and are not part of any Microsoft API: `POST /test/mint` (sign a user token),
 //! `GET|DELETE /test/requests` (the request log), `GET /test/sip` and
-//! `POST /test/sip/{n}/stop|start|options` (the SIP proxies). The emulator listens on loopback only.
+//! `POST /test/sip/{n}/stop|start|options|call`, `GET /test/sip/calls`,
+//! `POST /test/sip/calls/{call_id}/bye` (the SIP proxies and their calls). The emulator listens on loopback only.
 
 #![forbid(unsafe_code)]
 
+mod calls;
 mod graph;
 mod keys;
 mod record;
@@ -158,6 +161,9 @@ fn app(state: Shared) -> Router {
         .route("/test/sip/{n}/stop", post(sip::stop))
         .route("/test/sip/{n}/start", post(sip::start))
         .route("/test/sip/{n}/options", post(sip::ping))
+        .route("/test/sip/{n}/call", post(calls::call))
+        .route("/test/sip/calls", get(calls::list))
+        .route("/test/sip/calls/{call_id}/bye", post(calls::hang_up))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             record::record,

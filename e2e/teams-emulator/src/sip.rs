@@ -13,7 +13,8 @@
 //! gateway's FQDN (`--sip-fqdn`) gets 403. A good OPTIONS gets 200. Messages are shaped after
 //! real DR traffic (upper-case header names, Microsoft's `Server`). Every message received is
 //! recorded in the request log as `{"face":"sip","proxy":n,"method","contact","status",
-//! "cseq","message"}`. Calls come later.
+//! "cseq","message"}`. Calls (an INVITE with the FQDN in Contact, and calls in) are in
+//! [`crate::calls`].
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -43,7 +44,7 @@ pub const NAMES: [&str; 3] = [
 /// The largest message accepted on a connection before it is closed.
 const MAX_MESSAGE: usize = 64 * 1024;
 /// What the emulator's proxies call themselves, after the real `Server` header.
-const SERVER: &str = "Microsoft.PSTNHub.SIPProxy v.2024.2.6.5 i.EMULATOR.1 (teams-emulator)";
+pub const SERVER: &str = "Microsoft.PSTNHub.SIPProxy v.2024.2.6.5 i.EMULATOR.1 (teams-emulator)";
 
 /// One proxy: its fixed address and, while it runs, the task that serves it and a way to write
 /// on each of its open connections.
@@ -56,7 +57,9 @@ struct Proxy {
 /// The SIP face's state.
 pub struct SipFace {
     /// The gateway FQDN that must appear in Contact.
-    fqdn: String,
+    pub fqdn: String,
+    /// The calls, both ways.
+    pub calls: crate::calls::Calls,
     /// PEM of the test CA that issued the proxies' certificates.
     ca_pem: String,
     /// PEM of the SBC's certificate (SAN: the FQDN) and key, issued by the test CA.
@@ -171,6 +174,7 @@ impl SipFace {
         }
         let face = SipFace {
             fqdn,
+            calls: crate::calls::Calls::default(),
             ca_pem,
             sbc_pem,
             sbc_thumbprint,
@@ -183,6 +187,14 @@ impl SipFace {
     /// The proxies' addresses, in order.
     pub fn addrs(&self) -> Vec<SocketAddr> {
         self.lock().iter().map(|p| p.addr).collect()
+    }
+
+    /// An open connection of proxy `i` (0-based), the newest.
+    pub fn connection(&self, i: usize) -> Option<mpsc::Sender<Vec<u8>>> {
+        let mut proxies = self.lock();
+        let p = proxies.get_mut(i)?;
+        p.conns.retain(|c| !c.is_closed());
+        p.conns.last().cloned()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Proxy>> {
@@ -232,7 +244,7 @@ where
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(16);
     if let Some(p) = face.lock().get_mut(i) {
         p.conns.retain(|c| !c.is_closed());
-        p.conns.push(tx);
+        p.conns.push(tx.clone());
     }
     let mut buf: Vec<u8> = Vec::new();
     let mut chunk = [0u8; 8192];
@@ -240,7 +252,7 @@ where
         match frame(&buf) {
             Frame::Message(n) => {
                 let bytes: Vec<u8> = buf.drain(..n).collect();
-                if let Some(answer) = handle(&state, i, &bytes)
+                if let Some(answer) = handle(&state, i, &bytes, &tx).await
                     && tls.write_all(&answer).await.is_err()
                 {
                     return;
@@ -281,7 +293,12 @@ fn contact_has_fqdn(req: &Request, fqdn: &str) -> bool {
 }
 
 /// Records one message and returns the answer to send, if any.
-fn handle(state: &Shared, i: usize, bytes: &[u8]) -> Option<Vec<u8>> {
+async fn handle(
+    state: &Shared,
+    i: usize,
+    bytes: &[u8],
+    conn: &mpsc::Sender<Vec<u8>>,
+) -> Option<Vec<u8>> {
     let face = state.sip.as_ref()?;
     let text = String::from_utf8_lossy(bytes).into_owned();
     let mut entry = json!({"face": "sip", "proxy": i + 1, "message": text});
@@ -289,9 +306,24 @@ fn handle(state: &Shared, i: usize, bytes: &[u8]) -> Option<Vec<u8>> {
         Ok(Message::Request(req)) => {
             entry["method"] = Value::from(req.method.as_str());
             entry["contact"] = req.headers.get("Contact").map_or(Value::Null, Value::from);
+            entry["call_id"] = req.call_id().map_or(Value::Null, Value::from);
+            if let Some(answer) = crate::calls::in_dialog(state, i, &req) {
+                entry["status"] = answer
+                    .as_deref()
+                    .and_then(status_of)
+                    .map_or(Value::Null, Value::from);
+                state.log.push(entry);
+                return answer;
+            }
             let (status, reason) = match req.method {
                 Method::Options | Method::Invite if !contact_has_fqdn(&req, &face.fqdn) => {
                     (403, "Forbidden")
+                }
+                Method::Invite => {
+                    let answer = crate::calls::invite(state, i, &req, conn).await;
+                    entry["status"] = answer_status(&answer).map_or(Value::Null, Value::from);
+                    state.log.push(entry);
+                    return Some(answer);
                 }
                 Method::Options => (200, "OK"),
                 Method::Ack => {
@@ -307,6 +339,8 @@ fn handle(state: &Shared, i: usize, bytes: &[u8]) -> Option<Vec<u8>> {
             entry["status"] = Value::from(resp.status);
             entry["cseq"] = resp.headers.get("CSeq").map_or(Value::Null, Value::from);
             entry["contact"] = resp.headers.get("Contact").map_or(Value::Null, Value::from);
+            entry["call_id"] = resp.call_id().map_or(Value::Null, Value::from);
+            crate::calls::on_response(state, &resp).await;
             None
         }
         Err(e) => {
@@ -316,6 +350,24 @@ fn handle(state: &Shared, i: usize, bytes: &[u8]) -> Option<Vec<u8>> {
     };
     state.log.push(entry);
     answer
+}
+
+/// The status of the first response in `bytes`.
+fn status_of(bytes: &[u8]) -> Option<u16> {
+    let line = bytes.split(|b| *b == b'\r').next()?;
+    std::str::from_utf8(line)
+        .ok()?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// The status of the last response in `bytes` (several answers written at once).
+fn answer_status(bytes: &[u8]) -> Option<u16> {
+    let text = String::from_utf8_lossy(bytes);
+    let at = text.rfind("SIP/2.0 ")?;
+    status_of(&bytes[at..])
 }
 
 /// A response in Direct Routing's shape: upper-case header names, Microsoft's Server and Allow.

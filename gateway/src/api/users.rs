@@ -29,7 +29,7 @@ pub const MAX_USERNAME: usize = 128;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[schema(example = json!({"id": "7c9e6679-7425-40de-944b-e07fc1f90ae7", "username": "alice",
     "domain": "csps.local", "display_name": "Alice", "upn": "alice@contoso.com",
-    "phone_number": "+14255550100", "enabled": true, "created_at": "2026-11-26T09:00:00Z"}))]
+    "phone_number": "+14255550100", "enabled": true, "activated": false, "created_at": "2026-11-26T09:00:00Z"}))]
 pub struct UserView {
     /// Opaque id.
     pub id: Uuid,
@@ -45,6 +45,9 @@ pub struct UserView {
     pub phone_number: Option<String>,
     /// Whether the account may register.
     pub enabled: bool,
+    /// Whether the account is activated for Teams (calls to and from the trunk need it).
+    #[serde(default)]
+    pub activated: bool,
     /// Creation time.
     pub created_at: DateTime<Utc>,
 }
@@ -59,6 +62,7 @@ impl From<&User> for UserView {
             upn: u.upn.clone(),
             phone_number: u.phone_number.clone(),
             enabled: u.enabled,
+            activated: u.activated,
             created_at: u.created_at,
         }
     }
@@ -288,6 +292,7 @@ pub async fn create(
         upn: body.upn,
         phone_number: body.phone_number,
         enabled: true,
+        activated: false,
         created_at: Utc::now(),
     };
     let user = state.store.create_user(user).await?;
@@ -408,6 +413,9 @@ pub async fn patch(
     }
     if let Some(v) = p.enabled {
         user.enabled = v;
+    }
+    if let Some(v) = p.activated {
+        user.activated = v;
     }
     let user = state.store.update_user(user).await?;
     state.note_users_changed();

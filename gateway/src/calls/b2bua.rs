@@ -29,6 +29,22 @@ const SESSION_EXPIRED: &str = "SIP;cause=408;text=\"Session timer expired\"";
 /// RFC 3326 reason for forks that lost the race.
 pub const COMPLETED_ELSEWHERE: &str = "SIP;cause=200;text=\"Call completed elsewhere\"";
 
+/// Session interval the gateway proposes to Teams when the caller asked for none (RFC 4028
+/// §4 recommends 1800 s); Teams is asked to refresh, as the gateway only relays refreshes.
+pub const TEAMS_SESSION_EXPIRES: u32 = 1800;
+
+/// How the gateway names itself on a leg to the Direct Routing trunk: its FQDN and TLS port
+/// in Via and Contact (Direct Routing refuses requests whose Contact lacks the FQDN).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sbc {
+    /// `Data.SipConfig.SbcFqdn`.
+    pub fqdn: String,
+    /// The TLS port named with it.
+    pub port: u16,
+    /// User part of the Contact (the caller's number on an outgoing call).
+    pub user: String,
+}
+
 /// One device to ring.
 #[derive(Clone, Debug)]
 pub struct Target {
@@ -38,6 +54,9 @@ pub struct Target {
     pub uri: Uri,
     /// The gateway's SIP address on that flow (for Via and Contact).
     pub local: SocketAddr,
+    /// Set when the target is the Teams trunk: the gateway's FQDN replaces `local`, the trunk's
+    /// Allow and session timers are sent.
+    pub sbc: Option<Sbc>,
 }
 
 /// What a new call starts from.
@@ -65,6 +84,8 @@ pub struct Setup {
     pub relay_b: SocketAddr,
     /// Server name for Warning headers.
     pub agent: String,
+    /// Set when the caller is the Teams trunk (see [`Target::sbc`]).
+    pub a_sbc: Option<Sbc>,
 }
 
 /// Something that happened to the call.
@@ -298,21 +319,44 @@ fn hex_token(rng: &mut dyn RngCore) -> String {
 }
 
 fn via(t: &Target, rng: &mut dyn RngCore) -> String {
-    via_for(t.to.transport, t.local, rng)
+    via_for(t.to.transport, t.local, t.sbc.as_ref(), rng)
 }
 
-fn via_for(transport: Transport, local: SocketAddr, rng: &mut dyn RngCore) -> String {
-    format!(
-        "SIP/2.0/{} {local};branch=z9hG4bK{};rport",
-        transport.via_token(),
-        hex_token(rng)
-    )
+fn via_for(
+    transport: Transport,
+    local: SocketAddr,
+    sbc: Option<&Sbc>,
+    rng: &mut dyn RngCore,
+) -> String {
+    match sbc {
+        Some(s) => format!(
+            "SIP/2.0/TLS {}:{};branch=z9hG4bK{}",
+            s.fqdn,
+            s.port,
+            hex_token(rng)
+        ),
+        None => format!(
+            "SIP/2.0/{} {local};branch=z9hG4bK{};rport",
+            transport.via_token(),
+            hex_token(rng)
+        ),
+    }
 }
 
-fn contact_for(transport: Transport, local: SocketAddr) -> String {
-    match transport {
-        Transport::Udp => format!("<sip:csps@{local}>"),
-        t => format!("<sip:csps@{local};transport={}>", t.as_str().to_lowercase()),
+fn contact_for(transport: Transport, local: SocketAddr, sbc: Option<&Sbc>) -> String {
+    match (sbc, transport) {
+        (Some(s), _) => format!("<sip:{}@{}:{};transport=tls>", s.user, s.fqdn, s.port),
+        (None, Transport::Udp) => format!("<sip:csps@{local}>"),
+        (None, t) => format!("<sip:csps@{local};transport={}>", t.as_str().to_lowercase()),
+    }
+}
+
+/// The methods a leg is told it may use: the trunk's list (with REFER) towards Teams.
+fn allow_for(sbc: Option<&Sbc>) -> &'static str {
+    if sbc.is_some() {
+        crate::trunk::ALLOW
+    } else {
+        super::ALLOW_IN_DIALOG
     }
 }
 
@@ -396,7 +440,7 @@ impl Call {
     pub fn new(setup: Setup, mut rng: Box<dyn RngCore + Send>) -> Call {
         let a_tag = hex_token(&mut *rng);
         let b_from_tag = hex_token(&mut *rng);
-        let a_contact = contact_for(setup.from.transport, setup.local);
+        let a_contact = contact_for(setup.from.transport, setup.local, setup.a_sbc.as_ref());
         Call {
             setup,
             a_tag,
@@ -497,10 +541,23 @@ impl Call {
             h.push("To", self.setup.callee.clone());
             h.push("Call-ID", self.setup.b_call_id.clone());
             h.push("CSeq", "1 INVITE");
-            h.push("Contact", contact_for(target.to.transport, target.local));
+            h.push(
+                "Contact",
+                contact_for(target.to.transport, target.local, target.sbc.as_ref()),
+            );
             // The gateway's own assertion; whatever the phone sent is not copied (RFC 3325).
             h.push("P-Asserted-Identity", self.setup.caller.clone());
-            h.push("Allow", super::ALLOW_IN_DIALOG);
+            h.push("Allow", allow_for(target.sbc.as_ref()));
+            let caller_timer = session_expires(&self.setup.invite.headers).is_some();
+            if target.sbc.is_some() && !caller_timer {
+                // Direct Routing expects session timers; the caller has none, so Teams refreshes.
+                h.push(
+                    "Session-Expires",
+                    format!("{TEAMS_SESSION_EXPIRES};refresher=uas"),
+                );
+                h.push("Min-SE", MIN_SE.to_string());
+                h.push("Supported", "timer");
+            }
             if let Some((se, _)) = session_expires(&self.setup.invite.headers) {
                 // The caller asked for session timers: the callee negotiates them with it
                 // through the gateway (an interval below ours is raised, §7.4).
@@ -674,7 +731,12 @@ impl Call {
 
     fn bye_a(&mut self) {
         let tag = self.tag();
-        let v = via_for(self.setup.from.transport, self.setup.local, &mut *self.rng);
+        let v = via_for(
+            self.setup.from.transport,
+            self.setup.local,
+            self.setup.a_sbc.as_ref(),
+            &mut *self.rng,
+        );
         if let Some(d) = self.a_dialog.as_mut() {
             let mut req = d.request(Method::Bye, &v);
             if let Some(r) = self.bye_reason {
@@ -901,7 +963,8 @@ impl Call {
         };
         self.winner = Some(i);
         let mut ok = self.a_response(200, "OK");
-        ok.headers.push("Allow", super::ALLOW_IN_DIALOG);
+        ok.headers
+            .push("Allow", allow_for(self.setup.a_sbc.as_ref()));
         self.start_session_timer(now, &resp, &mut ok);
         ok.headers.push("Content-Type", "application/sdp");
         ok.body = body;
@@ -1074,8 +1137,18 @@ impl Call {
         timer_headers: Option<&Headers>,
     ) -> Option<(u32, u32)> {
         let tag = self.tag();
+        let allow = if to_a {
+            allow_for(self.setup.a_sbc.as_ref())
+        } else {
+            allow_for(self.winner.and_then(|w| self.forks[w].target.sbc.as_ref()))
+        };
         let (via, to, d) = if to_a {
-            let v = via_for(self.setup.from.transport, self.setup.local, &mut *self.rng);
+            let v = via_for(
+                self.setup.from.transport,
+                self.setup.local,
+                self.setup.a_sbc.as_ref(),
+                &mut *self.rng,
+            );
             (v, self.setup.from, self.a_dialog.as_mut()?)
         } else {
             let w = self.winner?;
@@ -1086,7 +1159,7 @@ impl Call {
         let mut req = d.request(method, &via);
         let seq = d.local_seq;
         if matches!(req.method, Method::Invite | Method::Update) {
-            req.headers.push("Allow", super::ALLOW_IN_DIALOG);
+            req.headers.push("Allow", allow);
         }
         if let Some(h) = timer_headers {
             copy_timer_headers(h, &mut req.headers);
@@ -1102,7 +1175,12 @@ impl Call {
     /// The ACK for a 2xx to our re-INVITE with CSeq `seq`, in leg A's (`to_a`) or B's dialog.
     fn ack_in_dialog(&mut self, to_a: bool, seq: u32, body: Option<Bytes>) {
         let (via, to, d) = if to_a {
-            let v = via_for(self.setup.from.transport, self.setup.local, &mut *self.rng);
+            let v = via_for(
+                self.setup.from.transport,
+                self.setup.local,
+                self.setup.a_sbc.as_ref(),
+                &mut *self.rng,
+            );
             (v, self.setup.from, self.a_dialog.as_ref())
         } else {
             let Some(w) = self.winner else { return };
@@ -1252,6 +1330,7 @@ impl Call {
                     contact_for(
                         self.forks[w].target.to.transport,
                         self.forks[w].target.local,
+                        self.forks[w].target.sbc.as_ref(),
                     )
                 })
                 .unwrap_or_default()
@@ -1635,6 +1714,7 @@ mod tests {
             to: remote(a),
             uri: Uri::parse(&format!("sip:bob@{a}")).expect("uri"),
             local: "192.0.2.1:5060".parse().expect("addr"),
+            sbc: None,
         };
         let mut c = Call::new(
             Setup {
@@ -1649,6 +1729,7 @@ mod tests {
                 relay_a: "192.0.2.1:20000".parse().expect("addr"),
                 relay_b: "192.0.2.1:20002".parse().expect("addr"),
                 agent: "test".into(),
+                a_sbc: None,
             },
             Box::new(rand::rngs::StdRng::seed_from_u64(7)),
         );

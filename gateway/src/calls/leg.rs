@@ -16,6 +16,8 @@ use crate::media::LegCounters;
 pub enum LegKind {
     /// A SIP phone registered to this server.
     Phone,
+    /// Microsoft Teams through the Direct Routing trunk.
+    Teams,
 }
 
 /// One leg of a call, for the API.

@@ -13,6 +13,7 @@ pub mod b2bua;
 pub mod leg;
 pub mod record;
 mod task;
+pub mod teams;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -32,7 +33,7 @@ use crate::policy::hooks::{CallQuirks, Device};
 use crate::policy::{Pinned, PolicyEngine, PolicyKind, Route as PolicyRoute, RouteRequest, rules};
 use crate::sip::accounts::AccountCache;
 
-pub use leg::{CallInfo, LegInfo, UserState};
+pub use leg::{CallInfo, LegInfo, LegKind, UserState};
 pub use record::{CallRecord, SipMessage};
 
 use crate::metrics::CallMetrics;
@@ -242,11 +243,12 @@ pub enum Route {
         /// Domain.
         domain: String,
     },
-    /// Out through the Teams trunk to this E.164 number: refused with 503 until the trunk exists.
+    /// Out through the Teams trunk to this E.164 number (403 for an account not activated).
     Teams(String),
     /// To a web phone user: refused with 503 until the web phone exists.
     WebUser(String),
-    /// An emergency number with no local target: refused with 503 until the Teams trunk exists.
+    /// An emergency number with no local target: out through the Teams trunk, whoever calls
+    /// (503 when no trunk proxy is up).
     EmergencyUnrouted,
     /// Refused with this status and reason (the built-in 404/484, or a routing policy's answer).
     Reject {
@@ -374,6 +376,27 @@ pub struct Switch {
     directory: Directory,
     states: broadcast::Sender<UserState>,
     policies: Option<Arc<PolicyEngine>>,
+    trunk: watch::Receiver<crate::trunk::Paths>,
+}
+
+/// Where a new call's B side goes, once decided.
+struct Plan {
+    /// The caller as the B side sees it (From and P-Asserted-Identity).
+    caller_id: String,
+    /// The To value of the B side.
+    callee: String,
+    /// The parties for the record and the user-state bus, and what each leg is.
+    caller_party: Option<String>,
+    callee_party: String,
+    kinds: [LegKind; 2],
+    targets: Vec<b2bua::Target>,
+    a_sbc: Option<b2bua::Sbc>,
+}
+
+/// After routing: a local plan, or a number for the trunk.
+enum Next {
+    Local(Plan),
+    Teams(String),
 }
 
 impl Switch {
@@ -385,6 +408,7 @@ impl Switch {
         directory: Directory,
         states: broadcast::Sender<UserState>,
         policies: Option<Arc<PolicyEngine>>,
+        trunk: watch::Receiver<crate::trunk::Paths>,
     ) -> Switch {
         Switch {
             server_name,
@@ -399,6 +423,7 @@ impl Switch {
             directory,
             states,
             policies,
+            trunk,
         }
     }
 
@@ -552,86 +577,150 @@ impl Switch {
             .map(|u| csps_sip::registrar::percent_decode(u).into_owned())
             .unwrap_or_default();
         let emergency = rules::is_emergency(&dialled, &settings.emergency_numbers);
-        let caller =
-            match cx
-                .registrar
-                .authorize(SystemTime::now(), &req, from, cx.accounts, cx.rng)
-            {
-                Ok(c) => Some(c),
-                // "Always routed, whatever else fails": an emergency call is not challenged.
-                Err(_) if emergency => None,
-                Err(resp) => {
-                    if let Err(e) = cx.txns.respond(now, &key, resp) {
-                        tracing::debug!(%key, "cannot answer INVITE: {e}");
+        let paths = self.trunk.borrow().clone();
+        // The caller's device, then each device of the callee, for the quirks.
+        let mut devices = vec![(from.addr, Device::new(req.headers.get("User-Agent")))];
+        let mut routing = Pinned::builtin();
+        let plan = if paths.is_trunk(&from) {
+            // From Teams: the proxy proved who it is with its certificate; no digest challenge.
+            match teams::incoming(&req, &dialled, cx.accounts, &paths.fqdn) {
+                Ok(inc) => {
+                    let targets = self.devices(&cx, &inc.user, &inc.domain, &mut devices);
+                    Plan {
+                        caller_id: inc.caller,
+                        callee: format!("<{}>", csps_sip::registrar::aor(&inc.user, &inc.domain)),
+                        caller_party: Some(inc.party),
+                        callee_party: csps_sip::registrar::aor(&inc.user, &inc.domain),
+                        kinds: [LegKind::Teams, LegKind::Phone],
+                        targets,
+                        a_sbc: Some(inc.sbc),
                     }
+                }
+                Err(r) => {
+                    tracing::info!(number = %dialled, status = r.status, "call from Teams refused: {}", r.warning);
+                    refuse(cx.txns, r.status, Some(&r.warning));
+                    return;
+                }
+            }
+        } else {
+            let caller =
+                match cx
+                    .registrar
+                    .authorize(SystemTime::now(), &req, from, cx.accounts, cx.rng)
+                {
+                    Ok(c) => Some(c),
+                    // "Always routed, whatever else fails": an emergency call is not challenged.
+                    Err(_) if emergency => None,
+                    Err(resp) => {
+                        if let Err(e) = cx.txns.respond(now, &key, resp) {
+                            tracing::debug!(%key, "cannot answer INVITE: {e}");
+                        }
+                        return;
+                    }
+                };
+            let domain = caller
+                .as_ref()
+                .map(|c| c.1.clone())
+                .unwrap_or_else(|| settings.default_sip_domain.clone());
+            // The call keeps the routing and quirks modules it began with.
+            if let Some(e) = self.policies.as_ref() {
+                routing = e.pin(PolicyKind::Routing);
+            }
+            let query = RouteQuery {
+                dialled: &dialled,
+                caller: caller.as_ref().map(|(u, d)| (u.as_str(), d.as_str())),
+                domain: &domain,
+                device: req.headers.get("User-Agent"),
+                emergency,
+            };
+            let caller_ref = caller.as_ref().map(|(u, d)| (u.as_str(), d.as_str()));
+            let caller_party = caller.as_ref().map(|(u, d)| csps_sip::registrar::aor(u, d));
+            let next = match route(&query, cx.accounts, self.policies.as_deref(), &routing) {
+                Route::Local { user, domain } => {
+                    let aor = csps_sip::registrar::aor(&user, &domain);
+                    let targets = self.devices(&cx, &user, &domain, &mut devices);
+                    let caller_id = match caller_ref {
+                        Some((u, d)) => {
+                            let uri = csps_sip::registrar::aor(u, d);
+                            match cx.accounts.display_name(u, d) {
+                                Some(n) => format!("{} <{uri}>", quote(n)),
+                                None => format!("<{uri}>"),
+                            }
+                        }
+                        None => "<sip:anonymous@anonymous.invalid>".to_owned(),
+                    };
+                    Next::Local(Plan {
+                        caller_id,
+                        callee: format!("<{aor}>"),
+                        caller_party: caller_party.clone(),
+                        callee_party: aor,
+                        kinds: [LegKind::Phone, LegKind::Phone],
+                        targets,
+                        a_sbc: None,
+                    })
+                }
+                Route::EmergencyUnrouted => Next::Teams(rules::dial_string(&dialled)),
+                Route::Teams(number) => Next::Teams(number),
+                Route::WebUser(user) => {
+                    let why = format!("routed to web user {user}: the web phone is not available");
+                    refuse(cx.txns, 503, Some(&why));
+                    return;
+                }
+                Route::Reject { code, reason } => {
+                    respond(cx.txns, code, &reason, None);
                     return;
                 }
             };
-        let domain = caller
-            .as_ref()
-            .map(|c| c.1.clone())
-            .unwrap_or_else(|| settings.default_sip_domain.clone());
-        // The call keeps the routing and quirks modules it began with.
-        let routing = self
-            .policies
-            .as_ref()
-            .map_or(Pinned::builtin(), |e| e.pin(PolicyKind::Routing));
-        let query = RouteQuery {
-            dialled: &dialled,
-            caller: caller.as_ref().map(|(u, d)| (u.as_str(), d.as_str())),
-            domain: &domain,
-            device: req.headers.get("User-Agent"),
-            emergency,
-        };
-        let decided = route(&query, cx.accounts, self.policies.as_deref(), &routing);
-        let (user, domain) = match decided {
-            Route::Local { user, domain } => (user, domain),
-            Route::EmergencyUnrouted => {
-                tracing::warn!(number = %dialled, "emergency call with no route");
-                refuse(
-                    cx.txns,
-                    503,
-                    Some("emergency number: no route until the Teams trunk is configured"),
-                );
-                return;
-            }
-            Route::Teams(number) => {
-                tracing::info!(%number, "call routed to Teams; no trunk yet");
-                let why = format!("routed to Teams as {number}: no Teams trunk is configured");
-                refuse(cx.txns, 503, Some(&why));
-                return;
-            }
-            Route::WebUser(user) => {
-                let why = format!("routed to web user {user}: the web phone is not available");
-                refuse(cx.txns, 503, Some(&why));
-                return;
-            }
-            Route::Reject { code, reason } => {
-                respond(cx.txns, code, &reason, None);
-                return;
-            }
-        };
-        let aor = csps_sip::registrar::aor(&user, &domain);
-        // The caller's device, then each registered device of the callee, for the quirks.
-        let mut devices = vec![(from.addr, Device::new(req.headers.get("User-Agent")))];
-        let targets: Vec<b2bua::Target> = cx
-            .registrar
-            .lookup(&aor)
-            .into_iter()
-            .filter_map(|b| {
-                let uri = csps_sip::headers::NameAddr::parse(&b.contact).ok()?.uri;
-                let mut local = (cx.local_of)(&b.source);
-                if local.ip().is_unspecified() {
-                    local.set_ip(crate::media::local_ip_towards(b.source.addr.ip())?);
+            match next {
+                Next::Local(plan) => plan,
+                Next::Teams(number) => {
+                    match teams::outgoing(&number, caller_ref, emergency, cx.accounts, &paths) {
+                        Ok(out) => {
+                            let mut local = (cx.local_of)(&out.to);
+                            if local.ip().is_unspecified()
+                                && let Some(ip) = crate::media::local_ip_towards(out.to.addr.ip())
+                            {
+                                local.set_ip(ip);
+                            }
+                            tracing::info!(%number, proxy = %out.uri.host, emergency, "call out through the Teams trunk");
+                            devices.push((out.to.addr, Device::new(None)));
+                            Plan {
+                                caller_id: out.caller,
+                                callee: out.callee,
+                                caller_party,
+                                callee_party: format!("sip:{number}@{}", out.uri.host),
+                                kinds: [LegKind::Phone, LegKind::Teams],
+                                targets: vec![b2bua::Target {
+                                    to: out.to,
+                                    uri: out.uri,
+                                    local,
+                                    sbc: Some(out.sbc),
+                                }],
+                                a_sbc: None,
+                            }
+                        }
+                        Err(r) => {
+                            if emergency {
+                                tracing::warn!(number = %dialled, "emergency call with no route: {}", r.warning);
+                            } else {
+                                tracing::info!(%number, status = r.status, "call to Teams refused: {}", r.warning);
+                            }
+                            refuse(cx.txns, r.status, Some(&r.warning));
+                            return;
+                        }
+                    }
                 }
-                devices.push((b.source.addr, Device::new(b.user_agent.as_deref())));
-                Some(b2bua::Target {
-                    to: b.source,
-                    uri,
-                    local,
-                })
-            })
-            .collect();
+            }
+        };
+        let Plan {
+            caller_id,
+            callee,
+            caller_party,
+            callee_party,
+            kinds,
+            targets,
+            a_sbc,
+        } = plan;
         if targets.is_empty() {
             refuse(cx.txns, 480, Some("the callee has no registered device"));
             return;
@@ -642,17 +731,6 @@ impl Switch {
         {
             local.set_ip(ip);
         }
-        let caller_id = match &caller {
-            Some((u, d)) => {
-                let display = cx.accounts.display_name(u, d);
-                let uri = csps_sip::registrar::aor(u, d);
-                match display {
-                    Some(n) => format!("{} <{uri}>", quote(n)),
-                    None => format!("<{uri}>"),
-                }
-            }
-            None => "<sip:anonymous@anonymous.invalid>".to_owned(),
-        };
         let media = match task::bind_media(
             &self.ports,
             local.ip(),
@@ -691,12 +769,13 @@ impl Switch {
             local,
             invite: req,
             caller: caller_id,
-            callee: format!("<{aor}>"),
+            callee,
             targets,
             b_call_id,
             relay_a: SocketAddr::new(local.ip(), 0),
             relay_b: SocketAddr::new(local.ip(), 0),
             agent: self.server_name.clone(),
+            a_sbc,
         };
         tokio::spawn(task::run(task::CallTask {
             no,
@@ -705,8 +784,9 @@ impl Switch {
             events: rx,
             actions: self.actions.clone(),
             states: self.states.clone(),
-            caller: caller.map(|(u, d)| csps_sip::registrar::aor(&u, &d)),
-            callee: aor,
+            caller: caller_party,
+            callee: callee_party,
+            kinds,
             emergency,
             routing_policy: routing.version(),
             quirks: self
@@ -715,6 +795,38 @@ impl Switch {
                 .map(|engine| (CallQuirks::pin(engine), devices)),
             directory: self.directory.clone(),
         }));
+    }
+}
+
+impl Switch {
+    /// The registered devices of `user@domain` as call targets (noted in `devices` for the
+    /// quirks).
+    fn devices(
+        &self,
+        cx: &InviteCx<'_>,
+        user: &str,
+        domain: &str,
+        devices: &mut Vec<(SocketAddr, Device)>,
+    ) -> Vec<b2bua::Target> {
+        let aor = csps_sip::registrar::aor(user, domain);
+        cx.registrar
+            .lookup(&aor)
+            .into_iter()
+            .filter_map(|b| {
+                let uri = csps_sip::headers::NameAddr::parse(&b.contact).ok()?.uri;
+                let mut local = (cx.local_of)(&b.source);
+                if local.ip().is_unspecified() {
+                    local.set_ip(crate::media::local_ip_towards(b.source.addr.ip())?);
+                }
+                devices.push((b.source.addr, Device::new(b.user_agent.as_deref())));
+                Some(b2bua::Target {
+                    to: b.source,
+                    uri,
+                    local,
+                    sbc: None,
+                })
+            })
+            .collect()
     }
 }
 

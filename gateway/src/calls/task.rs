@@ -33,6 +33,8 @@ pub struct CallTask {
     pub states: broadcast::Sender<UserState>,
     pub caller: Option<String>,
     pub callee: String,
+    /// What each leg is (caller's, callee's): only phones' users go busy on the bus.
+    pub kinds: [LegKind; 2],
     pub emergency: bool,
     /// The routing module version the call was routed with (`None`: the built-in rule).
     pub routing_policy: Option<u64>,
@@ -212,6 +214,17 @@ fn codec_of(body: &[u8]) -> Option<String> {
     Some(format!("{}/{}", f.codec.name(), f.clock))
 }
 
+/// The call's parties that are users of this gateway (a Teams party is not).
+fn local_users<'a>(
+    caller: &'a Option<String>,
+    callee: &'a String,
+    kinds: [LegKind; 2],
+) -> impl Iterator<Item = &'a String> {
+    let caller = caller.as_ref().filter(|_| kinds[0] == LegKind::Phone);
+    let callee = Some(callee).filter(|_| kinds[1] == LegKind::Phone);
+    caller.into_iter().chain(callee)
+}
+
 /// Runs the call to its end, its log lines in the call's span.
 pub async fn run(t: CallTask) {
     let call_id = t
@@ -239,6 +252,7 @@ async fn run_call(t: CallTask, call_id: String) {
         states,
         caller,
         callee,
+        kinds,
         emergency,
         routing_policy,
         quirks,
@@ -329,7 +343,7 @@ async fn run_call(t: CallTask, call_id: String) {
                     answered_at = Some(Utc::now());
                     record.answered_at = answered_at;
                     directory.answered(&record);
-                    for aor in caller.iter().chain(Some(&callee)) {
+                    for aor in local_users(&caller, &callee, kinds) {
                         let _ = states.send(UserState {
                             aor: aor.clone(),
                             busy: true,
@@ -381,7 +395,7 @@ async fn run_call(t: CallTask, call_id: String) {
                         quirks_policy,
                         legs: vec![
                             LegInfo {
-                                kind: LegKind::Phone,
+                                kind: kinds[0],
                                 party: caller.clone().unwrap_or_else(|| "anonymous".into()),
                                 signalling: a_signalling.to_string(),
                                 media: media.latched_a().map(|a| a.to_string()),
@@ -390,7 +404,7 @@ async fn run_call(t: CallTask, call_id: String) {
                                 counters: ca,
                             },
                             LegInfo {
-                                kind: LegKind::Phone,
+                                kind: kinds[1],
                                 party: callee.clone(),
                                 signalling: b_signalling.map(|a| a.ip().to_string()).unwrap_or_default(),
                                 media: media.latched_b().map(|a| a.to_string()),
@@ -409,7 +423,7 @@ async fn run_call(t: CallTask, call_id: String) {
         }
     }
     if answered_at.is_some() {
-        for aor in caller.iter().chain(Some(&callee)) {
+        for aor in local_users(&caller, &callee, kinds) {
             let _ = states.send(UserState {
                 aor: aor.clone(),
                 busy: false,

@@ -20,6 +20,8 @@ pub struct AccountCache {
     by_number: HashMap<String, (String, String)>,
     /// `username@domain` → its E.164 number, for routing policies.
     numbers: HashMap<String, String>,
+    /// `username@domain` of the accounts activated for Teams.
+    activated: std::collections::HashSet<String>,
 }
 
 fn key(username: &str, domain: &str) -> String {
@@ -80,11 +82,17 @@ impl AccountCache {
                 .entry(n.to_owned())
                 .or_insert_with(|| (u.username.clone(), u.domain.clone()));
         }
+        let activated = users
+            .iter()
+            .filter(|u| u.activated)
+            .map(|u| key(&u.username, &u.domain))
+            .collect();
         AccountCache {
             by_name,
             display,
             by_number,
             numbers,
+            activated,
         }
     }
 
@@ -98,6 +106,13 @@ impl AccountCache {
     /// The E.164 number of `username@domain`, if it has one.
     pub fn phone_number(&self, username: &str, domain: &str) -> Option<&str> {
         self.numbers.get(&key(username, domain)).map(String::as_str)
+    }
+
+    /// True when `username@domain` may call Teams and be called from it: activated, with an
+    /// E.164 number (its identity on the trunk).
+    pub fn teams_ready(&self, username: &str, domain: &str) -> bool {
+        let k = key(username, domain);
+        self.activated.contains(&k) && self.numbers.contains_key(&k)
     }
 
     /// Loads every user from the store.

@@ -185,6 +185,7 @@ pub async fn start(
     let (call_tx, call_rx) = mpsc::channel(4096);
     let directory = crate::calls::Directory::new(metrics.calls.clone());
     let (user_states, _) = tokio::sync::broadcast::channel(256);
+    let (paths_tx, paths_rx) = watch::channel(crate::trunk::Paths::default());
     let switch = crate::calls::Switch::new(
         server_name.clone(),
         config.subscribe(),
@@ -192,8 +193,10 @@ pub async fn start(
         directory.clone(),
         user_states.clone(),
         opts.policies.clone(),
+        paths_rx,
     );
     let trunk = crate::trunk::driver::spawn(crate::trunk::driver::DriverParts {
+        paths: paths_tx,
         ctx: ctx.clone(),
         core: cmd_tx.clone(),
         settings: config.subscribe(),

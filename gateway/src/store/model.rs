@@ -43,6 +43,10 @@ pub struct User {
     pub phone_number: Option<String>,
     /// A disabled account cannot register.
     pub enabled: bool,
+    /// Activated for Teams: its calls may cross the Direct Routing trunk (the activation flow
+    /// will set it; an admin can set it through the REST API). Absent in older records: false.
+    #[serde(default)]
+    pub activated: bool,
     /// HA1 values, one per realm and algorithm.
     pub ha1: Vec<Ha1>,
     /// When the account was created.
@@ -98,6 +102,9 @@ pub struct UserPatch {
     /// Enabled flag.
     #[schema(nullable = false)]
     pub enabled: Option<bool>,
+    /// Activated for Teams (until the activation flow sets it, an admin does).
+    #[schema(nullable = false)]
+    pub activated: Option<bool>,
 }
 
 mod double_option {

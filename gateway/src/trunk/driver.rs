@@ -96,6 +96,8 @@ pub struct DriverParts {
     pub certs_dir: PathBuf,
     /// This server's name (for a self-signed certificate).
     pub server_name: String,
+    /// Where the calls learn which proxy takes new calls and which flows are the trunk's.
+    pub paths: watch::Sender<super::Paths>,
 }
 
 /// Starts the driver; the receiver always holds the current view.
@@ -449,6 +451,7 @@ impl Driver {
     }
 
     fn publish(&self) {
+        self.publish_paths();
         let now = Instant::now();
         let wall = Utc::now();
         let view = match &self.trunk {
@@ -477,6 +480,44 @@ impl Driver {
         self.view.send_if_modified(|cur| {
             if *cur != view {
                 *cur = view;
+                true
+            } else {
+                false
+            }
+        });
+    }
+}
+
+impl Driver {
+    /// The calls' view: each proxy's host, connection and state.
+    fn publish_paths(&self) {
+        let paths = match &self.trunk {
+            None => super::Paths::default(),
+            Some(t) => super::Paths {
+                fqdn: self.cfg.fqdn.clone(),
+                proxies: t
+                    .proxies()
+                    .iter()
+                    .zip(&self.links)
+                    .map(|(p, l)| super::Path {
+                        host: split_target(&p.target)
+                            .map_or(p.target.clone(), |(h, _)| h.to_owned()),
+                        flow: match l {
+                            Link::Open { id, addr, .. } => Some(Remote {
+                                transport: Transport::Tls,
+                                addr: *addr,
+                                flow: Some(*id),
+                            }),
+                            _ => None,
+                        },
+                        up: p.up,
+                    })
+                    .collect(),
+            },
+        };
+        self.parts.paths.send_if_modified(|cur| {
+            if *cur != paths {
+                *cur = paths;
                 true
             } else {
                 false

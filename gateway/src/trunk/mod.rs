@@ -9,10 +9,56 @@ pub mod driver;
 
 use std::time::{Duration, Instant};
 
-use csps_sip::{Headers, Method, Request, Uri};
+use csps_sip::{Headers, Method, Remote, Request, Uri};
 
 /// Methods the trunk allows; REFER must be listed or Teams never transfers (issue 5).
 pub const ALLOW: &str = "INVITE,ACK,OPTIONS,CANCEL,BYE,REFER,NOTIFY,UPDATE";
+/// The SIP-over-TLS port the gateway names with its FQDN in Via and Contact towards Teams.
+pub const SBC_PORT: u16 = 5061;
+
+/// How calls reach the trunk right now: the driver publishes it whenever a connection or a
+/// proxy's state changes, the calls read it (a plain value, so routing is tested without
+/// sockets).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Paths {
+    /// `Data.SipConfig.SbcFqdn`; empty when no trunk is configured.
+    pub fqdn: String,
+    /// Every configured proxy, in failover order.
+    pub proxies: Vec<Path>,
+}
+
+/// One proxy as the calls see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Path {
+    /// Its host (what the Request-URI of a call to it names).
+    pub host: String,
+    /// Its open connection, if any.
+    pub flow: Option<Remote>,
+    /// Answering its keep-alives.
+    pub up: bool,
+}
+
+impl Paths {
+    /// True when a trunk is configured.
+    pub fn configured(&self) -> bool {
+        !self.fqdn.is_empty() && !self.proxies.is_empty()
+    }
+
+    /// The proxy that takes a new call: the first one up with an open connection.
+    pub fn current(&self) -> Option<&Path> {
+        self.proxies.iter().find(|p| p.up && p.flow.is_some())
+    }
+
+    /// True when `from` is one of the trunk's connections (a request on it comes from Teams:
+    /// the proxy proved who it is with its certificate).
+    pub fn is_trunk(&self, from: &Remote) -> bool {
+        from.flow.is_some()
+            && self
+                .proxies
+                .iter()
+                .any(|p| p.flow.is_some_and(|f| f.flow == from.flow))
+    }
+}
 
 /// One proxy as the trunk sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -111,17 +157,20 @@ impl Trunk {
         let mut h = Headers::new();
         h.push(
             "Via",
-            format!("SIP/2.0/TLS {fqdn}:5061;branch=z9hG4bK{}", tokens.branch),
+            format!(
+                "SIP/2.0/TLS {fqdn}:{SBC_PORT};branch=z9hG4bK{}",
+                tokens.branch
+            ),
         );
         h.push("Max-Forwards", "70");
         h.push(
             "From",
-            format!("<sip:{fqdn}:5061;transport=tls>;tag={}", tokens.tag),
+            format!("<sip:{fqdn}:{SBC_PORT};transport=tls>;tag={}", tokens.tag),
         );
         h.push("To", format!("<sip:{host}>"));
         h.push("Call-ID", tokens.call_id.clone());
         h.push("CSeq", format!("{} OPTIONS", p.seq));
-        h.push("Contact", format!("<sip:{fqdn}:5061;transport=tls>"));
+        h.push("Contact", format!("<sip:{fqdn}:{SBC_PORT};transport=tls>"));
         h.push("Allow", ALLOW);
         Some(Request {
             method: Method::Options,

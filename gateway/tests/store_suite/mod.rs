@@ -21,6 +21,7 @@ pub fn user(username: &str, domain: &str) -> User {
         upn: None,
         phone_number: Some("+15551230000".to_owned()),
         enabled: true,
+        activated: false,
         ha1: vec![Ha1 {
             realm: domain.to_owned(),
             algorithm: HashAlgorithm::Md5,

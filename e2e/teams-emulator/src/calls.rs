@@ -1,0 +1,696 @@
+//! Calls through the emulated Direct Routing proxies, both ways, shaped after real DR traffic
+//! (upper-case header names, two Record-Route entries, a Contact with `x-i`/`x-c` parameters,
+//! session timers, History-Info on calls in).
+//!
+//! - **Out** (the SBC calls a number): an INVITE whose Contact holds the FQDN is answered 100,
+//!   180, then 200 with an SDP answer (the first of G.711 µ-law, A-law or G.722 the offer has,
+//!   plus telephone-event); ACK, BYE and re-INVITE in the dialog are answered.
+//! - **In** (`POST /test/sip/{n}/call` `{"to","from"?,"hangup_after_ms"?}`): proxy n sends an
+//!   INVITE for `to` on its connection to the SBC as Teams does for a user's forwarded or
+//!   simultaneous-ring call; the SBC's final answer is ACKed; after a 2xx the emulator hangs
+//!   up with BYE after `hangup_after_ms` (default 2000).
+//!
+//! Media of an answered call: the emulator plays a tone (RTP with its own SSRC, one packet
+//! every 20 ms, at most [`TONE_PACKETS`]) to the SBC's SDP address and echoes every other RTP
+//! packet back to where it came from; its own packets coming back (a phone that echoes) are
+//! counted as `returned`, not echoed, so nothing loops. `GET /test/sip/calls` lists every call
+//! with its state and these counters.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use csps_sip::headers::NameAddr;
+use csps_sip::{Request, Response, SipHeaders};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::Shared;
+use crate::sip::{NAMES, SERVER};
+
+/// Tone packets sent per call (10 s at 20 ms).
+pub const TONE_PACKETS: u64 = 500;
+/// The SSRC of the emulator's tone.
+const TONE_SSRC: u32 = 0x7EA5_0001;
+/// How long a call's media task lives at most.
+const MEDIA_LIFETIME: Duration = Duration::from_secs(300);
+/// The Record-Route entries Teams puts in front of the proxy's own.
+const EDGE: &str = "sip-du-a-euwe.pstnhub.microsoft.com";
+
+/// RTP counters of one call.
+#[derive(Default)]
+pub struct Counters {
+    /// Packets received from the SBC.
+    received: AtomicU64,
+    /// Packets echoed back.
+    echoed: AtomicU64,
+    /// Tone packets sent.
+    sent: AtomicU64,
+    /// The emulator's own tone packets that came back.
+    returned: AtomicU64,
+}
+
+/// One call the emulator takes part in.
+pub struct Call {
+    /// `out`: the SBC called Teams; `in`: Teams called the SBC.
+    direction: &'static str,
+    /// The proxy (1-based).
+    proxy: usize,
+    /// The number called.
+    number: String,
+    /// Last final (or provisional) status seen or sent on the INVITE.
+    status: Option<u16>,
+    /// `ringing`, `answered`, `ended`, `refused`.
+    state: &'static str,
+    /// Who ended it: `sbc` or `teams`.
+    ended_by: Option<&'static str>,
+    /// The connection the call runs on.
+    conn: mpsc::Sender<Vec<u8>>,
+    /// Our From/To (with tags) as we send them in the dialog, and the remote target.
+    local: String,
+    remote: String,
+    target: String,
+    seq: u32,
+    /// The SDP this side sent (offer or answer), repeated in answers to re-INVITEs.
+    sdp: String,
+    /// The proto of the SBC's SDP (`RTP/AVP`, `RTP/SAVP`).
+    proto: String,
+    counters: Arc<Counters>,
+    media: Option<JoinHandle<()>>,
+    /// A call in: the media socket bound for the offer, until the SBC answers.
+    pending: Option<UdpSocket>,
+    /// A call in: hang up this long after the answer.
+    hangup_after: Duration,
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        if let Some(m) = self.media.take() {
+            m.abort();
+        }
+    }
+}
+
+/// Every call, by Call-ID.
+#[derive(Default)]
+pub struct Calls(std::sync::Mutex<HashMap<String, Call>>);
+
+impl Calls {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Call>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Numbers the emulator's tags, branches and Call-IDs.
+static SEQ: AtomicU64 = AtomicU64::new(1);
+
+fn token() -> u64 {
+    SEQ.fetch_add(1, Ordering::Relaxed)
+}
+
+/// The audio of an SDP: address, port, proto and payload types of its first `m=audio`.
+struct Audio {
+    addr: Option<SocketAddr>,
+    proto: String,
+    formats: Vec<String>,
+}
+
+fn audio(sdp: &str) -> Option<Audio> {
+    let mut ip = None;
+    let mut out: Option<(u16, String, Vec<String>)> = None;
+    for line in sdp.lines().map(str::trim) {
+        if let Some(c) = line
+            .strip_prefix("c=IN IP4 ")
+            .or(line.strip_prefix("c=IN IP6 "))
+            && out.is_none()
+        {
+            ip = c.split_whitespace().next().and_then(|a| a.parse().ok());
+        } else if let Some(c) = line
+            .strip_prefix("c=IN IP4 ")
+            .or(line.strip_prefix("c=IN IP6 "))
+        {
+            // A media-level c= overrides the session's.
+            ip = c.split_whitespace().next().and_then(|a| a.parse().ok());
+        } else if let Some(m) = line.strip_prefix("m=audio ")
+            && out.is_none()
+        {
+            let mut parts = m.split_whitespace();
+            let port = parts.next()?.parse().ok()?;
+            let proto = parts.next()?.to_owned();
+            out = Some((port, proto, parts.map(str::to_owned).collect()));
+        } else if line.starts_with("m=") && out.is_some() {
+            break;
+        }
+    }
+    let (port, proto, formats) = out?;
+    Some(Audio {
+        addr: ip.map(|ip| SocketAddr::new(ip, port)),
+        proto,
+        formats,
+    })
+}
+
+/// The payload type and name to answer `offer` with, and telephone-event's type if offered.
+fn choose(sdp: &str, offer: &Audio) -> Option<(String, &'static str, Option<String>)> {
+    let rtpmap = |pt: &str| {
+        sdp.lines()
+            .map(str::trim)
+            .find_map(|l| l.strip_prefix(&format!("a=rtpmap:{pt} ")))
+            .map(|v| v.to_ascii_lowercase())
+    };
+    let codec = offer.formats.iter().find_map(|pt| {
+        let name = match (pt.as_str(), rtpmap(pt).as_deref()) {
+            ("0", _) => "PCMU/8000",
+            ("8", _) => "PCMA/8000",
+            ("9", _) => "G722/8000",
+            (_, Some(m)) if m.starts_with("pcmu/8000") => "PCMU/8000",
+            (_, Some(m)) if m.starts_with("pcma/8000") => "PCMA/8000",
+            _ => return None,
+        };
+        Some((pt.clone(), name))
+    })?;
+    let te = offer
+        .formats
+        .iter()
+        .find(|pt| rtpmap(pt).is_some_and(|m| m.starts_with("telephone-event/8000")));
+    Some((codec.0, codec.1, te.cloned()))
+}
+
+fn sdp_body(port: u16, proto: &str, pt: &str, name: &str, te: Option<&str>) -> String {
+    let n = token();
+    let mut fmts = pt.to_owned();
+    let mut maps = format!("a=rtpmap:{pt} {name}\r\n");
+    if let Some(te) = te {
+        fmts.push_str(&format!(" {te}"));
+        maps.push_str(&format!(
+            "a=rtpmap:{te} telephone-event/8000\r\na=fmtp:{te} 0-16\r\n"
+        ));
+    }
+    format!(
+        "v=0\r\no=- {n} 1 IN IP4 127.0.0.1\r\ns=session\r\nc=IN IP4 127.0.0.1\r\nb=CT:10000000\r\n\
+         t=0 0\r\nm=audio {port} {proto} {fmts}\r\nc=IN IP4 127.0.0.1\r\n{maps}a=ptime:20\r\n\
+         a=sendrecv\r\n"
+    )
+}
+
+/// Plays the tone to `to` and echoes what comes in, counting, until aborted or the lifetime ends.
+async fn media(sock: UdpSocket, to: Option<SocketAddr>, pt: u8, counters: Arc<Counters>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    let mut seq: u16 = 0;
+    let mut ts: u32 = 0;
+    let mut buf = vec![0u8; 2048];
+    let end = tokio::time::sleep(MEDIA_LIFETIME);
+    tokio::pin!(end);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let Some(to) = to else { continue };
+                if counters.sent.load(Ordering::Relaxed) >= TONE_PACKETS {
+                    continue;
+                }
+                let mut pkt = Vec::with_capacity(172);
+                pkt.extend_from_slice(&[0x80, pt & 0x7f]);
+                pkt.extend_from_slice(&seq.to_be_bytes());
+                pkt.extend_from_slice(&ts.to_be_bytes());
+                pkt.extend_from_slice(&TONE_SSRC.to_be_bytes());
+                // 1 kHz at 8 kHz sampling, µ-law-ish: a repeating 8-sample pattern.
+                for i in 0..160u32 {
+                    pkt.push([0xff, 0x8f, 0x80, 0x8f, 0xff, 0x0f, 0x00, 0x0f][(i % 8) as usize]);
+                }
+                seq = seq.wrapping_add(1);
+                ts = ts.wrapping_add(160);
+                if sock.send_to(&pkt, to).await.is_ok() {
+                    counters.sent.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            r = sock.recv_from(&mut buf) => {
+                let Ok((n, from)) = r else { continue };
+                if n < 12 || buf[0] >> 6 != 2 {
+                    continue;
+                }
+                counters.received.fetch_add(1, Ordering::Relaxed);
+                let ssrc = u32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]]);
+                if ssrc == TONE_SSRC {
+                    counters.returned.fetch_add(1, Ordering::Relaxed);
+                } else if sock.send_to(&buf[..n], from).await.is_ok() {
+                    counters.echoed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            () = &mut end => return,
+        }
+    }
+}
+
+/// Starts a call's media towards the SBC's SDP address; the local port to announce.
+async fn start_media(
+    to: Option<SocketAddr>,
+    pt: &str,
+    counters: Arc<Counters>,
+) -> Option<(u16, JoinHandle<()>)> {
+    let sock = UdpSocket::bind("127.0.0.1:0").await.ok()?;
+    let port = sock.local_addr().ok()?.port();
+    let pt = pt.parse().unwrap_or(0);
+    Some((port, tokio::spawn(media(sock, to, pt, counters))))
+}
+
+fn header_lines(out: &mut String, req_or_resp: &csps_sip::Headers, names: &[(&str, &str)]) {
+    for (name, upper) in names {
+        for v in req_or_resp.get_all(name) {
+            out.push_str(&format!("{upper}: {v}\r\n"));
+        }
+    }
+}
+
+/// A response to `req` in DR's shape, with `to_tag` added to To (when it has none), the
+/// Record-Route entries and Contact of a dialog-creating answer, and an optional SDP body.
+fn response(
+    req: &Request,
+    status: u16,
+    reason: &str,
+    to_tag: &str,
+    proxy: usize,
+    body: Option<&str>,
+) -> Vec<u8> {
+    let mut out = format!("SIP/2.0 {status} {reason}\r\n");
+    header_lines(&mut out, &req.headers, &[("From", "FROM")]);
+    if let Some(to) = req.headers.get("To") {
+        if to.contains(";tag=") || status == 100 {
+            out.push_str(&format!("TO: {to}\r\n"));
+        } else {
+            out.push_str(&format!("TO: {to};tag={to_tag}\r\n"));
+        }
+    }
+    header_lines(
+        &mut out,
+        &req.headers,
+        &[("CSeq", "CSEQ"), ("Call-ID", "CALL-ID"), ("Via", "VIA")],
+    );
+    if req.method == csps_sip::Method::Invite && (101..300).contains(&status) {
+        out.push_str(&format!(
+            "RECORD-ROUTE: <sip:{}:5061;transport=tls;lr>\r\nRECORD-ROUTE: <sip:{EDGE}:5061;transport=tls;lr>\r\n",
+            NAMES[proxy]
+        ));
+        out.push_str(&contact());
+    }
+    if status == 200
+        && req.method == csps_sip::Method::Invite
+        && let Some(se) = req.headers.get("Session-Expires")
+    {
+        out.push_str(&format!("SESSION-EXPIRES: {se}\r\nREQUIRE: timer\r\n"));
+    }
+    out.push_str(&format!(
+        "ALLOW: INVITE,ACK,OPTIONS,CANCEL,BYE,NOTIFY\r\nSERVER: {SERVER}\r\n"
+    ));
+    match body {
+        Some(b) => out.push_str(&format!(
+            "CONTENT-TYPE: application/sdp\r\nCONTENT-LENGTH: {}\r\n\r\n{b}",
+            b.len()
+        )),
+        None => out.push_str("CONTENT-LENGTH: 0\r\n\r\n"),
+    }
+    out.into_bytes()
+}
+
+/// Teams' Contact: the media controller, with its `x-i`/`x-c` parameters.
+fn contact() -> String {
+    let n = token();
+    format!(
+        "CONTACT: <sip:api-du-a-euwe.pstnhub.microsoft.com:443;x-i=b712d12c-77e8-4017-b50d-{n:012x};x-c=a35ae5eac0105fb38b0c8892d3467cb5/s/1/{n:08x}>\r\n"
+    )
+}
+
+/// An INVITE from the SBC on proxy `i` (its Contact already checked): answered 100, 180 and
+/// 200 with SDP; the call is kept for its ACK and BYE.
+pub async fn invite(
+    state: &Shared,
+    i: usize,
+    req: &Request,
+    conn: &mpsc::Sender<Vec<u8>>,
+) -> Vec<u8> {
+    let Some(face) = &state.sip else {
+        return Vec::new();
+    };
+    let call_id = req.call_id().unwrap_or("").to_owned();
+    let to_tag = format!("emuc{}", token());
+    let number = req.uri.user.clone().unwrap_or_default();
+    let body = String::from_utf8_lossy(&req.body).into_owned();
+    let mut out = response(req, 100, "Trying", &to_tag, i, None);
+    let Some(offer) = audio(&body) else {
+        out.extend(response(req, 488, "Not Acceptable Here", &to_tag, i, None));
+        return out;
+    };
+    let Some((pt, name, te)) = choose(&body, &offer) else {
+        out.extend(response(req, 488, "Not Acceptable Here", &to_tag, i, None));
+        return out;
+    };
+    let counters = Arc::new(Counters::default());
+    let Some((port, task)) = start_media(offer.addr, &pt, counters.clone()).await else {
+        out.extend(response(
+            req,
+            500,
+            "Server Internal Error",
+            &to_tag,
+            i,
+            None,
+        ));
+        return out;
+    };
+    let answer = sdp_body(port, &offer.proto, &pt, name, te.as_deref());
+    out.extend(response(req, 180, "Ringing", &to_tag, i, None));
+    out.extend(response(req, 200, "OK", &to_tag, i, Some(&answer)));
+    let to = req.headers.get("To").unwrap_or("").to_owned();
+    let call = Call {
+        direction: "out",
+        proxy: i + 1,
+        number,
+        status: Some(200),
+        state: "answered",
+        ended_by: None,
+        conn: conn.clone(),
+        local: format!("{to};tag={to_tag}"),
+        remote: req.headers.get("From").unwrap_or("").to_owned(),
+        target: req
+            .headers
+            .get("Contact")
+            .and_then(|c| NameAddr::parse(c).ok())
+            .map(|c| c.uri.to_string())
+            .unwrap_or_default(),
+        seq: 0,
+        sdp: answer,
+        proto: offer.proto,
+        counters,
+        media: Some(task),
+        pending: None,
+        hangup_after: Duration::ZERO,
+    };
+    face.calls.lock().insert(call_id, call);
+    out
+}
+
+/// A request inside a call's dialog (ACK, BYE, re-INVITE, UPDATE): the answer, if any; `None`
+/// when the Call-ID is unknown.
+pub fn in_dialog(state: &Shared, i: usize, req: &Request) -> Option<Option<Vec<u8>>> {
+    let face = state.sip.as_ref()?;
+    let call_id = req.call_id()?;
+    let mut calls = face.calls.lock();
+    let call = calls.get_mut(call_id)?;
+    Some(match req.method {
+        csps_sip::Method::Ack => None,
+        csps_sip::Method::Bye => {
+            call.state = "ended";
+            call.ended_by.get_or_insert("sbc");
+            if let Some(m) = call.media.take() {
+                m.abort();
+            }
+            Some(response(req, 200, "OK", "", i, None))
+        }
+        csps_sip::Method::Invite | csps_sip::Method::Update => {
+            Some(response(req, 200, "OK", "", i, Some(&call.sdp.clone())))
+        }
+        csps_sip::Method::Cancel => Some(response(req, 200, "OK", "", i, None)),
+        _ => Some(response(req, 501, "Not Implemented", "", i, None)),
+    })
+}
+
+/// A response from the SBC to a request the emulator sent: a final answer to its INVITE is
+/// ACKed; a 2xx starts the media and the hang-up timer.
+pub async fn on_response(state: &Shared, resp: &Response) {
+    let Some(face) = &state.sip else { return };
+    let Some(call_id) = resp.call_id().map(str::to_owned) else {
+        return;
+    };
+    let Some(cseq) = resp.cseq() else { return };
+    if cseq.method != csps_sip::Method::Invite || resp.status < 180 {
+        return;
+    }
+    let body = String::from_utf8_lossy(&resp.body).into_owned();
+    let (ack, conn, hangup_after) = {
+        let mut calls = face.calls.lock();
+        let Some(call) = calls.get_mut(&call_id) else {
+            return;
+        };
+        if call.direction != "in" || call.state != "ringing" {
+            return;
+        }
+        call.status = Some(resp.status);
+        if resp.status < 200 {
+            return;
+        }
+        call.remote = resp.headers.get("To").unwrap_or("").to_owned();
+        let answered = resp.status < 300;
+        let ack_uri = if answered {
+            resp.headers
+                .get("Contact")
+                .and_then(|c| NameAddr::parse(c).ok())
+                .map(|c| c.uri.to_string())
+                .unwrap_or_else(|| call.target.clone())
+        } else {
+            call.target.clone()
+        };
+        let branch = if answered {
+            format!("z9hG4bKemuack{}", token())
+        } else {
+            // The ACK of a non-2xx is hop-by-hop: the INVITE's branch.
+            resp.top_via()
+                .and_then(|v| v.branch().map(str::to_owned))
+                .unwrap_or_default()
+        };
+        let ack = format!(
+            "ACK {ack_uri} SIP/2.0\r\nVIA: SIP/2.0/TLS {}:5061;branch={branch}\r\nMAX-FORWARDS: 70\r\n\
+             FROM: {}\r\nTO: {}\r\nCALL-ID: {call_id}\r\nCSEQ: {} ACK\r\nCONTENT-LENGTH: 0\r\n\r\n",
+            NAMES[call.proxy - 1],
+            call.local,
+            call.remote,
+            cseq.seq
+        );
+        if answered {
+            call.target = ack_uri;
+            call.state = "answered";
+            let answer = audio(&body);
+            call.proto = answer.as_ref().map(|a| a.proto.clone()).unwrap_or_default();
+            let pt = answer
+                .as_ref()
+                .and_then(|a| a.formats.first())
+                .and_then(|f| f.parse().ok())
+                .unwrap_or(0);
+            if let Some(sock) = call.pending.take() {
+                let to = answer.and_then(|a| a.addr);
+                call.media = Some(tokio::spawn(media(sock, to, pt, call.counters.clone())));
+            }
+        } else {
+            call.state = "refused";
+            call.pending = None;
+        }
+        (
+            ack,
+            call.conn.clone(),
+            answered.then_some(call.hangup_after),
+        )
+    };
+    let _ = conn.send(ack.into_bytes()).await;
+    if let Some(after) = hangup_after {
+        let s = state.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            let _ = bye(&s, &call_id).await;
+        });
+    }
+}
+
+/// Sends BYE in call `call_id`'s dialog; false when there is no such answered call.
+async fn bye(state: &Shared, call_id: &str) -> bool {
+    let Some(face) = &state.sip else { return false };
+    let (msg, conn, proxy) = {
+        let mut calls = face.calls.lock();
+        let Some(call) = calls.get_mut(call_id) else {
+            return false;
+        };
+        if call.state != "answered" {
+            return false;
+        }
+        call.state = "ended";
+        call.ended_by = Some("teams");
+        call.seq += 1;
+        if let Some(m) = call.media.take() {
+            m.abort();
+        }
+        let msg = format!(
+            "BYE {} SIP/2.0\r\nVIA: SIP/2.0/TLS {}:5061;branch=z9hG4bKemubye{}\r\nMAX-FORWARDS: 70\r\n\
+             FROM: {}\r\nTO: {}\r\nCALL-ID: {call_id}\r\nCSEQ: {} BYE\r\nUSER-AGENT: {SERVER}\r\n\
+             CONTENT-LENGTH: 0\r\n\r\n",
+            call.target,
+            NAMES[call.proxy - 1],
+            token(),
+            call.local,
+            call.remote,
+            call.seq
+        );
+        (msg, call.conn.clone(), call.proxy)
+    };
+    state.log.push(
+        json!({"face": "sip", "proxy": proxy, "sent": "BYE", "call_id": call_id, "message": msg}),
+    );
+    conn.send(msg.into_bytes()).await.is_ok()
+}
+
+/// `POST /test/sip/calls/{call_id}/bye`: Teams hangs up an answered call.
+pub async fn hang_up(State(s): State<Shared>, Path(call_id): Path<String>) -> StatusCode {
+    if bye(&s, &call_id).await {
+        StatusCode::NO_CONTENT
+    } else {
+        StatusCode::NOT_FOUND
+    }
+}
+
+/// What `POST /test/sip/{n}/call` takes.
+#[derive(Deserialize)]
+pub struct CallRequest {
+    /// The number called (the SBC user's E.164).
+    to: String,
+    /// The caller's number.
+    #[serde(default = "default_from")]
+    from: String,
+    /// Hang up this long after the answer.
+    #[serde(default = "default_hangup")]
+    hangup_after_ms: u64,
+}
+
+fn default_from() -> String {
+    "+12065550123".into()
+}
+
+fn default_hangup() -> u64 {
+    2000
+}
+
+/// `POST /test/sip/{n}/call`: proxy n calls `to` at the SBC on its first open connection.
+pub async fn call(
+    State(s): State<Shared>,
+    Path(n): Path<usize>,
+    Json(body): Json<CallRequest>,
+) -> (StatusCode, Json<Value>) {
+    let Some(face) = &s.sip else {
+        return (StatusCode::NOT_FOUND, Json(json!({"error": "no SIP face"})));
+    };
+    let i = n.wrapping_sub(1);
+    let Some(conn) = face.connection(i) else {
+        return (
+            StatusCode::CONFLICT,
+            Json(json!({"error": format!("proxy {n} has no connection from the SBC")})),
+        );
+    };
+    let valid = |x: &str| {
+        let d = x.strip_prefix('+').unwrap_or(x);
+        !d.is_empty() && d.chars().all(|c| c.is_ascii_digit())
+    };
+    if !valid(&body.to) || !valid(&body.from) {
+        return (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({"error": "to and from are E.164 numbers"})),
+        );
+    }
+    let counters = Arc::new(Counters::default());
+    // The socket is bound now (its port goes in the offer); the media starts on the answer.
+    let Ok(sock) = UdpSocket::bind("127.0.0.1:0").await else {
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(json!({"error": "no UDP port"})),
+        );
+    };
+    let port = sock.local_addr().map(|a| a.port()).unwrap_or(0);
+    let offer = format!(
+        "v=0\r\no=- {t} 1 IN IP4 127.0.0.1\r\ns=session\r\nc=IN IP4 127.0.0.1\r\nb=CT:10000000\r\nt=0 0\r\n\
+         m=audio {port} RTP/AVP 0 8 9 101\r\nc=IN IP4 127.0.0.1\r\na=rtpmap:0 PCMU/8000\r\n\
+         a=rtpmap:8 PCMA/8000\r\na=rtpmap:9 G722/8000\r\na=rtpmap:101 telephone-event/8000\r\n\
+         a=fmtp:101 0-16\r\na=ptime:20\r\na=sendrecv\r\n",
+        t = token()
+    );
+    let t = token();
+    let call_id = format!("emu-call-{t:08x}-{n}");
+    let proxy = NAMES[i];
+    let fqdn = &face.fqdn;
+    let from = format!(
+        "\"Teams Caller\" <sip:{}@{proxy}:5061;user=phone>;tag=emuin{t}",
+        body.from
+    );
+    let to = format!("<sip:{}@{fqdn}:5061;user=phone>", body.to);
+    let target = format!("sip:{}@{fqdn}:5061;user=phone;transport=tls", body.to);
+    let invite = format!(
+        "INVITE {target} SIP/2.0\r\nFROM: {from}\r\nTO: {to}\r\nCSEQ: 1 INVITE\r\nCALL-ID: {call_id}\r\n\
+         MAX-FORWARDS: 69\r\nVIA: SIP/2.0/TLS {proxy}:5061;branch=z9hG4bKemuinv{t}\r\n\
+         RECORD-ROUTE: <sip:{proxy}:5061;transport=tls;lr>\r\nRECORD-ROUTE: <sip:{EDGE}:5061;transport=tls;lr>\r\n\
+         {contact}\
+         HISTORY-INFO: <sip:{}@{proxy}:5061;user=phone>;index=1,<sip:alice@contoso.com?Reason=SIP%3Bcause%3D480%3Btext%3D%22Simultaneous%20ring%22>;index=1.1\r\n\
+         SESSION-EXPIRES: 3600\r\nMIN-SE: 90\r\nSUPPORTED: timer\r\n\
+         ALLOW: INVITE,ACK,OPTIONS,CANCEL,BYE,NOTIFY\r\nUSER-AGENT: {SERVER}\r\n\
+         CONTENT-TYPE: application/sdp\r\nCONTENT-LENGTH: {}\r\n\r\n{offer}",
+        body.to,
+        offer.len(),
+        contact = contact(),
+    );
+    face.calls.lock().insert(
+        call_id.clone(),
+        Call {
+            direction: "in",
+            proxy: n,
+            number: body.to.clone(),
+            status: None,
+            state: "ringing",
+            ended_by: None,
+            conn: conn.clone(),
+            local: from,
+            remote: to,
+            target,
+            seq: 1,
+            sdp: offer,
+            proto: String::new(),
+            counters,
+            media: None,
+            pending: Some(sock),
+            hangup_after: Duration::from_millis(body.hangup_after_ms.min(600_000)),
+        },
+    );
+    s.log.push(
+        json!({"face": "sip", "proxy": n, "sent": "INVITE", "call_id": call_id, "message": invite}),
+    );
+    if conn.send(invite.into_bytes()).await.is_err() {
+        return (
+            StatusCode::CONFLICT,
+            Json(json!({"error": "the connection closed"})),
+        );
+    }
+    (StatusCode::OK, Json(json!({"call_id": call_id})))
+}
+
+/// `GET /test/sip/calls`: every call with its state and RTP counters.
+pub async fn list(State(s): State<Shared>) -> (StatusCode, Json<Value>) {
+    let Some(face) = &s.sip else {
+        return (StatusCode::NOT_FOUND, Json(json!({"error": "no SIP face"})));
+    };
+    let calls: Vec<Value> = face
+        .calls
+        .lock()
+        .iter()
+        .map(|(id, c)| {
+            json!({
+                "call_id": id, "direction": c.direction, "proxy": c.proxy, "number": c.number,
+                "status": c.status, "state": c.state, "ended_by": c.ended_by, "proto": c.proto,
+                "rtp": {
+                    "received": c.counters.received.load(Ordering::Relaxed),
+                    "echoed": c.counters.echoed.load(Ordering::Relaxed),
+                    "sent": c.counters.sent.load(Ordering::Relaxed),
+                    "returned": c.counters.returned.load(Ordering::Relaxed),
+                },
+            })
+        })
+        .collect();
+    (StatusCode::OK, Json(Value::Array(calls)))
+}
