@@ -16,6 +16,7 @@ pub mod auth;
 pub mod calls;
 pub mod config;
 pub mod demo;
+pub mod events;
 pub mod media;
 pub mod metrics;
 pub mod policy;

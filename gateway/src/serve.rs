@@ -59,6 +59,10 @@ pub struct ServeArgs {
     /// Create the demo account (printed once) on an empty store.
     #[arg(long, env = "CSPS_DEMO")]
     pub demo: bool,
+    /// Folder of the built web console (`index.html` and its files), served at `/`; default:
+    /// `admin-ui/dist` under the working directory, else `admin-ui` beside the executable.
+    #[arg(long, env = "CSPS_UI_DIR")]
+    pub ui_dir: Option<PathBuf>,
 }
 
 /// A start-up or shutdown failure, with what to do about it in the message.
@@ -275,6 +279,7 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
     let metrics = Arc::new(Metrics::new());
     // Before SIP: the registrar and the calls ask the policies from the first message on.
     let policies = start_policies(&store, &config, &metrics, mongodb_uri.is_some()).await;
+    let events = crate::events::Events::new();
     let listen = if args.sip_listen.is_empty() {
         sip::listen::default_listeners()
     } else {
@@ -286,6 +291,7 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
             certs_dir: args.data_dir.join("certs"),
             secret,
             policies: policies.clone(),
+            events: events.clone(),
         },
         store.clone(),
         &config,
@@ -305,6 +311,11 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
     }
     api_state.calls = sip.calls.clone();
     api_state.trunk = sip.trunk.clone();
+    api_state.events = events.clone();
+    api_state.console = crate::api::console::ConsoleFiles::new(match &args.ui_dir {
+        Some(dir) => vec![dir.clone()],
+        None => crate::api::console::ConsoleFiles::default_dirs(),
+    });
     // Users changed through the API: rebuild the registrar's account view off the packet path.
     let mut users_changed = api_state.users_changed.subscribe();
     let (reload_store, reload_cmds) = (store.clone(), sip.commands.clone());
@@ -353,6 +364,7 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
     tracing::info!("draining: new requests get 503, open transactions are answered");
     draining.store(true, Ordering::Relaxed);
     let _ = sip.draining.send(true);
+    events.close();
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     if sip
         .commands

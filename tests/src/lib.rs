@@ -19,6 +19,7 @@ pub mod http;
 pub mod netns;
 pub mod raw;
 pub mod sipp;
+pub mod sse;
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, UdpSocket};

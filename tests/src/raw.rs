@@ -76,6 +76,26 @@ pub fn register_trusted(
     Ok(())
 }
 
+/// A REGISTER of `user@csps.local` over UDP from `local` for `expires` seconds, without
+/// credentials (for a source the test made trusted); `call_id` and `cseq` as a phone keeps them.
+pub fn register(local: SocketAddr, user: &str, call_id: &str, cseq: u32, expires: u32) -> String {
+    format!(
+        "REGISTER sip:csps.local SIP/2.0\r\n\
+         Via: SIP/2.0/UDP {local};branch=z9hG4bK{branch};rport\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:{user}@csps.local>;tag={tag}\r\n\
+         To: <sip:{user}@csps.local>\r\n\
+         Call-ID: {call_id}\r\n\
+         CSeq: {cseq} REGISTER\r\n\
+         Contact: <sip:{user}@{local}>\r\n\
+         Expires: {expires}\r\n\
+         User-Agent: events-test\r\n\
+         Content-Length: 0\r\n\r\n",
+        branch = token("b"),
+        tag = token("t"),
+    )
+}
+
 /// Parses a datagram or framed message as a SIP response.
 pub fn parse_response(bytes: &[u8]) -> Result<Response, String> {
     match csps_sip::parse(bytes) {

@@ -12,7 +12,8 @@
 //!   `X-Real-IP`) and no foreign `Origin` — so neither a local reverse proxy nor DNS rebinding
 //!   nor a cross-site page opens them. Everything else is 401 with `WWW-Authenticate: Bearer`.
 //!
-//! `/healthz`, `/metrics` and `/api/version` are outside the guard.
+//! `/healthz`, `/metrics`, `/api/version`, `/api/auth/config` and the console's files are outside
+//! the guard.
 
 use std::net::{IpAddr, SocketAddr};
 

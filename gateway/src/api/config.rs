@@ -147,6 +147,16 @@ pub async fn audit(
     if let Err(e) = retry(|| state.store.append_audit(&entry)).await {
         tracing::error!(action, target, "the audit log lost an entry: {e}");
     }
+    // Every admin change is audited here, so here it reaches the live feed too.
+    let name = match action.split('.').next() {
+        Some("config") => "config.changed",
+        Some("user") => "user.changed",
+        Some("policy") => "policy.changed",
+        _ => "admin.changed",
+    };
+    state.events.publish(name, || {
+        serde_json::json!({ "action": entry.action, "target": entry.target, "actor": entry.actor })
+    });
 }
 
 /// One leaf assignment (the value already checked and normalised).

@@ -1,13 +1,16 @@
 //! The REST API under `/api` (axum): users, registrations, configuration entries and leaves,
 //! trusted IPs, the audit log, running calls, policy modules, the caller's claims and the
-//! version, its OpenAPI document (`/api/openapi.json`) and Swagger UI (`/swagger`), with
-//! `application/problem+json` errors and the access rules of [`access`]. [`router`] builds
+//! version, the live event stream (`/api/events`), its OpenAPI document (`/api/openapi.json`)
+//! and Swagger UI (`/swagger`), with `application/problem+json` errors and the access rules of
+//! [`access`]; and the web console's files on every other path ([`console`]). [`router`] builds
 //! the whole tree from an [`ApiState`]; `serve` mounts it and owns `/healthz` and `/metrics`.
 
 pub mod access;
 pub mod calls;
 pub mod config;
+pub mod console;
 pub mod debug;
+pub mod events;
 pub mod openapi;
 pub mod policies;
 pub mod problem;
@@ -20,8 +23,10 @@ pub mod version;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::http::{StatusCode, Uri};
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::middleware;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 use crate::config::LiveConfig;
@@ -52,6 +57,10 @@ pub struct ApiState {
     pub policies: Option<Arc<crate::policy::PolicyEngine>>,
     /// The Teams trunk's published state (no trunk until the SIP side hands its view over).
     pub trunk: tokio::sync::watch::Receiver<crate::trunk::driver::TrunkView>,
+    /// The live feed `GET /api/events` streams (shared with the SIP side, which publishes).
+    pub events: crate::events::Events,
+    /// Where the web console's files are (none: `/` says how to build it).
+    pub console: console::ConsoleFiles,
 }
 
 impl ApiState {
@@ -72,6 +81,8 @@ impl ApiState {
             calls: crate::calls::Directory::default(),
             policies: None,
             trunk: tokio::sync::watch::channel(Default::default()).1,
+            events: crate::events::Events::new(),
+            console: console::ConsoleFiles::default(),
         }
     }
 
@@ -96,6 +107,7 @@ pub fn router(state: ApiState) -> Router {
             get(users::get).patch(users::patch).delete(users::delete),
         )
         .route("/api/registrations", get(registrations::list))
+        .route("/api/events", get(events::stream))
         .route("/api/calls", get(calls::list))
         .route("/api/trunk", get(trunk::get))
         .route("/api/calls/{id}", axum::routing::delete(calls::hang_up))
@@ -133,15 +145,26 @@ pub fn router(state: ApiState) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), access::guard));
     Router::new()
         .route("/api/version", get(version::get))
+        .route("/api/auth/config", get(console::auth_config))
         .merge(protected)
         .merge(openapi::routes(state.clone()))
         .method_not_allowed_fallback(method_not_allowed)
-        .fallback(not_found)
+        .fallback(fallback)
         .with_state(state)
 }
 
-async fn not_found(uri: Uri) -> Problem {
-    Problem::not_found(format!("no resource at `{}`", uri.path()))
+/// Unknown `/api` paths are a 404 problem; every other path is the web console's.
+async fn fallback(
+    State(state): State<ApiState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let path = uri.path();
+    if path == "/api" || path.starts_with("/api/") {
+        return Problem::not_found(format!("no resource at `{path}`")).into_response();
+    }
+    console::serve(&state.console, &method, path, &headers).await
 }
 
 async fn method_not_allowed() -> Problem {

@@ -53,6 +53,8 @@ pub const BEARER: &str = "bearer";
     ),
     paths(
         super::version::get,
+        super::console::auth_config,
+        super::events::stream,
         openapi_json,
         crate::serve::healthz,
         crate::serve::metrics_page,
@@ -162,7 +164,7 @@ fn problem(name: &str, description: &str) -> utoipa::openapi::Response {
 struct Finish;
 
 /// Operations open to everyone (no credentials); outside the guard of [`access`].
-const OPEN: &[&str] = &["/api/version", "/healthz", "/metrics"];
+const OPEN: &[&str] = &["/api/version", "/api/auth/config", "/healthz", "/metrics"];
 
 impl Modify for Finish {
     fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {

@@ -120,6 +120,30 @@ impl Directory {
         self.notices.subscribe()
     }
 
+    /// Carries the calls' notices onto the live event feed as `call.started`, `call.answered`
+    /// and `call.ended`, with the call's record; ends when the directory is gone.
+    pub fn publish_to(&self, events: crate::events::Events) {
+        let mut notices = self.subscribe();
+        tokio::spawn(async move {
+            loop {
+                match notices.recv().await {
+                    Ok(n) => {
+                        let name = match n.event {
+                            "started" => "call.started",
+                            "answered" => "call.answered",
+                            _ => "call.ended",
+                        };
+                        events.publish(name, || {
+                            serde_json::to_value(&n.call).unwrap_or(serde_json::Value::Null)
+                        });
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        });
+    }
+
     /// The records of the recent ended calls, newest first.
     pub fn history(&self) -> Vec<CallRecord> {
         self.history.records()

@@ -36,6 +36,8 @@ pub struct SipOptions {
     pub secret: [u8; 32],
     /// The policy engine (admission, routing, quirks); `None`: built-in rules only.
     pub policies: Option<Arc<crate::policy::PolicyEngine>>,
+    /// The live feed bindings and calls are published on.
+    pub events: crate::events::Events,
 }
 
 /// A running SIP side.
@@ -178,12 +180,14 @@ pub async fn start(
         server_name.clone(),
         store.clone(),
         metrics.clone(),
+        opts.events.clone(),
         writer_rx,
         done_tx,
     ));
     let (cmd_tx, cmd_rx) = mpsc::channel(64);
     let (call_tx, call_rx) = mpsc::channel(4096);
     let directory = crate::calls::Directory::new(metrics.calls.clone());
+    directory.publish_to(opts.events.clone());
     let (user_states, _) = tokio::sync::broadcast::channel(256);
     let (paths_tx, paths_rx) = watch::channel(crate::trunk::Paths::default());
     let switch = crate::calls::Switch::new(

@@ -12,6 +12,7 @@ use csps_sip::registrar::Binding;
 use csps_sip::transaction::TxnKey;
 use tokio::sync::mpsc;
 
+use crate::events::Events;
 use crate::metrics::Metrics;
 use crate::store::{BindingKey, Registration, Removal, Store};
 
@@ -53,11 +54,31 @@ pub fn record(server: &str, b: &Binding) -> Registration {
     }
 }
 
+/// Tells the event feed's listeners (if any) about a durable batch.
+fn publish(events: &Events, upserts: &[Registration], removals: &[Removal]) {
+    if !events.listened() {
+        return;
+    }
+    for r in upserts {
+        events.publish("registration.added", || {
+            serde_json::to_value(crate::api::registrations::RegistrationView::from(r.clone()))
+                .unwrap_or_default()
+        });
+    }
+    for r in removals {
+        events.publish("registration.removed", || {
+            serde_json::json!({ "aor": r.key.aor, "binding": r.key.binding, "server": r.server })
+        });
+    }
+}
+
 /// Runs until the core drops its sender; answers come back on `done`. Records name `server`.
+/// Each binding written or removed is published on `events` once durable.
 pub async fn run(
     server: String,
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
+    events: Events,
     mut rx: mpsc::Receiver<Commit>,
     done: mpsc::Sender<Vec<(TxnKey, Response)>>,
 ) {
@@ -102,6 +123,7 @@ pub async fn run(
         match result {
             Ok(()) => {
                 metrics.store_commits.inc();
+                publish(&events, &upserts, &removals);
             }
             Err(e) => {
                 tracing::error!(bindings = upserts.len(), "registration write failed: {e}");
