@@ -134,6 +134,8 @@ pub struct Metrics {
     pub policy_failures: Family<PolicyFailureLabel, Counter<u64, AtomicU64>>,
     /// Calls: running, attempts, setups, failures, timings.
     pub calls: CallMetrics,
+    /// Open `GET /api/events` streams.
+    pub event_listeners: Gauge<i64, AtomicI64>,
     /// `requests` children of the methods in [`HOT_METHODS`], resolved once: the family's lookup
     /// allocates a label and takes a lock, per message otherwise.
     hot_requests: [OnceLock<Counter<u64, AtomicU64>>; HOT_METHODS.len()],
@@ -162,6 +164,7 @@ impl Metrics {
             policy_decisions: Family::default(),
             policy_failures: Family::default(),
             calls: CallMetrics::default(),
+            event_listeners: Gauge::default(),
             registry: Registry::default(),
             hot_requests: Default::default(),
             hot_responses: Default::default(),
@@ -217,6 +220,11 @@ impl Metrics {
             "policy_failures",
             "Policy module failures answered by the built-in rule",
             m.policy_failures.clone(),
+        );
+        registry.register(
+            "event_listeners",
+            "Open GET /api/events streams",
+            m.event_listeners.clone(),
         );
         let c = &m.calls;
         registry.register(

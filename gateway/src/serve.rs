@@ -279,7 +279,7 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
     let metrics = Arc::new(Metrics::new());
     // Before SIP: the registrar and the calls ask the policies from the first message on.
     let policies = start_policies(&store, &config, &metrics, mongodb_uri.is_some()).await;
-    let events = crate::events::Events::new();
+    let events = crate::events::Events::new().counted_by(metrics.event_listeners.clone());
     let listen = if args.sip_listen.is_empty() {
         sip::listen::default_listeners()
     } else {

@@ -67,7 +67,23 @@ async fn send(app: &Router, r: Request<Body>) -> (StatusCode, String, Vec<u8>) {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_owned();
-    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    let mut body = resp.into_body();
+    if ct.starts_with("text/event-stream") {
+        // `GET /api/events` never ends by itself: read its first event (`ready`), then hang up.
+        let mut first = Vec::new();
+        while !first.windows(2).any(|w| w == b"\n\n") {
+            let frame = tokio::time::timeout(std::time::Duration::from_secs(10), body.frame())
+                .await
+                .expect("the event stream's first event within 10 s")
+                .expect("the event stream ended before its first event")
+                .expect("infallible");
+            if let Ok(data) = frame.into_data() {
+                first.extend_from_slice(&data);
+            }
+        }
+        return (status, ct, first);
+    }
+    let body = body.collect().await.expect("body").to_bytes();
     (status, ct, body.to_vec())
 }
 

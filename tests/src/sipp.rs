@@ -127,6 +127,26 @@ impl Sipp {
         self
     }
 
+    /// `user@domain` (password `password`) calling `callee@domain` with `scenario`, answering the
+    /// gateway's 407 challenge, media on a free port; bounded to 30 s.
+    pub fn caller(
+        scenario: impl AsRef<Path>,
+        target: SocketAddr,
+        (user, password): (&str, &str),
+        callee: &str,
+        domain: &str,
+    ) -> Self {
+        Sipp::new(scenario, target)
+            .key("user", user)
+            .key("domain", domain)
+            .key("callee", callee)
+            .auth(user, password)
+            .auth_uri(&format!("{callee}@{domain}"))
+            .arg("-mp")
+            .arg(crate::free_port().to_string())
+            .timeout(Duration::from_secs(30))
+    }
+
     /// One more command-line argument (`-rtp_echo`, `-mp 7000`, …).
     pub fn arg(mut self, a: impl Into<String>) -> Self {
         self.extra.push(a.into());

@@ -46,16 +46,14 @@ fn callee(
 
 /// Runs the SIPp caller `scenario` as alice calling bob (alice authenticates after a 407).
 fn caller(gw: &Gateway, scenario: &str) -> csps_tests::SippOutcome {
-    Sipp::new(scenario, gw.sip_addr())
-        .key("user", "alice")
-        .key("domain", DOMAIN)
-        .key("callee", "bob")
-        .auth("alice", "alice-secret-1")
-        .auth_uri(&format!("bob@{DOMAIN}"))
-        .arg("-mp")
-        .arg(free_port().to_string())
-        .timeout(Duration::from_secs(30))
-        .run()
+    Sipp::caller(
+        scenario,
+        gw.sip_addr(),
+        ("alice", "alice-secret-1"),
+        "bob",
+        DOMAIN,
+    )
+    .run()
 }
 
 fn assert_both_ok(gw: &Gateway, alice: &csps_tests::SippOutcome, bob: &csps_tests::SippOutcome) {

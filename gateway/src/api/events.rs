@@ -11,9 +11,9 @@ use axum::extract::State;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use futures_util::StreamExt;
 use futures_util::stream::{self, Stream};
-use tokio::sync::broadcast::error::RecvError;
 
 use super::ApiState;
+use crate::events::Next;
 
 /// How often an idle stream sends a keep-alive comment.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
@@ -21,11 +21,13 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// `GET /api/events` → `text/event-stream`.
 #[utoipa::path(get, path = "/api/events", tag = "system",
     description = "Server-sent events, one per change, as `event: <name>` and JSON `data:`. \
-        `ready` `{\"server\"}` first; `registration.added` (a binding written: new or refreshed) \
-        and `registration.removed` `{\"aor\",\"contact\",\"server\",…}`; `call.started` and \
-        `call.ended` `{\"id\"}`; `config.changed`, `user.changed`, `policy.changed` \
-        `{\"action\",\"target\",\"actor\"}` (an audited admin change); `lagged` `{\"missed\"}` \
-        when the client fell behind. A comment every 15 s keeps the connection open.",
+        `ready` `{\"server\"}` first; `registration.added` (a binding written, new or refreshed: \
+        the registration as in `GET /api/registrations`) and `registration.removed` \
+        `{\"aor\",\"binding\",\"server\"}`; `call.started`, `call.answered` and `call.ended` (the \
+        call's record as in `GET /api/calls/history`); `config.changed`, `user.changed`, \
+        `policy.changed` `{\"action\",\"target\",\"actor\"}` (an audited admin change); \
+        `lagged` `{\"missed\"}` when the client fell behind (reload what you show). A comment \
+        every 15 s keeps the connection open; the stream ends when the server drains.",
     responses(
         (status = 200, description = "The event stream", body = String,
             content_type = "text/event-stream",
@@ -34,26 +36,19 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 pub async fn stream(
     State(state): State<ApiState>,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
-    let rx = state.events.subscribe();
-    let closed = state.events.closed();
+    // The listener lives in the stream: hyper drops the stream when the client goes away (at the
+    // latest when a keep-alive cannot be written), and with it the subscription.
+    let listener = state.events.listen();
     let ready = serde_json::json!({ "server": state.config.server() });
     let first = SseEvent::default().event("ready").data(ready.to_string());
-    let events = stream::unfold((rx, closed), |(mut rx, mut closed)| async move {
-        if *closed.borrow_and_update() {
-            return None;
-        }
-        let next = tokio::select! {
-            r = rx.recv() => r,
-            _ = closed.changed() => return None,
-        };
-        let event = match next {
-            Ok(e) => SseEvent::default().event(e.name).data(e.data.to_string()),
-            Err(RecvError::Lagged(n)) => SseEvent::default()
+    let events = stream::unfold(listener, |mut listener| async move {
+        let event = match listener.next().await? {
+            Next::Event(e) => SseEvent::default().event(e.name).data(e.data.to_string()),
+            Next::Lagged(n) => SseEvent::default()
                 .event("lagged")
                 .data(serde_json::json!({ "missed": n }).to_string()),
-            Err(RecvError::Closed) => return None,
         };
-        Some((Ok(event), (rx, closed)))
+        Some((Ok(event), listener))
     });
     let all = stream::once(async move { Ok(first) }).chain(events);
     Sse::new(all).keep_alive(KeepAlive::new().interval(KEEP_ALIVE))

@@ -131,13 +131,20 @@ impl Directory {
                         let name = match n.event {
                             "started" => "call.started",
                             "answered" => "call.answered",
-                            _ => "call.ended",
+                            "ended" => "call.ended",
+                            other => {
+                                tracing::debug!(event = other, "a call notice the feed ignores");
+                                continue;
+                            }
                         };
                         events.publish(name, || {
                             serde_json::to_value(&n.call).unwrap_or(serde_json::Value::Null)
                         });
                     }
-                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    // The listeners missed these too: tell them to reload, as for their own lag.
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        events.publish("lagged", || serde_json::json!({ "missed": n }));
+                    }
                     Err(broadcast::error::RecvError::Closed) => break,
                 }
             }
