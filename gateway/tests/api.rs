@@ -318,12 +318,12 @@ async fn users_create_list_get_patch_delete() {
         json_req(
             Method::PATCH,
             &format!("/api/users/{id}"),
-            &json!({"username": null, "enabled": null}),
+            &json!({"username": null, "enabled": null, "activated": null}),
         ),
     )
     .await
     .error_paths();
-    assert_eq!(paths, ["username", "enabled"]);
+    assert_eq!(paths, ["username", "enabled", "activated"]);
     let paths = send(
         &h.app,
         json_req(

@@ -352,7 +352,7 @@ pub async fn patch(
         return Err(Problem::invalid("", "a merge patch must be a JSON object"));
     };
     let mut errors = Vec::new();
-    for key in ["username", "domain", "password", "enabled"] {
+    for key in ["username", "domain", "password", "enabled", "activated"] {
         if map.get(key).is_some_and(Value::is_null) {
             errors.push(FieldError::new(key, "cannot be cleared"));
         }
