@@ -28,6 +28,27 @@ fn main() {
     println!("cargo:rustc-env=CSPS_RUSTC_VERSION={rustc_version}");
     println!("cargo:rustc-env=CSPS_GIT_COMMIT={commit}");
     println!("cargo:rustc-env=CSPS_BUILD_DATE={date}");
-    println!("cargo:rerun-if-changed=../.git/HEAD");
-    println!("cargo:rerun-if-changed=../.git/refs/heads");
+    // Rebuild when the commit moves. The git directories are asked of git: in a worktree
+    // `.git` is a file, and a path that does not exist would make cargo rerun this every build.
+    println!("cargo:rerun-if-changed=build.rs");
+    let git_path = |what: &str| {
+        Command::new("git")
+            .args(["rev-parse", "--path-format=absolute", what])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .map(|s| std::path::PathBuf::from(s.trim()))
+    };
+    if let Some(dir) = git_path("--git-dir") {
+        println!("cargo:rerun-if-changed={}", dir.join("HEAD").display());
+    }
+    if let Some(common) = git_path("--git-common-dir") {
+        for path in ["refs/heads", "packed-refs"] {
+            let path = common.join(path);
+            if path.exists() {
+                println!("cargo:rerun-if-changed={}", path.display());
+            }
+        }
+    }
 }
