@@ -147,6 +147,35 @@ impl Sipp {
             .timeout(Duration::from_secs(30))
     }
 
+    /// `user@domain` registered (password `password`) with `register.xml` from a free port, then
+    /// the callee `scenario` on that port, echoing media on another free port; bounded to 30 s.
+    pub fn callee(
+        scenario: impl AsRef<Path>,
+        target: SocketAddr,
+        (user, password): (&str, &str),
+        domain: &str,
+    ) -> Result<Self, String> {
+        let port = crate::free_port();
+        let reg = Sipp::new("register.xml", target)
+            .local_port(port)
+            .key("user", user)
+            .key("domain", domain)
+            .key("expires", 300)
+            .auth(user, password)
+            .timeout(Duration::from_secs(10))
+            .run();
+        if !reg.ok() {
+            return Err(format!("{user} did not register:\n{}", reg.output));
+        }
+        Ok(Sipp::new(scenario, target)
+            .local_port(port)
+            .key("user", user)
+            .arg("-mp")
+            .arg(crate::free_port().to_string())
+            .arg("-rtp_echo")
+            .timeout(Duration::from_secs(30)))
+    }
+
     /// One more command-line argument (`-rtp_echo`, `-mp 7000`, …).
     pub fn arg(mut self, a: impl Into<String>) -> Self {
         self.extra.push(a.into());

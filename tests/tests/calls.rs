@@ -24,23 +24,8 @@ fn callee(
     user: &str,
     password: &str,
 ) -> std::thread::JoinHandle<csps_tests::SippOutcome> {
-    let port = free_port();
-    let reg = Sipp::new("register.xml", gw.sip_addr())
-        .local_port(port)
-        .key("user", user)
-        .key("domain", DOMAIN)
-        .key("expires", 300)
-        .auth(user, password)
-        .timeout(Duration::from_secs(10))
-        .run();
-    assert!(reg.ok(), "{user} did not register:\n{}", reg.output);
-    let sipp = Sipp::new(scenario, gw.sip_addr())
-        .local_port(port)
-        .key("user", user)
-        .arg("-mp")
-        .arg(free_port().to_string())
-        .arg("-rtp_echo")
-        .timeout(Duration::from_secs(30));
+    let sipp = Sipp::callee(scenario, gw.sip_addr(), (user, password), DOMAIN)
+        .unwrap_or_else(|e| panic!("{e}"));
     std::thread::spawn(move || sipp.run())
 }
 

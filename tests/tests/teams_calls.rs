@@ -262,23 +262,9 @@ fn a_user_not_activated_gets_403_but_an_emergency_call_goes_out() {
 
 /// Registers `user` with SIPp from a fresh port and starts the callee `scenario` there.
 fn device(gw: &Gateway, scenario: &str, user: &str) -> std::thread::JoinHandle<SippOutcome> {
-    let port = free_port();
-    let reg = Sipp::new("register.xml", gw.sip_addr())
-        .local_port(port)
-        .key("user", user)
-        .key("domain", DOMAIN)
-        .key("expires", 300)
-        .auth(user, &format!("{user}-secret-1"))
-        .timeout(Duration::from_secs(10))
-        .run();
-    assert!(reg.ok(), "{user} did not register:\n{}", reg.output);
-    let sipp = Sipp::new(scenario, gw.sip_addr())
-        .local_port(port)
-        .key("user", user)
-        .arg("-mp")
-        .arg(free_port().to_string())
-        .arg("-rtp_echo")
-        .timeout(Duration::from_secs(30));
+    let password = format!("{user}-secret-1");
+    let sipp = Sipp::callee(scenario, gw.sip_addr(), (user, &password), DOMAIN)
+        .unwrap_or_else(|e| panic!("{e}"));
     std::thread::spawn(move || sipp.run())
 }
 
