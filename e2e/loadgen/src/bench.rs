@@ -237,16 +237,20 @@ pub fn bench_kamailio(plan: &Plan, k: &KamailioOpts, work: &Path) -> std::io::Re
     Ok(run)
 }
 
-/// Starts csps, creates the accounts over REST, runs the plan, and measures RSS per registration.
-pub fn bench_csps(plan: &Plan, bin: &Path) -> std::io::Result<ServerRun> {
-    let opts = csps_tests::GatewayOptions {
+/// Starts `bin` as server `bench` with UDP only on a free loopback port.
+pub fn start_csps(bin: &Path) -> Result<csps_tests::Gateway, String> {
+    csps_tests::Gateway::start_with(csps_tests::GatewayOptions {
         bin: Some(bin.to_path_buf()),
         server_name: Some("bench".into()),
         tcp: false,
         ready_timeout: Duration::from_secs(30),
         ..csps_tests::GatewayOptions::default()
-    };
-    let gw = csps_tests::Gateway::start_with(opts).map_err(std::io::Error::other)?;
+    })
+}
+
+/// Starts csps, creates the accounts over REST, runs the plan, and measures RSS per registration.
+pub fn bench_csps(plan: &Plan, bin: &Path) -> std::io::Result<ServerRun> {
+    let gw = start_csps(bin).map_err(std::io::Error::other)?;
     let pid = gw.pid();
     let t = Instant::now();
     let mut http = csps_tests::http::Client::new(gw.http, Some(&gw.token));

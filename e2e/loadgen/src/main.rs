@@ -7,14 +7,22 @@
 //!                    [--kamailio-children 4] [--kamailio-shm-mb 256] [common flags]
 //! common: --accounts 10000 --rates 2000,4000,… --step-secs 5 --drain-secs 5 --pause-secs 1
 //!         --domain csps.local --prefix u [--settle-secs 0] [--keep-logs]
+//! csps-loadgen calls [--csps-bin PATH] [--concurrency 50,100,…] [--hold-secs 10]
+//!                    [--ramp-rate 500] [--setup-rates 250,500,…] [--setup-secs 5]
+//!                    [--media-sockets 4] [--max-loss-pct 0.1] [--max-jitter-ms 5] [--keep-going]
+//!                    [--accounts 1000]
 //! ```
+//! `calls` plays both ends of every call through csps (see [`calls`]): concurrent calls with
+//! RTP both ways, rising until a limit is crossed, then the call setup rate.
 //! Account `i` is `{prefix}{i:06}` with password `pw-{username}`. A step sends `rate × step-secs`
 //! registrations, open loop, accounts round-robin, each with a fresh Call-ID: REGISTER, 401,
 //! REGISTER with an MD5 digest answer (`qop=auth`), 200. "REGISTER/s" counts registrations
 //! (each is two transactions).
 
 mod bench;
+mod calls;
 mod load;
+mod media;
 mod sip;
 mod sys;
 
@@ -31,11 +39,16 @@ fn usage() -> &'static str {
      [--kamailio-cfg PATH] [--kamailio-children N] [--kamailio-shm-mb N] [common]\n\
      common: --accounts N (10000) --rates R1,R2,... (2000..20000, finer near 10000) --step-secs S (5)\n        \
      --drain-secs S (5) --pause-secs S (1) --domain D (csps.local) --prefix P (u)\n        \
-     --settle-secs S (0; else also measure csps memory once its transactions end) --keep-logs"
+     --settle-secs S (0; else also measure csps memory once its transactions end) --keep-logs\n       \
+     csps-loadgen calls [--csps-bin PATH] [--concurrency N1,N2,... (50..2000)] [--hold-secs S (10)]\n                          \
+     [--ramp-rate R (500)] [--setup-rates R1,... (250..3000; empty: none)] [--setup-secs S (5)]\n                          \
+     [--media-sockets N (4)] [--max-loss-pct P (0.1)] [--max-jitter-ms M (5)] [--keep-going]\n                          \
+     [--drain-secs S (10)] [--pause-secs S (1)] [--domain D (csps.local)]\n                          \
+     [--accounts N (1000; callers and callees each, at least the largest step)]"
 }
 
 /// Flags without a value.
-const FLAGS: &[&str] = &["keep-logs"];
+const FLAGS: &[&str] = &["keep-logs", "keep-going"];
 
 /// `--flag value` pairs (and the value-less [`FLAGS`]).
 fn parse_flags(args: &[String]) -> Result<HashMap<String, String>, String> {
@@ -208,11 +221,89 @@ fn csps_usable(bin: &std::path::Path) -> Result<(), String> {
     }
 }
 
+const DEFAULT_CONCURRENCY: &str = "50,100,200,400,600,800,1000,1200,1500,2000";
+const DEFAULT_SETUP_RATES: &str = "250,500,1000,1500,2000,3000";
+
+/// A comma-separated list of numbers (empty string: an empty list).
+fn list<T: std::str::FromStr>(
+    f: &HashMap<String, String>,
+    k: &str,
+    default: &str,
+) -> Result<Vec<T>, String> {
+    let v = f.get(k).map_or(default, String::as_str);
+    v.split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| {
+            s.trim()
+                .parse()
+                .map_err(|_| format!("--{k}: bad value {s:?}"))
+        })
+        .collect()
+}
+
+fn calls_cmd(f: &HashMap<String, String>) -> Result<(), String> {
+    let concurrency: Vec<u32> = list(f, "concurrency", DEFAULT_CONCURRENCY)?;
+    let setup_rates: Vec<f64> = list(f, "setup-rates", DEFAULT_SETUP_RATES)?;
+    if concurrency.iter().any(|n| *n == 0 || *n > 20_000) {
+        return Err("--concurrency: each count must be in [1, 20000]".into());
+    }
+    if setup_rates.iter().any(|r| !(*r > 0.0 && *r <= 50_000.0)) {
+        return Err("--setup-rates: each rate must be in (0, 50000]".into());
+    }
+    let hold: f64 = get(f, "hold-secs", 10.0)?;
+    let setup_secs: f64 = get(f, "setup-secs", 5.0)?;
+    let ramp_rate: f64 = get(f, "ramp-rate", 500.0)?;
+    let drain: f64 = get(f, "drain-secs", 10.0)?;
+    let pause: f64 = get(f, "pause-secs", 1.0)?;
+    let media_sockets: usize = get(f, "media-sockets", 4)?;
+    if !(1.0..=300.0).contains(&hold)
+        || !(0.1..=120.0).contains(&setup_secs)
+        || !(1.0..=50_000.0).contains(&ramp_rate)
+        || !(0.0..=60.0).contains(&drain)
+        || !(0.0..=60.0).contains(&pause)
+        || !(1..=256).contains(&media_sockets)
+    {
+        return Err(
+            "--hold-secs in [1, 300], --setup-secs in [0.1, 120], --ramp-rate in [1, 50000], \
+                    --drain-secs and --pause-secs in [0, 60], --media-sockets in [1, 256]"
+                .into(),
+        );
+    }
+    let plan = calls::CallPlan {
+        concurrency,
+        hold: Duration::from_secs_f64(hold),
+        ramp_rate,
+        setup_rates,
+        setup_secs,
+        drain: Duration::from_secs_f64(drain),
+        pause: Duration::from_secs_f64(pause),
+        media_sockets,
+        max_loss_pct: get(f, "max-loss-pct", 0.1)?,
+        max_jitter_ms: get(f, "max-jitter-ms", 5.0)?,
+        keep_going: f.contains_key("keep-going"),
+        domain: get(f, "domain", "csps.local".to_string())?,
+        accounts: get(f, "accounts", 1000)?,
+    };
+    if !(1..=20_000).contains(&plan.accounts) {
+        return Err("--accounts must be in [1, 20000]".into());
+    }
+    let nofile = sys::raise_nofile();
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let bin: PathBuf = get(f, "csps-bin", repo.join("target/release/csps"))?;
+    csps_usable(&bin)?;
+    println!(
+        "call benchmark: RLIMIT_NOFILE {nofile}, {} CPUs",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    calls::bench(&plan, &bin)
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("run") => parse_flags(&args[1..]).and_then(|f| run(&f)),
         Some("bench") => parse_flags(&args[1..]).and_then(|f| bench_cmd(&f)),
+        Some("calls") => parse_flags(&args[1..]).and_then(|f| calls_cmd(&f)),
         _ => Err(String::new()),
     };
     match result {

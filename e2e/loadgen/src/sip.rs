@@ -1,4 +1,5 @@
-//! The few SIP pieces the load generator needs: build a REGISTER, read a response, answer a digest.
+//! The few SIP pieces the load generator needs: build a REGISTER, read a response, answer a digest;
+//! for calls, read any message, build INVITE/ACK/BYE and answers, and a PCMU SDP.
 
 use md5::{Digest, Md5};
 
@@ -201,6 +202,213 @@ impl Register<'_> {
             m.push_str("\r\n");
         }
         m.push_str("User-Agent: csps-loadgen\r\nContent-Length: 0\r\n\r\n");
+        m.into_bytes()
+    }
+}
+
+/// Any SIP message, with the header lines a call's two ends need to answer it or follow up.
+#[derive(Debug)]
+pub struct Message<'a> {
+    /// The method of a request; `None` for a response.
+    pub method: Option<&'a str>,
+    /// The Request-URI of a request.
+    pub uri: &'a str,
+    /// The status code of a response (0 for a request).
+    pub code: u16,
+    /// Every Via line, whole (`Via: …`), in order: a response copies them.
+    pub vias: Vec<&'a str>,
+    /// The From header value.
+    pub from: &'a str,
+    /// The To header value.
+    pub to: &'a str,
+    /// The Call-ID.
+    pub call_id: &'a str,
+    /// The CSeq number.
+    pub cseq: u32,
+    /// The CSeq method.
+    pub cseq_method: &'a str,
+    /// The URI inside the Contact header, if any.
+    pub contact: Option<&'a str>,
+    /// The body.
+    pub body: &'a str,
+}
+
+/// Parses a request or a response; `None` when a header a dialog needs is missing or unreadable.
+pub fn parse_message(msg: &[u8]) -> Option<Message<'_>> {
+    let text = std::str::from_utf8(msg).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let mut lines = head.split("\r\n");
+    let first = lines.next()?;
+    let mut parts = first.splitn(3, ' ');
+    let (a, b) = (parts.next()?, parts.next()?);
+    let (method, uri, code) = if a.starts_with("SIP/2.0") {
+        (None, "", b.parse().ok()?)
+    } else {
+        (Some(a), b, 0)
+    };
+    let mut m = Message {
+        method,
+        uri,
+        code,
+        vias: Vec::new(),
+        from: "",
+        to: "",
+        call_id: "",
+        cseq: 0,
+        cseq_method: "",
+        contact: None,
+        body,
+    };
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let value = value.trim();
+        match name.trim().to_ascii_lowercase().as_str() {
+            "via" | "v" => m.vias.push(line),
+            "from" | "f" => m.from = value,
+            "to" | "t" => m.to = value,
+            "call-id" | "i" => m.call_id = value,
+            "cseq" => {
+                let mut it = value.split_whitespace();
+                m.cseq = it.next()?.parse().ok()?;
+                m.cseq_method = it.next()?;
+            }
+            "contact" | "m" => {
+                m.contact = value
+                    .split_once('<')
+                    .and_then(|(_, r)| r.split_once('>'))
+                    .map(|(u, _)| u)
+                    .or(Some(value));
+            }
+            _ => {}
+        }
+    }
+    (!m.call_id.is_empty() && !m.from.is_empty() && !m.to.is_empty() && m.cseq != 0).then_some(m)
+}
+
+impl Message<'_> {
+    /// The user part of the Request-URI (`sip:user@host` → `user`).
+    pub fn uri_user(&self) -> Option<&str> {
+        let rest = self.uri.strip_prefix("sip:")?;
+        rest.split_once('@').map(|(u, _)| u)
+    }
+
+    /// The audio address of the SDP body (`c=` address, `m=audio` port).
+    pub fn sdp_audio(&self) -> Option<std::net::SocketAddr> {
+        let mut ip = None;
+        let mut port = None;
+        for l in self.body.lines() {
+            if let Some(c) = l
+                .strip_prefix("c=IN IP4 ")
+                .or_else(|| l.strip_prefix("c=IN IP6 "))
+            {
+                ip = c.trim().parse::<std::net::IpAddr>().ok();
+            } else if let Some(m) = l.strip_prefix("m=audio ") {
+                port = m
+                    .split_whitespace()
+                    .next()
+                    .and_then(|p| p.parse::<u16>().ok());
+            }
+        }
+        Some(std::net::SocketAddr::new(ip?, port?))
+    }
+
+    /// A response to this request: its Vias, From, To (with `to_tag` added when given),
+    /// Call-ID and CSeq, then `extra` header lines (each ending in CRLF) and `body`.
+    pub fn respond(&self, status: &str, to_tag: Option<&str>, extra: &str, body: &str) -> Vec<u8> {
+        let mut r = format!("SIP/2.0 {status}\r\n");
+        for v in &self.vias {
+            r.push_str(v);
+            r.push_str("\r\n");
+        }
+        let tag = match to_tag {
+            Some(t) if !self.to.contains(";tag=") => format!(";tag={t}"),
+            _ => String::new(),
+        };
+        r.push_str(&format!(
+            "From: {}\r\nTo: {}{tag}\r\nCall-ID: {}\r\nCSeq: {} {}\r\n{extra}Content-Length: {}\r\n\r\n{body}",
+            self.from,
+            self.to,
+            self.call_id,
+            self.cseq,
+            self.cseq_method,
+            body.len()
+        ));
+        r.into_bytes()
+    }
+}
+
+/// A G.711 µ-law SDP offer or answer for one audio stream at `media`, 20 ms packets.
+pub fn pcmu_sdp(session: u64, media: std::net::SocketAddr) -> String {
+    let (ip, fam) = match media.ip() {
+        std::net::IpAddr::V4(ip) => (ip.to_string(), "IP4"),
+        std::net::IpAddr::V6(ip) => (ip.to_string(), "IP6"),
+    };
+    format!(
+        "v=0\r\no=- {session} 1 IN {fam} {ip}\r\ns=-\r\nc=IN {fam} {ip}\r\nt=0 0\r\n\
+         m=audio {} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=ptime:20\r\n",
+        media.port()
+    )
+}
+
+/// What goes into a request a caller sends inside (or to start) its dialog.
+pub struct Request<'a> {
+    /// INVITE, ACK or BYE.
+    pub method: &'a str,
+    /// The Request-URI.
+    pub uri: &'a str,
+    /// Our address for Via and Contact.
+    pub local: std::net::SocketAddr,
+    /// Unique per transaction (an ACK for a 2xx gets its own).
+    pub branch: &'a str,
+    /// The From header value (with our tag).
+    pub from: &'a str,
+    /// The To header value (with the peer's tag inside the dialog).
+    pub to: &'a str,
+    /// The Call-ID.
+    pub call_id: &'a str,
+    /// The CSeq number.
+    pub cseq: u32,
+    /// The user part for our Contact.
+    pub user: &'a str,
+    /// The SDP body, if any.
+    pub sdp: Option<&'a str>,
+}
+
+impl Request<'_> {
+    /// The wire form.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let Request {
+            method,
+            uri,
+            local,
+            branch,
+            from,
+            to,
+            call_id,
+            cseq,
+            user,
+            sdp,
+        } = self;
+        let mut m = format!(
+            "{method} {uri} SIP/2.0\r\n\
+             Via: SIP/2.0/UDP {local};branch={branch};rport\r\n\
+             Max-Forwards: 70\r\n\
+             From: {from}\r\n\
+             To: {to}\r\n\
+             Call-ID: {call_id}\r\n\
+             CSeq: {cseq} {method}\r\n\
+             Contact: <sip:{user}@{local}>\r\n\
+             User-Agent: csps-loadgen\r\n"
+        );
+        match sdp {
+            Some(b) => m.push_str(&format!(
+                "Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{b}",
+                b.len()
+            )),
+            None => m.push_str("Content-Length: 0\r\n\r\n"),
+        }
         m.into_bytes()
     }
 }
