@@ -95,12 +95,16 @@ fn accepts_gzip(headers: &HeaderMap) -> bool {
         })
 }
 
-/// Whether a file name carries Trunk's content hash (`name-0123456789abcdef.ext`): such a file
-/// never changes, so browsers may keep it for good.
+/// Whether a file name carries Trunk's content hash (`name-0123456789abcdef.ext`, and the
+/// wasm-bindgen module `name-0123456789abcdef_bg.wasm`; Trunk writes the 64-bit hash in hex
+/// without leading zeros, so it may be shorter than 16 digits): such a file never changes, so
+/// browsers may keep it for good.
 fn content_hashed(path: &Path) -> bool {
     let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
-    stem.rsplit_once('-')
-        .is_some_and(|(_, hash)| hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit()))
+    let stem = stem.strip_suffix("_bg").unwrap_or(stem);
+    stem.rsplit_once('-').is_some_and(|(_, hash)| {
+        (12..=16).contains(&hash.len()) && hash.bytes().all(|b| b.is_ascii_hexdigit())
+    })
 }
 
 /// The relative file path a request path names, or `None` when it tries to leave the folder.
@@ -268,6 +272,16 @@ mod tests {
         assert!(header_of(&r, header::CACHE_CONTROL).contains("immutable"));
         let r = get(&files, "/app-0123456789abcdef.wasm", false);
         assert_eq!(header_of(&r, header::CONTENT_ENCODING), "");
+        // What Trunk names the wasm module, and a hash with a leading zero left out.
+        std::fs::write(d.join("app-37059fab980b401.js"), b"js").expect("write");
+        for file in ["/app-0123456789abcdef_bg.wasm", "/app-37059fab980b401.js"] {
+            let r = get(&files, file, false);
+            assert_eq!(r.status(), StatusCode::OK, "{file}");
+            assert!(
+                header_of(&r, header::CACHE_CONTROL).contains("immutable"),
+                "{file}"
+            );
+        }
 
         for page in ["/", "/config", "/registrations/x"] {
             let r = get(&files, page, true);
