@@ -1,0 +1,585 @@
+//! The pages: sign-in and its callback, the dashboard, the configuration editor, trusted IPs and
+//! registrations. Each loads from the REST API and reloads when the event feed says its data
+//! moved.
+
+use leptos::prelude::*;
+use serde_json::Value;
+
+use crate::api::{self, ApiError};
+use crate::auth::{self, AppInfo};
+use crate::shell;
+
+/// Loads `path` now and again whenever `watch` changes; `None` until the first answer.
+fn load<T>(
+    path: impl Fn() -> Option<String> + 'static,
+    watch: impl Fn() + 'static,
+) -> RwSignal<Option<Result<T, ApiError>>>
+where
+    T: serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    let out = RwSignal::new(None);
+    Effect::new(move |_| {
+        watch();
+        if let Some(p) = path() {
+            leptos::task::spawn_local(async move { out.set(Some(api::get::<T>(&p).await)) });
+        }
+    });
+    out
+}
+
+/// An error line, read by screen readers.
+fn error_line(e: &ApiError) -> AnyView {
+    view! { <p class="error" role="alert">{e.to_string()}</p> }.into_any()
+}
+
+#[component]
+pub fn SignIn() -> impl IntoView {
+    let s = shell();
+    let app = load::<Value>(|| Some("/api/auth/config".into()), || ());
+    let message = RwSignal::new(None::<String>);
+    let token = RwSignal::new(String::new());
+    let start = move |info: AppInfo| {
+        leptos::task::spawn_local(async move {
+            if let Err(e) = auth::start(&info).await {
+                message.set(Some(e));
+            }
+        });
+    };
+    let use_token = move |ev: leptos::ev::SubmitEvent| {
+        ev.prevent_default();
+        let t = token.get_untracked().trim().to_owned();
+        if t.is_empty() {
+            message.set(Some("Paste the token first.".into()));
+            return;
+        }
+        api::store_token(Some(&t));
+        s.signed_in.set(true);
+    };
+    view! {
+        <section aria-labelledby="signin-title" class="narrow">
+            <h2 id="signin-title">"Sign in"</h2>
+            {move || match app.get() {
+                None => view! { <p>"Loading…"</p> }.into_any(),
+                Some(Err(e)) => error_line(&e),
+                Some(Ok(v)) => {
+                    let info: AppInfo = serde_json::from_value(v["admin"].clone()).unwrap_or_default();
+                    if info.configured() {
+                        view! {
+                            <button type="button" class="primary" on:click=move |_| start(info.clone())>
+                                "Sign in with Microsoft"
+                            </button>
+                        }.into_any()
+                    } else {
+                        view! {
+                            <p>"Azure sign-in is not configured yet (Data.AdminAzureApp.Tenant and ClientId). "
+                               "On the server itself, use the admin token below."</p>
+                        }.into_any()
+                    }
+                }
+            }}
+            {move || message.get().map(|m| view! { <p class="error" role="alert">{m}</p> })}
+            <form on:submit=use_token>
+                <label for="admin-token">"Admin token (" <code>"<data-dir>/admin-token"</code> ", from this machine only)"</label>
+                <input id="admin-token" type="password" autocomplete="off"
+                    prop:value=move || token.get()
+                    on:input=move |ev| token.set(event_target_value(&ev)) />
+                <button type="submit">"Use the admin token"</button>
+            </form>
+        </section>
+    }
+}
+
+#[component]
+pub fn Callback() -> impl IntoView {
+    let s = shell();
+    let message = RwSignal::new(None::<String>);
+    let search = web_sys::window()
+        .and_then(|w| w.location().search().ok())
+        .unwrap_or_default();
+    leptos::task::spawn_local(async move {
+        match auth::finish(&search).await {
+            Ok(token) => {
+                api::store_token(Some(&token));
+                s.signed_in.set(true);
+                s.navigate("/");
+            }
+            Err(e) => message.set(Some(e)),
+        }
+    });
+    view! {
+        <section class="narrow">
+            <h2>"Signing in…"</h2>
+            {move || message.get().map(|m| view! {
+                <p class="error" role="alert">{m}</p>
+                <a href="/">"Back to the sign-in page"</a>
+            })}
+        </section>
+    }
+}
+
+fn count(list: &Option<Result<Vec<Value>, ApiError>>) -> String {
+    match list {
+        None => "…".into(),
+        Some(Ok(l)) => l.len().to_string(),
+        Some(Err(_)) => "?".into(),
+    }
+}
+
+/// Signs out when the gateway no longer takes the token.
+fn expired(result: &Option<Result<Vec<Value>, ApiError>>) {
+    if let Some(Err(e)) = result
+        && e.status == 401
+    {
+        shell().sign_out();
+    }
+}
+
+#[component]
+pub fn Dashboard() -> impl IntoView {
+    let feed = shell().feed;
+    let regs = load::<Vec<Value>>(
+        || Some("/api/registrations".into()),
+        move || feed.registrations.track(),
+    );
+    let calls = load::<Vec<Value>>(|| Some("/api/calls".into()), move || feed.calls.track());
+    let users = load::<Vec<Value>>(|| Some("/api/users".into()), || ());
+    let policies = load::<Vec<Value>>(
+        || Some("/api/policies".into()),
+        move || feed.policies.track(),
+    );
+    let version = load::<Value>(|| Some("/api/version".into()), || ());
+    Effect::new(move |_| expired(&regs.get()));
+    let activated = move || match users.get() {
+        Some(Ok(l)) => l
+            .iter()
+            .filter(|u| u.get("activated").and_then(Value::as_bool).unwrap_or(false))
+            .count()
+            .to_string(),
+        other => count(&other),
+    };
+    let policy_line = move || match policies.get() {
+        Some(Ok(l)) if l.is_empty() => "built-in rules".to_owned(),
+        Some(Ok(l)) => l
+            .iter()
+            .map(|p| {
+                let f = |k| p.get(k).and_then(Value::as_str).unwrap_or("?").to_owned();
+                format!("{} ({})", f("kind"), f("state"))
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+        Some(Err(e)) => e.to_string(),
+        None => "…".into(),
+    };
+    view! {
+        <h2>"Dashboard"</h2>
+        <dl class="cards">
+            <div><dt>"Registrations"</dt><dd id="count-registrations">{move || count(&regs.get())}</dd></div>
+            <div><dt>"Active calls"</dt><dd id="count-calls">{move || count(&calls.get())}</dd></div>
+            <div><dt>"Users"</dt><dd id="count-users">{move || count(&users.get())}</dd></div>
+            <div><dt>"Activated users"</dt><dd>{activated}</dd></div>
+            <div><dt>"Policies"</dt><dd>{policy_line}</dd></div>
+            <div><dt>"Version"</dt><dd>{move || match version.get() {
+                Some(Ok(v)) => format!("{} ({})", v["version"].as_str().unwrap_or("?"),
+                    v["git_commit"].as_str().unwrap_or("?")),
+                Some(Err(e)) => e.to_string(),
+                None => "…".into(),
+            }}</dd></div>
+        </dl>
+        <h3>"Recent events"</h3>
+        <ol class="events" aria-live="polite">
+            {move || feed.recent.get().into_iter().map(|e| view! {
+                <li><code>{e.kind}</code>" "{summary(&e.data)}</li>
+            }).collect_view()}
+        </ol>
+    }
+}
+
+/// A short line for an event's data.
+fn summary(data: &Value) -> String {
+    let Some(map) = data.as_object() else {
+        return data.to_string();
+    };
+    map.iter()
+        .filter(|(_, v)| !v.is_null() && !v.is_object())
+        .map(|(k, v)| {
+            format!(
+                "{k}={}",
+                v.as_str()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| v.to_string())
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The server picker: `*` (when `global`) and every server entry.
+#[component]
+fn ServerPicker(
+    selected: RwSignal<String>,
+    global: bool,
+    #[prop(optional)] any: bool,
+) -> impl IntoView {
+    let servers = load::<Vec<String>>(|| Some("/api/config/servers".into()), || ());
+    view! {
+        <label for="server">"Server"</label>
+        <select id="server" on:change=move |ev| selected.set(event_target_value(&ev))
+            prop:value=move || selected.get()>
+            {any.then(|| view! { <option value="">"all servers"</option> })}
+            {global.then(|| view! { <option value="*">"* (global: every server)"</option> })}
+            {move || match servers.get() {
+                Some(Ok(list)) => list.into_iter().map(|name| {
+                    let (n, value) = (name.clone(), name.clone());
+                    view! { <option value=value selected=move || selected.get() == n>{name}</option> }
+                }).collect_view().into_any(),
+                Some(Err(e)) => error_line(&e),
+                None => ().into_any(),
+            }}
+        </select>
+    }
+}
+
+/// The value at a dotted path of an entry.
+fn leaf_value(entry: &Value, path: &str) -> Value {
+    path.split('.')
+        .try_fold(entry, |v, k| v.get(k))
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+/// A leaf's value as the text its input shows (arrays one item per line).
+fn as_text(v: &Value) -> String {
+    match v {
+        Value::Null => String::new(),
+        Value::String(s) => s.clone(),
+        Value::Array(items) => items
+            .iter()
+            .map(|i| {
+                i.as_str()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| i.to_string())
+            })
+            .collect::<Vec<_>>()
+            .join("\n"),
+        other => other.to_string(),
+    }
+}
+
+/// What an input's text means for a leaf of type `kind` (the API judges the result).
+fn from_text(kind: &str, text: &str) -> Value {
+    match kind {
+        "integer" => text
+            .trim()
+            .parse::<i64>()
+            .map(Value::from)
+            .unwrap_or_else(|_| Value::from(text)),
+        "boolean" => Value::Bool(text == "true"),
+        "array" => Value::Array(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(Value::from)
+                .collect(),
+        ),
+        _ => Value::from(text),
+    }
+}
+
+#[component]
+pub fn Config() -> impl IntoView {
+    let feed = shell().feed;
+    let server = RwSignal::new("*".to_owned());
+    let paths = load::<Vec<Value>>(|| Some("/api/config/paths".into()), || ());
+    let servers = load::<Vec<String>>(|| Some("/api/config/servers".into()), || ());
+    let entry = load::<Value>(
+        move || Some(format!("/api/config/{}", api::encode(&server.get()))),
+        move || feed.config.track(),
+    );
+    let reach = move || match (server.get().as_str(), servers.get()) {
+        ("*", Some(Ok(list))) => format!(
+            "A change here is written to the global entry and to every server entry: {}.",
+            list.join(", ")
+        ),
+        ("*", _) => {
+            "A change here is written to the global entry and to every server entry.".into()
+        }
+        (name, _) => format!("A change here applies to server {name} only."),
+    };
+    // The rows are made once per list of leaves; each follows its own value in the entry shown,
+    // so a reload (another server picked, a `config.changed` event) keeps what the rows say.
+    let current = Memo::new(move |_| match entry.get() {
+        Some(Ok(v)) => Some(v),
+        _ => None,
+    });
+    view! {
+        <h2>"Configuration"</h2>
+        <div class="toolbar"><ServerPicker selected=server global=true /></div>
+        <p id="reach">{reach}</p>
+        {move || match entry.get() {
+            Some(Err(e)) => error_line(&e),
+            _ => ().into_any(),
+        }}
+        {move || match paths.get() {
+            Some(Err(e)) => error_line(&e),
+            Some(Ok(paths)) => view! {
+                <table class="leaves">
+                    <thead><tr><th scope="col">"Setting"</th><th scope="col">"Value"</th><th scope="col"></th></tr></thead>
+                    <tbody>
+                        {paths.into_iter().map(|info| {
+                            let path = info["path"].as_str().unwrap_or("").to_owned();
+                            let value = Memo::new(move |_| {
+                                current.get().map(|e| leaf_value(&e, &path))
+                            });
+                            view! { <Leaf server=server info=info value=value /> }
+                        }).collect_view()}
+                    </tbody>
+                </table>
+            }.into_any(),
+            None => view! { <p>"Loading…"</p> }.into_any(),
+        }}
+    }
+}
+
+/// One row of the editor: a typed input for the leaf, saved on its own (`PUT …/{leaf}`).
+#[component]
+fn Leaf(server: RwSignal<String>, info: Value, value: Memo<Option<Value>>) -> impl IntoView {
+    let path = info["path"].as_str().unwrap_or("").to_owned();
+    let kind = info["type"].as_str().unwrap_or("string").to_owned();
+    let secret = info["secret"].as_bool().unwrap_or(false);
+    let choices: Vec<String> = info["enum"]
+        .as_array()
+        .map(|l| {
+            l.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    let text = RwSignal::new(String::new());
+    let status = RwSignal::new(None::<Result<String, String>>);
+    // The input shows the stored value whenever it changes (`None`: the entry is loading).
+    Effect::new(move |_| {
+        if let Some(v) = value.get() {
+            text.set(as_text(&v));
+        }
+    });
+    // A message about one server's leaf does not stay when another server is shown.
+    Effect::new(move |_| {
+        server.track();
+        status.set(None);
+    });
+    let id = format!("leaf-{}", path.replace('.', "-"));
+    let hint = format!(
+        "{} (default {})",
+        info["description"].as_str().unwrap_or(""),
+        info["default"]
+    );
+    let save = {
+        let (path, kind) = (path.clone(), kind.clone());
+        move |ev: leptos::ev::SubmitEvent| {
+            ev.prevent_default();
+            let current = text.get_untracked();
+            if secret && current.is_empty() {
+                status.set(Some(Err(
+                    "Type a new value (the stored secret is never shown).".into(),
+                )));
+                return;
+            }
+            let body = from_text(&kind, &current);
+            let url = format!(
+                "/api/config/{}/{}",
+                api::encode(&server.get_untracked()),
+                path
+            );
+            leptos::task::spawn_local(async move {
+                status.set(Some(match api::call("PUT", &url, Some(&body)).await {
+                    Ok(_) => Ok("Saved.".into()),
+                    Err(e) => Err(e.to_string()),
+                }));
+            });
+        }
+    };
+    let input = match kind.as_str() {
+        "boolean" => view! {
+            <input id=id.clone() type="checkbox" prop:checked=move || text.get() == "true"
+                on:change=move |ev| text.set(event_target_checked(&ev).to_string()) />
+        }
+        .into_any(),
+        "array" => view! {
+            <textarea id=id.clone() rows="3" prop:value=move || text.get()
+                on:input=move |ev| text.set(event_target_value(&ev))></textarea>
+        }
+        .into_any(),
+        _ if !choices.is_empty() => view! {
+            <select id=id.clone() on:change=move |ev| text.set(event_target_value(&ev))>
+                {choices.into_iter().map(|c| {
+                    let (c2, value) = (c.clone(), c.clone());
+                    view! { <option value=value selected=move || text.get() == c2>{c}</option> }
+                }).collect_view()}
+            </select>
+        }
+        .into_any(),
+        _ => view! {
+            <input id=id.clone()
+                type=if secret { "password" } else if kind == "integer" { "number" } else { "text" }
+                placeholder=if secret { "unchanged" } else { "" }
+                prop:value=move || text.get()
+                on:input=move |ev| text.set(event_target_value(&ev)) />
+        }
+        .into_any(),
+    };
+    view! {
+        <tr>
+            <th scope="row"><label for=id.clone()>{path.clone()}</label><small>{hint}</small></th>
+            <td>
+                <form on:submit=save class="leaf" data-path=path.clone()>
+                    {input}
+                    <button type="submit">"Save"</button>
+                </form>
+            </td>
+            <td class="status" aria-live="polite">{move || match status.get() {
+                Some(Ok(m)) => view! { <span class="ok">{m}</span> }.into_any(),
+                Some(Err(m)) => view! { <span class="error" role="alert">{m}</span> }.into_any(),
+                None => ().into_any(),
+            }}</td>
+        </tr>
+    }
+}
+
+#[component]
+pub fn TrustedIps() -> impl IntoView {
+    let feed = shell().feed;
+    let server = RwSignal::new("*".to_owned());
+    let reload = RwSignal::new(0u32);
+    let list = load::<Vec<String>>(
+        move || {
+            Some(format!(
+                "/api/config/{}/trusted-ips",
+                api::encode(&server.get())
+            ))
+        },
+        move || {
+            feed.config.track();
+            reload.track();
+        },
+    );
+    let cidr = RwSignal::new(String::new());
+    let message = RwSignal::new(None::<String>);
+    let add = move |ev: leptos::ev::SubmitEvent| {
+        ev.prevent_default();
+        let url = format!(
+            "/api/config/{}/trusted-ips",
+            api::encode(&server.get_untracked())
+        );
+        let body = serde_json::json!({ "cidr": cidr.get_untracked().trim() });
+        leptos::task::spawn_local(async move {
+            match api::call("POST", &url, Some(&body)).await {
+                Ok(_) => {
+                    message.set(None);
+                    cidr.set(String::new());
+                }
+                Err(e) => message.set(Some(e.to_string())),
+            }
+            reload.update(|n| *n += 1);
+        });
+    };
+    let remove = move |c: String| {
+        let url = format!(
+            "/api/config/{}/trusted-ips?cidr={}",
+            api::encode(&server.get_untracked()),
+            api::encode(&c)
+        );
+        leptos::task::spawn_local(async move {
+            if let Err(e) = api::call("DELETE", &url, None).await {
+                message.set(Some(e.to_string()));
+            }
+            reload.update(|n| *n += 1);
+        });
+    };
+    view! {
+        <h2>"Trusted IPs"</h2>
+        <p>"REGISTERs from these ranges are not challenged (the account must exist)."</p>
+        <div class="toolbar"><ServerPicker selected=server global=true /></div>
+        <form on:submit=add class="inline">
+            <label for="cidr">"Address or range (CIDR)"</label>
+            <input id="cidr" type="text" placeholder="10.0.0.0/8" prop:value=move || cidr.get()
+                on:input=move |ev| cidr.set(event_target_value(&ev)) />
+            <button type="submit">"Add"</button>
+        </form>
+        {move || message.get().map(|m| view! { <p class="error" role="alert">{m}</p> })}
+        {move || match list.get() {
+            None => view! { <p>"Loading…"</p> }.into_any(),
+            Some(Err(e)) => error_line(&e),
+            Some(Ok(l)) if l.is_empty() => view! { <p>"No trusted ranges."</p> }.into_any(),
+            Some(Ok(l)) => view! {
+                <ul class="trusted" id="trusted-list">
+                    {l.into_iter().map(|c| {
+                        let label = format!("Remove {c}");
+                        let c2 = c.clone();
+                        view! { <li><code>{c}</code>" "
+                            <button type="button" aria-label=label on:click=move |_| remove(c2.clone())>"Remove"</button></li> }
+                    }).collect_view()}
+                </ul>
+            }.into_any(),
+        }}
+    }
+}
+
+#[component]
+pub fn Registrations() -> impl IntoView {
+    let feed = shell().feed;
+    let server = RwSignal::new(String::new());
+    let filter = RwSignal::new(String::new());
+    let list = load::<Vec<Value>>(
+        move || {
+            let s = server.get();
+            Some(if s.is_empty() {
+                "/api/registrations".into()
+            } else {
+                format!("/api/registrations?server={}", api::encode(&s))
+            })
+        },
+        move || feed.registrations.track(),
+    );
+    let field = |r: &Value, k: &str| r.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
+    view! {
+        <h2>"Registrations"</h2>
+        <div class="toolbar">
+            <ServerPicker selected=server global=false any=true />
+            <label for="aor-filter">"Filter"</label>
+            <input id="aor-filter" type="search" placeholder="user, contact or agent"
+                on:input=move |ev| filter.set(event_target_value(&ev)) />
+        </div>
+        {move || match list.get() {
+            None => view! { <p>"Loading…"</p> }.into_any(),
+            Some(Err(e)) => error_line(&e),
+            Some(Ok(l)) => {
+                let needle = filter.get().to_lowercase();
+                let rows: Vec<Value> = l.into_iter()
+                    .filter(|r| needle.is_empty() || r.to_string().to_lowercase().contains(&needle))
+                    .collect();
+                view! {
+                    <p id="registration-count">{format!("{} registration(s)", rows.len())}</p>
+                    <div class="scroll"><table id="registrations">
+                        <thead><tr>
+                            <th scope="col">"Address of record"</th><th scope="col">"Contact"</th>
+                            <th scope="col">"Server"</th><th scope="col">"Transport"</th>
+                            <th scope="col">"Source"</th><th scope="col">"User agent"</th>
+                            <th scope="col">"Expires"</th>
+                        </tr></thead>
+                        <tbody>
+                            {rows.into_iter().map(|r| view! {
+                                <tr>
+                                    <td>{field(&r, "aor")}</td><td>{field(&r, "contact")}</td>
+                                    <td>{field(&r, "server")}</td><td>{field(&r, "transport")}</td>
+                                    <td>{field(&r, "source")}</td><td>{field(&r, "user_agent")}</td>
+                                    <td>{field(&r, "expires_at")}</td>
+                                </tr>
+                            }).collect_view()}
+                        </tbody>
+                    </table></div>
+                }.into_any()
+            }
+        }}
+    }
+}

@@ -1,0 +1,116 @@
+// Drives the csps web console in Debian's Chromium (playwright-core) as an admin would:
+// sign in through the test IdP (idp.mjs), change a global leaf and see it on the server's entry,
+// add a trusted IP, and watch a registration appear without reloading. Saves a screenshot per
+// step into --screens. Talks to 127.0.0.1 only: every other request is aborted.
+//
+// usage: node console.mjs --gateway http://127.0.0.1:P --server NAME --user U --screens DIR
+// Prints `await-registration` when the registrations page is open (the caller then registers
+// user U), and last one JSON line `{"ok":true,"first_load_ms":…}`. Exit code 0 only on success.
+import fs from 'node:fs';
+import path from 'node:path';
+import { chromium } from 'playwright-core';
+
+const args = Object.fromEntries(
+  process.argv.slice(2).reduce((acc, a, i, all) => (a.startsWith('--') ? [...acc, [a.slice(2), all[i + 1]]] : acc), []),
+);
+const gateway = args.gateway;
+const screens = args.screens;
+fs.mkdirSync(screens, { recursive: true });
+const step = (what) => console.error(`console test: ${what}`);
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
+    '--disable-component-update', '--disable-sync', '--no-first-run'],
+});
+let ok = false;
+const result = {};
+let page;
+try {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+  await context.route('**/*', (route) => {
+    const host = new URL(route.request().url()).hostname;
+    return host === '127.0.0.1' || host === 'localhost' ? route.continue() : route.abort();
+  });
+  page = await context.newPage();
+  page.setDefaultTimeout(20000);
+  page.on('console', (m) => { if (m.type() === 'error') step(`browser console: ${m.text()}`); });
+  const shot = (name) => page.screenshot({ path: path.join(screens, `${name}.png`), fullPage: true });
+
+  step('first load');
+  const t0 = Date.now();
+  await page.goto(`${gateway}/`);
+  const signIn = page.getByRole('button', { name: 'Sign in with Microsoft' });
+  await signIn.waitFor();
+  result.first_load_ms = Date.now() - t0;
+  await shot('01-sign-in');
+
+  step('sign in at the IdP');
+  await signIn.click();
+  await page.getByLabel('Account').fill('admin');
+  await page.getByLabel('Password').fill('any-password');
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await page.getByRole('heading', { name: 'Dashboard' }).waitFor();
+  await page.locator('#count-registrations').filter({ hasText: /^\d+$/ }).waitFor();
+  await page.getByText('● live').waitFor();
+  await shot('02-dashboard');
+
+  step('change a global leaf');
+  await page.getByRole('link', { name: 'Configuration' }).click();
+  await page.getByRole('heading', { name: 'Configuration' }).waitFor();
+  const maxExpires = page.locator('#leaf-Data-SipConfig-MaxExpires');
+  await maxExpires.fill('1700');
+  await page.locator('form[data-path="Data.SipConfig.MaxExpires"]').getByRole('button', { name: 'Save' }).click();
+  await page.locator('tr', { has: maxExpires }).getByText('Saved.').waitFor();
+  step('a bad value shows the API\'s message');
+  const minExpires = page.locator('#leaf-Data-SipConfig-MinExpires');
+  await minExpires.fill('5000');
+  await page.locator('form[data-path="Data.SipConfig.MinExpires"]').getByRole('button', { name: 'Save' }).click();
+  await page.locator('tr', { has: minExpires }).getByRole('alert').waitFor();
+  result.validation_message = await page.locator('tr', { has: minExpires }).getByRole('alert').textContent();
+  await shot('03-config-global');
+  step('the server entry has the global value');
+  await page.locator('#server').selectOption(args.server);
+  await page.locator('#reach').filter({ hasText: `server ${args.server} only` }).waitFor();
+  await page.waitForFunction(
+    () => document.querySelector('#leaf-Data-SipConfig-MaxExpires')?.value === '1700',
+  );
+  await shot('04-config-server');
+
+  step('add a trusted IP');
+  await page.getByRole('link', { name: 'Trusted IPs' }).click();
+  await page.getByLabel('Address or range (CIDR)').fill('10.20.0.0/16');
+  await page.getByRole('button', { name: 'Add' }).click();
+  await page.locator('#trusted-list').getByText('10.20.0.0/16').waitFor();
+  await shot('05-trusted-ips');
+
+  step('watch a registration appear');
+  await page.getByRole('link', { name: 'Registrations' }).click();
+  await page.locator('#registration-count').waitFor();
+  const navigations = [];
+  page.on('framenavigated', (f) => { if (f === page.mainFrame()) navigations.push(f.url()); });
+  console.log('await-registration');
+  // The address-of-record cell (the contact cell reads `<sip:user@host:port…>`).
+  await page.locator('#registrations td').filter({ hasText: new RegExp(`^sip:${args.user}@`) })
+    .waitFor({ timeout: 30000 });
+  // The history API changes no document: a reload would show up as a navigation here.
+  result.reloads = navigations.length;
+  if (navigations.length !== 0) throw new Error(`the page was reloaded: ${navigations}`);
+  await shot('06-registrations');
+
+  step('phone-sized screen');
+  await page.setViewportSize({ width: 390, height: 844 });
+  await page.getByRole('link', { name: 'Configuration' }).click();
+  await page.locator('#leaf-Data-SipConfig-MaxExpires').waitFor();
+  await shot('07-phone-config');
+  ok = true;
+} catch (e) {
+  result.error = String(e && e.stack ? e.stack : e);
+  // What the page showed when it failed.
+  if (page) await page.screenshot({ path: path.join(screens, 'failed.png'), fullPage: true }).catch(() => {});
+} finally {
+  await browser.close();
+}
+result.ok = ok;
+console.log(JSON.stringify(result));
+process.exit(ok ? 0 : 1);

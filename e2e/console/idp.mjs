@@ -1,0 +1,134 @@
+// An OpenID provider (node `oidc-provider`) standing in for Entra ID in the console tests. It
+// issues Entra-shaped v2.0 access tokens to the admin app: RS256 JWTs with `kid`, issuer
+// `http://127.0.0.1:PORT/TENANT/v2.0` (discovery at `{authority}/{tenant}/v2.0/.well-known/…`,
+// as the gateway asks), `aud` = the admin app's client id, and the claims `tid`, `oid`, `upn`,
+// `preferred_username` and `groups`. The app is a public client (PKCE, no secret) with one
+// redirect URI. The sign-in page is served here (no remote fonts), and consent is implied, as
+// for a first-party app an admin consented to.
+//
+// usage: node idp.mjs --port P --tenant T --client C --redirect URI --group G
+// Prints `{"ready":true,"issuer":…}` on stdout once it listens; every account signs in with any
+// password; the account `outsider` is in no group.
+import http from 'node:http';
+import crypto from 'node:crypto';
+import Provider from 'oidc-provider';
+
+const args = Object.fromEntries(
+  process.argv.slice(2).reduce((acc, a, i, all) => (a.startsWith('--') ? [...acc, [a.slice(2), all[i + 1]]] : acc), []),
+);
+for (const k of ['port', 'tenant', 'client', 'redirect', 'group']) {
+  if (!args[k]) {
+    console.error(`missing --${k}`);
+    process.exit(2);
+  }
+}
+const prefix = `/${args.tenant}/v2.0`;
+const issuer = `http://127.0.0.1:${args.port}${prefix}`;
+const { privateKey } = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 });
+const jwk = { ...privateKey.export({ format: 'jwk' }), kid: 'csps-test-key', use: 'sig', alg: 'RS256' };
+const oidFor = (login) => crypto.createHash('sha256').update(login).digest('hex').replace(
+  /^(.{8})(.{4})(.{4})(.{4})(.{12}).*$/, '$1-$2-$3-$4-$5');
+const scope = `${args.client}/.default`;
+
+const provider = new Provider(issuer, {
+  clients: [{
+    client_id: args.client,
+    token_endpoint_auth_method: 'none',
+    application_type: 'web',
+    redirect_uris: [args.redirect],
+    grant_types: ['authorization_code'],
+    response_types: ['code'],
+  }],
+  jwks: { keys: [jwk] },
+  pkce: { required: () => true },
+  scopes: ['openid', 'profile'],
+  claims: { openid: ['sub'], profile: ['name', 'preferred_username'] },
+  features: {
+    devInteractions: { enabled: false },
+    resourceIndicators: {
+      enabled: true,
+      defaultResource: () => `api://${args.client}`,
+      useGrantedResource: () => true,
+      getResourceServerInfo: () => ({
+        scope,
+        audience: args.client,
+        accessTokenTTL: 3600,
+        accessTokenFormat: 'jwt',
+        jwt: { sign: { alg: 'RS256' } },
+      }),
+    },
+  },
+  clientBasedCORS: (ctx, origin, client) => client.redirectUris.some((u) => u.startsWith(`${origin}/`)),
+  interactions: { url: (ctx, interaction) => `${prefix}/interaction/${interaction.uid}` },
+  findAccount: (ctx, sub) => ({
+    accountId: sub,
+    claims: () => ({ sub, name: sub, preferred_username: `${sub}@contoso.test` }),
+  }),
+  // Consent is implied (a first-party app): every sign-in gets the OIDC scopes and the app's.
+  loadExistingGrant: async (ctx) => {
+    const grant = new ctx.oidc.provider.Grant({
+      clientId: ctx.oidc.client.clientId,
+      accountId: ctx.oidc.session.accountId,
+    });
+    grant.addOIDCScope('openid profile');
+    grant.addResourceScope(`api://${args.client}`, scope);
+    await grant.save();
+    return grant;
+  },
+  extraTokenClaims: (ctx, token) => {
+    const login = token.accountId;
+    return {
+      tid: args.tenant,
+      oid: oidFor(login),
+      upn: `${login}@contoso.test`,
+      preferred_username: `${login}@contoso.test`,
+      ver: '2.0',
+      groups: login === 'outsider' ? [] : [args.group],
+    };
+  },
+  ttl: { AccessToken: 3600, AuthorizationCode: 60, Session: 3600, Interaction: 600, Grant: 3600 },
+});
+provider.proxy = false;
+
+const page = (uid) => `<!doctype html><html lang="en"><meta charset="utf-8"><title>Sign in (test IdP)</title>
+<h1>Sign in</h1><form method="post" action="${prefix}/interaction/${uid}/login">
+<label>Account <input name="login" autocomplete="username" required></label>
+<label>Password <input name="password" type="password" required></label>
+<button type="submit">Sign in</button></form></html>`;
+
+const body = (req) => new Promise((resolve) => {
+  let data = '';
+  req.on('data', (c) => { data += c; });
+  req.on('end', () => resolve(new URLSearchParams(data)));
+});
+
+const callback = provider.callback();
+http.createServer(async (req, res) => {
+  try {
+    if (!req.url.startsWith(`${prefix}/`)) {
+      res.writeHead(404).end();
+      return;
+    }
+    const rest = req.url.slice(prefix.length);
+    const m = rest.match(/^\/interaction\/([^/?]+)(\/login)?$/);
+    if (m) {
+      const details = await provider.interactionDetails(req, res);
+      if (m[2] && req.method === 'POST') {
+        const form = await body(req);
+        await provider.interactionFinished(req, res, { login: { accountId: form.get('login') } },
+          { mergeWithLastSubmission: false });
+        return;
+      }
+      res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' }).end(page(details.uid));
+      return;
+    }
+    req.originalUrl = req.url;
+    req.url = rest;
+    callback(req, res);
+  } catch (e) {
+    console.error(e);
+    if (!res.headersSent) res.writeHead(500).end(String(e));
+  }
+}).listen(Number(args.port), '127.0.0.1', () => {
+  console.log(JSON.stringify({ ready: true, issuer }));
+});
