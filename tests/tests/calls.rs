@@ -422,6 +422,39 @@ fn baresip(
     csps_tests::baresip::start(dir, commands)
 }
 
+/// A baresip phone for `user` (see [`baresip`]) that answers by itself, once it registered.
+fn answering_baresip(
+    gw: &Gateway,
+    dir: &std::path::Path,
+    user: &str,
+    password: &str,
+    tone_hz: u32,
+) -> csps_tests::baresip::Baresip {
+    let phone = baresip(gw, dir, user, password, tone_hz, &[]);
+    assert!(
+        wait_until(Duration::from_secs(15), || !gw
+            .registrations_of(user)
+            .is_empty()),
+        "{user} did not register"
+    );
+    phone
+}
+
+/// An administrator hangs up call `id`: both phones get a BYE (which also closes baresip's
+/// recordings), and the call leaves the list.
+fn admin_hangs_up(gw: &Gateway, id: u64) {
+    let del = gw.api("DELETE", &format!("/api/calls/{id}"), None);
+    assert_eq!(del.status, 204, "{}", del.body);
+    assert!(
+        wait_until(Duration::from_secs(10), || gw
+            .api("GET", "/api/calls", None)
+            .json()
+            .as_array()
+            .is_some_and(|a| a.is_empty())),
+        "the call did not end"
+    );
+}
+
 /// The tone share of `freq` in the decoded recording under `dir` (the `*dec*.wav` file).
 fn heard(dir: &std::path::Path, freq: f32) -> Result<f32, String> {
     let wav = std::fs::read_dir(dir)
@@ -459,13 +492,7 @@ fn baresip_call_carries_each_phones_tone_to_the_other() {
     };
     let bob_dir = tempfile::tempdir().expect("temp dir");
     let alice_dir = tempfile::tempdir().expect("temp dir");
-    let _bob = baresip(&gw, bob_dir.path(), "bob", "bob-secret-1", 1000, &[]);
-    assert!(
-        wait_until(Duration::from_secs(15), || !gw
-            .registrations_of("bob")
-            .is_empty()),
-        "bob did not register"
-    );
+    let _bob = answering_baresip(&gw, bob_dir.path(), "bob", "bob-secret-1", 1000);
     let alice = baresip(
         &gw,
         alice_dir.path(),
@@ -490,16 +517,7 @@ fn baresip_call_carries_each_phones_tone_to_the_other() {
     let calls = gw.api("GET", "/api/calls", None).json();
     // The administrator hangs up: both phones get a BYE, which also closes their recordings.
     let id = calls[0]["id"].as_u64().expect("call id");
-    let del = gw.api("DELETE", &format!("/api/calls/{id}"), None);
-    assert_eq!(del.status, 204, "{}", del.body);
-    assert!(
-        wait_until(Duration::from_secs(10), || gw
-            .api("GET", "/api/calls", None)
-            .json()
-            .as_array()
-            .is_some_and(|a| a.is_empty())),
-        "the call did not end"
-    );
+    admin_hangs_up(&gw, id);
     assert_eq!(
         gw.api("DELETE", &format!("/api/calls/{id}"), None).status,
         404
@@ -679,5 +697,128 @@ fn concurrent_calls_log_in_their_own_span_only() {
         "{} log lines carry several calls' spans, e.g.:\n{}",
         nested.len(),
         nested.first().map(|l| &l[..l.len().min(400)]).unwrap_or("")
+    );
+}
+
+/// A callee SIPp `scenario` for bob that refers the caller to `target`.
+fn transferring_callee(
+    gw: &Gateway,
+    scenario: &str,
+    target: &str,
+) -> std::thread::JoinHandle<csps_tests::SippOutcome> {
+    let sipp = Sipp::callee(scenario, gw.sip_addr(), ("bob", "bob-secret-1"), DOMAIN)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .key("target", target)
+        .key("domain", DOMAIN);
+    std::thread::spawn(move || sipp.run())
+}
+
+/// Blind transfer (RFC 3515) to a user that does not exist: bob's REFER gets 202, a NOTIFY
+/// "100 Trying" and a final NOTIFY "404" ending the subscription (the scenario checks each), and
+/// the call with alice goes on until she hangs up.
+#[test]
+fn sipp_transfer_to_an_unknown_user_fails_with_a_notify_and_the_call_goes_on() {
+    let Some(gw) = gateway(&[("alice", "alice-secret-1"), ("bob", "bob-secret-1")]) else {
+        return;
+    };
+    let bob = transferring_callee(&gw, "uas_transfer_fails.xml", "nobody");
+    let alice = caller(&gw, "uac_call.xml");
+    let bob = bob.join().expect("callee thread");
+    assert_both_ok(&gw, &alice, &bob);
+    let record = ended_call(&gw);
+    assert_eq!(record["end_reason"], "caller_hung_up", "{record}");
+    assert_eq!(record["callee"], format!("sip:bob@{DOMAIN}"), "{record}");
+}
+
+/// Blind transfer with audio: alice (baresip, 600 Hz) calls bob (SIPp), who refers her to carol
+/// (baresip, 1000 Hz, answers by herself). Bob gets 202, NOTIFY 100 and 200 and the gateway's
+/// BYE; carol's INVITE shows alice as the caller and bob (as the gateway asserts him, not the
+/// Referred-By bob wrote) as the referrer; alice is re-INVITEd to carol's media; then alice
+/// hears carol's tone and carol hears alice's.
+#[test]
+fn blind_transfer_connects_the_caller_to_the_target_with_audio_both_ways() {
+    if !have_tool("baresip") {
+        skip("baresip not installed (run e2e/setup)");
+        return;
+    }
+    let Some(gw) = gateway(&[
+        ("alice", "alice-secret-1"),
+        ("bob", "bob-secret-1"),
+        ("carol", "carol-secret-1"),
+    ]) else {
+        return;
+    };
+    let carol_dir = tempfile::tempdir().expect("temp dir");
+    let alice_dir = tempfile::tempdir().expect("temp dir");
+    let _carol = answering_baresip(&gw, carol_dir.path(), "carol", "carol-secret-1", 1000);
+    let bob = transferring_callee(&gw, "uas_transfer.xml", "carol");
+    let alice = baresip(
+        &gw,
+        alice_dir.path(),
+        "alice",
+        "alice-secret-1",
+        600,
+        &[&format!("/dial sip:bob@{DOMAIN}")],
+    );
+    let bob = bob.join().expect("callee thread");
+    assert!(
+        bob.ok(),
+        "bob's transfer failed:\n{}\n--- gateway ---\n{}",
+        bob.output,
+        gw.log_tail(60)
+    );
+    // Alice and carol talk for a while.
+    std::thread::sleep(Duration::from_secs(4));
+    let calls = gw.api("GET", "/api/calls", None).json();
+    let call = calls
+        .as_array()
+        .and_then(|a| a.first())
+        .cloned()
+        .unwrap_or_else(|| panic!("no call left after the transfer: {calls}"));
+    assert_eq!(
+        call["legs"][1]["party"],
+        format!("sip:carol@{DOMAIN}"),
+        "{call}"
+    );
+    let id = call["id"].as_u64().expect("call id");
+    admin_hangs_up(&gw, id);
+    std::thread::sleep(Duration::from_millis(500));
+    drop(alice);
+    let messages = gw
+        .api("GET", &format!("/api/calls/{id}/messages"), None)
+        .json();
+    let to_carol = messages
+        .as_array()
+        .and_then(|m| {
+            m.iter()
+                .find(|m| m["leg"] == "c" && m["method"] == "INVITE" && m["direction"] == "out")
+        })
+        .and_then(|m| m["text"].as_str())
+        .unwrap_or_else(|| panic!("no INVITE to carol in {messages}"))
+        .to_owned();
+    assert!(
+        to_carol.contains(&format!("Referred-By: <sip:bob@{DOMAIN}>")),
+        "{to_carol}"
+    );
+    assert!(
+        to_carol.contains(&format!("sip:alice@{DOMAIN}")),
+        "{to_carol}"
+    );
+    assert!(
+        !to_carol.contains("ceo@"),
+        "a phone's Referred-By passed on: {to_carol}"
+    );
+    let carol_hears_alice = heard(carol_dir.path(), 600.0).expect("carol's recording");
+    let alice_hears_carol = heard(alice_dir.path(), 1000.0).expect("alice's recording");
+    eprintln!(
+        "tone shares: carol hears alice {carol_hears_alice:.2}, alice hears carol {alice_hears_carol:.2}"
+    );
+    assert!(
+        carol_hears_alice > 0.5,
+        "carol hears 600 Hz at {carol_hears_alice}; call: {call}"
+    );
+    assert!(
+        alice_hears_carol > 0.5,
+        "alice hears 1000 Hz at {alice_hears_carol}; call: {call}"
     );
 }

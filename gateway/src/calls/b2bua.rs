@@ -119,6 +119,43 @@ pub enum Input {
     },
     /// Hang up (an administrator's DELETE).
     Hangup,
+    /// A REFER inside one of the call's dialogs (blind transfer, RFC 3515) with the switch's
+    /// resolution of its Refer-To.
+    Refer {
+        /// The transaction.
+        key: TxnKey,
+        /// Its source.
+        from: Remote,
+        /// The REFER.
+        req: Request,
+        /// Where the transfer goes, or why it cannot.
+        target: Result<TransferTarget, ReferRefusal>,
+    },
+}
+
+/// Where a blind transfer goes: the devices of the Refer-To's user.
+#[derive(Clone, Debug)]
+pub struct TransferTarget {
+    /// The devices to ring.
+    pub targets: Vec<Target>,
+    /// The To value of the new leg: `<sip:user@domain>`.
+    pub to: String,
+    /// The target's AoR (for the call's record and the user-state bus).
+    pub party: String,
+    /// Call-ID of the new leg.
+    pub call_id: String,
+}
+
+/// Why a REFER's Refer-To leads nowhere.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReferRefusal {
+    /// Missing or unreadable Refer-To: 400.
+    Bad(String),
+    /// Not supported (attended transfer): 501.
+    Unsupported(String),
+    /// Accepted (202), then failed with this final status in the NOTIFY (RFC 3515 §2.4.5):
+    /// unknown user, no registered device.
+    Failed(u16),
 }
 
 /// Media changes for the relay.
@@ -161,6 +198,13 @@ pub enum Output {
     Media(MediaChange),
     /// The callee's phone answered (for the call list and user state).
     Answered,
+    /// A transfer completed: leg A (`a`) or B is now `party` (the transferor left the call).
+    Transferred {
+        /// The caller's leg was replaced (else the callee's).
+        a: bool,
+        /// The new party's AoR.
+        party: String,
+    },
     /// The call is over; the driver drops it.
     Ended,
 }
@@ -188,6 +232,8 @@ pub enum EndReason {
     SessionExpired,
     /// The caller never acknowledged the 200 (RFC 3261 §13.3.1.4).
     NoAck,
+    /// The transferor left and its transfer failed: nobody was left to talk to the transferee.
+    TransferFailed,
 }
 
 impl EndReason {
@@ -203,6 +249,7 @@ impl EndReason {
             EndReason::AdminHangUp => "admin_hang_up",
             EndReason::SessionExpired => "session_expired",
             EndReason::NoAck => "no_ack",
+            EndReason::TransferFailed => "transfer_failed",
         }
     }
 }
@@ -267,6 +314,36 @@ struct ReOffer {
     answered: Option<Answered>,
 }
 
+/// A blind transfer in progress (RFC 3515): the transferor's leg (X) is being replaced by a new
+/// INVITE to the Refer-To's devices; the transferee (the other leg, Y) keeps its dialog and is
+/// re-INVITEd once the target answered, so its media follows (and a held transferee resumes).
+struct Transfer {
+    /// The transferor is leg A (else the answered device).
+    x_is_a: bool,
+    /// The transferor hung up after its REFER was accepted (phones often do at once).
+    x_gone: bool,
+    /// One INVITE per device of the target.
+    forks: Vec<Fork>,
+    /// The offer sent to the target: the transferee's media, at the relay's transferor side.
+    offer: Sdp,
+    /// The target's AoR and To value.
+    party: String,
+    to: String,
+    /// When the target's devices have rung long enough.
+    deadline: Instant,
+}
+
+/// A re-INVITE the gateway itself sent (to a transferee, with the new party's media).
+struct OwnOffer {
+    /// Sent to leg A (else B).
+    to_a: bool,
+    tag: u32,
+    seq: u32,
+    offer: Sdp,
+    /// The 2xx came and was ACKed (a retransmitted 2xx is ACKed again).
+    acked: bool,
+}
+
 /// The 2xx of a relayed re-INVITE, retransmitted until the origin's ACK (§13.3.1.4).
 struct Answered {
     /// The origin's INVITE CSeq, which its ACK repeats.
@@ -286,6 +363,14 @@ pub struct Call {
     a_dialog: Option<Dialog>,
     /// The SDP sent to B (the caller's offer, restricted and rewritten).
     b_offer: Option<Sdp>,
+    /// B's answer as it came (what B receives: the offer a transfer of A's side makes).
+    b_answer: Option<Sdp>,
+    /// The blind transfer in progress.
+    transfer: Option<Transfer>,
+    /// The gateway's own re-INVITE in progress.
+    own_offer: Option<OwnOffer>,
+    /// Dialogs of transferors that left leg A (a crossing BYE still gets its 200).
+    former: Vec<Dialog>,
     /// The 200 to the caller, kept for retransmission until the ACK.
     a_ok: Option<Response>,
     a_ok_next: Option<(Instant, Duration, Instant)>,
@@ -357,6 +442,72 @@ fn allow_for(sbc: Option<&Sbc>) -> &'static str {
         crate::trunk::ALLOW
     } else {
         super::ALLOW_IN_DIALOG
+    }
+}
+
+/// The ACK for a 2xx to fork `f`'s INVITE, and whether it was the first 2xx (which makes the
+/// fork's dialog); every 2xx, retransmissions too, is ACKed with a new branch (§13.2.2.4).
+/// `None` when the 2xx cannot make a dialog.
+fn ack_answer(
+    f: &mut Fork,
+    resp: &Response,
+    rng: &mut dyn RngCore,
+) -> Option<(bool, Remote, Request)> {
+    let first = f.dialog.is_none();
+    if first {
+        f.dialog = Dialog::uac(&f.invite, resp);
+    }
+    let d = f.dialog.as_ref()?;
+    let v = via(&f.target, rng);
+    Some((first, f.target.to, d.ack(1, &v)))
+}
+
+/// A BYE in fork `f`'s dialog (with an RFC 3326 `reason`); `None` before it has a dialog.
+fn fork_bye(
+    f: &mut Fork,
+    reason: Option<&str>,
+    rng: &mut dyn RngCore,
+) -> Option<(Remote, Request)> {
+    let v = via(&f.target, rng);
+    let d = f.dialog.as_mut()?;
+    let mut req = d.request(Method::Bye, &v);
+    if let Some(r) = reason {
+        req.headers.push("Reason", r);
+    }
+    Some((f.target.to, req))
+}
+
+/// A dialog-creating INVITE to `target`: the gateway's Via, Contact and Allow for it, `from`
+/// (with `from_tag`) asserted as the caller (whatever a phone sent is never copied, RFC 3325),
+/// `to`, and the SDP offer `body`.
+fn new_invite(
+    target: &Target,
+    from: &str,
+    from_tag: &str,
+    to: &str,
+    call_id: &str,
+    body: Bytes,
+    rng: &mut dyn RngCore,
+) -> Request {
+    let mut h = Headers::new();
+    h.push("Via", via(target, rng));
+    h.push("Max-Forwards", "70");
+    h.push("From", format!("{from};tag={from_tag}"));
+    h.push("To", to.to_owned());
+    h.push("Call-ID", call_id.to_owned());
+    h.push("CSeq", "1 INVITE");
+    h.push(
+        "Contact",
+        contact_for(target.to.transport, target.local, target.sbc.as_ref()),
+    );
+    h.push("P-Asserted-Identity", from.to_owned());
+    h.push("Allow", allow_for(target.sbc.as_ref()));
+    h.push("Content-Type", "application/sdp");
+    Request {
+        method: Method::Invite,
+        uri: target.uri.clone(),
+        headers: h,
+        body,
     }
 }
 
@@ -447,6 +598,10 @@ impl Call {
             a_contact,
             a_dialog: None,
             b_offer: None,
+            b_answer: None,
+            transfer: None,
+            own_offer: None,
+            former: Vec::new(),
             a_ok: None,
             a_ok_next: None,
             b_from_tag,
@@ -531,23 +686,16 @@ impl Call {
         self.b_offer = Some(offer);
         for target in self.setup.targets.clone() {
             let tag = self.tag();
-            let mut h = Headers::new();
-            h.push("Via", via(&target, &mut *self.rng));
-            h.push("Max-Forwards", "70");
-            h.push(
-                "From",
-                format!("{};tag={}", self.setup.caller, self.b_from_tag),
+            let mut req = new_invite(
+                &target,
+                &self.setup.caller,
+                &self.b_from_tag,
+                &self.setup.callee,
+                &self.setup.b_call_id,
+                body.clone(),
+                &mut *self.rng,
             );
-            h.push("To", self.setup.callee.clone());
-            h.push("Call-ID", self.setup.b_call_id.clone());
-            h.push("CSeq", "1 INVITE");
-            h.push(
-                "Contact",
-                contact_for(target.to.transport, target.local, target.sbc.as_ref()),
-            );
-            // The gateway's own assertion; whatever the phone sent is not copied (RFC 3325).
-            h.push("P-Asserted-Identity", self.setup.caller.clone());
-            h.push("Allow", allow_for(target.sbc.as_ref()));
+            let h = &mut req.headers;
             let caller_timer = session_expires(&self.setup.invite.headers).is_some();
             if target.sbc.is_some() && !caller_timer {
                 // Direct Routing expects session timers; the caller has none, so Teams refreshes.
@@ -575,13 +723,6 @@ impl Call {
             if supports_timer(&self.setup.invite.headers) {
                 h.push("Supported", "timer");
             }
-            h.push("Content-Type", "application/sdp");
-            let req = Request {
-                method: Method::Invite,
-                uri: target.uri.clone(),
-                headers: h,
-                body: body.clone(),
-            };
             self.out.push_back(Output::Send {
                 tag,
                 to: target.to,
@@ -650,8 +791,16 @@ impl Call {
     pub fn handle(&mut self, now: Instant, input: Input) {
         match input {
             Input::Response { tag, resp } => self.on_response(now, tag, resp),
+            Input::Refer {
+                key, req, target, ..
+            } => self.on_refer(now, key, req, target),
             Input::Timeout { tag } => {
-                if let Some(i) = self.forks.iter().position(|f| f.tag == tag) {
+                if let Some(i) = self.transfer_fork(tag) {
+                    self.transfer_fork_failed(now, i, 408);
+                } else if self.own_offer.as_ref().is_some_and(|o| o.tag == tag) {
+                    tracing::info!("the transferee did not answer the gateway's re-INVITE");
+                    self.own_offer = None;
+                } else if let Some(i) = self.forks.iter().position(|f| f.tag == tag) {
                     self.fork_failed(now, i, 408);
                 } else if self.reoffer.as_ref().is_some_and(|r| r.tag == tag) {
                     self.reoffer_failed(408, "Request Timeout");
@@ -721,6 +870,7 @@ impl Call {
                 self.end_or_linger_at(now);
             }
             Phase::Answered | Phase::Confirmed => {
+                self.abandon_transfer();
                 self.bye_a();
                 self.bye_b();
                 self.end_or_linger_at(now);
@@ -758,14 +908,8 @@ impl Call {
     }
 
     fn bye_fork(&mut self, i: usize) {
-        let tag = self.tag();
-        let v = via(&self.forks[i].target, &mut *self.rng);
-        let to = self.forks[i].target.to;
-        if let Some(d) = self.forks[i].dialog.as_mut() {
-            let mut req = d.request(Method::Bye, &v);
-            if let Some(r) = self.bye_reason {
-                req.headers.push("Reason", r);
-            }
+        if let Some((to, req)) = fork_bye(&mut self.forks[i], self.bye_reason, &mut *self.rng) {
+            let tag = self.tag();
             self.pending_byes.push(tag);
             self.out.push_back(Output::Send { tag, to, req });
         }
@@ -833,6 +977,14 @@ impl Call {
     }
 
     fn on_response(&mut self, now: Instant, tag: u32, resp: Response) {
+        if let Some(i) = self.transfer_fork(tag) {
+            self.on_transfer_response(now, i, resp);
+            return;
+        }
+        if self.own_offer.as_ref().is_some_and(|o| o.tag == tag) {
+            self.on_own_offer_response(resp);
+            return;
+        }
         if self.reoffer.as_ref().is_some_and(|r| r.tag == tag) {
             self.on_reoffer_response(now, resp);
             return;
@@ -904,6 +1056,7 @@ impl Call {
         let offer = self.b_offer.as_ref()?;
         let mut answer = Sdp::parse(body).ok()?;
         let idx = sdp::check_answer(offer, &answer).ok()?;
+        self.b_answer = Some(answer.clone());
         let addr = answer.rtp_addr(idx);
         self.out.push_back(Output::Media(MediaChange::B(
             addr,
@@ -915,17 +1068,9 @@ impl Call {
 
     fn on_answer(&mut self, now: Instant, i: usize, resp: Response) {
         let f = &mut self.forks[i];
-        let first = f.dialog.is_none();
-        if first {
-            f.dialog = Dialog::uac(&f.invite, &resp);
-        }
-        let Some(d) = f.dialog.as_ref() else {
+        let Some((first, to, ack)) = ack_answer(f, &resp, &mut *self.rng) else {
             return;
         };
-        // Every 2xx (retransmissions too) is ACKed, with a new branch (§13.2.2.4).
-        let v = via(&f.target, &mut *self.rng);
-        let ack = d.ack(1, &v);
-        let to = f.target.to;
         self.out.push_back(Output::Stateless { to, req: ack });
         if !first {
             return;
@@ -1052,36 +1197,58 @@ impl Call {
         self.end_check();
     }
 
-    fn on_request(&mut self, now: Instant, key: TxnKey, _from: Remote, req: Request) {
-        let from_a = self.a_dialog.as_ref().is_some_and(|d| d.matches(&req));
+    /// Which leg a request inside the call comes from: leg A (`true`) or the fork whose dialog
+    /// it names; `None` after answering it (481 outside the call's dialogs, 500 for a CSeq out
+    /// of order, 200 for the BYE of a transferor that already left).
+    fn leg_of(&mut self, key: TxnKey, req: &Request) -> Option<(bool, Option<usize>)> {
+        let from_a = self.a_dialog.as_ref().is_some_and(|d| d.matches(req));
         let fork = self
             .forks
             .iter()
-            .position(|f| f.dialog.as_ref().is_some_and(|d| d.matches(&req)));
+            .position(|f| f.dialog.as_ref().is_some_and(|d| d.matches(req)));
         if !from_a && fork.is_none() {
-            let r = req.response(481, "Call/Transaction Does Not Exist");
+            let r = if req.method == Method::Bye && self.former.iter().any(|d| d.matches(req)) {
+                req.response(200, "OK")
+            } else {
+                req.response(481, "Call/Transaction Does Not Exist")
+            };
             self.out.push_back(Output::Respond { key, resp: r });
-            return;
+            return None;
         }
         let seq_ok = if from_a {
             self.a_dialog
                 .as_mut()
-                .is_some_and(|d| d.accept_remote_seq(&req))
+                .is_some_and(|d| d.accept_remote_seq(req))
         } else {
             fork.and_then(|i| self.forks[i].dialog.as_mut())
-                .is_some_and(|d| d.accept_remote_seq(&req))
+                .is_some_and(|d| d.accept_remote_seq(req))
         };
         if !seq_ok {
             let r = req.response(500, "Server Internal Error");
             self.out.push_back(Output::Respond { key, resp: r });
-            return;
+            return None;
         }
+        Some((from_a, fork))
+    }
+
+    fn on_request(&mut self, now: Instant, key: TxnKey, _from: Remote, req: Request) {
+        let Some((from_a, fork)) = self.leg_of(key, &req) else {
+            return;
+        };
         match req.method {
             Method::Bye => {
                 self.out.push_back(Output::Respond {
                     key,
                     resp: req.response(200, "OK"),
                 });
+                if self.transferor_left(from_a, fork) {
+                    return;
+                }
+                if matches!(self.phase, Phase::Answered | Phase::Confirmed)
+                    && (from_a || fork == self.winner)
+                {
+                    self.abandon_transfer();
+                }
                 if matches!(self.phase, Phase::Answered | Phase::Confirmed) {
                     if from_a {
                         self.bye_b();
@@ -1135,6 +1302,7 @@ impl Call {
         content_type: Option<&str>,
         body: Bytes,
         timer_headers: Option<&Headers>,
+        extra: &[(&str, &str)],
     ) -> Option<(u32, u32)> {
         let tag = self.tag();
         let allow = if to_a {
@@ -1163,6 +1331,9 @@ impl Call {
         }
         if let Some(h) = timer_headers {
             copy_timer_headers(h, &mut req.headers);
+        }
+        for (name, value) in extra {
+            req.headers.push(name, *value);
         }
         if let Some(ct) = content_type.filter(|_| !body.is_empty()) {
             req.headers.push("Content-Type", ct);
@@ -1243,6 +1414,11 @@ impl Call {
             respond(self, status, None);
             return;
         }
+        if self.own_offer.as_ref().is_some_and(|o| !o.acked) {
+            // The gateway's own re-INVITE to this call is pending (§14.1).
+            respond(self, 491, None);
+            return;
+        }
         if self.phase != Phase::Confirmed {
             // The initial INVITE's ACK is still outstanding: the session is not settled yet.
             respond(self, 491, None);
@@ -1303,6 +1479,7 @@ impl Call {
             Some("application/sdp"),
             body,
             Some(&req.headers),
+            &[],
         ) else {
             respond(self, 481, None);
             return;
@@ -1552,11 +1729,405 @@ impl Call {
     /// sends) passed to the other leg as is; its answer comes back to the sender.
     fn relay_info(&mut self, key: TxnKey, from_a: bool, req: Request) {
         let ct = req.headers.get("Content-Type").map(str::to_owned);
-        match self.send_in_dialog(!from_a, Method::Info, ct.as_deref(), req.body.clone(), None) {
+        match self.send_in_dialog(
+            !from_a,
+            Method::Info,
+            ct.as_deref(),
+            req.body.clone(),
+            None,
+            &[],
+        ) {
             Some((tag, _)) => self.infos.push((tag, key, req)),
             None => {
                 let r = req.response(481, "Call/Transaction Does Not Exist");
                 self.out.push_back(Output::Respond { key, resp: r });
+            }
+        }
+    }
+
+    /// A REFER from leg A or the answered device (X): 202, a NOTIFY with `100 Trying`, and an
+    /// INVITE to every device of the Refer-To's user offering the other leg's (Y's) media; the
+    /// answer replaces X (RFC 3515, RFC 5589 §6). Refusals: 400 without a usable Refer-To, 501
+    /// for attended transfer, 491 while the session is being set up, modified or transferred;
+    /// an unknown or unreachable target gets 202 and a NOTIFY with the final status, and both
+    /// parties keep their call.
+    fn on_refer(
+        &mut self,
+        now: Instant,
+        key: TxnKey,
+        req: Request,
+        target: Result<TransferTarget, ReferRefusal>,
+    ) {
+        let Some((from_a, fork)) = self.leg_of(key, &req) else {
+            return;
+        };
+        let respond = |this: &mut Call, status: u16, warning: Option<&str>| {
+            let mut r = req.response(status, csps_sip::message::reason_phrase(status));
+            if let Some(w) = warning {
+                r.headers.push(
+                    "Warning",
+                    csps_sip::validate::warning_value(&this.setup.agent, w),
+                );
+            }
+            this.out.push_back(Output::Respond { key, resp: r });
+        };
+        if !from_a && (fork != self.winner || self.winner.is_none()) {
+            respond(self, 481, None);
+            return;
+        }
+        if self.phase != Phase::Confirmed
+            || self.transfer.is_some()
+            || self.reoffer.is_some()
+            || self.own_offer.as_ref().is_some_and(|o| !o.acked)
+        {
+            respond(self, 491, None);
+            return;
+        }
+        let target = match target {
+            Ok(t) => t,
+            Err(ReferRefusal::Bad(why)) => return respond(self, 400, Some(&why)),
+            Err(ReferRefusal::Unsupported(why)) => return respond(self, 501, Some(&why)),
+            Err(ReferRefusal::Failed(status)) => {
+                respond(self, 202, None);
+                self.notify_transferor(from_a, 100);
+                self.notify_transferor(from_a, status);
+                return;
+            }
+        };
+        // What the transferee receives, now at the relay's side facing the transferor.
+        let offer = if from_a {
+            self.b_answer.clone().map(|mut o| {
+                if let Some(i) = o.audio_index() {
+                    sdp::rewrite_address(&mut o, i, self.setup.relay_a);
+                }
+                o
+            })
+        } else {
+            self.b_offer.clone()
+        };
+        let Some(mut offer) = offer else {
+            return respond(self, 491, None);
+        };
+        if let Some(m) = offer.audio_index().and_then(|i| offer.media.get_mut(i)) {
+            // A transferee put on hold before the REFER is resumed with the new party.
+            m.set_direction(sdp::Direction::SendRecv);
+        }
+        respond(self, 202, None);
+        self.notify_transferor(from_a, 100);
+        // The new leg is presented as the transferee, referred by the transferor, both as the
+        // gateway asserts them (never the Referred-By a phone wrote).
+        let (transferee, transferor) = if from_a {
+            (self.setup.callee.clone(), self.setup.caller.clone())
+        } else {
+            (self.setup.caller.clone(), self.setup.callee.clone())
+        };
+        let from_tag = hex_token(&mut *self.rng);
+        let body = Bytes::from(offer.to_bytes());
+        let mut forks = Vec::new();
+        for t in target.targets {
+            let tag = self.tag();
+            let mut req = new_invite(
+                &t,
+                &transferee,
+                &from_tag,
+                &target.to,
+                &target.call_id,
+                body.clone(),
+                &mut *self.rng,
+            );
+            req.headers.push("Referred-By", transferor.clone());
+            self.out.push_back(Output::Send {
+                tag,
+                to: t.to,
+                req: req.clone(),
+            });
+            forks.push(Fork {
+                tag,
+                target: t,
+                invite: req,
+                state: ForkState::Calling,
+                cancel: None,
+                dialog: None,
+            });
+        }
+        self.transfer = Some(Transfer {
+            x_is_a: from_a,
+            x_gone: false,
+            forks,
+            offer,
+            party: target.party,
+            to: target.to,
+            deadline: now + NO_ANSWER,
+        });
+    }
+
+    /// NOTIFY the transferor (leg A or B) of the transfer's progress: `status` as a sipfrag
+    /// status line (RFC 3515 §2.4.5); a final one ends the implicit subscription.
+    fn notify_transferor(&mut self, to_a: bool, status: u16) {
+        let body = format!(
+            "SIP/2.0 {status} {}\r\n",
+            csps_sip::message::reason_phrase(status)
+        );
+        let state = if status >= 200 {
+            "terminated;reason=noresource"
+        } else {
+            "active;expires=60"
+        };
+        self.send_in_dialog(
+            to_a,
+            Method::Notify,
+            Some("message/sipfrag;version=2.0"),
+            Bytes::from(body),
+            None,
+            &[("Event", "refer"), ("Subscription-State", state)],
+        );
+    }
+
+    /// The transfer fork that sent request `tag`.
+    fn transfer_fork(&self, tag: u32) -> Option<usize> {
+        self.transfer
+            .as_ref()
+            .and_then(|t| t.forks.iter().position(|f| f.tag == tag))
+    }
+
+    /// A BYE from the transferor while its transfer goes on: the transfer continues without it
+    /// (RFC 5589 §6: many phones hang up as soon as the REFER is accepted). True when it was.
+    fn transferor_left(&mut self, from_a: bool, fork: Option<usize>) -> bool {
+        let Some(t) = self.transfer.as_mut() else {
+            return false;
+        };
+        if t.x_is_a != from_a || (!from_a && fork != self.winner) || t.x_gone {
+            return false;
+        }
+        t.x_gone = true;
+        if from_a {
+            self.former.extend(self.a_dialog.take());
+        } else {
+            // The old device's fork stays (its retransmitted BYE still matches) but no longer
+            // carries the call.
+            self.winner = None;
+        }
+        true
+    }
+
+    /// Ends a transfer in progress (the call is ending): its forks join the call's losing ones,
+    /// which are cancelled, or hung up should they answer.
+    fn abandon_transfer(&mut self) {
+        let Some(t) = self.transfer.take() else {
+            return;
+        };
+        self.retire_forks(t.forks);
+    }
+
+    /// Transfer forks that did not win: CANCEL the ringing ones (or once they ring), and keep
+    /// them with the call's forks so a late answer is hung up and the call ends only when they
+    /// are settled.
+    fn retire_forks(&mut self, forks: Vec<Fork>) {
+        for mut f in forks {
+            match f.state {
+                ForkState::Proceeding => {
+                    let req = dialog::cancel(&f.invite, Some(COMPLETED_ELSEWHERE));
+                    let tag = self.tag();
+                    self.out.push_back(Output::Send {
+                        tag,
+                        to: f.target.to,
+                        req,
+                    });
+                    f.cancel = Some(COMPLETED_ELSEWHERE);
+                }
+                ForkState::Calling => f.cancel = Some(COMPLETED_ELSEWHERE),
+                _ => {}
+            }
+            self.forks.push(f);
+        }
+    }
+
+    fn on_transfer_response(&mut self, now: Instant, i: usize, resp: Response) {
+        let Some(t) = self.transfer.as_mut() else {
+            return;
+        };
+        let status = resp.status;
+        if status < 200 {
+            let f = &mut t.forks[i];
+            if f.state == ForkState::Calling {
+                f.state = ForkState::Proceeding;
+            }
+            return;
+        }
+        if status >= 300 {
+            self.transfer_fork_failed(now, i, status);
+            return;
+        }
+        let f = &mut t.forks[i];
+        let Some((first, to, ack)) = ack_answer(f, &resp, &mut *self.rng) else {
+            return;
+        };
+        self.out.push_back(Output::Stateless { to, req: ack });
+        if !first {
+            return;
+        }
+        f.state = ForkState::Answered;
+        let answer = is_sdp(&resp.headers, &resp.body)
+            .then(|| Sdp::parse(&resp.body).ok())
+            .flatten()
+            .and_then(|a| sdp::check_answer(&t.offer, &a).ok().map(|idx| (a, idx)));
+        let Some((answer, idx)) = answer else {
+            // No usable answer: this device cannot carry the call.
+            tracing::info!("transfer target answered without a usable SDP answer");
+            if let Some((to, req)) = fork_bye(&mut t.forks[i], None, &mut *self.rng) {
+                let tag = self.tag();
+                self.out.push_back(Output::Send { tag, to, req });
+            }
+            self.transfer_fork_failed(now, i, 488);
+            return;
+        };
+        self.complete_transfer(i, answer, idx);
+    }
+
+    fn transfer_fork_failed(&mut self, now: Instant, i: usize, status: u16) {
+        let Some(t) = self.transfer.as_mut() else {
+            return;
+        };
+        let f = &mut t.forks[i];
+        if !matches!(f.state, ForkState::Done(_)) {
+            f.state = ForkState::Done(status);
+        }
+        let done = t
+            .forks
+            .iter()
+            .all(|f| matches!(f.state, ForkState::Done(_)));
+        if done {
+            let s = best_final(t.forks.iter().filter_map(|f| match f.state {
+                ForkState::Done(s) => Some(s),
+                _ => None,
+            }));
+            self.fail_transfer(now, s);
+        }
+    }
+
+    /// The transfer failed with `status`: the transferor learns it and keeps its call; when
+    /// the transferor already left, the transferee is hung up.
+    fn fail_transfer(&mut self, now: Instant, status: u16) {
+        let Some(t) = self.transfer.take() else {
+            return;
+        };
+        let (x_is_a, x_gone) = (t.x_is_a, t.x_gone);
+        self.retire_forks(t.forks);
+        if x_gone {
+            self.ending(EndReason::TransferFailed);
+            self.hang_up(now, None);
+        } else {
+            self.notify_transferor(x_is_a, status);
+        }
+    }
+
+    /// The target's device `i` answered: it takes the transferor's place. The transferor gets
+    /// the final NOTIFY and a BYE, the other devices a CANCEL, the relay's transferor side now
+    /// faces the target, and the transferee is re-INVITEd with the target's media.
+    fn complete_transfer(&mut self, i: usize, answer: Sdp, idx: usize) {
+        let Some(mut t) = self.transfer.take() else {
+            return;
+        };
+        let x_is_a = t.x_is_a;
+        if !t.x_gone {
+            self.notify_transferor(x_is_a, 200);
+            if x_is_a {
+                self.bye_a();
+            } else {
+                self.bye_b();
+            }
+        }
+        let new = t.forks.remove(i);
+        let ip = new.target.to.addr.ip();
+        let target_addr = answer.rtp_addr(idx);
+        if x_is_a {
+            self.former.extend(self.a_dialog.take());
+            self.a_dialog = new.dialog;
+            self.setup.from = new.target.to;
+            self.setup.local = new.target.local;
+            self.a_contact = contact_for(
+                new.target.to.transport,
+                new.target.local,
+                new.target.sbc.as_ref(),
+            );
+            self.setup.a_sbc = new.target.sbc;
+            self.setup.caller = t.to.clone();
+            self.out
+                .push_back(Output::Media(MediaChange::A(target_addr, ip)));
+        } else {
+            self.forks.push(new);
+            self.winner = Some(self.forks.len() - 1);
+            self.setup.callee = t.to.clone();
+            self.b_answer = Some(answer.clone());
+            self.out
+                .push_back(Output::Media(MediaChange::B(target_addr, ip)));
+        }
+        self.retire_forks(t.forks);
+        // The transferee gets the target's media as a new offer (sendrecv: a held transferee
+        // resumes), at the relay's side facing it.
+        let to_a = !x_is_a;
+        let mut offer = answer;
+        sdp::rewrite_address(&mut offer, idx, self.relay_facing(to_a));
+        if let Some(m) = offer.media.get_mut(idx) {
+            m.set_direction(sdp::Direction::SendRecv);
+        }
+        if let Some((tag, seq)) = self.send_in_dialog(
+            to_a,
+            Method::Invite,
+            Some("application/sdp"),
+            Bytes::from(offer.to_bytes()),
+            None,
+            &[],
+        ) {
+            self.own_offer = Some(OwnOffer {
+                to_a,
+                tag,
+                seq,
+                offer,
+                acked: false,
+            });
+        }
+        self.out.push_back(Output::Transferred {
+            a: x_is_a,
+            party: t.party,
+        });
+    }
+
+    /// The transferee's answer to the gateway's re-INVITE: ACK it and point the relay at the
+    /// transferee's (possibly new) address. A refusal leaves the session as it was.
+    fn on_own_offer_response(&mut self, resp: Response) {
+        let Some(o) = self.own_offer.as_mut() else {
+            return;
+        };
+        if resp.status < 200 {
+            return;
+        }
+        let (to_a, seq) = (o.to_a, o.seq);
+        if resp.status >= 300 {
+            tracing::info!(
+                status = resp.status,
+                "the transferee refused the gateway's re-INVITE"
+            );
+            self.own_offer = None;
+            return;
+        }
+        let first = !std::mem::replace(&mut o.acked, true);
+        let addr = is_sdp(&resp.headers, &resp.body)
+            .then(|| Sdp::parse(&resp.body).ok())
+            .flatten()
+            .and_then(|a| {
+                let idx = sdp::check_answer(&o.offer, &a).ok()?;
+                Some(a.rtp_addr(idx))
+            });
+        // Every 2xx is ACKed (a retransmission means our ACK was lost).
+        self.ack_in_dialog(to_a, seq, None);
+        if !first {
+            return;
+        }
+        match addr {
+            Some(addr) => self.media_for(to_a, addr),
+            None => {
+                tracing::info!("the transferee's answer to the gateway's re-INVITE is unusable")
             }
         }
     }
@@ -1596,6 +2167,10 @@ impl Call {
             && self.phase == Phase::Ending
         {
             self.finish();
+        }
+        if self.transfer.as_ref().is_some_and(|t| t.deadline <= now) {
+            // The target's devices rang long enough: the transferor hears 480.
+            self.fail_transfer(now, 480);
         }
         if let Some((_, deadline)) = self.session
             && deadline <= now
@@ -1645,6 +2220,7 @@ impl Call {
             self.session
                 .filter(|_| self.is_answered())
                 .map(|(_, deadline)| deadline),
+            self.transfer.as_ref().map(|t| t.deadline),
         ]
         .into_iter()
         .flatten()
@@ -2387,5 +2963,363 @@ mod tests {
                 .all(|b| b.headers.get("Reason") == Some(SESSION_EXPIRED))
         );
         assert!(!c.is_answered());
+    }
+
+    const CAROL_ANSWER: &str = "v=0\r\no=- 9 9 IN IP4 192.0.2.20\r\ns=-\r\nc=IN IP4 192.0.2.20\r\nt=0 0\r\n\
+        m=audio 6000 RTP/AVP 0\r\n";
+
+    /// Carol's one device, the target of the transfers below.
+    fn carol() -> TransferTarget {
+        TransferTarget {
+            targets: vec![Target {
+                to: remote("192.0.2.20:5060"),
+                uri: Uri::parse("sip:carol@192.0.2.20:5060").expect("uri"),
+                local: "192.0.2.1:5060".parse().expect("addr"),
+                sbc: None,
+            }],
+            to: "<sip:carol@csps.local>".into(),
+            party: "sip:carol@csps.local".into(),
+            call_id: "t-call".into(),
+        }
+    }
+
+    /// Feeds `req` (a REFER to carol, sent from `from`) with the switch's resolution.
+    fn refer_in(
+        c: &mut Call,
+        now: Instant,
+        mut req: Request,
+        from: &str,
+        target: Result<TransferTarget, ReferRefusal>,
+    ) -> Vec<Output> {
+        req.headers.push("Refer-To", "<sip:carol@csps.local>");
+        let key = key_for(&req, from);
+        c.handle(
+            now,
+            Input::Refer {
+                key,
+                from: remote(from),
+                req,
+                target,
+            },
+        );
+        drain(c)
+    }
+
+    /// The NOTIFYs in `out`: destination, Subscription-State and sipfrag body.
+    fn notifies(out: &[Output]) -> Vec<(String, String, String)> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Send { req, to, .. } if req.method == Method::Notify => {
+                    assert_eq!(req.headers.get("Event"), Some("refer"));
+                    assert_eq!(
+                        req.headers.get("Content-Type"),
+                        Some("message/sipfrag;version=2.0")
+                    );
+                    Some((
+                        to.addr.to_string(),
+                        req.headers
+                            .get("Subscription-State")
+                            .unwrap_or("")
+                            .to_owned(),
+                        body(req),
+                    ))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A request from carol in the dialog the transfer INVITE `inv` created (To tag `c1`).
+    fn from_carol(method: &str, seq: u32, inv: &Request) -> Request {
+        let from_tag = inv
+            .from_hdr()
+            .and_then(|f| f.tag().map(str::to_owned))
+            .expect("From tag");
+        with_body(
+            format!(
+                "{method} sip:csps@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.20:5060;branch=z9hG4bKc{method}{seq}\r\n\
+                 From: <sip:carol@csps.local>;tag=c1\r\nTo: {};tag={from_tag}\r\n\
+                 Call-ID: t-call\r\nCSeq: {seq} {method}\r\nContact: <sip:carol@192.0.2.20>\r\nMax-Forwards: 70\r\n",
+                inv.headers
+                    .get("From")
+                    .and_then(|f| f.split(";tag=").next())
+                    .unwrap_or("")
+            ),
+            None,
+        )
+    }
+
+    #[test]
+    fn blind_transfer_by_the_callee_replaces_it_with_the_target() {
+        let t0 = Instant::now();
+        let (mut c, a_tag, inv1) = confirmed(t0);
+        drain(&mut c);
+        let out = refer_in(
+            &mut c,
+            t0,
+            in_dialog_b("REFER", 1, &inv1, None),
+            "192.0.2.9:5060",
+            Ok(carol()),
+        );
+        assert_eq!(responses_to_a(&out)[0].status, 202);
+        let n = notifies(&out);
+        assert_eq!(n.len(), 1, "{n:?}");
+        assert_eq!(n[0].0, "192.0.2.9:5060");
+        assert!(n[0].1.starts_with("active"), "{n:?}");
+        assert_eq!(n[0].2, "SIP/2.0 100 Trying\r\n");
+        let (tag, inv, to) = sent(&out, Method::Invite).expect("INVITE to carol");
+        assert_eq!(to.addr.to_string(), "192.0.2.20:5060");
+        assert_eq!(inv.headers.get("Call-ID"), Some("t-call"));
+        assert_eq!(inv.headers.get("To"), Some("<sip:carol@csps.local>"));
+        assert!(
+            inv.headers
+                .get("From")
+                .is_some_and(|f| f.contains("sip:alice@"))
+        );
+        assert_eq!(inv.headers.get("Referred-By"), Some("<sip:bob@csps.local>"));
+        let b = body(&inv);
+        assert!(b.contains("m=audio 20002 RTP/AVP 0"), "{b}");
+        assert!(b.contains("a=sendrecv"), "{b}");
+
+        c.handle(
+            t0,
+            Input::Response {
+                tag,
+                resp: reply(&inv, 180, "c1", None),
+            },
+        );
+        assert!(drain(&mut c).is_empty(), "ringing is not relayed to anyone");
+        c.handle(
+            t0,
+            Input::Response {
+                tag,
+                resp: reply(&inv, 200, "c1", Some(CAROL_ANSWER)),
+            },
+        );
+        let out = drain(&mut c);
+        assert!(out.iter().any(|o| matches!(o,
+            Output::Stateless { req, to } if req.method == Method::Ack
+                && to.addr.to_string() == "192.0.2.20:5060")));
+        let n = notifies(&out);
+        assert_eq!(n.len(), 1);
+        assert!(n[0].1.starts_with("terminated"), "{n:?}");
+        assert_eq!(n[0].2, "SIP/2.0 200 OK\r\n");
+        let (_, bye, to) = sent(&out, Method::Bye).expect("bob is hung up");
+        assert_eq!(to.addr.to_string(), "192.0.2.9:5060");
+        assert_eq!(bye.headers.get("Call-ID"), Some("b-call"));
+        assert!(out.iter().any(|o| matches!(o,
+            Output::Media(MediaChange::B(Some(a), ip)) if a.to_string() == "192.0.2.20:6000"
+                && ip.to_string() == "192.0.2.20")));
+        assert!(out.iter().any(|o| matches!(o,
+            Output::Transferred { a: false, party } if party == "sip:carol@csps.local")));
+        // Alice is re-INVITEd with carol's media at the relay, sendrecv.
+        let (rtag, reinv, to) = sent(&out, Method::Invite).expect("re-INVITE to alice");
+        assert_eq!(to.addr.to_string(), "203.0.113.5:5060");
+        assert_eq!(reinv.headers.get("Call-ID"), Some("a-call"));
+        let b = body(&reinv);
+        assert!(
+            b.contains("m=audio 20000 RTP/AVP 0") && b.contains("a=sendrecv"),
+            "{b}"
+        );
+        answer_with_sdp(&mut c, t0, rtag, &reinv, OFFER);
+        let out = drain(&mut c);
+        assert!(out.iter().any(|o| matches!(o,
+            Output::Stateless { req, .. } if req.method == Method::Ack
+                && req.headers.get("Call-ID") == Some("a-call"))));
+        assert!(out.iter().any(|o| matches!(o,
+            Output::Media(MediaChange::A(Some(a), _)) if a.to_string() == "10.0.0.7:4000")));
+
+        // Bob's own BYE crossing ours still gets its 200 and changes nothing.
+        let out = request_in(
+            &mut c,
+            t0,
+            in_dialog_b("BYE", 2, &inv1, None),
+            "192.0.2.9:5060",
+        );
+        assert_eq!(responses_to_a(&out)[0].status, 200);
+        assert!(sent(&out, Method::Bye).is_none());
+        // Alice and carol talk; alice's hold goes to carol now.
+        let out = request_in(
+            &mut c,
+            t0,
+            in_dialog_a("INVITE", 3, &a_tag, Some(HOLD)),
+            "203.0.113.5:5060",
+        );
+        let (_, hold, to) = sent(&out, Method::Invite).expect("hold relayed");
+        assert_eq!(to.addr.to_string(), "192.0.2.20:5060");
+        assert_eq!(hold.headers.get("Call-ID"), Some("t-call"));
+        // Carol hangs up: alice gets the BYE.
+        let out = request_in(&mut c, t0, from_carol("BYE", 1, &inv), "192.0.2.20:5060");
+        assert_eq!(responses_to_a(&out)[0].status, 200);
+        let (_, _, to) = sent(&out, Method::Bye).expect("alice is hung up");
+        assert_eq!(to.addr.to_string(), "203.0.113.5:5060");
+        assert_eq!(c.end_reason(), Some(EndReason::CalleeHungUp));
+    }
+
+    #[test]
+    fn failed_transfer_notifies_the_status_and_both_keep_the_call() {
+        let t0 = Instant::now();
+        let (mut c, a_tag, inv1) = confirmed(t0);
+        drain(&mut c);
+        // An unknown target: 202, then the final status.
+        let out = refer_in(
+            &mut c,
+            t0,
+            in_dialog_b("REFER", 1, &inv1, None),
+            "192.0.2.9:5060",
+            Err(ReferRefusal::Failed(404)),
+        );
+        assert_eq!(responses_to_a(&out)[0].status, 202);
+        let n = notifies(&out);
+        assert_eq!(n.len(), 2, "{n:?}");
+        assert_eq!(n[1].2, "SIP/2.0 404 Not Found\r\n");
+        assert!(n[1].1.starts_with("terminated"));
+        assert!(sent(&out, Method::Invite).is_none());
+        // A busy target: the transferor hears 486 and nothing else changes.
+        let out = refer_in(
+            &mut c,
+            t0,
+            in_dialog_b("REFER", 2, &inv1, None),
+            "192.0.2.9:5060",
+            Ok(carol()),
+        );
+        let (tag, inv, _) = sent(&out, Method::Invite).expect("INVITE to carol");
+        c.handle(
+            t0,
+            Input::Response {
+                tag,
+                resp: reply(&inv, 486, "c1", None),
+            },
+        );
+        let out = drain(&mut c);
+        let n = notifies(&out);
+        assert_eq!(n.len(), 1);
+        assert_eq!(n[0].2, "SIP/2.0 486 Busy Here\r\n");
+        assert!(sent(&out, Method::Bye).is_none());
+        assert!(!out.iter().any(|o| matches!(o, Output::Transferred { .. })));
+        let out = request_in(
+            &mut c,
+            t0,
+            in_dialog_a("INVITE", 3, &a_tag, Some(HOLD)),
+            "203.0.113.5:5060",
+        );
+        let (_, hold, _) = sent(&out, Method::Invite).expect("the call with bob goes on");
+        assert_eq!(hold.headers.get("Call-ID"), Some("b-call"));
+        // Unusable REFERs are refused outright.
+        let out = refer_in(
+            &mut c,
+            t0,
+            in_dialog_b("REFER", 3, &inv1, None),
+            "192.0.2.9:5060",
+            Err(ReferRefusal::Unsupported("attended".into())),
+        );
+        assert_eq!(responses_to_a(&out)[0].status, 491, "a hold is in progress");
+    }
+
+    #[test]
+    fn a_caller_that_hangs_up_after_its_refer_leaves_the_transfer_running() {
+        let t0 = Instant::now();
+        let (mut c, a_tag, inv1) = confirmed(t0);
+        drain(&mut c);
+        let out = refer_in(
+            &mut c,
+            t0,
+            in_dialog_a("REFER", 3, &a_tag, None),
+            "203.0.113.5:5060",
+            Ok(carol()),
+        );
+        assert_eq!(responses_to_a(&out)[0].status, 202);
+        assert_eq!(notifies(&out)[0].0, "203.0.113.5:5060");
+        let (tag, inv, _) = sent(&out, Method::Invite).expect("INVITE to carol");
+        // Carol is offered what bob receives, at the relay's side that faced alice.
+        let b = body(&inv);
+        assert!(b.contains("m=audio 20000 RTP/AVP 0"), "{b}");
+        assert!(
+            inv.headers
+                .get("From")
+                .is_some_and(|f| f.contains("sip:bob@"))
+        );
+        assert_eq!(
+            inv.headers.get("Referred-By"),
+            Some("\"Alice\" <sip:alice@csps.local>")
+        );
+        // Alice leaves at once: bob is not hung up.
+        let out = request_in(
+            &mut c,
+            t0,
+            in_dialog_a("BYE", 4, &a_tag, None),
+            "203.0.113.5:5060",
+        );
+        assert_eq!(responses_to_a(&out)[0].status, 200);
+        assert!(sent(&out, Method::Bye).is_none(), "{out:?}");
+        c.handle(
+            t0,
+            Input::Response {
+                tag,
+                resp: reply(&inv, 200, "c1", Some(CAROL_ANSWER)),
+            },
+        );
+        let out = drain(&mut c);
+        assert!(notifies(&out).is_empty(), "alice is gone");
+        assert!(sent(&out, Method::Bye).is_none());
+        assert!(out.iter().any(|o| matches!(o,
+            Output::Media(MediaChange::A(Some(a), _)) if a.to_string() == "192.0.2.20:6000")));
+        assert!(
+            out.iter()
+                .any(|o| matches!(o, Output::Transferred { a: true, .. }))
+        );
+        let (_, reinv, to) = sent(&out, Method::Invite).expect("re-INVITE to bob");
+        assert_eq!(to.addr.to_string(), "192.0.2.9:5060");
+        assert!(body(&reinv).contains("m=audio 20002"), "{}", body(&reinv));
+        // Bob hangs up: carol (now leg A) gets the BYE.
+        let out = request_in(
+            &mut c,
+            t0,
+            in_dialog_b("BYE", 2, &inv1, None),
+            "192.0.2.9:5060",
+        );
+        let (_, bye, to) = sent(&out, Method::Bye).expect("carol is hung up");
+        assert_eq!(to.addr.to_string(), "192.0.2.20:5060");
+        assert_eq!(bye.headers.get("Call-ID"), Some("t-call"));
+    }
+
+    #[test]
+    fn a_failed_transfer_whose_transferor_left_hangs_up_the_transferee() {
+        let t0 = Instant::now();
+        let (mut c, a_tag, _) = confirmed(t0);
+        drain(&mut c);
+        let out = refer_in(
+            &mut c,
+            t0,
+            in_dialog_a("REFER", 3, &a_tag, None),
+            "203.0.113.5:5060",
+            Ok(carol()),
+        );
+        let (tag, inv, _) = sent(&out, Method::Invite).expect("INVITE to carol");
+        request_in(
+            &mut c,
+            t0,
+            in_dialog_a("BYE", 4, &a_tag, None),
+            "203.0.113.5:5060",
+        );
+        c.handle(
+            t0,
+            Input::Response {
+                tag,
+                resp: reply(&inv, 180, "c1", None),
+            },
+        );
+        // Nobody answers in time.
+        let due = c.poll_timeout().expect("the target's ring timer");
+        assert_eq!(due, t0 + NO_ANSWER);
+        c.handle_timeout(due);
+        let out = drain(&mut c);
+        assert!(
+            sent(&out, Method::Cancel).is_some(),
+            "carol's ringing is cancelled"
+        );
+        let (_, _, to) = sent(&out, Method::Bye).expect("bob is hung up");
+        assert_eq!(to.addr.to_string(), "192.0.2.9:5060");
+        assert_eq!(c.end_reason(), Some(EndReason::TransferFailed));
     }
 }

@@ -39,7 +39,7 @@ pub use record::{CallRecord, SipMessage};
 use crate::metrics::CallMetrics;
 
 /// Methods accepted inside a call's dialogs.
-pub const ALLOW_IN_DIALOG: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE";
+pub const ALLOW_IN_DIALOG: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, REFER";
 
 /// Identifies a call on this server.
 pub type CallNo = u64;
@@ -400,7 +400,8 @@ pub struct Switch {
     actions: mpsc::Sender<(CallNo, CallAction)>,
     calls: HashMap<CallNo, mpsc::Sender<CallEvent>>,
     by_call_id: HashMap<String, CallNo>,
-    call_ids: HashMap<CallNo, [String; 2]>,
+    /// Every Call-ID of a call: the caller's, the callee side's, each transfer's.
+    call_ids: HashMap<CallNo, Vec<String>>,
     clients: HashMap<TxnKey, (CallNo, u32)>,
     next: CallNo,
     ports: Arc<PortPool>,
@@ -491,6 +492,88 @@ impl Switch {
         if let Some(no) = self.by_req(&req) {
             self.send(no, b2bua::Input::Request { key, from, req });
         }
+    }
+
+    /// A REFER inside a running call (blind transfer, RFC 3515): the Refer-To is resolved here,
+    /// where the accounts and bindings are, and the call gets the devices to ring with a new
+    /// Call-ID for the transfer's leg.
+    pub fn on_refer(&mut self, cx: InviteCx<'_>, key: TxnKey, from: Remote, req: Request) {
+        let Some(no) = self.by_req(&req) else { return };
+        let call_id = format!(
+            "{:016x}{:016x}@{}",
+            cx.rng.next_u64(),
+            cx.rng.next_u64(),
+            self.server_name
+        );
+        let target = self.transfer_target(&cx, &req, call_id);
+        if let Ok(t) = &target {
+            self.by_call_id.insert(t.call_id.clone(), no);
+            if let Some(ids) = self.call_ids.get_mut(&no) {
+                ids.push(t.call_id.clone());
+            }
+        }
+        self.send(
+            no,
+            b2bua::Input::Refer {
+                key,
+                from,
+                req,
+                target,
+            },
+        );
+    }
+
+    /// Where a REFER's Refer-To leads: the registered devices of a local user. Attended
+    /// transfer (`Replaces` in the Refer-To) and targets outside the gateway are not built yet.
+    fn transfer_target(
+        &self,
+        cx: &InviteCx<'_>,
+        req: &Request,
+        call_id: String,
+    ) -> Result<b2bua::TransferTarget, b2bua::ReferRefusal> {
+        let refer_to = req
+            .headers
+            .get("Refer-To")
+            .ok_or_else(|| b2bua::ReferRefusal::Bad("no Refer-To header".into()))?;
+        let uri = csps_sip::headers::NameAddr::parse(refer_to)
+            .map_err(|e| b2bua::ReferRefusal::Bad(format!("bad Refer-To: {e}")))?
+            .uri;
+        if refer_to.contains("Replaces=") || refer_to.contains("replaces=") {
+            return Err(b2bua::ReferRefusal::Unsupported(
+                "attended transfer (Replaces) is not supported yet".into(),
+            ));
+        }
+        let dialled = uri
+            .user
+            .as_deref()
+            .map(|u| csps_sip::registrar::percent_decode(u).into_owned())
+            .ok_or_else(|| b2bua::ReferRefusal::Bad("Refer-To names no user".into()))?;
+        let settings = self.settings.borrow().clone();
+        let query = RouteQuery {
+            dialled: &dialled,
+            caller: None,
+            domain: &uri.host,
+            device: None,
+            emergency: rules::is_emergency(&dialled, &settings.emergency_numbers),
+        };
+        let (user, domain) = match route(&query, cx.accounts, None, &Pinned::builtin()) {
+            Route::Local { user, domain } => (user, domain),
+            Route::Reject { code, .. } => return Err(b2bua::ReferRefusal::Failed(code)),
+            // Transfers out through the trunk need the transferee's Teams identity.
+            _ => return Err(b2bua::ReferRefusal::Failed(501)),
+        };
+        let mut devices = Vec::new();
+        let targets = self.devices(cx, &user, &domain, &mut devices);
+        if targets.is_empty() {
+            return Err(b2bua::ReferRefusal::Failed(480));
+        }
+        let aor = csps_sip::registrar::aor(&user, &domain);
+        Ok(b2bua::TransferTarget {
+            targets,
+            to: format!("<{aor}>"),
+            party: aor,
+            call_id,
+        })
     }
 
     /// An ACK the transaction layer did not absorb (ACK to a 2xx).
@@ -793,7 +876,7 @@ impl Switch {
         self.directory.insert(no, tx);
         self.by_call_id.insert(a_call_id.clone(), no);
         self.by_call_id.insert(b_call_id.clone(), no);
-        self.call_ids.insert(no, [a_call_id, b_call_id.clone()]);
+        self.call_ids.insert(no, vec![a_call_id, b_call_id.clone()]);
         let setup = b2bua::Setup {
             key,
             from,

@@ -250,9 +250,9 @@ async fn run_call(t: CallTask, call_id: String) {
         mut events,
         actions,
         states,
-        caller,
-        callee,
-        kinds,
+        mut caller,
+        mut callee,
+        mut kinds,
         emergency,
         routing_policy,
         quirks,
@@ -347,6 +347,27 @@ async fn run_call(t: CallTask, call_id: String) {
                         let _ = states.send(UserState {
                             aor: aor.clone(),
                             busy: true,
+                            call: no,
+                        });
+                    }
+                    continue;
+                }
+                Output::Transferred { a, party } => {
+                    // The transferor is free; the target (a local user) is now in the call.
+                    let leg = usize::from(!a);
+                    let old = if a {
+                        caller.replace(party.clone())
+                    } else {
+                        Some(std::mem::replace(&mut callee, party.clone()))
+                    };
+                    let was_phone = kinds[leg] == LegKind::Phone;
+                    kinds[leg] = LegKind::Phone;
+                    tracing::info!(to = %party, "call transferred");
+                    let freed = old.filter(|_| was_phone).map(|aor| (aor, false));
+                    for (aor, busy) in freed.into_iter().chain([(party, true)]) {
+                        let _ = states.send(UserState {
+                            aor,
+                            busy,
                             call: no,
                         });
                     }

@@ -69,9 +69,16 @@ impl Latch {
     }
 
     /// True when a packet from `from` is accepted (latching on to it if nothing is latched yet).
+    /// A packet from exactly the SDP address re-latches: when a leg changes hands (a transfer)
+    /// on one host, the old phone's last packets may come first from an expected IP.
     pub fn accept(&mut self, from: SocketAddr) -> bool {
         match self.latched {
-            Some(l) => l == from,
+            Some(l) if l == from => true,
+            Some(_) if self.sdp == Some(from) => {
+                self.latched = Some(from);
+                true
+            }
+            Some(_) => false,
             None if self.expected.contains(&from.ip().to_canonical()) => {
                 self.latched = Some(from);
                 true
@@ -200,6 +207,21 @@ mod tests {
         l.expect(Some(a("192.0.2.9:5000")), "192.0.2.9".parse().expect("ip"));
         assert_eq!(l.latched(), None);
         assert!(l.accept(a("192.0.2.9:5000")));
+    }
+
+    #[test]
+    fn the_sdp_address_itself_takes_the_latch_back() {
+        let ip: IpAddr = "127.0.0.1".parse().expect("ip");
+        let mut l = Latch::default();
+        // A transfer on one host: the new phone's SDP, but the old phone's packet came first.
+        l.expect(Some(a("127.0.0.1:6000")), ip);
+        assert!(l.accept(a("127.0.0.1:4000")));
+        assert!(l.accept(a("127.0.0.1:6000")), "the SDP address re-latches");
+        assert_eq!(l.destination(), Some(a("127.0.0.1:6000")));
+        assert!(
+            !l.accept(a("127.0.0.1:4000")),
+            "the old phone is dropped now"
+        );
     }
 
     #[test]

@@ -582,6 +582,10 @@ impl Core {
             self.respond(&key, &req, resp);
             return;
         }
+        if req.method == Method::Refer && self.calls.owns(&req) {
+            self.on_refer(key, from, req);
+            return;
+        }
         if req.method != Method::Register && self.calls.owns(&req) {
             self.calls.on_in_dialog(key, from, req);
             return;
@@ -722,7 +726,23 @@ impl Core {
         None
     }
 
+    fn on_refer(&mut self, key: TxnKey, from: Remote, req: Request) {
+        let local = self.local_of(&from);
+        self.with_switch(local, |calls, cx| calls.on_refer(cx, key, from, req));
+    }
+
     fn on_invite(&mut self, key: TxnKey, from: Remote, req: Request, local: SocketAddr) {
+        self.with_switch(local, |calls, cx| calls.on_invite(cx, key, from, req));
+        self.sync_auth_counters();
+    }
+
+    /// Lends the switch what it needs of the core (transactions, registrar, accounts,
+    /// addresses) for one dialog-creating request; `local` is the gateway's address on its flow.
+    fn with_switch(
+        &mut self,
+        local: SocketAddr,
+        f: impl FnOnce(&mut crate::calls::Switch, crate::calls::InviteCx<'_>),
+    ) {
         let accounts = self.accounts.clone();
         let (udp, flows) = (&self.udp, &self.flows);
         let local_of = |r: &Remote| local_for(udp, flows, r);
@@ -734,8 +754,7 @@ impl Core {
             local,
             local_of: &local_of,
         };
-        self.calls.on_invite(cx, key, from, req);
-        self.sync_auth_counters();
+        f(&mut self.calls, cx);
     }
 
     fn sync_auth_counters(&mut self) {
