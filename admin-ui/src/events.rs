@@ -27,6 +27,8 @@ pub struct Feed {
     pub calls: RwSignal<u64>,
     /// Bumped on every configuration change.
     pub config: RwSignal<u64>,
+    /// Bumped on every change of a user.
+    pub users: RwSignal<u64>,
     /// Bumped on every policy event.
     pub policies: RwSignal<u64>,
     /// Whether the stream is open.
@@ -45,6 +47,7 @@ impl Feed {
             registrations: RwSignal::new(0),
             calls: RwSignal::new(0),
             config: RwSignal::new(0),
+            users: RwSignal::new(0),
             policies: RwSignal::new(0),
             connected: RwSignal::new(false),
             recent: RwSignal::new(Vec::new()),
@@ -54,7 +57,13 @@ impl Feed {
     fn deliver(&self, event: Event) {
         if event.kind == "lagged" {
             // Events were lost: everything may have moved.
-            for c in [self.registrations, self.calls, self.config, self.policies] {
+            for c in [
+                self.registrations,
+                self.calls,
+                self.config,
+                self.users,
+                self.policies,
+            ] {
                 c.update(|n| *n += 1);
             }
         }
@@ -62,6 +71,7 @@ impl Feed {
             "registration" => Some(self.registrations),
             "call" => Some(self.calls),
             "config" => Some(self.config),
+            "user" => Some(self.users),
             "policy" => Some(self.policies),
             _ => None,
         };

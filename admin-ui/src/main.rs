@@ -55,6 +55,8 @@ const PAGES: &[(&str, &str)] = &[
     ("/config", "Configuration"),
     ("/trusted-ips", "Trusted IPs"),
     ("/registrations", "Registrations"),
+    ("/users", "Users"),
+    ("/audit", "Audit log"),
 ];
 
 #[component]
@@ -113,6 +115,8 @@ fn App() -> impl IntoView {
             "/config" => view! { <pages::Config /> }.into_any(),
             "/trusted-ips" => view! { <pages::TrustedIps /> }.into_any(),
             "/registrations" => view! { <pages::Registrations /> }.into_any(),
+            "/users" => view! { <pages::Users /> }.into_any(),
+            "/audit" => view! { <pages::Audit /> }.into_any(),
             "/" => view! { <pages::Dashboard /> }.into_any(),
             _ => view! { <p role="alert">"No page at " {path}</p> }.into_any(),
         }

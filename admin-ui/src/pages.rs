@@ -1,5 +1,5 @@
-//! The pages: sign-in and its callback, the dashboard, the configuration editor, trusted IPs and
-//! registrations. Each loads from the REST API and reloads when the event feed says its data
+//! The pages: sign-in and its callback, the dashboard, the configuration editor, trusted IPs,
+//! registrations, users (SIP accounts) and the audit log. Each loads from the REST API and reloads when the event feed says its data
 //! moved.
 
 use leptos::prelude::*;
@@ -25,6 +25,24 @@ where
         }
     });
     out
+}
+
+/// What an action came to: a confirmation, or an error read out by screen readers.
+fn outcome(result: Option<Result<String, String>>) -> AnyView {
+    match result {
+        Some(Ok(m)) => view! { <span class="ok">{m}</span> }.into_any(),
+        Some(Err(m)) => view! { <span class="error" role="alert">{m}</span> }.into_any(),
+        None => ().into_any(),
+    }
+}
+
+/// A table's header row.
+fn head(columns: &'static [&'static str]) -> impl IntoView {
+    view! {
+        <thead><tr>
+            {columns.iter().map(|c| view! { <th scope="col">{*c}</th> }).collect_view()}
+        </tr></thead>
+    }
 }
 
 /// An error line, read by screen readers.
@@ -437,11 +455,7 @@ fn Leaf(server: RwSignal<String>, info: Value, value: Memo<Option<Value>>) -> im
                     <button type="submit">"Save"</button>
                 </form>
             </td>
-            <td class="status" aria-live="polite">{move || match status.get() {
-                Some(Ok(m)) => view! { <span class="ok">{m}</span> }.into_any(),
-                Some(Err(m)) => view! { <span class="error" role="alert">{m}</span> }.into_any(),
-                None => ().into_any(),
-            }}</td>
+            <td class="status" aria-live="polite">{move || outcome(status.get())}</td>
         </tr>
     }
 }
@@ -561,12 +575,7 @@ pub fn Registrations() -> impl IntoView {
                 view! {
                     <p id="registration-count">{format!("{} registration(s)", rows.len())}</p>
                     <div class="scroll"><table id="registrations">
-                        <thead><tr>
-                            <th scope="col">"Address of record"</th><th scope="col">"Contact"</th>
-                            <th scope="col">"Server"</th><th scope="col">"Transport"</th>
-                            <th scope="col">"Source"</th><th scope="col">"User agent"</th>
-                            <th scope="col">"Expires"</th>
-                        </tr></thead>
+                        {head(&["Address of record", "Contact", "Server", "Transport", "Source", "User agent", "Expires"])}
                         <tbody>
                             {rows.into_iter().map(|r| view! {
                                 <tr>
@@ -580,6 +589,177 @@ pub fn Registrations() -> impl IntoView {
                     </table></div>
                 }.into_any()
             }
+        }}
+    }
+}
+
+/// A JSON field as text (`""` when absent or null).
+fn text_of(v: &Value, k: &str) -> String {
+    match v.get(k) {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+    }
+}
+
+#[component]
+pub fn Users() -> impl IntoView {
+    let feed = shell().feed;
+    let reload = RwSignal::new(0u32);
+    let list = load::<Vec<Value>>(
+        || Some("/api/users".into()),
+        move || {
+            feed.users.track();
+            reload.track();
+        },
+    );
+    let (username, password, display) = (
+        RwSignal::new(String::new()),
+        RwSignal::new(String::new()),
+        RwSignal::new(String::new()),
+    );
+    let users = move || match list.get() {
+        Some(Ok(l)) => l,
+        _ => Vec::new(),
+    };
+    let message = RwSignal::new(None::<Result<String, String>>);
+    let create = move |ev: leptos::ev::SubmitEvent| {
+        ev.prevent_default();
+        let name = username.get_untracked().trim().to_owned();
+        let mut body =
+            serde_json::json!({ "username": name, "password": password.get_untracked() });
+        let shown = display.get_untracked().trim().to_owned();
+        if !shown.is_empty() {
+            body["display_name"] = Value::from(shown);
+        }
+        leptos::task::spawn_local(async move {
+            match api::call("POST", "/api/users", Some(&body)).await {
+                Ok(_) => {
+                    message.set(Some(Ok(format!("Created {name}."))));
+                    for f in [username, password, display] {
+                        f.set(String::new());
+                    }
+                }
+                Err(e) => message.set(Some(Err(e.to_string()))),
+            }
+            reload.update(|n| *n += 1);
+        });
+    };
+    view! {
+        <h2>"Users"</h2>
+        <p>"SIP accounts: a phone registers with the username and password in the account's domain."</p>
+        <form on:submit=create class="inline" aria-label="New SIP account">
+            <label for="new-username">"Username"</label>
+            <input id="new-username" type="text" autocomplete="off" required
+                prop:value=move || username.get() on:input=move |ev| username.set(event_target_value(&ev)) />
+            <label for="new-password">"Password"</label>
+            <input id="new-password" type="password" autocomplete="new-password" required
+                prop:value=move || password.get() on:input=move |ev| password.set(event_target_value(&ev)) />
+            <label for="new-display">"Display name"</label>
+            <input id="new-display" type="text"
+                prop:value=move || display.get() on:input=move |ev| display.set(event_target_value(&ev)) />
+            <button type="submit">"Create"</button>
+        </form>
+        <p aria-live="polite">{move || outcome(message.get())}</p>
+        {move || list.with(|l| match l {
+            None => view! { <p>"Loading…"</p> }.into_any(),
+            Some(Err(e)) => error_line(e),
+            Some(Ok(l)) => view! { <p>{format!("{} user(s)", l.len())}</p> }.into_any(),
+        })}
+        <div class="scroll"><table id="users">
+            {head(&["Username", "Domain", "Display name", "Phone number", "Enabled", "Activated for Teams", "New password"])}
+            <tbody>
+                // Keyed by the whole user: a reload keeps the rows (and what their forms say)
+                // of the users that did not change.
+                <For each=users key=|u: &Value| u.to_string()
+                    children=|u| view! { <UserRow user=u /> } />
+            </tbody>
+        </table></div>
+    }
+}
+
+/// One user, with a form that sets a new password (`PATCH /api/users/{id}`).
+#[component]
+fn UserRow(user: Value) -> impl IntoView {
+    let id = text_of(&user, "id");
+    let name = text_of(&user, "username");
+    let yes_no = |k: &str| {
+        if user.get(k).and_then(Value::as_bool).unwrap_or(false) {
+            "yes"
+        } else {
+            "no"
+        }
+    };
+    let password = RwSignal::new(String::new());
+    let status = RwSignal::new(None::<Result<String, String>>);
+    let input_id = format!("password-{name}");
+    let reset = move |ev: leptos::ev::SubmitEvent| {
+        ev.prevent_default();
+        let url = format!("/api/users/{}", api::encode(&id));
+        let body = serde_json::json!({ "password": password.get_untracked() });
+        leptos::task::spawn_local(async move {
+            status.set(Some(match api::call("PATCH", &url, Some(&body)).await {
+                Ok(_) => {
+                    password.set(String::new());
+                    Ok("Password set.".into())
+                }
+                Err(e) => Err(e.to_string()),
+            }));
+        });
+    };
+    view! {
+        <tr data-user=name.clone()>
+            <td>{name.clone()}</td><td>{text_of(&user, "domain")}</td>
+            <td>{text_of(&user, "display_name")}</td><td>{text_of(&user, "phone_number")}</td>
+            <td>{yes_no("enabled")}</td><td>{yes_no("activated")}</td>
+            <td>
+                <form on:submit=reset class="leaf">
+                    <label for=input_id.clone() class="visually-hidden">{format!("New password for {name}")}</label>
+                    <input id=input_id type="password" autocomplete="new-password" required
+                        prop:value=move || password.get() on:input=move |ev| password.set(event_target_value(&ev)) />
+                    <button type="submit">"Set"</button>
+                </form>
+                <span aria-live="polite">{move || outcome(status.get())}</span>
+            </td>
+        </tr>
+    }
+}
+
+#[component]
+pub fn Audit() -> impl IntoView {
+    let feed = shell().feed;
+    let list = load::<Vec<Value>>(
+        || Some("/api/audit?limit=100".into()),
+        move || {
+            feed.config.track();
+            feed.users.track();
+            feed.policies.track();
+        },
+    );
+    let json = |v: &Value, k: &str| match v.get(k) {
+        None | Some(Value::Null) => String::new(),
+        Some(x) => x.to_string(),
+    };
+    view! {
+        <h2>"Audit log"</h2>
+        <p>"Every admin change, newest first (secrets show as ***)."</p>
+        {move || match list.get() {
+            None => view! { <p>"Loading…"</p> }.into_any(),
+            Some(Err(e)) => error_line(&e),
+            Some(Ok(l)) => view! {
+                <div class="scroll"><table id="audit">
+                    {head(&["When", "Who", "What", "Target", "Before", "After"])}
+                    <tbody>
+                        {l.into_iter().map(|e| view! {
+                            <tr>
+                                <td>{text_of(&e, "at")}</td><td>{text_of(&e, "actor")}</td>
+                                <td>{text_of(&e, "action")}</td><td>{text_of(&e, "target")}</td>
+                                <td><code>{json(&e, "old")}</code></td><td><code>{json(&e, "new")}</code></td>
+                            </tr>
+                        }).collect_view()}
+                    </tbody>
+                </table></div>
+            }.into_any(),
         }}
     }
 }

@@ -1,11 +1,13 @@
 // Drives the csps web console in Debian's Chromium (playwright-core) as an admin would:
 // sign in through the test IdP (idp.mjs), change a global leaf and see it on the server's entry,
-// add a trusted IP, and watch a registration appear without reloading. Saves a screenshot per
-// step into --screens. Talks to 127.0.0.1 only: every other request is aborted.
+// add a trusted IP, create the phone's SIP account and set a new password for it, find the
+// changes in the audit log, and watch the phone's registration appear without reloading. Saves a
+// screenshot per step into --screens. Talks to 127.0.0.1 only: every other request is aborted.
 //
-// usage: node console.mjs --gateway http://127.0.0.1:P --server NAME --user U --screens DIR
+// usage: node console.mjs --gateway http://127.0.0.1:P --server NAME --user U --password P --screens DIR
 // Prints `await-registration` when the registrations page is open (the caller then registers
-// user U), and last one JSON line `{"ok":true,"first_load_ms":…}`. Exit code 0 only on success.
+// user U with password P), and last one JSON line `{"ok":true,"first_load_ms":…}`. Exit code 0
+// only on success.
 import fs from 'node:fs';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
@@ -84,6 +86,26 @@ try {
   await page.locator('#trusted-list').getByText('10.20.0.0/16').waitFor();
   await shot('05-trusted-ips');
 
+  step('create the SIP account, then give it a new password');
+  await page.getByRole('link', { name: 'Users' }).click();
+  await page.getByLabel('Username').fill(args.user);
+  await page.getByLabel('Password', { exact: true }).fill('first-password-1');
+  await page.getByLabel('Display name').fill('Console Bob');
+  await page.getByRole('button', { name: 'Create' }).click();
+  await page.getByText(`Created ${args.user}.`).waitFor();
+  const row = page.locator(`#users tr[data-user="${args.user}"]`);
+  await row.getByText('Console Bob').waitFor();
+  await row.getByLabel(`New password for ${args.user}`).fill(args.password);
+  await row.getByRole('button', { name: 'Set' }).click();
+  await row.getByText('Password set.').waitFor();
+  await shot('06-users');
+
+  step('the audit log names the signed-in admin');
+  await page.getByRole('link', { name: 'Audit log' }).click();
+  await page.locator('#audit tr').filter({ hasText: 'admin@contoso.test' })
+    .filter({ hasText: 'Data.SipConfig.MaxExpires' }).first().waitFor();
+  await shot('07-audit');
+
   step('watch a registration appear');
   await page.getByRole('link', { name: 'Registrations' }).click();
   await page.locator('#registration-count').waitFor();
@@ -96,13 +118,13 @@ try {
   // The history API changes no document: a reload would show up as a navigation here.
   result.reloads = navigations.length;
   if (navigations.length !== 0) throw new Error(`the page was reloaded: ${navigations}`);
-  await shot('06-registrations');
+  await shot('08-registrations');
 
   step('phone-sized screen');
   await page.setViewportSize({ width: 390, height: 844 });
   await page.getByRole('link', { name: 'Configuration' }).click();
   await page.locator('#leaf-Data-SipConfig-MaxExpires').waitFor();
-  await shot('07-phone-config');
+  await shot('09-phone-config');
   ok = true;
 } catch (e) {
   result.error = String(e && e.stack ? e.stack : e);

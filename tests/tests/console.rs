@@ -2,7 +2,9 @@
 //! node `oidc-provider` (e2e/console/idp.mjs) stands in for Entra ID, and Playwright drives
 //! Debian's Chromium (e2e/console/console.mjs): an admin signs in with the authorization-code
 //! flow and PKCE, changes a global leaf and sees it on the server's entry, sees a 422 message,
-//! adds a trusted IP, and watches a SIPp phone's registration (digest) appear without a reload.
+//! adds a trusted IP, creates the phone's SIP account and sets a new password for it, finds its
+//! changes in the audit log, and watches a SIPp phone's registration (digest, with the password
+//! set in the console) appear without a reload.
 //! Screenshots land in `<target>/tmp/console/`. Prints the first load time.
 
 use std::io::{BufRead, BufReader};
@@ -94,7 +96,6 @@ fn admin_signs_in_edits_configuration_and_sees_a_registration_live() {
         );
         assert_eq!(r.status, 200, "{leaf}: {}", r.body);
     }
-    gw.create_user("console-bob", "secret-cb");
 
     let screens = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console");
     let mut driver = Killed(
@@ -110,6 +111,8 @@ fn admin_signs_in_edits_configuration_and_sees_a_registration_live() {
             .args([
                 "--user",
                 "console-bob",
+                "--password",
+                "secret-cb",
                 "--screens",
                 &screens.display().to_string(),
             ])
@@ -126,7 +129,8 @@ fn admin_signs_in_edits_configuration_and_sees_a_registration_live() {
         let line = line.expect("driver output");
         assert!(Instant::now() < deadline, "the browser test took too long");
         if line == "await-registration" {
-            // The page is open; the phone registers now (digest: 401, then 200).
+            // The page is open; the phone registers now (digest: 401, then 200) with the
+            // password the console set (the account was created with another one).
             let reg = Sipp::new("register.xml", gw.sip_addr())
                 .key("user", "console-bob")
                 .key("domain", "csps.local")
@@ -158,6 +162,13 @@ fn admin_signs_in_edits_configuration_and_sees_a_registration_live() {
         None,
     );
     assert_eq!(r.json(), serde_json::json!(1700));
+    let users = gw.api("GET", "/api/users", None).json();
+    assert!(
+        users.as_array().is_some_and(|l| l
+            .iter()
+            .any(|u| u["username"] == "console-bob" && u["display_name"] == "Console Bob")),
+        "the account created in the console: {users}"
+    );
     let r = gw.api("GET", &format!("/api/config/{server}/trusted-ips"), None);
     assert!(r.body.contains("10.20.0.0/16"), "{}", r.body);
     let audit = gw.api("GET", "/api/audit?limit=20", None).body;
