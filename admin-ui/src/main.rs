@@ -55,6 +55,7 @@ const PAGES: &[(&str, &str)] = &[
     ("/config", "Configuration"),
     ("/trusted-ips", "Trusted IPs"),
     ("/registrations", "Registrations"),
+    ("/calls", "Calls"),
     ("/users", "Users"),
     ("/audit", "Audit log"),
 ];
@@ -115,6 +116,7 @@ fn App() -> impl IntoView {
             "/config" => view! { <pages::Config /> }.into_any(),
             "/trusted-ips" => view! { <pages::TrustedIps /> }.into_any(),
             "/registrations" => view! { <pages::Registrations /> }.into_any(),
+            "/calls" => view! { <pages::Calls /> }.into_any(),
             "/users" => view! { <pages::Users /> }.into_any(),
             "/audit" => view! { <pages::Audit /> }.into_any(),
             "/" => view! { <pages::Dashboard /> }.into_any(),

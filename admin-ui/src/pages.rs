@@ -1,5 +1,5 @@
 //! The pages: sign-in and its callback, the dashboard, the configuration editor, trusted IPs,
-//! registrations, users (SIP accounts) and the audit log. Each loads from the REST API and reloads when the event feed says its data
+//! registrations, active calls, users (SIP accounts) and the audit log. Each loads from the REST API and reloads when the event feed says its data
 //! moved.
 
 use leptos::prelude::*;
@@ -756,6 +756,63 @@ pub fn Audit() -> impl IntoView {
                                 <td>{text_of(&e, "action")}</td><td>{text_of(&e, "target")}</td>
                                 <td><code>{json(&e, "old")}</code></td><td><code>{json(&e, "new")}</code></td>
                             </tr>
+                        }).collect_view()}
+                    </tbody>
+                </table></div>
+            }.into_any(),
+        }}
+    }
+}
+
+#[component]
+pub fn Calls() -> impl IntoView {
+    let feed = shell().feed;
+    let reload = RwSignal::new(0u32);
+    let list = load::<Vec<Value>>(
+        || Some("/api/calls".into()),
+        move || {
+            feed.calls.track();
+            reload.track();
+        },
+    );
+    let message = RwSignal::new(None::<Result<String, String>>);
+    let hang_up = move |id: String| {
+        let url = format!("/api/calls/{}", api::encode(&id));
+        leptos::task::spawn_local(async move {
+            message.set(Some(match api::call("DELETE", &url, None).await {
+                Ok(_) => Ok(format!("Call {id}: hanging up.")),
+                Err(e) => Err(e.to_string()),
+            }));
+            reload.update(|n| *n += 1);
+        });
+    };
+    // The party of leg `i` (the caller's leg first).
+    let party = |c: &Value, i: usize| text_of(&c["legs"][i], "party");
+    view! {
+        <h2>"Active calls"</h2>
+        <p>"The calls running on this server; hanging up sends BYE to both phones."</p>
+        <p aria-live="polite">{move || outcome(message.get())}</p>
+        {move || match list.get() {
+            None => view! { <p>"Loading…"</p> }.into_any(),
+            Some(Err(e)) => error_line(&e),
+            Some(Ok(l)) if l.is_empty() => view! { <p id="no-calls">"No calls right now."</p> }.into_any(),
+            Some(Ok(l)) => view! {
+                <div class="scroll"><table id="calls">
+                    {head(&["Call", "State", "Caller", "Callee", "Started", ""])}
+                    <tbody>
+                        {l.into_iter().map(|c| {
+                            let id = text_of(&c, "id");
+                            let label = format!("Hang up call {id}");
+                            let target = id.clone();
+                            view! {
+                                <tr>
+                                    <td>{id}</td><td>{text_of(&c, "state")}</td>
+                                    <td>{party(&c, 0)}</td><td>{party(&c, 1)}</td>
+                                    <td>{text_of(&c, "started_at")}</td>
+                                    <td><button type="button" aria-label=label
+                                        on:click=move |_| hang_up(target.clone())>"Hang up"</button></td>
+                                </tr>
+                            }
                         }).collect_view()}
                     </tbody>
                 </table></div>

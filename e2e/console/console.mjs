@@ -1,12 +1,13 @@
 // Drives the csps web console in Debian's Chromium (playwright-core) as an admin would:
 // sign in through the test IdP (idp.mjs), change a global leaf and see it on the server's entry,
 // add a trusted IP, create the phone's SIP account and set a new password for it, find the
-// changes in the audit log, and watch the phone's registration appear without reloading. Saves a
-// screenshot per step into --screens. Talks to 127.0.0.1 only: every other request is aborted.
+// changes in the audit log, watch the phone's registration appear and then a call, and hang the
+// call up, all without reloading. Saves a screenshot per step into --screens. Talks to 127.0.0.1 only: every other request is aborted.
 //
 // usage: node console.mjs --gateway http://127.0.0.1:P --server NAME --user U --password P --screens DIR
 // Prints `await-registration` when the registrations page is open (the caller then registers
-// user U with password P), and last one JSON line `{"ok":true,"first_load_ms":…}`. Exit code 0
+// user U with password P), `await-call` when the calls page is open (the caller then starts a
+// call that only ends with the gateway's BYE), and last one JSON line `{"ok":true,"first_load_ms":…}`. Exit code 0
 // only on success.
 import fs from 'node:fs';
 import path from 'node:path';
@@ -109,22 +110,35 @@ try {
   step('watch a registration appear');
   await page.getByRole('link', { name: 'Registrations' }).click();
   await page.locator('#registration-count').waitFor();
-  const navigations = [];
-  page.on('framenavigated', (f) => { if (f === page.mainFrame()) navigations.push(f.url()); });
+  // A document load means a reload (the console's own links only change the history).
+  const loads = [];
+  page.on('load', () => loads.push(page.url()));
   console.log('await-registration');
   // The address-of-record cell (the contact cell reads `<sip:user@host:port…>`).
   await page.locator('#registrations td').filter({ hasText: new RegExp(`^sip:${args.user}@`) })
     .waitFor({ timeout: 30000 });
   // The history API changes no document: a reload would show up as a navigation here.
-  result.reloads = navigations.length;
-  if (navigations.length !== 0) throw new Error(`the page was reloaded: ${navigations}`);
+  result.reloads = loads.length;
+  if (loads.length !== 0) throw new Error(`the page was reloaded: ${loads}`);
   await shot('08-registrations');
+
+  step('watch a call appear, then hang it up');
+  await page.getByRole('link', { name: 'Calls' }).click();
+  await page.locator('#no-calls').waitFor();
+  console.log('await-call');
+  const call = page.locator('#calls tr').filter({ hasText: 'answered' });
+  await call.waitFor({ timeout: 30000 });
+  await shot('09-calls');
+  await call.getByRole('button', { name: /^Hang up call / }).click();
+  await page.locator('#no-calls').waitFor();
+  result.reloads = loads.length;
+  if (loads.length !== 0) throw new Error(`the page was reloaded: ${loads}`);
 
   step('phone-sized screen');
   await page.setViewportSize({ width: 390, height: 844 });
   await page.getByRole('link', { name: 'Configuration' }).click();
   await page.locator('#leaf-Data-SipConfig-MaxExpires').waitFor();
-  await shot('09-phone-config');
+  await shot('10-phone-config');
   ok = true;
 } catch (e) {
   result.error = String(e && e.stack ? e.stack : e);

@@ -4,7 +4,8 @@
 //! flow and PKCE, changes a global leaf and sees it on the server's entry, sees a 422 message,
 //! adds a trusted IP, creates the phone's SIP account and sets a new password for it, finds its
 //! changes in the audit log, and watches a SIPp phone's registration (digest, with the password
-//! set in the console) appear without a reload.
+//! set in the console) appear without a reload, then a call between two SIPp phones, which the
+//! admin hangs up there (both phones get the gateway's BYE).
 //! Screenshots land in `<target>/tmp/console/`. Prints the first load time.
 
 use std::io::{BufRead, BufReader};
@@ -125,6 +126,7 @@ fn admin_signs_in_edits_configuration_and_sees_a_registration_live() {
     let out = BufReader::new(driver.0.stdout.take().expect("driver stdout"));
     let deadline = Instant::now() + Duration::from_secs(180);
     let mut result = serde_json::Value::Null;
+    let mut phones = Vec::new();
     for line in out.lines() {
         let line = line.expect("driver output");
         assert!(Instant::now() < deadline, "the browser test took too long");
@@ -139,6 +141,27 @@ fn admin_signs_in_edits_configuration_and_sees_a_registration_live() {
                 .timeout(Duration::from_secs(10))
                 .run();
             assert!(reg.ok(), "console-bob did not register:\n{}", reg.output);
+        } else if line == "await-call" {
+            // A call the console shows and hangs up: consolealice calls consolecarol; both
+            // SIPp phones then expect the gateway's BYE.
+            gw.create_user("consolealice", "secret-ca");
+            gw.create_user("consolecarol", "secret-cc");
+            let callee = Sipp::callee(
+                "uas_answer.xml",
+                gw.sip_addr(),
+                ("consolecarol", "secret-cc"),
+                "csps.local",
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+            let caller = Sipp::caller(
+                "uac_hung_up.xml",
+                gw.sip_addr(),
+                ("consolealice", "secret-ca"),
+                "consolecarol",
+                "csps.local",
+            );
+            phones.push(std::thread::spawn(move || callee.run()));
+            phones.push(std::thread::spawn(move || caller.run()));
         } else if line.starts_with('{') {
             result = serde_json::from_str(&line).unwrap_or(serde_json::Value::Null);
         }
@@ -149,6 +172,15 @@ fn admin_signs_in_edits_configuration_and_sees_a_registration_live() {
         "console test failed ({status}): {result:#}\nscreenshots in {}",
         screens.display()
     );
+    for phone in phones {
+        let run = phone.join().expect("SIPp thread");
+        assert!(
+            run.ok(),
+            "a phone of the hung-up call failed:\n{}\n--- gateway ---\n{}",
+            run.output,
+            gw.log_tail(40)
+        );
+    }
     assert!(
         result["validation_message"]
             .as_str()
