@@ -818,5 +818,121 @@ pub fn Calls() -> impl IntoView {
                 </table></div>
             }.into_any(),
         }}
+        <RecentCalls />
+    }
+}
+
+/// The recent ended calls (`GET /api/calls/history`), each with its SIP ladder on demand.
+#[component]
+fn RecentCalls() -> impl IntoView {
+    let feed = shell().feed;
+    let history = load::<Vec<Value>>(
+        || Some("/api/calls/history".into()),
+        move || feed.calls.track(),
+    );
+    let shown = RwSignal::new(None::<String>);
+    view! {
+        <h3>"Recent calls"</h3>
+        {move || match history.get() {
+            None => view! { <p>"Loading…"</p> }.into_any(),
+            Some(Err(e)) => error_line(&e),
+            Some(Ok(l)) if l.is_empty() => view! { <p>"No ended calls yet."</p> }.into_any(),
+            Some(Ok(l)) => view! {
+                <div class="scroll"><table id="history">
+                    {head(&["Call", "Caller", "Callee", "Started", "Status", "End", ""])}
+                    <tbody>
+                        {l.into_iter().map(|c| {
+                            let id = text_of(&c, "id");
+                            let label = format!("SIP ladder of call {id}");
+                            let target = id.clone();
+                            view! {
+                                <tr>
+                                    <td>{id}</td><td>{text_of(&c, "caller")}</td>
+                                    <td>{text_of(&c, "callee")}</td><td>{text_of(&c, "started_at")}</td>
+                                    <td>{text_of(&c, "status")}</td><td>{text_of(&c, "end_reason")}</td>
+                                    <td><button type="button" aria-label=label
+                                        on:click=move |_| shown.set(Some(target.clone()))>"Ladder"</button></td>
+                                </tr>
+                            }
+                        }).collect_view()}
+                    </tbody>
+                </table></div>
+            }.into_any(),
+        }}
+        {move || shown.get().map(|id| view! { <Ladder id=id /> })}
+    }
+}
+
+/// A call's SIP ladder: caller, gateway and callee as three lanes, one row per message in the
+/// order the gateway received or sent it (`GET /api/calls/{id}/messages`); each row opens to the
+/// whole message.
+#[component]
+fn Ladder(id: String) -> impl IntoView {
+    let path = format!("/api/calls/{}/messages", api::encode(&id));
+    let messages = load::<Vec<Value>>(move || Some(path.clone()), || ());
+    view! {
+        <section aria-labelledby="ladder-title">
+            <h3 id="ladder-title">{format!("SIP ladder of call {id}")}</h3>
+            {move || match messages.get() {
+                None => view! { <p>"Loading…"</p> }.into_any(),
+                Some(Err(e)) => error_line(&e),
+                Some(Ok(l)) => view! {
+                    <div class="scroll"><table id="ladder" class="ladder">
+                        {head(&["Time", "Caller", "", "Gateway", "", "Callee"])}
+                        <tbody>
+                            {l.into_iter().map(|m| view! { <LadderRow message=m /> }).collect_view()}
+                        </tbody>
+                    </table></div>
+                }.into_any(),
+            }}
+        </section>
+    }
+}
+
+/// One message of the ladder: an arrow in the caller–gateway lane (leg `a`) or the
+/// gateway–callee lane (leg `b`), pointing the way it went.
+#[component]
+fn LadderRow(message: Value) -> impl IntoView {
+    let leg = text_of(&message, "leg");
+    let inbound = text_of(&message, "direction") == "in";
+    let label = {
+        let status = text_of(&message, "status");
+        let method = text_of(&message, "method");
+        if status.is_empty() {
+            method
+        } else {
+            format!("{status} ({method})")
+        }
+    };
+    // Leg a: in = caller → gateway; leg b: in = callee → gateway.
+    let rightward = (leg == "a") == inbound;
+    let text = if rightward {
+        format!("{label} →")
+    } else {
+        format!("← {label}")
+    };
+    let arrow = view! {
+        <td class=if rightward { "arrow right" } else { "arrow left" }>
+            <details><summary>{text}</summary><pre>{text_of(&message, "text")}</pre></details>
+        </td>
+    }
+    .into_any();
+    let empty = view! { <td></td> }.into_any();
+    let (caller_side, callee_side) = if leg == "a" {
+        (arrow, empty)
+    } else {
+        (empty, arrow)
+    };
+    let time = text_of(&message, "at");
+    let time = time.get(11..23).unwrap_or(&time).to_owned();
+    view! {
+        <tr data-leg=leg>
+            <td><code>{time}</code></td>
+            <td class="lane"></td>
+            {caller_side}
+            <td class="lane"></td>
+            {callee_side}
+            <td class="lane"></td>
+        </tr>
     }
 }

@@ -1,8 +1,9 @@
 // Drives the csps web console in Debian's Chromium (playwright-core) as an admin would:
 // sign in through the test IdP (idp.mjs), change a global leaf and see it on the server's entry,
 // add a trusted IP, create the phone's SIP account and set a new password for it, find the
-// changes in the audit log, watch the phone's registration appear and then a call, and hang the
-// call up, all without reloading. Saves a screenshot per step into --screens. Talks to 127.0.0.1 only: every other request is aborted.
+// changes in the audit log, watch the phone's registration appear and then a call, hang the call
+// up and open its SIP ladder, all without reloading. Saves a screenshot per step into --screens.
+// Talks to 127.0.0.1 only: every other request is aborted.
 //
 // usage: node console.mjs --gateway http://127.0.0.1:P --server NAME --user U --password P --screens DIR
 // Prints `await-registration` when the registrations page is open (the caller then registers
@@ -131,6 +132,17 @@ try {
   await shot('09-calls');
   await call.getByRole('button', { name: /^Hang up call / }).click();
   await page.locator('#no-calls').waitFor();
+  step("open the ended call's SIP ladder");
+  await page.locator('#history tr').filter({ hasText: 'admin_hang_up' }).first()
+    .getByRole('button', { name: /^SIP ladder of call / }).click();
+  const ladder = page.locator('#ladder');
+  // The caller's INVITE in, the callee's leg set up, and the BYE the gateway sent each phone.
+  await ladder.locator('tr[data-leg="a"]').filter({ hasText: 'INVITE →' }).first().waitFor();
+  await ladder.locator('tr[data-leg="b"]').filter({ hasText: 'INVITE →' }).first().waitFor();
+  await ladder.locator('tr[data-leg="a"]').filter({ hasText: '← BYE' }).first().waitFor();
+  await ladder.locator('tr[data-leg="b"]').filter({ hasText: 'BYE →' }).first().waitFor();
+  result.ladder_rows = await ladder.locator('tbody tr').count();
+  await shot('10-ladder');
   result.reloads = loads.length;
   if (loads.length !== 0) throw new Error(`the page was reloaded: ${loads}`);
 
@@ -138,7 +150,7 @@ try {
   await page.setViewportSize({ width: 390, height: 844 });
   await page.getByRole('link', { name: 'Configuration' }).click();
   await page.locator('#leaf-Data-SipConfig-MaxExpires').waitFor();
-  await shot('10-phone-config');
+  await shot('11-phone-config');
   ok = true;
 } catch (e) {
   result.error = String(e && e.stack ? e.stack : e);
