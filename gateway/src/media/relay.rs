@@ -1,17 +1,50 @@
 //! The socket side of a call's media: two RTP/RTCP socket pairs (one facing each leg), packets
 //! passed from one leg to the other unchanged. The call task owns it and awaits
 //! [`Relay::forward`] in its `select!`; nothing here is shared with another task.
+//!
+//! Each wake-up reads what is queued on the ready socket with one `recvmmsg` (one packet per
+//! 20 ms is the common case): a short read means the queue was empty, so the readiness is
+//! cleared without the extra `recvfrom` that would only answer `EAGAIN` — that call was a third
+//! of the relay's receive syscalls. The receive buffers are one per worker thread, not per call.
 
-use std::net::{IpAddr, SocketAddr};
+use std::cell::RefCell;
+use std::io::IoSliceMut;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
 
-use tokio::net::UdpSocket;
+use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg};
+
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
 
 use super::{Latch, LegCounters, is_rtp_v2};
 
-/// One leg's side of the relay.
+/// Datagrams read per `recvmmsg`.
+const BATCH: usize = 16;
+/// Longest datagram read whole (longer ones arrive truncated, as with a 2 KiB `recvfrom`).
+const MAX_DATAGRAM: usize = 2048;
+
+/// One leg's sockets (readiness registered with the runtime; sends go straight out).
+struct Sockets {
+    rtp: AsyncFd<UdpSocket>,
+    rtcp: AsyncFd<UdpSocket>,
+}
+
+impl Sockets {
+    // `AsyncFd::with_interest` is deprecated because a wrapped type could change the fd it
+    // reports; a std `UdpSocket` owns its fd for its whole life, so registering it is sound.
+    #[allow(deprecated)]
+    fn new(pair: (UdpSocket, UdpSocket)) -> std::io::Result<Sockets> {
+        Ok(Sockets {
+            rtp: AsyncFd::with_interest(pair.0, Interest::READABLE)?,
+            rtcp: AsyncFd::with_interest(pair.1, Interest::READABLE)?,
+        })
+    }
+}
+
+/// One leg's latching and counters.
+#[derive(Default)]
 struct Side {
-    rtp: UdpSocket,
-    rtcp: UdpSocket,
     latch: Latch,
     rtcp_latch: Latch,
     /// What this leg sent us.
@@ -19,20 +52,34 @@ struct Side {
 }
 
 impl Side {
-    fn new(pair: (std::net::UdpSocket, std::net::UdpSocket)) -> std::io::Result<Side> {
-        Ok(Side {
-            rtp: UdpSocket::from_std(pair.0)?,
-            rtcp: UdpSocket::from_std(pair.1)?,
-            latch: Latch::default(),
-            rtcp_latch: Latch::default(),
-            counters: LegCounters::default(),
-        })
-    }
-
     fn expect(&mut self, sdp: Option<SocketAddr>, signalling: IpAddr) {
         self.latch.expect(sdp, signalling);
         let rtcp = sdp.map(|a| SocketAddr::new(a.ip(), a.port().wrapping_add(1)));
         self.rtcp_latch.expect(rtcp, signalling);
+    }
+
+    /// Counts and checks one packet from this leg; the destination on the other leg if it goes on.
+    fn accept(&mut self, packet: &[u8], src: SocketAddr, rtcp: bool) -> bool {
+        if !is_rtp_v2(packet) {
+            self.counters.dropped_malformed += 1;
+            return false;
+        }
+        let latch = if rtcp {
+            &mut self.rtcp_latch
+        } else {
+            &mut self.latch
+        };
+        if !latch.accept(src) {
+            self.counters.dropped_unexpected += 1;
+            return false;
+        }
+        if rtcp {
+            self.counters.rtcp_packets += 1;
+        } else {
+            self.counters.rtp_packets += 1;
+            self.counters.rtp_bytes += packet.len() as u64;
+        }
+        true
     }
 }
 
@@ -45,34 +92,78 @@ enum Port {
     BRtcp,
 }
 
+/// Receive buffers of one `recvmmsg`, one set per worker thread (a call's `forward` never
+/// awaits while it holds them).
+struct Scratch {
+    bufs: Vec<[u8; MAX_DATAGRAM]>,
+    headers: MultiHeaders<SockaddrStorage>,
+    /// Length and source of each datagram of the last read.
+    got: Vec<(usize, Option<SocketAddr>)>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch {
+        bufs: vec![[0; MAX_DATAGRAM]; BATCH],
+        headers: MultiHeaders::preallocate(BATCH, None),
+        got: Vec::with_capacity(BATCH),
+    });
+}
+
+/// Reads up to [`BATCH`] datagrams without blocking into `s.bufs`, their lengths and sources
+/// into `s.got`; `WouldBlock` when none is queued.
+fn recv_batch(sock: &UdpSocket, s: &mut Scratch) -> std::io::Result<usize> {
+    let Scratch { bufs, headers, got } = s;
+    got.clear();
+    let mut iovs: Vec<[IoSliceMut<'_>; 1]> = bufs
+        .iter_mut()
+        .map(|b| [IoSliceMut::new(&mut b[..])])
+        .collect();
+    let results = recvmmsg(
+        sock.as_raw_fd(),
+        headers,
+        iovs.iter_mut(),
+        MsgFlags::MSG_DONTWAIT,
+        None,
+    )
+    .map_err(std::io::Error::from)?;
+    for r in results {
+        let src = r.address.and_then(|a: SockaddrStorage| {
+            a.as_sockaddr_in()
+                .map(|v4| SocketAddr::V4((*v4).into()))
+                .or_else(|| a.as_sockaddr_in6().map(|v6| SocketAddr::V6((*v6).into())))
+        });
+        got.push((r.bytes.min(MAX_DATAGRAM), src));
+    }
+    Ok(got.len())
+}
+
 /// The relay of one call.
 pub struct Relay {
+    a_socks: Sockets,
+    b_socks: Sockets,
     a: Side,
     b: Side,
-    buf: Vec<u8>,
 }
 
 impl Relay {
     /// A relay over two bound socket pairs (from [`super::PortPool::bind_pair`]).
-    pub fn new(
-        a: (std::net::UdpSocket, std::net::UdpSocket),
-        b: (std::net::UdpSocket, std::net::UdpSocket),
-    ) -> std::io::Result<Relay> {
+    pub fn new(a: (UdpSocket, UdpSocket), b: (UdpSocket, UdpSocket)) -> std::io::Result<Relay> {
         Ok(Relay {
-            a: Side::new(a)?,
-            b: Side::new(b)?,
-            buf: vec![0; 2048],
+            a_socks: Sockets::new(a)?,
+            b_socks: Sockets::new(b)?,
+            a: Side::default(),
+            b: Side::default(),
         })
     }
 
     /// The RTP address leg A is told to send to.
     pub fn addr_a(&self) -> std::io::Result<SocketAddr> {
-        self.a.rtp.local_addr()
+        self.a_socks.rtp.get_ref().local_addr()
     }
 
     /// The RTP address leg B is told to send to.
     pub fn addr_b(&self) -> std::io::Result<SocketAddr> {
-        self.b.rtp.local_addr()
+        self.b_socks.rtp.get_ref().local_addr()
     }
 
     /// Leg A's SDP address and signalling source.
@@ -102,54 +193,141 @@ impl Relay {
 
     /// Waits until a socket is readable, then forwards everything queued on it.
     pub async fn forward(&mut self) {
-        let port = tokio::select! {
-            Ok(()) = self.a.rtp.readable() => Port::ARtp,
-            Ok(()) = self.a.rtcp.readable() => Port::ARtcp,
-            Ok(()) = self.b.rtp.readable() => Port::BRtp,
-            Ok(()) = self.b.rtcp.readable() => Port::BRtcp,
+        let (port, mut guard) = tokio::select! {
+            Ok(g) = self.a_socks.rtp.readable() => (Port::ARtp, g),
+            Ok(g) = self.a_socks.rtcp.readable() => (Port::ARtcp, g),
+            Ok(g) = self.b_socks.rtp.readable() => (Port::BRtp, g),
+            Ok(g) = self.b_socks.rtcp.readable() => (Port::BRtcp, g),
+            // Only when the runtime is going away; the call task's other branches end the call.
+            else => std::future::pending().await,
         };
-        let (from, to, rtcp) = match port {
-            Port::ARtp => (&mut self.a, &mut self.b, false),
-            Port::ARtcp => (&mut self.a, &mut self.b, true),
-            Port::BRtp => (&mut self.b, &mut self.a, false),
-            Port::BRtcp => (&mut self.b, &mut self.a, true),
+        let (from, to, out, rtcp) = match port {
+            Port::ARtp => (&mut self.a, &self.b, &self.b_socks.rtp, false),
+            Port::ARtcp => (&mut self.a, &self.b, &self.b_socks.rtcp, true),
+            Port::BRtp => (&mut self.b, &self.a, &self.a_socks.rtp, false),
+            Port::BRtcp => (&mut self.b, &self.a, &self.a_socks.rtcp, true),
+        };
+        let dest = if rtcp {
+            to.rtcp_latch.destination()
+        } else {
+            to.latch.destination()
         };
         // Bounded so one flooded socket cannot starve the call's signalling.
-        for _ in 0..64 {
-            let sock = if rtcp { &from.rtcp } else { &from.rtp };
-            let (n, src) = match sock.try_recv_from(&mut self.buf) {
-                Ok(x) => x,
-                Err(_) => break,
-            };
-            let packet = &self.buf[..n];
-            if !is_rtp_v2(packet) {
-                from.counters.dropped_malformed += 1;
-                continue;
-            }
-            let latch = if rtcp {
-                &mut from.rtcp_latch
-            } else {
-                &mut from.latch
-            };
-            if !latch.accept(src) {
-                from.counters.dropped_unexpected += 1;
-                continue;
-            }
-            if rtcp {
-                from.counters.rtcp_packets += 1;
-            } else {
-                from.counters.rtp_packets += 1;
-                from.counters.rtp_bytes += n as u64;
-            }
-            let (out, dest) = if rtcp {
-                (&to.rtcp, to.rtcp_latch.destination())
-            } else {
-                (&to.rtp, to.latch.destination())
-            };
-            match dest {
-                Some(d) if out.try_send_to(packet, d).is_ok() => {}
-                _ => from.counters.dropped_unsent += 1,
+        for _ in 0..4 {
+            let read = SCRATCH.with_borrow_mut(|scratch| {
+                let n = match guard.try_io(|fd| recv_batch(fd.get_ref(), scratch)) {
+                    Ok(Ok(n)) => n,
+                    // WouldBlock (readiness already cleared) or an error queued on the socket
+                    // (an ICMP report): the next wake-up reads on.
+                    _ => return None,
+                };
+                for (buf, &(len, src)) in scratch.bufs.iter().zip(&scratch.got) {
+                    let packet = &buf[..len];
+                    let Some(src) = src else { continue };
+                    if !from.accept(packet, src, rtcp) {
+                        continue;
+                    }
+                    match dest {
+                        Some(d) if out.get_ref().send_to(packet, d).is_ok() => {}
+                        _ => from.counters.dropped_unsent += 1,
+                    }
+                }
+                Some(n)
+            });
+            match read {
+                Some(BATCH) => {}
+                Some(_) => {
+                    // A short read emptied the queue: no need for a recvmmsg that only says
+                    // EAGAIN. A packet that arrived since is a new readiness event, not lost.
+                    guard.clear_ready();
+                    return;
+                }
+                None => return,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn pair(pool: &super::super::PortPool) -> (UdpSocket, UdpSocket) {
+        pool.bind_pair("127.0.0.1".parse().expect("ip"), 42000, 42999)
+            .expect("pair")
+    }
+
+    fn rtp(seq: u8) -> [u8; 20] {
+        let mut p = [0u8; 20];
+        p[0] = 0x80;
+        p[3] = seq;
+        p
+    }
+
+    /// Reads what arrives on `sock` within `wait`.
+    fn drain(sock: &UdpSocket, wait: Duration) -> Vec<Vec<u8>> {
+        sock.set_read_timeout(Some(wait)).expect("timeout");
+        let mut out = Vec::new();
+        let mut buf = [0u8; 2048];
+        while let Ok((n, _)) = sock.recv_from(&mut buf) {
+            out.push(buf[..n].to_vec());
+        }
+        out
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn relays_bursts_and_single_packets_latches_and_drops_strangers() {
+        let pool = super::super::PortPool::new();
+        let mut relay = Relay::new(pair(&pool), pair(&pool)).expect("relay");
+        let (addr_a, addr_b) = (relay.addr_a().expect("a"), relay.addr_b().expect("b"));
+        let phone_a = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let phone_b = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let stranger = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let lo: IpAddr = "127.0.0.1".parse().expect("ip");
+        relay.expect_a(Some(phone_a.local_addr().expect("addr")), lo);
+        relay.expect_b(Some(phone_b.local_addr().expect("addr")), lo);
+        let task = tokio::spawn(async move {
+            // Runs until aborted, like the call task's select! branch.
+            loop {
+                relay.forward().await;
+            }
+        });
+        // A burst longer than one recvmmsg batch, queued before the relay reads.
+        for seq in 0..40 {
+            phone_a.send_to(&rtp(seq), addr_a).expect("send");
+        }
+        let got = tokio::task::spawn_blocking({
+            let b = phone_b.try_clone().expect("clone");
+            move || drain(&b, Duration::from_millis(500))
+        })
+        .await
+        .expect("join");
+        assert_eq!(got.len(), 40, "every packet of the burst");
+        assert!(
+            got.iter().enumerate().all(|(i, p)| p[3] == i as u8),
+            "in order"
+        );
+        // Single packets after the queue went empty: readiness cleared by a short read must
+        // come back with the next packet.
+        for seq in 0..3 {
+            phone_b.send_to(&rtp(seq), addr_b).expect("send");
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        // A stranger (same IP, another port) after latching, and a non-RTP packet: dropped.
+        stranger.send_to(&rtp(9), addr_b).expect("send");
+        phone_b.send_to(b"hello", addr_b).expect("send");
+        let got = tokio::task::spawn_blocking({
+            let a = phone_a.try_clone().expect("clone");
+            move || drain(&a, Duration::from_millis(500))
+        })
+        .await
+        .expect("join");
+        assert_eq!(
+            got.len(),
+            3,
+            "B's three packets reach A, nothing else: {got:?}"
+        );
+        task.abort();
     }
 }
