@@ -693,9 +693,30 @@ fn UserRow(user: Value) -> impl IntoView {
     let password = RwSignal::new(String::new());
     let status = RwSignal::new(None::<Result<String, String>>);
     let input_id = format!("password-{name}");
+    let activated = user
+        .get("activated")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let url = format!("/api/users/{}", api::encode(&id));
+    // The row comes back from the reload the change's event causes, showing the new state.
+    let toggle = {
+        let url = url.clone();
+        move |_| {
+            let (url, body) = (url.clone(), serde_json::json!({ "activated": !activated }));
+            leptos::task::spawn_local(async move {
+                if let Err(e) = api::call("PATCH", &url, Some(&body)).await {
+                    status.set(Some(Err(e.to_string())));
+                }
+            });
+        }
+    };
+    let toggle_label = format!(
+        "{} {name} for Teams",
+        if activated { "Deactivate" } else { "Activate" }
+    );
     let reset = move |ev: leptos::ev::SubmitEvent| {
         ev.prevent_default();
-        let url = format!("/api/users/{}", api::encode(&id));
+        let url = url.clone();
         let body = serde_json::json!({ "password": password.get_untracked() });
         leptos::task::spawn_local(async move {
             status.set(Some(match api::call("PATCH", &url, Some(&body)).await {
@@ -711,7 +732,12 @@ fn UserRow(user: Value) -> impl IntoView {
         <tr data-user=name.clone()>
             <td>{name.clone()}</td><td>{text_of(&user, "domain")}</td>
             <td>{text_of(&user, "display_name")}</td><td>{text_of(&user, "phone_number")}</td>
-            <td>{yes_no("enabled")}</td><td>{yes_no("activated")}</td>
+            <td>{yes_no("enabled")}</td>
+            <td>{yes_no("activated")}" "
+                <button type="button" aria-label=toggle_label on:click=toggle>
+                    {if activated { "Deactivate" } else { "Activate" }}
+                </button>
+            </td>
             <td>
                 <form on:submit=reset class="leaf">
                     <label for=input_id.clone() class="visually-hidden">{format!("New password for {name}")}</label>

@@ -1,6 +1,6 @@
 // Drives the csps web console in Debian's Chromium (playwright-core) as an admin would:
 // sign in through the test IdP (idp.mjs), change a global leaf and see it on the server's entry,
-// add a trusted IP, create the phone's SIP account and set a new password for it, find the
+// add a trusted IP, create the phone's SIP account, set a new password and activate it, find the
 // changes in the audit log, watch the phone's registration appear and then a call, hang the call
 // up and open its SIP ladder, all without reloading. Saves a screenshot per step into --screens.
 // Talks to 127.0.0.1 only: every other request is aborted.
@@ -100,6 +100,9 @@ try {
   await row.getByLabel(`New password for ${args.user}`).fill(args.password);
   await row.getByRole('button', { name: 'Set' }).click();
   await row.getByText('Password set.').waitFor();
+  step('activate the account for Teams');
+  await row.getByRole('button', { name: `Activate ${args.user} for Teams` }).click();
+  await row.getByRole('button', { name: `Deactivate ${args.user} for Teams` }).waitFor();
   await shot('06-users');
 
   step('the audit log names the signed-in admin');

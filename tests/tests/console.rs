@@ -2,10 +2,10 @@
 //! node `oidc-provider` (e2e/console/idp.mjs) stands in for Entra ID, and Playwright drives
 //! Debian's Chromium (e2e/console/console.mjs): an admin signs in with the authorization-code
 //! flow and PKCE, changes a global leaf and sees it on the server's entry, sees a 422 message,
-//! adds a trusted IP, creates the phone's SIP account and sets a new password for it, finds its
-//! changes in the audit log, and watches a SIPp phone's registration (digest, with the password
-//! set in the console) appear without a reload, then a call between two SIPp phones, which the
-//! admin hangs up there (both phones get the gateway's BYE).
+//! adds a trusted IP, creates the phone's SIP account, sets a new password and activates it,
+//! finds its changes in the audit log, and watches a SIPp phone's registration (digest, with the
+//! password set in the console) appear without a reload, then a call between two SIPp phones,
+//! which the admin hangs up there (both phones get the gateway's BYE), and the call's SIP ladder.
 //! Screenshots land in `<target>/tmp/console/`. Prints the first load time.
 
 use std::io::{BufRead, BufReader};
@@ -196,9 +196,11 @@ fn admin_signs_in_edits_configuration_and_sees_a_registration_live() {
     assert_eq!(r.json(), serde_json::json!(1700));
     let users = gw.api("GET", "/api/users", None).json();
     assert!(
-        users.as_array().is_some_and(|l| l
-            .iter()
-            .any(|u| u["username"] == "console-bob" && u["display_name"] == "Console Bob")),
+        users
+            .as_array()
+            .is_some_and(|l| l.iter().any(|u| u["username"] == "console-bob"
+                && u["display_name"] == "Console Bob"
+                && u["activated"] == true)),
         "the account created in the console: {users}"
     );
     let r = gw.api("GET", &format!("/api/config/{server}/trusted-ips"), None);
