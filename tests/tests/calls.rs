@@ -822,3 +822,44 @@ fn blind_transfer_connects_the_caller_to_the_target_with_audio_both_ways() {
         "alice hears 1000 Hz at {alice_hears_carol}; call: {call}"
     );
 }
+
+/// An offerless INVITE (RFC 3261 §13.2.1) with audio: alice (SIPp) calls without SDP, bob
+/// (baresip, 1000 Hz) answers with his offer in the 200, which reaches alice at the relay's
+/// address; alice answers in her ACK, which reaches bob in his ACK; alice echoes what she
+/// receives, so bob hears his own tone back through the gateway both ways.
+#[test]
+fn offerless_invite_gets_the_offer_from_the_callee_and_carries_audio() {
+    if !have_tool("baresip") {
+        skip("baresip not installed (run e2e/setup)");
+        return;
+    }
+    let Some(gw) = gateway(&[("alice", "alice-secret-1"), ("bob", "bob-secret-1")]) else {
+        return;
+    };
+    let bob_dir = tempfile::tempdir().expect("temp dir");
+    let bob = answering_baresip(&gw, bob_dir.path(), "bob", "bob-secret-1", 1000);
+    let alice = Sipp::caller(
+        "uac_offerless.xml",
+        gw.sip_addr(),
+        ("alice", "alice-secret-1"),
+        "bob",
+        DOMAIN,
+    )
+    .arg("-rtp_echo")
+    .run();
+    assert!(
+        alice.ok(),
+        "caller failed:\n{}\n--- gateway ---\n{}",
+        alice.output,
+        gw.log_tail(40)
+    );
+    let record = ended_call(&gw);
+    assert_eq!(record["status"], 200, "{record}");
+    std::thread::sleep(Duration::from_millis(500));
+    drop(bob);
+    let bob_hears_himself = heard(bob_dir.path(), 1000.0).expect("bob's recording");
+    assert!(
+        bob_hears_himself > 0.5,
+        "bob hears his 1000 Hz echoed at {bob_hears_himself}; call: {record}"
+    );
+}

@@ -365,6 +365,13 @@ pub struct Call {
     b_offer: Option<Sdp>,
     /// B's answer as it came (what B receives: the offer a transfer of A's side makes).
     b_answer: Option<Sdp>,
+    /// The caller's INVITE had no offer (RFC 3261 §13.2.1): the answering device's 2xx
+    /// carries the offer, the caller's ACK the answer.
+    offerless: bool,
+    /// Offerless: the offer in the 200 to the caller, which its ACK answers.
+    a_offer: Option<Sdp>,
+    /// Offerless: the ACK to the answering device, held until it can carry the caller's answer.
+    b_ack: Option<(Remote, Request)>,
     /// The blind transfer in progress.
     transfer: Option<Transfer>,
     /// The gateway's own re-INVITE in progress.
@@ -502,7 +509,9 @@ fn new_invite(
     );
     h.push("P-Asserted-Identity", from.to_owned());
     h.push("Allow", allow_for(target.sbc.as_ref()));
-    h.push("Content-Type", "application/sdp");
+    if !body.is_empty() {
+        h.push("Content-Type", "application/sdp");
+    }
     Request {
         method: Method::Invite,
         uri: target.uri.clone(),
@@ -599,6 +608,9 @@ impl Call {
             a_dialog: None,
             b_offer: None,
             b_answer: None,
+            offerless: false,
+            a_offer: None,
+            b_ack: None,
             transfer: None,
             own_offer: None,
             former: Vec::new(),
@@ -634,12 +646,18 @@ impl Call {
     /// Checks the caller's offer and rings every target.
     pub fn start(&mut self, now: Instant) {
         let invite = &self.setup.invite;
-        if !is_sdp(&invite.headers, &invite.body) {
-            // Offerless INVITEs (RFC 3261 §13.2.1 with the offer in the 2xx) come with the
-            // re-INVITE work; until then the caller learns why.
-            self.reject(488, Some("offerless INVITE not supported yet"));
+        if !invite.body.is_empty() && !is_sdp(&invite.headers, &invite.body) {
+            let mut r = self.a_response(415, "Unsupported Media Type");
+            r.headers.push("Accept", "application/sdp");
+            self.out.push_back(Output::Respond {
+                key: self.setup.key,
+                resp: r,
+            });
+            self.ending(EndReason::Rejected);
+            self.end_or_linger();
             return;
         }
+        self.offerless = invite.body.is_empty();
         if let Some((se, _)) = session_expires(&invite.headers)
             && se < MIN_SE
             && supports_timer(&invite.headers)
@@ -655,35 +673,35 @@ impl Call {
             self.end_or_linger();
             return;
         }
-        let mut offer = match Sdp::parse(&invite.body) {
-            Ok(s) => s,
-            Err(e) => {
-                self.reject(400, Some(&format!("bad SDP: {e}")));
-                return;
-            }
+        let body = if self.offerless {
+            self.respond_trying();
+            Bytes::new()
+        } else {
+            let mut offer = match Sdp::parse(&invite.body) {
+                Ok(s) => s,
+                Err(e) => {
+                    self.reject(400, Some(&format!("bad SDP: {e}")));
+                    return;
+                }
+            };
+            let a_sdp_addr = offer.audio_index().and_then(|i| offer.rtp_addr(i));
+            let idx = match sdp::restrict_offer(&mut offer, sdp::SUPPORTED) {
+                Ok(i) => i,
+                Err(e) => {
+                    self.reject(e.status(), Some(&e.to_string()));
+                    return;
+                }
+            };
+            self.respond_trying();
+            self.out.push_back(Output::Media(MediaChange::A(
+                a_sdp_addr,
+                self.setup.from.addr.ip(),
+            )));
+            sdp::rewrite_address(&mut offer, idx, self.setup.relay_b);
+            let body = Bytes::from(offer.to_bytes());
+            self.b_offer = Some(offer);
+            body
         };
-        let a_sdp_addr = offer.audio_index().and_then(|i| offer.rtp_addr(i));
-        let idx = match sdp::restrict_offer(&mut offer, sdp::SUPPORTED) {
-            Ok(i) => i,
-            Err(e) => {
-                self.reject(e.status(), Some(&e.to_string()));
-                return;
-            }
-        };
-        // 100 at once (RFC 3261 §16.2 as a proxy would): the answer depends on other phones,
-        // and the caller should stop retransmitting now rather than after the 200 ms timer.
-        let trying = self.a_response(100, "Trying");
-        self.out.push_back(Output::Respond {
-            key: self.setup.key,
-            resp: trying,
-        });
-        self.out.push_back(Output::Media(MediaChange::A(
-            a_sdp_addr,
-            self.setup.from.addr.ip(),
-        )));
-        sdp::rewrite_address(&mut offer, idx, self.setup.relay_b);
-        let body = Bytes::from(offer.to_bytes());
-        self.b_offer = Some(offer);
         for target in self.setup.targets.clone() {
             let tag = self.tag();
             let mut req = new_invite(
@@ -738,6 +756,16 @@ impl Call {
             });
         }
         self.ring_deadline = Some(now + NO_ANSWER);
+    }
+
+    /// 100 at once (RFC 3261 §16.2 as a proxy would): the answer depends on other phones, and
+    /// the caller should stop retransmitting now rather than after the 200 ms timer.
+    fn respond_trying(&mut self) {
+        let trying = self.a_response(100, "Trying");
+        self.out.push_back(Output::Respond {
+            key: self.setup.key,
+            resp: trying,
+        });
     }
 
     fn tag(&mut self) -> u32 {
@@ -822,6 +850,9 @@ impl Call {
                     self.a_ok = None;
                     self.a_ok_next = None;
                     self.phase = Phase::Confirmed;
+                    if let Some(offer) = self.a_offer.take() {
+                        self.answer_in_ack(now, &req, &offer);
+                    }
                 } else {
                     self.on_reoffer_ack(req);
                 }
@@ -871,6 +902,7 @@ impl Call {
             }
             Phase::Answered | Phase::Confirmed => {
                 self.abandon_transfer();
+                self.release_b_ack();
                 self.bye_a();
                 self.bye_b();
                 self.end_or_linger_at(now);
@@ -1067,11 +1099,21 @@ impl Call {
     }
 
     fn on_answer(&mut self, now: Instant, i: usize, resp: Response) {
+        let winning = self.winner.is_none() && self.phase == Phase::Ringing;
+        // Offerless: the winner's ACK must carry the caller's answer, so it waits for the
+        // caller's ACK (a retransmitted 2xx meanwhile is not ACKed without it).
+        let hold = self.offerless
+            && ((winning && self.forks[i].dialog.is_none())
+                || (self.winner == Some(i) && self.b_ack.is_some()));
         let f = &mut self.forks[i];
         let Some((first, to, ack)) = ack_answer(f, &resp, &mut *self.rng) else {
             return;
         };
-        self.out.push_back(Output::Stateless { to, req: ack });
+        if !hold {
+            self.out.push_back(Output::Stateless { to, req: ack });
+        } else if first {
+            self.b_ack = Some((to, ack));
+        }
         if !first {
             return;
         }
@@ -1082,21 +1124,28 @@ impl Call {
             self.end_check();
             return;
         }
-        let Some(body) = is_sdp(&resp.headers, &resp.body)
-            .then(|| self.rewritten_answer(i, &resp.body))
-            .flatten()
-        else {
-            // No usable answer: the call cannot carry audio.
+        let body = if self.offerless {
+            self.offer_for_caller(i, &resp)
+        } else {
+            is_sdp(&resp.headers, &resp.body)
+                .then(|| self.rewritten_answer(i, &resp.body))
+                .flatten()
+        };
+        let Some(body) = body else {
+            // No usable answer (or offer): the call cannot carry audio.
             self.ending(EndReason::Rejected);
             self.winner = Some(i);
+            self.release_b_ack();
             self.bye_b();
             let mut r = self.a_response(488, "Not Acceptable Here");
+            let why = if self.offerless {
+                "the callee answered without a usable SDP offer"
+            } else {
+                "the callee answered without a usable SDP answer"
+            };
             r.headers.push(
                 "Warning",
-                csps_sip::validate::warning_value(
-                    &self.setup.agent,
-                    "the callee answered without a usable SDP answer",
-                ),
+                csps_sip::validate::warning_value(&self.setup.agent, why),
             );
             self.out.push_back(Output::Respond {
                 key: self.setup.key,
@@ -1126,6 +1175,68 @@ impl Call {
         self.ring_deadline = None;
         self.out.push_back(Output::Answered);
         self.cancel_forks(now, Some(COMPLETED_ELSEWHERE));
+    }
+
+    /// Offerless: the answering device `i`'s offer in its 2xx, restricted to what the gateway
+    /// relays and pointed at the relay's A side, for the 200 to the caller.
+    fn offer_for_caller(&mut self, i: usize, resp: &Response) -> Option<Bytes> {
+        if !is_sdp(&resp.headers, &resp.body) {
+            return None;
+        }
+        let mut offer = Sdp::parse(&resp.body).ok()?;
+        let addr = offer.audio_index().and_then(|x| offer.rtp_addr(x));
+        let idx = sdp::restrict_offer(&mut offer, sdp::SUPPORTED).ok()?;
+        // What B can receive: the offer a transfer of A's side makes.
+        self.b_answer = Some(offer.clone());
+        self.out.push_back(Output::Media(MediaChange::B(
+            addr,
+            self.forks[i].target.to.addr.ip(),
+        )));
+        sdp::rewrite_address(&mut offer, idx, self.setup.relay_a);
+        let body = Bytes::from(offer.to_bytes());
+        self.a_offer = Some(offer);
+        Some(body)
+    }
+
+    /// Offerless: the caller's ACK carries its answer, which goes on in the ACK held for the
+    /// answering device; an ACK without a usable answer ends the call (§13.2.2.4: ACK, then
+    /// BYE).
+    fn answer_in_ack(&mut self, now: Instant, ack: &Request, offer: &Sdp) {
+        let answer = is_sdp(&ack.headers, &ack.body)
+            .then(|| Sdp::parse(&ack.body).ok())
+            .flatten()
+            .and_then(|mut a| {
+                let idx = sdp::check_answer(offer, &a).ok()?;
+                Some((a.rtp_addr(idx), {
+                    sdp::rewrite_address(&mut a, idx, self.setup.relay_b);
+                    a
+                }))
+            });
+        let Some((addr, answer)) = answer else {
+            tracing::info!("the caller's ACK carries no usable answer to the callee's offer");
+            self.ending(EndReason::Rejected);
+            self.hang_up(now, None);
+            return;
+        };
+        self.out.push_back(Output::Media(MediaChange::A(
+            addr,
+            self.setup.from.addr.ip(),
+        )));
+        let body = Bytes::from(answer.to_bytes());
+        // What A can receive, facing B: the offer a transfer of B's side makes.
+        self.b_offer = Some(answer);
+        if let Some((to, mut req)) = self.b_ack.take() {
+            req.headers.push("Content-Type", "application/sdp");
+            req.body = body;
+            self.out.push_back(Output::Stateless { to, req });
+        }
+    }
+
+    /// Sends the held ACK to the answering device as it is (the call is being torn down).
+    fn release_b_ack(&mut self) {
+        if let Some((to, req)) = self.b_ack.take() {
+            self.out.push_back(Output::Stateless { to, req });
+        }
     }
 
     /// RFC 4028 §9 for the 2xx to the caller: the callee's negotiated interval and refresher
@@ -1248,6 +1359,7 @@ impl Call {
                     && (from_a || fork == self.winner)
                 {
                     self.abandon_transfer();
+                    self.release_b_ack();
                 }
                 if matches!(self.phase, Phase::Answered | Phase::Confirmed) {
                     if from_a {
@@ -3321,5 +3433,108 @@ mod tests {
         let (_, _, to) = sent(&out, Method::Bye).expect("bob is hung up");
         assert_eq!(to.addr.to_string(), "192.0.2.9:5060");
         assert_eq!(c.end_reason(), Some(EndReason::TransferFailed));
+    }
+
+    #[test]
+    fn offerless_invite_takes_the_offer_from_the_answer_and_the_answer_from_the_ack() {
+        let t0 = Instant::now();
+        let mut c = call("", t0);
+        let out = drain(&mut c);
+        assert_eq!(responses_to_a(&out)[0].status, 100);
+        let invites = sent_invites(&out);
+        assert_eq!(invites.len(), 2);
+        let (tag1, inv1) = invites[0].clone();
+        assert!(inv1.body.is_empty() && inv1.headers.get("Content-Type").is_none());
+        // Bob's device offers in its 200 (G.729 is not relayed and is dropped).
+        let bob_offer = "v=0\r\no=- 5 5 IN IP4 192.0.2.9\r\ns=-\r\nc=IN IP4 192.0.2.9\r\nt=0 0\r\n\
+            m=audio 5000 RTP/AVP 18 0 101\r\na=rtpmap:18 G729/8000\r\na=rtpmap:101 telephone-event/8000\r\n";
+        c.handle(
+            t0,
+            Input::Response {
+                tag: tag1,
+                resp: reply(&inv1, 200, "d1", Some(bob_offer)),
+            },
+        );
+        let out = drain(&mut c);
+        let ok = responses_to_a(&out)[0].clone();
+        assert_eq!(ok.status, 200);
+        let b = String::from_utf8_lossy(&ok.body).into_owned();
+        assert!(b.contains("m=audio 20000 RTP/AVP 0 101"), "{b}");
+        assert!(!b.contains("192.0.2.9"), "{b}");
+        assert!(
+            !out.iter().any(|o| matches!(o, Output::Stateless { .. })),
+            "no ACK to bob before alice answers: {out:?}"
+        );
+        assert!(out.iter().any(|o| matches!(o,
+            Output::Media(MediaChange::B(Some(a), _)) if a.to_string() == "192.0.2.9:5000")));
+        // A retransmitted 200 from bob is not ACKed without the answer either.
+        c.handle(
+            t0,
+            Input::Response {
+                tag: tag1,
+                resp: reply(&inv1, 200, "d1", Some(bob_offer)),
+            },
+        );
+        assert!(
+            !drain(&mut c)
+                .iter()
+                .any(|o| matches!(o, Output::Stateless { .. }))
+        );
+        let a_tag = ok
+            .to_hdr()
+            .and_then(|t| t.tag().map(str::to_owned))
+            .expect("To tag");
+        let answer = "v=0\r\no=- 1 1 IN IP4 10.0.0.7\r\ns=-\r\nc=IN IP4 10.0.0.7\r\nt=0 0\r\n\
+            m=audio 4000 RTP/AVP 0\r\n";
+        c.handle(t0, Input::Ack(in_dialog_a("ACK", 2, &a_tag, Some(answer))));
+        let out = drain(&mut c);
+        let ack = out
+            .iter()
+            .find_map(|o| match o {
+                Output::Stateless { req, to } if req.method == Method::Ack => Some((req, to)),
+                _ => None,
+            })
+            .expect("bob's ACK");
+        assert_eq!(ack.1.addr.to_string(), "192.0.2.9:5060");
+        let b = body(ack.0);
+        assert!(b.contains("m=audio 20002 RTP/AVP 0"), "{b}");
+        assert!(out.iter().any(|o| matches!(o,
+            Output::Media(MediaChange::A(Some(a), _)) if a.to_string() == "10.0.0.7:4000")));
+        assert!(c.is_answered());
+    }
+
+    #[test]
+    fn offerless_caller_whose_ack_has_no_answer_is_hung_up() {
+        let t0 = Instant::now();
+        let mut c = call("", t0);
+        let invites = sent_invites(&drain(&mut c));
+        let (tag1, inv1) = invites[0].clone();
+        c.handle(
+            t0,
+            Input::Response {
+                tag: tag1,
+                resp: reply(&inv1, 200, "d1", Some(ANSWER)),
+            },
+        );
+        let ok = responses_to_a(&drain(&mut c))[0].clone();
+        let a_tag = ok
+            .to_hdr()
+            .and_then(|t| t.tag().map(str::to_owned))
+            .expect("To tag");
+        c.handle(t0, Input::Ack(in_dialog_a("ACK", 2, &a_tag, None)));
+        let out = drain(&mut c);
+        assert!(out.iter().any(|o| matches!(o,
+            Output::Stateless { req, .. } if req.method == Method::Ack && req.body.is_empty())));
+        let byes: Vec<String> = out
+            .iter()
+            .filter_map(|o| match o {
+                Output::Send { req, to, .. } if req.method == Method::Bye => {
+                    Some(to.addr.to_string())
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(byes, ["203.0.113.5:5060", "192.0.2.9:5060"]);
+        assert_eq!(c.end_reason(), Some(EndReason::Rejected));
     }
 }
