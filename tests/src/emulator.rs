@@ -40,6 +40,11 @@ pub struct TeamsEmulator {
 }
 
 impl TeamsEmulator {
+    /// [`TeamsEmulator::start`], or `None` after [`crate::skip`] saying why it could not.
+    pub fn start_or_skip(opts: &EmulatorOptions) -> Option<TeamsEmulator> {
+        TeamsEmulator::start(opts).map_err(|e| crate::skip(&e)).ok()
+    }
+
     /// Starts the emulator; `Err` names a missing prerequisite (the binary).
     pub fn start(opts: &EmulatorOptions) -> Result<TeamsEmulator, String> {
         let bin = find_workspace_bin("teams-emulator", "TEAMS_EMULATOR_BIN").ok_or(

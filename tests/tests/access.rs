@@ -98,7 +98,7 @@ fn setup() -> Option<World> {
             return None;
         }
     };
-    let emu = match TeamsEmulator::start(&EmulatorOptions {
+    let emu = TeamsEmulator::start_or_skip(&EmulatorOptions {
         tenant: TENANT.into(),
         clients: vec![(CLIENT_ID.into(), CLIENT_SECRET.into())],
         members: vec![
@@ -107,13 +107,7 @@ fn setup() -> Option<World> {
             (OVERAGE_USER_OID.into(), OTHER_GROUP.into()),
         ],
         ..EmulatorOptions::default()
-    }) {
-        Ok(e) => e,
-        Err(e) => {
-            skip(&e);
-            return None;
-        }
-    };
+    })?;
     let gw = match Gateway::start_with(GatewayOptions {
         http_ip: std::net::Ipv4Addr::UNSPECIFIED.into(),
         ..GatewayOptions::default()

@@ -247,12 +247,11 @@ const ADMIN_GROUP: &str = "9a0f0000-0000-4000-8000-00000000e703";
 
 #[test]
 fn only_admins_of_the_admin_app_get_the_stream() {
-    let emu = match TeamsEmulator::start(&EmulatorOptions {
+    let Some(emu) = TeamsEmulator::start_or_skip(&EmulatorOptions {
         tenant: TENANT.into(),
         ..EmulatorOptions::default()
-    }) {
-        Ok(e) => e,
-        Err(e) => return skip(&e),
+    }) else {
+        return;
     };
     let gw = match Gateway::start() {
         Ok(g) => g,

@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use csps_tests::emulator::{EmulatorOptions, TeamsEmulator};
-use csps_tests::{Gateway, Sipp, SippOutcome, free_port, skip, wait_until};
+use csps_tests::{Gateway, Sipp, SippOutcome, free_port, wait_until};
 use serde_json::{Value, json};
 
 const FQDN: &str = "sbc1.csps.test";
@@ -22,17 +22,11 @@ const CALLED: &str = "+12065550123";
 /// number ALICE) and bob (number BOB, not activated).
 fn peers() -> Option<(TeamsEmulator, Gateway)> {
     let gw = csps_tests::gateway_for("sipp")?;
-    let emu = match TeamsEmulator::start(&EmulatorOptions {
+    let emu = TeamsEmulator::start_or_skip(&EmulatorOptions {
         tenant: "00000000-0000-4000-8000-000000000005".into(),
         sip_fqdn: Some(FQDN.into()),
         ..EmulatorOptions::default()
-    }) {
-        Ok(e) => e,
-        Err(e) => {
-            skip(&e);
-            return None;
-        }
-    };
+    })?;
     for (user, number, activated) in [("alice", ALICE, true), ("bob", BOB, false)] {
         let r = gw.api(
             "POST",

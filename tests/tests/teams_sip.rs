@@ -9,24 +9,17 @@ use std::net::SocketAddr;
 use csps_sip::SipHeaders;
 use csps_tests::emulator::{EmulatorOptions, SipProxies, TeamsEmulator, tls_connect};
 use csps_tests::raw::{tcp_request, token};
-use csps_tests::skip;
 use std::time::Duration;
 
 const FQDN: &str = "sbc1.csps.test";
 const PROXY: &str = "sip.pstnhub.microsoft.com";
 
 fn emulator() -> Option<TeamsEmulator> {
-    match TeamsEmulator::start(&EmulatorOptions {
+    TeamsEmulator::start_or_skip(&EmulatorOptions {
         tenant: "00000000-0000-4000-8000-000000000005".into(),
         sip_fqdn: Some(FQDN.into()),
         ..EmulatorOptions::default()
-    }) {
-        Ok(e) => Some(e),
-        Err(e) => {
-            skip(&e);
-            None
-        }
-    }
+    })
 }
 
 /// A request from the SBC `FQDN` whose Contact host is `contact_host`.

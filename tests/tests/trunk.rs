@@ -14,17 +14,11 @@ use serde_json::Value;
 const FQDN: &str = "sbc1.csps.test";
 
 fn peers() -> Option<(TeamsEmulator, Gateway)> {
-    let emu = match TeamsEmulator::start(&EmulatorOptions {
+    let emu = TeamsEmulator::start_or_skip(&EmulatorOptions {
         tenant: "00000000-0000-4000-8000-000000000005".into(),
         sip_fqdn: Some(FQDN.into()),
         ..EmulatorOptions::default()
-    }) {
-        Ok(e) => e,
-        Err(e) => {
-            skip(&e);
-            return None;
-        }
-    };
+    })?;
     let gw = match Gateway::start() {
         Ok(g) => g,
         Err(e) => {

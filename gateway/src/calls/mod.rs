@@ -650,12 +650,13 @@ impl Switch {
     pub fn on_invite(&mut self, cx: InviteCx<'_>, key: TxnKey, from: Remote, req: Request) {
         let now = Instant::now();
         let settings = self.settings.borrow().clone();
+        // The To tag of a refusal (drawn up front: the closure below cannot borrow the RNG).
+        let to_tag = cx.rng.next_u64();
         let respond =
             |txns: &mut Transactions, status: u16, reason: &str, warning: Option<&str>| {
                 let mut r = req.response(status, reason);
                 if let Some(to) = req.headers.get("To") {
-                    r.headers
-                        .set("To", format!("{to};tag={:016x}", rand::random::<u64>()));
+                    r.headers.set("To", format!("{to};tag={to_tag:016x}"));
                 }
                 if let Some(w) = warning {
                     r.headers.push(
@@ -790,12 +791,8 @@ impl Switch {
                 Next::Teams(number) => {
                     match teams::outgoing(&number, caller_ref, emergency, cx.accounts, &paths) {
                         Ok(out) => {
-                            let mut local = (cx.local_of)(&out.to);
-                            if local.ip().is_unspecified()
-                                && let Some(ip) = crate::media::local_ip_towards(out.to.addr.ip())
-                            {
-                                local.set_ip(ip);
-                            }
+                            let local = (cx.local_of)(&out.to);
+                            let local = concrete_local(local, out.to.addr.ip()).unwrap_or(local);
                             tracing::info!(%number, proxy = %out.uri.host, emergency, "call out through the Teams trunk");
                             devices.push((out.to.addr, Device::new(None)));
                             Plan {
@@ -839,12 +836,7 @@ impl Switch {
             refuse(cx.txns, 480, Some("the callee has no registered device"));
             return;
         }
-        let mut local = cx.local;
-        if local.ip().is_unspecified()
-            && let Some(ip) = crate::media::local_ip_towards(from.addr.ip())
-        {
-            local.set_ip(ip);
-        }
+        let local = concrete_local(cx.local, from.addr.ip()).unwrap_or(cx.local);
         let media = match task::bind_media(
             &self.ports,
             local.ip(),
@@ -928,10 +920,7 @@ impl Switch {
             .into_iter()
             .filter_map(|b| {
                 let uri = csps_sip::headers::NameAddr::parse(&b.contact).ok()?.uri;
-                let mut local = (cx.local_of)(&b.source);
-                if local.ip().is_unspecified() {
-                    local.set_ip(crate::media::local_ip_towards(b.source.addr.ip())?);
-                }
+                let local = concrete_local((cx.local_of)(&b.source), b.source.addr.ip())?;
                 devices.push((b.source.addr, Device::new(b.user_agent.as_deref())));
                 Some(b2bua::Target {
                     to: b.source,
@@ -942,6 +931,16 @@ impl Switch {
             })
             .collect()
     }
+}
+
+/// The gateway's address `local` (its socket's or connection's) as written into Via, Contact
+/// and SDP towards `peer`: a wildcard listener's unspecified IP becomes the one the kernel would
+/// use towards the peer; `None` when it has none.
+fn concrete_local(mut local: SocketAddr, peer: std::net::IpAddr) -> Option<SocketAddr> {
+    if local.ip().is_unspecified() {
+        local.set_ip(crate::media::local_ip_towards(peer)?);
+    }
+    Some(local)
 }
 
 fn quote(s: &str) -> String {
