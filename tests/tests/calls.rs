@@ -784,6 +784,9 @@ fn blind_transfer_connects_the_caller_to_the_target_with_audio_both_ways() {
     admin_hangs_up(&gw, id);
     std::thread::sleep(Duration::from_millis(500));
     drop(alice);
+    let record = ended_call(&gw);
+    assert_eq!(record["callee"], format!("sip:carol@{DOMAIN}"), "{record}");
+    assert_eq!(record["caller"], format!("sip:alice@{DOMAIN}"), "{record}");
     let messages = gw
         .api("GET", &format!("/api/calls/{id}/messages"), None)
         .json();

@@ -360,6 +360,13 @@ async fn run_call(t: CallTask, call_id: String) {
                     } else {
                         Some(std::mem::replace(&mut callee, party.clone()))
                     };
+                    // The record names who the call ended between (the transferor is in the
+                    // message log).
+                    if a {
+                        record.caller = party.clone();
+                    } else {
+                        record.callee = party.clone();
+                    }
                     let was_phone = kinds[leg] == LegKind::Phone;
                     kinds[leg] = LegKind::Phone;
                     tracing::info!(to = %party, "call transferred");
