@@ -469,6 +469,34 @@ fn ack_answer(
     Some((first, f.target.to, d.ack(1, &v)))
 }
 
+/// Marks fork `f` cancelled (with an RFC 3326 `reason`) and returns its CANCEL when it may be
+/// sent now; §9.1: no CANCEL before a provisional, it is sent when one arrives.
+fn cancel_fork(f: &mut Fork, reason: Option<&'static str>) -> Option<(Remote, Request)> {
+    match f.state {
+        ForkState::Proceeding => {
+            f.cancel = Some(reason.unwrap_or(""));
+            Some((f.target.to, dialog::cancel(&f.invite, reason)))
+        }
+        ForkState::Calling => {
+            f.cancel = Some(reason.unwrap_or(""));
+            None
+        }
+        _ => None,
+    }
+}
+
+/// When every fork has a final refusal: the one to pass on ([`best_final`]).
+fn all_refused(forks: &[Fork]) -> Option<u16> {
+    let mut statuses = Vec::with_capacity(forks.len());
+    for f in forks {
+        match f.state {
+            ForkState::Done(s) => statuses.push(s),
+            _ => return None,
+        }
+    }
+    Some(best_final(statuses.into_iter()))
+}
+
 /// A BYE in fork `f`'s dialog (with an RFC 3326 `reason`); `None` before it has a dialog.
 fn fork_bye(
     f: &mut Fork,
@@ -988,22 +1016,9 @@ impl Call {
             if Some(i) == self.winner {
                 continue;
             }
-            let f = &mut self.forks[i];
-            match f.state {
-                ForkState::Proceeding => {
-                    let req = dialog::cancel(&f.invite, reason);
-                    let tag = self.next_tag;
-                    self.next_tag += 1;
-                    f.cancel = Some(reason.unwrap_or(""));
-                    self.out.push_back(Output::Send {
-                        tag,
-                        to: f.target.to,
-                        req,
-                    });
-                }
-                // §9.1: no CANCEL before a provisional; sent when one arrives.
-                ForkState::Calling => f.cancel = Some(reason.unwrap_or("")),
-                _ => {}
+            if let Some((to, req)) = cancel_fork(&mut self.forks[i], reason) {
+                let tag = self.tag();
+                self.out.push_back(Output::Send { tag, to, req });
             }
         }
     }
@@ -1177,6 +1192,19 @@ impl Call {
         self.cancel_forks(now, Some(COMPLETED_ELSEWHERE));
     }
 
+    /// The answer `status` to an in-dialog request, with the standard reason phrase and the
+    /// gateway's Warning when there is one.
+    fn refusal(&self, req: &Request, status: u16, warning: Option<&str>) -> Response {
+        let mut r = req.response(status, csps_sip::message::reason_phrase(status));
+        if let Some(w) = warning {
+            r.headers.push(
+                "Warning",
+                csps_sip::validate::warning_value(&self.setup.agent, w),
+            );
+        }
+        r
+    }
+
     /// Offerless: the answering device `i`'s offer in its 2xx, restricted to what the gateway
     /// relays and pointed at the relay's A side, for the 200 to the caller.
     fn offer_for_caller(&mut self, i: usize, resp: &Response) -> Option<Bytes> {
@@ -1287,15 +1315,8 @@ impl Call {
         }
         f.state = ForkState::Done(status);
         if self.phase == Phase::Ringing
-            && self
-                .forks
-                .iter()
-                .all(|f| matches!(f.state, ForkState::Done(_)))
+            && let Some(s) = all_refused(&self.forks)
         {
-            let s = best_final(self.forks.iter().filter_map(|f| match f.state {
-                ForkState::Done(s) => Some(s),
-                _ => None,
-            }));
             let r = self.a_response(s, csps_sip::message::reason_phrase(s));
             self.out.push_back(Output::Respond {
                 key: self.setup.key,
@@ -1506,16 +1527,10 @@ impl Call {
     /// phone's `sendonly` reaches the other phone, which answers `recvonly`.
     fn on_reoffer(&mut self, now: Instant, key: TxnKey, from_a: bool, req: Request) {
         let respond = |this: &mut Call, status: u16, warning: Option<&str>| {
-            let mut r = req.response(status, csps_sip::message::reason_phrase(status));
+            let mut r = this.refusal(&req, status, warning);
             if status == 500 {
                 // §14.2: the origin's earlier request is still being answered.
                 r.headers.push("Retry-After", "1");
-            }
-            if let Some(w) = warning {
-                r.headers.push(
-                    "Warning",
-                    csps_sip::validate::warning_value(&this.setup.agent, w),
-                );
             }
             this.out.push_back(Output::Respond { key, resp: r });
         };
@@ -1874,14 +1889,8 @@ impl Call {
             return;
         };
         let respond = |this: &mut Call, status: u16, warning: Option<&str>| {
-            let mut r = req.response(status, csps_sip::message::reason_phrase(status));
-            if let Some(w) = warning {
-                r.headers.push(
-                    "Warning",
-                    csps_sip::validate::warning_value(&this.setup.agent, w),
-                );
-            }
-            this.out.push_back(Output::Respond { key, resp: r });
+            let resp = this.refusal(&req, status, warning);
+            this.out.push_back(Output::Respond { key, resp });
         };
         if !from_a && (fork != self.winner || self.winner.is_none()) {
             respond(self, 481, None);
@@ -2036,19 +2045,9 @@ impl Call {
     /// are settled.
     fn retire_forks(&mut self, forks: Vec<Fork>) {
         for mut f in forks {
-            match f.state {
-                ForkState::Proceeding => {
-                    let req = dialog::cancel(&f.invite, Some(COMPLETED_ELSEWHERE));
-                    let tag = self.tag();
-                    self.out.push_back(Output::Send {
-                        tag,
-                        to: f.target.to,
-                        req,
-                    });
-                    f.cancel = Some(COMPLETED_ELSEWHERE);
-                }
-                ForkState::Calling => f.cancel = Some(COMPLETED_ELSEWHERE),
-                _ => {}
+            if let Some((to, req)) = cancel_fork(&mut f, Some(COMPLETED_ELSEWHERE)) {
+                let tag = self.tag();
+                self.out.push_back(Output::Send { tag, to, req });
             }
             self.forks.push(f);
         }
@@ -2104,15 +2103,7 @@ impl Call {
         if !matches!(f.state, ForkState::Done(_)) {
             f.state = ForkState::Done(status);
         }
-        let done = t
-            .forks
-            .iter()
-            .all(|f| matches!(f.state, ForkState::Done(_)));
-        if done {
-            let s = best_final(t.forks.iter().filter_map(|f| match f.state {
-                ForkState::Done(s) => Some(s),
-                _ => None,
-            }));
+        if let Some(s) = all_refused(&t.forks) {
             self.fail_transfer(now, s);
         }
     }

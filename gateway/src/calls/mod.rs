@@ -543,10 +543,7 @@ impl Switch {
                 "attended transfer (Replaces) is not supported yet".into(),
             ));
         }
-        let dialled = uri
-            .user
-            .as_deref()
-            .map(|u| csps_sip::registrar::percent_decode(u).into_owned())
+        let dialled = dialled(&uri)
             .ok_or_else(|| b2bua::ReferRefusal::Bad("Refer-To names no user".into()))?;
         let settings = self.settings.borrow().clone();
         let query = RouteQuery {
@@ -685,12 +682,7 @@ impl Switch {
             refuse(cx.txns, 482, None);
             return;
         }
-        let dialled = req
-            .uri
-            .user
-            .as_deref()
-            .map(|u| csps_sip::registrar::percent_decode(u).into_owned())
-            .unwrap_or_default();
+        let dialled = dialled(&req.uri).unwrap_or_default();
         let emergency = rules::is_emergency(&dialled, &settings.emergency_numbers);
         let paths = self.trunk.borrow().clone();
         // The caller's device, then each device of the callee, for the quirks.
@@ -931,6 +923,13 @@ impl Switch {
             })
             .collect()
     }
+}
+
+/// What a Request-URI or Refer-To dials: its user part, percent-decoded.
+fn dialled(uri: &csps_sip::Uri) -> Option<String> {
+    uri.user
+        .as_deref()
+        .map(|u| csps_sip::registrar::percent_decode(u).into_owned())
 }
 
 /// The gateway's address `local` (its socket's or connection's) as written into Via, Contact
