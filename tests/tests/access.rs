@@ -5,7 +5,8 @@
 //! break-glass token} × {a config API, another API}, plus local requests with `X-Forwarded-For`
 //! and with a foreign Host; Graph is asked once for the overage (then cached); the caller's UPN
 //! reaches the audit log; `/api/debug/claims`; and a change of the admin app's client id applies
-//! without a restart.
+//! without a restart. And `/api/me/…`: only the end-user app's token opens it, for the user's own
+//! accounts and phones only.
 
 use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -390,4 +391,219 @@ fn access_matrix() {
         None,
     );
     expect(&r, 200, "admin token for api://<new client id>");
+}
+
+/// The end-user app (`Data.SpsAzureApp`) of the `/api/me` test: another client of the tenant.
+const USER_CLIENT: &str = "c11e0001-0000-4000-8000-00000000ad04";
+
+/// `/api/me/…` (DESIGN "Access"): only a token of the end-user app opens it, and it shows and
+/// changes only the SIP accounts whose `upn` is the token's. Without a token, with the
+/// break-glass token, a forged or expired token, or an admin-app token (another audience): 401.
+/// With the user's token: their accounts (the UPN compared case-insensitively, `preferred_username`
+/// when there is no `upn`), with their registered phone and not another user's; activation
+/// changes their account only, under their name in the audit log; their token opens no admin API.
+/// When the same app registration serves both apps, an admin-app token is an end user's too.
+#[test]
+fn me_is_the_end_users_own_data_only() {
+    if !csps_tests::have_tool("sipp") {
+        return skip("sipp missing (run e2e/setup)");
+    }
+    let Some(emu) = TeamsEmulator::start_or_skip(&EmulatorOptions {
+        tenant: TENANT.into(),
+        clients: vec![(CLIENT_ID.into(), CLIENT_SECRET.into())],
+        ..EmulatorOptions::default()
+    }) else {
+        return;
+    };
+    let gw = match Gateway::start() {
+        Ok(gw) => gw,
+        Err(e) => return skip(&e),
+    };
+    let send = |method: &str, path: &str, token: Option<&str>| {
+        http::request(gw.http, method, path, token, None)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    };
+    let mint = |aud: &str, claims: Value| {
+        let mut c = json!({"aud": aud, "oid": USER_OID, "sub": format!("sub-{aud}")});
+        if let (Some(c), Value::Object(extra)) = (c.as_object_mut(), claims) {
+            c.extend(extra);
+        }
+        emu.mint(c, false)
+    };
+    let alice = mint(
+        USER_CLIENT,
+        json!({"upn": "alice@contoso.test", "name": "Alice"}),
+    );
+
+    // Not configured yet: nobody gets in.
+    let r = send("GET", "/api/me", Some(&alice));
+    expect(&r, 401, "end-user app not configured");
+    assert!(r.body.contains("Data.SpsAzureApp"), "{}", r.body);
+
+    let authority = emu.base_url();
+    for (leaf, value) in [
+        ("AdminAzureApp.Tenant", TENANT),
+        ("AdminAzureApp.ClientId", CLIENT_ID),
+        ("AdminAzureApp.AdminGroupId", ADMIN_GROUP),
+        ("AdminAzureApp.Authority", authority.as_str()),
+        ("SpsAzureApp.Tenant", TENANT),
+        ("SpsAzureApp.ClientId", USER_CLIENT),
+        ("SpsAzureApp.Authority", authority.as_str()),
+    ] {
+        let path = format!("/api/config/*/Data.{leaf}");
+        let r = gw.api("PUT", &path, Some(&json!(value)));
+        assert!(r.status < 300, "PUT {path}: {} {}", r.status, r.body);
+    }
+    // alice's account (its UPN in another case), bob's, and both phones registered.
+    let mut ids = std::collections::HashMap::new();
+    for (user, upn) in [("alice", "Alice@Contoso.test"), ("bob", "bob@contoso.test")] {
+        let r = gw.api(
+            "POST",
+            "/api/users",
+            Some(&json!({"username": user, "password": format!("{user}-secret-1"), "upn": upn})),
+        );
+        assert_eq!(r.status, 201, "{user}: {}", r.body);
+        ids.insert(user, r.json()["id"].as_str().unwrap_or("").to_owned());
+        let reg = csps_tests::Sipp::new("register.xml", gw.sip_addr())
+            .key("user", user)
+            .key("domain", "csps.local")
+            .key("expires", 300)
+            .auth(user, &format!("{user}-secret-1"))
+            .timeout(std::time::Duration::from_secs(10))
+            .run();
+        assert!(reg.ok(), "{user} did not register:\n{}", reg.output);
+    }
+
+    let admin = mint(
+        CLIENT_ID,
+        json!({"upn": "alice@contoso.test", "groups": [ADMIN_GROUP]}),
+    );
+    let expired = mint(
+        USER_CLIENT,
+        json!({"upn": "alice@contoso.test", "exp": now() - 600}),
+    );
+    let forged = emu.mint(
+        json!({"aud": USER_CLIENT, "oid": USER_OID, "upn": "alice@contoso.test"}),
+        true,
+    );
+    let no_name = mint(USER_CLIENT, json!({}));
+    for (what, token) in [
+        ("no token", None),
+        ("break-glass token", Some(gw.token.as_str())),
+        ("admin-app token", Some(admin.as_str())),
+        ("expired", Some(expired.as_str())),
+        ("forged", Some(forged.as_str())),
+        ("a token naming no user", Some(no_name.as_str())),
+    ] {
+        for (method, path) in [("GET", "/api/me"), ("POST", "/api/me/activation")] {
+            expect(
+                &send(method, path, token),
+                401,
+                &format!("{what} × {method} {path}"),
+            );
+        }
+    }
+
+    // alice sees her account and her phone, nothing of bob's.
+    let r = send("GET", "/api/me", Some(&alice));
+    expect(&r, 200, "alice's token");
+    let me = r.json();
+    assert_eq!(me["upn"], "alice@contoso.test", "{me}");
+    assert_eq!(me["name"], "Alice", "{me}");
+    let accounts = me["accounts"].as_array().cloned().unwrap_or_default();
+    assert_eq!(accounts.len(), 1, "{me}");
+    let account = &accounts[0];
+    assert_eq!(account["username"], "alice", "{me}");
+    assert_eq!(account["activated"], false, "{me}");
+    assert_eq!(account["registered"], true, "{me}");
+    assert_eq!(account["devices"][0]["aor"], "sip:alice@csps.local", "{me}");
+    assert_eq!(account["devices"][0]["user_agent"], "SIPp csps-e2e", "{me}");
+    assert!(
+        account.get("ha1").is_none() && account.get("password").is_none(),
+        "{me}"
+    );
+    assert!(
+        !r.body.contains("bob"),
+        "bob's data in alice's answer: {}",
+        r.body
+    );
+    // Her token is no admin-app token.
+    expect(
+        &send("GET", "/api/users", Some(&alice)),
+        401,
+        "alice's token on /api/users",
+    );
+    expect(
+        &send("GET", "/api/registrations", Some(&alice)),
+        401,
+        "alice's token on /api/registrations",
+    );
+
+    // Activation changes her account only.
+    let r = send("POST", "/api/me/activation", Some(&alice));
+    expect(&r, 200, "alice activates");
+    assert_eq!(r.json()["accounts"][0]["activated"], true, "{}", r.body);
+    let state = |user: &str| {
+        gw.api("GET", &format!("/api/users/{}", ids[user]), None)
+            .json()["activated"]
+            .clone()
+    };
+    assert_eq!(state("alice"), json!(true));
+    assert_eq!(state("bob"), json!(false));
+    let audit = gw.api("GET", "/api/audit?limit=5", None).json();
+    let entry = audit
+        .as_array()
+        .and_then(|l| l.iter().find(|e| e["action"] == "user.activate"))
+        .cloned()
+        .unwrap_or_else(|| panic!("no activation in the audit log: {audit}"));
+    assert_eq!(entry["actor"], "alice@contoso.test", "{entry}");
+    assert_eq!(
+        entry["target"],
+        json!(format!("user/{}", ids["alice"])),
+        "{entry}"
+    );
+    let r = send("DELETE", "/api/me/activation", Some(&alice));
+    expect(&r, 200, "alice deactivates");
+    assert_eq!(state("alice"), json!(false));
+
+    // `preferred_username` names the user when there is no `upn`.
+    let bob = mint(
+        USER_CLIENT,
+        json!({"preferred_username": "bob@contoso.test"}),
+    );
+    let r = send("GET", "/api/me", Some(&bob));
+    expect(&r, 200, "bob by preferred_username");
+    assert_eq!(r.json()["accounts"][0]["username"], "bob", "{}", r.body);
+    assert!(
+        !r.body.contains("alice"),
+        "alice's data in bob's answer: {}",
+        r.body
+    );
+
+    // A signed-in user without an account: nothing to show, nothing to activate.
+    let carol = mint(USER_CLIENT, json!({"upn": "carol@contoso.test"}));
+    let r = send("GET", "/api/me", Some(&carol));
+    expect(&r, 200, "carol");
+    assert_eq!(r.json()["accounts"], json!([]), "{}", r.body);
+    expect(
+        &send("POST", "/api/me/activation", Some(&carol)),
+        404,
+        "carol activates",
+    );
+
+    // One app registration for both: the admin-app token is then an end user's too.
+    let r = gw.api(
+        "PUT",
+        "/api/config/*/Data.SpsAzureApp.ClientId",
+        Some(&json!(CLIENT_ID)),
+    );
+    assert!(r.status < 300, "{}", r.body);
+    let r = send("GET", "/api/me", Some(&admin));
+    expect(&r, 200, "admin-app token when both apps are one");
+    assert_eq!(r.json()["accounts"][0]["username"], "alice", "{}", r.body);
+    expect(
+        &send("GET", "/api/me", Some(&alice)),
+        401,
+        "the old end-user audience",
+    );
 }

@@ -7,6 +7,10 @@
 //! - any other bearer token must be a valid token of the admin Azure app (`crate::auth`): invalid
 //!   or expired is 401, a signed-in user outside the admin group 403 (on [`Rule::SignedIn`]
 //!   routes any signed-in user passes); a request with a token is judged by the token alone;
+//! - `/api/me/…` ([`Rule::EndUser`]) takes only a valid token of the end-user app
+//!   (`Data.SpsAzureApp`): the caller is the user its `upn` names. An admin-app token passes only
+//!   when it is valid for the end-user app too (the same app registration serves both); the
+//!   break-glass token is nobody's and gets 401 there;
 //! - without a token, only the config APIs answer, and only local requests: a loopback peer, a
 //!   Host header naming a loopback address, no proxy headers (`Forwarded`, `X-Forwarded-*`,
 //!   `X-Real-IP`) and no foreign `Origin` — so neither a local reverse proxy nor DNS rebinding
@@ -47,6 +51,8 @@ pub enum Rule {
     Admin,
     /// Any valid token of the admin app (admin or not), or the break-glass token.
     SignedIn,
+    /// A valid token of the end-user app (`/api/me/…`): the signed-in user, for their own data.
+    EndUser,
 }
 
 /// The rule of a path: `/api/config/...` are the config APIs; `/api/debug/claims` shows any
@@ -56,6 +62,8 @@ pub fn rule(path: &str) -> Rule {
         Rule::AdminOrLocal
     } else if path == "/api/debug/claims" {
         Rule::SignedIn
+    } else if path == "/api/me" || path.starts_with("/api/me/") {
+        Rule::EndUser
     } else {
         Rule::Admin
     }
@@ -91,6 +99,9 @@ async fn check(state: &ApiState, parts: &Parts) -> Result<Identity, Problem> {
     };
     let loopback_peer = is_loopback(peer.ip());
     let headers = &parts.headers;
+    if rule == Rule::EndUser {
+        return end_user(state, headers).await;
+    }
     if let Some(token) = bearer(headers) {
         if ct_eq(token.as_bytes(), state.admin_token.as_bytes()) {
             return if loopback_peer {
@@ -106,13 +117,7 @@ async fn check(state: &ApiState, parts: &Parts) -> Result<Identity, Problem> {
             .auth
             .authenticate(token, &app)
             .await
-            .map_err(|e| match e {
-                AuthError::Unavailable(m) => {
-                    tracing::warn!("cannot judge an admin token now: {m}");
-                    Problem::unavailable(format!("the token cannot be checked now: {m}"))
-                }
-                e => Problem::unauthorized(e.to_string()),
-            })?;
+            .map_err(refused)?;
         if id.admin || rule == Rule::SignedIn {
             return Ok(id);
         }
@@ -134,6 +139,38 @@ async fn check(state: &ApiState, parts: &Parts) -> Result<Identity, Problem> {
     }
     local_unauthenticated(parts)?;
     Ok(Identity::localhost())
+}
+
+/// The answer to a token that was not accepted: 503 when it could not be judged now, else 401.
+fn refused(e: AuthError) -> Problem {
+    match e {
+        AuthError::Unavailable(m) => {
+            tracing::warn!("cannot judge a token now: {m}");
+            Problem::unavailable(format!("the token cannot be checked now: {m}"))
+        }
+        e => Problem::unauthorized(e.to_string()),
+    }
+}
+
+/// Decides access to `/api/me/…`: a valid token of the end-user app, nothing else.
+async fn end_user(state: &ApiState, headers: &HeaderMap) -> Result<Identity, Problem> {
+    let Some(token) = bearer(headers) else {
+        return Err(Problem::unauthorized(
+            "sign in: /api/me needs a bearer token of the end-user app (Data.SpsAzureApp)",
+        ));
+    };
+    if ct_eq(token.as_bytes(), state.admin_token.as_bytes()) {
+        return Err(Problem::unauthorized(
+            "the break-glass admin token is not an end user; /api/me needs a token of the \
+             end-user app (Data.SpsAzureApp)",
+        ));
+    }
+    let app = state.config.settings().sps_app.clone();
+    state
+        .auth
+        .authenticate_end_user(token, &app)
+        .await
+        .map_err(refused)
 }
 
 /// The Host, proxy-header and Origin rules for an unauthenticated request from a loopback peer
@@ -263,6 +300,9 @@ mod tests {
         assert_eq!(rule("/api/audit"), Rule::Admin);
         assert_eq!(rule("/api/policies/routing"), Rule::Admin);
         assert_eq!(rule("/api/debug/claims"), Rule::SignedIn);
+        assert_eq!(rule("/api/me"), Rule::EndUser);
+        assert_eq!(rule("/api/me/activation"), Rule::EndUser);
+        assert_eq!(rule("/api/meta"), Rule::Admin);
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! `/` and every other non-API path — a path without a file extension is one of the app's own
 //! pages and gets `index.html` — with the gzip copy the build leaves beside each file for clients
 //! that accept gzip; and `GET /api/auth/config`, what the console needs before anyone signed in
-//! (the admin app's authority, tenant and client id, all public in any sign-in page anyway).
+//! (the authority, tenant and client id of the admin app and of the end-user app, all public in
+//! any sign-in page anyway).
 //! Without a built console, `/` answers a short page saying how to build it.
 
 use std::path::{Component, Path, PathBuf};
@@ -210,21 +211,33 @@ pub struct SignInApp {
 pub struct AuthConfig {
     /// The admin app (`Data.AdminAzureApp`).
     pub admin: SignInApp,
+    /// The end-user app (`Data.SpsAzureApp`), for the self-service page (`/me`).
+    pub user: SignInApp,
+}
+
+impl SignInApp {
+    fn of(app: &crate::config::AzureApp) -> Self {
+        SignInApp {
+            authority: app.authority.trim_end_matches('/').to_owned(),
+            tenant: app.tenant.clone(),
+            client_id: app.client_id.clone(),
+        }
+    }
 }
 
 /// `GET /api/auth/config`: where the console signs admins in (no authentication; nothing secret).
 #[utoipa::path(get, path = "/api/auth/config", tag = "system",
-    responses((status = 200, description = "The admin app's public sign-in settings",
+    responses((status = 200, description = "The public sign-in settings of the admin app and \
+        of the end-user app",
         body = AuthConfig, example = json!({"admin": {"authority": "https://login.microsoftonline.com",
-            "tenant": "contoso.onmicrosoft.com", "client_id": "00000000-0000-0000-0000-000000000000"}}))))]
+            "tenant": "contoso.onmicrosoft.com", "client_id": "00000000-0000-0000-0000-000000000000"},
+            "user": {"authority": "https://login.microsoftonline.com",
+            "tenant": "contoso.onmicrosoft.com", "client_id": "11111111-1111-1111-1111-111111111111"}}))))]
 pub async fn auth_config(State(state): State<ApiState>) -> Json<AuthConfig> {
-    let app = &state.config.settings().admin_app;
+    let settings = state.config.settings();
     Json(AuthConfig {
-        admin: SignInApp {
-            authority: app.authority.trim_end_matches('/').to_owned(),
-            tenant: app.tenant.clone(),
-            client_id: app.client_id.clone(),
-        },
+        admin: SignInApp::of(&settings.admin_app),
+        user: SignInApp::of(&settings.sps_app),
     })
 }
 

@@ -1,6 +1,6 @@
 //! The REST API under `/api` (axum): users, registrations, configuration entries and leaves,
 //! trusted IPs, the audit log, running calls, policy modules, the caller's claims and the
-//! version, the live event stream (`/api/events`), its OpenAPI document (`/api/openapi.json`)
+//! version, the end user's own accounts and activation (`/api/me`), the live event stream (`/api/events`), its OpenAPI document (`/api/openapi.json`)
 //! and Swagger UI (`/swagger`), with `application/problem+json` errors and the access rules of
 //! [`access`]; and the web console's files on every other path ([`console`]). [`router`] builds
 //! the whole tree from an [`ApiState`]; `serve` mounts it and owns `/healthz` and `/metrics`.
@@ -11,6 +11,7 @@ pub mod config;
 pub mod console;
 pub mod debug;
 pub mod events;
+pub mod me;
 pub mod openapi;
 pub mod policies;
 pub mod problem;
@@ -125,6 +126,11 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/api/audit", get(config::audit_list))
         .route("/api/debug/claims", get(debug::claims))
+        .route("/api/me", get(me::get))
+        .route(
+            "/api/me/activation",
+            axum::routing::post(me::activate).delete(me::deactivate),
+        )
         .route(
             "/api/config/{server}/trusted-ips",
             get(trusted_ips::list)

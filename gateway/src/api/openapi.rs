@@ -49,7 +49,9 @@ pub const BEARER: &str = "bearer";
             member of the admin group is an admin, others get 403) or the break-glass \
             `<data-dir>/admin-token` from localhost; without a token only the configuration \
             APIs answer, and only local requests. `GET /api/debug/claims` shows any signed-in \
-            caller their own claims."
+            caller their own claims. `/api/me/…` is the end user's self-service: it takes only a \
+            token of the end-user app (`Data.SpsAzureApp`) and shows and changes only the SIP \
+            accounts whose `upn` is the token's."
     ),
     paths(
         super::version::get,
@@ -85,6 +87,9 @@ pub const BEARER: &str = "bearer";
         super::policies::put,
         super::policies::delete,
         super::policies::disable,
+        super::me::get,
+        super::me::activate,
+        super::me::deactivate,
     ),
     components(
         schemas(Problem, super::FieldError),
@@ -111,6 +116,7 @@ pub const BEARER: &str = "bearer";
         (name = "calls", description = "Running calls of this server"),
         (name = "trunk", description = "The Teams Direct Routing trunk of this server"),
         (name = "config", description = "Configuration entries and leaves (cSPS keys), trusted IPs, audit log"),
+        (name = "me", description = "The signed-in end user's own SIP accounts, devices and Teams activation (end-user app tokens only)"),
         (name = "policies", description = "WASM policy modules (routing, admission, device quirks): upload, inspect, switch off, back to the built-in rule"),
     )
 )]
@@ -176,7 +182,8 @@ impl Modify for Finish {
                     .scheme(HttpAuthScheme::Bearer)
                     .description(Some(
                         "An access token of the admin Azure app (JWT), or the break-glass token \
-                         of `<data-dir>/admin-token` (from localhost)",
+                         of `<data-dir>/admin-token` (from localhost); on `/api/me/…` an access \
+                         token of the end-user app (`Data.SpsAzureApp`)",
                     ))
                     .build(),
             ),
@@ -205,8 +212,9 @@ impl Modify for Finish {
                     ("403", "Forbidden"),
                     ("503", "Unavailable"),
                 ] {
-                    // Any signed-in caller passes a `SignedIn` route: no 403 there.
-                    if status == "403" && rule == Rule::SignedIn {
+                    // Any signed-in caller passes a `SignedIn` route, and an end user's valid
+                    // token an `EndUser` one: no 403 there.
+                    if status == "403" && matches!(rule, Rule::SignedIn | Rule::EndUser) {
                         continue;
                     }
                     op.responses

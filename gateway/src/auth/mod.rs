@@ -1,5 +1,6 @@
-//! Admin sign-in: who a bearer token of the admin Azure app (`Data.AdminAzureApp.*`) belongs to
-//! and whether that user is an admin. Owns the tenant's signing-key cache ([`keys`]), token
+//! Sign-in: who a bearer token of the admin Azure app (`Data.AdminAzureApp.*`) belongs to and
+//! whether that user is an admin; and who an end user signed in with the end-user app
+//! (`Data.SpsAzureApp.*`) is, by the UPN their SIP accounts carry. Owns the tenant's signing-key cache ([`keys`]), token
 //! validation ([`token`]), the Graph membership check for tokens with the groups overage
 //! ([`graph`]) and the HTTPS client they share ([`http`]). The settings are read from the live
 //! configuration on every call, so a new tenant, client id or admin group applies without a
@@ -24,9 +25,10 @@ use keys::{KeyCache, Tenant};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum AuthError {
-    /// The admin app is not configured (tenant or client id empty).
-    #[error("Azure sign-in is not configured (Data.AdminAzureApp.Tenant and ClientId)")]
-    NotConfigured,
+    /// The app (`Data.AdminAzureApp` or `Data.SpsAzureApp`) is not configured (tenant or
+    /// client id empty).
+    #[error("Azure sign-in is not configured ({0}.Tenant and ClientId)")]
+    NotConfigured(&'static str),
     /// The token is not valid (malformed, bad signature, wrong issuer or audience, expired).
     #[error("{0}")]
     Invalid(String),
@@ -46,6 +48,8 @@ pub enum Via {
     AdminToken,
     /// No credentials, from localhost (config APIs only).
     Localhost,
+    /// A valid token of the end-user app (`/api/me` only).
+    EndUser,
 }
 
 /// The caller of a request, as the access layer established it.
@@ -111,18 +115,7 @@ impl Authenticator {
     /// `app.admin_group_id` by the `groups` claim or, when the token has the groups overage
     /// instead, by Graph.
     pub async fn authenticate(&self, token: &str, app: &AzureApp) -> Result<Identity, AuthError> {
-        if app.tenant.is_empty() || app.client_id.is_empty() {
-            return Err(AuthError::NotConfigured);
-        }
-        let kid = token::key_id(token)?;
-        let tenant = Tenant::new(&app.authority, &app.tenant);
-        let set = self.keys.keys_for(&tenant, &kid).await?;
-        let key = set.get(&kid).ok_or_else(|| {
-            AuthError::Invalid(format!(
-                "the token's signing key `{kid}` is not the tenant's"
-            ))
-        })?;
-        let claims = token::validate(token, key, &set.issuer, &app.client_id)?;
+        let claims = self.claims(token, app, "Data.AdminAzureApp").await?;
         let actor = actor(&claims);
         let admin = match groups(&claims, &app.admin_group_id) {
             _ if app.admin_group_id.is_empty() => false,
@@ -142,6 +135,59 @@ impl Authenticator {
             claims: Some(claims),
         })
     }
+}
+
+impl Authenticator {
+    /// Validates `token` for the end-user app `app` (`Data.SpsAzureApp`): the caller is the user
+    /// the token's `upn` (else `preferred_username`) names, never an admin.
+    pub async fn authenticate_end_user(
+        &self,
+        token: &str,
+        app: &AzureApp,
+    ) -> Result<Identity, AuthError> {
+        let claims = self.claims(token, app, "Data.SpsAzureApp").await?;
+        let upn = user_principal(&claims).ok_or_else(|| {
+            AuthError::Invalid("the token names no user (no `upn` or `preferred_username`)".into())
+        })?;
+        Ok(Identity {
+            actor: upn,
+            admin: false,
+            via: Via::EndUser,
+            claims: Some(claims),
+        })
+    }
+
+    /// The validated claims of `token` for `app` (`leaves` names the app's configuration).
+    async fn claims(
+        &self,
+        token: &str,
+        app: &AzureApp,
+        leaves: &'static str,
+    ) -> Result<Map<String, Value>, AuthError> {
+        if app.tenant.is_empty() || app.client_id.is_empty() {
+            return Err(AuthError::NotConfigured(leaves));
+        }
+        let kid = token::key_id(token)?;
+        let tenant = Tenant::new(&app.authority, &app.tenant);
+        let set = self.keys.keys_for(&tenant, &kid).await?;
+        let key = set.get(&kid).ok_or_else(|| {
+            AuthError::Invalid(format!(
+                "the token's signing key `{kid}` is not the tenant's"
+            ))
+        })?;
+        token::validate(token, key, &set.issuer, &app.client_id)
+    }
+}
+
+/// The user principal name a token names: `upn`, else `preferred_username` (v2.0 tokens of
+/// guests and of some tenants carry only the latter).
+pub fn user_principal(claims: &Map<String, Value>) -> Option<String> {
+    ["upn", "preferred_username"]
+        .iter()
+        .find_map(|c| claims.get(*c).and_then(Value::as_str))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
 }
 
 /// The audit name of a token's user: UPN, else preferred username, else object id, else subject.

@@ -1,4 +1,4 @@
-//! Validation of one admin-app access token (a JWT): RS256 only, the key named by the header's
+//! Validation of one access token of an Entra ID app (the admin app or the end-user app) (a JWT): RS256 only, the key named by the header's
 //! `kid`, issuer, audience (the client id or `api://{client id}`), and lifetime (`exp` required,
 //! `nbf` honoured, [`LEEWAY`] of clock skew). The claims of a valid token are returned as they are.
 
@@ -48,7 +48,7 @@ pub fn validate(
                 ErrorKind::InvalidSignature => "the token's signature is not valid".into(),
                 ErrorKind::InvalidIssuer => format!("the token was not issued by `{issuer}`"),
                 ErrorKind::InvalidAudience => {
-                    format!("the token is not for the admin app `{client_id}`")
+                    format!("the token is not for the app `{client_id}`")
                 }
                 ErrorKind::MissingRequiredClaim(c) => format!("the token has no `{c}` claim"),
                 _ => format!("the token is not valid: {e}"),
