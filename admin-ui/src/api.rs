@@ -97,16 +97,28 @@ pub async fn send(
     path: &str,
     body: Option<&Value>,
 ) -> Result<(u16, String), ApiError> {
+    let body = body.map(|b| (JsValue::from_str(&b.to_string()), "application/json"));
+    send_body(method, path, body, stored_token()).await
+}
+
+/// Sends `method path` with `body` (a string, `Blob` or buffer, and its content type) and
+/// `token` as the bearer token; the answer's status and body.
+pub async fn send_body(
+    method: &str,
+    path: &str,
+    body: Option<(JsValue, &str)>,
+    token: Option<String>,
+) -> Result<(u16, String), ApiError> {
     let window = web_sys::window().ok_or_else(|| ApiError::js("no window", JsValue::NULL))?;
     let init = RequestInit::new();
     init.set_method(method);
     let headers = Headers::new().map_err(|e| ApiError::js("headers", e))?;
-    if let Some(token) = stored_token() {
+    if let Some(token) = token {
         let _ = headers.set("Authorization", &format!("Bearer {token}"));
     }
-    if let Some(body) = body {
-        let _ = headers.set("Content-Type", "application/json");
-        init.set_body(&JsValue::from_str(&body.to_string()));
+    if let Some((body, content_type)) = body {
+        let _ = headers.set("Content-Type", content_type);
+        init.set_body(&body);
     }
     init.set_headers(&headers);
     let request =
@@ -127,7 +139,27 @@ pub async fn send(
 
 /// `method path` expecting a 2xx; its JSON body (`null` when empty).
 pub async fn call(method: &str, path: &str, body: Option<&Value>) -> Result<Value, ApiError> {
-    let (status, text) = send(method, path, body).await?;
+    json_answer(send(method, path, body).await?)
+}
+
+/// `method path` with `token` (not the console's) as the bearer token, expecting a 2xx; its
+/// JSON body.
+pub async fn call_as(method: &str, path: &str, token: Option<String>) -> Result<Value, ApiError> {
+    json_answer(send_body(method, path, None, token).await?)
+}
+
+/// `PUT path` with a file (a `Blob`) as the body, expecting a 2xx; its JSON body.
+pub async fn upload(
+    path: &str,
+    file: &web_sys::Blob,
+    content_type: &str,
+) -> Result<Value, ApiError> {
+    let body = Some((JsValue::from(file.clone()), content_type));
+    json_answer(send_body("PUT", path, body, stored_token()).await?)
+}
+
+/// The JSON body of a 2xx answer (`null` when empty), or the problem of any other.
+pub fn json_answer((status, text): (u16, String)) -> Result<Value, ApiError> {
     if !(200..300).contains(&status) {
         return Err(ApiError::from_answer(status, &text));
     }

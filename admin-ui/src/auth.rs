@@ -1,7 +1,9 @@
-//! Sign-in with the admin Azure app: OAuth 2.0 authorization code with PKCE from the browser
-//! (a "single-page application" redirect URI, no client secret). The gateway tells the authority,
+//! Sign-in with an Azure app — the admin app for the console, the end-user app for the
+//! self-service page (`/me`): OAuth 2.0 authorization code with PKCE from the browser (a
+//! "single-page application" redirect URI, no client secret). The gateway tells the authority,
 //! tenant and client id (`GET /api/auth/config`); the endpoints come from the tenant's OpenID
-//! discovery document; the access token (audience: the admin app) is then the API's bearer token.
+//! discovery document; the access token (audience: that app) is then the API's bearer token.
+//! Both come back to `/callback`; what the sign-in started from says where the token goes.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -11,7 +13,7 @@ use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::JsFuture;
 use web_sys::{Headers, Request, RequestInit, Response};
 
-/// The admin app as the gateway describes it (`GET /api/auth/config`).
+/// An app as the gateway describes it (`GET /api/auth/config`: `admin` or `user`).
 #[derive(Clone, Debug, Default, Deserialize)]
 pub struct AppInfo {
     /// Entra ID authority (`https://login.microsoftonline.com`).
@@ -36,7 +38,7 @@ impl AppInfo {
         )
     }
 
-    /// The scope asking for an access token whose audience is the admin app itself.
+    /// The scope asking for an access token whose audience is the app itself.
     fn scope(&self) -> String {
         format!("openid profile {}/.default", self.client_id)
     }
@@ -132,8 +134,9 @@ fn form(pairs: &[(&str, &str)]) -> String {
         .join("&")
 }
 
-/// Starts the sign-in: remembers a PKCE verifier and state, then leaves for the authority.
-pub async fn start(app: &AppInfo) -> Result<(), String> {
+/// Starts the sign-in: remembers a PKCE verifier, state and the page to return to (`/` for the
+/// console, `/me` for the self-service page), then leaves for the authority.
+pub async fn start(app: &AppInfo, return_to: &str) -> Result<(), String> {
     let discovery = fetch_json(&app.discovery_url(), None).await?;
     let endpoint = |k: &str| {
         discovery
@@ -151,6 +154,7 @@ pub async fn start(app: &AppInfo) -> Result<(), String> {
     let challenge = sha256_b64(&verifier).await?;
     let pending = serde_json::json!({
         "verifier": verifier, "state": state, "token_endpoint": token, "client_id": app.client_id,
+        "return_to": return_to,
     });
     session()?
         .set_item(PENDING_KEY, &pending.to_string())
@@ -175,8 +179,16 @@ pub async fn start(app: &AppInfo) -> Result<(), String> {
         .map_err(|_| "cannot leave for the authority".to_owned())
 }
 
+/// A finished sign-in.
+pub struct SignedIn {
+    /// The access token.
+    pub token: String,
+    /// The page the sign-in started from (`/` or `/me`).
+    pub return_to: String,
+}
+
 /// Finishes the sign-in on `/callback?code=…&state=…`: the access token, or why not.
-pub async fn finish(search: &str) -> Result<String, String> {
+pub async fn finish(search: &str) -> Result<SignedIn, String> {
     let params = web_sys::UrlSearchParams::new_with_str(search).map_err(|_| "bad callback URL")?;
     if let Some(err) = params.get("error") {
         let why = params.get("error_description").unwrap_or_default();
@@ -210,9 +222,14 @@ pub async fn finish(search: &str) -> Result<String, String> {
         ("code_verifier", &field("verifier")),
     ]);
     let answer = fetch_json(&field("token_endpoint"), Some(body)).await?;
-    answer
+    let token = answer
         .get("access_token")
         .and_then(Value::as_str)
         .map(str::to_owned)
-        .ok_or_else(|| "the token endpoint returned no access token".into())
+        .ok_or("the token endpoint returned no access token")?;
+    let return_to = match field("return_to") {
+        r if r == crate::me::PATH => r,
+        _ => "/".to_owned(),
+    };
+    Ok(SignedIn { token, return_to })
 }

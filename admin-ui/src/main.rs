@@ -1,11 +1,13 @@
 //! The csps web console: a Leptos client-side app (built by Trunk, served by the gateway at `/`).
 //! Owns the page shell, the path-based navigation (history API; the gateway answers every
 //! non-API path with `index.html`), the sign-in state and the live event feed the pages share.
-//! The pages live in [`pages`]; REST calls in [`api`]; the OAuth sign-in in [`auth`].
+//! The pages live in [`pages`], the end user's self-service page in [`me`]; REST calls in
+//! [`api`]; the OAuth sign-in in [`auth`].
 
 mod api;
 mod auth;
 mod events;
+mod me;
 mod pages;
 
 use leptos::prelude::*;
@@ -57,6 +59,7 @@ const PAGES: &[(&str, &str)] = &[
     ("/registrations", "Registrations"),
     ("/calls", "Calls"),
     ("/users", "Users"),
+    ("/policies", "Policies"),
     ("/audit", "Audit log"),
 ];
 
@@ -109,6 +112,10 @@ fn App() -> impl IntoView {
         if path == auth::CALLBACK {
             return view! { <pages::Callback /> }.into_any();
         }
+        // The end user's page needs no admin sign-in (it has its own).
+        if path == me::PATH {
+            return view! { <me::Me /> }.into_any();
+        }
         if !s.signed_in.get() {
             return view! { <pages::SignIn /> }.into_any();
         }
@@ -119,6 +126,7 @@ fn App() -> impl IntoView {
             "/calls" => view! { <pages::Calls /> }.into_any(),
             "/users" => view! { <pages::Users /> }.into_any(),
             "/audit" => view! { <pages::Audit /> }.into_any(),
+            "/policies" => view! { <pages::Policies /> }.into_any(),
             "/" => view! { <pages::Dashboard /> }.into_any(),
             _ => view! { <p role="alert">"No page at " {path}</p> }.into_any(),
         }

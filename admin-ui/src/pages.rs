@@ -1,5 +1,5 @@
 //! The pages: sign-in and its callback, the dashboard, the configuration editor, trusted IPs,
-//! registrations, active calls, users (SIP accounts) and the audit log. Each loads from the REST API and reloads when the event feed says its data
+//! registrations, active calls, users (SIP accounts), policies and the audit log. Each loads from the REST API and reloads when the event feed says its data
 //! moved.
 
 use leptos::prelude::*;
@@ -10,7 +10,7 @@ use crate::auth::{self, AppInfo};
 use crate::shell;
 
 /// Loads `path` now and again whenever `watch` changes; `None` until the first answer.
-fn load<T>(
+pub fn load<T>(
     path: impl Fn() -> Option<String> + 'static,
     watch: impl Fn() + 'static,
 ) -> RwSignal<Option<Result<T, ApiError>>>
@@ -28,7 +28,7 @@ where
 }
 
 /// What an action came to: a confirmation, or an error read out by screen readers.
-fn outcome(result: Option<Result<String, String>>) -> AnyView {
+pub fn outcome(result: Option<Result<String, String>>) -> AnyView {
     match result {
         Some(Ok(m)) => view! { <span class="ok">{m}</span> }.into_any(),
         Some(Err(m)) => view! { <span class="error" role="alert">{m}</span> }.into_any(),
@@ -37,7 +37,7 @@ fn outcome(result: Option<Result<String, String>>) -> AnyView {
 }
 
 /// A table's header row.
-fn head(columns: &'static [&'static str]) -> impl IntoView {
+pub fn head(columns: &'static [&'static str]) -> impl IntoView {
     view! {
         <thead><tr>
             {columns.iter().map(|c| view! { <th scope="col">{*c}</th> }).collect_view()}
@@ -46,23 +46,52 @@ fn head(columns: &'static [&'static str]) -> impl IntoView {
 }
 
 /// An error line, read by screen readers.
-fn error_line(e: &ApiError) -> AnyView {
+pub fn error_line(e: &ApiError) -> AnyView {
     view! { <p class="error" role="alert">{e.to_string()}</p> }.into_any()
+}
+
+/// "Sign in with Microsoft" for one app of `GET /api/auth/config` (`admin` or `user`), coming
+/// back to `return_to`; `unconfigured` when that app is not set up; why a start failed in
+/// `message`.
+#[component]
+pub fn MicrosoftSignIn(
+    which: &'static str,
+    return_to: &'static str,
+    unconfigured: &'static str,
+    message: RwSignal<Option<String>>,
+) -> impl IntoView {
+    let app = load::<Value>(|| Some("/api/auth/config".into()), || ());
+    let start = move |info: AppInfo| {
+        leptos::task::spawn_local(async move {
+            if let Err(e) = auth::start(&info, return_to).await {
+                message.set(Some(e));
+            }
+        });
+    };
+    move || match app.get() {
+        None => view! { <p>"Loading…"</p> }.into_any(),
+        Some(Err(e)) => error_line(&e),
+        Some(Ok(v)) => {
+            let info: AppInfo = serde_json::from_value(v[which].clone()).unwrap_or_default();
+            if info.configured() {
+                view! {
+                    <button type="button" class="primary" on:click=move |_| start(info.clone())>
+                        "Sign in with Microsoft"
+                    </button>
+                }
+                .into_any()
+            } else {
+                view! { <p>{unconfigured}</p> }.into_any()
+            }
+        }
+    }
 }
 
 #[component]
 pub fn SignIn() -> impl IntoView {
     let s = shell();
-    let app = load::<Value>(|| Some("/api/auth/config".into()), || ());
     let message = RwSignal::new(None::<String>);
     let token = RwSignal::new(String::new());
-    let start = move |info: AppInfo| {
-        leptos::task::spawn_local(async move {
-            if let Err(e) = auth::start(&info).await {
-                message.set(Some(e));
-            }
-        });
-    };
     let use_token = move |ev: leptos::ev::SubmitEvent| {
         ev.prevent_default();
         let t = token.get_untracked().trim().to_owned();
@@ -76,25 +105,9 @@ pub fn SignIn() -> impl IntoView {
     view! {
         <section aria-labelledby="signin-title" class="narrow">
             <h2 id="signin-title">"Sign in"</h2>
-            {move || match app.get() {
-                None => view! { <p>"Loading…"</p> }.into_any(),
-                Some(Err(e)) => error_line(&e),
-                Some(Ok(v)) => {
-                    let info: AppInfo = serde_json::from_value(v["admin"].clone()).unwrap_or_default();
-                    if info.configured() {
-                        view! {
-                            <button type="button" class="primary" on:click=move |_| start(info.clone())>
-                                "Sign in with Microsoft"
-                            </button>
-                        }.into_any()
-                    } else {
-                        view! {
-                            <p>"Azure sign-in is not configured yet (Data.AdminAzureApp.Tenant and ClientId). "
-                               "On the server itself, use the admin token below."</p>
-                        }.into_any()
-                    }
-                }
-            }}
+            <MicrosoftSignIn which="admin" return_to="/" message=message
+                unconfigured="Azure sign-in is not configured yet (Data.AdminAzureApp.Tenant and \
+                    ClientId). On the server itself, use the admin token below." />
             {move || message.get().map(|m| view! { <p class="error" role="alert">{m}</p> })}
             <form on:submit=use_token>
                 <label for="admin-token">"Admin token (" <code>"<data-dir>/admin-token"</code> ", from this machine only)"</label>
@@ -116,8 +129,12 @@ pub fn Callback() -> impl IntoView {
         .unwrap_or_default();
     leptos::task::spawn_local(async move {
         match auth::finish(&search).await {
-            Ok(token) => {
-                api::store_token(Some(&token));
+            Ok(done) if done.return_to == crate::me::PATH => {
+                crate::me::store_token(Some(&done.token));
+                s.navigate(crate::me::PATH);
+            }
+            Ok(done) => {
+                api::store_token(Some(&done.token));
                 s.signed_in.set(true);
                 s.navigate("/");
             }
@@ -180,8 +197,12 @@ pub fn Dashboard() -> impl IntoView {
         Some(Ok(l)) => l
             .iter()
             .map(|p| {
-                let f = |k| p.get(k).and_then(Value::as_str).unwrap_or("?").to_owned();
-                format!("{} ({})", f("kind"), f("state"))
+                let state = match (text_of(p, "source").as_str(), p.get("version")) {
+                    (_, _) if !text_of(p, "disabled_reason").is_empty() => "switched off".into(),
+                    ("module", Some(v)) => format!("module v{v}"),
+                    (source, _) => source.to_owned(),
+                };
+                format!("{} ({state})", text_of(p, "kind"))
             })
             .collect::<Vec<_>>()
             .join(", "),
@@ -594,7 +615,7 @@ pub fn Registrations() -> impl IntoView {
 }
 
 /// A JSON field as text (`""` when absent or null).
-fn text_of(v: &Value, k: &str) -> String {
+pub fn text_of(v: &Value, k: &str) -> String {
     match v.get(k) {
         None | Some(Value::Null) => String::new(),
         Some(Value::String(s)) => s.clone(),
@@ -622,6 +643,15 @@ pub fn Users() -> impl IntoView {
         Some(Ok(l)) => l,
         _ => Vec::new(),
     };
+    // Every binding, live; each row picks its user's.
+    let regs = load::<Vec<Value>>(
+        || Some("/api/registrations".into()),
+        move || feed.registrations.track(),
+    );
+    let bindings = Memo::new(move |_| match regs.get() {
+        Some(Ok(l)) => l,
+        _ => Vec::new(),
+    });
     let message = RwSignal::new(None::<Result<String, String>>);
     let create = move |ev: leptos::ev::SubmitEvent| {
         ev.prevent_default();
@@ -667,22 +697,62 @@ pub fn Users() -> impl IntoView {
             Some(Ok(l)) => view! { <p>{format!("{} user(s)", l.len())}</p> }.into_any(),
         })}
         <div class="scroll"><table id="users">
-            {head(&["Username", "Domain", "Display name", "Phone number", "Enabled", "Activated for Teams", "New password"])}
+            {head(&["Username", "Domain", "Display name", "Phone number", "Enabled", "Activated for Teams", "Devices", "New password"])}
             <tbody>
                 // Keyed by the whole user: a reload keeps the rows (and what their forms say)
                 // of the users that did not change.
                 <For each=users key=|u: &Value| u.to_string()
-                    children=|u| view! { <UserRow user=u /> } />
+                    children=move |u| view! { <UserRow user=u bindings=bindings /> } />
             </tbody>
         </table></div>
     }
 }
 
-/// One user, with a form that sets a new password (`PATCH /api/users/{id}`).
+/// The address of record a user's phones register (`sip:username@domain`).
+pub fn aor_of(user: &Value) -> String {
+    format!(
+        "sip:{}@{}",
+        text_of(user, "username"),
+        text_of(user, "domain")
+    )
+}
+
+/// A user's devices: one line per binding of `aor` (user agent, contact, transport, server,
+/// expiry); "none registered" when there is none.
+pub fn devices(aor: &str, bindings: &[Value]) -> AnyView {
+    let mine: Vec<&Value> = bindings
+        .iter()
+        .filter(|b| text_of(b, "aor").eq_ignore_ascii_case(aor))
+        .collect();
+    if mine.is_empty() {
+        return view! { <span class="muted">"none registered"</span> }.into_any();
+    }
+    view! {
+        <ul class="devices">
+            {mine.into_iter().map(|b| {
+                let agent = match text_of(b, "user_agent") {
+                    a if a.is_empty() => "unknown device".to_owned(),
+                    a => a,
+                };
+                view! {
+                    <li>
+                        <strong>{agent}</strong>" "<code>{text_of(b, "contact")}</code>
+                        <small>{format!(" {} via {}, server {}, until {} UTC", text_of(b, "source"),
+                            text_of(b, "transport"), text_of(b, "server"), short_time(&text_of(b, "expires_at")))}</small>
+                    </li>
+                }
+            }).collect_view()}
+        </ul>
+    }
+    .into_any()
+}
+
+/// One user, with its devices and a form that sets a new password (`PATCH /api/users/{id}`).
 #[component]
-fn UserRow(user: Value) -> impl IntoView {
+fn UserRow(user: Value, bindings: Memo<Vec<Value>>) -> impl IntoView {
     let id = text_of(&user, "id");
     let name = text_of(&user, "username");
+    let aor = aor_of(&user);
     let yes_no = |k: &str| {
         if user.get(k).and_then(Value::as_bool).unwrap_or(false) {
             "yes"
@@ -738,6 +808,7 @@ fn UserRow(user: Value) -> impl IntoView {
                     {if activated { "Deactivate" } else { "Activate" }}
                 </button>
             </td>
+            <td class="devices">{move || bindings.with(|b| devices(&aor, b))}</td>
             <td>
                 <form on:submit=reset class="leaf">
                     <label for=input_id.clone() class="visually-hidden">{format!("New password for {name}")}</label>
@@ -959,6 +1030,169 @@ fn LadderRow(message: Value) -> impl IntoView {
             <td class="lane"></td>
             {callee_side}
             <td class="lane"></td>
+        </tr>
+    }
+}
+
+/// The policy kinds, as `/api/policies/{kind}` names them.
+const POLICY_KINDS: [&str; 3] = ["routing", "admission", "quirks"];
+
+/// An RFC 3339 time as `YYYY-MM-DD HH:MM:SS` (UTC), or as it is.
+fn short_time(t: &str) -> String {
+    t.get(..19)
+        .map(|s| s.replace('T', " "))
+        .unwrap_or_else(|| t.to_owned())
+}
+
+#[component]
+pub fn Policies() -> impl IntoView {
+    let feed = shell().feed;
+    let reload = RwSignal::new(0u32);
+    let list = load::<Vec<Value>>(
+        || Some("/api/policies".into()),
+        move || {
+            feed.policies.track();
+            reload.track();
+        },
+    );
+    let status_of = move |kind: &'static str| {
+        Memo::new(move |_| match list.get() {
+            Some(Ok(l)) => l.into_iter().find(|p| text_of(p, "kind") == kind),
+            _ => None,
+        })
+    };
+    let message = RwSignal::new(None::<Result<String, String>>);
+    let kind = RwSignal::new(POLICY_KINDS[0].to_owned());
+    let file = NodeRef::<leptos::html::Input>::new();
+    let upload = move |ev: leptos::ev::SubmitEvent| {
+        ev.prevent_default();
+        let chosen = file
+            .get()
+            .and_then(|input| input.files())
+            .and_then(|f| f.get(0));
+        let Some(chosen) = chosen else {
+            message.set(Some(Err("Choose a .wasm component first.".into())));
+            return;
+        };
+        let kind = kind.get_untracked();
+        leptos::task::spawn_local(async move {
+            let url = format!("/api/policies/{}", api::encode(&kind));
+            message.set(Some(
+                match api::upload(&url, &chosen, "application/wasm").await {
+                    Ok(v) => Ok(format!(
+                        "The {kind} policy version {} is in use.",
+                        v["version"]
+                    )),
+                    Err(e) => Err(e.to_string()),
+                },
+            ));
+            if let Some(input) = file.get_untracked() {
+                input.set_value("");
+            }
+            reload.update(|n| *n += 1);
+        });
+    };
+    view! {
+        <h2>"Policies"</h2>
+        <p>"WASM components that replace the built-in routing, admission and device-quirk rules \
+            without a restart (built for " <code>"wasm32-wasip2"</code> " with " <code>"policies/sdk"</code>
+            "). A module that fails 5 times within 60 s is switched off and the built-in rule decides."</p>
+        <form on:submit=upload class="inline" id="policy-upload" aria-label="Upload a policy">
+            <label for="policy-kind">"Kind"</label>
+            <select id="policy-kind" on:change=move |ev| kind.set(event_target_value(&ev))>
+                {POLICY_KINDS.into_iter().map(|k| view! { <option value=k>{k}</option> }).collect_view()}
+            </select>
+            <label for="policy-file">"Component (.wasm)"</label>
+            <input id="policy-file" type="file" accept=".wasm,application/wasm" node_ref=file />
+            <button type="submit">"Upload"</button>
+        </form>
+        <p aria-live="polite">{move || outcome(message.get())}</p>
+        {move || list.with(|l| match l {
+            None => view! { <p>"Loading…"</p> }.into_any(),
+            Some(Err(e)) => error_line(e),
+            Some(Ok(_)) => ().into_any(),
+        })}
+        <div class="scroll"><table id="policies">
+            {head(&["Kind", "In use", "Version", "SHA-256", "Uploaded", "Decisions", "Failures", "Last error", "Switched off", ""])}
+            <tbody>
+                {POLICY_KINDS.into_iter().map(|kind| view! {
+                    <PolicyRow kind=kind status=status_of(kind) reload=reload message=message />
+                }).collect_view()}
+            </tbody>
+        </table></div>
+    }
+}
+
+/// One policy kind: its state, switch off, back to the built-in rule.
+#[component]
+fn PolicyRow(
+    kind: &'static str,
+    status: Memo<Option<Value>>,
+    reload: RwSignal<u32>,
+    message: RwSignal<Option<Result<String, String>>>,
+) -> impl IntoView {
+    let field =
+        move |k: &'static str| move || status.get().map(|s| text_of(&s, k)).unwrap_or_default();
+    let url = format!("/api/policies/{kind}");
+    let act = move |method: &'static str, path: String, done: String| {
+        leptos::task::spawn_local(async move {
+            message.set(Some(match api::call(method, &path, None).await {
+                Ok(_) => Ok(done),
+                Err(e) => Err(e.to_string()),
+            }));
+            reload.update(|n| *n += 1);
+        });
+    };
+    let disable_url = format!("{url}/disable");
+    let failures = move || {
+        status
+            .get()
+            .and_then(|s| s.get("failures").and_then(Value::as_object).cloned())
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| format!("{k}: {v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default()
+    };
+    let hash = move || {
+        status
+            .get()
+            .map(|s| text_of(&s, "hash"))
+            .unwrap_or_default()
+    };
+    let uploaded = move || {
+        status
+            .get()
+            .map(|s| {
+                format!(
+                    "{} {}",
+                    short_time(&text_of(&s, "uploaded_at")),
+                    text_of(&s, "uploaded_by")
+                )
+            })
+            .unwrap_or_default()
+    };
+    view! {
+        <tr data-kind=kind>
+            <th scope="row">{kind}</th>
+            <td>{field("source")}</td>
+            <td class="version">{field("version")}</td>
+            <td class="hash"><code title=hash>{move || hash().chars().take(12).collect::<String>()}</code></td>
+            <td>{uploaded}</td>
+            <td>{move || status.get().map(|s| s["decisions"].to_string()).unwrap_or_default()}</td>
+            <td>{failures}</td>
+            <td>{field("last_error")}</td>
+            <td class="disabled">{field("disabled_reason")}</td>
+            <td class="actions">
+                <button type="button" aria-label=format!("Switch off the {kind} policy")
+                    on:click=move |_| act("POST", disable_url.clone(), format!("The {kind} policy is switched off."))>
+                    "Switch off"</button>
+                <button type="button" aria-label=format!("Back to the built-in {kind} rule")
+                    on:click=move |_| act("DELETE", url.clone(), format!("The built-in {kind} rule decides."))>
+                    "Built-in"</button>
+            </td>
         </tr>
     }
 }

@@ -7,29 +7,18 @@
 // Prints a Markdown table. Talks to 127.0.0.1 only: every other request is aborted.
 //
 // usage: node bench.mjs --gateway http://127.0.0.1:P --token T [--runs N]
-import { chromium } from 'playwright-core';
+import { args, launch, localContext } from './browser.mjs';
 
-const args = Object.fromEntries(
-  process.argv.slice(2).reduce((acc, a, i, all) => (a.startsWith('--') ? [...acc, [a.slice(2), all[i + 1]]] : acc), []),
-);
 if (!args.gateway || !args.token) {
   console.error('usage: node bench.mjs --gateway URL --token T [--runs N]');
   process.exit(2);
 }
 const runs = Math.min(Math.max(Number(args.runs || 10), 1), 100);
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
-    '--disable-component-update', '--disable-sync', '--no-first-run'],
-});
+const browser = await launch();
 
 async function context() {
-  const ctx = await browser.newContext({ viewport: { width: 1280, height: 800 } });
-  await ctx.route('**/*', (route) => {
-    const host = new URL(route.request().url()).hostname;
-    return host === '127.0.0.1' || host === 'localhost' ? route.continue() : route.abort();
-  });
+  const ctx = await localContext(browser);
   await ctx.addInitScript((token) => sessionStorage.setItem('csps.token', token), args.token);
   return ctx;
 }

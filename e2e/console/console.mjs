@@ -2,40 +2,31 @@
 // sign in through the test IdP (idp.mjs), change a global leaf and see it on the server's entry,
 // add a trusted IP, create the phone's SIP account, set a new password and activate it, find the
 // changes in the audit log, watch the phone's registration appear and then a call, hang the call
-// up and open its SIP ladder, all without reloading. Saves a screenshot per step into --screens.
+// up and open its SIP ladder, see the phone among the user's devices, upload a policy component
+// and switch it off, all without reloading. Saves a screenshot per step into --screens.
 // Talks to 127.0.0.1 only: every other request is aborted.
 //
 // usage: node console.mjs --gateway http://127.0.0.1:P --server NAME --user U --password P --screens DIR
+//        --policy ROUTING.wasm
 // Prints `await-registration` when the registrations page is open (the caller then registers
 // user U with password P), `await-call` when the calls page is open (the caller then starts a
 // call that only ends with the gateway's BYE), and last one JSON line `{"ok":true,"first_load_ms":…}`. Exit code 0
 // only on success.
 import fs from 'node:fs';
 import path from 'node:path';
-import { chromium } from 'playwright-core';
+import { args, launch, localContext } from './browser.mjs';
 
-const args = Object.fromEntries(
-  process.argv.slice(2).reduce((acc, a, i, all) => (a.startsWith('--') ? [...acc, [a.slice(2), all[i + 1]]] : acc), []),
-);
 const gateway = args.gateway;
 const screens = args.screens;
 fs.mkdirSync(screens, { recursive: true });
 const step = (what) => console.error(`console test: ${what}`);
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
-    '--disable-component-update', '--disable-sync', '--no-first-run'],
-});
+const browser = await launch();
 let ok = false;
 const result = {};
 let page;
 try {
-  const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
-  await context.route('**/*', (route) => {
-    const host = new URL(route.request().url()).hostname;
-    return host === '127.0.0.1' || host === 'localhost' ? route.continue() : route.abort();
-  });
+  const context = await localContext(browser);
   page = await context.newPage();
   page.setDefaultTimeout(20000);
   page.on('console', (m) => { if (m.type() === 'error') step(`browser console: ${m.text()}`); });
@@ -149,11 +140,38 @@ try {
   result.reloads = loads.length;
   if (loads.length !== 0) throw new Error(`the page was reloaded: ${loads}`);
 
+  step("the user's devices on the users page");
+  await page.getByRole('link', { name: 'Users' }).click();
+  const device = page.locator(`#users tr[data-user="${args.user}"] td.devices li`);
+  await device.filter({ hasText: 'SIPp csps-e2e' }).waitFor();
+  result.device = (await device.first().textContent()).trim();
+  await shot('11-user-devices');
+
+  step('upload a policy component, then switch it off');
+  await page.getByRole('link', { name: 'Policies' }).click();
+  const routing = page.locator('#policies tr[data-kind="routing"]');
+  await routing.locator('td').filter({ hasText: /^builtin$/ }).waitFor();
+  const upload = page.locator('#policy-upload');
+  await upload.getByLabel('Kind').selectOption('routing');
+  await upload.getByLabel('Component (.wasm)').setInputFiles(args.policy);
+  await upload.getByRole('button', { name: 'Upload' }).click();
+  await page.getByText('The routing policy version 1 is in use.').waitFor();
+  await routing.locator('td.version').filter({ hasText: /^1$/ }).waitFor();
+  result.policy_hash = await routing.locator('td.hash code').getAttribute('title');
+  result.policy_hash_shown = (await routing.locator('td.hash code').textContent()).trim();
+  await shot('12-policy-uploaded');
+  await routing.getByRole('button', { name: 'Switch off the routing policy' }).click();
+  await routing.locator('td.disabled').filter({ hasText: /switched off by admin@contoso\.test/ }).waitFor();
+  result.policy_disabled = (await routing.locator('td.disabled').textContent()).trim();
+  await shot('13-policy-switched-off');
+  result.reloads = loads.length;
+  if (loads.length !== 0) throw new Error(`the page was reloaded: ${loads}`);
+
   step('phone-sized screen');
   await page.setViewportSize({ width: 390, height: 844 });
   await page.getByRole('link', { name: 'Configuration' }).click();
   await page.locator('#leaf-Data-SipConfig-MaxExpires').waitFor();
-  await shot('11-phone-config');
+  await shot('14-phone-config');
   ok = true;
 } catch (e) {
   result.error = String(e && e.stack ? e.stack : e);

@@ -1,12 +1,13 @@
 // An OpenID provider (node `oidc-provider`) standing in for Entra ID in the console tests. It
-// issues Entra-shaped v2.0 access tokens to the admin app: RS256 JWTs with `kid`, issuer
-// `http://127.0.0.1:PORT/TENANT/v2.0` (discovery at `{authority}/{tenant}/v2.0/.well-known/…`,
-// as the gateway asks), `aud` = the admin app's client id, and the claims `tid`, `oid`, `upn`,
-// `preferred_username` and `groups`. The app is a public client (PKCE, no secret) with one
-// redirect URI. The sign-in page is served here (no remote fonts), and consent is implied, as
+// issues Entra-shaped v2.0 access tokens to the admin app and, with --user-client, to the
+// end-user app: RS256 JWTs with `kid`, issuer `http://127.0.0.1:PORT/TENANT/v2.0` (discovery at
+// `{authority}/{tenant}/v2.0/.well-known/…`, as the gateway asks), `aud` = the client id of the
+// app that asked (scope `{client id}/.default`), and the claims `tid`, `oid`, `upn`,
+// `preferred_username`, `name` and `groups`. Each app is a public client (PKCE, no secret) with
+// the one redirect URI. The sign-in page is served here (no remote fonts), and consent is implied, as
 // for a first-party app an admin consented to.
 //
-// usage: node idp.mjs --port P --tenant T --client C --redirect URI --group G
+// usage: node idp.mjs --port P --tenant T --client C --redirect URI --group G [--user-client C2]
 // Prints `{"ready":true,"issuer":…}` on stdout once it listens; every account signs in with any
 // password; the account `outsider` is in no group.
 import http from 'node:http';
@@ -28,17 +29,20 @@ const { privateKey } = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 }
 const jwk = { ...privateKey.export({ format: 'jwk' }), kid: 'csps-test-key', use: 'sig', alg: 'RS256' };
 const oidFor = (login) => crypto.createHash('sha256').update(login).digest('hex').replace(
   /^(.{8})(.{4})(.{4})(.{4})(.{12}).*$/, '$1-$2-$3-$4-$5');
-const scope = `${args.client}/.default`;
+const appIds = [args.client, ...(args['user-client'] ? [args['user-client']] : [])];
+// An app's own API: the resource `api://{client id}` with the scope `{client id}/.default`.
+const resourceOf = (clientId) => `api://${clientId}`;
+const scopeOf = (clientId) => `${clientId}/.default`;
 
 const provider = new Provider(issuer, {
-  clients: [{
-    client_id: args.client,
+  clients: appIds.map((id) => ({
+    client_id: id,
     token_endpoint_auth_method: 'none',
     application_type: 'web',
     redirect_uris: [args.redirect],
     grant_types: ['authorization_code'],
     response_types: ['code'],
-  }],
+  })),
   jwks: { keys: [jwk] },
   pkce: { required: () => true },
   scopes: ['openid', 'profile'],
@@ -47,15 +51,19 @@ const provider = new Provider(issuer, {
     devInteractions: { enabled: false },
     resourceIndicators: {
       enabled: true,
-      defaultResource: () => `api://${args.client}`,
+      defaultResource: (ctx) => resourceOf(ctx.oidc.client.clientId),
       useGrantedResource: () => true,
-      getResourceServerInfo: () => ({
-        scope,
-        audience: args.client,
-        accessTokenTTL: 3600,
-        accessTokenFormat: 'jwt',
-        jwt: { sign: { alg: 'RS256' } },
-      }),
+      getResourceServerInfo: (ctx, resource) => {
+        const id = appIds.find((c) => resourceOf(c) === resource);
+        if (!id) throw new Error(`unknown resource ${resource}`);
+        return {
+          scope: scopeOf(id),
+          audience: id,
+          accessTokenTTL: 3600,
+          accessTokenFormat: 'jwt',
+          jwt: { sign: { alg: 'RS256' } },
+        };
+      },
     },
   },
   clientBasedCORS: (ctx, origin, client) => client.redirectUris.some((u) => u.startsWith(`${origin}/`)),
@@ -71,7 +79,8 @@ const provider = new Provider(issuer, {
       accountId: ctx.oidc.session.accountId,
     });
     grant.addOIDCScope('openid profile');
-    grant.addResourceScope(`api://${args.client}`, scope);
+    const app = ctx.oidc.client.clientId;
+    grant.addResourceScope(resourceOf(app), scopeOf(app));
     await grant.save();
     return grant;
   },
@@ -82,6 +91,7 @@ const provider = new Provider(issuer, {
       oid: oidFor(login),
       upn: `${login}@contoso.test`,
       preferred_username: `${login}@contoso.test`,
+      name: login,
       ver: '2.0',
       groups: login === 'outsider' ? [] : [args.group],
     };

@@ -5,7 +5,12 @@
 //! adds a trusted IP, creates the phone's SIP account, sets a new password and activates it,
 //! finds its changes in the audit log, and watches a SIPp phone's registration (digest, with the
 //! password set in the console) appear without a reload, then a call between two SIPp phones,
-//! which the admin hangs up there (both phones get the gateway's BYE), and the call's SIP ladder.
+//! which the admin hangs up there (both phones get the gateway's BYE), and the call's SIP ladder;
+//! then the phone among the user's devices, and a real policy component (`routing_dialplan`,
+//! built from `policies/`) uploaded through the page's file input and switched off there.
+//! Then an end user signs in on the self-service page (`/me`) with the end-user app
+//! (`Data.SpsAzureApp`, another client of the IdP), sees their SIPp-registered phone (and not
+//! another user's) and activates their account for Teams.
 //! Screenshots land in `<target>/tmp/console/`. Prints the first load time.
 
 use std::io::{BufRead, BufReader};
@@ -13,12 +18,17 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "../../gateway/tests/policy_support/mod.rs"]
+mod policy_support;
+
 use csps_tests::sipp::Sipp;
 use csps_tests::{Gateway, GatewayOptions, e2e_dir, free_port, have_tool, skip};
 
 const TENANT: &str = "7d3c2b1a-0f9e-4d8c-b7a6-958473625140";
 const CLIENT: &str = "a1b2c3d4-e5f6-4a7b-8c9d-0e1f2a3b4c5d";
 const GROUP: &str = "0c1d2e3f-4a5b-4c6d-8e7f-9a0b1c2d3e4f";
+/// The end-user app (`Data.SpsAzureApp`): another client of the same tenant.
+const USER_CLIENT: &str = "e5f6a7b8-c9d0-4e1f-8a2b-3c4d5e6f7a8b";
 
 /// Kills the child on drop.
 struct Killed(Child);
@@ -34,21 +44,35 @@ fn repo() -> PathBuf {
     e2e_dir().parent().map(PathBuf::from).unwrap_or_default()
 }
 
-#[test]
-fn admin_signs_in_edits_configuration_and_sees_a_registration_live() {
+/// A gateway serving the built console, and the test IdP with the admin app and the end-user
+/// app configured in the gateway.
+struct Console {
+    gw: Gateway,
+    console_dir: PathBuf,
+    chromium: String,
+    _idp: Killed,
+    /// Kept open: the IdP's stdout.
+    _idp_out: BufReader<std::process::ChildStdout>,
+}
+
+/// Starts the gateway and the IdP, or `None` after `skip` when a prerequisite is missing.
+fn start() -> Option<Console> {
     let console_dir = e2e_dir().join("console");
     let ui = repo().join("admin-ui/dist");
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
     if !have_tool("node") || !have_tool("sipp") || !PathBuf::from(&chromium).exists() {
-        return skip("node, sipp or chromium missing (run e2e/setup)");
+        skip("node, sipp or chromium missing (run e2e/setup)");
+        return None;
     }
     if !console_dir.join("node_modules/playwright-core").is_dir()
         || !console_dir.join("node_modules/oidc-provider").is_dir()
     {
-        return skip("e2e/console/node_modules missing (run e2e/setup)");
+        skip("e2e/console/node_modules missing (run e2e/setup)");
+        return None;
     }
     if !ui.join("index.html").is_file() {
-        return skip("the console is not built (run admin-ui/build)");
+        skip("the console is not built (run admin-ui/build)");
+        return None;
     }
     let gw = match Gateway::start_with(
         GatewayOptions::default()
@@ -56,11 +80,12 @@ fn admin_signs_in_edits_configuration_and_sees_a_registration_live() {
             .arg(ui.display().to_string()),
     ) {
         Ok(g) => g,
-        Err(e) => return skip(&e),
+        Err(e) => {
+            skip(&e);
+            return None;
+        }
     };
-    let server = gw.server_name.clone().unwrap_or_default();
     let gateway_url = format!("http://{}", gw.http);
-
     let idp_port = free_port();
     let mut idp = Killed(
         Command::new("node")
@@ -73,6 +98,7 @@ fn admin_signs_in_edits_configuration_and_sees_a_registration_live() {
                 TENANT,
             ])
             .args(["--client", CLIENT, "--group", GROUP])
+            .args(["--user-client", USER_CLIENT])
             .args(["--redirect", &format!("{gateway_url}/callback")])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -84,93 +110,143 @@ fn admin_signs_in_edits_configuration_and_sees_a_registration_live() {
     idp_out.read_line(&mut line).expect("idp ready line");
     assert!(line.contains("\"ready\":true"), "idp.mjs: {line}");
 
+    let authority = format!("http://127.0.0.1:{idp_port}");
     for (leaf, value) in [
-        ("Authority", format!("http://127.0.0.1:{idp_port}")),
-        ("Tenant", TENANT.into()),
-        ("ClientId", CLIENT.into()),
-        ("AdminGroupId", GROUP.into()),
+        ("AdminAzureApp.Authority", authority.as_str()),
+        ("AdminAzureApp.Tenant", TENANT),
+        ("AdminAzureApp.ClientId", CLIENT),
+        ("AdminAzureApp.AdminGroupId", GROUP),
+        ("SpsAzureApp.Authority", authority.as_str()),
+        ("SpsAzureApp.Tenant", TENANT),
+        ("SpsAzureApp.ClientId", USER_CLIENT),
     ] {
         let r = gw.api(
             "PUT",
-            &format!("/api/config/*/Data.AdminAzureApp.{leaf}"),
+            &format!("/api/config/*/Data.{leaf}"),
             Some(&serde_json::json!(value)),
         );
         assert_eq!(r.status, 200, "{leaf}: {}", r.body);
     }
+    Some(Console {
+        gw,
+        console_dir,
+        chromium,
+        _idp: idp,
+        _idp_out: idp_out,
+    })
+}
 
-    let screens = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console");
+/// Runs `node script args…` with Chromium, answering the lines it prints with `on_line`; its
+/// last JSON line.
+fn drive(
+    c: &Console,
+    script: &str,
+    args: &[&str],
+    mut on_line: impl FnMut(&str),
+) -> serde_json::Value {
     let mut driver = Killed(
         Command::new("node")
-            .current_dir(&console_dir)
-            .args([
-                "console.mjs",
-                "--gateway",
-                &gateway_url,
-                "--server",
-                &server,
-            ])
-            .args([
-                "--user",
-                "console-bob",
-                "--password",
-                "secret-cb",
-                "--screens",
-                &screens.display().to_string(),
-            ])
-            .env("CHROMIUM", &chromium)
+            .current_dir(&c.console_dir)
+            .arg(script)
+            .args(args)
+            .env("CHROMIUM", &c.chromium)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .expect("start console.mjs"),
+            .unwrap_or_else(|e| panic!("start {script}: {e}")),
     );
     let out = BufReader::new(driver.0.stdout.take().expect("driver stdout"));
     let deadline = Instant::now() + Duration::from_secs(180);
     let mut result = serde_json::Value::Null;
-    let mut phones = Vec::new();
     for line in out.lines() {
         let line = line.expect("driver output");
         assert!(Instant::now() < deadline, "the browser test took too long");
-        if line == "await-registration" {
-            // The page is open; the phone registers now (digest: 401, then 200) with the
-            // password the console set (the account was created with another one).
-            let reg = Sipp::new("register.xml", gw.sip_addr())
-                .key("user", "console-bob")
-                .key("domain", "csps.local")
-                .key("expires", 300)
-                .auth("console-bob", "secret-cb")
-                .timeout(Duration::from_secs(10))
-                .run();
-            assert!(reg.ok(), "console-bob did not register:\n{}", reg.output);
-        } else if line == "await-call" {
-            // A call the console shows and hangs up: consolealice calls consolecarol; both
-            // SIPp phones then expect the gateway's BYE.
-            gw.create_user("consolealice", "secret-ca");
-            gw.create_user("consolecarol", "secret-cc");
-            let callee = Sipp::callee(
-                "uas_answer.xml",
-                gw.sip_addr(),
-                ("consolecarol", "secret-cc"),
-                "csps.local",
-            )
-            .unwrap_or_else(|e| panic!("{e}"));
-            let caller = Sipp::caller(
-                "uac_hung_up.xml",
-                gw.sip_addr(),
-                ("consolealice", "secret-ca"),
-                "consolecarol",
-                "csps.local",
-            );
-            phones.push(std::thread::spawn(move || callee.run()));
-            phones.push(std::thread::spawn(move || caller.run()));
-        } else if line.starts_with('{') {
+        if line.starts_with('{') {
             result = serde_json::from_str(&line).unwrap_or(serde_json::Value::Null);
+        } else {
+            on_line(&line);
         }
     }
-    let status = driver.0.wait().expect("console.mjs exit");
+    let status = driver.0.wait().expect("driver exit");
     assert!(
         status.success() && result["ok"] == true,
-        "console test failed ({status}): {result:#}\nscreenshots in {}",
-        screens.display()
+        "{script} failed ({status}): {result:#}\nscreenshots in {}",
+        screens().display()
+    );
+    result
+}
+
+/// Where the screenshots go.
+fn screens() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console")
+}
+
+#[test]
+fn admin_signs_in_edits_configuration_and_sees_a_registration_live() {
+    let Some(policy) = policy_support::component("routing_dialplan") else {
+        return;
+    };
+    let Some(c) = start() else { return };
+    let gw = &c.gw;
+    let server = gw.server_name.clone().unwrap_or_default();
+    let gateway_url = format!("http://{}", gw.http);
+    let screens = screens();
+    std::fs::create_dir_all(&screens).expect("screenshot folder");
+    let policy_file = screens.join("routing_dialplan.wasm");
+    std::fs::write(&policy_file, &policy).expect("write the policy component");
+    let mut phones = Vec::new();
+    let result = drive(
+        &c,
+        "console.mjs",
+        &[
+            "--gateway",
+            &gateway_url,
+            "--server",
+            &server,
+            "--user",
+            "console-bob",
+            "--password",
+            "secret-cb",
+            "--screens",
+            &screens.display().to_string(),
+            "--policy",
+            &policy_file.display().to_string(),
+        ],
+        |line| {
+            if line == "await-registration" {
+                // The page is open; the phone registers now (digest: 401, then 200) with the
+                // password the console set (the account was created with another one).
+                let reg = Sipp::new("register.xml", gw.sip_addr())
+                    .key("user", "console-bob")
+                    .key("domain", "csps.local")
+                    .key("expires", 300)
+                    .auth("console-bob", "secret-cb")
+                    .timeout(Duration::from_secs(10))
+                    .run();
+                assert!(reg.ok(), "console-bob did not register:\n{}", reg.output);
+            } else if line == "await-call" {
+                // A call the console shows and hangs up: consolealice calls consolecarol; both
+                // SIPp phones then expect the gateway's BYE.
+                gw.create_user("consolealice", "secret-ca");
+                gw.create_user("consolecarol", "secret-cc");
+                let callee = Sipp::callee(
+                    "uas_answer.xml",
+                    gw.sip_addr(),
+                    ("consolecarol", "secret-cc"),
+                    "csps.local",
+                )
+                .unwrap_or_else(|e| panic!("{e}"));
+                let caller = Sipp::caller(
+                    "uac_hung_up.xml",
+                    gw.sip_addr(),
+                    ("consolealice", "secret-ca"),
+                    "consolecarol",
+                    "csps.local",
+                );
+                phones.push(std::thread::spawn(move || callee.run()));
+                phones.push(std::thread::spawn(move || caller.run()));
+            }
+        },
     );
     for phone in phones {
         let run = phone.join().expect("SIPp thread");
@@ -210,9 +286,120 @@ fn admin_signs_in_edits_configuration_and_sees_a_registration_live() {
         audit.contains("admin@contoso.test"),
         "the audit log names the signed-in admin: {audit}"
     );
+    // The phone's registration was listed with its user.
+    assert!(
+        result["device"]
+            .as_str()
+            .is_some_and(|d| d.contains("SIPp csps-e2e") && d.contains("sip:console-bob@")),
+        "console-bob's device on the users page: {result}"
+    );
+    // The page showed the uploaded component's hash, and the store holds that very file,
+    // switched off by the signed-in admin.
+    let routing = gw.api("GET", "/api/policies/routing", None).json();
+    let sha = Command::new("sha256sum")
+        .arg(&policy_file)
+        .output()
+        .expect("sha256sum");
+    let sha = String::from_utf8_lossy(&sha.stdout);
+    let sha = sha.split_whitespace().next().unwrap_or("");
+    assert_eq!(routing["hash"], sha, "{routing}");
+    assert_eq!(
+        result["policy_hash"], sha,
+        "the hash the page showed: {result}"
+    );
+    assert_eq!(routing["size"], policy.len(), "{routing}");
+    assert_eq!(routing["version"], 1, "{routing}");
+    assert!(
+        routing["disabled_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("admin@contoso.test")),
+        "switched off in the page: {routing}"
+    );
     println!(
         "console first load (localhost, to the sign-in button): {} ms; screenshots in {}",
         result["first_load_ms"],
         screens.display()
     );
+}
+
+#[test]
+fn end_user_signs_in_sees_their_phone_and_activates() {
+    let Some(c) = start() else { return };
+    let gw = &c.gw;
+    // The SIP account of the Azure user `enduser@contoso.test`, and someone else's.
+    for (username, upn) in [
+        ("enduser", "enduser@contoso.test"),
+        ("otheruser", "other@contoso.test"),
+    ] {
+        let r = gw.api(
+            "POST",
+            "/api/users",
+            Some(&serde_json::json!({"username": username, "password": format!("{username}-secret"),
+                "upn": upn, "phone_number": if username == "enduser" { "+14255550123" } else { "+14255550124" }})),
+        );
+        assert_eq!(r.status, 201, "{username}: {}", r.body);
+    }
+    // Both phones register (digest) before the user opens the page.
+    for user in ["enduser", "otheruser"] {
+        let reg = Sipp::new("register.xml", gw.sip_addr())
+            .key("user", user)
+            .key("domain", "csps.local")
+            .key("expires", 300)
+            .auth(user, &format!("{user}-secret"))
+            .timeout(Duration::from_secs(10))
+            .run();
+        assert!(reg.ok(), "{user} did not register:\n{}", reg.output);
+    }
+    let screens = screens();
+    let result = drive(
+        &c,
+        "me.mjs",
+        &[
+            "--gateway",
+            &format!("http://{}", gw.http),
+            "--login",
+            "enduser",
+            "--aor",
+            "sip:enduser@csps.local",
+            "--screens",
+            &screens.display().to_string(),
+        ],
+        |_| {},
+    );
+    assert_eq!(result["activation_before"], "Not activated", "{result}");
+    assert_eq!(result["activation_after"], "Activated", "{result}");
+    assert!(
+        result["device"]
+            .as_str()
+            .is_some_and(|d| d.contains("SIPp csps-e2e") && d.contains("sip:enduser@")),
+        "the phone on the page: {result}"
+    );
+    // Only the user's own account was on the page.
+    assert_eq!(result["accounts"], 1, "{result}");
+    // The store has the activation (and only for this user), under the user's name in the audit log.
+    let users = gw.api("GET", "/api/users", None).json();
+    let activated = |name: &str| {
+        users
+            .as_array()
+            .and_then(|l| l.iter().find(|u| u["username"] == name))
+            .map(|u| u["activated"].clone())
+    };
+    assert_eq!(
+        activated("enduser"),
+        Some(serde_json::json!(true)),
+        "{users}"
+    );
+    assert_eq!(
+        activated("otheruser"),
+        Some(serde_json::json!(false)),
+        "{users}"
+    );
+    let audit = gw.api("GET", "/api/audit?limit=5", None).json();
+    assert!(
+        audit.as_array().is_some_and(|l| l
+            .iter()
+            .any(|e| e["actor"] == "enduser@contoso.test" && e["action"] == "user.activate")),
+        "the activation in the audit log: {audit}"
+    );
+    println!("self-service page: screenshots in {}", screens.display());
 }
