@@ -634,7 +634,9 @@ pub fn Users() -> impl IntoView {
             reload.track();
         },
     );
-    let (username, password, display) = (
+    let (username, password, display, upn, number) = (
+        RwSignal::new(String::new()),
+        RwSignal::new(String::new()),
         RwSignal::new(String::new()),
         RwSignal::new(String::new()),
         RwSignal::new(String::new()),
@@ -658,15 +660,21 @@ pub fn Users() -> impl IntoView {
         let name = username.get_untracked().trim().to_owned();
         let mut body =
             serde_json::json!({ "username": name, "password": password.get_untracked() });
-        let shown = display.get_untracked().trim().to_owned();
-        if !shown.is_empty() {
-            body["display_name"] = Value::from(shown);
+        for (key, field) in [
+            ("display_name", display),
+            ("upn", upn),
+            ("phone_number", number),
+        ] {
+            let text = field.get_untracked().trim().to_owned();
+            if !text.is_empty() {
+                body[key] = Value::from(text);
+            }
         }
         leptos::task::spawn_local(async move {
             match api::call("POST", "/api/users", Some(&body)).await {
                 Ok(_) => {
                     message.set(Some(Ok(format!("Created {name}."))));
-                    for f in [username, password, display] {
+                    for f in [username, password, display, upn, number] {
                         f.set(String::new());
                     }
                 }
@@ -688,6 +696,12 @@ pub fn Users() -> impl IntoView {
             <label for="new-display">"Display name"</label>
             <input id="new-display" type="text"
                 prop:value=move || display.get() on:input=move |ev| display.set(event_target_value(&ev)) />
+            <label for="new-upn">"UPN (Microsoft sign-in)"</label>
+            <input id="new-upn" type="email" autocomplete="off" placeholder="alice@contoso.com"
+                prop:value=move || upn.get() on:input=move |ev| upn.set(event_target_value(&ev)) />
+            <label for="new-number">"Phone number (E.164)"</label>
+            <input id="new-number" type="tel" autocomplete="off" placeholder="+14255550100"
+                prop:value=move || number.get() on:input=move |ev| number.set(event_target_value(&ev)) />
             <button type="submit">"Create"</button>
         </form>
         <p aria-live="polite">{move || outcome(message.get())}</p>
@@ -697,7 +711,7 @@ pub fn Users() -> impl IntoView {
             Some(Ok(l)) => view! { <p>{format!("{} user(s)", l.len())}</p> }.into_any(),
         })}
         <div class="scroll"><table id="users">
-            {head(&["Username", "Domain", "Display name", "Phone number", "Enabled", "Activated for Teams", "Devices", "New password"])}
+            {head(&["Username", "Domain", "Display name", "UPN", "Phone number", "Enabled", "Activated for Teams", "Devices", "New password"])}
             <tbody>
                 // Keyed by the whole user: a reload keeps the rows (and what their forms say)
                 // of the users that did not change.
@@ -801,7 +815,8 @@ fn UserRow(user: Value, bindings: Memo<Vec<Value>>) -> impl IntoView {
     view! {
         <tr data-user=name.clone()>
             <td>{name.clone()}</td><td>{text_of(&user, "domain")}</td>
-            <td>{text_of(&user, "display_name")}</td><td>{text_of(&user, "phone_number")}</td>
+            <td>{text_of(&user, "display_name")}</td><td>{text_of(&user, "upn")}</td>
+            <td>{text_of(&user, "phone_number")}</td>
             <td>{yes_no("enabled")}</td>
             <td>{yes_no("activated")}" "
                 <button type="button" aria-label=toggle_label on:click=toggle>

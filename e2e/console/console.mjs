@@ -84,6 +84,7 @@ try {
   await page.getByLabel('Username').fill(args.user);
   await page.getByLabel('Password', { exact: true }).fill('first-password-1');
   await page.getByLabel('Display name').fill('Console Bob');
+  await page.getByLabel('UPN (Microsoft sign-in)').fill(`${args.user}@contoso.test`);
   await page.getByRole('button', { name: 'Create' }).click();
   await page.getByText(`Created ${args.user}.`).waitFor();
   const row = page.locator(`#users tr[data-user="${args.user}"]`);

@@ -981,3 +981,66 @@ async fn mock_connect_info_layer_is_honoured() {
     .await;
     assert_eq!(r.status, StatusCode::OK);
 }
+
+/// `/api/me/…` is the end user's (a token of `Data.SpsAzureApp`, checked end to end with real
+/// tokens in `tests/tests/access.rs`): without a token, with the break-glass token (nobody's) or
+/// with a token while the end-user app is not configured, it answers 401 and changes nothing.
+#[tokio::test]
+async fn me_needs_an_end_user_token() {
+    let h = harness().await;
+    let r = send(
+        &h.app,
+        json_req(
+            Method::POST,
+            "/api/users",
+            &json!({"username": "erin", "password": "erin-secret-1", "upn": "erin@contoso.test"}),
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let id = r.body["id"].as_str().expect("id").to_owned();
+    let denied = |r: Reply, why: &str| {
+        r.problem(StatusCode::UNAUTHORIZED);
+        assert!(r.headers.contains_key(header::WWW_AUTHENTICATE));
+        let detail = r.body["detail"].as_str().unwrap_or("");
+        assert!(detail.contains(why), "{detail}");
+    };
+    for (method, uri) in [
+        (Method::GET, "/api/me"),
+        (Method::POST, "/api/me/activation"),
+        (Method::DELETE, "/api/me/activation"),
+    ] {
+        let bare = |m: Method| {
+            Request::builder()
+                .method(m)
+                .uri(uri)
+                .header(header::HOST, "127.0.0.1:8080")
+                .extension(ConnectInfo(SocketAddr::from(([127, 0, 0, 1], 40000))))
+        };
+        denied(
+            send(
+                &h.app,
+                bare(method.clone()).body(Body::empty()).expect("req"),
+            )
+            .await,
+            "needs a bearer token of the end-user app",
+        );
+        denied(
+            send(&h.app, empty(method.clone(), uri)).await,
+            "break-glass",
+        );
+        denied(
+            send(
+                &h.app,
+                bare(method.clone())
+                    .header(header::AUTHORIZATION, "Bearer eyJhbGciOiJSUzI1NiJ9.e30.x")
+                    .body(Body::empty())
+                    .expect("req"),
+            )
+            .await,
+            "Data.SpsAzureApp",
+        );
+    }
+    let r = send(&h.app, empty(Method::GET, &format!("/api/users/{id}"))).await;
+    assert_eq!(r.body["activated"], false, "{}", r.body);
+}

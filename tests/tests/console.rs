@@ -276,6 +276,7 @@ fn admin_signs_in_edits_configuration_and_sees_a_registration_live() {
             .as_array()
             .is_some_and(|l| l.iter().any(|u| u["username"] == "console-bob"
                 && u["display_name"] == "Console Bob"
+                && u["upn"] == "console-bob@contoso.test"
                 && u["activated"] == true)),
         "the account created in the console: {users}"
     );
