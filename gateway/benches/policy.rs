@@ -63,7 +63,7 @@ fn main() {
     let message = Message {
         direction: Direction::ToDevice,
         start: StartLine::Request("INVITE".into()),
-        headers: vec![("Session-Expires".into(), "1800".into())],
+        headers: "Session-Expires: 1800\r\n".into(),
         sdp: Some(
             "v=0\r\nm=audio 4000 RTP/AVP 111 9 0\r\na=rtpmap:111 opus/48000/2\r\na=ptime:30\r\n"
                 .into(),
@@ -112,7 +112,7 @@ fn main() {
             ("Content-Type", "application/sdp"),
         ]
         .into_iter()
-        .map(|(n, v)| (n.to_owned(), v.to_owned()))
+        .map(|(n, v)| format!("{n}: {v}\r\n"))
         .collect(),
         ..message.clone()
     };

@@ -205,20 +205,28 @@ async fn default_modules_decide_like_the_builtin_rules() {
             let msg = Message {
                 direction,
                 start: StartLine::Request("INVITE".into()),
-                headers: vec![("Session-Expires".into(), "1800".into())],
+                headers: "Session-Expires: 1800\r\n".into(),
                 sdp: Some(sdp.into()),
                 user_agent: (!ua.is_empty()).then(|| ua.to_owned()),
             };
             let got = h.engine.quirks(&msg);
-            assert_eq!(got.value, rules::adjust(&msg), "{ua} {direction:?}");
-            assert_eq!(got.by.version(), Some(1));
+            let builtin = rules::adjust(&msg);
+            assert_eq!(got.value, builtin, "{ua} {direction:?}");
+            // The module declared the built-in rule's interests: what the rule edits enters
+            // the module, the rest (other devices, from the device) does not.
+            let known = rules::family(ua).is_some() && direction == Direction::ToDevice;
+            assert_eq!(got.by.version().is_some(), known, "{ua} {direction:?}");
+            if !known {
+                assert_eq!(got.by, DecidedBy::OutsideInterest { version: 1 });
+                assert_eq!(builtin, rules::Edits::default());
+            }
         }
     }
     // The DECT default really edits: Opus gone, 20 ms, no rtcp-fb.
     let dect = Message {
         direction: Direction::ToDevice,
         start: StartLine::Request("INVITE".into()),
-        headers: vec![],
+        headers: String::new(),
         sdp: Some(sdp.into()),
         user_agent: Some("Gigaset N870 IP PRO".into()),
     };
@@ -227,6 +235,96 @@ async fn default_modules_decide_like_the_builtin_rules() {
         rules::apply_sdp(sdp, &edits.sdp),
         "v=0\r\nm=audio 4000 RTP/AVP 9 0\r\na=ptime:20\r\n"
     );
+}
+
+/// The module's decisions so far, as the API counts them.
+async fn decisions(h: &Harness, kind: &str) -> u64 {
+    let (status, shown) = h
+        .call(Method::GET, &format!("/api/policies/{kind}"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{shown}");
+    shown["decisions"].as_u64().expect("decisions")
+}
+
+#[tokio::test]
+async fn a_quirks_module_sees_only_the_messages_it_declared() {
+    let Some(dect) = component("quirks_dect") else {
+        return;
+    };
+    let h = harness().await;
+    let (status, body) = h.upload("quirks", dect).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(decisions(&h, "quirks").await, 0);
+    let sdp = "v=0\r\nm=audio 4000 RTP/AVP 111 0\r\na=rtpmap:111 opus/48000/2\r\n";
+    let msg = |direction, method: Option<&str>, ua: &str, with_sdp: bool| Message {
+        direction,
+        start: method.map_or(StartLine::Response(200), |m| StartLine::Request(m.into())),
+        headers: "Session-Expires: 1800\r\nAllow: INVITE, INFO\r\n".into(),
+        sdp: with_sdp.then(|| sdp.into()),
+        user_agent: Some(ua.into()),
+    };
+    // Outside what the module declared (the ACME base to the device, the built-in families
+    // to the device with SDP, Cisco to the device): it is never asked, nothing is edited,
+    // nothing is counted.
+    for outside in [
+        msg(
+            Direction::FromDevice,
+            Some("INVITE"),
+            "ACME DECT-200 1.2",
+            true,
+        ),
+        msg(Direction::FromDevice, None, "ACME DECT-200 1.2", false),
+        msg(Direction::ToDevice, Some("INVITE"), "baresip 3.10", true),
+        msg(
+            Direction::ToDevice,
+            Some("BYE"),
+            "Gigaset N870 IP PRO",
+            false,
+        ),
+        msg(Direction::ToDevice, None, "Yealink SIP-T46S", false),
+    ] {
+        let got = h.engine.quirks(&outside);
+        assert_eq!(
+            got.by,
+            DecidedBy::OutsideInterest { version: 1 },
+            "{outside:?}"
+        );
+        assert_eq!(got.value, rules::Edits::default(), "{outside:?}");
+    }
+    assert_eq!(
+        decisions(&h, "quirks").await,
+        0,
+        "no message entered the module"
+    );
+    // Inside: every message to the base (an OPTIONS without SDP too), and a Gigaset's offer.
+    let options = h.engine.quirks(&msg(
+        Direction::ToDevice,
+        Some("OPTIONS"),
+        "ACME DECT-200 1.2",
+        false,
+    ));
+    assert_eq!(options.by.version(), Some(1));
+    assert!(
+        options
+            .value
+            .headers
+            .contains(&rules::HeaderEdit::Remove("Session-Expires".into())),
+        "{options:?}"
+    );
+    let gigaset = h.engine.quirks(&msg(
+        Direction::ToDevice,
+        Some("INVITE"),
+        "Gigaset N870 IP PRO",
+        true,
+    ));
+    assert_eq!(gigaset.by.version(), Some(1));
+    assert!(
+        gigaset
+            .value
+            .sdp
+            .contains(&rules::SdpEdit::DropCodec("opus".into()))
+    );
+    assert_eq!(decisions(&h, "quirks").await, 2);
 }
 
 #[tokio::test]

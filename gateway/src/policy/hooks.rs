@@ -164,17 +164,27 @@ impl CallQuirks {
         }
         let sdp = headers
             .get("Content-Type")
-            .is_some_and(|t| t.trim().to_ascii_lowercase().starts_with("application/sdp"))
+            .is_some_and(|t| {
+                let t = t.trim_start().as_bytes();
+                t.get(..15)
+                    .is_some_and(|t| t.eq_ignore_ascii_case(b"application/sdp"))
+            })
             .then(|| std::str::from_utf8(body).ok())
             .flatten()
             .filter(|s| !s.is_empty());
+        // A module sees only the messages it declared: nothing is built for the others.
+        let method = match &start {
+            StartLine::Request(m) => Some(m.as_str()),
+            StartLine::Response(_) => None,
+        };
+        let ua = device.user_agent.as_deref();
+        if !self.pinned.wants(direction, method, ua, sdp.is_some()) {
+            return;
+        }
         let msg = QuirkMessage {
             direction,
             start,
-            headers: headers
-                .iter()
-                .map(|h| (h.name.clone(), h.value.clone()))
-                .collect(),
+            headers: header_block(headers),
             sdp: sdp.map(str::to_owned),
             user_agent: device.user_agent.clone(),
         };
@@ -192,6 +202,22 @@ impl CallQuirks {
             *body = Bytes::from(rules::apply_sdp(sdp, &sdp_edits));
         }
     }
+}
+
+/// The header section as one string (`adjuster.message.headers`): `Name: value` CRLF per field.
+fn header_block(headers: &Headers) -> String {
+    let len = headers
+        .iter()
+        .map(|h| h.name.len() + h.value.len() + 4)
+        .sum();
+    let mut block = String::with_capacity(len);
+    for h in headers.iter() {
+        block.push_str(&h.name);
+        block.push_str(": ");
+        block.push_str(&h.value);
+        block.push_str("\r\n");
+    }
+    block
 }
 
 /// Carries out header edits, except on the [`PROTECTED`] headers.

@@ -142,6 +142,12 @@ pub enum DecidedBy {
     Builtin,
     /// The built-in emergency rule (before any policy).
     Emergency,
+    /// Nobody: the message is outside the declared interests of the quirks module of this
+    /// version, so it was passed on unedited without entering the module (and not counted).
+    OutsideInterest {
+        /// The module's version.
+        version: u64,
+    },
     /// The module of this version.
     Module {
         /// Its version.
@@ -220,6 +226,23 @@ impl Pinned {
     /// when the built-in rule decides (the hooks' fast path skips building a request then).
     pub fn is_active(&self) -> bool {
         self.0.as_ref().is_some_and(|m| !m.is_disabled())
+    }
+
+    /// Whether the pinned quirks module wants a message with these traits (its declared
+    /// interests; see [`rules::Interest::matches`]). True without a module: the built-in rule
+    /// decides what it edits.
+    pub fn wants(
+        &self,
+        direction: rules::Direction,
+        method: Option<&str>,
+        user_agent: Option<&str>,
+        has_sdp: bool,
+    ) -> bool {
+        self.0.as_ref().is_none_or(|m| {
+            m.prepared
+                .interests()
+                .is_none_or(|i| rules::wanted(i, direction, method, user_agent, has_sdp))
+        })
     }
 }
 
@@ -373,13 +396,29 @@ impl PolicyEngine {
 
     /// Device-quirk edits with a call's pinned quirks module, in the call's instance `slot`:
     /// instantiated by the first decision that runs the module, dropped after a failure (the
-    /// next decision starts a fresh one).
+    /// next decision starts a fresh one). A message outside the module's declared interests
+    /// gets no edits and never enters it.
     pub fn quirks_in(
         &self,
         pinned: &Pinned,
         slot: &mut Option<sandbox::QuirksInstance>,
         msg: &QuirkMessage,
     ) -> Decision<Edits> {
+        if let Some(m) = &pinned.0 {
+            let method = match &msg.start {
+                rules::StartLine::Request(m) => Some(m.as_str()),
+                rules::StartLine::Response(_) => None,
+            };
+            let ua = msg.user_agent.as_deref();
+            if !pinned.wants(msg.direction, method, ua, msg.sdp.is_some()) && !m.is_disabled() {
+                return Decision {
+                    value: Edits::default(),
+                    by: DecidedBy::OutsideInterest {
+                        version: m.meta.version,
+                    },
+                };
+            }
+        }
         self.decide(
             PolicyKind::Quirks,
             pinned,

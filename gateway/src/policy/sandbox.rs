@@ -60,6 +60,10 @@ const TICK: Duration = Duration::from_millis(1);
 const KEEP_RESIDENT: usize = 1 << 20;
 /// Compiled components kept beyond the ones in use.
 const CACHE_SPARE: usize = 8;
+/// The WIT package version the host speaks (`wit/policy.wit`).
+const WIT_VERSION: &str = "0.2.0";
+/// Interests a quirks module may declare.
+const MAX_INTERESTS: usize = 256;
 
 /// Per-store state: the memory cap and whether it refused a growth.
 struct GuestState {
@@ -97,7 +101,21 @@ pub struct Prepared(Pre);
 enum Pre {
     Routing(routing_world::RoutingPre<GuestStateHandle>),
     Admission(admission_world::AdmissionPre<GuestStateHandle>),
-    Quirks(quirks_world::QuirksPre<GuestStateHandle>),
+    /// With the messages the module wants, asked once at load (`adjuster.interests`).
+    Quirks(
+        quirks_world::QuirksPre<GuestStateHandle>,
+        Arc<[rules::Interest]>,
+    ),
+}
+
+impl Prepared {
+    /// The messages a quirks module declared it wants; `None` for the other kinds.
+    pub fn interests(&self) -> Option<&[rules::Interest]> {
+        match &self.0 {
+            Pre::Quirks(_, interests) => Some(interests),
+            _ => None,
+        }
+    }
 }
 
 /// The store's data.
@@ -108,6 +126,8 @@ pub struct Sandbox {
     engine: Engine,
     cache: Mutex<HashMap<String, Component>>,
     stop: Arc<AtomicBool>,
+    /// The bounds of the one call a module gets at load (a quirks module's interests).
+    limits: Limits,
 }
 
 impl Sandbox {
@@ -156,6 +176,7 @@ impl Sandbox {
             engine,
             cache: Mutex::new(HashMap::new()),
             stop,
+            limits: limits.clone(),
         })
     }
 
@@ -193,8 +214,15 @@ impl Sandbox {
             .instantiate_pre(&component)
             .map_err(|e| format!("cannot instantiate the component: {e:#}"))?;
         let world = kind.as_str();
-        let wrong = |e: wasmtime::Error| {
-            format!("the component does not implement the `{world}` world (wit/policy.wit): {e:#}")
+        let old = outdated_interface(&self.engine, &component);
+        let wrong = |e: wasmtime::Error| match &old {
+            Some(name) => format!(
+                "the component was built against `{name}`; csps speaks `csps:policy@{WIT_VERSION}` \
+                 (wit/policy.wit): rebuild it with the current csps-policy-sdk"
+            ),
+            None => format!(
+                "the component does not implement the `{world}` world (wit/policy.wit): {e:#}"
+            ),
         };
         Ok(Prepared(match kind {
             PolicyKind::Routing => {
@@ -203,8 +231,48 @@ impl Sandbox {
             PolicyKind::Admission => {
                 Pre::Admission(admission_world::AdmissionPre::new(pre).map_err(wrong)?)
             }
-            PolicyKind::Quirks => Pre::Quirks(quirks_world::QuirksPre::new(pre).map_err(wrong)?),
+            PolicyKind::Quirks => {
+                let pre = quirks_world::QuirksPre::new(pre).map_err(wrong)?;
+                let interests = self.interests(&pre)?;
+                Pre::Quirks(pre, interests)
+            }
         }))
+    }
+
+    /// Asks a quirks module once which messages it wants, in an instance of its own under the
+    /// usual bounds; a failure or an invalid answer refuses the module.
+    fn interests(
+        &self,
+        pre: &quirks_world::QuirksPre<GuestStateHandle>,
+    ) -> Result<Arc<[rules::Interest]>, String> {
+        let fail = |(_, why): (Failure, String)| format!("asking the module's interests: {why}");
+        let mut store = self.store(&self.limits).map_err(fail)?;
+        let answer = pre
+            .instantiate(&mut store)
+            .map_err(|e| fail(classify(&store, e, true)))?
+            .csps_policy_adjuster()
+            .call_interests(&mut store)
+            .map_err(|e| fail(classify(&store, e, false)))?;
+        if answer.len() > MAX_INTERESTS {
+            return Err(format!(
+                "the module declares {} interests; at most {MAX_INTERESTS}",
+                answer.len()
+            ));
+        }
+        answer
+            .into_iter()
+            .map(|i| {
+                rules::Interest {
+                    user_agents: i.user_agents,
+                    direction: i.direction.map(direction_from),
+                    methods: i.methods,
+                    responses: i.responses,
+                    sdp_only: i.sdp_only,
+                }
+                .normalised()
+                .map_err(|why| format!("invalid interest: {why}"))
+            })
+            .collect()
     }
 
     /// A store bounded by `limits`.
@@ -284,7 +352,7 @@ impl Sandbox {
         pre: &Prepared,
         limits: &Limits,
     ) -> Result<QuirksInstance, (Failure, String)> {
-        let Prepared(Pre::Quirks(pre)) = pre else {
+        let Prepared(Pre::Quirks(pre, _)) = pre else {
             return Err((Failure::Invalid, "not a quirks module".into()));
         };
         let mut store = self.store(limits)?;
@@ -366,6 +434,28 @@ fn check_header(wasm: &[u8]) -> Result<(), String> {
                 .into(),
         ),
         _ => Err("not a WebAssembly component (it must start with \\0asm, layer 1)".into()),
+    }
+}
+
+/// The name of an exported `csps:policy` interface of another version than [`WIT_VERSION`],
+/// if the component has one (a module built with an older SDK).
+fn outdated_interface(engine: &Engine, component: &Component) -> Option<String> {
+    component
+        .component_type()
+        .exports(engine)
+        .map(|(name, _)| name)
+        .find(|name| {
+            name.strip_prefix("csps:policy/")
+                .and_then(|rest| rest.split_once('@'))
+                .is_some_and(|(_, version)| version != WIT_VERSION)
+        })
+        .map(str::to_owned)
+}
+
+fn direction_from(d: qk::Direction) -> rules::Direction {
+    match d {
+        qk::Direction::ToDevice => rules::Direction::ToDevice,
+        qk::Direction::FromDevice => rules::Direction::FromDevice,
     }
 }
 
@@ -482,14 +572,7 @@ fn quirk_message(m: &rules::Message) -> qk::Message {
             rules::StartLine::Request(method) => qk::StartLine::Request(method.clone()),
             rules::StartLine::Response(code) => qk::StartLine::Response(*code),
         },
-        headers: m
-            .headers
-            .iter()
-            .map(|(name, value)| qk::Header {
-                name: name.clone(),
-                value: value.clone(),
-            })
-            .collect(),
+        headers: m.headers.clone(),
         sdp: m.sdp.clone(),
         user_agent: m.user_agent.clone(),
     }

@@ -12,20 +12,38 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use csps_policy_sdk::quirks::{
-    Direction, Edits, Guest, Header, HeaderEdit, Message, SdpEdit, builtin,
+    Direction, Edits, Guest, Header, HeaderEdit, Interest, Message, SdpEdit, builtin,
+    builtin_interests,
 };
 
 struct Policy;
+
+/// The User-Agent prefix of the base, lower-case.
+const ACME_BASE: &str = "acme dect-200";
 
 /// True for the base this policy is for.
 fn is_acme_base(message: &Message) -> bool {
     message
         .user_agent
         .as_deref()
-        .is_some_and(|ua| ua.to_ascii_lowercase().starts_with("acme dect-200"))
+        .is_some_and(|ua| ua.to_ascii_lowercase().starts_with(ACME_BASE))
 }
 
 impl Guest for Policy {
+    /// Every message to the base (its header edits apply to all of them), and what the built-in
+    /// quirks want for the other devices; nothing else enters the module.
+    fn interests() -> Vec<Interest> {
+        let mut wanted = builtin_interests();
+        wanted.push(Interest {
+            user_agents: vec![ACME_BASE.into()],
+            direction: Some(Direction::ToDevice),
+            methods: None,
+            responses: true,
+            sdp_only: false,
+        });
+        wanted
+    }
+
     fn adjust(message: Message) -> Edits {
         if !is_acme_base(&message) || message.direction != Direction::ToDevice {
             return builtin(message);

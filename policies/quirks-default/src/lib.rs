@@ -3,11 +3,20 @@
 
 #![no_std]
 
-use csps_policy_sdk::quirks::{Edits, Guest, Message, builtin};
+extern crate alloc;
+
+use alloc::vec::Vec;
+
+use csps_policy_sdk::quirks::{Edits, Guest, Interest, Message, builtin, builtin_interests};
 
 struct Policy;
 
 impl Guest for Policy {
+    /// Only the families the built-in quirks have edits for, only to the device.
+    fn interests() -> Vec<Interest> {
+        builtin_interests()
+    }
+
     fn adjust(message: Message) -> Edits {
         builtin(message)
     }

@@ -294,8 +294,9 @@ pub struct Message {
     pub direction: Direction,
     /// Method or status.
     pub start: StartLine,
-    /// Header fields, in order.
-    pub headers: Vec<(String, String)>,
+    /// The header section: one `Name: value` field per line, in order, each line ending in CRLF
+    /// ([`header_fields`] splits it).
+    pub headers: String,
     /// SDP body, if any.
     pub sdp: Option<String>,
     /// The device's User-Agent (or Server).
@@ -349,25 +350,157 @@ pub enum Family {
     Cisco,
 }
 
+/// User-Agent substrings (lower-case) of DECT bases, recognised before their vendor.
+const DECT_MODELS: [&str; 11] = [
+    "gigaset", "snom m", "rtx", "kx-tgp", "w52", "w56", "w60", "w70", "w73", "w80", "w90",
+];
+
+/// User-Agent substrings (lower-case) of the other families.
+const VENDORS: [(&str, Family); 5] = [
+    ("yealink", Family::Yealink),
+    ("polycom", Family::Polycom),
+    ("poly ", Family::Polycom),
+    ("grandstream", Family::Grandstream),
+    ("cisco", Family::Cisco),
+];
+
 /// The family of a device from its User-Agent; DECT bases are recognised before their vendor.
 pub fn family(user_agent: &str) -> Option<Family> {
-    let ua = user_agent.to_ascii_lowercase();
-    let dect_models = [
-        "gigaset", "snom m", "rtx", "kx-tgp", "w52", "w56", "w60", "w70", "w73", "w80", "w90",
-    ];
-    if dect_models.iter().any(|m| ua.contains(m)) {
+    if DECT_MODELS
+        .iter()
+        .any(|m| contains_ignore_case(user_agent, m))
+    {
         return Some(Family::DectBase);
     }
-    [
-        ("yealink", Family::Yealink),
-        ("polycom", Family::Polycom),
-        ("poly ", Family::Polycom),
-        ("grandstream", Family::Grandstream),
-        ("cisco", Family::Cisco),
+    VENDORS
+        .into_iter()
+        .find(|(name, _)| contains_ignore_case(user_agent, name))
+        .map(|(_, f)| f)
+}
+
+/// True when `haystack` contains `needle` (ASCII lower-case), ignoring ASCII case; no allocation,
+/// as it runs on every message of a call.
+pub fn contains_ignore_case(haystack: &str, needle: &str) -> bool {
+    let (h, n) = (haystack.as_bytes(), needle.as_bytes());
+    n.is_empty()
+        || h.windows(n.len())
+            .any(|w| w.iter().zip(n).all(|(a, b)| a.to_ascii_lowercase() == *b))
+}
+
+/// One kind of message a quirks policy wants to see; a message that matches none of a policy's
+/// kinds is passed on unedited without asking it (`adjuster.interests` in `wit/policy.wit`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Interest {
+    /// Lower-case User-Agent substrings, any of which selects the device; empty: every device.
+    pub user_agents: Vec<String>,
+    /// The direction wanted; `None`: both.
+    pub direction: Option<Direction>,
+    /// Upper-case request methods wanted; `None`: every request.
+    pub methods: Option<Vec<String>>,
+    /// Whether responses are wanted.
+    pub responses: bool,
+    /// Only messages with an SDP body.
+    pub sdp_only: bool,
+}
+
+impl Interest {
+    /// Whether a message with these traits is wanted: a request's `method` (`None`: a
+    /// response), the device's `user_agent`, whether it carries SDP.
+    pub fn matches(
+        &self,
+        direction: Direction,
+        method: Option<&str>,
+        user_agent: Option<&str>,
+        has_sdp: bool,
+    ) -> bool {
+        self.direction.is_none_or(|d| d == direction)
+            && (has_sdp || !self.sdp_only)
+            && match method {
+                None => self.responses,
+                Some(m) => self
+                    .methods
+                    .as_ref()
+                    .is_none_or(|ms| ms.iter().any(|w| w.eq_ignore_ascii_case(m))),
+            }
+            && (self.user_agents.is_empty()
+                || user_agent
+                    .is_some_and(|ua| self.user_agents.iter().any(|p| contains_ignore_case(ua, p))))
+    }
+
+    /// Checks and normalises an interest from a policy module: patterns non-empty, at most 256
+    /// bytes, lower-cased; methods tokens, upper-cased.
+    pub fn normalised(mut self) -> Result<Interest, String> {
+        if self.user_agents.len() > 256 || self.methods.as_ref().is_some_and(|m| m.len() > 64) {
+            return Err("too many user-agents or methods in one interest".into());
+        }
+        for p in &mut self.user_agents {
+            if p.is_empty() || p.len() > 256 {
+                return Err(format!("invalid user-agent pattern `{}`", p.escape_debug()));
+            }
+            p.make_ascii_lowercase();
+        }
+        for m in self.methods.iter_mut().flatten() {
+            if m.is_empty() || m.len() > 32 || !m.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                return Err(format!("invalid method `{}`", m.escape_debug()));
+            }
+            m.make_ascii_uppercase();
+        }
+        Ok(self)
+    }
+}
+
+/// Whether any of `interests` matches the message (see [`Interest::matches`]).
+pub fn wanted(
+    interests: &[Interest],
+    direction: Direction,
+    method: Option<&str>,
+    user_agent: Option<&str>,
+    has_sdp: bool,
+) -> bool {
+    interests
+        .iter()
+        .any(|i| i.matches(direction, method, user_agent, has_sdp))
+}
+
+/// The messages the built-in quirks ([`adjust`]) edit: requests and responses to a device of a
+/// known family, only with SDP except for Cisco (whose `Session-Expires` goes from any message).
+pub fn interest() -> Vec<Interest> {
+    let patterns = |f: Option<Family>| -> Vec<String> {
+        DECT_MODELS
+            .iter()
+            .copied()
+            .filter(|_| f.is_none())
+            .chain(
+                VENDORS
+                    .iter()
+                    .filter(|(_, v)| f.is_none_or(|f| f == *v))
+                    .map(|(n, _)| *n),
+            )
+            .map(str::to_owned)
+            .collect()
+    };
+    let to_device = |user_agents, sdp_only| Interest {
+        user_agents,
+        direction: Some(Direction::ToDevice),
+        methods: None,
+        responses: true,
+        sdp_only,
+    };
+    // Any family with SDP (DECT before vendor, as `family` does: a Yealink DECT base is a DECT
+    // base); Cisco's header edit on every message.
+    alloc::vec![
+        to_device(patterns(None), true),
+        to_device(patterns(Some(Family::Cisco)), false),
     ]
-    .into_iter()
-    .find(|(name, _)| ua.contains(name))
-    .map(|(_, f)| f)
+}
+
+/// The fields of a header section ([`Message::headers`]): `(name, value)` per line, value
+/// trimmed; lines without a colon are skipped.
+pub fn header_fields(block: &str) -> impl Iterator<Item = (&str, &str)> {
+    block
+        .split("\r\n")
+        .filter_map(|line| line.split_once(':'))
+        .map(|(n, v)| (n.trim(), v.trim()))
 }
 
 /// The built-in quirks, for SDP sent to a device (defaults; a quirks policy replaces them):
@@ -636,5 +769,99 @@ mod tests {
         assert_eq!(h, vec![("To".to_owned(), "y".to_owned())]);
         assert_eq!(family("Yealink W60B 77.85.0.25"), Some(Family::DectBase));
         assert_eq!(family("Yealink SIP-T46S 66.86"), Some(Family::Yealink));
+    }
+
+    #[test]
+    fn the_builtin_interest_covers_every_message_the_builtin_quirks_edit() {
+        let sdp = "v=0\r\nm=audio 4000 RTP/AVP 0\r\na=rtcp-fb:0 nack\r\n";
+        let wants = interest();
+        let mut edited = 0;
+        for ua in [
+            "Gigaset N870 IP PRO",
+            "Yealink W60B",
+            "Yealink SIP-T46S",
+            "Poly Edge E350",
+            "Grandstream HT802",
+            "Cisco/SPA112-1.4.1",
+            "baresip 3.10",
+        ] {
+            for direction in [Direction::ToDevice, Direction::FromDevice] {
+                for method in [Some("INVITE"), Some("BYE"), None] {
+                    for with_sdp in [true, false] {
+                        let msg = Message {
+                            direction,
+                            start: method
+                                .map_or(StartLine::Response(200), |m| StartLine::Request(m.into())),
+                            headers: "Session-Expires: 90\r\n".into(),
+                            sdp: with_sdp.then(|| sdp.into()),
+                            user_agent: Some(ua.into()),
+                        };
+                        let wanted = wanted(&wants, direction, method, Some(ua), with_sdp);
+                        if adjust(&msg) != Edits::default() {
+                            edited += 1;
+                            assert!(wanted, "{msg:?}");
+                        }
+                        // Nothing from a device, nothing for an unknown one, no SDP-less
+                        // message but to Cisco.
+                        let expected = direction == Direction::ToDevice
+                            && family(ua).is_some()
+                            && (with_sdp || family(ua) == Some(Family::Cisco));
+                        assert_eq!(wanted, expected, "{msg:?}");
+                    }
+                }
+            }
+        }
+        assert!(edited > 10);
+        assert!(!wanted(&wants, Direction::ToDevice, None, None, true));
+    }
+
+    #[test]
+    fn an_interest_selects_by_device_direction_method_and_body() {
+        let i = Interest {
+            user_agents: vec!["ACME DECT".into()],
+            direction: Some(Direction::ToDevice),
+            methods: Some(vec!["invite".into(), "Update".into()]),
+            responses: false,
+            sdp_only: false,
+        }
+        .normalised()
+        .expect("valid");
+        assert_eq!(i.user_agents, vec!["acme dect".to_owned()]);
+        let ua = Some("Acme DECT-200 fw1");
+        assert!(i.matches(Direction::ToDevice, Some("INVITE"), ua, false));
+        assert!(i.matches(Direction::ToDevice, Some("update"), ua, true));
+        assert!(!i.matches(Direction::ToDevice, Some("BYE"), ua, false));
+        assert!(!i.matches(Direction::ToDevice, None, ua, true));
+        assert!(!i.matches(Direction::FromDevice, Some("INVITE"), ua, false));
+        assert!(!i.matches(Direction::ToDevice, Some("INVITE"), Some("Yealink"), false));
+        assert!(!i.matches(Direction::ToDevice, Some("INVITE"), None, false));
+        let everything = Interest {
+            user_agents: vec![],
+            direction: None,
+            methods: None,
+            responses: true,
+            sdp_only: false,
+        };
+        assert!(everything.matches(Direction::FromDevice, None, None, false));
+        let bad = |user_agents: Vec<String>, methods| {
+            Interest {
+                user_agents,
+                methods,
+                ..everything.clone()
+            }
+            .normalised()
+            .is_err()
+        };
+        assert!(bad(vec![String::new()], None));
+        assert!(bad(vec![], Some(vec!["IN VITE".into()])));
+        assert!(!bad(vec!["x".into()], Some(vec![])));
+    }
+
+    #[test]
+    fn header_fields_split_the_block() {
+        let f: Vec<_> = header_fields("Via: SIP/2.0/UDP a\r\nAllow:INVITE, BYE\r\n").collect();
+        assert_eq!(f, vec![("Via", "SIP/2.0/UDP a"), ("Allow", "INVITE, BYE")]);
+        assert!(contains_ignore_case("Gigaset N870", "gigaset"));
+        assert!(!contains_ignore_case("Giga", "gigaset"));
     }
 }

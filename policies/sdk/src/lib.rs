@@ -217,26 +217,54 @@ pub mod quirks {
         runtime_path: "csps_policy_sdk::wit_bindgen::rt",
     });
 
+    use alloc::vec::Vec;
     use csps_policy_rules as rules;
     pub use exports::csps::policy::adjuster::{
-        Direction, Edits, Guest, Header, HeaderEdit, Message, SdpEdit, StartLine,
+        Direction, Edits, Guest, Header, HeaderEdit, Interest, Message, SdpEdit, StartLine,
     };
+    pub use rules::header_fields;
+
+    fn direction(d: Direction) -> rules::Direction {
+        match d {
+            Direction::ToDevice => rules::Direction::ToDevice,
+            Direction::FromDevice => rules::Direction::FromDevice,
+        }
+    }
 
     /// The message as the built-in rules take it.
     pub fn to_rules(m: Message) -> rules::Message {
         rules::Message {
-            direction: match m.direction {
-                Direction::ToDevice => rules::Direction::ToDevice,
-                Direction::FromDevice => rules::Direction::FromDevice,
-            },
+            direction: direction(m.direction),
             start: match m.start {
                 StartLine::Request(method) => rules::StartLine::Request(method),
                 StartLine::Response(code) => rules::StartLine::Response(code),
             },
-            headers: m.headers.into_iter().map(|h| (h.name, h.value)).collect(),
+            headers: m.headers,
             sdp: m.sdp,
             user_agent: m.user_agent,
         }
+    }
+
+    /// Built-in interests as the WIT answer.
+    pub fn interests_from_rules(i: Vec<rules::Interest>) -> Vec<Interest> {
+        i.into_iter()
+            .map(|i| Interest {
+                user_agents: i.user_agents,
+                direction: i.direction.map(|d| match d {
+                    rules::Direction::ToDevice => Direction::ToDevice,
+                    rules::Direction::FromDevice => Direction::FromDevice,
+                }),
+                methods: i.methods,
+                responses: i.responses,
+                sdp_only: i.sdp_only,
+            })
+            .collect()
+    }
+
+    /// The messages the built-in quirks edit (every device family they know, to the device), as
+    /// the WIT answer: a policy that keeps the built-in quirks for other devices adds its own.
+    pub fn builtin_interests() -> Vec<Interest> {
+        interests_from_rules(rules::interest())
     }
 
     /// Built-in edits as the WIT answer.
