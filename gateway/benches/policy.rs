@@ -2,8 +2,9 @@
 //!
 //! 1. Decision latency: one decision at a time, each in a fresh instance taken from the pooling
 //!    allocator (instantiation, the call, fuel and deadline set-up, the answer's check and the
-//!    metrics included), for each default module and the built-in rule; and a quirks decision
-//!    in a call's instance (a call's second and later messages).
+//!    metrics included), for each default module and the built-in rule, with the answer cache
+//!    off; the same routing and admission questions answered from the module's kept answers;
+//!    and a quirks decision in a call's instance (a call's second and later messages).
 //! 2. Call setup rate through the gateway binary with policies off (built-in rules) and on (the
 //!    default admission, routing and quirks modules uploaded): SIPp calls from a trusted caller to
 //!    a SIPp callee (INVITE, 200, ACK, BYE at once), a fixed number of calls with a bounded
@@ -81,6 +82,16 @@ fn main() {
     row("route", "routing_dialplan", || drop(e.route(&route)));
     let e = with(PolicyKind::Admission, &admission);
     row("admit", "admission_default", || drop(e.admit(&register)));
+    // The same questions again with the module's kept answers (the default engine's): what a
+    // phone's next call pays.
+    let e = install(engine_keeping(4096), PolicyKind::Routing, &routing);
+    row("route, kept answer", "routing_default", || {
+        drop(e.route(&route))
+    });
+    let e = install(engine_keeping(4096), PolicyKind::Admission, &admission);
+    row("admit, kept answer", "admission_default", || {
+        drop(e.admit(&register))
+    });
     let e = with(PolicyKind::Quirks, &quirks);
     row("quirks", "quirks_default", || drop(e.quirks(&message)));
     // What a call pays per message after its first: the call's instance is reused.
@@ -279,12 +290,24 @@ fn usage(pid: u32) -> Usage {
     }
 }
 
+/// An engine that keeps no answers, so every decision runs in a fresh instance.
 fn engine() -> PolicyEngine {
-    PolicyEngine::new(Arc::new(Metrics::new()), Limits::default()).expect("engine")
+    engine_keeping(0)
+}
+
+fn engine_keeping(answers: usize) -> PolicyEngine {
+    let limits = Limits {
+        answer_cache: answers,
+        ..Limits::default()
+    };
+    PolicyEngine::new(Arc::new(Metrics::new()), limits).expect("engine")
 }
 
 fn with(kind: PolicyKind, wasm: &[u8]) -> PolicyEngine {
-    let e = engine();
+    install(engine(), kind, wasm)
+}
+
+fn install(e: PolicyEngine, kind: PolicyKind, wasm: &[u8]) -> PolicyEngine {
     let prepared = e.prepare(kind, wasm).expect("a valid component");
     let meta = PolicyMeta {
         kind: kind.as_str().into(),

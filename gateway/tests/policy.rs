@@ -655,3 +655,93 @@ async fn a_module_switched_off_through_the_api_stays_off_on_every_server() {
     );
     assert!(other.status(PolicyKind::Routing).disabled_reason.is_some());
 }
+
+#[tokio::test]
+async fn a_repeated_question_is_answered_without_entering_the_sandbox() {
+    let (Some(dialplan), Some(quirks), Some(looping)) = (
+        component("routing_dialplan"),
+        component("quirks_default"),
+        component("test_loop"),
+    ) else {
+        return;
+    };
+    // One instance slot: while a call's quirks instance holds it, nothing else can instantiate.
+    let limits = Limits {
+        instances: 1,
+        ..Limits::default()
+    };
+    let engine = PolicyEngine::new(Arc::new(Metrics::new()), limits).expect("engine");
+    for (kind, wasm) in [
+        (PolicyKind::Routing, &dialplan),
+        (PolicyKind::Quirks, &quirks),
+    ] {
+        let prepared = engine.prepare(kind, wasm).expect("prepare");
+        engine
+            .install(meta(kind.as_str(), wasm), prepared)
+            .expect("install");
+    }
+    let national = dialled("0501234567");
+    let first = engine.route(&national);
+    assert_eq!(first.value, Route::Teams("+972501234567".into()));
+    assert_eq!(first.by.version(), Some(1));
+
+    let offer = Message {
+        direction: Direction::ToDevice,
+        start: StartLine::Request("INVITE".into()),
+        headers: String::new(),
+        sdp: Some("v=0\r\nm=audio 4000 RTP/AVP 0\r\na=rtcp-fb:0 nack\r\n".into()),
+        user_agent: Some("Gigaset N870 IP PRO".into()),
+    };
+    let mut call = None;
+    let pinned = engine.pin(PolicyKind::Quirks);
+    assert_eq!(
+        engine.quirks_in(&pinned, &mut call, &offer).by.version(),
+        Some(1)
+    );
+    assert!(call.is_some(), "the call's instance holds the only slot");
+
+    // Asked again: the module's own answer, with no instance to spare.
+    assert_eq!(engine.route(&national), first);
+    // A question not asked before needs an instance, and there is none.
+    let other = engine.route(&dialled("0521234567"));
+    assert!(
+        matches!(
+            other.by,
+            DecidedBy::Fallback {
+                failure: Failure::Unavailable,
+                ..
+            }
+        ),
+        "{other:?}"
+    );
+    drop(call);
+    assert_eq!(
+        engine.route(&dialled("0521234567")).value,
+        Route::Teams("+972521234567".into())
+    );
+    let status = engine.status(PolicyKind::Routing);
+    assert_eq!(
+        status.decisions, 4,
+        "a kept answer counts as the module's decision"
+    );
+
+    // Switched off, the module's kept answers are not used either.
+    assert!(engine.disable(PolicyKind::Routing, "test"));
+    assert_eq!(engine.route(&national).by, DecidedBy::Builtin);
+
+    // Failures are never kept: a looping module fails every time it is asked.
+    let prepared = engine
+        .prepare(PolicyKind::Routing, &looping)
+        .expect("prepare");
+    engine
+        .install(meta("routing", &looping), prepared)
+        .expect("install");
+    for _ in 0..2 {
+        assert!(matches!(
+            engine.route(&national).by,
+            DecidedBy::Fallback { .. }
+        ));
+    }
+    let failures: u64 = engine.status(PolicyKind::Routing).failures.values().sum();
+    assert_eq!(failures, 2);
+}

@@ -16,7 +16,8 @@
 pub mod hooks;
 pub mod sandbox;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::hash::Hash;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -86,6 +87,8 @@ pub struct Limits {
     pub failure_limit: usize,
     /// See `failure_limit`.
     pub failure_window: Duration,
+    /// Routing and admission answers kept per module, by request (0: none; see [`Answers`]).
+    pub answer_cache: usize,
 }
 
 impl Default for Limits {
@@ -97,6 +100,7 @@ impl Default for Limits {
             instances: 1024,
             failure_limit: 5,
             failure_window: Duration::from_secs(60),
+            answer_cache: 4096,
         }
     }
 }
@@ -197,6 +201,57 @@ pub struct Module {
     prepared: sandbox::Prepared,
     decisions: AtomicU64,
     health: Mutex<Health>,
+    answers: Mutex<Answers>,
+}
+
+/// A module's routing and admission answers by request, so a question asked again (a phone's
+/// next INVITE from the same address, the same caller dialling the same number) is answered
+/// without entering the sandbox.
+///
+/// Exact, not an approximation: a decision runs in a fresh instance that can reach no clock, no
+/// randomness (the one seed import is a constant) and nothing outside, so a module's answer is a
+/// function of the request alone, and a fresh instance would answer the same again. Only
+/// answers that passed the check are kept; failures never are (a module that timed out once
+/// under load is asked again). Bounded by [`Limits::answer_cache`]: full, it starts over. Each
+/// module has its own, so a new upload starts empty; a switched-off module is not consulted.
+#[derive(Default)]
+struct Answers {
+    routes: HashMap<RouteRequest, Route>,
+    verdicts: HashMap<RegisterRequest, Verdict>,
+}
+
+impl Answers {
+    /// The answer kept for `req` in `map`, or `ask`'s (kept when `check` passes it).
+    fn answer<K: Clone + Eq + Hash, V: Clone>(
+        answers: &Mutex<Answers>,
+        cap: usize,
+        map: fn(&mut Answers) -> &mut HashMap<K, V>,
+        req: &K,
+        ask: impl FnOnce() -> Result<V, (Failure, String)>,
+        check: impl FnOnce(&V) -> Result<(), String>,
+    ) -> Result<V, (Failure, String)> {
+        if cap == 0 {
+            return ask();
+        }
+        if let Some(v) = answers
+            .lock()
+            .ok()
+            .and_then(|mut a| map(&mut a).get(req).cloned())
+        {
+            return Ok(v);
+        }
+        let v = ask()?;
+        if check(&v).is_ok()
+            && let Ok(mut a) = answers.lock()
+        {
+            let m = map(&mut a);
+            if m.len() >= cap {
+                m.clear();
+            }
+            m.insert(req.clone(), v.clone());
+        }
+        Ok(v)
+    }
 }
 
 #[derive(Default)]
@@ -363,7 +418,16 @@ impl PolicyEngine {
             PolicyKind::Routing,
             pinned,
             || rules::route(req),
-            |p| self.sandbox.route(p, &self.limits, req),
+            |m| {
+                Answers::answer(
+                    &m.answers,
+                    self.limits.answer_cache,
+                    |a| &mut a.routes,
+                    req,
+                    || self.sandbox.route(&m.prepared, &self.limits, req),
+                    rules::check_route,
+                )
+            },
             rules::check_route,
         )
     }
@@ -379,7 +443,16 @@ impl PolicyEngine {
             PolicyKind::Admission,
             pinned,
             || rules::admit(req),
-            |p| self.sandbox.admit(p, &self.limits, req),
+            |m| {
+                Answers::answer(
+                    &m.answers,
+                    self.limits.answer_cache,
+                    |a| &mut a.verdicts,
+                    req,
+                    || self.sandbox.admit(&m.prepared, &self.limits, req),
+                    rules::check_verdict,
+                )
+            },
             rules::check_verdict,
         )
     }
@@ -423,10 +496,10 @@ impl PolicyEngine {
             PolicyKind::Quirks,
             pinned,
             || rules::adjust(msg),
-            |p| {
+            |m| {
                 let instance = match slot {
                     Some(i) => i,
-                    None => slot.insert(self.sandbox.quirks_instance(p, &self.limits)?),
+                    None => slot.insert(self.sandbox.quirks_instance(&m.prepared, &self.limits)?),
                 };
                 let edits = instance.adjust(&self.limits, msg);
                 if edits.is_err() {
@@ -454,7 +527,7 @@ impl PolicyEngine {
         kind: PolicyKind,
         pinned: &Pinned,
         builtin: impl FnOnce() -> T,
-        run: impl FnOnce(&sandbox::Prepared) -> Result<T, (Failure, String)>,
+        run: impl FnOnce(&Module) -> Result<T, (Failure, String)>,
         check: impl FnOnce(&T) -> Result<(), String>,
     ) -> Decision<T> {
         let Some(m) = pinned.0.as_ref().filter(|m| !m.is_disabled()) else {
@@ -466,7 +539,7 @@ impl PolicyEngine {
         };
         m.decisions.fetch_add(1, Ordering::Relaxed);
         self.metrics.policy_decision(kind.as_str(), &m.label);
-        let outcome = run(&m.prepared).and_then(|v| match check(&v) {
+        let outcome = run(m).and_then(|v| match check(&v) {
             Ok(()) => Ok(v),
             Err(why) => Err((Failure::Invalid, format!("invalid answer: {why}"))),
         });
@@ -556,6 +629,7 @@ impl PolicyEngine {
             loaded_at: Utc::now(),
             prepared,
             decisions: AtomicU64::new(0),
+            answers: Mutex::new(Answers::default()),
             health: Mutex::new(Health {
                 disabled: meta.disabled.clone(),
                 ..Health::default()

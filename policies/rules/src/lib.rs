@@ -28,7 +28,7 @@ use core::net::{IpAddr, SocketAddr};
 // Routing
 
 /// The caller of a call: the account and device it comes from.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Caller {
     /// SIP username of the caller's account.
     pub user: String,
@@ -43,7 +43,7 @@ pub struct Caller {
 }
 
 /// One routing question.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct RouteRequest {
     /// Who calls.
     pub caller: Caller,
@@ -172,7 +172,7 @@ fn check_rejection(code: u16, reason: &str) -> Result<(), String> {
 // Admission
 
 /// A CIDR range.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct IpRange {
     /// Network address.
     pub addr: IpAddr,
@@ -202,7 +202,7 @@ impl IpRange {
 }
 
 /// SIP transport.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Transport {
     /// UDP.
@@ -218,7 +218,7 @@ pub enum Transport {
 }
 
 /// One REGISTER to judge.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct RegisterRequest {
     /// Source address and port of the REGISTER.
     pub source: SocketAddr,
