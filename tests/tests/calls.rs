@@ -394,8 +394,22 @@ fn baresip(
     tone_hz: u32,
     commands: &[&str],
 ) -> csps_tests::baresip::Baresip {
+    baresip_with(gw, dir, (user, password), tone_hz, commands, "")
+}
+
+/// As [`baresip`], with `account_params` appended to the account line (`;mediaenc=srtp`: the
+/// srtp module is loaded for every phone, used only where the account asks for it).
+fn baresip_with(
+    gw: &Gateway,
+    dir: &std::path::Path,
+    (user, password): (&str, &str),
+    tone_hz: u32,
+    commands: &[&str],
+    account_params: &str,
+) -> csps_tests::baresip::Baresip {
     let config = format!(
         "{}module\t\tausine.so\n\
+         module\t\tsrtp.so\n\
          module\t\tsndfile.so\n\
          module\t\taubridge.so\n\
          module_app\tmenu.so\n\
@@ -413,7 +427,7 @@ fn baresip(
     std::fs::write(
         dir.join("accounts"),
         format!(
-            "<sip:{user}@{DOMAIN}>;auth_pass={password};outbound=\"sip:127.0.0.1:{};transport=udp\";regint=600;audio_codecs=PCMU;answermode=auto\n",
+            "<sip:{user}@{DOMAIN}>;auth_pass={password};outbound=\"sip:127.0.0.1:{};transport=udp\";regint=600;audio_codecs=PCMU;answermode=auto{account_params}\n",
             gw.sip_port
         ),
     )
@@ -453,6 +467,29 @@ fn admin_hangs_up(gw: &Gateway, id: u64) {
             .is_some_and(|a| a.is_empty())),
         "the call did not end"
     );
+}
+
+/// Waits for the call to be answered, lets the phones talk for 4 s, takes `GET /api/calls`,
+/// and hangs the call up as an administrator (both phones get a BYE, which also closes their
+/// recordings); the list and the call's id.
+fn talk_then_hang_up(gw: &Gateway) -> (serde_json::Value, u64) {
+    let answered = wait_until(Duration::from_secs(15), || {
+        gw.api("GET", "/api/calls", None)
+            .json()
+            .as_array()
+            .is_some_and(|a| a.iter().any(|c| c["state"] == "answered"))
+    });
+    assert!(
+        answered,
+        "no answered call; gateway log:\n{}",
+        gw.log_tail(40)
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    let calls = gw.api("GET", "/api/calls", None).json();
+    let id = calls[0]["id"].as_u64().expect("call id");
+    admin_hangs_up(gw, id);
+    std::thread::sleep(Duration::from_millis(500));
+    (calls, id)
 }
 
 /// The tone share of `freq` in the decoded recording under `dir` (the `*dec*.wav` file).
@@ -501,23 +538,7 @@ fn baresip_call_carries_each_phones_tone_to_the_other() {
         600,
         &[&format!("/dial sip:bob@{DOMAIN}")],
     );
-    // Answered: the gateway lists the call.
-    let answered = wait_until(Duration::from_secs(15), || {
-        gw.api("GET", "/api/calls", None)
-            .json()
-            .as_array()
-            .is_some_and(|a| a.iter().any(|c| c["state"] == "answered"))
-    });
-    assert!(
-        answered,
-        "no answered call; gateway log:\n{}",
-        gw.log_tail(40)
-    );
-    std::thread::sleep(Duration::from_secs(4));
-    let calls = gw.api("GET", "/api/calls", None).json();
-    // The administrator hangs up: both phones get a BYE, which also closes their recordings.
-    let id = calls[0]["id"].as_u64().expect("call id");
-    admin_hangs_up(&gw, id);
+    let (calls, id) = talk_then_hang_up(&gw);
     assert_eq!(
         gw.api("DELETE", &format!("/api/calls/{id}"), None).status,
         404
@@ -546,6 +567,132 @@ fn baresip_call_carries_each_phones_tone_to_the_other() {
         legs[1]["counters"]["rtp_packets"].as_u64().unwrap_or(0) > 100,
         "{calls}"
     );
+}
+
+/// Sets `Data.SipConfig.<leaf>` on every server.
+fn set_leaf(gw: &Gateway, leaf: &str, value: serde_json::Value) {
+    let r = gw.api(
+        "PUT",
+        &format!("/api/config/*/Data.SipConfig.{leaf}"),
+        Some(&value),
+    );
+    assert_eq!(r.status, 200, "{leaf}: {}", r.body);
+}
+
+#[test]
+fn srtp_supported_puts_both_baresip_legs_on_srtp_and_carries_the_tones() {
+    if !have_tool("baresip") {
+        skip("baresip not installed (run e2e/setup)");
+        return;
+    }
+    let Some(gw) = gateway(&[("alice", "alice-secret-1"), ("bob", "bob-secret-1")]) else {
+        return;
+    };
+    set_leaf(&gw, "Srtp", serde_json::json!("Supported"));
+    // The phones signal over UDP on loopback: keys may cross it for this test.
+    set_leaf(&gw, "SrtpOverPlainTransport", serde_json::json!(true));
+    let bob_dir = tempfile::tempdir().expect("temp dir");
+    let alice_dir = tempfile::tempdir().expect("temp dir");
+    // Best-effort SDES on both phones (RTP/AVP with a=crypto): once keys are agreed, baresip
+    // drops every packet that does not authenticate, so a tone heard is a tone that crossed the
+    // wire as SRTP.
+    let _bob = baresip_with(
+        &gw,
+        bob_dir.path(),
+        ("bob", "bob-secret-1"),
+        1000,
+        &[],
+        ";mediaenc=srtp",
+    );
+    assert!(
+        wait_until(Duration::from_secs(15), || !gw
+            .registrations_of("bob")
+            .is_empty()),
+        "bob did not register"
+    );
+    let alice = baresip_with(
+        &gw,
+        alice_dir.path(),
+        ("alice", "alice-secret-1"),
+        600,
+        &[&format!("/dial sip:bob@{DOMAIN}")],
+        ";mediaenc=srtp",
+    );
+    let (calls, id) = talk_then_hang_up(&gw);
+    drop(alice);
+    let legs = &calls[0]["legs"];
+    for leg in [&legs[0], &legs[1]] {
+        assert_eq!(leg["srtp"], true, "{calls}");
+        // Counted only after authenticating: each phone sent SRTP.
+        assert!(
+            leg["counters"]["rtp_packets"].as_u64().unwrap_or(0) > 100,
+            "{calls}"
+        );
+        // baresip sends one short RTCP packet as the call starts, before its SRTCP is keyed:
+        // that one is refused; a failing stream would show hundreds.
+        assert!(
+            leg["counters"]["dropped_srtp"].as_u64().unwrap_or(99) <= 2,
+            "{calls}"
+        );
+    }
+    let bob_hears_alice = heard(bob_dir.path(), 600.0).expect("bob's recording");
+    let alice_hears_bob = heard(alice_dir.path(), 1000.0).expect("alice's recording");
+    assert!(
+        bob_hears_alice > 0.5,
+        "bob hears 600 Hz at {bob_hears_alice}; {calls}"
+    );
+    assert!(
+        alice_hears_bob > 0.5,
+        "alice hears 1000 Hz at {alice_hears_bob}; {calls}"
+    );
+    // No key of either phone is kept in the call's ladder.
+    let messages = gw
+        .api("GET", &format!("/api/calls/{id}/messages"), None)
+        .json();
+    let text = messages.to_string();
+    assert!(text.contains("a=crypto:"), "SRTP was offered: {text}");
+    assert!(
+        !text.contains("inline:") || text.contains("inline:…"),
+        "{text}"
+    );
+    assert!(
+        messages
+            .as_array()
+            .is_some_and(|m| m.iter().all(|m| !m["text"]
+                .as_str()
+                .unwrap_or("")
+                .lines()
+                .any(|l| l.starts_with("a=crypto:") && !l.contains("inline:…")))),
+        "a key in the ladder: {text}"
+    );
+}
+
+#[test]
+fn srtp_required_refuses_a_phone_without_srtp_with_488() {
+    if !have_tool("baresip") {
+        skip("baresip not installed (run e2e/setup)");
+        return;
+    }
+    let Some(gw) = gateway(&[("alice", "alice-secret-1"), ("bob", "bob-secret-1")]) else {
+        return;
+    };
+    set_leaf(&gw, "Srtp", serde_json::json!("Required"));
+    set_leaf(&gw, "SrtpOverPlainTransport", serde_json::json!(true));
+    let bob_dir = tempfile::tempdir().expect("temp dir");
+    let alice_dir = tempfile::tempdir().expect("temp dir");
+    let _bob = answering_baresip(&gw, bob_dir.path(), "bob", "bob-secret-1", 1000);
+    // Alice has no SRTP: her plain RTP/AVP offer is refused before bob rings.
+    let _alice = baresip(
+        &gw,
+        alice_dir.path(),
+        "alice",
+        "alice-secret-1",
+        600,
+        &[&format!("/dial sip:bob@{DOMAIN}")],
+    );
+    let record = ended_call(&gw);
+    assert_eq!(record["status"], 488, "{record}");
+    assert_eq!(record["end_reason"], "rejected", "{record}");
 }
 
 /// A request of `method` from a phone at `local` that names a dialog the gateway never made

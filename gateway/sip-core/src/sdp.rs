@@ -614,6 +614,9 @@ pub enum OfferError {
     /// The audio section has no connection address.
     #[error("audio stream without c= address")]
     NoAddress,
+    /// The SRTP the offer or answer asks for (or lacks) is not what this leg allows.
+    #[error("{0}")]
+    Srtp(&'static str),
 }
 
 impl OfferError {

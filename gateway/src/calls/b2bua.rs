@@ -15,6 +15,9 @@ use csps_sip::transaction::TxnKey;
 use csps_sip::{Headers, Method, Remote, Request, Response, SipHeaders, Transport, Uri};
 use rand::RngCore;
 
+use super::sdes::{LegSrtp, Sdes, SrtpPolicy};
+use crate::media::srtp::SrtpKeys;
+
 /// How long the callee's devices ring before the caller gets 480.
 pub const NO_ANSWER: Duration = Duration::from_secs(60);
 /// How long a call that is ending waits for the last answers (64·T1).
@@ -86,6 +89,8 @@ pub struct Setup {
     pub agent: String,
     /// Set when the caller is the Teams trunk (see [`Target::sbc`]).
     pub a_sbc: Option<Sbc>,
+    /// SRTP towards phones.
+    pub srtp: SrtpPolicy,
 }
 
 /// Something that happened to the call.
@@ -196,6 +201,13 @@ pub enum Output {
     },
     /// Point the relay somewhere.
     Media(MediaChange),
+    /// SRTP keys for the relay's side facing leg A (`a`) or B (`None`: plain RTP).
+    Srtp {
+        /// The side facing leg A (else B).
+        a: bool,
+        /// The keys.
+        keys: Option<SrtpKeys>,
+    },
     /// The callee's phone answered (for the call list and user state).
     Answered,
     /// A transfer completed: leg A (`a`) or B is now `party` (the transferor left the call).
@@ -403,6 +415,11 @@ pub struct Call {
     linger_deadline: Option<Instant>,
     next_tag: u32,
     out: VecDeque<Output>,
+    /// SDES of the relay's sides facing A and B (RFC 4568).
+    sdes_a: Sdes,
+    sdes_b: Sdes,
+    /// The keys last given to the relay (A, B).
+    srtp_sent: (Option<SrtpKeys>, Option<SrtpKeys>),
     rng: Box<dyn RngCore + Send>,
 }
 
@@ -629,6 +646,8 @@ impl Call {
         let a_tag = hex_token(&mut *rng);
         let b_from_tag = hex_token(&mut *rng);
         let a_contact = contact_for(setup.from.transport, setup.local, setup.a_sbc.as_ref());
+        let sdes_a = Sdes::new(&mut *rng);
+        let sdes_b = Sdes::new(&mut *rng);
         Call {
             setup,
             a_tag,
@@ -659,6 +678,9 @@ impl Call {
             linger_deadline: None,
             next_tag: 1,
             out: VecDeque::new(),
+            sdes_a,
+            sdes_b,
+            srtp_sent: (None, None),
             rng,
         }
     }
@@ -701,9 +723,8 @@ impl Call {
             self.end_or_linger();
             return;
         }
-        let body = if self.offerless {
+        if self.offerless {
             self.respond_trying();
-            Bytes::new()
         } else {
             let mut offer = match Sdp::parse(&invite.body) {
                 Ok(s) => s,
@@ -712,6 +733,10 @@ impl Call {
                     return;
                 }
             };
+            if let Err(e) = self.take_sdes(true, self.srtp_rule(true), &mut offer, true) {
+                self.reject(e.status(), Some(&e.to_string()));
+                return;
+            }
             let a_sdp_addr = offer.audio_index().and_then(|i| offer.rtp_addr(i));
             let idx = match sdp::restrict_offer(&mut offer, sdp::SUPPORTED) {
                 Ok(i) => i,
@@ -726,19 +751,22 @@ impl Call {
                 self.setup.from.addr.ip(),
             )));
             sdp::rewrite_address(&mut offer, idx, self.setup.relay_b);
-            let body = Bytes::from(offer.to_bytes());
             self.b_offer = Some(offer);
-            body
-        };
+        }
         for target in self.setup.targets.clone() {
             let tag = self.tag();
+            // Each device is offered SRTP by its own rule (its transport).
+            let body = match &self.b_offer {
+                Some(o) => self.offer_body(false, self.target_rule(&target), o),
+                None => Bytes::new(),
+            };
             let mut req = new_invite(
                 &target,
                 &self.setup.caller,
                 &self.b_from_tag,
                 &self.setup.callee,
                 &self.setup.b_call_id,
-                body.clone(),
+                body,
                 &mut *self.rng,
             );
             let h = &mut req.headers;
@@ -1103,6 +1131,11 @@ impl Call {
         let offer = self.b_offer.as_ref()?;
         let mut answer = Sdp::parse(body).ok()?;
         let idx = sdp::check_answer(offer, &answer).ok()?;
+        let rule = self.target_rule(&self.forks[i].target);
+        if let Err(e) = self.take_sdes(false, rule, &mut answer, false) {
+            tracing::info!("the callee's answer: {e}");
+            return None;
+        }
         self.b_answer = Some(answer.clone());
         let addr = answer.rtp_addr(idx);
         self.out.push_back(Output::Media(MediaChange::B(
@@ -1110,7 +1143,7 @@ impl Call {
             self.forks[i].target.to.addr.ip(),
         )));
         sdp::rewrite_address(&mut answer, idx, self.setup.relay_a);
-        Some(Bytes::from(answer.to_bytes()))
+        Some(self.answer_body(true, &answer))
     }
 
     fn on_answer(&mut self, now: Instant, i: usize, resp: Response) {
@@ -1212,6 +1245,8 @@ impl Call {
             return None;
         }
         let mut offer = Sdp::parse(&resp.body).ok()?;
+        let rule = self.target_rule(&self.forks[i].target);
+        self.take_sdes(false, rule, &mut offer, true).ok()?;
         let addr = offer.audio_index().and_then(|x| offer.rtp_addr(x));
         let idx = sdp::restrict_offer(&mut offer, sdp::SUPPORTED).ok()?;
         // What B can receive: the offer a transfer of A's side makes.
@@ -1221,7 +1256,7 @@ impl Call {
             self.forks[i].target.to.addr.ip(),
         )));
         sdp::rewrite_address(&mut offer, idx, self.setup.relay_a);
-        let body = Bytes::from(offer.to_bytes());
+        let body = self.offer_body(true, self.srtp_rule(true), &offer);
         self.a_offer = Some(offer);
         Some(body)
     }
@@ -1235,6 +1270,8 @@ impl Call {
             .flatten()
             .and_then(|mut a| {
                 let idx = sdp::check_answer(offer, &a).ok()?;
+                self.take_sdes(true, self.srtp_rule(true), &mut a, false)
+                    .ok()?;
                 Some((a.rtp_addr(idx), {
                     sdp::rewrite_address(&mut a, idx, self.setup.relay_b);
                     a
@@ -1250,7 +1287,7 @@ impl Call {
             addr,
             self.setup.from.addr.ip(),
         )));
-        let body = Bytes::from(answer.to_bytes());
+        let body = self.answer_body(false, &answer);
         // What A can receive, facing B: the offer a transfer of B's side makes.
         self.b_offer = Some(answer);
         if let Some((to, mut req)) = self.b_ack.take() {
@@ -1512,6 +1549,105 @@ impl Call {
         self.out.push_back(Output::Media(change));
     }
 
+    /// The SRTP rule of leg A (`a`) or of the answered device.
+    fn srtp_rule(&self, a: bool) -> LegSrtp {
+        if a {
+            self.setup
+                .srtp
+                .leg(self.setup.from.transport, self.setup.a_sbc.is_some())
+        } else {
+            self.winner
+                .map_or(LegSrtp::Off, |w| self.target_rule(&self.forks[w].target))
+        }
+    }
+
+    /// The SRTP rule of a device to ring.
+    fn target_rule(&self, t: &Target) -> LegSrtp {
+        self.setup.srtp.leg(t.to.transport, t.sbc.is_some())
+    }
+
+    fn sdes_mut(&mut self, a: bool) -> &mut Sdes {
+        if a {
+            &mut self.sdes_a
+        } else {
+            &mut self.sdes_b
+        }
+    }
+
+    /// A description from leg A (`a`) or B, an offer (`offer`) or an answer: the SDES line
+    /// taken (or a 488) and, for an answer, the relay's keys for that side; `sdp` is left
+    /// neutral for the other leg.
+    fn take_sdes(
+        &mut self,
+        a: bool,
+        rule: LegSrtp,
+        sdp: &mut Sdp,
+        offer: bool,
+    ) -> Result<(), sdp::OfferError> {
+        let Some(m) = sdp.audio_index().and_then(|i| sdp.media.get_mut(i)) else {
+            // No audio: restrict_offer or check_answer says so.
+            return Ok(());
+        };
+        let sdes = self.sdes_mut(a);
+        if offer {
+            sdes.take_offer(rule, m)
+        } else {
+            sdes.take_answer(rule, m)
+        }
+    }
+
+    /// The neutral `offer` as the gateway offers it to leg A (`a`) or B under `rule`.
+    fn offer_body(&self, a: bool, rule: LegSrtp, offer: &Sdp) -> Bytes {
+        let mut o = offer.clone();
+        let sdes = if a { &self.sdes_a } else { &self.sdes_b };
+        if let Some(m) = o.audio_index().and_then(|i| o.media.get_mut(i)) {
+            sdes.give_offer(rule, m);
+        }
+        Bytes::from(o.to_bytes())
+    }
+
+    /// The neutral `answer` as the gateway answers leg A's (`a`) or B's last offer with it.
+    fn answer_body(&mut self, a: bool, answer: &Sdp) -> Bytes {
+        let mut o = answer.clone();
+        if let Some(m) = o.audio_index().and_then(|i| o.media.get_mut(i)) {
+            self.sdes_mut(a).give_answer(m);
+        }
+        Bytes::from(o.to_bytes())
+    }
+
+    /// Tells the relay about SDES keys that changed since the last call.
+    fn flush_srtp(&mut self) {
+        for a in [true, false] {
+            let now = if a { &self.sdes_a } else { &self.sdes_b }.keys().cloned();
+            let sent = if a {
+                &mut self.srtp_sent.0
+            } else {
+                &mut self.srtp_sent.1
+            };
+            if *sent != now {
+                let fresh = sent.is_none() && now.is_some();
+                sent.clone_from(&now);
+                self.out.push_back(Output::Srtp { a, keys: now });
+                let transport = if a {
+                    Some(self.setup.from.transport)
+                } else {
+                    self.winner.map(|w| self.forks[w].target.to.transport)
+                };
+                if fresh && transport.is_some_and(|t| t != Transport::Tls) {
+                    tracing::warn!(
+                        leg = if a { "A" } else { "B" },
+                        "SRTP keys crossed unencrypted signalling (Data.SipConfig.SrtpOverPlainTransport)"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Whether leg A (`a`) or B speaks SRTP now.
+    pub fn srtp(&self, a: bool) -> bool {
+        if a { &self.sdes_a } else { &self.sdes_b }.keys().is_some()
+    }
+
     /// The relay's address facing leg A (`a`) or B.
     fn relay_facing(&self, a: bool) -> SocketAddr {
         if a {
@@ -1585,6 +1721,10 @@ impl Call {
                     return;
                 }
             };
+            if let Err(e) = self.take_sdes(from_a, self.srtp_rule(from_a), &mut offer, true) {
+                respond(self, e.status(), Some(&e.to_string()));
+                return;
+            }
             let origin_addr = offer.audio_index().and_then(|i| offer.rtp_addr(i));
             let idx = match sdp::restrict_offer(&mut offer, sdp::SUPPORTED) {
                 Ok(i) => i,
@@ -1594,7 +1734,7 @@ impl Call {
                 }
             };
             sdp::rewrite_address(&mut offer, idx, self.relay_facing(!from_a));
-            let body = Bytes::from(offer.to_bytes());
+            let body = self.offer_body(!from_a, self.srtp_rule(!from_a), &offer);
             (Some(offer), origin_addr, body)
         } else {
             (None, None, Bytes::new())
@@ -1677,15 +1817,18 @@ impl Call {
             return;
         }
         let body_ok = is_sdp(&resp.headers, &resp.body);
-        let Some(p) = self.reoffer.as_mut() else {
+        let Some(p) = self.reoffer.as_ref() else {
             return;
         };
-        let result: Result<(Bytes, Option<Sdp>), String> = match p.offer.as_ref() {
+        let sent = p.offer.clone();
+        let result: Result<(Bytes, Option<Sdp>), String> = match sent.as_ref() {
             // The target's answer to the relayed offer.
             Some(offer) if body_ok => Sdp::parse(&resp.body)
                 .map_err(|e| format!("bad SDP answer: {e}"))
                 .and_then(|mut answer| {
                     let idx = sdp::check_answer(offer, &answer).map_err(|e| e.to_string())?;
+                    self.take_sdes(!from_a, self.srtp_rule(!from_a), &mut answer, false)
+                        .map_err(|e| e.to_string())?;
                     let target_addr = answer.rtp_addr(idx);
                     sdp::rewrite_address(
                         &mut answer,
@@ -1706,13 +1849,15 @@ impl Call {
                     } else {
                         MediaChange::A(target_addr, self.setup.from.addr.ip())
                     }));
-                    Ok((Bytes::from(answer.to_bytes()), None))
+                    Ok((self.answer_body(from_a, &answer), None))
                 }),
             Some(_) => Err("the answer carries no SDP".into()),
             // Offerless re-INVITE: the target's 2xx carries the offer for the origin.
             None if body_ok && is_invite => Sdp::parse(&resp.body)
                 .map_err(|e| format!("bad SDP offer: {e}"))
                 .and_then(|mut offer| {
+                    self.take_sdes(!from_a, self.srtp_rule(!from_a), &mut offer, true)
+                        .map_err(|e| e.to_string())?;
                     let target_addr = offer.audio_index().and_then(|i| offer.rtp_addr(i));
                     let idx = sdp::restrict_offer(&mut offer, sdp::SUPPORTED)
                         .map_err(|e| e.to_string())?;
@@ -1735,7 +1880,10 @@ impl Call {
                             self.setup.relay_b
                         },
                     );
-                    Ok((Bytes::from(offer.to_bytes()), Some(offer)))
+                    Ok((
+                        self.offer_body(from_a, self.srtp_rule(from_a), &offer),
+                        Some(offer),
+                    ))
                 }),
             None => Err("the 2xx to an offerless re-INVITE carries no offer".into()),
         };
@@ -1841,10 +1989,12 @@ impl Call {
             .flatten()
             .and_then(|mut answer| {
                 let idx = sdp::check_answer(&offer, &answer).ok()?;
+                self.take_sdes(p.from_a, self.srtp_rule(p.from_a), &mut answer, false)
+                    .ok()?;
                 let addr = answer.rtp_addr(idx);
                 self.media_for(p.from_a, addr);
                 sdp::rewrite_address(&mut answer, idx, self.relay_facing(!p.from_a));
-                Some(Bytes::from(answer.to_bytes()))
+                Some(self.answer_body(!p.from_a, &answer))
             });
         if answer.is_none() {
             tracing::info!("the ACK to an offerless re-INVITE carries no usable answer");
@@ -1943,17 +2093,18 @@ impl Call {
             (self.setup.caller.clone(), self.setup.callee.clone())
         };
         let from_tag = hex_token(&mut *self.rng);
-        let body = Bytes::from(offer.to_bytes());
         let mut forks = Vec::new();
         for t in target.targets {
             let tag = self.tag();
+            // The target's device takes the transferor's side of the relay, and its keys.
+            let body = self.offer_body(from_a, self.target_rule(&t), &offer);
             let mut req = new_invite(
                 &t,
                 &transferee,
                 &from_tag,
                 &target.to,
                 &target.call_id,
-                body.clone(),
+                body,
                 &mut *self.rng,
             );
             req.headers.push("Referred-By", transferor.clone());
@@ -2078,10 +2229,24 @@ impl Call {
             return;
         }
         f.state = ForkState::Answered;
+        let rule = self
+            .setup
+            .srtp
+            .leg(f.target.to.transport, f.target.sbc.is_some());
+        let sdes = if t.x_is_a {
+            &mut self.sdes_a
+        } else {
+            &mut self.sdes_b
+        };
         let answer = is_sdp(&resp.headers, &resp.body)
             .then(|| Sdp::parse(&resp.body).ok())
             .flatten()
-            .and_then(|a| sdp::check_answer(&t.offer, &a).ok().map(|idx| (a, idx)));
+            .and_then(|a| sdp::check_answer(&t.offer, &a).ok().map(|idx| (a, idx)))
+            .and_then(|(mut a, idx)| {
+                let m = a.media.get_mut(idx)?;
+                sdes.take_answer(rule, m).ok()?;
+                Some((a, idx))
+            });
         let Some((answer, idx)) = answer else {
             // No usable answer: this device cannot carry the call.
             tracing::info!("transfer target answered without a usable SDP answer");
@@ -2174,11 +2339,12 @@ impl Call {
         if let Some(m) = offer.media.get_mut(idx) {
             m.set_direction(sdp::Direction::SendRecv);
         }
+        let body = self.offer_body(to_a, self.srtp_rule(to_a), &offer);
         if let Some((tag, seq)) = self.send_in_dialog(
             to_a,
             Method::Invite,
             Some("application/sdp"),
-            Bytes::from(offer.to_bytes()),
+            body,
             None,
             &[],
         ) {
@@ -2199,6 +2365,10 @@ impl Call {
     /// The transferee's answer to the gateway's re-INVITE: ACK it and point the relay at the
     /// transferee's (possibly new) address. A refusal leaves the session as it was.
     fn on_own_offer_response(&mut self, resp: Response) {
+        let Some(to_a) = self.own_offer.as_ref().map(|o| o.to_a) else {
+            return;
+        };
+        let rule = self.srtp_rule(to_a);
         let Some(o) = self.own_offer.as_mut() else {
             return;
         };
@@ -2218,8 +2388,14 @@ impl Call {
         let addr = is_sdp(&resp.headers, &resp.body)
             .then(|| Sdp::parse(&resp.body).ok())
             .flatten()
-            .and_then(|a| {
+            .and_then(|mut a| {
                 let idx = sdp::check_answer(&o.offer, &a).ok()?;
+                let sdes = if to_a {
+                    &mut self.sdes_a
+                } else {
+                    &mut self.sdes_b
+                };
+                sdes.take_answer(rule, a.media.get_mut(idx)?).ok()?;
                 Some(a.rtp_addr(idx))
             });
         // Every 2xx is ACKed (a retransmission means our ACK was lost).
@@ -2332,6 +2508,10 @@ impl Call {
 
     /// The next thing to do.
     pub fn poll_output(&mut self) -> Option<Output> {
+        if self.out.is_empty() {
+            // Keys go to the relay after the round's messages, before any packet is read.
+            self.flush_srtp();
+        }
         self.out.pop_front()
     }
 
@@ -2344,6 +2524,7 @@ impl Call {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::media::srtp::Suite;
     use csps_sip::Message;
     use rand::SeedableRng;
 
@@ -2388,6 +2569,11 @@ mod tests {
 
     /// A call whose INVITE carries `extra` header lines.
     fn call_with(body: &str, extra: &str, now: Instant) -> Call {
+        call_srtp(body, extra, now, SrtpPolicy::default())
+    }
+
+    /// A call under the SRTP policy `srtp`.
+    fn call_srtp(body: &str, extra: &str, now: Instant, srtp: SrtpPolicy) -> Call {
         let key = key_for(&invite_with(body, extra), "10.0.0.7:5060");
         let target = |a: &str| Target {
             to: remote(a),
@@ -2409,6 +2595,7 @@ mod tests {
                 relay_b: "192.0.2.1:20002".parse().expect("addr"),
                 agent: "test".into(),
                 a_sbc: None,
+                srtp,
             },
             Box::new(rand::rngs::StdRng::seed_from_u64(7)),
         );
@@ -2733,6 +2920,91 @@ mod tests {
 
     fn body(m: &Request) -> String {
         String::from_utf8_lossy(&m.body).into_owned()
+    }
+
+    const A_KEY: &str = "WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz";
+    const SRTP_OFFER: &str = "v=0\r\no=- 1 1 IN IP4 10.0.0.7\r\ns=-\r\nc=IN IP4 10.0.0.7\r\nt=0 0\r\n\
+        m=audio 4000 RTP/SAVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\n\
+        a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz|2^31|1:1\r\n";
+    const B_KEY: &str = "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVpBQkNE";
+    const SRTP_ANSWER: &str = "v=0\r\no=- 5 5 IN IP4 192.0.2.9\r\ns=-\r\nc=IN IP4 192.0.2.9\r\nt=0 0\r\n\
+        m=audio 5000 RTP/AVP 0\r\na=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVpBQkNE\r\n";
+
+    fn srtp_keys(out: &[Output], side_a: bool) -> Option<Option<SrtpKeys>> {
+        out.iter().find_map(|o| match o {
+            Output::Srtp { a, keys } if *a == side_a => Some(keys.clone()),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn srtp_is_negotiated_with_each_leg_and_no_key_crosses_to_the_other() {
+        use crate::config::SrtpMode;
+        let t0 = Instant::now();
+        let policy = SrtpPolicy {
+            mode: SrtpMode::Supported,
+            plain_keys: true,
+        };
+        let mut c = call_srtp(SRTP_OFFER, "", t0, policy);
+        let invites = sent_invites(&drain(&mut c));
+        let (tag1, inv1) = invites[0].clone();
+        let offer = body(&inv1);
+        // Best effort towards the device: RTP/AVP with a line per suite, the gateway's keys.
+        assert!(offer.contains("m=audio 20002 RTP/AVP 0 101"), "{offer}");
+        assert!(offer.contains("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:"));
+        assert!(offer.contains("a=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:"));
+        assert!(!offer.contains(A_KEY), "the caller's key stays on its leg");
+        c.handle(
+            t0,
+            Input::Response {
+                tag: tag1,
+                resp: reply(&inv1, 200, "d1", Some(SRTP_ANSWER)),
+            },
+        );
+        let out = drain(&mut c);
+        let ok = responses_to_a(&out)[0];
+        let answer = String::from_utf8_lossy(&ok.body).into_owned();
+        assert!(answer.contains("m=audio 20000 RTP/SAVP 0"), "{answer}");
+        assert!(answer.contains("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:"));
+        assert!(!answer.contains(B_KEY), "the device's key stays on its leg");
+        assert!(!answer.contains("a=crypto:2"));
+        let a = srtp_keys(&out, true).flatten().expect("A's keys");
+        assert_eq!((a.suite, a.remote_mki), (Suite::AesCm128Sha1_80, 1));
+        let b = srtp_keys(&out, false).flatten().expect("B's keys");
+        assert_eq!(b.suite, Suite::AesCm128Sha1_32);
+        assert_ne!(a.local, b.local, "one key per side");
+        assert!(c.srtp(true) && c.srtp(false));
+    }
+
+    #[test]
+    fn required_srtp_refuses_plain_offers_and_keys_over_plain_signalling() {
+        use crate::config::SrtpMode;
+        let t0 = Instant::now();
+        let required = |plain_keys| SrtpPolicy {
+            mode: SrtpMode::Required,
+            plain_keys,
+        };
+        for (offer, policy) in [(OFFER, required(true)), (SRTP_OFFER, required(false))] {
+            let mut c = call_srtp(offer, "", t0, policy);
+            let out = drain(&mut c);
+            assert!(sent_invites(&out).is_empty(), "nobody is rung");
+            let last = responses_to_a(&out).last().map(|r| r.status);
+            assert_eq!(last, Some(488), "{policy:?}");
+        }
+        // Required, keys allowed: the device is offered RTP/SAVP; a plain answer ends the call.
+        let mut c = call_srtp(SRTP_OFFER, "", t0, required(true));
+        let invites = sent_invites(&drain(&mut c));
+        let (tag1, inv1) = invites[0].clone();
+        assert!(body(&inv1).contains("RTP/SAVP 0 101"));
+        c.handle(
+            t0,
+            Input::Response {
+                tag: tag1,
+                resp: reply(&inv1, 200, "d1", Some(ANSWER)),
+            },
+        );
+        let out = drain(&mut c);
+        assert_eq!(responses_to_a(&out).last().map(|r| r.status), Some(488));
     }
 
     const HOLD: &str = "v=0\r\no=- 1 2 IN IP4 10.0.0.7\r\ns=-\r\nc=IN IP4 10.0.0.7\r\nt=0 0\r\n\

@@ -12,6 +12,7 @@
 pub mod b2bua;
 pub mod leg;
 pub mod record;
+pub mod sdes;
 mod task;
 pub mod teams;
 
@@ -874,6 +875,10 @@ impl Switch {
             relay_b: SocketAddr::new(local.ip(), 0),
             agent: self.server_name.clone(),
             a_sbc,
+            srtp: sdes::SrtpPolicy {
+                mode: settings.srtp,
+                plain_keys: settings.srtp_over_plain,
+            },
         };
         tokio::spawn(task::run(task::CallTask {
             no,

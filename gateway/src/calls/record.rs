@@ -59,6 +59,29 @@ pub struct SipMessage {
     pub text: String,
 }
 
+/// `text` with the master key of every SDES line (`inline:<key>`) replaced by `…`: the
+/// ladder shows that SRTP was offered, never the keys.
+fn redact_keys(text: String) -> String {
+    if !text.contains("inline:") {
+        return text;
+    }
+    text.split_inclusive('\n')
+        .map(|line| {
+            let Some(at) = line
+                .find("inline:")
+                .filter(|_| line.starts_with("a=crypto:"))
+            else {
+                return line.to_owned();
+            };
+            let start = at + "inline:".len();
+            let end = line[start..]
+                .find(|c: char| c == '|' || c.is_ascii_whitespace() || c == ';')
+                .map_or(line.len(), |e| start + e);
+            format!("{}…{}", &line[..start], &line[end..])
+        })
+        .collect()
+}
+
 /// A call's messages in the order the gateway saw them, bounded by
 /// [`MAX_MESSAGES_PER_CALL`] and [`MAX_BYTES_PER_CALL`].
 #[derive(Debug, Default)]
@@ -130,7 +153,7 @@ impl MessageLog {
         status: Option<u16>,
         wire: Vec<u8>,
     ) {
-        let text = String::from_utf8_lossy(&wire).into_owned();
+        let text = redact_keys(String::from_utf8_lossy(&wire).into_owned());
         let first_line = text.lines().next().unwrap_or("").to_owned();
         let call_id = call_id.unwrap_or("");
         let leg = match self.legs.iter().position(|c| c == call_id) {
@@ -267,6 +290,15 @@ impl History {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sdes_keys_never_reach_the_ladder() {
+        let t = "m=audio 4000 RTP/SAVP 0\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz|2^31|1:1\r\na=x-note:inline:keep\r\n";
+        let r = redact_keys(t.to_owned());
+        assert!(!r.contains("WVNf"), "{r}");
+        assert!(r.contains("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:…|2^31|1:1\r\n"));
+        assert!(r.contains("a=x-note:inline:keep"), "other lines untouched");
+    }
     use csps_sip::Message;
 
     fn parse(s: &str) -> Message {

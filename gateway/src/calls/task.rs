@@ -339,6 +339,10 @@ async fn run_call(t: CallTask, call_id: String) {
                     b_signalling = Some(SocketAddr::new(ip, 0));
                     continue;
                 }
+                Output::Srtp { a, keys } => {
+                    media.set_srtp(a, keys.as_ref());
+                    continue;
+                }
                 Output::Answered => {
                     answered_at = Some(Utc::now());
                     record.answered_at = answered_at;
@@ -428,7 +432,7 @@ async fn run_call(t: CallTask, call_id: String) {
                                 signalling: a_signalling.to_string(),
                                 media: media.latched_a().map(|a| a.to_string()),
                                 codec: codec.clone(),
-                                srtp: false,
+                                srtp: call.srtp(true),
                                 counters: ca,
                             },
                             LegInfo {
@@ -437,7 +441,7 @@ async fn run_call(t: CallTask, call_id: String) {
                                 signalling: b_signalling.map(|a| a.ip().to_string()).unwrap_or_default(),
                                 media: media.latched_b().map(|a| a.to_string()),
                                 codec: codec.clone(),
-                                srtp: false,
+                                srtp: call.srtp(false),
                                 counters: cb,
                             },
                         ],

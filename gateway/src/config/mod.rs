@@ -45,6 +45,8 @@ pub struct Settings {
     pub digest_algorithms: Vec<String>,
     /// `Data.SipConfig.Srtp`: SRTP towards phones.
     pub srtp: SrtpMode,
+    /// `Data.SipConfig.SrtpOverPlainTransport`: SDES keys may cross unencrypted signalling.
+    pub srtp_over_plain: bool,
     /// `Data.SipConfig.Use8KHz`: offer narrowband codecs only to phones.
     pub use_8khz: bool,
     /// `Data.SipConfig.EmergencyNumbers`: numbers always routed as emergency calls.
@@ -228,6 +230,7 @@ impl Settings {
                 "Required" => SrtpMode::Required,
                 _ => SrtpMode::Disabled,
             },
+            srtp_over_plain: bool_("Data.SipConfig.SrtpOverPlainTransport"),
             use_8khz: bool_("Data.SipConfig.Use8KHz"),
             emergency_numbers: strs("Data.SipConfig.EmergencyNumbers"),
             min_rtp_port: u16_("Data.System.MinRtpPort"),

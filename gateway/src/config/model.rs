@@ -295,6 +295,13 @@ pub const LEAVES: &[Leaf] = &[
         meaning: "SRTP towards phones: `Disabled`, `Supported` (offered, RTP accepted), `Required`",
     },
     Leaf {
+        path: "Data.SipConfig.SrtpOverPlainTransport",
+        kind: Kind::Boolean,
+        default: DefaultValue::Bool(false),
+        secret: false,
+        meaning: "send SRTP keys (SDES) to phones signalling over UDP/TCP too; off: only over TLS",
+    },
+    Leaf {
         path: "Data.SipConfig.TrustedIps",
         kind: Kind::Array(Item::Cidr),
         default: DefaultValue::Strs(&[]),

@@ -7,6 +7,7 @@
 //! call task drives.
 
 pub mod relay;
+pub mod srtp;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -26,6 +27,8 @@ pub struct LegCounters {
     pub dropped_malformed: u64,
     /// Packets that could not be sent on (no destination yet, socket error).
     pub dropped_unsent: u64,
+    /// SRTP/SRTCP packets that failed authentication or the replay check, dropped.
+    pub dropped_srtp: u64,
 }
 
 /// Which source one leg's packets are accepted from.

@@ -17,6 +17,9 @@ use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
+use bytes::BytesMut;
+
+use super::srtp::{SrtpKeys, SrtpSession};
 use super::{Latch, LegCounters, is_rtp_v2};
 
 /// Datagrams read per `recvmmsg`.
@@ -42,13 +45,31 @@ impl Sockets {
     }
 }
 
-/// One leg's latching and counters.
+/// One leg's latching, SRTP and counters.
 #[derive(Default)]
 struct Side {
     latch: Latch,
     rtcp_latch: Latch,
+    /// Set while the leg speaks SRTP (SDES keys from the call).
+    srtp: Option<SrtpSession>,
     /// What this leg sent us.
     counters: LegCounters,
+}
+
+/// A packet as it goes on: the bytes received, or what SRTP made of them.
+enum Packet<'p> {
+    Wire(&'p [u8]),
+    Owned(BytesMut),
+}
+
+impl std::ops::Deref for Packet<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Packet::Wire(p) => p,
+            Packet::Owned(b) => b,
+        }
+    }
 }
 
 impl Side {
@@ -58,12 +79,28 @@ impl Side {
         self.rtcp_latch.expect(rtcp, signalling);
     }
 
-    /// Counts and checks one packet from this leg; the destination on the other leg if it goes on.
-    fn accept(&mut self, packet: &[u8], src: SocketAddr, rtcp: bool) -> bool {
+    /// Checks and counts one packet from this leg; what goes on to the other leg (decrypted
+    /// when this leg speaks SRTP), or `None` when it is dropped. An SRTP packet must
+    /// authenticate before it may latch: a forged one cannot steal the leg's media.
+    fn accept<'p>(&mut self, packet: &'p [u8], src: SocketAddr, rtcp: bool) -> Option<Packet<'p>> {
         if !is_rtp_v2(packet) {
             self.counters.dropped_malformed += 1;
-            return false;
+            return None;
         }
+        let plain = match self.srtp.as_mut() {
+            None => Packet::Wire(packet),
+            Some(s) => match s.unprotect(packet, rtcp) {
+                Ok(p) => Packet::Owned(p),
+                Err(e) => {
+                    if self.counters.dropped_srtp == 0 {
+                        // The first one only: a stream of forgeries must not flood the log.
+                        tracing::info!(%src, rtcp, "SRTP packet dropped: {e}");
+                    }
+                    self.counters.dropped_srtp += 1;
+                    return None;
+                }
+            },
+        };
         let latch = if rtcp {
             &mut self.rtcp_latch
         } else {
@@ -71,7 +108,7 @@ impl Side {
         };
         if !latch.accept(src) {
             self.counters.dropped_unexpected += 1;
-            return false;
+            return None;
         }
         if rtcp {
             self.counters.rtcp_packets += 1;
@@ -79,7 +116,26 @@ impl Side {
             self.counters.rtp_packets += 1;
             self.counters.rtp_bytes += packet.len() as u64;
         }
-        true
+        Some(plain)
+    }
+
+    /// `packet` as this leg must receive it (protected when it speaks SRTP).
+    fn outgoing<'p>(&mut self, packet: Packet<'p>, rtcp: bool) -> Option<Packet<'p>> {
+        match self.srtp.as_mut() {
+            None => Some(packet),
+            Some(s) => s.protect(&packet, rtcp).ok().map(Packet::Owned),
+        }
+    }
+
+    fn set_srtp(&mut self, keys: Option<&SrtpKeys>) {
+        self.srtp = keys.and_then(|k| match SrtpSession::new(k) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                // Keys were checked when their SDP was read; this is not expected.
+                tracing::warn!("SRTP keys refused: {e}");
+                None
+            }
+        });
     }
 }
 
@@ -186,6 +242,15 @@ impl Relay {
         self.b.latch.latched()
     }
 
+    /// SRTP keys for the side facing leg A (`a`) or B; `None`: plain RTP.
+    pub fn set_srtp(&mut self, a: bool, keys: Option<&SrtpKeys>) {
+        if a {
+            self.a.set_srtp(keys);
+        } else {
+            self.b.set_srtp(keys);
+        }
+    }
+
     /// What legs A and B sent.
     pub fn counters(&self) -> (LegCounters, LegCounters) {
         (self.a.counters, self.b.counters)
@@ -202,10 +267,10 @@ impl Relay {
             else => std::future::pending().await,
         };
         let (from, to, out, rtcp) = match port {
-            Port::ARtp => (&mut self.a, &self.b, &self.b_socks.rtp, false),
-            Port::ARtcp => (&mut self.a, &self.b, &self.b_socks.rtcp, true),
-            Port::BRtp => (&mut self.b, &self.a, &self.a_socks.rtp, false),
-            Port::BRtcp => (&mut self.b, &self.a, &self.a_socks.rtcp, true),
+            Port::ARtp => (&mut self.a, &mut self.b, &self.b_socks.rtp, false),
+            Port::ARtcp => (&mut self.a, &mut self.b, &self.b_socks.rtcp, true),
+            Port::BRtp => (&mut self.b, &mut self.a, &self.a_socks.rtp, false),
+            Port::BRtcp => (&mut self.b, &mut self.a, &self.a_socks.rtcp, true),
         };
         let dest = if rtcp {
             to.rtcp_latch.destination()
@@ -224,11 +289,11 @@ impl Relay {
                 for (buf, &(len, src)) in scratch.bufs.iter().zip(&scratch.got) {
                     let packet = &buf[..len];
                     let Some(src) = src else { continue };
-                    if !from.accept(packet, src, rtcp) {
+                    let Some(plain) = from.accept(packet, src, rtcp) else {
                         continue;
-                    }
-                    match dest {
-                        Some(d) if out.get_ref().send_to(packet, d).is_ok() => {}
+                    };
+                    match (dest, to.outgoing(plain, rtcp)) {
+                        (Some(d), Some(p)) if out.get_ref().send_to(&p, d).is_ok() => {}
                         _ => from.counters.dropped_unsent += 1,
                     }
                 }
@@ -274,6 +339,82 @@ mod tests {
             out.push(buf[..n].to_vec());
         }
         out
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_plain_leg_and_an_srtp_leg_hear_each_other_and_forgeries_are_dropped() {
+        use crate::media::srtp::{MASTER_LEN, SrtpKeys, Suite};
+        let pool = super::super::PortPool::new();
+        let mut relay = Relay::new(pair(&pool), pair(&pool)).expect("relay");
+        let (addr_a, addr_b) = (relay.addr_a().expect("a"), relay.addr_b().expect("b"));
+        let phone_a = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let phone_b = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let lo: IpAddr = "127.0.0.1".parse().expect("ip");
+        relay.expect_a(Some(phone_a.local_addr().expect("addr")), lo);
+        relay.expect_b(Some(phone_b.local_addr().expect("addr")), lo);
+        let gw_keys = SrtpKeys {
+            suite: Suite::AesCm128Sha1_80,
+            local: [3; MASTER_LEN],
+            remote: [4; MASTER_LEN],
+            remote_mki: 0,
+        };
+        relay.set_srtp(false, Some(&gw_keys));
+        // Phone B's own SRTP state: the keys crosswise.
+        let mut b = SrtpSession::new(&SrtpKeys {
+            local: gw_keys.remote,
+            remote: gw_keys.local,
+            ..gw_keys.clone()
+        })
+        .expect("b");
+        let task = tokio::spawn(async move {
+            loop {
+                relay.forward().await;
+            }
+        });
+        // A forgery from B's address comes first: it must neither pass nor latch.
+        let forger = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let mut forged = rtp(99).to_vec();
+        forged.extend_from_slice(&[0; 10]);
+        forger.send_to(&forged, addr_b).expect("send");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // A (plain) → B (SRTP).
+        let plain = rtp(1);
+        phone_a.send_to(&plain, addr_a).expect("send");
+        let got = tokio::task::spawn_blocking({
+            let s = phone_b.try_clone().expect("clone");
+            move || drain(&s, Duration::from_millis(300))
+        })
+        .await
+        .expect("join");
+        assert_eq!(got.len(), 1);
+        assert_eq!(
+            got[0].len(),
+            plain.len() + 10,
+            "protected, with an 80-bit tag"
+        );
+        assert_eq!(
+            &b.unprotect(&got[0], false).expect("B decrypts")[..],
+            &plain[..]
+        );
+        // B (SRTP) → A (plain): A gets what B protected, decrypted.
+        let mut payload = rtp(2);
+        payload[12..].copy_from_slice(b"tone-b!!");
+        let wire = b.protect(&payload, false).expect("protect");
+        phone_b.send_to(&wire, addr_b).expect("send");
+        // A replay of it is dropped.
+        phone_b.send_to(&wire, addr_b).expect("send");
+        let got = tokio::task::spawn_blocking({
+            let s = phone_a.try_clone().expect("clone");
+            move || drain(&s, Duration::from_millis(300))
+        })
+        .await
+        .expect("join");
+        assert_eq!(
+            got,
+            vec![payload.to_vec()],
+            "decrypted once, the replay dropped"
+        );
+        task.abort();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
