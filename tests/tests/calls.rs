@@ -579,6 +579,44 @@ fn set_leaf(gw: &Gateway, leaf: &str, value: serde_json::Value) {
     assert_eq!(r.status, 200, "{leaf}: {}", r.body);
 }
 
+/// Bob (1000 Hz, answering) and Alice (600 Hz, dialling bob) with `account_params`, once bob
+/// registered; Alice's phone, Bob's, and their recording folders.
+fn srtp_phones(
+    gw: &Gateway,
+    account_params: &str,
+) -> (
+    csps_tests::baresip::Baresip,
+    csps_tests::baresip::Baresip,
+    tempfile::TempDir,
+    tempfile::TempDir,
+) {
+    let bob_dir = tempfile::tempdir().expect("temp dir");
+    let alice_dir = tempfile::tempdir().expect("temp dir");
+    let bob = baresip_with(
+        gw,
+        bob_dir.path(),
+        ("bob", "bob-secret-1"),
+        1000,
+        &[],
+        account_params,
+    );
+    assert!(
+        wait_until(Duration::from_secs(15), || !gw
+            .registrations_of("bob")
+            .is_empty()),
+        "bob did not register"
+    );
+    let alice = baresip_with(
+        gw,
+        alice_dir.path(),
+        ("alice", "alice-secret-1"),
+        600,
+        &[&format!("/dial sip:bob@{DOMAIN}")],
+        account_params,
+    );
+    (alice, bob, alice_dir, bob_dir)
+}
+
 #[test]
 fn srtp_supported_puts_both_baresip_legs_on_srtp_and_carries_the_tones() {
     if !have_tool("baresip") {
@@ -591,33 +629,10 @@ fn srtp_supported_puts_both_baresip_legs_on_srtp_and_carries_the_tones() {
     set_leaf(&gw, "Srtp", serde_json::json!("Supported"));
     // The phones signal over UDP on loopback: keys may cross it for this test.
     set_leaf(&gw, "SrtpOverPlainTransport", serde_json::json!(true));
-    let bob_dir = tempfile::tempdir().expect("temp dir");
-    let alice_dir = tempfile::tempdir().expect("temp dir");
     // Best-effort SDES on both phones (RTP/AVP with a=crypto): once keys are agreed, baresip
     // drops every packet that does not authenticate, so a tone heard is a tone that crossed the
     // wire as SRTP.
-    let _bob = baresip_with(
-        &gw,
-        bob_dir.path(),
-        ("bob", "bob-secret-1"),
-        1000,
-        &[],
-        ";mediaenc=srtp",
-    );
-    assert!(
-        wait_until(Duration::from_secs(15), || !gw
-            .registrations_of("bob")
-            .is_empty()),
-        "bob did not register"
-    );
-    let alice = baresip_with(
-        &gw,
-        alice_dir.path(),
-        ("alice", "alice-secret-1"),
-        600,
-        &[&format!("/dial sip:bob@{DOMAIN}")],
-        ";mediaenc=srtp",
-    );
+    let (alice, _bob, alice_dir, bob_dir) = srtp_phones(&gw, ";mediaenc=srtp");
     let (calls, id) = talk_then_hang_up(&gw);
     drop(alice);
     let legs = &calls[0]["legs"];
@@ -664,6 +679,44 @@ fn srtp_supported_puts_both_baresip_legs_on_srtp_and_carries_the_tones() {
                 .lines()
                 .any(|l| l.starts_with("a=crypto:") && !l.contains("inline:…")))),
         "a key in the ladder: {text}"
+    );
+}
+
+#[test]
+fn srtp_required_connects_two_mandatory_srtp_phones_with_rtp_savp() {
+    if !have_tool("baresip") {
+        skip("baresip not installed (run e2e/setup)");
+        return;
+    }
+    let Some(gw) = gateway(&[("alice", "alice-secret-1"), ("bob", "bob-secret-1")]) else {
+        return;
+    };
+    set_leaf(&gw, "Srtp", serde_json::json!("Required"));
+    set_leaf(&gw, "SrtpOverPlainTransport", serde_json::json!(true));
+    // `srtp-mand`: baresip offers and accepts RTP/SAVP only.
+    let (alice, _bob, alice_dir, bob_dir) = srtp_phones(&gw, ";mediaenc=srtp-mand");
+    let (calls, id) = talk_then_hang_up(&gw);
+    drop(alice);
+    let legs = &calls[0]["legs"];
+    assert_eq!(
+        (&legs[0]["srtp"], &legs[1]["srtp"]),
+        (&serde_json::json!(true), &serde_json::json!(true)),
+        "{calls}"
+    );
+    let messages = gw
+        .api("GET", &format!("/api/calls/{id}/messages"), None)
+        .json()
+        .to_string();
+    assert!(messages.contains("RTP/SAVP"), "{messages}");
+    let bob_hears_alice = heard(bob_dir.path(), 600.0).expect("bob's recording");
+    let alice_hears_bob = heard(alice_dir.path(), 1000.0).expect("alice's recording");
+    assert!(
+        bob_hears_alice > 0.5,
+        "bob hears 600 Hz at {bob_hears_alice}; {calls}"
+    );
+    assert!(
+        alice_hears_bob > 0.5,
+        "alice hears 1000 Hz at {alice_hears_bob}; {calls}"
     );
 }
 
