@@ -492,6 +492,24 @@ fn talk_then_hang_up(gw: &Gateway) -> (serde_json::Value, u64) {
     (calls, id)
 }
 
+/// Bob heard alice's 600 Hz and alice heard bob's 1000 Hz (tone share above one half each).
+fn assert_tones_both_ways(
+    alice_dir: &std::path::Path,
+    bob_dir: &std::path::Path,
+    calls: &serde_json::Value,
+) {
+    let bob_hears_alice = heard(bob_dir, 600.0).expect("bob's recording");
+    let alice_hears_bob = heard(alice_dir, 1000.0).expect("alice's recording");
+    assert!(
+        bob_hears_alice > 0.5,
+        "bob hears 600 Hz at {bob_hears_alice}; calls: {calls}"
+    );
+    assert!(
+        alice_hears_bob > 0.5,
+        "alice hears 1000 Hz at {alice_hears_bob}; calls: {calls}"
+    );
+}
+
 /// The tone share of `freq` in the decoded recording under `dir` (the `*dec*.wav` file).
 fn heard(dir: &std::path::Path, freq: f32) -> Result<f32, String> {
     let wav = std::fs::read_dir(dir)
@@ -545,16 +563,7 @@ fn baresip_call_carries_each_phones_tone_to_the_other() {
     );
     std::thread::sleep(Duration::from_millis(500));
     drop(alice);
-    let bob_hears_alice = heard(bob_dir.path(), 600.0).expect("bob's recording");
-    let alice_hears_bob = heard(alice_dir.path(), 1000.0).expect("alice's recording");
-    assert!(
-        bob_hears_alice > 0.5,
-        "bob hears 600 Hz at {bob_hears_alice}; calls: {calls}"
-    );
-    assert!(
-        alice_hears_bob > 0.5,
-        "alice hears 1000 Hz at {alice_hears_bob}; calls: {calls}"
-    );
+    assert_tones_both_ways(alice_dir.path(), bob_dir.path(), &calls);
     // And not their own tone.
     assert!(heard(bob_dir.path(), 1000.0).expect("bob") < 0.1);
     let legs = &calls[0]["legs"];
@@ -577,6 +586,19 @@ fn set_leaf(gw: &Gateway, leaf: &str, value: serde_json::Value) {
         Some(&value),
     );
     assert_eq!(r.status, 200, "{leaf}: {}", r.body);
+}
+
+/// A gateway with alice and bob and `Data.SipConfig.Srtp` = `mode`; the phones signal over UDP
+/// on loopback, so keys may cross it (`SrtpOverPlainTransport`). `None` when the test is skipped.
+fn srtp_gateway(mode: &str) -> Option<Gateway> {
+    if !have_tool("baresip") {
+        skip("baresip not installed (run e2e/setup)");
+        return None;
+    }
+    let gw = gateway(&[("alice", "alice-secret-1"), ("bob", "bob-secret-1")])?;
+    set_leaf(&gw, "Srtp", serde_json::json!(mode));
+    set_leaf(&gw, "SrtpOverPlainTransport", serde_json::json!(true));
+    Some(gw)
 }
 
 /// Bob (1000 Hz, answering) and Alice (600 Hz, dialling bob) with `account_params`, once bob
@@ -619,16 +641,9 @@ fn srtp_phones(
 
 #[test]
 fn srtp_supported_puts_both_baresip_legs_on_srtp_and_carries_the_tones() {
-    if !have_tool("baresip") {
-        skip("baresip not installed (run e2e/setup)");
-        return;
-    }
-    let Some(gw) = gateway(&[("alice", "alice-secret-1"), ("bob", "bob-secret-1")]) else {
+    let Some(gw) = srtp_gateway("Supported") else {
         return;
     };
-    set_leaf(&gw, "Srtp", serde_json::json!("Supported"));
-    // The phones signal over UDP on loopback: keys may cross it for this test.
-    set_leaf(&gw, "SrtpOverPlainTransport", serde_json::json!(true));
     // Best-effort SDES on both phones (RTP/AVP with a=crypto): once keys are agreed, baresip
     // drops every packet that does not authenticate, so a tone heard is a tone that crossed the
     // wire as SRTP.
@@ -650,16 +665,7 @@ fn srtp_supported_puts_both_baresip_legs_on_srtp_and_carries_the_tones() {
             "{calls}"
         );
     }
-    let bob_hears_alice = heard(bob_dir.path(), 600.0).expect("bob's recording");
-    let alice_hears_bob = heard(alice_dir.path(), 1000.0).expect("alice's recording");
-    assert!(
-        bob_hears_alice > 0.5,
-        "bob hears 600 Hz at {bob_hears_alice}; {calls}"
-    );
-    assert!(
-        alice_hears_bob > 0.5,
-        "alice hears 1000 Hz at {alice_hears_bob}; {calls}"
-    );
+    assert_tones_both_ways(alice_dir.path(), bob_dir.path(), &calls);
     // No key of either phone is kept in the call's ladder.
     let messages = gw
         .api("GET", &format!("/api/calls/{id}/messages"), None)
@@ -684,15 +690,9 @@ fn srtp_supported_puts_both_baresip_legs_on_srtp_and_carries_the_tones() {
 
 #[test]
 fn srtp_required_connects_two_mandatory_srtp_phones_with_rtp_savp() {
-    if !have_tool("baresip") {
-        skip("baresip not installed (run e2e/setup)");
-        return;
-    }
-    let Some(gw) = gateway(&[("alice", "alice-secret-1"), ("bob", "bob-secret-1")]) else {
+    let Some(gw) = srtp_gateway("Required") else {
         return;
     };
-    set_leaf(&gw, "Srtp", serde_json::json!("Required"));
-    set_leaf(&gw, "SrtpOverPlainTransport", serde_json::json!(true));
     // `srtp-mand`: baresip offers and accepts RTP/SAVP only.
     let (alice, _bob, alice_dir, bob_dir) = srtp_phones(&gw, ";mediaenc=srtp-mand");
     let (calls, id) = talk_then_hang_up(&gw);
@@ -708,29 +708,14 @@ fn srtp_required_connects_two_mandatory_srtp_phones_with_rtp_savp() {
         .json()
         .to_string();
     assert!(messages.contains("RTP/SAVP"), "{messages}");
-    let bob_hears_alice = heard(bob_dir.path(), 600.0).expect("bob's recording");
-    let alice_hears_bob = heard(alice_dir.path(), 1000.0).expect("alice's recording");
-    assert!(
-        bob_hears_alice > 0.5,
-        "bob hears 600 Hz at {bob_hears_alice}; {calls}"
-    );
-    assert!(
-        alice_hears_bob > 0.5,
-        "alice hears 1000 Hz at {alice_hears_bob}; {calls}"
-    );
+    assert_tones_both_ways(alice_dir.path(), bob_dir.path(), &calls);
 }
 
 #[test]
 fn srtp_required_refuses_a_phone_without_srtp_with_488() {
-    if !have_tool("baresip") {
-        skip("baresip not installed (run e2e/setup)");
-        return;
-    }
-    let Some(gw) = gateway(&[("alice", "alice-secret-1"), ("bob", "bob-secret-1")]) else {
+    let Some(gw) = srtp_gateway("Required") else {
         return;
     };
-    set_leaf(&gw, "Srtp", serde_json::json!("Required"));
-    set_leaf(&gw, "SrtpOverPlainTransport", serde_json::json!(true));
     let bob_dir = tempfile::tempdir().expect("temp dir");
     let alice_dir = tempfile::tempdir().expect("temp dir");
     let _bob = answering_baresip(&gw, bob_dir.path(), "bob", "bob-secret-1", 1000);

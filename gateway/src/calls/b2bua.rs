@@ -1618,13 +1618,16 @@ impl Call {
     /// Tells the relay about SDES keys that changed since the last call.
     fn flush_srtp(&mut self) {
         for a in [true, false] {
-            let now = if a { &self.sdes_a } else { &self.sdes_b }.keys().cloned();
+            let now = if a { &self.sdes_a } else { &self.sdes_b }.keys();
             let sent = if a {
                 &mut self.srtp_sent.0
             } else {
                 &mut self.srtp_sent.1
             };
-            if *sent != now {
+            // Runs after every round of the call task, packets included: compare, clone only
+            // on a change.
+            if sent.as_ref() != now {
+                let now = now.cloned();
                 let fresh = sent.is_none() && now.is_some();
                 sent.clone_from(&now);
                 self.out.push_back(Output::Srtp { a, keys: now });
