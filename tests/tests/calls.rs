@@ -915,6 +915,19 @@ fn sipp_transfer_to_an_unknown_user_fails_with_a_notify_and_the_call_goes_on() {
     assert_eq!(record["callee"], format!("sip:bob@{DOMAIN}"), "{record}");
 }
 
+/// A gateway with alice, bob and carol for the transfer tests with baresip (`None`: skipped).
+fn transfer_gateway() -> Option<Gateway> {
+    if !have_tool("baresip") {
+        skip("baresip not installed (run e2e/setup)");
+        return None;
+    }
+    gateway(&[
+        ("alice", "alice-secret-1"),
+        ("bob", "bob-secret-1"),
+        ("carol", "carol-secret-1"),
+    ])
+}
+
 /// Blind transfer with audio: alice (baresip, 600 Hz) calls bob (SIPp), who refers her to carol
 /// (baresip, 1000 Hz, answers by herself). Bob gets 202, NOTIFY 100 and 200 and the gateway's
 /// BYE; carol's INVITE shows alice as the caller and bob (as the gateway asserts him, not the
@@ -922,15 +935,7 @@ fn sipp_transfer_to_an_unknown_user_fails_with_a_notify_and_the_call_goes_on() {
 /// hears carol's tone and carol hears alice's.
 #[test]
 fn blind_transfer_connects_the_caller_to_the_target_with_audio_both_ways() {
-    if !have_tool("baresip") {
-        skip("baresip not installed (run e2e/setup)");
-        return;
-    }
-    let Some(gw) = gateway(&[
-        ("alice", "alice-secret-1"),
-        ("bob", "bob-secret-1"),
-        ("carol", "carol-secret-1"),
-    ]) else {
+    let Some(gw) = transfer_gateway() else {
         return;
     };
     let carol_dir = tempfile::tempdir().expect("temp dir");
@@ -972,18 +977,7 @@ fn blind_transfer_connects_the_caller_to_the_target_with_audio_both_ways() {
     let record = ended_call(&gw);
     assert_eq!(record["callee"], format!("sip:carol@{DOMAIN}"), "{record}");
     assert_eq!(record["caller"], format!("sip:alice@{DOMAIN}"), "{record}");
-    let messages = gw
-        .api("GET", &format!("/api/calls/{id}/messages"), None)
-        .json();
-    let to_carol = messages
-        .as_array()
-        .and_then(|m| {
-            m.iter()
-                .find(|m| m["leg"] == "c" && m["method"] == "INVITE" && m["direction"] == "out")
-        })
-        .and_then(|m| m["text"].as_str())
-        .unwrap_or_else(|| panic!("no INVITE to carol in {messages}"))
-        .to_owned();
+    let to_carol = message_text(&gw, id, "c", ("INVITE", "out", None));
     assert!(
         to_carol.contains(&format!("Referred-By: <sip:bob@{DOMAIN}>")),
         "{to_carol}"
@@ -1008,6 +1002,145 @@ fn blind_transfer_connects_the_caller_to_the_target_with_audio_both_ways() {
     assert!(
         alice_hears_carol > 0.5,
         "alice hears 1000 Hz at {alice_hears_carol}; call: {call}"
+    );
+}
+
+/// The text of the first message of call `id` on `leg` with `method`, `direction` and `status`
+/// (`None`: a request).
+fn message_text(
+    gw: &Gateway,
+    id: u64,
+    leg: &str,
+    (method, direction, status): (&str, &str, Option<u16>),
+) -> String {
+    let messages = gw
+        .api("GET", &format!("/api/calls/{id}/messages"), None)
+        .json();
+    messages
+        .as_array()
+        .and_then(|m| {
+            m.iter().find(|m| {
+                m["leg"] == leg
+                    && m["method"] == method
+                    && m["direction"] == direction
+                    && m["status"].as_u64() == status.map(u64::from)
+            })
+        })
+        .and_then(|m| m["text"].as_str())
+        .unwrap_or_else(|| panic!("no {direction} {method} on leg {leg} of call {id}: {messages}"))
+        .to_owned()
+}
+
+/// Attended transfer (RFC 5589 §7) with audio: bob (SIPp) calls alice (baresip, 600 Hz), calls
+/// carol (SIPp, echoing RTP) on a second dialog, and REFERs alice's call with a
+/// Replaces naming his consultation dialog. The gateway INVITEs carol with a Replaces of *her*
+/// dialog in the consultation call (the tags as she holds them, `Require: replaces`), bob gets
+/// NOTIFY 100 and 200 and a BYE, alice is re-INVITEd to carol's media, and alice hears her own
+/// tone echoed by carol: the audio now runs alice ↔ carol. (Bob does not hold alice first:
+/// baresip 1.0 decodes nothing after a remote hold and resume; a held transferee's resume is
+/// the b2bua's unit test.)
+#[test]
+fn attended_transfer_replaces_the_consultation_dialog_and_connects_the_parties() {
+    let Some(gw) = transfer_gateway() else {
+        return;
+    };
+    let alice_dir = tempfile::tempdir().expect("temp dir");
+    let _alice = answering_baresip(&gw, alice_dir.path(), "alice", "alice-secret-1", 600);
+    // Carol answers the consultation call and then the INVITE that replaces it.
+    let carol = Sipp::callee(
+        "uas_answer.xml",
+        gw.sip_addr(),
+        ("carol", "carol-secret-1"),
+        DOMAIN,
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+    .calls(2)
+    .timeout(Duration::from_secs(60));
+    let carol = std::thread::spawn(move || carol.run());
+    // Bob's calls come from loopback without a challenge, so one SIPp run holds both dialogs
+    // (trusted only now: the phones registered with their digest).
+    gw.trust("127.0.0.0/8");
+    let bob = Sipp::new("uac_attended.xml", gw.sip_addr())
+        .key("user", "bob")
+        .key("callee", "alice")
+        .key("target", "carol")
+        .key("domain", DOMAIN)
+        // A Call-ID without '@', which the scenario's Refer-To carries unescaped.
+        .arg("-cid_str")
+        .arg("%u-%p-attended")
+        .arg("-mp")
+        .arg(free_port().to_string())
+        .timeout(Duration::from_secs(40))
+        .run();
+    assert!(
+        bob.ok(),
+        "bob's attended transfer failed:\n{}\n--- gateway ---\n{}",
+        bob.output,
+        gw.log_tail(80)
+    );
+    // Alice and carol talk for a while.
+    std::thread::sleep(Duration::from_secs(4));
+    let calls = gw.api("GET", "/api/calls", None).json();
+    let running = calls.as_array().cloned().unwrap_or_default();
+    assert_eq!(running.len(), 1, "the consultation call is over: {calls}");
+    let call = &running[0];
+    assert_eq!(
+        call["legs"][0]["party"],
+        format!("sip:carol@{DOMAIN}"),
+        "carol took bob's place: {call}"
+    );
+    assert_eq!(call["legs"][1]["party"], format!("sip:alice@{DOMAIN}"));
+    let id = call["id"].as_u64().expect("call id");
+
+    // The INVITE to carol replaces her dialog of the consultation call, as she holds it.
+    let history = gw.api("GET", "/api/calls/history", None).json();
+    let consult = history
+        .as_array()
+        .and_then(|h| {
+            h.iter()
+                .find(|c| c["callee"] == format!("sip:carol@{DOMAIN}"))
+        })
+        .unwrap_or_else(|| panic!("no ended consultation call in {history}"));
+    let consult_id = consult["id"].as_u64().expect("id");
+    let first = message_text(&gw, consult_id, "b", ("INVITE", "out", None));
+    let ok = message_text(&gw, consult_id, "b", ("INVITE", "in", Some(200)));
+    let header = |text: &str, name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+            .map(str::trim)
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+            .to_owned()
+    };
+    let tag = |v: String| {
+        v.split(";tag=")
+            .nth(1)
+            .map(|t| t.split(';').next().unwrap_or(t).to_owned())
+            .unwrap_or_else(|| panic!("no tag in {v}"))
+    };
+    let expected = format!(
+        "{};to-tag={};from-tag={}",
+        header(&first, "Call-ID"),
+        tag(header(&ok, "To")),
+        tag(header(&first, "From"))
+    );
+    let to_carol = message_text(&gw, id, "c", ("INVITE", "out", None));
+    assert_eq!(header(&to_carol, "Replaces"), expected, "{to_carol}");
+    assert_eq!(header(&to_carol, "Require"), "replaces", "{to_carol}");
+    assert_eq!(
+        header(&to_carol, "Referred-By"),
+        format!("<sip:bob@{DOMAIN}>")
+    );
+
+    admin_hangs_up(&gw, id);
+    std::thread::sleep(Duration::from_millis(500));
+    drop(_alice);
+    let carol = carol.join().expect("carol thread");
+    assert!(carol.ok(), "carol failed:\n{}", carol.output);
+    let alice_hears_herself = heard(alice_dir.path(), 600.0).expect("alice's recording");
+    eprintln!("tone share: alice hears her tone echoed by carol {alice_hears_herself:.2}");
+    assert!(
+        alice_hears_herself > 0.5,
+        "alice hears 600 Hz at {alice_hears_herself}; call: {call}"
     );
 }
 

@@ -12,6 +12,7 @@ pub mod headers;
 pub mod message;
 pub mod parse;
 pub mod registrar;
+pub mod replaces;
 pub mod sdp;
 pub mod transaction;
 pub mod transport;

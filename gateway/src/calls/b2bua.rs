@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use csps_sip::dialog::{self, Dialog};
+use csps_sip::replaces::Replaces;
 use csps_sip::sdp::{self, Sdp};
 use csps_sip::transaction::TxnKey;
 use csps_sip::{Headers, Method, Remote, Request, Response, SipHeaders, Transport, Uri};
@@ -149,6 +150,28 @@ pub struct TransferTarget {
     pub party: String,
     /// Call-ID of the new leg.
     pub call_id: String,
+    /// Attended transfer (RFC 3891): the target's dialog with the gateway that the new leg
+    /// replaces, as the target holds it (sent as `Replaces` with `Require: replaces`).
+    pub replaces: Option<Replaces>,
+    /// Attended transfer: the AoR of the party whose dialog the Replaces names; only that
+    /// party may refer with it (403 otherwise: no one hands over a call they are not in).
+    pub referrer: Option<String>,
+}
+
+/// One confirmed leg of a running call as its device holds the dialog: what a Replaces names
+/// and where an attended transfer's INVITE goes.
+#[derive(Clone, Debug)]
+pub struct LegDialog {
+    /// The dialog's Call-ID.
+    pub call_id: String,
+    /// The gateway's tag in it.
+    pub gateway_tag: String,
+    /// The device's tag in it.
+    pub device_tag: String,
+    /// How to reach the device (its Contact in the dialog, over its flow).
+    pub target: Target,
+    /// The leg's party as the gateway names it (`"Name" <sip:user@domain>` or `<sip:…>`).
+    pub party: String,
 }
 
 /// Why a REFER's Refer-To leads nowhere.
@@ -156,7 +179,7 @@ pub struct TransferTarget {
 pub enum ReferRefusal {
     /// Missing or unreadable Refer-To: 400.
     Bad(String),
-    /// Not supported (attended transfer): 501.
+    /// Not supported (a Replaces naming a Teams leg): 501.
     Unsupported(String),
     /// Accepted (202), then failed with this final status in the NOTIFY (RFC 3515 §2.4.5):
     /// unknown user, no registered device.
@@ -1651,6 +1674,56 @@ impl Call {
         if a { &self.sdes_a } else { &self.sdes_b }.keys().is_some()
     }
 
+    /// Leg A's (`a`) or B's party as an AoR (`sip:user@domain`).
+    fn party_aor(&self, a: bool) -> String {
+        let p = if a {
+            &self.setup.caller
+        } else {
+            &self.setup.callee
+        };
+        csps_sip::headers::NameAddr::parse(p)
+            .map(|n| n.uri.aor())
+            .unwrap_or_else(|_| p.clone())
+    }
+
+    /// The call's confirmed legs (A first) as their devices hold the dialogs; empty before the
+    /// answer. Teams legs are left out: the trunk is not a device a Replaces could reach.
+    pub fn dialogs(&self) -> Vec<LegDialog> {
+        let mut legs = Vec::with_capacity(2);
+        if let Some(d) = &self.a_dialog
+            && self.setup.a_sbc.is_none()
+        {
+            legs.push(LegDialog {
+                call_id: d.call_id.clone(),
+                gateway_tag: d.local_tag.clone(),
+                device_tag: d.remote_tag.clone(),
+                target: Target {
+                    to: self.setup.from,
+                    uri: d.remote_target.clone(),
+                    local: self.setup.local,
+                    sbc: None,
+                },
+                party: self.setup.caller.clone(),
+            });
+        }
+        if let Some(f) = self.winner.and_then(|w| self.forks.get(w))
+            && let Some(d) = &f.dialog
+            && f.target.sbc.is_none()
+        {
+            legs.push(LegDialog {
+                call_id: d.call_id.clone(),
+                gateway_tag: d.local_tag.clone(),
+                device_tag: d.remote_tag.clone(),
+                target: Target {
+                    uri: d.remote_target.clone(),
+                    ..f.target.clone()
+                },
+                party: self.setup.callee.clone(),
+            });
+        }
+        legs
+    }
+
     /// The relay's address facing leg A (`a`) or B.
     fn relay_facing(&self, a: bool) -> SocketAddr {
         if a {
@@ -2027,8 +2100,11 @@ impl Call {
 
     /// A REFER from leg A or the answered device (X): 202, a NOTIFY with `100 Trying`, and an
     /// INVITE to every device of the Refer-To's user offering the other leg's (Y's) media; the
-    /// answer replaces X (RFC 3515, RFC 5589 §6). Refusals: 400 without a usable Refer-To, 501
-    /// for attended transfer, 491 while the session is being set up, modified or transferred;
+    /// answer replaces X (RFC 3515, RFC 5589 §6). Attended transfer is the same with one
+    /// device, the other party of X's consultation call, whose INVITE carries a Replaces of
+    /// its dialog in that call (RFC 3891, RFC 5589 §7): it answers and hangs up the consultation
+    /// dialog itself. Refusals: 400 without a usable Refer-To, 501 for a Replaces naming a
+    /// Teams leg, 491 while the session is being set up, modified or transferred;
     /// an unknown or unreachable target gets 202 and a NOTIFY with the final status, and both
     /// parties keep their call.
     fn on_refer(
@@ -2058,6 +2134,13 @@ impl Call {
             return;
         }
         let target = match target {
+            Ok(t)
+                if t.referrer
+                    .as_ref()
+                    .is_some_and(|r| *r != self.party_aor(from_a)) =>
+            {
+                return respond(self, 403, Some("the Replaces names another party's dialog"));
+            }
             Ok(t) => t,
             Err(ReferRefusal::Bad(why)) => return respond(self, 400, Some(&why)),
             Err(ReferRefusal::Unsupported(why)) => return respond(self, 501, Some(&why)),
@@ -2096,6 +2179,7 @@ impl Call {
             (self.setup.caller.clone(), self.setup.callee.clone())
         };
         let from_tag = hex_token(&mut *self.rng);
+        let replaces = target.replaces.as_ref().map(ToString::to_string);
         let mut forks = Vec::new();
         for t in target.targets {
             let tag = self.tag();
@@ -2111,6 +2195,11 @@ impl Call {
                 &mut *self.rng,
             );
             req.headers.push("Referred-By", transferor.clone());
+            if let Some(r) = &replaces {
+                // A device that cannot replace must refuse (420), not ring a second call.
+                req.headers.push("Replaces", r.as_str());
+                req.headers.push("Require", "replaces");
+            }
             self.out.push_back(Output::Send {
                 tag,
                 to: t.to,
@@ -3358,6 +3447,8 @@ mod tests {
             to: "<sip:carol@csps.local>".into(),
             party: "sip:carol@csps.local".into(),
             call_id: "t-call".into(),
+            replaces: None,
+            referrer: None,
         }
     }
 
@@ -3425,6 +3516,65 @@ mod tests {
             ),
             None,
         )
+    }
+
+    /// Attended transfer: the call's legs are published as their devices hold the dialogs, the
+    /// INVITE to the consultation call's other party replaces its dialog and requires that it
+    /// can, and only the party whose dialog the Replaces named may refer with it.
+    #[test]
+    fn attended_transfer_invites_with_replaces_and_only_for_the_named_party() {
+        let t0 = Instant::now();
+        let (mut c, _a_tag, inv1) = confirmed(t0);
+        drain(&mut c);
+        let legs = c.dialogs();
+        assert_eq!(legs.len(), 2, "{legs:?}");
+        assert_eq!(legs[1].call_id, "b-call");
+        assert_eq!(legs[1].party, "<sip:bob@csps.local>");
+        assert_eq!(
+            legs[1].gateway_tag,
+            inv1.from_hdr()
+                .and_then(|f| f.tag().map(str::to_owned))
+                .expect("tag")
+        );
+        assert_eq!(legs[0].target.to.addr.to_string(), "203.0.113.5:5060");
+
+        let attended = |referrer: &str| {
+            let mut t = carol();
+            t.replaces = Some(Replaces {
+                call_id: "consult".into(),
+                to_tag: "carol-tag".into(),
+                from_tag: "gw-tag".into(),
+                early_only: false,
+            });
+            t.referrer = Some(referrer.into());
+            Ok(t)
+        };
+        let out = refer_in(
+            &mut c,
+            t0,
+            in_dialog_b("REFER", 1, &inv1, None),
+            "192.0.2.9:5060",
+            attended("sip:mallory@csps.local"),
+        );
+        assert_eq!(responses_to_a(&out)[0].status, 403);
+        assert!(sent(&out, Method::Invite).is_none());
+
+        let out = refer_in(
+            &mut c,
+            t0,
+            in_dialog_b("REFER", 2, &inv1, None),
+            "192.0.2.9:5060",
+            attended("sip:bob@csps.local"),
+        );
+        assert_eq!(responses_to_a(&out)[0].status, 202);
+        let (_, inv, to) = sent(&out, Method::Invite).expect("INVITE to carol");
+        assert_eq!(to.addr.to_string(), "192.0.2.20:5060");
+        assert_eq!(
+            inv.headers.get("Replaces"),
+            Some("consult;to-tag=carol-tag;from-tag=gw-tag")
+        );
+        assert_eq!(inv.headers.get("Require"), Some("replaces"));
+        assert_eq!(inv.headers.get("Referred-By"), Some("<sip:bob@csps.local>"));
     }
 
     #[test]

@@ -94,6 +94,9 @@ pub enum CallAction {
 #[derive(Clone)]
 pub struct Directory {
     running: Arc<Mutex<HashMap<CallNo, mpsc::Sender<CallEvent>>>>,
+    /// The confirmed legs of each answered call, as its task last published them: where an
+    /// attended transfer's Replaces is looked up (a REFER is rare, so a scan is fine).
+    dialogs: Arc<Mutex<HashMap<CallNo, Vec<b2bua::LegDialog>>>>,
     history: Arc<record::History>,
     metrics: CallMetrics,
     notices: broadcast::Sender<CallNotice>,
@@ -110,6 +113,7 @@ impl Directory {
     pub fn new(metrics: CallMetrics) -> Directory {
         Directory {
             running: Arc::default(),
+            dialogs: Arc::default(),
             history: Arc::default(),
             metrics,
             notices: broadcast::channel(256).0,
@@ -180,6 +184,32 @@ impl Directory {
             event,
             call: call.clone(),
         });
+    }
+
+    /// Call `no`'s confirmed legs changed (answered, transferred).
+    pub(crate) fn set_dialogs(&self, no: CallNo, legs: Vec<b2bua::LegDialog>) {
+        if let Ok(mut m) = self.dialogs.lock() {
+            m.insert(no, legs);
+        }
+    }
+
+    /// The call other than `except` with a confirmed leg whose dialog `r` names, that leg and
+    /// the call's other leg (if it has one a device holds).
+    fn replaced(
+        &self,
+        r: &csps_sip::replaces::Replaces,
+        except: CallNo,
+    ) -> Option<(CallNo, b2bua::LegDialog, Option<b2bua::LegDialog>)> {
+        let m = self.dialogs.lock().ok()?;
+        m.iter()
+            .filter(|(no, _)| **no != except)
+            .find_map(|(no, legs)| {
+                let i = legs
+                    .iter()
+                    .position(|l| r.names(&l.call_id, &l.gateway_tag, &l.device_tag))?;
+                let other = legs.iter().enumerate().find(|(j, _)| *j != i);
+                Some((*no, legs[i].clone(), other.map(|(_, l)| l.clone())))
+            })
     }
 
     /// A call task's record at its start.
@@ -260,6 +290,9 @@ impl Directory {
         if let Ok(mut m) = self.running.lock() {
             m.remove(&id);
             self.metrics.active.set(m.len() as i64);
+        }
+        if let Ok(mut m) = self.dialogs.lock() {
+            m.remove(&id);
         }
     }
 }
@@ -524,8 +557,9 @@ impl Switch {
         );
     }
 
-    /// Where a REFER's Refer-To leads: the registered devices of a local user. Attended
-    /// transfer (`Replaces` in the Refer-To) and targets outside the gateway are not built yet.
+    /// Where a REFER's Refer-To leads: the registered devices of a local user, or, with a
+    /// Replaces (attended transfer), the other party of the referrer's consultation call.
+    /// Targets outside the gateway (the trunk) are not built yet.
     fn transfer_target(
         &self,
         cx: &InviteCx<'_>,
@@ -539,10 +573,10 @@ impl Switch {
         let uri = csps_sip::headers::NameAddr::parse(refer_to)
             .map_err(|e| b2bua::ReferRefusal::Bad(format!("bad Refer-To: {e}")))?
             .uri;
-        if refer_to.contains("Replaces=") || refer_to.contains("replaces=") {
-            return Err(b2bua::ReferRefusal::Unsupported(
-                "attended transfer (Replaces) is not supported yet".into(),
-            ));
+        let replaces = csps_sip::replaces::Replaces::in_uri(&uri)
+            .map_err(|e| b2bua::ReferRefusal::Bad(e.to_string()))?;
+        if let Some(r) = replaces {
+            return self.attended_target(req, r, call_id);
         }
         let dialled = dialled(&uri)
             .ok_or_else(|| b2bua::ReferRefusal::Bad("Refer-To names no user".into()))?;
@@ -571,6 +605,54 @@ impl Switch {
             to: format!("<{aor}>"),
             party: aor,
             call_id,
+            replaces: None,
+            referrer: None,
+        })
+    }
+
+    /// Attended transfer (RFC 5589 §7): the Refer-To's Replaces names the referrer's dialog in
+    /// its consultation call, another call on this server; the transfer goes to that call's
+    /// other device, whose own dialog with the gateway the new INVITE replaces (the gateway is
+    /// a B2BUA: the referrer's dialog is not the target's). Only the referrer's own dialog can
+    /// be named: the call checks that the referrer is the party of the leg it names.
+    fn attended_target(
+        &self,
+        req: &Request,
+        r: csps_sip::replaces::Replaces,
+        call_id: String,
+    ) -> Result<b2bua::TransferTarget, b2bua::ReferRefusal> {
+        let Some(no) = self.by_req(req) else {
+            return Err(b2bua::ReferRefusal::Failed(481));
+        };
+        // A Replaces that names no dialog here: the NOTIFY says 481 (RFC 3891 §3).
+        let (_, named, other) = self
+            .directory
+            .replaced(&r, no)
+            .ok_or(b2bua::ReferRefusal::Failed(481))?;
+        let other = other.ok_or_else(|| {
+            b2bua::ReferRefusal::Unsupported(
+                "the consultation call's other party is not a device of this gateway".into(),
+            )
+        })?;
+        let aor = csps_sip::headers::NameAddr::parse(&other.party)
+            .map(|n| n.uri.aor())
+            .unwrap_or_else(|_| other.party.clone());
+        let referrer = csps_sip::headers::NameAddr::parse(&named.party)
+            .map(|n| n.uri.aor())
+            .unwrap_or(named.party);
+        Ok(b2bua::TransferTarget {
+            referrer: Some(referrer),
+            to: other.party.clone(),
+            party: aor,
+            call_id,
+            // As the target holds the dialog: its own tag is the to-tag.
+            replaces: Some(csps_sip::replaces::Replaces {
+                call_id: other.call_id.clone(),
+                to_tag: other.device_tag.clone(),
+                from_tag: other.gateway_tag.clone(),
+                early_only: false,
+            }),
+            targets: vec![other.target],
         })
     }
 
@@ -953,4 +1035,76 @@ fn quote(s: &str) -> String {
         .filter(|c| !matches!(c, '"' | '\\' | '\r' | '\n'))
         .collect();
     format!("\"{clean}\"")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use csps_sip::replaces::Replaces;
+
+    fn leg(call_id: &str, gw: &str, dev: &str, party: &str) -> b2bua::LegDialog {
+        let to: SocketAddr = "192.0.2.7:5060".parse().expect("addr");
+        b2bua::LegDialog {
+            call_id: call_id.into(),
+            gateway_tag: gw.into(),
+            device_tag: dev.into(),
+            target: b2bua::Target {
+                to: Remote {
+                    transport: csps_sip::Transport::Udp,
+                    addr: to,
+                    flow: None,
+                },
+                uri: csps_sip::Uri::parse("sip:carol@192.0.2.7").expect("uri"),
+                local: "192.0.2.1:5060".parse().expect("addr"),
+                sbc: None,
+            },
+            party: party.into(),
+        }
+    }
+
+    /// A Replaces finds the named leg of another call (tags in either order) and that call's
+    /// other leg; the referrer's own call, a wrong tag or a one-legged call give no target.
+    #[test]
+    fn replaces_names_a_leg_of_another_call() {
+        let d = Directory::default();
+        d.set_dialogs(
+            1,
+            vec![
+                leg("a1", "g1", "d1", "<sip:alice@x>"),
+                leg("b1", "g2", "d2", "<sip:bob@x>"),
+            ],
+        );
+        d.set_dialogs(
+            2,
+            vec![
+                leg("consult", "g3", "bob-tag", "\"Bob\" <sip:bob@x>"),
+                leg("b2", "g4", "carol-tag", "<sip:carol@x>"),
+            ],
+        );
+        let r = |s: &str| Replaces::parse(s).expect("replaces");
+        let (no, named, other) = d
+            .replaced(&r("consult;to-tag=g3;from-tag=bob-tag"), 1)
+            .expect("found");
+        assert_eq!((no, named.party.as_str()), (2, "\"Bob\" <sip:bob@x>"));
+        assert_eq!(other.expect("other leg").device_tag, "carol-tag");
+        assert!(
+            d.replaced(&r("consult;to-tag=bob-tag;from-tag=g3"), 1)
+                .is_some()
+        );
+        assert!(d.replaced(&r("consult;to-tag=g3;from-tag=x"), 1).is_none());
+        assert!(
+            d.replaced(&r("consult;to-tag=g3;from-tag=bob-tag"), 2)
+                .is_none()
+        );
+        d.set_dialogs(2, vec![leg("consult", "g3", "bob-tag", "<sip:bob@x>")]);
+        let (_, _, other) = d
+            .replaced(&r("consult;to-tag=g3;from-tag=bob-tag"), 1)
+            .expect("found");
+        assert!(other.is_none(), "a Teams leg is not published");
+        d.remove(2);
+        assert!(
+            d.replaced(&r("consult;to-tag=g3;from-tag=bob-tag"), 1)
+                .is_none()
+        );
+    }
 }

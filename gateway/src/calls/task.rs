@@ -347,6 +347,7 @@ async fn run_call(t: CallTask, call_id: String) {
                     answered_at = Some(Utc::now());
                     record.answered_at = answered_at;
                     directory.answered(&record);
+                    directory.set_dialogs(no, call.dialogs());
                     for aor in local_users(&caller, &callee, kinds) {
                         let _ = states.send(UserState {
                             aor: aor.clone(),
@@ -374,6 +375,7 @@ async fn run_call(t: CallTask, call_id: String) {
                     let was_phone = kinds[leg] == LegKind::Phone;
                     kinds[leg] = LegKind::Phone;
                     tracing::info!(to = %party, "call transferred");
+                    directory.set_dialogs(no, call.dialogs());
                     let freed = old.filter(|_| was_phone).map(|aor| (aor, false));
                     for (aor, busy) in freed.into_iter().chain([(party, true)]) {
                         let _ = states.send(UserState {
