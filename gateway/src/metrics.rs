@@ -77,6 +77,14 @@ pub struct CallMetrics {
     pub post_dial_delay: Histogram,
     /// Seconds from the answer to the end of answered calls.
     pub talk_time: Histogram,
+    /// Ended calls' records written to the store.
+    pub records_written: Counter<u64, AtomicU64>,
+    /// Ended calls' records not stored because the writer's queue was full.
+    pub records_dropped: Counter<u64, AtomicU64>,
+    /// Ended calls' records the store refused on every attempt.
+    pub records_failed: Counter<u64, AtomicU64>,
+    /// Call records deleted by the retention sweep.
+    pub records_swept: Counter<u64, AtomicU64>,
 }
 
 impl Default for CallMetrics {
@@ -90,6 +98,10 @@ impl Default for CallMetrics {
                 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
             ]),
             talk_time: Histogram::new([1.0, 5.0, 15.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0]),
+            records_written: Counter::default(),
+            records_dropped: Counter::default(),
+            records_failed: Counter::default(),
+            records_swept: Counter::default(),
         }
     }
 }
@@ -252,6 +264,26 @@ impl Metrics {
             "call_talk_seconds",
             "From the answer to the end of answered calls",
             c.talk_time.clone(),
+        );
+        registry.register(
+            "call_records_written",
+            "Ended calls' records written to the store",
+            c.records_written.clone(),
+        );
+        registry.register(
+            "call_records_dropped",
+            "Ended calls' records not stored: the writer's queue was full",
+            c.records_dropped.clone(),
+        );
+        registry.register(
+            "call_records_failed",
+            "Ended calls' records the store refused on every attempt",
+            c.records_failed.clone(),
+        );
+        registry.register(
+            "call_records_swept",
+            "Call records deleted after Data.System.CallRecordDays",
+            c.records_swept.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -280,6 +280,10 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
     // Before SIP: the registrar and the calls ask the policies from the first message on.
     let policies = start_policies(&store, &config, &metrics, mongodb_uri.is_some()).await;
     let events = crate::events::Events::new().counted_by(metrics.event_listeners.clone());
+    // Ended calls' records go to the store; the sweep keeps them `CallRecordDays` days.
+    let archive =
+        crate::calls::archive::Archive::start(store.clone(), &server_name, metrics.calls.clone());
+    crate::calls::archive::spawn_sweeper(store.clone(), config.subscribe(), metrics.calls.clone());
     let listen = if args.sip_listen.is_empty() {
         sip::listen::default_listeners()
     } else {
@@ -292,6 +296,7 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
             secret,
             policies: policies.clone(),
             events: events.clone(),
+            archive: Some(archive.clone()),
         },
         store.clone(),
         &config,
@@ -376,6 +381,9 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
             .is_err()
     {
         tracing::warn!("transactions still open after 32 s; stopping anyway");
+    }
+    if !archive.flush(Duration::from_secs(10)).await {
+        tracing::warn!("call records still queued after 10 s; stopping anyway");
     }
     if let Err(e) = store.flush().await {
         tracing::error!("flushing the store failed: {e}");

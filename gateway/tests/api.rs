@@ -1,5 +1,6 @@
 //! The REST API driven in-process (`tower::ServiceExt::oneshot`, no sockets) over an embedded
-//! store in a temporary directory: users, trusted IPs, registrations, access rules, error bodies.
+//! store in a temporary directory: users, trusted IPs, registrations, access rules, error bodies,
+//! the call history with its archive (writer queue) and retention sweep.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,9 +11,12 @@ use axum::extract::ConnectInfo;
 use axum::http::{HeaderMap, Method, Request, StatusCode, header};
 use chrono::{Duration, Utc};
 use csps::api::{ApiState, router};
+use csps::calls::CallRecord;
+use csps::calls::archive::{Archive, spawn_sweeper, sweep};
+use csps::calls::b2bua::EndReason;
 use csps::config::LiveConfig;
 use csps::store::embedded::EmbeddedStore;
-use csps::store::{HashAlgorithm, Registration, Store};
+use csps::store::{CallRecordQuery, EndedCall, HashAlgorithm, Registration, Store};
 use csps_sip::digest::{Algorithm, ha1};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
@@ -1043,4 +1047,242 @@ async fn me_needs_an_end_user_token() {
     }
     let r = send(&h.app, empty(Method::GET, &format!("/api/users/{id}"))).await;
     assert_eq!(r.body["activated"], false, "{}", r.body);
+}
+
+/// An ended call of `server`, `caller` → `callee`, that ended `ago` before now.
+fn ended(server: &str, id: u64, caller: &str, callee: &str, ago: Duration) -> EndedCall {
+    let ended_at = Utc::now() - ago;
+    EndedCall {
+        record_id: Uuid::new_v4(),
+        server: server.to_owned(),
+        id,
+        call_id: format!("{server}-{id}@192.0.2.10"),
+        caller: caller.to_owned(),
+        callee: callee.to_owned(),
+        started_at: ended_at - Duration::seconds(20),
+        answered_at: Some(ended_at - Duration::seconds(15)),
+        ended_at,
+        talk_secs: 15,
+        status: Some(200),
+        end_reason: Some("caller_hung_up".to_owned()),
+        emergency: false,
+        messages: 14,
+        messages_dropped: 0,
+    }
+}
+
+/// The `server`/`id` pairs of a history page, in order.
+fn calls_of(page: &Value) -> Vec<String> {
+    page.as_array()
+        .expect("bare array")
+        .iter()
+        .map(|c| format!("{}{}", c["server"].as_str().unwrap_or("?"), c["id"]))
+        .collect()
+}
+
+/// `GET /api/calls/history` reads the store: every server's records, latest end first, in the
+/// stored shape; `limit`/`offset`/`before` page without gaps, `since` and `user` filter, and
+/// bad parameters are 400 problems.
+#[tokio::test]
+async fn call_history_pages_and_filters_the_stored_records() {
+    let h = harness().await;
+    let m = Duration::minutes;
+    let calls = [
+        ended("s1", 1, "sip:alice@csps.local", "sip:bob@csps.local", m(50)),
+        ended("s2", 1, "sip:bob@csps.local", "sip:carol@csps.local", m(40)),
+        ended(
+            "s1",
+            2,
+            "sip:carol@csps.local",
+            "sip:Alice@csps.local",
+            m(30),
+        ),
+        ended(
+            "s2",
+            2,
+            "sip:dave@csps.local",
+            "sip:+15551230000@csps.local",
+            m(20),
+        ),
+        ended("s1", 3, "sip:erin@csps.local", "sip:bob@csps.local", m(10)),
+    ];
+    h.store.put_call_records(&calls).await.expect("put");
+    let get = |uri: String| {
+        let app = h.app.clone();
+        async move { send(&app, empty(Method::GET, &uri)).await }
+    };
+    let all = get("/api/calls/history".into()).await;
+    assert_eq!(all.status, StatusCode::OK, "{}", all.body);
+    assert_eq!(calls_of(&all.body), ["s13", "s22", "s12", "s21", "s11"]);
+    assert_eq!(all.body[4], serde_json::to_value(&calls[0]).expect("json"));
+    assert_eq!(all.body[0]["record_id"], calls[4].record_id.to_string());
+
+    // Pages: by offset, and by the cursor (the last one's ended_at).
+    let p1 = get("/api/calls/history?limit=2".into()).await;
+    assert_eq!(calls_of(&p1.body), ["s13", "s22"]);
+    let p2 = get("/api/calls/history?limit=2&offset=2".into()).await;
+    assert_eq!(calls_of(&p2.body), ["s12", "s21"]);
+    let cursor = p1.body[1]["ended_at"].as_str().expect("ended_at");
+    let p2c = get(format!("/api/calls/history?limit=2&before={cursor}")).await;
+    assert_eq!(p2c.status, StatusCode::OK, "{}", p2c.body);
+    assert_eq!(
+        p2c.body, p2.body,
+        "the cursor and the offset give the same page"
+    );
+    // Filters.
+    let since = (calls[2].ended_at).to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+    let recent = get(format!("/api/calls/history?since={since}")).await;
+    assert_eq!(calls_of(&recent.body), ["s13", "s22", "s12"]);
+    let alice = get("/api/calls/history?user=ALICE".into()).await;
+    assert_eq!(calls_of(&alice.body), ["s12", "s11"]);
+    let number = get("/api/calls/history?user=%2B1555".into()).await;
+    assert_eq!(calls_of(&number.body), ["s22"]);
+    let nobody = get("/api/calls/history?user=mallory".into()).await;
+    assert_eq!(nobody.body, json!([]));
+
+    for bad in [
+        "limit=0",
+        "limit=1001",
+        "limit=-1",
+        "limit=ten",
+        "offset=100001",
+        "offset=-3",
+        "before=yesterday",
+        "since=2026-13-01T00:00:00Z",
+        &format!("user={}", "x".repeat(257)),
+    ] {
+        get(format!("/api/calls/history?{bad}"))
+            .await
+            .problem(StatusCode::BAD_REQUEST);
+    }
+    // The largest page is allowed.
+    let max = get("/api/calls/history?limit=1000&offset=100000".into()).await;
+    assert_eq!(max.status, StatusCode::OK);
+    assert_eq!(max.body, json!([]));
+}
+
+/// The archive: ended calls reach the store without the caller ever waiting (`keep` is a
+/// `try_send`); a full queue drops and counts, and the writer stores the rest with this
+/// server's name and a fresh record id. Runs on one thread, so the writer cannot drain the
+/// queue between the `keep`s.
+#[tokio::test]
+async fn ended_calls_are_archived_and_a_full_queue_drops_and_counts() {
+    let h = harness().await;
+    let metrics = csps::metrics::CallMetrics::default();
+    let archive = Archive::with_queue(Arc::clone(&h.store), SERVER, metrics.clone(), 2);
+    let call = |id: u64, ended_at| CallRecord {
+        id,
+        call_id: format!("c{id}"),
+        caller: "sip:alice@csps.local".into(),
+        callee: "sip:bob@csps.local".into(),
+        started_at: Utc::now() - Duration::seconds(5),
+        answered_at: None,
+        ended_at,
+        talk_secs: 0,
+        status: Some(487),
+        end_reason: Some(EndReason::Cancelled),
+        emergency: false,
+        messages: 6,
+        messages_dropped: 0,
+    };
+    assert!(archive.stored(&call(9, None)).is_none(), "a running call");
+    let stored: Vec<EndedCall> = (1..=3)
+        .map(|id| archive.stored(&call(id, Some(Utc::now()))).expect("ended"))
+        .collect();
+    assert_eq!(stored[0].server, SERVER);
+    assert_eq!(stored[0].end_reason.as_deref(), Some("cancelled"));
+    assert_ne!(stored[0].record_id, stored[1].record_id);
+    assert!(archive.keep(stored[0].clone()));
+    assert!(archive.keep(stored[1].clone()));
+    assert!(!archive.keep(stored[2].clone()), "the queue of 2 is full");
+    assert_eq!(metrics.records_dropped.get(), 1);
+    assert!(archive.flush(std::time::Duration::from_secs(10)).await);
+    let listed = h
+        .store
+        .list_call_records(&CallRecordQuery::default())
+        .await
+        .expect("list");
+    let mut ids: Vec<u64> = listed.iter().map(|c| c.id).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, [1, 2]);
+    assert_eq!(metrics.records_written.get(), 2);
+    // Room again.
+    assert!(archive.keep(stored[2].clone()));
+    assert!(archive.flush(std::time::Duration::from_secs(10)).await);
+    assert_eq!(metrics.records_written.get(), 3);
+    assert_eq!(metrics.records_failed.get(), 0);
+}
+
+/// Retention: the sweep runs at start with `Data.System.CallRecordDays` (30 by default) and
+/// again as soon as the leaf changes through the API, without a restart; records are written
+/// with old end times through the store API (nobody waits for days).
+#[tokio::test]
+async fn call_records_older_than_call_record_days_are_swept() {
+    let h = harness().await;
+    let metrics = csps::metrics::CallMetrics::default();
+    let d = Duration::days;
+    let calls = [
+        ended("s1", 1, "sip:a@x", "sip:b@x", d(40)),
+        ended("s2", 2, "sip:a@x", "sip:b@x", d(10)),
+        ended("s1", 3, "sip:a@x", "sip:b@x", Duration::hours(1)),
+    ];
+    h.store.put_call_records(&calls).await.expect("put");
+    assert_eq!(h.config.settings().call_record_days, 30);
+    let sweeper = spawn_sweeper(Arc::clone(&h.store), h.config.subscribe(), metrics.clone());
+    let ids = || async {
+        let mut ids: Vec<u64> = h
+            .store
+            .list_call_records(&CallRecordQuery::default())
+            .await
+            .expect("list")
+            .iter()
+            .map(|c| c.id)
+            .collect();
+        ids.sort_unstable();
+        ids
+    };
+    let until = |want: Vec<u64>| async move {
+        for _ in 0..200 {
+            if ids().await == want {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        false
+    };
+    assert!(until(vec![2, 3]).await, "swept at start: {:?}", ids().await);
+    assert_eq!(metrics.records_swept.get(), 1);
+    let put = send(
+        &h.app,
+        json_req(
+            Method::PUT,
+            "/api/config/*/Data.System.CallRecordDays",
+            &json!(5),
+        ),
+    )
+    .await;
+    assert_eq!(put.status, StatusCode::OK, "{}", put.body);
+    assert!(
+        until(vec![3]).await,
+        "swept after the change: {:?}",
+        ids().await
+    );
+    assert_eq!(metrics.records_swept.get(), 2);
+    // 0 is not a number of days (1–3650): refused, nothing else is swept.
+    let zero = send(
+        &h.app,
+        json_req(
+            Method::PUT,
+            "/api/config/*/Data.System.CallRecordDays",
+            &json!(0),
+        ),
+    )
+    .await;
+    zero.problem(StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(ids().await, [3]);
+    // The direct sweep with a simulated clock: 5 days on, the last one goes too.
+    let later = Utc::now() + d(5);
+    assert_eq!(sweep(h.store.as_ref(), 5, later).await.expect("sweep"), 1);
+    assert!(ids().await.is_empty());
+    sweeper.abort();
 }

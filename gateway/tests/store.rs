@@ -40,6 +40,12 @@ async fn policies() {
 }
 
 #[tokio::test]
+async fn call_records() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    store_suite::suite_call_records(&open(&dir)).await;
+}
+
+#[tokio::test]
 async fn data_survives_reopen() {
     let dir = tempfile::tempdir().expect("tempdir");
     let seeded = {

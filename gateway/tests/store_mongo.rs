@@ -61,6 +61,12 @@ async fn policies() {
 }
 
 #[tokio::test]
+async fn call_records() {
+    let Some(f) = Ferret::start() else { return };
+    store_suite::suite_call_records(&store(&f, "call_records").await).await;
+}
+
+#[tokio::test]
 async fn suites_share_one_server_on_separate_databases() {
     let Some(f) = Ferret::start() else { return };
     let (a, b) = (store(&f, "shared_a").await, store(&f, "shared_b").await);

@@ -89,6 +89,51 @@ fn sipp_busy_callee_gives_486_to_the_caller() {
     );
 }
 
+/// An ended call's record is in the store (embedded here): after a restart of the gateway (a
+/// crash, even)
+/// `GET /api/calls/history` still lists it, unchanged (the server that handled it, a record id,
+/// the parties, the status), while its SIP ladder, kept in memory only, is gone.
+#[test]
+fn sipp_call_record_survives_a_gateway_restart() {
+    let Some((mut gw, record)) = alice_calls_bob("uas_answer.xml", "uac_call.xml") else {
+        return;
+    };
+    assert_eq!(record["server"], "test", "{record}");
+    assert!(record["record_id"].is_string(), "{record}");
+    assert_eq!(record["status"], 200, "{record}");
+    let id = record["id"].as_u64().expect("id");
+    let ladder = gw.api("GET", &format!("/api/calls/{id}/messages"), None);
+    assert_eq!(ladder.status, 200, "{}", ladder.body);
+    let m = gw.metrics_text();
+    assert_eq!(
+        csps_tests::metric_sum(&m, "csps_call_records_written_total", &[]),
+        Some(1.0),
+        "{m}"
+    );
+    // Killed, not drained: a graceful stop waits out the ended call's transactions (Timer J,
+    // 32 s), and what the history listed is durable already.
+    gw.signal("KILL");
+    assert!(
+        gw.wait_exit(Duration::from_secs(10)).is_some(),
+        "csps survived SIGKILL"
+    );
+    gw.start_again()
+        .unwrap_or_else(|e| panic!("start again: {e}"));
+    let after = gw.api("GET", "/api/calls/history", None);
+    assert_eq!(after.status, 200, "{}", after.body);
+    assert_eq!(
+        after.json(),
+        serde_json::json!([record]),
+        "the same record after the restart"
+    );
+    let ladder = gw.api("GET", &format!("/api/calls/{id}/messages"), None);
+    assert_eq!(
+        ladder.status, 404,
+        "the ladder is not kept across restarts: {}",
+        ladder.body
+    );
+}
+
 /// Alice calls bob with the SIPp scenarios `uas` (bob) and `uac` (alice); both must pass. The
 /// gateway and the call's record once it ended.
 fn alice_calls_bob(uas: &str, uac: &str) -> Option<(Gateway, serde_json::Value)> {

@@ -2,7 +2,8 @@
 //! through one reaches the other while both run (read back through each server's API and seen in
 //! its behaviour), a server write only its server; users created on `a` register on `b`; a phone
 //! that registers on `a` and then on `b` (its backup registrar) leaves one registration document
-//! hosted by `b`, and `a` does not load it after a restart.
+//! hosted by `b`, and `a` does not load it after a restart; a call handled by one server is in
+//! the other's call history.
 
 use std::time::Duration;
 
@@ -194,4 +195,108 @@ fn two_servers_share_configuration_users_and_registrations() {
     );
     assert_eq!(a.metric("csps_registrations"), Some(1.0));
     assert_eq!(hosts(&a, "bob"), ["b"]);
+}
+
+/// One SIPp call through `gw`: bob (registered there) answers, alice calls him and hangs up.
+fn call_through(gw: &Gateway) {
+    // The accounts reach a server that did not create them by polling: retry the REGISTER.
+    let deadline = std::time::Instant::now() + PROPAGATION;
+    let bob = loop {
+        match Sipp::callee(
+            "uas_answer.xml",
+            gw.sip_addr(),
+            ("bob", "secret-bob"),
+            DOMAIN,
+        ) {
+            Ok(bob) => break bob,
+            Err(e) if std::time::Instant::now() > deadline => {
+                panic!("{e}\n{}", gw.log_tail(30))
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(250)),
+        }
+    };
+    let bob = std::thread::spawn(move || bob.run());
+    let alice = Sipp::caller(
+        "uac_call.xml",
+        gw.sip_addr(),
+        ("alice", "secret-alice"),
+        "bob",
+        DOMAIN,
+    )
+    .run();
+    let bob = bob.join().expect("callee thread");
+    assert!(
+        alice.ok(),
+        "caller failed:\n{}\n{}",
+        alice.output,
+        gw.log_tail(30)
+    );
+    assert!(
+        bob.ok(),
+        "callee failed:\n{}\n{}",
+        bob.output,
+        gw.log_tail(30)
+    );
+}
+
+/// `GET /api/calls/history` on `gw`.
+fn history(gw: &Gateway) -> Vec<Value> {
+    let r = gw.api("GET", "/api/calls/history", None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.json().as_array().cloned().unwrap_or_default()
+}
+
+/// Call records are shared: a call handled by `a` is in `b`'s history (with `server: "a"`), a
+/// call handled by `b` in `a`'s, each server lists both newest first with the same record ids,
+/// and the ladder stays with the server that handled the call.
+#[test]
+fn a_call_on_one_server_is_in_every_servers_history() {
+    if !have_tool("sipp") {
+        skip("sipp not installed (run e2e/setup)");
+        return;
+    }
+    let Some(db) = Ferret::start() else { return };
+    let uri = format!("{}calls", db.uri());
+    let Some(a) = server("a", &uri) else { return };
+    let Some(b) = server("b", &uri) else { return };
+    a.create_user("alice", "secret-alice");
+    a.create_user("bob", "secret-bob");
+
+    call_through(&a);
+    let mut on_b = Vec::new();
+    assert!(
+        wait_until(PROPAGATION, || {
+            on_b = history(&b);
+            !on_b.is_empty()
+        }),
+        "a's call never reached the store:\n{}",
+        a.log_tail(30)
+    );
+    assert_eq!(on_b.len(), 1, "{on_b:?}");
+    let first = &on_b[0];
+    assert_eq!(first["server"], "a", "{first}");
+    assert_eq!(first["caller"], format!("sip:alice@{DOMAIN}"), "{first}");
+    assert_eq!(first["callee"], format!("sip:bob@{DOMAIN}"), "{first}");
+    assert_eq!(first["status"], 200, "{first}");
+    assert_eq!(history(&a), on_b, "both servers read the same record");
+
+    // A call through b (its account view has the users a created).
+    call_through(&b);
+    let mut on_a = Vec::new();
+    assert!(
+        wait_until(PROPAGATION, || {
+            on_a = history(&a);
+            on_a.len() == 2
+        }),
+        "b's call is not in a's history: {on_a:?}"
+    );
+    let servers: Vec<&str> = on_a.iter().filter_map(|c| c["server"].as_str()).collect();
+    assert_eq!(servers, ["b", "a"], "newest first, every server's");
+    assert_eq!(on_a[1]["record_id"], first["record_id"]);
+    assert_ne!(on_a[0]["record_id"], on_a[1]["record_id"]);
+    assert_eq!(history(&b), on_a);
+    // The ladder stays in the memory of the server that handled the call.
+    let id = on_a[1]["id"].as_u64().expect("id");
+    let r = a.api("GET", &format!("/api/calls/{id}/messages"), None);
+    assert_eq!(r.status, 200, "a keeps the ladder of its call: {}", r.body);
 }

@@ -9,6 +9,7 @@
 //! A call leg today is a registered phone; the Teams leg and the WebRTC leg will be further
 //! [`leg::LegKind`]s behind the same call task.
 
+pub mod archive;
 pub mod b2bua;
 pub mod leg;
 pub mod record;
@@ -65,6 +66,9 @@ pub struct CallNotice {
     pub event: &'static str,
     /// The call's record as of that moment.
     pub call: CallRecord,
+    /// For `ended`, the record as the store keeps it (with `server` and `record_id`), when
+    /// the calls are archived.
+    pub stored: Option<crate::store::EndedCall>,
 }
 
 /// What a call task asks of the core.
@@ -90,7 +94,8 @@ pub enum CallAction {
 
 /// Handles to the calls for the REST API: call number to the running task's event channel (only
 /// the switch writes it, when a call starts and ends, so it is never touched on the packet
-/// path), the recent ended calls, the calls' metrics and their notices.
+/// path), the recent ended calls (their SIP messages), the calls' metrics and their notices, and
+/// the archive that stores ended calls' records.
 #[derive(Clone)]
 pub struct Directory {
     running: Arc<Mutex<HashMap<CallNo, mpsc::Sender<CallEvent>>>>,
@@ -100,6 +105,7 @@ pub struct Directory {
     history: Arc<record::History>,
     metrics: CallMetrics,
     notices: broadcast::Sender<CallNotice>,
+    archive: Option<archive::Archive>,
 }
 
 impl Default for Directory {
@@ -117,7 +123,14 @@ impl Directory {
             history: Arc::default(),
             metrics,
             notices: broadcast::channel(256).0,
+            archive: None,
         }
+    }
+
+    /// This directory, storing every ended call's record through `archive`.
+    pub fn archived_to(mut self, archive: archive::Archive) -> Directory {
+        self.archive = Some(archive);
+        self
     }
 
     /// Calls starting, answered and ending (for `GET /api/events`).
@@ -143,7 +156,11 @@ impl Directory {
                             }
                         };
                         events.publish(name, || {
-                            serde_json::to_value(&n.call).unwrap_or(serde_json::Value::Null)
+                            match &n.stored {
+                                Some(stored) => serde_json::to_value(stored),
+                                None => serde_json::to_value(&n.call),
+                            }
+                            .unwrap_or(serde_json::Value::Null)
                         });
                     }
                     // The listeners missed these too: tell them to reload, as for their own lag.
@@ -154,11 +171,6 @@ impl Directory {
                 }
             }
         });
-    }
-
-    /// The records of the recent ended calls, newest first.
-    pub fn history(&self) -> Vec<CallRecord> {
-        self.history.records()
     }
 
     /// The SIP messages of call `id`, running (asked of its task) or recently ended; `None`
@@ -179,11 +191,16 @@ impl Directory {
     }
 
     fn notify(&self, event: &'static str, call: &CallRecord) {
-        // Nobody listening is fine.
-        let _ = self.notices.send(CallNotice {
+        self.send_notice(CallNotice {
             event,
             call: call.clone(),
+            stored: None,
         });
+    }
+
+    fn send_notice(&self, notice: CallNotice) {
+        // Nobody listening is fine.
+        let _ = self.notices.send(notice);
     }
 
     /// Call `no`'s confirmed legs changed (answered, transferred).
@@ -228,14 +245,24 @@ impl Directory {
         self.metrics.post_dial_delay.observe(secs);
     }
 
-    /// A call ended: its record and messages go to the history, its numbers to the metrics.
+    /// A call ended: its record goes to the store (through the archive, never waiting), its
+    /// record and messages to the in-memory history, its numbers to the metrics.
     pub(crate) fn ended(&self, call: CallRecord, log: record::MessageLog) {
         match (call.answered_at, call.status) {
             (Some(_), _) => self.metrics.talk_time.observe(call.talk_secs as f64),
             (None, Some(s)) => self.metrics.failed(s),
             (None, None) => {}
         }
-        self.notify("ended", &call);
+        let stored = self.archive.as_ref().and_then(|a| {
+            let stored = a.stored(&call)?;
+            a.keep(stored.clone());
+            Some(stored)
+        });
+        self.send_notice(CallNotice {
+            event: "ended",
+            call: call.clone(),
+            stored,
+        });
         self.history.push(call, log);
     }
 

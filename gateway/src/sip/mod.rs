@@ -38,6 +38,8 @@ pub struct SipOptions {
     pub policies: Option<Arc<crate::policy::PolicyEngine>>,
     /// The live feed bindings and calls are published on.
     pub events: crate::events::Events,
+    /// Where ended calls' records go (`None`: kept in memory only).
+    pub archive: Option<crate::calls::archive::Archive>,
 }
 
 /// A running SIP side.
@@ -186,7 +188,10 @@ pub async fn start(
     ));
     let (cmd_tx, cmd_rx) = mpsc::channel(64);
     let (call_tx, call_rx) = mpsc::channel(4096);
-    let directory = crate::calls::Directory::new(metrics.calls.clone());
+    let mut directory = crate::calls::Directory::new(metrics.calls.clone());
+    if let Some(archive) = opts.archive.clone() {
+        directory = directory.archived_to(archive);
+    }
     directory.publish_to(opts.events.clone());
     let (user_states, _) = tokio::sync::broadcast::channel(256);
     let (paths_tx, paths_rx) = watch::channel(crate::trunk::Paths::default());

@@ -11,7 +11,9 @@
 //! - `registrations`: `aor \0 binding` → the [`Registration`] as JSON, so one AoR is a key range;
 //! - `config`: entry name (`*` or a server) → the entry as JSON;
 //! - `policies`: kind → the [`PolicyMeta`] as JSON, `policy_wasm`: kind → the component's bytes
-//!   (apart, so listing never reads megabytes).
+//!   (apart, so listing never reads megabytes);
+//! - `call_records`: (`ended_at` in nanoseconds since the epoch, `record_id`) → the [`EndedCall`]
+//!   as JSON, so the history is a reverse range scan and the retention sweep a forward one.
 //!
 //! Registrations are the hot path: the SIP driver group-commits REGISTERs, and one
 //! [`Store::write_registrations`] call is one write transaction with one fsync.
@@ -25,8 +27,8 @@ use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, TableDefi
 use uuid::Uuid;
 
 use super::{
-    AuditEntry, ConfigEntry, PolicyMeta, PolicyRecord, Registration, RegistrationFilter, Removal,
-    Store, StoreError, User,
+    AuditEntry, CallRecordQuery, ConfigEntry, EndedCall, PolicyMeta, PolicyRecord, Registration,
+    RegistrationFilter, Removal, Store, StoreError, User, nanos,
 };
 
 /// File name of the database inside the data directory.
@@ -46,6 +48,8 @@ const CONFIG: TableDefinition<&str, &[u8]> = TableDefinition::new("config");
 const AUDIT: TableDefinition<(i64, u64), &[u8]> = TableDefinition::new("audit");
 const POLICIES: TableDefinition<&str, &[u8]> = TableDefinition::new("policies");
 const POLICY_WASM: TableDefinition<&str, &[u8]> = TableDefinition::new("policy_wasm");
+/// Ended calls: key = (`ended_at` in nanoseconds since the epoch, `record_id`).
+const CALL_RECORDS: TableDefinition<(i64, u128), &[u8]> = TableDefinition::new("call_records");
 
 /// The embedded backend of [`Store`], over one redb file.
 #[derive(Clone)]
@@ -81,6 +85,7 @@ impl EmbeddedStore {
             txn.open_table(AUDIT)?;
             txn.open_table(POLICIES)?;
             txn.open_table(POLICY_WASM)?;
+            txn.open_table(CALL_RECORDS)?;
         }
         txn.commit()?;
         Ok(EmbeddedStore { db: Arc::new(db) })
@@ -521,6 +526,82 @@ impl Store for EmbeddedStore {
                 out.push(decode(row?.1.value())?);
             }
             Ok(out)
+        })
+        .await
+    }
+
+    async fn put_call_records(&self, records: &[EndedCall]) -> Result<(), StoreError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let rows = records
+            .iter()
+            .map(|r| Ok(((nanos(r.ended_at), r.record_id.as_u128()), encode(r)?)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        self.blocking(move |db| {
+            let txn = write_txn(db)?;
+            {
+                let mut t = txn.open_table(CALL_RECORDS)?;
+                for (k, v) in &rows {
+                    t.insert(*k, v.as_slice())?;
+                }
+            }
+            txn.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_call_records(
+        &self,
+        query: &CallRecordQuery,
+    ) -> Result<Vec<EndedCall>, StoreError> {
+        let query = query.clone();
+        self.blocking(move |db| {
+            let txn = db.begin_read()?;
+            let t = txn.open_table(CALL_RECORDS)?;
+            // Keys below (before, 0) ended strictly before `before`; from (since, 0) on at or
+            // after `since`.
+            let lo = (query.since.map_or(i64::MIN, nanos), 0_u128);
+            let hi = (query.before.map_or(i64::MAX, nanos), 0_u128);
+            let mut out = Vec::new();
+            if lo >= hi || query.limit == 0 {
+                return Ok(out);
+            }
+            let mut skip = query.offset;
+            for row in t.range(lo..hi)?.rev() {
+                let r: EndedCall = decode(row?.1.value())?;
+                if !query.matches(&r) {
+                    continue;
+                }
+                if skip > 0 {
+                    skip -= 1;
+                    continue;
+                }
+                out.push(r);
+                if out.len() >= query.limit {
+                    break;
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn purge_call_records(&self, ended_before: DateTime<Utc>) -> Result<u64, StoreError> {
+        let cut = (nanos(ended_before), 0_u128);
+        self.blocking(move |db| {
+            let txn = write_txn(db)?;
+            let mut purged = 0;
+            {
+                let mut t = txn.open_table(CALL_RECORDS)?;
+                t.retain_in(..cut, |_, _| {
+                    purged += 1;
+                    false
+                })?;
+            }
+            txn.commit()?;
+            Ok(purged)
         })
         .await
     }

@@ -1,5 +1,6 @@
 //! The `Store`: everything csps keeps — users (SIP accounts with HA1s), registrations (one document
-//! per binding), configuration entries, the audit log, policy modules — behind one async trait, so the embedded backend (default,
+//! per binding), configuration entries, the audit log, policy modules, ended calls' records —
+//! behind one async trait, so the embedded backend (default,
 //! one server) and MongoDB (several servers) are interchangeable without changing callers.
 
 pub mod embedded;
@@ -11,9 +12,19 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 pub use model::{
-    AuditEntry, BindingKey, ConfigEntry, Ha1, HashAlgorithm, NewUser, PolicyMeta, PolicyRecord,
-    Registration, Removal, User, UserPatch,
+    AuditEntry, BindingKey, CallRecordQuery, ConfigEntry, EndedCall, Ha1, HashAlgorithm, NewUser,
+    PolicyMeta, PolicyRecord, Registration, Removal, User, UserPatch,
 };
+
+/// Nanoseconds since the epoch, saturated (chrono's range is wider than an `i64` of them): the
+/// order of call records in both backends.
+pub(crate) fn nanos(t: DateTime<Utc>) -> i64 {
+    t.timestamp_nanos_opt().unwrap_or(if t.timestamp() < 0 {
+        i64::MIN
+    } else {
+        i64::MAX
+    })
+}
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -123,6 +134,31 @@ pub trait Store: Send + Sync + 'static {
     /// The stored policy modules' descriptions (no bytes), ordered by kind.
     async fn list_policies(&self) -> Result<Vec<PolicyMeta>, StoreError> {
         Ok(Vec::new())
+    }
+
+    /// Stores ended calls' records (keyed by `record_id`; writing one again replaces it), in one
+    /// durable write. (Default: a store without call records; both real backends implement
+    /// the three call record methods.)
+    async fn put_call_records(&self, records: &[EndedCall]) -> Result<(), StoreError> {
+        let _ = records;
+        Err(StoreError::Backend(
+            "this store keeps no call records".into(),
+        ))
+    }
+    /// The records matching `query` (every server's), latest `ended_at` first; records that
+    /// ended at the same instant are ordered by `record_id`, descending.
+    async fn list_call_records(
+        &self,
+        query: &CallRecordQuery,
+    ) -> Result<Vec<EndedCall>, StoreError> {
+        let _ = query;
+        Ok(Vec::new())
+    }
+    /// Deletes the records of calls that ended strictly before `ended_before` (every server's);
+    /// returns how many.
+    async fn purge_call_records(&self, ended_before: DateTime<Utc>) -> Result<u64, StoreError> {
+        let _ = ended_before;
+        Ok(0)
     }
 
     /// Makes every earlier write durable (a no-op where each write already is).

@@ -240,3 +240,85 @@ pub struct PolicyRecord {
     /// The WebAssembly component.
     pub wasm: Vec<u8>,
 }
+
+/// An ended call's record as the store keeps it (`GET /api/calls/history`, the `call.ended`
+/// event): the in-memory record of the call plus who handled it and an id unique in a cluster.
+/// The SIP messages stay in the handling server's memory (`GET /api/calls/{id}/messages`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct EndedCall {
+    /// Unique across servers (the store's key).
+    pub record_id: Uuid,
+    /// The server that handled the call (its `server_name`).
+    #[schema(example = "a")]
+    pub server: String,
+    /// The call's number on that server (as in `GET /api/calls`; not unique in a cluster).
+    pub id: u64,
+    /// The caller's Call-ID.
+    pub call_id: String,
+    /// The caller (`sip:user@domain`; `anonymous` for an unchallenged emergency call).
+    #[schema(example = "sip:alice@csps.local")]
+    pub caller: String,
+    /// The callee (`sip:user@domain`).
+    #[schema(example = "sip:bob@csps.local")]
+    pub callee: String,
+    /// When the INVITE arrived.
+    pub started_at: DateTime<Utc>,
+    /// When the callee answered; `null` for an unanswered call.
+    pub answered_at: Option<DateTime<Utc>>,
+    /// When the call ended (the order of the history, and what retention counts from).
+    pub ended_at: DateTime<Utc>,
+    /// Seconds from the answer to the end (0 for an unanswered call).
+    pub talk_secs: u64,
+    /// The final status the caller got (200 for an answered call, 486, 487, …).
+    pub status: Option<u16>,
+    /// Why it ended (`caller_hung_up`, `cancelled`, … as in the `call.ended` event). Kept as
+    /// text so a record written by a newer server still reads back.
+    #[schema(value_type = Option<crate::calls::b2bua::EndReason>)]
+    pub end_reason: Option<String>,
+    /// Whether the dialled number is an emergency number.
+    pub emergency: bool,
+    /// SIP messages the handling server kept for the call (while it still keeps them).
+    pub messages: u64,
+    /// SIP messages not kept because the call's log was full.
+    pub messages_dropped: u64,
+}
+
+/// Which ended calls to list, newest (latest `ended_at`) first.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CallRecordQuery {
+    /// At most this many.
+    pub limit: usize,
+    /// Skip this many matching records first.
+    pub offset: usize,
+    /// Only calls that ended strictly before this time (the paging cursor: the `ended_at` of
+    /// the last record of the previous page).
+    pub before: Option<DateTime<Utc>>,
+    /// Only calls that ended at or after this time.
+    pub since: Option<DateTime<Utc>>,
+    /// Only calls whose caller or callee contains this text (case-insensitive).
+    pub user: Option<String>,
+}
+
+impl Default for CallRecordQuery {
+    fn default() -> Self {
+        CallRecordQuery {
+            limit: 100,
+            offset: 0,
+            before: None,
+            since: None,
+            user: None,
+        }
+    }
+}
+
+impl CallRecordQuery {
+    /// Whether `r` passes the time and user filters (paging aside); the backends' reference.
+    pub fn matches(&self, r: &EndedCall) -> bool {
+        self.before.is_none_or(|b| r.ended_at < b)
+            && self.since.is_none_or(|s| r.ended_at >= s)
+            && self.user.as_deref().is_none_or(|u| {
+                let u = u.to_lowercase();
+                r.caller.to_lowercase().contains(&u) || r.callee.to_lowercase().contains(&u)
+            })
+    }
+}

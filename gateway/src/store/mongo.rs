@@ -28,6 +28,13 @@
 //!   of everything ([`Store::revisions`]).
 //! - `policies`: `_id` = the kind, the [`PolicyMeta`] fields beside it and `wasm`, the component
 //!   as BSON binary (documents stay under the 16 MiB limit: uploads are capped at 8 MiB).
+//! - `call_records`: one document per ended call of every server, `_id` = its `record_id`
+//!   (UUID string), the [`EndedCall`] fields, the times as BSON dates (`*_ns` beside each keeps
+//!   the sub-millisecond part) and `ended_key`, `ended_at` in nanoseconds since the epoch (an
+//!   Int64, indexed with `_id`), which orders the history and bounds its pages and the
+//!   retention sweep exactly. No TTL index: the retention (`Data.System.CallRecordDays`) can
+//!   change at run time and FerretDB v1 does not expire documents, so the servers sweep
+//!   ([`Store::purge_call_records`]).
 //!
 //! # Change notifications
 //! [`Store::change_feed`] opens a change stream on `config` and `users` where the server offers
@@ -65,8 +72,8 @@ use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
 use super::{
-    AuditEntry, ChangeTopic, ConfigEntry, PolicyMeta, PolicyRecord, Registration,
-    RegistrationFilter, Removal, Revisions, Store, StoreError, User,
+    AuditEntry, CallRecordQuery, ChangeTopic, ConfigEntry, EndedCall, PolicyMeta, PolicyRecord,
+    Registration, RegistrationFilter, Removal, Revisions, Store, StoreError, User, nanos,
 };
 
 /// Database used when neither the caller nor the URI path names one.
@@ -83,6 +90,7 @@ const AUDIT: &str = "audit";
 const LEASES: &str = "leases";
 const POLICIES: &str = "policies";
 const REVISIONS: &str = "revisions";
+const CALL_RECORDS: &str = "call_records";
 /// Writes per bulk command (well under every server's `maxWriteBatchSize`).
 const BULK_CHUNK: usize = 1000;
 
@@ -101,6 +109,7 @@ pub struct MongoStore {
     audit: Collection<Document>,
     leases: Collection<Document>,
     revisions: Collection<Document>,
+    call_records: Collection<Document>,
     /// `writeConcern` added to raw bulk commands (`None`: the server's default).
     write_concern: Option<Document>,
     ttl_index: bool,
@@ -167,6 +176,7 @@ impl MongoStore {
             audit: coll(AUDIT),
             leases: coll(LEASES),
             revisions: coll(REVISIONS),
+            call_records: coll(CALL_RECORDS),
             db,
             write_concern,
             ttl_index: false,
@@ -225,6 +235,14 @@ impl MongoStore {
             .create_index(audit)
             .await
             .map_err(|e| backend("creating the audit index", e))?;
+        let calls = IndexModel::builder()
+            .keys(doc! { "ended_key": -1, "_id": -1 })
+            .options(IndexOptions::builder().name("ended".to_owned()).build())
+            .build();
+        self.call_records
+            .create_index(calls)
+            .await
+            .map_err(|e| backend("creating the call records index", e))?;
 
         // TTL on expires_at; fall back to a plain index where the server refuses the option.
         let ttl = IndexModel::builder()
@@ -681,6 +699,81 @@ impl Store for MongoStore {
         Ok(out)
     }
 
+    async fn put_call_records(&self, records: &[EndedCall]) -> Result<(), StoreError> {
+        for chunk in records.chunks(BULK_CHUNK) {
+            let mut updates = Vec::with_capacity(chunk.len());
+            for r in chunk {
+                updates.push(Bson::Document(doc! {
+                    "q": { "_id": r.record_id.to_string() },
+                    "u": call_record_doc(r)?,
+                    "upsert": true,
+                }));
+            }
+            self.bulk(doc! { "update": CALL_RECORDS, "updates": updates, "ordered": false })
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn list_call_records(
+        &self,
+        query: &CallRecordQuery,
+    ) -> Result<Vec<EndedCall>, StoreError> {
+        if query.limit == 0 {
+            return Ok(Vec::new()); // a MongoDB limit of 0 means "no limit"
+        }
+        let mut key = Document::new();
+        if let Some(b) = query.before {
+            key.insert("$lt", nanos(b));
+        }
+        if let Some(s) = query.since {
+            key.insert("$gte", nanos(s));
+        }
+        let mut q = Document::new();
+        if !key.is_empty() {
+            q.insert("ended_key", key);
+        }
+        if let Some(u) = query.user.as_deref().filter(|u| !u.is_empty()) {
+            if u.contains('\0') {
+                return Ok(Vec::new()); // no caller or callee from SIP holds a NUL
+            }
+            let re = doc! { "$regex": regex_literal(u), "$options": "i" };
+            q.insert(
+                "$or",
+                vec![
+                    Bson::Document(doc! { "caller": re.clone() }),
+                    Bson::Document(doc! { "callee": re }),
+                ],
+            );
+        }
+        let mut out = Vec::new();
+        let mut cursor = self
+            .call_records
+            .find(q)
+            .sort(doc! { "ended_key": -1, "_id": -1 })
+            .skip(u64::try_from(query.offset).unwrap_or(u64::MAX))
+            .limit(i64::try_from(query.limit).unwrap_or(i64::MAX))
+            .await
+            .map_err(map_err)?;
+        while cursor.advance().await.map_err(map_err)? {
+            let d = cursor.deserialize_current().map_err(map_err)?;
+            out.push(call_record_from_doc(d)?);
+            if out.len() >= query.limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn purge_call_records(&self, ended_before: DateTime<Utc>) -> Result<u64, StoreError> {
+        let r = self
+            .call_records
+            .delete_many(doc! { "ended_key": { "$lt": nanos(ended_before) } })
+            .await
+            .map_err(map_err)?;
+        Ok(r.deleted_count)
+    }
+
     async fn flush(&self) -> Result<(), StoreError> {
         // Every write was acknowledged with the strongest write concern the server offers.
         Ok(())
@@ -832,6 +925,77 @@ fn registration_from_doc(mut d: Document) -> Result<Registration, StoreError> {
     let mut v = from_bson::<serde_json::Value>(Bson::Document(d))?;
     if let Some(o) = v.as_object_mut() {
         o.insert("expires_at".into(), json_time(expires_at)?);
+    }
+    from_json(v)
+}
+
+/// `text` as a regular expression matching itself: ASCII punctuation escaped, which both
+/// MongoDB's PCRE and FerretDB's Go regexp read as the literal character.
+fn regex_literal(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() * 2);
+    for c in text.chars() {
+        if c.is_ascii_punctuation() {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Time fields of a call record stored as BSON dates (with their `*_ns` part).
+const CALL_TIMES: [(&str, &str); 3] = [
+    ("started_at", "started_ns"),
+    ("answered_at", "answered_ns"),
+    ("ended_at", "ended_ns"),
+];
+
+fn call_record_doc(r: &EndedCall) -> Result<Document, StoreError> {
+    let mut d = json_doc(r)?;
+    d.remove("record_id");
+    d.insert("_id", r.record_id.to_string());
+    for ((field, ns_field), t) in
+        CALL_TIMES
+            .iter()
+            .zip([Some(r.started_at), r.answered_at, Some(r.ended_at)])
+    {
+        if let Some(t) = t {
+            let (at, ns) = bson_date(t);
+            d.insert(*field, at);
+            d.insert(*ns_field, ns);
+        }
+    }
+    d.insert("ended_key", nanos(r.ended_at));
+    Ok(d)
+}
+
+fn call_record_from_doc(mut d: Document) -> Result<EndedCall, StoreError> {
+    let id = match d.remove("_id") {
+        Some(Bson::String(s)) => s,
+        other => {
+            return Err(StoreError::Backend(format!(
+                "call record with a bad _id: {other:?}"
+            )));
+        }
+    };
+    d.remove("ended_key");
+    let mut times = Vec::with_capacity(CALL_TIMES.len());
+    for (field, ns_field) in CALL_TIMES {
+        let t = match d.get(field) {
+            Some(Bson::DateTime(_)) => Some(take_date(&mut d, field, ns_field)?),
+            _ => {
+                d.remove(ns_field);
+                None
+            }
+        };
+        times.push((field, t));
+    }
+    let mut v = from_bson::<serde_json::Value>(Bson::Document(d))?;
+    if let Some(o) = v.as_object_mut() {
+        o.insert("record_id".into(), serde_json::Value::String(id));
+        for (field, t) in times {
+            let t = t.map(json_time).transpose()?;
+            o.insert(field.into(), t.unwrap_or(serde_json::Value::Null));
+        }
     }
     from_json(v)
 }

@@ -498,3 +498,239 @@ pub async fn suite_policies(store: &dyn Store) {
         vec![quirks.meta]
     );
 }
+
+/// An ended call handled by `server`, from `caller` to `callee`, ended at `ended_at`.
+pub fn ended_call(
+    server: &str,
+    id: u64,
+    caller: &str,
+    callee: &str,
+    ended_at: DateTime<Utc>,
+) -> csps::store::EndedCall {
+    let answered = id.is_multiple_of(2);
+    csps::store::EndedCall {
+        record_id: Uuid::new_v4(),
+        server: server.to_owned(),
+        id,
+        call_id: format!("call-{server}-{id}"),
+        caller: caller.to_owned(),
+        callee: callee.to_owned(),
+        started_at: ended_at - Duration::seconds(30),
+        answered_at: answered.then(|| ended_at - Duration::milliseconds(25_500)),
+        ended_at,
+        talk_secs: if answered { 25 } else { 0 },
+        status: Some(if answered { 200 } else { 486 }),
+        end_reason: Some(
+            if answered {
+                "caller_hung_up"
+            } else {
+                "callee_refused"
+            }
+            .to_owned(),
+        ),
+        emergency: id == 3,
+        messages: 7,
+        messages_dropped: 0,
+    }
+}
+
+/// Call records: a record reads back exactly (nanoseconds, absent answer), newest first with
+/// ties ordered by record id, pages by limit/offset and by the `before` cursor without gaps or
+/// repeats, `since` and `user` filters (case-insensitive, regex characters literal), a rewrite
+/// of one record replaces it, and the sweep removes exactly what ended before its cut (a
+/// simulated clock: fixed times, no waiting).
+pub async fn suite_call_records(store: &dyn Store) {
+    use csps::store::CallRecordQuery;
+    let q = CallRecordQuery::default;
+    assert!(
+        store
+            .list_call_records(&q())
+            .await
+            .expect("list")
+            .is_empty()
+    );
+    let t0 = DateTime::parse_from_rfc3339("2026-03-01T10:00:00.123456789Z")
+        .expect("time")
+        .with_timezone(&Utc);
+    let at = |mins: i64| t0 + Duration::minutes(mins);
+    let mut calls = vec![
+        ended_call("a", 1, "sip:alice@csps.local", "sip:bob@csps.local", at(0)),
+        ended_call(
+            "b",
+            1,
+            "sip:carol@csps.local",
+            "sip:alice@csps.local",
+            at(10),
+        ),
+        ended_call("a", 2, "sip:bob@csps.local", "sip:dave@csps.local", at(20)),
+        ended_call("a", 3, "anonymous", "sip:112@csps.local", at(30)),
+        // Same instant as the one before, on the other server.
+        ended_call("b", 2, "sip:ALICE@csps.local", "sip:a.b@csps.local", at(30)),
+        ended_call(
+            "b",
+            3,
+            "sip:axb@csps.local",
+            "sip:+15551230000@csps.local",
+            at(40),
+        ),
+    ];
+    store.put_call_records(&calls).await.expect("put");
+    // Newest first; equal ends by record id, descending.
+    calls.sort_by_key(|c| std::cmp::Reverse((c.ended_at, c.record_id)));
+    let all = store.list_call_records(&q()).await.expect("list");
+    assert_eq!(all, calls, "every record, exactly as written, newest first");
+    assert!(all.iter().any(|c| c.answered_at.is_none()));
+
+    // Pages by offset.
+    let page = |limit, offset| CallRecordQuery {
+        limit,
+        offset,
+        ..q()
+    };
+    assert_eq!(
+        store.list_call_records(&page(2, 0)).await.expect("p1"),
+        calls[..2]
+    );
+    assert_eq!(
+        store.list_call_records(&page(2, 2)).await.expect("p2"),
+        calls[2..4]
+    );
+    assert_eq!(
+        store.list_call_records(&page(10, 5)).await.expect("p3"),
+        calls[5..]
+    );
+    assert!(
+        store
+            .list_call_records(&page(0, 0))
+            .await
+            .expect("0")
+            .is_empty()
+    );
+    assert!(
+        store
+            .list_call_records(&page(5, 6))
+            .await
+            .expect("past")
+            .is_empty()
+    );
+    // Pages by the cursor: strictly before the last one's end.
+    let before = |b| CallRecordQuery {
+        before: Some(b),
+        ..q()
+    };
+    assert_eq!(
+        store
+            .list_call_records(&before(at(30)))
+            .await
+            .expect("before"),
+        calls[3..],
+        "strictly before"
+    );
+    assert_eq!(
+        store
+            .list_call_records(&before(at(30) + Duration::nanoseconds(1)))
+            .await
+            .expect("before"),
+        calls[1..],
+        "nanosecond precision"
+    );
+    // Since: at or after.
+    let since = CallRecordQuery {
+        since: Some(at(20)),
+        before: Some(at(40)),
+        ..q()
+    };
+    assert_eq!(
+        store.list_call_records(&since).await.expect("since"),
+        calls[1..4]
+    );
+    let inverted = CallRecordQuery {
+        since: Some(at(40)),
+        before: Some(at(20)),
+        ..q()
+    };
+    assert!(
+        store
+            .list_call_records(&inverted)
+            .await
+            .expect("inverted")
+            .is_empty()
+    );
+    // User: caller or callee contains it, case-insensitively; `.` and `+` are literal.
+    let user = |u: &str| CallRecordQuery {
+        user: Some(u.to_owned()),
+        ..q()
+    };
+    let ids = |v: Vec<csps::store::EndedCall>| {
+        v.into_iter()
+            .map(|c| format!("{}{}", c.server, c.id))
+            .collect::<Vec<_>>()
+    };
+    let mut alice = ids(store
+        .list_call_records(&user("Alice"))
+        .await
+        .expect("alice"));
+    alice.sort();
+    assert_eq!(alice, ["a1", "b1", "b2"]);
+    assert_eq!(
+        ids(store.list_call_records(&user("a.b@")).await.expect("dot")),
+        ["b2"],
+        "a dot matches only a dot"
+    );
+    assert_eq!(
+        ids(store.list_call_records(&user("+1555")).await.expect("plus")),
+        ["b3"]
+    );
+    assert!(
+        store
+            .list_call_records(&user("("))
+            .await
+            .expect("paren")
+            .is_empty()
+    );
+    let alice_page = CallRecordQuery {
+        user: Some("alice".into()),
+        limit: 1,
+        offset: 1,
+        ..q()
+    };
+    assert_eq!(
+        store.list_call_records(&alice_page).await.expect("page"),
+        calls
+            .iter()
+            .filter(|c| alice_page.matches(c))
+            .skip(1)
+            .take(1)
+            .cloned()
+            .collect::<Vec<_>>(),
+        "the offset counts matching records only"
+    );
+
+    // Writing a record again replaces it.
+    let mut again = calls[0].clone();
+    again.messages = 9;
+    store
+        .put_call_records(std::slice::from_ref(&again))
+        .await
+        .expect("rewrite");
+    let all = store.list_call_records(&q()).await.expect("list");
+    assert_eq!(all.len(), calls.len());
+    assert_eq!(all[0], again);
+    store.put_call_records(&[]).await.expect("nothing to write");
+
+    // The sweep: strictly before the cut, every server's.
+    assert_eq!(store.purge_call_records(at(0)).await.expect("sweep"), 0);
+    assert_eq!(store.purge_call_records(at(30)).await.expect("sweep"), 3);
+    let left = store.list_call_records(&q()).await.expect("list");
+    assert_eq!(left.len(), 3);
+    assert!(left.iter().all(|c| c.ended_at >= at(30)), "{left:?}");
+    assert_eq!(store.purge_call_records(at(30)).await.expect("sweep"), 0);
+    assert_eq!(store.purge_call_records(at(60)).await.expect("sweep"), 3);
+    assert!(
+        store
+            .list_call_records(&q())
+            .await
+            .expect("list")
+            .is_empty()
+    );
+}
