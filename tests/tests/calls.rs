@@ -406,6 +406,41 @@ fn sipp_phone_with_two_calls_switches_between_them() {
     assert_eq!(alice.successful, 2, "{}", alice.output);
 }
 
+/// RFC 3262 with a caller that requires it (SIPp, `Require: 100rel`): the ringing of the
+/// callee (SIPp) reaches it with `Require: 100rel` and an RSeq, its PRACK gets 200, then the
+/// call is answered and hung up. A caller requiring an extension the gateway lacks gets 420
+/// with `Unsupported` naming it, and the callee never rings.
+#[test]
+fn sipp_caller_requiring_100rel_gets_reliable_ringing_and_an_unknown_extension_gets_420() {
+    let Some(gw) = gateway(&[("alice", "alice-secret-1"), ("bob", "bob-secret-1")]) else {
+        return;
+    };
+    let bob = callee(&gw, "uas_answer.xml", "bob", "bob-secret-1");
+    gw.trust("127.0.0.0/8");
+    let run = |scenario: &str| {
+        Sipp::new(scenario, gw.sip_addr())
+            .key("user", "alice")
+            .key("callee", "bob")
+            .key("domain", DOMAIN)
+            .arg("-mp")
+            .arg(free_port().to_string())
+            .timeout(Duration::from_secs(20))
+            .run()
+    };
+    let refused = run("uac_bad_extension.xml");
+    assert!(refused.ok(), "{}", refused.output);
+    let alice = run("uac_100rel.xml");
+    let bob = bob.join().expect("callee thread");
+    assert_both_ok(&gw, &alice, &bob);
+    let record = ended_call(&gw);
+    assert_eq!(record["end_reason"], "caller_hung_up", "{record}");
+    let id = record["id"].as_u64().expect("id");
+    let ringing = message_text(&gw, id, "a", ("INVITE", "out", Some(180)));
+    assert!(ringing.contains("\r\nRSeq: "), "{ringing}");
+    let pracked = message_text(&gw, id, "a", ("PRACK", "out", Some(200)));
+    assert!(pracked.starts_with("SIP/2.0 200"), "{pracked}");
+}
+
 /// RFC 4028 session timers: too short an interval gets 422 with Min-SE: 90, the retry is
 /// answered with the interval and the caller as refresher (the callee knows no timers), and an
 /// UPDATE without offer refreshes it. (Expiry itself is a unit test on a simulated clock: the

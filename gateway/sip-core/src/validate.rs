@@ -177,7 +177,14 @@ pub fn check_request(req: &Request, supported: &[&str]) -> Result<(), Rejection>
     // well because phones address csps as their outbound proxy.
     if req.method != Method::Ack && req.method != Method::Cancel {
         let mut unsupported: Vec<&str> = Vec::new();
-        for tag in h.values("Require").chain(h.values("Proxy-Require")) {
+        // Option tags are a comma-separated list (`Require: timer, 100rel`).
+        let tags = h
+            .values("Require")
+            .chain(h.values("Proxy-Require"))
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|t| !t.is_empty());
+        for tag in tags {
             if !supported.iter().any(|s| s.eq_ignore_ascii_case(tag))
                 && !unsupported.iter().any(|u| u.eq_ignore_ascii_case(tag))
             {
@@ -208,5 +215,25 @@ mod tests {
             "399 proxy.example.com \"bad \\\"x\\\"  Injected: 1\""
         );
         assert_eq!(warning_value("a b", "t"), "399 csps \"t\"");
+    }
+
+    /// Require lists option tags: each is judged alone, and only the unknown ones are named.
+    #[test]
+    fn require_is_a_list_of_option_tags() {
+        let text = "INVITE sip:bob@csps.local SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.5;branch=z9hG4bK1\r\n\
+            Max-Forwards: 70\r\nFrom: <sip:alice@csps.local>;tag=a\r\nTo: <sip:bob@csps.local>\r\n\
+            Call-ID: c1\r\nCSeq: 1 INVITE\r\nRequire: timer, 100rel\r\nRequire: x-teleport\r\n\
+            Content-Length: 0\r\n\r\n";
+        let req = match crate::parse(text.as_bytes()).map(|p| p.message) {
+            Ok(crate::Message::Request(r)) => r,
+            other => panic!("{other:?}"),
+        };
+        let rej = check_request(&req, &["timer", "100rel"]).unwrap_err();
+        assert_eq!(rej.status, 420);
+        assert_eq!(
+            rej.headers,
+            vec![("Unsupported".to_owned(), "x-teleport".to_owned())]
+        );
+        assert!(check_request(&req, &["timer", "100rel", "x-teleport"]).is_ok());
     }
 }

@@ -16,6 +16,7 @@ use csps_sip::transaction::TxnKey;
 use csps_sip::{Headers, Method, Remote, Request, Response, SipHeaders, Transport, Uri};
 use rand::RngCore;
 
+use super::rel1xx::{self, NoPrack, Rel1xx};
 use super::sdes::{LegSrtp, Sdes, SrtpPolicy};
 use crate::media::srtp::SrtpKeys;
 
@@ -185,6 +186,10 @@ pub enum ReferRefusal {
     /// unknown user, no registered device.
     Failed(u16),
 }
+
+/// Option tags a caller may require (RFC 3261 §8.2.2.3; the SIP core answers 420 to others):
+/// session timers (RFC 4028) and reliable provisionals (RFC 3262).
+pub const SUPPORTED_OPTIONS: &[&str] = &["timer", "100rel"];
 
 /// Media changes for the relay.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -441,6 +446,8 @@ pub struct Call {
     /// SDES of the relay's sides facing A and B (RFC 4568).
     sdes_a: Sdes,
     sdes_b: Sdes,
+    /// Reliable provisionals towards a caller that requires them (RFC 3262).
+    rel1xx: Option<Rel1xx>,
     /// The keys last given to the relay (A, B).
     srtp_sent: (Option<SrtpKeys>, Option<SrtpKeys>),
     rng: Box<dyn RngCore + Send>,
@@ -703,6 +710,7 @@ impl Call {
             out: VecDeque::new(),
             sdes_a,
             sdes_b,
+            rel1xx: None,
             srtp_sent: (None, None),
             rng,
         }
@@ -729,6 +737,10 @@ impl Call {
             self.ending(EndReason::Rejected);
             self.end_or_linger();
             return;
+        }
+        if rel1xx::requires(&invite.headers, "100rel") {
+            let cseq = invite.cseq().map_or(1, |c| c.seq);
+            self.rel1xx = Some(Rel1xx::new(cseq, self.rng.next_u32() >> 1));
         }
         self.offerless = invite.body.is_empty();
         if let Some((se, _)) = session_expires(&invite.headers)
@@ -1106,7 +1118,7 @@ impl Call {
         };
         let status = resp.status;
         if status < 200 {
-            self.on_provisional(i, resp);
+            self.on_provisional(now, i, resp);
         } else if status < 300 {
             self.on_answer(now, i, resp);
         } else {
@@ -1114,7 +1126,7 @@ impl Call {
         }
     }
 
-    fn on_provisional(&mut self, i: usize, resp: Response) {
+    fn on_provisional(&mut self, now: Instant, i: usize, resp: Response) {
         let f = &mut self.forks[i];
         if f.state == ForkState::Calling {
             f.state = ForkState::Proceeding;
@@ -1142,10 +1154,68 @@ impl Call {
             r.headers.push("Content-Type", "application/sdp");
             r.body = body;
         }
-        self.out.push_back(Output::Respond {
-            key: self.setup.key,
-            resp: r,
-        });
+        let r = match self.rel1xx.as_mut() {
+            Some(rel) => rel.provisional(now, r),
+            None => Some(r),
+        };
+        if let Some(resp) = r {
+            self.out.push_back(Output::Respond {
+                key: self.setup.key,
+                resp,
+            });
+        }
+    }
+
+    /// The caller's PRACK (RFC 3262) in its early or confirmed dialog: 200 and the next
+    /// reliable provisional or the held 2xx; 481 when nothing of ours awaits it.
+    fn on_prack(&mut self, now: Instant, key: TxnKey, req: &Request) {
+        let inv = &self.setup.invite;
+        let ours = req.call_id() == inv.call_id()
+            && req.from_hdr().and_then(|f| f.tag().map(str::to_owned))
+                == inv.from_hdr().and_then(|f| f.tag().map(str::to_owned))
+            && req
+                .to_hdr()
+                .and_then(|t| t.tag().map(str::to_owned))
+                .as_deref()
+                == Some(self.a_tag.as_str());
+        let (resp, next) = match self.rel1xx.as_mut() {
+            Some(rel) if ours => rel.prack(now, req),
+            _ => (req.response(481, "Call/Transaction Does Not Exist"), None),
+        };
+        self.out.push_back(Output::Respond { key, resp });
+        if let Some(next) = next {
+            if next.status >= 200 && !self.setup.from.transport.is_reliable() {
+                // The held 2xx goes out now and is retransmitted until the ACK.
+                self.a_ok_next = Some((now + T1, T1, now + LINGER));
+            }
+            self.out.push_back(Output::Respond {
+                key: self.setup.key,
+                resp: next,
+            });
+        }
+    }
+
+    /// No PRACK came for a reliable provisional within 64·T1: the caller gets a 5xx (RFC 3262
+    /// §3), the answered device (if one answered meanwhile) a BYE.
+    fn no_prack(&mut self, now: Instant) {
+        tracing::info!("the caller never acknowledged a reliable provisional (PRACK)");
+        self.ending(EndReason::Rejected);
+        match self.phase {
+            Phase::Ringing => self.hang_up(now, Some(500)),
+            Phase::Answered if self.a_ok_next.is_none() => {
+                // The 2xx was held for the PRACK and never sent.
+                self.a_ok = None;
+                self.a_dialog = None;
+                let r = self.a_response(500, "Server Internal Error");
+                self.out.push_back(Output::Respond {
+                    key: self.setup.key,
+                    resp: r,
+                });
+                self.bye_b();
+                self.end_or_linger_at(now);
+            }
+            _ => {}
+        }
     }
 
     /// The device's answer, checked against our offer, with the relay's A-side address, and the
@@ -1234,13 +1304,22 @@ impl Call {
         ok.headers.push("Content-Type", "application/sdp");
         ok.body = body;
         self.a_dialog = Dialog::uas(&self.setup.invite, &self.a_tag, &self.a_contact);
-        self.out.push_back(Output::Respond {
-            key: self.setup.key,
-            resp: ok.clone(),
-        });
+        // RFC 3262 §3: held while a reliable provisional with SDP awaits its PRACK.
+        let send_now = match self.rel1xx.as_mut() {
+            Some(rel) => rel.final_ok(ok.clone()).is_some(),
+            None => true,
+        };
+        if send_now {
+            self.out.push_back(Output::Respond {
+                key: self.setup.key,
+                resp: ok.clone(),
+            });
+        }
         if !self.setup.from.transport.is_reliable() {
             self.a_ok = Some(ok);
-            self.a_ok_next = Some((now + T1, T1, now + LINGER));
+            if send_now {
+                self.a_ok_next = Some((now + T1, T1, now + LINGER));
+            }
         }
         self.phase = Phase::Answered;
         self.ring_deadline = None;
@@ -1424,6 +1503,9 @@ impl Call {
     }
 
     fn on_request(&mut self, now: Instant, key: TxnKey, _from: Remote, req: Request) {
+        if req.method == Method::Prack {
+            return self.on_prack(now, key, &req);
+        }
         let Some((from_a, fork)) = self.leg_of(key, &req) else {
             return;
         };
@@ -2505,6 +2587,14 @@ impl Call {
 
     /// Fires what is due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        match self.rel1xx.as_mut().map(|r| r.handle_timeout(now)) {
+            Some(Ok(Some(resp))) => self.out.push_back(Output::Respond {
+                key: self.setup.key,
+                resp,
+            }),
+            Some(Err(NoPrack)) => self.no_prack(now),
+            _ => {}
+        }
         if let Some(d) = self.ring_deadline
             && d <= now
         {
@@ -2592,6 +2682,7 @@ impl Call {
                 .filter(|_| self.is_answered())
                 .map(|(_, deadline)| deadline),
             self.transfer.as_ref().map(|t| t.deadline),
+            self.rel1xx.as_ref().and_then(Rel1xx::poll_timeout),
         ]
         .into_iter()
         .flatten()
@@ -2604,7 +2695,16 @@ impl Call {
             // Keys go to the relay after the round's messages, before any packet is read.
             self.flush_srtp();
         }
-        self.out.pop_front()
+        let out = self.out.pop_front();
+        if let (Some(Output::Respond { key, resp }), Some(rel)) = (&out, self.rel1xx.as_mut())
+            && *key == self.setup.key
+            && resp.status >= 300
+            && resp.cseq().is_some_and(|c| c.method == Method::Invite)
+        {
+            // A refusal ends the INVITE transaction: no provisional is retransmitted after it.
+            rel.finished();
+        }
+        out
     }
 
     /// True once answered and not yet over.
@@ -3516,6 +3616,61 @@ mod tests {
             ),
             None,
         )
+    }
+
+    /// RFC 3262 towards a caller that requires 100rel: the device's 180 goes out reliably, its
+    /// 183 with early media waits for the 180's PRACK, the device's 200 waits for the 183's,
+    /// and a PRACK naming nothing gets 481.
+    #[test]
+    fn reliable_provisionals_for_a_caller_that_requires_them() {
+        let t0 = Instant::now();
+        let mut c = call_with(OFFER, "Require: 100rel\r\nSupported: 100rel\r\n", t0);
+        let invites = sent_invites(&drain(&mut c));
+        let (tag1, inv1) = invites[0].clone();
+        let owned = |out: Vec<Output>| -> Vec<Response> {
+            responses_to_a(&out).into_iter().cloned().collect()
+        };
+        let to_a = |c: &mut Call, tag: u32, resp: Response| {
+            c.handle(t0, Input::Response { tag, resp });
+            owned(drain(c))
+        };
+        let ringing = to_a(&mut c, tag1, reply(&inv1, 180, "d1", None));
+        assert_eq!(ringing.len(), 1, "{ringing:?}");
+        assert_eq!(ringing[0].headers.get("Require"), Some("100rel"));
+        let rseq: u32 = ringing[0]
+            .headers
+            .get("RSeq")
+            .and_then(|v| v.parse().ok())
+            .expect("RSeq");
+        let a_tag = ringing[0]
+            .to_hdr()
+            .and_then(|t| t.tag().map(str::to_owned))
+            .expect("To tag");
+        assert!(to_a(&mut c, tag1, reply(&inv1, 183, "d1", Some(ANSWER))).is_empty());
+        // Unacknowledged: retransmitted at T1.
+        assert!(c.poll_timeout().is_some_and(|t| t <= t0 + T1));
+        c.handle_timeout(t0 + T1);
+        assert_eq!(responses_to_a(&drain(&mut c))[0].status, 180);
+
+        let prack = |c: &mut Call, seq: u32, rack: String| {
+            let mut req = in_dialog_a("PRACK", seq, &a_tag, None);
+            req.headers.push("RAck", rack);
+            owned(request_in(c, t0, req, "10.0.0.7:5060"))
+        };
+        let wrong = prack(&mut c, 3, format!("{} 2 INVITE", rseq + 7));
+        assert_eq!(wrong[0].status, 481);
+        let out = prack(&mut c, 4, format!("{rseq} 2 INVITE"));
+        assert_eq!(out.iter().map(|r| r.status).collect::<Vec<_>>(), [200, 183]);
+        assert_eq!(
+            out[1].headers.get("RSeq"),
+            Some((rseq + 1).to_string().as_str())
+        );
+        assert!(String::from_utf8_lossy(&out[1].body).contains("m=audio"));
+        // The device answers: the 200 waits for the PRACK of the 183 that carried SDP.
+        assert!(to_a(&mut c, tag1, reply(&inv1, 200, "d1", Some(ANSWER))).is_empty());
+        let out = prack(&mut c, 5, format!("{} 2 INVITE", rseq + 1));
+        assert_eq!(out.iter().map(|r| r.status).collect::<Vec<_>>(), [200, 200]);
+        assert_eq!(out[1].headers.get("CSeq"), Some("2 INVITE"));
     }
 
     /// Attended transfer: the call's legs are published as their devices hold the dialogs, the

@@ -13,6 +13,7 @@ pub mod archive;
 pub mod b2bua;
 pub mod leg;
 pub mod record;
+pub mod rel1xx;
 pub mod sdes;
 mod task;
 pub mod teams;
@@ -41,7 +42,7 @@ pub use record::{CallRecord, SipMessage};
 use crate::metrics::CallMetrics;
 
 /// Methods accepted inside a call's dialogs.
-pub const ALLOW_IN_DIALOG: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, REFER";
+pub const ALLOW_IN_DIALOG: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, REFER, PRACK";
 
 /// Identifies a call on this server.
 pub type CallNo = u64;

@@ -24,7 +24,7 @@ use crate::metrics::Metrics;
 use crate::store::{BindingKey, Registration};
 
 /// Methods this version implements; the others get 405 with this list.
-pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, REGISTER";
+pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, PRACK, REGISTER";
 /// Methods implemented here: outside a call's dialog, those that only make sense inside one get
 /// 481 (RFC 3261 §12.2.2), not 405.
 const IMPLEMENTED_HERE: &[Method] = &[
@@ -36,6 +36,7 @@ const IMPLEMENTED_HERE: &[Method] = &[
     Method::Bye,
     Method::Info,
     Method::Update,
+    Method::Prack,
 ];
 /// Queued inbound messages handled per wakeup of the core after the first.
 const INBOUND_BATCH: usize = 256;
@@ -576,7 +577,13 @@ impl Core {
     }
 
     fn on_request(&mut self, key: TxnKey, from: Remote, req: Request) {
-        if let Err(rej) = csps_sip::validate::check_request(&req, &[]) {
+        // Calls implement session timers and reliable provisionals; registration no option.
+        let supported = if req.method == Method::Register {
+            &[][..]
+        } else {
+            crate::calls::b2bua::SUPPORTED_OPTIONS
+        };
+        if let Err(rej) = csps_sip::validate::check_request(&req, supported) {
             tracing::debug!(status = rej.status, "request refused: {}", rej.warning);
             let resp = rej.to_response_from(&req, &self.server_name);
             self.respond(&key, &req, resp);
