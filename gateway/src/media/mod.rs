@@ -4,8 +4,10 @@
 //! address into SDP, so that address is not trusted: a leg latches on to the first packet from the
 //! IP its SDP or its signalling came from, sends back to where it latched (symmetric RTP), and
 //! drops and counts packets from anywhere else. `Latch` is sans-IO; `relay` is the socket side the
-//! call task drives.
+//! call task drives. `codec` holds the codecs (G.711, G.722, Opus) and the `rubato` resampler
+//! that transcoding between legs with different codecs is built on.
 
+pub mod codec;
 pub mod relay;
 pub mod srtp;
 
