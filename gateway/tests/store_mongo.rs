@@ -323,3 +323,34 @@ async fn a_running_server_sees_changes_written_by_another() {
     }
     task.abort();
 }
+
+/// A call record handed to the archive while the database is down is not lost: the writer
+/// retries, and the record is stored once the database is back (nothing counted as failed).
+#[tokio::test]
+async fn a_call_record_ended_during_a_database_outage_is_stored_when_it_is_back() {
+    use csps::calls::archive::Archive;
+    use csps::store::CallRecordQuery;
+    let Some(mut f) = Ferret::start() else { return };
+    let store = std::sync::Arc::new(store(&f, "outage").await);
+    let metrics = csps::metrics::CallMetrics::default();
+    let archive = Archive::start(store.clone(), "a", metrics.clone());
+    f.stop();
+    let call = store_suite::ended_call("a", 1, "sip:alice@x", "sip:bob@x", Utc::now());
+    assert!(
+        archive.keep(call.clone()),
+        "handed over at once, database down or not"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    f.resume();
+    assert!(
+        archive.flush(Duration::from_secs(60)).await,
+        "the writer did not finish"
+    );
+    assert_eq!(metrics.records_failed.get(), 0);
+    assert_eq!(metrics.records_written.get(), 1);
+    let listed = store
+        .list_call_records(&CallRecordQuery::default())
+        .await
+        .expect("list");
+    assert_eq!(listed, vec![call]);
+}

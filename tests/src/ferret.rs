@@ -71,6 +71,16 @@ impl Ferret {
     /// (Re)starts the process on the same data directory, on fresh ports.
     pub fn spawn(&mut self) {
         self.port = free_tcp_port();
+        self.spawn_on_port();
+    }
+
+    /// Starts the stopped process again on the same data directory and the same port, so
+    /// clients connected before reach it again (an outage of the database, not a move).
+    pub fn resume(&mut self) {
+        self.spawn_on_port();
+    }
+
+    fn spawn_on_port(&mut self) {
         let debug = free_tcp_port();
         let d = self.dir.path();
         let log = std::fs::File::create(d.join("ferretdb.log")).expect("log file");

@@ -25,7 +25,7 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
         the registration as in `GET /api/registrations`) and `registration.removed` \
         `{\"aor\",\"binding\",\"server\"}`; `call.started` and `call.answered` (the call's \
         record so far: the fields of `GET /api/calls/history` but `record_id` and `server`), \
-        `call.ended` (the record as `GET /api/calls/history` lists it); `config.changed`, `user.changed`, \
+        `call.ended` (the record as `GET /api/calls/history` lists it, once it is stored); `config.changed`, `user.changed`, \
         `policy.changed` `{\"action\",\"target\",\"actor\"}` (an audited admin change); \
         `lagged` `{\"missed\"}` when the client fell behind (reload what you show). A comment \
         every 15 s keeps the connection open; the stream ends when the server drains.",

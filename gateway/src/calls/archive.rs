@@ -39,9 +39,13 @@ const RETRY_AFTER: [Duration; 3] = [
     Duration::from_secs(5),
 ];
 
+/// Runs once a record was written (or given up): the `call.ended` notice, so whoever reloads
+/// the history on it finds the record there.
+pub type AfterWrite = Box<dyn FnOnce() + Send>;
+
 #[allow(clippy::large_enum_variant)] // nearly every job is a record: boxing would cost more
 enum Job {
-    Keep(EndedCall),
+    Keep(EndedCall, Option<AfterWrite>),
     /// Answered once everything queued before it was written (or given up).
     Flush(oneshot::Sender<()>),
 }
@@ -111,14 +115,20 @@ impl Archive {
     /// Queues `record` for the store without waiting; false (counted and logged) when the
     /// queue is full or the writer is gone.
     pub fn keep(&self, record: EndedCall) -> bool {
-        match self.tx.try_send(Job::Keep(record)) {
+        self.keep_then(record, None)
+    }
+
+    /// [`Archive::keep`], and `after` runs once the record was written or given up (at once
+    /// when it could not be queued).
+    pub fn keep_then(&self, record: EndedCall, after: Option<AfterWrite>) -> bool {
+        match self.tx.try_send(Job::Keep(record, after)) {
             Ok(()) => true,
             Err(e) => {
                 self.metrics.records_dropped.inc();
                 let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
                 // The first drop and then ever more rarely: a flood of drops is one symptom.
                 if n.is_power_of_two() {
-                    let why = match e {
+                    let why = match &e {
                         mpsc::error::TrySendError::Full(_) => "the queue is full",
                         mpsc::error::TrySendError::Closed(_) => "the writer stopped",
                     };
@@ -126,6 +136,9 @@ impl Archive {
                         dropped = n,
                         "a call record was not stored: {why} (the store is slow or unreachable)"
                     );
+                }
+                if let Job::Keep(_, Some(after)) = e.into_inner() {
+                    after();
                 }
                 false
             }
@@ -147,12 +160,16 @@ impl Archive {
 /// The writer: takes what is queued, writes it in batches, retries, counts.
 async fn write(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Job>, metrics: CallMetrics) {
     let mut batch = Vec::with_capacity(BATCH);
+    let mut afters: Vec<AfterWrite> = Vec::new();
     let mut flushes = Vec::new();
     while let Some(job) = rx.recv().await {
         let mut next = Some(job);
         while let Some(job) = next.take() {
             match job {
-                Job::Keep(r) => batch.push(r),
+                Job::Keep(r, after) => {
+                    batch.push(r);
+                    afters.extend(after);
+                }
                 Job::Flush(done) => flushes.push(done),
             }
             if batch.len() < BATCH {
@@ -162,6 +179,9 @@ async fn write(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Job>, metrics: Call
         if !batch.is_empty() {
             write_batch(store.as_ref(), &batch, &metrics).await;
             batch.clear();
+        }
+        for after in afters.drain(..) {
+            after();
         }
         for done in flushes.drain(..) {
             let _ = done.send(());

@@ -254,16 +254,33 @@ impl Directory {
             (None, Some(s)) => self.metrics.failed(s),
             (None, None) => {}
         }
-        let stored = self.archive.as_ref().and_then(|a| {
-            let stored = a.stored(&call)?;
-            a.keep(stored.clone());
-            Some(stored)
-        });
-        self.send_notice(CallNotice {
-            event: "ended",
-            call: call.clone(),
-            stored,
-        });
+        match self
+            .archive
+            .as_ref()
+            .and_then(|a| Some((a, a.stored(&call)?)))
+        {
+            // `call.ended` once the record is in the store: a console that reloads the history
+            // on it finds the call there.
+            Some((archive, stored)) => {
+                let notices = self.notices.clone();
+                let notice = CallNotice {
+                    event: "ended",
+                    call: call.clone(),
+                    stored: Some(stored.clone()),
+                };
+                archive.keep_then(
+                    stored,
+                    Some(Box::new(move || {
+                        let _ = notices.send(notice);
+                    })),
+                );
+            }
+            None => self.send_notice(CallNotice {
+                event: "ended",
+                call: call.clone(),
+                stored: None,
+            }),
+        }
         self.history.push(call, log);
     }
 
