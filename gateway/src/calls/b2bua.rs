@@ -499,6 +499,14 @@ fn allow_for(sbc: Option<&Sbc>) -> &'static str {
     }
 }
 
+/// A party as the gateway names it (`"Name" <sip:user@domain>`) as an AoR (`sip:user@domain`);
+/// the value itself when it is no name-addr.
+pub(crate) fn party_aor(party: &str) -> String {
+    csps_sip::headers::NameAddr::parse(party)
+        .map(|n| n.uri.aor())
+        .unwrap_or_else(|_| party.to_owned())
+}
+
 /// The ACK for a 2xx to fork `f`'s INVITE, and whether it was the first 2xx (which makes the
 /// fork's dialog); every 2xx, retransmissions too, is ACKed with a new branch (§13.2.2.4).
 /// `None` when the 2xx cannot make a dialog.
@@ -1758,14 +1766,11 @@ impl Call {
 
     /// Leg A's (`a`) or B's party as an AoR (`sip:user@domain`).
     fn party_aor(&self, a: bool) -> String {
-        let p = if a {
+        party_aor(if a {
             &self.setup.caller
         } else {
             &self.setup.callee
-        };
-        csps_sip::headers::NameAddr::parse(p)
-            .map(|n| n.uri.aor())
-            .unwrap_or_else(|_| p.clone())
+        })
     }
 
     /// The call's confirmed legs (A first) as their devices hold the dialogs; empty before the

@@ -679,12 +679,8 @@ impl Switch {
                 "the consultation call's other party is not a device of this gateway".into(),
             )
         })?;
-        let aor = csps_sip::headers::NameAddr::parse(&other.party)
-            .map(|n| n.uri.aor())
-            .unwrap_or_else(|_| other.party.clone());
-        let referrer = csps_sip::headers::NameAddr::parse(&named.party)
-            .map(|n| n.uri.aor())
-            .unwrap_or(named.party);
+        let aor = b2bua::party_aor(&other.party);
+        let referrer = b2bua::party_aor(&named.party);
         Ok(b2bua::TransferTarget {
             referrer: Some(referrer),
             to: other.party.clone(),
