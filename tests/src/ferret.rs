@@ -5,7 +5,7 @@
 //! `$HOME/.local/bin` (`e2e/setup` installs it into `/usr/local/bin`). When it is missing
 //! [`Ferret::start`] reports it through [`crate::skip`] (a failure under `CSPS_E2E_REQUIRED=1`).
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -30,13 +30,6 @@ pub fn ferretdb_bin() -> Option<PathBuf> {
     dirs.into_iter()
         .map(|d| d.join("ferretdb"))
         .find(|p| p.is_file())
-}
-
-fn free_tcp_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
 }
 
 /// A FerretDB process on its own directory and ports; killed on drop.
@@ -70,7 +63,7 @@ impl Ferret {
 
     /// (Re)starts the process on the same data directory, on fresh ports.
     pub fn spawn(&mut self) {
-        self.port = free_tcp_port();
+        self.port = crate::free_port();
         self.spawn_on_port();
     }
 
@@ -81,7 +74,7 @@ impl Ferret {
     }
 
     fn spawn_on_port(&mut self) {
-        let debug = free_tcp_port();
+        let debug = crate::free_port();
         let d = self.dir.path();
         let log = std::fs::File::create(d.join("ferretdb.log")).expect("log file");
         let child = Command::new(&self.bin)

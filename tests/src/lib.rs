@@ -104,19 +104,30 @@ pub fn free_port() -> u16 {
     free_port_on("127.0.0.1")
 }
 
-/// A port free for both TCP and UDP on `ip` (released before returning; small race accepted).
+/// A port free for both TCP and UDP on `ip`, and its next three UDP ports too (SIPp's `-mp P`
+/// binds P..P+3); released before returning.
+///
+/// Ports come from 10000–19999, handed out by a process-wide counter in strides of four: below
+/// the gateway's RTP pool (20000–30000) and the kernel's ephemeral range (32768+), so a port
+/// handed to one test is never the one the kernel just gave another test's client socket, nor
+/// one a gateway took for media. The start depends on the process id, so two test binaries
+/// running side by side begin apart.
 pub fn free_port_on(ip: &str) -> u16 {
-    for _ in 0..50 {
-        let tcp = TcpListener::bind((ip, 0)).expect("bind an ephemeral TCP port on loopback");
-        let port = tcp
-            .local_addr()
-            .expect("bound socket has an address")
-            .port();
-        if UdpSocket::bind((ip, port)).is_ok() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 10_000;
+    const SPAN: u32 = 10_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let seed = (std::process::id() % (SPAN / 4)) * 4;
+    for _ in 0..SPAN / 4 {
+        let n = NEXT.fetch_add(4, Ordering::Relaxed);
+        let port = (FIRST + (seed + n) % SPAN) as u16;
+        let tcp = TcpListener::bind((ip, port));
+        let udp: Vec<_> = (0..4).map(|k| UdpSocket::bind((ip, port + k))).collect();
+        if tcp.is_ok() && udp.iter().all(Result::is_ok) {
             return port;
         }
     }
-    panic!("no port free for both TCP and UDP on {ip}");
+    panic!("no port free for both TCP and UDP on {ip} in {FIRST}..{}", FIRST + SPAN);
 }
 
 /// A gateway with default options for a test that needs `tool` (SIPp, baresip…); `None` after
