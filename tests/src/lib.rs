@@ -127,7 +127,10 @@ pub fn free_port_on(ip: &str) -> u16 {
             return port;
         }
     }
-    panic!("no port free for both TCP and UDP on {ip} in {FIRST}..{}", FIRST + SPAN);
+    panic!(
+        "no port free for both TCP and UDP on {ip} in {FIRST}..{}",
+        FIRST + SPAN
+    );
 }
 
 /// A gateway with default options for a test that needs `tool` (SIPp, baresip…); `None` after

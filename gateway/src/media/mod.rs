@@ -5,10 +5,12 @@
 //! IP its SDP or its signalling came from, sends back to where it latched (symmetric RTP), and
 //! drops and counts packets from anywhere else. `Latch` is sans-IO; `relay` is the socket side the
 //! call task drives. `codec` holds the codecs (G.711, G.722, Opus) and the `rubato` resampler
-//! that transcoding between legs with different codecs is built on.
+//! that transcoding between legs with different codecs is built on; `rtp` reads the packets the
+//! media core decodes and numbers the streams it sends itself.
 
 pub mod codec;
 pub mod relay;
+pub mod rtp;
 pub mod srtp;
 
 use std::net::{IpAddr, SocketAddr};
