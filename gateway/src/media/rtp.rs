@@ -30,13 +30,18 @@ pub struct NotRtp(String);
 /// Reads the header and payload of one RTP packet.
 pub fn parse(packet: &[u8]) -> Result<Received<'_>, NotRtp> {
     let p = rtp_types::RtpPacket::parse(packet).map_err(|e| NotRtp(e.to_string()))?;
+    // `RtpPacket::payload` borrows the parsed header, not the datagram: slice the datagram.
+    let start = p.payload_offset();
+    let payload = packet
+        .get(start..start + p.payload_len())
+        .ok_or_else(|| NotRtp("payload outside the packet".into()))?;
     Ok(Received {
         payload_type: p.payload_type(),
         sequence: p.sequence_number(),
         timestamp: p.timestamp(),
         ssrc: p.ssrc(),
         marker: p.marker_bit(),
-        payload: p.payload(),
+        payload,
     })
 }
 
