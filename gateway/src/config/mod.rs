@@ -49,6 +49,8 @@ pub struct Settings {
     pub srtp_over_plain: bool,
     /// `Data.SipConfig.Use8KHz`: offer narrowband codecs only to phones.
     pub use_8khz: bool,
+    /// `Data.SipConfig.MusicOnHold`: empty (off), `builtin`, or the path of a WAV file.
+    pub music_on_hold: String,
     /// `Data.SipConfig.EmergencyNumbers`: numbers always routed as emergency calls.
     pub emergency_numbers: Vec<String>,
     /// `Data.System.MinRtpPort`: lowest media port (below `max_rtp_port`).
@@ -232,6 +234,7 @@ impl Settings {
             },
             srtp_over_plain: bool_("Data.SipConfig.SrtpOverPlainTransport"),
             use_8khz: bool_("Data.SipConfig.Use8KHz"),
+            music_on_hold: s("Data.SipConfig.MusicOnHold"),
             emergency_numbers: strs("Data.SipConfig.EmergencyNumbers"),
             min_rtp_port: u16_("Data.System.MinRtpPort"),
             max_rtp_port: u16_("Data.System.MaxRtpPort"),

@@ -26,6 +26,8 @@ pub enum Text {
     TenantOrEmpty,
     /// 40 hex digits (SHA-1), `:`/space separators allowed, or empty.
     Sha1OrEmpty,
+    /// Music on hold: empty, `builtin`, or an absolute path of a `.wav` file.
+    MusicOrEmpty,
 }
 
 /// What the items of an array leaf must be.
@@ -300,6 +302,13 @@ pub const LEAVES: &[Leaf] = &[
         default: DefaultValue::Bool(false),
         secret: false,
         meaning: "send SRTP keys (SDES) to phones signalling over UDP/TCP too; off: only over TLS",
+    },
+    Leaf {
+        path: "Data.SipConfig.MusicOnHold",
+        kind: Kind::String(Text::MusicOrEmpty),
+        default: DefaultValue::Str(""),
+        secret: false,
+        meaning: "what a held party hears: empty: nothing (the phones' own hold handling); `builtin`: the gateway's melody; or the absolute path of a WAV file on the server (any rate and channels, looped)",
     },
     Leaf {
         path: "Data.SipConfig.TrustedIps",
@@ -605,6 +614,19 @@ fn check_text(t: Text, s: &str) -> Result<String, String> {
                 _ => Err(format!(
                     "`{s}` is not a tenant id (a GUID or a domain such as contoso.onmicrosoft.com)"
                 )),
+            }
+        }
+        Text::MusicOrEmpty => {
+            let wav = s
+                .get(s.len().saturating_sub(4)..)
+                .is_some_and(|e| e.eq_ignore_ascii_case(".wav"));
+            let file = std::path::Path::new(s).is_absolute() && wav;
+            if s.is_empty() || s == crate::media::moh::BUILTIN || file {
+                Ok(s.to_owned())
+            } else {
+                Err(format!(
+                    "`{s}` is not `builtin` or the absolute path of a .wav file"
+                ))
             }
         }
         Text::Sha1OrEmpty => {

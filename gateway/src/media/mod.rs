@@ -6,9 +6,11 @@
 //! drops and counts packets from anywhere else. `Latch` is sans-IO; `relay` is the socket side the
 //! call task drives. `codec` holds the codecs (G.711, G.722, Opus) and the `rubato` resampler
 //! that transcoding between legs with different codecs is built on; `rtp` reads the packets the
-//! media core decodes and numbers the streams it sends itself.
+//! media core decodes and numbers the streams it sends itself; `moh` is the music on hold the
+//! gateway plays to a held party.
 
 pub mod codec;
+pub mod moh;
 pub mod relay;
 pub mod rtp;
 pub mod srtp;
