@@ -93,6 +93,9 @@ pub struct Setup {
     pub a_sbc: Option<Sbc>,
     /// SRTP towards phones.
     pub srtp: SrtpPolicy,
+    /// The gateway plays music to a held party: a hold offer saying `inactive` reaches it as
+    /// `sendonly` (it will receive the music), and [`Output::MusicOnHold`] says when to play.
+    pub music_on_hold: bool,
 }
 
 /// Something that happened to the call.
@@ -235,6 +238,15 @@ pub enum Output {
         a: bool,
         /// The keys.
         keys: Option<SrtpKeys>,
+    },
+    /// Music on hold for leg A (`a`) or B: the other leg put it on hold and it receives in
+    /// `format` (the first audio format of its answer to the hold); `None`: it is not held (any
+    /// more), or cannot receive. Only when [`Setup::music_on_hold`] is set.
+    MusicOnHold {
+        /// Leg A is held (else B).
+        a: bool,
+        /// The codec and payload type to play in.
+        format: Option<sdp::Format>,
     },
     /// The callee's phone answered (for the call list and user state).
     Answered,
@@ -1820,6 +1832,66 @@ impl Call {
         }
     }
 
+    /// Music on hold, for a re-offer from leg A (`from_a`) whose audio is `offer.media[idx]`:
+    /// a hold (`sendonly`, `inactive`) that says `inactive` goes on as `sendonly`, since the
+    /// gateway will send the held leg music; anything else ends the music to the other leg.
+    fn hold_offer(&mut self, from_a: bool, offer: &mut Sdp, idx: usize) {
+        if !self.setup.music_on_hold {
+            return;
+        }
+        let session = offer.session_direction();
+        let Some(m) = offer.media.get_mut(idx) else {
+            return;
+        };
+        match m.direction(session) {
+            sdp::Direction::Inactive => m.set_direction(sdp::Direction::SendOnly),
+            sdp::Direction::SendOnly => {}
+            _ => self.music_off(!from_a),
+        }
+    }
+
+    /// Stops the music to leg A (`a`) or B (when music on hold is on).
+    fn music_off(&mut self, a: bool) {
+        if self.setup.music_on_hold {
+            self.out.push_back(Output::MusicOnHold { a, format: None });
+        }
+    }
+
+    /// With music on hold on, whether the re-offer `req` holds the other leg: `Some(true)` for
+    /// `inactive` (the answer must say `inactive` back), `Some(false)` for `sendonly`.
+    fn music_on_hold_for(&self, req: &Request) -> Option<bool> {
+        if !self.setup.music_on_hold {
+            return None;
+        }
+        let offer = Sdp::parse(&req.body).ok()?;
+        match offer.audio()?.direction(offer.session_direction()) {
+            sdp::Direction::Inactive => Some(true),
+            sdp::Direction::SendOnly => Some(false),
+            _ => None,
+        }
+    }
+
+    /// The held leg A (`a`) or B answered a hold with `answer`: the music starts in its first
+    /// audio format if it receives at all; an answer to an `inactive` hold goes back
+    /// `inactive` (RFC 3264 §6.1), though the held leg answered the `sendonly` it was sent.
+    fn held_answer(&mut self, a: bool, answer: &mut Sdp, idx: usize, inactive: bool) {
+        let session = answer.session_direction();
+        let Some(m) = answer.media.get_mut(idx) else {
+            return;
+        };
+        let receives = matches!(
+            m.direction(session),
+            sdp::Direction::RecvOnly | sdp::Direction::SendRecv
+        );
+        let format = receives
+            .then(|| crate::media::moh::format_for(m.codecs()))
+            .flatten();
+        if inactive {
+            m.set_direction(sdp::Direction::Inactive);
+        }
+        self.out.push_back(Output::MusicOnHold { a, format });
+    }
+
     /// A re-INVITE or UPDATE from one leg (hold, resume, a new address, a session refresh):
     /// relayed to the other leg with the relay's address in its SDP; that leg's answer comes
     /// back the same way (RFC 3264 §8). Direction attributes pass through unchanged, so a
@@ -1897,9 +1969,11 @@ impl Call {
                 }
             };
             sdp::rewrite_address(&mut offer, idx, self.relay_facing(!from_a));
+            self.hold_offer(from_a, &mut offer, idx);
             let body = self.offer_body(!from_a, self.srtp_rule(!from_a), &offer);
             (Some(offer), origin_addr, body)
         } else {
+            self.music_off(!from_a);
             (None, None, Bytes::new())
         };
         let method = req.method.clone();
@@ -1984,6 +2058,7 @@ impl Call {
             return;
         };
         let sent = p.offer.clone();
+        let origin_holds = self.music_on_hold_for(&p.req);
         let result: Result<(Bytes, Option<Sdp>), String> = match sent.as_ref() {
             // The target's answer to the relayed offer.
             Some(offer) if body_ok => Sdp::parse(&resp.body)
@@ -1992,6 +2067,9 @@ impl Call {
                     let idx = sdp::check_answer(offer, &answer).map_err(|e| e.to_string())?;
                     self.take_sdes(!from_a, self.srtp_rule(!from_a), &mut answer, false)
                         .map_err(|e| e.to_string())?;
+                    if let Some(inactive) = origin_holds {
+                        self.held_answer(!from_a, &mut answer, idx, inactive);
+                    }
                     let target_addr = answer.rtp_addr(idx);
                     sdp::rewrite_address(
                         &mut answer,
@@ -2793,6 +2871,7 @@ mod tests {
                 agent: "test".into(),
                 a_sbc: None,
                 srtp,
+                music_on_hold: false,
             },
             Box::new(rand::rngs::StdRng::seed_from_u64(7)),
         );
@@ -3209,6 +3288,9 @@ mod tests {
     const HELD: &str = "v=0\r\no=- 5 6 IN IP4 192.0.2.9\r\ns=-\r\nc=IN IP4 192.0.2.9\r\nt=0 0\r\n\
         m=audio 5002 RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\na=recvonly\r\n";
 
+    const HELD_INACTIVE: &str = "v=0\r\no=- 5 6 IN IP4 10.0.0.7\r\ns=-\r\nc=IN IP4 10.0.0.7\r\nt=0 0\r\n\
+        m=audio 4000 RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\na=inactive\r\n";
+
     #[test]
     fn hold_from_the_caller_is_relayed_and_answered_through_the_relay() {
         let t0 = Instant::now();
@@ -3259,6 +3341,110 @@ mod tests {
             "203.0.113.5:5060",
         );
         assert!(sent(&out, Method::Invite).is_some(), "resume relayed");
+    }
+
+    /// The music-on-hold outputs: which leg, and the format to play (`None`: stop).
+    fn music(out: &[Output]) -> Vec<(bool, Option<sdp::Format>)> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::MusicOnHold { a, format } => Some((*a, *format)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Music on hold: a caller's `inactive` hold reaches the callee as `sendonly` (the gateway
+    /// will send it music), the callee's `recvonly` goes back as `inactive`, and the music starts
+    /// in the callee's first codec; it stops as soon as the caller's resume comes in. Without
+    /// music on hold the hold passes unchanged and nothing is played.
+    #[test]
+    fn music_on_hold_turns_an_inactive_hold_into_sendonly_and_plays_until_the_resume() {
+        let t0 = Instant::now();
+        let inactive = HOLD.replace("a=sendonly", "a=inactive");
+        // Alice holds bob with `inactive`, music on hold on or off.
+        let hold = |on: bool| {
+            let (mut c, a_tag, _) = confirmed(t0);
+            c.setup.music_on_hold = on;
+            drain(&mut c);
+            let out = request_in(
+                &mut c,
+                t0,
+                in_dialog_a("INVITE", 3, &a_tag, Some(&inactive)),
+                "203.0.113.5:5060",
+            );
+            (c, a_tag, out)
+        };
+        let (_, _, out) = hold(false);
+        let (_, reinv, _) = sent(&out, Method::Invite).expect("hold relayed");
+        assert!(body(&reinv).contains("a=inactive"), "off: unchanged");
+        assert!(music(&out).is_empty());
+
+        let (mut c, a_tag, out) = hold(true);
+        let (tag, reinv, _) = sent(&out, Method::Invite).expect("hold relayed");
+        let b = body(&reinv);
+        assert!(b.contains("a=sendonly") && !b.contains("a=inactive"), "{b}");
+        assert!(
+            music(&out).is_empty(),
+            "nothing before bob accepts the hold"
+        );
+        answer_with_sdp(&mut c, t0, tag, &reinv, HELD);
+        let out = drain(&mut c);
+        let to_a = String::from_utf8_lossy(&responses_to_a(&out)[0].body).into_owned();
+        assert!(
+            to_a.contains("a=inactive") && !to_a.contains("a=recvonly"),
+            "{to_a}"
+        );
+        let started = music(&out);
+        assert!(
+            matches!(started[..], [(false, Some(f))] if f.pt == 0 && f.codec == sdp::Codec::Pcmu),
+            "{started:?}"
+        );
+        c.handle(t0, Input::Ack(in_dialog_a("ACK", 3, &a_tag, None)));
+        let out = request_in(
+            &mut c,
+            t0,
+            in_dialog_a("INVITE", 4, &a_tag, Some(OFFER)),
+            "203.0.113.5:5060",
+        );
+        assert!(sent(&out, Method::Invite).is_some(), "resume relayed");
+        assert_eq!(music(&out), vec![(false, None)]);
+    }
+
+    /// The callee holds the caller: the music goes to leg A, in the caller's answer's codec,
+    /// until the callee's resume; a held leg that answers `inactive` gets none.
+    #[test]
+    fn music_on_hold_for_a_caller_held_by_the_callee_and_none_for_a_leg_that_will_not_receive() {
+        let t0 = Instant::now();
+        let hold_by_bob = HOLD.replace("10.0.0.7", "192.0.2.9");
+        for (alice_answers, expected) in [(HELD, Some(0)), (HELD_INACTIVE, None)] {
+            let (mut c, _, inv1) = confirmed(t0);
+            c.setup.music_on_hold = true;
+            drain(&mut c);
+            let out = request_in(
+                &mut c,
+                t0,
+                in_dialog_b("INVITE", 1, &inv1, Some(&hold_by_bob)),
+                "192.0.2.9:5060",
+            );
+            let (tag, reinv, _) = sent(&out, Method::Invite).expect("hold relayed to alice");
+            assert!(body(&reinv).contains("a=sendonly"));
+            answer_with_sdp(&mut c, t0, tag, &reinv, alice_answers);
+            assert_eq!(
+                music(&drain(&mut c))
+                    .iter()
+                    .map(|(a, f)| (*a, f.map(|f| f.pt)))
+                    .collect::<Vec<_>>(),
+                vec![(true, expected)]
+            );
+            c.handle(t0, Input::Ack(in_dialog_b("ACK", 1, &inv1, None)));
+            let out = request_in(
+                &mut c,
+                t0,
+                in_dialog_b("INVITE", 2, &inv1, Some(OFFER)),
+                "192.0.2.9:5060",
+            );
+            assert_eq!(music(&out), vec![(true, None)], "bob resumes");
+        }
     }
 
     #[test]

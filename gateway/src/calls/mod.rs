@@ -488,6 +488,8 @@ pub struct Switch {
     states: broadcast::Sender<UserState>,
     policies: Option<Arc<PolicyEngine>>,
     trunk: watch::Receiver<crate::trunk::Paths>,
+    /// The music on hold (`None`: off), kept current by [`crate::media::moh::watch`].
+    music: watch::Receiver<Option<Arc<crate::media::moh::Music>>>,
 }
 
 /// Where a new call's B side goes, once decided.
@@ -535,7 +537,17 @@ impl Switch {
             states,
             policies,
             trunk,
+            music: watch::channel(None).1,
         }
+    }
+
+    /// Plays `music` to held parties (see [`crate::media::moh`]); without it nothing is played.
+    pub fn with_music(
+        mut self,
+        music: watch::Receiver<Option<Arc<crate::media::moh::Music>>>,
+    ) -> Switch {
+        self.music = music;
+        self
     }
 
     /// Number of running calls.
@@ -985,6 +997,8 @@ impl Switch {
         self.by_call_id.insert(a_call_id.clone(), no);
         self.by_call_id.insert(b_call_id.clone(), no);
         self.call_ids.insert(no, vec![a_call_id, b_call_id.clone()]);
+        // Fixed for the call's life, so its hold offers and its music agree.
+        let music = self.music.borrow().clone();
         let setup = b2bua::Setup {
             key,
             from,
@@ -1002,6 +1016,7 @@ impl Switch {
                 mode: settings.srtp,
                 plain_keys: settings.srtp_over_plain,
             },
+            music_on_hold: music.is_some(),
         };
         tokio::spawn(task::run(task::CallTask {
             no,
@@ -1020,6 +1035,7 @@ impl Switch {
                 .clone()
                 .map(|engine| (CallQuirks::pin(engine), devices)),
             directory: self.directory.clone(),
+            music,
         }));
     }
 }

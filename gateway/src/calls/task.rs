@@ -4,7 +4,8 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use csps_sip::SipHeaders;
@@ -19,6 +20,7 @@ use super::leg::{CallInfo, LegInfo, LegKind, UserState};
 use super::record::{CallRecord, Direction as LogDirection, MessageLog};
 use super::{CallAction, CallEvent, CallNo, Directory};
 use crate::media::PortPool;
+use crate::media::moh::{Music, Player};
 use crate::media::relay::Relay;
 use crate::policy::hooks::{CallQuirks, Device};
 use crate::policy::rules::Direction;
@@ -43,6 +45,98 @@ pub struct CallTask {
     pub quirks: Option<(CallQuirks, Vec<(SocketAddr, Device)>)>,
     /// Where the call's record and messages go when it ends.
     pub directory: Directory,
+    /// The music played to a held party (`None`: music on hold is off).
+    pub music: Option<Arc<Music>>,
+}
+
+/// The music on hold of one call: a player per held leg, paced by one 20 ms interval.
+struct HoldMusic {
+    music: Option<Arc<Music>>,
+    /// Leg A's player, leg B's.
+    players: [Option<Player>; 2],
+    tick: tokio::time::Interval,
+    packet: Vec<u8>,
+}
+
+impl HoldMusic {
+    fn new(music: Option<Arc<Music>>) -> HoldMusic {
+        let mut tick = tokio::time::interval(Duration::from_millis(u64::from(
+            crate::media::codec::FRAME_MS,
+        )));
+        // A late tick sends one packet, not a burst: the receiver's jitter buffer absorbs it.
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        HoldMusic {
+            music,
+            players: [None, None],
+            tick,
+            packet: Vec::with_capacity(1500),
+        }
+    }
+
+    fn playing(&self) -> bool {
+        self.players.iter().any(Option::is_some)
+    }
+
+    /// Starts (`format`) or stops (`None`) the music to leg A (`a`) or B.
+    fn set(&mut self, media: &mut Relay, a: bool, format: Option<csps_sip::sdp::Format>) {
+        let Some(music) = &self.music else { return };
+        let leg = if a { "A" } else { "B" };
+        let i = usize::from(!a);
+        let Some(f) = format else {
+            if self.players[i].take().is_some() {
+                media.set_music(a, false);
+                tracing::info!(leg, "music on hold stopped");
+            }
+            return;
+        };
+        if self.players[i]
+            .as_ref()
+            .is_some_and(|p| p.payload_type() == f.pt)
+        {
+            // A hold refreshed (a session timer's re-INVITE): the music plays on.
+            return;
+        }
+        let was_playing = self.playing();
+        match Player::new(music.clone(), f) {
+            Ok(p) => {
+                tracing::info!(
+                    leg,
+                    codec = f.codec.name(),
+                    pt = f.pt,
+                    source = music.source(),
+                    "music on hold started"
+                );
+                self.players[i] = Some(p);
+                media.set_music(a, true);
+                if !was_playing {
+                    self.tick.reset_immediately();
+                }
+            }
+            Err(e) => {
+                tracing::info!(leg, "no music on hold: {e}");
+                self.players[i] = None;
+                media.set_music(a, false);
+            }
+        }
+    }
+
+    /// Stops all music (the leg changed hands).
+    fn stop(&mut self, media: &mut Relay) {
+        for a in [true, false] {
+            self.set(media, a, None);
+        }
+    }
+
+    /// Sends each held leg its next packet.
+    fn play(&mut self, media: &mut Relay) {
+        for (i, p) in self.players.iter_mut().enumerate() {
+            if let Some(p) = p {
+                self.packet.clear();
+                p.next_packet(&mut self.packet);
+                media.send_music(i == 0, &self.packet);
+            }
+        }
+    }
 }
 
 /// Where each message of the call comes from or goes to: requests by their source or
@@ -257,7 +351,9 @@ async fn run_call(t: CallTask, call_id: String) {
         routing_policy,
         quirks,
         directory,
+        music,
     } = t;
+    let mut hold_music = HoldMusic::new(music);
     match (media.addr_a(), media.addr_b()) {
         (Ok(a), Ok(b)) => {
             setup.relay_a = a;
@@ -343,6 +439,10 @@ async fn run_call(t: CallTask, call_id: String) {
                     media.set_srtp(a, keys.as_ref());
                     continue;
                 }
+                Output::MusicOnHold { a, format } => {
+                    hold_music.set(&mut media, a, format);
+                    continue;
+                }
                 Output::Answered => {
                     answered_at = Some(Utc::now());
                     record.answered_at = answered_at;
@@ -358,6 +458,8 @@ async fn run_call(t: CallTask, call_id: String) {
                     continue;
                 }
                 Output::Transferred { a, party } => {
+                    // The held party now talks to someone new (the gateway resumes it).
+                    hold_music.stop(&mut media);
                     // The transferor is free; the target (a local user) is now in the call.
                     let leg = usize::from(!a);
                     let old = if a {
@@ -454,6 +556,7 @@ async fn run_call(t: CallTask, call_id: String) {
             },
             _ = &mut sleep, if call.poll_timeout().is_some() => call.handle_timeout(Instant::now()),
             () = media.forward() => {}
+            _ = hold_music.tick.tick(), if hold_music.playing() => hold_music.play(&mut media),
         }
     }
     if answered_at.is_some() {

@@ -54,6 +54,8 @@ struct Side {
     srtp: Option<SrtpSession>,
     /// What this leg sent us.
     counters: LegCounters,
+    /// The gateway plays music on hold to this leg: what the other leg sends is not passed on.
+    music: bool,
 }
 
 /// A packet as it goes on: the bytes received, or what SRTP made of them.
@@ -251,6 +253,33 @@ impl Relay {
         }
     }
 
+    /// While `on`, leg A (`a`) or B hears only what [`Relay::send_music`] sends it: the other
+    /// leg's RTP is not passed on (its RTCP is).
+    pub fn set_music(&mut self, a: bool, on: bool) {
+        if a {
+            self.a.music = on;
+        } else {
+            self.b.music = on;
+        }
+    }
+
+    /// Sends one RTP packet of music on hold to leg A (`a`) or B from the relay's socket facing
+    /// it, to where its media is latched (or its SDP address), SRTP-protected when it speaks
+    /// SRTP. A send error (the phone gone) drops the packet: the next one follows in 20 ms.
+    pub fn send_music(&mut self, a: bool, packet: &[u8]) {
+        let (side, socks) = if a {
+            (&mut self.a, &self.a_socks)
+        } else {
+            (&mut self.b, &self.b_socks)
+        };
+        let Some(dest) = side.latch.destination() else {
+            return;
+        };
+        if let Some(p) = side.outgoing(Packet::Wire(packet), false) {
+            let _ = socks.rtp.get_ref().send_to(&p, dest);
+        }
+    }
+
     /// What legs A and B sent.
     pub fn counters(&self) -> (LegCounters, LegCounters) {
         (self.a.counters, self.b.counters)
@@ -292,6 +321,10 @@ impl Relay {
                     let Some(plain) = from.accept(packet, src, rtcp) else {
                         continue;
                     };
+                    if to.music && !rtcp {
+                        // The held leg hears the gateway's music, not the holder.
+                        continue;
+                    }
                     match (dest, to.outgoing(plain, rtcp)) {
                         (Some(d), Some(p)) if out.get_ref().send_to(&p, d).is_ok() => {}
                         _ => from.counters.dropped_unsent += 1,
@@ -330,6 +363,20 @@ mod tests {
         p
     }
 
+    /// A relay between two loopback phones: the relay, its addresses facing A and B, phone A's
+    /// socket and phone B's, each leg expecting its phone.
+    fn phones() -> (Relay, [SocketAddr; 2], UdpSocket, UdpSocket) {
+        let pool = super::super::PortPool::new();
+        let mut relay = Relay::new(pair(&pool), pair(&pool)).expect("relay");
+        let addrs = [relay.addr_a().expect("a"), relay.addr_b().expect("b")];
+        let phone_a = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let phone_b = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let lo: IpAddr = "127.0.0.1".parse().expect("ip");
+        relay.expect_a(Some(phone_a.local_addr().expect("addr")), lo);
+        relay.expect_b(Some(phone_b.local_addr().expect("addr")), lo);
+        (relay, addrs, phone_a, phone_b)
+    }
+
     /// Reads what arrives on `sock` within `wait`.
     fn drain(sock: &UdpSocket, wait: Duration) -> Vec<Vec<u8>> {
         sock.set_read_timeout(Some(wait)).expect("timeout");
@@ -344,14 +391,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_plain_leg_and_an_srtp_leg_hear_each_other_and_forgeries_are_dropped() {
         use crate::media::srtp::{MASTER_LEN, SrtpKeys, Suite};
-        let pool = super::super::PortPool::new();
-        let mut relay = Relay::new(pair(&pool), pair(&pool)).expect("relay");
-        let (addr_a, addr_b) = (relay.addr_a().expect("a"), relay.addr_b().expect("b"));
-        let phone_a = UdpSocket::bind("127.0.0.1:0").expect("bind");
-        let phone_b = UdpSocket::bind("127.0.0.1:0").expect("bind");
-        let lo: IpAddr = "127.0.0.1".parse().expect("ip");
-        relay.expect_a(Some(phone_a.local_addr().expect("addr")), lo);
-        relay.expect_b(Some(phone_b.local_addr().expect("addr")), lo);
+        let (mut relay, [addr_a, addr_b], phone_a, phone_b) = phones();
         let gw_keys = SrtpKeys {
             suite: Suite::AesCm128Sha1_80,
             local: [3; MASTER_LEN],
@@ -417,17 +457,34 @@ mod tests {
         task.abort();
     }
 
+    /// Music on hold: the held leg gets the gateway's packets from the relay port facing it, and
+    /// not the holder's, until the music stops.
+    #[tokio::test]
+    async fn a_leg_on_hold_hears_the_music_and_not_the_other_leg() {
+        let (mut relay, [addr_a, addr_b], phone_a, phone_b) = phones();
+        let wait = Duration::from_millis(300);
+        relay.set_music(false, true);
+        phone_a.send_to(&rtp(1), addr_a).expect("send");
+        let _ = tokio::time::timeout(wait, relay.forward()).await;
+        relay.send_music(false, &rtp(7));
+        relay.set_music(false, false);
+        phone_a.send_to(&rtp(2), addr_a).expect("send");
+        let _ = tokio::time::timeout(wait, relay.forward()).await;
+        let mut buf = [0u8; 64];
+        phone_b.set_read_timeout(Some(wait)).expect("timeout");
+        let mut got = Vec::new();
+        while let Ok((n, from)) = phone_b.recv_from(&mut buf) {
+            assert_eq!(from, addr_b, "from the relay port facing B");
+            got.push(buf[..n][3]);
+        }
+        assert_eq!(got, vec![7, 2], "the music, then A again");
+        assert_eq!(relay.counters().0.rtp_packets, 2, "A's packets still count");
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn relays_bursts_and_single_packets_latches_and_drops_strangers() {
-        let pool = super::super::PortPool::new();
-        let mut relay = Relay::new(pair(&pool), pair(&pool)).expect("relay");
-        let (addr_a, addr_b) = (relay.addr_a().expect("a"), relay.addr_b().expect("b"));
-        let phone_a = UdpSocket::bind("127.0.0.1:0").expect("bind");
-        let phone_b = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let (mut relay, [addr_a, addr_b], phone_a, phone_b) = phones();
         let stranger = UdpSocket::bind("127.0.0.1:0").expect("bind");
-        let lo: IpAddr = "127.0.0.1".parse().expect("ip");
-        relay.expect_a(Some(phone_a.local_addr().expect("addr")), lo);
-        relay.expect_b(Some(phone_b.local_addr().expect("addr")), lo);
         let task = tokio::spawn(async move {
             // Runs until aborted, like the call task's select! branch.
             loop {

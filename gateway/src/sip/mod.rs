@@ -203,7 +203,8 @@ pub async fn start(
         user_states.clone(),
         opts.policies.clone(),
         paths_rx,
-    );
+    )
+    .with_music(crate::media::moh::watch(config.subscribe()));
     let trunk = crate::trunk::driver::spawn(crate::trunk::driver::DriverParts {
         paths: paths_tx,
         ctx: ctx.clone(),
