@@ -66,6 +66,28 @@ pub fn read_wav(bytes: &[u8]) -> Result<Pcm, String> {
     Err("no data chunk".into())
 }
 
+/// A RIFF/WAVE file of 16-bit PCM: `samples` interleaved over `channels` at `rate` (what a
+/// test gives the gateway to play, or reads back).
+pub fn wav_bytes(rate: u32, channels: u16, samples: &[i16]) -> Vec<u8> {
+    let data: Vec<u8> = samples.iter().flat_map(|s| s.to_le_bytes()).collect();
+    let frame = 2 * u32::from(channels);
+    let mut w = Vec::with_capacity(44 + data.len());
+    w.extend_from_slice(b"RIFF");
+    w.extend_from_slice(&(36 + data.len() as u32).to_le_bytes());
+    w.extend_from_slice(b"WAVEfmt ");
+    w.extend_from_slice(&16u32.to_le_bytes());
+    w.extend_from_slice(&1u16.to_le_bytes());
+    w.extend_from_slice(&channels.to_le_bytes());
+    w.extend_from_slice(&rate.to_le_bytes());
+    w.extend_from_slice(&(rate * frame).to_le_bytes());
+    w.extend_from_slice(&(frame as u16).to_le_bytes());
+    w.extend_from_slice(&16u16.to_le_bytes());
+    w.extend_from_slice(b"data");
+    w.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    w.extend_from_slice(&data);
+    w
+}
+
 /// The power of `freq` in `samples` (Goertzel), normalised so a full-scale sine gives ~0.25.
 pub fn goertzel(samples: &[f32], rate: u32, freq: f32) -> f32 {
     if samples.is_empty() {
@@ -122,27 +144,14 @@ mod tests {
 
     #[test]
     fn reads_a_stereo_wav() {
-        let mut w = Vec::new();
-        let data: Vec<u8> = sine(16000, 440.0, 0.5)
+        let stereo: Vec<i16> = sine(16000, 440.0, 0.5)
             .iter()
             .flat_map(|x| {
-                let s = ((x * 32767.0) as i16).to_le_bytes();
-                [s[0], s[1], s[0], s[1]]
+                let s = (x * 32767.0) as i16;
+                [s, s]
             })
             .collect();
-        w.extend_from_slice(b"RIFF");
-        w.extend_from_slice(&(36 + data.len() as u32).to_le_bytes());
-        w.extend_from_slice(b"WAVEfmt ");
-        w.extend_from_slice(&16u32.to_le_bytes());
-        w.extend_from_slice(&1u16.to_le_bytes());
-        w.extend_from_slice(&2u16.to_le_bytes());
-        w.extend_from_slice(&16000u32.to_le_bytes());
-        w.extend_from_slice(&(16000u32 * 4).to_le_bytes());
-        w.extend_from_slice(&4u16.to_le_bytes());
-        w.extend_from_slice(&16u16.to_le_bytes());
-        w.extend_from_slice(b"data");
-        w.extend_from_slice(&(data.len() as u32).to_le_bytes());
-        w.extend_from_slice(&data);
+        let w = wav_bytes(16000, 2, &stereo);
         let pcm = read_wav(&w).expect("wav");
         assert_eq!(pcm.rate, 16000);
         assert_eq!(pcm.samples.len(), 8000);
