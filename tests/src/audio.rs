@@ -117,6 +117,30 @@ pub fn tone_share(pcm: &Pcm, freq: f32) -> f32 {
     (2.0 * goertzel(&pcm.samples, pcm.rate, freq) / energy).min(1.0)
 }
 
+/// The decoded recording a baresip phone left in `dir` (the `*dec*.wav` of `sndfile`), without
+/// its first half second (jitter buffer fill, set-up); an error when there is none or it is
+/// shorter than a second.
+pub fn heard_in(dir: &std::path::Path) -> Result<Pcm, String> {
+    let wav = std::fs::read_dir(dir)
+        .map_err(|e| e.to_string())?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name().is_some_and(|n| {
+                let n = n.to_string_lossy();
+                n.contains("dec") && n.ends_with(".wav")
+            })
+        })
+        .ok_or_else(|| format!("no decoded recording in {}", dir.display()))?;
+    let mut pcm = read_wav(&std::fs::read(&wav).map_err(|e| e.to_string())?)?;
+    let half = (pcm.rate / 2) as usize;
+    if pcm.samples.len() <= 2 * half {
+        return Err(format!("recording too short: {} samples", pcm.samples.len()));
+    }
+    pcm.samples.drain(..half);
+    Ok(pcm)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -46,3 +46,32 @@ pub fn start(dir: &Path, commands: &[&str]) -> Baresip {
         .expect("start baresip");
     Baresip(child)
 }
+
+/// A headless phone for `user@domain` registering through the gateway at `gateway_port`
+/// (loopback UDP): it plays a `tone_hz` sine (`ausine`, 48 kHz stereo), offers only `codec`
+/// (`PCMU`, `G722`, `opus`…), records what it decodes into `dir` (`sndfile`: the `*dec*.wav`
+/// that [`crate::audio::heard_in`] reads), answers by itself, and runs `commands` at start.
+pub fn tone_phone(
+    dir: &Path,
+    gateway_port: u16,
+    (user, password, domain): (&str, &str, &str),
+    tone_hz: u32,
+    codec: &str,
+    commands: &[&str],
+) -> Baresip {
+    let config = format!(
+        "{}module\t\tausine.so\nmodule\t\tg722.so\nmodule\t\topus.so\nmodule\t\tsndfile.so\n\
+         module\t\taubridge.so\nmodule_app\tmenu.so\naudio_player\taubridge,speaker-{user}\n\
+         audio_source\tausine,{tone_hz}\nausrc_srate\t48000\nausrc_channels\t2\n\
+         auplay_srate\t48000\nauplay_channels\t2\nsnd_path\t{}\n",
+        config_head(),
+        dir.display(),
+    );
+    let account = format!(
+        "<sip:{user}@{domain}>;auth_pass={password};outbound=\"sip:127.0.0.1:{gateway_port};transport=udp\";regint=600;audio_codecs={codec};answermode=auto\n"
+    );
+    for (name, text) in [("config", config), ("accounts", account), ("contacts", String::new())] {
+        std::fs::write(dir.join(name), text).expect("write baresip files");
+    }
+    start(dir, commands)
+}

@@ -582,7 +582,7 @@ fn fork_bye(
 /// A dialog-creating INVITE to `target`: the gateway's Via, Contact and Allow for it, `from`
 /// (with `from_tag`) asserted as the caller (whatever a phone sent is never copied, RFC 3325),
 /// `to`, and the SDP offer `body`.
-fn new_invite(
+pub(crate) fn new_invite(
     target: &Target,
     from: &str,
     from_tag: &str,

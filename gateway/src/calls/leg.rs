@@ -60,6 +60,9 @@ pub struct CallInfo {
     pub routing_policy: Option<u64>,
     /// Version of the quirks policy module the call keeps for its length (`null`: built-in).
     pub quirks_policy: Option<u64>,
+    /// For a conference room, its name; its legs are then the participants, in joining order.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conference: Option<String>,
     /// Caller's leg first, then the callee's.
     pub legs: Vec<LegInfo>,
 }

@@ -11,6 +11,7 @@
 
 pub mod archive;
 pub mod b2bua;
+pub mod conference;
 pub mod leg;
 pub mod record;
 pub mod rel1xx;
@@ -58,6 +59,8 @@ pub enum CallEvent {
     Snapshot(tokio::sync::oneshot::Sender<CallInfo>),
     /// Report the SIP messages kept so far.
     Messages(tokio::sync::oneshot::Sender<Vec<SipMessage>>),
+    /// A phone joins a conference room (only a room task gets it).
+    Join(Box<conference::Join>),
 }
 
 /// A call started, was answered or ended: for the console's event stream.
@@ -490,6 +493,8 @@ pub struct Switch {
     trunk: watch::Receiver<crate::trunk::Paths>,
     /// The music on hold (`None`: off), kept current by [`crate::media::moh::watch`].
     music: watch::Receiver<Option<Arc<crate::media::moh::Music>>>,
+    /// Running conference rooms by name.
+    rooms: HashMap<String, CallNo>,
 }
 
 /// Where a new call's B side goes, once decided.
@@ -538,6 +543,7 @@ impl Switch {
             policies,
             trunk,
             music: watch::channel(None).1,
+            rooms: HashMap::new(),
         }
     }
 
@@ -767,6 +773,7 @@ impl Switch {
             }
             CallAction::Ended => {
                 self.calls.remove(&no);
+                self.rooms.retain(|_, n| *n != no);
                 self.directory.remove(no);
                 if let Some(ids) = self.call_ids.remove(&no) {
                     for id in ids {
@@ -861,6 +868,30 @@ impl Switch {
                         return;
                     }
                 };
+            if let Some((user, domain)) = caller.as_ref()
+                && let Some(room) = conference::room_of(&dialled, &settings.conference_user)
+            {
+                let party = csps_sip::registrar::aor(user, domain);
+                let local = concrete_local(cx.local, from.addr.ip()).unwrap_or(cx.local);
+                let join = conference::Join {
+                    key,
+                    from,
+                    local,
+                    invite: req,
+                    party,
+                    ports: self.ports.clone(),
+                    rtp_range: (settings.min_rtp_port, settings.max_rtp_port),
+                };
+                if let Err(j) = self.join_room(room, &settings, join) {
+                    let mut r = j.invite.response(503, "Service Unavailable");
+                    r.headers.push("Retry-After", "1");
+                    self.directory.refused(503);
+                    if let Err(e) = cx.txns.respond(now, &j.key, r) {
+                        tracing::debug!(key = %j.key, "cannot answer INVITE: {e}");
+                    }
+                }
+                return;
+            }
             let domain = caller
                 .as_ref()
                 .map(|c| c.1.clone())
@@ -1041,6 +1072,57 @@ impl Switch {
 }
 
 impl Switch {
+    /// Hands `join` to room `room`, starting the room when it does not run; the join comes
+    /// back when the room is too busy to take it.
+    fn join_room(
+        &mut self,
+        room: String,
+        settings: &Settings,
+        join: conference::Join,
+    ) -> Result<(), Box<conference::Join>> {
+        let Some(call_id) = join.invite.call_id().map(str::to_owned) else {
+            return Err(Box::new(join));
+        };
+        let mut join = Box::new(join);
+        if let Some(&no) = self.rooms.get(&room)
+            && let Some(tx) = self.calls.get(&no)
+        {
+            match tx.try_send(CallEvent::Join(join)) {
+                Ok(()) => {
+                    self.by_call_id.insert(call_id.clone(), no);
+                    if let Some(ids) = self.call_ids.get_mut(&no) {
+                        ids.push(call_id);
+                    }
+                    return Ok(());
+                }
+                Err(mpsc::error::TrySendError::Full(CallEvent::Join(j))) => return Err(j),
+                // The room ended and its `Ended` is still queued: a new room takes over.
+                Err(mpsc::error::TrySendError::Closed(CallEvent::Join(j))) => join = j,
+                Err(_) => return Ok(()),
+            }
+        }
+        let no = self.next;
+        self.next += 1;
+        let (tx, rx) = mpsc::channel(256);
+        self.calls.insert(no, tx.clone());
+        self.directory.insert(no, tx);
+        self.by_call_id.insert(call_id.clone(), no);
+        self.call_ids.insert(no, vec![call_id]);
+        self.rooms.insert(room.clone(), no);
+        tokio::spawn(conference::run(conference::RoomTask {
+            no,
+            room,
+            user: settings.conference_user.clone(),
+            first: *join,
+            events: rx,
+            actions: self.actions.clone(),
+            states: self.states.clone(),
+            directory: self.directory.clone(),
+            agent: self.server_name.clone(),
+        }));
+        Ok(())
+    }
+
     /// The registered devices of `user@domain` as call targets (noted in `devices` for the
     /// quirks).
     fn devices(

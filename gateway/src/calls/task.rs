@@ -517,6 +517,8 @@ async fn run_call(t: CallTask, call_id: String) {
                 Some(CallEvent::Messages(reply)) => {
                     let _ = reply.send(log.messages().to_vec());
                 }
+                // Only a conference room is sent joins.
+                Some(CallEvent::Join(_)) => {}
                 Some(CallEvent::Snapshot(reply)) => {
                     let (ca, cb) = media.counters();
                     let now = Utc::now();
@@ -529,6 +531,7 @@ async fn run_call(t: CallTask, call_id: String) {
                         emergency,
                         routing_policy,
                         quirks_policy,
+                        conference: None,
                         legs: vec![
                             LegInfo {
                                 kind: kinds[0],

@@ -53,6 +53,9 @@ pub struct Settings {
     pub music_on_hold: String,
     /// `Data.SipConfig.EmergencyNumbers`: numbers always routed as emergency calls.
     pub emergency_numbers: Vec<String>,
+    /// The user part of `Data.SipConfig.ConferenceUri`: what phones dial to join a conference
+    /// room; empty: no conferences.
+    pub conference_user: String,
     /// `Data.System.MinRtpPort`: lowest media port (below `max_rtp_port`).
     pub min_rtp_port: u16,
     /// `Data.System.MaxRtpPort`: highest media port.
@@ -236,6 +239,9 @@ impl Settings {
             use_8khz: bool_("Data.SipConfig.Use8KHz"),
             music_on_hold: s("Data.SipConfig.MusicOnHold"),
             emergency_numbers: strs("Data.SipConfig.EmergencyNumbers"),
+            conference_user: crate::calls::conference::conference_user(&s(
+                "Data.SipConfig.ConferenceUri",
+            )),
             min_rtp_port: u16_("Data.System.MinRtpPort"),
             max_rtp_port: u16_("Data.System.MaxRtpPort"),
             swagger_remote: bool_("Data.System.SwaggerRemote"),

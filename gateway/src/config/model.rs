@@ -391,6 +391,13 @@ pub const LEAVES: &[Leaf] = &[
         secret: false,
         meaning: "numbers always routed as emergency calls",
     },
+    Leaf {
+        path: "Data.SipConfig.ConferenceUri",
+        kind: Kind::String(Text::Any),
+        default: DefaultValue::Str("conference"),
+        secret: false,
+        meaning: "the conference focus phones call (a user part, or a SIP URI whose user part counts): that user joins the room of its name, `<user>-<room>` the room `<room>`; empty: no conferences",
+    },
 ];
 
 /// The leaf at `path` (exact spelling).

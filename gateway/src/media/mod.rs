@@ -7,9 +7,10 @@
 //! call task drives. `codec` holds the codecs (G.711, G.722, Opus) and the `rubato` resampler
 //! that transcoding between legs with different codecs is built on; `rtp` reads the packets the
 //! media core decodes and numbers the streams it sends itself; `moh` is the music on hold the
-//! gateway plays to a held party.
+//! gateway plays to a held party; `mixer` mixes a conference.
 
 pub mod codec;
+pub mod mixer;
 pub mod moh;
 pub mod relay;
 pub mod rtp;

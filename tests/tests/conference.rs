@@ -1,0 +1,215 @@
+//! RFC 4579 conferencing with the gateway as the focus: real phones (baresip) dial the conference
+//! URI and the media core mixes them. Each phone plays a tone of its own; what each one decoded
+//! must hold the others' tones and not its own (tone detection at the receiving side).
+
+use std::time::Duration;
+
+use csps_tests::audio::{heard_in, tone_share};
+use csps_tests::{Gateway, wait_until};
+
+const DOMAIN: &str = "csps.local";
+
+/// The one running call that is a conference room with `n` participants, once there is one.
+fn room_with(gw: &Gateway, n: usize) -> Option<serde_json::Value> {
+    let calls = gw.api("GET", "/api/calls", None).json();
+    calls.as_array()?.iter().find_map(|c| {
+        (c["conference"].is_string() && c["legs"].as_array().is_some_and(|l| l.len() == n))
+            .then(|| c.clone())
+    })
+}
+
+/// Three phones with different codecs (PCMU, G.722, PCMU) and tones dial `sip:conference@…`;
+/// after a few seconds of talk an administrator ends the room (every participant gets a BYE,
+/// which closes its recording). Each phone heard both others' tones and not its own.
+#[test]
+fn three_phones_dialling_the_conference_uri_each_hear_the_other_two() {
+    let Some(gw) = csps_tests::gateway_for("baresip") else {
+        return;
+    };
+    let parties = [
+        ("alice", 600u32, "PCMU"),
+        ("bob", 1000, "G722"),
+        ("carol", 1500, "PCMU"),
+    ];
+    let dirs: Vec<_> = parties
+        .iter()
+        .map(|_| tempfile::tempdir().expect("temp dir"))
+        .collect();
+    let mut phones = Vec::new();
+    for ((user, tone, codec), dir) in parties.iter().zip(&dirs) {
+        let password = format!("{user}-secret-1");
+        gw.create_user(user, &password);
+        phones.push(csps_tests::baresip::tone_phone(
+            dir.path(),
+            gw.sip_port,
+            (user, &password, DOMAIN),
+            *tone,
+            codec,
+            &[&format!("/dial sip:conference@{DOMAIN}")],
+        ));
+    }
+    let mut room = None;
+    let joined = wait_until(Duration::from_secs(20), || {
+        room = room_with(&gw, 3);
+        room.is_some()
+    });
+    assert!(
+        joined,
+        "three participants did not join: {}\n--- gateway ---\n{}",
+        gw.api("GET", "/api/calls", None).body,
+        gw.log_tail(60)
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    let room = room_with(&gw, 3).unwrap_or_else(|| room.clone().expect("room"));
+    assert_eq!(room["conference"], "conference", "{room}");
+    let codecs: Vec<_> = room["legs"]
+        .as_array()
+        .expect("legs")
+        .iter()
+        .map(|l| (l["party"].clone(), l["codec"].clone()))
+        .collect();
+    assert!(
+        codecs.contains(&(
+            serde_json::json!(format!("sip:bob@{DOMAIN}")),
+            serde_json::json!("G722/8000")
+        )),
+        "{room}"
+    );
+    let id = room["id"].as_u64().expect("room id");
+    let del = gw.api("DELETE", &format!("/api/calls/{id}"), None);
+    assert_eq!(del.status, 204, "{}", del.body);
+    assert!(
+        wait_until(Duration::from_secs(10), || gw
+            .api("GET", "/api/calls", None)
+            .json()
+            .as_array()
+            .is_some_and(|a| a.is_empty())),
+        "the room did not end"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    drop(phones);
+    for (i, ((user, own, _), dir)) in parties.iter().zip(&dirs).enumerate() {
+        let pcm = heard_in(dir.path()).unwrap_or_else(|e| panic!("{user}: {e}"));
+        for (j, (other, tone, _)) in parties.iter().enumerate() {
+            let share = tone_share(&pcm, *tone as f32);
+            eprintln!("{user} hears {other}'s {tone} Hz at {share:.2}");
+            if i == j {
+                assert!(share < 0.05, "{user} hears its own {own} Hz: {share}");
+            } else {
+                // Two tones of equal level: each about half of what is heard.
+                assert!(
+                    share > 0.2,
+                    "{user} does not hear {other}'s {tone} Hz: {share}; room: {room}"
+                );
+            }
+        }
+    }
+}
+
+/// A network conference started the RFC 4579 §5.5 way: bob (baresip, 600 Hz) is in the room;
+/// alice (SIPp) calls the conference URI and REFERs the room to carol (baresip, 1000 Hz, G.722,
+/// answers by herself) inside the conference dialog. The room calls carol in, NOTIFYs alice
+/// 100 then 200, and the room has three participants; alice's BYE removes only her. Then bob
+/// hears carol's tone and carol hears bob's.
+#[test]
+fn a_refer_inside_the_conference_dialog_calls_the_party_in() {
+    let Some(gw) = csps_tests::gateway_for("baresip") else {
+        return;
+    };
+    if !csps_tests::have_tool("sipp") {
+        csps_tests::skip("sipp not installed (run e2e/setup)");
+        return;
+    }
+    for user in ["alice", "bob", "carol"] {
+        gw.create_user(user, &format!("{user}-secret-1"));
+    }
+    let bob_dir = tempfile::tempdir().expect("temp dir");
+    let carol_dir = tempfile::tempdir().expect("temp dir");
+    let carol = csps_tests::baresip::tone_phone(
+        carol_dir.path(),
+        gw.sip_port,
+        ("carol", "carol-secret-1", DOMAIN),
+        1000,
+        "G722",
+        &[],
+    );
+    assert!(
+        wait_until(Duration::from_secs(15), || !gw
+            .registrations_of("carol")
+            .is_empty()),
+        "carol did not register"
+    );
+    let bob = csps_tests::baresip::tone_phone(
+        bob_dir.path(),
+        gw.sip_port,
+        ("bob", "bob-secret-1", DOMAIN),
+        600,
+        "PCMU",
+        &[&format!("/dial sip:conference@{DOMAIN}")],
+    );
+    assert!(
+        wait_until(Duration::from_secs(15), || room_with(&gw, 1).is_some()),
+        "bob did not join: {}",
+        gw.log_tail(40)
+    );
+    let alice = csps_tests::Sipp::caller(
+        "uac_conference_refer.xml",
+        gw.sip_addr(),
+        ("alice", "alice-secret-1"),
+        "conference",
+        DOMAIN,
+    )
+    .key("target", "carol");
+    let alice = std::thread::spawn(move || alice.run());
+    let mut three = None;
+    wait_until(Duration::from_secs(20), || {
+        three = room_with(&gw, 3);
+        three.is_some()
+    });
+    let alice = alice.join().expect("alice's thread");
+    assert!(
+        alice.ok(),
+        "alice's REFER failed:\n{}\n--- gateway ---\n{}",
+        alice.output,
+        gw.log_tail(60)
+    );
+    let three = three.unwrap_or_else(|| panic!("the room never had three participants"));
+    let parties: Vec<_> = three["legs"]
+        .as_array()
+        .expect("legs")
+        .iter()
+        .map(|l| l["party"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert!(
+        parties.contains(&format!("sip:carol@{DOMAIN}")),
+        "{three}"
+    );
+    let two = room_with(&gw, 2).unwrap_or_else(|| {
+        panic!(
+            "alice's BYE should leave bob and carol: {}",
+            gw.api("GET", "/api/calls", None).body
+        )
+    });
+    let id = two["id"].as_u64().expect("room id");
+    assert_eq!(gw.api("DELETE", &format!("/api/calls/{id}"), None).status, 204);
+    assert!(
+        wait_until(Duration::from_secs(10), || gw
+            .api("GET", "/api/calls", None)
+            .json()
+            .as_array()
+            .is_some_and(|a| a.is_empty())),
+        "the room did not end"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    drop((bob, carol));
+    let bob_heard = heard_in(bob_dir.path()).expect("bob's recording");
+    let carol_heard = heard_in(carol_dir.path()).expect("carol's recording");
+    let (bob_hears_carol, carol_hears_bob) = (
+        tone_share(&bob_heard, 1000.0),
+        tone_share(&carol_heard, 600.0),
+    );
+    eprintln!("bob hears carol {bob_hears_carol:.2}, carol hears bob {carol_hears_bob:.2}");
+    assert!(bob_hears_carol > 0.3, "bob hears 1000 Hz at {bob_hears_carol}");
+    assert!(carol_hears_bob > 0.3, "carol hears 600 Hz at {carol_hears_bob}");
+    assert!(tone_share(&bob_heard, 600.0) < 0.05, "bob hears himself");
+}
