@@ -135,7 +135,10 @@ pub fn heard_in(dir: &std::path::Path) -> Result<Pcm, String> {
     let mut pcm = read_wav(&std::fs::read(&wav).map_err(|e| e.to_string())?)?;
     let half = (pcm.rate / 2) as usize;
     if pcm.samples.len() <= 2 * half {
-        return Err(format!("recording too short: {} samples", pcm.samples.len()));
+        return Err(format!(
+            "recording too short: {} samples",
+            pcm.samples.len()
+        ));
     }
     pcm.samples.drain(..half);
     Ok(pcm)

@@ -49,7 +49,7 @@ pub fn start(dir: &Path, commands: &[&str]) -> Baresip {
 
 /// A headless phone for `user@domain` registering through the gateway at `gateway_port`
 /// (loopback UDP): it plays a `tone_hz` sine (`ausine`, 48 kHz stereo), offers only `codec`
-/// (`PCMU`, `G722`, `opus`…), records what it decodes into `dir` (`sndfile`: the `*dec*.wav`
+/// (`PCMU`, `G722/16000/1`, `opus/48000/2`: without a rate baresip looks for 8 kHz), records what it decodes into `dir` (`sndfile`: the `*dec*.wav`
 /// that [`crate::audio::heard_in`] reads), answers by itself, and runs `commands` at start.
 pub fn tone_phone(
     dir: &Path,
@@ -70,7 +70,11 @@ pub fn tone_phone(
     let account = format!(
         "<sip:{user}@{domain}>;auth_pass={password};outbound=\"sip:127.0.0.1:{gateway_port};transport=udp\";regint=600;audio_codecs={codec};answermode=auto\n"
     );
-    for (name, text) in [("config", config), ("accounts", account), ("contacts", String::new())] {
+    for (name, text) in [
+        ("config", config),
+        ("accounts", account),
+        ("contacts", String::new()),
+    ] {
         std::fs::write(dir.join(name), text).expect("write baresip files");
     }
     start(dir, commands)

@@ -28,7 +28,7 @@ fn three_phones_dialling_the_conference_uri_each_hear_the_other_two() {
     };
     let parties = [
         ("alice", 600u32, "PCMU"),
-        ("bob", 1000, "G722"),
+        ("bob", 1000, "G722/16000/1"),
         ("carol", 1500, "PCMU"),
     ];
     let dirs: Vec<_> = parties
@@ -130,7 +130,7 @@ fn a_refer_inside_the_conference_dialog_calls_the_party_in() {
         gw.sip_port,
         ("carol", "carol-secret-1", DOMAIN),
         1000,
-        "G722",
+        "G722/16000/1",
         &[],
     );
     assert!(
@@ -180,10 +180,16 @@ fn a_refer_inside_the_conference_dialog_calls_the_party_in() {
         .iter()
         .map(|l| l["party"].as_str().unwrap_or_default().to_owned())
         .collect();
-    assert!(
-        parties.contains(&format!("sip:carol@{DOMAIN}")),
-        "{three}"
-    );
+    assert!(parties.contains(&format!("sip:carol@{DOMAIN}")), "{three}");
+    let carol_leg = three["legs"]
+        .as_array()
+        .and_then(|l| {
+            l.iter()
+                .find(|l| l["party"] == format!("sip:carol@{DOMAIN}"))
+        })
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(carol_leg["codec"], "G722/8000", "{three}");
     let two = room_with(&gw, 2).unwrap_or_else(|| {
         panic!(
             "alice's BYE should leave bob and carol: {}",
@@ -191,7 +197,10 @@ fn a_refer_inside_the_conference_dialog_calls_the_party_in() {
         )
     });
     let id = two["id"].as_u64().expect("room id");
-    assert_eq!(gw.api("DELETE", &format!("/api/calls/{id}"), None).status, 204);
+    assert_eq!(
+        gw.api("DELETE", &format!("/api/calls/{id}"), None).status,
+        204
+    );
     assert!(
         wait_until(Duration::from_secs(10), || gw
             .api("GET", "/api/calls", None)
@@ -209,7 +218,13 @@ fn a_refer_inside_the_conference_dialog_calls_the_party_in() {
         tone_share(&carol_heard, 600.0),
     );
     eprintln!("bob hears carol {bob_hears_carol:.2}, carol hears bob {carol_hears_bob:.2}");
-    assert!(bob_hears_carol > 0.3, "bob hears 1000 Hz at {bob_hears_carol}");
-    assert!(carol_hears_bob > 0.3, "carol hears 600 Hz at {carol_hears_bob}");
+    assert!(
+        bob_hears_carol > 0.3,
+        "bob hears 1000 Hz at {bob_hears_carol}"
+    );
+    assert!(
+        carol_hears_bob > 0.3,
+        "carol hears 600 Hz at {carol_hears_bob}"
+    );
     assert!(tone_share(&bob_heard, 600.0) < 0.05, "bob hears himself");
 }

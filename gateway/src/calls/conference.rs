@@ -32,7 +32,7 @@ use super::leg::{CallInfo, LegInfo, LegKind, UserState};
 use super::record::{CallRecord, Direction as LogDirection, MessageLog};
 use super::{CallAction, CallEvent, CallNo, Directory};
 use crate::media::mixer::{Mixer, ParticipantId};
-use crate::media::{LegCounters, Latch, PortPool, is_rtp_v2};
+use crate::media::{Latch, LegCounters, PortPool, is_rtp_v2};
 
 /// The conference user when `Data.SipConfig.ConferenceUri` is not set.
 pub const DEFAULT_USER: &str = "conference";
@@ -267,7 +267,9 @@ fn via_for(transport: Transport, local: SocketAddr, rng: &mut dyn RngCore) -> St
 /// holds with `sendonly` or `inactive`).
 fn we_send(offer: &Sdp, audio: usize) -> bool {
     matches!(
-        offer.media[audio].direction(offer.session_direction()).answer(),
+        offer.media[audio]
+            .direction(offer.session_direction())
+            .answer(),
         sdp::Direction::SendRecv | sdp::Direction::SendOnly
     )
 }
@@ -379,7 +381,8 @@ impl Room {
             ok.headers.set("To", format!("{to};tag={tag}"));
         }
         ok.headers.push("Contact", contact);
-        ok.headers.push("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO");
+        ok.headers
+            .push("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO");
         ok.headers.push("Content-Type", "application/sdp");
         ok.body = body;
         self.respond(join.key, join.from.addr, ok.clone());
@@ -484,9 +487,7 @@ impl Room {
         invite
             .headers
             .set("Contact", self.contact(target.to.transport, target.local));
-        invite
-            .headers
-            .push("Referred-By", format!("<{referrer}>"));
+        invite.headers.push("Referred-By", format!("<{referrer}>"));
         if let Some(r) = &t.replaces {
             // A device that cannot replace must refuse (420), not ring a second call.
             invite.headers.push("Replaces", r.to_string());
@@ -576,7 +577,8 @@ impl Room {
         let via = via_for(inv.to.transport, inv.local, &mut self.rng);
         let ack = dialog.ack(1, &via);
         self.log.request(LogDirection::Out, inv.to.addr, &ack);
-        self.out.push_back(CallAction::Stateless(inv.to, ack.clone()));
+        self.out
+            .push_back(CallAction::Stateless(inv.to, ack.clone()));
         self.acks.push((tag, inv.to, ack));
         let answer = Sdp::parse(&resp.body).ok();
         let chosen = answer.as_ref().and_then(|a| pick(a).ok());
@@ -825,8 +827,7 @@ impl Room {
                     no_ack.push(i);
                     continue;
                 }
-                self.out
-                    .push_back(CallAction::Respond(*key, ok.clone()));
+                self.out.push_back(CallAction::Respond(*key, ok.clone()));
                 *interval = (*interval * 2).min(T2);
                 *next = now + *interval;
             }
@@ -973,7 +974,8 @@ async fn run_room(t: RoomTask) {
     } else {
         directory.answered(&r.record);
     }
-    let mut tick = tokio::time::interval(Duration::from_millis(crate::media::codec::FRAME_MS.into()));
+    let mut tick =
+        tokio::time::interval(Duration::from_millis(crate::media::codec::FRAME_MS.into()));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         while let Some(a) = r.out.pop_front() {
@@ -1044,8 +1046,14 @@ mod tests {
 
     #[test]
     fn the_conference_user_and_its_named_rooms() {
-        assert_eq!(room_of("conference", "conference").as_deref(), Some("conference"));
-        assert_eq!(room_of("Conference-Team1", "conference").as_deref(), Some("team1"));
+        assert_eq!(
+            room_of("conference", "conference").as_deref(),
+            Some("conference")
+        );
+        assert_eq!(
+            room_of("Conference-Team1", "conference").as_deref(),
+            Some("team1")
+        );
         assert_eq!(room_of("conference-", "conference"), None);
         assert_eq!(room_of("conferences", "conference"), None);
         assert_eq!(room_of("conference-a b", "conference"), None);
@@ -1069,7 +1077,12 @@ mod tests {
         );
         let (i, f) = pick(&o).expect("pick");
         assert_eq!((i, f.codec, f.pt), (0, Codec::G722, 9));
-        let a = room_sdp(Some((&o, i)), f, "127.0.0.1:30000".parse().expect("addr"), 1);
+        let a = room_sdp(
+            Some((&o, i)),
+            f,
+            "127.0.0.1:30000".parse().expect("addr"),
+            1,
+        );
         let a = Sdp::parse(&a).expect("answer parses");
         assert_eq!(a.media.len(), 2);
         assert_eq!(a.media[0].port, 30000);

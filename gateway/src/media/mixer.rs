@@ -299,7 +299,10 @@ mod tests {
             // The first 100 ms hold the resamplers' and codecs' start-up.
             .map(|(h, d)| {
                 let skip = frame_samples(d.rate()) * 5;
-                (d.rate(), h[skip..].iter().map(|&s| f32::from(s) / 32768.0).collect())
+                (
+                    d.rate(),
+                    h[skip..].iter().map(|&s| f32::from(s) / 32768.0).collect(),
+                )
             })
             .collect()
     }
@@ -334,7 +337,10 @@ mod tests {
 
     #[test]
     fn three_parties_each_hear_the_other_two_and_not_themselves() {
-        check(&[Codec::Pcmu, Codec::G722, Codec::Pcma], &[440.0, 1000.0, 1800.0]);
+        check(
+            &[Codec::Pcmu, Codec::G722, Codec::Pcma],
+            &[440.0, 1000.0, 1800.0],
+        );
     }
 
     #[test]
