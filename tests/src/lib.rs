@@ -498,6 +498,23 @@ impl Gateway {
         metric_sum(&self.metrics_text(), name, &[])
     }
 
+    /// An administrator hangs up call `id` (`DELETE /api/calls/{id}`: every phone in it gets a
+    /// BYE, which also closes baresip's recordings), and the list of calls is empty within 10 s;
+    /// then half a second for the phones to write their recordings.
+    pub fn admin_hang_up(&self, id: u64) {
+        let del = self.api("DELETE", &format!("/api/calls/{id}"), None);
+        assert_eq!(del.status, 204, "{}", del.body);
+        assert!(
+            wait_until(Duration::from_secs(10), || self
+                .api("GET", "/api/calls", None)
+                .json()
+                .as_array()
+                .is_some_and(|a| a.is_empty())),
+            "call {id} did not end"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
     /// The SIP address on 127.0.0.1.
     pub fn sip_addr(&self) -> SocketAddr {
         ([127, 0, 0, 1], self.sip_port).into()

@@ -76,17 +76,7 @@ fn three_phones_dialling_the_conference_uri_each_hear_the_other_two() {
         "{room}"
     );
     let id = room["id"].as_u64().expect("room id");
-    let del = gw.api("DELETE", &format!("/api/calls/{id}"), None);
-    assert_eq!(del.status, 204, "{}", del.body);
-    assert!(
-        wait_until(Duration::from_secs(10), || gw
-            .api("GET", "/api/calls", None)
-            .json()
-            .as_array()
-            .is_some_and(|a| a.is_empty())),
-        "the room did not end"
-    );
-    std::thread::sleep(Duration::from_millis(500));
+    gw.admin_hang_up(id);
     drop(phones);
     for (i, ((user, own, _), dir)) in parties.iter().zip(&dirs).enumerate() {
         let pcm = heard_in(dir.path()).unwrap_or_else(|e| panic!("{user}: {e}"));
@@ -197,19 +187,7 @@ fn a_refer_inside_the_conference_dialog_calls_the_party_in() {
         )
     });
     let id = two["id"].as_u64().expect("room id");
-    assert_eq!(
-        gw.api("DELETE", &format!("/api/calls/{id}"), None).status,
-        204
-    );
-    assert!(
-        wait_until(Duration::from_secs(10), || gw
-            .api("GET", "/api/calls", None)
-            .json()
-            .as_array()
-            .is_some_and(|a| a.is_empty())),
-        "the room did not end"
-    );
-    std::thread::sleep(Duration::from_millis(500));
+    gw.admin_hang_up(id);
     drop((bob, carol));
     let bob_heard = heard_in(bob_dir.path()).expect("bob's recording");
     let carol_heard = heard_in(carol_dir.path()).expect("carol's recording");

@@ -430,15 +430,9 @@ impl Room {
         req: Request,
         target: Result<TransferTarget, ReferRefusal>,
     ) {
-        self.log.request(LogDirection::In, from.addr, &req);
-        let Some(i) = self.member_of(&req) else {
-            let r = req.response(481, "Call/Transaction Does Not Exist");
-            return self.respond(key, from.addr, r);
+        let Some(i) = self.in_dialog(key, from, &req) else {
+            return;
         };
-        if !self.members[i].dialog.accept_remote_seq(&req) {
-            let r = req.response(500, "Server Internal Error");
-            return self.respond(key, from.addr, r);
-        }
         let referrer = party_aor(&self.members[i].party);
         let refuse = |this: &mut Room, status: u16, why: &str| {
             let mut r = req.response(status, csps_sip::message::reason_phrase(status));
@@ -661,21 +655,29 @@ impl Room {
         }
     }
 
+    /// The participant a request inside a room dialog comes from, once logged and its CSeq
+    /// checked; `None` after answering 481 (no such dialog) or 500 (CSeq not increasing).
+    fn in_dialog(&mut self, key: TxnKey, from: Remote, req: &Request) -> Option<usize> {
+        self.log.request(LogDirection::In, from.addr, req);
+        let status = match self.member_of(req) {
+            Some(i) if self.members[i].dialog.accept_remote_seq(req) => return Some(i),
+            Some(_) => 500,
+            None => 481,
+        };
+        let r = req.response(status, csps_sip::message::reason_phrase(status));
+        self.respond(key, from.addr, r);
+        None
+    }
+
     /// Which participant an in-dialog request belongs to.
     fn member_of(&self, req: &Request) -> Option<usize> {
         self.members.iter().position(|m| m.dialog.matches(req))
     }
 
     fn on_request(&mut self, key: TxnKey, from: Remote, req: Request) {
-        self.log.request(LogDirection::In, from.addr, &req);
-        let Some(i) = self.member_of(&req) else {
-            let r = req.response(481, "Call/Transaction Does Not Exist");
-            return self.respond(key, from.addr, r);
+        let Some(i) = self.in_dialog(key, from, &req) else {
+            return;
         };
-        if !self.members[i].dialog.accept_remote_seq(&req) {
-            let r = req.response(500, "Server Internal Error");
-            return self.respond(key, from.addr, r);
-        }
         match req.method {
             Method::Bye => {
                 let r = req.response(200, "OK");

@@ -247,23 +247,13 @@ mod tests {
             .collect()
     }
 
-    /// Goertzel power at `freq`, normalised by the signal's energy (≈1 for a pure tone).
+    /// The share of `samples`' energy at `freq` (≈1 for a pure tone there).
     fn share(samples: &[f32], rate: u32, freq: f32) -> f32 {
-        let energy: f32 = samples.iter().map(|x| x * x).sum::<f32>() / samples.len() as f32;
-        if energy < 1e-9 {
-            return 0.0;
-        }
-        let w = std::f32::consts::TAU * freq / rate as f32;
-        let coeff = 2.0 * w.cos();
-        let (mut s1, mut s2) = (0.0f32, 0.0f32);
-        for &x in samples {
-            let s0 = x + coeff * s1 - s2;
-            s2 = s1;
-            s1 = s0;
-        }
-        let power = s1 * s1 + s2 * s2 - coeff * s1 * s2;
-        let n = samples.len() as f32;
-        2.0 * power / (n * n) / energy
+        let pcm = csps_tests::audio::Pcm {
+            rate,
+            samples: samples.to_vec(),
+        };
+        csps_tests::audio::tone_share(&pcm, freq)
     }
 
     /// Runs `codecs.len()` participants, participant `i` sending a tone at `freqs[i]` in its
