@@ -206,3 +206,39 @@ fn a_refer_inside_the_conference_dialog_calls_the_party_in() {
     );
     assert!(tone_share(&bob_heard, 600.0) < 0.05, "bob hears himself");
 }
+
+/// An offer the room cannot mix (only G.729; an m= line whose format is no number) gets 488
+/// with a Warning, and no room is left behind.
+#[test]
+fn an_offer_the_room_cannot_mix_gets_488_and_leaves_no_room() {
+    let Some(gw) = csps_tests::gateway_for("sipp") else {
+        return;
+    };
+    gw.create_user("alice", "alice-secret-1");
+    for pt in ["18", "x"] {
+        let alice = csps_tests::Sipp::caller(
+            "uac_conference_refused.xml",
+            gw.sip_addr(),
+            ("alice", "alice-secret-1"),
+            "conference-team",
+            DOMAIN,
+        )
+        .key("pt", pt)
+        .run();
+        assert!(
+            alice.ok(),
+            "format {pt}:\n{}\n--- gateway ---\n{}",
+            alice.output,
+            gw.log_tail(30)
+        );
+    }
+    assert!(
+        wait_until(Duration::from_secs(5), || gw
+            .api("GET", "/api/calls", None)
+            .json()
+            .as_array()
+            .is_some_and(|a| a.is_empty())),
+        "a refused join left a room"
+    );
+    assert!(gw.log_tail(60).contains("conference join refused"));
+}
