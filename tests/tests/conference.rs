@@ -242,3 +242,87 @@ fn an_offer_the_room_cannot_mix_gets_488_and_leaves_no_room() {
     );
     assert!(gw.log_tail(60).contains("conference join refused"));
 }
+
+/// The BroadSoft/Yealink network conference (RFC 4579 §5.5 with Replaces): alice (SIPp, from a
+/// trusted address) calls carol (SIPp, answering), calls the conference URI on a second dialog
+/// and REFERs the room to carol with a Replaces naming her call with carol. The room INVITEs
+/// carol with a Replaces of carol's own dialog with the gateway (`Require: replaces`), alice
+/// gets NOTIFY 100 and 200, and the room holds alice and carol.
+#[test]
+fn a_refer_with_replaces_moves_the_referrers_call_into_the_room() {
+    let Some(gw) = csps_tests::gateway_for("sipp") else {
+        return;
+    };
+    gw.create_user("alice", "alice-secret-1");
+    gw.create_user("carol", "carol-secret-1");
+    // Carol answers alice's call and then the room's INVITE that replaces it.
+    let carol = csps_tests::Sipp::callee(
+        "uas_answer.xml",
+        gw.sip_addr(),
+        ("carol", "carol-secret-1"),
+        DOMAIN,
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+    .calls(2)
+    .timeout(Duration::from_secs(60));
+    let carol = std::thread::spawn(move || carol.run());
+    // Alice's calls come from loopback without a challenge, so one SIPp run holds both dialogs.
+    gw.trust("127.0.0.0/8");
+    let alice = csps_tests::Sipp::new("uac_conference_attended.xml", gw.sip_addr())
+        .key("user", "alice")
+        .key("callee", "conference")
+        .key("target", "carol")
+        .key("domain", DOMAIN)
+        // A Call-ID without '@', which the scenario's Refer-To carries unescaped.
+        .arg("-cid_str")
+        .arg("%u-%p-conference")
+        .arg("-mp")
+        .arg(csps_tests::free_port().to_string())
+        .timeout(Duration::from_secs(40));
+    let alice = std::thread::spawn(move || alice.run());
+    let mut both = None;
+    wait_until(Duration::from_secs(20), || {
+        both = room_with(&gw, 2);
+        both.is_some()
+    });
+    let alice = alice.join().expect("alice's thread");
+    assert!(
+        alice.ok(),
+        "alice's REFER with Replaces failed:\n{}\n--- gateway ---\n{}",
+        alice.output,
+        gw.log_tail(80)
+    );
+    let both = both.unwrap_or_else(|| panic!("carol never joined: {}", gw.log_tail(60)));
+    assert!(
+        both.to_string().contains(&format!("sip:carol@{DOMAIN}")),
+        "{both}"
+    );
+    let id = both["id"].as_u64().expect("room id");
+    let messages = gw
+        .api("GET", &format!("/api/calls/{id}/messages"), None)
+        .json();
+    let to_carol = messages
+        .as_array()
+        .and_then(|m| {
+            m.iter().find(|m| {
+                m["method"] == "INVITE" && m["direction"] == "out" && m["status"].is_null()
+            })
+        })
+        .and_then(|m| m["text"].as_str())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(to_carol.contains("Replaces: "), "{to_carol}");
+    assert!(to_carol.contains("Require: replaces"), "{to_carol}");
+    assert!(
+        to_carol.contains(&format!("Referred-By: <sip:alice@{DOMAIN}>")),
+        "{to_carol}"
+    );
+    gw.admin_hang_up(id);
+    let carol = carol.join().expect("carol's thread");
+    assert!(
+        carol.ok(),
+        "carol:\n{}\n--- gateway ---\n{}",
+        carol.output,
+        gw.log_tail(40)
+    );
+}
