@@ -505,14 +505,20 @@ impl Gateway {
         let del = self.api("DELETE", &format!("/api/calls/{id}"), None);
         assert_eq!(del.status, 204, "{}", del.body);
         assert!(
-            wait_until(Duration::from_secs(10), || self
-                .api("GET", "/api/calls", None)
-                .json()
-                .as_array()
-                .is_some_and(|a| a.is_empty())),
+            self.no_calls_within(Duration::from_secs(10)),
             "call {id} did not end"
         );
         std::thread::sleep(Duration::from_millis(500));
+    }
+
+    /// True when `GET /api/calls` is empty within `timeout`.
+    pub fn no_calls_within(&self, timeout: Duration) -> bool {
+        wait_until(timeout, || {
+            self.api("GET", "/api/calls", None)
+                .json()
+                .as_array()
+                .is_some_and(|a| a.is_empty())
+        })
     }
 
     /// The SIP address on 127.0.0.1.

@@ -18,6 +18,28 @@ fn room_with(gw: &Gateway, n: usize) -> Option<serde_json::Value> {
     })
 }
 
+/// Runs alice's SIPp scenario (a join and a REFER) while watching for the room to reach `n`
+/// participants; the room as it was then, once alice's scenario passed.
+fn refer_while_watching(gw: &Gateway, alice: csps_tests::Sipp, n: usize) -> serde_json::Value {
+    let alice = std::thread::spawn(move || alice.run());
+    let mut room = None;
+    wait_until(Duration::from_secs(20), || {
+        room = room_with(gw, n);
+        room.is_some()
+    });
+    let alice = alice.join().expect("alice's thread");
+    assert!(
+        alice.ok(),
+        "alice's REFER failed:
+{}
+--- gateway ---
+{}",
+        alice.output,
+        gw.log_tail(80)
+    );
+    room.unwrap_or_else(|| panic!("the room never had {n} participants: {}", gw.log_tail(60)))
+}
+
 /// Three phones with different codecs (PCMU, G.722, PCMU) and tones dial `sip:conference@…`;
 /// after a few seconds of talk an administrator ends the room (every participant gets a BYE,
 /// which closes its recording). Each phone heard both others' tones and not its own.
@@ -150,20 +172,7 @@ fn a_refer_inside_the_conference_dialog_calls_the_party_in() {
         DOMAIN,
     )
     .key("target", "carol");
-    let alice = std::thread::spawn(move || alice.run());
-    let mut three = None;
-    wait_until(Duration::from_secs(20), || {
-        three = room_with(&gw, 3);
-        three.is_some()
-    });
-    let alice = alice.join().expect("alice's thread");
-    assert!(
-        alice.ok(),
-        "alice's REFER failed:\n{}\n--- gateway ---\n{}",
-        alice.output,
-        gw.log_tail(60)
-    );
-    let three = three.unwrap_or_else(|| panic!("the room never had three participants"));
+    let three = refer_while_watching(&gw, alice, 3);
     let parties: Vec<_> = three["legs"]
         .as_array()
         .expect("legs")
@@ -233,11 +242,7 @@ fn an_offer_the_room_cannot_mix_gets_488_and_leaves_no_room() {
         );
     }
     assert!(
-        wait_until(Duration::from_secs(5), || gw
-            .api("GET", "/api/calls", None)
-            .json()
-            .as_array()
-            .is_some_and(|a| a.is_empty())),
+        gw.no_calls_within(Duration::from_secs(5)),
         "a refused join left a room"
     );
     assert!(gw.log_tail(60).contains("conference join refused"));
@@ -279,20 +284,7 @@ fn a_refer_with_replaces_moves_the_referrers_call_into_the_room() {
         .arg("-mp")
         .arg(csps_tests::free_port().to_string())
         .timeout(Duration::from_secs(40));
-    let alice = std::thread::spawn(move || alice.run());
-    let mut both = None;
-    wait_until(Duration::from_secs(20), || {
-        both = room_with(&gw, 2);
-        both.is_some()
-    });
-    let alice = alice.join().expect("alice's thread");
-    assert!(
-        alice.ok(),
-        "alice's REFER with Replaces failed:\n{}\n--- gateway ---\n{}",
-        alice.output,
-        gw.log_tail(80)
-    );
-    let both = both.unwrap_or_else(|| panic!("carol never joined: {}", gw.log_tail(60)));
+    let both = refer_while_watching(&gw, alice, 2);
     assert!(
         both.to_string().contains(&format!("sip:carol@{DOMAIN}")),
         "{both}"
