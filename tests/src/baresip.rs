@@ -49,8 +49,9 @@ pub fn start(dir: &Path, commands: &[&str]) -> Baresip {
 
 /// A headless phone for `user@domain` registering through the gateway at `gateway_port`
 /// (loopback UDP): it plays a `tone_hz` sine (`ausine`, 48 kHz stereo), offers only `codec`
-/// (`PCMU`, `G722/16000/1`, `opus/48000/2`: without a rate baresip looks for 8 kHz), records what it decodes into `dir` (`sndfile`: the `*dec*.wav`
-/// that [`crate::audio::heard_in`] reads), answers by itself, and runs `commands` at start.
+/// (`PCMU`, `G722/16000/1`, `opus/48000/2`: without a rate baresip looks for 8 kHz), records
+/// what it decodes into `dir` (`sndfile`: the `*dec*.wav` that [`crate::audio::heard_in`]
+/// reads), answers by itself, and runs `commands` at start.
 pub fn tone_phone(
     dir: &Path,
     gateway_port: u16,

@@ -2,8 +2,9 @@
 //! is decoded, brought to the mixing rate (16 kHz, wide-band: what G.722 and the gateway's Opus
 //! carry) and queued as 20 ms frames; every 20 ms [`Mixer::tick`] takes one frame per participant
 //! (concealment when none came), sums them, and gives each participant the sum minus its own
-//! frame (scaled down when it would overflow 16 bits), encoded in its codec and numbered by its own [`RtpSender`]: everyone hears all the others
-//! and not themselves. The clock and the sockets are the caller's (the conference room task).
+//! frame (scaled down when it would overflow 16 bits), encoded in its codec and numbered by its
+//! own [`RtpSender`]: everyone hears all the others and not themselves. The clock and the
+//! sockets are the caller's (the conference room task).
 //!
 //! The jitter queue is deliberately small: it fills to [`PREFILL`] frames before the mix takes
 //! from it, and a participant's frames wait at most [`MAX_QUEUED`] ticks, older ones are dropped,
