@@ -15,6 +15,7 @@ pub mod moh;
 pub mod relay;
 pub mod rtp;
 pub mod srtp;
+pub mod transcode;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -20,6 +20,7 @@ use tokio::io::unix::AsyncFd;
 use bytes::BytesMut;
 
 use super::srtp::{SrtpKeys, SrtpSession};
+use super::transcode::{LegFormat, Transcoder};
 use super::{Latch, LegCounters, is_rtp_v2};
 
 /// Datagrams read per `recvmmsg`.
@@ -56,6 +57,8 @@ struct Side {
     counters: LegCounters,
     /// The gateway plays music on hold to this leg: what the other leg sends is not passed on.
     music: bool,
+    /// Set while the legs' codecs differ: turns what this leg sends into the other's codec.
+    transcoder: Option<Transcoder>,
 }
 
 /// A packet as it goes on: the bytes received, or what SRTP made of them.
@@ -280,6 +283,39 @@ impl Relay {
         }
     }
 
+    /// Transcodes between leg A's codec and leg B's (`Some((a, b))`), or relays unchanged
+    /// (`None`). A direction whose formats stay as they were keeps its transcoder, so a
+    /// re-INVITE (hold, resume) does not restart the stream the other leg hears.
+    pub fn set_transcode(&mut self, formats: Option<(LegFormat, LegFormat)>) {
+        let Some((a, b)) = formats else {
+            self.a.transcoder = None;
+            self.b.transcoder = None;
+            return;
+        };
+        for (side, from, to) in [(&mut self.a, a, b), (&mut self.b, b, a)] {
+            if side
+                .transcoder
+                .as_ref()
+                .is_some_and(|t| t.formats() == (from, to))
+            {
+                continue;
+            }
+            side.transcoder = match Transcoder::new(from, to) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    // The b2bua only chooses transcodable codecs; not expected.
+                    tracing::warn!("no transcoder from {from:?} to {to:?}: {e}");
+                    None
+                }
+            };
+        }
+    }
+
+    /// True while the relay transcodes.
+    pub fn transcoding(&self) -> bool {
+        self.a.transcoder.is_some() || self.b.transcoder.is_some()
+    }
+
     /// What legs A and B sent.
     pub fn counters(&self) -> (LegCounters, LegCounters) {
         (self.a.counters, self.b.counters)
@@ -323,6 +359,17 @@ impl Relay {
                     };
                     if to.music && !rtcp {
                         // The held leg hears the gateway's music, not the holder.
+                        continue;
+                    }
+                    if let (Some(t), false) = (from.transcoder.as_mut(), rtcp) {
+                        let unsent = &mut from.counters.dropped_unsent;
+                        t.push(
+                            &plain,
+                            &mut |p| match (dest, to.outgoing(Packet::Wire(p), false)) {
+                                (Some(d), Some(p)) if out.get_ref().send_to(&p, d).is_ok() => {}
+                                _ => *unsent += 1,
+                            },
+                        );
                         continue;
                     }
                     match (dest, to.outgoing(plain, rtcp)) {

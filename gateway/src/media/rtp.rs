@@ -78,6 +78,15 @@ impl RtpSender {
         self.ssrc
     }
 
+    /// Takes over `ssrc` (a translator keeps its source's, RFC 3550 §7.1); a change starts a
+    /// new talk spurt.
+    pub fn set_ssrc(&mut self, ssrc: u32) {
+        if ssrc != self.ssrc {
+            self.ssrc = ssrc;
+            self.marker = true;
+        }
+    }
+
     /// Appends one packet carrying `payload` to `out`, then moves the timestamp on by
     /// `duration` (in the payload type's RTP clock: 160 for 20 ms of PCMU, 960 for Opus).
     pub fn write(&mut self, payload_type: u8, payload: &[u8], duration: u32, out: &mut Vec<u8>) {
@@ -97,6 +106,26 @@ impl RtpSender {
         self.sequence = self.sequence.wrapping_add(1);
         self.timestamp = self.timestamp.wrapping_add(duration);
         self.marker = false;
+    }
+
+    /// The timestamp the next packet will carry.
+    pub fn timestamp(&self) -> u32 {
+        self.timestamp
+    }
+
+    /// Appends one packet with its own `timestamp` (an RFC 4733 event keeps the timestamp of
+    /// its start in every packet), numbered in this stream; the stream's timestamp stays.
+    pub fn write_at(
+        &mut self,
+        payload_type: u8,
+        payload: &[u8],
+        timestamp: u32,
+        out: &mut Vec<u8>,
+    ) {
+        let next = self.timestamp;
+        self.timestamp = timestamp;
+        self.write(payload_type, payload, 0, out);
+        self.timestamp = next;
     }
 
     /// Moves the timestamp on by `duration` without sending (silence not sent, a held stream);
