@@ -478,7 +478,8 @@ fn baresip(
 }
 
 /// As [`baresip`], with `account_params` appended to the account line (`;mediaenc=srtp`: the
-/// srtp module is loaded for every phone, used only where the account asks for it).
+/// srtp module is loaded for every phone, used only where the account asks for it). The phone
+/// speaks PCMU unless the parameters name its `audio_codecs` (G.722 and Opus are loaded).
 fn baresip_with(
     gw: &Gateway,
     dir: &std::path::Path,
@@ -490,6 +491,8 @@ fn baresip_with(
     let config = format!(
         "{}module\t\tausine.so\n\
          module\t\tsrtp.so\n\
+         module\t\tg722.so\n\
+         module\t\topus.so\n\
          module\t\tsndfile.so\n\
          module\t\taubridge.so\n\
          module_app\tmenu.so\n\
@@ -504,10 +507,15 @@ fn baresip_with(
         dir.display(),
     );
     std::fs::write(dir.join("config"), config).expect("write baresip config");
+    let codecs = if account_params.contains("audio_codecs=") {
+        ""
+    } else {
+        ";audio_codecs=PCMU"
+    };
     std::fs::write(
         dir.join("accounts"),
         format!(
-            "<sip:{user}@{DOMAIN}>;auth_pass={password};outbound=\"sip:127.0.0.1:{};transport=udp\";regint=600;audio_codecs=PCMU;answermode=auto{account_params}\n",
+            "<sip:{user}@{DOMAIN}>;auth_pass={password};outbound=\"sip:127.0.0.1:{};transport=udp\";regint=600{codecs};answermode=auto{account_params}\n",
             gw.sip_port
         ),
     )
@@ -658,6 +666,47 @@ fn baresip_call_carries_each_phones_tone_to_the_other() {
     );
 }
 
+/// Transcoding (issue 4, media core): alice's phone speaks only Opus, bob's only PCMU. The
+/// gateway offers bob alice's Opus followed by the codecs it transcodes, bob picks PCMU, alice is
+/// answered in her Opus, and the relay transcodes both ways: each phone hears the other's tone
+/// (a codec mismatch without transcoding would be a 488 or silence).
+#[test]
+fn an_opus_phone_and_a_pcmu_phone_hear_each_other_through_the_transcoder() {
+    if !have_tool("baresip") {
+        skip("baresip not installed (run e2e/setup)");
+        return;
+    }
+    let Some(gw) = gateway(&[("alice", "alice-secret-1"), ("bob", "bob-secret-1")]) else {
+        return;
+    };
+    let (alice, _bob, alice_dir, bob_dir) = phones(&gw, (";audio_codecs=opus/48000/2", ""));
+    let (calls, id) = talk_then_hang_up(&gw);
+    drop(alice);
+    assert_tones_both_ways(alice_dir.path(), bob_dir.path(), &calls);
+    let offer = message_text(&gw, id, "b", ("INVITE", "out", None));
+    assert!(
+        offer.contains("opus/48000/2") && offer.contains("a=rtpmap:0 PCMU/8000"),
+        "bob is offered alice's Opus and the transcoded codecs: {offer}"
+    );
+    let alice_offer = message_text(&gw, id, "a", ("INVITE", "in", None));
+    assert!(
+        alice_offer.contains("opus/48000/2") && !alice_offer.contains("PCMU"),
+        "alice's phone offers Opus only: {alice_offer}"
+    );
+    let ok = message_text(&gw, id, "a", ("INVITE", "out", Some(200)));
+    assert!(
+        ok.contains("opus/48000/2") && !ok.contains("PCMU"),
+        "alice is answered in Opus only: {ok}"
+    );
+    let legs = &calls[0]["legs"];
+    for leg in [0, 1] {
+        assert!(
+            legs[leg]["counters"]["rtp_packets"].as_u64().unwrap_or(0) > 100,
+            "{calls}"
+        );
+    }
+}
+
 /// Sets `Data.SipConfig.<leaf>` on every server.
 fn set_leaf(gw: &Gateway, leaf: &str, value: serde_json::Value) {
     let r = gw.api(
@@ -681,11 +730,11 @@ fn srtp_gateway(mode: &str) -> Option<Gateway> {
     Some(gw)
 }
 
-/// Bob (1000 Hz, answering) and Alice (600 Hz, dialling bob) with `account_params`, once bob
-/// registered; Alice's phone, Bob's, and their recording folders.
-fn srtp_phones(
+/// Bob (1000 Hz, answering) and Alice (600 Hz, dialling bob), each with their account
+/// parameters, once bob registered; Alice's phone, Bob's, and their recording folders.
+fn phones(
     gw: &Gateway,
-    account_params: &str,
+    (alice_params, bob_params): (&str, &str),
 ) -> (
     csps_tests::baresip::Baresip,
     csps_tests::baresip::Baresip,
@@ -700,7 +749,7 @@ fn srtp_phones(
         ("bob", "bob-secret-1"),
         1000,
         &[],
-        account_params,
+        bob_params,
     );
     assert!(
         wait_until(Duration::from_secs(15), || !gw
@@ -714,7 +763,7 @@ fn srtp_phones(
         ("alice", "alice-secret-1"),
         600,
         &[&format!("/dial sip:bob@{DOMAIN}")],
-        account_params,
+        alice_params,
     );
     (alice, bob, alice_dir, bob_dir)
 }
@@ -727,7 +776,7 @@ fn srtp_supported_puts_both_baresip_legs_on_srtp_and_carries_the_tones() {
     // Best-effort SDES on both phones (RTP/AVP with a=crypto): once keys are agreed, baresip
     // drops every packet that does not authenticate, so a tone heard is a tone that crossed the
     // wire as SRTP.
-    let (alice, _bob, alice_dir, bob_dir) = srtp_phones(&gw, ";mediaenc=srtp");
+    let (alice, _bob, alice_dir, bob_dir) = phones(&gw, (";mediaenc=srtp", ";mediaenc=srtp"));
     let (calls, id) = talk_then_hang_up(&gw);
     drop(alice);
     let legs = &calls[0]["legs"];
@@ -774,7 +823,8 @@ fn srtp_required_connects_two_mandatory_srtp_phones_with_rtp_savp() {
         return;
     };
     // `srtp-mand`: baresip offers and accepts RTP/SAVP only.
-    let (alice, _bob, alice_dir, bob_dir) = srtp_phones(&gw, ";mediaenc=srtp-mand");
+    let (alice, _bob, alice_dir, bob_dir) =
+        phones(&gw, (";mediaenc=srtp-mand", ";mediaenc=srtp-mand"));
     let (calls, id) = talk_then_hang_up(&gw);
     drop(alice);
     let legs = &calls[0]["legs"];

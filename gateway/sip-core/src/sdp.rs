@@ -359,6 +359,57 @@ impl Media {
         });
     }
 
+    /// Appends `codec` as the least preferred format: its static payload type when it has one
+    /// and it is free, else a free dynamic type (96–127) with an `rtpmap`. Returns the type, or
+    /// `None` when every dynamic type is taken or the codec has no SDP name.
+    pub fn add_codec(&mut self, codec: Codec) -> Option<u8> {
+        let used: Vec<u8> = self.formats.iter().filter_map(|f| f.parse().ok()).collect();
+        let (stat, map) = match codec {
+            Codec::Pcmu => (Some(0), "PCMU/8000"),
+            Codec::Pcma => (Some(8), "PCMA/8000"),
+            Codec::G722 => (Some(9), "G722/8000"),
+            Codec::Opus => (None, "opus/48000/2"),
+            Codec::TelephoneEvent => (None, "telephone-event/8000"),
+            Codec::Other => return None,
+        };
+        let pt = stat
+            .filter(|p| !used.contains(p))
+            // 111 is where most phones and browsers put Opus; any free type will do.
+            .or_else(|| {
+                std::iter::once(111)
+                    .chain(96..=127)
+                    .find(|p| !used.contains(p))
+            })?;
+        self.formats.push(pt.to_string());
+        self.attributes.push(Attribute {
+            name: "rtpmap".to_owned(),
+            value: Some(format!("{pt} {map}")),
+        });
+        Some(pt)
+    }
+
+    /// Replaces the formats with `formats` (payload types of `from`, in order), with `from`'s
+    /// `rtpmap`, `fmtp` and `rtcp-fb` lines for them: the answer a B2BUA gives in another leg's
+    /// codec.
+    pub fn set_formats_from(&mut self, from: &Media, formats: &[u8]) {
+        let per_format = |a: &Attribute| matches!(a.name.as_str(), "rtpmap" | "fmtp" | "rtcp-fb");
+        self.attributes.retain(|a| !per_format(a));
+        self.formats = formats.iter().map(u8::to_string).collect();
+        self.attributes.extend(
+            from.attributes
+                .iter()
+                .filter(|a| per_format(a))
+                .filter(|a| {
+                    a.value
+                        .as_deref()
+                        .and_then(|v| v.split(' ').next())
+                        .and_then(|p| p.parse::<u8>().ok())
+                        .is_some_and(|p| formats.contains(&p))
+                })
+                .cloned(),
+        );
+    }
+
     /// Drops attributes by name (e.g. `rtcp`, `crypto` when the address or keys change).
     pub fn remove_attr(&mut self, name: &str) {
         self.attributes

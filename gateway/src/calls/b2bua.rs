@@ -16,9 +16,11 @@ use csps_sip::transaction::TxnKey;
 use csps_sip::{Headers, Method, Remote, Request, Response, SipHeaders, Transport, Uri};
 use rand::RngCore;
 
+use super::codecs;
 use super::rel1xx::{self, NoPrack, Rel1xx};
 use super::sdes::{LegSrtp, Sdes, SrtpPolicy};
 use crate::media::srtp::SrtpKeys;
+use crate::media::transcode::LegFormat;
 
 /// How long the callee's devices ring before the caller gets 480.
 pub const NO_ANSWER: Duration = Duration::from_secs(60);
@@ -96,6 +98,8 @@ pub struct Setup {
     /// The gateway plays music to a held party: a hold offer saying `inactive` reaches it as
     /// `sendonly` (it will receive the music), and [`Output::MusicOnHold`] says when to play.
     pub music_on_hold: bool,
+    /// `Data.SipConfig.Use8KHz`: phone legs use G.711 only (see [`codecs::narrowband`]).
+    pub narrowband: bool,
 }
 
 /// Something that happened to the call.
@@ -201,6 +205,10 @@ pub enum MediaChange {
     A(Option<SocketAddr>, std::net::IpAddr),
     /// Leg B's (the answering or early-media device).
     B(Option<SocketAddr>, std::net::IpAddr),
+    /// The codecs of legs A and B when they differ (the relay transcodes), `None` when media
+    /// is relayed unchanged. Follows the address changes of the same offer/answer exchange; an
+    /// exchange that changes an address without it leaves legs that share a codec.
+    Transcode(Option<(LegFormat, LegFormat)>),
 }
 
 /// Work for the driver.
@@ -362,6 +370,9 @@ struct ReOffer {
     offer: Option<Sdp>,
     /// The origin's SDP address, applied to the relay once the target answered.
     origin_addr: Option<SocketAddr>,
+    /// The origin's offer as restricted, before the gateway added codecs (see
+    /// [`codecs::answer_back`]).
+    origin: Option<Sdp>,
     /// After the 2xx went to the origin: waiting for its ACK.
     answered: Option<Answered>,
 }
@@ -413,8 +424,12 @@ pub struct Call {
     a_tag: String,
     a_contact: String,
     a_dialog: Option<Dialog>,
-    /// The SDP sent to B (the caller's offer, restricted and rewritten).
+    /// The SDP sent to B (the caller's offer, restricted, with the codecs the gateway adds, and
+    /// rewritten).
     b_offer: Option<Sdp>,
+    /// The caller's offer as restricted, before the gateway added codecs: what its answer is
+    /// made from when the callee picks a codec the caller lacks.
+    a_origin: Option<Sdp>,
     /// B's answer as it came (what B receives: the offer a transfer of A's side makes).
     b_answer: Option<Sdp>,
     /// The caller's INVITE had no offer (RFC 3261 §13.2.1): the answering device's 2xx
@@ -704,6 +719,7 @@ impl Call {
             a_contact,
             a_dialog: None,
             b_offer: None,
+            a_origin: None,
             b_answer: None,
             offerless: false,
             a_offer: None,
@@ -793,13 +809,21 @@ impl Call {
                 return;
             }
             let a_sdp_addr = offer.audio_index().and_then(|i| offer.rtp_addr(i));
-            let idx = match sdp::restrict_offer(&mut offer, sdp::SUPPORTED) {
+            let narrow = self.setup.narrowband && self.setup.a_sbc.is_none();
+            let idx = match sdp::restrict_offer(&mut offer, sdp::SUPPORTED).and_then(|i| {
+                if narrow {
+                    codecs::narrowband(&mut offer, i)?;
+                }
+                Ok(i)
+            }) {
                 Ok(i) => i,
                 Err(e) => {
                     self.reject(e.status(), Some(&e.to_string()));
                     return;
                 }
             };
+            self.a_origin = Some(offer.clone());
+            codecs::augment(&mut offer, idx);
             self.respond_trying();
             self.out.push_back(Output::Media(MediaChange::A(
                 a_sdp_addr,
@@ -812,7 +836,10 @@ impl Call {
             let tag = self.tag();
             // Each device is offered SRTP by its own rule (its transport).
             let body = match &self.b_offer {
-                Some(o) => self.offer_body(false, self.target_rule(&target), o),
+                Some(o) => {
+                    let o = self.offer_for(target.sbc.is_none(), o);
+                    self.offer_body(false, self.target_rule(&target), &o)
+                }
                 None => Bytes::new(),
             };
             let mut req = new_invite(
@@ -1250,11 +1277,23 @@ impl Call {
             return None;
         }
         self.b_answer = Some(answer.clone());
+        let transcode = match self.a_origin.as_ref() {
+            Some(origin) => match codecs::answer_back(origin, &mut answer, idx) {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::info!("the callee's answer: {e}");
+                    return None;
+                }
+            },
+            None => None,
+        };
         let addr = answer.rtp_addr(idx);
         self.out.push_back(Output::Media(MediaChange::B(
             addr,
             self.forks[i].target.to.addr.ip(),
         )));
+        self.out
+            .push_back(Output::Media(MediaChange::Transcode(transcode)));
         sdp::rewrite_address(&mut answer, idx, self.setup.relay_a);
         Some(self.answer_body(true, &answer))
     }
@@ -1722,6 +1761,32 @@ impl Call {
     }
 
     /// The neutral `offer` as the gateway offers it to leg A (`a`) or B under `rule`.
+    /// The offer for a leg: under `Use8KHz` a phone leg is offered G.711 only (the gateway
+    /// added it to every offer, so some is there).
+    fn offer_for(&self, phone: bool, offer: &Sdp) -> Sdp {
+        let mut o = offer.clone();
+        if self.setup.narrowband
+            && phone
+            && let Some(i) = o.audio_index()
+            && codecs::narrowband(&mut o, i).is_err()
+        {
+            // No G.711 in it: the phone refuses what it cannot take, as without the setting.
+            return offer.clone();
+        }
+        o
+    }
+
+    /// True when leg A (`a`) or the answered device is a phone (not the Teams trunk).
+    fn is_phone(&self, a: bool) -> bool {
+        if a {
+            self.setup.a_sbc.is_none()
+        } else {
+            self.winner
+                .and_then(|w| self.forks.get(w))
+                .is_none_or(|f| f.target.sbc.is_none())
+        }
+    }
+
     fn offer_body(&self, a: bool, rule: LegSrtp, offer: &Sdp) -> Bytes {
         let mut o = offer.clone();
         let sdes = if a { &self.sdes_a } else { &self.sdes_b };
@@ -1948,7 +2013,7 @@ impl Call {
             self.out.push_back(Output::Respond { key, resp: r });
             return;
         }
-        let (offer, origin_addr, body) = if has_body {
+        let (offer, origin_addr, body, origin) = if has_body {
             let mut offer = match Sdp::parse(&req.body) {
                 Ok(s) => s,
                 Err(e) => {
@@ -1961,20 +2026,29 @@ impl Call {
                 return;
             }
             let origin_addr = offer.audio_index().and_then(|i| offer.rtp_addr(i));
-            let idx = match sdp::restrict_offer(&mut offer, sdp::SUPPORTED) {
+            let narrow = self.setup.narrowband && self.is_phone(from_a);
+            let idx = match sdp::restrict_offer(&mut offer, sdp::SUPPORTED).and_then(|i| {
+                if narrow {
+                    codecs::narrowband(&mut offer, i)?;
+                }
+                Ok(i)
+            }) {
                 Ok(i) => i,
                 Err(e) => {
                     respond(self, e.status(), Some(&e.to_string()));
                     return;
                 }
             };
+            let origin = offer.clone();
+            codecs::augment(&mut offer, idx);
             sdp::rewrite_address(&mut offer, idx, self.relay_facing(!from_a));
             self.hold_offer(from_a, &mut offer, idx);
+            let offer = self.offer_for(self.is_phone(!from_a), &offer);
             let body = self.offer_body(!from_a, self.srtp_rule(!from_a), &offer);
-            (Some(offer), origin_addr, body)
+            (Some(offer), origin_addr, body, Some(origin))
         } else {
             self.music_off(!from_a);
-            (None, None, Bytes::new())
+            (None, None, Bytes::new(), None)
         };
         let method = req.method.clone();
         let Some((tag, seq)) = self.send_in_dialog(
@@ -1997,6 +2071,7 @@ impl Call {
             seq,
             offer,
             origin_addr,
+            origin,
             answered: None,
         });
     }
@@ -2059,6 +2134,7 @@ impl Call {
         };
         let sent = p.offer.clone();
         let origin_holds = self.music_on_hold_for(&p.req);
+        let origin = p.origin.clone();
         let result: Result<(Bytes, Option<Sdp>), String> = match sent.as_ref() {
             // The target's answer to the relayed offer.
             Some(offer) if body_ok => Sdp::parse(&resp.body)
@@ -2070,6 +2146,13 @@ impl Call {
                     if let Some(inactive) = origin_holds {
                         self.held_answer(!from_a, &mut answer, idx, inactive);
                     }
+                    let transcode = match origin.as_ref() {
+                        Some(o) => codecs::answer_back(o, &mut answer, idx)
+                            .map_err(|e| e.to_string())?
+                            // (origin's, target's) → (A's, B's).
+                            .map(|(near, far)| if from_a { (near, far) } else { (far, near) }),
+                        None => None,
+                    };
                     let target_addr = answer.rtp_addr(idx);
                     sdp::rewrite_address(
                         &mut answer,
@@ -2090,6 +2173,8 @@ impl Call {
                     } else {
                         MediaChange::A(target_addr, self.setup.from.addr.ip())
                     }));
+                    self.out
+                        .push_back(Output::Media(MediaChange::Transcode(transcode)));
                     Ok((self.answer_body(from_a, &answer), None))
                 }),
             Some(_) => Err("the answer carries no SDP".into()),
@@ -2849,6 +2934,17 @@ mod tests {
 
     /// A call under the SRTP policy `srtp`.
     fn call_srtp(body: &str, extra: &str, now: Instant, srtp: SrtpPolicy) -> Call {
+        call_setup(body, extra, now, srtp, false)
+    }
+
+    /// A call under the SRTP policy `srtp` and `Use8KHz` (`narrowband`).
+    fn call_setup(
+        body: &str,
+        extra: &str,
+        now: Instant,
+        srtp: SrtpPolicy,
+        narrowband: bool,
+    ) -> Call {
         let key = key_for(&invite_with(body, extra), "10.0.0.7:5060");
         let target = |a: &str| Target {
             to: remote(a),
@@ -2872,6 +2968,7 @@ mod tests {
                 a_sbc: None,
                 srtp,
                 music_on_hold: false,
+                narrowband,
             },
             Box::new(rand::rngs::StdRng::seed_from_u64(7)),
         );
@@ -2932,11 +3029,15 @@ mod tests {
         assert_eq!(invites.len(), 2, "one INVITE per device");
         let (tag1, inv1) = invites[0].clone();
         let (tag2, inv2) = invites[1].clone();
-        // The gateway's own identity, never the phone's; only supported codecs offered onwards.
+        // The gateway's own identity, never the phone's; only supported codecs offered onwards,
+        // the caller's first, then the ones the gateway transcodes to.
         let pai: Vec<_> = inv1.headers.get_all("P-Asserted-Identity").collect();
         assert_eq!(pai, ["\"Alice\" <sip:alice@csps.local>"]);
         let body = String::from_utf8_lossy(&inv1.body).into_owned();
-        assert!(body.contains("m=audio 20002 RTP/AVP 0 101\r\n"), "{body}");
+        assert!(
+            body.contains("m=audio 20002 RTP/AVP 0 101 9 111 8\r\n"),
+            "{body}"
+        );
         assert!(body.contains("c=IN IP4 192.0.2.1"), "{body}");
 
         c.handle(
@@ -3073,6 +3174,17 @@ mod tests {
     /// As [`confirmed`], the caller's INVITE with `extra` header lines; also returns the 200
     /// the caller got.
     fn confirmed_with(t0: Instant, extra: &str) -> (Call, String, Request, Response) {
+        let (c, a_tag, inv1, ok, _) = answered_with(t0, extra, ANSWER);
+        (c, a_tag, inv1, ok)
+    }
+
+    /// A call from alice (`OFFER`, `extra` header lines) that bob's first device answered with
+    /// `answer` and alice ACKed; also the 200 she got and what the call did on the answer.
+    fn answered_with(
+        t0: Instant,
+        extra: &str,
+        answer: &str,
+    ) -> (Call, String, Request, Response, Vec<Output>) {
         let mut c = call_with(OFFER, extra, t0);
         let invites = sent_invites(&drain(&mut c));
         let (tag1, inv1) = invites[0].clone();
@@ -3080,7 +3192,7 @@ mod tests {
             t0,
             Input::Response {
                 tag: tag1,
-                resp: reply(&inv1, 200, "d1", Some(ANSWER)),
+                resp: reply(&inv1, 200, "d1", Some(answer)),
             },
         );
         let out = drain(&mut c);
@@ -3090,7 +3202,7 @@ mod tests {
             .and_then(|t| t.tag().map(str::to_owned))
             .expect("To tag");
         c.handle(t0, Input::Ack(in_dialog_a("ACK", 2, &a_tag, None)));
-        (c, a_tag, inv1, ok)
+        (c, a_tag, inv1, ok, out)
     }
 
     fn parse_req(s: &str) -> Request {
@@ -3281,6 +3393,92 @@ mod tests {
         );
         let out = drain(&mut c);
         assert_eq!(responses_to_a(&out).last().map(|r| r.status), Some(488));
+    }
+
+    /// What the relay was told about codecs, the last time in `out`.
+    fn transcoding(out: &[Output]) -> Option<Option<(LegFormat, LegFormat)>> {
+        out.iter().rev().find_map(|o| match o {
+            Output::Media(MediaChange::Transcode(t)) => Some(*t),
+            _ => None,
+        })
+    }
+
+    const OPUS_ANSWER: &str = "v=0\r\no=- 5 5 IN IP4 192.0.2.9\r\ns=-\r\nc=IN IP4 192.0.2.9\r\nt=0 0\r\n\
+        m=audio 5000 RTP/AVP 111\r\na=rtpmap:111 opus/48000/2\r\na=fmtp:111 useinbandfec=1\r\n";
+    const OPUS_HELD: &str = "v=0\r\no=- 5 6 IN IP4 192.0.2.9\r\ns=-\r\nc=IN IP4 192.0.2.9\r\nt=0 0\r\n\
+        m=audio 5000 RTP/AVP 111\r\na=rtpmap:111 opus/48000/2\r\na=recvonly\r\n";
+
+    #[test]
+    fn an_answer_in_a_codec_the_caller_lacks_is_transcoded_and_stays_so_across_a_hold() {
+        let t0 = Instant::now();
+        let (mut c, a_tag, _, ok, out) = answered_with(t0, "", OPUS_ANSWER);
+        let b = String::from_utf8_lossy(&ok.body).into_owned();
+        // Alice offered PCMU and telephone-event; bob has no telephone-event, so neither has she.
+        assert!(b.contains("m=audio 20000 RTP/AVP 0\r\n"), "{b}");
+        assert!(!b.contains("opus") && !b.contains("fmtp"), "{b}");
+        let pcmu = LegFormat {
+            codec: sdp::Codec::Pcmu,
+            payload_type: 0,
+            telephone_event: None,
+        };
+        let opus = LegFormat {
+            codec: sdp::Codec::Opus,
+            payload_type: 111,
+            telephone_event: None,
+        };
+        assert_eq!(transcoding(&out), Some(Some((pcmu, opus))));
+        drain(&mut c);
+        // Alice holds: bob is offered her codecs and the added ones again, keeps Opus, and
+        // alice's answer stays PCMU, recvonly.
+        let out = request_in(
+            &mut c,
+            t0,
+            in_dialog_a("INVITE", 3, &a_tag, Some(HOLD)),
+            "203.0.113.5:5060",
+        );
+        let (tag, reinv, _) = sent(&out, Method::Invite).expect("re-INVITE to bob");
+        assert!(body(&reinv).contains("opus/48000/2"), "{}", body(&reinv));
+        answer_with_sdp(&mut c, t0, tag, &reinv, OPUS_HELD);
+        let out = drain(&mut c);
+        let to_a = String::from_utf8_lossy(&responses_to_a(&out)[0].body).into_owned();
+        assert!(
+            to_a.contains("m=audio 20000 RTP/AVP 0\r\n") && to_a.contains("a=recvonly"),
+            "{to_a}"
+        );
+        assert_eq!(transcoding(&out), Some(Some((pcmu, opus))));
+    }
+
+    #[test]
+    fn an_answer_in_the_callers_codec_is_relayed_without_transcoding() {
+        let (_, _, _, ok, out) = answered_with(Instant::now(), "", ANSWER);
+        assert!(String::from_utf8_lossy(&ok.body).contains("RTP/AVP 0\r\n"));
+        assert_eq!(transcoding(&out), Some(None));
+    }
+
+    const G722_OFFER: &str = "v=0\r\no=- 1 1 IN IP4 10.0.0.7\r\ns=-\r\nc=IN IP4 10.0.0.7\r\nt=0 0\r\n\
+        m=audio 4000 RTP/AVP 9 0 101\r\na=rtpmap:101 telephone-event/8000\r\n";
+
+    #[test]
+    fn use_8khz_keeps_both_phone_legs_on_g711() {
+        let t0 = Instant::now();
+        let mut c = call_setup(G722_OFFER, "", t0, SrtpPolicy::default(), true);
+        let invites = sent_invites(&drain(&mut c));
+        let b = body(&invites[0].1);
+        assert!(
+            b.contains("m=audio 20002 RTP/AVP 0 101 8\r\n"),
+            "bob is offered G.711 only: {b}"
+        );
+        // A caller with no G.711 at all is refused, listing what it may use.
+        let only_g722 = "v=0\r\no=- 1 1 IN IP4 10.0.0.7\r\ns=-\r\nc=IN IP4 10.0.0.7\r\nt=0 0\r\n\
+            m=audio 4000 RTP/AVP 9\r\n";
+        let mut c = call_setup(only_g722, "", t0, SrtpPolicy::default(), true);
+        let out = drain(&mut c);
+        let r = &responses_to_a(&out)[0];
+        assert_eq!(r.status, 488);
+        assert!(
+            r.headers.get("Warning").is_some_and(|w| w.contains("PCMU")),
+            "{r:?}"
+        );
     }
 
     const HOLD: &str = "v=0\r\no=- 1 2 IN IP4 10.0.0.7\r\ns=-\r\nc=IN IP4 10.0.0.7\r\nt=0 0\r\n\

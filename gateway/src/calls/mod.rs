@@ -11,6 +11,7 @@
 
 pub mod archive;
 pub mod b2bua;
+pub mod codecs;
 pub mod conference;
 pub mod leg;
 pub mod record;
@@ -1048,6 +1049,7 @@ impl Switch {
                 plain_keys: settings.srtp_over_plain,
             },
             music_on_hold: music.is_some(),
+            narrowband: settings.use_8khz,
         };
         tokio::spawn(task::run(task::CallTask {
             no,

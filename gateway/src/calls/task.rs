@@ -402,6 +402,9 @@ async fn run_call(t: CallTask, call_id: String) {
     loop {
         // Carry out what the call asked for.
         let mut ended = false;
+        // An offer/answer exchange that moved a leg's media without choosing codecs (a
+        // transfer, an offerless exchange) leaves legs that share a codec: no transcoding.
+        let (mut media_moved, mut codecs_chosen) = (false, false);
         while let Some(mut out) = call.poll_output() {
             let peer = peers.outgoing(&out);
             if let Some(q) = quirks.as_mut() {
@@ -428,11 +431,18 @@ async fn run_call(t: CallTask, call_id: String) {
                 Output::Stateless { to, req } => CallAction::Stateless(to, req),
                 Output::Media(MediaChange::A(sdp, ip)) => {
                     media.expect_a(sdp, ip);
+                    media_moved = true;
                     continue;
                 }
                 Output::Media(MediaChange::B(sdp, ip)) => {
                     media.expect_b(sdp, ip);
                     b_signalling = Some(SocketAddr::new(ip, 0));
+                    media_moved = true;
+                    continue;
+                }
+                Output::Media(MediaChange::Transcode(formats)) => {
+                    media.set_transcode(formats);
+                    codecs_chosen = true;
                     continue;
                 }
                 Output::Srtp { a, keys } => {
@@ -496,6 +506,9 @@ async fn run_call(t: CallTask, call_id: String) {
             if actions.send((no, action)).await.is_err() {
                 return;
             }
+        }
+        if media_moved && !codecs_chosen {
+            media.set_transcode(None);
         }
         if ended {
             break;

@@ -1,0 +1,212 @@
+//! Codec choice per leg, sans-IO: what the B2BUA offers onwards and answers back so that each leg
+//! gets a codec it supports, with transcoding in the media core when the two differ.
+//!
+//! The offer sent onwards keeps the offerer's codecs first, in its order, so an answerer that
+//! shares one picks it and media is relayed untouched; the gateway then appends the codecs it can
+//! transcode that the offerer lacks ([`augment`]), so an answerer that shares none still finds
+//! one. When the answer picks an appended codec, the offerer is answered with its own first
+//! transcodable codec and the relay transcodes ([`answer_back`]). `Data.SipConfig.Use8KHz` forces
+//! G.711 on every phone leg ([`narrowband`]) — the cSPS switch — whatever the other leg uses.
+
+use csps_sip::sdp::{Codec, Format, Media, OfferError, Sdp, codec_list};
+
+use crate::media::transcode::LegFormat;
+
+/// The codecs the media core decodes and encodes, in the order the gateway adds them to an offer
+/// (wide-band first: 16 kHz end to end is preferred).
+pub const TRANSCODABLE: &[Codec] = &[Codec::G722, Codec::Opus, Codec::Pcmu, Codec::Pcma];
+
+/// What a phone leg may use under `Use8KHz`.
+pub const NARROWBAND: &[Codec] = &[Codec::Pcmu, Codec::Pcma, Codec::TelephoneEvent];
+
+/// The codecs each leg of a transcoded call uses: (the offerer's, the answerer's).
+pub type Transcoding = (LegFormat, LegFormat);
+
+/// Appends to the audio section `idx` of an offer going onwards every transcodable codec it
+/// lacks.
+pub fn augment(offer: &mut Sdp, idx: usize) {
+    let Some(m) = offer.media.get_mut(idx) else {
+        return;
+    };
+    for &c in TRANSCODABLE {
+        if !m.codecs().any(|f| f.codec == c) {
+            m.add_codec(c);
+        }
+    }
+}
+
+/// Keeps only G.711 (and telephone-event) in the audio section `idx` for a phone leg under
+/// `Use8KHz`; 488 when nothing is left.
+pub fn narrowband(sdp: &mut Sdp, idx: usize) -> Result<(), OfferError> {
+    let m = sdp.media.get_mut(idx).ok_or(OfferError::NoAudio)?;
+    m.retain_formats(|f| NARROWBAND.contains(&f.codec));
+    if m.codecs().any(|f| f.codec.is_audio()) {
+        Ok(())
+    } else {
+        Err(OfferError::NoCommonCodec(codec_list(NARROWBAND)))
+    }
+}
+
+/// The format a leg's section uses: its first audio format, with the telephone-event it lists.
+fn leg_format(m: &Media, audio: Format) -> LegFormat {
+    LegFormat {
+        codec: audio.codec,
+        payload_type: audio.pt,
+        telephone_event: m
+            .codecs()
+            .find(|f| f.codec == Codec::TelephoneEvent)
+            .map(|f| (f.pt, f.clock)),
+    }
+}
+
+/// The answer for the offerer, made from the answerer's `answer` (audio section `idx`) to the
+/// offer sent onwards. When the answerer picked a codec the offerer offered (`origin`, the
+/// offerer's own offer as restricted, before [`augment`]), the answer stays as it is and `None`
+/// says media is relayed. Otherwise the answer's audio section is rewritten to the offerer's
+/// first transcodable codec (and its telephone-event when both legs have one), and the codecs of
+/// both legs are returned for the relay's transcoder.
+pub fn answer_back(
+    origin: &Sdp,
+    answer: &mut Sdp,
+    idx: usize,
+) -> Result<Option<Transcoding>, OfferError> {
+    let (Some(offered), Some(answered)) = (origin.media.get(idx), answer.media.get(idx)) else {
+        return Err(OfferError::NoAudio);
+    };
+    let Some(chosen) = answered.codecs().find(|f| f.codec.is_audio()) else {
+        return Err(OfferError::NoAudio);
+    };
+    if offered
+        .codecs()
+        .any(|f| f.pt == chosen.pt && f.codec == chosen.codec)
+    {
+        return Ok(None);
+    }
+    let Some(own) = offered.codecs().find(|f| TRANSCODABLE.contains(&f.codec)) else {
+        return Err(OfferError::NoCommonCodec(codec_list(TRANSCODABLE)));
+    };
+    let far = leg_format(answered, chosen);
+    let mut near = leg_format(offered, own);
+    if far.telephone_event.is_none() {
+        near.telephone_event = None;
+    }
+    let formats: Vec<u8> = std::iter::once(near.payload_type)
+        .chain(near.telephone_event.map(|(pt, _)| pt))
+        .collect();
+    let offered = offered.clone();
+    if let Some(m) = answer.media.get_mut(idx) {
+        m.set_formats_from(&offered, &formats);
+    }
+    Ok(Some((near, far)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sdp(formats: &str, maps: &[&str]) -> Sdp {
+        let mut s = format!(
+            "v=0\r\no=- 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP {formats}\r\n"
+        );
+        for m in maps {
+            s.push_str(&format!("a={m}\r\n"));
+        }
+        Sdp::parse(s.as_bytes()).expect("sdp")
+    }
+
+    fn names(s: &Sdp) -> Vec<(u8, &'static str)> {
+        s.media[0]
+            .codecs()
+            .map(|f| (f.pt, f.codec.name()))
+            .collect()
+    }
+
+    #[test]
+    fn an_offer_onwards_keeps_the_offerers_codecs_first_and_adds_what_the_gateway_transcodes() {
+        let mut o = sdp(
+            "0 101",
+            &["rtpmap:0 PCMU/8000", "rtpmap:101 telephone-event/8000"],
+        );
+        augment(&mut o, 0);
+        assert_eq!(
+            names(&o),
+            [
+                (0, "PCMU"),
+                (101, "telephone-event"),
+                (9, "G722"),
+                (111, "opus"),
+                (8, "PCMA")
+            ]
+        );
+        // Type 111 taken: Opus gets another free dynamic type.
+        let mut o = sdp("111", &["rtpmap:111 telephone-event/8000"]);
+        augment(&mut o, 0);
+        assert!(names(&o).contains(&(96, "opus")), "{:?}", names(&o));
+    }
+
+    #[test]
+    fn an_answer_in_a_codec_the_offerer_offered_is_relayed_unchanged() {
+        let origin = sdp("9 0", &[]);
+        let mut answer = sdp("0", &[]);
+        let before = answer.clone();
+        assert_eq!(answer_back(&origin, &mut answer, 0), Ok(None));
+        assert_eq!(answer, before);
+    }
+
+    #[test]
+    fn an_answer_in_an_added_codec_answers_the_offerer_in_its_own_and_transcodes() {
+        let origin = sdp(
+            "9 0 101",
+            &["rtpmap:9 G722/8000", "rtpmap:101 telephone-event/8000"],
+        );
+        let mut answer = sdp(
+            "111 110",
+            &[
+                "rtpmap:111 opus/48000/2",
+                "fmtp:111 useinbandfec=1",
+                "rtpmap:110 telephone-event/48000",
+            ],
+        );
+        let t = answer_back(&origin, &mut answer, 0)
+            .expect("answer")
+            .expect("transcoded");
+        assert_eq!(
+            t,
+            (
+                LegFormat {
+                    codec: Codec::G722,
+                    payload_type: 9,
+                    telephone_event: Some((101, 8000)),
+                },
+                LegFormat {
+                    codec: Codec::Opus,
+                    payload_type: 111,
+                    telephone_event: Some((110, 48000)),
+                }
+            )
+        );
+        assert_eq!(names(&answer), [(9, "G722"), (101, "telephone-event")]);
+        let text = String::from_utf8(answer.to_bytes()).expect("utf8");
+        assert!(!text.contains("fmtp:111"), "{text}");
+        // Without telephone-event on the answering leg, the offerer is not given one either.
+        let mut answer = sdp("8", &[]);
+        let (near, _) = answer_back(&origin, &mut answer, 0)
+            .expect("answer")
+            .expect("transcoded");
+        assert_eq!(near.telephone_event, None);
+        assert_eq!(names(&answer), [(9, "G722")]);
+    }
+
+    #[test]
+    fn use_8khz_leaves_a_phone_leg_g711_only_and_refuses_an_offer_without_it() {
+        let mut o = sdp(
+            "9 111 0 101",
+            &["rtpmap:111 opus/48000/2", "rtpmap:101 telephone-event/8000"],
+        );
+        narrowband(&mut o, 0).expect("PCMU left");
+        assert_eq!(names(&o), [(0, "PCMU"), (101, "telephone-event")]);
+        let mut o = sdp("9", &[]);
+        let e = narrowband(&mut o, 0).expect_err("no G.711");
+        assert_eq!(e.status(), 488);
+    }
+}
