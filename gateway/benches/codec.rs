@@ -1,87 +1,69 @@
-//! What transcoding will cost per 20 ms frame, before the transcoder exists: one direction of a
-//! call is decode → resample (when the rates differ) → encode with `media::codec`, on a
-//! speech-like signal (three harmonics with a moving pitch and noise). A transcoded call runs
-//! both directions, so calls per core = 20 ms / (cost one way + cost the other way). Prints a
-//! table; run with `cargo bench -p csps --bench codec`. No jitter buffer, RTP or sockets:
-//! the relay's packet cost comes on top.
+//! What a transcoded call costs: one direction is `media::transcode::Transcoder::push` per
+//! received RTP packet (RTP parse, reorder buffer, decode, resample when the rates differ,
+//! encode, the outgoing RTP header), on a speech-like signal (three harmonics with a moving pitch
+//! and noise) encoded as a phone would send it. A transcoded call runs both directions, so calls
+//! per core = 20 ms / (cost one way + cost the other way). Prints a table; run with
+//! `cargo bench -p csps --bench codec`. The relay's socket and SRTP work comes on top (see the
+//! calls benchmark for relayed calls).
 
 use std::time::Instant;
 
-use csps::media::codec::resample::Resampler;
-use csps::media::codec::{Decoder, Encoder, frame_samples};
+use csps::media::codec::{Encoder, frame_samples, rtp_clock, speechlike};
+use csps::media::rtp::RtpSender;
+use csps::media::transcode::{LegFormat, Transcoder};
 use csps_sip::sdp::Codec;
 
 const FRAMES: usize = 3_000;
 
-/// `FRAMES` 20 ms frames at `rate` of a voiced, noisy signal.
-fn speechlike(rate: u32) -> Vec<Vec<i16>> {
-    let n = frame_samples(rate);
-    let mut seed = 0x2545_f491_u32;
-    (0..FRAMES)
-        .map(|f| {
-            (0..n)
-                .map(|i| {
-                    let t = (f * n + i) as f32 / rate as f32;
-                    let pitch = 120.0 + 40.0 * (t * 0.7).sin();
-                    let voiced: f32 = [1.0, 0.5, 0.25]
-                        .iter()
-                        .enumerate()
-                        .map(|(h, a)| {
-                            a * (std::f32::consts::TAU * pitch * (h + 1) as f32 * t).sin()
-                        })
-                        .sum();
-                    seed ^= seed << 13;
-                    seed ^= seed >> 17;
-                    seed ^= seed << 5;
-                    let noise = (seed as f32 / u32::MAX as f32) - 0.5;
-                    ((voiced * 0.25 + noise * 0.05) * f32::from(i16::MAX)) as i16
-                })
-                .collect()
-        })
-        .collect()
-}
-
-/// Payloads of `codec` for the signal, as a phone would send them.
-fn payloads(codec: Codec) -> Vec<Vec<u8>> {
+/// RTP packets of `codec` (payload type `pt`) for the signal, as a phone would send them.
+fn packets(codec: Codec, pt: u8) -> Vec<Vec<u8>> {
     let mut enc = Encoder::new(codec).expect("encoder");
-    speechlike(enc.rate())
+    let duration = rtp_clock(codec).map_or(160, frame_samples) as u32;
+    let mut rtp = RtpSender::new();
+    speechlike(enc.rate(), FRAMES)
         .iter()
         .map(|pcm| {
             let mut p = Vec::new();
             enc.encode(pcm, &mut p).expect("encode");
-            p
+            let mut wire = Vec::new();
+            rtp.write(pt, &p, duration, &mut wire);
+            wire
         })
         .collect()
 }
 
-/// Microseconds per frame for `from` → `to` (decode, resample, encode).
-fn one_way(from: Codec, to: Codec) -> f64 {
-    let input = payloads(from);
-    let mut dec = Decoder::new(from).expect("decoder");
-    let mut enc = Encoder::new(to).expect("encoder");
-    let mut rs = (dec.rate() != enc.rate())
-        .then(|| Resampler::new(dec.rate(), enc.rate()).expect("resampler"));
-    let (mut pcm, mut resampled, mut out) = (Vec::new(), Vec::new(), Vec::new());
-    let t = Instant::now();
-    for p in &input {
-        pcm.clear();
-        dec.decode(p, &mut pcm).expect("decode");
-        let frame = match rs.as_mut() {
-            Some(r) => {
-                resampled.clear();
-                r.process(&pcm, &mut resampled);
-                &resampled
-            }
-            None => &pcm,
-        };
-        out.clear();
-        enc.encode(frame, &mut out).expect("encode");
+/// The payload type a leg uses for `codec` (static where RFC 3551 has one).
+fn pt(codec: Codec) -> u8 {
+    match codec {
+        Codec::Pcmu => 0,
+        Codec::Pcma => 8,
+        Codec::G722 => 9,
+        _ => 111,
     }
-    t.elapsed().as_secs_f64() * 1e6 / FRAMES as f64
+}
+
+/// Microseconds per packet for `from` → `to` through the transcoder.
+fn one_way(from: Codec, to: Codec) -> f64 {
+    let format = |c| LegFormat {
+        codec: c,
+        payload_type: pt(c),
+        telephone_event: None,
+    };
+    let input = packets(from, pt(from));
+    let mut t = Transcoder::new(format(from), format(to)).expect("transcoder");
+    let mut sent = 0usize;
+    let start = Instant::now();
+    for p in &input {
+        t.push(p, &mut |w| sent += w.len());
+    }
+    let elapsed = start.elapsed();
+    assert_eq!(t.counters().sent as usize, FRAMES, "every frame went out");
+    std::hint::black_box(sent);
+    elapsed.as_secs_f64() * 1e6 / FRAMES as f64
 }
 
 fn main() {
-    println!("| call (A ↔ B) | A→B µs/frame | B→A µs/frame | CPU per call | calls per core |");
+    println!("| call (A ↔ B) | A→B µs/packet | B→A µs/packet | CPU per call | calls per core |");
     println!("|---|---|---|---|---|");
     for (a, b) in [
         (Codec::Pcmu, Codec::G722),

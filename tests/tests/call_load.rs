@@ -1,6 +1,6 @@
 //! The call benchmark stays working: a short `csps-loadgen calls` run (a few calls with RTP both
-//! ways through the gateway for 2 s, then a second of call setups) must set up and end every call
-//! and deliver every RTP packet. Its numbers are not checked: they come from the full run in the
+//! ways through the gateway for 2 s, then a second of call setups; and a few transcoded calls)
+//! must set up and end every call and deliver every RTP packet. Its numbers are not checked: they come from the full run in the
 //! README.
 
 use std::process::Command;
@@ -16,14 +16,19 @@ fn row_after<'a>(out: &'a str, header: &str) -> Vec<&'a str> {
         .unwrap_or_default()
 }
 
-#[test]
-fn loadgen_calls_relay_every_packet_of_a_few_calls() {
+/// Runs `csps-loadgen calls` against the built gateway: 10 calls up for 2 s, then `args`; its
+/// table output, or `None` after [`skip`] when a binary is missing.
+fn loadgen_calls(args: &[&str]) -> Option<String> {
     let csps = match usable_csps_bin() {
         Ok(b) => b,
-        Err(why) => return skip(&why),
+        Err(why) => {
+            skip(&why);
+            return None;
+        }
     };
     let Some(loadgen) = find_workspace_bin("csps-loadgen", "CSPS_LOADGEN_BIN") else {
-        return skip("csps-loadgen not built: run `cargo build --release --workspace --bins`");
+        skip("csps-loadgen not built: run `cargo build --release --workspace --bins`");
+        return None;
     };
     let out = Command::new(&loadgen)
         .args(["calls", "--csps-bin"])
@@ -37,20 +42,20 @@ fn loadgen_calls_relay_every_packet_of_a_few_calls() {
             "2",
             "--ramp-rate",
             "100",
-            "--setup-rates",
-            "20",
-            "--setup-secs",
-            "1",
-            "--pause-secs",
-            "0.2",
         ])
+        .args(args)
         .output()
         .expect("run csps-loadgen");
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "csps-loadgen failed:\n{text}\n{err}");
+    Some(text)
+}
+
+/// The concurrency row of 10 calls for 2 s: every call answered, every packet delivered.
+fn assert_ten_calls_lost_nothing(text: &str) {
     // calls answered failed rtp-sent loss% …
-    let calls = row_after(&text, "calls answered");
+    let calls = row_after(text, "calls answered");
     assert!(calls.len() > 4, "no concurrency row:\n{text}");
     assert_eq!(
         &calls[..3],
@@ -61,6 +66,21 @@ fn loadgen_calls_relay_every_packet_of_a_few_calls() {
     // 10 calls × 2 directions × 50 packets/s × ≥ 2 s.
     assert!(sent >= 2000, "too few RTP packets sent:\n{text}");
     assert_eq!(calls[4], "0.000", "RTP loss:\n{text}");
+}
+
+#[test]
+fn loadgen_calls_relay_every_packet_of_a_few_calls() {
+    let Some(text) = loadgen_calls(&[
+        "--setup-rates",
+        "20",
+        "--setup-secs",
+        "1",
+        "--pause-secs",
+        "0.2",
+    ]) else {
+        return;
+    };
+    assert_ten_calls_lost_nothing(&text);
     // offered/s calls achieved/s failed …
     let setups = row_after(&text, "offered/s");
     assert!(setups.len() > 3, "no setup row:\n{text}");
@@ -69,4 +89,15 @@ fn loadgen_calls_relay_every_packet_of_a_few_calls() {
         ("20", "0"),
         "calls, failed:\n{text}"
     );
+}
+
+/// The transcoded variant (G.722 callers, Opus callees): the gateway decodes and re-encodes
+/// every packet both ways and loses none (the transcoder sends one packet per packet received).
+#[test]
+fn loadgen_transcoded_calls_deliver_every_packet() {
+    let Some(text) = loadgen_calls(&["--setup-rates", "", "--transcode"]) else {
+        return;
+    };
+    assert!(text.contains("transcoded by the gateway"), "{text}");
+    assert_ten_calls_lost_nothing(&text);
 }

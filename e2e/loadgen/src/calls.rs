@@ -56,6 +56,38 @@ pub struct CallPlan {
     pub domain: String,
     /// Caller and callee accounts each (at least the largest concurrency step).
     pub accounts: u32,
+    /// Callers offer G.722 only and callees answer Opus, so the gateway transcodes every call
+    /// both ways; the streams carry real frames of a speech-like signal.
+    pub transcode: bool,
+}
+
+/// The frames transcoded calls send: G.722 from callers, Opus from callees (one second each,
+/// looped).
+struct Frames {
+    g722: Vec<Vec<u8>>,
+    opus: Vec<Vec<u8>>,
+}
+
+impl Frames {
+    fn new() -> Result<Frames, String> {
+        use csps::media::codec::{Encoder, speechlike};
+        use csps_sip::sdp::Codec;
+        let encode = |codec| -> Result<Vec<Vec<u8>>, String> {
+            let mut enc = Encoder::new(codec).map_err(|e| e.to_string())?;
+            speechlike(enc.rate(), 50)
+                .iter()
+                .map(|pcm| {
+                    let mut p = Vec::new();
+                    enc.encode(pcm, &mut p).map_err(|e| e.to_string())?;
+                    Ok(p)
+                })
+                .collect()
+        };
+        Ok(Frames {
+            g722: encode(Codec::G722)?,
+            opus: encode(Codec::Opus)?,
+        })
+    }
 }
 
 /// The caller account of slot `i`.
@@ -207,6 +239,8 @@ pub struct CallGen {
     callers: u32,
     callees: u32,
     drain: Duration,
+    /// Set when the calls are transcoded (see [`CallPlan::transcode`]).
+    frames: Option<Frames>,
 }
 
 fn sip_socket() -> std::io::Result<(UdpSocket, SocketAddr)> {
@@ -254,7 +288,14 @@ impl CallGen {
             callers: accounts,
             callees: accounts,
             drain,
+            frames: None,
         })
+    }
+
+    /// Makes every call transcoded (see [`CallPlan::transcode`]).
+    pub fn transcoded(mut self) -> Result<Self, String> {
+        self.frames = Some(Frames::new()?);
+        Ok(self)
     }
 
     /// Registers callees `0..n` from the callee socket (no credentials: a trusted source).
@@ -340,7 +381,10 @@ impl CallGen {
         let media = self.media_a[idx % self.media_a.len()]
             .local_addr()
             .unwrap_or(self.local_a);
-        let sdp = sip::pcmu_sdp(idx as u64, media);
+        let sdp = match self.frames {
+            Some(_) => sip::sdp(idx as u64, media, (9, "G722/8000")),
+            None => sip::pcmu_sdp(idx as u64, media),
+        };
         let user = callee(callee_slot);
         sip::Request {
             method: "INVITE",
@@ -391,7 +435,7 @@ impl CallGen {
             offered: rate,
             ..StepResult::default()
         };
-        self.rx.begin(self.step, 2 * n);
+        self.rx.begin(self.step, 2 * n, self.frames.is_some());
         let mut free: VecDeque<u32> = (0..(n as u32).min(self.callees)).collect();
         let mut by_callee: HashMap<u32, usize> = HashMap::new();
         let mut b_dialogs: HashMap<String, usize> = HashMap::new();
@@ -551,15 +595,26 @@ impl CallGen {
                 r.send_lag.record((now - at).as_nanos() as i64);
                 let s = &mut streams[sid];
                 let p = batch.push(sock, dest);
-                media::write_packet(
-                    p,
-                    media::ssrc(self.step, sid),
-                    s.seq,
-                    s.ts,
-                    media::realtime_ns(),
-                );
+                let ssrc = media::ssrc(self.step, sid);
+                match &self.frames {
+                    None => {
+                        media::write_packet(p, ssrc, s.seq, s.ts, media::realtime_ns());
+                        s.ts = s.ts.wrapping_add(160);
+                    }
+                    Some(f) => {
+                        // Callers send G.722 (8 kHz RTP clock), callees Opus (48 kHz).
+                        let (pt, frames, ticks) = if sid.is_multiple_of(2) {
+                            (9, &f.g722, 160)
+                        } else {
+                            (111, &f.opus, 960)
+                        };
+                        let frame = &frames[s.sent as usize % frames.len()];
+                        let len = media::write_coded(p, (pt, ssrc, s.seq, s.ts), frame);
+                        batch.set_last_len(len);
+                        s.ts = s.ts.wrapping_add(ticks);
+                    }
+                }
                 s.seq = s.seq.wrapping_add(1);
-                s.ts = s.ts.wrapping_add(160);
                 s.sent += 1;
                 due.push(Reverse((at + PTIME, sid as u32)));
                 flushed = true;
@@ -660,12 +715,12 @@ impl CallGen {
                     callee(slot),
                     self.local_b
                 );
-                m.respond(
-                    "200 OK",
-                    Some(&format!("b{idx}")),
-                    &contact,
-                    &sip::pcmu_sdp(idx as u64, media),
-                )
+                // Transcoded: Opus, which the gateway added to the caller's G.722 offer at 111.
+                let sdp = match self.frames {
+                    Some(_) => sip::sdp(idx as u64, media, (111, "opus/48000/2")),
+                    None => sip::pcmu_sdp(idx as u64, media),
+                };
+                m.respond("200 OK", Some(&format!("b{idx}")), &contact, &sdp)
             }
             "ACK" => return,
             "BYE" => {
@@ -967,6 +1022,9 @@ pub fn bench(plan: &CallPlan, bin: &std::path::Path) -> Result<(), String> {
         plan.drain,
     )
     .map_err(|e| e.to_string())?;
+    if plan.transcode {
+        g = g.transcoded()?;
+    }
     g.register_callees(accounts)?;
     println!(
         "csps pid {pid} on udp:{}, {} callers and {} registered callees in {:.1}s; media sockets {} per side",
@@ -978,9 +1036,19 @@ pub fn bench(plan: &CallPlan, bin: &std::path::Path) -> Result<(), String> {
     );
     let hold = plan.hold.as_secs_f64();
     if !plan.concurrency.is_empty() {
+        let what = if plan.transcode {
+            "G.722 (callers) ↔ Opus 32 kbit/s (callees) transcoded by the gateway, real frames of a speech-like signal"
+        } else {
+            "G.711 PCMU relayed, 172 B RTP"
+        };
+        let jitter = if plan.transcode {
+            "jitter = |D(i-1,i)| of RFC 3550 §6.4.1 from kernel receive timestamps and RTP timestamps (the generator's send lag included; transit unknown)"
+        } else {
+            "jitter = |D(i-1,i)| of RFC 3550 §6.4.1 from kernel receive timestamps"
+        };
         println!(
-            "\nconcurrent calls: G.711 PCMU relayed, 20 ms packets (172 B RTP), both directions; INVITEs at {}/s, then every call is up for {hold} s; \
-             jitter = |D(i-1,i)| of RFC 3550 §6.4.1 from kernel receive timestamps; CPU over the window where all calls are up",
+            "\nconcurrent calls: {what}, 20 ms packets, both directions; INVITEs at {}/s, then every call is up for {hold} s; \
+             {jitter}; CPU over the window where all calls are up",
             plan.ramp_rate
         );
         println!("{}", concurrency_header());

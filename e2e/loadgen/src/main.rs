@@ -10,10 +10,12 @@
 //! csps-loadgen calls [--csps-bin PATH] [--concurrency 50,100,…] [--hold-secs 10]
 //!                    [--ramp-rate 500] [--setup-rates 250,500,…] [--setup-secs 5]
 //!                    [--media-sockets 4] [--max-loss-pct 0.1] [--max-jitter-ms 5] [--keep-going]
-//!                    [--accounts 1000]
+//!                    [--accounts 1000] [--transcode]
+//! csps-loadgen codec-chain --codecs g722,opus --in speech.wav --out coded.wav [--rate 16000]
 //! ```
 //! `calls` plays both ends of every call through csps (see [`calls`]): concurrent calls with
-//! RTP both ways, rising until a limit is crossed, then the call setup rate.
+//! RTP both ways, rising until a limit is crossed, then the call setup rate. `codec-chain` runs
+//! a WAV file through the gateway's codecs alone (see [`chain`]).
 //! Account `i` is `{prefix}{i:06}` with password `pw-{username}`. A step sends `rate × step-secs`
 //! registrations, open loop, accounts round-robin, each with a fresh Call-ID: REGISTER, 401,
 //! REGISTER with an MD5 digest answer (`qop=auth`), 200. "REGISTER/s" counts registrations
@@ -21,6 +23,7 @@
 
 mod bench;
 mod calls;
+mod chain;
 mod load;
 mod media;
 mod sip;
@@ -43,12 +46,14 @@ fn usage() -> &'static str {
      csps-loadgen calls [--csps-bin PATH] [--concurrency N1,N2,... (50..2000)] [--hold-secs S (10)]\n                          \
      [--ramp-rate R (500)] [--setup-rates R1,... (250..3000; empty: none)] [--setup-secs S (5)]\n                          \
      [--media-sockets N (4)] [--max-loss-pct P (0.1)] [--max-jitter-ms M (5)] [--keep-going]\n                          \
+     [--transcode (G.722 callers, Opus callees: every call transcoded)]\n                          \
      [--drain-secs S (10)] [--pause-secs S (1)] [--domain D (csps.local)]\n                          \
-     [--accounts N (1000; callers and callees each, at least the largest step)]"
+     [--accounts N (1000; callers and callees each, at least the largest step)]\n       \
+     csps-loadgen codec-chain --codecs g722,opus --in IN.wav --out OUT.wav [--rate HZ (16000)]"
 }
 
 /// Flags without a value.
-const FLAGS: &[&str] = &["keep-logs", "keep-going"];
+const FLAGS: &[&str] = &["keep-logs", "keep-going", "transcode"];
 
 /// `--flag value` pairs (and the value-less [`FLAGS`]).
 fn parse_flags(args: &[String]) -> Result<HashMap<String, String>, String> {
@@ -283,6 +288,7 @@ fn calls_cmd(f: &HashMap<String, String>) -> Result<(), String> {
         keep_going: f.contains_key("keep-going"),
         domain: get(f, "domain", "csps.local".to_string())?,
         accounts: get(f, "accounts", 1000)?,
+        transcode: f.contains_key("transcode"),
     };
     if !(1..=20_000).contains(&plan.accounts) {
         return Err("--accounts must be in [1, 20000]".into());
@@ -304,6 +310,19 @@ fn main() -> ExitCode {
         Some("run") => parse_flags(&args[1..]).and_then(|f| run(&f)),
         Some("bench") => parse_flags(&args[1..]).and_then(|f| bench_cmd(&f)),
         Some("calls") => parse_flags(&args[1..]).and_then(|f| calls_cmd(&f)),
+        Some("codec-chain") => parse_flags(&args[1..]).and_then(|f| {
+            let path = |k: &str| {
+                f.get(k)
+                    .map(PathBuf::from)
+                    .ok_or_else(|| format!("--{k} is required"))
+            };
+            chain::run(
+                f.get("codecs").map_or("", String::as_str),
+                &path("in")?,
+                &path("out")?,
+                get(&f, "rate", 16_000)?,
+            )
+        }),
         _ => Err(String::new()),
     };
     match result {

@@ -8,6 +8,13 @@
 //! loopback only), i.e. the time the packet spent in the gateway. Jitter is RFC 3550 §6.4.1's
 //! D(i-1, i): the difference of consecutive packets' transits within a stream, in absolute value;
 //! the table reports its 99th percentile over every packet of a step.
+//!
+//! Transcoded calls (`--transcode`) carry real G.722 and Opus frames, which the gateway decodes
+//! and re-encodes, so no send time survives the trip. It keeps the SSRC (a translator, RFC 3550
+//! §7.1), so streams are still told apart, and D(i-1, i) is taken the way a phone takes it: the
+//! difference of arrival spacing and RTP timestamp spacing. That counts the generator's own
+//! send lag as the gateway's jitter (the `lg lag` column shows how much there was); transit is
+//! not known.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
@@ -82,6 +89,8 @@ impl Histogram {
 struct StreamRx {
     received: u64,
     last_transit: Option<i64>,
+    /// Transcoded: the last packet's receive time and RTP timestamp.
+    last_arrival: Option<(i64, u32)>,
 }
 
 /// What the receive thread collected since the last [`Receiver::take`].
@@ -89,6 +98,9 @@ struct StreamRx {
 pub struct RxStats {
     /// The SSRC prefix of the current step (packets of another step are counted as stray).
     step: u32,
+    /// The step's calls are transcoded: stream `2·call` arrives as Opus (48 kHz RTP clock), its
+    /// way back as G.722 (8 kHz).
+    transcoded: bool,
     streams: Vec<StreamRx>,
     /// |D(i-1, i)|, RFC 3550 §6.4.1, per received packet after a stream's first.
     pub jitter: Histogram,
@@ -108,6 +120,22 @@ impl RxStats {
 /// The SSRC of stream `id` in step `step`: the step in the top 8 bits.
 pub fn ssrc(step: u32, id: usize) -> u32 {
     ((step & 0xff) << 24) | (id as u32 & 0x00ff_ffff)
+}
+
+/// Writes an RTP packet carrying `payload` into `buf` (at least 12 bytes longer); its length.
+pub fn write_coded(
+    buf: &mut [u8],
+    (pt, ssrc, seq, ts): (u8, u32, u16, u32),
+    payload: &[u8],
+) -> usize {
+    let len = (12 + payload.len()).min(buf.len());
+    buf[0] = 0x80;
+    buf[1] = pt & 0x7f;
+    buf[2..4].copy_from_slice(&seq.to_be_bytes());
+    buf[4..8].copy_from_slice(&ts.to_be_bytes());
+    buf[8..12].copy_from_slice(&ssrc.to_be_bytes());
+    buf[12..len].copy_from_slice(&payload[..len - 12]);
+    len
 }
 
 /// Fills `buf` with an RTP packet (PT 0) of stream `ssrc`, sequence `seq`, timestamp `ts`,
@@ -186,6 +214,8 @@ fn sockaddr_of(a: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
 /// Packets waiting for one socket's next `sendmmsg`.
 pub struct SendBatch {
     packets: Vec<[u8; PACKET_LEN]>,
+    /// The length of each packet (G.711 and G.722 fill the buffer, Opus does not).
+    lens: Vec<usize>,
     dests: Vec<(libc::sockaddr_storage, libc::socklen_t)>,
     /// Packets the kernel took.
     pub sent: u64,
@@ -197,6 +227,7 @@ impl Default for SendBatch {
     fn default() -> Self {
         Self {
             packets: Vec::with_capacity(BATCH),
+            lens: Vec::with_capacity(BATCH),
             dests: Vec::with_capacity(BATCH),
             sent: 0,
             errors: 0,
@@ -211,9 +242,17 @@ impl SendBatch {
             self.flush(sock);
         }
         self.packets.push([0; PACKET_LEN]);
+        self.lens.push(PACKET_LEN);
         self.dests.push(sockaddr_of(to));
         let last = self.packets.len() - 1;
         &mut self.packets[last]
+    }
+
+    /// Shortens the packet queued last to `len` bytes.
+    pub fn set_last_len(&mut self, len: usize) {
+        if let Some(l) = self.lens.last_mut() {
+            *l = len.min(PACKET_LEN);
+        }
     }
 
     /// Sends everything queued with `sendmmsg` (as many calls as the kernel needs).
@@ -222,9 +261,10 @@ impl SendBatch {
         let mut iovs: Vec<libc::iovec> = self
             .packets
             .iter_mut()
-            .map(|p| libc::iovec {
+            .zip(&self.lens)
+            .map(|(p, &len)| libc::iovec {
                 iov_base: p.as_mut_ptr().cast(),
-                iov_len: PACKET_LEN,
+                iov_len: len,
             })
             .collect();
         let mut msgs: Vec<libc::mmsghdr> = iovs
@@ -264,6 +304,7 @@ impl SendBatch {
             }
         }
         self.packets.clear();
+        self.lens.clear();
         self.dests.clear();
     }
 }
@@ -293,10 +334,11 @@ impl Receiver {
     }
 
     /// Starts counting a new step whose streams are `0..streams`.
-    pub fn begin(&self, step: u32, streams: usize) {
+    pub fn begin(&self, step: u32, streams: usize, transcoded: bool) {
         let mut s = self.stats.lock().unwrap_or_else(|e| e.into_inner());
         *s = RxStats {
             step: step & 0xff,
+            transcoded,
             streams: vec![StreamRx::default(); streams],
             ..RxStats::default()
         };
@@ -338,7 +380,7 @@ fn receive_loop(socks: &[UdpSocket], stats: &Mutex<RxStats>, stop: &AtomicBool) 
             ctrl: [0; 64],
         })
         .collect();
-    let mut got: Vec<(i64, usize)> = Vec::with_capacity(BATCH);
+    let mut got: Vec<(i64, usize, usize)> = Vec::with_capacity(BATCH);
     let mut pfds: Vec<libc::pollfd> = socks
         .iter()
         .map(|s| libc::pollfd {
@@ -376,8 +418,8 @@ fn receive_loop(socks: &[UdpSocket], stats: &Mutex<RxStats>, stop: &AtomicBool) 
                     break;
                 }
                 let mut s = stats.lock().unwrap_or_else(|e| e.into_inner());
-                for &(rx_ns, k) in &got {
-                    account(&mut s, &slots[k].buf[..PACKET_LEN.min(256)], rx_ns);
+                for &(rx_ns, k, len) in &got {
+                    account(&mut s, &slots[k].buf[..len], rx_ns);
                 }
                 if n < BATCH {
                     break;
@@ -387,9 +429,10 @@ fn receive_loop(socks: &[UdpSocket], stats: &Mutex<RxStats>, stop: &AtomicBool) 
     }
 }
 
-/// Reads up to a batch of packets; `got` receives (kernel receive time, slot) of each full-size
-/// packet. Returns how many datagrams were read.
-fn recv_batch(sock: &UdpSocket, slots: &mut [Slot], got: &mut Vec<(i64, usize)>) -> usize {
+/// Reads up to a batch of packets; `got` receives (kernel receive time, slot, length) of each
+/// packet that fits a slot (`i64::MIN` as the time of one that does not). Returns how many
+/// datagrams were read.
+fn recv_batch(sock: &UdpSocket, slots: &mut [Slot], got: &mut Vec<(i64, usize, usize)>) -> usize {
     let mut iovs: Vec<libc::iovec> = slots
         .iter_mut()
         .map(|s| libc::iovec {
@@ -430,11 +473,12 @@ fn recv_batch(sock: &UdpSocket, slots: &mut [Slot], got: &mut Vec<(i64, usize)>)
     let n = rc as usize;
     let fallback = realtime_ns();
     for (k, m) in msgs.iter().take(n).enumerate() {
-        if m.msg_len as usize != PACKET_LEN {
-            got.push((i64::MIN, k));
+        let len = m.msg_len as usize;
+        if !(12..256).contains(&len) {
+            got.push((i64::MIN, k, 0));
             continue;
         }
-        got.push((kernel_timestamp(&m.msg_hdr).unwrap_or(fallback), k));
+        got.push((kernel_timestamp(&m.msg_hdr).unwrap_or(fallback), k, len));
     }
     n
 }
@@ -458,11 +502,34 @@ fn kernel_timestamp(h: &libc::msghdr) -> Option<i64> {
 
 /// Counts one received packet.
 fn account(s: &mut RxStats, p: &[u8], rx_ns: i64) {
-    if rx_ns == i64::MIN || p.len() < 20 || p[0] >> 6 != 2 {
+    if rx_ns == i64::MIN || p.len() < 12 || p[0] >> 6 != 2 {
         s.stray += 1;
         return;
     }
     let ssrc = u32::from_be_bytes([p[8], p[9], p[10], p[11]]);
+    if s.transcoded {
+        let id = (ssrc & 0x00ff_ffff) as usize;
+        if ssrc >> 24 != s.step || id >= s.streams.len() {
+            s.stray += 1;
+            return;
+        }
+        let ts = u32::from_be_bytes([p[4], p[5], p[6], p[7]]);
+        // Stream 2·call leaves the caller as G.722 and reaches the callee as Opus (48 kHz
+        // RTP clock); the way back reaches the caller as G.722 (8 kHz).
+        let clock: i64 = if id.is_multiple_of(2) { 48_000 } else { 8_000 };
+        let st = &mut s.streams[id];
+        st.received += 1;
+        if let Some((last_rx, last_ts)) = st.last_arrival {
+            let media_ns = i64::from(ts.wrapping_sub(last_ts) as i32) * 1_000_000_000 / clock;
+            s.jitter.record(((rx_ns - last_rx) - media_ns).abs());
+        }
+        st.last_arrival = Some((rx_ns, ts));
+        return;
+    }
+    if p.len() < 20 {
+        s.stray += 1;
+        return;
+    }
     let sent = i64::from_be_bytes([p[12], p[13], p[14], p[15], p[16], p[17], p[18], p[19]]);
     let id = (ssrc & 0x00ff_ffff) as usize;
     if ssrc >> 24 != s.step || id >= s.streams.len() {
@@ -500,7 +567,7 @@ mod tests {
         let socks = bind_sockets(2).expect("bind");
         let to = socks[1].local_addr().expect("addr");
         let rx = Receiver::start(vec![socks[1].try_clone().expect("clone")]);
-        rx.begin(3, 2);
+        rx.begin(3, 2, false);
         let mut b = SendBatch::default();
         for seq in 0..10u16 {
             let p = b.push(&socks[0], to);

@@ -341,13 +341,19 @@ impl Message<'_> {
 
 /// A G.711 µ-law SDP offer or answer for one audio stream at `media`, 20 ms packets.
 pub fn pcmu_sdp(session: u64, media: std::net::SocketAddr) -> String {
+    sdp(session, media, (0, "PCMU/8000"))
+}
+
+/// An SDP offer or answer for one audio stream at `media` in one codec (payload type and
+/// rtpmap), 20 ms packets.
+pub fn sdp(session: u64, media: std::net::SocketAddr, (pt, map): (u8, &str)) -> String {
     let (ip, fam) = match media.ip() {
         std::net::IpAddr::V4(ip) => (ip.to_string(), "IP4"),
         std::net::IpAddr::V6(ip) => (ip.to_string(), "IP6"),
     };
     format!(
         "v=0\r\no=- {session} 1 IN {fam} {ip}\r\ns=-\r\nc=IN {fam} {ip}\r\nt=0 0\r\n\
-         m=audio {} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=ptime:20\r\n",
+         m=audio {} RTP/AVP {pt}\r\na=rtpmap:{pt} {map}\r\na=ptime:20\r\n",
         media.port()
     )
 }
