@@ -699,6 +699,14 @@ fn an_opus_phone_and_a_pcmu_phone_hear_each_other_through_the_transcoder() {
         "alice is answered in Opus only: {ok}"
     );
     let legs = &calls[0]["legs"];
+    assert_eq!(
+        (&legs[0]["codec"], &legs[1]["codec"]),
+        (
+            &serde_json::json!("opus/48000"),
+            &serde_json::json!("PCMU/8000")
+        ),
+        "each leg's own codec: {calls}"
+    );
     for leg in [0, 1] {
         assert!(
             legs[leg]["counters"]["rtp_packets"].as_u64().unwrap_or(0) > 100,

@@ -31,7 +31,8 @@ pub struct LegInfo {
     pub signalling: String,
     /// The RTP source the relay latched on to, once it did.
     pub media: Option<String>,
-    /// The codec in use (`PCMU/8000`, `opus/48000/2`…), once answered.
+    /// The codec this leg uses (`PCMU/8000`, `opus/48000`…), once answered; the two legs of a
+    /// transcoded call name different ones.
     pub codec: Option<String>,
     /// Whether media is SRTP (always false until SRTP lands).
     pub srtp: bool,

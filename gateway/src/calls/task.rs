@@ -302,6 +302,12 @@ pub fn bind_media(
     Relay::new(a, b)
 }
 
+/// A transcoded leg's codec as the API names it (`opus/48000`, like [`codec_of`]).
+fn format_name(f: &crate::media::transcode::LegFormat) -> String {
+    let clock = crate::media::codec::rtp_clock(f.codec).unwrap_or(8_000);
+    format!("{}/{clock}", f.codec.name())
+}
+
 fn codec_of(body: &[u8]) -> Option<String> {
     let sdp = Sdp::parse(body).ok()?;
     let f = sdp.audio()?.codecs().next()?;
@@ -386,6 +392,8 @@ async fn run_call(t: CallTask, call_id: String) {
     let mut answered_at = None;
     let mut b_signalling: Option<SocketAddr> = None;
     let mut codec: Option<String> = None;
+    // Each leg's own codec while the relay transcodes (else both use `codec`).
+    let mut leg_codecs: Option<[String; 2]> = None;
     let quirks_policy = quirks.as_ref().and_then(|(q, _)| q.version());
     let mut quirks = quirks.map(|(quirks, devices)| Quirks { quirks, devices });
     if let Some(q) = &mut quirks
@@ -442,6 +450,7 @@ async fn run_call(t: CallTask, call_id: String) {
                 }
                 Output::Media(MediaChange::Transcode(formats)) => {
                     media.set_transcode(formats);
+                    leg_codecs = formats.map(|(a, b)| [format_name(&a), format_name(&b)]);
                     codecs_chosen = true;
                     continue;
                 }
@@ -509,6 +518,7 @@ async fn run_call(t: CallTask, call_id: String) {
         }
         if media_moved && !codecs_chosen {
             media.set_transcode(None);
+            leg_codecs = None;
         }
         if ended {
             break;
@@ -551,7 +561,7 @@ async fn run_call(t: CallTask, call_id: String) {
                                 party: caller.clone().unwrap_or_else(|| "anonymous".into()),
                                 signalling: a_signalling.to_string(),
                                 media: media.latched_a().map(|a| a.to_string()),
-                                codec: codec.clone(),
+                                codec: leg_codecs.as_ref().map(|c| c[0].clone()).or(codec.clone()),
                                 srtp: call.srtp(true),
                                 counters: ca,
                             },
@@ -560,7 +570,7 @@ async fn run_call(t: CallTask, call_id: String) {
                                 party: callee.clone(),
                                 signalling: b_signalling.map(|a| a.ip().to_string()).unwrap_or_default(),
                                 media: media.latched_b().map(|a| a.to_string()),
-                                codec: codec.clone(),
+                                codec: leg_codecs.as_ref().map(|c| c[1].clone()).or(codec.clone()),
                                 srtp: call.srtp(false),
                                 counters: cb,
                             },
