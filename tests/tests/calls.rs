@@ -542,21 +542,6 @@ fn answering_baresip(
     phone
 }
 
-/// An administrator hangs up call `id`: both phones get a BYE (which also closes baresip's
-/// recordings), and the call leaves the list.
-fn admin_hangs_up(gw: &Gateway, id: u64) {
-    let del = gw.api("DELETE", &format!("/api/calls/{id}"), None);
-    assert_eq!(del.status, 204, "{}", del.body);
-    assert!(
-        wait_until(Duration::from_secs(10), || gw
-            .api("GET", "/api/calls", None)
-            .json()
-            .as_array()
-            .is_some_and(|a| a.is_empty())),
-        "the call did not end"
-    );
-}
-
 /// Waits for the call to be answered, lets the phones talk for 4 s, takes `GET /api/calls`,
 /// and hangs the call up as an administrator (both phones get a BYE, which also closes their
 /// recordings); the list and the call's id.
@@ -575,8 +560,7 @@ fn talk_then_hang_up(gw: &Gateway) -> (serde_json::Value, u64) {
     std::thread::sleep(Duration::from_secs(4));
     let calls = gw.api("GET", "/api/calls", None).json();
     let id = calls[0]["id"].as_u64().expect("call id");
-    admin_hangs_up(gw, id);
-    std::thread::sleep(Duration::from_millis(500));
+    gw.admin_hang_up(id);
     (calls, id)
 }
 
@@ -598,30 +582,10 @@ fn assert_tones_both_ways(
     );
 }
 
-/// The tone share of `freq` in the decoded recording under `dir` (the `*dec*.wav` file).
+/// The tone share of `freq` in the decoded recording under `dir` (the `*dec*.wav` file, its
+/// first half second skipped: jitter buffer fill, ringing).
 fn heard(dir: &std::path::Path, freq: f32) -> Result<f32, String> {
-    let wav = std::fs::read_dir(dir)
-        .map_err(|e| e.to_string())?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name().is_some_and(|n| {
-                n.to_string_lossy().contains("dec") && n.to_string_lossy().ends_with(".wav")
-            })
-        })
-        .ok_or_else(|| format!("no decoded recording in {}", dir.display()))?;
-    let bytes = std::fs::read(&wav).map_err(|e| e.to_string())?;
-    let mut pcm = csps_tests::audio::read_wav(&bytes)?;
-    // Skip the first half second (jitter buffer fill, ringing), judge the rest.
-    let skip = (pcm.rate / 2) as usize;
-    if pcm.samples.len() <= skip + pcm.rate as usize / 2 {
-        return Err(format!(
-            "recording too short: {} samples",
-            pcm.samples.len()
-        ));
-    }
-    pcm.samples.drain(..skip);
-    Ok(csps_tests::audio::tone_share(&pcm, freq))
+    csps_tests::audio::heard_in(dir).map(|pcm| csps_tests::audio::tone_share(&pcm, freq))
 }
 
 #[test]
@@ -1109,7 +1073,7 @@ fn blind_transfer_connects_the_caller_to_the_target_with_audio_both_ways() {
         "{call}"
     );
     let id = call["id"].as_u64().expect("call id");
-    admin_hangs_up(&gw, id);
+    gw.admin_hang_up(id);
     std::thread::sleep(Duration::from_millis(500));
     drop(alice);
     let record = ended_call(&gw);
@@ -1269,7 +1233,7 @@ fn attended_transfer_replaces_the_consultation_dialog_and_connects_the_parties()
         format!("<sip:bob@{DOMAIN}>")
     );
 
-    admin_hangs_up(&gw, id);
+    gw.admin_hang_up(id);
     std::thread::sleep(Duration::from_millis(500));
     drop(_alice);
     let carol = carol.join().expect("carol thread");
