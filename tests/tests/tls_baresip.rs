@@ -1,23 +1,15 @@
 //! SIP over TLS (RFC 3261 §26.2, RFC 5630): a `tls:` listener serves the self-signed certificate
 //! the gateway generates at first start (with a warning), the certificate a TLS client sees is
-//! that file's (same SHA-1 thumbprint as the gateway logs), and a real UA (baresip 1.0) registers
-//! over TLS with digest and shows with transport `tls`.
+//! that file's (same SHA-1 thumbprint as the gateway logs), a real UA (baresip 1.0) registers
+//! over TLS with digest and shows with transport `tls`, and two of them call each other with
+//! SDES-SRTP whose keys cross only TLS (issue 4: keys travel over TLS).
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use csps_tests::baresip::Baresip;
 use csps_tests::{Gateway, GatewayOptions, free_port, have_tool, skip, wait_until};
-
-/// Kills baresip on drop, also on panic.
-struct Baresip(Child);
-
-impl Drop for Baresip {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// A gateway with a TLS listener next to UDP and TCP; returns it and the TLS port.
 fn start_tls() -> Option<(Gateway, u16)> {
@@ -122,8 +114,26 @@ fn tls_listener_serves_the_generated_self_signed_certificate() {
     );
 }
 
-/// A headless baresip config registering `user` over TLS to `127.0.0.1:tls_port`.
-fn write_config(dir: &Path, tls_port: u16, cafile: &Path, user: &str, pass: &str) {
+/// A headless baresip phone for `user` over TLS to `127.0.0.1:tls_port`, trusting `cafile`:
+/// PCMU, answering by itself; with `tone_hz` it plays that sine and records what it decodes into
+/// `dir` (`sndfile`), with `account_params` appended to its account (`;mediaenc=srtp-mand`).
+fn tls_phone(
+    dir: &Path,
+    (tls_port, cafile): (u16, &Path),
+    (user, pass): (&str, &str),
+    (tone_hz, account_params): (Option<u32>, &str),
+    commands: &[&str],
+) -> Baresip {
+    let audio = match tone_hz {
+        Some(hz) => format!(
+            "module\t\tausine.so\nmodule\t\tsndfile.so\nmodule\t\tsrtp.so\n\
+             module\t\taubridge.so\nmodule_app\tmenu.so\naudio_player\taubridge,speaker-{user}\n\
+             audio_source\tausine,{hz}\nausrc_srate\t48000\nausrc_channels\t2\n\
+             auplay_srate\t48000\nauplay_channels\t2\nsnd_path\t{}\n",
+            dir.display()
+        ),
+        None => "audio_player\tnone\naudio_source\tnone\n".to_owned(),
+    };
     let config = format!(
         "poll_method\tepoll\n\
          sip_listen\t127.0.0.1:{}\n\
@@ -131,8 +141,7 @@ fn write_config(dir: &Path, tls_port: u16, cafile: &Path, user: &str, pass: &str
          module_path\t/usr/lib/baresip/modules\n\
          module\t\tg711.so\n\
          module_app\taccount.so\n\
-         audio_player\tnone\n\
-         audio_source\tnone\n\
+         {audio}\
          audio_alert\tnone\n\
          video_display\tnone\n\
          video_source\tnone\n\
@@ -142,10 +151,11 @@ fn write_config(dir: &Path, tls_port: u16, cafile: &Path, user: &str, pass: &str
     );
     std::fs::write(dir.join("config"), config).expect("write baresip config");
     let account = format!(
-        "<sip:{user}@csps.local;transport=tls>;auth_pass={pass};outbound=\"sip:127.0.0.1:{tls_port};transport=tls\";regint=600;audio_codecs=PCMU\n"
+        "<sip:{user}@csps.local;transport=tls>;auth_pass={pass};outbound=\"sip:127.0.0.1:{tls_port};transport=tls\";regint=600;audio_codecs=PCMU;answermode=auto{account_params}\n"
     );
     std::fs::write(dir.join("accounts"), account).expect("write baresip accounts");
     std::fs::write(dir.join("contacts"), "").expect("write baresip contacts");
+    csps_tests::baresip::start(dir, commands)
 }
 
 #[test]
@@ -160,16 +170,13 @@ fn baresip_registers_over_tls() {
     gw.create_user("tlsuser", "tls-password");
     let dir = tempfile::tempdir().expect("temp dir");
     let cafile = gw.data_dir.path().join("certs").join("self-signed.pem");
-    write_config(dir.path(), port, &cafile, "tlsuser", "tls-password");
-    let child = Command::new("baresip")
-        .arg("-f")
-        .arg(dir.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start baresip");
-    let _baresip = Baresip(child);
+    let _baresip = tls_phone(
+        dir.path(),
+        (port, &cafile),
+        ("tlsuser", "tls-password"),
+        (None, ""),
+        &[],
+    );
     let registered = wait_until(Duration::from_secs(15), || {
         !gw.registrations_of("tlsuser").is_empty()
     });
@@ -203,5 +210,98 @@ fn baresip_registers_over_tls() {
         gw.metric("csps_connections").is_some_and(|c| c >= 1.0),
         "{}",
         gw.metrics_text()
+    );
+}
+
+/// `Data.SipConfig.Srtp=Required` with both phones on TLS and `mediaenc=srtp-mand`, and
+/// `SrtpOverPlainTransport` left off: the SDES keys cross only TLS, both legs speak SRTP, and
+/// each phone hears the other's tone through the gateway (which decrypts and re-encrypts with
+/// each leg's own keys).
+#[test]
+fn srtp_call_between_two_tls_phones_carries_the_tones() {
+    if !have_tool("baresip") {
+        skip("baresip not installed (run e2e/setup)");
+        return;
+    }
+    let Some((gw, port)) = start_tls() else {
+        return;
+    };
+    gw.create_user("alice", "alice-secret-1");
+    gw.create_user("bob", "bob-secret-1");
+    let r = gw.api(
+        "PUT",
+        "/api/config/*/Data.SipConfig.Srtp",
+        Some(&serde_json::json!("Required")),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let cafile = gw.data_dir.path().join("certs").join("self-signed.pem");
+    let (alice_dir, bob_dir) = (
+        tempfile::tempdir().expect("dir"),
+        tempfile::tempdir().expect("dir"),
+    );
+    let _bob = tls_phone(
+        bob_dir.path(),
+        (port, &cafile),
+        ("bob", "bob-secret-1"),
+        (Some(1000), ";mediaenc=srtp-mand"),
+        &[],
+    );
+    assert!(
+        wait_until(Duration::from_secs(15), || !gw
+            .registrations_of("bob")
+            .is_empty()),
+        "bob did not register over TLS; log:\n{}",
+        gw.log_tail(30)
+    );
+    let alice = tls_phone(
+        alice_dir.path(),
+        (port, &cafile),
+        ("alice", "alice-secret-1"),
+        (Some(600), ";mediaenc=srtp-mand"),
+        &["/dial sip:bob@csps.local"],
+    );
+    let answered = wait_until(Duration::from_secs(15), || {
+        gw.api("GET", "/api/calls", None)
+            .json()
+            .as_array()
+            .is_some_and(|a| a.iter().any(|c| c["state"] == "answered"))
+    });
+    assert!(answered, "no answered call; log:\n{}", gw.log_tail(40));
+    std::thread::sleep(Duration::from_secs(4));
+    let calls = gw.api("GET", "/api/calls", None).json();
+    let id = calls[0]["id"].as_u64().expect("call id");
+    gw.admin_hang_up(id);
+    drop(alice);
+    let legs = &calls[0]["legs"];
+    for leg in [0, 1] {
+        assert_eq!(legs[leg]["srtp"], true, "{calls}");
+        assert!(
+            legs[leg]["counters"]["rtp_packets"].as_u64().unwrap_or(0) > 100,
+            "{calls}"
+        );
+        // baresip sends a short keep-alive on its RTCP port at the start, which is no SRTCP
+        // packet and is counted here; wrong keys would fail every one of the >100 packets.
+        let failed = legs[leg]["counters"]["dropped_srtp"]
+            .as_u64()
+            .unwrap_or(u64::MAX);
+        assert!(failed <= 2, "{calls}");
+    }
+    let tone = |dir: &Path, hz: f32| {
+        csps_tests::audio::heard_in(dir)
+            .map(|pcm| csps_tests::audio::tone_share(&pcm, hz))
+            .expect("a recording")
+    };
+    let (bob_hears, alice_hears) = (tone(bob_dir.path(), 600.0), tone(alice_dir.path(), 1000.0));
+    assert!(bob_hears > 0.5, "bob hears alice's 600 Hz at {bob_hears}");
+    assert!(
+        alice_hears > 0.5,
+        "alice hears bob's 1000 Hz at {alice_hears}"
+    );
+    assert!(
+        !gw.log_lines()
+            .iter()
+            .any(|l| l.contains("plain") && l.contains("SRTP") && l.contains("WARN")),
+        "no warning about keys over a plain transport expected:\n{}",
+        gw.log_tail(40)
     );
 }
