@@ -55,15 +55,45 @@ pub fn start(dir: &Path, commands: &[&str]) -> Baresip {
 pub fn tone_phone(
     dir: &Path,
     gateway_port: u16,
-    (user, password, domain): (&str, &str, &str),
+    account: (&str, &str, &str),
     tone_hz: u32,
     codec: &str,
     commands: &[&str],
 ) -> Baresip {
+    let source = format!(
+        "module\t\tausine.so\naudio_source\tausine,{tone_hz}\nausrc_srate\t48000\nausrc_channels\t2\n"
+    );
+    phone(dir, gateway_port, account, (&source, codec), commands)
+}
+
+/// As [`tone_phone`], with the 16 kHz mono WAV file `wav` as its microphone (`aufile`): what it
+/// says from the moment its call's audio starts.
+pub fn speaking_phone(
+    dir: &Path,
+    gateway_port: u16,
+    account: (&str, &str, &str),
+    wav: &Path,
+    codec: &str,
+    commands: &[&str],
+) -> Baresip {
+    let source = format!(
+        "module\t\taufile.so\naudio_source\taufile,{}\nausrc_srate\t16000\nausrc_channels\t1\n",
+        wav.display()
+    );
+    phone(dir, gateway_port, account, (&source, codec), commands)
+}
+
+/// The phone of [`tone_phone`] with the audio source of `source_lines` (config lines).
+fn phone(
+    dir: &Path,
+    gateway_port: u16,
+    (user, password, domain): (&str, &str, &str),
+    (source_lines, codec): (&str, &str),
+    commands: &[&str],
+) -> Baresip {
     let config = format!(
-        "{}module\t\tausine.so\nmodule\t\tg722.so\nmodule\t\topus.so\nmodule\t\tsndfile.so\n\
+        "{}{source_lines}module\t\tg722.so\nmodule\t\topus.so\nmodule\t\tsndfile.so\n\
          module\t\taubridge.so\nmodule_app\tmenu.so\naudio_player\taubridge,speaker-{user}\n\
-         audio_source\tausine,{tone_hz}\nausrc_srate\t48000\nausrc_channels\t2\n\
          auplay_srate\t48000\nauplay_channels\t2\nsnd_path\t{}\n",
         config_head(),
         dir.display(),

@@ -511,6 +511,56 @@ impl Gateway {
         std::thread::sleep(Duration::from_millis(500));
     }
 
+    /// Waits up to 15 s for a call to be answered, lets it run `length`, takes `GET /api/calls`,
+    /// and hangs the first call up as an administrator ([`Gateway::admin_hang_up`]); the list.
+    pub fn talk_then_hang_up(&self, length: Duration) -> serde_json::Value {
+        let answered = wait_until(Duration::from_secs(15), || {
+            self.api("GET", "/api/calls", None)
+                .json()
+                .as_array()
+                .is_some_and(|a| a.iter().any(|c| c["state"] == "answered"))
+        });
+        assert!(
+            answered,
+            "no answered call; gateway log:\n{}",
+            self.log_tail(40)
+        );
+        std::thread::sleep(length);
+        let calls = self.api("GET", "/api/calls", None).json();
+        let id = calls[0]["id"].as_u64().expect("call id");
+        self.admin_hang_up(id);
+        calls
+    }
+
+    /// The text of the first message of call `id` on `leg` (`a`, `b`) with this `method`,
+    /// `direction` (`in`, `out`) and response `status` (`None`: a request), from the call's
+    /// ladder (`GET /api/calls/{id}/messages`); panics when there is none.
+    pub fn call_message(
+        &self,
+        id: u64,
+        leg: &str,
+        (method, direction, status): (&str, &str, Option<u16>),
+    ) -> String {
+        let messages = self
+            .api("GET", &format!("/api/calls/{id}/messages"), None)
+            .json();
+        messages
+            .as_array()
+            .and_then(|m| {
+                m.iter().find(|m| {
+                    m["leg"] == leg
+                        && m["method"] == method
+                        && m["direction"] == direction
+                        && m["status"].as_u64() == status.map(u64::from)
+                })
+            })
+            .and_then(|m| m["text"].as_str())
+            .unwrap_or_else(|| {
+                panic!("no {direction} {method} on leg {leg} of call {id}: {messages}")
+            })
+            .to_owned()
+    }
+
     /// True when `GET /api/calls` is empty within `timeout`.
     pub fn no_calls_within(&self, timeout: Duration) -> bool {
         wait_until(timeout, || {

@@ -546,21 +546,8 @@ fn answering_baresip(
 /// and hangs the call up as an administrator (both phones get a BYE, which also closes their
 /// recordings); the list and the call's id.
 fn talk_then_hang_up(gw: &Gateway) -> (serde_json::Value, u64) {
-    let answered = wait_until(Duration::from_secs(15), || {
-        gw.api("GET", "/api/calls", None)
-            .json()
-            .as_array()
-            .is_some_and(|a| a.iter().any(|c| c["state"] == "answered"))
-    });
-    assert!(
-        answered,
-        "no answered call; gateway log:\n{}",
-        gw.log_tail(40)
-    );
-    std::thread::sleep(Duration::from_secs(4));
-    let calls = gw.api("GET", "/api/calls", None).json();
+    let calls = gw.talk_then_hang_up(Duration::from_secs(4));
     let id = calls[0]["id"].as_u64().expect("call id");
-    gw.admin_hang_up(id);
     (calls, id)
 }
 
@@ -1115,22 +1102,7 @@ fn message_text(
     leg: &str,
     (method, direction, status): (&str, &str, Option<u16>),
 ) -> String {
-    let messages = gw
-        .api("GET", &format!("/api/calls/{id}/messages"), None)
-        .json();
-    messages
-        .as_array()
-        .and_then(|m| {
-            m.iter().find(|m| {
-                m["leg"] == leg
-                    && m["method"] == method
-                    && m["direction"] == direction
-                    && m["status"].as_u64() == status.map(u64::from)
-            })
-        })
-        .and_then(|m| m["text"].as_str())
-        .unwrap_or_else(|| panic!("no {direction} {method} on leg {leg} of call {id}: {messages}"))
-        .to_owned()
+    gw.call_message(id, leg, (method, direction, status))
 }
 
 /// Attended transfer (RFC 5589 §7) with audio: bob (SIPp) calls alice (baresip, 600 Hz), calls
