@@ -278,7 +278,13 @@ fn g722_to_opus_transcoded_stays_within_0_2_of_g722_alone() {
          G.722 -> Opus alone {chain:.3}; {}",
         m.scored
     );
-    // Bob answered in Opus (so the gateway transcodes alice's G.722).
+    // Bob answered in Opus and alice was answered in her G.722: the gateway transcodes.
+    assert_eq!(
+        leg_codecs(&m.calls),
+        ["G722/8000", "opus/48000"],
+        "{}",
+        m.calls
+    );
     assert!(
         m.bob_answer.contains("opus/48000/2") && !m.bob_answer.contains("G722"),
         "{}",
