@@ -4,7 +4,10 @@
 //! does. Each test checks what the emulator received (the INVITE's shape: FQDN in Via and
 //! Contact, the user's E.164 number asserted by the gateway, nothing of the phone's identity)
 //! and that media crossed the gateway both ways (the emulator's own tone packets came back
-//! after a SIPp phone echoed them).
+//! after a SIPp phone echoed them). The Teams leg is SDES-SRTP (RTP/SAVP, Microsoft's
+//! `a=crypto` form from the emulator), the SIPp phones plain RTP: the relay decrypts one side
+//! and encrypts the other, and a tone that came back authenticated at the emulator proves
+//! both sides' keys.
 
 use std::time::Duration;
 
@@ -72,6 +75,11 @@ fn wait_proxies(gw: &Gateway, want: [bool; 3]) {
 /// `user` calls `callee` with SIPp from a fresh port, echoing the RTP it receives; `scenario`
 /// decides what it expects.
 fn call(gw: &Gateway, scenario: &str, user: &str, callee: &str) -> SippOutcome {
+    caller(gw, scenario, user, callee).run()
+}
+
+/// The SIPp run of [`call`], not started yet.
+fn caller(gw: &Gateway, scenario: &str, user: &str, callee: &str) -> Sipp {
     Sipp::new(scenario, gw.sip_addr())
         .key("user", user)
         .key("domain", DOMAIN)
@@ -82,7 +90,6 @@ fn call(gw: &Gateway, scenario: &str, user: &str, callee: &str) -> SippOutcome {
         .arg(free_port().to_string())
         .arg("-rtp_echo")
         .timeout(Duration::from_secs(30))
-        .run()
 }
 
 fn assert_ok(gw: &Gateway, emu: &TeamsEmulator, what: &str, o: &SippOutcome) {
@@ -113,6 +120,43 @@ fn header<'a>(msg: &'a str, name: &str) -> Vec<&'a str> {
         .collect()
 }
 
+/// The legs of the gateway's one call in `GET /api/calls`, once it is answered (polled while
+/// the call runs).
+fn answered_legs(gw: &Gateway) -> Vec<Value> {
+    let mut last = Value::Null;
+    let ok = wait_until(Duration::from_secs(15), || {
+        last = gw.api("GET", "/api/calls", None).json();
+        last[0]["state"] == "answered"
+    });
+    assert!(ok, "no answered call: {last:#}\n{}", gw.log_tail(30));
+    last[0]["legs"].as_array().cloned().unwrap_or_default()
+}
+
+/// The Teams leg is SRTP, the SIPp phone's plain RTP.
+fn assert_srtp_on_the_teams_leg_only(legs: &[Value]) {
+    let srtp: Vec<_> = legs
+        .iter()
+        .map(|l| (l["kind"].as_str().unwrap_or_default(), l["srtp"] == true))
+        .collect();
+    assert_eq!(srtp.len(), 2, "{legs:#?}");
+    assert!(srtp.contains(&("teams", true)), "{legs:#?}");
+    assert!(srtp.contains(&("phone", false)), "{legs:#?}");
+}
+
+/// The SDP of `msg` is RTP/SAVP with an AES_CM_128_HMAC_SHA1_80 key.
+fn assert_savp(msg: &str) {
+    assert!(
+        msg.lines()
+            .any(|l| l.starts_with("m=audio ") && l.contains(" RTP/SAVP ")),
+        "{msg}"
+    );
+    assert!(
+        msg.lines()
+            .any(|l| l.starts_with("a=crypto:") && l.contains(" AES_CM_128_HMAC_SHA1_80 inline:")),
+        "{msg}"
+    );
+}
+
 /// The emulator's record of call `call_id`, once `f` holds for it.
 fn wait_call(emu: &TeamsEmulator, call_id: &str, what: &str, f: impl Fn(&Value) -> bool) -> Value {
     let mut last = Value::Null;
@@ -131,8 +175,12 @@ fn wait_call(emu: &TeamsEmulator, call_id: &str, what: &str, f: impl Fn(&Value) 
 #[test]
 fn a_phone_calls_a_number_through_the_trunk_as_its_user_and_hears_teams() {
     let Some((emu, gw)) = peers() else { return };
-    let alice = call(&gw, "uac_call.xml", "alice", CALLED);
+    let alice = caller(&gw, "uac_call.xml", "alice", CALLED);
+    let alice = std::thread::spawn(move || alice.run());
+    let legs = answered_legs(&gw);
+    let alice = alice.join().expect("SIPp thread");
     assert_ok(&gw, &emu, "alice's call to Teams", &alice);
+    assert_srtp_on_the_teams_leg_only(&legs);
 
     let inv = invites(&emu);
     assert_eq!(inv.len(), 1, "one INVITE reached Teams: {inv:#?}");
@@ -171,6 +219,8 @@ fn a_phone_calls_a_number_through_the_trunk_as_its_user_and_hears_teams() {
         "{msg}"
     );
     assert_eq!(header(msg, "Min-SE"), ["90"], "{msg}");
+    // SDES-SRTP towards Teams, whatever the phone's leg does.
+    assert_savp(msg);
 
     // The phone's BYE reached Teams in the dialog: to Teams' Contact, along its Record-Route.
     let log = emu.sip_messages();
@@ -198,11 +248,17 @@ fn a_phone_calls_a_number_through_the_trunk_as_its_user_and_hears_teams() {
         c["state"] == "ended"
     });
     assert_eq!(c["ended_by"], "sbc");
+    assert_eq!(
+        (&c["proto"], &c["srtp"]),
+        (&json!("RTP/SAVP"), &json!(true)),
+        "{c:#}"
+    );
     let returned = c["rtp"]["returned"].as_u64().unwrap_or(0);
     assert!(
         returned >= 20,
-        "the tone came back through the gateway and the phone: {c:#}"
+        "the tone came back (SRTP, authenticated) through the gateway and the phone: {c:#}"
     );
+    assert_eq!(c["rtp"]["srtp_failed"], 0, "{c:#}");
 }
 
 #[test]
@@ -277,6 +333,7 @@ fn a_call_from_teams_rings_every_device_and_the_first_answer_wins() {
     // SIPp needs a moment to listen after its REGISTER run.
     std::thread::sleep(Duration::from_millis(300));
     let call_id = emu.call_in(1, ALICE, 1500);
+    let legs = answered_legs(&gw);
     let answering = answering.join().expect("device thread");
     let ringing = ringing.join().expect("device thread");
     assert_ok(&gw, &emu, "the answering device", &answering);
@@ -286,10 +343,17 @@ fn a_call_from_teams_rings_every_device_and_the_first_answer_wins() {
     });
     assert_eq!(c["status"], 200, "{c:#}");
     assert_eq!(c["ended_by"], "teams");
+    assert_srtp_on_the_teams_leg_only(&legs);
+    assert_eq!(
+        (&c["proto"], &c["srtp"]),
+        (&json!("RTP/SAVP"), &json!(true)),
+        "{c:#}"
+    );
     assert!(
         c["rtp"]["returned"].as_u64().unwrap_or(0) >= 20,
-        "Teams' tone came back from the answering phone: {c:#}"
+        "Teams' tone came back (SRTP, authenticated) from the answering phone: {c:#}"
     );
+    assert_eq!(c["rtp"]["srtp_failed"], 0, "{c:#}");
     // The gateway's answer named its FQDN in Contact, and it answered Teams' BYE.
     let log = emu.sip_messages();
     let ok = log
@@ -300,6 +364,8 @@ fn a_call_from_teams_rings_every_device_and_the_first_answer_wins() {
         ok["contact"].as_str().unwrap_or_default().contains(FQDN),
         "{ok:#}"
     );
+    // The gateway answered Teams' RTP/SAVP offer with its own key.
+    assert_savp(ok["message"].as_str().unwrap_or_default());
     assert!(
         wait_until(Duration::from_secs(5), || emu.sip_messages().iter().any(
             |e| {

@@ -10,11 +10,15 @@
 //!   simultaneous-ring call; the SBC's final answer is ACKed; after a 2xx the emulator hangs
 //!   up with BYE after `hangup_after_ms` (default 2000).
 //!
-//! Media of an answered call: the emulator plays a tone (RTP with its own SSRC, one packet
-//! every 20 ms, at most [`TONE_PACKETS`]) to the SBC's SDP address and echoes every other RTP
-//! packet back to where it came from; its own packets coming back (a phone that echoes) are
-//! counted as `returned`, not echoed, so nothing loops. `GET /test/sip/calls` lists every call
-//! with its state and these counters.
+//! Media is SDES-SRTP, as Direct Routing requires (see [`crate::srtp`]): calls in offer
+//! `RTP/SAVP` with one Microsoft-shaped `a=crypto` line, and an INVITE whose offer has no
+//! AES_CM_128_HMAC_SHA1_80 line is refused with 488. Media of an answered call: the emulator
+//! plays a tone (RTP with its own SSRC, one packet every 20 ms, at most [`TONE_PACKETS`]) to the
+//! SBC's SDP address and echoes every other RTP packet back to where it came from (decrypted,
+//! then protected with its own key); its own packets coming back (a phone that echoes) are
+//! counted as `returned`, not echoed, so nothing loops. A packet that does not authenticate is
+//! counted as `srtp_failed` and nothing else. `GET /test/sip/calls` lists every call with its
+//! state, whether its media is SRTP, and these counters.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -35,6 +39,7 @@ use tokio::task::JoinHandle;
 
 use crate::Shared;
 use crate::sip::{NAMES, SERVER};
+use crate::srtp::{LocalKey, RemoteKey, Srtp};
 
 /// Tone packets sent per call (10 s at 20 ms).
 pub const TONE_PACKETS: u64 = 500;
@@ -56,6 +61,8 @@ pub struct Counters {
     sent: AtomicU64,
     /// The emulator's own tone packets that came back.
     returned: AtomicU64,
+    /// SRTP packets that did not authenticate (or were replays), dropped.
+    srtp_failed: AtomicU64,
 }
 
 /// One call the emulator takes part in.
@@ -83,10 +90,13 @@ pub struct Call {
     sdp: String,
     /// The proto of the SBC's SDP (`RTP/AVP`, `RTP/SAVP`).
     proto: String,
+    /// Media is SRTP (keys agreed both ways).
+    srtp: bool,
     counters: Arc<Counters>,
     media: Option<JoinHandle<()>>,
-    /// A call in: the media socket bound for the offer, until the SBC answers.
-    pending: Option<UdpSocket>,
+    /// A call in: the media socket bound and the key announced in the offer, until the SBC
+    /// answers.
+    pending: Option<(UdpSocket, LocalKey)>,
     /// A call in: hang up this long after the answer.
     hangup_after: Duration,
 }
@@ -184,7 +194,15 @@ fn choose(sdp: &str, offer: &Audio) -> Option<(String, &'static str, Option<Stri
     Some((codec.0, codec.1, te.cloned()))
 }
 
-fn sdp_body(port: u16, proto: &str, pt: &str, name: &str, te: Option<&str>) -> String {
+/// An SDP answer on `proto` with `crypto` (an `a=crypto` line with CRLF).
+fn sdp_body(
+    port: u16,
+    proto: &str,
+    pt: &str,
+    name: &str,
+    te: Option<&str>,
+    crypto: &str,
+) -> String {
     let n = token();
     let mut fmts = pt.to_owned();
     let mut maps = format!("a=rtpmap:{pt} {name}\r\n");
@@ -196,13 +214,20 @@ fn sdp_body(port: u16, proto: &str, pt: &str, name: &str, te: Option<&str>) -> S
     }
     format!(
         "v=0\r\no=- {n} 1 IN IP4 127.0.0.1\r\ns=session\r\nc=IN IP4 127.0.0.1\r\nb=CT:10000000\r\n\
-         t=0 0\r\nm=audio {port} {proto} {fmts}\r\nc=IN IP4 127.0.0.1\r\n{maps}a=ptime:20\r\n\
+         t=0 0\r\nm=audio {port} {proto} {fmts}\r\nc=IN IP4 127.0.0.1\r\n{crypto}{maps}a=ptime:20\r\n\
          a=sendrecv\r\n"
     )
 }
 
-/// Plays the tone to `to` and echoes what comes in, counting, until aborted or the lifetime ends.
-async fn media(sock: UdpSocket, to: Option<SocketAddr>, pt: u8, counters: Arc<Counters>) {
+/// Plays the tone to `to` and echoes what comes in, counting, until aborted or the lifetime
+/// ends; what goes out is protected by `srtp`, what comes in must authenticate.
+async fn media(
+    sock: UdpSocket,
+    to: Option<SocketAddr>,
+    pt: u8,
+    counters: Arc<Counters>,
+    mut srtp: Srtp,
+) {
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     let mut seq: u16 = 0;
     let mut ts: u32 = 0;
@@ -227,6 +252,7 @@ async fn media(sock: UdpSocket, to: Option<SocketAddr>, pt: u8, counters: Arc<Co
                 }
                 seq = seq.wrapping_add(1);
                 ts = ts.wrapping_add(160);
+                let Some(pkt) = srtp.protect(&pkt) else { continue };
                 if sock.send_to(&pkt, to).await.is_ok() {
                     counters.sent.fetch_add(1, Ordering::Relaxed);
                 }
@@ -236,11 +262,17 @@ async fn media(sock: UdpSocket, to: Option<SocketAddr>, pt: u8, counters: Arc<Co
                 if n < 12 || buf[0] >> 6 != 2 {
                     continue;
                 }
+                let Some(pkt) = srtp.unprotect(&buf[..n]) else {
+                    counters.srtp_failed.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                };
                 counters.received.fetch_add(1, Ordering::Relaxed);
-                let ssrc = u32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]]);
+                let ssrc = u32::from_be_bytes([pkt[8], pkt[9], pkt[10], pkt[11]]);
                 if ssrc == TONE_SSRC {
                     counters.returned.fetch_add(1, Ordering::Relaxed);
-                } else if sock.send_to(&buf[..n], from).await.is_ok() {
+                } else if let Some(echo) = srtp.protect(&pkt)
+                    && sock.send_to(&echo, from).await.is_ok()
+                {
                     counters.echoed.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -254,11 +286,12 @@ async fn start_media(
     to: Option<SocketAddr>,
     pt: &str,
     counters: Arc<Counters>,
+    srtp: Srtp,
 ) -> Option<(u16, JoinHandle<()>)> {
     let sock = UdpSocket::bind("127.0.0.1:0").await.ok()?;
     let port = sock.local_addr().ok()?.port();
     let pt = pt.parse().unwrap_or(0);
-    Some((port, tokio::spawn(media(sock, to, pt, counters))))
+    Some((port, tokio::spawn(media(sock, to, pt, counters, srtp))))
 }
 
 fn header_lines(out: &mut String, req_or_resp: &csps_sip::Headers, names: &[(&str, &str)]) {
@@ -328,7 +361,8 @@ fn contact() -> String {
 }
 
 /// An INVITE from the SBC on proxy `i` (its Contact already checked): answered 100, 180 and
-/// 200 with SDP; the call is kept for its ACK and BYE.
+/// 200 with SDP (SRTP: the emulator's key on the offer's AES_CM_128_HMAC_SHA1_80 line; an
+/// offer without one gets 488); the call is kept for its ACK and BYE.
 pub async fn invite(
     state: &Shared,
     i: usize,
@@ -351,8 +385,18 @@ pub async fn invite(
         out.extend(response(req, 488, "Not Acceptable Here", &to_tag, i, None));
         return out;
     };
+    // Direct Routing's media is SRTP only.
+    let Some(remote) = crate::srtp::remote_key(&body) else {
+        out.extend(response(req, 488, "Not Acceptable Here", &to_tag, i, None));
+        return out;
+    };
+    let local = LocalKey::fresh();
     let counters = Arc::new(Counters::default());
-    let Some((port, task)) = start_media(offer.addr, &pt, counters.clone()).await else {
+    let started = match local.as_ref().and_then(|l| Srtp::new(l, &remote)) {
+        Some(srtp) => start_media(offer.addr, &pt, counters.clone(), srtp).await,
+        None => None,
+    };
+    let (Some(local), Some((port, task))) = (local, started) else {
         out.extend(response(
             req,
             500,
@@ -363,7 +407,8 @@ pub async fn invite(
         ));
         return out;
     };
-    let answer = sdp_body(port, &offer.proto, &pt, name, te.as_deref());
+    let crypto = local.line(remote.tag);
+    let answer = sdp_body(port, &offer.proto, &pt, name, te.as_deref(), &crypto);
     out.extend(response(req, 180, "Ringing", &to_tag, i, None));
     out.extend(response(req, 200, "OK", &to_tag, i, Some(&answer)));
     let to = req.headers.get("To").unwrap_or("").to_owned();
@@ -386,6 +431,7 @@ pub async fn invite(
         seq: 0,
         sdp: answer,
         proto: offer.proto,
+        srtp: true,
         counters,
         media: Some(task),
         pending: None,
@@ -481,9 +527,24 @@ pub async fn on_response(state: &Shared, resp: &Response) {
                 .and_then(|a| a.formats.first())
                 .and_then(|f| f.parse().ok())
                 .unwrap_or(0);
-            if let Some(sock) = call.pending.take() {
+            // The answer's key for the one line offered (tag 1); without it no media flows.
+            let srtp = |local: &LocalKey| {
+                crate::srtp::remote_key(&body)
+                    .filter(|r: &RemoteKey| r.tag == 1)
+                    .and_then(|r| Srtp::new(local, &r))
+            };
+            if let Some((sock, local)) = call.pending.take()
+                && let Some(srtp) = srtp(&local)
+            {
                 let to = answer.and_then(|a| a.addr);
-                call.media = Some(tokio::spawn(media(sock, to, pt, call.counters.clone())));
+                call.srtp = true;
+                call.media = Some(tokio::spawn(media(
+                    sock,
+                    to,
+                    pt,
+                    call.counters.clone(),
+                    srtp,
+                )));
             }
         } else {
             call.state = "refused";
@@ -598,6 +659,12 @@ pub async fn call(
         );
     }
     let counters = Arc::new(Counters::default());
+    let Some(local) = LocalKey::fresh() else {
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(json!({"error": "no random key"})),
+        );
+    };
     // The socket is bound now (its port goes in the offer); the media starts on the answer.
     let Ok(sock) = UdpSocket::bind("127.0.0.1:0").await else {
         return (
@@ -608,10 +675,11 @@ pub async fn call(
     let port = sock.local_addr().map(|a| a.port()).unwrap_or(0);
     let offer = format!(
         "v=0\r\no=- {t} 1 IN IP4 127.0.0.1\r\ns=session\r\nc=IN IP4 127.0.0.1\r\nb=CT:10000000\r\nt=0 0\r\n\
-         m=audio {port} RTP/AVP 0 8 9 101\r\nc=IN IP4 127.0.0.1\r\na=rtpmap:0 PCMU/8000\r\n\
+         m=audio {port} RTP/SAVP 0 8 9 101\r\nc=IN IP4 127.0.0.1\r\n{crypto}a=rtpmap:0 PCMU/8000\r\n\
          a=rtpmap:8 PCMA/8000\r\na=rtpmap:9 G722/8000\r\na=rtpmap:101 telephone-event/8000\r\n\
          a=fmtp:101 0-16\r\na=ptime:20\r\na=sendrecv\r\n",
-        t = token()
+        t = token(),
+        crypto = local.line(1),
     );
     let t = token();
     let call_id = format!("emu-call-{t:08x}-{n}");
@@ -652,9 +720,10 @@ pub async fn call(
             seq: 1,
             sdp: offer,
             proto: String::new(),
+            srtp: false,
             counters,
             media: None,
-            pending: Some(sock),
+            pending: Some((sock, local)),
             hangup_after: Duration::from_millis(body.hangup_after_ms.min(600_000)),
         },
     );
@@ -683,11 +752,13 @@ pub async fn list(State(s): State<Shared>) -> (StatusCode, Json<Value>) {
             json!({
                 "call_id": id, "direction": c.direction, "proxy": c.proxy, "number": c.number,
                 "status": c.status, "state": c.state, "ended_by": c.ended_by, "proto": c.proto,
+                "srtp": c.srtp,
                 "rtp": {
                     "received": c.counters.received.load(Ordering::Relaxed),
                     "echoed": c.counters.echoed.load(Ordering::Relaxed),
                     "sent": c.counters.sent.load(Ordering::Relaxed),
                     "returned": c.counters.returned.load(Ordering::Relaxed),
+                    "srtp_failed": c.counters.srtp_failed.load(Ordering::Relaxed),
                 },
             })
         })

@@ -18,6 +18,7 @@ mod graph;
 mod keys;
 mod record;
 mod sip;
+mod srtp;
 mod token;
 
 use std::collections::HashMap;

@@ -93,7 +93,7 @@ pub struct Setup {
     pub agent: String,
     /// Set when the caller is the Teams trunk (see [`Target::sbc`]).
     pub a_sbc: Option<Sbc>,
-    /// SRTP towards phones.
+    /// SRTP towards phones (`Data.SipConfig.Srtp`); the Teams leg always uses it.
     pub srtp: SrtpPolicy,
     /// The gateway plays music to a held party: a hold offer saying `inactive` reaches it as
     /// `sendonly` (it will receive the music), and [`Output::MusicOnHold`] says when to play.
@@ -2945,6 +2945,18 @@ mod tests {
         srtp: SrtpPolicy,
         narrowband: bool,
     ) -> Call {
+        started(setup(body, extra, srtp, narrowband), now)
+    }
+
+    /// The call `setup` describes, started at `now`.
+    fn started(setup: Setup, now: Instant) -> Call {
+        let mut c = Call::new(setup, Box::new(rand::rngs::StdRng::seed_from_u64(7)));
+        c.start(now);
+        c
+    }
+
+    /// What a call from alice to bob's two devices starts from.
+    fn setup(body: &str, extra: &str, srtp: SrtpPolicy, narrowband: bool) -> Setup {
         let key = key_for(&invite_with(body, extra), "10.0.0.7:5060");
         let target = |a: &str| Target {
             to: remote(a),
@@ -2952,28 +2964,23 @@ mod tests {
             local: "192.0.2.1:5060".parse().expect("addr"),
             sbc: None,
         };
-        let mut c = Call::new(
-            Setup {
-                key,
-                from: remote("203.0.113.5:5060"),
-                local: "192.0.2.1:5060".parse().expect("addr"),
-                invite: invite_with(body, extra),
-                caller: "\"Alice\" <sip:alice@csps.local>".into(),
-                callee: "<sip:bob@csps.local>".into(),
-                targets: vec![target("192.0.2.9:5060"), target("192.0.2.10:5060")],
-                b_call_id: "b-call".into(),
-                relay_a: "192.0.2.1:20000".parse().expect("addr"),
-                relay_b: "192.0.2.1:20002".parse().expect("addr"),
-                agent: "test".into(),
-                a_sbc: None,
-                srtp,
-                music_on_hold: false,
-                narrowband,
-            },
-            Box::new(rand::rngs::StdRng::seed_from_u64(7)),
-        );
-        c.start(now);
-        c
+        Setup {
+            key,
+            from: remote("203.0.113.5:5060"),
+            local: "192.0.2.1:5060".parse().expect("addr"),
+            invite: invite_with(body, extra),
+            caller: "\"Alice\" <sip:alice@csps.local>".into(),
+            callee: "<sip:bob@csps.local>".into(),
+            targets: vec![target("192.0.2.9:5060"), target("192.0.2.10:5060")],
+            b_call_id: "b-call".into(),
+            relay_a: "192.0.2.1:20000".parse().expect("addr"),
+            relay_b: "192.0.2.1:20002".parse().expect("addr"),
+            agent: "test".into(),
+            a_sbc: None,
+            srtp,
+            music_on_hold: false,
+            narrowband,
+        }
     }
 
     fn drain(c: &mut Call) -> Vec<Output> {
@@ -3393,6 +3400,51 @@ mod tests {
         );
         let out = drain(&mut c);
         assert_eq!(responses_to_a(&out).last().map(|r| r.status), Some(488));
+    }
+
+    #[test]
+    fn the_teams_leg_is_srtp_even_with_srtp_disabled_and_a_plain_answer_ends_the_call() {
+        let t0 = Instant::now();
+        // A plain phone (Srtp=Disabled) calls out through the trunk.
+        let mut s = setup(OFFER, "", SrtpPolicy::default(), false);
+        s.targets.truncate(1);
+        s.targets[0].to.transport = Transport::Tls;
+        s.targets[0].sbc = Some(Sbc {
+            fqdn: "sbc1.csps.test".into(),
+            port: 5061,
+            user: "+14255550100".into(),
+        });
+        for (answer, srtp) in [(SRTP_ANSWER, true), (ANSWER, false)] {
+            let mut c = started(s.clone(), t0);
+            let (tag, inv) = sent_invites(&drain(&mut c))[0].clone();
+            let offer = body(&inv);
+            assert!(offer.contains("m=audio 20002 RTP/SAVP "), "{offer}");
+            assert!(offer.contains("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:"));
+            c.handle(
+                t0,
+                Input::Response {
+                    tag,
+                    resp: reply(&inv, 200, "d1", Some(answer)),
+                },
+            );
+            let out = drain(&mut c);
+            let to_a = responses_to_a(&out);
+            assert_eq!(c.srtp(false), srtp);
+            assert!(!c.srtp(true), "the phone's leg keeps its own rule");
+            if srtp {
+                assert_eq!(to_a[0].status, 200);
+                let a = String::from_utf8_lossy(&to_a[0].body).into_owned();
+                assert!(a.contains("RTP/AVP") && !a.contains("a=crypto"), "{a}");
+                continue;
+            }
+            // No usable a=crypto from Teams: BYE to Teams, 488 with a Warning to the phone.
+            assert_eq!(to_a[0].status, 488);
+            assert!(to_a[0].headers.get("Warning").is_some());
+            assert!(
+                out.iter()
+                    .any(|o| matches!(o, Output::Send { req, .. } if req.method == Method::Bye))
+            );
+        }
     }
 
     /// What the relay was told about codecs, the last time in `out`.

@@ -34,7 +34,7 @@ pub struct LegInfo {
     /// The codec this leg uses (`PCMU/8000`, `opus/48000`…), once answered; the two legs of a
     /// transcoded call name different ones.
     pub codec: Option<String>,
-    /// Whether media is SRTP (always false until SRTP lands).
+    /// Whether media is SRTP (SDES keys agreed with this leg).
     pub srtp: bool,
     /// What this leg sent to the gateway.
     pub counters: LegCounters,

@@ -36,12 +36,13 @@ pub struct SrtpPolicy {
 }
 
 impl SrtpPolicy {
-    /// The rule for a phone leg signalled over `transport`. The Teams trunk leg (`teams`)
-    /// stays on plain RTP here: its SRTP comes with the trunk's own keys (issue "Teams leg").
+    /// The rule for a leg signalled over `transport`. The Teams trunk leg (`teams`) is always
+    /// SRTP (`RTP/SAVP`), whatever `Data.SipConfig.Srtp` says for phones: Direct Routing
+    /// requires it, and the trunk is TLS, so its keys are safe.
     pub fn leg(&self, transport: Transport, teams: bool) -> LegSrtp {
         let keys_safe = transport == Transport::Tls || self.plain_keys;
         match self.mode {
-            _ if teams => LegSrtp::Off,
+            _ if teams => LegSrtp::Mandatory,
             SrtpMode::Disabled => LegSrtp::Off,
             SrtpMode::Supported if keys_safe => LegSrtp::Optional,
             SrtpMode::Supported => LegSrtp::Off,
@@ -322,7 +323,41 @@ mod tests {
             p(Required, false).leg(Transport::Tls, false),
             LegSrtp::Mandatory
         );
-        assert_eq!(p(Required, true).leg(Transport::Tls, true), LegSrtp::Off);
+    }
+
+    #[test]
+    fn the_teams_leg_is_always_srtp_and_refuses_an_answer_without_crypto() {
+        use SrtpMode::*;
+        for mode in [Disabled, Supported, Required] {
+            for plain_keys in [false, true] {
+                let p = SrtpPolicy { mode, plain_keys };
+                assert_eq!(p.leg(Transport::Tls, true), LegSrtp::Mandatory, "{p:?}");
+            }
+        }
+        let rule = SrtpPolicy::default().leg(Transport::Tls, true);
+        // The gateway's offer to Teams: RTP/SAVP with its keys.
+        let mut s = sdes();
+        let mut m = media("RTP/AVP", &[]);
+        s.give_offer(rule, &mut m);
+        assert_eq!((m.proto.as_str(), m.crypto().len()), ("RTP/SAVP", 2));
+        // Teams answers RTP/SAVP but without a crypto line (or plain): refused, no keys.
+        for proto in ["RTP/SAVP", "RTP/AVP"] {
+            let e = s
+                .take_answer(rule, &mut media(proto, &[]))
+                .expect_err("no crypto");
+            assert_eq!(e.status(), 488, "{proto}");
+            assert!(s.keys().is_none());
+        }
+        // Microsoft's answer to line 1 (lifetime and MKI) keys the leg.
+        let mut a = media("RTP/SAVP", &[&MS.replacen('2', "1", 1)]);
+        s.take_answer(rule, &mut a).expect("answer");
+        let k = s.keys().expect("keys");
+        assert_eq!((k.suite, k.remote_mki), (Suite::AesCm128Sha1_80, 1));
+        // A plain offer from Teams is refused; its RTP/SAVP offer is taken.
+        assert!(sdes().take_offer(rule, &mut media("RTP/AVP", &[])).is_err());
+        sdes()
+            .take_offer(rule, &mut media("RTP/SAVP", &[MS]))
+            .expect("Teams' offer");
     }
 
     #[test]
