@@ -84,6 +84,8 @@ fn record(sock: UdpSocket, resumed: std::path::PathBuf, done: Arc<AtomicBool>) -
 struct Hold {
     offered: String,
     packets: Vec<Received>,
+    /// `GET /api/calls` showed bob's leg with `music_on_hold: true` during the call.
+    api_showed_music: bool,
 }
 
 /// Alice calls bob, holds him with a=inactive for 2 s and resumes; bob answers the hold with
@@ -114,8 +116,17 @@ fn alice_holds_bob(gw: &Gateway, answer: &str) -> Hold {
         ("alice", "alice-secret-1"),
         "bob",
         DOMAIN,
-    )
-    .run();
+    );
+    let alice = std::thread::spawn(move || alice.run());
+    // While the call runs (at most its SIPp timeout), watch the call list for the held leg.
+    let mut api_showed_music = false;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !alice.is_finished() && Instant::now() < deadline {
+        let calls = gw.api("GET", "/api/calls", None).json();
+        api_showed_music |= calls[0]["legs"][1]["music_on_hold"] == true;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let alice = alice.join().expect("caller thread");
     let bob = bob.join().expect("callee thread");
     done.store(true, Ordering::Relaxed);
     let packets = recorder.join().expect("recorder thread");
@@ -131,7 +142,11 @@ fn alice_holds_bob(gw: &Gateway, answer: &str) -> Hold {
         .unwrap_or_default()
         .trim()
         .to_owned();
-    Hold { offered, packets }
+    Hold {
+        offered,
+        packets,
+        api_showed_music,
+    }
 }
 
 fn gateway() -> Option<Gateway> {
@@ -168,6 +183,10 @@ fn a_held_party_hears_the_configured_music_until_the_resume() {
         gw.log_tail(20)
     );
     let hold = alice_holds_bob(&gw, "recvonly");
+    assert!(
+        hold.api_showed_music,
+        "GET /api/calls never showed bob's leg with music_on_hold"
+    );
     assert_eq!(
         hold.offered, "a=sendonly",
         "the held phone must be told it will receive"
@@ -235,6 +254,7 @@ fn without_music_on_hold_the_hold_passes_unchanged_and_nothing_is_played() {
     let hold = alice_holds_bob(&gw, "inactive");
     assert_eq!(hold.offered, "a=inactive");
     assert_eq!(hold.packets.len(), 0, "nothing is played");
+    assert!(!hold.api_showed_music);
 }
 
 #[test]

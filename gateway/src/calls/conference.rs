@@ -905,6 +905,7 @@ impl Room {
                     codec: Some(format!("{}/{}", m.format.codec.name(), m.format.clock)),
                     srtp: false,
                     counters: m.counters,
+                    music_on_hold: false,
                 })
                 .collect(),
         }

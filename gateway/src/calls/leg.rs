@@ -38,6 +38,8 @@ pub struct LegInfo {
     pub srtp: bool,
     /// What this leg sent to the gateway.
     pub counters: LegCounters,
+    /// The gateway is playing music on hold to this leg (the other party holds it).
+    pub music_on_hold: bool,
 }
 
 /// One call, for `GET /api/calls`.

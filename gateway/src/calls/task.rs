@@ -77,6 +77,11 @@ impl HoldMusic {
         self.players.iter().any(Option::is_some)
     }
 
+    /// True while music plays to leg A (`0`) or B (`1`).
+    fn playing_to(&self, leg: usize) -> bool {
+        self.players.get(leg).is_some_and(Option::is_some)
+    }
+
     /// Starts (`format`) or stops (`None`) the music to leg A (`a`) or B.
     fn set(&mut self, media: &mut Relay, a: bool, format: Option<csps_sip::sdp::Format>) {
         let Some(music) = &self.music else { return };
@@ -564,6 +569,7 @@ async fn run_call(t: CallTask, call_id: String) {
                                 codec: leg_codecs.as_ref().map(|c| c[0].clone()).or(codec.clone()),
                                 srtp: call.srtp(true),
                                 counters: ca,
+                                music_on_hold: hold_music.playing_to(0),
                             },
                             LegInfo {
                                 kind: kinds[1],
@@ -573,6 +579,7 @@ async fn run_call(t: CallTask, call_id: String) {
                                 codec: leg_codecs.as_ref().map(|c| c[1].clone()).or(codec.clone()),
                                 srtp: call.srtp(false),
                                 counters: cb,
+                                music_on_hold: hold_music.playing_to(1),
                             },
                         ],
                     });
