@@ -350,25 +350,14 @@ mod tests {
         out.into_inner()
     }
 
-    /// Share of the energy of `pcm` at `hz` (Goertzel): near 1 for a clean tone.
+    /// Share of the energy of `pcm` at `hz` (`csps_tests::audio::tone_share`): near 1 for a
+    /// clean tone.
     fn tone_share(pcm: &[i16], rate: u32, hz: f32) -> f32 {
-        let x: Vec<f32> = pcm.iter().map(|&s| f32::from(s) / 32768.0).collect();
-        let w = 2.0 * std::f32::consts::PI * hz / rate as f32;
-        let c = 2.0 * w.cos();
-        let (mut s1, mut s2) = (0f32, 0f32);
-        for &v in &x {
-            let s0 = v + c * s1 - s2;
-            s2 = s1;
-            s1 = s0;
-        }
-        let n = x.len() as f32;
-        let power = (s1 * s1 + s2 * s2 - c * s1 * s2) / (n * n);
-        let energy = x.iter().map(|v| v * v).sum::<f32>() / n;
-        if energy < 1e-6 {
-            0.0
-        } else {
-            (2.0 * power / energy).min(1.0)
-        }
+        let pcm = csps_tests::audio::Pcm {
+            rate,
+            samples: pcm.iter().map(|&s| f32::from(s) / 32768.0).collect(),
+        };
+        csps_tests::audio::tone_share(&pcm, hz)
     }
 
     fn format(codec: Codec, pt: u8) -> Format {

@@ -45,7 +45,8 @@ fn run(t: &mut Transcoder, packets: &[Vec<u8>]) -> Vec<Vec<u8>> {
     out
 }
 
-/// The share of `freq` in the decoded output (goertzel power over total power).
+/// The share of `freq` in the decoded output (`csps_tests::audio::tone_share`: near 1 for a
+/// clean tone), after the codecs' and resampler's start-up.
 fn tone_share(codec: Codec, packets: &[Vec<u8>], freq: f32) -> f32 {
     let mut dec = Decoder::new(codec).expect("decoder");
     let mut pcm = Vec::new();
@@ -53,23 +54,15 @@ fn tone_share(codec: Codec, packets: &[Vec<u8>], freq: f32) -> f32 {
         let r = parse(p).expect("rtp");
         dec.decode(r.payload, &mut pcm).expect("decode");
     }
-    let rate = dec.rate() as f32;
-    // Skip the codecs' and resampler's start-up.
-    let x: Vec<f32> = pcm
-        .iter()
-        .skip(pcm.len() / 5)
-        .map(|&s| f32::from(s))
-        .collect();
-    let k = (std::f32::consts::TAU * freq / rate).cos() * 2.0;
-    let (mut s1, mut s2) = (0f32, 0f32);
-    for &v in &x {
-        let s0 = v + k * s1 - s2;
-        s2 = s1;
-        s1 = s0;
-    }
-    let power = (s1 * s1 + s2 * s2 - k * s1 * s2) * 2.0 / x.len() as f32;
-    let total: f32 = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
-    power / total.max(1.0)
+    let pcm = csps_tests::audio::Pcm {
+        rate: dec.rate(),
+        samples: pcm
+            .iter()
+            .skip(pcm.len() / 5)
+            .map(|&s| f32::from(s) / 32768.0)
+            .collect(),
+    };
+    csps_tests::audio::tone_share(&pcm, freq)
 }
 
 fn headers(packets: &[Vec<u8>]) -> Vec<Received<'_>> {
