@@ -32,24 +32,8 @@ fn read(path: &Path) -> Result<(u32, Vec<i16>), String> {
 
 /// Writes mono 16-bit PCM as a WAV file.
 fn write(path: &Path, rate: u32, samples: &[i16]) -> Result<(), String> {
-    let data = (samples.len() * 2) as u32;
-    let mut out = Vec::with_capacity(44 + data as usize);
-    out.extend_from_slice(b"RIFF");
-    out.extend_from_slice(&(36 + data).to_le_bytes());
-    out.extend_from_slice(b"WAVEfmt ");
-    out.extend_from_slice(&16u32.to_le_bytes());
-    out.extend_from_slice(&1u16.to_le_bytes()); // PCM
-    out.extend_from_slice(&1u16.to_le_bytes()); // mono
-    out.extend_from_slice(&rate.to_le_bytes());
-    out.extend_from_slice(&(rate * 2).to_le_bytes());
-    out.extend_from_slice(&2u16.to_le_bytes());
-    out.extend_from_slice(&16u16.to_le_bytes());
-    out.extend_from_slice(b"data");
-    out.extend_from_slice(&data.to_le_bytes());
-    for s in samples {
-        out.extend_from_slice(&s.to_le_bytes());
-    }
-    std::fs::write(path, out).map_err(|e| format!("{}: {e}", path.display()))
+    std::fs::write(path, csps_tests::audio::wav_bytes(rate, 1, samples))
+        .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// 20 ms frames of `samples` from `from` Hz to `to` Hz (unchanged when equal).

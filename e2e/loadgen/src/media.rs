@@ -141,13 +141,9 @@ pub fn write_coded(
 /// Fills `buf` with an RTP packet (PT 0) of stream `ssrc`, sequence `seq`, timestamp `ts`,
 /// carrying `sent_ns` in its first payload bytes and µ-law silence after.
 pub fn write_packet(buf: &mut [u8; PACKET_LEN], ssrc: u32, seq: u16, ts: u32, sent_ns: i64) {
-    buf[0] = 0x80;
-    buf[1] = 0;
-    buf[2..4].copy_from_slice(&seq.to_be_bytes());
-    buf[4..8].copy_from_slice(&ts.to_be_bytes());
-    buf[8..12].copy_from_slice(&ssrc.to_be_bytes());
-    buf[12..20].copy_from_slice(&sent_ns.to_be_bytes());
-    buf[20..].fill(0xff);
+    let mut payload = [0xff; PACKET_LEN - 12];
+    payload[..8].copy_from_slice(&sent_ns.to_be_bytes());
+    write_coded(buf, (0, ssrc, seq, ts), &payload);
 }
 
 /// Binds `n` non-blocking UDP sockets on 127.0.0.1 with large buffers and receive timestamps.

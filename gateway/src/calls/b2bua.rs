@@ -809,21 +809,16 @@ impl Call {
                 return;
             }
             let a_sdp_addr = offer.audio_index().and_then(|i| offer.rtp_addr(i));
-            let narrow = self.setup.narrowband && self.setup.a_sbc.is_none();
-            let idx = match sdp::restrict_offer(&mut offer, sdp::SUPPORTED).and_then(|i| {
-                if narrow {
-                    codecs::narrowband(&mut offer, i)?;
+            let idx = match self.offer_onwards(true, &mut offer) {
+                Ok((i, origin)) => {
+                    self.a_origin = Some(origin);
+                    i
                 }
-                Ok(i)
-            }) {
-                Ok(i) => i,
                 Err(e) => {
                     self.reject(e.status(), Some(&e.to_string()));
                     return;
                 }
             };
-            self.a_origin = Some(offer.clone());
-            codecs::augment(&mut offer, idx);
             self.respond_trying();
             self.out.push_back(Output::Media(MediaChange::A(
                 a_sdp_addr,
@@ -1761,6 +1756,24 @@ impl Call {
     }
 
     /// The neutral `offer` as the gateway offers it to leg A (`a`) or B under `rule`.
+    /// Prepares the offer of leg A (`from_a`) or the answered device for the other leg: only
+    /// the codecs the gateway knows (G.711 alone from a phone under `Use8KHz`), then the
+    /// transcodable ones it lacks added. Returns the audio section's index and the offer as it
+    /// was before the additions, which its answer is made from ([`codecs::answer_back`]).
+    fn offer_onwards(
+        &self,
+        from_a: bool,
+        offer: &mut Sdp,
+    ) -> Result<(usize, Sdp), sdp::OfferError> {
+        let idx = sdp::restrict_offer(offer, sdp::SUPPORTED)?;
+        if self.setup.narrowband && self.is_phone(from_a) {
+            codecs::narrowband(offer, idx)?;
+        }
+        let origin = offer.clone();
+        codecs::augment(offer, idx);
+        Ok((idx, origin))
+    }
+
     /// The offer for a leg: under `Use8KHz` a phone leg is offered G.711 only (the gateway
     /// added it to every offer, so some is there).
     fn offer_for(&self, phone: bool, offer: &Sdp) -> Sdp {
@@ -2026,21 +2039,13 @@ impl Call {
                 return;
             }
             let origin_addr = offer.audio_index().and_then(|i| offer.rtp_addr(i));
-            let narrow = self.setup.narrowband && self.is_phone(from_a);
-            let idx = match sdp::restrict_offer(&mut offer, sdp::SUPPORTED).and_then(|i| {
-                if narrow {
-                    codecs::narrowband(&mut offer, i)?;
-                }
-                Ok(i)
-            }) {
-                Ok(i) => i,
+            let (idx, origin) = match self.offer_onwards(from_a, &mut offer) {
+                Ok(x) => x,
                 Err(e) => {
                     respond(self, e.status(), Some(&e.to_string()));
                     return;
                 }
             };
-            let origin = offer.clone();
-            codecs::augment(&mut offer, idx);
             sdp::rewrite_address(&mut offer, idx, self.relay_facing(!from_a));
             self.hold_offer(from_a, &mut offer, idx);
             let offer = self.offer_for(self.is_phone(!from_a), &offer);

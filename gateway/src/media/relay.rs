@@ -311,11 +311,6 @@ impl Relay {
         }
     }
 
-    /// True while the relay transcodes.
-    pub fn transcoding(&self) -> bool {
-        self.a.transcoder.is_some() || self.b.transcoder.is_some()
-    }
-
     /// What legs A and B sent.
     pub fn counters(&self) -> (LegCounters, LegCounters) {
         (self.a.counters, self.b.counters)
