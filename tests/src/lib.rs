@@ -16,6 +16,7 @@ pub mod baresip;
 pub mod emulator;
 pub mod ferret;
 pub mod http;
+pub mod linphone;
 pub mod netns;
 pub mod raw;
 pub mod sipp;
@@ -257,6 +258,17 @@ fn spawn_logged(
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("spawn {}: {e}", bin.display()))?;
+    let readers = keep_output(&mut child, log, echo.then_some("[csps]"));
+    Ok((child, readers))
+}
+
+/// Moves every line `child` prints (stdout and stderr, colours removed) into `log`, from one
+/// thread per pipe; with `echo`, also to stderr after that prefix.
+pub(crate) fn keep_output(
+    child: &mut Child,
+    log: &Arc<Mutex<Vec<String>>>,
+    echo: Option<&'static str>,
+) -> Vec<std::thread::JoinHandle<()>> {
     let mut readers = Vec::new();
     for pipe in [
         child
@@ -275,8 +287,8 @@ fn spawn_logged(
         readers.push(std::thread::spawn(move || {
             for line in BufReader::new(pipe).lines().map_while(Result::ok) {
                 let line = strip_ansi(&line);
-                if echo {
-                    eprintln!("[csps] {line}");
+                if let Some(prefix) = echo {
+                    eprintln!("{prefix} {line}");
                 }
                 if let Ok(mut l) = log.lock() {
                     l.push(line);
@@ -284,7 +296,7 @@ fn spawn_logged(
             }
         }));
     }
-    Ok((child, readers))
+    readers
 }
 
 impl Gateway {
@@ -559,6 +571,17 @@ impl Gateway {
                 panic!("no {direction} {method} on leg {leg} of call {id}: {messages}")
             })
             .to_owned()
+    }
+
+    /// The record of the one ended call, once `GET /api/calls/history` lists it (within 10 s).
+    pub fn ended_call(&self) -> serde_json::Value {
+        let mut last = serde_json::Value::Null;
+        let listed = wait_until(Duration::from_secs(10), || {
+            last = self.api("GET", "/api/calls/history", None).json();
+            last.as_array().is_some_and(|a| a.len() == 1)
+        });
+        assert!(listed, "no ended call in the history: {last}");
+        last[0].clone()
     }
 
     /// True when `GET /api/calls` is empty within `timeout`.

@@ -142,19 +142,8 @@ fn alice_calls_bob(uas: &str, uac: &str) -> Option<(Gateway, serde_json::Value)>
     let alice = caller(&gw, uac);
     let bob = bob.join().expect("callee thread");
     assert_both_ok(&gw, &alice, &bob);
-    let record = ended_call(&gw);
+    let record = gw.ended_call();
     Some((gw, record))
-}
-
-/// The one ended call's record, once `GET /api/calls/history` lists it.
-fn ended_call(gw: &Gateway) -> serde_json::Value {
-    let mut last = serde_json::Value::Null;
-    let listed = wait_until(Duration::from_secs(10), || {
-        last = gw.api("GET", "/api/calls/history", None).json();
-        last.as_array().is_some_and(|a| a.len() == 1)
-    });
-    assert!(listed, "no ended call in the history: {last}");
-    last[0].clone()
 }
 
 /// One step of a ladder: direction, method, status (for a response).
@@ -432,7 +421,7 @@ fn sipp_caller_requiring_100rel_gets_reliable_ringing_and_an_unknown_extension_g
     let alice = run("uac_100rel.xml");
     let bob = bob.join().expect("callee thread");
     assert_both_ok(&gw, &alice, &bob);
-    let record = ended_call(&gw);
+    let record = gw.ended_call();
     assert_eq!(record["end_reason"], "caller_hung_up", "{record}");
     let id = record["id"].as_u64().expect("id");
     let ringing = message_text(&gw, id, "a", ("INVITE", "out", Some(180)));
@@ -817,7 +806,7 @@ fn srtp_required_refuses_a_phone_without_srtp_with_488() {
         600,
         &[&format!("/dial sip:bob@{DOMAIN}")],
     );
-    let record = ended_call(&gw);
+    let record = gw.ended_call();
     assert_eq!(record["status"], 488, "{record}");
     assert_eq!(record["end_reason"], "rejected", "{record}");
 }
@@ -999,7 +988,7 @@ fn sipp_transfer_to_an_unknown_user_fails_with_a_notify_and_the_call_goes_on() {
     let alice = caller(&gw, "uac_call.xml");
     let bob = bob.join().expect("callee thread");
     assert_both_ok(&gw, &alice, &bob);
-    let record = ended_call(&gw);
+    let record = gw.ended_call();
     assert_eq!(record["end_reason"], "caller_hung_up", "{record}");
     assert_eq!(record["callee"], format!("sip:bob@{DOMAIN}"), "{record}");
 }
@@ -1063,7 +1052,7 @@ fn blind_transfer_connects_the_caller_to_the_target_with_audio_both_ways() {
     gw.admin_hang_up(id);
     std::thread::sleep(Duration::from_millis(500));
     drop(alice);
-    let record = ended_call(&gw);
+    let record = gw.ended_call();
     assert_eq!(record["callee"], format!("sip:carol@{DOMAIN}"), "{record}");
     assert_eq!(record["caller"], format!("sip:alice@{DOMAIN}"), "{record}");
     let to_carol = message_text(&gw, id, "c", ("INVITE", "out", None));
@@ -1248,7 +1237,7 @@ fn offerless_invite_gets_the_offer_from_the_callee_and_carries_audio() {
         alice.output,
         gw.log_tail(40)
     );
-    let record = ended_call(&gw);
+    let record = gw.ended_call();
     assert_eq!(record["status"], 200, "{record}");
     std::thread::sleep(Duration::from_millis(500));
     drop(bob);
