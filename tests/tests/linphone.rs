@@ -1,9 +1,11 @@
 //! Issue 4 (calls, hold) end to end with linphone-cli, a real phone that restarts its media after a
-//! hold: linphone and baresip call each other through the gateway, and linphone holds and
-//! resumes a linphone callee. Audio is checked where it is heard: each phone records what it
-//! decodes and the other's tone must be in it (linphone plays WAV tones written here; baresip its
-//! `ausine`). baresip 1.0 cannot be the held party here: the hold re-INVITE restarts its player
-//! and its `sndfile` recording stops there for the rest of the call.
+//! hold: linphone and baresip call each other through the gateway; a linphone caller holds and
+//! resumes a linphone callee and the other way round (the phone's own music while held), and a
+//! baresip callee; a held linphone hears the gateway's music on hold. Audio is checked where it
+//! is heard: each phone records what it decodes and the other's tone must be in it (linphone
+//! plays WAV tones written here; baresip its `ausine`). baresip 1.0 cannot be the held party
+//! here: the hold re-INVITE restarts its player, and its `sndfile` recording stops there for the
+//! rest of the call although the RTP keeps arriving.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -186,24 +188,25 @@ fn baresip_calls_linphone_which_answers_and_each_hears_the_other() {
     );
 }
 
-/// What the phones of [`alice_holds_bob`] recorded, and the offers the gateway sent bob.
+/// What the phones of [`hold_and_resume`] recorded, and the offers the gateway sent the held one.
 struct Hold {
-    /// Bob before the hold, on hold, after the resume.
-    bob: [PathBuf; 3],
-    /// Alice before the hold and after the resume (while she holds she receives nothing).
-    alice: [PathBuf; 2],
-    /// The INVITEs the gateway sent to bob, in order (the call, the hold, the resume).
-    offers_to_bob: Vec<String>,
-    /// `GET /api/calls` showed bob's leg with `music_on_hold: true` during the hold.
+    /// The held phone before the hold, on hold, after the resume.
+    held: [PathBuf; 3],
+    /// The holder before the hold and after the resume (while it holds it receives nothing).
+    holder: [PathBuf; 2],
+    /// The INVITEs the gateway sent to the held phone, in order (the hold, the resume).
+    offers_to_held: Vec<String>,
+    /// `GET /api/calls` showed the held phone's leg with `music_on_hold: true` during the hold.
     api_showed_music: bool,
     _dirs: [tempfile::TempDir; 2],
 }
 
-/// Alice (linphone, 600 Hz) calls bob (linphone, 1000 Hz), talks, holds him (`pause`: a
-/// re-INVITE with `a=sendonly`), and resumes; each part lasts [`TALK`]. While she holds, alice's
-/// phone sends the file it plays as its music: `alice_music` (else her 600 Hz tone), and her tone
-/// again after the resume. Every recording is complete when this returns.
-fn alice_holds_bob(gw: &Gateway, alice_music: Option<f32>) -> Hold {
+/// Alice (linphone, 600 Hz) calls bob (linphone, 1000 Hz); they talk; then alice (with
+/// `caller_holds`, else bob) holds the other (`pause`: a re-INVITE with `a=sendonly`) and
+/// resumes; each part lasts [`TALK`]. While it holds, the holder's phone sends the file it plays
+/// as its music: a `music` Hz tone (else its own tone), and its tone again after the resume.
+/// Every recording is complete when this returns.
+fn hold_and_resume(gw: &Gateway, caller_holds: bool, music: Option<f32>) -> Hold {
     let (alice_dir, bob_dir) = (
         tempfile::tempdir().expect("dir"),
         tempfile::tempdir().expect("dir"),
@@ -215,43 +218,54 @@ fn alice_holds_bob(gw: &Gateway, alice_music: Option<f32>) -> Hold {
     alice.expect_media(mark);
     std::thread::sleep(TALK);
 
-    if let Some(hz) = alice_music {
-        let music = alice_dir.path().join("music.wav");
+    let (holder, held, holder_dir, holder_tone, held_leg) = if caller_holds {
+        (&mut alice, &mut bob, alice_dir.path(), 600.0, "b")
+    } else {
+        (&mut bob, &mut alice, bob_dir.path(), 1000.0, "a")
+    };
+    if let Some(hz) = music {
+        let music = holder_dir.join("music.wav");
         write_tone(&music, hz);
-        alice.play(&music);
+        holder.play(&music);
     }
-    let bob_held = bob.record("held.wav");
-    let mark = bob.mark();
-    alice.hold();
-    bob.expect(mark, &["has been paused by"]);
+    let held_on_hold = held.record("held.wav");
+    let mark = held.mark();
+    holder.hold();
+    held.expect(mark, &["has been paused by"]);
     let mut api_showed_music = false;
     wait_until(TALK, || {
         let calls = gw.api("GET", "/api/calls", None).json();
-        api_showed_music |= calls[0]["legs"][1]["music_on_hold"] == true;
+        let leg = usize::from(held_leg == "b");
+        api_showed_music |= calls[0]["legs"][leg]["music_on_hold"] == true;
         false
     });
 
-    alice.play(&alice_dir.path().join("tone-600.wav"));
-    let alice_resumed = alice.record("resumed.wav");
-    let bob_resumed = bob.record("resumed.wav");
-    let mark = bob.mark();
-    alice.resume();
-    bob.expect_media(mark);
+    holder.play(&holder_dir.join(format!("tone-{holder_tone}.wav")));
+    let holder_resumed = holder.record("resumed.wav");
+    let held_resumed = held.record("resumed.wav");
+    let mark = held.mark();
+    holder.resume();
+    held.expect_media(mark);
     std::thread::sleep(TALK);
-    let mark = bob.mark();
-    alice.hang_up();
-    bob.expect_ended(mark);
+    let mark = held.mark();
+    holder.hang_up();
+    held.expect_ended(mark);
 
+    let (holder_talk, held_talk) = if caller_holds {
+        (alice_talk, bob_talk)
+    } else {
+        (bob_talk, alice_talk)
+    };
     let id = gw.ended_call()["id"].as_u64().expect("call id");
     let messages = gw
         .api("GET", &format!("/api/calls/{id}/messages"), None)
         .json();
-    let offers_to_bob = messages
+    let offers_to_held = messages
         .as_array()
         .expect("the call's messages")
         .iter()
         .filter(|m| {
-            m["leg"] == "b"
+            m["leg"] == held_leg
                 && m["method"] == "INVITE"
                 && m["direction"] == "out"
                 && m["status"].is_null()
@@ -259,12 +273,24 @@ fn alice_holds_bob(gw: &Gateway, alice_music: Option<f32>) -> Hold {
         .filter_map(|m| m["text"].as_str().map(str::to_owned))
         .collect();
     Hold {
-        bob: [bob_talk, bob_held, bob_resumed],
-        alice: [alice_talk, alice_resumed],
-        offers_to_bob,
+        held: [held_talk, held_on_hold, held_resumed],
+        holder: [holder_talk, holder_resumed],
+        offers_to_held,
         api_showed_music,
         _dirs: [alice_dir, bob_dir],
     }
+}
+
+/// The held phone was offered the hold (`a=sendonly`), then the resume (neither `sendonly` nor
+/// `inactive`).
+fn assert_offered_hold_then_resume(offers: &[String]) {
+    let held = offers.iter().position(|t| t.contains("a=sendonly"));
+    assert!(
+        held.is_some_and(|i| offers[i + 1..]
+            .iter()
+            .any(|t| !t.contains("a=sendonly") && !t.contains("a=inactive"))),
+        "the held phone is offered the hold, then the resume: {offers:?}"
+    );
 }
 
 /// Checks what each recording holds: `(recording, tone Hz, heard)`; heard means the tone's share
@@ -282,39 +308,49 @@ fn assert_heard(checks: &[(&Path, f32, bool)], context: &str) {
     assert!(failed.is_empty(), "failed: {failed:#?}\n{context}");
 }
 
-/// Alice (linphone) holds bob (linphone) and resumes. While held, bob hears what alice's phone
-/// plays on hold (its music, here a 1500 Hz tone; the gateway's own music on hold is off by
-/// default, so the hold passes unchanged) and not her 600 Hz voice; after the resume each hears
-/// the other's tone again. The gateway offered bob the hold as `a=sendonly`, then the resume.
-#[test]
-fn linphone_holds_and_resumes_and_the_audio_follows_both_ways() {
+/// One linphone holds the other (alice with `caller_holds`, else bob) and resumes; the gateway's
+/// music on hold is off (the default), so the hold passes unchanged. While held, the held phone
+/// hears what the holder's phone plays on hold (its music, here a 1500 Hz tone), not the holder's
+/// voice; after the resume each hears the other's tone again. The gateway offered the held phone
+/// the hold as `a=sendonly`, then the resume.
+fn phone_music_on_hold(caller_holds: bool) {
     let Some(gw) = gateway() else {
         return;
     };
-    let hold = alice_holds_bob(&gw, Some(1500.0));
-    let [bob_talk, bob_held, bob_resumed] = &hold.bob;
-    let [alice_talk, alice_resumed] = &hold.alice;
-    // Bob before the hold, on hold (alice's music, not her voice), after the resume; alice.
+    let hold = hold_and_resume(&gw, caller_holds, Some(1500.0));
+    let (holder_hz, held_hz) = if caller_holds {
+        (600.0, 1000.0)
+    } else {
+        (1000.0, 600.0)
+    };
+    let [held_talk, on_hold, held_resumed] = &hold.held;
+    let [holder_talk, holder_resumed] = &hold.holder;
     assert_heard(
         &[
-            (bob_talk, 600.0, true),
-            (bob_held, 1500.0, true),
-            (bob_held, 600.0, false),
-            (bob_resumed, 600.0, true),
-            (alice_talk, 1000.0, true),
-            (alice_resumed, 1000.0, true),
+            (held_talk, holder_hz, true),
+            (on_hold, 1500.0, true),
+            (on_hold, holder_hz, false),
+            (held_resumed, holder_hz, true),
+            (holder_talk, held_hz, true),
+            (holder_resumed, held_hz, true),
         ],
         "",
     );
     assert!(!hold.api_showed_music, "no music on hold from the gateway");
-    let offers = &hold.offers_to_bob;
-    let held = offers.iter().position(|t| t.contains("a=sendonly"));
-    assert!(
-        held.is_some_and(|i| offers[i + 1..]
-            .iter()
-            .any(|t| !t.contains("a=sendonly") && !t.contains("a=inactive"))),
-        "bob is offered the hold, then the resume: {offers:?}"
-    );
+    assert_offered_hold_then_resume(&hold.offers_to_held);
+}
+
+/// The caller holds: alice holds bob; see [`phone_music_on_hold`].
+#[test]
+fn linphone_caller_holds_and_resumes_and_the_audio_follows_both_ways() {
+    phone_music_on_hold(true);
+}
+
+/// The callee holds: bob holds alice, the gateway carries his re-INVITEs to her; see
+/// [`phone_music_on_hold`].
+#[test]
+fn linphone_callee_holds_and_resumes_and_the_audio_follows_both_ways() {
+    phone_music_on_hold(false);
 }
 
 /// With `Data.SipConfig.MusicOnHold` naming a WAV file (1500 Hz), bob, held by alice, hears the
@@ -338,8 +374,8 @@ fn with_music_on_hold_a_held_linphone_hears_the_gateways_music_then_the_caller_a
         gw.log_tail(100).contains("music on hold loaded")
     });
     assert!(loaded, "the music was not loaded:\n{}", gw.log_tail(20));
-    let hold = alice_holds_bob(&gw, None);
-    let [_, bob_held, bob_resumed] = &hold.bob;
+    let hold = hold_and_resume(&gw, true, None);
+    let [_, bob_held, bob_resumed] = &hold.held;
     // Bob on hold hears the gateway's music, not alice; after the resume alice again.
     assert_heard(
         &[
