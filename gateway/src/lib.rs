@@ -24,3 +24,4 @@ pub mod serve;
 pub mod sip;
 pub mod store;
 pub mod trunk;
+pub mod webphone;

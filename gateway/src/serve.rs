@@ -316,6 +316,7 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
     }
     api_state.calls = sip.calls.clone();
     api_state.trunk = sip.trunk.clone();
+    api_state.webphones = sip.webphones.clone();
     api_state.events = events.clone();
     api_state.console = crate::api::console::ConsoleFiles::new(match &args.ui_dir {
         Some(dir) => vec![dir.clone()],

@@ -20,6 +20,7 @@ pub mod trunk;
 pub mod trusted_ips;
 pub mod users;
 pub mod version;
+pub mod webphone;
 
 use std::sync::Arc;
 
@@ -62,6 +63,8 @@ pub struct ApiState {
     pub events: crate::events::Events,
     /// Where the web console's files are (none: `/` says how to build it).
     pub console: console::ConsoleFiles,
+    /// The end users' web phones (unavailable until the SIP side hands its registry over).
+    pub webphones: crate::webphone::WebPhones,
 }
 
 impl ApiState {
@@ -84,6 +87,7 @@ impl ApiState {
             trunk: tokio::sync::watch::channel(Default::default()).1,
             events: crate::events::Events::new(),
             console: console::ConsoleFiles::default(),
+            webphones: crate::webphone::WebPhones::default(),
         }
     }
 
@@ -130,6 +134,24 @@ pub fn router(state: ApiState) -> Router {
         .route(
             "/api/me/activation",
             axum::routing::post(me::activate).delete(me::deactivate),
+        )
+        .route("/api/me/webphone", axum::routing::post(webphone::start))
+        .route(
+            "/api/me/webphone/{id}",
+            get(webphone::get).delete(webphone::stop),
+        )
+        .route("/api/me/webphone/{id}/events", get(webphone::events))
+        .route(
+            "/api/me/webphone/{id}/call",
+            axum::routing::post(webphone::call),
+        )
+        .route(
+            "/api/me/webphone/{id}/answer",
+            axum::routing::post(webphone::answer),
+        )
+        .route(
+            "/api/me/webphone/{id}/hangup",
+            axum::routing::post(webphone::hang_up),
         )
         .route(
             "/api/config/{server}/trusted-ips",

@@ -90,6 +90,13 @@ pub const BEARER: &str = "bearer";
         super::me::get,
         super::me::activate,
         super::me::deactivate,
+        super::webphone::start,
+        super::webphone::get,
+        super::webphone::events,
+        super::webphone::call,
+        super::webphone::answer,
+        super::webphone::hang_up,
+        super::webphone::stop,
     ),
     components(
         schemas(Problem, super::FieldError),

@@ -56,6 +56,8 @@ pub struct SipHandle {
     pub user_states: tokio::sync::broadcast::Sender<crate::calls::UserState>,
     /// The Teams trunk's state (for `GET /api/trunk`).
     pub trunk: watch::Receiver<crate::trunk::driver::TrunkView>,
+    /// The end users' web phones, whose lines reach the core as in-process flows.
+    pub webphones: crate::webphone::WebPhones,
 }
 
 /// Why SIP could not start.
@@ -228,6 +230,23 @@ pub async fn start(
         metrics,
         calls: (switch, call_rx),
     }));
+    // A web phone's line claims to arrive on the first listener, on loopback when it listens
+    // on every address (the core then offers the relay's loopback side to the bridge).
+    let sip_local = bound
+        .first()
+        .map(|b| {
+            let mut a = b.addr;
+            if a.ip().is_unspecified() {
+                a.set_ip(if a.is_ipv4() {
+                    std::net::Ipv4Addr::LOCALHOST.into()
+                } else {
+                    std::net::Ipv6Addr::LOCALHOST.into()
+                });
+            }
+            a
+        })
+        .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 5060)));
+    let webphones = crate::webphone::WebPhones::new(ctx.clone(), sip_local, config.subscribe());
     for (sock, index) in udp_tasks {
         tokio::spawn(transport::run_udp(ctx.clone(), sock, index));
     }
@@ -238,6 +257,7 @@ pub async fn start(
         calls: directory,
         user_states,
         trunk,
+        webphones,
     })
 }
 
