@@ -25,6 +25,8 @@ use crate::store::User;
 
 /// A phone whose browser never connects is given up after this.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a stopped phone waits for its unregistration to be answered.
+const UNREGISTER_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The one crypto provider of every web phone (DTLS certificates, SRTP).
 fn crypto() -> Arc<str0m::config::CryptoProvider> {
@@ -67,6 +69,8 @@ pub(super) struct Phone {
     opus: Option<Pt>,
     started: Instant,
     connected: bool,
+    /// Set when the phone stops: it then runs on only until its line has unregistered.
+    closing: Option<Instant>,
     done: bool,
 }
 
@@ -161,6 +165,7 @@ impl Phone {
             opus: None,
             started: now,
             connected: false,
+            closing: None,
             done: false,
         })
     }
@@ -182,11 +187,19 @@ impl Phone {
         loop {
             let rtc_at = self.drain_rtc().await;
             self.flush_line().await;
+            let now = Instant::now();
+            if let Some(since) = self.closing
+                && (self.line.finished() || now >= since + UNREGISTER_TIMEOUT)
+            {
+                self.done = true;
+            }
             if self.done {
                 break;
             }
-            let now = Instant::now();
             let mut wake = rtc_at;
+            if let Some(since) = self.closing {
+                wake = wake.min(since + UNREGISTER_TIMEOUT);
+            }
             if let Some(t) = self.line.poll_timeout() {
                 wake = wake.min(t);
             }
@@ -236,9 +249,11 @@ impl Phone {
     }
 
     fn close(&mut self) {
-        self.line.close();
-        self.rtc.disconnect();
-        self.done = true;
+        if self.closing.is_none() {
+            self.line.close();
+            self.rtc.disconnect();
+            self.closing = Some(Instant::now());
+        }
     }
 
     fn on_command(&mut self, c: Option<Command>) {

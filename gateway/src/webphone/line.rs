@@ -136,6 +136,8 @@ pub struct Line {
     register_at: Option<Instant>,
     connected: bool,
     closed: bool,
+    /// Closed, and the REGISTER that removes the binding is out.
+    unregistering: bool,
     call: Option<Call>,
     ended: Option<String>,
     sdp_session: u64,
@@ -166,6 +168,7 @@ impl Line {
             register_at: None,
             connected: false,
             closed: false,
+            unregistering: false,
             call: None,
             ended: None,
             sdp_session: rand::random::<u32>().into(),
@@ -227,11 +230,19 @@ impl Line {
             return;
         }
         let _ = self.hang_up();
-        if self.connected {
-            self.send_register(0, None);
-        }
         self.closed = true;
         self.register_at = None;
+        if self.connected {
+            self.reg_tries = 0;
+            self.unregistering = true;
+            self.send_register(0, None);
+        }
+    }
+
+    /// True once the phone is closed and its registration is gone (or was never made, or the
+    /// registrar refused to remove it: it then lapses at its expiry).
+    pub fn finished(&self) -> bool {
+        self.closed && !self.unregistering
     }
 
     /// When `on_timeout` wants to run next.
@@ -639,6 +650,7 @@ impl Line {
             200..=299 => {
                 if self.closed {
                     self.registered = false;
+                    self.unregistering = false;
                     return;
                 }
                 let granted = resp
@@ -650,11 +662,13 @@ impl Line {
                 self.registered = true;
                 self.register_at = Some(now + Duration::from_secs((granted / 2).max(5)));
             }
-            401 | 407 if self.reg_tries < 2 && !self.closed => {
+            401 | 407 if self.reg_tries < 2 => {
                 self.reg_tries += 1;
-                self.send_register(REGISTER_EXPIRES, Some(resp));
+                let expires = if self.closed { 0 } else { REGISTER_EXPIRES };
+                self.send_register(expires, Some(resp));
             }
             status => {
+                self.unregistering = false;
                 if !self.closed {
                     tracing::warn!(aor = %self.aor(), status, "web phone registration refused");
                     self.registered = false;
@@ -1013,12 +1027,20 @@ mod tests {
         let refresh = request(one(&mut l));
         assert_eq!(refresh.method, Method::Register);
         assert_eq!(refresh.cseq().map(|c| c.seq), Some(3));
-        // Closing unregisters.
+        // Closing unregisters, answering the challenge as registering did.
         l.on_message(reply(&refresh, 200, &[], ""), at);
         l.close();
-        let bye = request(one(&mut l));
-        assert_eq!(bye.headers.get("Expires"), Some("0"));
+        let unregister = request(one(&mut l));
+        assert_eq!(unregister.headers.get("Expires"), Some("0"));
         assert_eq!(l.view().state, PhoneState::Closed);
+        assert!(!l.finished());
+        let (h, v) = challenge("WWW-Authenticate");
+        l.on_message(reply(&unregister, 401, &[(h, &v)], ""), at);
+        let again = request(one(&mut l));
+        assert_eq!(again.headers.get("Expires"), Some("0"));
+        assert!(answers(&again, "Authorization"));
+        l.on_message(reply(&again, 200, &[], ""), at);
+        assert!(l.finished());
     }
 
     #[test]
