@@ -97,8 +97,12 @@ pub async fn send(
     path: &str,
     body: Option<&Value>,
 ) -> Result<(u16, String), ApiError> {
-    let body = body.map(|b| (JsValue::from_str(&b.to_string()), "application/json"));
-    send_body(method, path, body, stored_token()).await
+    send_body(method, path, body.map(json_body), stored_token()).await
+}
+
+/// A JSON request body and its content type.
+fn json_body(body: &Value) -> (JsValue, &'static str) {
+    (JsValue::from_str(&body.to_string()), "application/json")
 }
 
 /// Sends `method path` with `body` (a string, `Blob` or buffer, and its content type) and
@@ -142,10 +146,15 @@ pub async fn call(method: &str, path: &str, body: Option<&Value>) -> Result<Valu
     json_answer(send(method, path, body).await?)
 }
 
-/// `method path` with `token` (not the console's) as the bearer token, expecting a 2xx; its
-/// JSON body.
-pub async fn call_as(method: &str, path: &str, token: Option<String>) -> Result<Value, ApiError> {
-    json_answer(send_body(method, path, None, token).await?)
+/// `method path` (JSON `body` if any) with `token` (not the console's) as the bearer token,
+/// expecting a 2xx; its JSON body.
+pub async fn call_as(
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+    token: Option<String>,
+) -> Result<Value, ApiError> {
+    json_answer(send_body(method, path, body.map(json_body), token).await?)
 }
 
 /// `PUT path` with a file (a `Blob`) as the body, expecting a 2xx; its JSON body.

@@ -1,7 +1,8 @@
 //! The live feed: `GET /api/events` (server-sent events) read through `fetch` so the bearer token
 //! goes in a header (an `EventSource` cannot send one). Each event bumps a revision signal per
 //! kind, which the pages watch to reload what they show; the last events are kept for the
-//! dashboard. Reconnects after a pause when the stream ends.
+//! dashboard. Reconnects after a pause when the stream ends. [`read_stream`] reads any such
+//! stream (the web phone's too).
 
 use leptos::prelude::*;
 use serde_json::Value;
@@ -98,47 +99,66 @@ impl Feed {
     }
 
     async fn read_once(&self) -> Result<(), String> {
-        let window = web_sys::window().ok_or("no window")?;
-        let init = RequestInit::new();
-        let headers = Headers::new().map_err(|_| "headers")?;
-        if let Some(token) = crate::api::stored_token() {
-            let _ = headers.set("Authorization", &format!("Bearer {token}"));
-        }
-        let _ = headers.set("Accept", "text/event-stream");
-        init.set_headers(&headers);
-        let request =
-            Request::new_with_str_and_init("/api/events", &init).map_err(|_| "request")?;
-        let response: Response = JsFuture::from(window.fetch_with_request(&request))
+        let open = || self.connected.set(true);
+        read_stream("/api/events", crate::api::stored_token(), None, open, |e| {
+            self.deliver(e)
+        })
+        .await
+    }
+}
+
+/// Reads the server-sent event stream at `path` (with `token` as the bearer token) until it
+/// ends, `abort` fires or it fails: `on_open` once the gateway answered 2xx, `on_event` for
+/// every event.
+pub async fn read_stream(
+    path: &str,
+    token: Option<String>,
+    abort: Option<&web_sys::AbortSignal>,
+    on_open: impl FnOnce(),
+    mut on_event: impl FnMut(Event),
+) -> Result<(), String> {
+    let window = web_sys::window().ok_or("no window")?;
+    let init = RequestInit::new();
+    let headers = Headers::new().map_err(|_| "headers")?;
+    if let Some(token) = token {
+        let _ = headers.set("Authorization", &format!("Bearer {token}"));
+    }
+    let _ = headers.set("Accept", "text/event-stream");
+    init.set_headers(&headers);
+    if let Some(abort) = abort {
+        init.set_signal(Some(abort));
+    }
+    let request = Request::new_with_str_and_init(path, &init).map_err(|_| "request")?;
+    let response: Response = JsFuture::from(window.fetch_with_request(&request))
+        .await
+        .map_err(|_| "no answer")?
+        .dyn_into()
+        .map_err(|_| "not a response")?;
+    if !response.ok() {
+        return Err(format!("the gateway answered {}", response.status()));
+    }
+    let body = response.body().ok_or("no body")?;
+    let reader: ReadableStreamDefaultReader = body
+        .get_reader()
+        .dyn_into()
+        .map_err(|_| "no stream reader")?;
+    on_open();
+    let mut parser = Parser::default();
+    loop {
+        let chunk = JsFuture::from(reader.read())
             .await
-            .map_err(|_| "no answer")?
-            .dyn_into()
-            .map_err(|_| "not a response")?;
-        if !response.ok() {
-            return Err(format!("the gateway answered {}", response.status()));
+            .map_err(|_| "read failed")?;
+        let done = js_sys::Reflect::get(&chunk, &"done".into())
+            .ok()
+            .and_then(|d| d.as_bool())
+            .unwrap_or(true);
+        if done {
+            return Ok(());
         }
-        let body = response.body().ok_or("no body")?;
-        let reader: ReadableStreamDefaultReader = body
-            .get_reader()
-            .dyn_into()
-            .map_err(|_| "no stream reader")?;
-        self.connected.set(true);
-        let mut parser = Parser::default();
-        loop {
-            let chunk = JsFuture::from(reader.read())
-                .await
-                .map_err(|_| "read failed")?;
-            let done = js_sys::Reflect::get(&chunk, &"done".into())
-                .ok()
-                .and_then(|d| d.as_bool())
-                .unwrap_or(true);
-            if done {
-                return Ok(());
-            }
-            let value = js_sys::Reflect::get(&chunk, &"value".into()).map_err(|_| "no value")?;
-            let bytes = js_sys::Uint8Array::new(&value).to_vec();
-            for event in parser.push(&bytes) {
-                self.deliver(event);
-            }
+        let value = js_sys::Reflect::get(&chunk, &"value".into()).map_err(|_| "no value")?;
+        let bytes = js_sys::Uint8Array::new(&value).to_vec();
+        for event in parser.push(&bytes) {
+            on_event(event);
         }
     }
 }

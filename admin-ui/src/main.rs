@@ -1,7 +1,8 @@
 //! The csps web console: a Leptos client-side app (built by Trunk, served by the gateway at `/`).
 //! Owns the page shell, the path-based navigation (history API; the gateway answers every
 //! non-API path with `index.html`), the sign-in state and the live event feed the pages share.
-//! The pages live in [`pages`], the end user's self-service page in [`me`]; REST calls in
+//! The pages live in [`pages`], the end user's self-service page in [`me`] (with its web phone,
+//! [`webphone`]); REST calls in
 //! [`api`]; the OAuth sign-in in [`auth`].
 
 mod api;
@@ -9,6 +10,7 @@ mod auth;
 mod events;
 mod me;
 mod pages;
+mod webphone;
 
 use leptos::prelude::*;
 

@@ -2,12 +2,14 @@
 //! see your SIP accounts, whether each is activated for Teams, your devices and whether they
 //! are registered, and (re-)activate or deactivate — all through `/api/me`. Its token is kept
 //! apart from the console's (another session-storage key), so neither is ever sent as the other.
+//! Below the accounts, the web phone ([`crate::webphone`]).
 
 use leptos::prelude::*;
 use serde_json::Value;
 
 use crate::api::{self, ApiError};
 use crate::pages::{MicrosoftSignIn, devices, error_line, outcome, text_of};
+use crate::webphone::WebPhone;
 
 /// Where the page lives.
 pub const PATH: &str = "/me";
@@ -75,6 +77,15 @@ fn Mine(signed_in: RwSignal<bool>) -> impl IntoView {
     let reload = RwSignal::new(0u32);
     let me = RwSignal::new(None::<Result<Value, ApiError>>);
     let message = RwSignal::new(None::<Result<String, String>>);
+    // The accounts' AoRs for the web phone, kept while a reload is under way or fails, so the
+    // running phone is not rebuilt every poll.
+    let aors = Memo::new(move |prev: Option<&Vec<String>>| match me.get() {
+        Some(Ok(v)) => v["accounts"]
+            .as_array()
+            .map(|list| list.iter().map(aor_of).collect())
+            .unwrap_or_default(),
+        _ => prev.cloned().unwrap_or_default(),
+    });
     let sign_out = move || {
         store_token(None);
         signed_in.set(false);
@@ -82,7 +93,7 @@ fn Mine(signed_in: RwSignal<bool>) -> impl IntoView {
     Effect::new(move |_| {
         reload.track();
         leptos::task::spawn_local(async move {
-            let answer = api::call_as("GET", "/api/me", token()).await;
+            let answer = api::call_as("GET", "/api/me", None, token()).await;
             if let Err(e) = &answer
                 && e.status == 401
             {
@@ -102,7 +113,7 @@ fn Mine(signed_in: RwSignal<bool>) -> impl IntoView {
     let change = move |method: &'static str, done: &'static str| {
         leptos::task::spawn_local(async move {
             message.set(Some(
-                match api::call_as(method, "/api/me/activation", token()).await {
+                match api::call_as(method, "/api/me/activation", None, token()).await {
                     Ok(v) => {
                         me.set(Some(Ok(v)));
                         Ok(done.to_owned())
@@ -154,17 +165,25 @@ fn Mine(signed_in: RwSignal<bool>) -> impl IntoView {
                 }
             }}
         </section>
+        <Show when=move || !aors.get().is_empty()>
+            <WebPhone accounts=aors />
+        </Show>
     }
+}
+
+/// The `sip:` AoR of an account of `GET /api/me`.
+fn aor_of(account: &Value) -> String {
+    format!(
+        "sip:{}@{}",
+        text_of(account, "username"),
+        text_of(account, "domain")
+    )
 }
 
 /// One SIP account: activation, number, devices.
 #[component]
 fn Account(account: Value) -> impl IntoView {
-    let aor = format!(
-        "sip:{}@{}",
-        text_of(&account, "username"),
-        text_of(&account, "domain")
-    );
+    let aor = aor_of(&account);
     let bindings = account["devices"].as_array().cloned().unwrap_or_default();
     let activated = account["activated"] == true;
     let registered = !bindings.is_empty();
