@@ -1,17 +1,10 @@
 //! baresip 1.0 as a test phone: the config lines every test shares, and a process guard.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 /// Kills baresip on drop, also on panic.
-pub struct Baresip(pub Child);
-
-impl Drop for Baresip {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+pub use crate::Killed as Baresip;
 
 /// The start of a headless config: SIP over UDP on a free loopback port, the G.711 codec and the
 /// account module; callers append their audio lines (`audio_player none`, `ausine`…).

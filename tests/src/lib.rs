@@ -13,6 +13,7 @@
 
 pub mod audio;
 pub mod baresip;
+pub mod console;
 pub mod emulator;
 pub mod ferret;
 pub mod http;
@@ -689,6 +690,16 @@ impl Drop for Gateway {
         if std::thread::panicking() {
             eprintln!("csps log tail:\n{}", self.log_tail(60));
         }
+    }
+}
+
+/// A child process killed (and reaped) on drop, also when a test panics.
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 

@@ -13,167 +13,19 @@
 //! another user's) and activates their account for Teams.
 //! Screenshots land in `<target>/tmp/console/`. Prints the first load time.
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 #[path = "../../gateway/tests/policy_support/mod.rs"]
 mod policy_support;
 
+use csps_tests::console::{Console, drive};
 use csps_tests::sipp::Sipp;
-use csps_tests::{Gateway, GatewayOptions, e2e_dir, free_port, have_tool, skip};
 
-const TENANT: &str = "7d3c2b1a-0f9e-4d8c-b7a6-958473625140";
-const CLIENT: &str = "a1b2c3d4-e5f6-4a7b-8c9d-0e1f2a3b4c5d";
-const GROUP: &str = "0c1d2e3f-4a5b-4c6d-8e7f-9a0b1c2d3e4f";
-/// The end-user app (`Data.SpsAzureApp`): another client of the same tenant.
-const USER_CLIENT: &str = "e5f6a7b8-c9d0-4e1f-8a2b-3c4d5e6f7a8b";
-
-/// Kills the child on drop.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn repo() -> PathBuf {
-    e2e_dir().parent().map(PathBuf::from).unwrap_or_default()
-}
-
-/// A gateway serving the built console, and the test IdP with the admin app and the end-user
-/// app configured in the gateway.
-struct Console {
-    gw: Gateway,
-    console_dir: PathBuf,
-    chromium: String,
-    _idp: Killed,
-    /// Kept open: the IdP's stdout.
-    _idp_out: BufReader<std::process::ChildStdout>,
-}
-
-/// Starts the gateway and the IdP, or `None` after `skip` when a prerequisite is missing.
+/// Starts the gateway and the IdP for a test with SIPp phones; `None` when skipped.
 fn start() -> Option<Console> {
-    let console_dir = e2e_dir().join("console");
-    let ui = repo().join("admin-ui/dist");
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    if !have_tool("node") || !have_tool("sipp") || !PathBuf::from(&chromium).exists() {
-        skip("node, sipp or chromium missing (run e2e/setup)");
-        return None;
-    }
-    if !console_dir.join("node_modules/playwright-core").is_dir()
-        || !console_dir.join("node_modules/oidc-provider").is_dir()
-    {
-        skip("e2e/console/node_modules missing (run e2e/setup)");
-        return None;
-    }
-    if !ui.join("index.html").is_file() {
-        skip("the console is not built (run admin-ui/build)");
-        return None;
-    }
-    let gw = match Gateway::start_with(
-        GatewayOptions::default()
-            .arg("--ui-dir")
-            .arg(ui.display().to_string()),
-    ) {
-        Ok(g) => g,
-        Err(e) => {
-            skip(&e);
-            return None;
-        }
-    };
-    let gateway_url = format!("http://{}", gw.http);
-    let idp_port = free_port();
-    let mut idp = Killed(
-        Command::new("node")
-            .current_dir(&console_dir)
-            .args([
-                "idp.mjs",
-                "--port",
-                &idp_port.to_string(),
-                "--tenant",
-                TENANT,
-            ])
-            .args(["--client", CLIENT, "--group", GROUP])
-            .args(["--user-client", USER_CLIENT])
-            .args(["--redirect", &format!("{gateway_url}/callback")])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start idp.mjs"),
-    );
-    let mut idp_out = BufReader::new(idp.0.stdout.take().expect("idp stdout"));
-    let mut line = String::new();
-    idp_out.read_line(&mut line).expect("idp ready line");
-    assert!(line.contains("\"ready\":true"), "idp.mjs: {line}");
-
-    let authority = format!("http://127.0.0.1:{idp_port}");
-    for (leaf, value) in [
-        ("AdminAzureApp.Authority", authority.as_str()),
-        ("AdminAzureApp.Tenant", TENANT),
-        ("AdminAzureApp.ClientId", CLIENT),
-        ("AdminAzureApp.AdminGroupId", GROUP),
-        ("SpsAzureApp.Authority", authority.as_str()),
-        ("SpsAzureApp.Tenant", TENANT),
-        ("SpsAzureApp.ClientId", USER_CLIENT),
-    ] {
-        let r = gw.api(
-            "PUT",
-            &format!("/api/config/*/Data.{leaf}"),
-            Some(&serde_json::json!(value)),
-        );
-        assert_eq!(r.status, 200, "{leaf}: {}", r.body);
-    }
-    Some(Console {
-        gw,
-        console_dir,
-        chromium,
-        _idp: idp,
-        _idp_out: idp_out,
-    })
-}
-
-/// Runs `node script args…` with Chromium, answering the lines it prints with `on_line`; its
-/// last JSON line.
-fn drive(
-    c: &Console,
-    script: &str,
-    args: &[&str],
-    mut on_line: impl FnMut(&str),
-) -> serde_json::Value {
-    let mut driver = Killed(
-        Command::new("node")
-            .current_dir(&c.console_dir)
-            .arg(script)
-            .args(args)
-            .env("CHROMIUM", &c.chromium)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {script}: {e}")),
-    );
-    let out = BufReader::new(driver.0.stdout.take().expect("driver stdout"));
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let mut result = serde_json::Value::Null;
-    for line in out.lines() {
-        let line = line.expect("driver output");
-        assert!(Instant::now() < deadline, "the browser test took too long");
-        if line.starts_with('{') {
-            result = serde_json::from_str(&line).unwrap_or(serde_json::Value::Null);
-        } else {
-            on_line(&line);
-        }
-    }
-    let status = driver.0.wait().expect("driver exit");
-    assert!(
-        status.success() && result["ok"] == true,
-        "{script} failed ({status}): {result:#}\nscreenshots in {}",
-        screens().display()
-    );
-    result
+    csps_tests::console::start(&["sipp"], screens())
 }
 
 /// Where the screenshots go.
@@ -190,8 +42,7 @@ fn admin_signs_in_edits_configuration_and_sees_a_registration_live() {
     let gw = &c.gw;
     let server = gw.server_name.clone().unwrap_or_default();
     let gateway_url = format!("http://{}", gw.http);
-    let screens = screens();
-    std::fs::create_dir_all(&screens).expect("screenshot folder");
+    let screens = c.screens.clone();
     let policy_file = screens.join("routing_dialplan.wasm");
     std::fs::write(&policy_file, &policy).expect("write the policy component");
     let mut phones = Vec::new();
@@ -351,7 +202,7 @@ fn end_user_signs_in_sees_their_phone_and_activates() {
             .run();
         assert!(reg.ok(), "{user} did not register:\n{}", reg.output);
     }
-    let screens = screens();
+    let screens = c.screens.clone();
     let result = drive(
         &c,
         "me.mjs",
