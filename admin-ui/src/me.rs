@@ -166,7 +166,7 @@ fn Mine(signed_in: RwSignal<bool>) -> impl IntoView {
             }}
         </section>
         <Show when=move || !aors.get().is_empty()>
-            <WebPhone accounts=aors />
+            <WebPhone accounts=aors devices=reload />
         </Show>
     }
 }

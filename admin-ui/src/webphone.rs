@@ -116,16 +116,24 @@ fn local_state(state: &str, last: &Value) -> Value {
     json!({"state": state, "ended": last.get("ended").cloned().unwrap_or(Value::Null)})
 }
 
-/// The far end as a person reads it (`bob@csps.local`, `+14255550100`).
+/// The far end as a person reads it: `bob@csps.local`, `+14255550100`, or with a display
+/// name `Bob (bob@csps.local)`.
 fn peer_name(v: &Value) -> String {
     let peer = text_of(v, "peer");
-    let peer = peer
+    let (name, uri) = match peer.split_once('<') {
+        Some((name, rest)) => (name.trim().trim_matches('"'), rest.trim_end_matches('>')),
+        None => ("", peer.as_str()),
+    };
+    let uri = uri
         .strip_prefix("sip:")
-        .or_else(|| peer.strip_prefix("sips:"))
-        .unwrap_or(&peer);
-    peer.trim_start_matches('<')
-        .trim_end_matches('>')
-        .to_owned()
+        .or_else(|| uri.strip_prefix("sips:"))
+        .or_else(|| uri.strip_prefix("tel:"))
+        .unwrap_or(uri);
+    if name.is_empty() {
+        uri.to_owned()
+    } else {
+        format!("{name} ({uri})")
+    }
 }
 
 /// The state line's text.
@@ -310,9 +318,10 @@ async fn stop() {
     }
 }
 
-/// The "Web phone" section for the signed-in user's accounts (`sip:` AoRs).
+/// The "Web phone" section for the signed-in user's accounts (`sip:` AoRs); bumps `devices`
+/// when the phone comes up or stops, so the page shows its registration.
 #[component]
-pub fn WebPhone(accounts: Memo<Vec<String>>) -> impl IntoView {
+pub fn WebPhone(accounts: Memo<Vec<String>>, devices: RwSignal<u32>) -> impl IntoView {
     let state = RwSignal::new(json!({"state": "off"}));
     let message = RwSignal::new(None::<Result<String, String>>);
     let chosen = RwSignal::new(String::new());
@@ -320,6 +329,14 @@ pub fn WebPhone(accounts: Memo<Vec<String>>) -> impl IntoView {
     // Leaving the page (or signing out) stops the phone.
     on_cleanup(|| leptos::task::spawn_local(stop()));
     let raw = move || text_of(&state.get(), "state");
+    Effect::new(move |before: Option<String>| {
+        let now = raw();
+        let came_up = now == "idle" && matches!(before.as_deref(), Some("connecting" | "starting"));
+        if came_up || (now == "off" && before.as_deref().is_some_and(|b| b != "starting")) {
+            devices.update(|n| *n += 1);
+        }
+        now
+    });
     let on = move || !matches!(raw().as_str(), "off" | "starting" | "closed");
     let aor = move || {
         let list = accounts.get();
@@ -348,17 +365,16 @@ pub fn WebPhone(accounts: Memo<Vec<String>>) -> impl IntoView {
             state.update(|v| *v = local_state("off", v));
         });
     };
-    // A call action on the running phone: its new state, or why not.
+    // A call action on the running phone, or why not. The new state comes by the event stream:
+    // the answer's state may already be older than the stream's (a callee that answers at once).
     let act = move |action: &'static str, body: Option<Value>| {
         let Some(path) = current_path(action) else {
             return;
         };
         message.set(None);
         leptos::task::spawn_local(async move {
-            match api::call_as("POST", &path, body.as_ref(), token()).await {
-                Ok(v) if v.is_object() => apply(v, state),
-                Ok(_) => {}
-                Err(e) => message.set(Some(Err(e.to_string()))),
+            if let Err(e) = api::call_as("POST", &path, body.as_ref(), token()).await {
+                message.set(Some(Err(e.to_string())));
             }
         });
     };
