@@ -145,6 +145,14 @@ fn web_phone_calls_a_baresip_phone_and_answers_its_call_with_tones_both_ways() {
         registration["user_agent"], "csps web phone",
         "alice's registration during the calls: {registration}"
     );
+    // The page stopped its phone: its registration is gone at once, not at its expiry.
+    assert!(
+        wait_until(Duration::from_secs(5), || gw
+            .registrations_of("alice")
+            .is_empty()),
+        "the stopped web phone is still registered: {:?}",
+        gw.registrations_of("alice")
+    );
     // (a) the page called bob; (b) bob called the page.
     let heard_out = assert_call(
         &result,
