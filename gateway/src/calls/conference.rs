@@ -11,6 +11,11 @@
 //! The media loop is clocked by the mix: every 20 ms the room drains each participant's
 //! (non-blocking) socket into the mixer, then sends each one its mix. A phone's media is
 //! latched as a call's is (symmetric RTP, see [`Latch`]).
+//!
+//! SRTP (SDES, RFC 4568) is negotiated with each participant alone, as with a call's leg
+//! ([`Sdes`], under `Data.SipConfig.Srtp` for the phone's transport): the answer carries the
+//! gateway's own key, and the participant's [`SrtpSession`] unprotects what it sends before the
+//! mixer and protects its mix after it. A participant without SRTP hears the same mix in clear.
 
 use std::collections::VecDeque;
 use std::net::{SocketAddr, UdpSocket};
@@ -20,7 +25,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use csps_sip::dialog::Dialog;
-use csps_sip::sdp::{self, Codec, Format, Sdp};
+use csps_sip::sdp::{self, Attribute, Codec, Format, Media, Sdp};
 use csps_sip::transaction::TxnKey;
 use csps_sip::{Method, Remote, Request, Response, SipHeaders, Transport};
 use rand::RngCore;
@@ -30,8 +35,10 @@ use tracing::Instrument;
 use super::b2bua::{EndReason, Input, ReferRefusal, TransferTarget, new_invite, party_aor};
 use super::leg::{CallInfo, LegInfo, LegKind, UserState};
 use super::record::{CallRecord, Direction as LogDirection, MessageLog};
+use super::sdes::{LegSrtp, Sdes, SrtpPolicy};
 use super::{CallAction, CallEvent, CallNo, Directory};
 use crate::media::mixer::{Mixer, ParticipantId};
+use crate::media::srtp::{SrtpKeys, SrtpSession};
 use crate::media::{Latch, LegCounters, PortPool, is_rtp_v2};
 
 /// The conference user when `Data.SipConfig.ConferenceUri` is not set.
@@ -95,6 +102,8 @@ pub struct Join {
     pub ports: Arc<PortPool>,
     /// `Data.System.MinRtpPort..=MaxRtpPort` at the time of the INVITE.
     pub rtp_range: (u16, u16),
+    /// `Data.SipConfig.Srtp` and `SrtpOverPlainTransport` at the time of the INVITE.
+    pub srtp: SrtpPolicy,
 }
 
 /// Everything a room task starts with.
@@ -138,6 +147,47 @@ struct Member {
     /// next, interval, give up).
     unacked: Option<(TxnKey, Response, Instant, Duration, Instant)>,
     counters: LegCounters,
+    /// SDES with this phone: the gateway's keys, for the participant's whole stay.
+    sdes: Sdes,
+    /// The SRTP rule of the phone's transport when it joined.
+    rule: LegSrtp,
+    /// The keys `srtp` was made from: a re-INVITE that keeps them keeps its replay state.
+    keys: Option<SrtpKeys>,
+    /// Unprotects what the phone sends, protects its mix; `None`: plain RTP.
+    srtp: Option<SrtpSession>,
+}
+
+impl Member {
+    /// Follows the SDES keys after an offer/answer exchange: a new session only when they
+    /// changed.
+    fn rekey(&mut self) {
+        let now = self.sdes.keys();
+        if self.keys.as_ref() == now {
+            return;
+        }
+        if self.keys.is_none() && self.remote.transport != Transport::Tls {
+            tracing::warn!(party = %self.party, "SRTP keys crossed unencrypted signalling (Data.SipConfig.SrtpOverPlainTransport)");
+        }
+        self.keys = now.cloned();
+        self.srtp = now.and_then(session);
+    }
+
+    /// The rule for an offer the room makes (an offerless re-INVITE): `RTP/SAVP` once the
+    /// phone speaks SRTP, so a phone that insists on it is not offered plain RTP.
+    fn offer_rule(&self) -> LegSrtp {
+        if self.keys.is_some() {
+            LegSrtp::Mandatory
+        } else {
+            self.rule
+        }
+    }
+}
+
+/// A session for `keys` (checked when their SDP was read, so a refusal is not expected).
+fn session(keys: &SrtpKeys) -> Option<SrtpSession> {
+    SrtpSession::new(keys)
+        .map_err(|e| tracing::warn!("SRTP keys refused: {e}"))
+        .ok()
 }
 
 /// The room's state: its participants and mixer, and the SIP work it produced.
@@ -162,6 +212,8 @@ struct Room {
     rtp_range: (u16, u16),
     /// The room's URI as the first participant dialled it (From of the room's INVITEs).
     focus: String,
+    /// The SRTP policy as of the latest join (for the parties the room calls in).
+    srtp: SrtpPolicy,
     /// Parties the room is calling in on a participant's REFER.
     invitations: Vec<Invitation>,
     /// The ACK sent for each answered invitation, by request tag (a retransmitted 200 gets it
@@ -182,6 +234,9 @@ struct Invitation {
     rtcp: UdpSocket,
     /// Given up (and CANCELled) when not answered by then.
     deadline: Instant,
+    /// SDES of the room's offer to the party, and its rule.
+    sdes: Sdes,
+    rule: LegSrtp,
 }
 
 /// How long the room rings a referred party.
@@ -194,9 +249,6 @@ fn pick(offer: &Sdp) -> Result<(usize, Format), &'static str> {
     if m.port == 0 {
         return Err("the audio stream is disabled");
     }
-    if m.proto.contains("SAVP") {
-        return Err("conferences take plain RTP/AVP only");
-    }
     let f = m
         .codecs()
         .find(|f| MIXABLE.contains(&f.codec))
@@ -204,36 +256,89 @@ fn pick(offer: &Sdp) -> Result<(usize, Format), &'static str> {
     Ok((i, f))
 }
 
-/// Our SDP: the chosen format on the audio section and every other section of `offer`
-/// refused (port 0, RFC 3264 §6); without an offer (an offerless re-INVITE), our offer of that
-/// format alone, sendrecv.
-fn room_sdp(offer: Option<(&Sdp, usize)>, f: Format, rtp: SocketAddr, version: u64) -> Bytes {
+/// The audio section of the room's SDP: `formats` on `port`, 20 ms, `dir`, written after
+/// `sdes` made it secure or left it plain (an answer's or offer's crypto line and transport).
+fn audio_section(
+    port: u16,
+    formats: &[Format],
+    dir: sdp::Direction,
+    sdes: impl FnOnce(&mut Media),
+) -> String {
+    let attr = |name: &str, value: Option<String>| Attribute {
+        name: name.to_owned(),
+        value,
+    };
+    let mut attributes: Vec<Attribute> = formats
+        .iter()
+        .map(|f| {
+            let enc = match f.codec {
+                Codec::Opus => format!("opus/{}/2", f.clock),
+                c => format!("{}/{}", c.name(), f.clock),
+            };
+            attr("rtpmap", Some(format!("{} {enc}", f.pt)))
+        })
+        .collect();
+    attributes.push(attr("ptime", Some("20".to_owned())));
+    attributes.push(attr(dir.as_str(), None));
+    let mut m = Media {
+        kind: "audio".to_owned(),
+        port,
+        proto: "RTP/AVP".to_owned(),
+        formats: formats.iter().map(|f| f.pt.to_string()).collect(),
+        connection: None,
+        attributes,
+        other: Vec::new(),
+    };
+    sdes(&mut m);
+    let mut s = format!("m=audio {port} {} {}\r\n", m.proto, m.formats.join(" "));
+    for a in &m.attributes {
+        match &a.value {
+            Some(v) => s.push_str(&format!("a={}:{v}\r\n", a.name)),
+            None => s.push_str(&format!("a={}\r\n", a.name)),
+        }
+    }
+    s
+}
+
+/// The session lines of the room's SDP for media on `rtp`.
+fn session_head(rtp: SocketAddr, version: u64) -> String {
     let ip = rtp.ip().to_canonical();
     let family = if ip.is_ipv4() { "IP4" } else { "IP6" };
-    let mut s = format!(
+    format!(
         "v=0\r\no=csps 1 {version} IN {family} {ip}\r\ns=conference\r\nc=IN {family} {ip}\r\nt=0 0\r\n"
-    );
-    let enc = match f.codec {
-        Codec::Opus => format!("opus/{}/2", f.clock),
-        c => format!("{}/{}", c.name(), f.clock),
-    };
-    let audio = |dir: sdp::Direction| {
-        format!(
-            "m=audio {} RTP/AVP {pt}\r\na=rtpmap:{pt} {enc}\r\na=ptime:20\r\na={}\r\n",
-            rtp.port(),
-            dir.as_str(),
-            pt = f.pt,
-        )
-    };
+    )
+}
+
+/// Our SDP: the chosen format on the audio section and every other section of `offer`
+/// refused (port 0, RFC 3264 §6); without an offer (an offerless re-INVITE), our offer of that
+/// format alone, sendrecv. `sdes` gives the audio section its SRTP (answer or offer).
+fn room_sdp(
+    offer: Option<(&Sdp, usize)>,
+    f: Format,
+    rtp: SocketAddr,
+    version: u64,
+    sdes: impl FnOnce(&mut Media),
+) -> Bytes {
+    let mut s = session_head(rtp, version);
     match offer {
-        None => s.push_str(&audio(sdp::Direction::SendRecv)),
+        None => s.push_str(&audio_section(
+            rtp.port(),
+            &[f],
+            sdp::Direction::SendRecv,
+            sdes,
+        )),
         Some((offer, i_audio)) => {
+            let dir = offer.media[i_audio]
+                .direction(offer.session_direction())
+                .answer();
+            let mut audio = Some(audio_section(rtp.port(), &[f], dir, sdes));
             for (i, m) in offer.media.iter().enumerate() {
-                if i == i_audio {
-                    s.push_str(&audio(m.direction(offer.session_direction()).answer()));
-                } else {
-                    let fmt = m.formats.first().map_or("0", String::as_str);
-                    s.push_str(&format!("m={} 0 {} {fmt}\r\n", m.kind, m.proto));
+                match audio.take_if(|_| i == i_audio) {
+                    Some(a) => s.push_str(&a),
+                    None => {
+                        let fmt = m.formats.first().map_or("0", String::as_str);
+                        s.push_str(&format!("m={} 0 {} {fmt}\r\n", m.kind, m.proto));
+                    }
                 }
             }
         }
@@ -242,16 +347,23 @@ fn room_sdp(offer: Option<(&Sdp, usize)>, f: Format, rtp: SocketAddr, version: u
 }
 
 /// The room's offer to a party it calls in: every codec it mixes, G.722 first (wide-band, and
-/// far cheaper than Opus to encode).
-fn offer_sdp(rtp: SocketAddr) -> Bytes {
-    let ip = rtp.ip().to_canonical();
-    let family = if ip.is_ipv4() { "IP4" } else { "IP6" };
-    Bytes::from(format!(
-        "v=0\r\no=csps 1 1 IN {family} {ip}\r\ns=conference\r\nc=IN {family} {ip}\r\nt=0 0\r\n\
-         m=audio {} RTP/AVP 9 0 8 111\r\na=rtpmap:9 G722/8000\r\na=rtpmap:0 PCMU/8000\r\n\
-         a=rtpmap:8 PCMA/8000\r\na=rtpmap:111 opus/48000/2\r\na=ptime:20\r\na=sendrecv\r\n",
-        rtp.port()
-    ))
+/// far cheaper than Opus to encode), with the SRTP `sdes` gives it.
+fn offer_sdp(rtp: SocketAddr, sdes: impl FnOnce(&mut Media)) -> Bytes {
+    let f = |pt, codec, clock| Format { pt, codec, clock };
+    let formats = [
+        f(9, Codec::G722, 8000),
+        f(0, Codec::Pcmu, 8000),
+        f(8, Codec::Pcma, 8000),
+        f(111, Codec::Opus, 48000),
+    ];
+    let mut s = session_head(rtp, 1);
+    s.push_str(&audio_section(
+        rtp.port(),
+        &formats,
+        sdp::Direction::SendRecv,
+        sdes,
+    ));
+    Bytes::from(s)
 }
 
 /// A top Via for a request the room sends on a participant's flow.
@@ -349,6 +461,13 @@ impl Room {
             Ok(p) => p,
             Err(why) => return self.refuse(&join, 488, why),
         };
+        // SDES as for a call's leg: the phone's crypto line taken (or the offer refused).
+        self.srtp = join.srtp;
+        let rule = join.srtp.leg(join.from.transport, false);
+        let mut sdes = Sdes::new(&mut self.rng);
+        if let Err(e) = sdes.take_offer(rule, &mut offer.media[audio].clone()) {
+            return self.refuse(&join, e.status(), &e.to_string());
+        }
         let (min, max) = join.rtp_range;
         let (rtp, rtcp) = match join.ports.bind_pair(join.local.ip(), min, max) {
             Ok(pair) => pair,
@@ -375,7 +494,9 @@ impl Room {
         let mut latch = Latch::default();
         latch.expect(offer.rtp_addr(audio), join.from.addr.ip());
         let sending = we_send(&offer, audio);
-        let body = room_sdp(Some((&offer, audio)), format, rtp_addr, 1);
+        let body = room_sdp(Some((&offer, audio)), format, rtp_addr, 1, |m| {
+            sdes.give_answer(m)
+        });
         let mut ok = join.invite.response(200, "OK");
         if let Some(to) = join.invite.headers.get("To") {
             ok.headers.set("To", format!("{to};tag={tag}"));
@@ -400,12 +521,17 @@ impl Room {
             sending,
             unacked: Some((join.key, ok, now + T1, T1, now + 64 * T1)),
             counters: LegCounters::default(),
+            sdes,
+            rule,
+            keys: None,
+            srtp: None,
         });
     }
 
     /// A participant is in: busy on the bus, in the record, in the room (already in the mix).
-    fn admit(&mut self, m: Member) {
-        tracing::info!(room = %self.name, party = %m.party, codec = m.format.codec.name(), participants = self.members.len() + 1, "joined the conference");
+    fn admit(&mut self, mut m: Member) {
+        m.rekey();
+        tracing::info!(room = %self.name, party = %m.party, codec = m.format.codec.name(), srtp = m.srtp.is_some(), participants = self.members.len() + 1, "joined the conference");
         if self.record.answered_at.is_none() {
             self.record.answered_at = Some(Utc::now());
             self.record.status = Some(200);
@@ -467,7 +593,13 @@ impl Room {
         };
         self.respond(key, from.addr, req.response(202, "Accepted"));
         self.notify(i, 100);
-        let body = offer_sdp(SocketAddr::new(target.local.ip(), port));
+        // The party is offered SRTP as a call would offer it that device (a phone that swaps
+        // its SRTP call for the room by Replaces keeps SRTP).
+        let rule = self.srtp.leg(target.to.transport, false);
+        let sdes = Sdes::new(&mut self.rng);
+        let body = offer_sdp(SocketAddr::new(target.local.ip(), port), |m| {
+            sdes.give_offer(rule, m)
+        });
         let from_tag = format!("{:016x}", self.rng.next_u64());
         let mut invite = new_invite(
             &target,
@@ -505,6 +637,8 @@ impl Room {
             rtp,
             rtcp,
             deadline: now + RING_TIMEOUT,
+            sdes,
+            rule,
         });
     }
 
@@ -557,7 +691,7 @@ impl Room {
         if resp.status < 200 {
             return;
         }
-        let inv = self.invitations.remove(k);
+        let mut inv = self.invitations.remove(k);
         self.log.response(LogDirection::In, inv.to.addr, &resp);
         if resp.status >= 300 {
             tracing::info!(room = %self.name, party = %inv.party, status = resp.status, "referred party not joined");
@@ -580,6 +714,13 @@ impl Room {
         let (Some(answer), Some((audio, format))) = (answer, chosen) else {
             return self.unusable_answer(&mut dialog, &inv);
         };
+        if let Err(e) = inv
+            .sdes
+            .take_answer(inv.rule, &mut answer.media[audio].clone())
+        {
+            tracing::info!(room = %self.name, party = %inv.party, "referred party's answer refused: {e}");
+            return self.unusable_answer(&mut dialog, &inv);
+        }
         if self.mixer.add(id, format.codec, format.pt).is_err() {
             return self.unusable_answer(&mut dialog, &inv);
         }
@@ -602,6 +743,10 @@ impl Room {
             sending: we_send(&answer, audio),
             unacked: None,
             counters: LegCounters::default(),
+            sdes: inv.sdes,
+            rule: inv.rule,
+            keys: None,
+            srtp: None,
         });
     }
 
@@ -741,7 +886,16 @@ impl Room {
                         .find(|f| f.codec == m.format.codec && o.media[a].port != 0)
                         .map(|f| (a, f))
                 });
-                let (audio, f) = match kept.map_or_else(|| pick(o), Ok) {
+                let picked = kept.map_or_else(|| pick(o), Ok).and_then(|(audio, f)| {
+                    m.sdes
+                        .take_offer(m.rule, &mut o.media[audio].clone())
+                        .map(|()| (audio, f))
+                        .map_err(|e| match e {
+                            sdp::OfferError::Srtp(why) => why,
+                            _ => "the offer's SRTP is not acceptable",
+                        })
+                });
+                let (audio, f) = match picked {
                     Ok(p) => p,
                     Err(why) => {
                         let mut r = req.response(488, "Not Acceptable Here");
@@ -760,10 +914,20 @@ impl Room {
                 }
                 m.latch.expect(o.rtp_addr(audio), from.addr.ip());
                 m.sending = we_send(o, audio);
-                room_sdp(Some((o, audio)), f, rtp, m.sdp_version)
+                let body = room_sdp(Some((o, audio)), f, rtp, m.sdp_version, |a| {
+                    m.sdes.give_answer(a)
+                });
+                m.rekey();
+                body
             }
-            // No offer: ours is in the 200, sendrecv; its answer in the ACK is not needed.
-            None => room_sdp(None, m.format, rtp, m.sdp_version),
+            // No offer: ours is in the 200, sendrecv, with the participant's keys; its answer
+            // comes in the ACK (see `on_ack`).
+            None => {
+                let rule = m.offer_rule();
+                room_sdp(None, m.format, rtp, m.sdp_version, |a| {
+                    m.sdes.give_offer(rule, a)
+                })
+            }
         };
         let mut ok = req.response(200, "OK");
         if let Some(to) = req.headers.get("To") {
@@ -810,9 +974,25 @@ impl Room {
 
     fn on_ack(&mut self, req: &Request) {
         if let Some(i) = self.member_of(req) {
-            self.members[i].unacked = None;
-            self.log
-                .request(LogDirection::In, self.members[i].remote.addr, req);
+            let m = &mut self.members[i];
+            m.unacked = None;
+            self.log.request(LogDirection::In, m.remote.addr, req);
+            // An ACK with SDP answers the room's offer in a 200 to an offerless re-INVITE
+            // (RFC 3264 §5): its crypto line keys the participant.
+            let answer = (!req.body.is_empty() && is_sdp(req))
+                .then(|| Sdp::parse(&req.body).ok())
+                .flatten();
+            if let Some(mut a) = answer
+                && let Some(audio) = a.audio_index()
+            {
+                let rule = m.offer_rule();
+                match m.sdes.take_answer(rule, &mut a.media[audio]) {
+                    Ok(()) => m.rekey(),
+                    Err(e) => {
+                        tracing::info!(party = %m.party, "SRTP of the ACK's answer refused, keys kept: {e}")
+                    }
+                }
+            }
         }
     }
 
@@ -849,7 +1029,29 @@ impl Room {
                 let p = &self.buf[..n];
                 if !is_rtp_v2(p) {
                     m.counters.dropped_malformed += 1;
-                } else if !m.latch.accept(src) {
+                    continue;
+                }
+                // An SRTP packet must authenticate before it may latch: a forged one cannot
+                // steal the participant's media.
+                let unprotected;
+                let p = match m.srtp.as_mut() {
+                    None => p,
+                    Some(s) => match s.unprotect(p, false) {
+                        Ok(plain) => {
+                            unprotected = plain;
+                            &unprotected[..]
+                        }
+                        Err(e) => {
+                            if m.counters.dropped_srtp == 0 {
+                                // The first one only: forgeries must not flood the log.
+                                tracing::info!(party = %m.party, %src, "SRTP packet dropped: {e}");
+                            }
+                            m.counters.dropped_srtp += 1;
+                            continue;
+                        }
+                    },
+                };
+                if !m.latch.accept(src) {
                     m.counters.dropped_unexpected += 1;
                 } else {
                     m.counters.rtp_packets += 1;
@@ -857,12 +1059,17 @@ impl Room {
                     self.mixer.receive(m.id, p);
                 }
             }
-            // RTCP is read and counted, not mixed (the room reports nothing yet).
+            // RTCP is read and counted, not mixed (the room reports nothing yet); SRTCP is
+            // counted once it authenticates.
             for _ in 0..8 {
-                let Ok((_, src)) = m.rtcp.recv_from(&mut self.buf) else {
+                let Ok((n, src)) = m.rtcp.recv_from(&mut self.buf) else {
                     break;
                 };
-                if m.latch.latched().is_some_and(|l| l.ip() == src.ip()) {
+                if let Some(s) = m.srtp.as_mut()
+                    && s.unprotect(&self.buf[..n], true).is_err()
+                {
+                    m.counters.dropped_srtp += 1;
+                } else if m.latch.latched().is_some_and(|l| l.ip() == src.ip()) {
                     m.counters.rtcp_packets += 1;
                 }
             }
@@ -875,6 +1082,18 @@ impl Room {
             if !m.sending {
                 return;
             }
+            let protected;
+            let packet = match m.srtp.as_mut().map(|s| s.protect(packet, false)) {
+                None => packet,
+                Some(Ok(p)) => {
+                    protected = p;
+                    &protected[..]
+                }
+                Some(Err(_)) => {
+                    m.counters.dropped_unsent += 1;
+                    return;
+                }
+            };
             match m.latch.destination() {
                 Some(dst) if m.rtp.send_to(packet, dst).is_ok() => {}
                 _ => m.counters.dropped_unsent += 1,
@@ -903,7 +1122,7 @@ impl Room {
                     signalling: m.remote.addr.to_string(),
                     media: m.latch.latched().map(|a| a.to_string()),
                     codec: Some(format!("{}/{}", m.format.codec.name(), m.format.clock)),
-                    srtp: false,
+                    srtp: m.srtp.is_some(),
                     counters: m.counters,
                     music_on_hold: false,
                 })
@@ -966,6 +1185,7 @@ async fn run_room(t: RoomTask) {
         ports: first.ports.clone(),
         rtp_range: first.rtp_range,
         focus: String::new(),
+        srtp: first.srtp,
         invitations: Vec::new(),
         acks: Vec::new(),
     };
@@ -1085,6 +1305,7 @@ mod tests {
             f,
             "127.0.0.1:30000".parse().expect("addr"),
             1,
+            |_| {},
         );
         let a = Sdp::parse(&a).expect("answer parses");
         assert_eq!(a.media.len(), 2);
@@ -1094,7 +1315,348 @@ mod tests {
         assert!(sdp::check_answer(&o, &a).is_ok());
         let none = offer("v=0\no=- 1 1 IN IP4 127.0.0.1\ns=-\nt=0 0\nm=audio 4000 RTP/AVP 18\n");
         assert!(pick(&none).is_err());
+        // RTP/SAVP is for SDES to decide (see the SRTP tests below), not the codec pick.
         let srtp = offer("v=0\no=- 1 1 IN IP4 127.0.0.1\ns=-\nt=0 0\nm=audio 4000 RTP/SAVP 0\n");
-        assert!(pick(&srtp).is_err());
+        assert!(pick(&srtp).is_ok());
+    }
+
+    use crate::config::SrtpMode;
+    use crate::media::codec::{Decoder, Encoder};
+    use crate::media::rtp::{self, RtpSender};
+    use crate::media::srtp::{MASTER_LEN, Suite};
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    use csps_sip::Message;
+    use rand::SeedableRng;
+
+    /// The phone's master key and salt in its offers.
+    const PHONE_KEY: [u8; MASTER_LEN] = [7; MASTER_LEN];
+
+    fn room(srtp: SrtpPolicy) -> Room {
+        let (states, _) = broadcast::channel(16);
+        Room {
+            no: 1,
+            name: "conference".into(),
+            user: "conference".into(),
+            agent: "csps-test".into(),
+            members: Vec::new(),
+            mixer: Mixer::new(),
+            next_id: 1,
+            next_tag: 0,
+            out: VecDeque::new(),
+            log: MessageLog::default(),
+            states,
+            rng: rand::rngs::StdRng::seed_from_u64(3),
+            record: CallRecord {
+                id: 1,
+                call_id: String::new(),
+                caller: String::new(),
+                callee: "conference:conference".into(),
+                started_at: Utc::now(),
+                answered_at: None,
+                ended_at: None,
+                talk_secs: 0,
+                status: None,
+                end_reason: None,
+                emergency: false,
+                messages: 0,
+                messages_dropped: 0,
+            },
+            ended: false,
+            buf: Vec::new(),
+            ports: Arc::new(PortPool::new()),
+            rtp_range: (47_000, 47_998),
+            focus: String::new(),
+            srtp,
+            invitations: Vec::new(),
+            acks: Vec::new(),
+        }
+    }
+
+    /// `user`'s INVITE to the room from 127.0.0.1:`sip_port`, offering PCMU on `rtp_port`
+    /// over `proto` with `crypto` lines.
+    fn join_of(user: &str, sip_port: u16, rtp_port: u16, proto: &str, crypto: &[String]) -> Join {
+        let mut sdp = format!(
+            "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+             m=audio {rtp_port} {proto} 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n"
+        );
+        for c in crypto {
+            sdp.push_str(&format!("a=crypto:{c}\r\n"));
+        }
+        let text = format!(
+            "INVITE sip:conference@csps.local SIP/2.0\r\n\
+             Via: SIP/2.0/UDP 127.0.0.1:{sip_port};branch=z9hG4bK{user}\r\n\
+             From: <sip:{user}@csps.local>;tag={user}-tag\r\nTo: <sip:conference@csps.local>\r\n\
+             Call-ID: {user}-call\r\nCSeq: 1 INVITE\r\nContact: <sip:{user}@127.0.0.1:{sip_port}>\r\n\
+             Max-Forwards: 70\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+            sdp.len()
+        );
+        let Message::Request(invite) = csps_sip::parse(text.as_bytes()).expect("parses").message
+        else {
+            panic!("a request");
+        };
+        let from = Remote {
+            transport: Transport::Udp,
+            addr: SocketAddr::from(([127, 0, 0, 1], sip_port)),
+            flow: None,
+        };
+        let mut txns = csps_sip::transaction::Transactions::new(Default::default());
+        txns.handle_input(csps_sip::transaction::Input::Receive {
+            now: Instant::now(),
+            from,
+            msg: Message::Request(invite.clone()),
+        });
+        let key = loop {
+            match txns.poll_output() {
+                Some(csps_sip::transaction::Output::Event(
+                    csps_sip::transaction::Event::Request { key, .. },
+                )) => break key,
+                Some(_) => {}
+                None => panic!("no request event"),
+            }
+        };
+        Join {
+            key,
+            from,
+            local: "127.0.0.1:5060".parse().expect("addr"),
+            invite,
+            party: format!("sip:{user}@csps.local"),
+            ports: Arc::new(PortPool::new()),
+            rtp_range: (47_000, 47_998),
+            srtp: SrtpPolicy::default(),
+        }
+    }
+
+    /// The room's last answer (a 200's SDP).
+    fn last_answer(r: &Room) -> Sdp {
+        let body = r
+            .out
+            .iter()
+            .rev()
+            .find_map(|a| match a {
+                CallAction::Respond(_, resp) if resp.status == 200 => Some(resp.body.clone()),
+                _ => None,
+            })
+            .expect("a 200");
+        Sdp::parse(&body).expect("the answer parses")
+    }
+
+    fn phone_socket() -> UdpSocket {
+        let s = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        // Bounded: the room sends one packet a tick on loopback.
+        s.set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
+        s
+    }
+
+    /// A 20 ms PCMU frame of a `freq` sine, frame `k`.
+    fn pcmu_frame(enc: &mut Encoder, freq: f32, k: usize) -> Vec<u8> {
+        let pcm: Vec<i16> = (0..160)
+            .map(|i| {
+                let t = (k * 160 + i) as f32 / 8000.0;
+                (0.2 * 32767.0 * (std::f32::consts::TAU * freq * t).sin()) as i16
+            })
+            .collect();
+        let mut payload = Vec::new();
+        enc.encode(&pcm, &mut payload).expect("encode");
+        payload
+    }
+
+    fn share(heard: &[i16], freq: f32) -> f32 {
+        let pcm = csps_tests::audio::Pcm {
+            rate: 8000,
+            samples: heard[800..]
+                .iter()
+                .map(|&s| f32::from(s) / 32768.0)
+                .collect(),
+        };
+        csps_tests::audio::tone_share(&pcm, freq)
+    }
+
+    /// Alice joins with RTP/SAVP and SDES, bob with plain RTP/AVP (`Data.SipConfig.Srtp`
+    /// Supported, keys allowed over UDP). Alice's answer is RTP/SAVP with a crypto line of her
+    /// suite and tag and the gateway's own key; her SRTP tone is unprotected and mixed (bob hears
+    /// it in clear), and the mix she gets decrypts with the answer's key (she hears bob). A
+    /// packet under another key is dropped and counted; the API shows her leg as SRTP.
+    #[test]
+    fn an_srtp_member_is_answered_with_the_gateways_key_and_mixed_both_ways() {
+        let policy = SrtpPolicy {
+            mode: SrtpMode::Supported,
+            plain_keys: true,
+        };
+        let mut r = room(policy);
+        let (alice, bob) = (phone_socket(), phone_socket());
+        let port = |s: &UdpSocket| s.local_addr().expect("addr").port();
+        let line = format!(
+            "3 AES_CM_128_HMAC_SHA1_32 inline:{}",
+            STANDARD.encode(PHONE_KEY)
+        );
+        let now = Instant::now();
+        let mut j = join_of("alice", 5071, port(&alice), "RTP/SAVP", &[line]);
+        j.srtp = policy;
+        r.join(now, j);
+        let answer = last_answer(&r);
+        let m = &answer.media[0];
+        assert_eq!(m.proto, "RTP/SAVP");
+        let crypto = m.crypto();
+        assert_eq!(crypto.len(), 1, "{answer}");
+        assert_eq!(
+            (crypto[0].tag, crypto[0].suite.as_str()),
+            (3, "AES_CM_128_HMAC_SHA1_32")
+        );
+        let gw_key: [u8; MASTER_LEN] = STANDARD
+            .decode(&crypto[0].key)
+            .expect("base64")
+            .try_into()
+            .expect("30 bytes");
+        assert_ne!(gw_key, PHONE_KEY, "the gateway's own key");
+        let alice_rtp = SocketAddr::new([127, 0, 0, 1].into(), m.port);
+        let mut j = join_of("bob", 5072, port(&bob), "RTP/AVP", &[]);
+        j.srtp = policy;
+        r.join(now, j);
+        let plain = last_answer(&r);
+        assert_eq!(
+            (plain.media[0].proto.as_str(), plain.media[0].crypto().len()),
+            ("RTP/AVP", 0)
+        );
+        let bob_rtp = SocketAddr::new([127, 0, 0, 1].into(), plain.media[0].port);
+
+        // Alice's phone: her key out, the gateway's key in.
+        let mut phone = SrtpSession::new(&SrtpKeys {
+            suite: Suite::AesCm128Sha1_32,
+            local: PHONE_KEY,
+            remote: gw_key,
+            remote_mki: 0,
+        })
+        .expect("phone session");
+        let mut forger = SrtpSession::new(&SrtpKeys {
+            suite: Suite::AesCm128Sha1_32,
+            local: [9; MASTER_LEN],
+            remote: gw_key,
+            remote_mki: 0,
+        })
+        .expect("forger");
+        let (mut enc_a, mut enc_b) = (
+            Encoder::new(Codec::Pcmu).expect("enc"),
+            Encoder::new(Codec::Pcmu).expect("enc"),
+        );
+        let (mut dec_a, mut dec_b) = (
+            Decoder::new(Codec::Pcmu).expect("dec"),
+            Decoder::new(Codec::Pcmu).expect("dec"),
+        );
+        let (mut tx_a, mut tx_b) = (RtpSender::new(), RtpSender::new());
+        let (mut heard_a, mut heard_b) = (Vec::new(), Vec::new());
+        let mut buf = [0u8; 2048];
+        for k in 0..50 {
+            let mut packet = Vec::new();
+            tx_a.write(0, &pcmu_frame(&mut enc_a, 600.0, k), 160, &mut packet);
+            let wire = phone.protect(&packet, false).expect("protect");
+            alice.send_to(&wire, alice_rtp).expect("send");
+            if k == 10 {
+                let forged = forger.protect(&packet, false).expect("forge");
+                alice.send_to(&forged, alice_rtp).expect("send");
+            }
+            let mut packet = Vec::new();
+            tx_b.write(0, &pcmu_frame(&mut enc_b, 1000.0, k), 160, &mut packet);
+            bob.send_to(&packet, bob_rtp).expect("send");
+            r.tick(Instant::now());
+            let (n, _) = alice.recv_from(&mut buf).expect("alice's mix");
+            let plain = phone
+                .unprotect(&buf[..n], false)
+                .expect("decrypts with the answer's key");
+            let p = rtp::parse(&plain).expect("rtp");
+            dec_a.decode(p.payload, &mut heard_a).expect("decode");
+            let (n, _) = bob.recv_from(&mut buf).expect("bob's mix");
+            let p = rtp::parse(&buf[..n]).expect("bob's mix is plain RTP");
+            dec_b.decode(p.payload, &mut heard_b).expect("decode");
+        }
+        let (a_hears_b, b_hears_a) = (share(&heard_a, 1000.0), share(&heard_b, 600.0));
+        assert!(a_hears_b > 0.8, "alice hears bob at {a_hears_b}");
+        assert!(b_hears_a > 0.8, "bob hears alice at {b_hears_a}");
+        let info = r.snapshot(Utc::now());
+        let srtp: Vec<_> = info.legs.iter().map(|l| l.srtp).collect();
+        assert_eq!(srtp, vec![true, false]);
+        assert_eq!(info.legs[0].counters.dropped_srtp, 1, "the forgery");
+        assert_eq!(info.legs[0].counters.rtp_packets, 50);
+    }
+
+    /// SDES follows what calls do: SRTP off refuses RTP/SAVP (488, nobody joins) and answers a
+    /// best-effort offer (RTP/AVP with crypto) plain; with SRTP supported the best-effort offer
+    /// is answered RTP/AVP with the gateway's line; SRTP required refuses plain RTP.
+    #[test]
+    fn sdes_in_rooms_follows_the_srtp_policy() {
+        let line = format!(
+            "1 AES_CM_128_HMAC_SHA1_80 inline:{}",
+            STANDARD.encode(PHONE_KEY)
+        );
+        let status = |r: &Room| match r.out.back() {
+            Some(CallAction::Respond(_, resp)) => resp.status,
+            _ => 0,
+        };
+        let joined = |policy: SrtpPolicy, proto: &str, crypto: &[String]| {
+            let mut r = room(policy);
+            let mut j = join_of("alice", 5073, 4000, proto, crypto);
+            j.srtp = policy;
+            r.join(Instant::now(), j);
+            r
+        };
+        let off = SrtpPolicy::default();
+        let r = joined(off, "RTP/SAVP", std::slice::from_ref(&line));
+        assert_eq!((status(&r), r.members.len()), (488, 0));
+        let r = joined(off, "RTP/AVP", std::slice::from_ref(&line));
+        let a = last_answer(&r);
+        assert_eq!(
+            (a.media[0].proto.as_str(), a.media[0].crypto().len()),
+            ("RTP/AVP", 0)
+        );
+        assert!(r.members[0].srtp.is_none());
+        let supported = SrtpPolicy {
+            mode: SrtpMode::Supported,
+            plain_keys: true,
+        };
+        let r = joined(supported, "RTP/AVP", std::slice::from_ref(&line));
+        let a = last_answer(&r);
+        assert_eq!(
+            (a.media[0].proto.as_str(), a.media[0].crypto()[0].tag),
+            ("RTP/AVP", 1)
+        );
+        assert!(r.members[0].srtp.is_some());
+        // Keys over UDP are not allowed without SrtpOverPlainTransport.
+        let no_plain_keys = SrtpPolicy {
+            mode: SrtpMode::Supported,
+            plain_keys: false,
+        };
+        let r = joined(no_plain_keys, "RTP/SAVP", std::slice::from_ref(&line));
+        assert_eq!(status(&r), 488);
+        let required = SrtpPolicy {
+            mode: SrtpMode::Required,
+            plain_keys: true,
+        };
+        let r = joined(required, "RTP/AVP", &[]);
+        assert_eq!((status(&r), r.members.len()), (488, 0));
+    }
+
+    /// The room's offer to a party it calls in carries SRTP as a call's offer to that device
+    /// would: RTP/SAVP and a line per suite when required, RTP/AVP with lines when supported.
+    #[test]
+    fn the_rooms_offer_to_a_referred_party_carries_sdes() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        let sdes = Sdes::new(&mut rng);
+        let addr: SocketAddr = "127.0.0.1:30000".parse().expect("addr");
+        for (rule, proto) in [
+            (LegSrtp::Mandatory, "RTP/SAVP"),
+            (LegSrtp::Optional, "RTP/AVP"),
+        ] {
+            let o = Sdp::parse(&offer_sdp(addr, |m| sdes.give_offer(rule, m))).expect("sdp");
+            let m = &o.media[0];
+            assert_eq!((m.proto.as_str(), m.crypto().len()), (proto, 2), "{o}");
+            assert_eq!(m.formats, ["9", "0", "8", "111"]);
+        }
+        let plain =
+            Sdp::parse(&offer_sdp(addr, |m| sdes.give_offer(LegSrtp::Off, m))).expect("sdp");
+        assert_eq!(
+            (plain.media[0].proto.as_str(), plain.media[0].crypto().len()),
+            ("RTP/AVP", 0)
+        );
     }
 }

@@ -882,6 +882,10 @@ impl Switch {
                     party,
                     ports: self.ports.clone(),
                     rtp_range: (settings.min_rtp_port, settings.max_rtp_port),
+                    srtp: sdes::SrtpPolicy {
+                        mode: settings.srtp,
+                        plain_keys: settings.srtp_over_plain,
+                    },
                 };
                 if let Err(j) = self.join_room(room, &settings, join) {
                     let mut r = j.invite.response(503, "Service Unavailable");
