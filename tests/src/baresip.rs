@@ -53,10 +53,30 @@ pub fn tone_phone(
     codec: &str,
     commands: &[&str],
 ) -> Baresip {
+    tone_phone_with(dir, gateway_port, account, (tone_hz, codec), "", commands)
+}
+
+/// As [`tone_phone`], with `account_params` appended to its account: `;mediaenc=srtp-mand`
+/// offers RTP/SAVP with SDES, `;mediaenc=srtp` best-effort SRTP (RTP/AVP with `a=crypto`);
+/// the `srtp` module is loaded for them.
+pub fn tone_phone_with(
+    dir: &Path,
+    gateway_port: u16,
+    account: (&str, &str, &str),
+    (tone_hz, codec): (u32, &str),
+    account_params: &str,
+    commands: &[&str],
+) -> Baresip {
     let source = format!(
         "module\t\tausine.so\naudio_source\tausine,{tone_hz}\nausrc_srate\t48000\nausrc_channels\t2\n"
     );
-    phone(dir, gateway_port, account, (&source, codec), commands)
+    phone(
+        dir,
+        gateway_port,
+        account,
+        (&source, codec, account_params),
+        commands,
+    )
 }
 
 /// As [`tone_phone`], with the 16 kHz mono WAV file `wav` as its microphone (`aufile`): what it
@@ -73,26 +93,32 @@ pub fn speaking_phone(
         "module\t\taufile.so\naudio_source\taufile,{}\nausrc_srate\t16000\nausrc_channels\t1\n",
         wav.display()
     );
-    phone(dir, gateway_port, account, (&source, codec), commands)
+    phone(dir, gateway_port, account, (&source, codec, ""), commands)
 }
 
-/// The phone of [`tone_phone`] with the audio source of `source_lines` (config lines).
+/// The phone of [`tone_phone`] with the audio source of `source_lines` (config lines) and
+/// `account_params` appended to its account.
 fn phone(
     dir: &Path,
     gateway_port: u16,
     (user, password, domain): (&str, &str, &str),
-    (source_lines, codec): (&str, &str),
+    (source_lines, codec, account_params): (&str, &str, &str),
     commands: &[&str],
 ) -> Baresip {
+    let srtp = if account_params.contains("mediaenc") {
+        "module\t\tsrtp.so\n"
+    } else {
+        ""
+    };
     let config = format!(
-        "{}{source_lines}module\t\tg722.so\nmodule\t\topus.so\nmodule\t\tsndfile.so\n\
+        "{}{source_lines}{srtp}module\t\tg722.so\nmodule\t\topus.so\nmodule\t\tsndfile.so\n\
          module\t\taubridge.so\nmodule_app\tmenu.so\naudio_player\taubridge,speaker-{user}\n\
          auplay_srate\t48000\nauplay_channels\t2\nsnd_path\t{}\n",
         config_head(),
         dir.display(),
     );
     let account = format!(
-        "<sip:{user}@{domain}>;auth_pass={password};outbound=\"sip:127.0.0.1:{gateway_port};transport=udp\";regint=600;audio_codecs={codec};answermode=auto\n"
+        "<sip:{user}@{domain}>;auth_pass={password};outbound=\"sip:127.0.0.1:{gateway_port};transport=udp\";regint=600;audio_codecs={codec};answermode=auto{account_params}\n"
     );
     for (name, text) in [
         ("config", config),

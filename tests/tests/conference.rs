@@ -43,27 +43,34 @@ fn refer_while_watching(gw: &Gateway, alice: csps_tests::Sipp, n: usize) -> serd
 /// The room as `GET /api/calls` showed it with everyone in.
 fn phones_in_a_room(parties: &[(&str, u32, &str)]) -> Option<serde_json::Value> {
     let gw = csps_tests::gateway_for("baresip")?;
+    let parties: Vec<_> = parties.iter().map(|&(u, t, c)| (u, t, c, "")).collect();
+    Some(phones_in(&gw, &parties))
+}
+
+/// [`phones_in_a_room`] on `gw`, each phone `(user, tone Hz, baresip codec, account
+/// parameters)` (`;mediaenc=srtp-mand` for SRTP).
+fn phones_in(gw: &Gateway, parties: &[(&str, u32, &str, &str)]) -> serde_json::Value {
     let n = parties.len();
     let dirs: Vec<_> = parties
         .iter()
         .map(|_| tempfile::tempdir().expect("temp dir"))
         .collect();
     let mut phones = Vec::new();
-    for ((user, tone, codec), dir) in parties.iter().zip(&dirs) {
+    for ((user, tone, codec, params), dir) in parties.iter().zip(&dirs) {
         let password = format!("{user}-secret-1");
         gw.create_user(user, &password);
-        phones.push(csps_tests::baresip::tone_phone(
+        phones.push(csps_tests::baresip::tone_phone_with(
             dir.path(),
             gw.sip_port,
             (user, &password, DOMAIN),
-            *tone,
-            codec,
+            (*tone, codec),
+            params,
             &[&format!("/dial sip:conference@{DOMAIN}")],
         ));
     }
     let mut room = None;
     let joined = wait_until(Duration::from_secs(30), || {
-        room = room_with(&gw, n);
+        room = room_with(gw, n);
         room.is_some()
     });
     assert!(
@@ -73,7 +80,7 @@ fn phones_in_a_room(parties: &[(&str, u32, &str)]) -> Option<serde_json::Value> 
         gw.log_tail(60)
     );
     std::thread::sleep(Duration::from_secs(4));
-    let room = room_with(&gw, n).or(room).expect("room");
+    let room = room_with(gw, n).or(room).expect("room");
     assert_eq!(room["conference"], "conference", "{room}");
     let id = room["id"].as_u64().expect("room id");
     gw.admin_hang_up(id);
@@ -83,14 +90,14 @@ fn phones_in_a_room(parties: &[(&str, u32, &str)]) -> Option<serde_json::Value> 
     // measure ~0. (Before the mixer scaled overflowing frames down, eight full-level tones
     // clipped, and the intermodulation put ~0.008 of a phone's own tone back into its ear.)
     let fair = 1.0 / (n - 1) as f32;
-    for (i, ((user, own, _), dir)) in parties.iter().zip(&dirs).enumerate() {
+    for (i, ((user, own, ..), dir)) in parties.iter().zip(&dirs).enumerate() {
         let pcm = heard_in(dir.path()).unwrap_or_else(|e| panic!("{user}: {e}"));
         let control = tone_share(&pcm, 2_950.0);
         assert!(
             control < 0.005,
             "{user} hears a tone nobody sends: {control}"
         );
-        for (j, (other, tone, _)) in parties.iter().enumerate() {
+        for (j, (other, tone, ..)) in parties.iter().enumerate() {
             let share = tone_share(&pcm, *tone as f32);
             eprintln!("{user} hears {other}'s {tone} Hz at {share:.2}");
             if i == j {
@@ -103,7 +110,58 @@ fn phones_in_a_room(parties: &[(&str, u32, &str)]) -> Option<serde_json::Value> 
             }
         }
     }
-    Some(room)
+    room
+}
+
+/// Issue 4, SRTP in rooms: with `Data.SipConfig.Srtp=Supported` and SDES keys allowed over UDP
+/// (`SrtpOverPlainTransport`), alice offers RTP/SAVP (`mediaenc=srtp-mand`), bob best-effort
+/// SRTP (`mediaenc=srtp`: RTP/AVP with `a=crypto`, G.722) and carol plain RTP. Each hears the
+/// other two and not itself, so the room decrypted alice's and bob's tones into the mix and
+/// encrypted the mix each of them decoded; `GET /api/calls` shows their legs as SRTP (their
+/// packets authenticated: baresip's one RTCP keep-alive, no SRTCP packet, may be dropped) and
+/// carol's as plain.
+#[test]
+fn srtp_and_plain_phones_in_one_room_each_hear_the_other_two() {
+    let Some(gw) = csps_tests::gateway_for("baresip") else {
+        return;
+    };
+    for (leaf, value) in [
+        ("Srtp", serde_json::json!("Supported")),
+        ("SrtpOverPlainTransport", serde_json::json!(true)),
+    ] {
+        let r = gw.api(
+            "PUT",
+            &format!("/api/config/*/Data.SipConfig.{leaf}"),
+            Some(&value),
+        );
+        assert_eq!(r.status, 200, "{leaf}: {}", r.body);
+    }
+    let room = phones_in(
+        &gw,
+        &[
+            ("alice", 600, "PCMU", ";mediaenc=srtp-mand"),
+            ("bob", 1000, "G722/16000/1", ";mediaenc=srtp"),
+            ("carol", 1500, "PCMU", ""),
+        ],
+    );
+    let legs = room["legs"].as_array().cloned().unwrap_or_default();
+    for (user, srtp) in [("alice", true), ("bob", true), ("carol", false)] {
+        let leg = legs
+            .iter()
+            .find(|l| l["party"] == format!("sip:{user}@{DOMAIN}"))
+            .unwrap_or_else(|| panic!("no leg of {user}: {room}"));
+        assert_eq!(leg["srtp"], srtp, "{user}: {room}");
+        let c = &leg["counters"];
+        eprintln!("{user}: srtp {}, counters {c}", leg["srtp"]);
+        assert!(
+            c["rtp_packets"].as_u64().unwrap_or(0) > 100,
+            "{user}: {room}"
+        );
+        assert!(
+            c["dropped_srtp"].as_u64().unwrap_or(u64::MAX) <= 2,
+            "{user}: {room}"
+        );
+    }
 }
 
 /// Three phones with different codecs (PCMU, G.722, PCMU) and tones in one room: each hears
