@@ -2887,7 +2887,7 @@ impl Call {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::media::srtp::Suite;
     use csps_sip::Message;
@@ -3272,7 +3272,7 @@ mod tests {
     }
 
     /// A server transaction key for a request (a real transaction layer's).
-    fn key_for(req: &Request, from: &str) -> TxnKey {
+    pub(in crate::calls) fn key_for(req: &Request, from: &str) -> TxnKey {
         let mut txns = csps_sip::transaction::Transactions::new(Default::default());
         txns.handle_input(csps_sip::transaction::Input::Receive {
             now: Instant::now(),

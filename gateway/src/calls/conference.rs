@@ -155,6 +155,8 @@ struct Member {
     keys: Option<SrtpKeys>,
     /// Unprotects what the phone sends, protects its mix; `None`: plain RTP.
     srtp: Option<SrtpSession>,
+    /// The room's last 200 carried an offer (to an offerless re-INVITE): the ACK answers it.
+    offered: bool,
 }
 
 impl Member {
@@ -393,6 +395,56 @@ fn is_sdp(req: &Request) -> bool {
 }
 
 impl Room {
+    /// An empty room `(number, name, conference user, agent)` opened by `first` (not joined
+    /// yet), its record started now.
+    fn new(
+        (no, name, user, agent): (CallNo, String, String, String),
+        states: broadcast::Sender<UserState>,
+        first: &Join,
+        rng: rand::rngs::StdRng,
+    ) -> Room {
+        let record = CallRecord {
+            id: no,
+            call_id: first.invite.call_id().unwrap_or("").to_owned(),
+            caller: first.party.clone(),
+            callee: format!("conference:{name}"),
+            started_at: Utc::now(),
+            answered_at: None,
+            ended_at: None,
+            talk_secs: 0,
+            status: None,
+            end_reason: None,
+            emergency: false,
+            messages: 0,
+            messages_dropped: 0,
+        };
+        let mut r = Room {
+            no,
+            name,
+            user,
+            agent,
+            members: Vec::new(),
+            mixer: Mixer::new(),
+            next_id: 1,
+            next_tag: 0,
+            out: VecDeque::new(),
+            log: MessageLog::default(),
+            states,
+            rng,
+            record,
+            ended: false,
+            buf: Vec::new(),
+            ports: first.ports.clone(),
+            rtp_range: first.rtp_range,
+            focus: String::new(),
+            srtp: first.srtp,
+            invitations: Vec::new(),
+            acks: Vec::new(),
+        };
+        r.focus = format!("<sip:{}@{}>", r.room_user(), first.invite.uri.host);
+        r
+    }
+
     fn tag(&mut self) -> u32 {
         self.next_tag = self.next_tag.wrapping_add(1);
         self.next_tag
@@ -525,6 +577,7 @@ impl Room {
             rule,
             keys: None,
             srtp: None,
+            offered: false,
         });
     }
 
@@ -747,6 +800,7 @@ impl Room {
             rule: inv.rule,
             keys: None,
             srtp: None,
+            offered: false,
         });
     }
 
@@ -914,6 +968,7 @@ impl Room {
                 }
                 m.latch.expect(o.rtp_addr(audio), from.addr.ip());
                 m.sending = we_send(o, audio);
+                m.offered = false;
                 let body = room_sdp(Some((o, audio)), f, rtp, m.sdp_version, |a| {
                     m.sdes.give_answer(a)
                 });
@@ -924,6 +979,7 @@ impl Room {
             // comes in the ACK (see `on_ack`).
             None => {
                 let rule = m.offer_rule();
+                m.offered = true;
                 room_sdp(None, m.format, rtp, m.sdp_version, |a| {
                     m.sdes.give_offer(rule, a)
                 })
@@ -979,7 +1035,7 @@ impl Room {
             self.log.request(LogDirection::In, m.remote.addr, req);
             // An ACK with SDP answers the room's offer in a 200 to an offerless re-INVITE
             // (RFC 3264 §5): its crypto line keys the participant.
-            let answer = (!req.body.is_empty() && is_sdp(req))
+            let answer = (std::mem::take(&mut m.offered) && !req.body.is_empty() && is_sdp(req))
                 .then(|| Sdp::parse(&req.body).ok())
                 .flatten();
             if let Some(mut a) = answer
@@ -1149,47 +1205,14 @@ async fn run_room(t: RoomTask) {
         directory,
         agent,
     } = t;
-    let started_at = Utc::now();
-    let record = CallRecord {
-        id: no,
-        call_id: first.invite.call_id().unwrap_or("").to_owned(),
-        caller: first.party.clone(),
-        callee: format!("conference:{room}"),
-        started_at,
-        answered_at: None,
-        ended_at: None,
-        talk_secs: 0,
-        status: None,
-        end_reason: None,
-        emergency: false,
-        messages: 0,
-        messages_dropped: 0,
-    };
-    directory.started(&record);
-    let mut r = Room {
-        no,
-        name: room,
-        user,
-        agent,
-        members: Vec::new(),
-        mixer: Mixer::new(),
-        next_id: 1,
-        next_tag: 0,
-        out: VecDeque::new(),
-        log: MessageLog::default(),
+    let mut r = Room::new(
+        (no, room, user, agent),
         states,
-        rng: rand::SeedableRng::from_os_rng(),
-        record,
-        ended: false,
-        buf: Vec::new(),
-        ports: first.ports.clone(),
-        rtp_range: first.rtp_range,
-        focus: String::new(),
-        srtp: first.srtp,
-        invitations: Vec::new(),
-        acks: Vec::new(),
-    };
-    r.focus = format!("<sip:{}@{}>", r.room_user(), first.invite.uri.host);
+        &first,
+        rand::SeedableRng::from_os_rng(),
+    );
+    let started_at = r.record.started_at;
+    directory.started(&r.record);
     r.join(Instant::now(), first);
     if r.members.is_empty() && r.invitations.is_empty() {
         r.record.status = r.record.status.or(Some(488));
@@ -1332,50 +1355,30 @@ mod tests {
     /// The phone's master key and salt in its offers.
     const PHONE_KEY: [u8; MASTER_LEN] = [7; MASTER_LEN];
 
-    fn room(srtp: SrtpPolicy) -> Room {
+    /// A room opened by `first` (which still has to join).
+    fn room_for(first: &Join) -> Room {
         let (states, _) = broadcast::channel(16);
-        Room {
-            no: 1,
-            name: "conference".into(),
-            user: "conference".into(),
-            agent: "csps-test".into(),
-            members: Vec::new(),
-            mixer: Mixer::new(),
-            next_id: 1,
-            next_tag: 0,
-            out: VecDeque::new(),
-            log: MessageLog::default(),
+        Room::new(
+            (
+                1,
+                "conference".into(),
+                "conference".into(),
+                "csps-test".into(),
+            ),
             states,
-            rng: rand::rngs::StdRng::seed_from_u64(3),
-            record: CallRecord {
-                id: 1,
-                call_id: String::new(),
-                caller: String::new(),
-                callee: "conference:conference".into(),
-                started_at: Utc::now(),
-                answered_at: None,
-                ended_at: None,
-                talk_secs: 0,
-                status: None,
-                end_reason: None,
-                emergency: false,
-                messages: 0,
-                messages_dropped: 0,
-            },
-            ended: false,
-            buf: Vec::new(),
-            ports: Arc::new(PortPool::new()),
-            rtp_range: (47_000, 47_998),
-            focus: String::new(),
-            srtp,
-            invitations: Vec::new(),
-            acks: Vec::new(),
-        }
+            first,
+            rand::rngs::StdRng::seed_from_u64(3),
+        )
     }
 
     /// `user`'s INVITE to the room from 127.0.0.1:`sip_port`, offering PCMU on `rtp_port`
     /// over `proto` with `crypto` lines.
-    fn join_of(user: &str, sip_port: u16, rtp_port: u16, proto: &str, crypto: &[String]) -> Join {
+    fn join_of(
+        (user, sip_port, srtp): (&str, u16, SrtpPolicy),
+        rtp_port: u16,
+        proto: &str,
+        crypto: &[String],
+    ) -> Join {
         let mut sdp = format!(
             "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
              m=audio {rtp_port} {proto} 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n"
@@ -1400,21 +1403,7 @@ mod tests {
             addr: SocketAddr::from(([127, 0, 0, 1], sip_port)),
             flow: None,
         };
-        let mut txns = csps_sip::transaction::Transactions::new(Default::default());
-        txns.handle_input(csps_sip::transaction::Input::Receive {
-            now: Instant::now(),
-            from,
-            msg: Message::Request(invite.clone()),
-        });
-        let key = loop {
-            match txns.poll_output() {
-                Some(csps_sip::transaction::Output::Event(
-                    csps_sip::transaction::Event::Request { key, .. },
-                )) => break key,
-                Some(_) => {}
-                None => panic!("no request event"),
-            }
-        };
+        let key = super::super::b2bua::tests::key_for(&invite, &from.addr.to_string());
         Join {
             key,
             from,
@@ -1423,7 +1412,7 @@ mod tests {
             party: format!("sip:{user}@csps.local"),
             ports: Arc::new(PortPool::new()),
             rtp_range: (47_000, 47_998),
-            srtp: SrtpPolicy::default(),
+            srtp,
         }
     }
 
@@ -1484,7 +1473,6 @@ mod tests {
             mode: SrtpMode::Supported,
             plain_keys: true,
         };
-        let mut r = room(policy);
         let (alice, bob) = (phone_socket(), phone_socket());
         let port = |s: &UdpSocket| s.local_addr().expect("addr").port();
         let line = format!(
@@ -1492,8 +1480,8 @@ mod tests {
             STANDARD.encode(PHONE_KEY)
         );
         let now = Instant::now();
-        let mut j = join_of("alice", 5071, port(&alice), "RTP/SAVP", &[line]);
-        j.srtp = policy;
+        let j = join_of(("alice", 5071, policy), port(&alice), "RTP/SAVP", &[line]);
+        let mut r = room_for(&j);
         r.join(now, j);
         let answer = last_answer(&r);
         let m = &answer.media[0];
@@ -1511,9 +1499,10 @@ mod tests {
             .expect("30 bytes");
         assert_ne!(gw_key, PHONE_KEY, "the gateway's own key");
         let alice_rtp = SocketAddr::new([127, 0, 0, 1].into(), m.port);
-        let mut j = join_of("bob", 5072, port(&bob), "RTP/AVP", &[]);
-        j.srtp = policy;
-        r.join(now, j);
+        r.join(
+            now,
+            join_of(("bob", 5072, policy), port(&bob), "RTP/AVP", &[]),
+        );
         let plain = last_answer(&r);
         assert_eq!(
             (plain.media[0].proto.as_str(), plain.media[0].crypto().len()),
@@ -1580,6 +1569,113 @@ mod tests {
         assert_eq!(info.legs[0].counters.rtp_packets, 50);
     }
 
+    /// A request from `user` (5074) inside its room dialog (`to_tag` the room's), with an
+    /// optional SDP body offering PCMU with `crypto`.
+    fn in_dialog(method: &str, seq: u32, to_tag: &str, crypto: Option<&str>) -> Request {
+        let sdp = crypto.map_or(String::new(), |c| {
+            format!(
+                "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+                 m=audio 4000 RTP/SAVP 0\r\na=rtpmap:0 PCMU/8000\r\na=crypto:{c}\r\n"
+            )
+        });
+        let ct = if sdp.is_empty() {
+            ""
+        } else {
+            "Content-Type: application/sdp\r\n"
+        };
+        let text = format!(
+            "{method} sip:conference@127.0.0.1:5060 SIP/2.0\r\n\
+             Via: SIP/2.0/UDP 127.0.0.1:5074;branch=z9hG4bKre{method}{seq}\r\n\
+             From: <sip:alice@csps.local>;tag=alice-tag\r\n\
+             To: <sip:conference@csps.local>;tag={to_tag}\r\nCall-ID: alice-call\r\n\
+             CSeq: {seq} {method}\r\nContact: <sip:alice@127.0.0.1:5074>\r\nMax-Forwards: 70\r\n\
+             {ct}Content-Length: {}\r\n\r\n{sdp}",
+            sdp.len()
+        );
+        match csps_sip::parse(text.as_bytes()).expect("parses").message {
+            Message::Request(r) => r,
+            Message::Response(_) => panic!("a request"),
+        }
+    }
+
+    /// A re-INVITE with the same crypto line keeps the participant's keys (and the gateway's
+    /// key in the answer); an offerless re-INVITE is answered with the room's RTP/SAVP offer of
+    /// a line per suite, and the ACK's answer (another suite, a new phone key) rekeys it.
+    #[test]
+    fn reinvites_keep_or_change_a_participants_srtp_keys() {
+        let policy = SrtpPolicy {
+            mode: SrtpMode::Supported,
+            plain_keys: true,
+        };
+        let line = format!(
+            "1 AES_CM_128_HMAC_SHA1_80 inline:{}",
+            STANDARD.encode(PHONE_KEY)
+        );
+        let j = join_of(
+            ("alice", 5074, policy),
+            4000,
+            "RTP/SAVP",
+            std::slice::from_ref(&line),
+        );
+        let mut r = room_for(&j);
+        r.join(Instant::now(), j);
+        let first = last_answer(&r).media[0].crypto()[0].key.clone();
+        let keys = r.members[0].keys.clone().expect("SRTP");
+        let to_tag = r.members[0].dialog.local_tag.clone();
+        let from = r.members[0].remote;
+        let req = in_dialog("INVITE", 2, &to_tag, Some(&line));
+        r.on_request(
+            super::super::b2bua::tests::key_for(&req, "127.0.0.1:5074"),
+            from,
+            req,
+        );
+        let again = last_answer(&r);
+        assert_eq!(
+            again.media[0].crypto()[0].key,
+            first,
+            "the gateway's key stays"
+        );
+        assert_eq!(r.members[0].keys.as_ref(), Some(&keys), "the keys stay");
+        // An ACK that answers no offer of the room's (SDP repeated by a phone) changes nothing.
+        let stray = format!(
+            "2 AES_CM_128_HMAC_SHA1_32 inline:{}",
+            STANDARD.encode([6u8; 30])
+        );
+        r.on_ack(&in_dialog("ACK", 2, &to_tag, Some(&stray)));
+        assert_eq!(
+            r.members[0].keys.as_ref(),
+            Some(&keys),
+            "a stray ACK's SDP is no answer"
+        );
+        let req = in_dialog("INVITE", 3, &to_tag, None);
+        r.on_request(
+            super::super::b2bua::tests::key_for(&req, "127.0.0.1:5074"),
+            from,
+            req,
+        );
+        let offer = last_answer(&r);
+        let m = &offer.media[0];
+        assert_eq!(
+            (m.proto.as_str(), m.crypto().len()),
+            ("RTP/SAVP", 2),
+            "{offer}"
+        );
+        let new_key = [8u8; MASTER_LEN];
+        let ack = in_dialog(
+            "ACK",
+            3,
+            &to_tag,
+            Some(&format!(
+                "2 AES_CM_128_HMAC_SHA1_32 inline:{}",
+                STANDARD.encode(new_key)
+            )),
+        );
+        r.on_ack(&ack);
+        let k = r.members[0].keys.as_ref().expect("still SRTP");
+        assert_eq!((k.suite, k.remote), (Suite::AesCm128Sha1_32, new_key));
+        assert!(r.members[0].srtp.is_some());
+    }
+
     /// SDES follows what calls do: SRTP off refuses RTP/SAVP (488, nobody joins) and answers a
     /// best-effort offer (RTP/AVP with crypto) plain; with SRTP supported the best-effort offer
     /// is answered RTP/AVP with the gateway's line; SRTP required refuses plain RTP.
@@ -1594,9 +1690,8 @@ mod tests {
             _ => 0,
         };
         let joined = |policy: SrtpPolicy, proto: &str, crypto: &[String]| {
-            let mut r = room(policy);
-            let mut j = join_of("alice", 5073, 4000, proto, crypto);
-            j.srtp = policy;
+            let j = join_of(("alice", 5073, policy), 4000, proto, crypto);
+            let mut r = room_for(&j);
             r.join(Instant::now(), j);
             r
         };
@@ -1610,11 +1705,12 @@ mod tests {
             ("RTP/AVP", 0)
         );
         assert!(r.members[0].srtp.is_none());
-        let supported = SrtpPolicy {
-            mode: SrtpMode::Supported,
-            plain_keys: true,
-        };
-        let r = joined(supported, "RTP/AVP", std::slice::from_ref(&line));
+        let policy = |mode, plain_keys| SrtpPolicy { mode, plain_keys };
+        let r = joined(
+            policy(SrtpMode::Supported, true),
+            "RTP/AVP",
+            std::slice::from_ref(&line),
+        );
         let a = last_answer(&r);
         assert_eq!(
             (a.media[0].proto.as_str(), a.media[0].crypto()[0].tag),
@@ -1622,17 +1718,13 @@ mod tests {
         );
         assert!(r.members[0].srtp.is_some());
         // Keys over UDP are not allowed without SrtpOverPlainTransport.
-        let no_plain_keys = SrtpPolicy {
-            mode: SrtpMode::Supported,
-            plain_keys: false,
-        };
-        let r = joined(no_plain_keys, "RTP/SAVP", std::slice::from_ref(&line));
+        let r = joined(
+            policy(SrtpMode::Supported, false),
+            "RTP/SAVP",
+            std::slice::from_ref(&line),
+        );
         assert_eq!(status(&r), 488);
-        let required = SrtpPolicy {
-            mode: SrtpMode::Required,
-            plain_keys: true,
-        };
-        let r = joined(required, "RTP/AVP", &[]);
+        let r = joined(policy(SrtpMode::Required, true), "RTP/AVP", &[]);
         assert_eq!((status(&r), r.members.len()), (488, 0));
     }
 
