@@ -18,6 +18,18 @@ fn room_with(gw: &Gateway, n: usize) -> Option<serde_json::Value> {
     })
 }
 
+/// `user`'s leg in `room` (`null` when there is none).
+fn leg_of(room: &serde_json::Value, user: &str) -> serde_json::Value {
+    room["legs"]
+        .as_array()
+        .and_then(|l| {
+            l.iter()
+                .find(|l| l["party"] == format!("sip:{user}@{DOMAIN}"))
+        })
+        .cloned()
+        .unwrap_or_default()
+}
+
 /// Runs alice's SIPp scenario (a join and a REFER) while watching for the room to reach `n`
 /// participants; the room as it was then, once alice's scenario passed.
 fn refer_while_watching(gw: &Gateway, alice: csps_tests::Sipp, n: usize) -> serde_json::Value {
@@ -125,17 +137,7 @@ fn srtp_and_plain_phones_in_one_room_each_hear_the_other_two() {
     let Some(gw) = csps_tests::gateway_for("baresip") else {
         return;
     };
-    for (leaf, value) in [
-        ("Srtp", serde_json::json!("Supported")),
-        ("SrtpOverPlainTransport", serde_json::json!(true)),
-    ] {
-        let r = gw.api(
-            "PUT",
-            &format!("/api/config/*/Data.SipConfig.{leaf}"),
-            Some(&value),
-        );
-        assert_eq!(r.status, 200, "{leaf}: {}", r.body);
-    }
+    allow_srtp_over_udp(&gw);
     let room = phones_in(
         &gw,
         &[
@@ -144,12 +146,8 @@ fn srtp_and_plain_phones_in_one_room_each_hear_the_other_two() {
             ("carol", 1500, "PCMU", ""),
         ],
     );
-    let legs = room["legs"].as_array().cloned().unwrap_or_default();
     for (user, srtp) in [("alice", true), ("bob", true), ("carol", false)] {
-        let leg = legs
-            .iter()
-            .find(|l| l["party"] == format!("sip:{user}@{DOMAIN}"))
-            .unwrap_or_else(|| panic!("no leg of {user}: {room}"));
+        let leg = leg_of(&room, user);
         assert_eq!(leg["srtp"], srtp, "{user}: {room}");
         let c = &leg["counters"];
         eprintln!("{user}: srtp {}, counters {c}", leg["srtp"]);
@@ -175,12 +173,7 @@ fn three_phones_dialling_the_conference_uri_each_hear_the_other_two() {
     ]) else {
         return;
     };
-    let bob = room["legs"]
-        .as_array()
-        .and_then(|l| l.iter().find(|l| l["party"] == format!("sip:bob@{DOMAIN}")))
-        .cloned()
-        .unwrap_or_default();
-    assert_eq!(bob["codec"], "G722/8000", "{room}");
+    assert_eq!(leg_of(&room, "bob")["codec"], "G722/8000", "{room}");
 }
 
 /// Eight phones, G.711 and G.722 alternating, each with its own tone, in one room: each hears
@@ -205,24 +198,70 @@ fn eight_phones_in_one_room_each_hear_the_seven_others() {
 /// hears carol's tone and carol hears bob's.
 #[test]
 fn a_refer_inside_the_conference_dialog_calls_the_party_in() {
-    let Some(gw) = csps_tests::gateway_for("baresip") else {
+    let Some(gw) = gateway_with_sipp() else {
         return;
     };
+    refer_carol_in(&gw, ("", ""));
+}
+
+/// Issue 4 on the REFER path: as [`a_refer_inside_the_conference_dialog_calls_the_party_in`]
+/// with SRTP supported (keys over UDP allowed): bob joins with RTP/SAVP (`mediaenc=srtp-mand`)
+/// and the room's offer to carol carries SDES, which her best-effort phone (`mediaenc=srtp`)
+/// takes: both legs show SRTP, and bob and carol hear each other.
+#[test]
+fn a_party_called_in_by_refer_gets_srtp_from_the_room() {
+    let Some(gw) = gateway_with_sipp() else {
+        return;
+    };
+    allow_srtp_over_udp(&gw);
+    let three = refer_carol_in(&gw, (";mediaenc=srtp-mand", ";mediaenc=srtp"));
+    for user in ["bob", "carol"] {
+        assert_eq!(leg_of(&three, user)["srtp"], true, "{user}: {three}");
+    }
+}
+
+/// A baresip gateway when SIPp is there too.
+fn gateway_with_sipp() -> Option<Gateway> {
+    let gw = csps_tests::gateway_for("baresip")?;
     if !csps_tests::have_tool("sipp") {
         csps_tests::skip("sipp not installed (run e2e/setup)");
-        return;
+        return None;
     }
+    Some(gw)
+}
+
+/// `Data.SipConfig.Srtp=Supported` with SDES keys allowed over UDP
+/// (`SrtpOverPlainTransport`), where the test phones signal.
+fn allow_srtp_over_udp(gw: &Gateway) {
+    for (leaf, value) in [
+        ("Srtp", serde_json::json!("Supported")),
+        ("SrtpOverPlainTransport", serde_json::json!(true)),
+    ] {
+        let r = gw.api(
+            "PUT",
+            &format!("/api/config/*/Data.SipConfig.{leaf}"),
+            Some(&value),
+        );
+        assert_eq!(r.status, 200, "{leaf}: {}", r.body);
+    }
+}
+
+/// Bob (baresip, 600 Hz, PCMU, `bob_params` on his account) dials into the room, alice (SIPp)
+/// joins and REFERs the room to carol (baresip, 1000 Hz, G.722, `carol_params`); the room with
+/// the three of them once alice's scenario passed. Alice's BYE leaves bob and carol, who then
+/// hear each other's tones and not their own.
+fn refer_carol_in(gw: &Gateway, (bob_params, carol_params): (&str, &str)) -> serde_json::Value {
     for user in ["alice", "bob", "carol"] {
         gw.create_user(user, &format!("{user}-secret-1"));
     }
     let bob_dir = tempfile::tempdir().expect("temp dir");
     let carol_dir = tempfile::tempdir().expect("temp dir");
-    let carol = csps_tests::baresip::tone_phone(
+    let carol = csps_tests::baresip::tone_phone_with(
         carol_dir.path(),
         gw.sip_port,
         ("carol", "carol-secret-1", DOMAIN),
-        1000,
-        "G722/16000/1",
+        (1000, "G722/16000/1"),
+        carol_params,
         &[],
     );
     assert!(
@@ -231,16 +270,16 @@ fn a_refer_inside_the_conference_dialog_calls_the_party_in() {
             .is_empty()),
         "carol did not register"
     );
-    let bob = csps_tests::baresip::tone_phone(
+    let bob = csps_tests::baresip::tone_phone_with(
         bob_dir.path(),
         gw.sip_port,
         ("bob", "bob-secret-1", DOMAIN),
-        600,
-        "PCMU",
+        (600, "PCMU"),
+        bob_params,
         &[&format!("/dial sip:conference@{DOMAIN}")],
     );
     assert!(
-        wait_until(Duration::from_secs(15), || room_with(&gw, 1).is_some()),
+        wait_until(Duration::from_secs(15), || room_with(gw, 1).is_some()),
         "bob did not join: {}",
         gw.log_tail(40)
     );
@@ -252,7 +291,7 @@ fn a_refer_inside_the_conference_dialog_calls_the_party_in() {
         DOMAIN,
     )
     .key("target", "carol");
-    let three = refer_while_watching(&gw, alice, 3);
+    let three = refer_while_watching(gw, alice, 3);
     let parties: Vec<_> = three["legs"]
         .as_array()
         .expect("legs")
@@ -260,16 +299,8 @@ fn a_refer_inside_the_conference_dialog_calls_the_party_in() {
         .map(|l| l["party"].as_str().unwrap_or_default().to_owned())
         .collect();
     assert!(parties.contains(&format!("sip:carol@{DOMAIN}")), "{three}");
-    let carol_leg = three["legs"]
-        .as_array()
-        .and_then(|l| {
-            l.iter()
-                .find(|l| l["party"] == format!("sip:carol@{DOMAIN}"))
-        })
-        .cloned()
-        .unwrap_or_default();
-    assert_eq!(carol_leg["codec"], "G722/8000", "{three}");
-    let two = room_with(&gw, 2).unwrap_or_else(|| {
+    assert_eq!(leg_of(&three, "carol")["codec"], "G722/8000", "{three}");
+    let two = room_with(gw, 2).unwrap_or_else(|| {
         panic!(
             "alice's BYE should leave bob and carol: {}",
             gw.api("GET", "/api/calls", None).body
@@ -294,6 +325,7 @@ fn a_refer_inside_the_conference_dialog_calls_the_party_in() {
         "carol hears 600 Hz at {carol_hears_bob}"
     );
     assert!(tone_share(&bob_heard, 600.0) < 0.05, "bob hears himself");
+    three
 }
 
 /// An offer the room cannot mix (only G.729; an m= line whose format is no number) gets 488
