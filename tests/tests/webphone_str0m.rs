@@ -3,7 +3,8 @@
 //! token of the emulated Entra ID. It calls a baresip phone through the gateway and the phone
 //! answers; then a baresip phone calls the account and the web phone answers. Each side must hear
 //! the other's tone (tone detection on what it decoded), and the API must show the web phone as a
-//! registered device of the account while it runs and not after it stops. The Chromium test
+//! registered device of the account while it runs and not after it stops; and a routing policy's
+//! `web-<user>` rings the web phone and not the account's desk phone. The Chromium test
 //! (tests/tests/webphone.rs) is the browser interop; this one needs no browser build.
 
 use std::net::UdpSocket;
@@ -11,6 +12,9 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+#[path = "../../gateway/tests/policy_support/mod.rs"]
+mod policy_support;
 
 use csps::media::codec::{Decoder, Encoder};
 use csps_sip::sdp::Codec as SdpCodec;
@@ -416,14 +420,74 @@ fn a_str0m_browser_calls_baresip_and_answers_a_call_hearing_and_heard_both_ways(
         "carol hears the browser's {BROWSER_HZ} Hz: share {share}"
     );
 
+    // (c) A routing policy's `web-<user>` (the example dial plan) rings only the web phones:
+    // alice's desk phone, which answers at once, is not rung, so the web phone rings on.
+    let Some(dialplan) = policy_support::component("routing_dialplan") else {
+        return;
+    };
+    let r = s.gw.api_bytes(
+        "PUT",
+        "/api/policies/routing",
+        "application/wasm",
+        &dialplan,
+    );
+    assert!(
+        r.status < 300,
+        "upload the dial plan: {} {}",
+        r.status,
+        r.body
+    );
+    let desk_dir = tempfile::tempdir().expect("temp dir");
+    let desk = phone(&s, desk_dir.path(), "alice", 1700, &[]);
+    assert!(wait_until(Duration::from_secs(15), || registered(
+        &s, "alice"
+    )
+    .len()
+        == 2));
+    let web_dir = tempfile::tempdir().expect("temp dir");
+    let carol = phone(
+        &s,
+        web_dir.path(),
+        "carol",
+        CAROL_HZ,
+        &[&format!("/dial sip:web-alice@{DOMAIN}")],
+    );
+    wait_state(&s, &id, "incoming");
+    std::thread::sleep(Duration::from_secs(1));
+    let state = me(&s, "GET", &format!("/api/me/webphone/{id}"), None).json();
+    assert_eq!(
+        state["state"], "incoming",
+        "the desk phone took the web-only call: {state}"
+    );
+    let r = me(&s, "POST", &format!("/api/me/webphone/{id}/answer"), None);
+    assert_eq!(r.status, 202, "{}", r.body);
+    let pcm = browser.listen(Duration::from_secs(2));
+    let share = tone_share(&pcm, CAROL_HZ as f32);
+    assert!(
+        share > 0.5,
+        "the browser hears carol's {CAROL_HZ} Hz on the web-only call: share {share}"
+    );
+    let r = me(&s, "POST", &format!("/api/me/webphone/{id}/hangup"), None);
+    assert_eq!(r.status, 202, "{}", r.body);
+    wait_state(&s, &id, "idle");
+    drop(carol);
+    drop(desk);
+
     // Stopping the phone unregisters it.
     let r = me(&s, "DELETE", &format!("/api/me/webphone/{id}"), None);
     assert_eq!(r.status, 204, "{}", r.body);
-    assert!(
-        wait_until(Duration::from_secs(10), || registered(&s, "alice")
-            .is_empty()),
-        "the stopped web phone is no longer registered: {:?}",
+    // (alice's desk phone was killed, not unregistered: its binding stays until it expires.)
+    let web_phones = || {
         registered(&s, "alice")
+            .into_iter()
+            .filter(|d| d["user_agent"] == "csps web phone")
+            .count()
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || web_phones() == 0),
+        "the stopped web phone is no longer registered: {:?}\n{}",
+        registered(&s, "alice"),
+        s.gw.log_tail(30)
     );
     let r = me(&s, "GET", &format!("/api/me/webphone/{id}"), None);
     assert_eq!(r.status, 404, "{}", r.body);

@@ -359,7 +359,7 @@ pub enum Route {
     },
     /// Out through the Teams trunk to this E.164 number (403 for an account not activated).
     Teams(String),
-    /// To a web phone user: refused with 503 until the web phone exists.
+    /// To a local user's web phones only (480 when none runs).
     WebUser(String),
     /// An emergency number with no local target: out through the Teams trunk, whoever calls
     /// (503 when no trunk proxy is up).
@@ -659,7 +659,7 @@ impl Switch {
             _ => return Err(b2bua::ReferRefusal::Failed(501)),
         };
         let mut devices = Vec::new();
-        let targets = self.devices(cx, &user, &domain, &mut devices);
+        let targets = self.devices(cx, &user, &domain, Reach::Devices, &mut devices);
         if targets.is_empty() {
             return Err(b2bua::ReferRefusal::Failed(480));
         }
@@ -836,7 +836,8 @@ impl Switch {
             // From Teams: the proxy proved who it is with its certificate; no digest challenge.
             match teams::incoming(&req, &dialled, cx.accounts, &paths.fqdn) {
                 Ok(inc) => {
-                    let targets = self.devices(&cx, &inc.user, &inc.domain, &mut devices);
+                    let targets =
+                        self.devices(&cx, &inc.user, &inc.domain, Reach::Devices, &mut devices);
                     Plan {
                         caller_id: inc.caller,
                         callee: format!("<{}>", csps_sip::registrar::aor(&inc.user, &inc.domain)),
@@ -915,35 +916,30 @@ impl Switch {
             let caller_ref = caller.as_ref().map(|(u, d)| (u.as_str(), d.as_str()));
             let caller_party = caller.as_ref().map(|(u, d)| csps_sip::registrar::aor(u, d));
             let next = match route(&query, cx.accounts, self.policies.as_deref(), &routing) {
-                Route::Local { user, domain } => {
-                    let aor = csps_sip::registrar::aor(&user, &domain);
-                    let targets = self.devices(&cx, &user, &domain, &mut devices);
-                    let caller_id = match caller_ref {
-                        Some((u, d)) => {
-                            let uri = csps_sip::registrar::aor(u, d);
-                            match cx.accounts.display_name(u, d) {
-                                Some(n) => format!("{} <{uri}>", quote(n)),
-                                None => format!("<{uri}>"),
-                            }
-                        }
-                        None => "<sip:anonymous@anonymous.invalid>".to_owned(),
-                    };
-                    Next::Local(Plan {
-                        caller_id,
-                        callee: format!("<{aor}>"),
-                        caller_party: caller_party.clone(),
-                        callee_party: aor,
-                        kinds: [LegKind::Phone, LegKind::Phone],
-                        targets,
-                        a_sbc: None,
-                    })
-                }
+                Route::Local { user, domain } => Next::Local(self.local_plan(
+                    &cx,
+                    (&user, &domain),
+                    Reach::Devices,
+                    caller_ref,
+                    &mut devices,
+                )),
                 Route::EmergencyUnrouted => Next::Teams(rules::dial_string(&dialled)),
                 Route::Teams(number) => Next::Teams(number),
                 Route::WebUser(user) => {
-                    let why = format!("routed to web user {user}: the web phone is not available");
-                    refuse(cx.txns, 503, Some(&why));
-                    return;
+                    let plan = self.local_plan(
+                        &cx,
+                        (&user, &domain),
+                        Reach::WebPhones,
+                        caller_ref,
+                        &mut devices,
+                    );
+                    if plan.targets.is_empty() {
+                        let why =
+                            format!("routed to web user {user}, who has no web phone running");
+                        refuse(cx.txns, 480, Some(&why));
+                        return;
+                    }
+                    Next::Local(plan)
                 }
                 Route::Reject { code, reason } => {
                     respond(cx.txns, code, &reason, None);
@@ -1131,17 +1127,54 @@ impl Switch {
 
     /// The registered devices of `user@domain` as call targets (noted in `devices` for the
     /// quirks).
+    /// The plan of a call to the local account `user@domain`, ringing what `reach` says.
+    fn local_plan(
+        &self,
+        cx: &InviteCx<'_>,
+        (user, domain): (&str, &str),
+        reach: Reach,
+        caller: Option<(&str, &str)>,
+        devices: &mut Vec<(SocketAddr, Device)>,
+    ) -> Plan {
+        let aor = csps_sip::registrar::aor(user, domain);
+        let targets = self.devices(cx, user, domain, reach, devices);
+        let caller_id = match caller {
+            Some((u, d)) => {
+                let uri = csps_sip::registrar::aor(u, d);
+                match cx.accounts.display_name(u, d) {
+                    Some(n) => format!("{} <{uri}>", quote(n)),
+                    None => format!("<{uri}>"),
+                }
+            }
+            None => "<sip:anonymous@anonymous.invalid>".to_owned(),
+        };
+        Plan {
+            caller_id,
+            callee: format!("<{aor}>"),
+            caller_party: caller.map(|(u, d)| csps_sip::registrar::aor(u, d)),
+            callee_party: aor,
+            kinds: [LegKind::Phone, LegKind::Phone],
+            targets,
+            a_sbc: None,
+        }
+    }
+
     fn devices(
         &self,
         cx: &InviteCx<'_>,
         user: &str,
         domain: &str,
+        reach: Reach,
         devices: &mut Vec<(SocketAddr, Device)>,
     ) -> Vec<b2bua::Target> {
         let aor = csps_sip::registrar::aor(user, domain);
         cx.registrar
             .lookup(&aor)
             .into_iter()
+            .filter(|b| {
+                reach == Reach::Devices
+                    || b.user_agent.as_deref() == Some(crate::webphone::USER_AGENT)
+            })
             .filter_map(|b| {
                 let uri = csps_sip::headers::NameAddr::parse(&b.contact).ok()?.uri;
                 let local = concrete_local((cx.local_of)(&b.source), b.source.addr.ip())?;
@@ -1155,6 +1188,15 @@ impl Switch {
             })
             .collect()
     }
+}
+
+/// Which of a local account's registered devices a call rings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reach {
+    /// Every device (desk phones and web phones).
+    Devices,
+    /// Only its web phones (a routing policy's `web-user`).
+    WebPhones,
 }
 
 /// What a Request-URI or Refer-To dials: its user part, percent-decoded.

@@ -1,6 +1,7 @@
 //! Example routing policy, a national dial plan for Israel: a dialled number with one leading 0
-//! (`0501234567`) goes to Teams as `+972501234567`; everything else follows the built-in rule
-//! (local users, `+…`/`00…` numbers).
+//! (`0501234567`) goes to Teams as `+972501234567`; `web-<user>` rings only that user's web
+//! phones (not their desk phones); everything else follows the built-in rule (local users,
+//! `+…`/`00…` numbers).
 
 #![no_std]
 
@@ -18,6 +19,11 @@ struct Policy;
 
 impl Guest for Policy {
     fn route(request: RouteRequest) -> Route {
+        if let Some(user) = request.dialled.strip_prefix("web-")
+            && !user.is_empty()
+        {
+            return Route::WebUser(user.into());
+        }
         if request.local_match.is_none() {
             let dial = dial_string(&request.dialled);
             if let Some(national) = dial.strip_prefix('0')
