@@ -148,6 +148,7 @@ fn describe(v: &Value) -> String {
         "ringing" => format!("Ringing {peer}…"),
         "incoming" => format!("Incoming call from {peer}"),
         "in-call" => format!("In call with {peer}"),
+        "held" => format!("On hold: {peer}"),
         "closed" => "Closed by the gateway".to_owned(),
         other => other.to_owned(),
     };
@@ -439,7 +440,22 @@ pub fn WebPhone(accounts: Memo<Vec<String>>, devices: RwSignal<u32>) -> impl Int
                             </button>
                         </div>
                     }.into_any(),
-                    "calling" | "ringing" | "in-call" => view! {
+                    "in-call" => view! {
+                        <div class="toolbar">
+                            <button type="button" on:click=move |_| act("/hold", None)>"Hold"</button>
+                            <button type="button" class="hangup"
+                                on:click=move |_| act("/hangup", None)>"Hang up"</button>
+                        </div>
+                    }.into_any(),
+                    "held" => view! {
+                        <div class="toolbar">
+                            <button type="button" class="primary"
+                                on:click=move |_| act("/resume", None)>"Resume"</button>
+                            <button type="button" class="hangup"
+                                on:click=move |_| act("/hangup", None)>"Hang up"</button>
+                        </div>
+                    }.into_any(),
+                    "calling" | "ringing" => view! {
                         <div class="toolbar">
                             <button type="button" class="hangup"
                                 on:click=move |_| act("/hangup", None)>"Hang up"</button>

@@ -100,6 +100,15 @@ try {
   await page.waitForTimeout(1000);
   result.outgoing = await remotePeak(2000);
   await shot('webphone-03-in-call');
+  step('hold and resume');
+  await page.getByRole('button', { name: 'Hold', exact: true }).click();
+  await inState('held');
+  result.held_state = (await state.textContent()).trim();
+  await shot('webphone-03b-held');
+  await page.getByRole('button', { name: 'Resume' }).click();
+  await inState('in-call');
+  await page.waitForTimeout(1000);
+  result.resumed = await remotePeak(2000);
   await page.getByRole('button', { name: 'Hang up' }).click();
   await inState('idle');
   result.outgoing_ended = (await state.textContent()).trim();

@@ -160,6 +160,20 @@ fn web_phone_calls_a_baresip_phone_and_answers_its_call_with_tones_both_ways() {
         "In call with bob",
         answering_dir.path(),
     );
+    // During call (a) the page held and resumed: the state line said so, and bob's tone came back.
+    assert!(
+        result["held_state"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("On hold")),
+        "the state line while held: {result:#}"
+    );
+    let resumed = result["resumed"]["peak_hz"].as_f64().unwrap_or(0.0);
+    let bin = result["resumed"]["bin_hz"].as_f64().unwrap_or(0.0);
+    assert!(
+        (resumed - f64::from(PHONE_HZ)).abs() <= 2.0 * bin.max(1.0)
+            && result["resumed"]["share"].as_f64().unwrap_or(0.0) > 0.5,
+        "after the resume the page hears bob's {PHONE_HZ} Hz again: {result:#}"
+    );
     let heard_back = assert_call(
         &result,
         "incoming",

@@ -372,6 +372,29 @@ fn a_str0m_browser_calls_baresip_and_answers_a_call_hearing_and_heard_both_ways(
         "the browser hears bob's {BOB_HZ} Hz: share {share} of {} samples; calls {calls}",
         pcm.samples.len()
     );
+    // Hold: bob's leg is offered sendonly and stops sending; resume brings his tone back.
+    let r = me(&s, "POST", &format!("/api/me/webphone/{id}/hold"), None);
+    assert_eq!(r.status, 202, "{}", r.body);
+    wait_state(&s, &id, "held");
+    let r = me(&s, "POST", &format!("/api/me/webphone/{id}/hold"), None);
+    assert_eq!(r.status, 409, "holding twice: {}", r.body);
+    std::thread::sleep(Duration::from_millis(500));
+    let held = browser.listen(Duration::from_secs(1));
+    let energy = held.samples.iter().map(|x| x * x).sum::<f32>() / held.samples.len().max(1) as f32;
+    assert!(
+        energy < 1e-4,
+        "the held call is silent at the browser: mean power {energy}"
+    );
+    let r = me(&s, "POST", &format!("/api/me/webphone/{id}/resume"), None);
+    assert_eq!(r.status, 202, "{}", r.body);
+    wait_state(&s, &id, "in-call");
+    std::thread::sleep(Duration::from_millis(500));
+    let pcm = browser.listen(Duration::from_secs(2));
+    let share = tone_share(&pcm, BOB_HZ as f32);
+    assert!(
+        share > 0.5,
+        "after the resume the browser hears bob again: share {share}"
+    );
     let r = me(&s, "POST", &format!("/api/me/webphone/{id}/hangup"), None);
     assert_eq!(r.status, 202, "{}", r.body);
     wait_state(&s, &id, "idle");

@@ -154,6 +154,14 @@ pub fn router(state: ApiState) -> Router {
             axum::routing::post(webphone::hang_up),
         )
         .route(
+            "/api/me/webphone/{id}/hold",
+            axum::routing::post(webphone::hold),
+        )
+        .route(
+            "/api/me/webphone/{id}/resume",
+            axum::routing::post(webphone::resume),
+        )
+        .route(
             "/api/config/{server}/trusted-ips",
             get(trusted_ips::list)
                 .post(trusted_ips::add)

@@ -96,6 +96,8 @@ pub const BEARER: &str = "bearer";
         super::webphone::call,
         super::webphone::answer,
         super::webphone::hang_up,
+        super::webphone::hold,
+        super::webphone::resume,
         super::webphone::stop,
     ),
     components(

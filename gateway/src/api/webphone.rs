@@ -216,6 +216,44 @@ pub async fn hang_up(
     command(&state, &owner, &phone, Command::HangUp).await
 }
 
+/// `POST /api/me/webphone/{id}/hold`.
+#[utoipa::path(post, path = "/api/me/webphone/{id}/hold", tag = "me",
+    params(("id" = String, Path, description = "The web phone")),
+    responses(
+        (status = 202, description = "The call is being held (a re-INVITE offering sendonly; \
+            the phone sends no audio while held)", body = WebPhoneView),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 409, description = "No answered call, already held, or a hold or resume \
+            under way", body = Problem),
+    ))]
+pub async fn hold(
+    State(state): State<ApiState>,
+    id: Option<Extension<Identity>>,
+    Path(phone): Path<String>,
+) -> Result<(StatusCode, Json<WebPhoneView>), Problem> {
+    let owner = owner(id)?;
+    command(&state, &owner, &phone, |done| Command::Hold(true, done)).await
+}
+
+/// `POST /api/me/webphone/{id}/resume`.
+#[utoipa::path(post, path = "/api/me/webphone/{id}/resume", tag = "me",
+    params(("id" = String, Path, description = "The web phone")),
+    responses(
+        (status = 202, description = "The held call is being resumed", body = WebPhoneView),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 409, description = "The call is not held", body = Problem),
+    ))]
+pub async fn resume(
+    State(state): State<ApiState>,
+    id: Option<Extension<Identity>>,
+    Path(phone): Path<String>,
+) -> Result<(StatusCode, Json<WebPhoneView>), Problem> {
+    let owner = owner(id)?;
+    command(&state, &owner, &phone, |done| Command::Hold(false, done)).await
+}
+
 /// `DELETE /api/me/webphone/{id}`.
 #[utoipa::path(delete, path = "/api/me/webphone/{id}", tag = "me",
     params(("id" = String, Path, description = "The web phone")),

@@ -266,6 +266,7 @@ impl Phone {
             Some(Command::Call(to, done)) => (self.line.call(&to, now), done),
             Some(Command::Answer(done)) => (self.line.answer(), done),
             Some(Command::HangUp(done)) => (self.line.hang_up(), done),
+            Some(Command::Hold(on, done)) => (self.line.hold(on), done),
         };
         // The state the caller reads back must include this command's effect.
         self.publish();

@@ -43,6 +43,8 @@ pub enum PhoneState {
     Incoming,
     /// In a call.
     InCall,
+    /// In a call the web phone holds.
+    Held,
     /// The phone was stopped.
     Closed,
 }
@@ -120,6 +122,10 @@ struct Call {
     media: Option<MediaPath>,
     /// The direction the far end's last SDP asked for (sendonly or inactive: it holds us).
     their_direction: Direction,
+    /// The web phone holds the call (its re-INVITE offered sendonly).
+    held: bool,
+    /// Our re-INVITE (hold or resume) still without a final answer.
+    reinvite: Option<Request>,
     since: Instant,
     auth_tries: u8,
 }
@@ -192,6 +198,7 @@ impl Line {
                 CallState::Calling { ringing: false, .. } => PhoneState::Calling,
                 CallState::Calling { ringing: true, .. } => PhoneState::Ringing,
                 CallState::Incoming { .. } => PhoneState::Incoming,
+                CallState::Up if c.held => PhoneState::Held,
                 CallState::Up => PhoneState::InCall,
             },
         };
@@ -206,6 +213,8 @@ impl Line {
     pub fn media(&self) -> Option<MediaPath> {
         let c = self.call.as_ref()?;
         let mut m = c.media?;
+        // Holding, the phone sends nothing (the held party hears the gateway's music, if any).
+        m.send &= !c.held;
         m.send &= matches!(c.their_direction, Direction::SendRecv | Direction::RecvOnly);
         Some(m)
     }
@@ -326,6 +335,8 @@ impl Line {
             peer: uri.to_string(),
             media: None,
             their_direction: Direction::SendRecv,
+            held: false,
+            reinvite: None,
             since: now,
             auth_tries: 0,
         });
@@ -368,6 +379,48 @@ impl Line {
         ok.headers.push("Content-Type", "application/sdp");
         ok.body = body;
         self.out.push(Message::Response(ok));
+        Ok(())
+    }
+
+    /// Holds the call (`on`) or resumes it, by a re-INVITE offering sendonly or sendrecv.
+    pub fn hold(&mut self, on: bool) -> Result<(), LineError> {
+        let via = self.via();
+        let Some(call) = self.call.as_ref() else {
+            return Err(LineError::NotNow("there is no call"));
+        };
+        if !matches!(call.state, CallState::Up) || call.dialog.is_none() {
+            return Err(LineError::NotNow("the call is not answered"));
+        }
+        if call.reinvite.is_some() {
+            return Err(LineError::NotNow("a hold or resume is still under way"));
+        }
+        if call.held == on {
+            return Err(LineError::NotNow(if on {
+                "the call is already held"
+            } else {
+                "the call is not held"
+            }));
+        }
+        let pt = call.media.map(|m| m.pt).unwrap_or(OPUS_PT);
+        let direction = if on {
+            Direction::SendOnly
+        } else {
+            Direction::SendRecv
+        };
+        let body = self.sdp(pt, direction);
+        let Some(call) = self.call.as_mut() else {
+            return Err(LineError::NotNow("there is no call"));
+        };
+        let Some(dialog) = call.dialog.as_mut() else {
+            return Err(LineError::NotNow("the call is not answered"));
+        };
+        let mut req = dialog.request(Method::Invite, &via);
+        req.headers.push("Allow", super::ALLOW);
+        req.headers.push("Content-Type", "application/sdp");
+        req.body = body;
+        call.held = on;
+        call.reinvite = Some(req.clone());
+        self.out.push(Message::Request(req));
         Ok(())
     }
 
@@ -498,6 +551,8 @@ impl Line {
             peer,
             media: None,
             their_direction: Direction::SendRecv,
+            held: false,
+            reinvite: None,
             since: now,
             auth_tries: 0,
         });
@@ -513,6 +568,11 @@ impl Line {
             && !d.accept_remote_seq(&req)
         {
             self.reply(&req, 500, "Server Internal Error");
+            return;
+        }
+        if call.reinvite.is_some() {
+            // Glare with our own hold or resume (RFC 3261 §14.2).
+            self.reply(&req, 491, "Request Pending");
             return;
         }
         let (body, media) = if req.body.is_empty() {
@@ -559,6 +619,31 @@ impl Line {
         if resp.call_id() != Some(call.call_id.as_str()) || cseq.method != Method::Invite {
             return;
         }
+        if let Some(re) = call.reinvite.as_ref()
+            && re.cseq().map(|c| c.seq) == Some(cseq.seq)
+        {
+            let re = re.clone();
+            match resp.status {
+                100..=199 => {}
+                200..=299 => {
+                    if let Some(d) = call.dialog.as_ref() {
+                        self.out.push(Message::Request(d.ack(cseq.seq, &via)));
+                    }
+                    if let Some((m, d)) = media_of(&resp.body) {
+                        call.media = Some(m);
+                        call.their_direction = d;
+                    }
+                    call.reinvite = None;
+                }
+                _ => {
+                    // Refused (491 glare, 488…): the call stays as it was.
+                    self.out.push(Message::Request(ack_failure(&re, &resp)));
+                    call.held = !call.held;
+                    call.reinvite = None;
+                }
+            }
+            return;
+        }
         let Some(invite) = call.invite.clone() else {
             return;
         };
@@ -582,8 +667,8 @@ impl Line {
                 else {
                     return;
                 };
-                let seq = invite.cseq().map(|c| c.seq).unwrap_or(1);
-                self.out.push(Message::Request(dialog.ack(seq, &via)));
+                // The response's own CSeq: a retransmitted 200 of the INVITE is ACKed again.
+                self.out.push(Message::Request(dialog.ack(cseq.seq, &via)));
                 if first {
                     call.media = media_of(&resp.body).map(|(m, d)| {
                         call.their_direction = d;
@@ -604,17 +689,7 @@ impl Line {
             status => {
                 // A failure: ACK it (same branch, the response's To), then retry with
                 // credentials once when it was a challenge.
-                let mut ack = invite.clone();
-                ack.method = Method::Ack;
-                ack.body = Bytes::new();
-                ack.headers.remove("Content-Type");
-                ack.headers.remove("Contact");
-                if let Some(to) = resp.headers.get("To") {
-                    ack.headers.set("To", to);
-                }
-                let seq = invite.cseq().map(|c| c.seq).unwrap_or(1);
-                ack.headers.set("CSeq", format!("{seq} ACK"));
-                self.out.push(Message::Request(ack));
+                self.out.push(Message::Request(ack_failure(&invite, &resp)));
                 let cancelled = matches!(
                     call.state,
                     CallState::Calling {
@@ -883,6 +958,23 @@ fn media_of(body: &[u8]) -> Option<(MediaPath, Direction)> {
         },
         direction,
     ))
+}
+
+/// The ACK of a non-2xx final response to `invite` (RFC 3261 §17.1.1.3: the INVITE's branch and
+/// CSeq number, the response's To).
+fn ack_failure(invite: &Request, resp: &Response) -> Request {
+    let mut ack = invite.clone();
+    ack.method = Method::Ack;
+    ack.body = Bytes::new();
+    for h in ["Content-Type", "Contact", "Allow", "User-Agent"] {
+        ack.headers.remove(h);
+    }
+    if let Some(to) = resp.headers.get("To") {
+        ack.headers.set("To", to);
+    }
+    let seq = invite.cseq().map(|c| c.seq).unwrap_or(1);
+    ack.headers.set("CSeq", format!("{seq} ACK"));
+    ack
 }
 
 fn set_to_tag(resp: &mut Response, tag: Option<&str>) {
@@ -1165,6 +1257,60 @@ mod tests {
         assert_eq!(bye.method, Method::Bye);
         assert_eq!(bye.uri.to_string(), "sip:gw@127.0.0.1:5060;transport=tcp");
         assert_eq!(l.view().state, PhoneState::Idle);
+    }
+
+    #[test]
+    fn holding_offers_sendonly_stops_sending_and_resuming_restores_both_ways() {
+        let mut l = registered();
+        let now = Instant::now();
+        assert!(l.hold(true).is_err(), "no call to hold");
+        l.on_message(Message::Request(invite_from_bob(OFFER)), now);
+        let _ringing = one(&mut l);
+        l.answer().expect("answer");
+        let _ok = one(&mut l);
+        l.hold(true).expect("hold");
+        assert!(l.hold(false).is_err(), "one re-INVITE at a time");
+        let re = request(one(&mut l));
+        assert_eq!(
+            (re.method.as_str(), re.cseq().map(|c| c.seq)),
+            ("INVITE", Some(1))
+        );
+        assert_eq!(re.uri.to_string(), "sip:gw@127.0.0.1:5060;transport=tcp");
+        assert!(String::from_utf8_lossy(&re.body).contains("a=sendonly"));
+        assert!(String::from_utf8_lossy(&re.body).contains("a=rtpmap:96 opus"));
+        assert_eq!(l.view().state, PhoneState::Held);
+        assert!(!l.media().expect("media").send, "a held call sends nothing");
+        let answer = OFFER
+            .replace("sendrecv", "recvonly")
+            .replace(" 9 96 0", " 96");
+        let mut ok = re.response(200, "OK");
+        ok.headers.set("To", "<sip:bob@csps.local>;tag=b1");
+        ok.body = Bytes::from(answer);
+        l.on_message(Message::Response(ok), now);
+        let ack = request(one(&mut l));
+        assert_eq!(
+            (ack.method.as_str(), ack.cseq().map(|c| c.seq)),
+            ("ACK", Some(1))
+        );
+        l.hold(false).expect("resume");
+        let re = request(one(&mut l));
+        assert!(String::from_utf8_lossy(&re.body).contains("a=sendrecv"));
+        // Refused (glare): still held, and the refusal is ACKed.
+        let mut busy = re.response(491, "Request Pending");
+        busy.headers.set("To", "<sip:bob@csps.local>;tag=b1");
+        l.on_message(Message::Response(busy), now);
+        assert_eq!(request(one(&mut l)).method, Method::Ack);
+        assert_eq!(l.view().state, PhoneState::Held);
+        l.hold(false).expect("resume again");
+        let re = request(one(&mut l));
+        assert_eq!(re.cseq().map(|c| c.seq), Some(3));
+        let mut ok = re.response(200, "OK");
+        ok.headers.set("To", "<sip:bob@csps.local>;tag=b1");
+        ok.body = Bytes::from(OFFER.replace(" 9 96 0", " 96"));
+        l.on_message(Message::Response(ok), now);
+        assert_eq!(request(one(&mut l)).method, Method::Ack);
+        assert_eq!(l.view().state, PhoneState::InCall);
+        assert!(l.media().expect("media").send);
     }
 
     #[test]

@@ -67,6 +67,8 @@ pub enum Command {
     Call(String, tokio::sync::oneshot::Sender<Result<(), String>>),
     /// Answer the call that rings in.
     Answer(tokio::sync::oneshot::Sender<Result<(), String>>),
+    /// Hold (`true`) or resume (`false`) the call.
+    Hold(bool, tokio::sync::oneshot::Sender<Result<(), String>>),
     /// Cancel, decline or end the call.
     HangUp(tokio::sync::oneshot::Sender<Result<(), String>>),
     /// Stop the phone (unregister, end its call).
