@@ -101,6 +101,9 @@ pub fn have_tool(tool: &str) -> bool {
         .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file()))
 }
 
+/// The one port of Chromium's restricted list in 10000–19999 (`net/base/port_util.cc`).
+const BROWSER_UNSAFE_PORT: u16 = 10_080;
+
 /// A free TCP port on 127.0.0.1 whose UDP twin is also free (released before returning).
 pub fn free_port() -> u16 {
     free_port_on("127.0.0.1")
@@ -113,7 +116,9 @@ pub fn free_port() -> u16 {
 /// the gateway's RTP pool (20000–30000) and the kernel's ephemeral range (32768+), so a port
 /// handed to one test is never the one the kernel just gave another test's client socket, nor
 /// one a gateway took for media. The start depends on the process id, so two test binaries
-/// running side by side begin apart.
+/// running side by side begin apart. Ports browsers refuse to load pages from (Chromium's and
+/// Firefox's restricted list holds 10080 in this range: `ERR_UNSAFE_PORT`) are never handed out,
+/// since any of them may become a gateway's HTTP port that a browser test opens.
 pub fn free_port_on(ip: &str) -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
     const FIRST: u32 = 10_000;
@@ -123,6 +128,9 @@ pub fn free_port_on(ip: &str) -> u16 {
     for _ in 0..SPAN / 4 {
         let n = NEXT.fetch_add(4, Ordering::Relaxed);
         let port = (FIRST + (seed + n) % SPAN) as u16;
+        if (port..port + 4).contains(&BROWSER_UNSAFE_PORT) {
+            continue;
+        }
         let tcp = TcpListener::bind((ip, port));
         let udp: Vec<_> = (0..4).map(|k| UdpSocket::bind((ip, port + k))).collect();
         if tcp.is_ok() && udp.iter().all(Result::is_ok) {
