@@ -19,6 +19,7 @@ use rand::RngCore;
 use super::codecs;
 use super::rel1xx::{self, NoPrack, Rel1xx};
 use super::sdes::{LegSrtp, Sdes, SrtpPolicy};
+use crate::media::dtmf::{self, Digit};
 use crate::media::srtp::SrtpKeys;
 use crate::media::transcode::LegFormat;
 
@@ -133,6 +134,14 @@ pub enum Input {
     },
     /// Hang up (an administrator's DELETE).
     Hangup,
+    /// A digit the relay read from leg A's (`from_a`) or B's RFC 4733 events while the other
+    /// leg has no telephone-event: it goes there as SIP INFO.
+    Dtmf {
+        /// Read from leg A's events (else B's).
+        from_a: bool,
+        /// The digit.
+        digit: Digit,
+    },
     /// A REFER inside one of the call's dialogs (blind transfer, RFC 3515) with the switch's
     /// resolution of its Refer-To.
     Refer {
@@ -209,6 +218,10 @@ pub enum MediaChange {
     /// is relayed unchanged. Follows the address changes of the same offer/answer exchange; an
     /// exchange that changes an address without it leaves legs that share a codec.
     Transcode(Option<(LegFormat, LegFormat)>),
+    /// The telephone-event (payload type, clock) legs A and B negotiated, after an exchange
+    /// that chose codecs: when only one has it, the relay reads its events as digits and plays
+    /// it the other leg's SIP INFO digits (see [`Output::Dtmf`], [`Input::Dtmf`]).
+    Dtmf(Option<(u8, u32)>, Option<(u8, u32)>),
 }
 
 /// Work for the driver.
@@ -264,6 +277,13 @@ pub enum Output {
         a: bool,
         /// The new party's AoR.
         party: String,
+    },
+    /// Play a digit (from the other leg's SIP INFO) as RFC 4733 events to leg A (`to_a`) or B.
+    Dtmf {
+        /// To leg A (else B).
+        to_a: bool,
+        /// The digit.
+        digit: Digit,
     },
     /// The call is over; the driver drops it.
     Ended,
@@ -458,6 +478,10 @@ pub struct Call {
     reoffer: Option<ReOffer>,
     /// INFOs relayed to the other leg: our tag, the origin's transaction and request.
     infos: Vec<(u32, TxnKey, Request)>,
+    /// The telephone-event legs A and B negotiated (see [`MediaChange::Dtmf`]).
+    telephone_events: (Option<(u8, u32)>, Option<(u8, u32)>),
+    /// Tags of the INFOs the gateway sent for digits read from RFC 4733 events.
+    dtmf_infos: Vec<u32>,
     /// The negotiated session interval (RFC 4028) and when the session expires without a
     /// refresh; `None` when neither phone asked for session timers.
     session: Option<(Duration, Instant)>,
@@ -736,6 +760,8 @@ impl Call {
             early_media_from: None,
             reoffer: None,
             infos: Vec::new(),
+            telephone_events: (None, None),
+            dtmf_infos: Vec::new(),
             session: None,
             bye_reason: None,
             end_reason: None,
@@ -971,6 +997,9 @@ impl Call {
                         key,
                         resp: req.response(408, "Request Timeout"),
                     });
+                } else if let Some(k) = self.dtmf_infos.iter().position(|t| *t == tag) {
+                    self.dtmf_infos.remove(k);
+                    tracing::info!("a DTMF INFO got no answer");
                 } else {
                     self.bye_done(tag);
                 }
@@ -1007,6 +1036,7 @@ impl Call {
                     self.end_or_linger_at(now);
                 }
             }
+            Input::Dtmf { from_a, digit } => self.digit_as_info(from_a, digit),
             Input::Hangup => {
                 if matches!(
                     self.phase,
@@ -1141,6 +1171,15 @@ impl Call {
             self.on_reoffer_response(now, resp);
             return;
         }
+        if let Some(k) = self.dtmf_infos.iter().position(|t| *t == tag) {
+            if resp.status >= 200 {
+                self.dtmf_infos.remove(k);
+                if resp.status >= 300 {
+                    tracing::info!(status = resp.status, "a DTMF INFO was refused");
+                }
+            }
+            return;
+        }
         if let Some(k) = self.infos.iter().position(|(t, ..)| *t == tag) {
             if resp.status >= 200 {
                 let (_, key, req) = self.infos.remove(k);
@@ -1272,6 +1311,7 @@ impl Call {
             return None;
         }
         self.b_answer = Some(answer.clone());
+        let b_events = answer.media.get(idx).and_then(codecs::telephone_event);
         let transcode = match self.a_origin.as_ref() {
             Some(origin) => match codecs::answer_back(origin, &mut answer, idx) {
                 Ok(t) => t,
@@ -1289,6 +1329,8 @@ impl Call {
         )));
         self.out
             .push_back(Output::Media(MediaChange::Transcode(transcode)));
+        let a_events = answer.media.get(idx).and_then(codecs::telephone_event);
+        self.set_telephone_events(a_events, b_events);
         sdp::rewrite_address(&mut answer, idx, self.setup.relay_a);
         Some(self.answer_body(true, &answer))
     }
@@ -1407,6 +1449,8 @@ impl Call {
         let idx = sdp::restrict_offer(&mut offer, sdp::SUPPORTED).ok()?;
         // What B can receive: the offer a transfer of A's side makes.
         self.b_answer = Some(offer.clone());
+        // Codecs not chosen here: DTMF passes through as it is.
+        self.telephone_events = (None, None);
         self.out.push_back(Output::Media(MediaChange::B(
             addr,
             self.forks[i].target.to.addr.ip(),
@@ -1439,6 +1483,7 @@ impl Call {
             self.hang_up(now, None);
             return;
         };
+        self.telephone_events = (None, None);
         self.out.push_back(Output::Media(MediaChange::A(
             addr,
             self.setup.from.addr.ip(),
@@ -1613,7 +1658,7 @@ impl Call {
                 self.out.push_back(Output::Respond { key, resp: r });
             }
             Method::Invite | Method::Update => self.on_reoffer(now, key, from_a, req),
-            Method::Info => self.relay_info(key, from_a, req),
+            Method::Info => self.on_info(key, from_a, req),
             _ => {
                 let mut r = req.response(501, "Not Implemented");
                 r.headers.push("Allow", super::ALLOW_IN_DIALOG);
@@ -2151,6 +2196,7 @@ impl Call {
                     if let Some(inactive) = origin_holds {
                         self.held_answer(!from_a, &mut answer, idx, inactive);
                     }
+                    let target_events = answer.media.get(idx).and_then(codecs::telephone_event);
                     let transcode = match origin.as_ref() {
                         Some(o) => codecs::answer_back(o, &mut answer, idx)
                             .map_err(|e| e.to_string())?
@@ -2180,6 +2226,12 @@ impl Call {
                     }));
                     self.out
                         .push_back(Output::Media(MediaChange::Transcode(transcode)));
+                    let origin_events = answer.media.get(idx).and_then(codecs::telephone_event);
+                    if from_a {
+                        self.set_telephone_events(origin_events, target_events);
+                    } else {
+                        self.set_telephone_events(target_events, origin_events);
+                    }
                     Ok((self.answer_body(from_a, &answer), None))
                 }),
             Some(_) => Err("the answer carries no SDP".into()),
@@ -2192,6 +2244,7 @@ impl Call {
                     let target_addr = offer.audio_index().and_then(|i| offer.rtp_addr(i));
                     let idx = sdp::restrict_offer(&mut offer, sdp::SUPPORTED)
                         .map_err(|e| e.to_string())?;
+                    self.telephone_events = (None, None);
                     self.out.push_back(Output::Media(if from_a {
                         match self.winner {
                             Some(w) => {
@@ -2323,6 +2376,7 @@ impl Call {
                 self.take_sdes(p.from_a, self.srtp_rule(p.from_a), &mut answer, false)
                     .ok()?;
                 let addr = answer.rtp_addr(idx);
+                self.telephone_events = (None, None);
                 self.media_for(p.from_a, addr);
                 sdp::rewrite_address(&mut answer, idx, self.relay_facing(!p.from_a));
                 Some(self.answer_body(!p.from_a, &answer))
@@ -2331,6 +2385,62 @@ impl Call {
             tracing::info!("the ACK to an offerless re-INVITE carries no usable answer");
         }
         self.ack_in_dialog(!p.from_a, p.seq, answer);
+    }
+
+    /// Records the telephone-event each leg negotiated and tells the relay.
+    fn set_telephone_events(&mut self, a: Option<(u8, u32)>, b: Option<(u8, u32)>) {
+        self.telephone_events = (a, b);
+        self.out.push_back(Output::Media(MediaChange::Dtmf(a, b)));
+    }
+
+    /// An INFO from leg A (`from_a`) or B. DTMF from a leg without telephone-event to a leg
+    /// with it is interworked: answered here (200, or 400 for a body naming no digit) and
+    /// played to the other leg as RFC 4733 events. Anything else is relayed.
+    fn on_info(&mut self, key: TxnKey, from_a: bool, req: Request) {
+        let (own, other) = if from_a {
+            self.telephone_events
+        } else {
+            (self.telephone_events.1, self.telephone_events.0)
+        };
+        let ct = req.headers.get("Content-Type").unwrap_or("");
+        if own.is_some() || other.is_none() || !dtmf::is_dtmf_type(ct) {
+            return self.relay_info(key, from_a, req);
+        }
+        let resp = match dtmf::parse_info(ct, &req.body) {
+            Ok(digit) => {
+                self.out.push_back(Output::Dtmf {
+                    to_a: !from_a,
+                    digit,
+                });
+                req.response(200, "OK")
+            }
+            Err(e) => self.refusal(&req, e.status(), Some(&e.to_string())),
+        };
+        self.out.push_back(Output::Respond { key, resp });
+    }
+
+    /// A digit read from leg A's (`from_a`) or B's RFC 4733 events, sent to the other leg as
+    /// an INFO `application/dtmf-relay` when that leg has no telephone-event.
+    fn digit_as_info(&mut self, from_a: bool, digit: Digit) {
+        let other = if from_a {
+            self.telephone_events.1
+        } else {
+            self.telephone_events.0
+        };
+        if other.is_some() || !matches!(self.phase, Phase::Answered | Phase::Confirmed) {
+            return;
+        }
+        let body = Bytes::from(dtmf::relay_body(digit));
+        if let Some((tag, _)) = self.send_in_dialog(
+            !from_a,
+            Method::Info,
+            Some("application/dtmf-relay"),
+            body,
+            None,
+            &[],
+        ) {
+            self.dtmf_infos.push(tag);
+        }
     }
 
     /// An INFO (DTMF by `application/dtmf-relay` or `application/dtmf`, or anything else a phone
@@ -2667,6 +2777,7 @@ impl Call {
             );
             self.setup.a_sbc = new.target.sbc;
             self.setup.caller = t.to.clone();
+            self.telephone_events = (None, None);
             self.out
                 .push_back(Output::Media(MediaChange::A(target_addr, ip)));
         } else {
@@ -2674,6 +2785,7 @@ impl Call {
             self.winner = Some(self.forks.len() - 1);
             self.setup.callee = t.to.clone();
             self.b_answer = Some(answer.clone());
+            self.telephone_events = (None, None);
             self.out
                 .push_back(Output::Media(MediaChange::B(target_addr, ip)));
         }
@@ -2751,7 +2863,10 @@ impl Call {
             return;
         }
         match addr {
-            Some(addr) => self.media_for(to_a, addr),
+            Some(addr) => {
+                self.telephone_events = (None, None);
+                self.media_for(to_a, addr)
+            }
             None => {
                 tracing::info!("the transferee's answer to the gateway's re-INVITE is unusable")
             }
@@ -3470,13 +3585,14 @@ pub(super) mod tests {
         let t0 = Instant::now();
         let (mut c, a_tag, _, ok, out) = answered_with(t0, "", OPUS_ANSWER);
         let b = String::from_utf8_lossy(&ok.body).into_owned();
-        // Alice offered PCMU and telephone-event; bob has no telephone-event, so neither has she.
-        assert!(b.contains("m=audio 20000 RTP/AVP 0\r\n"), "{b}");
+        // Alice offered PCMU and telephone-event; bob has no telephone-event, but she keeps
+        // hers: the gateway interworks her events with SIP INFO.
+        assert!(b.contains("m=audio 20000 RTP/AVP 0 101\r\n"), "{b}");
         assert!(!b.contains("opus") && !b.contains("fmtp"), "{b}");
         let pcmu = LegFormat {
             codec: sdp::Codec::Pcmu,
             payload_type: 0,
-            telephone_event: None,
+            telephone_event: Some((101, 8000)),
         };
         let opus = LegFormat {
             codec: sdp::Codec::Opus,
@@ -3499,7 +3615,7 @@ pub(super) mod tests {
         let out = drain(&mut c);
         let to_a = String::from_utf8_lossy(&responses_to_a(&out)[0].body).into_owned();
         assert!(
-            to_a.contains("m=audio 20000 RTP/AVP 0\r\n") && to_a.contains("a=recvonly"),
+            to_a.contains("m=audio 20000 RTP/AVP 0 101\r\n") && to_a.contains("a=recvonly"),
             "{to_a}"
         );
         assert_eq!(transcoding(&out), Some(Some((pcmu, opus))));
@@ -3508,7 +3624,8 @@ pub(super) mod tests {
     #[test]
     fn an_answer_in_the_callers_codec_is_relayed_without_transcoding() {
         let (_, _, _, ok, out) = answered_with(Instant::now(), "", ANSWER);
-        assert!(String::from_utf8_lossy(&ok.body).contains("RTP/AVP 0\r\n"));
+        // Bob has no telephone-event; alice keeps hers (DTMF interworking).
+        assert!(String::from_utf8_lossy(&ok.body).contains("RTP/AVP 0 101\r\n"));
         assert_eq!(transcoding(&out), Some(None));
     }
 
@@ -3898,6 +4015,104 @@ pub(super) mod tests {
         c.handle(t0, Input::Timeout { tag });
         let out = drain(&mut c);
         assert_eq!(responses_to_a(&out)[0].status, 408);
+        assert!(c.is_answered());
+    }
+
+    /// DTMF interworking: alice negotiated telephone-event, bob (no telephone-event) sends
+    /// and receives DTMF by SIP INFO.
+    #[test]
+    fn dtmf_interworks_between_rfc_4733_and_sip_info() {
+        let t0 = Instant::now();
+        let (mut c, _, inv1, ok, out) = answered_with(t0, "", ANSWER);
+        assert!(
+            out.iter()
+                .any(|o| matches!(o, Output::Media(MediaChange::Dtmf(Some((101, 8000)), None))))
+        );
+        let sdp = String::from_utf8_lossy(&ok.body).into_owned();
+        assert!(sdp.contains("a=rtpmap:101 telephone-event/8000"), "{sdp}");
+        drain(&mut c);
+        // Bob's INFO is answered here and played to alice as RFC 4733 events.
+        let info_b = |seq: u32, ct: &str, b: &str| {
+            let mut r = in_dialog_b("INFO", seq, &inv1, None);
+            r.headers.push("Content-Type", ct);
+            r.body = Bytes::from(b.to_owned());
+            r
+        };
+        let out = request_in(
+            &mut c,
+            t0,
+            info_b(2, "application/dtmf-relay", "Signal=5\r\nDuration=160\r\n"),
+            "192.0.2.9:5060",
+        );
+        assert!(sent(&out, Method::Info).is_none(), "not relayed");
+        assert!(
+            out.iter()
+                .any(|o| matches!(o, Output::Respond { resp, .. } if resp.status == 200))
+        );
+        let digits: Vec<_> = out
+            .iter()
+            .filter_map(|o| match o {
+                Output::Dtmf { to_a, digit } => Some((*to_a, digit.code)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(digits, [(true, 5)]);
+        // A body naming no digit: 400 with the reason, the call goes on.
+        let out = request_in(
+            &mut c,
+            t0,
+            info_b(3, "application/dtmf", "Z"),
+            "192.0.2.9:5060",
+        );
+        let r = out
+            .iter()
+            .find_map(|o| match o {
+                Output::Respond { resp, .. } => Some(resp),
+                _ => None,
+            })
+            .expect("answer");
+        assert_eq!(r.status, 400);
+        assert!(r.headers.get("Warning").is_some_and(|w| w.contains("DTMF")));
+        assert!(!out.iter().any(|o| matches!(o, Output::Dtmf { .. })));
+        // Alice's RFC 4733 digit goes to bob as INFO; its answer ends there.
+        c.handle(
+            t0,
+            Input::Dtmf {
+                from_a: true,
+                digit: Digit {
+                    code: 11,
+                    duration: Duration::from_millis(200),
+                },
+            },
+        );
+        let out = drain(&mut c);
+        let (tag, info, to) = sent(&out, Method::Info).expect("INFO to bob");
+        assert_eq!(to.addr.to_string(), "192.0.2.9:5060");
+        assert_eq!(
+            info.headers.get("Content-Type"),
+            Some("application/dtmf-relay")
+        );
+        assert_eq!(body(&info), "Signal=#\r\nDuration=200\r\n");
+        c.handle(
+            t0,
+            Input::Response {
+                tag,
+                resp: info.response(200, "OK"),
+            },
+        );
+        assert!(drain(&mut c).is_empty());
+        // Alice takes events herself: nothing goes to her by INFO.
+        c.handle(
+            t0,
+            Input::Dtmf {
+                from_a: false,
+                digit: Digit {
+                    code: 1,
+                    duration: Duration::from_millis(100),
+                },
+            },
+        );
+        assert!(sent(&drain(&mut c), Method::Info).is_none());
         assert!(c.is_answered());
     }
 

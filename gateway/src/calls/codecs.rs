@@ -47,22 +47,47 @@ pub fn narrowband(sdp: &mut Sdp, idx: usize) -> Result<(), OfferError> {
     }
 }
 
+/// The telephone-event (payload type, clock) a section lists, if any.
+pub fn telephone_event(m: &Media) -> Option<(u8, u32)> {
+    m.codecs()
+        .find(|f| f.codec == Codec::TelephoneEvent)
+        .map(|f| (f.pt, f.clock))
+}
+
 /// The format a leg's section uses: its first audio format, with the telephone-event it lists.
 fn leg_format(m: &Media, audio: Format) -> LegFormat {
     LegFormat {
         codec: audio.codec,
         payload_type: audio.pt,
-        telephone_event: m
-            .codecs()
-            .find(|f| f.codec == Codec::TelephoneEvent)
-            .map(|f| (f.pt, f.clock)),
+        telephone_event: telephone_event(m),
     }
+}
+
+/// Gives the offerer's answer (`answer`, section `idx`) the telephone-event of its offer when
+/// the answerer accepted none: the gateway takes the offerer's RFC 4733 events itself and
+/// sends them on as SIP INFO (DTMF interworking, see `media::dtmf`).
+fn keep_telephone_event(offered: &Media, answer: &mut Sdp, idx: usize) {
+    let (Some(m), Some(te)) = (
+        answer.media.get_mut(idx),
+        offered.codecs().find(|f| f.codec == Codec::TelephoneEvent),
+    ) else {
+        return;
+    };
+    if telephone_event(m).is_some() || m.codecs().any(|f| f.pt == te.pt) {
+        return;
+    }
+    m.formats.push(te.pt.to_string());
+    m.attributes.push(csps_sip::sdp::Attribute {
+        name: "rtpmap".to_owned(),
+        value: Some(format!("{} telephone-event/{}", te.pt, te.clock)),
+    });
 }
 
 /// The answer for the offerer, made from the answerer's `answer` (audio section `idx`) to the
 /// offer sent onwards. When the answerer picked a codec the offerer offered (`origin`, the
 /// offerer's own offer as restricted, before [`augment`]), the answer stays as it is and `None`
-/// says media is relayed. Otherwise the answer's audio section is rewritten to the offerer's
+/// says media is relayed. The offerer keeps its telephone-event even when the answerer has none
+/// (the gateway interworks its RFC 4733 events with SIP INFO). Otherwise the answer's audio section is rewritten to the offerer's
 /// first transcodable codec (and its telephone-event when both legs have one), and the codecs of
 /// both legs are returned for the relay's transcoder.
 pub fn answer_back(
@@ -80,16 +105,15 @@ pub fn answer_back(
         .codecs()
         .any(|f| f.pt == chosen.pt && f.codec == chosen.codec)
     {
+        let offered = offered.clone();
+        keep_telephone_event(&offered, answer, idx);
         return Ok(None);
     }
     let Some(own) = offered.codecs().find(|f| TRANSCODABLE.contains(&f.codec)) else {
         return Err(OfferError::NoCommonCodec(codec_list(TRANSCODABLE)));
     };
     let far = leg_format(answered, chosen);
-    let mut near = leg_format(offered, own);
-    if far.telephone_event.is_none() {
-        near.telephone_event = None;
-    }
+    let near = leg_format(offered, own);
     let formats: Vec<u8> = std::iter::once(near.payload_type)
         .chain(near.telephone_event.map(|(pt, _)| pt))
         .collect();
@@ -151,6 +175,11 @@ mod tests {
         let before = answer.clone();
         assert_eq!(answer_back(&origin, &mut answer, 0), Ok(None));
         assert_eq!(answer, before);
+        // An answerer without telephone-event: the offerer keeps its own.
+        let origin = sdp("0 101", &["rtpmap:101 telephone-event/8000"]);
+        let mut answer = sdp("0", &[]);
+        assert_eq!(answer_back(&origin, &mut answer, 0), Ok(None));
+        assert_eq!(names(&answer), [(0, "PCMU"), (101, "telephone-event")]);
     }
 
     #[test]
@@ -188,13 +217,17 @@ mod tests {
         assert_eq!(names(&answer), [(9, "G722"), (101, "telephone-event")]);
         let text = String::from_utf8(answer.to_bytes()).expect("utf8");
         assert!(!text.contains("fmtp:111"), "{text}");
-        // Without telephone-event on the answering leg, the offerer is not given one either.
+        // Without telephone-event on the answering leg, the offerer keeps its own: the gateway
+        // turns its events into SIP INFO.
         let mut answer = sdp("8", &[]);
-        let (near, _) = answer_back(&origin, &mut answer, 0)
+        let (near, far) = answer_back(&origin, &mut answer, 0)
             .expect("answer")
             .expect("transcoded");
-        assert_eq!(near.telephone_event, None);
-        assert_eq!(names(&answer), [(9, "G722")]);
+        assert_eq!(
+            (near.telephone_event, far.telephone_event),
+            (Some((101, 8000)), None)
+        );
+        assert_eq!(names(&answer), [(9, "G722"), (101, "telephone-event")]);
     }
 
     #[test]

@@ -412,12 +412,17 @@ async fn run_call(t: CallTask, call_id: String) {
     call.start(Instant::now());
     let sleep = tokio::time::sleep(std::time::Duration::from_secs(3600));
     tokio::pin!(sleep);
+    // When the next RFC 4733 packet of a digit from a SIP INFO is due.
+    let dtmf_timer = tokio::time::sleep(std::time::Duration::from_secs(3600));
+    tokio::pin!(dtmf_timer);
     loop {
         // Carry out what the call asked for.
         let mut ended = false;
         // An offer/answer exchange that moved a leg's media without choosing codecs (a
         // transfer, an offerless exchange) leaves legs that share a codec: no transcoding.
         let (mut media_moved, mut codecs_chosen) = (false, false);
+        // The same for DTMF: such an exchange leaves telephone-events passed through.
+        let mut events_chosen = false;
         while let Some(mut out) = call.poll_output() {
             let peer = peers.outgoing(&out);
             if let Some(q) = quirks.as_mut() {
@@ -457,6 +462,17 @@ async fn run_call(t: CallTask, call_id: String) {
                     media.set_transcode(formats);
                     leg_codecs = formats.map(|(a, b)| [format_name(&a), format_name(&b)]);
                     codecs_chosen = true;
+                    continue;
+                }
+                Output::Media(MediaChange::Dtmf(a, b)) => {
+                    media.set_dtmf(a, b);
+                    events_chosen = true;
+                    continue;
+                }
+                Output::Dtmf { to_a, digit } => {
+                    if !media.send_dtmf(to_a, digit, Instant::now()) {
+                        tracing::debug!("a DTMF digit for a leg without telephone-event");
+                    }
                     continue;
                 }
                 Output::Srtp { a, keys } => {
@@ -525,11 +541,17 @@ async fn run_call(t: CallTask, call_id: String) {
             media.set_transcode(None);
             leg_codecs = None;
         }
+        if media_moved && !events_chosen {
+            media.set_dtmf(None, None);
+        }
         if ended {
             break;
         }
         if let Some(d) = call.poll_timeout() {
             sleep.as_mut().reset(d.into());
+        }
+        if let Some(d) = media.dtmf_due() {
+            dtmf_timer.as_mut().reset(d.into());
         }
         tokio::select! {
             ev = events.recv() => match ev {
@@ -588,7 +610,12 @@ async fn run_call(t: CallTask, call_id: String) {
                 None => break,
             },
             _ = &mut sleep, if call.poll_timeout().is_some() => call.handle_timeout(Instant::now()),
-            () = media.forward() => {}
+            () = media.forward() => {
+                for (from_a, digit) in media.take_digits() {
+                    call.handle(Instant::now(), Input::Dtmf { from_a, digit });
+                }
+            }
+            _ = &mut dtmf_timer, if media.dtmf_due().is_some() => media.play_dtmf(Instant::now()),
             _ = hold_music.tick.tick(), if hold_music.playing() => hold_music.play(&mut media),
         }
     }

@@ -7,9 +7,11 @@
 //! call task drives. `codec` holds the codecs (G.711, G.722, Opus) and the `rubato` resampler
 //! that transcoding between legs with different codecs is built on; `rtp` reads the packets the
 //! media core decodes and numbers the streams it sends itself; `moh` is the music on hold the
-//! gateway plays to a held party; `mixer` mixes a conference.
+//! gateway plays to a held party; `mixer` mixes a conference; `dtmf` reads and writes RFC 4733
+//! events and SIP INFO digits for a call whose legs send DTMF differently.
 
 pub mod codec;
+pub mod dtmf;
 pub mod mixer;
 pub mod moh;
 pub mod relay;

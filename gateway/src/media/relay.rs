@@ -11,6 +11,7 @@ use std::cell::RefCell;
 use std::io::IoSliceMut;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
 
 use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg};
 
@@ -19,6 +20,8 @@ use tokio::io::unix::AsyncFd;
 
 use bytes::BytesMut;
 
+use super::dtmf::{Digit, EventReceiver, EventSender};
+use super::rtp::RtpSender;
 use super::srtp::{SrtpKeys, SrtpSession};
 use super::transcode::{LegFormat, Transcoder};
 use super::{Latch, LegCounters, is_rtp_v2};
@@ -59,6 +62,60 @@ struct Side {
     music: bool,
     /// Set while the legs' codecs differ: turns what this leg sends into the other's codec.
     transcoder: Option<Transcoder>,
+    /// DTMF interworking, set while only this leg accepted telephone-event: its events are
+    /// read here (not passed on) and the digits the other leg sends by SIP INFO played to it.
+    dtmf: Option<DtmfSide>,
+}
+
+/// One telephone-event leg of a call whose other leg sends DTMF by SIP INFO.
+struct DtmfSide {
+    /// The leg's telephone-event payload type and clock.
+    payload_type: u8,
+    clock: u32,
+    /// Reads the leg's events.
+    receiver: EventReceiver,
+    /// Digits read, for the call to send on as INFO.
+    digits: Vec<Digit>,
+    /// Plays the other leg's digits to this leg, in a stream of the gateway's own (as music
+    /// on hold is), its timestamps following the wall clock from `epoch`.
+    sender: EventSender,
+    stream: RtpSender,
+    epoch: Option<(Instant, u32)>,
+    /// The start timestamp of the event playing.
+    event_ts: u32,
+}
+
+impl DtmfSide {
+    fn new(payload_type: u8, clock: u32) -> DtmfSide {
+        DtmfSide {
+            payload_type,
+            clock,
+            receiver: EventReceiver::new(clock),
+            digits: Vec::new(),
+            sender: EventSender::new(clock, Duration::from_millis(50)),
+            stream: RtpSender::new(),
+            epoch: None,
+            event_ts: 0,
+        }
+    }
+
+    /// The next due event packet, written into `out`.
+    fn poll(&mut self, now: Instant, out: &mut Vec<u8>) -> bool {
+        let Some(p) = self.sender.poll(now) else {
+            return false;
+        };
+        if p.marker {
+            let (t0, ts0) = *self.epoch.get_or_insert((now, self.stream.timestamp()));
+            let ticks = now.duration_since(t0).as_micros() * u128::from(self.clock) / 1_000_000;
+            self.event_ts = ts0.wrapping_add(ticks as u32);
+            // A new event starts a talk spurt: the marker bit (RFC 4733 §2.5.1.1).
+            self.stream.skip(0);
+        }
+        out.clear();
+        self.stream
+            .write_at(self.payload_type, &p.event.to_bytes(), self.event_ts, out);
+        true
+    }
 }
 
 /// A packet as it goes on: the bytes received, or what SRTP made of them.
@@ -311,6 +368,89 @@ impl Relay {
         }
     }
 
+    /// The telephone-event (payload type, clock) legs A and B negotiated. When exactly one leg
+    /// has it, that leg's events are read as digits ([`Relay::take_digits`]) instead of passed
+    /// on, and [`Relay::send_dtmf`] plays digits to it; otherwise events pass as they are.
+    pub fn set_dtmf(&mut self, a: Option<(u8, u32)>, b: Option<(u8, u32)>) {
+        for (side, own, other) in [(&mut self.a, a, b), (&mut self.b, b, a)] {
+            let want = own.filter(|_| other.is_none());
+            let same = match (&side.dtmf, want) {
+                (Some(d), Some((pt, clock))) => d.payload_type == pt && d.clock == clock,
+                (None, None) => true,
+                _ => false,
+            };
+            if !same {
+                side.dtmf = want.map(|(pt, clock)| DtmfSide::new(pt, clock));
+            }
+        }
+    }
+
+    /// Plays `digit` as RFC 4733 events to leg A (`a`) or B; false when that leg does not
+    /// interwork (see [`Relay::set_dtmf`]).
+    pub fn send_dtmf(&mut self, a: bool, digit: Digit, now: Instant) -> bool {
+        let side = if a { &mut self.a } else { &mut self.b };
+        match side.dtmf.as_mut() {
+            Some(d) => {
+                d.sender.send(now, digit);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// When the next event packet to a leg is due.
+    pub fn dtmf_due(&self) -> Option<Instant> {
+        [&self.a, &self.b]
+            .iter()
+            .filter_map(|s| s.dtmf.as_ref()?.sender.next_due())
+            .min()
+    }
+
+    /// Sends the event packets due at `now`, from the socket facing each leg, as music on hold
+    /// is sent.
+    pub fn play_dtmf(&mut self, now: Instant) {
+        let mut packet = Vec::with_capacity(32);
+        for a in [true, false] {
+            let (side, socks) = if a {
+                (&mut self.a, &self.a_socks)
+            } else {
+                (&mut self.b, &self.b_socks)
+            };
+            let Some(d) = side.dtmf.as_mut() else {
+                continue;
+            };
+            // Bounded: at most the packets of one late tick.
+            for _ in 0..8 {
+                if !d.poll(now, &mut packet) {
+                    break;
+                }
+                let Some(dest) = side.latch.destination() else {
+                    continue;
+                };
+                let sent = match side.srtp.as_mut() {
+                    None => socks.rtp.get_ref().send_to(&packet, dest).is_ok(),
+                    Some(s) => s
+                        .protect(&packet, false)
+                        .is_ok_and(|p| socks.rtp.get_ref().send_to(&p, dest).is_ok()),
+                };
+                if !sent {
+                    tracing::debug!("telephone-event packet not sent");
+                }
+            }
+        }
+    }
+
+    /// The digits read from leg A's and B's events since the last call: (from A, digit).
+    pub fn take_digits(&mut self) -> Vec<(bool, Digit)> {
+        let mut out = Vec::new();
+        for (a, side) in [(true, &mut self.a), (false, &mut self.b)] {
+            if let Some(d) = side.dtmf.as_mut() {
+                out.extend(d.digits.drain(..).map(|digit| (a, digit)));
+            }
+        }
+        out
+    }
+
     /// What legs A and B sent.
     pub fn counters(&self) -> (LegCounters, LegCounters) {
         (self.a.counters, self.b.counters)
@@ -352,6 +492,19 @@ impl Relay {
                     let Some(plain) = from.accept(packet, src, rtcp) else {
                         continue;
                     };
+                    if !rtcp
+                        && let Some(d) = from.dtmf.as_mut()
+                        && let Ok(p) = super::rtp::parse(&plain)
+                        && p.payload_type == d.payload_type
+                    {
+                        // The other leg takes DTMF by SIP INFO: the call sends it this way. A
+                        // transcoder still sees the packet (it drops it) to keep its numbering.
+                        let digits = d.receiver.push(p.timestamp, p.payload);
+                        d.digits.extend(digits);
+                        if from.transcoder.is_none() {
+                            continue;
+                        }
+                    }
                     if to.music && !rtcp {
                         // The held leg hears the gateway's music, not the holder.
                         continue;
@@ -428,6 +581,100 @@ mod tests {
             out.push(buf[..n].to_vec());
         }
         out
+    }
+
+    /// Leg A negotiated telephone-event, leg B did not: A's events become digits (once per
+    /// event, not passed on), its audio passes, and digits for A are played as RFC 4733 events.
+    #[tokio::test]
+    async fn dtmf_events_of_the_telephone_event_leg_become_digits_and_digits_events() {
+        use crate::media::dtmf::Event;
+        let (mut relay, [addr_a, _], phone_a, phone_b) = phones();
+        relay.set_dtmf(Some((101, 8000)), None);
+        let mut sender = RtpSender::new();
+        let mut packet = Vec::new();
+        for (end, duration) in [
+            (false, 160),
+            (false, 320),
+            (true, 400),
+            (true, 400),
+            (true, 400),
+        ] {
+            let ev = Event {
+                code: 5,
+                end,
+                volume: 10,
+                duration,
+            };
+            packet.clear();
+            sender.write_at(101, &ev.to_bytes(), 8000, &mut packet);
+            phone_a.send_to(&packet, addr_a).expect("send");
+        }
+        packet.clear();
+        sender.write(0, &[0xff; 160], 160, &mut packet);
+        phone_a.send_to(&packet, addr_a).expect("send");
+        let mut digits = Vec::new();
+        for _ in 0..20 {
+            let _ = tokio::time::timeout(Duration::from_millis(20), relay.forward()).await;
+            digits.extend(relay.take_digits());
+            if !digits.is_empty() {
+                break;
+            }
+        }
+        let codes: Vec<_> = digits
+            .iter()
+            .map(|(a, d)| (*a, d.code, d.duration))
+            .collect();
+        assert_eq!(codes, [(true, 5, Duration::from_millis(50))]);
+        let got = drain(&phone_b, Duration::from_millis(200));
+        assert_eq!(got.len(), 1, "only the audio reaches B");
+        assert_eq!(
+            crate::media::rtp::parse(&got[0]).map(|p| p.payload_type),
+            Ok(0)
+        );
+        // A digit from B's INFO is played to A.
+        assert!(
+            !relay.send_dtmf(false, digits[0].1, Instant::now()),
+            "B takes no events"
+        );
+        let digit = Digit {
+            code: 5,
+            duration: Duration::from_millis(160),
+        };
+        assert!(relay.send_dtmf(true, digit, Instant::now()));
+        for _ in 0..50 {
+            let Some(due) = relay.dtmf_due() else { break };
+            tokio::time::sleep_until(due.into()).await;
+            relay.play_dtmf(Instant::now());
+        }
+        let got = drain(&phone_a, Duration::from_millis(200));
+        let events: Vec<_> = got
+            .iter()
+            .map(|p| {
+                let p = crate::media::rtp::parse(p).expect("rtp");
+                let ev = Event::parse(p.payload).expect("event");
+                (p.payload_type, p.marker, p.timestamp, ev.code, ev.end)
+            })
+            .collect();
+        assert!(events.len() >= 4, "{events:?}");
+        assert!(
+            events
+                .iter()
+                .all(|e| e.0 == 101 && e.3 == 5 && e.2 == events[0].2)
+        );
+        assert!(
+            events[0].1 && !events[1].1,
+            "the marker on the first packet"
+        );
+        let ends = events.iter().filter(|e| e.4).count();
+        assert_eq!(ends, 3, "three end packets: {events:?}");
+        assert!(events.last().is_some_and(|e| e.4));
+        // 160 ms at 8 kHz, one packet per 50 ms: 400, 800, 1200, then the end (1280) three times.
+        let durations: Vec<u16> = got
+            .iter()
+            .filter_map(|p| Event::parse(crate::media::rtp::parse(p).ok()?.payload).ok())
+            .map(|e| e.duration)
+            .collect();
+        assert_eq!(durations, [400, 800, 1200, 1280, 1280, 1280]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

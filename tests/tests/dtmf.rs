@@ -1,0 +1,164 @@
+//! RFC 4733 §2.5 and SIP INFO DTMF interworking through the gateway: a SIPp phone that takes DTMF
+//! by SIP INFO only (no telephone-event in its SDP) and a caller whose media is a socket of the
+//! test, which reads and sends RFC 4733 events itself.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use csps::media::dtmf::Event;
+use csps::media::rtp::{RtpSender, parse};
+use csps_tests::{Gateway, Sipp, wait_until};
+
+const DOMAIN: &str = "csps.local";
+
+fn gateway() -> Option<Gateway> {
+    let gw = csps_tests::gateway_for("sipp")?;
+    gw.create_user("alice", "alice-secret-1");
+    gw.create_user("bob", "bob-secret-1");
+    Some(gw)
+}
+
+/// Bob (SIPp `scenario`, no telephone-event) registered and waiting in a thread.
+fn bob(gw: &Gateway, scenario: &str) -> std::thread::JoinHandle<csps_tests::SippOutcome> {
+    let sipp = Sipp::callee(scenario, gw.sip_addr(), ("bob", "bob-secret-1"), DOMAIN)
+        .unwrap_or_else(|e| panic!("{e}"));
+    std::thread::spawn(move || sipp.run())
+}
+
+/// Alice calling bob with telephone-event, her media on `media`'s port; the relay's port facing
+/// her goes to `portfile`; she hangs up `talk` after the answer.
+fn alice(
+    gw: &Gateway,
+    media: &UdpSocket,
+    portfile: &Path,
+    talk: Duration,
+) -> std::thread::JoinHandle<csps_tests::SippOutcome> {
+    let port = media.local_addr().expect("media addr").port();
+    let sipp = Sipp::caller(
+        "uac_dtmf.xml",
+        gw.sip_addr(),
+        ("alice", "alice-secret-1"),
+        "bob",
+        DOMAIN,
+    )
+    .key("rtp", port)
+    .key("portfile", portfile.display())
+    .arg("-d")
+    .arg(talk.as_millis().to_string());
+    std::thread::spawn(move || sipp.run())
+}
+
+fn assert_ok(gw: &Gateway, who: &str, o: &csps_tests::SippOutcome) {
+    assert!(
+        o.ok(),
+        "{who} failed:\n{}\n--- gateway ---\n{}",
+        o.output,
+        gw.log_tail(40)
+    );
+}
+
+/// One telephone-event packet as it arrived: (marker, timestamp, event).
+type Received = (bool, u32, Event);
+
+#[test]
+fn sip_info_digits_reach_a_telephone_event_phone_as_rfc_4733_events() {
+    let Some(gw) = gateway() else { return };
+    let bob = bob(&gw, "uas_dtmf_info.xml");
+    let media = UdpSocket::bind("127.0.0.1:0").expect("bind media");
+    media
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let alice = alice(&gw, &media, &dir.path().join("port"), Duration::from_secs(6));
+    // Read until both digits ended (bounded), while the call runs.
+    let mut events: Vec<Received> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut buf = [0u8; 2048];
+    let ended = |events: &[Received], code: u8| events.iter().any(|e| e.2.code == code && e.2.end);
+    while Instant::now() < deadline && !(ended(&events, 5) && ended(&events, 9)) {
+        let Ok(n) = media.recv(&mut buf) else {
+            continue;
+        };
+        let Ok(p) = parse(&buf[..n]) else { continue };
+        if p.payload_type != 101 {
+            continue;
+        }
+        if let Ok(ev) = Event::parse(p.payload) {
+            events.push((p.marker, p.timestamp, ev));
+        }
+    }
+    let alice = alice.join().expect("alice thread");
+    let bob = bob.join().expect("bob thread");
+    assert_ok(&gw, "alice", &alice);
+    assert_ok(&gw, "bob (each INFO answered 200)", &bob);
+    for code in [5, 9] {
+        let digit: Vec<&Received> = events.iter().filter(|e| e.2.code == code).collect();
+        assert!(
+            digit.iter().any(|e| e.2.end),
+            "digit {code} ended: {events:?}"
+        );
+        assert!(digit[0].0, "the first packet of {code} has the marker: {events:?}");
+        assert!(
+            digit.iter().all(|e| e.1 == digit[0].1),
+            "one event keeps its timestamp: {events:?}"
+        );
+        assert!(
+            digit.iter().any(|e| e.2.end && e.2.duration == 1280),
+            "160 ms at 8 kHz: {events:?}"
+        );
+    }
+    // The digits come in the order bob sent them.
+    let first_nine = events.iter().position(|e| e.2.code == 9);
+    let last_five = events.iter().rposition(|e| e.2.code == 5);
+    assert!(last_five < first_nine, "{events:?}");
+}
+
+#[test]
+fn rfc_4733_digits_reach_a_sip_info_phone_as_info_dtmf_relay() {
+    let Some(gw) = gateway() else { return };
+    let bob = bob(&gw, "uas_dtmf_receive.xml");
+    let media = UdpSocket::bind("127.0.0.1:0").expect("bind media");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let portfile = dir.path().join("port");
+    let alice = alice(&gw, &media, &portfile, Duration::from_secs(6));
+    let mut relay_port = None;
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            relay_port = std::fs::read_to_string(&portfile)
+                .ok()
+                .and_then(|s| s.trim().parse::<u16>().ok());
+            relay_port.is_some()
+        }),
+        "no 200 with the relay's port\n{}",
+        gw.log_tail(40)
+    );
+    let relay: SocketAddr = ([127, 0, 0, 1], relay_port.unwrap_or_default()).into();
+    // The digit 5, 100 ms: start, continuations, three end packets (RFC 4733 §2.5), one
+    // timestamp; then an audio packet.
+    let mut stream = RtpSender::new();
+    let start = stream.timestamp();
+    let mut packet = Vec::new();
+    for (end, duration) in [(false, 160), (false, 320), (false, 480), (true, 800), (true, 800), (true, 800)] {
+        packet.clear();
+        let ev = Event {
+            code: 5,
+            end,
+            volume: 10,
+            duration,
+        };
+        stream.write_at(101, &ev.to_bytes(), start, &mut packet);
+        media.send_to(&packet, relay).expect("send event");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stream.skip(800);
+    packet.clear();
+    stream.write(0, &[0xff; 160], 160, &mut packet);
+    media.send_to(&packet, relay).expect("send audio");
+    let alice = alice.join().expect("alice thread");
+    let bob = bob.join().expect("bob thread");
+    assert_ok(&gw, "alice", &alice);
+    // Bob's scenario fails without an INFO application/dtmf-relay naming Signal=5, and on a
+    // second INFO (the repeated end packets are one digit).
+    assert_ok(&gw, "bob (the INFO Signal=5)", &bob);
+}
