@@ -70,7 +70,12 @@ fn sip_info_digits_reach_a_telephone_event_phone_as_rfc_4733_events() {
         .set_read_timeout(Some(Duration::from_millis(200)))
         .expect("timeout");
     let dir = tempfile::tempdir().expect("temp dir");
-    let alice = alice(&gw, &media, &dir.path().join("port"), Duration::from_secs(6));
+    let alice = alice(
+        &gw,
+        &media,
+        &dir.path().join("port"),
+        Duration::from_secs(6),
+    );
     // Read until both digits ended (bounded), while the call runs.
     let mut events: Vec<Received> = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -98,7 +103,10 @@ fn sip_info_digits_reach_a_telephone_event_phone_as_rfc_4733_events() {
             digit.iter().any(|e| e.2.end),
             "digit {code} ended: {events:?}"
         );
-        assert!(digit[0].0, "the first packet of {code} has the marker: {events:?}");
+        assert!(
+            digit[0].0,
+            "the first packet of {code} has the marker: {events:?}"
+        );
         assert!(
             digit.iter().all(|e| e.1 == digit[0].1),
             "one event keeps its timestamp: {events:?}"
@@ -139,7 +147,14 @@ fn rfc_4733_digits_reach_a_sip_info_phone_as_info_dtmf_relay() {
     let mut stream = RtpSender::new();
     let start = stream.timestamp();
     let mut packet = Vec::new();
-    for (end, duration) in [(false, 160), (false, 320), (false, 480), (true, 800), (true, 800), (true, 800)] {
+    for (end, duration) in [
+        (false, 160),
+        (false, 320),
+        (false, 480),
+        (true, 800),
+        (true, 800),
+        (true, 800),
+    ] {
         packet.clear();
         let ev = Event {
             code: 5,

@@ -221,8 +221,11 @@ pub enum MediaChange {
     /// The telephone-event (payload type, clock) legs A and B negotiated, after an exchange
     /// that chose codecs: when only one has it, the relay reads its events as digits and plays
     /// it the other leg's SIP INFO digits (see [`Output::Dtmf`], [`Input::Dtmf`]).
-    Dtmf(Option<(u8, u32)>, Option<(u8, u32)>),
+    Dtmf(TelephoneEvent, TelephoneEvent),
 }
+
+/// A leg's telephone-event payload type and clock, when it negotiated RFC 4733.
+pub type TelephoneEvent = Option<(u8, u32)>;
 
 /// Work for the driver.
 #[derive(Debug)]
@@ -479,7 +482,7 @@ pub struct Call {
     /// INFOs relayed to the other leg: our tag, the origin's transaction and request.
     infos: Vec<(u32, TxnKey, Request)>,
     /// The telephone-event legs A and B negotiated (see [`MediaChange::Dtmf`]).
-    telephone_events: (Option<(u8, u32)>, Option<(u8, u32)>),
+    telephone_events: (TelephoneEvent, TelephoneEvent),
     /// Tags of the INFOs the gateway sent for digits read from RFC 4733 events.
     dtmf_infos: Vec<u32>,
     /// The negotiated session interval (RFC 4028) and when the session expires without a
@@ -2388,7 +2391,7 @@ impl Call {
     }
 
     /// Records the telephone-event each leg negotiated and tells the relay.
-    fn set_telephone_events(&mut self, a: Option<(u8, u32)>, b: Option<(u8, u32)>) {
+    fn set_telephone_events(&mut self, a: TelephoneEvent, b: TelephoneEvent) {
         self.telephone_events = (a, b);
         self.out.push_back(Output::Media(MediaChange::Dtmf(a, b)));
     }

@@ -234,7 +234,6 @@ impl EventReceiver {
         self.current = Some((timestamp, ev, ev.end));
         done
     }
-
 }
 
 /// The digit an event names, its duration in `clock` converted to time.
