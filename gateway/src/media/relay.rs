@@ -323,9 +323,10 @@ impl Relay {
         }
     }
 
-    /// Sends one RTP packet of music on hold to leg A (`a`) or B from the relay's socket facing
-    /// it, to where its media is latched (or its SDP address), SRTP-protected when it speaks
-    /// SRTP. A send error (the phone gone) drops the packet: the next one follows in 20 ms.
+    /// Sends one RTP packet the gateway originates (music on hold, telephone-events) to leg A
+    /// (`a`) or B from the relay's socket facing it, to where its media is latched (or its SDP
+    /// address), SRTP-protected when it speaks SRTP. A send error (the phone gone) drops the
+    /// packet: the next one follows in 20 ms.
     pub fn send_music(&mut self, a: bool, packet: &[u8]) {
         let (side, socks) = if a {
             (&mut self.a, &self.a_socks)
@@ -409,33 +410,22 @@ impl Relay {
     /// Sends the event packets due at `now`, from the socket facing each leg, as music on hold
     /// is sent.
     pub fn play_dtmf(&mut self, now: Instant) {
-        let mut packet = Vec::with_capacity(32);
         for a in [true, false] {
-            let (side, socks) = if a {
-                (&mut self.a, &self.a_socks)
-            } else {
-                (&mut self.b, &self.b_socks)
-            };
+            let side = if a { &mut self.a } else { &mut self.b };
             let Some(d) = side.dtmf.as_mut() else {
                 continue;
             };
+            let mut due = Vec::new();
             // Bounded: at most the packets of one late tick.
             for _ in 0..8 {
+                let mut packet = Vec::with_capacity(32);
                 if !d.poll(now, &mut packet) {
                     break;
                 }
-                let Some(dest) = side.latch.destination() else {
-                    continue;
-                };
-                let sent = match side.srtp.as_mut() {
-                    None => socks.rtp.get_ref().send_to(&packet, dest).is_ok(),
-                    Some(s) => s
-                        .protect(&packet, false)
-                        .is_ok_and(|p| socks.rtp.get_ref().send_to(&p, dest).is_ok()),
-                };
-                if !sent {
-                    tracing::debug!("telephone-event packet not sent");
-                }
+                due.push(packet);
+            }
+            for packet in due {
+                self.send_music(a, &packet);
             }
         }
     }
