@@ -148,6 +148,9 @@ pub struct Metrics {
     pub calls: CallMetrics,
     /// Open `GET /api/events` streams.
     pub event_listeners: Gauge<i64, AtomicI64>,
+    /// Teams presence requests to Graph that failed, by reason (`throttled`, `unavailable`,
+    /// `refused`, `token`, `lagged`).
+    pub presence_failures: Family<ReasonLabel, Counter<u64, AtomicU64>>,
     /// `requests` children of the methods in [`HOT_METHODS`], resolved once: the family's lookup
     /// allocates a label and takes a lock, per message otherwise.
     hot_requests: [OnceLock<Counter<u64, AtomicU64>>; HOT_METHODS.len()],
@@ -177,6 +180,7 @@ impl Metrics {
             policy_failures: Family::default(),
             calls: CallMetrics::default(),
             event_listeners: Gauge::default(),
+            presence_failures: Family::default(),
             registry: Registry::default(),
             hot_requests: Default::default(),
             hot_responses: Default::default(),
@@ -237,6 +241,11 @@ impl Metrics {
             "event_listeners",
             "Open GET /api/events streams",
             m.event_listeners.clone(),
+        );
+        registry.register(
+            "presence_failures",
+            "Teams presence requests to Graph that failed, by reason",
+            m.presence_failures.clone(),
         );
         let c = &m.calls;
         registry.register(

@@ -40,6 +40,16 @@ struct AppKey {
     graph_url: String,
 }
 
+impl AppKey {
+    fn of(app: &AzureApp) -> Self {
+        AppKey {
+            tenant: Tenant::new(&app.authority, &app.tenant),
+            client_id: app.client_id.clone(),
+            graph_url: app.graph_url.trim_end_matches('/').to_owned(),
+        }
+    }
+}
+
 /// Membership answers: (app, user object id, group id) → (member, when asked).
 type Answers = HashMap<(AppKey, String, String), (bool, Instant)>;
 
@@ -73,11 +83,7 @@ impl Graph {
                 "the token's `oid` is not an object id".into(),
             ));
         }
-        let key = AppKey {
-            tenant: Tenant::new(&app.authority, &app.tenant),
-            client_id: app.client_id.clone(),
-            graph_url: app.graph_url.trim_end_matches('/').to_owned(),
-        };
+        let key = AppKey::of(app);
         let group = app.admin_group_id.to_ascii_lowercase();
         let answer_key = (key.clone(), oid.to_ascii_lowercase(), group.clone());
         let now = Instant::now();
@@ -144,6 +150,16 @@ impl Graph {
         Err(AuthError::Unavailable(
             "Graph refused the app token twice".into(),
         ))
+    }
+
+    /// `app`'s client-credentials token for Graph (for other Graph calls of the gateway, such
+    /// as presence), cached as for the membership checks; `renew` drops the cached one first
+    /// (after Graph answered 401 to it).
+    pub async fn token_for(&self, app: &AzureApp, renew: bool) -> Result<String, AuthError> {
+        if renew {
+            *self.token.lock().await = None;
+        }
+        self.app_token(app, &AppKey::of(app)).await
     }
 
     /// The app's client-credentials token for Graph, fetched when missing or about to expire.

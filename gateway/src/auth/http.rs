@@ -51,6 +51,8 @@ pub struct JsonAnswer {
     pub status: StatusCode,
     /// The body.
     pub body: Value,
+    /// `Retry-After` in seconds (a 429 or 503 from Graph), when the answer had one.
+    pub retry_after: Option<Duration>,
 }
 
 /// A shared client (connection pool) for Entra ID and Graph.
@@ -151,14 +153,20 @@ impl HttpClient {
                 .await
                 .map_err(|e| FetchError::Transport(transport_error(&e)))?;
             let status = resp.status();
+            let retry_after = resp
+                .headers()
+                .get(header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse().ok())
+                .map(Duration::from_secs);
             let bytes = Limited::new(resp.into_body(), MAX_BODY)
                 .collect()
                 .await
                 .map_err(|e| FetchError::Transport(format!("reading the answer: {e}")))?
                 .to_bytes();
-            Ok::<_, FetchError>((status, bytes))
+            Ok::<_, FetchError>((status, retry_after, bytes))
         };
-        let (status, bytes) = tokio::time::timeout(TIMEOUT, exchange)
+        let (status, retry_after, bytes) = tokio::time::timeout(TIMEOUT, exchange)
             .await
             .map_err(|_| FetchError::Timeout(TIMEOUT))??;
         let body = if bytes.is_empty() {
@@ -166,7 +174,11 @@ impl HttpClient {
         } else {
             serde_json::from_slice(&bytes).map_err(|e| FetchError::Body(e.to_string()))?
         };
-        Ok(JsonAnswer { status, body })
+        Ok(JsonAnswer {
+            status,
+            body,
+            retry_after,
+        })
     }
 }
 
