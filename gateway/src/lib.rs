@@ -6,7 +6,8 @@
 //! (start-up, drain, shutdown), `metrics` (Prometheus), `demo` (the `--demo` account), `calls`
 //! (the B2BUA: one task per call), `media` (the RTP relay and its port pool), `trunk` (the
 //! Teams Direct Routing trunk: proxies, keep-alive, failover), `policy` (sandboxed WASM
-//! policies: routing, admission, quirks).
+//! policies: routing, admission, quirks), `presence` (Teams Busy/InACall through Graph while a
+//! user is in a call).
 // `deny`, not `forbid`: the WASM policy bindings that wasmtime's `bindgen!` generates implement
 // its unsafe component traits (policy/sandbox.rs allows it there, and only there).
 #![deny(unsafe_code)]
@@ -20,6 +21,7 @@ pub mod events;
 pub mod media;
 pub mod metrics;
 pub mod policy;
+pub mod presence;
 pub mod serve;
 pub mod sip;
 pub mod store;

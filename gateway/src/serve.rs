@@ -63,6 +63,9 @@ pub struct ServeArgs {
     /// `admin-ui/dist` under the working directory, else `admin-ui` beside the executable.
     #[arg(long, env = "CSPS_UI_DIR")]
     pub ui_dir: Option<PathBuf>,
+    /// For tests only: renew Teams presence every this many seconds (not every 4 minutes).
+    #[arg(long, env = "CSPS_TEST_PRESENCE_RENEW_SECS", hide = true)]
+    pub test_presence_renew_secs: Option<u64>,
 }
 
 /// A start-up or shutdown failure, with what to do about it in the message.
@@ -304,6 +307,15 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
     )
     .await
     .map_err(ServeError::new)?;
+
+    // Teams Busy presence follows the calls' user states, off the call path.
+    crate::presence::spawn(crate::presence::PresenceParts {
+        states: sip.user_states.subscribe(),
+        store: store.clone(),
+        settings: config.subscribe(),
+        metrics: metrics.clone(),
+        renew: args.test_presence_renew_secs.map(Duration::from_secs),
+    });
 
     let draining = Arc::new(AtomicBool::new(false));
     let http_state = HttpState {

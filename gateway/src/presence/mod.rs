@@ -1,0 +1,379 @@
+//! Busy presence (cSPS: "only Busy (in a call)"): while any device of an activated user is in
+//! an answered call, Teams shows the user Busy/InACall. [`sessions`] is the sans-IO core (calls
+//! per user, what to ask Graph, renewal, backoff); this module is its tokio driver.
+//!
+//! The driver follows the call core's user states (`SipHandle::user_states`, a broadcast: a call
+//! task's send never waits, so presence never holds up call setup or teardown), finds each busy
+//! user's Teams identity in the store (the UPN of an activated account; Graph takes
+//! `/users/{upn}` for `/users/{id}`), and calls Graph off the call path, one task per request:
+//! `POST {GraphUrl}/v1.0/users/{upn}/presence/setPresence`
+//! `{"sessionId":<client id>,"availability":"Busy","activity":"InACall","expirationDuration":"PT5M"}`
+//! when the first call is answered, again every 4 minutes while the user stays busy (Graph
+//! drops an application's session when its expiration passes), and
+//! `POST …/presence/clearPresence` `{"sessionId"}` when the last call ends. Failures are retried
+//! with exponential backoff (1 s doubling to 60 s; a 429's or 503's `Retry-After` wins), logged
+//! and counted in `csps_presence_failures_total`.
+//!
+//! Which app registration: `Data.AdminAzureApp`. Setting another user's presence needs an
+//! application permission (`Presence.ReadWrite.All`) used with the client-credentials grant,
+//! and the admin app is the one whose client credentials, authority and Graph URL
+//! (`Data.AdminAzureApp.GraphUrl`) the gateway already uses for Graph (group membership): one
+//! app token serves both. The end-user app (`Data.SpsAzureApp`) signs users in with delegated
+//! rights and has no Graph URL. The presence session id is the admin app's client id, as Graph
+//! expects of an application's session. Presence is off, with one log line saying so, while the
+//! admin app's tenant, client id or client secret is missing; a change of them applies without
+//! a restart.
+//!
+//! For tests only, the hidden `--test-presence-renew-secs` (`CSPS_TEST_PRESENCE_RENEW_SECS`)
+//! shortens the renewal interval (the expiration asked of Graph stays 5 minutes).
+
+pub mod sessions;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+use tokio::sync::{broadcast, mpsc, watch};
+
+use crate::auth::graph::Graph;
+use crate::auth::http::HttpClient;
+use crate::calls::UserState;
+use crate::config::{AzureApp, Settings};
+use crate::metrics::{Metrics, ReasonLabel};
+use crate::store::Store;
+use sessions::{Action, Input, Outcome, Output, Request, Sessions, Timing};
+
+/// Longest wait for the store when looking up a user's Teams identity.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the presence driver needs.
+pub struct PresenceParts {
+    /// The call core's user states.
+    pub states: broadcast::Receiver<UserState>,
+    /// Where accounts (activation, UPN) are read.
+    pub store: Arc<dyn Store>,
+    /// The live settings (`Data.AdminAzureApp.*`).
+    pub settings: watch::Receiver<Arc<Settings>>,
+    /// Where failures are counted.
+    pub metrics: Arc<Metrics>,
+    /// A shorter renewal interval than 4 minutes (tests only).
+    pub renew: Option<Duration>,
+}
+
+/// Starts the presence driver; it runs until the user-state channel closes.
+pub fn spawn(parts: PresenceParts) -> tokio::task::JoinHandle<()> {
+    let mut timing = Timing::default();
+    if let Some(renew) = parts.renew.filter(|r| !r.is_zero()) {
+        timing.renew = renew.min(timing.renew);
+        tracing::warn!(?renew, "Teams presence is renewed early (a test setting)");
+    }
+    tokio::spawn(run(parts, timing))
+}
+
+/// True when `app` has what the client-credentials grant needs.
+fn configured(app: &AzureApp) -> bool {
+    !app.tenant.is_empty() && !app.client_id.is_empty() && !app.client_secret.expose().is_empty()
+}
+
+fn log_switch(on: bool) {
+    if on {
+        tracing::info!(
+            "Teams presence is on: Busy while in a call, through Graph as the admin app"
+        );
+    } else {
+        tracing::info!(
+            "Teams presence is off: Data.AdminAzureApp.Tenant, ClientId and ClientSecret are \
+             needed for Graph"
+        );
+    }
+}
+
+/// What the lookup and request tasks share.
+struct Env {
+    graph: Arc<Graph>,
+    http: HttpClient,
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+    done: mpsc::Sender<Input>,
+}
+
+async fn run(mut p: PresenceParts, timing: Timing) {
+    let mut core = Sessions::new(timing);
+    let (done_tx, mut done_rx) = mpsc::channel::<Input>(1024);
+    let http = HttpClient::new();
+    let env = Arc::new(Env {
+        graph: Arc::new(Graph::new(http.clone())),
+        http,
+        store: p.store.clone(),
+        metrics: p.metrics.clone(),
+        done: done_tx,
+    });
+    let mut on = configured(&p.settings.borrow_and_update().admin_app);
+    log_switch(on);
+    let mut settings_open = true;
+    let sleep = tokio::time::sleep(Duration::from_secs(3600));
+    tokio::pin!(sleep);
+    loop {
+        while let Some(o) = core.poll_output() {
+            let app = p.settings.borrow().admin_app.clone();
+            dispatch(&env, app, o);
+        }
+        let next = core.poll_timeout();
+        if let Some(t) = next {
+            sleep.as_mut().reset(t.into());
+        }
+        tokio::select! {
+            ev = p.states.recv() => match ev {
+                Ok(UserState { aor, busy, call }) => {
+                    // Off: nobody becomes busy, but the users already busy are still cleared.
+                    if busy && !on {
+                        continue;
+                    }
+                    core.handle(Instant::now(), Input::UserState { aor, busy, call });
+                }
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "Teams presence fell behind the calls' user states");
+                    failed(&p.metrics, "lagged");
+                }
+                Err(broadcast::error::RecvError::Closed) => break,
+            },
+            Some(input) = done_rx.recv() => core.handle(Instant::now(), input),
+            () = &mut sleep, if next.is_some() => core.handle_timeout(Instant::now()),
+            changed = p.settings.changed(), if settings_open => {
+                if changed.is_err() {
+                    settings_open = false;
+                    continue;
+                }
+                let now_on = configured(&p.settings.borrow_and_update().admin_app);
+                if now_on != on {
+                    on = now_on;
+                    log_switch(on);
+                }
+            }
+        }
+    }
+}
+
+fn failed(metrics: &Metrics, reason: &str) {
+    metrics
+        .presence_failures
+        .get_or_create(&ReasonLabel {
+            reason: reason.to_owned(),
+        })
+        .inc();
+}
+
+/// Runs a lookup or a request in its own task; its answer comes back on `env.done`.
+fn dispatch(env: &Arc<Env>, app: AzureApp, output: Output) {
+    let env = env.clone();
+    match output {
+        Output::Lookup { aor } => {
+            tokio::spawn(async move {
+                let upn = lookup(env.store.as_ref(), &aor).await;
+                let _ = env.done.send(Input::Identity { aor, upn }).await;
+            });
+        }
+        Output::Request(r) => {
+            tokio::spawn(async move {
+                let outcome = request(&env, &app, &r).await;
+                let _ = env.done.send(Input::Result { id: r.id, outcome }).await;
+            });
+        }
+    }
+}
+
+/// The UPN of the account `aor` (`sip:user@domain`) when it is activated and has one.
+async fn lookup(store: &dyn Store, aor: &str) -> Option<String> {
+    let bare = aor
+        .strip_prefix("sips:")
+        .or_else(|| aor.strip_prefix("sip:"))
+        .unwrap_or(aor);
+    let (user, domain) = bare.rsplit_once('@')?;
+    match tokio::time::timeout(LOOKUP_TIMEOUT, store.find_user(user, domain)).await {
+        Ok(Ok(Some(u))) if u.activated => u.upn.filter(|u| !u.trim().is_empty()),
+        Ok(Ok(_)) => None,
+        Ok(Err(e)) => {
+            tracing::warn!(%aor, "Teams presence: cannot read the account: {e}");
+            None
+        }
+        Err(_) => {
+            tracing::warn!(%aor, "Teams presence: the store did not answer the account lookup");
+            None
+        }
+    }
+}
+
+/// `expirationDuration` as ISO 8601 (`PT5M`).
+fn iso_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    if s.is_multiple_of(60) {
+        format!("PT{}M", s / 60)
+    } else {
+        format!("PT{s}S")
+    }
+}
+
+/// A UPN as one URL path segment (letters, digits, `-._~@` kept; the rest percent-encoded).
+fn path_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~@".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The body of `setPresence` or `clearPresence` for `r`, as the app `client_id`.
+fn body(client_id: &str, r: &Request) -> (&'static str, Value) {
+    match r.action {
+        Action::Clear => ("clearPresence", json!({ "sessionId": client_id })),
+        Action::SetBusy => (
+            "setPresence",
+            json!({
+                "sessionId": client_id,
+                "availability": "Busy",
+                "activity": "InACall",
+                "expirationDuration": iso_duration(r.expiration),
+            }),
+        ),
+    }
+}
+
+/// What a Graph answer means for the core.
+fn outcome_of(status: StatusCode, retry_after: Option<Duration>) -> Outcome {
+    match status {
+        s if s.is_success() => Outcome::Done,
+        StatusCode::TOO_MANY_REQUESTS | StatusCode::REQUEST_TIMEOUT => {
+            Outcome::Retry { after: retry_after }
+        }
+        s if s.is_server_error() => Outcome::Retry { after: retry_after },
+        _ => Outcome::Refused,
+    }
+}
+
+/// Makes one Graph request (with a fresh app token once if Graph refuses the cached one).
+async fn request(env: &Env, app: &AzureApp, r: &Request) -> Outcome {
+    let upn = &r.upn;
+    if !configured(app) {
+        return Outcome::Refused;
+    }
+    let (verb, body) = body(&app.client_id, r);
+    let url = format!(
+        "{}/v1.0/users/{}/presence/{verb}",
+        app.graph_url.trim_end_matches('/'),
+        path_segment(upn)
+    );
+    for renew in [false, true] {
+        let token = match env.graph.token_for(app, renew).await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(%upn, "Teams presence: {verb}: no app token: {e}");
+                failed(&env.metrics, "token");
+                return Outcome::Retry { after: None };
+            }
+        };
+        let answer = match env.http.post_json(&url, &token, &body).await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(%upn, "Teams presence: {verb}: {e}");
+                failed(&env.metrics, "unavailable");
+                return Outcome::Retry { after: None };
+            }
+        };
+        if answer.status == StatusCode::UNAUTHORIZED && !renew {
+            continue;
+        }
+        let outcome = outcome_of(answer.status, answer.retry_after);
+        match &outcome {
+            Outcome::Done => tracing::debug!(%upn, "Teams presence: {verb} done"),
+            other => {
+                let reason = match (answer.status, other) {
+                    (StatusCode::TOO_MANY_REQUESTS, _) => "throttled",
+                    (_, Outcome::Refused) => "refused",
+                    _ => "unavailable",
+                };
+                tracing::warn!(
+                    %upn,
+                    status = answer.status.as_u16(),
+                    retry_after = ?answer.retry_after,
+                    "Teams presence: Graph answered {verb} with {}: {}",
+                    answer.status,
+                    answer.body["error"]["message"].as_str().unwrap_or("no error message")
+                );
+                failed(&env.metrics, reason);
+            }
+        }
+        return outcome;
+    }
+    Outcome::Retry { after: None }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn graph_bodies() {
+        let r = Request {
+            id: 1,
+            aor: "sip:alice@csps.local".into(),
+            upn: "alice@contoso.com".into(),
+            action: Action::SetBusy,
+            expiration: Duration::from_secs(300),
+        };
+        let (verb, b) = body("app-id", &r);
+        assert_eq!(verb, "setPresence");
+        assert_eq!(
+            b,
+            json!({"sessionId": "app-id", "availability": "Busy", "activity": "InACall",
+                   "expirationDuration": "PT5M"})
+        );
+        let r = Request {
+            action: Action::Clear,
+            ..r
+        };
+        assert_eq!(
+            body("app-id", &r),
+            ("clearPresence", json!({"sessionId": "app-id"}))
+        );
+        assert_eq!(iso_duration(Duration::from_secs(90)), "PT90S");
+    }
+
+    #[test]
+    fn upn_in_the_path() {
+        assert_eq!(path_segment("alice@contoso.com"), "alice@contoso.com");
+        assert_eq!(path_segment("o'neil/../x@c.com"), "o%27neil%2F..%2Fx@c.com");
+    }
+
+    #[test]
+    fn answers() {
+        let s = Some(Duration::from_secs(3));
+        assert_eq!(outcome_of(StatusCode::OK, None), Outcome::Done);
+        assert_eq!(
+            outcome_of(StatusCode::TOO_MANY_REQUESTS, s),
+            Outcome::Retry { after: s }
+        );
+        assert_eq!(
+            outcome_of(StatusCode::SERVICE_UNAVAILABLE, None),
+            Outcome::Retry { after: None }
+        );
+        assert_eq!(outcome_of(StatusCode::NOT_FOUND, None), Outcome::Refused);
+        assert_eq!(outcome_of(StatusCode::BAD_REQUEST, None), Outcome::Refused);
+    }
+
+    #[test]
+    fn only_complete_credentials_turn_it_on() {
+        let mut app = AzureApp {
+            tenant: "t".into(),
+            client_id: "c".into(),
+            ..AzureApp::default()
+        };
+        assert!(!configured(&app));
+        app.client_secret = crate::config::Secret("s".into());
+        assert!(configured(&app));
+    }
+}
