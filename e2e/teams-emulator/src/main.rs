@@ -1,13 +1,14 @@
 //! `teams-emulator`: stands in for Microsoft's cloud, which tests cannot reach. One module per
 //! face of it, each shaped after the real service:
 //! - [`token`]: Entra ID — OpenID discovery, JWKS, the client-credentials token endpoint;
-//! - [`graph`]: Microsoft Graph — group membership (`checkMemberGroups`, `getMemberGroups`);
+//! - [`graph`]: Microsoft Graph — group membership (`checkMemberGroups`, `getMemberGroups`) and
+//!   presence (`setPresence`, `clearPresence`, `GET …/presence`);
 //! - [`sip`]: Direct Routing — three SIP proxies over TLS (with `--sip-fqdn`), and [`calls`]
-//!   through them both ways (tone and echo); presence later.
+//!   through them both ways (tone and echo).
 //!
 //! Every request to a face is recorded ([`record`]) for tests to assert on. Test facilities live
 //! under `/test/` and are not part of any Microsoft API: `POST /test/mint` (sign a user token),
-//! `GET|DELETE /test/requests` (the request log), `GET /test/sip` and
+//! `GET|DELETE /test/requests` (the request log), `POST /test/graph/throttle` (429s from Graph), `GET /test/sip` and
 //! `POST /test/sip/{n}/stop|start|options|call`, `GET /test/sip/calls`,
 //! `POST /test/sip/calls/{call_id}/bye` (the SIP proxies and their calls). The emulator listens on loopback only.
 
@@ -91,6 +92,8 @@ pub struct Emulator {
     pub log: record::Log,
     /// The Direct Routing SIP proxies, when `--sip-fqdn` is given.
     pub sip: Option<sip::SipFace>,
+    /// Users' presence sessions (Graph presence).
+    pub presence: graph::PresenceBook,
 }
 
 /// Shared state of the handlers.
@@ -156,7 +159,17 @@ fn app(state: Shared) -> Router {
             "/v1.0/users/{id}/getMemberGroups",
             post(graph::get_member_groups),
         )
+        .route(
+            "/v1.0/users/{id}/presence/setPresence",
+            post(graph::set_presence),
+        )
+        .route(
+            "/v1.0/users/{id}/presence/clearPresence",
+            post(graph::clear_presence),
+        )
+        .route("/v1.0/users/{id}/presence", get(graph::get_presence))
         .route("/test/mint", post(token::mint))
+        .route("/test/graph/throttle", post(graph::throttle))
         .route("/test/requests", get(record::list).delete(record::clear))
         .route("/test/sip", get(sip::status))
         .route("/test/sip/{n}/stop", post(sip::stop))
@@ -211,6 +224,7 @@ async fn run(args: Args) -> Result<(), String> {
         members,
         log: record::Log::default(),
         sip,
+        presence: graph::PresenceBook::default(),
     });
     println!("teams-emulator listening on {addr}");
     if let Some(face) = &state.sip {

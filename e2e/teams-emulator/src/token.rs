@@ -154,7 +154,7 @@ pub async fn token(
         "azp": client_id,
         "idtyp": "app",
         "oid": APP_OBJECT_ID,
-        "roles": ["GroupMember.Read.All"],
+        "roles": ["GroupMember.Read.All", "Presence.ReadWrite.All"],
         "tid": s.tenant,
         "ver": "2.0",
     });
