@@ -56,6 +56,33 @@ pub fn tone_phone(
     tone_phone_with(dir, gateway_port, account, (tone_hz, codec), "", commands)
 }
 
+/// [`tone_phone`] for `user@domain` with the password `<user>-secret-1` (playing `tone_hz`,
+/// offering PCMU), once `gw` lists its registration (within 15 s; panics otherwise).
+pub fn registered_tone_phone(
+    gw: &crate::Gateway,
+    dir: &Path,
+    (user, domain): (&str, &str),
+    tone_hz: u32,
+    commands: &[&str],
+) -> Baresip {
+    let password = format!("{user}-secret-1");
+    let phone = tone_phone(
+        dir,
+        gw.sip_port,
+        (user, &password, domain),
+        tone_hz,
+        "PCMU",
+        commands,
+    );
+    assert!(
+        crate::wait_until(std::time::Duration::from_secs(15), || !gw
+            .registrations_of(user)
+            .is_empty()),
+        "{user} (baresip) did not register"
+    );
+    phone
+}
+
 /// As [`tone_phone`], with `account_params` appended to its account: `;mediaenc=srtp-mand`
 /// offers RTP/SAVP with SDES, `;mediaenc=srtp` best-effort SRTP (RTP/AVP with `a=crypto`);
 /// the `srtp` module is loaded for them.

@@ -56,22 +56,7 @@ fn baresip(
     tone_hz: u32,
     commands: &[&str],
 ) -> csps_tests::baresip::Baresip {
-    let password = format!("{user}-secret-1");
-    let phone = csps_tests::baresip::tone_phone(
-        dir,
-        gw.sip_port,
-        (user, &password, DOMAIN),
-        tone_hz,
-        "PCMU",
-        commands,
-    );
-    assert!(
-        wait_until(Duration::from_secs(15), || !gw
-            .registrations_of(user)
-            .is_empty()),
-        "{user} (baresip) did not register"
-    );
-    phone
+    csps_tests::baresip::registered_tone_phone(gw, dir, (user, DOMAIN), tone_hz, commands)
 }
 
 /// A linphone phone for `user` that plays a `tone_hz` WAV and records into `talk.wav`.

@@ -1,0 +1,375 @@
+//! Busy presence (issue 5 item 4): while an activated user's phone is in an answered call, the
+//! gateway sets their Teams presence Busy/InACall through Graph, and clears it when the call
+//! ends. Real peers: two baresip phones calling each other through the real `csps`, and the
+//! real `teams-emulator` standing in for Entra ID (the admin app's client credentials) and
+//! Graph (`setPresence`, `clearPresence`, `GET …/presence`, each recorded). An account that is
+//! not activated costs Graph nothing. With a short renewal interval (a test-only flag) a long
+//! call's presence is renewed, and a 429 from Graph is retried after its `Retry-After`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use csps_tests::baresip::Baresip;
+use csps_tests::emulator::{EmulatorOptions, TeamsEmulator};
+use csps_tests::{Gateway, GatewayOptions, have_tool, http, skip, wait_until};
+use serde_json::{Value, json};
+
+const TENANT: &str = "5a1e7c1d-0000-4000-8000-0000000000e5";
+const CLIENT_ID: &str = "c11e0001-0000-4000-8000-0000000000e5";
+const CLIENT_SECRET: &str = "presence-client-secret";
+const DOMAIN: &str = "csps.local";
+/// (SIP user, UPN, activated).
+const USERS: [(&str, &str, bool); 3] = [
+    ("alice", "alice@contoso.test", true),
+    ("bob", "bob@contoso.test", true),
+    ("carol", "carol@contoso.test", false),
+];
+
+/// The emulator and a gateway started with `extra_args`, the users of [`USERS`], and the
+/// admin app's Graph credentials pointing at the emulator (presence turns on once they are set).
+fn world(extra_args: &[&str]) -> Option<(TeamsEmulator, Gateway)> {
+    if !have_tool("baresip") {
+        skip("baresip not installed (run e2e/setup)");
+        return None;
+    }
+    let emu = emulator()?;
+    let opts = extra_args
+        .iter()
+        .fold(GatewayOptions::default(), |o, a| o.arg(*a));
+    let gw = match Gateway::start_with(opts) {
+        Ok(gw) => gw,
+        Err(e) => {
+            skip(&e);
+            return None;
+        }
+    };
+    // No credentials yet: off, and one line says so.
+    wait_log(&gw, "Teams presence is off");
+    for (user, upn, activated) in USERS {
+        let r = gw.api(
+            "POST",
+            "/api/users",
+            Some(
+                &json!({"username": user, "password": format!("{user}-secret-1"),
+                         "domain": DOMAIN, "upn": upn}),
+            ),
+        );
+        assert_eq!(r.status, 201, "POST /api/users {user}: {}", r.body);
+        let id = r.json()["id"].as_str().unwrap_or_default().to_owned();
+        let r = gw.api(
+            "PATCH",
+            &format!("/api/users/{id}"),
+            Some(&json!({"activated": activated})),
+        );
+        assert_eq!(r.status, 200, "PATCH {user}: {}", r.body);
+    }
+    for (leaf, value) in [
+        ("Tenant", TENANT.to_owned()),
+        ("ClientId", CLIENT_ID.to_owned()),
+        ("ClientSecret", CLIENT_SECRET.to_owned()),
+        ("Authority", emu.base_url()),
+        ("GraphUrl", emu.base_url()),
+    ] {
+        let path = format!("/api/config/*/Data.AdminAzureApp.{leaf}");
+        let r = gw.api("PUT", &path, Some(&json!(value)));
+        assert!(r.status < 300, "PUT {path}: {} {}", r.status, r.body);
+    }
+    wait_log(&gw, "Teams presence is on");
+    Some((emu, gw))
+}
+
+/// The emulated tenant, where the admin app may use its client credentials.
+fn emulator() -> Option<TeamsEmulator> {
+    TeamsEmulator::start_or_skip(&EmulatorOptions {
+        tenant: TENANT.into(),
+        clients: vec![(CLIENT_ID.into(), CLIENT_SECRET.into())],
+        ..EmulatorOptions::default()
+    })
+}
+
+/// Alice's and Bob's phones (Bob's answers by itself), Alice calling Bob; the phones and the
+/// answered call's id.
+fn alice_calls_bob(gw: &Gateway, dirs: &[tempfile::TempDir]) -> ([Baresip; 2], u64) {
+    let bob = phone(gw, dirs[1].path(), "bob", &[]);
+    let alice = phone(
+        gw,
+        dirs[0].path(),
+        "alice",
+        &[&format!("/dial sip:bob@{DOMAIN}")],
+    );
+    ([alice, bob], answered_call(gw))
+}
+
+/// A baresip phone for `user` that answers by itself, once registered.
+fn phone(gw: &Gateway, dir: &Path, user: &str, commands: &[&str]) -> Baresip {
+    csps_tests::baresip::registered_tone_phone(gw, dir, (user, DOMAIN), 800, commands)
+}
+
+/// Waits up to 5 s for a log line of `gw` holding `needle`.
+fn wait_log(gw: &Gateway, needle: &str) {
+    let seen = wait_until(Duration::from_secs(5), || {
+        gw.log_lines().iter().any(|l| l.contains(needle))
+    });
+    assert!(seen, "no log line `{needle}`:\n{}", gw.log_tail(20));
+}
+
+/// The id of the answered call, waiting up to 15 s for one.
+fn answered_call(gw: &Gateway) -> u64 {
+    let mut id = None;
+    let answered = wait_until(Duration::from_secs(15), || {
+        id = gw
+            .api("GET", "/api/calls", None)
+            .json()
+            .as_array()
+            .and_then(|a| a.iter().find(|c| c["state"] == "answered"))
+            .and_then(|c| c["id"].as_u64());
+        id.is_some()
+    });
+    assert!(answered, "no answered call:\n{}", gw.log_tail(40));
+    id.unwrap_or_default()
+}
+
+/// The presence requests (`setPresence` or `clearPresence`, as `verb`) the emulator received
+/// for `upn`, oldest first.
+fn presence_requests(emu: &TeamsEmulator, upn: &str, verb: &str) -> Vec<Value> {
+    emu.requests_to(&format!("/v1.0/users/{upn}/presence/{verb}"))
+}
+
+/// Waits up to 15 s for at least `n` `verb` requests for each of `upns`.
+fn wait_presence(emu: &TeamsEmulator, gw: &Gateway, upns: &[&str], verb: &str, n: usize) {
+    let ok = wait_until(Duration::from_secs(15), || {
+        upns.iter()
+            .all(|u| presence_requests(emu, u, verb).len() >= n)
+    });
+    assert!(
+        ok,
+        "not {n} {verb} for each of {upns:?}: {:#?}\n{}",
+        emu.requests_to("Presence"),
+        gw.log_tail(30)
+    );
+}
+
+/// Graph's presence of `upn` as the emulator shows it (asked with an app token it signed).
+fn shown(emu: &TeamsEmulator, upn: &str) -> (String, String) {
+    let token = emu.mint(
+        json!({"idtyp": "app", "appid": CLIENT_ID, "roles": ["Presence.ReadWrite.All"]}),
+        false,
+    );
+    let path = format!("/v1.0/users/{upn}/presence");
+    let r = http::request(emu.addr, "GET", &path, Some(&token), None)
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+    assert_eq!(r.status, 200, "GET {path}: {}", r.body);
+    let v = r.json();
+    (
+        v["availability"].as_str().unwrap_or_default().to_owned(),
+        v["activity"].as_str().unwrap_or_default().to_owned(),
+    )
+}
+
+fn busy() -> (String, String) {
+    ("Busy".into(), "InACall".into())
+}
+
+#[test]
+fn busy_in_a_call_and_cleared_after_it() {
+    let Some((emu, gw)) = world(&[]) else {
+        return;
+    };
+    let dirs: Vec<_> = (0..3)
+        .map(|_| tempfile::tempdir().expect("temp dir"))
+        .collect();
+    let (_phones, call) = alice_calls_bob(&gw, &dirs);
+    let (alice, bob, carol) = (USERS[0].1, USERS[1].1, USERS[2].1);
+    wait_presence(&emu, &gw, &[alice, bob], "setPresence", 1);
+    for upn in [alice, bob] {
+        let set = &presence_requests(&emu, upn, "setPresence")[0];
+        assert_eq!(set["method"], "POST");
+        assert_eq!(set["authorization"], "Bearer");
+        assert_eq!(
+            set["body"],
+            json!({"sessionId": CLIENT_ID, "availability": "Busy", "activity": "InACall",
+                   "expirationDuration": "PT5M"}),
+            "{upn}"
+        );
+        assert_eq!(shown(&emu, upn), busy(), "{upn} while in the call");
+        assert!(
+            presence_requests(&emu, upn, "clearPresence").is_empty(),
+            "{upn} cleared during the call"
+        );
+    }
+    // The app got its token by the client-credentials grant of the admin app.
+    let grants = emu.requests_to("/oauth2/v2.0/token");
+    assert!(
+        !grants.is_empty()
+            && grants.iter().all(|g| g["body"]["client_id"] == CLIENT_ID
+                && g["body"]["grant_type"] == "client_credentials"),
+        "{grants:#?}"
+    );
+    gw.admin_hang_up(call);
+    wait_presence(&emu, &gw, &[alice, bob], "clearPresence", 1);
+    for upn in [alice, bob] {
+        let clear = &presence_requests(&emu, upn, "clearPresence")[0];
+        assert_eq!(clear["body"], json!({"sessionId": CLIENT_ID}), "{upn}");
+        assert_eq!(shown(&emu, upn).0, "Offline", "{upn} after the call");
+    }
+
+    // Carol's account is not activated: her call makes Bob busy, and nothing of hers reaches
+    // Graph.
+    emu.clear_requests();
+    let _carol = phone(
+        &gw,
+        dirs[2].path(),
+        "carol",
+        &[&format!("/dial sip:bob@{DOMAIN}")],
+    );
+    let call = answered_call(&gw);
+    wait_presence(&emu, &gw, &[bob], "setPresence", 1);
+    assert_eq!(shown(&emu, bob), busy());
+    gw.admin_hang_up(call);
+    wait_presence(&emu, &gw, &[bob], "clearPresence", 1);
+    let carols: Vec<Value> = emu
+        .requests()
+        .into_iter()
+        .filter(|r| r["path"].as_str().is_some_and(|p| p.contains(carol)))
+        .collect();
+    assert!(carols.is_empty(), "Graph asked about carol: {carols:#?}");
+    assert_eq!(shown(&emu, carol).0, "Offline");
+}
+
+#[test]
+fn renewed_during_a_long_call_and_throttling_honoured() {
+    let Some((emu, gw)) = world(&["--test-presence-renew-secs", "1"]) else {
+        return;
+    };
+    // Graph throttles the first presence request (429, Retry-After: 1).
+    let body = json!({"count": 1, "retry_after": 1}).to_string();
+    let r = http::request(emu.addr, "POST", "/test/graph/throttle", None, Some(&body))
+        .unwrap_or_else(|e| panic!("POST /test/graph/throttle: {e}"));
+    assert_eq!(r.status, 204, "{}", r.body);
+    let dirs: Vec<_> = (0..2)
+        .map(|_| tempfile::tempdir().expect("temp dir"))
+        .collect();
+    let (_phones, call) = alice_calls_bob(&gw, &dirs);
+    let (alice, bob) = (USERS[0].1, USERS[1].1);
+    // The throttled request again, then renewals every second: at least three each.
+    wait_presence(&emu, &gw, &[alice, bob], "setPresence", 3);
+    assert!(
+        presence_requests(&emu, alice, "clearPresence").is_empty()
+            && presence_requests(&emu, bob, "clearPresence").is_empty(),
+        "cleared during the call"
+    );
+    for upn in [alice, bob] {
+        assert_eq!(shown(&emu, upn), busy(), "{upn}");
+    }
+    let throttled = csps_tests::metric_sum(
+        &gw.metrics_text(),
+        "csps_presence_failures_total",
+        &[("reason", "throttled")],
+    );
+    assert_eq!(throttled, Some(1.0), "{}", gw.metrics_text());
+    gw.admin_hang_up(call);
+    wait_presence(&emu, &gw, &[alice, bob], "clearPresence", 1);
+    // No renewal after the clear.
+    let sets = presence_requests(&emu, alice, "setPresence").len();
+    let log = emu.requests();
+    let last_set = log
+        .iter()
+        .rposition(|r| r["path"] == format!("/v1.0/users/{alice}/presence/setPresence"));
+    let clear = log
+        .iter()
+        .position(|r| r["path"] == format!("/v1.0/users/{alice}/presence/clearPresence"));
+    assert!(last_set < clear, "a setPresence after the clear: {log:#?}");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        presence_requests(&emu, alice, "setPresence").len(),
+        sets,
+        "renewed after the call ended"
+    );
+    for upn in [alice, bob] {
+        assert_eq!(shown(&emu, upn).0, "Offline", "{upn}");
+    }
+}
+
+#[test]
+fn the_emulator_refuses_what_graph_refuses() {
+    let Some(emu) = emulator() else {
+        return;
+    };
+    let app = |roles: Value| {
+        emu.mint(
+            json!({"idtyp": "app", "appid": CLIENT_ID, "roles": roles}),
+            false,
+        )
+    };
+    let token = app(json!(["Presence.ReadWrite.All"]));
+    let set = "/v1.0/users/dave@contoso.test/presence/setPresence";
+    let post = |path: &str, token: Option<&str>, body: Value| {
+        let r = http::request(emu.addr, "POST", path, token, Some(&body.to_string()))
+            .unwrap_or_else(|e| panic!("POST {path}: {e}"));
+        (r.status, r.json())
+    };
+    let good = json!({"sessionId": CLIENT_ID, "availability": "Busy", "activity": "InACall",
+                      "expirationDuration": "PT5M"});
+    let with = |k: &str, v: Value| {
+        let mut b = good.clone();
+        b[k] = v;
+        b
+    };
+    let no_session = json!({"availability": "Busy", "activity": "InACall"});
+    for (why, body) in [
+        ("no sessionId", no_session),
+        (
+            "another app's session",
+            with("sessionId", json!("someone-else")),
+        ),
+        (
+            "a pair Graph refuses",
+            with("activity", json!("Presenting")),
+        ),
+        (
+            "an unknown availability",
+            with("availability", json!("Sleeping")),
+        ),
+        ("too short", with("expirationDuration", json!("PT1M"))),
+        ("too long", with("expirationDuration", json!("PT5H"))),
+        (
+            "not ISO 8601",
+            with("expirationDuration", json!("5 minutes")),
+        ),
+    ] {
+        let (status, answer) = post(set, Some(&token), body);
+        assert_eq!(status, 400, "{why}: {answer}");
+        assert_eq!(answer["error"]["code"], "BadRequest", "{why}");
+    }
+    let (status, _) = post(set, None, good.clone());
+    assert_eq!(status, 401, "no token");
+    let (status, _) = post(
+        set,
+        Some(&app(json!(["GroupMember.Read.All"]))),
+        good.clone(),
+    );
+    assert_eq!(status, 403, "no Presence.ReadWrite.All");
+    let clear = "/v1.0/users/dave@contoso.test/presence/clearPresence";
+    let (status, _) = post(clear, Some(&token), json!({}));
+    assert_eq!(status, 400, "clearPresence without sessionId");
+    // Accepted shapes, and what GET shows after each.
+    assert_eq!(post(set, Some(&token), good.clone()).0, 200);
+    assert_eq!(shown(&emu, "DAVE@contoso.test"), busy());
+    let dnd = json!({"sessionId": CLIENT_ID, "availability": "DoNotDisturb",
+                     "activity": "Presenting"});
+    assert_eq!(
+        post(set, Some(&token), dnd).0,
+        200,
+        "no expiration: the default"
+    );
+    assert_eq!(
+        shown(&emu, "dave@contoso.test"),
+        ("DoNotDisturb".into(), "Presenting".into())
+    );
+    let session = json!({ "sessionId": CLIENT_ID });
+    assert_eq!(post(clear, Some(&token), session).0, 200);
+    assert_eq!(
+        shown(&emu, "dave@contoso.test"),
+        ("Offline".into(), "Offline".into())
+    );
+}
