@@ -144,7 +144,7 @@ try {
   step("the user's devices on the users page");
   await page.getByRole('link', { name: 'Users' }).click();
   const device = page.locator(`#users tr[data-user="${args.user}"] td.devices li`);
-  await device.filter({ hasText: 'SIPp csps-e2e' }).waitFor();
+  await device.filter({ hasText: 'baresip' }).waitFor();
   result.device = (await device.first().textContent()).trim();
   await shot('11-user-devices');
 

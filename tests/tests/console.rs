@@ -3,7 +3,7 @@
 //! Debian's Chromium (e2e/console/console.mjs): an admin signs in with the authorization-code
 //! flow and PKCE, changes a global leaf and sees it on the server's entry, sees a 422 message,
 //! adds a trusted IP, creates the phone's SIP account, sets a new password and activates it,
-//! finds its changes in the audit log, and watches a SIPp phone's registration (digest, with the
+//! finds its changes in the audit log, and watches a baresip phone's registration (digest, with the
 //! password set in the console) appear without a reload, then a call between two SIPp phones,
 //! which the admin hangs up there (both phones get the gateway's BYE), and the call's SIP ladder;
 //! then the phone among the user's devices, and a real policy component (`routing_dialplan`,
@@ -25,7 +25,7 @@ use csps_tests::sipp::Sipp;
 
 /// Starts the gateway and the IdP for a test with SIPp phones; `None` when skipped.
 fn start() -> Option<Console> {
-    csps_tests::console::start(&["sipp"], screens())
+    csps_tests::console::start(&["sipp", "baresip"], screens())
 }
 
 /// Where the screenshots go.
@@ -46,6 +46,8 @@ fn admin_signs_in_edits_configuration_and_sees_a_registration_live() {
     let policy_file = screens.join("routing_dialplan.wasm");
     std::fs::write(&policy_file, &policy).expect("write the policy component");
     let mut phones = Vec::new();
+    let desk_dir = tempfile::tempdir().expect("temp dir");
+    let mut desk = None;
     let result = drive(
         &c,
         "console.mjs",
@@ -65,16 +67,23 @@ fn admin_signs_in_edits_configuration_and_sees_a_registration_live() {
         ],
         |line| {
             if line == "await-registration" {
-                // The page is open; the phone registers now (digest: 401, then 200) with the
-                // password the console set (the account was created with another one).
-                let reg = Sipp::new("register.xml", gw.sip_addr())
-                    .key("user", "console-bob")
-                    .key("domain", "csps.local")
-                    .key("expires", 300)
-                    .auth("console-bob", "secret-cb")
-                    .timeout(Duration::from_secs(10))
-                    .run();
-                assert!(reg.ok(), "console-bob did not register:\n{}", reg.output);
+                // The page is open; a baresip phone registers now (digest: 401, then 200) with
+                // the password the console set (the account was created with another one).
+                desk = Some(csps_tests::baresip::tone_phone(
+                    desk_dir.path(),
+                    gw.sip_port,
+                    ("console-bob", "secret-cb", "csps.local"),
+                    1000,
+                    "PCMU",
+                    &[],
+                ));
+                assert!(
+                    csps_tests::wait_until(Duration::from_secs(15), || !gw
+                        .registrations_of("console-bob")
+                        .is_empty()),
+                    "console-bob's baresip did not register:\n{}",
+                    gw.log_tail(30)
+                );
             } else if line == "await-call" {
                 // A call the console shows and hangs up: consolealice calls consolecarol; both
                 // SIPp phones then expect the gateway's BYE.
@@ -99,6 +108,8 @@ fn admin_signs_in_edits_configuration_and_sees_a_registration_live() {
             }
         },
     );
+    // baresip kept console-bob registered through the admin's flow.
+    drop(desk);
     for phone in phones {
         let run = phone.join().expect("SIPp thread");
         assert!(
@@ -142,7 +153,7 @@ fn admin_signs_in_edits_configuration_and_sees_a_registration_live() {
     assert!(
         result["device"]
             .as_str()
-            .is_some_and(|d| d.contains("SIPp csps-e2e") && d.contains("sip:console-bob@")),
+            .is_some_and(|d| d.contains("baresip") && d.contains("<sip:console-bob")),
         "console-bob's device on the users page: {result}"
     );
     // The page showed the uploaded component's hash, and the store holds that very file,
