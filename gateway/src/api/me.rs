@@ -54,13 +54,13 @@ pub struct MyAccount {
 }
 
 /// The caller as `access` established it (always present behind the guard).
-fn caller(id: Option<Extension<Identity>>) -> Result<Identity, Problem> {
+pub(super) fn caller(id: Option<Extension<Identity>>) -> Result<Identity, Problem> {
     id.map(|Extension(id)| id)
         .ok_or_else(|| Problem::unauthorized("no signed-in end user"))
 }
 
 /// The accounts of `upn`.
-async fn accounts_of(state: &ApiState, upn: &str) -> Result<Vec<User>, Problem> {
+pub(super) async fn accounts_of(state: &ApiState, upn: &str) -> Result<Vec<User>, Problem> {
     let mut mine: Vec<User> = state
         .store
         .list_users()

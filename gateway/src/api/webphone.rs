@@ -20,6 +20,7 @@ use super::openapi::{NotFound, Unauthorized};
 use super::problem::Problem;
 use crate::auth::Identity;
 use crate::webphone::{Command, Started, WebPhoneError, WebPhoneView};
+use csps_sip::registrar::aor;
 
 /// How often an idle event stream sends a keep-alive comment.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
@@ -54,10 +55,9 @@ fn problem(e: WebPhoneError) -> Problem {
     }
 }
 
-/// The signed-in user's UPN.
+/// The signed-in user's UPN (as `GET /api/me` names them).
 fn owner(id: Option<Extension<Identity>>) -> Result<String, Problem> {
-    id.map(|Extension(id)| id.actor)
-        .ok_or_else(|| Problem::unauthorized("no signed-in end user"))
+    Ok(super::me::caller(id)?.actor)
 }
 
 /// `POST /api/me/webphone`.
@@ -77,17 +77,10 @@ pub async fn start(
 ) -> Result<(StatusCode, Json<Started>), Problem> {
     let owner = owner(id)?;
     let Json(body) = body.map_err(|e| Problem::bad_request(e.body_text()))?;
-    let account = state
-        .store
-        .list_users()
+    let account = super::me::accounts_of(&state, &owner)
         .await?
         .into_iter()
-        .find(|u| {
-            u.upn
-                .as_deref()
-                .is_some_and(|x| x.eq_ignore_ascii_case(&owner))
-                && format!("sip:{}@{}", u.username, u.domain).eq_ignore_ascii_case(&body.aor)
-        })
+        .find(|u| aor(&u.username, &u.domain).eq_ignore_ascii_case(&body.aor))
         .ok_or_else(|| Problem::not_found(format!("{} is not one of your accounts", body.aor)))?;
     if !account.enabled {
         return Err(Problem::conflict(format!("{} is disabled", body.aor)));

@@ -60,6 +60,8 @@ pub(super) struct Phone {
     _relay_rtcp: std::net::UdpSocket,
     line: Line,
     bridge: Bridge,
+    /// The packet to the relay being written (reused: one per browser frame).
+    packet: Vec<u8>,
     flow: Remote,
     flow_rx: mpsc::Receiver<Bytes>,
     ctx: TransportCtx,
@@ -105,9 +107,9 @@ impl Phone {
         let (relay, relay_rtcp) = p.bridge;
         let media = relay.local_addr()?;
         let relay = UdpSocket::from_std(relay)?;
-        // The flow's far end: the line's own address as the core sees it. The bridge's port is
-        // unique on this host, so two phones never share an address.
-        let local = SocketAddr::new(media.ip(), media.port());
+        // The flow's far end, the line's own address as the core sees it, is the bridge's: its
+        // port is unique on this host, so two phones never share an address.
+        let local = media;
         let flow_id = FlowId(
             p.ctx
                 .next_flow
@@ -156,6 +158,7 @@ impl Phone {
             _relay_rtcp: relay_rtcp,
             line,
             bridge: Bridge::new(),
+            packet: Vec::with_capacity(1500),
             flow,
             flow_rx,
             ctx: p.ctx,
@@ -304,7 +307,7 @@ impl Phone {
             return;
         };
         let rtp_time = MediaTime::new(time, Frequency::FORTY_EIGHT_KHZ);
-        if let Err(e) = writer.write(opus, Instant::now(), rtp_time, frame.to_vec()) {
+        if let Err(e) = writer.write(opus, Instant::now(), rtp_time, frame) {
             tracing::debug!(phone = %self.id, "str0m write: {e}");
         }
     }
@@ -362,15 +365,15 @@ impl Phone {
                 let Some(path) = self.line.media().filter(|p| p.send) else {
                     return;
                 };
-                let mut packet = Vec::with_capacity(d.data.len() + 12);
+                self.packet.clear();
                 self.bridge.to_relay(
                     path.pt,
                     d.time.numer(),
                     d.audio_start_of_talk_spurt,
                     &d.data,
-                    &mut packet,
+                    &mut self.packet,
                 );
-                if let Err(e) = self.relay.try_send_to(&packet, path.remote) {
+                if let Err(e) = self.relay.try_send_to(&self.packet, path.remote) {
                     tracing::debug!(phone = %self.id, "to the relay: {e}");
                 }
             }

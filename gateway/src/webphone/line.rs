@@ -13,6 +13,7 @@ use csps_sip::dialog::{Dialog, cancel};
 use csps_sip::digest::{Algorithm, DigestParams, authorization};
 use csps_sip::headers::NameAddr;
 use csps_sip::sdp::{Codec, Direction, Sdp};
+use csps_sip::transaction::ack_for;
 use csps_sip::{Headers, Message, Method, Request, Response, SipHeaders, Uri};
 use serde::Serialize;
 
@@ -130,6 +131,32 @@ struct Call {
     auth_tries: u8,
 }
 
+impl Call {
+    /// A call in `state` since `now`, before any media or hold.
+    fn new(
+        state: CallState,
+        call_id: String,
+        invite: Option<Request>,
+        dialog: Option<Dialog>,
+        peer: String,
+        now: Instant,
+    ) -> Call {
+        Call {
+            state,
+            call_id,
+            invite,
+            dialog,
+            peer,
+            media: None,
+            their_direction: Direction::SendRecv,
+            held: false,
+            reinvite: None,
+            since: now,
+            auth_tries: 0,
+        }
+    }
+}
+
 /// The SIP user agent of one web phone.
 #[derive(Debug)]
 pub struct Line {
@@ -185,7 +212,7 @@ impl Line {
 
     /// The account's address of record.
     pub fn aor(&self) -> String {
-        format!("sip:{}@{}", self.cfg.username, self.cfg.domain)
+        csps_sip::registrar::aor(&self.cfg.username, &self.cfg.domain)
     }
 
     /// What the page shows.
@@ -260,10 +287,7 @@ impl Line {
             CallState::Calling { .. } => Some(c.since + INVITE_GIVE_UP),
             _ => None,
         });
-        match (self.register_at, give_up) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [self.register_at, give_up].into_iter().flatten().min()
     }
 
     /// Runs what is due at `now`.
@@ -324,22 +348,18 @@ impl Line {
         };
         self.out.push(Message::Request(invite.clone()));
         self.ended = None;
-        self.call = Some(Call {
-            state: CallState::Calling {
-                ringing: false,
-                cancelled: false,
-            },
+        let calling = CallState::Calling {
+            ringing: false,
+            cancelled: false,
+        };
+        self.call = Some(Call::new(
+            calling,
             call_id,
-            invite: Some(invite),
-            dialog: None,
-            peer: uri.to_string(),
-            media: None,
-            their_direction: Direction::SendRecv,
-            held: false,
-            reinvite: None,
-            since: now,
-            auth_tries: 0,
-        });
+            Some(invite),
+            None,
+            uri.to_string(),
+            now,
+        ));
         Ok(())
     }
 
@@ -541,21 +561,11 @@ impl Line {
         ringing.headers.push("Contact", self.contact());
         self.out.push(Message::Response(ringing));
         self.ended = None;
-        self.call = Some(Call {
-            state: CallState::Incoming {
-                invite: Box::new(req),
-            },
-            call_id: dialog.call_id.clone(),
-            invite: None,
-            dialog: Some(dialog),
-            peer,
-            media: None,
-            their_direction: Direction::SendRecv,
-            held: false,
-            reinvite: None,
-            since: now,
-            auth_tries: 0,
-        });
+        let call_id = dialog.call_id.clone();
+        let incoming = CallState::Incoming {
+            invite: Box::new(req),
+        };
+        self.call = Some(Call::new(incoming, call_id, None, Some(dialog), peer, now));
     }
 
     /// A re-INVITE or UPDATE in the call: answer the new offer (hold, resume, a new address).
@@ -637,7 +647,7 @@ impl Line {
                 }
                 _ => {
                     // Refused (491 glare, 488…): the call stays as it was.
-                    self.out.push(Message::Request(ack_failure(&re, &resp)));
+                    self.out.push(Message::Request(ack_for(&re, &resp)));
                     call.held = !call.held;
                     call.reinvite = None;
                 }
@@ -689,7 +699,7 @@ impl Line {
             status => {
                 // A failure: ACK it (same branch, the response's To), then retry with
                 // credentials once when it was a challenge.
-                self.out.push(Message::Request(ack_failure(&invite, &resp)));
+                self.out.push(Message::Request(ack_for(&invite, &resp)));
                 let cancelled = matches!(
                     call.state,
                     CallState::Calling {
@@ -958,23 +968,6 @@ fn media_of(body: &[u8]) -> Option<(MediaPath, Direction)> {
         },
         direction,
     ))
-}
-
-/// The ACK of a non-2xx final response to `invite` (RFC 3261 §17.1.1.3: the INVITE's branch and
-/// CSeq number, the response's To).
-fn ack_failure(invite: &Request, resp: &Response) -> Request {
-    let mut ack = invite.clone();
-    ack.method = Method::Ack;
-    ack.body = Bytes::new();
-    for h in ["Content-Type", "Contact", "Allow", "User-Agent"] {
-        ack.headers.remove(h);
-    }
-    if let Some(to) = resp.headers.get("To") {
-        ack.headers.set("To", to);
-    }
-    let seq = invite.cseq().map(|c| c.seq).unwrap_or(1);
-    ack.headers.set("CSeq", format!("{seq} ACK"));
-    ack
 }
 
 fn set_to_tag(resp: &mut Response, tag: Option<&str>) {

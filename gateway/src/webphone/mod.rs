@@ -180,7 +180,7 @@ impl WebPhones {
             .insert(
                 id.clone(),
                 Entry {
-                    owner: owner.to_ascii_lowercase(),
+                    owner: owner.to_owned(),
                     commands,
                     view,
                 },
@@ -246,13 +246,5 @@ impl WebPhones {
         let tx = self.entry(owner, id, |e| e.commands.clone())?;
         let _ = tx.send(Command::Close).await;
         Ok(())
-    }
-
-    /// How many web phones run (for the metrics and the dashboard).
-    pub fn count(&self) -> usize {
-        self.parts
-            .as_ref()
-            .map(|p| p.phones.lock().unwrap_or_else(|p| p.into_inner()).len())
-            .unwrap_or(0)
     }
 }

@@ -126,7 +126,7 @@ pub(super) fn trying(req: &Request) -> Response {
 
 /// The ACK for a non-2xx final response to `invite` (§17.1.1.3): Request-URI, Call-ID, From and
 /// CSeq number of the INVITE, its top Via only, its Route set, and the response's To.
-pub(super) fn ack_for(invite: &Request, resp: &Response) -> Request {
+pub fn ack_for(invite: &Request, resp: &Response) -> Request {
     let mut h = Headers::new();
     if let Some(v) = top_via_text(&invite.headers) {
         h.push("Via", v);

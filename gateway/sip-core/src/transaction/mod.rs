@@ -67,7 +67,7 @@ use std::time::{Duration, Instant};
 use crate::message::{Message, Method, Request, Response};
 use crate::transport::Remote;
 
-pub use key::MAGIC_COOKIE;
+pub use key::{MAGIC_COOKIE, ack_for};
 pub use timer::TxnTimer;
 
 use client::{ClientInvite, ClientNonInvite};
