@@ -111,12 +111,7 @@ pub fn start(peers: &[&str], screens: PathBuf) -> Option<Console> {
         ("SpsAzureApp.Tenant", TENANT),
         ("SpsAzureApp.ClientId", USER_CLIENT),
     ] {
-        let r = gw.api(
-            "PUT",
-            &format!("/api/config/*/Data.{leaf}"),
-            Some(&serde_json::json!(value)),
-        );
-        assert_eq!(r.status, 200, "{leaf}: {}", r.body);
+        gw.set_global(leaf, serde_json::json!(value));
     }
     std::fs::create_dir_all(&screens).expect("screenshot folder");
     Some(Console {

@@ -614,6 +614,14 @@ impl Gateway {
         log[log.len().saturating_sub(n)..].join("\n")
     }
 
+    /// Sets the configuration leaf `Data.<leaf>` on every server (`*`) through the API, and
+    /// panics unless the gateway took it (200).
+    pub fn set_global(&self, leaf: &str, value: serde_json::Value) {
+        let path = format!("/api/config/*/Data.{leaf}");
+        let r = self.api("PUT", &path, Some(&value));
+        assert_eq!(r.status, 200, "PUT {path}: {}", r.body);
+    }
+
     /// A request with the admin token; the body is JSON.
     pub fn api(
         &self,

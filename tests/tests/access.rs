@@ -129,9 +129,7 @@ fn setup() -> Option<World> {
         ("Authority", json!(emu.base_url())),
         ("GraphUrl", json!(emu.base_url())),
     ] {
-        let path = format!("/api/config/*/Data.AdminAzureApp.{leaf}");
-        let r = gw.api("PUT", &path, Some(&value));
-        assert!(r.status < 300, "PUT {path}: {} {}", r.status, r.body);
+        gw.set_global(&format!("AdminAzureApp.{leaf}"), value);
     }
     Some(World {
         gw,
@@ -450,9 +448,7 @@ fn me_is_the_end_users_own_data_only() {
         ("SpsAzureApp.ClientId", USER_CLIENT),
         ("SpsAzureApp.Authority", authority.as_str()),
     ] {
-        let path = format!("/api/config/*/Data.{leaf}");
-        let r = gw.api("PUT", &path, Some(&json!(value)));
-        assert!(r.status < 300, "PUT {path}: {} {}", r.status, r.body);
+        gw.set_global(leaf, json!(value));
     }
     // alice's account (its UPN in another case), bob's, and both phones registered.
     let mut ids = std::collections::HashMap::new();

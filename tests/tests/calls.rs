@@ -657,12 +657,7 @@ fn an_opus_phone_and_a_pcmu_phone_hear_each_other_through_the_transcoder() {
 
 /// Sets `Data.SipConfig.<leaf>` on every server.
 fn set_leaf(gw: &Gateway, leaf: &str, value: serde_json::Value) {
-    let r = gw.api(
-        "PUT",
-        &format!("/api/config/*/Data.SipConfig.{leaf}"),
-        Some(&value),
-    );
-    assert_eq!(r.status, 200, "{leaf}: {}", r.body);
+    gw.set_global(&format!("SipConfig.{leaf}"), value);
 }
 
 /// A gateway with alice and bob and `Data.SipConfig.Srtp` = `mode`; the phones signal over UDP

@@ -237,12 +237,7 @@ fn allow_srtp_over_udp(gw: &Gateway) {
         ("Srtp", serde_json::json!("Supported")),
         ("SrtpOverPlainTransport", serde_json::json!(true)),
     ] {
-        let r = gw.api(
-            "PUT",
-            &format!("/api/config/*/Data.SipConfig.{leaf}"),
-            Some(&value),
-        );
-        assert_eq!(r.status, 200, "{leaf}: {}", r.body);
+        gw.set_global(&format!("SipConfig.{leaf}"), value);
     }
 }
 

@@ -258,9 +258,7 @@ fn only_admins_of_the_admin_app_get_the_stream() {
         ("AdminGroupId", ADMIN_GROUP),
         ("Authority", &emu.base_url()),
     ] {
-        let path = format!("/api/config/*/Data.AdminAzureApp.{leaf}");
-        let r = gw.api("PUT", &path, Some(&json!(value)));
-        assert!(r.status < 300, "PUT {path}: {} {}", r.status, r.body);
+        gw.set_global(&format!("AdminAzureApp.{leaf}"), json!(value));
     }
     let user = |oid: &str, upn: &str, groups: &[&str]| {
         json!({"aud": CLIENT_ID, "oid": oid, "upn": upn, "sub": format!("sub-{oid}"),

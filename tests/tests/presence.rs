@@ -70,9 +70,7 @@ fn world(extra_args: &[&str]) -> Option<(TeamsEmulator, Gateway)> {
         ("Authority", emu.base_url()),
         ("GraphUrl", emu.base_url()),
     ] {
-        let path = format!("/api/config/*/Data.AdminAzureApp.{leaf}");
-        let r = gw.api("PUT", &path, Some(&json!(value)));
-        assert!(r.status < 300, "PUT {path}: {} {}", r.status, r.body);
+        gw.set_global(&format!("AdminAzureApp.{leaf}"), json!(value));
     }
     wait_log(&gw, "Teams presence is on");
     Some((emu, gw))

@@ -233,9 +233,7 @@ fn setup() -> Option<Setup> {
         ("SpsAzureApp.ClientId", USER_CLIENT),
         ("SpsAzureApp.Authority", authority.as_str()),
     ] {
-        let path = format!("/api/config/*/Data.{leaf}");
-        let r = gw.api("PUT", &path, Some(&json!(value)));
-        assert!(r.status < 300, "PUT {path}: {} {}", r.status, r.body);
+        gw.set_global(leaf, json!(value));
     }
     for (user, upn) in [
         ("alice", "alice@contoso.test"),
