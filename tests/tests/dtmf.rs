@@ -130,18 +130,34 @@ fn rfc_4733_digits_reach_a_sip_info_phone_as_info_dtmf_relay() {
     let dir = tempfile::tempdir().expect("temp dir");
     let portfile = dir.path().join("port");
     let alice = alice(&gw, &media, &portfile, Duration::from_secs(6));
-    let mut relay_port = None;
+    let relay = relay_port(&gw, &portfile, "no 200 with the relay's port");
+    send_digit_five(&media, relay, 101);
+    let alice = alice.join().expect("alice thread");
+    let bob = bob.join().expect("bob thread");
+    assert_ok(&gw, "alice", &alice);
+    // Bob's scenario fails without an INFO application/dtmf-relay naming Signal=5, and on a
+    // second INFO (the repeated end packets are one digit).
+    assert_ok(&gw, "bob (the INFO Signal=5)", &bob);
+}
+
+/// The relay's address whose port a SIPp scenario wrote to `portfile` (bounded wait).
+fn relay_port(gw: &Gateway, portfile: &Path, missing: &str) -> SocketAddr {
+    let mut port = None;
     assert!(
         wait_until(Duration::from_secs(20), || {
-            relay_port = std::fs::read_to_string(&portfile)
+            port = std::fs::read_to_string(portfile)
                 .ok()
-                .and_then(|s| s.trim().parse::<u16>().ok());
-            relay_port.is_some()
+                .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok());
+            port.is_some()
         }),
-        "no 200 with the relay's port\n{}",
+        "{missing}\n{}",
         gw.log_tail(40)
     );
-    let relay: SocketAddr = ([127, 0, 0, 1], relay_port.unwrap_or_default()).into();
+    ([127, 0, 0, 1], port.unwrap_or_default()).into()
+}
+
+/// Sends the digit 5 from `media` to `relay` as telephone-event of type `pt`.
+fn send_digit_five(media: &UdpSocket, relay: SocketAddr, pt: u8) {
     // The digit 5, 100 ms: start, continuations, three end packets (RFC 4733 §2.5), one
     // timestamp; then an audio packet.
     let mut stream = RtpSender::new();
@@ -162,7 +178,7 @@ fn rfc_4733_digits_reach_a_sip_info_phone_as_info_dtmf_relay() {
             volume: 10,
             duration,
         };
-        stream.write_at(101, &ev.to_bytes(), start, &mut packet);
+        stream.write_at(pt, &ev.to_bytes(), start, &mut packet);
         media.send_to(&packet, relay).expect("send event");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -170,10 +186,46 @@ fn rfc_4733_digits_reach_a_sip_info_phone_as_info_dtmf_relay() {
     packet.clear();
     stream.write(0, &[0xff; 160], 160, &mut packet);
     media.send_to(&packet, relay).expect("send audio");
+}
+
+#[test]
+fn rfc_4733_digits_of_a_callee_reach_a_caller_without_telephone_event_as_info() {
+    // Alice offers PCMU alone; the gateway offers bob telephone-event anyway, reads the
+    // events bob sends and sends alice an INFO (her answer keeps PCMU alone).
+    let Some(gw) = gateway() else { return };
+    let media = UdpSocket::bind("127.0.0.1:0").expect("bind media");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let portfile = dir.path().join("port");
+    let sipp = Sipp::callee(
+        "uas_dtmf.xml",
+        gw.sip_addr(),
+        ("bob", "bob-secret-1"),
+        DOMAIN,
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+    .key("rtp", media.local_addr().expect("media addr").port())
+    .key("portfile", portfile.display());
+    let bob = std::thread::spawn(move || sipp.run());
+    let sipp = Sipp::caller(
+        "uac_info_receive.xml",
+        gw.sip_addr(),
+        ("alice", "alice-secret-1"),
+        "bob",
+        DOMAIN,
+    )
+    .arg("-d")
+    .arg("3000");
+    let alice = std::thread::spawn(move || sipp.run());
+    let relay = relay_port(&gw, &portfile, "bob got no INVITE offering telephone-event");
+    // The scenario wrote the port and the telephone-event type the gateway offered.
+    let pt = std::fs::read_to_string(&portfile)
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u8>().ok())
+        .expect("the offered telephone-event type");
+    send_digit_five(&media, relay, pt);
     let alice = alice.join().expect("alice thread");
     let bob = bob.join().expect("bob thread");
-    assert_ok(&gw, "alice", &alice);
-    // Bob's scenario fails without an INFO application/dtmf-relay naming Signal=5, and on a
-    // second INFO (the repeated end packets are one digit).
-    assert_ok(&gw, "bob (the INFO Signal=5)", &bob);
+    // Alice's scenario fails on an answer with more than PCMU and without the INFO Signal=5.
+    assert_ok(&gw, "alice (PCMU alone, then the INFO Signal=5)", &alice);
+    assert_ok(&gw, "bob (offered telephone-event)", &bob);
 }

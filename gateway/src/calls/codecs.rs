@@ -23,12 +23,14 @@ pub const NARROWBAND: &[Codec] = &[Codec::Pcmu, Codec::Pcma, Codec::TelephoneEve
 pub type Transcoding = (LegFormat, LegFormat);
 
 /// Appends to the audio section `idx` of an offer going onwards every transcodable codec it
-/// lacks.
+/// lacks, and telephone-event when it has none: an answerer that sends RFC 4733 digits then
+/// has them read by the gateway and sent to the offerer as SIP INFO (the offerer's answer
+/// drops the event again, see [`answer_back`]).
 pub fn augment(offer: &mut Sdp, idx: usize) {
     let Some(m) = offer.media.get_mut(idx) else {
         return;
     };
-    for &c in TRANSCODABLE {
+    for &c in TRANSCODABLE.iter().chain([&Codec::TelephoneEvent]) {
         if !m.codecs().any(|f| f.codec == c) {
             m.add_codec(c);
         }
@@ -65,12 +67,15 @@ fn leg_format(m: &Media, audio: Format) -> LegFormat {
 
 /// Gives the offerer's answer (`answer`, section `idx`) the telephone-event of its offer when
 /// the answerer accepted none: the gateway takes the offerer's RFC 4733 events itself and
-/// sends them on as SIP INFO (DTMF interworking, see `media::dtmf`).
+/// sends them on as SIP INFO (DTMF interworking, see `media::dtmf`). An offerer without
+/// telephone-event gets none in its answer (RFC 3264 §6.1: only what it offered), though the
+/// answerer accepted the one [`augment`] added: the gateway reads those events instead.
 fn keep_telephone_event(offered: &Media, answer: &mut Sdp, idx: usize) {
-    let (Some(m), Some(te)) = (
-        answer.media.get_mut(idx),
-        offered.codecs().find(|f| f.codec == Codec::TelephoneEvent),
-    ) else {
+    let Some(m) = answer.media.get_mut(idx) else {
+        return;
+    };
+    let Some(te) = offered.codecs().find(|f| f.codec == Codec::TelephoneEvent) else {
+        m.retain_formats(|f| f.codec != Codec::TelephoneEvent);
         return;
     };
     if telephone_event(m).is_some() || m.codecs().any(|f| f.pt == te.pt) {
@@ -152,6 +157,18 @@ mod tests {
             &["rtpmap:0 PCMU/8000", "rtpmap:101 telephone-event/8000"],
         );
         augment(&mut o, 0);
+        let mut without = sdp("0", &[]);
+        augment(&mut without, 0);
+        assert_eq!(
+            names(&without),
+            [
+                (0, "PCMU"),
+                (9, "G722"),
+                (111, "opus"),
+                (8, "PCMA"),
+                (96, "telephone-event")
+            ]
+        );
         assert_eq!(
             names(&o),
             [
@@ -180,6 +197,14 @@ mod tests {
         let mut answer = sdp("0", &[]);
         assert_eq!(answer_back(&origin, &mut answer, 0), Ok(None));
         assert_eq!(names(&answer), [(0, "PCMU"), (101, "telephone-event")]);
+        // An offerer without telephone-event: the event the answerer took from the offer
+        // onwards is not in the offerer's answer (the gateway reads it and sends SIP INFO).
+        let origin = sdp("0", &[]);
+        let mut answer = sdp("0 96", &["rtpmap:96 telephone-event/8000", "fmtp:96 0-16"]);
+        assert_eq!(answer_back(&origin, &mut answer, 0), Ok(None));
+        assert_eq!(names(&answer), [(0, "PCMU")]);
+        let text = String::from_utf8(answer.to_bytes()).expect("utf8");
+        assert!(!text.contains("96"), "{text}");
     }
 
     #[test]
