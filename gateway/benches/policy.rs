@@ -11,7 +11,10 @@
 //!    number in flight, rounds alternating off/on. Needs SIPp (`e2e/setup`) and the release
 //!    binary; skipped without them. `POLICY_BENCH_CALLS` (default 1000) and
 //!    `POLICY_BENCH_ROUNDS` (default 3) size it; `POLICY_BENCH_MODULES` (e.g. `routing,quirks`)
-//!    uploads only those modules.
+//!    uploads only those modules. `POLICY_BENCH_DISTINCT=1` makes every call come from a caller
+//!    account no earlier call used (SIPp reads the From user from a CSV), so admission and
+//!    routing never answer from their kept answers: each call pays two fresh instances, the
+//!    worst case of a site whose phones each call once.
 
 #[path = "../tests/policy_support/mod.rs"]
 mod policy_support;
@@ -177,6 +180,38 @@ fn call_setup_rate(modules: &[(&str, &[u8])]) {
     for u in ["alice", "bob"] {
         gw.create_user(u, &format!("{u}-secret-1"));
     }
+    let distinct = std::env::var("POLICY_BENCH_DISTINCT").is_ok_and(|v| v == "1");
+    let Ok(dir) = tempfile::tempdir() else {
+        println!("\ncall setup rate: FAILED to make a temporary directory");
+        return;
+    };
+    // Distinct callers: a fresh caller account for every call of every round, and the caller
+    // scenario with its From user taken from SIPp's injection file.
+    let scenario = if distinct {
+        let made = Instant::now();
+        for i in 0..calls * rounds * 2 {
+            gw.create_user(&format!("caller{i}"), "caller-secret-1");
+        }
+        println!(
+            "\ndistinct callers: {} accounts created in {:.1} s",
+            calls * rounds * 2,
+            made.elapsed().as_secs_f64()
+        );
+        let Ok(text) = std::fs::read_to_string(csps_tests::scenario("uac_dial.xml")) else {
+            println!("\ncall setup rate: FAILED to read uac_dial.xml");
+            return;
+        };
+        let path = dir.path().join("uac_dial_distinct.xml");
+        let text = text.replace("From: <sip:[user]@", "From: <sip:[field0]@");
+        if std::fs::write(&path, text).is_err() {
+            println!("\ncall setup rate: FAILED to write {}", path.display());
+            return;
+        }
+        path
+    } else {
+        csps_tests::scenario("uac_dial.xml")
+    };
+    let mut next_caller = 0;
     gw.trust("127.0.0.0/8");
     std::thread::sleep(Duration::from_millis(500));
     let port = free_port();
@@ -184,6 +219,14 @@ fn call_setup_rate(modules: &[(&str, &[u8])]) {
         println!("\ncall setup rate: FAILED to register the callee: {e}");
         return;
     }
+    println!(
+        "\ncallers: {}",
+        if distinct {
+            "a new account each call (no kept answers)"
+        } else {
+            "alice for every call (admission and routing answer from kept answers after the first)"
+        }
+    );
     println!(
         "\n| round | policies | calls ok | failed | seconds | calls/s | gateway CPU µs/call | page faults/call |"
     );
@@ -210,7 +253,20 @@ fn call_setup_rate(modules: &[(&str, &[u8])]) {
             std::thread::sleep(Duration::from_millis(300));
             let before = usage(gw.pid());
             let started = Instant::now();
-            let caller = Sipp::new("uac_dial.xml", gw.sip_addr())
+            let mut caller = Sipp::new(&scenario, gw.sip_addr());
+            if distinct {
+                let csv = dir.path().join("callers.csv");
+                let names: String = (next_caller..next_caller + calls)
+                    .map(|i| format!("caller{i}\n"))
+                    .collect();
+                next_caller += calls;
+                if std::fs::write(&csv, format!("SEQUENTIAL\n{names}")).is_err() {
+                    println!("call setup rate: FAILED to write {}", csv.display());
+                    return;
+                }
+                caller = caller.arg("-inf").arg(csv.display().to_string());
+            }
+            let caller = caller
                 .key("user", "alice")
                 .key("domain", "csps.local")
                 .key("callee", "bob")
