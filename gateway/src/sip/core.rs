@@ -576,19 +576,8 @@ impl Core {
         }
     }
 
+    /// A new request; it passed `transport::precheck` in the task that received it.
     fn on_request(&mut self, key: TxnKey, from: Remote, req: Request) {
-        // Calls implement session timers and reliable provisionals; registration no option.
-        let supported = if req.method == Method::Register {
-            &[][..]
-        } else {
-            crate::calls::b2bua::SUPPORTED_OPTIONS
-        };
-        if let Err(rej) = csps_sip::validate::check_request(&req, supported) {
-            tracing::debug!(status = rej.status, "request refused: {}", rej.warning);
-            let resp = rej.to_response_from(&req, &self.server_name);
-            self.respond(&key, &req, resp);
-            return;
-        }
         if req.method == Method::Refer && self.calls.owns(&req) {
             self.on_refer(key, from, req);
             return;
@@ -702,7 +691,6 @@ impl Core {
             .trusted
             .iter()
             .any(|n| n.contains(&ip))
-            || csps_sip::validate::check_request(req, &[]).is_err()
         {
             return Some(msg);
         }

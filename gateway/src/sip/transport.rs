@@ -120,6 +120,31 @@ pub fn stamp_via(msg: &mut Message, from: SocketAddr) {
     }
 }
 
+/// The checks a UAS makes before dispatching (`validate::check_request`: mandatory headers,
+/// Via, From/To, CSeq, Require against what is implemented), made here in the receive task so
+/// the core task — the gateway's one serial stage — does not spend its time on them: every
+/// request reaching the core passed them. Calls implement session timers and reliable
+/// provisionals; registration no option.
+pub fn precheck(req: &csps_sip::Request) -> Result<(), csps_sip::Rejection> {
+    let supported = if req.method == csps_sip::Method::Register {
+        &[][..]
+    } else {
+        crate::calls::b2bua::SUPPORTED_OPTIONS
+    };
+    csps_sip::validate::check_request(req, supported)
+}
+
+/// Gives a stateless final answer the To tag a UAS adds (RFC 3261 §8.2.6.2).
+fn add_to_tag(resp: &mut csps_sip::Response) {
+    if let Some(to) = resp.headers.get("To")
+        && let Ok(mut na) = csps_sip::headers::NameAddr::parse(to)
+        && na.tag().is_none()
+    {
+        na.set_param("tag", Some(format!("{:016x}", rand::random::<u64>())));
+        resp.headers.set("To", na.to_string());
+    }
+}
+
 /// Builds the stateless answer to a request that failed to parse, when it can be answered.
 pub fn reject_unparsable(err: &ParseError, server_name: &str) -> Option<Vec<u8>> {
     let req = err.request.as_deref()?;
@@ -142,13 +167,23 @@ fn refusal(req: &csps_sip::Request, status: u16, why: &str, server_name: &str) -
     Some(out)
 }
 
-/// Parses bytes from one remote, counting and answering failures. Returns the message to pass on.
+/// What became of one message from the wire.
+enum Ingested {
+    /// Parsed and checked: for the core.
+    Message(Message),
+    /// A request answered (or an ACK dropped) here: malformed, or refused while draining.
+    Answered,
+    /// Nothing usable: counted, answered where it could be.
+    Garbage,
+}
+
+/// Parses bytes from one remote, counting and answering failures. Says what to pass on.
 fn ingest(
     ctx: &TransportCtx,
     bytes: &[u8],
     from: Remote,
     reply: &mut dyn FnMut(Vec<u8>),
-) -> Option<Message> {
+) -> Ingested {
     match csps_sip::parse(bytes) {
         Ok(parsed) => {
             let mut msg = parsed.message;
@@ -162,10 +197,29 @@ fn ingest(
                 resp.encode(&mut out);
                 ctx.metrics.response_sent(503);
                 reply(out);
-                return None;
+                return Ingested::Answered;
             }
             stamp_via(&mut msg, from.addr);
-            Some(msg)
+            if let Message::Request(req) = &msg
+                && let Err(rej) = precheck(req)
+            {
+                ctx.metrics.request_received(req.method.as_str());
+                // RFC 3261 §17.2.1: an ACK is never answered; one that cannot be used is dropped.
+                if req.method == csps_sip::Method::Ack {
+                    tracing::debug!(from = %from.addr, "dropped a malformed ACK: {}", rej.warning);
+                    ctx.metrics.drop_msg("malformed_ack");
+                    return Ingested::Answered;
+                }
+                tracing::debug!(from = %from.addr, status = rej.status, "request refused: {}", rej.warning);
+                let mut resp = rej.to_response_from(req, &ctx.server_name);
+                add_to_tag(&mut resp);
+                let mut out = Vec::with_capacity(512);
+                resp.encode(&mut out);
+                ctx.metrics.response_sent(rej.status);
+                reply(out);
+                return Ingested::Answered;
+            }
+            Ingested::Message(msg)
         }
         Err(err) => {
             match reject_unparsable(&err, &ctx.server_name) {
@@ -179,7 +233,7 @@ fn ingest(
                     ctx.metrics.drop_msg("unparsable");
                 }
             }
-            None
+            Ingested::Garbage
         }
     }
 }
@@ -242,7 +296,7 @@ pub async fn run_udp(ctx: TransportCtx, socket: Arc<UdpSocket>, index: u64) {
         let msg = ingest(&ctx, data, remote, &mut |out| {
             let _ = sock.try_send_to(&out, from);
         });
-        if let Some(msg) = msg
+        if let Ingested::Message(msg) = msg
             && ctx
                 .inbound
                 .try_send(Inbound::Message {
@@ -422,7 +476,8 @@ pub async fn serve_connection<S>(
                         let _ = tx.try_send(Bytes::from(out));
                     }
                     match msg {
-                        Some(msg) => {
+                        Ingested::Answered => garbage = 0,
+                        Ingested::Message(msg) => {
                             garbage = 0;
                             if ctx
                                 .inbound
@@ -437,7 +492,7 @@ pub async fn serve_connection<S>(
                                 break 'read;
                             }
                         }
-                        None => {
+                        Ingested::Garbage => {
                             garbage += 1;
                             if garbage >= GARBAGE_LIMIT {
                                 tracing::info!(%peer, "closing a connection that keeps sending garbage");

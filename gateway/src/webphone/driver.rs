@@ -384,6 +384,13 @@ impl Phone {
     /// Hands the line's messages to the core and publishes its state.
     async fn flush_line(&mut self) {
         for msg in self.line.drain_output() {
+            // The core takes only requests that passed the receive tasks' checks.
+            if let csps_sip::Message::Request(req) = &msg
+                && let Err(rej) = crate::sip::transport::precheck(req)
+            {
+                tracing::warn!(phone = %self.id, "the line made a malformed request: {}", rej.warning);
+                continue;
+            }
             let inbound = Inbound::Message {
                 from: self.flow,
                 local: self.sip_local,
