@@ -151,7 +151,8 @@ impl Dialog {
     pub fn request(&mut self, method: Method, via: &str) -> Request {
         self.local_seq = self.local_seq.wrapping_add(1);
         let mut r = self.base(method, self.local_seq, via);
-        if matches!(r.method, Method::Invite | Method::Update) {
+        // Target-refresh requests and NOTIFY (RFC 6665 §4.1.2.1) carry the Contact.
+        if matches!(r.method, Method::Invite | Method::Update | Method::Notify) {
             r.headers.push("Contact", self.local_contact.clone());
         }
         r

@@ -280,6 +280,8 @@ pub enum Output {
         a: bool,
         /// The new party's AoR.
         party: String,
+        /// The new party is reached through the Teams trunk (else a device of a local user).
+        teams: bool,
     },
     /// Play a digit (from the other leg's SIP INFO) as RFC 4733 events to leg A (`to_a`) or B.
     Dtmf {
@@ -706,6 +708,17 @@ fn supports_timer(h: &Headers) -> bool {
         .any(|t| t.trim().eq_ignore_ascii_case("timer"))
 }
 
+/// Direct Routing expects session timers: a new leg to Teams whose other side asked none
+/// offers ours, and Teams refreshes (the gateway relays refreshes).
+fn teams_timer(h: &mut Headers) {
+    h.push(
+        "Session-Expires",
+        format!("{TEAMS_SESSION_EXPIRES};refresher=uas"),
+    );
+    h.push("Min-SE", MIN_SE.to_string());
+    h.push("Supported", "timer");
+}
+
 /// Session-timer headers copied from one leg's message to the other's (refreshes and their
 /// answers pass through unchanged, so the phones keep negotiating with each other).
 fn copy_timer_headers(from: &Headers, to: &mut Headers) {
@@ -878,13 +891,7 @@ impl Call {
             let h = &mut req.headers;
             let caller_timer = session_expires(&self.setup.invite.headers).is_some();
             if target.sbc.is_some() && !caller_timer {
-                // Direct Routing expects session timers; the caller has none, so Teams refreshes.
-                h.push(
-                    "Session-Expires",
-                    format!("{TEAMS_SESSION_EXPIRES};refresher=uas"),
-                );
-                h.push("Min-SE", MIN_SE.to_string());
-                h.push("Supported", "timer");
+                teams_timer(h);
             }
             if let Some((se, _)) = session_expires(&self.setup.invite.headers) {
                 // The caller asked for session timers: the callee negotiates them with it
@@ -1837,15 +1844,21 @@ impl Call {
         o
     }
 
-    /// True when leg A (`a`) or the answered device is a phone (not the Teams trunk).
-    fn is_phone(&self, a: bool) -> bool {
+    /// How the gateway names itself on leg A (`a`) or the answered device when that leg is
+    /// the Teams trunk.
+    fn sbc_of(&self, a: bool) -> Option<&Sbc> {
         if a {
-            self.setup.a_sbc.is_none()
+            self.setup.a_sbc.as_ref()
         } else {
             self.winner
                 .and_then(|w| self.forks.get(w))
-                .is_none_or(|f| f.target.sbc.is_none())
+                .and_then(|f| f.target.sbc.as_ref())
         }
+    }
+
+    /// True when leg A (`a`) or the answered device is a phone (not the Teams trunk).
+    fn is_phone(&self, a: bool) -> bool {
+        self.sbc_of(a).is_none()
     }
 
     fn offer_body(&self, a: bool, rule: LegSrtp, offer: &Sdp) -> Bytes {
@@ -2541,16 +2554,29 @@ impl Call {
         self.notify_transferor(from_a, 100);
         // The new leg is presented as the transferee, referred by the transferor, both as the
         // gateway asserts them (never the Referred-By a phone wrote).
-        let (transferee, transferor) = if from_a {
+        let (mut transferee, mut transferor) = if from_a {
             (self.setup.callee.clone(), self.setup.caller.clone())
         } else {
             (self.setup.caller.clone(), self.setup.callee.clone())
         };
+        // A transfer by Teams goes back through the trunk: the transferee is who Teams knew on
+        // the transferor's leg (the user's number at the gateway's FQDN), and Teams' own
+        // Referred-By (its x-m/x-t/x-ti/x-tt name the referring Teams user) goes with it.
+        let teams = self.sbc_of(from_a).cloned();
+        if let Some(s) = &teams {
+            transferee = format!("<sip:{}@{};user=phone>", s.user, s.fqdn);
+            if let Some(by) = req.headers.get("Referred-By") {
+                transferor = by.to_owned();
+            }
+        }
         let from_tag = hex_token(&mut *self.rng);
         let replaces = target.replaces.as_ref().map(ToString::to_string);
         let mut forks = Vec::new();
-        for t in target.targets {
+        for mut t in target.targets {
             let tag = self.tag();
+            if let (Some(own), Some(s)) = (t.sbc.as_mut(), &teams) {
+                own.user.clone_from(&s.user);
+            }
             // The target's device takes the transferor's side of the relay, and its keys.
             let body = self.offer_body(from_a, self.target_rule(&t), &offer);
             let mut req = new_invite(
@@ -2562,6 +2588,9 @@ impl Call {
                 body,
                 &mut *self.rng,
             );
+            if t.sbc.is_some() {
+                teams_timer(&mut req.headers);
+            }
             req.headers.push("Referred-By", transferor.clone());
             if let Some(r) = &replaces {
                 // A device that cannot replace must refuse (420), not ring a second call.
@@ -2766,6 +2795,7 @@ impl Call {
             }
         }
         let new = t.forks.remove(i);
+        let teams = new.target.sbc.is_some();
         let ip = new.target.to.addr.ip();
         let target_addr = answer.rtp_addr(idx);
         if x_is_a {
@@ -2821,6 +2851,7 @@ impl Call {
         self.out.push_back(Output::Transferred {
             a: x_is_a,
             party: t.party,
+            teams,
         });
     }
 
@@ -3316,7 +3347,18 @@ pub(super) mod tests {
         answer: &str,
     ) -> (Call, String, Request, Response, Vec<Output>) {
         let mut c = call_with(OFFER, extra, t0);
-        let invites = sent_invites(&drain(&mut c));
+        let (a_tag, inv1, ok, out) = answer_first(&mut c, t0, answer);
+        (c, a_tag, inv1, ok, out)
+    }
+
+    /// The started call `c`'s first device answers with `answer` and alice ACKs: her dialog's
+    /// gateway tag, the device's INVITE, the 200 she got and what the call did on the answer.
+    fn answer_first(
+        c: &mut Call,
+        t0: Instant,
+        answer: &str,
+    ) -> (String, Request, Response, Vec<Output>) {
+        let invites = sent_invites(&drain(c));
         let (tag1, inv1) = invites[0].clone();
         c.handle(
             t0,
@@ -3325,14 +3367,14 @@ pub(super) mod tests {
                 resp: reply(&inv1, 200, "d1", Some(answer)),
             },
         );
-        let out = drain(&mut c);
+        let out = drain(c);
         let ok = responses_to_a(&out)[0].clone();
         let a_tag = ok
             .to_hdr()
             .and_then(|t| t.tag().map(str::to_owned))
             .expect("To tag");
         c.handle(t0, Input::Ack(in_dialog_a("ACK", 2, &a_tag, None)));
-        (c, a_tag, inv1, ok, out)
+        (a_tag, inv1, ok, out)
     }
 
     fn parse_req(s: &str) -> Request {
@@ -4458,7 +4500,7 @@ pub(super) mod tests {
             Output::Media(MediaChange::B(Some(a), ip)) if a.to_string() == "192.0.2.20:6000"
                 && ip.to_string() == "192.0.2.20")));
         assert!(out.iter().any(|o| matches!(o,
-            Output::Transferred { a: false, party } if party == "sip:carol@csps.local")));
+            Output::Transferred { a: false, party, teams: false } if party == "sip:carol@csps.local")));
         // Alice is re-INVITEd with carol's media at the relay, sendrecv.
         let (rtag, reinv, to) = sent(&out, Method::Invite).expect("re-INVITE to alice");
         assert_eq!(to.addr.to_string(), "203.0.113.5:5060");
@@ -4561,6 +4603,109 @@ pub(super) mod tests {
             Err(ReferRefusal::Unsupported("attended".into())),
         );
         assert_eq!(responses_to_a(&out)[0].status, 491, "a hold is in progress");
+    }
+
+    /// Issue 5: Teams (the callee, through the trunk) transfers with a REFER the switch resolved
+    /// to the trunk: the new INVITE names the transferee as Teams knew it (the caller's number
+    /// at the FQDN, in Contact too), carries Teams' own Referred-By and the trunk's session
+    /// timer, and offers SRTP; the NOTIFYs carry the FQDN Contact; the answer replaces Teams'
+    /// leg, which gets a BYE.
+    #[test]
+    fn a_refer_from_teams_calls_the_target_through_the_trunk_as_the_transferee() {
+        let t0 = Instant::now();
+        let sbc = |user: &str| Sbc {
+            fqdn: "sbc1.csps.test".into(),
+            port: 5061,
+            user: user.into(),
+        };
+        let trunk = |uri: &str, user: &str| Target {
+            to: Remote {
+                transport: Transport::Tls,
+                ..remote("192.0.2.9:5061")
+            },
+            uri: Uri::parse(uri).expect("uri"),
+            local: "192.0.2.1:5061".parse().expect("addr"),
+            sbc: Some(sbc(user)),
+        };
+        let mut s = setup(OFFER, "", SrtpPolicy::default(), false);
+        s.caller = "<sip:+14255550100@sbc1.csps.test;user=phone>".into();
+        s.targets = vec![trunk(
+            "sip:+12065550123@sip.pstnhub.microsoft.com;user=phone",
+            "+14255550100",
+        )];
+        let mut c = started(s, t0);
+        let (_, inv1, _, _) = answer_first(&mut c, t0, SRTP_ANSWER);
+        drain(&mut c);
+
+        // The null REFER's target: the proxy itself, its x-m kept.
+        let null = "sip:sip.pstnhub.microsoft.com:5061;transport=tls;x-m=8:orgid:dfcba638";
+        let target = TransferTarget {
+            targets: vec![trunk(null, "csps")],
+            to: format!("<{null}>"),
+            party: "sip:sip.pstnhub.microsoft.com".into(),
+            call_id: "t-call".into(),
+            replaces: None,
+            referrer: None,
+        };
+        let by = "<sip:sip.pstnhub.microsoft.com:5061;x-m=8:orgid:fa27;x-tt=aHR0cHM%3D>";
+        let mut refer = in_dialog_b("REFER", 1, &inv1, None);
+        refer.headers.push("Referred-By", by);
+        let out = refer_in(&mut c, t0, refer, "192.0.2.9:5061", Ok(target));
+        assert_eq!(responses_to_a(&out)[0].status, 202);
+        let (tag, inv, to) = sent(&out, Method::Invite).expect("INVITE through the trunk");
+        assert_eq!(to.transport, Transport::Tls);
+        assert_eq!(inv.uri.to_string(), null);
+        let asserted = "<sip:+14255550100@sbc1.csps.test;user=phone>";
+        assert!(
+            inv.headers
+                .get("From")
+                .is_some_and(|f| f.starts_with(asserted)),
+            "{inv:?}"
+        );
+        assert_eq!(inv.headers.get("P-Asserted-Identity"), Some(asserted));
+        assert_eq!(
+            inv.headers.get("Contact"),
+            Some("<sip:+14255550100@sbc1.csps.test:5061;transport=tls>")
+        );
+        assert_eq!(inv.headers.get("Referred-By"), Some(by));
+        assert_eq!(
+            inv.headers.get("Session-Expires"),
+            Some("1800;refresher=uas")
+        );
+        assert!(body(&inv).contains("RTP/SAVP"), "{}", body(&inv));
+        let notify = out
+            .iter()
+            .find_map(|o| match o {
+                Output::Send { req, .. } if req.method == Method::Notify => Some(req),
+                _ => None,
+            })
+            .expect("NOTIFY 100");
+        assert!(
+            notify
+                .headers
+                .get("Contact")
+                .is_some_and(|c| c.contains("sbc1.csps.test")),
+            "{notify:?}"
+        );
+
+        c.handle(
+            t0,
+            Input::Response {
+                tag,
+                resp: reply(&inv, 200, "t1", Some(SRTP_ANSWER)),
+            },
+        );
+        let out = drain(&mut c);
+        assert_eq!(notifies(&out)[0].2, "SIP/2.0 200 OK\r\n");
+        let (_, bye, _) = sent(&out, Method::Bye).expect("Teams' old leg is hung up");
+        assert_eq!(bye.headers.get("Call-ID"), Some("b-call"));
+        assert!(out.iter().any(|o| matches!(o,
+            Output::Transferred { a: false, party, teams: true }
+                if party == "sip:sip.pstnhub.microsoft.com")));
+        assert!(
+            c.srtp(false),
+            "the new Teams leg is SRTP with the keys of its answer"
+        );
     }
 
     #[test]

@@ -603,7 +603,7 @@ impl Switch {
             cx.rng.next_u64(),
             self.server_name
         );
-        let target = self.transfer_target(&cx, &req, call_id);
+        let target = self.transfer_target(&cx, &req, from, call_id);
         if let Ok(t) = &target {
             self.by_call_id.insert(t.call_id.clone(), no);
             if let Some(ids) = self.call_ids.get_mut(&no) {
@@ -622,12 +622,14 @@ impl Switch {
     }
 
     /// Where a REFER's Refer-To leads: the registered devices of a local user, or, with a
-    /// Replaces (attended transfer), the other party of the referrer's consultation call.
-    /// Targets outside the gateway (the trunk) are not built yet.
+    /// Replaces (attended transfer), the other party of the referrer's consultation call; for
+    /// a REFER from Teams, the Refer-To itself through the trunk ([`teams::referred`]).
+    /// Transfers by a phone to a target through the trunk are not built yet.
     fn transfer_target(
         &self,
         cx: &InviteCx<'_>,
         req: &Request,
+        from: Remote,
         call_id: String,
     ) -> Result<b2bua::TransferTarget, b2bua::ReferRefusal> {
         let refer_to = req
@@ -637,6 +639,29 @@ impl Switch {
         let uri = csps_sip::headers::NameAddr::parse(refer_to)
             .map_err(|e| b2bua::ReferRefusal::Bad(format!("bad Refer-To: {e}")))?
             .uri;
+        let paths = self.trunk.borrow().clone();
+        if paths.is_trunk(&from) {
+            let r = teams::referred(&uri, from, &paths).map_err(|r| match r.status {
+                400 => b2bua::ReferRefusal::Bad(r.warning),
+                s => b2bua::ReferRefusal::Failed(s),
+            })?;
+            let local = (cx.local_of)(&r.to);
+            let local = concrete_local(local, r.to.addr.ip()).unwrap_or(local);
+            tracing::info!(to = %r.uri, "transfer by Teams through the trunk");
+            return Ok(b2bua::TransferTarget {
+                to: format!("<{}>", r.uri),
+                party: r.uri.aor(),
+                targets: vec![b2bua::Target {
+                    to: r.to,
+                    uri: r.uri,
+                    local,
+                    sbc: Some(r.sbc),
+                }],
+                call_id,
+                replaces: None,
+                referrer: None,
+            });
+        }
         let replaces = csps_sip::replaces::Replaces::in_uri(&uri)
             .map_err(|e| b2bua::ReferRefusal::Bad(e.to_string()))?;
         if let Some(r) = replaces {

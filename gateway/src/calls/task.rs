@@ -497,10 +497,11 @@ async fn run_call(t: CallTask, call_id: String) {
                     }
                     continue;
                 }
-                Output::Transferred { a, party } => {
+                Output::Transferred { a, party, teams } => {
                     // The held party now talks to someone new (the gateway resumes it).
                     hold_music.stop(&mut media);
-                    // The transferor is free; the target (a local user) is now in the call.
+                    // The transferor is free; the target (a local user, or Teams) is now in
+                    // the call.
                     let leg = usize::from(!a);
                     let old = if a {
                         caller.replace(party.clone())
@@ -515,11 +516,16 @@ async fn run_call(t: CallTask, call_id: String) {
                         record.callee = party.clone();
                     }
                     let was_phone = kinds[leg] == LegKind::Phone;
-                    kinds[leg] = LegKind::Phone;
+                    kinds[leg] = if teams {
+                        LegKind::Teams
+                    } else {
+                        LegKind::Phone
+                    };
                     tracing::info!(to = %party, "call transferred");
                     directory.set_dialogs(no, call.dialogs());
                     let freed = old.filter(|_| was_phone).map(|aor| (aor, false));
-                    for (aor, busy) in freed.into_iter().chain([(party, true)]) {
+                    let taken = (!teams).then_some((party, true));
+                    for (aor, busy) in freed.into_iter().chain(taken) {
                         let _ = states.send(UserState {
                             aor,
                             busy,

@@ -175,6 +175,47 @@ pub fn incoming(
     })
 }
 
+/// A new leg through the trunk for a REFER from Teams, ready for the call's transfer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Referred {
+    /// The proxy's connection.
+    pub to: Remote,
+    /// The Refer-To URI, parameters kept, header part dropped.
+    pub uri: Uri,
+    /// How the gateway names itself on the new leg; the call sets [`Sbc::user`] to the
+    /// transferee's number, as its Teams leg named it.
+    pub sbc: Sbc,
+}
+
+/// Where a REFER from Teams moves the call: a new INVITE through the trunk to the Refer-To URI
+/// itself. It names a number at the proxy (a transfer to another party) or, in the "null
+/// REFER", the proxy itself with its `x-m` parameter and no user part: that INVITE is how
+/// Teams moves the call onto its own media. The first proxy that is up takes it (else the one
+/// the REFER came on).
+pub fn referred(refer_to: &Uri, from: Remote, paths: &Paths) -> Result<Referred, Refusal> {
+    if !refer_to.is_sip() {
+        return Err(Refusal::new(400, "Refer-To is not a SIP URI"));
+    }
+    if let Some(u) = refer_to.user.as_deref()
+        && sanitize(u).is_none()
+    {
+        return Err(Refusal::new(484, "not a dialable number"));
+    }
+    Ok(Referred {
+        to: paths.current().and_then(|p| p.flow).unwrap_or(from),
+        // `?Replaces=…` and other headers are not for Teams.
+        uri: Uri {
+            headers: None,
+            ..refer_to.clone()
+        },
+        sbc: Sbc {
+            fqdn: paths.fqdn.clone(),
+            port: SBC_PORT,
+            user: "csps".to_owned(),
+        },
+    })
+}
+
 /// A number as it may appear in a SIP URI's user part: `+` and digits (and `*#` for service
 /// codes) only, so nothing from a phone or the network can smuggle parameters in.
 fn sanitize(n: &str) -> Option<String> {
@@ -322,6 +363,31 @@ mod tests {
             Err(484),
             "nothing but digits reaches the Request-URI"
         );
+    }
+
+    #[test]
+    fn a_refer_from_teams_goes_to_its_refer_to_through_the_first_proxy_up() {
+        let p = paths([false, true]);
+        let null = Uri::parse(
+            "sip:sip.pstnhub.microsoft.com:5061;transport=tls;x-m=8:orgid:dfcba638-4ecd",
+        )
+        .expect("the null REFER's Refer-To parses");
+        let r = referred(&null, flow(1), &p).expect("the null REFER");
+        assert_eq!(r.to, flow(2), "the proxy that is up");
+        assert_eq!(r.uri.to_string(), null.to_string(), "parameters kept");
+        assert_eq!(r.sbc.fqdn, "sbc1.csps.test");
+        let number = Uri::parse("sip:+12065550177@sip.pstnhub.microsoft.com;user=phone?X=y")
+            .expect("parses");
+        let r = referred(&number, flow(1), &Paths::default()).expect("a number");
+        assert_eq!(r.to, flow(1), "no proxy up: the one the REFER came on");
+        assert_eq!(
+            r.uri.to_string(),
+            "sip:+12065550177@sip.pstnhub.microsoft.com;user=phone"
+        );
+        let bad = Uri::parse("sip:x;y@sip.pstnhub.microsoft.com").expect("parses");
+        assert_eq!(referred(&bad, flow(1), &p).map_err(|r| r.status), Err(484));
+        let tel = Uri::parse("tel:+12065550177").expect("parses");
+        assert_eq!(referred(&tel, flow(1), &p).map_err(|r| r.status), Err(400));
     }
 
     /// A Direct-Routing-shaped INVITE (upper-case names, several Record-Route, `x-i`/`x-c`
