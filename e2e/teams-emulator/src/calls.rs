@@ -4,26 +4,36 @@
 //!
 //! - **Out** (the SBC calls a number): an INVITE whose Contact holds the FQDN is answered 100,
 //!   180, then 200 with an SDP answer (the first of G.711 µ-law, A-law or G.722 the offer has,
-//!   plus telephone-event); ACK, BYE and re-INVITE in the dialog are answered.
+//!   plus telephone-event); a number ending in [`BUSY_SUFFIX`] gets 486; ACK, BYE and
+//!   re-INVITE in the dialog are answered.
 //! - **In** (`POST /test/sip/{n}/call` `{"to","from"?,"hangup_after_ms"?}`): proxy n sends an
 //!   INVITE for `to` on its connection to the SBC as Teams does for a user's forwarded or
 //!   simultaneous-ring call; the SBC's final answer is ACKed; after a 2xx the emulator hangs
 //!   up with BYE after `hangup_after_ms` (default 2000).
+//! - **Teams acts on an answered call** (`POST /test/sip/calls/{call_id}/…`): `bye` hangs up;
+//!   `hold` and `resume` send a re-INVITE with the emulator's SDP `a=sendonly`, then
+//!   `a=sendrecv` (its tone stops while held); `refer` sends a REFER shaped as the one Teams
+//!   sent in tests/data/teams-dr/fsissue2406-01-REFER.sip, to a number (`{"to"}`) or the "null
+//!   REFER" (`{"null":true}`, Refer-To the proxy itself with `x-m`). The SBC's INVITE that
+//!   follows is a call out like any other (with Referred-By it plays another tone, see
+//!   [`tone_for`]); its NOTIFYs are answered and their sipfrag status lines recorded.
 //!
 //! Media is SDES-SRTP, as Direct Routing requires (see [`crate::srtp`]): calls in offer
 //! `RTP/SAVP` with one Microsoft-shaped `a=crypto` line, and an INVITE whose offer has no
 //! AES_CM_128_HMAC_SHA1_80 line is refused with 488. Media of an answered call: the emulator
-//! plays a tone (RTP with its own SSRC, one packet every 20 ms, at most [`TONE_PACKETS`]) to the
-//! SBC's SDP address and echoes every other RTP packet back to where it came from (decrypted,
-//! then protected with its own key); its own packets coming back (a phone that echoes) are
+//! plays a tone (G.711, RTP with the call's own SSRC, one packet every 20 ms, at most
+//! [`TONE_PACKETS`]) to the SBC's SDP address; once the tone is over it echoes every other RTP
+//! packet back to where it came from (decrypted, then protected with its own key), so a phone
+//! never gets two sources at once; its own packets coming back (a phone that echoes) are
 //! counted as `returned`, not echoed, so nothing loops. A packet that does not authenticate is
 //! counted as `srtp_failed` and nothing else. `GET /test/sip/calls` lists every call with its
-//! state, whether its media is SRTP, and these counters.
+//! state, whether its media is SRTP, these counters, its `tone_hz`, `held`, `referred_by`, its
+//! `refers` (`refer_to`, the SBC's `status`, the `notifies`) and `reinvites` (`what`, `status`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Json;
@@ -43,8 +53,15 @@ use crate::srtp::{LocalKey, RemoteKey, Srtp};
 
 /// Tone packets sent per call (10 s at 20 ms).
 pub const TONE_PACKETS: u64 = 500;
-/// The SSRC of the emulator's tone.
-const TONE_SSRC: u32 = 0x7EA5_0001;
+/// The tone of a call, unless a transfer made it.
+const TONE_HZ: u32 = 1000;
+/// The tone of the call a "null REFER" makes (Teams taking the call onto its own media).
+const NULL_REFER_HZ: u32 = 1500;
+/// The digits a called number ends in for the emulator to answer it busy (486).
+const BUSY_SUFFIX: &str = "486";
+/// The SSRC of the emulator's tone, plus the call's number: each call is its own source, so a
+/// phone moved from one call to another by a transfer sees a new stream.
+const TONE_SSRC: u32 = 0x7EA5_0000;
 /// How long a call's media task lives at most.
 const MEDIA_LIFETIME: Duration = Duration::from_secs(300);
 /// The Record-Route entries Teams puts in front of the proxy's own.
@@ -63,6 +80,28 @@ pub struct Counters {
     returned: AtomicU64,
     /// SRTP packets that did not authenticate (or were replays), dropped.
     srtp_failed: AtomicU64,
+    /// Teams holds the call: the tone pauses.
+    held: AtomicBool,
+}
+
+/// A REFER Teams sent in a call, and what the SBC answered and notified.
+struct Refer {
+    /// Its CSeq number.
+    seq: u32,
+    /// Its Refer-To value.
+    refer_to: String,
+    /// The SBC's answer (202).
+    status: Option<u16>,
+    /// The status lines of the NOTIFYs' `message/sipfrag` bodies, in order.
+    notifies: Vec<String>,
+}
+
+/// A hold or resume re-INVITE Teams sent, and the SBC's answer.
+struct ReInvite {
+    seq: u32,
+    /// `hold` or `resume`.
+    what: &'static str,
+    status: Option<u16>,
 }
 
 /// One call the emulator takes part in.
@@ -99,6 +138,16 @@ pub struct Call {
     pending: Option<(UdpSocket, LocalKey)>,
     /// A call in: hang up this long after the answer.
     hangup_after: Duration,
+    /// The frequency of the tone it plays.
+    tone_hz: u32,
+    /// A call out that a transfer made: the INVITE's Referred-By.
+    referred_by: Option<String>,
+    /// The REFERs Teams sent in it.
+    refers: Vec<Refer>,
+    /// The hold and resume re-INVITEs Teams sent in it.
+    reinvites: Vec<ReInvite>,
+    /// The version of the SDP origin line, raised with each re-offer.
+    sdp_version: u32,
 }
 
 impl Drop for Call {
@@ -224,10 +273,11 @@ fn sdp_body(
 async fn media(
     sock: UdpSocket,
     to: Option<SocketAddr>,
-    pt: u8,
+    (pt, tone_hz): (u8, u32),
     counters: Arc<Counters>,
     mut srtp: Srtp,
 ) {
+    let ssrc_out = TONE_SSRC.wrapping_add(token() as u32);
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     let mut seq: u16 = 0;
     let mut ts: u32 = 0;
@@ -238,18 +288,17 @@ async fn media(
         tokio::select! {
             _ = tick.tick() => {
                 let Some(to) = to else { continue };
-                if counters.sent.load(Ordering::Relaxed) >= TONE_PACKETS {
+                if counters.sent.load(Ordering::Relaxed) >= TONE_PACKETS
+                    || counters.held.load(Ordering::Relaxed)
+                {
                     continue;
                 }
                 let mut pkt = Vec::with_capacity(172);
                 pkt.extend_from_slice(&[0x80, pt & 0x7f]);
                 pkt.extend_from_slice(&seq.to_be_bytes());
                 pkt.extend_from_slice(&ts.to_be_bytes());
-                pkt.extend_from_slice(&TONE_SSRC.to_be_bytes());
-                // 1 kHz at 8 kHz sampling, µ-law-ish: a repeating 8-sample pattern.
-                for i in 0..160u32 {
-                    pkt.push([0xff, 0x8f, 0x80, 0x8f, 0xff, 0x0f, 0x00, 0x0f][(i % 8) as usize]);
-                }
+                pkt.extend_from_slice(&ssrc_out.to_be_bytes());
+                tone_frame(&mut pkt, tone_hz, pt, ts);
                 seq = seq.wrapping_add(1);
                 ts = ts.wrapping_add(160);
                 let Some(pkt) = srtp.protect(&pkt) else { continue };
@@ -268,8 +317,13 @@ async fn media(
                 };
                 counters.received.fetch_add(1, Ordering::Relaxed);
                 let ssrc = u32::from_be_bytes([pkt[8], pkt[9], pkt[10], pkt[11]]);
-                if ssrc == TONE_SSRC {
+                // The echo starts when the tone is over: one stream carries one source at a
+                // time (a phone hearing two SSRCs at once plays neither well).
+                let playing = counters.sent.load(Ordering::Relaxed) < TONE_PACKETS;
+                if ssrc == ssrc_out {
                     counters.returned.fetch_add(1, Ordering::Relaxed);
+                } else if playing || counters.held.load(Ordering::Relaxed) {
+                    continue;
                 } else if let Some(echo) = srtp.protect(&pkt)
                     && sock.send_to(&echo, from).await.is_ok()
                 {
@@ -281,17 +335,76 @@ async fn media(
     }
 }
 
+/// Appends 20 ms of a `hz` sine at half scale, from sample `start` of an 8 kHz clock, in
+/// G.711 A-law for payload type 8, else µ-law (what a G.722 answer gets is noise).
+fn tone_frame(pkt: &mut Vec<u8>, hz: u32, pt: u8, start: u32) {
+    let step = 2.0 * std::f64::consts::PI * f64::from(hz) / 8000.0;
+    for n in 0..160u32 {
+        let x = (f64::from(start.wrapping_add(n)) * step).sin() * 16_000.0;
+        let sample = x as i16;
+        pkt.push(if pt == 8 { alaw(sample) } else { ulaw(sample) });
+    }
+}
+
+/// G.711 µ-law of one 16-bit sample.
+fn ulaw(sample: i16) -> u8 {
+    let (sign, mut s) = if sample < 0 {
+        (0x80, -i32::from(sample))
+    } else {
+        (0, i32::from(sample))
+    };
+    s = s.min(32_635) + 0x84;
+    let mut exp = 7;
+    while exp > 0 && s & (0x80 << exp) == 0 {
+        exp -= 1;
+    }
+    let mantissa = (s >> (exp + 3)) & 0x0f;
+    !(sign | (exp << 4) | mantissa) as u8
+}
+
+/// G.711 A-law of one 16-bit sample.
+fn alaw(sample: i16) -> u8 {
+    let s = i32::from(sample) >> 3;
+    let (mask, s) = if s >= 0 { (0xd5, s) } else { (0x55, -s - 1) };
+    let Some(seg) = (0..8).find(|seg| s < (0x20 << seg)) else {
+        return (0x7f ^ mask) as u8;
+    };
+    let mantissa = if seg < 2 {
+        (s >> 1) & 0x0f
+    } else {
+        (s >> seg) & 0x0f
+    };
+    (((seg << 4) | mantissa) ^ mask) as u8
+}
+
+/// The tone of a call out for `number`: [`TONE_HZ`], or, for a call a transfer made (its
+/// INVITE has Referred-By), 300 + 50·d Hz with d the number's last digit, so each target is
+/// told apart; [`NULL_REFER_HZ`] for the proxy itself (no number: the "null REFER").
+fn tone_for(number: Option<&str>, referred: bool) -> u32 {
+    match (number, referred) {
+        (_, false) => TONE_HZ,
+        (None, true) => NULL_REFER_HZ,
+        (Some(n), true) => {
+            let d = n.chars().last().and_then(|c| c.to_digit(10)).unwrap_or(0);
+            300 + 50 * d
+        }
+    }
+}
+
 /// Starts a call's media towards the SBC's SDP address; the local port to announce.
 async fn start_media(
     to: Option<SocketAddr>,
-    pt: &str,
+    (pt, tone_hz): (&str, u32),
     counters: Arc<Counters>,
     srtp: Srtp,
 ) -> Option<(u16, JoinHandle<()>)> {
     let sock = UdpSocket::bind("127.0.0.1:0").await.ok()?;
     let port = sock.local_addr().ok()?.port();
     let pt = pt.parse().unwrap_or(0);
-    Some((port, tokio::spawn(media(sock, to, pt, counters, srtp))))
+    Some((
+        port,
+        tokio::spawn(media(sock, to, (pt, tone_hz), counters, srtp)),
+    ))
 }
 
 fn header_lines(out: &mut String, req_or_resp: &csps_sip::Headers, names: &[(&str, &str)]) {
@@ -362,7 +475,9 @@ fn contact() -> String {
 
 /// An INVITE from the SBC on proxy `i` (its Contact already checked): answered 100, 180 and
 /// 200 with SDP (SRTP: the emulator's key on the offer's AES_CM_128_HMAC_SHA1_80 line; an
-/// offer without one gets 488); the call is kept for its ACK and BYE.
+/// offer without one gets 488), or 486 for a number ending in [`BUSY_SUFFIX`]; the call is
+/// kept for its ACK and BYE. Its tone is [`tone_for`] the number: a transfer's target (the
+/// INVITE has Referred-By) is told apart from the party it replaces.
 pub async fn invite(
     state: &Shared,
     i: usize,
@@ -374,9 +489,17 @@ pub async fn invite(
     };
     let call_id = req.call_id().unwrap_or("").to_owned();
     let to_tag = format!("emuc{}", token());
-    let number = req.uri.user.clone().unwrap_or_default();
+    let user = req.uri.user.clone();
+    let referred_by = req.headers.get("Referred-By").map(str::to_owned);
+    let tone_hz = tone_for(user.as_deref(), referred_by.is_some());
+    // The proxy itself (a "null REFER"'s INVITE) is named by its URI, parameters and all.
+    let number = user.clone().unwrap_or_else(|| req.uri.to_string());
     let body = String::from_utf8_lossy(&req.body).into_owned();
     let mut out = response(req, 100, "Trying", &to_tag, i, None);
+    if user.is_some_and(|u| u.ends_with(BUSY_SUFFIX)) {
+        out.extend(response(req, 486, "Busy Here", &to_tag, i, None));
+        return out;
+    }
     let Some(offer) = audio(&body) else {
         out.extend(response(req, 488, "Not Acceptable Here", &to_tag, i, None));
         return out;
@@ -393,7 +516,7 @@ pub async fn invite(
     let local = LocalKey::fresh();
     let counters = Arc::new(Counters::default());
     let started = match local.as_ref().and_then(|l| Srtp::new(l, &remote)) {
-        Some(srtp) => start_media(offer.addr, &pt, counters.clone(), srtp).await,
+        Some(srtp) => start_media(offer.addr, (&pt, tone_hz), counters.clone(), srtp).await,
         None => None,
     };
     let (Some(local), Some((port, task))) = (local, started) else {
@@ -436,13 +559,19 @@ pub async fn invite(
         media: Some(task),
         pending: None,
         hangup_after: Duration::ZERO,
+        tone_hz,
+        referred_by,
+        refers: Vec::new(),
+        reinvites: Vec::new(),
+        sdp_version: 1,
     };
     face.calls.lock().insert(call_id, call);
     out
 }
 
-/// A request inside a call's dialog (ACK, BYE, re-INVITE, UPDATE): the answer, if any; `None`
-/// when the Call-ID is unknown.
+/// A request inside a call's dialog (ACK, BYE, re-INVITE, UPDATE, the NOTIFYs of a REFER):
+/// the answer, if any; `None` when the Call-ID is unknown. A NOTIFY's sipfrag status line is
+/// kept with the REFER it reports on.
 pub fn in_dialog(state: &Shared, i: usize, req: &Request) -> Option<Option<Vec<u8>>> {
     let face = state.sip.as_ref()?;
     let call_id = req.call_id()?;
@@ -462,6 +591,23 @@ pub fn in_dialog(state: &Shared, i: usize, req: &Request) -> Option<Option<Vec<u
             Some(response(req, 200, "OK", "", i, Some(&call.sdp.clone())))
         }
         csps_sip::Method::Cancel => Some(response(req, 200, "OK", "", i, None)),
+        csps_sip::Method::Notify => {
+            let Some(refer) = call.refers.last_mut() else {
+                return Some(Some(response(
+                    req,
+                    481,
+                    "Subscription Does Not Exist",
+                    "",
+                    i,
+                    None,
+                )));
+            };
+            let frag = String::from_utf8_lossy(&req.body);
+            refer
+                .notifies
+                .push(frag.lines().next().unwrap_or_default().trim().to_owned());
+            Some(response(req, 200, "OK", "", i, None))
+        }
         _ => Some(response(req, 501, "Not Implemented", "", i, None)),
     })
 }
@@ -474,6 +620,12 @@ pub async fn on_response(state: &Shared, resp: &Response) {
         return;
     };
     let Some(cseq) = resp.cseq() else { return };
+    if let Some(ack) = own_request_answered(face, &call_id, resp, cseq.seq, &cseq.method) {
+        if let Some((ack, conn)) = ack {
+            let _ = conn.send(ack.into_bytes()).await;
+        }
+        return;
+    }
     if cseq.method != csps_sip::Method::Invite || resp.status < 180 {
         return;
     }
@@ -509,14 +661,7 @@ pub async fn on_response(state: &Shared, resp: &Response) {
                 .and_then(|v| v.branch().map(str::to_owned))
                 .unwrap_or_default()
         };
-        let ack = format!(
-            "ACK {ack_uri} SIP/2.0\r\nVIA: SIP/2.0/TLS {}:5061;branch={branch}\r\nMAX-FORWARDS: 70\r\n\
-             FROM: {}\r\nTO: {}\r\nCALL-ID: {call_id}\r\nCSEQ: {} ACK\r\nCONTENT-LENGTH: 0\r\n\r\n",
-            NAMES[call.proxy - 1],
-            call.local,
-            call.remote,
-            cseq.seq
-        );
+        let ack = ack_message(call, &call_id, &ack_uri, &branch, cseq.seq);
         if answered {
             call.target = ack_uri;
             call.state = "answered";
@@ -541,7 +686,7 @@ pub async fn on_response(state: &Shared, resp: &Response) {
                 call.media = Some(tokio::spawn(media(
                     sock,
                     to,
-                    pt,
+                    (pt, call.tone_hz),
                     call.counters.clone(),
                     srtp,
                 )));
@@ -566,8 +711,94 @@ pub async fn on_response(state: &Shared, resp: &Response) {
     }
 }
 
-/// Sends BYE in call `call_id`'s dialog; false when there is no such answered call.
-async fn bye(state: &Shared, call_id: &str) -> bool {
+/// An ACK in `call`'s dialog to `uri` for the INVITE with CSeq `seq`.
+fn ack_message(call: &Call, call_id: &str, uri: &str, branch: &str, seq: u32) -> String {
+    format!(
+        "ACK {uri} SIP/2.0\r\nVIA: SIP/2.0/TLS {}:5061;branch={branch}\r\nMAX-FORWARDS: 70\r\n\
+         FROM: {}\r\nTO: {}\r\nCALL-ID: {call_id}\r\nCSEQ: {seq} ACK\r\nCONTENT-LENGTH: 0\r\n\r\n",
+        NAMES[call.proxy - 1],
+        call.local,
+        call.remote,
+    )
+}
+
+/// The SBC's answer to a REFER or a hold/resume re-INVITE of the emulator's, recorded with
+/// it; `None` when the response is for neither. A 2xx to the re-INVITE gets its ACK (the
+/// message and the connection it goes on).
+#[allow(clippy::type_complexity)]
+fn own_request_answered(
+    face: &crate::sip::SipFace,
+    call_id: &str,
+    resp: &Response,
+    seq: u32,
+    method: &csps_sip::Method,
+) -> Option<Option<(String, mpsc::Sender<Vec<u8>>)>> {
+    let mut calls = face.calls.lock();
+    let call = calls.get_mut(call_id)?;
+    if *method == csps_sip::Method::Refer {
+        let refer = call.refers.iter_mut().find(|r| r.seq == seq)?;
+        if resp.status >= 200 {
+            refer.status = Some(resp.status);
+        }
+        return Some(None);
+    }
+    if *method != csps_sip::Method::Invite {
+        return None;
+    }
+    let re = call.reinvites.iter_mut().find(|r| r.seq == seq)?;
+    if resp.status < 200 {
+        return Some(None);
+    }
+    re.status = Some(resp.status);
+    if resp.status >= 300 {
+        // The ACK of a non-2xx belongs to the INVITE's transaction; the SBC's transaction
+        // layer needs none over TLS to stop retransmitting, and keeps the session as it was.
+        return Some(None);
+    }
+    let branch = format!("z9hG4bKemuack{}", token());
+    let ack = ack_message(call, call_id, &call.target, &branch, seq);
+    Some(Some((ack, call.conn.clone())))
+}
+
+/// An in-dialog request of Teams in `call` (the next CSeq): `method` with `extra` header lines
+/// (CRLF-terminated) and an optional `(content type, body)`.
+fn dialog_request(
+    call: &mut Call,
+    call_id: &str,
+    method: &str,
+    extra: &str,
+    body: Option<(&str, &str)>,
+) -> String {
+    call.seq += 1;
+    let mut msg = format!(
+        "{method} {} SIP/2.0\r\nFROM: {}\r\nTO: {}\r\nCSEQ: {} {method}\r\nCALL-ID: {call_id}\r\n\
+         MAX-FORWARDS: 70\r\nVIA: SIP/2.0/TLS {}:5061;branch=z9hG4bKemu{}{}\r\n{extra}USER-AGENT: {SERVER}\r\n",
+        call.target,
+        call.local,
+        call.remote,
+        call.seq,
+        NAMES[call.proxy - 1],
+        method.to_ascii_lowercase(),
+        token(),
+    );
+    match body {
+        Some((ct, b)) => msg.push_str(&format!(
+            "CONTENT-TYPE: {ct}\r\nCONTENT-LENGTH: {}\r\n\r\n{b}",
+            b.len()
+        )),
+        None => msg.push_str("CONTENT-LENGTH: 0\r\n\r\n"),
+    }
+    msg
+}
+
+/// Sends what `build` makes of answered call `call_id` (its request, or `None` to send
+/// nothing) in its dialog, and records it; false when there is no such answered call or
+/// nothing was sent.
+async fn send_in_dialog(
+    state: &Shared,
+    call_id: &str,
+    build: impl FnOnce(&mut Call) -> Option<String>,
+) -> bool {
     let Some(face) = &state.sip else { return false };
     let (msg, conn, proxy) = {
         let mut calls = face.calls.lock();
@@ -577,38 +808,180 @@ async fn bye(state: &Shared, call_id: &str) -> bool {
         if call.state != "answered" {
             return false;
         }
-        call.state = "ended";
-        call.ended_by = Some("teams");
-        call.seq += 1;
-        if let Some(m) = call.media.take() {
-            m.abort();
-        }
-        let msg = format!(
-            "BYE {} SIP/2.0\r\nVIA: SIP/2.0/TLS {}:5061;branch=z9hG4bKemubye{}\r\nMAX-FORWARDS: 70\r\n\
-             FROM: {}\r\nTO: {}\r\nCALL-ID: {call_id}\r\nCSEQ: {} BYE\r\nUSER-AGENT: {SERVER}\r\n\
-             CONTENT-LENGTH: 0\r\n\r\n",
-            call.target,
-            NAMES[call.proxy - 1],
-            token(),
-            call.local,
-            call.remote,
-            call.seq
-        );
+        let Some(msg) = build(call) else {
+            return false;
+        };
         (msg, call.conn.clone(), call.proxy)
     };
+    let method = msg.split(' ').next().unwrap_or_default().to_owned();
     state.log.push(
-        json!({"face": "sip", "proxy": proxy, "sent": "BYE", "call_id": call_id, "message": msg}),
+        json!({"face": "sip", "proxy": proxy, "sent": method, "call_id": call_id, "message": msg}),
     );
     conn.send(msg.into_bytes()).await.is_ok()
 }
 
-/// `POST /test/sip/calls/{call_id}/bye`: Teams hangs up an answered call.
-pub async fn hang_up(State(s): State<Shared>, Path(call_id): Path<String>) -> StatusCode {
-    if bye(&s, &call_id).await {
+/// Sends BYE in call `call_id`'s dialog; false when there is no such answered call.
+async fn bye(state: &Shared, call_id: &str) -> bool {
+    send_in_dialog(state, call_id, |call| {
+        call.state = "ended";
+        call.ended_by = Some("teams");
+        if let Some(m) = call.media.take() {
+            m.abort();
+        }
+        Some(dialog_request(call, call_id, "BYE", "", None))
+    })
+    .await
+}
+
+/// `sdp` with its direction attribute set to `direction` and its origin version to `version`.
+fn redirected(sdp: &str, direction: &str, version: u32) -> String {
+    sdp.lines()
+        .map(|l| {
+            if let Some(o) = l.strip_prefix("o=") {
+                let mut f: Vec<&str> = o.split(' ').collect();
+                let v = version.to_string();
+                if let Some(slot) = f.get_mut(2) {
+                    *slot = &v;
+                }
+                format!("o={}\r\n", f.join(" "))
+            } else if matches!(l, "a=sendrecv" | "a=sendonly" | "a=recvonly" | "a=inactive") {
+                format!("a={direction}\r\n")
+            } else {
+                format!("{l}\r\n")
+            }
+        })
+        .collect()
+}
+
+/// Teams holds (`hold`) or resumes an answered call with a re-INVITE in its dialog: the
+/// emulator's SDP (same key) with `a=sendonly`, then `a=sendrecv` again; its tone stops at the
+/// hold and plays again at the resume.
+async fn hold_or_resume(state: &Shared, call_id: &str, hold: bool) -> bool {
+    send_in_dialog(state, call_id, |call| {
+        call.counters.held.store(hold, Ordering::Relaxed);
+        call.sdp_version += 1;
+        let direction = if hold { "sendonly" } else { "sendrecv" };
+        let sdp = redirected(&call.sdp, direction, call.sdp_version);
+        let extra = format!(
+            "{}SESSION-EXPIRES: 3600;refresher=uac\r\nMIN-SE: 90\r\nSUPPORTED: timer\r\n\
+             ALLOW: INVITE,ACK,OPTIONS,CANCEL,BYE,NOTIFY\r\n",
+            contact()
+        );
+        let msg = dialog_request(
+            call,
+            call_id,
+            "INVITE",
+            &extra,
+            Some(("application/sdp", &sdp)),
+        );
+        call.reinvites.push(ReInvite {
+            seq: call.seq,
+            what: if hold { "hold" } else { "resume" },
+            status: None,
+        });
+        Some(msg)
+    })
+    .await
+}
+
+/// `POST /test/sip/calls/{call_id}/hold`: Teams holds an answered call (see [`hold_or_resume`]).
+pub async fn hold(State(s): State<Shared>, Path(call_id): Path<String>) -> StatusCode {
+    found(hold_or_resume(&s, &call_id, true).await)
+}
+
+/// `POST /test/sip/calls/{call_id}/resume`: Teams resumes a held call.
+pub async fn resume(State(s): State<Shared>, Path(call_id): Path<String>) -> StatusCode {
+    found(hold_or_resume(&s, &call_id, false).await)
+}
+
+fn found(sent: bool) -> StatusCode {
+    if sent {
         StatusCode::NO_CONTENT
     } else {
         StatusCode::NOT_FOUND
     }
+}
+
+/// What `POST /test/sip/calls/{call_id}/refer` takes: a number to transfer to, or `null` for
+/// the "null REFER".
+#[derive(Deserialize)]
+pub struct ReferRequest {
+    /// The E.164 number the call is transferred to.
+    #[serde(default)]
+    to: Option<String>,
+    /// Send the "null REFER" instead (Refer-To the proxy itself).
+    #[serde(default)]
+    null: bool,
+}
+
+/// The `x-m` of the Teams user who transfers, as Teams writes it in Referred-By.
+const REFERRER_MRI: &str = "8:orgid:fa273707-89ea-4085-9903-ddf4ab23636b";
+
+/// `POST /test/sip/calls/{call_id}/refer` `{"to":"+E164"}` or `{"null":true}`: Teams transfers
+/// an answered call with a REFER in its dialog, shaped as the one Teams sent in
+/// tests/data/teams-dr/fsissue2406-01-REFER.sip. Refer-To is `sip:+E164@<proxy>;user=phone`,
+/// or for the "null REFER" the proxy itself with the `x-m` of the party taking the call;
+/// Referred-By names the transferring Teams user (`x-m`, `x-t`, `x-ti`, `x-tt`). The SBC's
+/// answer and the status lines of its NOTIFYs are listed with the call.
+pub async fn refer(
+    State(s): State<Shared>,
+    Path(call_id): Path<String>,
+    Json(body): Json<ReferRequest>,
+) -> (StatusCode, Json<Value>) {
+    let target = match (&body.to, body.null) {
+        (None, true) => None,
+        (Some(n), false)
+            if n.strip_prefix('+')
+                .is_some_and(|d| !d.is_empty() && d.chars().all(|c| c.is_ascii_digit())) =>
+        {
+            Some(n.clone())
+        }
+        _ => {
+            return (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Json(json!({"error": "either to (a +E.164 number) or null: true"})),
+            );
+        }
+    };
+    let sent = send_in_dialog(&s, &call_id, |call| {
+        let proxy = NAMES[call.proxy - 1];
+        let n = token();
+        let refer_to = match &target {
+            Some(number) => format!("<sip:{number}@{proxy};user=phone>"),
+            None => format!(
+                "<sip:{proxy}:5061;transport=tls;x-m=8:orgid:dfcba638-4ecd-4382-8095-{n:012x}>"
+            ),
+        };
+        let extra = format!(
+            "{}REFER-TO: {refer_to}\r\nREFERRED-BY: <sip:{proxy}:5061;x-m={REFERRER_MRI};\
+             x-t=4dcafc31-d434-426b-a0bb-c376fb36061a;x-ti=b712d12c-77e8-4017-b50d-6d321507aa28;\
+             x-tt=aHR0cHM6Ly9hcGktZHUtYS11c2VhLnBzdG5odWIubWljcm9zb2Z0LmNvbS92MS9uZ2MvY2FsbG5vdGlmaWNhdGlvbg%3D%3D>\r\n\
+             ALLOW: INVITE,ACK,OPTIONS,CANCEL,BYE,NOTIFY\r\n",
+            contact()
+        );
+        let msg = dialog_request(call, &call_id, "REFER", &extra, None);
+        call.refers.push(Refer {
+            seq: call.seq,
+            refer_to,
+            status: None,
+            notifies: Vec::new(),
+        });
+        Some(msg)
+    })
+    .await;
+    if sent {
+        (StatusCode::OK, Json(json!({"call_id": call_id})))
+    } else {
+        (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": "no answered call with that Call-ID"})),
+        )
+    }
+}
+
+/// `POST /test/sip/calls/{call_id}/bye`: Teams hangs up an answered call.
+pub async fn hang_up(State(s): State<Shared>, Path(call_id): Path<String>) -> StatusCode {
+    found(bye(&s, &call_id).await)
 }
 
 /// What `POST /test/sip/{n}/call` takes.
@@ -725,6 +1098,11 @@ pub async fn call(
             media: None,
             pending: Some((sock, local)),
             hangup_after: Duration::from_millis(body.hangup_after_ms.min(600_000)),
+            tone_hz: TONE_HZ,
+            referred_by: None,
+            refers: Vec::new(),
+            reinvites: Vec::new(),
+            sdp_version: 1,
         },
     );
     s.log.push(
@@ -752,7 +1130,14 @@ pub async fn list(State(s): State<Shared>) -> (StatusCode, Json<Value>) {
             json!({
                 "call_id": id, "direction": c.direction, "proxy": c.proxy, "number": c.number,
                 "status": c.status, "state": c.state, "ended_by": c.ended_by, "proto": c.proto,
-                "srtp": c.srtp,
+                "srtp": c.srtp, "tone_hz": c.tone_hz, "referred_by": c.referred_by,
+                "held": c.counters.held.load(Ordering::Relaxed),
+                "refers": c.refers.iter().map(|r| json!({
+                    "refer_to": r.refer_to, "status": r.status, "notifies": r.notifies,
+                })).collect::<Vec<_>>(),
+                "reinvites": c.reinvites.iter().map(|r| json!({
+                    "what": r.what, "status": r.status,
+                })).collect::<Vec<_>>(),
                 "rtp": {
                     "received": c.counters.received.load(Ordering::Relaxed),
                     "echoed": c.counters.echoed.load(Ordering::Relaxed),
@@ -764,4 +1149,33 @@ pub async fn list(State(s): State<Shared>) -> (StatusCode, Json<Value>) {
         })
         .collect();
     (StatusCode::OK, Json(Value::Array(calls)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn g711_encodes_silence_and_the_extremes_as_the_standard_does() {
+        assert_eq!((ulaw(0), alaw(0)), (0xff, 0xd5));
+        assert_eq!((ulaw(i16::MAX), ulaw(i16::MIN)), (0x80, 0x00));
+        assert_eq!((alaw(i16::MAX), alaw(i16::MIN)), (0xaa, 0x2a));
+    }
+
+    #[test]
+    fn a_transfer_target_plays_its_own_tone() {
+        assert_eq!(tone_for(Some("+12065550123"), false), TONE_HZ);
+        assert_eq!(tone_for(Some("+12065550177"), true), 650);
+        assert_eq!(tone_for(None, true), NULL_REFER_HZ);
+    }
+
+    #[test]
+    fn a_hold_offer_changes_only_the_direction_and_the_version() {
+        let sdp = sdp_body(4000, "RTP/SAVP", "0", "PCMU/8000", None, "a=crypto:1 X\r\n");
+        let held = redirected(&sdp, "sendonly", 7);
+        assert!(held.contains("a=sendonly\r\n") && !held.contains("a=sendrecv"));
+        assert!(held.contains(" 7 IN IP4 127.0.0.1\r\n"), "{held}");
+        assert!(held.contains("a=crypto:1 X\r\n"), "the same key");
+        assert_eq!(held.lines().count(), sdp.lines().count());
+    }
 }

@@ -178,6 +178,9 @@ fn app(state: Shared) -> Router {
         .route("/test/sip/{n}/call", post(calls::call))
         .route("/test/sip/calls", get(calls::list))
         .route("/test/sip/calls/{call_id}/bye", post(calls::hang_up))
+        .route("/test/sip/calls/{call_id}/hold", post(calls::hold))
+        .route("/test/sip/calls/{call_id}/resume", post(calls::resume))
+        .route("/test/sip/calls/{call_id}/refer", post(calls::refer))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             record::record,
