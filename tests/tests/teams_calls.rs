@@ -7,11 +7,16 @@
 //! after a SIPp phone echoed them). The Teams leg is SDES-SRTP (RTP/SAVP, Microsoft's
 //! `a=crypto` form from the emulator), the SIPp phones plain RTP: the relay decrypts one side
 //! and encrypts the other, and a tone that came back authenticated at the emulator proves
-//! both sides' keys.
+//! both sides' keys. Hold and transfer from the Teams side (issue 5) run with real phones that
+//! record what they hear: a baresip phone transferred by Teams' REFER and "null REFER" hears
+//! the target's tone (the emulator plays another frequency for a call a transfer made), one
+//! whose transfer fails keeps Teams' tone; a linphone phone held by Teams hears the tone stop
+//! and come back.
 
 use std::time::Duration;
 
 use csps_tests::emulator::{EmulatorOptions, TeamsEmulator};
+use csps_tests::linphone::{Linphone, write_tone};
 use csps_tests::{Gateway, Sipp, SippOutcome, free_port, wait_until};
 use serde_json::{Value, json};
 
@@ -399,5 +404,369 @@ fn a_call_from_teams_to_an_unknown_or_inactive_number_is_refused() {
             .any(|w| w.starts_with("399 ") && w.contains("\"account not activated for Teams\"")),
         "{msg}\n{}",
         gw.log_tail(20)
+    );
+}
+
+/// How long a phone talks in each part of a call before the next step; the assertions are on
+/// what was heard, never on time.
+const TALK: Duration = Duration::from_secs(3);
+
+/// Makes Teams act on its call `call_id` (`POST /test/sip/calls/{call_id}/{action}`: `hold`,
+/// `resume`, `bye`, `refer` with `body`); the HTTP status.
+fn teams_does(emu: &TeamsEmulator, call_id: &str, action: &str, body: Option<Value>) -> u16 {
+    let path = format!("/test/sip/calls/{call_id}/{action}");
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    csps_tests::http::request(emu.addr, "POST", &path, None, Some(&body))
+        .unwrap_or_else(|e| panic!("POST {path}: {e}"))
+        .status
+}
+
+/// The emulator's record of its answered call out to a number (or URI) `to` accepts, once
+/// there is one.
+fn answered_call_to(emu: &TeamsEmulator, to: &dyn Fn(&str) -> bool, what: &str) -> Value {
+    let mut last = Vec::new();
+    let found = |c: &Value| {
+        c["direction"] == "out"
+            && c["state"] == "answered"
+            && to(c["number"].as_str().unwrap_or(""))
+    };
+    let ok = wait_until(Duration::from_secs(15), || {
+        last = emu.sip_calls();
+        last.iter().any(found)
+    });
+    assert!(ok, "{what}: {last:#?}\n{:#?}", emu.sip_messages());
+    last.into_iter().find(found).unwrap_or_default()
+}
+
+/// The share of `freq` in the last `secs` seconds of `pcm` (0 when it is shorter than that).
+fn share_at_end(pcm: &csps_tests::audio::Pcm, secs: f32, freq: f32) -> f32 {
+    let n = (pcm.rate as f32 * secs) as usize;
+    let Some(start) = pcm.samples.len().checked_sub(n) else {
+        return 0.0;
+    };
+    let tail = csps_tests::audio::Pcm {
+        rate: pcm.rate,
+        samples: pcm.samples[start..].to_vec(),
+    };
+    csps_tests::audio::tone_share(&tail, freq)
+}
+
+/// What a transfer by Teams left behind: the emulator's record of the transferred call and of
+/// the call the gateway made for it (`None` when none was answered), and what the phone heard.
+struct Transferred {
+    original: Value,
+    target: Option<Value>,
+    heard: csps_tests::audio::Pcm,
+    emu: TeamsEmulator,
+    gw: csps_tests::Gateway,
+}
+
+/// alice's baresip phone (activated, playing 440 Hz) calls CALLED through the trunk and hears
+/// Teams' 1000 Hz tone; Teams then REFERs the call with `refer` (`{"to"}` or `{"null":true}`);
+/// when `target` accepts the number (or URI) of the emulator's call the gateway is to make for
+/// it, that call is awaited and the phone listens to it. Teams hangs up the call that is left
+/// (baresip completes its recording on the BYE).
+fn transfer_by_teams(refer: Value, target: Option<&dyn Fn(&str) -> bool>) -> Option<Transferred> {
+    let (emu, gw) = peers()?;
+    if !csps_tests::have_tool("baresip") {
+        csps_tests::skip("baresip not installed (run e2e/setup)");
+        return None;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let phone = csps_tests::baresip::registered_tone_phone(
+        &gw,
+        dir.path(),
+        ("alice", DOMAIN),
+        440,
+        &[&format!("/dial sip:{CALLED}@{DOMAIN}")],
+    );
+    let original = answered_call_to(&emu, &|n| n == CALLED, "alice's call reached Teams");
+    let call_id = original["call_id"].as_str().unwrap_or_default().to_owned();
+    std::thread::sleep(TALK);
+    assert_eq!(teams_does(&emu, &call_id, "refer", Some(refer)), 200);
+    let target = target.map(|to| {
+        let t = answered_call_to(&emu, to, "the transfer's INVITE answered");
+        std::thread::sleep(TALK);
+        t
+    });
+    let original = wait_call(&emu, &call_id, "the REFER's final NOTIFY", |c| {
+        c["refers"][0]["notifies"]
+            .as_array()
+            .is_some_and(|n| n.len() >= 2)
+    });
+    if target.is_none() {
+        std::thread::sleep(TALK);
+    }
+    // Teams hangs up whichever call the phone is in now; the phone gets the BYE.
+    let now_in = target.as_ref().unwrap_or(&original);
+    let now_id = now_in["call_id"].as_str().unwrap_or_default();
+    assert_eq!(teams_does(&emu, now_id, "bye", None), 204);
+    assert!(
+        wait_until(Duration::from_secs(10), || gw
+            .api("GET", "/api/calls", None)
+            .json()
+            .as_array()
+            .is_some_and(Vec::is_empty)),
+        "the call ended: {}",
+        gw.log_tail(30)
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    drop(phone);
+    let heard = csps_tests::audio::heard_in(dir.path()).expect("alice's recording");
+    let original = wait_call(&emu, &call_id, "the original call", |_| true);
+    let target = target.map(|t| {
+        let id = t["call_id"].as_str().unwrap_or_default().to_owned();
+        wait_call(&emu, &id, "the transfer's call", |_| true)
+    });
+    Some(Transferred {
+        original,
+        target,
+        heard,
+        emu,
+        gw,
+    })
+}
+
+/// The gateway's INVITE for the transfer, as the emulator received it.
+fn transfer_invite(t: &Transferred) -> String {
+    let target = t.target.as_ref().expect("the transfer's call");
+    let log = t.emu.sip_messages();
+    log.iter()
+        .find(|e| e["method"] == "INVITE" && e["call_id"] == target["call_id"])
+        .and_then(|e| e["message"].as_str())
+        .unwrap_or_else(|| panic!("no INVITE for the transfer: {log:#?}"))
+        .to_owned()
+}
+
+/// The transfer went through: Teams got 202, NOTIFYs 100 then 200, and the gateway's BYE on
+/// the transferred call; the gateway's INVITE for it was shaped as every trunk INVITE (FQDN in
+/// Via and Contact, alice's number asserted, SRTP, session timer) and carried Teams'
+/// Referred-By; the phone heard Teams' tone before and the target's after.
+fn assert_transferred(t: &Transferred, target_hz: u32) {
+    let o = &t.original;
+    let refer = &o["refers"][0];
+    assert_eq!(refer["status"], 202, "{o:#}");
+    assert_eq!(
+        refer["notifies"],
+        json!(["SIP/2.0 100 Trying", "SIP/2.0 200 OK"]),
+        "{o:#}"
+    );
+    assert_eq!(
+        (&o["state"], &o["ended_by"]),
+        (&json!("ended"), &json!("sbc")),
+        "the transferred call ended with the gateway's BYE: {o:#}"
+    );
+    let target = t.target.as_ref().expect("the transfer's call");
+    assert_eq!(target["tone_hz"], target_hz, "{target:#}");
+    assert!(
+        target["referred_by"]
+            .as_str()
+            .is_some_and(|r| r.contains("x-tt=") && r.contains("x-m=8:orgid:")),
+        "Teams' own Referred-By is carried: {target:#}"
+    );
+    assert_eq!(target["srtp"], true, "{target:#}");
+    assert!(
+        target["rtp"]["received"].as_u64().unwrap_or(0) >= 20,
+        "the phone's audio reaches the target: {target:#}"
+    );
+    let msg = transfer_invite(t);
+    assert_eq!(
+        header(&msg, "Contact"),
+        [format!("<sip:{ALICE}@{FQDN}:5061;transport=tls>")],
+        "{msg}"
+    );
+    assert!(
+        header(&msg, "Via")[0].starts_with(&format!("SIP/2.0/TLS {FQDN}:5061;")),
+        "{msg}"
+    );
+    let asserted = format!("<sip:{ALICE}@{FQDN};user=phone>");
+    for h in ["From", "P-Asserted-Identity"] {
+        assert!(
+            header(&msg, h)
+                .first()
+                .is_some_and(|v| v.contains(&asserted)),
+            "{h} is alice's number: {msg}"
+        );
+    }
+    assert!(header(&msg, "Allow")[0].contains("REFER"), "{msg}");
+    assert_eq!(
+        header(&msg, "Session-Expires"),
+        ["1800;refresher=uas"],
+        "{msg}"
+    );
+    assert_savp(&msg);
+    // What alice heard: Teams (1000 Hz), then the target alone.
+    let before = csps_tests::audio::Pcm {
+        rate: t.heard.rate,
+        samples: t.heard.samples[..(t.heard.rate as usize).min(t.heard.samples.len())].to_vec(),
+    };
+    let first = csps_tests::audio::tone_share(&before, 1000.0);
+    let last = share_at_end(&t.heard, 1.5, target_hz as f32);
+    let last_old = share_at_end(&t.heard, 1.5, 1000.0);
+    eprintln!("tone share: Teams {first:.2}, then the target {last:.2} (Teams {last_old:.2})");
+    assert!(
+        first > 0.5 && last > 0.5 && last_old < 0.1,
+        "alice hears Teams ({first}), then the target at {target_hz} Hz ({last}; Teams' tone: \
+         {last_old})\n{}",
+        t.gw.log_tail(30)
+    );
+}
+
+/// Issue 5: Teams transfers alice's call to another number with a REFER (as a Teams user does
+/// with "Transfer"); the gateway calls the number through the trunk and alice's phone talks to
+/// it.
+#[test]
+fn teams_transfers_a_call_by_refer_and_the_phone_hears_the_target() {
+    const TARGET: &str = "+12065550177";
+    let Some(t) = transfer_by_teams(json!({"to": TARGET}), Some(&|n| n == TARGET)) else {
+        return;
+    };
+    // The target is called at the Refer-To URI, on the trunk.
+    let msg = transfer_invite(&t);
+    assert!(
+        msg.starts_with(&format!(
+            "INVITE sip:{TARGET}@sip.pstnhub.microsoft.com;user=phone SIP/2.0"
+        )),
+        "{msg}"
+    );
+    assert_transferred(&t, 650);
+}
+
+/// Issue 5: the "null REFER" (Refer-To the Teams proxy itself with `x-m`, as in
+/// tests/data/teams-dr/fsissue2406-01-REFER.sip): the gateway INVITEs that URI, parameters
+/// kept, and the phone's call goes on with what answers it (the emulator's 1500 Hz).
+#[test]
+fn a_null_refer_from_teams_moves_the_call_to_the_proxy_uri_it_names() {
+    const PROXY: &str = "sip:sip.pstnhub.microsoft.com:5061;transport=tls;x-m=8:orgid:";
+    let Some(t) = transfer_by_teams(json!({"null": true}), Some(&|n| n.starts_with(PROXY))) else {
+        return;
+    };
+    let msg = transfer_invite(&t);
+    assert!(
+        msg.starts_with(&format!("INVITE {PROXY}")),
+        "the INVITE goes to the Refer-To URI, x-m kept: {msg}"
+    );
+    let refer_to = t.original["refers"][0]["refer_to"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        header(&msg, "To")[0] == refer_to,
+        "To is the Refer-To ({refer_to}): {msg}"
+    );
+    assert_transferred(&t, 1500);
+}
+
+/// Issue 5, bad input: Teams transfers to a number that is busy (the emulator answers 486):
+/// the gateway notifies Teams of the 486 and both parties keep their call, with its audio.
+#[test]
+fn a_refer_from_teams_to_a_busy_number_is_notified_and_the_call_goes_on() {
+    let Some(t) = transfer_by_teams(json!({"to": "+12065550486"}), None) else {
+        return;
+    };
+    let o = &t.original;
+    assert_eq!(o["refers"][0]["status"], 202, "{o:#}");
+    assert_eq!(
+        o["refers"][0]["notifies"],
+        json!(["SIP/2.0 100 Trying", "SIP/2.0 486 Busy Here"]),
+        "{o:#}"
+    );
+    assert_eq!(
+        o["ended_by"], "teams",
+        "the call went on until Teams hung up: {o:#}"
+    );
+    let busy = t
+        .emu
+        .sip_messages()
+        .into_iter()
+        .filter(|e| e["method"] == "INVITE" && e["status"] == 486)
+        .count();
+    assert_eq!(busy, 1, "the gateway called the number once");
+    let end = share_at_end(&t.heard, 1.5, 1000.0);
+    eprintln!("tone share: Teams after the failed transfer {end:.2}");
+    assert!(
+        end > 0.5,
+        "alice still hears Teams after the failed transfer ({end})\n{}",
+        t.gw.log_tail(30)
+    );
+}
+
+/// Issue 5: Teams holds alice's call (re-INVITE `a=sendonly`, its tone stops) and resumes it
+/// (`a=sendrecv`, the tone again); alice's phone is linphone-cli, which restarts its media after
+/// a hold (baresip 1.0 does not). The call is not dropped: Teams hangs up at the end.
+#[test]
+fn teams_holds_and_resumes_a_call_and_the_phone_hears_it_stop_and_come_back() {
+    if !csps_tests::have_tool("linphonec") {
+        csps_tests::skip("linphonec not installed (run e2e/setup)");
+        return;
+    }
+    let Some((emu, gw)) = peers() else { return };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut alice = Linphone::register(
+        dir.path(),
+        gw.sip_addr(),
+        ("alice", "alice-secret-1", DOMAIN),
+    );
+    let tone = dir.path().join("tone-600.wav");
+    write_tone(&tone, 600.0);
+    alice.play(&tone);
+    let talk = alice.record("talk.wav");
+    let mark = alice.call(&format!("sip:{CALLED}@{DOMAIN}"));
+    alice.expect_media(mark);
+    let call = answered_call_to(&emu, &|n| n == CALLED, "alice's call reached Teams");
+    let call_id = call["call_id"].as_str().unwrap_or_default().to_owned();
+    std::thread::sleep(TALK);
+
+    let held = alice.record("held.wav");
+    let mark = alice.mark();
+    assert_eq!(teams_does(&emu, &call_id, "hold", None), 204);
+    alice.expect(mark, &["has been paused by"]);
+    std::thread::sleep(TALK);
+    let resumed = alice.record("resumed.wav");
+    let mark = alice.mark();
+    assert_eq!(teams_does(&emu, &call_id, "resume", None), 204);
+    alice.expect_media(mark);
+    std::thread::sleep(TALK);
+    let mark = alice.mark();
+    assert_eq!(teams_does(&emu, &call_id, "bye", None), 204);
+    alice.expect_ended(mark);
+
+    let c = wait_call(&emu, &call_id, "hold and resume answered", |c| {
+        c["reinvites"]
+            .as_array()
+            .is_some_and(|r| r.len() == 2 && r.iter().all(|r| !r["status"].is_null()))
+    });
+    assert_eq!(
+        c["reinvites"],
+        json!([{"what": "hold", "status": 200}, {"what": "resume", "status": 200}]),
+        "{c:#}"
+    );
+    assert_eq!(
+        c["ended_by"], "teams",
+        "not dropped before Teams hung up: {c:#}"
+    );
+    assert_eq!(c["rtp"]["srtp_failed"], 0, "{c:#}");
+    let share = |path: &std::path::Path| {
+        let Ok(bytes) = std::fs::read(path) else {
+            return 0.0;
+        };
+        let Ok(mut pcm) = csps_tests::audio::read_wav(&bytes) else {
+            return 0.0;
+        };
+        // Without its first half second (the jitter buffer fills, the stream starts).
+        let half = (pcm.rate / 2) as usize;
+        if pcm.samples.len() <= 2 * half {
+            return 0.0;
+        }
+        pcm.samples.drain(..half);
+        csps_tests::audio::tone_share(&pcm, 1000.0)
+    };
+    let (before, during, after) = (share(&talk), share(&held), share(&resumed));
+    eprintln!("tone share: before {before:.2}, held {during:.2}, resumed {after:.2}");
+    assert!(
+        before > 0.5 && during < 0.1 && after > 0.5,
+        "alice hears Teams ({before}), nothing while held ({during}), Teams again after the \
+         resume ({after})\n{}\n{}",
+        alice.tail(30),
+        gw.log_tail(30)
     );
 }
