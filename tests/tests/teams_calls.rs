@@ -461,27 +461,44 @@ struct Transferred {
     gw: csps_tests::Gateway,
 }
 
-/// alice's baresip phone (activated, playing 440 Hz) calls CALLED through the trunk and hears
-/// Teams' 1000 Hz tone; Teams then REFERs the call with `refer` (`{"to"}` or `{"null":true}`);
+/// alice's baresip phone (activated, playing 440 Hz) calls CALLED through the trunk (with
+/// `teams_calls`: Teams calls alice's number and the phone answers) and hears Teams' 1000 Hz
+/// tone; Teams then REFERs the call with `refer` (`{"to"}` or `{"null":true}`);
 /// when `target` accepts the number (or URI) of the emulator's call the gateway is to make for
 /// it, that call is awaited and the phone listens to it. Teams hangs up the call that is left
 /// (baresip completes its recording on the BYE).
-fn transfer_by_teams(refer: Value, target: Option<&dyn Fn(&str) -> bool>) -> Option<Transferred> {
+fn transfer_by_teams(
+    refer: Value,
+    target: Option<&dyn Fn(&str) -> bool>,
+    teams_calls: bool,
+) -> Option<Transferred> {
     let (emu, gw) = peers()?;
     if !csps_tests::have_tool("baresip") {
         csps_tests::skip("baresip not installed (run e2e/setup)");
         return None;
     }
     let dir = tempfile::tempdir().expect("temp dir");
+    let dial = format!("/dial sip:{CALLED}@{DOMAIN}");
+    let commands: &[&str] = if teams_calls { &[] } else { &[&dial] };
     let phone = csps_tests::baresip::registered_tone_phone(
         &gw,
         dir.path(),
         ("alice", DOMAIN),
         440,
-        &[&format!("/dial sip:{CALLED}@{DOMAIN}")],
+        commands,
     );
-    let original = answered_call_to(&emu, &|n| n == CALLED, "alice's call reached Teams");
-    let call_id = original["call_id"].as_str().unwrap_or_default().to_owned();
+    let call_id = if teams_calls {
+        // baresip needs a moment to listen after it registered.
+        std::thread::sleep(Duration::from_millis(300));
+        let id = emu.call_in(1, ALICE, 120_000);
+        wait_call(&emu, &id, "alice answered Teams' call", |c| {
+            c["state"] == "answered"
+        });
+        id
+    } else {
+        let original = answered_call_to(&emu, &|n| n == CALLED, "alice's call reached Teams");
+        original["call_id"].as_str().unwrap_or_default().to_owned()
+    };
     std::thread::sleep(TALK);
     assert_eq!(teams_does(&emu, &call_id, "refer", Some(refer)), 200);
     let target = target.map(|to| {
@@ -618,7 +635,7 @@ fn assert_transferred(t: &Transferred, target_hz: u32) {
 #[test]
 fn teams_transfers_a_call_by_refer_and_the_phone_hears_the_target() {
     const TARGET: &str = "+12065550177";
-    let Some(t) = transfer_by_teams(json!({"to": TARGET}), Some(&|n| n == TARGET)) else {
+    let Some(t) = transfer_by_teams(json!({"to": TARGET}), Some(&|n| n == TARGET), false) else {
         return;
     };
     // The target is called at the Refer-To URI, on the trunk.
@@ -632,13 +649,29 @@ fn teams_transfers_a_call_by_refer_and_the_phone_hears_the_target() {
     assert_transferred(&t, 650);
 }
 
+/// Issue 5: Teams called alice's number (the phone answered) and transfers that call to
+/// another number: the Teams leg that is replaced is the caller's this time.
+#[test]
+fn teams_transfers_a_call_it_made_and_the_phone_hears_the_target() {
+    const TARGET: &str = "+12065550172";
+    let Some(t) = transfer_by_teams(json!({"to": TARGET}), Some(&|n| n == TARGET), true) else {
+        return;
+    };
+    assert_eq!(t.original["direction"], "in");
+    assert_transferred(&t, 400);
+}
+
 /// Issue 5: the "null REFER" (Refer-To the Teams proxy itself with `x-m`, as in
 /// tests/data/teams-dr/fsissue2406-01-REFER.sip): the gateway INVITEs that URI, parameters
 /// kept, and the phone's call goes on with what answers it (the emulator's 1500 Hz).
 #[test]
 fn a_null_refer_from_teams_moves_the_call_to_the_proxy_uri_it_names() {
     const PROXY: &str = "sip:sip.pstnhub.microsoft.com:5061;transport=tls;x-m=8:orgid:";
-    let Some(t) = transfer_by_teams(json!({"null": true}), Some(&|n| n.starts_with(PROXY))) else {
+    let Some(t) = transfer_by_teams(
+        json!({"null": true}),
+        Some(&|n| n.starts_with(PROXY)),
+        false,
+    ) else {
         return;
     };
     let msg = transfer_invite(&t);
@@ -660,7 +693,7 @@ fn a_null_refer_from_teams_moves_the_call_to_the_proxy_uri_it_names() {
 /// the gateway notifies Teams of the 486 and both parties keep their call, with its audio.
 #[test]
 fn a_refer_from_teams_to_a_busy_number_is_notified_and_the_call_goes_on() {
-    let Some(t) = transfer_by_teams(json!({"to": "+12065550486"}), None) else {
+    let Some(t) = transfer_by_teams(json!({"to": "+12065550486"}), None, false) else {
         return;
     };
     let o = &t.original;

@@ -368,10 +368,20 @@ mod tests {
     #[test]
     fn a_refer_from_teams_goes_to_its_refer_to_through_the_first_proxy_up() {
         let p = paths([false, true]);
-        let null = Uri::parse(
-            "sip:sip.pstnhub.microsoft.com:5061;transport=tls;x-m=8:orgid:dfcba638-4ecd",
-        )
-        .expect("the null REFER's Refer-To parses");
+        // The "null REFER" Teams sent (tests/data/teams-dr): Refer-To the proxy itself.
+        let captured = include_str!("../../../tests/data/teams-dr/fsissue2406-01-REFER.sip");
+        let refer_to = captured
+            .lines()
+            .find_map(|l| l.strip_prefix("REFER-TO:"))
+            .expect("the capture has a Refer-To");
+        let null = NameAddr::parse(refer_to.trim())
+            .expect("the null REFER's Refer-To parses")
+            .uri;
+        assert_eq!(null.user, None);
+        assert_eq!(
+            null.param("x-m"),
+            Some(Some("8:orgid:dfcba638-4ecd-4382-8095-6160fb18aa16"))
+        );
         let r = referred(&null, flow(1), &p).expect("the null REFER");
         assert_eq!(r.to, flow(2), "the proxy that is up");
         assert_eq!(r.uri.to_string(), null.to_string(), "parameters kept");
