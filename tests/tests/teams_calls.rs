@@ -724,7 +724,7 @@ fn a_refer_from_teams_to_a_busy_number_is_notified_and_the_call_goes_on() {
 }
 
 /// Issue 5: Teams holds alice's call (re-INVITE `a=sendonly`, its tone stops) and resumes it
-/// (`a=sendrecv`, the tone again); alice's phone is linphone-cli, which restarts its media after
+/// (`a=sendrecv` with a new SRTP key, the tone again); alice's phone is linphone-cli, which restarts its media after
 /// a hold (baresip 1.0 does not). The call is not dropped: Teams hangs up at the end.
 #[test]
 fn teams_holds_and_resumes_a_call_and_the_phone_hears_it_stop_and_come_back() {
@@ -778,6 +778,23 @@ fn teams_holds_and_resumes_a_call_and_the_phone_hears_it_stop_and_come_back() {
         "not dropped before Teams hung up: {c:#}"
     );
     assert_eq!(c["rtp"]["srtp_failed"], 0, "{c:#}");
+    // The hold kept Teams' key, the resume brought a new one (SDES re-keying), and the tone
+    // after it still reached alice: the gateway decrypts with the new key.
+    let log = emu.sip_messages();
+    let keys: Vec<&str> = log
+        .iter()
+        .filter(|e| e["sent"] == "INVITE" && e["call_id"] == call_id.as_str())
+        .filter_map(|e| {
+            e["message"]
+                .as_str()?
+                .lines()
+                .find(|l| l.starts_with("a=crypto:"))
+        })
+        .collect();
+    assert!(
+        keys.len() == 2 && keys[0] != keys[1],
+        "hold and resume offers: {keys:?}"
+    );
     let share = |path: &std::path::Path| {
         let Ok(bytes) = std::fs::read(path) else {
             return 0.0;

@@ -12,7 +12,7 @@
 //!   up with BYE after `hangup_after_ms` (default 2000).
 //! - **Teams acts on an answered call** (`POST /test/sip/calls/{call_id}/…`): `bye` hangs up;
 //!   `hold` and `resume` send a re-INVITE with the emulator's SDP `a=sendonly`, then
-//!   `a=sendrecv` (its tone stops while held); `refer` sends a REFER shaped as the one Teams
+//!   `a=sendrecv` with a fresh SRTP key (its tone stops while held); `refer` sends a REFER shaped as the one Teams
 //!   sent in tests/data/teams-dr/fsissue2406-01-REFER.sip, to a number (`{"to"}`) or the "null
 //!   REFER" (`{"null":true}`, Refer-To the proxy itself with `x-m`). The SBC's INVITE that
 //!   follows is a call out like any other (with Referred-By it plays another tone, see
@@ -148,6 +148,10 @@ pub struct Call {
     reinvites: Vec<ReInvite>,
     /// The version of the SDP origin line, raised with each re-offer.
     sdp_version: u32,
+    /// Hands the media task a new SRTP context.
+    rekey: Option<mpsc::Sender<Srtp>>,
+    /// The key a resume offered, until the SBC's answer brings its own.
+    next_key: Option<LocalKey>,
 }
 
 impl Drop for Call {
@@ -269,13 +273,14 @@ fn sdp_body(
 }
 
 /// Plays the tone to `to` and echoes what comes in, counting, until aborted or the lifetime
-/// ends; what goes out is protected by `srtp`, what comes in must authenticate.
+/// ends; what goes out is protected by `srtp`, what comes in must authenticate. A context
+/// from `rekeyed` replaces it (new keys agreed in a re-INVITE).
 async fn media(
     sock: UdpSocket,
     to: Option<SocketAddr>,
     (pt, tone_hz): (u8, u32),
     counters: Arc<Counters>,
-    mut srtp: Srtp,
+    (mut srtp, mut rekeyed): (Srtp, mpsc::Receiver<Srtp>),
 ) {
     let ssrc_out = TONE_SSRC.wrapping_add(token() as u32);
     let mut tick = tokio::time::interval(Duration::from_millis(20));
@@ -330,6 +335,7 @@ async fn media(
                     counters.echoed.fetch_add(1, Ordering::Relaxed);
                 }
             }
+            Some(fresh) = rekeyed.recv() => srtp = fresh,
             () = &mut end => return,
         }
     }
@@ -396,7 +402,7 @@ async fn start_media(
     to: Option<SocketAddr>,
     (pt, tone_hz): (&str, u32),
     counters: Arc<Counters>,
-    srtp: Srtp,
+    srtp: (Srtp, mpsc::Receiver<Srtp>),
 ) -> Option<(u16, JoinHandle<()>)> {
     let sock = UdpSocket::bind("127.0.0.1:0").await.ok()?;
     let port = sock.local_addr().ok()?.port();
@@ -515,8 +521,12 @@ pub async fn invite(
     };
     let local = LocalKey::fresh();
     let counters = Arc::new(Counters::default());
+    let (rekey, rekeyed) = mpsc::channel(1);
     let started = match local.as_ref().and_then(|l| Srtp::new(l, &remote)) {
-        Some(srtp) => start_media(offer.addr, (&pt, tone_hz), counters.clone(), srtp).await,
+        Some(srtp) => {
+            let c = counters.clone();
+            start_media(offer.addr, (&pt, tone_hz), c, (srtp, rekeyed)).await
+        }
         None => None,
     };
     let (Some(local), Some((port, task))) = (local, started) else {
@@ -564,6 +574,8 @@ pub async fn invite(
         refers: Vec::new(),
         reinvites: Vec::new(),
         sdp_version: 1,
+        rekey: Some(rekey),
+        next_key: None,
     };
     face.calls.lock().insert(call_id, call);
     out
@@ -683,12 +695,14 @@ pub async fn on_response(state: &Shared, resp: &Response) {
             {
                 let to = answer.and_then(|a| a.addr);
                 call.srtp = true;
+                let (rekey, rekeyed) = mpsc::channel(1);
+                call.rekey = Some(rekey);
                 call.media = Some(tokio::spawn(media(
                     sock,
                     to,
                     (pt, call.tone_hz),
                     call.counters.clone(),
-                    srtp,
+                    (srtp, rekeyed),
                 )));
             }
         } else {
@@ -750,10 +764,23 @@ fn own_request_answered(
         return Some(None);
     }
     re.status = Some(resp.status);
+    let resumed = re.what == "resume";
     if resp.status >= 300 {
         // The ACK of a non-2xx belongs to the INVITE's transaction; the SBC's transaction
         // layer needs none over TLS to stop retransmitting, and keeps the session as it was.
+        call.next_key = None;
         return Some(None);
+    }
+    if let Some(key) = call.next_key.take() {
+        // The new key goes into use with the answer's (the SBC's own, as it answered it).
+        let body = String::from_utf8_lossy(&resp.body);
+        let fresh = crate::srtp::remote_key(&body).and_then(|r| Srtp::new(&key, &r));
+        if let (Some(fresh), Some(rekey)) = (fresh, &call.rekey) {
+            let _ = rekey.try_send(fresh);
+        }
+    }
+    if resumed {
+        call.counters.held.store(false, Ordering::Relaxed);
     }
     let branch = format!("z9hG4bKemuack{}", token());
     let ack = ack_message(call, call_id, &call.target, &branch, seq);
@@ -833,11 +860,17 @@ async fn bye(state: &Shared, call_id: &str) -> bool {
     .await
 }
 
-/// `sdp` with its direction attribute set to `direction` and its origin version to `version`.
-fn redirected(sdp: &str, direction: &str, version: u32) -> String {
+/// `sdp` with its direction attribute set to `direction`, its origin version to `version`
+/// and, with `key`, its `a=crypto` line announcing that key under the same tag.
+fn redirected(sdp: &str, direction: &str, version: u32, key: Option<&LocalKey>) -> String {
     sdp.lines()
         .map(|l| {
-            if let Some(o) = l.strip_prefix("o=") {
+            let crypto_tag = l
+                .strip_prefix("a=crypto:")
+                .and_then(|c| c.split(' ').next()?.parse().ok());
+            if let (Some(tag), Some(key)) = (crypto_tag, key) {
+                key.line(tag)
+            } else if let Some(o) = l.strip_prefix("o=") {
                 let mut f: Vec<&str> = o.split(' ').collect();
                 let v = version.to_string();
                 if let Some(slot) = f.get_mut(2) {
@@ -854,14 +887,23 @@ fn redirected(sdp: &str, direction: &str, version: u32) -> String {
 }
 
 /// Teams holds (`hold`) or resumes an answered call with a re-INVITE in its dialog: the
-/// emulator's SDP (same key) with `a=sendonly`, then `a=sendrecv` again; its tone stops at the
-/// hold and plays again at the resume.
+/// emulator's SDP with `a=sendonly` (same key), then `a=sendrecv` again with a fresh key
+/// (a re-INVITE may re-key SDES, and the SBC must follow); its tone stops at the hold and
+/// plays again, under the new key, once the resume is answered.
 async fn hold_or_resume(state: &Shared, call_id: &str, hold: bool) -> bool {
     send_in_dialog(state, call_id, |call| {
-        call.counters.held.store(hold, Ordering::Relaxed);
+        if hold {
+            call.counters.held.store(true, Ordering::Relaxed);
+        }
         call.sdp_version += 1;
         let direction = if hold { "sendonly" } else { "sendrecv" };
-        let sdp = redirected(&call.sdp, direction, call.sdp_version);
+        let key = (!hold).then(LocalKey::fresh).flatten();
+        let sdp = redirected(&call.sdp, direction, call.sdp_version, key.as_ref());
+        if key.is_some() {
+            // Later answers to the SBC's own re-INVITEs announce the key in use.
+            call.sdp.clone_from(&sdp);
+            call.next_key = key;
+        }
         let extra = format!(
             "{}SESSION-EXPIRES: 3600;refresher=uac\r\nMIN-SE: 90\r\nSUPPORTED: timer\r\n\
              ALLOW: INVITE,ACK,OPTIONS,CANCEL,BYE,NOTIFY\r\n",
@@ -1103,6 +1145,8 @@ pub async fn call(
             refers: Vec::new(),
             reinvites: Vec::new(),
             sdp_version: 1,
+            rekey: None,
+            next_key: None,
         },
     );
     s.log.push(
@@ -1172,7 +1216,7 @@ mod tests {
     #[test]
     fn a_hold_offer_changes_only_the_direction_and_the_version() {
         let sdp = sdp_body(4000, "RTP/SAVP", "0", "PCMU/8000", None, "a=crypto:1 X\r\n");
-        let held = redirected(&sdp, "sendonly", 7);
+        let held = redirected(&sdp, "sendonly", 7, None);
         assert!(held.contains("a=sendonly\r\n") && !held.contains("a=sendrecv"));
         assert!(held.contains(" 7 IN IP4 127.0.0.1\r\n"), "{held}");
         assert!(held.contains("a=crypto:1 X\r\n"), "the same key");
