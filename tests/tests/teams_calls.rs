@@ -456,6 +456,8 @@ fn share_at_end(pcm: &csps_tests::audio::Pcm, secs: f32, freq: f32) -> f32 {
 struct Transferred {
     original: Value,
     target: Option<Value>,
+    /// `GET /api/calls` while the phone talked to the target.
+    calls: Value,
     heard: csps_tests::audio::Pcm,
     emu: TeamsEmulator,
     gw: csps_tests::Gateway,
@@ -506,6 +508,7 @@ fn transfer_by_teams(
         std::thread::sleep(TALK);
         t
     });
+    let calls = gw.api("GET", "/api/calls", None).json();
     let original = wait_call(&emu, &call_id, "the REFER's final NOTIFY", |c| {
         c["refers"][0]["notifies"]
             .as_array()
@@ -538,6 +541,7 @@ fn transfer_by_teams(
     Some(Transferred {
         original,
         target,
+        calls,
         heard,
         emu,
         gw,
@@ -575,6 +579,15 @@ fn assert_transferred(t: &Transferred, target_hz: u32) {
     );
     let target = t.target.as_ref().expect("the transfer's call");
     assert_eq!(target["tone_hz"], target_hz, "{target:#}");
+    // The gateway's call goes on with the new party on its Teams leg, SRTP.
+    let legs = t.calls[0]["legs"].as_array().cloned().unwrap_or_default();
+    assert_srtp_on_the_teams_leg_only(&legs);
+    assert!(
+        legs.iter()
+            .any(|l| l["kind"] == "phone" && l["party"] == format!("sip:alice@{DOMAIN}")),
+        "{:#}",
+        t.calls
+    );
     assert!(
         target["referred_by"]
             .as_str()
@@ -645,6 +658,12 @@ fn teams_transfers_a_call_by_refer_and_the_phone_hears_the_target() {
             "INVITE sip:{TARGET}@sip.pstnhub.microsoft.com;user=phone SIP/2.0"
         )),
         "{msg}"
+    );
+    assert_eq!(
+        t.calls[0]["legs"][1]["party"],
+        format!("sip:{TARGET}@sip.pstnhub.microsoft.com"),
+        "the API names the target: {:#}",
+        t.calls
     );
     assert_transferred(&t, 650);
 }
