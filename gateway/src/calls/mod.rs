@@ -1,13 +1,14 @@
 //! Calls: the B2BUA. The SIP core hands every dialog-creating INVITE to [`Switch::on_invite`],
-//! which authenticates the caller, routes the call ([`route`], the seam where WASM routing
-//! policies will plug in), and spawns one task per call. That task owns the call's sans-IO state
+//! which authenticates the caller, routes the call ([`route`], where a WASM routing policy
+//! decides when one is loaded), and spawns one task per call. That task owns the call's sans-IO state
 //! machine ([`b2bua::Call`]) and its media relay; it talks to the core only through messages:
 //! [`CallEvent`]s in (requests, responses, timeouts routed by Call-ID and transaction), and
 //! [`CallAction`]s out (answers and requests the core's transaction layer sends). The switch keeps
 //! the routing entries and drops them when a call reports [`CallAction::Ended`].
 //!
-//! A call leg today is a registered phone; the Teams leg and the WebRTC leg will be further
-//! [`leg::LegKind`]s behind the same call task.
+//! A leg is a registered phone (a web phone is one too, over an in-process flow) or the Teams
+//! trunk ([`teams`]), each a [`leg::LegKind`] behind the same call task; a call to the conference
+//! URI goes to a room instead ([`conference`]).
 
 pub mod archive;
 pub mod b2bua;
