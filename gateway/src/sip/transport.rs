@@ -169,8 +169,8 @@ fn refusal(req: &csps_sip::Request, status: u16, why: &str, server_name: &str) -
 
 /// What became of one message from the wire.
 enum Ingested {
-    /// Parsed and checked: for the core.
-    Message(Message),
+    /// Parsed and checked: for the core (boxed, as the core's queue holds it).
+    Message(Box<Message>),
     /// A request answered (or an ACK dropped) here: malformed, or refused while draining.
     Answered,
     /// Nothing usable: counted, answered where it could be.
@@ -219,7 +219,7 @@ fn ingest(
                 reply(out);
                 return Ingested::Answered;
             }
-            Ingested::Message(msg)
+            Ingested::Message(Box::new(msg))
         }
         Err(err) => {
             match reject_unparsable(&err, &ctx.server_name) {
@@ -302,7 +302,7 @@ pub async fn run_udp(ctx: TransportCtx, socket: Arc<UdpSocket>, index: u64) {
                 .try_send(Inbound::Message {
                     from: remote,
                     local,
-                    msg: Box::new(msg),
+                    msg,
                 })
                 .is_err()
         {
@@ -484,7 +484,7 @@ pub async fn serve_connection<S>(
                                 .send(Inbound::Message {
                                     from: remote,
                                     local,
-                                    msg: Box::new(msg),
+                                    msg,
                                 })
                                 .await
                                 .is_err()
