@@ -12,9 +12,10 @@
 //! Available/Available, Busy/InACall, Busy/InAConferenceCall, Away/Away,
 //! DoNotDisturb/Presenting — or an expiration outside PT5M..PT4H),
 //! `POST /v1.0/users/{id}/presence/clearPresence` (`{"sessionId"}` → 200) and
-//! `GET /v1.0/users/{id}/presence` (the newest session that has not expired, else Offline). The
-//! emulator keeps no user directory, so any `{id}` (object id or UPN, case-insensitive) is a
-//! user. Test facility: `POST /test/graph/throttle` `{"count","retry_after"}` answers the next
+//! `GET /v1.0/users/{id}/presence` (the newest session that has not expired, else Offline); for
+//! presence any `{id}` (object id or UPN, case-insensitive) is a user. Users with their numbers:
+//! `GET /v1.0/users/{id}` serves the users tests added to the directory (`POST /test/users`,
+//! see `token`). Test facility: `POST /test/graph/throttle` `{"count","retry_after"}` answers the next
 //! `count` presence requests 429 with that `Retry-After`, as Graph throttles.
 
 use std::collections::HashMap;
@@ -168,6 +169,35 @@ pub async fn get_member_groups(
     match groups_of(&s, &id) {
         Ok(g) => collection(&s, g.to_vec()),
         Err(r) => r.into_response(),
+    }
+}
+
+/// `GET /v1.0/users/{id}` (object id or UPN): a user of the directory (`POST /test/users`)
+/// with their phone numbers, or Graph's 404.
+pub async fn get_user(
+    State(s): State<Shared>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = authorise(&s, &headers) {
+        return r.into_response();
+    }
+    match crate::token::find_user(&id) {
+        Some(u) => Json(json!({
+            "@odata.context": format!("{}/v1.0/$metadata#users/$entity", s.base),
+            "id": u.oid,
+            "userPrincipalName": u.upn,
+            "displayName": u.name,
+            "businessPhones": u.phone.into_iter().collect::<Vec<_>>(),
+            "mobilePhone": null,
+        }))
+        .into_response(),
+        None => graph_error(
+            StatusCode::NOT_FOUND,
+            "Request_ResourceNotFound",
+            &format!("Resource '{id}' does not exist or one of its queried reference-property objects are not present."),
+        )
+        .into_response(),
     }
 }
 

@@ -151,6 +151,13 @@ fn app(state: Shared) -> Router {
         )
         .route("/{tenant}/discovery/v2.0/keys", get(token::jwks))
         .route("/{tenant}/oauth2/v2.0/token", post(token::token))
+        .route("/{tenant}/oauth2/v2.0/authorize", get(token::authorize))
+        .route("/v1.0/users/{id}", get(graph::get_user))
+        .route("/test/users", post(token::add_user))
+        .route("/test/signin-as", post(token::signin_as))
+        .route("/test/revoke", post(token::revoke))
+        .route("/test/token-lifetime", post(token::token_lifetime))
+        .route("/test/tamper-id-token", post(token::tamper_id_token))
         .route(
             "/v1.0/users/{id}/checkMemberGroups",
             post(graph::check_member_groups),
