@@ -45,6 +45,7 @@ pub async fn ensure_demo_account(
             activated: false,
             ha1,
             created_at: Utc::now(),
+            teams: Default::default(),
         })
         .await
         .map_err(|e| format!("creating the demo account: {e}"))?;

@@ -18,6 +18,13 @@ pub struct ReasonLabel {
     pub reason: String,
 }
 
+/// Label for the token refresh task's results, by outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    /// `refreshed`, `failed` or `needs_reactivation`.
+    pub outcome: String,
+}
+
 /// Label for SIP requests, by method.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MethodLabel {
@@ -151,6 +158,9 @@ pub struct Metrics {
     /// Teams presence requests to Graph that failed, by reason (`throttled`, `unavailable`,
     /// `refused`, `token`, `lagged`).
     pub presence_failures: Family<ReasonLabel, Counter<u64, AtomicU64>>,
+    /// Refresh tokens the nightly task handled, by outcome (`refreshed`, `failed`,
+    /// `needs_reactivation`), one per account.
+    pub token_refreshes: Family<OutcomeLabel, Counter<u64, AtomicU64>>,
     /// `requests` children of the methods in [`HOT_METHODS`], resolved once: the family's lookup
     /// allocates a label and takes a lock, per message otherwise.
     hot_requests: [OnceLock<Counter<u64, AtomicU64>>; HOT_METHODS.len()],
@@ -181,6 +191,7 @@ impl Metrics {
             calls: CallMetrics::default(),
             event_listeners: Gauge::default(),
             presence_failures: Family::default(),
+            token_refreshes: Family::default(),
             registry: Registry::default(),
             hot_requests: Default::default(),
             hot_responses: Default::default(),
@@ -246,6 +257,11 @@ impl Metrics {
             "presence_failures",
             "Teams presence requests to Graph that failed, by reason",
             m.presence_failures.clone(),
+        );
+        registry.register(
+            "token_refreshes",
+            "Users' refresh tokens the refresh task handled, by outcome",
+            m.token_refreshes.clone(),
         );
         let c = &m.calls;
         registry.register(

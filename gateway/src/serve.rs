@@ -326,6 +326,18 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
     if let Some(engine) = policies {
         api_state = api_state.with_policies(engine);
     }
+    // Activation: refresh tokens sealed with the local secret_key, refreshed every night.
+    let token_key = Arc::new(crate::auth::sealed::TokenKey::new(&secret));
+    let refresher = crate::auth::refresh::Refresher::new(
+        store.clone(),
+        config.clone(),
+        api_state.auth.http().clone(),
+        token_key.clone(),
+        metrics.token_refreshes.clone(),
+    );
+    refresher.clone().spawn();
+    api_state.activation.key = Some(token_key);
+    api_state.activation.refresher = Some(refresher);
     api_state.calls = sip.calls.clone();
     api_state.trunk = sip.trunk.clone();
     api_state.webphones = sip.webphones.clone();

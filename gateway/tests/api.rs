@@ -1011,7 +1011,6 @@ async fn me_needs_an_end_user_token() {
     };
     for (method, uri) in [
         (Method::GET, "/api/me"),
-        (Method::POST, "/api/me/activation"),
         (Method::DELETE, "/api/me/activation"),
     ] {
         let bare = |m: Method| {

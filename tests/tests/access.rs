@@ -398,8 +398,9 @@ const USER_CLIENT: &str = "c11e0001-0000-4000-8000-00000000ad04";
 /// changes only the SIP accounts whose `upn` is the token's. Without a token, with the
 /// break-glass token, a forged or expired token, or an admin-app token (another audience): 401.
 /// With the user's token: their accounts (the UPN compared case-insensitively, `preferred_username`
-/// when there is no `upn`), with their registered phone and not another user's; activation
-/// changes their account only, under their name in the audit log; their token opens no admin API.
+/// when there is no `upn`), with their registered phone and not another user's; deactivation
+/// changes their account only, under their name in the audit log (activation is the sign-in at
+/// `/activate`; `POST /api/me/activation` is gone); their token opens no admin API.
 /// When the same app registration serves both apps, an admin-app token is an end user's too.
 #[test]
 fn me_is_the_end_users_own_data_only() {
@@ -491,7 +492,7 @@ fn me_is_the_end_users_own_data_only() {
         ("forged", Some(forged.as_str())),
         ("a token naming no user", Some(no_name.as_str())),
     ] {
-        for (method, path) in [("GET", "/api/me"), ("POST", "/api/me/activation")] {
+        for (method, path) in [("GET", "/api/me"), ("DELETE", "/api/me/activation")] {
             expect(
                 &send(method, path, token),
                 401,
@@ -535,32 +536,47 @@ fn me_is_the_end_users_own_data_only() {
         "alice's token on /api/registrations",
     );
 
-    // Activation changes her account only.
-    let r = send("POST", "/api/me/activation", Some(&alice));
-    expect(&r, 200, "alice activates");
-    assert_eq!(r.json()["accounts"][0]["activated"], true, "{}", r.body);
+    // Activation is the server-side sign-in (tests/tests/activation.rs), not a POST here.
+    expect(
+        &send("POST", "/api/me/activation", Some(&alice)),
+        405,
+        "alice's POST /api/me/activation",
+    );
     let state = |user: &str| {
         gw.api("GET", &format!("/api/users/{}", ids[user]), None)
             .json()["activated"]
             .clone()
     };
-    assert_eq!(state("alice"), json!(true));
-    assert_eq!(state("bob"), json!(false));
+    // Deactivation changes her account only, under her name in the audit log.
+    let r = gw.api(
+        "PATCH",
+        &format!("/api/users/{}", ids["alice"]),
+        Some(&json!({"activated": true})),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = gw.api(
+        "PATCH",
+        &format!("/api/users/{}", ids["bob"]),
+        Some(&json!({"activated": true})),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = send("DELETE", "/api/me/activation", Some(&alice));
+    expect(&r, 200, "alice deactivates");
+    assert_eq!(r.json()["accounts"][0]["activated"], false, "{}", r.body);
+    assert_eq!(state("alice"), json!(false));
+    assert_eq!(state("bob"), json!(true));
     let audit = gw.api("GET", "/api/audit?limit=5", None).json();
     let entry = audit
         .as_array()
-        .and_then(|l| l.iter().find(|e| e["action"] == "user.activate"))
+        .and_then(|l| l.iter().find(|e| e["action"] == "user.deactivate"))
         .cloned()
-        .unwrap_or_else(|| panic!("no activation in the audit log: {audit}"));
+        .unwrap_or_else(|| panic!("no deactivation in the audit log: {audit}"));
     assert_eq!(entry["actor"], "alice@contoso.test", "{entry}");
     assert_eq!(
         entry["target"],
         json!(format!("user/{}", ids["alice"])),
         "{entry}"
     );
-    let r = send("DELETE", "/api/me/activation", Some(&alice));
-    expect(&r, 200, "alice deactivates");
-    assert_eq!(state("alice"), json!(false));
 
     // `preferred_username` names the user when there is no `upn`.
     let bob = mint(
@@ -582,9 +598,9 @@ fn me_is_the_end_users_own_data_only() {
     expect(&r, 200, "carol");
     assert_eq!(r.json()["accounts"], json!([]), "{}", r.body);
     expect(
-        &send("POST", "/api/me/activation", Some(&carol)),
+        &send("DELETE", "/api/me/activation", Some(&carol)),
         404,
-        "carol activates",
+        "carol deactivates",
     );
 
     // One app registration for both: the admin-app token is then an end user's too.

@@ -3,9 +3,11 @@
 //! names (`upn`, else `preferred_username`); their SIP accounts are the users whose `upn` is that
 //! (case-insensitive; usually one). `GET /api/me` shows those accounts without secrets, whether
 //! each is activated for Teams, and its devices (the live registrations of its AoR on every
-//! server); `POST /api/me/activation` activates them for Teams — signing in with Azure is what
-//! proves the user owns the UPN — and `DELETE` deactivates them. Nothing here reads or writes
-//! another user's account.
+//! server). Activation is the server-side sign-in at `/activate` (`api::activate`), which also
+//! obtains the refresh token the gateway keeps; there is no `POST /api/me/activation` (a bearer
+//! token the page obtained itself carries no refresh token, so it cannot activate).
+//! `DELETE /api/me/activation` deactivates the accounts and deletes the stored token. Nothing
+//! here reads or writes another user's account.
 
 use axum::Json;
 use axum::extract::{Extension, State};
@@ -123,13 +125,10 @@ pub async fn get(
     Ok(Json(me(&state, &id, accounts).await?))
 }
 
-/// Sets `activated` on every account of the caller; audited under the caller's UPN.
-async fn set_activated(
-    state: &ApiState,
-    id: &Identity,
-    actor: &Actor,
-    activated: bool,
-) -> Result<Me, Problem> {
+/// Deactivates every account of the caller, deleting the Teams binding and the stored refresh
+/// token; audited under the caller's UPN.
+async fn deactivate_all(state: &ApiState, id: &Identity, actor: &Actor) -> Result<Me, Problem> {
+    let activated = false;
     let _writing = state.config_writes.lock().await;
     let accounts = accounts_of(state, &id.actor).await?;
     if accounts.is_empty() {
@@ -141,18 +140,15 @@ async fn set_activated(
     let mut changed = Vec::with_capacity(accounts.len());
     for mut user in accounts {
         let before = user.activated;
-        if before != activated {
+        if before != activated || user.teams != Default::default() {
             user.activated = activated;
+            user.teams = Default::default();
             user = state.store.update_user(user).await?;
         }
         audit(
             state,
             actor,
-            if activated {
-                "user.activate"
-            } else {
-                "user.deactivate"
-            },
+            "user.deactivate",
             &format!("user/{}", user.id),
             Some(json!({ "activated": before })),
             Some(json!({ "activated": activated })),
@@ -164,28 +160,11 @@ async fn set_activated(
     me(state, id, changed).await
 }
 
-/// `POST /api/me/activation`: activates the caller's accounts for Teams.
-#[utoipa::path(post, path = "/api/me/activation", tag = "me",
-    responses(
-        (status = 200, description = "Every SIP account with the caller's UPN is activated for \
-            Teams (again, when it already was)", body = Me),
-        (status = 401, response = Unauthorized),
-        (status = 404, response = NotFound),
-    ))]
-pub async fn activate(
-    State(state): State<ApiState>,
-    id: Option<Extension<Identity>>,
-    actor: Actor,
-) -> Result<Json<Me>, Problem> {
-    let id = caller(id)?;
-    Ok(Json(set_activated(&state, &id, &actor, true).await?))
-}
-
 /// `DELETE /api/me/activation`: deactivates the caller's accounts for Teams.
 #[utoipa::path(delete, path = "/api/me/activation", tag = "me",
     responses(
         (status = 200, description = "Every SIP account with the caller's UPN is no longer \
-            activated for Teams", body = Me),
+            activated for Teams; the Teams binding and the stored refresh token are deleted", body = Me),
         (status = 401, response = Unauthorized),
         (status = 404, response = NotFound),
     ))]
@@ -195,5 +174,5 @@ pub async fn deactivate(
     actor: Actor,
 ) -> Result<Json<Me>, Problem> {
     let id = caller(id)?;
-    Ok(Json(set_activated(&state, &id, &actor, false).await?))
+    Ok(Json(deactivate_all(&state, &id, &actor).await?))
 }

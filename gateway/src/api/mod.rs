@@ -6,6 +6,7 @@
 //! the whole tree from an [`ApiState`]; `serve` mounts it and owns `/healthz` and `/metrics`.
 
 pub mod access;
+pub mod activate;
 pub mod calls;
 pub mod config;
 pub mod console;
@@ -65,6 +66,20 @@ pub struct ApiState {
     pub console: console::ConsoleFiles,
     /// The end users' web phones (unavailable until the SIP side hands its registry over).
     pub webphones: crate::webphone::WebPhones,
+    /// Activation: the pending sign-ins, the refresh tokens' key and the refresh task.
+    pub activation: Activation,
+}
+
+/// What activation needs besides the store and the configuration.
+#[derive(Clone, Default)]
+pub struct Activation {
+    /// The sign-ins started on this server.
+    pub pending: Arc<crate::auth::activation::PendingSignIns>,
+    /// Seals refresh tokens (`None` until `serve` hands the local `secret_key` over: activation
+    /// then answers 503).
+    pub key: Option<Arc<crate::auth::sealed::TokenKey>>,
+    /// The token refresh task (`POST /api/token-refresh`).
+    pub refresher: Option<crate::auth::refresh::Refresher>,
 }
 
 impl ApiState {
@@ -88,6 +103,7 @@ impl ApiState {
             events: crate::events::Events::new(),
             console: console::ConsoleFiles::default(),
             webphones: crate::webphone::WebPhones::default(),
+            activation: Activation::default(),
         }
     }
 
@@ -132,9 +148,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/debug/claims", get(debug::claims))
         .route("/api/me", get(me::get))
         .route(
-            "/api/me/activation",
-            axum::routing::post(me::activate).delete(me::deactivate),
+            "/api/token-refresh",
+            axum::routing::post(activate::refresh_now),
         )
+        .route("/api/me/activation", axum::routing::delete(me::deactivate))
         .route("/api/me/webphone", axum::routing::post(webphone::start))
         .route(
             "/api/me/webphone/{id}",
@@ -182,6 +199,8 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/api/version", get(version::get))
         .route("/api/auth/config", get(console::auth_config))
+        .route("/activate", get(activate::start))
+        .route(activate::CALLBACK, get(activate::callback))
         .merge(protected)
         .merge(openapi::routes(state.clone()))
         .method_not_allowed_fallback(method_not_allowed)

@@ -16,7 +16,7 @@ use super::ApiState;
 use super::config::{Actor, audit};
 use super::openapi::{Conflict, NotFound, Unprocessable, UnsupportedMediaType};
 use super::problem::{FieldError, JsonBody, PathParam, Problem, from_value, parse_json};
-use crate::store::{Ha1, HashAlgorithm, NewUser, User, UserPatch};
+use crate::store::{Ha1, HashAlgorithm, NewUser, TeamsIdentity, User, UserPatch};
 
 /// Shortest password accepted.
 pub const MIN_PASSWORD: usize = 8;
@@ -29,7 +29,12 @@ pub const MAX_USERNAME: usize = 128;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[schema(example = json!({"id": "7c9e6679-7425-40de-944b-e07fc1f90ae7", "username": "alice",
     "domain": "csps.local", "display_name": "Alice", "upn": "alice@contoso.com",
-    "phone_number": "+14255550100", "enabled": true, "activated": false, "created_at": "2026-11-26T09:00:00Z"}))]
+    "phone_number": "+14255550100", "enabled": true, "activated": true, "created_at": "2026-11-26T09:00:00Z",
+    "teams": {"tenant": "72f988bf-86f1-41af-91ab-2d7cd011db47",
+        "oid": "0b4f7d8e-1234-4abc-9def-00112233aabb", "upn": "alice@contoso.com",
+        "phone_number": "+14255550100", "activated_at": "2026-11-26T09:05:00Z"},
+    "token_refreshed_at": "2026-11-27T03:12:00Z", "needs_reactivation": false,
+    "reactivation_reason": null}))]
 pub struct UserView {
     /// Opaque id.
     pub id: Uuid,
@@ -50,6 +55,20 @@ pub struct UserView {
     pub activated: bool,
     /// Creation time.
     pub created_at: DateTime<Utc>,
+    /// The Teams identity the user's activation bound (`null` before one): tenant, object id,
+    /// UPN, the number Graph reported, when.
+    #[serde(default)]
+    pub teams: Option<TeamsIdentity>,
+    /// When the user's refresh token was obtained or last refreshed (the token itself is never
+    /// shown); `null` without one.
+    #[serde(default)]
+    pub token_refreshed_at: Option<DateTime<Utc>>,
+    /// The identity provider refused the refresh token: the user must activate again.
+    #[serde(default)]
+    pub needs_reactivation: bool,
+    /// Why (the identity provider's answer), while `needs_reactivation`.
+    #[serde(default)]
+    pub reactivation_reason: Option<String>,
 }
 
 impl From<&User> for UserView {
@@ -64,6 +83,10 @@ impl From<&User> for UserView {
             enabled: u.enabled,
             activated: u.activated,
             created_at: u.created_at,
+            teams: u.teams.identity.clone(),
+            token_refreshed_at: u.teams.refreshed_at,
+            needs_reactivation: u.teams.needs_reactivation.is_some(),
+            reactivation_reason: u.teams.needs_reactivation.clone(),
         }
     }
 }
@@ -294,6 +317,7 @@ pub async fn create(
         enabled: true,
         activated: false,
         created_at: Utc::now(),
+        teams: Default::default(),
     };
     let user = state.store.create_user(user).await?;
     state.note_users_changed();
@@ -416,6 +440,10 @@ pub async fn patch(
     }
     if let Some(v) = p.activated {
         user.activated = v;
+        if !v {
+            // Deactivated: the binding and the user's refresh token go too.
+            user.teams = Default::default();
+        }
     }
     let user = state.store.update_user(user).await?;
     state.note_users_changed();

@@ -173,7 +173,7 @@ impl Graph {
         }
         if app.client_secret.expose().is_empty() {
             return Err(AuthError::Unavailable(
-                "the token has the groups overage, and Graph cannot be asked: \
+                "Graph cannot be asked: \
                  Data.AdminAzureApp.ClientSecret is not set"
                     .into(),
             ));
@@ -217,6 +217,67 @@ impl Graph {
     }
 }
 
+impl Graph {
+    /// The E.164 number Graph reports for the user `oid` (`businessPhones`, else `mobilePhone`,
+    /// spaces and dashes removed), asked as `app` (the admin app, which holds the Graph rights):
+    /// `None` when Graph lists no number in E.164 form.
+    pub async fn user_number(
+        &self,
+        app: &AzureApp,
+        oid: &str,
+    ) -> Result<Option<String>, AuthError> {
+        if !is_object_id(oid) {
+            return Err(AuthError::Invalid("`oid` is not an object id".into()));
+        }
+        let key = AppKey::of(app);
+        let url = format!(
+            "{}/v1.0/users/{oid}?$select=id,userPrincipalName,businessPhones,mobilePhone",
+            key.graph_url
+        );
+        for attempt in 0..2 {
+            let token = self.app_token(app, &key).await?;
+            let answer = self
+                .http
+                .get_json_bearer(&url, &token)
+                .await
+                .map_err(|e| AuthError::Unavailable(format!("Graph user: {e}")))?;
+            match answer.status {
+                s if s.is_success() => {
+                    let b = &answer.body;
+                    let phones = b["businessPhones"].as_array().into_iter().flatten();
+                    return Ok(phones
+                        .chain(std::iter::once(&b["mobilePhone"]))
+                        .filter_map(Value::as_str)
+                        .find_map(e164));
+                }
+                StatusCode::UNAUTHORIZED if attempt == 0 => {
+                    *self.token.lock().await = None;
+                }
+                s => {
+                    return Err(AuthError::Unavailable(format!(
+                        "Graph user answered {s}: {}",
+                        graph_error(&answer.body)
+                    )));
+                }
+            }
+        }
+        Err(AuthError::Unavailable(
+            "Graph refused the app token twice".into(),
+        ))
+    }
+}
+
+/// A phone number as E.164 (`+` and 8 to 15 digits) once spaces, dashes, dots and brackets are
+/// taken out; `None` for anything else.
+pub fn e164(s: &str) -> Option<String> {
+    let n: String = s
+        .chars()
+        .filter(|c| !matches!(c, ' ' | '-' | '.' | '(' | ')'))
+        .collect();
+    let digits = n.strip_prefix('+')?;
+    ((8..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit())).then_some(n)
+}
+
 /// Graph's `{"error":{"code","message"}}`, as text.
 fn graph_error(body: &Value) -> String {
     let e = &body["error"];
@@ -246,6 +307,15 @@ mod tests {
         assert!(!is_object_id("0b4f7d8e-1234-4abc-9def-00112233aab"));
         assert!(!is_object_id("../../me/memberOf?x=0000000000000000000"));
         assert!(!is_object_id("0b4f7d8e+1234-4abc-9def-00112233aabb"));
+    }
+
+    #[test]
+    fn numbers_as_e164() {
+        assert_eq!(e164("+1 425-555-0100").as_deref(), Some("+14255550100"));
+        assert_eq!(e164("+49 (30) 1234.567").as_deref(), Some("+49301234567"));
+        assert_eq!(e164("425 555 0100"), None);
+        assert_eq!(e164("+1 425 CALL ME"), None);
+        assert_eq!(e164("+123"), None);
     }
 
     #[test]

@@ -94,6 +94,13 @@ impl HttpClient {
         self.send(Method::GET, url, None, None).await
     }
 
+    /// `GET url` with a bearer token, expecting JSON.
+    pub async fn get_json_bearer(&self, url: &str, bearer: &str) -> Result<JsonAnswer, FetchError> {
+        let auth = HeaderValue::try_from(format!("Bearer {bearer}"))
+            .map_err(|_| FetchError::Transport("the access token is not a header value".into()))?;
+        self.send(Method::GET, url, None, Some(auth)).await
+    }
+
     /// `POST url` with an `application/x-www-form-urlencoded` body.
     pub async fn post_form(
         &self,

@@ -5,10 +5,15 @@
 //! ([`graph`]) and the HTTPS client they share ([`http`]). The settings are read from the live
 //! configuration on every call, so a new tenant, client id or admin group applies without a
 //! restart. `api::access` decides which routes need what; this module only answers "who is it".
+//! It also owns the end user's activation ([`activation`]: the authorization-code flow with
+//! PKCE; [`sealed`]: the refresh token sealed at rest; [`refresh`]: the nightly refresh task).
 
+pub mod activation;
 pub mod graph;
 pub mod http;
 pub mod keys;
+pub mod refresh;
+pub mod sealed;
 pub mod token;
 
 use std::sync::Arc;
@@ -93,6 +98,7 @@ impl Identity {
 pub struct Authenticator {
     keys: Arc<KeyCache>,
     graph: Arc<Graph>,
+    http: HttpClient,
 }
 
 impl Default for Authenticator {
@@ -107,7 +113,8 @@ impl Authenticator {
         let http = HttpClient::new();
         Authenticator {
             keys: Arc::new(KeyCache::new(http.clone())),
-            graph: Arc::new(Graph::new(http)),
+            graph: Arc::new(Graph::new(http.clone())),
+            http,
         }
     }
 
@@ -155,6 +162,34 @@ impl Authenticator {
             via: Via::EndUser,
             claims: Some(claims),
         })
+    }
+
+    /// Validates the ID token of an activation for the end-user app `app`: signature (the
+    /// tenant's keys), issuer, audience (the client id), lifetime, and the `nonce` the sign-in
+    /// was started with; the claims.
+    pub async fn id_token(
+        &self,
+        token: &str,
+        app: &AzureApp,
+        nonce: &str,
+    ) -> Result<Map<String, Value>, AuthError> {
+        let claims = self.claims(token, app, "Data.SpsAzureApp").await?;
+        if claims.get("nonce").and_then(Value::as_str) != Some(nonce) {
+            return Err(AuthError::Invalid(
+                "the ID token's `nonce` is not the sign-in's".into(),
+            ));
+        }
+        Ok(claims)
+    }
+
+    /// The HTTPS client shared with the key cache and Graph.
+    pub fn http(&self) -> &HttpClient {
+        &self.http
+    }
+
+    /// The Graph client (the admin app's token, membership and user lookups).
+    pub fn graph(&self) -> &Graph {
+        &self.graph
     }
 
     /// The validated claims of `token` for `app` (`leaves` names the app's configuration).

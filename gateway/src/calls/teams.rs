@@ -260,6 +260,7 @@ mod tests {
             activated,
             ha1: Vec::new(),
             created_at: chrono::Utc::now(),
+            teams: Default::default(),
         }
     }
 

@@ -71,6 +71,8 @@ pub struct Settings {
     pub sps_app: AzureApp,
     /// `Data.AdminAzureApp.*`: the app admins sign in with.
     pub admin_app: AzureApp,
+    /// `Data.SpsAzureApp.TokenRefreshHour`: the UTC hour of the nightly token refresh.
+    pub token_refresh_hour: u32,
 }
 
 /// `Data.SipConfig.Srtp`.
@@ -254,6 +256,7 @@ impl Settings {
             },
             sps_app: app("SpsAzureApp"),
             admin_app: app("AdminAzureApp"),
+            token_refresh_hour: u32_("Data.SpsAzureApp.TokenRefreshHour"),
         }
     }
 }

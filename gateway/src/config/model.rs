@@ -227,6 +227,13 @@ pub const LEAVES: &[Leaf] = &[
         meaning: "Entra ID authority (login endpoint) of the end-user app",
     },
     Leaf {
+        path: "Data.SpsAzureApp.TokenRefreshHour",
+        kind: Kind::Integer { min: 0, max: 23 },
+        default: DefaultValue::Int(3),
+        secret: false,
+        meaning: "hour (UTC, 0-23) at which users' refresh tokens are refreshed every night, plus up to 30 minutes of jitter",
+    },
+    Leaf {
         path: "Data.AdminAzureApp.Tenant",
         kind: Kind::String(Text::TenantOrEmpty),
         default: DefaultValue::Str(""),

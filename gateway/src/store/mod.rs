@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 pub use model::{
     AuditEntry, BindingKey, CallRecordQuery, ConfigEntry, EndedCall, Ha1, HashAlgorithm, NewUser,
-    PolicyMeta, PolicyRecord, Registration, Removal, User, UserPatch,
+    PolicyMeta, PolicyRecord, Registration, Removal, TeamsIdentity, TeamsLink, User, UserPatch,
 };
 
 /// Nanoseconds since the epoch, saturated (chrono's range is wider than an `i64` of them): the

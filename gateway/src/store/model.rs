@@ -51,6 +51,39 @@ pub struct User {
     pub ha1: Vec<Ha1>,
     /// When the account was created.
     pub created_at: DateTime<Utc>,
+    /// What the activation bound to the account (absent in older records: nothing).
+    #[serde(default)]
+    pub teams: TeamsLink,
+}
+
+/// The Teams identity an activation bound to an account, and the user's refresh token.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TeamsLink {
+    /// Who signed in (from the validated ID token); `None` until an activation.
+    pub identity: Option<TeamsIdentity>,
+    /// The user's refresh token, sealed (AES-256-GCM under a key derived from the local
+    /// `secret_key`, bound to the account id: see `auth::sealed`); never in clear.
+    pub refresh_token: Option<String>,
+    /// When the refresh token was obtained or last refreshed.
+    pub refreshed_at: Option<DateTime<Utc>>,
+    /// Why the user must activate again (the identity provider refused the refresh token);
+    /// `None` while the token is good.
+    pub needs_reactivation: Option<String>,
+}
+
+/// A Teams (Entra ID) user as the activation saw them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TeamsIdentity {
+    /// Tenant id (`tid`).
+    pub tenant: String,
+    /// The user's object id (`oid`).
+    pub oid: String,
+    /// The user principal name the ID token named.
+    pub upn: String,
+    /// The E.164 number Graph reported at activation, when it reported one.
+    pub phone_number: Option<String>,
+    /// When the user activated.
+    pub activated_at: DateTime<Utc>,
 }
 
 /// What `POST /api/users` accepts (unknown fields are refused).

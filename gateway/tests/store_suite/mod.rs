@@ -28,6 +28,7 @@ pub fn user(username: &str, domain: &str) -> User {
             hash: "0123456789abcdef0123456789abcdef".to_owned(),
         }],
         created_at: Utc::now(),
+        teams: Default::default(),
     }
 }
 
@@ -96,8 +97,26 @@ pub async fn suite_users(store: &dyn Store) {
     );
     assert_eq!(store.get_user(Uuid::new_v4()).await.expect("get"), None);
 
-    let bob = user("bob", "example.com");
+    let mut bob = user("bob", "example.com");
     store.create_user(bob.clone()).await.expect("create bob");
+    // The activation's binding (identity, sealed token, refresh state) round-trips.
+    bob.teams = csps::store::TeamsLink {
+        identity: Some(csps::store::TeamsIdentity {
+            tenant: "t".into(),
+            oid: "0b4f7d8e-1234-4abc-9def-00112233aabb".into(),
+            upn: "bob@example.com".into(),
+            phone_number: Some("+15551230001".into()),
+            activated_at: Utc::now(),
+        }),
+        refresh_token: Some("v1.sealed".into()),
+        refreshed_at: Some(Utc::now()),
+        needs_reactivation: Some("AADSTS50173: revoked".into()),
+    };
+    store.update_user(bob.clone()).await.expect("bind bob");
+    assert_eq!(
+        store.get_user(bob.id).await.expect("get bob"),
+        Some(bob.clone())
+    );
     let mut ids: Vec<Uuid> = store
         .list_users()
         .await
