@@ -76,7 +76,11 @@ fn MeSignIn() -> impl IntoView {
 fn Mine(signed_in: RwSignal<bool>) -> impl IntoView {
     let reload = RwSignal::new(0u32);
     let me = RwSignal::new(None::<Result<Value, ApiError>>);
-    let message = RwSignal::new(None::<Result<String, String>>);
+    // Back from the gateway's activation sign-in (`/activate` sends the browser to `/me?activated=N`).
+    let back_activated = web_sys::window()
+        .and_then(|w| w.location().search().ok())
+        .is_some_and(|q| q.contains("activated="));
+    let message = RwSignal::new(back_activated.then(|| Ok("Activated for Teams.".to_owned())));
     // The accounts' AoRs for the web phone, kept while a reload is under way or fails, so the
     // running phone is not rebuilt every poll.
     let aors = Memo::new(move |prev: Option<&Vec<String>>| match me.get() {
@@ -147,12 +151,13 @@ fn Mine(signed_in: RwSignal<bool>) -> impl IntoView {
                         }.into_any();
                     }
                     let any_active = accounts.iter().any(|a| a["activated"] == true);
+                    // Activation is the gateway's own sign-in (it keeps the refresh token).
+                    let activate = format!("/activate?login_hint={}", encode(&text_of(&v, "upn")));
                     view! {
                         <div class="toolbar">
-                            <button type="button" class="primary"
-                                on:click=move |_| change("POST", "Activated for Teams.")>
+                            <a role="button" class="button primary" href=activate>
                                 {if any_active { "Re-activate for Teams" } else { "Activate for Teams" }}
-                            </button>
+                            </a>
                             {any_active.then(|| view! {
                                 <button type="button"
                                     on:click=move |_| change("DELETE", "No longer activated for Teams.")>
@@ -186,6 +191,7 @@ fn Account(account: Value) -> impl IntoView {
     let aor = aor_of(&account);
     let bindings = account["devices"].as_array().cloned().unwrap_or_default();
     let activated = account["activated"] == true;
+    let needs_reactivation = account["needs_reactivation"] == true;
     let registered = !bindings.is_empty();
     let title_id = format!("account-{}", text_of(&account, "id"));
     let labelled_by = title_id.clone();
@@ -195,7 +201,11 @@ fn Account(account: Value) -> impl IntoView {
             <h3 id=title_id>{heading}</h3>
             <dl class="cards">
                 <div><dt>"Teams"</dt>
-                    <dd class="activation">{if activated { "Activated" } else { "Not activated" }}</dd></div>
+                    <dd class="activation">{match (activated, needs_reactivation) {
+                        (true, true) => "Needs re-activation",
+                        (true, false) => "Activated",
+                        _ => "Not activated",
+                    }}</dd></div>
                 <div><dt>"Phone number"</dt><dd>{match text_of(&account, "phone_number") {
                     n if n.is_empty() => "none".to_owned(),
                     n => n,
@@ -211,4 +221,16 @@ fn Account(account: Value) -> impl IntoView {
             <div class="devices">{devices(&aor, &bindings)}</div>
         </article>
     }
+}
+
+/// `s` percent-encoded for a query value (unreserved characters kept).
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }

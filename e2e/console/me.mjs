@@ -1,7 +1,9 @@
 // The end user's self-service page (`/me`) in Debian's Chromium (playwright-core): the user
 // signs in through the test IdP (idp.mjs) with the end-user app, sees their SIP account with
 // the phone registered beforehand (its user agent, "registered"), and activates the account for
-// Teams. Saves a screenshot per step into --screens. Talks to 127.0.0.1 only.
+// Teams through the gateway's own sign-in (`/activate`, the IdP's consent page): first declining
+// consent (the gateway's error page, the account still not activated), then accepting (back on
+// `/me`, activated). Saves a screenshot per step into --screens. Talks to 127.0.0.1 only.
 //
 // usage: node me.mjs --gateway http://127.0.0.1:P --login L --aor sip:user@domain --screens DIR
 // Prints one JSON line `{"ok":true,…}` last; exit code 0 only on success.
@@ -46,17 +48,31 @@ try {
   result.accounts = await page.locator('article.account').count();
   await shot('me-02-devices');
 
-  step('activate for Teams');
+  step('activate for Teams, declining consent at the IdP');
   await page.getByRole('button', { name: 'Activate for Teams' }).click();
+  await page.getByRole('heading', { name: 'Permissions requested' }).waitFor();
+  await shot('me-03-consent');
+  await page.getByRole('button', { name: 'Decline' }).click();
+  await page.locator('#title').filter({ hasText: 'Activation failed' }).waitFor();
+  result.refused = (await page.locator('#message').textContent()).trim();
+  await shot('me-04-declined');
+  await page.goto(`${args.gateway}/me`);
+  await account.locator('.registered').filter({ hasText: 'yes, 1 device(s)' }).waitFor();
+  result.activation_after_refusal = (await account.locator('.activation').textContent()).trim();
+
+  step('activate for Teams, accepting');
+  await page.getByRole('button', { name: 'Activate for Teams' }).click();
+  await page.getByRole('heading', { name: 'Permissions requested' }).waitFor();
+  await page.getByRole('button', { name: 'Accept' }).click();
   await page.getByText('Activated for Teams.').waitFor();
   await account.locator('.activation').filter({ hasText: /^Activated$/ }).waitFor();
   await page.getByRole('button', { name: 'Re-activate for Teams' }).waitFor();
   result.activation_after = (await account.locator('.activation').textContent()).trim();
-  await shot('me-03-activated');
+  await shot('me-05-activated');
 
   step('phone-sized screen');
   await page.setViewportSize({ width: 390, height: 844 });
-  await shot('me-04-phone');
+  await shot('me-06-phone');
   ok = true;
 } catch (e) {
   result.error = String(e && e.stack ? e.stack : e);

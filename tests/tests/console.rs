@@ -10,7 +10,9 @@
 //! built from `policies/`) uploaded through the page's file input and switched off there.
 //! Then an end user signs in on the self-service page (`/me`) with the end-user app
 //! (`Data.SpsAzureApp`, another client of the IdP), sees their SIPp-registered phone (and not
-//! another user's) and activates their account for Teams.
+//! another user's) and activates their account for Teams through the gateway's own sign-in
+//! (`/activate`): declining consent first (the gateway's error page, nothing activated), then
+//! accepting.
 //! Screenshots land in `<target>/tmp/console/`. Prints the first load time.
 
 use std::path::PathBuf;
@@ -230,6 +232,17 @@ fn end_user_signs_in_sees_their_phone_and_activates() {
         |_| {},
     );
     assert_eq!(result["activation_before"], "Not activated", "{result}");
+    // A declined consent: the gateway's error page, and nothing activated.
+    assert!(
+        result["refused"]
+            .as_str()
+            .is_some_and(|m| m.contains("declined") && m.contains("access_denied")),
+        "{result}"
+    );
+    assert_eq!(
+        result["activation_after_refusal"], "Not activated",
+        "{result}"
+    );
     assert_eq!(result["activation_after"], "Activated", "{result}");
     assert!(
         result["device"]
