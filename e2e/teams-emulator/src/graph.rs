@@ -86,18 +86,23 @@ fn authorise(s: &Shared, headers: &HeaderMap) -> Result<Value, GraphError> {
     Ok(claims)
 }
 
+/// Graph's 404 for the user `id`.
+fn not_found(id: &str) -> GraphError {
+    graph_error(
+        StatusCode::NOT_FOUND,
+        "Request_ResourceNotFound",
+        &format!(
+            "Resource '{id}' does not exist or one of its queried reference-property objects are not present."
+        ),
+    )
+}
+
 /// The groups of user `id`, or Graph's 404.
 fn groups_of<'a>(s: &'a Shared, id: &str) -> Result<&'a [String], GraphError> {
     s.members
         .get(&id.to_ascii_lowercase())
         .map(Vec::as_slice)
-        .ok_or_else(|| {
-            graph_error(
-                StatusCode::NOT_FOUND,
-                "Request_ResourceNotFound",
-                &format!("Resource '{id}' does not exist or one of its queried reference-property objects are not present."),
-            )
-        })
+        .ok_or_else(|| not_found(id))
 }
 
 fn collection(s: &Shared, value: Vec<String>) -> Response {
@@ -192,12 +197,7 @@ pub async fn get_user(
             "mobilePhone": null,
         }))
         .into_response(),
-        None => graph_error(
-            StatusCode::NOT_FOUND,
-            "Request_ResourceNotFound",
-            &format!("Resource '{id}' does not exist or one of its queried reference-property objects are not present."),
-        )
-        .into_response(),
+        None => not_found(&id).into_response(),
     }
 }
 

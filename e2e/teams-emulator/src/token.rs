@@ -113,7 +113,27 @@ pub async fn jwks(State(s): State<Shared>, Path(tenant): Path<String>) -> Respon
     Json(json!({ "keys": [s.signing.jwk()] })).into_response()
 }
 
-/// `POST /{tenant}/oauth2/v2.0/token` (client credentials only).
+/// Entra's refusal of an unknown app or a wrong client secret; `None` for a good client.
+fn refuse_client(s: &Shared, client_id: &str, secret: &str) -> Option<Response> {
+    match s.clients.get(client_id) {
+        None => Some(aad_error(
+            StatusCode::BAD_REQUEST,
+            "unauthorized_client",
+            &format!(
+                "AADSTS700016: Application with identifier '{client_id}' was not found in the directory."
+            ),
+        )),
+        Some(known) if known != secret => Some(aad_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "AADSTS7000215: Invalid client secret provided.",
+        )),
+        Some(_) => None,
+    }
+}
+
+/// `POST /{tenant}/oauth2/v2.0/token`: client credentials, and users' `authorization_code` and
+/// `refresh_token` grants.
 pub async fn token(
     State(s): State<Shared>,
     Path(tenant): Path<String>,
@@ -142,24 +162,8 @@ pub async fn token(
         );
     }
     let client_id = get("client_id");
-    match s.clients.get(client_id) {
-        None => {
-            return aad_error(
-                StatusCode::BAD_REQUEST,
-                "unauthorized_client",
-                &format!(
-                    "AADSTS700016: Application with identifier '{client_id}' was not found in the directory."
-                ),
-            );
-        }
-        Some(secret) if secret != get("client_secret") => {
-            return aad_error(
-                StatusCode::UNAUTHORIZED,
-                "invalid_client",
-                "AADSTS7000215: Invalid client secret provided.",
-            );
-        }
-        Some(_) => {}
+    if let Some(refused) = refuse_client(&s, client_id, get("client_secret")) {
+        return refused;
     }
     let Some(resource) = get("scope").strip_suffix("/.default") else {
         return aad_error(
@@ -518,24 +522,8 @@ fn invalid_grant(description: &str) -> Response {
 fn user_grant(s: &Shared, form: &HashMap<String, String>) -> Response {
     let get = |k: &str| form.get(k).map(String::as_str).unwrap_or("");
     let client_id = get("client_id");
-    match s.clients.get(client_id) {
-        None => {
-            return aad_error(
-                StatusCode::BAD_REQUEST,
-                "unauthorized_client",
-                &format!(
-                    "AADSTS700016: Application with identifier '{client_id}' was not found in the directory."
-                ),
-            );
-        }
-        Some(secret) if secret != get("client_secret") => {
-            return aad_error(
-                StatusCode::UNAUTHORIZED,
-                "invalid_client",
-                "AADSTS7000215: Invalid client secret provided.",
-            );
-        }
-        Some(_) => {}
+    if let Some(refused) = refuse_client(s, client_id, get("client_secret")) {
+        return refused;
     }
     let now = now();
     let mut d = directory();

@@ -21,7 +21,7 @@ use axum::http::StatusCode;
 use serde_json::{Value, json};
 
 use super::AuthError;
-use super::http::HttpClient;
+use super::http::{HttpClient, JsonAnswer};
 use super::keys::Tenant;
 use crate::config::AzureApp;
 
@@ -117,35 +117,48 @@ impl Graph {
     ) -> Result<bool, AuthError> {
         let url = format!("{}/v1.0/users/{oid}/checkMemberGroups", key.graph_url);
         let body = json!({ "groupIds": [group] });
+        let answer = self
+            .ask(app, key, "checkMemberGroups", &url, Some(&body))
+            .await?;
+        match answer.status {
+            s if s.is_success() => Ok(answer.body["value"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .any(|g| g.eq_ignore_ascii_case(group))),
+            // The user is not in this tenant: not an admin.
+            StatusCode::NOT_FOUND => Ok(false),
+            s => Err(AuthError::Unavailable(format!(
+                "Graph checkMemberGroups answered {s}: {}",
+                graph_error(&answer.body)
+            ))),
+        }
+    }
+
+    /// `GET url` (`body` `None`) or `POST url` with `body`, as the app: a 401 (the app token
+    /// revoked or expired early) gets a new token and one more try; any other answer is the
+    /// caller's to judge.
+    async fn ask(
+        &self,
+        app: &AzureApp,
+        key: &AppKey,
+        what: &str,
+        url: &str,
+        body: Option<&Value>,
+    ) -> Result<JsonAnswer, AuthError> {
         for attempt in 0..2 {
             let token = self.app_token(app, key).await?;
-            let answer = self
-                .http
-                .post_json(&url, &token, &body)
-                .await
-                .map_err(|e| AuthError::Unavailable(format!("Graph checkMemberGroups: {e}")))?;
-            match answer.status {
-                s if s.is_success() => {
-                    return Ok(answer.body["value"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .filter_map(Value::as_str)
-                        .any(|g| g.eq_ignore_ascii_case(group)));
-                }
-                // The user is not in this tenant: not an admin.
-                StatusCode::NOT_FOUND => return Ok(false),
-                // The app token was revoked or expired early: get a new one, once.
-                StatusCode::UNAUTHORIZED if attempt == 0 => {
-                    *self.token.lock().await = None;
-                }
-                s => {
-                    return Err(AuthError::Unavailable(format!(
-                        "Graph checkMemberGroups answered {s}: {}",
-                        graph_error(&answer.body)
-                    )));
-                }
+            let answer = match body {
+                Some(b) => self.http.post_json(url, &token, b).await,
+                None => self.http.get_json_bearer(url, &token).await,
             }
+            .map_err(|e| AuthError::Unavailable(format!("Graph {what}: {e}")))?;
+            if answer.status == StatusCode::UNAUTHORIZED && attempt == 0 {
+                *self.token.lock().await = None;
+                continue;
+            }
+            return Ok(answer);
         }
         Err(AuthError::Unavailable(
             "Graph refused the app token twice".into(),
@@ -234,36 +247,20 @@ impl Graph {
             "{}/v1.0/users/{oid}?$select=id,userPrincipalName,businessPhones,mobilePhone",
             key.graph_url
         );
-        for attempt in 0..2 {
-            let token = self.app_token(app, &key).await?;
-            let answer = self
-                .http
-                .get_json_bearer(&url, &token)
-                .await
-                .map_err(|e| AuthError::Unavailable(format!("Graph user: {e}")))?;
-            match answer.status {
-                s if s.is_success() => {
-                    let b = &answer.body;
-                    let phones = b["businessPhones"].as_array().into_iter().flatten();
-                    return Ok(phones
-                        .chain(std::iter::once(&b["mobilePhone"]))
-                        .filter_map(Value::as_str)
-                        .find_map(e164));
-                }
-                StatusCode::UNAUTHORIZED if attempt == 0 => {
-                    *self.token.lock().await = None;
-                }
-                s => {
-                    return Err(AuthError::Unavailable(format!(
-                        "Graph user answered {s}: {}",
-                        graph_error(&answer.body)
-                    )));
-                }
-            }
+        let answer = self.ask(app, &key, "user", &url, None).await?;
+        if !answer.status.is_success() {
+            return Err(AuthError::Unavailable(format!(
+                "Graph user answered {}: {}",
+                answer.status,
+                graph_error(&answer.body)
+            )));
         }
-        Err(AuthError::Unavailable(
-            "Graph refused the app token twice".into(),
-        ))
+        let b = &answer.body;
+        let phones = b["businessPhones"].as_array().into_iter().flatten();
+        Ok(phones
+            .chain(std::iter::once(&b["mobilePhone"]))
+            .filter_map(Value::as_str)
+            .find_map(e164))
     }
 }
 
