@@ -839,3 +839,71 @@ fn teams_holds_and_resumes_a_call_and_the_phone_hears_it_stop_and_come_back() {
         gw.log_tail(30)
     );
 }
+
+/// Issue 5: alice's phone (linphone-cli, which restarts its media after its own hold; baresip
+/// 1.0 does not) holds her call to a number through the trunk and resumes it: Teams gets the
+/// re-offers `sendonly` then `sendrecv` (the emulator answers each with its mirror), the call
+/// is not dropped, and after the resume alice hears Teams' tone again.
+#[test]
+fn a_phone_holds_and_resumes_a_call_through_the_trunk_and_hears_teams_again() {
+    if !csps_tests::have_tool("linphonec") {
+        csps_tests::skip("linphonec not installed (run e2e/setup)");
+        return;
+    }
+    let Some((emu, gw)) = peers() else { return };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut alice = Linphone::register(
+        dir.path(),
+        gw.sip_addr(),
+        ("alice", "alice-secret-1", DOMAIN),
+    );
+    let tone = dir.path().join("tone-600.wav");
+    write_tone(&tone, 600.0);
+    alice.play(&tone);
+    let talk = alice.record("talk.wav");
+    let mark = alice.call(&format!("sip:{CALLED}@{DOMAIN}"));
+    alice.expect_media(mark);
+    let call = answered_call_to(&emu, &|n| n == CALLED, "alice's call reached Teams");
+    let call_id = call["call_id"].as_str().unwrap_or_default().to_owned();
+    std::thread::sleep(TALK);
+
+    alice.hold();
+    wait_call(&emu, &call_id, "alice's hold reached Teams", |c| {
+        c["sbc_offers"] == json!(["sendonly"])
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let resumed = alice.record("resumed.wav");
+    alice.resume();
+    std::thread::sleep(TALK);
+    let c = wait_call(&emu, &call_id, "alice's resume reached Teams", |c| {
+        c["sbc_offers"] == json!(["sendonly", "sendrecv"])
+    });
+    assert_eq!(c["state"], "answered", "not dropped by the hold: {c:#}");
+    assert_eq!(c["rtp"]["srtp_failed"], 0, "{c:#}");
+    let mark = alice.mark();
+    alice.hang_up();
+    alice.expect_ended(mark);
+
+    let share = |path: &std::path::Path| {
+        let Ok(bytes) = std::fs::read(path) else {
+            return 0.0;
+        };
+        let Ok(mut pcm) = csps_tests::audio::read_wav(&bytes) else {
+            return 0.0;
+        };
+        let half = (pcm.rate / 2) as usize;
+        if pcm.samples.len() <= 2 * half {
+            return 0.0;
+        }
+        pcm.samples.drain(..half);
+        csps_tests::audio::tone_share(&pcm, 1000.0)
+    };
+    let (before, after) = (share(&talk), share(&resumed));
+    eprintln!("tone share: before {before:.2}, after the resume {after:.2}");
+    assert!(
+        before > 0.5 && after > 0.5,
+        "alice hears Teams ({before}) and again after her resume ({after})\n{}\n{}",
+        alice.tail(30),
+        gw.log_tail(30)
+    );
+}

@@ -28,7 +28,8 @@
 //! counted as `returned`, not echoed, so nothing loops. A packet that does not authenticate is
 //! counted as `srtp_failed` and nothing else. `GET /test/sip/calls` lists every call with its
 //! state, whether its media is SRTP, these counters, its `tone_hz`, `held`, `referred_by`, its
-//! `refers` (`refer_to`, the SBC's `status`, the `notifies`) and `reinvites` (`what`, `status`).
+//! `refers` (`refer_to`, the SBC's `status`, the `notifies`), `reinvites` (`what`, `status`) and
+//! `sbc_offers` (the direction of each re-offer the SBC sent, answered with its mirror).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -148,6 +149,9 @@ pub struct Call {
     reinvites: Vec<ReInvite>,
     /// The version of the SDP origin line, raised with each re-offer.
     sdp_version: u32,
+    /// The directions the SBC's own re-offers asked for (`sendonly` for a phone's hold…), each
+    /// answered with its mirror (RFC 3264 §6.1: `recvonly` to `sendonly`).
+    sbc_offers: Vec<String>,
     /// Hands the media task a new SRTP context.
     rekey: Option<mpsc::Sender<Srtp>>,
     /// The key a resume offered, until the SBC's answer brings its own.
@@ -574,6 +578,7 @@ pub async fn invite(
         refers: Vec::new(),
         reinvites: Vec::new(),
         sdp_version: 1,
+        sbc_offers: Vec::new(),
         rekey: Some(rekey),
         next_key: None,
     };
@@ -598,6 +603,21 @@ pub fn in_dialog(state: &Shared, i: usize, req: &Request) -> Option<Option<Vec<u
                 m.abort();
             }
             Some(response(req, 200, "OK", "", i, None))
+        }
+        csps_sip::Method::Invite | csps_sip::Method::Update if !req.body.is_empty() => {
+            let offered = offered_direction(&String::from_utf8_lossy(&req.body));
+            let answer = match offered {
+                "sendonly" => "recvonly",
+                "recvonly" => "sendonly",
+                d => d,
+            };
+            let last = call.sbc_offers.last().map_or("sendrecv", String::as_str);
+            if answer != last {
+                call.sdp_version += 1;
+            }
+            call.sbc_offers.push(offered.to_owned());
+            let sdp = redirected(&call.sdp, answer, call.sdp_version, None);
+            Some(response(req, 200, "OK", "", i, Some(&sdp)))
         }
         csps_sip::Method::Invite | csps_sip::Method::Update => {
             Some(response(req, 200, "OK", "", i, Some(&call.sdp.clone())))
@@ -858,6 +878,19 @@ async fn bye(state: &Shared, call_id: &str) -> bool {
         Some(dialog_request(call, call_id, "BYE", "", None))
     })
     .await
+}
+
+/// The direction an SDP asks for (`sendrecv` when it names none).
+fn offered_direction(sdp: &str) -> &'static str {
+    sdp.lines()
+        .find_map(|l| match l.trim_end() {
+            "a=sendonly" => Some("sendonly"),
+            "a=recvonly" => Some("recvonly"),
+            "a=inactive" => Some("inactive"),
+            "a=sendrecv" => Some("sendrecv"),
+            _ => None,
+        })
+        .unwrap_or("sendrecv")
 }
 
 /// `sdp` with its direction attribute set to `direction`, its origin version to `version`
@@ -1145,6 +1178,7 @@ pub async fn call(
             refers: Vec::new(),
             reinvites: Vec::new(),
             sdp_version: 1,
+            sbc_offers: Vec::new(),
             rekey: None,
             next_key: None,
         },
@@ -1182,6 +1216,7 @@ pub async fn list(State(s): State<Shared>) -> (StatusCode, Json<Value>) {
                 "reinvites": c.reinvites.iter().map(|r| json!({
                     "what": r.what, "status": r.status,
                 })).collect::<Vec<_>>(),
+                "sbc_offers": c.sbc_offers,
                 "rtp": {
                     "received": c.counters.received.load(Ordering::Relaxed),
                     "echoed": c.counters.echoed.load(Ordering::Relaxed),
@@ -1221,5 +1256,11 @@ mod tests {
         assert!(held.contains(" 7 IN IP4 127.0.0.1\r\n"), "{held}");
         assert!(held.contains("a=crypto:1 X\r\n"), "the same key");
         assert_eq!(held.lines().count(), sdp.lines().count());
+        // The SBC's own hold is read from its offer (sendrecv when it names none).
+        assert_eq!(offered_direction(&held), "sendonly");
+        assert_eq!(
+            offered_direction("v=0\r\nm=audio 4000 RTP/AVP 0\r\n"),
+            "sendrecv"
+        );
     }
 }
