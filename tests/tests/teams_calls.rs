@@ -742,16 +742,25 @@ fn a_refer_from_teams_to_a_busy_number_is_notified_and_the_call_goes_on() {
     );
 }
 
-/// Issue 5: Teams holds alice's call (re-INVITE `a=sendonly`, its tone stops) and resumes it
-/// (`a=sendrecv` with a new SRTP key, the tone again); alice's phone is linphone-cli, which restarts its media after
-/// a hold (baresip 1.0 does not). The call is not dropped: Teams hangs up at the end.
-#[test]
-fn teams_holds_and_resumes_a_call_and_the_phone_hears_it_stop_and_come_back() {
+/// Alice (linphone-cli, playing a 600 Hz tone) in an answered call to `CALLED` through the
+/// trunk, recording from the start into `talk`; the temporary directory lives as long as it.
+struct LinphoneCall {
+    emu: TeamsEmulator,
+    gw: Gateway,
+    _dir: tempfile::TempDir,
+    alice: Linphone,
+    talk: std::path::PathBuf,
+    call_id: String,
+}
+
+/// Sets up [`LinphoneCall`] and lets it talk for [`TALK`]; `None` (skipped) without linphonec
+/// or the peers.
+fn linphone_calls_teams() -> Option<LinphoneCall> {
     if !csps_tests::have_tool("linphonec") {
         csps_tests::skip("linphonec not installed (run e2e/setup)");
-        return;
+        return None;
     }
-    let Some((emu, gw)) = peers() else { return };
+    let (emu, gw) = peers()?;
     let dir = tempfile::tempdir().expect("temp dir");
     let mut alice = Linphone::register(
         dir.path(),
@@ -767,6 +776,49 @@ fn teams_holds_and_resumes_a_call_and_the_phone_hears_it_stop_and_come_back() {
     let call = answered_call_to(&emu, &|n| n == CALLED, "alice's call reached Teams");
     let call_id = call["call_id"].as_str().unwrap_or_default().to_owned();
     std::thread::sleep(TALK);
+    Some(LinphoneCall {
+        emu,
+        gw,
+        _dir: dir,
+        alice,
+        talk,
+        call_id,
+    })
+}
+
+/// The share of Teams' 1000 Hz tone in a recording of alice's, without its first half second
+/// (the jitter buffer fills, the stream starts); 0 for a missing or too short one.
+fn teams_tone_share(path: &std::path::Path) -> f32 {
+    let Ok(bytes) = std::fs::read(path) else {
+        return 0.0;
+    };
+    let Ok(mut pcm) = csps_tests::audio::read_wav(&bytes) else {
+        return 0.0;
+    };
+    let half = (pcm.rate / 2) as usize;
+    if pcm.samples.len() <= 2 * half {
+        return 0.0;
+    }
+    pcm.samples.drain(..half);
+    csps_tests::audio::tone_share(&pcm, 1000.0)
+}
+
+/// Issue 5: Teams holds alice's call (re-INVITE `a=sendonly`, its tone stops) and resumes it
+/// (`a=sendrecv` with a new SRTP key, the tone again); alice's phone is linphone-cli, which restarts its media after
+/// a hold (baresip 1.0 does not). The call is not dropped: Teams hangs up at the end.
+#[test]
+fn teams_holds_and_resumes_a_call_and_the_phone_hears_it_stop_and_come_back() {
+    let Some(LinphoneCall {
+        emu,
+        gw,
+        _dir,
+        mut alice,
+        talk,
+        call_id,
+    }) = linphone_calls_teams()
+    else {
+        return;
+    };
 
     let held = alice.record("held.wav");
     let mark = alice.mark();
@@ -814,22 +866,11 @@ fn teams_holds_and_resumes_a_call_and_the_phone_hears_it_stop_and_come_back() {
         keys.len() == 2 && keys[0] != keys[1],
         "hold and resume offers: {keys:?}"
     );
-    let share = |path: &std::path::Path| {
-        let Ok(bytes) = std::fs::read(path) else {
-            return 0.0;
-        };
-        let Ok(mut pcm) = csps_tests::audio::read_wav(&bytes) else {
-            return 0.0;
-        };
-        // Without its first half second (the jitter buffer fills, the stream starts).
-        let half = (pcm.rate / 2) as usize;
-        if pcm.samples.len() <= 2 * half {
-            return 0.0;
-        }
-        pcm.samples.drain(..half);
-        csps_tests::audio::tone_share(&pcm, 1000.0)
-    };
-    let (before, during, after) = (share(&talk), share(&held), share(&resumed));
+    let (before, during, after) = (
+        teams_tone_share(&talk),
+        teams_tone_share(&held),
+        teams_tone_share(&resumed),
+    );
     eprintln!("tone share: before {before:.2}, held {during:.2}, resumed {after:.2}");
     assert!(
         before > 0.5 && during < 0.1 && after > 0.5,
@@ -846,26 +887,17 @@ fn teams_holds_and_resumes_a_call_and_the_phone_hears_it_stop_and_come_back() {
 /// is not dropped, and after the resume alice hears Teams' tone again.
 #[test]
 fn a_phone_holds_and_resumes_a_call_through_the_trunk_and_hears_teams_again() {
-    if !csps_tests::have_tool("linphonec") {
-        csps_tests::skip("linphonec not installed (run e2e/setup)");
+    let Some(LinphoneCall {
+        emu,
+        gw,
+        _dir,
+        mut alice,
+        talk,
+        call_id,
+    }) = linphone_calls_teams()
+    else {
         return;
-    }
-    let Some((emu, gw)) = peers() else { return };
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut alice = Linphone::register(
-        dir.path(),
-        gw.sip_addr(),
-        ("alice", "alice-secret-1", DOMAIN),
-    );
-    let tone = dir.path().join("tone-600.wav");
-    write_tone(&tone, 600.0);
-    alice.play(&tone);
-    let talk = alice.record("talk.wav");
-    let mark = alice.call(&format!("sip:{CALLED}@{DOMAIN}"));
-    alice.expect_media(mark);
-    let call = answered_call_to(&emu, &|n| n == CALLED, "alice's call reached Teams");
-    let call_id = call["call_id"].as_str().unwrap_or_default().to_owned();
-    std::thread::sleep(TALK);
+    };
 
     alice.hold();
     wait_call(&emu, &call_id, "alice's hold reached Teams", |c| {
@@ -884,21 +916,7 @@ fn a_phone_holds_and_resumes_a_call_through_the_trunk_and_hears_teams_again() {
     alice.hang_up();
     alice.expect_ended(mark);
 
-    let share = |path: &std::path::Path| {
-        let Ok(bytes) = std::fs::read(path) else {
-            return 0.0;
-        };
-        let Ok(mut pcm) = csps_tests::audio::read_wav(&bytes) else {
-            return 0.0;
-        };
-        let half = (pcm.rate / 2) as usize;
-        if pcm.samples.len() <= 2 * half {
-            return 0.0;
-        }
-        pcm.samples.drain(..half);
-        csps_tests::audio::tone_share(&pcm, 1000.0)
-    };
-    let (before, after) = (share(&talk), share(&resumed));
+    let (before, after) = (teams_tone_share(&talk), teams_tone_share(&resumed));
     eprintln!("tone share: before {before:.2}, after the resume {after:.2}");
     assert!(
         before > 0.5 && after > 0.5,
