@@ -309,6 +309,11 @@ pub(crate) fn keep_output(
 }
 
 impl Gateway {
+    /// [`Gateway::start`], or `None` after [`skip`] saying why it could not.
+    pub fn start_or_skip() -> Option<Gateway> {
+        Gateway::start().map_err(|e| skip(&e)).ok()
+    }
+
     /// Starts a gateway with the default options; `Err` names a missing prerequisite.
     pub fn start() -> Result<Gateway, String> {
         Self::start_with(GatewayOptions::default())

@@ -414,9 +414,8 @@ fn me_is_the_end_users_own_data_only() {
     }) else {
         return;
     };
-    let gw = match Gateway::start() {
-        Ok(gw) => gw,
-        Err(e) => return skip(&e),
+    let Some(gw) = Gateway::start_or_skip() else {
+        return;
     };
     let send = |method: &str, path: &str, token: Option<&str>| {
         http::request(gw.http, method, path, token, None)

@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use csps_tests::emulator::{EmulatorOptions, TeamsEmulator};
-use csps_tests::{Gateway, http, metric_sum, skip};
+use csps_tests::{Gateway, http, metric_sum};
 use serde_json::{Value, json};
 
 const TENANT: &str = "5a1e7c1d-0000-4000-8000-0000000000a7";
@@ -54,13 +54,7 @@ fn world() -> Option<World> {
         ],
         ..EmulatorOptions::default()
     })?;
-    let gw = match Gateway::start() {
-        Ok(gw) => gw,
-        Err(e) => {
-            skip(&e);
-            return None;
-        }
-    };
+    let gw = Gateway::start_or_skip()?;
     let base = emu.base_url();
     for (leaf, value) in [
         ("SpsAzureApp.Tenant", TENANT),

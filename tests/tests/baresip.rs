@@ -29,12 +29,8 @@ fn baresip_registers_two_accounts() {
         skip("baresip not installed (run e2e/setup)");
         return;
     }
-    let gw = match Gateway::start() {
-        Ok(gw) => gw,
-        Err(why) => {
-            skip(&why);
-            return;
-        }
+    let Some(gw) = Gateway::start_or_skip() else {
+        return;
     };
     gw.create_user("alice", "alice-password");
     gw.create_user("bob", "bob-password");

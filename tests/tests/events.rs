@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use csps_tests::emulator::{EmulatorOptions, TeamsEmulator};
 use csps_tests::sse::{Event, EventStream};
-use csps_tests::{Gateway, Sipp, free_port, skip, wait_until};
+use csps_tests::{Gateway, Sipp, free_port, wait_until};
 use serde_json::json;
 
 const DOMAIN: &str = "csps.local";
@@ -51,9 +51,8 @@ fn listeners_become(gw: &Gateway, n: f64) -> bool {
 
 #[test]
 fn registrations_and_config_changes_reach_the_event_stream() {
-    let gw = match Gateway::start() {
-        Ok(g) => g,
-        Err(e) => return skip(&e),
+    let Some(gw) = Gateway::start_or_skip() else {
+        return;
     };
     gw.create_user("ev-alice", "secret-ev");
     gw.trust("127.0.0.0/8");
@@ -248,9 +247,8 @@ fn only_admins_of_the_admin_app_get_the_stream() {
     }) else {
         return;
     };
-    let gw = match Gateway::start() {
-        Ok(g) => g,
-        Err(e) => return skip(&e),
+    let Some(gw) = Gateway::start_or_skip() else {
+        return;
     };
     for (leaf, value) in [
         ("Tenant", TENANT),

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use csps_sip::Response;
 use csps_sip::digest::{self, Algorithm, DigestParams};
-use csps_tests::{Gateway, raw, skip};
+use csps_tests::{Gateway, raw};
 
 const DOMAIN: &str = "csps.local";
 /// The default of `Data.SipConfig.NatExpires`.
@@ -99,12 +99,8 @@ fn register(
 
 #[test]
 fn nat_register_keeps_the_real_source_short_interval_and_keepalives() {
-    let gw = match Gateway::start() {
-        Ok(gw) => gw,
-        Err(why) => {
-            skip(&why);
-            return;
-        }
+    let Some(gw) = Gateway::start_or_skip() else {
+        return;
     };
     gw.create_user("natted", "secret-nat");
     gw.create_user("direct", "secret-direct");

@@ -75,12 +75,8 @@ fn schemathesis_finds_no_server_error_or_schema_mismatch() {
         skip("schemathesis not found (e2e/setup installs it into /opt/csps-venv)");
         return;
     };
-    let gw = match Gateway::start() {
-        Ok(g) => g,
-        Err(e) => {
-            skip(&e);
-            return;
-        }
+    let Some(gw) = Gateway::start_or_skip() else {
+        return;
     };
 
     // The Swagger UI comes out of the binary, to local clients only.

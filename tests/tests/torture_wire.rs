@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use csps_sip::validate::check_request;
 use csps_sip::{Message, parse};
-use csps_tests::{Gateway, skip};
+use csps_tests::Gateway;
 
 fn data(name: &str) -> Vec<u8> {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -130,9 +130,8 @@ fn alive(gw: &Gateway) {
 
 #[test]
 fn torture_messages_over_udp_and_tcp() {
-    let gw = match Gateway::start() {
-        Ok(g) => g,
-        Err(e) => return skip(&e),
+    let Some(gw) = Gateway::start_or_skip() else {
+        return;
     };
     let mut wrong = Vec::new();
     let mut seen = BTreeMap::new();

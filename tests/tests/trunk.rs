@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use csps_tests::emulator::{EmulatorOptions, TeamsEmulator};
-use csps_tests::{Gateway, skip, wait_until};
+use csps_tests::{Gateway, wait_until};
 use serde_json::Value;
 
 const FQDN: &str = "sbc1.csps.test";
@@ -19,13 +19,7 @@ fn peers() -> Option<(TeamsEmulator, Gateway)> {
         sip_fqdn: Some(FQDN.into()),
         ..EmulatorOptions::default()
     })?;
-    let gw = match Gateway::start() {
-        Ok(g) => g,
-        Err(e) => {
-            skip(&e);
-            return None;
-        }
-    };
+    let gw = Gateway::start_or_skip()?;
     Some((emu, gw))
 }
 

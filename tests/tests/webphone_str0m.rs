@@ -220,13 +220,7 @@ fn setup() -> Option<Setup> {
         tenant: TENANT.into(),
         ..EmulatorOptions::default()
     })?;
-    let gw = match Gateway::start() {
-        Ok(gw) => gw,
-        Err(e) => {
-            skip(&e);
-            return None;
-        }
-    };
+    let gw = Gateway::start_or_skip()?;
     let authority = emu.base_url();
     for (leaf, value) in [
         ("SpsAzureApp.Tenant", TENANT),
