@@ -421,6 +421,22 @@ fn teams_does(emu: &TeamsEmulator, call_id: &str, action: &str, body: Option<Val
         .status
 }
 
+/// Teams hangs up its call `call_id` and the gateway has no call left; then half a second
+/// for the phone to close its recording on the BYE.
+fn teams_hangs_up(emu: &TeamsEmulator, gw: &Gateway, call_id: &str) {
+    assert_eq!(teams_does(emu, call_id, "bye", None), 204);
+    assert!(
+        wait_until(Duration::from_secs(10), || gw
+            .api("GET", "/api/calls", None)
+            .json()
+            .as_array()
+            .is_some_and(Vec::is_empty)),
+        "the call ended: {}",
+        gw.log_tail(30)
+    );
+    std::thread::sleep(Duration::from_millis(500));
+}
+
 /// The emulator's record of its answered call out to a number (or URI) `to` accepts, once
 /// there is one.
 fn answered_call_to(emu: &TeamsEmulator, to: &dyn Fn(&str) -> bool, what: &str) -> Value {
@@ -520,17 +536,7 @@ fn transfer_by_teams(
     // Teams hangs up whichever call the phone is in now; the phone gets the BYE.
     let now_in = target.as_ref().unwrap_or(&original);
     let now_id = now_in["call_id"].as_str().unwrap_or_default();
-    assert_eq!(teams_does(&emu, now_id, "bye", None), 204);
-    assert!(
-        wait_until(Duration::from_secs(10), || gw
-            .api("GET", "/api/calls", None)
-            .json()
-            .as_array()
-            .is_some_and(Vec::is_empty)),
-        "the call ended: {}",
-        gw.log_tail(30)
-    );
-    std::thread::sleep(Duration::from_millis(500));
+    teams_hangs_up(&emu, &gw, now_id);
     drop(phone);
     let heard = csps_tests::audio::heard_in(dir.path()).expect("alice's recording");
     let original = wait_call(&emu, &call_id, "the original call", |_| true);
@@ -739,6 +745,127 @@ fn a_refer_from_teams_to_a_busy_number_is_notified_and_the_call_goes_on() {
         end > 0.5,
         "alice still hears Teams after the failed transfer ({end})\n{}",
         t.gw.log_tail(30)
+    );
+}
+
+/// Sets `user`'s `activated` flag through the API.
+fn set_activated(gw: &Gateway, user: &str, activated: bool) {
+    let users = gw.api("GET", "/api/users", None).json();
+    let id = users
+        .as_array()
+        .and_then(|a| a.iter().find(|u| u["username"] == user))
+        .and_then(|u| u["id"].as_str())
+        .unwrap_or_else(|| panic!("no user {user}: {users}"))
+        .to_owned();
+    let r = gw.api(
+        "PATCH",
+        &format!("/api/users/{id}"),
+        Some(&json!({"activated": activated})),
+    );
+    assert_eq!(r.status, 200, "PATCH activated: {}", r.body);
+}
+
+/// Issue 5: a phone transfers its call to a number through the trunk. alice's baresip phone
+/// (440 Hz) calls bob (SIPp, activated), who REFERs her to TARGET; for Teams that is bob's
+/// call (the only identity Direct Routing accepts from the gateway is an activated user's
+/// number): bob's number in From, P-Asserted-Identity and Referred-By, the INVITE shaped as
+/// every trunk INVITE (FQDN in Via and Contact, SRTP, session timer). Bob gets 202, NOTIFY 100
+/// and 200 and the gateway's BYE (his scenario checks them); alice, on plain RTP, hears the
+/// target's tone, and the target hears her.
+#[test]
+fn a_phone_transfers_its_call_to_a_number_through_the_trunk() {
+    const TARGET: &str = "+12065550177";
+    let Some((emu, gw)) = peers() else {
+        return;
+    };
+    if !csps_tests::have_tool("baresip") {
+        csps_tests::skip("baresip not installed (run e2e/setup)");
+        return;
+    }
+    set_activated(&gw, "bob", true);
+    let bob = Sipp::callee(
+        "uas_transfer.xml",
+        gw.sip_addr(),
+        ("bob", "bob-secret-1"),
+        DOMAIN,
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+    .key("target", TARGET)
+    .key("domain", DOMAIN);
+    let bob = std::thread::spawn(move || bob.run());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let phone = csps_tests::baresip::registered_tone_phone(
+        &gw,
+        dir.path(),
+        ("alice", DOMAIN),
+        440,
+        &[&format!("/dial sip:bob@{DOMAIN}")],
+    );
+    let bob = bob.join().expect("bob's thread");
+    assert_ok(&gw, &emu, "bob's transfer", &bob);
+    let target = answered_call_to(&emu, &|n| n == TARGET, "the transfer's call answered");
+    std::thread::sleep(TALK);
+    let calls = gw.api("GET", "/api/calls", None).json();
+    let call_id = target["call_id"].as_str().unwrap_or_default().to_owned();
+    teams_hangs_up(&emu, &gw, &call_id);
+    drop(phone);
+    let target = wait_call(&emu, &call_id, "the transfer's call", |_| true);
+    let legs = calls[0]["legs"].as_array().cloned().unwrap_or_default();
+    assert_srtp_on_the_teams_leg_only(&legs);
+    let parties: Vec<&str> = legs.iter().filter_map(|l| l["party"].as_str()).collect();
+    assert!(
+        parties.len() == 2
+            && parties[0] == format!("sip:alice@{DOMAIN}")
+            && parties[1].starts_with(&format!("sip:{TARGET}@")),
+        "alice talks to the target: {calls:#}"
+    );
+    assert_eq!(target["tone_hz"], 650, "{target:#}");
+    assert_eq!(target["srtp"], true, "{target:#}");
+    assert!(
+        target["rtp"]["received"].as_u64().unwrap_or(0) >= 20,
+        "alice's audio reaches the target: {target:#}"
+    );
+    let log = emu.sip_messages();
+    let msg = log
+        .iter()
+        .find(|e| e["method"] == "INVITE" && e["call_id"] == target["call_id"])
+        .and_then(|e| e["message"].as_str())
+        .unwrap_or_else(|| panic!("no INVITE for the transfer: {log:#?}"));
+    let asserted = format!("<sip:{BOB}@{FQDN};user=phone>");
+    for h in ["From", "P-Asserted-Identity", "Referred-By"] {
+        assert!(
+            header(msg, h)
+                .first()
+                .is_some_and(|v| v.contains(&asserted)),
+            "{h} is bob's number: {msg}"
+        );
+    }
+    assert_eq!(
+        header(msg, "Contact"),
+        [format!("<sip:{BOB}@{FQDN}:5061;transport=tls>")],
+        "{msg}"
+    );
+    assert!(
+        header(msg, "Via")[0].starts_with(&format!("SIP/2.0/TLS {FQDN}:5061;")),
+        "{msg}"
+    );
+    assert!(
+        !msg.contains("ceo@"),
+        "a phone's Referred-By passed on: {msg}"
+    );
+    assert_eq!(
+        header(msg, "Session-Expires"),
+        ["1800;refresher=uas"],
+        "{msg}"
+    );
+    assert_savp(msg);
+    let heard = csps_tests::audio::heard_in(dir.path()).expect("alice's recording");
+    let last = share_at_end(&heard, 1.5, 650.0);
+    eprintln!("tone share: alice hears the target {last:.2}");
+    assert!(
+        last > 0.5,
+        "alice hears the target at 650 Hz ({last})\n{}",
+        gw.log_tail(30)
     );
 }
 

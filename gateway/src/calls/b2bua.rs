@@ -151,8 +151,8 @@ pub enum Input {
         from: Remote,
         /// The REFER.
         req: Request,
-        /// Where the transfer goes, or why it cannot.
-        target: Result<TransferTarget, ReferRefusal>,
+        /// Where the transfer goes, or why it cannot (boxed: the other inputs are small).
+        target: Box<Result<TransferTarget, ReferRefusal>>,
     },
 }
 
@@ -173,6 +173,9 @@ pub struct TransferTarget {
     /// Attended transfer: the AoR of the party whose dialog the Replaces names; only that
     /// party may refer with it (403 otherwise: no one hands over a call they are not in).
     pub referrer: Option<String>,
+    /// The caller the new leg asserts (From, P-Asserted-Identity, Referred-By) when it is not
+    /// the transferee: a transfer through the trunk goes out as the transferor's call.
+    pub asserted: Option<String>,
 }
 
 /// One confirmed leg of a running call as its device holds the dialog: what a Replaces names
@@ -990,7 +993,7 @@ impl Call {
             Input::Response { tag, resp } => self.on_response(now, tag, resp),
             Input::Refer {
                 key, req, target, ..
-            } => self.on_refer(now, key, req, target),
+            } => self.on_refer(now, key, req, *target),
             Input::Timeout { tag } => {
                 if let Some(i) = self.transfer_fork(tag) {
                     self.transfer_fork_failed(now, i, 408);
@@ -2562,6 +2565,10 @@ impl Call {
         // A transfer by Teams goes back through the trunk: the transferee is who Teams knew on
         // the transferor's leg (the user's number at the gateway's FQDN), and Teams' own
         // Referred-By (its x-m/x-t/x-ti/x-tt name the referring Teams user) goes with it.
+        if let Some(a) = &target.asserted {
+            transferee.clone_from(a);
+            transferor.clone_from(a);
+        }
         let teams = self.sbc_of(from_a).cloned();
         if let Some(s) = &teams {
             transferee = format!("<sip:{}@{};user=phone>", s.user, s.fqdn);
@@ -4255,6 +4262,7 @@ pub(super) mod tests {
             call_id: "t-call".into(),
             replaces: None,
             referrer: None,
+            asserted: None,
         }
     }
 
@@ -4274,7 +4282,7 @@ pub(super) mod tests {
                 key,
                 from: remote(from),
                 req,
-                target,
+                target: Box::new(target),
             },
         );
         drain(c)
@@ -4646,6 +4654,7 @@ pub(super) mod tests {
             call_id: "t-call".into(),
             replaces: None,
             referrer: None,
+            asserted: None,
         };
         let by = "<sip:sip.pstnhub.microsoft.com:5061;x-m=8:orgid:fa27;x-tt=aHR0cHM%3D>";
         let mut refer = in_dialog_b("REFER", 1, &inv1, None);

@@ -1238,7 +1238,7 @@ async fn run_room(t: RoomTask) {
                 Some(CallEvent::Sip(input)) => match input {
                     Input::Request { key, from, req } => r.on_request(key, from, req),
                     Input::Refer { key, from, req, target } => {
-                        r.on_refer(Instant::now(), key, from, req, target)
+                        r.on_refer(Instant::now(), key, from, req, *target)
                     }
                     Input::Response { tag, resp } => r.on_response(tag, resp),
                     Input::Timeout { tag } => r.on_timeout(tag),

@@ -216,6 +216,16 @@ impl Directory {
         }
     }
 
+    /// The confirmed leg of call `no` whose device holds dialog `call_id` with tag
+    /// `device_tag`: who sent an in-dialog request.
+    fn leg(&self, no: CallNo, call_id: &str, device_tag: &str) -> Option<b2bua::LegDialog> {
+        let m = self.dialogs.lock().ok()?;
+        m.get(&no)?
+            .iter()
+            .find(|l| l.call_id == call_id && l.device_tag == device_tag)
+            .cloned()
+    }
+
     /// The call other than `except` with a confirmed leg whose dialog `r` names, that leg and
     /// the call's other leg (if it has one a device holds).
     fn replaced(
@@ -461,6 +471,12 @@ pub fn route(
     }
 }
 
+/// The account (username, domain) of a party as a call asserts it (`"Name" <sip:user@domain>`).
+fn account_of(party: &str) -> Option<(String, String)> {
+    let uri = csps_sip::headers::NameAddr::parse(party).ok()?.uri;
+    Some((uri.user?, uri.host))
+}
+
 /// What the switch borrows from the core for one INVITE.
 pub struct InviteCx<'a> {
     /// The transaction layer (to answer).
@@ -617,15 +633,16 @@ impl Switch {
                 key,
                 from,
                 req,
-                target,
+                target: Box::new(target),
             },
         );
     }
 
     /// Where a REFER's Refer-To leads: the registered devices of a local user, or, with a
     /// Replaces (attended transfer), the other party of the referrer's consultation call; for
-    /// a REFER from Teams, the Refer-To itself through the trunk ([`teams::referred`]).
-    /// Transfers by a phone to a target through the trunk are not built yet.
+    /// a REFER from Teams, the Refer-To itself through the trunk ([`teams::referred`]); for a
+    /// phone's REFER to a number routed to Teams, a call through the trunk made as the
+    /// transferor's ([`Switch::trunk_transfer_target`]).
     fn transfer_target(
         &self,
         cx: &InviteCx<'_>,
@@ -661,6 +678,7 @@ impl Switch {
                 call_id,
                 replaces: None,
                 referrer: None,
+                asserted: None,
             });
         }
         let replaces = csps_sip::replaces::Replaces::in_uri(&uri)
@@ -671,18 +689,32 @@ impl Switch {
         let dialled = dialled(&uri)
             .ok_or_else(|| b2bua::ReferRefusal::Bad("Refer-To names no user".into()))?;
         let settings = self.settings.borrow().clone();
+        let emergency = rules::is_emergency(&dialled, &settings.emergency_numbers);
+        // The transferor: the phone whose dialog the REFER came in (a dialog's own tag is the
+        // From tag of the requests its device sends).
+        let transferor = self.by_req(req).and_then(|no| {
+            let from = req.from_hdr()?;
+            self.directory.leg(no, req.call_id()?, from.tag()?)
+        });
+        let account = transferor.as_ref().and_then(|l| account_of(&l.party));
         let query = RouteQuery {
             dialled: &dialled,
-            caller: None,
+            caller: account.as_ref().map(|(u, d)| (u.as_str(), d.as_str())),
             domain: &uri.host,
             device: None,
-            emergency: rules::is_emergency(&dialled, &settings.emergency_numbers),
+            emergency,
         };
         let (user, domain) = match route(&query, cx.accounts, None, &Pinned::builtin()) {
             Route::Local { user, domain } => (user, domain),
             Route::Reject { code, .. } => return Err(b2bua::ReferRefusal::Failed(code)),
-            // Transfers out through the trunk need the transferee's Teams identity.
-            _ => return Err(b2bua::ReferRefusal::Failed(501)),
+            Route::Teams(number) => {
+                return self.trunk_transfer_target(cx, &number, emergency, transferor, call_id);
+            }
+            Route::EmergencyUnrouted => {
+                let number = rules::dial_string(&dialled);
+                return self.trunk_transfer_target(cx, &number, true, transferor, call_id);
+            }
+            Route::WebUser(_) => return Err(b2bua::ReferRefusal::Failed(501)),
         };
         let mut devices = Vec::new();
         let targets = self.devices(cx, &user, &domain, Reach::Devices, &mut devices);
@@ -697,6 +729,47 @@ impl Switch {
             call_id,
             replaces: None,
             referrer: None,
+            asserted: None,
+        })
+    }
+
+    /// A phone's transfer to `number` through the Teams trunk. For Teams the new call is the
+    /// transferor's: Direct Routing knows the gateway's users by their numbers, so it goes out
+    /// as a call the transferor's account makes ([`teams::outgoing`]: only an activated
+    /// account, 403 otherwise, except for an emergency number), with the transferor's number
+    /// asserted in From, P-Asserted-Identity and Referred-By; only that phone may make it.
+    fn trunk_transfer_target(
+        &self,
+        cx: &InviteCx<'_>,
+        number: &str,
+        emergency: bool,
+        transferor: Option<b2bua::LegDialog>,
+        call_id: String,
+    ) -> Result<b2bua::TransferTarget, b2bua::ReferRefusal> {
+        let paths = self.trunk.borrow().clone();
+        let party = transferor.map(|l| l.party);
+        let account = party.as_deref().and_then(account_of);
+        let caller = account.as_ref().map(|(u, d)| (u.as_str(), d.as_str()));
+        let out = teams::outgoing(number, caller, emergency, cx.accounts, &paths).map_err(|r| {
+            tracing::info!(%number, status = r.status, "transfer to Teams refused: {}", r.warning);
+            b2bua::ReferRefusal::Failed(r.status)
+        })?;
+        let local = (cx.local_of)(&out.to);
+        let local = concrete_local(local, out.to.addr.ip()).unwrap_or(local);
+        tracing::info!(%number, proxy = %out.uri.host, "transfer by a phone through the trunk");
+        Ok(b2bua::TransferTarget {
+            party: format!("sip:{number}@{}", out.uri.host),
+            to: out.callee,
+            targets: vec![b2bua::Target {
+                to: out.to,
+                uri: out.uri,
+                local,
+                sbc: Some(out.sbc),
+            }],
+            call_id,
+            replaces: None,
+            referrer: party.as_deref().map(b2bua::party_aor),
+            asserted: Some(out.caller),
         })
     }
 
@@ -739,6 +812,7 @@ impl Switch {
                 early_only: false,
             }),
             targets: vec![other.target],
+            asserted: None,
         })
     }
 
