@@ -267,9 +267,18 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
         file.legacy_data = None;
     }
     // After the upgrade: saving a new key must not drop old-format tables not yet copied.
-    let secret = file
-        .ensure_secret_key(&config_path)
-        .map_err(ServeError::new)?;
+    let env_key = match std::env::var(local::SECRET_KEY_ENV) {
+        Ok(v) => Some(v),
+        Err(std::env::VarError::NotPresent) => None,
+        Err(std::env::VarError::NotUnicode(_)) => {
+            return Err(ServeError::new(format!(
+                "${}: secret_key is not base64url",
+                local::SECRET_KEY_ENV
+            )));
+        }
+    };
+    let secret =
+        local::secret_key(&mut file, &config_path, env_key.as_deref()).map_err(ServeError::new)?;
     let config = LiveConfig::open(store.clone(), &server_name)
         .await
         .map_err(|e| ServeError::new(format!("cannot read the configuration: {e}")))?;

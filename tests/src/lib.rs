@@ -177,6 +177,8 @@ pub struct GatewayOptions {
     /// Address the HTTP listener binds (default 127.0.0.1); with `0.0.0.0` the tests still talk
     /// to it on 127.0.0.1, and a network namespace the test made can reach it on its veth.
     pub http_ip: std::net::IpAddr,
+    /// Environment variables set for the process (beside the test's own).
+    pub env: Vec<(String, String)>,
 }
 
 impl GatewayOptions {
@@ -205,6 +207,7 @@ impl Default for GatewayOptions {
             ready_timeout: Duration::from_secs(20),
             echo_log: std::env::var_os("CSPS_TEST_LOG").is_some(),
             http_ip: std::net::Ipv4Addr::LOCALHOST.into(),
+            env: Vec::new(),
         }
     }
 }
@@ -257,11 +260,13 @@ pub fn strip_ansi(line: &str) -> String {
 fn spawn_logged(
     bin: &Path,
     args: &[std::ffi::OsString],
+    env: &[(String, String)],
     log: &Arc<Mutex<Vec<String>>>,
     echo: bool,
 ) -> Result<(Child, Vec<std::thread::JoinHandle<()>>), String> {
     let mut child = Command::new(bin)
         .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -361,7 +366,7 @@ impl Gateway {
         }
         args.extend(opts.extra_args.iter().map(Into::into));
         let log = Arc::new(Mutex::new(Vec::new()));
-        let (child, readers) = spawn_logged(&bin, &args, &log, opts.echo_log)?;
+        let (child, readers) = spawn_logged(&bin, &args, &opts.env, &log, opts.echo_log)?;
         let mut gw = Gateway {
             child,
             data_dir,
@@ -480,7 +485,13 @@ impl Gateway {
             return Err("csps is still running; stop it first".into());
         }
         self.settle_log();
-        let (child, readers) = spawn_logged(&self.bin, &self.args, &self.log, self.opts.echo_log)?;
+        let (child, readers) = spawn_logged(
+            &self.bin,
+            &self.args,
+            &self.opts.env,
+            &self.log,
+            self.opts.echo_log,
+        )?;
         self.child = child;
         self.readers = readers;
         self.wait_ready(self.opts.ready_timeout)

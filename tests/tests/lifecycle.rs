@@ -411,3 +411,40 @@ fn no_demo_account_without_the_flag() {
     let users = gw.api("GET", "/api/users", None).json();
     assert_eq!(users, serde_json::json!([]), "users: {users}");
 }
+
+/// `CSPS_SECRET_KEY` gives the secret key instead of the local file (so servers of a cluster
+/// can share it without copying files): the gateway starts with it, says so, digest works
+/// (the nonces are keyed by it), and nothing is written to `csps.toml`; a value that is not 32
+/// bytes of base64url stops the start with an error naming the variable.
+#[test]
+fn secret_key_from_the_environment_is_used_and_never_written() {
+    const KEY: &str = "B2QfJfGnVb0z7hO1l9vQm1cU3aXk5fPpQwErTyUiOpA";
+    let mut opts = GatewayOptions::default();
+    opts.env.push(("CSPS_SECRET_KEY".into(), KEY.into()));
+    let Some(gw) = start(opts) else {
+        return;
+    };
+    assert!(
+        log_has(&gw.log_lines(), "secret_key from CSPS_SECRET_KEY"),
+        "{}",
+        gw.log_tail(20)
+    );
+    gw.create_user("alice", "alice-secret-1");
+    assert_ok(&register(&gw, "alice", "alice-secret-1", 60).tcp().run());
+    let file = std::fs::read_to_string(gw.data_dir.path().join("csps.toml")).unwrap_or_default();
+    assert!(
+        !file.contains("secret_key") && !file.contains(KEY),
+        "csps.toml: {file}"
+    );
+
+    let mut bad = GatewayOptions::default();
+    bad.env.push(("CSPS_SECRET_KEY".into(), "c2hvcnQ".into()));
+    bad.ready_timeout = Duration::from_secs(10);
+    match Gateway::start_with(bad) {
+        Ok(_) => panic!("a 5-byte CSPS_SECRET_KEY was accepted"),
+        Err(why) => assert!(
+            why.contains("$CSPS_SECRET_KEY: secret_key must be 32 bytes"),
+            "{why}"
+        ),
+    }
+}

@@ -82,15 +82,9 @@ impl LocalFile {
     /// The secret key as bytes, generating and saving one when absent.
     pub fn ensure_secret_key(&mut self, path: &Path) -> Result<[u8; 32], LocalError> {
         if let Some(k) = &self.secret_key {
-            let bytes = URL_SAFE_NO_PAD
-                .decode(k.trim())
-                .map_err(|e| LocalError::Invalid {
-                    path: path.to_owned(),
-                    message: format!("secret_key is not base64url: {e}"),
-                })?;
-            return <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| LocalError::Invalid {
+            return decode_secret_key(k).map_err(|message| LocalError::Invalid {
                 path: path.to_owned(),
-                message: "secret_key must be 32 bytes".to_owned(),
+                message,
             });
         }
         let mut key = [0u8; 32];
@@ -100,6 +94,49 @@ impl LocalFile {
         tracing::info!(file = %path.display(), "generated a new secret_key");
         Ok(key)
     }
+}
+
+/// The environment variable that gives `secret_key` instead of the local file (servers of a
+/// cluster must share the key; a secret store can hand it over this way without a file).
+pub const SECRET_KEY_ENV: &str = "CSPS_SECRET_KEY";
+
+/// A `secret_key` value (base64url of 32 bytes, padding and surrounding space allowed) as
+/// bytes, or what is wrong with it.
+pub fn decode_secret_key(text: &str) -> Result<[u8; 32], String> {
+    let bytes = URL_SAFE_NO_PAD
+        .decode(text.trim().trim_end_matches('='))
+        .map_err(|e| format!("secret_key is not base64url: {e}"))?;
+    <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| {
+        format!(
+            "secret_key must be 32 bytes (43 base64url characters), not {}",
+            bytes.len()
+        )
+    })
+}
+
+/// The secret key: from [`SECRET_KEY_ENV`] when it is set (the file is then neither read for
+/// it nor written), else from the local file at `path`, generated there at first start.
+pub fn secret_key(
+    file: &mut LocalFile,
+    path: &Path,
+    env: Option<&str>,
+) -> Result<[u8; 32], LocalError> {
+    let Some(value) = env else {
+        return file.ensure_secret_key(path);
+    };
+    let key = decode_secret_key(value).map_err(|message| LocalError::Invalid {
+        path: PathBuf::from(format!("${SECRET_KEY_ENV}")),
+        message,
+    })?;
+    if file.secret_key.is_some() {
+        tracing::warn!(
+            file = %path.display(),
+            "{SECRET_KEY_ENV} is set: it overrides secret_key of the local file"
+        );
+    } else {
+        tracing::info!("secret_key from {SECRET_KEY_ENV}");
+    }
+    Ok(key)
 }
 
 /// Writes `bytes` to `path` with mode 0600, atomically.
@@ -211,5 +248,29 @@ mod tests {
             LocalFile::load(&path),
             Err(LocalError::Invalid { .. })
         ));
+    }
+
+    #[test]
+    fn secret_key_from_the_environment_wins_and_is_never_written() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("csps.toml");
+        let env = URL_SAFE_NO_PAD.encode([7u8; 32]);
+        let mut f = LocalFile::default();
+        assert_eq!(secret_key(&mut f, &path, Some(&env)).expect("env"), [7; 32]);
+        assert!(!path.exists(), "nothing generated nor written");
+        assert_eq!(f.secret_key, None);
+        let from_file = secret_key(&mut f, &path, None).expect("generated");
+        assert_ne!(from_file, [7; 32]);
+        assert_eq!(
+            secret_key(&mut f, &path, Some(&format!(" {env}= "))).expect("padded"),
+            [7; 32]
+        );
+        for bad in ["", "not base64!", &URL_SAFE_NO_PAD.encode([1u8; 16])] {
+            let e = secret_key(&mut f, &path, Some(bad)).expect_err(bad);
+            assert!(
+                e.to_string().starts_with("$CSPS_SECRET_KEY: secret_key"),
+                "{e}"
+            );
+        }
     }
 }
