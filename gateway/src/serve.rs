@@ -318,12 +318,13 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
     .map_err(ServeError::new)?;
 
     // Teams Busy presence follows the calls' user states, off the call path.
-    crate::presence::spawn(crate::presence::PresenceParts {
+    let presence = crate::presence::spawn(crate::presence::PresenceParts {
         states: sip.user_states.subscribe(),
         store: store.clone(),
         settings: config.subscribe(),
         metrics: metrics.clone(),
         renew: args.test_presence_renew_secs.map(Duration::from_secs),
+        calls: sip.calls.clone(),
     });
 
     let draining = Arc::new(AtomicBool::new(false));
@@ -416,6 +417,8 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
     {
         tracing::warn!("transactions still open after 32 s; stopping anyway");
     }
+    // The calls end with the process: Teams must not go on showing their users Busy.
+    presence.stop(Duration::from_secs(5)).await;
     if !archive.flush(Duration::from_secs(10)).await {
         tracing::warn!("call records still queued after 10 s; stopping anyway");
     }

@@ -234,6 +234,39 @@ fn busy_in_a_call_and_cleared_after_it() {
     assert_eq!(shown(&emu, carol).0, "Offline");
 }
 
+/// The gateway stops (SIGTERM) while alice and bob talk: their calls end with it, so both are
+/// cleared before the process exits (Teams would otherwise show them Busy for up to 5 minutes).
+#[test]
+fn cleared_when_the_gateway_stops_during_a_call() {
+    let Some((emu, mut gw)) = world(&[]) else {
+        return;
+    };
+    let dirs: Vec<_> = (0..2)
+        .map(|_| tempfile::tempdir().expect("temp dir"))
+        .collect();
+    let (_phones, _call) = alice_calls_bob(&gw, &dirs);
+    let (alice, bob) = (USERS[0].1, USERS[1].1);
+    wait_presence(&emu, &gw, &[alice, bob], "setPresence", 1);
+    assert!(presence_requests(&emu, alice, "clearPresence").is_empty());
+    gw.signal("TERM");
+    let status = gw.wait_exit(Duration::from_secs(45));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "exit: {status:?}\n{}",
+        gw.log_tail(20)
+    );
+    for upn in [alice, bob] {
+        assert_eq!(
+            presence_requests(&emu, upn, "clearPresence").len(),
+            1,
+            "{upn} cleared at the stop: {:#?}\n{}",
+            emu.requests_to("Presence"),
+            gw.log_tail(20)
+        );
+        assert_eq!(shown(&emu, upn).0, "Offline", "{upn} after the stop");
+    }
+}
+
 #[test]
 fn renewed_during_a_long_call_and_throttling_honoured() {
     let Some((emu, gw)) = world(&["--test-presence-renew-secs", "1"]) else {

@@ -59,16 +59,56 @@ pub struct PresenceParts {
     pub metrics: Arc<Metrics>,
     /// A shorter renewal interval than 4 minutes (tests only).
     pub renew: Option<Duration>,
+    /// The running calls: who is in an answered call, when user states were lost.
+    pub calls: crate::calls::Directory,
 }
 
-/// Starts the presence driver; it runs until the user-state channel closes.
-pub fn spawn(parts: PresenceParts) -> tokio::task::JoinHandle<()> {
+/// The running presence driver.
+pub struct Presence {
+    stop: mpsc::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Presence {
+    /// The gateway stops: clears every user shown Busy because of this server's calls (they
+    /// end with it; Teams would otherwise show Busy until the expiration), waiting at most
+    /// `within` for Graph.
+    pub async fn stop(self, within: Duration) {
+        let _ = self.stop.send(()).await;
+        if tokio::time::timeout(within, self.task).await.is_err() {
+            tracing::warn!("Teams presence: not every user was cleared within {within:?}");
+        }
+    }
+}
+
+/// Starts the presence driver; it runs until the user-state channel closes or
+/// [`Presence::stop`].
+pub fn spawn(parts: PresenceParts) -> Presence {
     let mut timing = Timing::default();
     if let Some(renew) = parts.renew.filter(|r| !r.is_zero()) {
         timing.renew = renew.min(timing.renew);
         tracing::warn!(?renew, "Teams presence is renewed early (a test setting)");
     }
-    tokio::spawn(run(parts, timing))
+    let (stop, stop_rx) = mpsc::channel(1);
+    Presence {
+        stop,
+        task: tokio::spawn(run(parts, timing, stop_rx)),
+    }
+}
+
+/// Every (AoR, call) pair of a phone's user in an answered call (as the call tasks publish
+/// them on the bus), for [`Input::Resync`].
+fn busy_pairs(calls: &[crate::calls::CallInfo]) -> Vec<(String, u64)> {
+    calls
+        .iter()
+        .filter(|c| c.answered_at.is_some())
+        .flat_map(|c| {
+            c.legs
+                .iter()
+                .filter(|l| l.kind == crate::calls::LegKind::Phone)
+                .map(|l| (l.party.clone(), c.id))
+        })
+        .collect()
 }
 
 /// True when `app` has what the client-credentials grant needs.
@@ -98,7 +138,7 @@ struct Env {
     done: mpsc::Sender<Input>,
 }
 
-async fn run(mut p: PresenceParts, timing: Timing) {
+async fn run(mut p: PresenceParts, timing: Timing, mut stop: mpsc::Receiver<()>) {
     let mut core = Sessions::new(timing);
     let (done_tx, mut done_rx) = mpsc::channel::<Input>(1024);
     let http = HttpClient::new();
@@ -112,12 +152,16 @@ async fn run(mut p: PresenceParts, timing: Timing) {
     let mut on = configured(&p.settings.borrow_and_update().admin_app);
     log_switch(on);
     let mut settings_open = true;
+    let mut stopping = false;
     let sleep = tokio::time::sleep(Duration::from_secs(3600));
     tokio::pin!(sleep);
     loop {
         while let Some(o) = core.poll_output() {
             let app = p.settings.borrow().admin_app.clone();
             dispatch(&env, app, o);
+        }
+        if stopping && core.is_empty() {
+            break;
         }
         let next = core.poll_timeout();
         if let Some(t) = next {
@@ -133,11 +177,23 @@ async fn run(mut p: PresenceParts, timing: Timing) {
                     core.handle(Instant::now(), Input::UserState { aor, busy, call });
                 }
                 Err(broadcast::error::RecvError::Lagged(n)) => {
-                    tracing::warn!(missed = n, "Teams presence fell behind the calls' user states");
+                    tracing::warn!(missed = n, "Teams presence fell behind the calls' user states; resyncing from the running calls");
                     failed(&p.metrics, "lagged");
+                    if !core.resyncing() {
+                        core.handle(Instant::now(), Input::Lagged);
+                        let (calls, done) = (p.calls.clone(), env.done.clone());
+                        tokio::spawn(async move {
+                            let busy = busy_pairs(&calls.list().await);
+                            let _ = done.send(Input::Resync { busy }).await;
+                        });
+                    }
                 }
                 Err(broadcast::error::RecvError::Closed) => break,
             },
+            Some(()) = stop.recv(), if !stopping => {
+                stopping = true;
+                core.handle(Instant::now(), Input::Shutdown);
+            }
             Some(input) = done_rx.recv() => core.handle(Instant::now(), input),
             () = &mut sleep, if next.is_some() => core.handle_timeout(Instant::now()),
             changed = p.settings.changed(), if settings_open => {

@@ -139,6 +139,19 @@ pub enum Input {
         /// How it went.
         outcome: Outcome,
     },
+    /// User states were lost (the bus lagged): the driver takes a snapshot of the answered
+    /// calls and answers with [`Input::Resync`]; the events until then are kept to replay on
+    /// top of it, as the snapshot may be older or newer than each of them.
+    Lagged,
+    /// Every (AoR, call) pair in an answered call, from a snapshot taken after [`Input::Lagged`]:
+    /// it replaces what the lost events left, and each user is brought in line (set or cleared).
+    Resync {
+        /// `sip:user@domain` and the call.
+        busy: Vec<(String, u64)>,
+    },
+    /// The gateway stops, and its calls with it: every user shown Busy because of them is
+    /// cleared, and nobody becomes busy any more.
+    Shutdown,
 }
 
 /// Work for the driver.
@@ -213,6 +226,10 @@ pub struct Sessions {
     /// Wake-ups (a user's renewal or retry); an entry outdated by a later change only causes a
     /// harmless look at that user.
     timers: BinaryHeap<Reverse<(Instant, String)>>,
+    /// Since [`Input::Lagged`], until [`Input::Resync`]: the user states seen, in order.
+    since_lag: Option<Vec<(String, bool, u64)>>,
+    /// After [`Input::Shutdown`].
+    stopping: bool,
 }
 
 impl Sessions {
@@ -225,6 +242,8 @@ impl Sessions {
             next_id: 1,
             out: VecDeque::new(),
             timers: BinaryHeap::new(),
+            since_lag: None,
+            stopping: false,
         }
     }
 
@@ -242,6 +261,12 @@ impl Sessions {
     pub fn handle(&mut self, now: Instant, input: Input) {
         match input {
             Input::UserState { aor, busy, call } => {
+                if busy && self.stopping {
+                    return;
+                }
+                if let Some(seen) = &mut self.since_lag {
+                    seen.push((aor.clone(), busy, call));
+                }
                 if busy {
                     self.users
                         .entry(aor.clone())
@@ -304,6 +329,63 @@ impl Sessions {
                 }
                 self.step(now, &aor);
             }
+            Input::Lagged => {
+                self.since_lag.get_or_insert_with(Vec::new);
+            }
+            Input::Resync { busy } => self.resync(now, busy),
+            Input::Shutdown => {
+                self.stopping = true;
+                let users: Vec<String> = self.users.keys().cloned().collect();
+                for aor in users {
+                    if let Some(u) = self.users.get_mut(&aor) {
+                        u.calls.clear();
+                    }
+                    self.step(now, &aor);
+                }
+            }
+        }
+    }
+
+    /// True between [`Input::Lagged`] and [`Input::Resync`]: a snapshot is on its way.
+    pub fn resyncing(&self) -> bool {
+        self.since_lag.is_some()
+    }
+
+    /// Replaces every user's calls by the snapshot `busy` with the events seen since the lag
+    /// replayed on it; a snapshot without a lag before it is ignored.
+    fn resync(&mut self, now: Instant, busy: Vec<(String, u64)>) {
+        let Some(seen) = self.since_lag.take() else {
+            return;
+        };
+        let mut calls: HashMap<String, BTreeSet<u64>> = HashMap::new();
+        for (aor, call) in busy {
+            calls.entry(aor).or_default().insert(call);
+        }
+        for (aor, on, call) in seen {
+            let set = calls.entry(aor).or_default();
+            if on && !self.stopping {
+                set.insert(call);
+            } else {
+                set.remove(&call);
+            }
+        }
+        let mut aors: Vec<String> = self.users.keys().cloned().collect();
+        aors.extend(
+            calls
+                .keys()
+                .filter(|a| !self.users.contains_key(*a))
+                .cloned(),
+        );
+        for aor in aors {
+            let now_calls = calls.remove(&aor).unwrap_or_default();
+            if now_calls.is_empty() && !self.users.contains_key(&aor) {
+                continue;
+            }
+            self.users
+                .entry(aor.clone())
+                .or_insert_with(User::new)
+                .calls = now_calls;
+            self.step(now, &aor);
         }
     }
 
@@ -473,6 +555,57 @@ mod tests {
             let r = self.alice_setting(call);
             self.result(r.id, Outcome::Done);
         }
+    }
+
+    #[test]
+    fn a_lag_is_mended_by_the_snapshot_with_the_later_events_replayed() {
+        let mut w = World::new();
+        w.alice_busy(1);
+        // Lost: alice's call 1 ended, bob's call 2 began. Seen after the lag: bob's call 3
+        // began and ended (the snapshot, taken later, may not know it ended), carol's call 4
+        // began (the snapshot, taken earlier, may not know it).
+        w.s.handle(w.now, Input::Lagged);
+        w.state(BOB, true, 3);
+        assert_eq!(w.outputs(), vec![Output::Lookup { aor: BOB.into() }]);
+        w.state(BOB, false, 3);
+        w.state("sip:carol@csps.local", true, 4);
+        assert_eq!(
+            w.outputs(),
+            vec![Output::Lookup {
+                aor: "sip:carol@csps.local".into()
+            }]
+        );
+        let busy = vec![(BOB.to_owned(), 2), (BOB.to_owned(), 3)];
+        w.s.handle(w.now, Input::Resync { busy });
+        // Alice is cleared; bob and carol wait for their lookups.
+        let r = w.request();
+        assert_eq!((r.aor.as_str(), r.action), (ALICE, Action::Clear));
+        w.result(r.id, Outcome::Done);
+        w.identity(BOB, Some("bob@contoso.com"));
+        assert_eq!(w.request().action, Action::SetBusy, "bob is in call 2");
+        w.identity("sip:carol@csps.local", Some("carol@contoso.com"));
+        assert_eq!(w.request().action, Action::SetBusy, "carol is in call 4");
+        // A snapshot with no lag before it changes nothing.
+        w.s.handle(w.now, Input::Resync { busy: Vec::new() });
+        assert!(w.outputs().is_empty());
+        assert_eq!(w.s.len(), 2);
+    }
+
+    #[test]
+    fn shutdown_clears_everyone_shown_busy_and_sets_nobody() {
+        let mut w = World::new();
+        w.alice_busy(1);
+        w.state(BOB, true, 2);
+        assert_eq!(w.outputs(), vec![Output::Lookup { aor: BOB.into() }]);
+        w.s.handle(w.now, Input::Shutdown);
+        let r = w.request();
+        assert_eq!((r.aor.as_str(), r.action), (ALICE, Action::Clear));
+        w.result(r.id, Outcome::Done);
+        // Bob's lookup comes back after the stop: his Busy is never set.
+        w.identity(BOB, Some("bob@contoso.com"));
+        w.state("sip:carol@csps.local", true, 3);
+        assert!(w.outputs().is_empty());
+        assert!(w.s.is_empty());
     }
 
     #[test]
