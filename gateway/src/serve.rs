@@ -347,6 +347,8 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
     );
     refresher.clone().spawn();
     api_state.activation.key = Some(token_key);
+    // Sign-in states sealed with the same secret_key: any server of a cluster completes them.
+    api_state.activation.pending = Arc::new(crate::auth::activation::PendingSignIns::new(&secret));
     api_state.activation.refresher = Some(refresher);
     api_state.calls = sip.calls.clone();
     api_state.trunk = sip.trunk.clone();

@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use csps_tests::emulator::{EmulatorOptions, TeamsEmulator};
-use csps_tests::{Gateway, http, metric_sum};
+use csps_tests::{Gateway, GatewayOptions, http, metric_sum};
 use serde_json::{Value, json};
 
 const TENANT: &str = "5a1e7c1d-0000-4000-8000-0000000000a7";
@@ -46,6 +46,11 @@ struct World {
 }
 
 fn world() -> Option<World> {
+    world_with(GatewayOptions::default())
+}
+
+/// The emulated tenant with its users, and a gateway started with `opts` (see [`configure`]).
+fn world_with(opts: GatewayOptions) -> Option<World> {
     let emu = TeamsEmulator::start_or_skip(&EmulatorOptions {
         tenant: TENANT.into(),
         clients: vec![
@@ -54,7 +59,28 @@ fn world() -> Option<World> {
         ],
         ..EmulatorOptions::default()
     })?;
-    let gw = Gateway::start_or_skip()?;
+    for (_, upn, phone) in USERS {
+        emu_post(
+            &emu,
+            "/test/users",
+            &json!({"upn": upn, "phone": phone}),
+            201,
+        );
+    }
+    let gw = match Gateway::start_with(opts) {
+        Ok(gw) => gw,
+        Err(e) => {
+            csps_tests::skip(&e);
+            return None;
+        }
+    };
+    let ids = configure(&gw, &emu);
+    Some(World { emu, gw, ids })
+}
+
+/// Points `gw`'s end-user and admin apps at the emulator and creates the accounts of [`USERS`]:
+/// SIP user → account id.
+fn configure(gw: &Gateway, emu: &TeamsEmulator) -> std::collections::HashMap<&'static str, String> {
     let base = emu.base_url();
     for (leaf, value) in [
         ("SpsAzureApp.Tenant", TENANT),
@@ -70,13 +96,7 @@ fn world() -> Option<World> {
         gw.set_global(leaf, json!(value));
     }
     let mut ids = std::collections::HashMap::new();
-    for (user, upn, phone) in USERS {
-        emu_post(
-            &emu,
-            "/test/users",
-            &json!({"upn": upn, "phone": phone}),
-            201,
-        );
+    for (user, upn, _) in USERS {
         let r = gw.api(
             "POST",
             "/api/users",
@@ -85,7 +105,7 @@ fn world() -> Option<World> {
         assert_eq!(r.status, 201, "{user}: {}", r.body);
         ids.insert(user, r.json()["id"].as_str().unwrap_or_default().to_owned());
     }
-    Some(World { emu, gw, ids })
+    ids
 }
 
 fn emu_post(emu: &TeamsEmulator, path: &str, body: &Value, status: u16) {
@@ -393,6 +413,40 @@ fn activation_binds_the_teams_identity_and_the_refresh_task_keeps_tokens_fresh()
     );
     assert_eq!(r.status, 200, "{}", r.body);
     assert_untouched(&w, "bob");
+}
+
+/// Behind a load balancer the callback may reach another server than `/activate` did: with
+/// the same `secret_key` (`CSPS_SECRET_KEY`) that server completes the sign-in (the state
+/// carries it, sealed); a server with another key refuses it with the error page. (Each server
+/// here has its own embedded store with the same accounts, so whose store the binding went to
+/// shows which server completed it.)
+#[test]
+fn a_sign_in_started_on_one_server_completes_on_another_with_the_same_key() {
+    const KEY: &str = "1oJKe4aQ0_2vq8cWmX3y5Z7b9dFhTjLnPrRtVxXzBdE";
+    let mut shared = GatewayOptions::default();
+    shared.env.push(("CSPS_SECRET_KEY".into(), KEY.into()));
+    let Some(w) = world_with(shared.clone()) else {
+        return;
+    };
+    let other = Gateway::start_with(shared).unwrap_or_else(|e| panic!("second server: {e}"));
+    let other_ids = configure(&other, &w.emu);
+    let stranger = Gateway::start_with(GatewayOptions::default()).unwrap_or_else(|e| panic!("{e}"));
+    configure(&stranger, &w.emu);
+
+    let cb = callback_url(&w, Some("alice@contoso.test"));
+    let r = http::request(stranger.http, "GET", &cb, None, None).expect("callback");
+    assert_error_page(&r, 400, "unknown, already used, or expired");
+    let r = http::request(other.http, "GET", &cb, None, None).expect("callback");
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert_eq!(r.header("location"), Some("/me?activated=1"));
+    let r = other.api("GET", &format!("/api/users/{}", other_ids["alice"]), None);
+    let alice = r.json();
+    assert_eq!(alice["activated"], true, "{alice}");
+    assert_eq!(alice["teams"]["upn"], "alice@contoso.test", "{alice}");
+    assert_untouched(&w, "alice");
+    // Used once on that server.
+    let r = http::request(other.http, "GET", &cb, None, None).expect("callback");
+    assert_error_page(&r, 400, "unknown, already used, or expired");
 }
 
 /// Every refusal ends on an error page with nothing stored.

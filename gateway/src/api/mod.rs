@@ -73,7 +73,7 @@ pub struct ApiState {
 /// What activation needs besides the store and the configuration.
 #[derive(Clone, Default)]
 pub struct Activation {
-    /// The sign-ins started on this server.
+    /// Starts sign-ins and takes their callbacks back (with `secret_key`: on any server).
     pub pending: Arc<crate::auth::activation::PendingSignIns>,
     /// Seals refresh tokens (`None` until `serve` hands the local `secret_key` over: activation
     /// then answers 503).

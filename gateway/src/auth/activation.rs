@@ -2,20 +2,24 @@
 //! runs once through the gateway (`/activate`, see `api::activate`): the gateway, a confidential
 //! web client of the end-user app (`Data.SpsAzureApp`), sends the browser to
 //! `{authority}/{tenant}/oauth2/v2.0/authorize` with a one-shot `state`, a `nonce` and a code
-//! challenge, kept here (in this server's memory) for [`STATE_TTL`]; the callback takes them back
-//! (unknown, reused or expired: refused), redeems the code at the token endpoint with the
+//! challenge; the callback takes them back (unknown, reused or older than [`STATE_TTL`]:
+//! refused), redeems the code at the token endpoint with the
 //! verifier (and the client secret when one is configured), and gets an ID token, whose
 //! signature, issuer, audience and nonce `Authenticator::id_token` checks, and a refresh token
 //! (scope `offline_access`), which the caller seals ([`super::sealed`]) and stores. The same
 //! token endpoint refreshes it ([`refresh`]), as the nightly task does (`super::refresh`).
 //!
-//! The pending sign-ins live in the memory of the server that started them: behind a load
-//! balancer, `/activate` and its callback must reach the same server (session affinity), as
-//! the callback arrives seconds later from the same browser.
+//! No server keeps the pending sign-in: the `state` itself carries the verifier, the nonce,
+//! the redirect URI and the start time, sealed ([`super::sealed`], AES-256-GCM under a key
+//! derived from `secret_key`), so behind a load balancer the callback may reach any server of
+//! the cluster (they share `secret_key`) and no session affinity is needed. The verifier stays
+//! secret inside the seal; a forged or altered state does not open. Each server remembers the
+//! states it took until they expire, so a state is used once per server; replayed on another
+//! server it still fails at the identity provider, which redeems a code once.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
@@ -28,36 +32,54 @@ use crate::config::AzureApp;
 
 /// How long a started sign-in may take before its `state` is refused.
 pub const STATE_TTL: Duration = Duration::from_secs(600);
-/// Sign-ins pending at most (the oldest are dropped first): `/activate` needs no credentials.
-const MAX_PENDING: usize = 10_000;
+/// Used states remembered at most (the oldest are dropped first): `/activate` needs no
+/// credentials, so nothing it leads to may grow without bound.
+const MAX_USED: usize = 10_000;
+/// The associated data of a sealed state (a sealed refresh token does not open as one).
+const STATE_AAD: &[u8] = b"activation state";
 /// What the gateway asks for: the ID token (`openid profile`) and a refresh token.
 pub const SCOPE: &str = "openid profile offline_access";
 
-/// What a started sign-in keeps for its callback.
-#[derive(Debug)]
+/// What a started sign-in keeps for its callback, sealed into its `state`.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct Pending {
     /// The PKCE code verifier.
+    #[serde(rename = "v")]
     pub verifier: String,
     /// The `nonce` the ID token must carry.
+    #[serde(rename = "n")]
     pub nonce: String,
     /// The redirect URI sent (the code is redeemed with the same one).
+    #[serde(rename = "r")]
     pub redirect_uri: String,
-    started: Instant,
+    /// When it started, in seconds since the Unix epoch (servers' clocks agree closely enough
+    /// for a 10-minute limit).
+    #[serde(rename = "t")]
+    started: u64,
 }
 
-/// The sign-ins started on this server, by `state`.
+/// Starts sign-ins and takes their callbacks back: the key that seals their states and the
+/// states this server has taken.
 pub struct PendingSignIns {
-    pending: Mutex<HashMap<String, Pending>>,
+    key: super::sealed::TokenKey,
+    used: Mutex<HashMap<String, Instant>>,
     rng: SystemRandom,
 }
 
 impl Default for PendingSignIns {
+    /// A key of this process alone: only this server completes its sign-ins.
     fn default() -> Self {
-        PendingSignIns {
-            pending: Mutex::new(HashMap::new()),
-            rng: SystemRandom::new(),
-        }
+        let mut secret = [0u8; 32];
+        // Without randomness `begin` fails too, and says so.
+        let _ = SystemRandom::new().fill(&mut secret);
+        PendingSignIns::new(&secret)
     }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// 32 random bytes, base64url: a `state`, a `nonce` or a code verifier (43 characters).
@@ -80,6 +102,16 @@ pub fn authorize_url(app: &AzureApp) -> String {
 }
 
 impl PendingSignIns {
+    /// Sign-ins whose states are sealed under a key derived from `secret_key`: every server
+    /// with the same `secret_key` completes them.
+    pub fn new(secret_key: &[u8; 32]) -> Self {
+        PendingSignIns {
+            key: super::sealed::TokenKey::for_sign_ins(secret_key),
+            used: Mutex::new(HashMap::new()),
+            rng: SystemRandom::new(),
+        }
+    }
+
     /// Starts a sign-in: the URL to send the browser to (`login_hint` pre-fills the account).
     pub fn begin(
         &self,
@@ -87,13 +119,18 @@ impl PendingSignIns {
         redirect_uri: &str,
         login_hint: Option<&str>,
     ) -> Result<String, String> {
-        let state = random_token(&self.rng)?;
         let pending = Pending {
             verifier: random_token(&self.rng)?,
             nonce: random_token(&self.rng)?,
             redirect_uri: redirect_uri.to_owned(),
-            started: Instant::now(),
+            started: unix_now(),
         };
+        let json = serde_json::to_string(&pending)
+            .map_err(|e| format!("cannot encode the sign-in: {e}"))?;
+        let state = self
+            .key
+            .seal_with(STATE_AAD, &json)
+            .map_err(|e| format!("cannot seal the sign-in: {e}"))?;
         let mut query = vec![
             ("client_id", app.client_id.as_str()),
             ("response_type", "code"),
@@ -111,30 +148,35 @@ impl PendingSignIns {
         }
         let query = serde_urlencoded::to_string(&query)
             .map_err(|e| format!("cannot encode the sign-in request: {e}"))?;
-        let mut map = self.lock();
-        let now = Instant::now();
-        map.retain(|_, p| now.duration_since(p.started) < STATE_TTL);
-        if map.len() >= MAX_PENDING
-            && let Some(oldest) = map
-                .iter()
-                .min_by_key(|(_, p)| p.started)
-                .map(|(k, _)| k.clone())
-        {
-            map.remove(&oldest);
-        }
-        map.insert(state, pending);
         Ok(format!("{}?{query}", authorize_url(app)))
     }
 
-    /// Takes the sign-in of `state` (once): `None` when unknown, already used or expired.
+    /// Takes the sign-in of `state` (once on this server): `None` when it does not open with
+    /// this key (made up, altered, another cluster's), is older than [`STATE_TTL`] or was
+    /// taken here before.
     pub fn take(&self, state: &str) -> Option<Pending> {
-        self.lock()
-            .remove(state)
-            .filter(|p| p.started.elapsed() < STATE_TTL)
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Pending>> {
-        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+        let json = self.key.open_with(STATE_AAD, state).ok()?;
+        let pending: Pending = serde_json::from_str(&json).ok()?;
+        let age = unix_now().checked_sub(pending.started)?;
+        if age >= STATE_TTL.as_secs() {
+            return None;
+        }
+        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        used.retain(|_, at| now.duration_since(*at) < STATE_TTL);
+        if used.contains_key(state) {
+            return None;
+        }
+        if used.len() >= MAX_USED
+            && let Some(oldest) = used
+                .iter()
+                .min_by_key(|(_, at)| **at)
+                .map(|(k, _)| k.clone())
+        {
+            used.remove(&oldest);
+        }
+        used.insert(state.to_owned(), now);
+        Some(pending)
     }
 }
 
@@ -282,5 +324,41 @@ mod tests {
         assert_eq!(pending.nonce, query["nonce"]);
         assert!(p.take(state).is_none(), "used twice");
         assert!(p.take("made-up").is_none());
+    }
+
+    /// The state of a sign-in started on one server opens on another with the same
+    /// `secret_key` (no session affinity), never with another key, and not once too old.
+    #[test]
+    fn a_sign_in_completes_on_any_server_of_the_cluster() {
+        let (a, b) = (PendingSignIns::new(&[3; 32]), PendingSignIns::new(&[3; 32]));
+        let state_of = |url: &str| {
+            let q: HashMap<String, String> =
+                serde_urlencoded::from_str(url.split_once('?').map(|x| x.1).unwrap_or(""))
+                    .expect("query");
+            q["state"].clone()
+        };
+        let state = state_of(&a.begin(&app(), "http://gw/cb", None).expect("begin"));
+        assert!(
+            PendingSignIns::new(&[4; 32]).take(&state).is_none(),
+            "another key"
+        );
+        let p = b.take(&state).expect("taken on b");
+        assert_eq!(p.redirect_uri, "http://gw/cb");
+        assert!(b.take(&state).is_none(), "used twice on b");
+        // Too old: sealed as the key would, started 11 minutes ago.
+        let old = Pending {
+            started: unix_now() - 660,
+            ..p
+        };
+        let old = a
+            .key
+            .seal_with(STATE_AAD, &serde_json::to_string(&old).expect("json"))
+            .expect("seal");
+        assert!(a.take(&old).is_none(), "expired");
+        // A refresh token sealed for an account is no state.
+        let token = super::super::sealed::TokenKey::for_sign_ins(&[3; 32])
+            .seal(uuid::Uuid::nil(), "{}")
+            .expect("seal");
+        assert!(a.take(&token).is_none());
     }
 }

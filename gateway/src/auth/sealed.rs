@@ -1,8 +1,9 @@
-//! Refresh tokens sealed at rest: AES-256-GCM under a key derived (HKDF-SHA256) from the local
-//! file's `secret_key` — never from the store — with the account id as associated data, so a
-//! sealed token copied onto another account, or altered, does not open. The text form is
-//! `v1.` + base64url(12-byte random nonce ‖ ciphertext ‖ tag). Servers of a cluster must share
-//! `secret_key` to open each other's tokens.
+//! Secrets sealed with `secret_key` (the local file's or `CSPS_SECRET_KEY`, never the store's):
+//! AES-256-GCM under a key derived (HKDF-SHA256) per purpose. Refresh tokens at rest take the
+//! account id as associated data, so a sealed token copied onto another account, or altered,
+//! does not open; a sign-in's `state` ([`super::activation`]) is sealed under its own key. The
+//! text form is `v1.` + base64url(12-byte random nonce ‖ ciphertext ‖ tag). Servers of a
+//! cluster must share `secret_key` to open each other's.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
@@ -15,6 +16,8 @@ use uuid::Uuid;
 const VERSION: &str = "v1.";
 /// HKDF `info`: what the derived key is for (a key per purpose).
 const INFO: &[u8] = b"csps refresh token v1";
+/// HKDF `info` of the key that seals sign-in states.
+const SIGN_IN_INFO: &[u8] = b"csps sign-in state v1";
 
 /// Why a sealed token did not open.
 #[derive(Debug, thiserror::Error)]
@@ -36,11 +39,20 @@ pub struct TokenKey {
 }
 
 impl TokenKey {
-    /// The key derived from `secret_key` (32 bytes).
+    /// The refresh tokens' key derived from `secret_key` (32 bytes).
     pub fn new(secret_key: &[u8; 32]) -> Self {
+        Self::derived(secret_key, INFO)
+    }
+
+    /// The sign-in states' key derived from `secret_key`.
+    pub fn for_sign_ins(secret_key: &[u8; 32]) -> Self {
+        Self::derived(secret_key, SIGN_IN_INFO)
+    }
+
+    fn derived(secret_key: &[u8; 32], info: &[u8]) -> Self {
         let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, b"csps").extract(secret_key);
         let mut bytes = [0u8; 32];
-        prk.expand(&[INFO], &AES_256_GCM)
+        prk.expand(&[info], &AES_256_GCM)
             .and_then(|okm| okm.fill(&mut bytes))
             .expect("32 bytes is AES-256-GCM's key length, within HKDF-SHA256's output");
         let key = UnboundKey::new(&AES_256_GCM, &bytes)
@@ -53,13 +65,23 @@ impl TokenKey {
 
     /// `token` sealed for the account `account`.
     pub fn seal(&self, account: Uuid, token: &str) -> Result<String, SealError> {
+        self.seal_with(account.as_bytes(), token)
+    }
+
+    /// The token `sealed` holds, when it was sealed for `account` under this key.
+    pub fn open(&self, account: Uuid, sealed: &str) -> Result<String, SealError> {
+        self.open_with(account.as_bytes(), sealed)
+    }
+
+    /// `text` sealed with `aad` as associated data.
+    pub fn seal_with(&self, aad: &[u8], text: &str) -> Result<String, SealError> {
         let mut nonce = [0u8; NONCE_LEN];
         self.rng.fill(&mut nonce).map_err(|_| SealError::Random)?;
-        let mut data = token.as_bytes().to_vec();
+        let mut data = text.as_bytes().to_vec();
         self.key
             .seal_in_place_append_tag(
                 Nonce::assume_unique_for_key(nonce),
-                Aad::from(account.as_bytes()),
+                Aad::from(aad),
                 &mut data,
             )
             .map_err(|_| SealError::Random)?;
@@ -68,8 +90,8 @@ impl TokenKey {
         Ok(format!("{VERSION}{}", B64.encode(out)))
     }
 
-    /// The token `sealed` holds, when it was sealed for `account` under this key.
-    pub fn open(&self, account: Uuid, sealed: &str) -> Result<String, SealError> {
+    /// The text `sealed` holds, when it was sealed with `aad` under this key.
+    pub fn open_with(&self, aad: &[u8], sealed: &str) -> Result<String, SealError> {
         let raw = sealed
             .strip_prefix(VERSION)
             .and_then(|b| B64.decode(b).ok())
@@ -82,7 +104,7 @@ impl TokenKey {
         let mut data = rest.to_vec();
         let plain = self
             .key
-            .open_in_place(nonce, Aad::from(account.as_bytes()), &mut data)
+            .open_in_place(nonce, Aad::from(aad), &mut data)
             .map_err(|_| SealError::Open)?;
         String::from_utf8(plain.to_vec()).map_err(|_| SealError::Open)
     }
