@@ -316,9 +316,11 @@ pub fn leaf_schema(l: &Leaf) -> Schema {
                     .schema_type(Type::String)
                     .description(Some("digits, `*`, `#`, an optional leading `+`"))
                     .examples([json!("112")]),
-                Item::HostPort => ObjectBuilder::new()
+                Item::Proxy => ObjectBuilder::new()
                     .schema_type(Type::String)
-                    .description(Some("`host:port`"))
+                    .description(Some(
+                        "`host:port`, an IP address, or a domain located by DNS",
+                    ))
                     .examples([json!("sip.pstnhub.microsoft.com:5061")]),
             };
             let a = ArrayBuilder::new()

@@ -40,8 +40,9 @@ pub enum Item {
     OneOf(&'static [&'static str]),
     /// A dial string: digits, `*`, `#`, optional leading `+`.
     DialString,
-    /// `host:port` (a host name, an IPv4 address or a bracketed IPv6 address; port 1..=65535).
-    HostPort,
+    /// A SIP proxy: `host:port` (a host name, an IPv4 address or a bracketed IPv6 address; port
+    /// 1..=65535), an IP literal alone (port 5061), or a domain alone (located by RFC 3263).
+    Proxy,
 }
 
 /// The type and rule of a leaf.
@@ -368,14 +369,14 @@ pub const LEAVES: &[Leaf] = &[
     },
     Leaf {
         path: "Data.SipConfig.TeamsProxies",
-        kind: Kind::Array(Item::HostPort),
+        kind: Kind::Array(Item::Proxy),
         default: DefaultValue::Strs(&[
             "sip.pstnhub.microsoft.com:5061",
             "sip2.pstnhub.microsoft.com:5061",
             "sip3.pstnhub.microsoft.com:5061",
         ]),
         secret: false,
-        meaning: "Direct Routing SIP proxies (`host:port`, over TLS) in failover order: new calls go to the first one answering OPTIONS",
+        meaning: "Direct Routing SIP proxies over TLS in failover order: `host:port` (or an IP address, port 5061), or a domain without a port whose proxies DNS names (RFC 3263: NAPTR `SIPS+D2T`, SRV `_sips._tcp`, else the domain on 5061; each SRV target one proxy, in priority and weight order); new calls go to the first one answering OPTIONS",
     },
     Leaf {
         path: "Data.SipConfig.TeamsCaFile",
@@ -562,18 +563,25 @@ fn check_item(item: Item, s: &str) -> Result<String, String> {
             .find(|n| n.eq_ignore_ascii_case(s.trim()))
             .map(|n| (*n).to_owned())
             .ok_or_else(|| format!("must be one of {}", names.join(", "))),
-        Item::HostPort => {
+        Item::Proxy => {
             let s = s.trim();
-            let bad = || format!("`{s}` is not `host:port`");
-            let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
-            if !port.parse::<u16>().is_ok_and(|p| p > 0) {
-                return Err(bad());
-            }
-            let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']'));
-            match bare {
+            let bad = || format!("`{s}` is not `host:port`, an IP address or a domain");
+            let host = match s.rsplit_once(':') {
+                // An IPv6 literal must be bracketed: `[::1]` or `[::1]:5061`.
+                Some((h, p)) if !h.contains(':') || h.ends_with(']') => {
+                    if !p.parse::<u16>().is_ok_and(|p| p > 0) {
+                        return Err(bad());
+                    }
+                    h
+                }
+                Some(_) if s.starts_with('[') && s.ends_with(']') => s,
+                Some(_) => return Err(bad()),
+                None => s,
+            };
+            match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
                 Some(v6) if v6.parse::<std::net::Ipv6Addr>().is_ok() => {}
                 Some(_) => return Err(bad()),
-                None if host.contains(':') => return Err(bad()),
+                None if host.parse::<std::net::Ipv4Addr>().is_ok() => {}
                 None => crate::api::users::check_domain(host).map_err(|_| bad())?,
             }
             Ok(s.to_ascii_lowercase())
@@ -755,17 +763,22 @@ mod tests {
             proxies.check(&json!([
                 "SIP.example.com:5061",
                 "127.0.0.1:1",
-                "[::1]:5061"
+                "[::1]:5061",
+                "PSTNhub.microsoft.com",
+                "127.0.0.1",
+                "[::1]"
             ])),
-            Ok(json!(["sip.example.com:5061", "127.0.0.1:1", "[::1]:5061"]))
+            Ok(json!([
+                "sip.example.com:5061",
+                "127.0.0.1:1",
+                "[::1]:5061",
+                "pstnhub.microsoft.com",
+                "127.0.0.1",
+                "[::1]"
+            ]))
         );
         for bad in [
-            "sip.example.com",
-            "x:0",
-            "x:70000",
-            "::1:5061",
-            "[x]:1",
-            "a b:1",
+            "::1", "[::1]x", "x:0", "x:70000", "::1:5061", "[x]:1", "a b:1",
         ] {
             assert!(proxies.check(&json!([bad])).is_err(), "{bad}");
         }

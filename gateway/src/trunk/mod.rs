@@ -1,10 +1,12 @@
 //! The Direct Routing trunk to Microsoft Teams: owns which SIP proxy (sip, sip2, sip3 of the real
-//! service, or the configured list) takes the gateway's traffic, and the OPTIONS keep-alive that
-//! tells it. [`Trunk`] is sans-IO — the driver passes time, random tokens and answers in, and
-//! sends what it is given — so failover is tested on a simulated clock. [`driver`] is the tokio
-//! side: TLS connections (mutual, with the gateway's certificate), timers, and the view
-//! `GET /api/trunk` shows.
+//! service, the configured list, or the proxies DNS names for a configured domain) takes the
+//! gateway's traffic, and the OPTIONS keep-alive that tells it. [`Trunk`] is sans-IO — the driver
+//! passes time, random tokens and answers in, and sends what it is given — so failover is tested
+//! on a simulated clock. [`dns`] is the pure part of RFC 3263 discovery (NAPTR filtering, SRV
+//! order, TLS names). [`driver`] is the tokio side: DNS lookups, TLS connections (mutual, with the
+//! gateway's certificate), timers, and the view `GET /api/trunk` shows.
 
+pub mod dns;
 pub mod driver;
 
 use std::time::{Duration, Instant};
@@ -23,14 +25,15 @@ pub const SBC_PORT: u16 = 5061;
 pub struct Paths {
     /// `Data.SipConfig.SbcFqdn`; empty when no trunk is configured.
     pub fqdn: String,
-    /// Every configured proxy, in failover order.
+    /// Every proxy (configured, or located by DNS), in failover order.
     pub proxies: Vec<Path>,
 }
 
 /// One proxy as the calls see it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Path {
-    /// Its host (what the Request-URI of a call to it names).
+    /// Its host (what the Request-URI of a call to it names): the configured host, or the SRV
+    /// target DNS named (Teams expects its own proxy's name there, not the service domain).
     pub host: String,
     /// Its open connection, if any.
     pub flow: Option<Remote>,
@@ -63,7 +66,7 @@ impl Paths {
 /// One proxy as the trunk sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Proxy {
-    /// `host:port` as configured (host is what its TLS certificate must name).
+    /// `host:port` as configured or located (the host is in the Request-URI of its OPTIONS).
     pub target: String,
     /// False after an OPTIONS went unanswered, until one is answered again.
     pub up: bool,
@@ -75,6 +78,20 @@ pub struct Proxy {
     pub rtt: Option<Duration>,
     next_ping: Instant,
     seq: u32,
+}
+
+impl Proxy {
+    fn new(target: &str, now: Instant) -> Proxy {
+        Proxy {
+            target: target.to_owned(),
+            up: true,
+            last_options: None,
+            last_status: None,
+            rtt: None,
+            next_ping: now,
+            seq: 0,
+        }
+    }
 }
 
 /// The proxies in their configured order and the keep-alive schedule.
@@ -103,19 +120,25 @@ impl Trunk {
         Trunk {
             fqdn: fqdn.to_owned(),
             interval,
-            proxies: targets
-                .iter()
-                .map(|t| Proxy {
-                    target: t.clone(),
-                    up: true,
-                    last_options: None,
-                    last_status: None,
-                    rtt: None,
-                    next_ping: now,
-                    seq: 0,
-                })
-                .collect(),
+            proxies: targets.iter().map(|t| Proxy::new(t, now)).collect(),
         }
+    }
+
+    /// A new list of proxies (DNS named other ones): `targets[j]` takes over the state of the
+    /// old proxy `from` when given (the same proxy, maybe at another place in the order), else
+    /// starts as [`Self::new`] does.
+    pub fn reshape(&mut self, targets: &[(String, Option<usize>)], now: Instant) {
+        let old = std::mem::take(&mut self.proxies);
+        self.proxies = targets
+            .iter()
+            .map(|(t, from)| match from.and_then(|i| old.get(i)) {
+                Some(p) => Proxy {
+                    target: t.clone(),
+                    ..p.clone()
+                },
+                None => Proxy::new(t, now),
+            })
+            .collect();
     }
 
     /// The proxies, in order.
@@ -295,6 +318,33 @@ mod tests {
             t.unreachable(i);
         }
         assert_eq!(t.current(), None);
+    }
+
+    #[test]
+    fn a_reshaped_list_keeps_the_state_of_the_proxies_it_keeps() {
+        let now = t0();
+        let mut t = trunk(now);
+        t.options(1, now, &tokens(1));
+        t.answered(1, 200, now + Duration::from_millis(3));
+        t.unreachable(2);
+        let later = now + Duration::from_secs(10);
+        t.reshape(
+            &[
+                ("sip3.pstnhub.microsoft.com:5061".into(), Some(2)),
+                ("sip2.pstnhub.microsoft.com:5061".into(), Some(1)),
+                ("sip4.pstnhub.microsoft.com:5061".into(), None),
+            ],
+            later,
+        );
+        let p = t.proxies();
+        assert_eq!(p.len(), 3);
+        assert!(!p[0].up, "sip3 stays down");
+        assert_eq!(p[1].last_status, Some(200), "sip2 keeps its answer");
+        assert!(p[2].up && p[2].last_options.is_none(), "sip4 is new");
+        assert_eq!(t.current(), Some(1));
+        assert_eq!(t.due(later), [0, 2], "sip2 not due before its interval");
+        let again = t.options(1, later, &tokens(2)).expect("sip2");
+        assert_eq!(again.cseq().map(|c| c.seq), Some(2), "its CSeq goes on");
     }
 
     #[test]
