@@ -63,6 +63,10 @@ pub struct ServeArgs {
     /// `admin-ui/dist` under the working directory, else `admin-ui` beside the executable.
     #[arg(long, env = "CSPS_UI_DIR")]
     pub ui_dir: Option<PathBuf>,
+    /// DNS server (`ADDR:PORT`) that locates the Teams trunk's proxies (NAPTR, SRV, A/AAAA);
+    /// default: the system's (`/etc/resolv.conf`).
+    #[arg(long, env = "CSPS_DNS_SERVER")]
+    pub dns_server: Option<SocketAddr>,
     /// For tests only: renew Teams presence every this many seconds (not every 4 minutes).
     #[arg(long, env = "CSPS_TEST_PRESENCE_RENEW_SECS", hide = true)]
     pub test_presence_renew_secs: Option<u64>,
@@ -309,6 +313,7 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
             policies: policies.clone(),
             events: events.clone(),
             archive: Some(archive.clone()),
+            dns_server: args.dns_server,
         },
         store.clone(),
         &config,

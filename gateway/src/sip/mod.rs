@@ -40,6 +40,8 @@ pub struct SipOptions {
     pub events: crate::events::Events,
     /// Where ended calls' records go (`None`: kept in memory only).
     pub archive: Option<crate::calls::archive::Archive>,
+    /// The name server that locates the Teams trunk's proxies (`None`: the system's).
+    pub dns_server: Option<std::net::SocketAddr>,
 }
 
 /// A running SIP side.
@@ -214,6 +216,7 @@ pub async fn start(
         settings: config.subscribe(),
         certs_dir: opts.certs_dir.clone(),
         server_name: server_name.clone(),
+        dns_server: opts.dns_server,
     });
     tokio::spawn(core::run(CoreParts {
         server_name,
