@@ -295,6 +295,31 @@ impl TeamsEmulator {
         interval: u32,
         ca_pem: &str,
     ) {
+        let proxies: Vec<String> = self.sip().addrs.iter().map(|a| a.to_string()).collect();
+        self.attach_trunk_with(gw, fqdn, interval, ca_pem, &proxies);
+    }
+
+    /// [`Self::attach_trunk`], but `Data.SipConfig.TeamsProxies` is `proxies` (domains that DNS
+    /// locates, say).
+    pub fn attach_trunk_to(
+        &self,
+        gw: &crate::Gateway,
+        fqdn: &str,
+        interval: u32,
+        proxies: &[&str],
+    ) {
+        let proxies: Vec<String> = proxies.iter().map(|p| (*p).to_owned()).collect();
+        self.attach_trunk_with(gw, fqdn, interval, &self.sip().ca_pem, &proxies);
+    }
+
+    fn attach_trunk_with(
+        &self,
+        gw: &crate::Gateway,
+        fqdn: &str,
+        interval: u32,
+        ca_pem: &str,
+        proxies: &[String],
+    ) {
         let sip = self.sip();
         let dir = gw.data_dir.path();
         let certs = dir.join("certs");
@@ -302,7 +327,6 @@ impl TeamsEmulator {
         std::fs::write(certs.join("sbc.pem"), &sip.sbc_pem).expect("write sbc.pem");
         let ca = dir.join("teams-ca.pem");
         std::fs::write(&ca, ca_pem).expect("write teams-ca.pem");
-        let proxies: Vec<String> = sip.addrs.iter().map(|a| a.to_string()).collect();
         let server = gw.server_name.as_deref().unwrap_or("*");
         for (leaf, value) in [
             (

@@ -14,6 +14,7 @@
 pub mod audio;
 pub mod baresip;
 pub mod console;
+pub mod dnsmasq;
 pub mod emulator;
 pub mod ferret;
 pub mod http;
