@@ -176,6 +176,12 @@ impl Sipp {
             .timeout(Duration::from_secs(30)))
     }
 
+    /// Without `-rtp_echo`: the phone sends no media (a [`Sipp::callee`] that stays silent).
+    pub fn silent(mut self) -> Self {
+        self.extra.retain(|a| a != "-rtp_echo");
+        self
+    }
+
     /// One more command-line argument (`-rtp_echo`, `-mp 7000`, …).
     pub fn arg(mut self, a: impl Into<String>) -> Self {
         self.extra.push(a.into());

@@ -36,6 +36,8 @@ pub const MIN_SE: u32 = 90;
 const SESSION_EXPIRED: &str = "SIP;cause=408;text=\"Session timer expired\"";
 /// RFC 3326 reason for forks that lost the race.
 pub const COMPLETED_ELSEWHERE: &str = "SIP;cause=200;text=\"Call completed elsewhere\"";
+/// RFC 3326 reason on the BYE to a device whose dialog an INVITE with Replaces took over.
+pub const REPLACED: &str = "SIP;cause=200;text=\"Call replaced\"";
 
 /// Session interval the gateway proposes to Teams when the caller asked for none (RFC 4028
 /// §4 recommends 1800 s); Teams is asked to refresh, as the gateway only relays refreshes.
@@ -154,6 +156,26 @@ pub enum Input {
         /// Where the transfer goes, or why it cannot (boxed: the other inputs are small).
         target: Box<Result<TransferTarget, ReferRefusal>>,
     },
+    /// A new INVITE whose Replaces header names one of this call's dialogs (RFC 3891).
+    Replace(Box<Replacement>),
+}
+
+/// An authenticated phone's INVITE with a Replaces naming a dialog of this call (by Call-ID):
+/// the call matches the tags against its legs and takes the phone in, or refuses it.
+#[derive(Debug)]
+pub struct Replacement {
+    /// The INVITE's server transaction.
+    pub key: TxnKey,
+    /// Where it came from.
+    pub from: Remote,
+    /// The gateway's SIP address on that flow.
+    pub local: SocketAddr,
+    /// The INVITE.
+    pub req: Request,
+    /// Its Replaces header.
+    pub replaces: Replaces,
+    /// The authenticated sender as the gateway asserts it (`"Name" <sip:user@domain>`).
+    pub party: String,
 }
 
 /// Where a blind transfer goes: the devices of the Refer-To's user.
@@ -207,8 +229,8 @@ pub enum ReferRefusal {
 }
 
 /// Option tags a caller may require (RFC 3261 §8.2.2.3; the SIP core answers 420 to others):
-/// session timers (RFC 4028) and reliable provisionals (RFC 3262).
-pub const SUPPORTED_OPTIONS: &[&str] = &["timer", "100rel"];
+/// session timers (RFC 4028), reliable provisionals (RFC 3262) and Replaces (RFC 3891).
+pub const SUPPORTED_OPTIONS: &[&str] = &["timer", "100rel", "replaces"];
 
 /// Media changes for the relay.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -362,6 +384,27 @@ struct Fork {
     /// Lost the race or the call ended: CANCEL as soon as a provisional allows it.
     cancel: Option<&'static str>,
     dialog: Option<Dialog>,
+    /// The device's tags of the early dialogs its provisionals made (what a call pickup's
+    /// Replaces names as `from-tag`).
+    early_tags: Vec<String>,
+}
+
+/// What a Replaces names in a call (see [`Call::named_by`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Named {
+    /// No dialog of this call (or the caller's early dialog, which the gateway did not start).
+    Nothing,
+    /// A dialog that ended (or is ending).
+    Ended,
+    /// Leg A's confirmed dialog (`true`) or the answered device's.
+    Confirmed(bool),
+    /// The early dialog of fork `i`, still ringing.
+    Early(usize),
+}
+
+/// The domain of an AoR (`sip:user@domain`).
+fn domain_of(aor: &str) -> String {
+    aor.rsplit('@').next().unwrap_or("").to_ascii_lowercase()
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -471,6 +514,8 @@ pub struct Call {
     transfer: Option<Transfer>,
     /// The gateway's own re-INVITE in progress.
     own_offer: Option<OwnOffer>,
+    /// The 2xx to a phone that replaced a leg (RFC 3891), retransmitted until its ACK.
+    replacement: Option<(TxnKey, Answered)>,
     /// Dialogs of transferors that left leg A (a crossing BYE still gets its 200).
     former: Vec<Dialog>,
     /// The 200 to the caller, kept for retransmission until the ACK.
@@ -651,6 +696,10 @@ pub(crate) fn new_invite(
     );
     h.push("P-Asserted-Identity", from.to_owned());
     h.push("Allow", allow_for(target.sbc.as_ref()));
+    if target.sbc.is_none() {
+        // A phone may take this call over with an INVITE with Replaces (RFC 3891).
+        h.push("Supported", "replaces");
+    }
     if !body.is_empty() {
         h.push("Content-Type", "application/sdp");
     }
@@ -769,6 +818,7 @@ impl Call {
             b_ack: None,
             transfer: None,
             own_offer: None,
+            replacement: None,
             former: Vec::new(),
             a_ok: None,
             a_ok_next: None,
@@ -925,6 +975,7 @@ impl Call {
                 state: ForkState::Calling,
                 cancel: None,
                 dialog: None,
+                early_tags: Vec::new(),
             });
         }
         self.ring_deadline = Some(now + NO_ANSWER);
@@ -994,6 +1045,7 @@ impl Call {
             Input::Refer {
                 key, req, target, ..
             } => self.on_refer(now, key, req, *target),
+            Input::Replace(r) => self.on_replace(now, *r),
             Input::Timeout { tag } => {
                 if let Some(i) = self.transfer_fork(tag) {
                     self.transfer_fork_failed(now, i, 408);
@@ -1018,6 +1070,7 @@ impl Call {
                 }
             }
             Input::Request { key, from, req } => self.on_request(now, key, from, req),
+            Input::Ack(req) if self.replacement_acked(&req) => {}
             Input::Ack(req) => {
                 if self.phase == Phase::Answered
                     && self.a_dialog.as_ref().is_some_and(|d| d.matches(&req))
@@ -1033,7 +1086,9 @@ impl Call {
                 }
             }
             Input::Cancel(req) => {
-                if self.phase == Phase::Ringing {
+                // Only the caller's CANCEL ends a ringing call (a replacing phone's INVITE was
+                // answered at once; its CANCEL has nothing left to cancel).
+                if self.phase == Phase::Ringing && req.call_id() == self.setup.invite.call_id() {
                     self.ending(EndReason::Cancelled);
                     let r = self.a_response(487, "Request Terminated");
                     self.out.push_back(Output::Respond {
@@ -1222,6 +1277,11 @@ impl Call {
 
     fn on_provisional(&mut self, now: Instant, i: usize, resp: Response) {
         let f = &mut self.forks[i];
+        if let Some(tag) = resp.to_hdr().and_then(|t| t.tag().map(str::to_owned))
+            && !f.early_tags.contains(&tag)
+        {
+            f.early_tags.push(tag);
+        }
         if f.state == ForkState::Calling {
             f.state = ForkState::Proceeding;
             if let Some(reason) = f.cancel {
@@ -1405,11 +1465,20 @@ impl Call {
             self.end_or_linger_at(now);
             return;
         };
+        self.answer_caller(now, i, body, &resp);
+    }
+
+    /// Device `i` (fork or replacing phone) answered with `b_ok`: the caller gets the 200 with
+    /// `body`, the other devices a CANCEL.
+    fn answer_caller(&mut self, now: Instant, i: usize, body: Bytes, b_ok: &Response) {
         self.winner = Some(i);
         let mut ok = self.a_response(200, "OK");
         ok.headers
             .push("Allow", allow_for(self.setup.a_sbc.as_ref()));
-        self.start_session_timer(now, &resp, &mut ok);
+        if self.setup.a_sbc.is_none() {
+            ok.headers.push("Supported", "replaces");
+        }
+        self.start_session_timer(now, b_ok, &mut ok);
         ok.headers.push("Content-Type", "application/sdp");
         ok.body = body;
         self.a_dialog = Dialog::uas(&self.setup.invite, &self.a_tag, &self.a_contact);
@@ -2616,6 +2685,7 @@ impl Call {
                 state: ForkState::Calling,
                 cancel: None,
                 dialog: None,
+                early_tags: Vec::new(),
             });
         }
         self.transfer = Some(Transfer {
@@ -2795,13 +2865,39 @@ impl Call {
         let x_is_a = t.x_is_a;
         if !t.x_gone {
             self.notify_transferor(x_is_a, 200);
+        }
+        let new = t.forks.remove(i);
+        let others = std::mem::take(&mut t.forks);
+        let leave = (!t.x_gone).then_some(None);
+        self.take_place(x_is_a, new, t.to, t.party, (answer, idx), leave, others);
+    }
+
+    /// `new` (a device that answered, or a phone whose INVITE replaced a leg) takes the place
+    /// of leg A (`x_is_a`) or B, named `to` (party `party`) from now on: the old device gets a
+    /// BYE (with its RFC 3326 reason) unless `leave` is `None` (it left already), the relay's
+    /// side faces `new` at its media (`answer`, audio section `idx`), `others` are cancelled,
+    /// and the other leg is re-INVITEd with the new media (sendrecv: a held party resumes).
+    #[allow(clippy::too_many_arguments)]
+    fn take_place(
+        &mut self,
+        x_is_a: bool,
+        new: Fork,
+        to: String,
+        party: String,
+        (answer, idx): (Sdp, usize),
+        leave: Option<Option<&'static str>>,
+        others: Vec<Fork>,
+    ) {
+        if let Some(reason) = leave {
+            let kept = self.bye_reason;
+            self.bye_reason = reason.or(kept);
             if x_is_a {
                 self.bye_a();
             } else {
                 self.bye_b();
             }
+            self.bye_reason = kept;
         }
-        let new = t.forks.remove(i);
         let teams = new.target.sbc.is_some();
         let ip = new.target.to.addr.ip();
         let target_addr = answer.rtp_addr(idx);
@@ -2816,22 +2912,22 @@ impl Call {
                 new.target.sbc.as_ref(),
             );
             self.setup.a_sbc = new.target.sbc;
-            self.setup.caller = t.to.clone();
+            self.setup.caller = to;
             self.telephone_events = (None, None);
             self.out
                 .push_back(Output::Media(MediaChange::A(target_addr, ip)));
         } else {
             self.forks.push(new);
             self.winner = Some(self.forks.len() - 1);
-            self.setup.callee = t.to.clone();
+            self.setup.callee = to;
             self.b_answer = Some(answer.clone());
             self.telephone_events = (None, None);
             self.out
                 .push_back(Output::Media(MediaChange::B(target_addr, ip)));
         }
-        self.retire_forks(t.forks);
-        // The transferee gets the target's media as a new offer (sendrecv: a held transferee
-        // resumes), at the relay's side facing it.
+        self.retire_forks(others);
+        // The other party gets the new media as a new offer (sendrecv: a held party resumes),
+        // at the relay's side facing it.
         let to_a = !x_is_a;
         let mut offer = answer;
         sdp::rewrite_address(&mut offer, idx, self.relay_facing(to_a));
@@ -2857,9 +2953,311 @@ impl Call {
         }
         self.out.push_back(Output::Transferred {
             a: x_is_a,
-            party: t.party,
+            party,
             teams,
         });
+    }
+
+    /// Which of this call's dialogs `r` names, as the gateway holds them (RFC 3891 §3: the
+    /// `to-tag` is compared with the gateway's tag, the `from-tag` with the device's).
+    fn named_by(&self, r: &Replaces) -> Named {
+        let ours = |d: &Dialog| {
+            d.call_id == r.call_id && d.local_tag == r.to_tag && d.remote_tag == r.from_tag
+        };
+        let ended = matches!(self.phase, Phase::Ending | Phase::Ended);
+        if self.a_dialog.as_ref().is_some_and(ours) {
+            return if ended {
+                Named::Ended
+            } else {
+                Named::Confirmed(true)
+            };
+        }
+        if let Some(i) = self
+            .forks
+            .iter()
+            .position(|f| f.dialog.as_ref().is_some_and(ours))
+        {
+            return if ended || Some(i) != self.winner {
+                Named::Ended
+            } else {
+                Named::Confirmed(false)
+            };
+        }
+        let early = self.forks.iter().position(|f| {
+            f.invite.call_id() == Some(r.call_id.as_str())
+                && f.invite
+                    .from_hdr()
+                    .and_then(|h| h.tag().map(str::to_owned))
+                    .as_deref()
+                    == Some(r.to_tag.as_str())
+                && f.early_tags.contains(&r.from_tag)
+        });
+        if let Some(i) = early {
+            let f = &self.forks[i];
+            return if self.phase == Phase::Ringing
+                && f.state == ForkState::Proceeding
+                && f.cancel.is_none()
+            {
+                Named::Early(i)
+            } else {
+                Named::Ended
+            };
+        }
+        if self.former.iter().any(ours) {
+            return Named::Ended;
+        }
+        // Nothing, or the caller's own early dialog, which the gateway did not initiate: 481
+        // either way (§3).
+        Named::Nothing
+    }
+
+    /// An INVITE with Replaces naming one of this call's dialogs (RFC 3891 §3). A phone's
+    /// confirmed leg is taken over by another device of the same user (200, the replaced
+    /// device gets a BYE with `Reason`, the other party a re-INVITE with the new media); a
+    /// device's early dialog (the call ringing there) is picked up by any user of the called
+    /// user's domain (200 to the phone, CANCEL to the ringing devices, 200 to the caller).
+    /// Refusals: 481 for no such dialog, 603 for one that ended, 486 for `early-only` on a
+    /// confirmed dialog, 403 for a sender the rule does not allow, 501 for a Teams leg, 491
+    /// while the session changes.
+    fn on_replace(&mut self, now: Instant, rep: Replacement) {
+        let named = self.named_by(&rep.replaces);
+        let refuse = |this: &mut Call, status: u16, why: &str| {
+            tracing::info!(status, "INVITE with Replaces refused: {why}");
+            let mut r = this.refusal(&rep.req, status, Some(why));
+            if let Some(to) = rep.req.headers.get("To") {
+                r.headers
+                    .set("To", format!("{to};tag={}", hex_token(&mut *this.rng)));
+            }
+            this.out.push_back(Output::Respond {
+                key: rep.key,
+                resp: r,
+            });
+        };
+        let sender = party_aor(&rep.party);
+        match named {
+            Named::Nothing => refuse(self, 481, "the Replaces names no dialog of this call"),
+            Named::Ended => refuse(self, 603, "the dialog the Replaces names has ended"),
+            Named::Confirmed(a) if self.sbc_of(a).is_some() => refuse(
+                self,
+                501,
+                "replacing the Teams trunk's dialog is not supported",
+            ),
+            Named::Confirmed(_) if rep.replaces.early_only => {
+                refuse(self, 486, "early-only, and the dialog is confirmed")
+            }
+            Named::Confirmed(a) if !sender.eq_ignore_ascii_case(&self.party_aor(a)) => refuse(
+                self,
+                403,
+                "only the user of the replaced phone may take over an answered call",
+            ),
+            Named::Confirmed(_)
+                if self.phase != Phase::Confirmed
+                    || self.transfer.is_some()
+                    || self.reoffer.is_some()
+                    || self.own_offer.as_ref().is_some_and(|o| !o.acked) =>
+            {
+                refuse(self, 491, "the session is being changed")
+            }
+            Named::Confirmed(a) => {
+                if let Err((status, why)) = self.take_over(now, &rep, a) {
+                    refuse(self, status, &why);
+                }
+            }
+            Named::Early(i) if self.forks[i].target.sbc.is_some() => refuse(
+                self,
+                501,
+                "replacing the Teams trunk's dialog is not supported",
+            ),
+            Named::Early(_) if domain_of(&sender) != domain_of(&self.party_aor(false)) => refuse(
+                self,
+                403,
+                "a call is picked up only by users of the called user's domain",
+            ),
+            Named::Early(_) => {
+                if let Err((status, why)) = self.pick_up(now, &rep) {
+                    refuse(self, status, &why);
+                }
+            }
+        }
+    }
+
+    /// The replacing phone's offer answered by the gateway, for the leg A (`a`) or B it takes:
+    /// its SDP as answered (its own address, one codec, `prefer`red when it has one of them;
+    /// SDES taken into that side), the audio section and the format it will use.
+    fn replacing_answer(
+        &mut self,
+        a: bool,
+        rep: &Replacement,
+        prefer: &[sdp::Codec],
+    ) -> Result<(Sdp, usize, LegFormat), (u16, String)> {
+        let req = &rep.req;
+        if req.body.is_empty() {
+            return Err((
+                488,
+                "an INVITE with Replaces needs an SDP offer here".into(),
+            ));
+        }
+        if !is_sdp(&req.headers, &req.body) {
+            return Err((415, "the body is not SDP".into()));
+        }
+        let mut offer = Sdp::parse(&req.body).map_err(|e| (400, format!("bad SDP: {e}")))?;
+        let fail = |e: sdp::OfferError| (e.status(), e.to_string());
+        let restrict = |o: &mut Sdp| -> Result<usize, (u16, String)> {
+            let idx = sdp::restrict_offer(o, sdp::SUPPORTED).map_err(fail)?;
+            if self.setup.narrowband {
+                codecs::narrowband(o, idx).map_err(fail)?;
+            }
+            codecs::answer_one(o, idx, prefer).map_err(fail)?;
+            Ok(idx)
+        };
+        // Checked before the SDES is taken: a refusal leaves the leg's keys as they were.
+        restrict(&mut offer.clone())?;
+        let rule = self.setup.srtp.leg(rep.from.transport, false);
+        self.take_sdes(a, rule, &mut offer, true).map_err(fail)?;
+        let idx = sdp::restrict_offer(&mut offer, sdp::SUPPORTED).map_err(fail)?;
+        if self.setup.narrowband {
+            codecs::narrowband(&mut offer, idx).map_err(fail)?;
+        }
+        let (answer, format) = codecs::answer_one(&offer, idx, prefer).map_err(fail)?;
+        Ok((answer, idx, format))
+    }
+
+    /// Answers the replacing phone 200 with `answer` (at the relay's side facing it, leg A
+    /// `a` or B) and returns the phone as a device of this call, its dialog made.
+    fn accept_replacing(
+        &mut self,
+        now: Instant,
+        rep: &Replacement,
+        a: bool,
+        (answer, idx): (&Sdp, usize),
+    ) -> Result<Fork, (u16, String)> {
+        let tag = hex_token(&mut *self.rng);
+        let contact = contact_for(rep.from.transport, rep.local, None);
+        let dialog = Dialog::uas(&rep.req, &tag, &contact).ok_or((
+            400,
+            "no Contact or From tag to make a dialog with".to_owned(),
+        ))?;
+        let mut to_phone = answer.clone();
+        sdp::rewrite_address(&mut to_phone, idx, self.relay_facing(a));
+        let mut ok = rep.req.response(200, "OK");
+        if let Some(to) = rep.req.headers.get("To") {
+            ok.headers.set("To", format!("{to};tag={tag}"));
+        }
+        ok.headers.push("Contact", contact);
+        ok.headers.push("Allow", super::ALLOW_IN_DIALOG);
+        ok.headers.push("Supported", "replaces");
+        ok.headers.push("Content-Type", "application/sdp");
+        ok.body = self.answer_body(a, &to_phone);
+        self.out.push_back(Output::Respond {
+            key: rep.key,
+            resp: ok.clone(),
+        });
+        let next = (!rep.from.transport.is_reliable()).then_some((now + T1, T1, now + LINGER));
+        let cseq = rep.req.cseq().map_or(0, |c| c.seq);
+        self.replacement = Some((
+            rep.key,
+            Answered {
+                cseq,
+                resp: ok,
+                offer_to_origin: None,
+                next,
+            },
+        ));
+        Ok(Fork {
+            tag: self.tag(),
+            target: Target {
+                to: rep.from,
+                uri: dialog.remote_target.clone(),
+                local: rep.local,
+                sbc: None,
+            },
+            invite: rep.req.clone(),
+            state: ForkState::Answered,
+            cancel: None,
+            dialog: Some(dialog),
+            early_tags: Vec::new(),
+        })
+    }
+
+    /// A confirmed leg (A when `a`) taken over: the phone is answered in the codec the other
+    /// party uses when it can, and takes the leg's place as a transfer's target does
+    /// ([`Call::take_place`]): the old device gets a BYE with [`REPLACED`], the other party a
+    /// re-INVITE with the phone's media.
+    fn take_over(&mut self, now: Instant, rep: &Replacement, a: bool) -> Result<(), (u16, String)> {
+        let other = if a { &self.b_answer } else { &self.a_origin };
+        let prefer = other.as_ref().map(codecs::audio_codecs).unwrap_or_default();
+        let (answer, idx, _) = self.replacing_answer(a, rep, &prefer)?;
+        let phone = self.accept_replacing(now, rep, a, (&answer, idx))?;
+        tracing::info!(
+            leg = if a { "A" } else { "B" },
+            "a phone took over a leg (Replaces)"
+        );
+        let party = party_aor(&rep.party);
+        self.take_place(
+            a,
+            phone,
+            rep.party.clone(),
+            party,
+            (answer, idx),
+            Some(Some(REPLACED)),
+            Vec::new(),
+        );
+        Ok(())
+    }
+
+    /// Call pickup: the phone answers the ringing call in the devices' place. It is answered
+    /// in a codec the caller offered when it has one, the caller in the phone's (the relay
+    /// transcodes when they differ), the ringing devices are cancelled ("Call completed
+    /// elsewhere").
+    fn pick_up(&mut self, now: Instant, rep: &Replacement) -> Result<(), (u16, String)> {
+        let Some(origin) = self.a_origin.clone() else {
+            return Err((488, "the caller's INVITE had no offer to answer".into()));
+        };
+        let prefer = codecs::audio_codecs(&origin);
+        let a_idx = origin.audio_index().ok_or((488, "no audio".to_owned()))?;
+        let (answer, idx, phone_format) = self.replacing_answer(false, rep, &prefer)?;
+        let (mut to_caller, caller_format) =
+            codecs::answer_one(&origin, a_idx, &[phone_format.codec])
+                .map_err(|e| (e.status(), e.to_string()))?;
+        let phone = self.accept_replacing(now, rep, false, (&answer, idx))?;
+        tracing::info!("a phone picked up the ringing call (Replaces)");
+        let same = (caller_format.codec, caller_format.payload_type)
+            == (phone_format.codec, phone_format.payload_type);
+        self.out.push_back(Output::Media(MediaChange::B(
+            answer.rtp_addr(idx),
+            rep.from.addr.ip(),
+        )));
+        self.out.push_back(Output::Media(MediaChange::Transcode(
+            (!same).then_some((caller_format, phone_format)),
+        )));
+        self.set_telephone_events(caller_format.telephone_event, phone_format.telephone_event);
+        self.b_answer = Some(answer);
+        self.forks.push(phone);
+        self.setup.callee = rep.party.clone();
+        self.out.push_back(Output::Transferred {
+            a: false,
+            party: party_aor(&rep.party),
+            teams: false,
+        });
+        sdp::rewrite_address(&mut to_caller, a_idx, self.setup.relay_a);
+        let body = self.answer_body(true, &to_caller);
+        let b_ok = rep.req.response(200, "OK");
+        self.answer_caller(now, self.forks.len() - 1, body, &b_ok);
+        Ok(())
+    }
+
+    /// True when `ack` acknowledges the 2xx to a replacing phone (which stops its
+    /// retransmission).
+    fn replacement_acked(&mut self, ack: &Request) -> bool {
+        let Some((_, a)) = &self.replacement else {
+            return false;
+        };
+        let ours = ack.call_id() == a.resp.headers.get("Call-ID")
+            && ack.cseq().map(|c| c.seq) == Some(a.cseq);
+        if ours {
+            self.replacement = None;
+        }
+        ours
     }
 
     /// The transferee's answer to the gateway's re-INVITE: ACK it and point the relay at the
@@ -2958,6 +3356,21 @@ impl Call {
         {
             self.finish();
         }
+        if let Some((key, a)) = self.replacement.as_mut()
+            && let Some((at, interval, give_up)) = a.next
+            && at <= now
+        {
+            if now >= give_up {
+                // No ACK from the replacing phone: it keeps the call (as for a lost ACK of a
+                // relayed re-INVITE), the retransmissions stop.
+                self.replacement = None;
+            } else {
+                let next = (interval * 2).min(T2);
+                a.next = Some((now + next, next, give_up));
+                let (key, resp) = (*key, a.resp.clone());
+                self.out.push_back(Output::Respond { key, resp });
+            }
+        }
         if self.transfer.as_ref().is_some_and(|t| t.deadline <= now) {
             // The target's devices rang long enough: the transferor hears 480.
             self.fail_transfer(now, 480);
@@ -3011,6 +3424,9 @@ impl Call {
                 .filter(|_| self.is_answered())
                 .map(|(_, deadline)| deadline),
             self.transfer.as_ref().map(|t| t.deadline),
+            self.replacement
+                .as_ref()
+                .and_then(|(_, a)| a.next.map(|n| n.0)),
             self.rel1xx.as_ref().and_then(Rel1xx::poll_timeout),
         ]
         .into_iter()

@@ -129,6 +129,42 @@ pub fn answer_back(
     Ok(Some((near, far)))
 }
 
+/// The gateway's own answer to `offer` (audio section `idx`), made when the gateway answers an
+/// INVITE itself instead of relaying another device's answer (an INVITE with Replaces): one
+/// transcodable audio codec, the first the offer lists among `prefer` (the other leg's codecs,
+/// so media need not be transcoded), else the offer's first transcodable one; its
+/// telephone-event when offered; the direction that answers the offer's (RFC 3264 §6.1). The
+/// answer keeps the offerer's address (the caller points it at the relay); with it comes the
+/// format the leg will use. 488 when the offer has no transcodable codec.
+pub fn answer_one(
+    offer: &Sdp,
+    idx: usize,
+    prefer: &[Codec],
+) -> Result<(Sdp, LegFormat), OfferError> {
+    let m = offer.media.get(idx).ok_or(OfferError::NoAudio)?;
+    let usable = |f: &Format| TRANSCODABLE.contains(&f.codec);
+    let chosen = m
+        .codecs()
+        .find(|f| usable(f) && prefer.contains(&f.codec))
+        .or_else(|| m.codecs().find(usable))
+        .ok_or_else(|| OfferError::NoCommonCodec(codec_list(TRANSCODABLE)))?;
+    let event = telephone_event(m);
+    let mut answer = offer.clone();
+    let direction = m.direction(offer.session_direction()).answer();
+    if let Some(a) = answer.media.get_mut(idx) {
+        a.retain_formats(|f| f.pt == chosen.pt || Some((f.pt, f.clock)) == event);
+        a.set_direction(direction);
+    }
+    Ok((answer, leg_format(m, chosen)))
+}
+
+/// The codecs of the audio section of `sdp` (none when it has no audio).
+pub fn audio_codecs(sdp: &Sdp) -> Vec<Codec> {
+    sdp.audio()
+        .map(|m| m.codecs().map(|f| f.codec).collect())
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,6 +219,31 @@ mod tests {
         let mut o = sdp("111", &["rtpmap:111 telephone-event/8000"]);
         augment(&mut o, 0);
         assert!(names(&o).contains(&(96, "opus")), "{:?}", names(&o));
+    }
+
+    /// The gateway's own answer keeps one codec, the other leg's when the offer has it, with
+    /// the offered telephone-event, and answers sendonly with recvonly.
+    #[test]
+    fn the_gateways_own_answer_takes_one_codec_preferring_the_other_legs() {
+        let o = sdp(
+            "8 0 9 101",
+            &["rtpmap:101 telephone-event/8000", "sendonly"],
+        );
+        let (a, f) = answer_one(&o, 0, &[Codec::G722]).expect("answer");
+        assert_eq!(names(&a), [(9, "G722"), (101, "telephone-event")]);
+        assert_eq!((f.codec, f.payload_type), (Codec::G722, 9));
+        assert_eq!(f.telephone_event, Some((101, 8000)));
+        assert_eq!(
+            a.media[0].direction(a.session_direction()),
+            csps_sip::sdp::Direction::RecvOnly
+        );
+        let (a, f) = answer_one(&o, 0, &[Codec::Opus]).expect("answer");
+        assert_eq!((names(&a)[0], f.codec), ((8, "PCMA"), Codec::Pcma));
+        assert!(answer_one(&sdp("18", &["rtpmap:18 G729/8000"]), 0, &[]).is_err());
+        assert_eq!(
+            audio_codecs(&o),
+            [Codec::Pcma, Codec::Pcmu, Codec::G722, Codec::TelephoneEvent]
+        );
     }
 
     #[test]

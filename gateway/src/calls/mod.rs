@@ -971,6 +971,60 @@ impl Switch {
                     }
                 };
             if let Some((user, domain)) = caller.as_ref()
+                && req.headers.get("Replaces").is_some()
+            {
+                // RFC 3891: the Replaces, not the Request-URI, says where this INVITE goes.
+                let values: Vec<&str> = req.headers.values("Replaces").collect();
+                let named = match values.as_slice() {
+                    [one] => csps_sip::replaces::Replaces::parse(one).map_err(|e| e.to_string()),
+                    _ => Err("more than one Replaces header".to_owned()),
+                };
+                let replaces = match named {
+                    Ok(r) => r,
+                    Err(why) => return refuse(cx.txns, 400, Some(&why)),
+                };
+                let Some(&no) = self.by_call_id.get(&replaces.call_id) else {
+                    return refuse(
+                        cx.txns,
+                        481,
+                        Some("the Replaces names no dialog of this gateway"),
+                    );
+                };
+                if self.rooms.values().any(|n| *n == no) {
+                    let why = "the Replaces names a conference participant's dialog (dial the conference instead)";
+                    return refuse(cx.txns, 501, Some(why));
+                }
+                let Some(call_id) = req.call_id().map(str::to_owned) else {
+                    return refuse(cx.txns, 400, None);
+                };
+                let party = asserted(cx.accounts, user, domain);
+                let local = concrete_local(cx.local, from.addr.ip()).unwrap_or(cx.local);
+                let replacement = b2bua::Replacement {
+                    key,
+                    from,
+                    local,
+                    req: req.clone(),
+                    replaces,
+                    party,
+                };
+                let sent = self.calls.get(&no).map(|tx| {
+                    tx.try_send(CallEvent::Sip(b2bua::Input::Replace(Box::new(replacement))))
+                });
+                match sent {
+                    Some(Ok(())) => {
+                        self.by_call_id.insert(call_id.clone(), no);
+                        if let Some(ids) = self.call_ids.get_mut(&no) {
+                            ids.push(call_id);
+                        }
+                    }
+                    Some(Err(mpsc::error::TrySendError::Full(_))) => {
+                        refuse(cx.txns, 503, Some("the call is busy"));
+                    }
+                    _ => refuse(cx.txns, 481, Some("the call named by the Replaces ended")),
+                }
+                return;
+            }
+            if let Some((user, domain)) = caller.as_ref()
                 && let Some(room) = conference::room_of(&dialled, &settings.conference_user)
             {
                 let party = csps_sip::registrar::aor(user, domain);
@@ -1239,13 +1293,7 @@ impl Switch {
         let aor = csps_sip::registrar::aor(user, domain);
         let targets = self.devices(cx, user, domain, reach, devices);
         let caller_id = match caller {
-            Some((u, d)) => {
-                let uri = csps_sip::registrar::aor(u, d);
-                match cx.accounts.display_name(u, d) {
-                    Some(n) => format!("{} <{uri}>", quote(n)),
-                    None => format!("<{uri}>"),
-                }
-            }
+            Some((u, d)) => asserted(cx.accounts, u, d),
             None => "<sip:anonymous@anonymous.invalid>".to_owned(),
         };
         Plan {
@@ -1314,6 +1362,16 @@ fn concrete_local(mut local: SocketAddr, peer: std::net::IpAddr) -> Option<Socke
         local.set_ip(crate::media::local_ip_towards(peer)?);
     }
     Some(local)
+}
+
+/// A local user as the gateway asserts it: `"Name" <sip:user@domain>`, or `<sip:user@domain>`
+/// without a display name.
+fn asserted(accounts: &AccountCache, user: &str, domain: &str) -> String {
+    let uri = csps_sip::registrar::aor(user, domain);
+    match accounts.display_name(user, domain) {
+        Some(n) => format!("{} <{uri}>", quote(n)),
+        None => format!("<{uri}>"),
+    }
 }
 
 fn quote(s: &str) -> String {

@@ -200,6 +200,13 @@ impl Peers {
                 None
             }
             Input::Ack(req) | Input::Cancel(req) => self.on_call_id(req.call_id()),
+            Input::Replace(r) => {
+                self.answering.insert(r.key, r.from.addr);
+                if let Some(c) = r.req.call_id() {
+                    self.by_call_id.insert(c.to_owned(), r.from.addr);
+                }
+                Some(r.from.addr)
+            }
             _ => None,
         }
     }
@@ -277,6 +284,7 @@ fn log_input(log: &mut MessageLog, peer: Option<SocketAddr>, input: &Input) {
         Input::Request { req, .. } | Input::Ack(req) | Input::Cancel(req) => {
             log.request(LogDirection::In, peer, req)
         }
+        Input::Replace(r) => log.request(LogDirection::In, peer, &r.req),
         Input::Response { resp, .. } => log.response(LogDirection::In, peer, resp),
         _ => {}
     }
@@ -523,8 +531,13 @@ async fn run_call(t: CallTask, call_id: String) {
                     };
                     tracing::info!(to = %party, "call transferred");
                     directory.set_dialogs(no, call.dialogs());
-                    let freed = old.filter(|_| was_phone).map(|aor| (aor, false));
-                    let taken = (!teams).then_some((party, true));
+                    // Before the answer (a call pickup) nobody is busy yet: the answer makes
+                    // the new party busy.
+                    let answered = answered_at.is_some();
+                    let freed = old
+                        .filter(|_| was_phone && answered)
+                        .map(|aor| (aor, false));
+                    let taken = (!teams && answered).then_some((party, true));
                     for (aor, busy) in freed.into_iter().chain(taken) {
                         let _ = states.send(UserState {
                             aor,

@@ -1,0 +1,326 @@
+//! RFC 3891 §3 (the Replaces header at a UAS): a phone's INVITE with Replaces naming the gateway's
+//! dialog with another phone. A device of the same user takes over an answered call; any user of
+//! the domain picks up a ringing one; the refusals (481, 486, 403, 400) leave the call alone.
+
+use std::net::UdpSocket;
+use std::time::Duration;
+
+use csps_tests::baresip::registered_tone_phone;
+use csps_tests::{Gateway, Sipp, have_tool, raw, skip, wait_until};
+
+const DOMAIN: &str = "csps.local";
+
+/// A gateway with alice, bob and carol (passwords `<user>-secret-1`); `None` (skipped) without
+/// baresip.
+fn gateway() -> Option<Gateway> {
+    if !have_tool("baresip") {
+        skip("baresip not installed (run e2e/setup)");
+        return None;
+    }
+    let gw = csps_tests::gateway_for("sipp")?;
+    for u in ["alice", "bob", "carol"] {
+        gw.create_user(u, &format!("{u}-secret-1"));
+    }
+    Some(gw)
+}
+
+/// The value of header `name` in the SIP message `text`.
+fn header(text: &str, name: &str) -> String {
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+        .map(str::trim)
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+        .to_owned()
+}
+
+/// The `tag` parameter of a From or To value.
+fn tag(value: &str) -> String {
+    value
+        .split(";tag=")
+        .nth(1)
+        .map(|t| t.split(';').next().unwrap_or(t).to_owned())
+        .unwrap_or_else(|| panic!("no tag in {value}"))
+}
+
+/// The running call (waiting up to 15 s for one in `state`): its id.
+fn call_in(gw: &Gateway, state: &str) -> u64 {
+    let mut calls = serde_json::Value::Null;
+    let found = wait_until(Duration::from_secs(15), || {
+        calls = gw.api("GET", "/api/calls", None).json();
+        calls[0]["state"] == state
+    });
+    assert!(found, "no {state} call: {calls}\n{}", gw.log_tail(40));
+    calls[0]["id"].as_u64().expect("call id")
+}
+
+/// The gateway's dialog with the callee's device in call `id` as a Replaces names it (RFC 3891
+/// §3: `to-tag` the gateway's, `from-tag` the device's), the device's tag read from its
+/// response `status` (180: the early dialog, 200: the confirmed one).
+fn callee_dialog(gw: &Gateway, id: u64, status: u16) -> String {
+    let mut resp = String::new();
+    let seen = wait_until(Duration::from_secs(10), || {
+        let messages = gw
+            .api("GET", &format!("/api/calls/{id}/messages"), None)
+            .json();
+        messages.as_array().is_some_and(|m| {
+            m.iter()
+                .any(|m| m["leg"] == "b" && m["method"] == "INVITE" && m["status"] == status)
+        })
+    });
+    assert!(seen, "no {status} from the callee in call {id}");
+    resp.push_str(&gw.call_message(id, "b", ("INVITE", "in", Some(status))));
+    let invite = gw.call_message(id, "b", ("INVITE", "out", None));
+    assert!(
+        header(&invite, "Supported").contains("replaces"),
+        "the INVITE to a phone says it supports Replaces: {invite}"
+    );
+    format!(
+        "{};to-tag={};from-tag={}",
+        header(&invite, "Call-ID"),
+        tag(&header(&invite, "From")),
+        tag(&header(&resp, "To"))
+    )
+}
+
+/// The share of `freq` in what the baresip phone recording into `dir` decoded.
+fn heard(dir: &std::path::Path, freq: f32) -> f32 {
+    let pcm = csps_tests::audio::heard_in(dir).expect("recording");
+    csps_tests::audio::tone_share(&pcm, freq)
+}
+
+/// A phone taking over an answered call: alice (baresip, 600 Hz) calls bob, whose first phone
+/// (SIPp) answers and sends no media; bob's second device (SIPp, authenticated by digest after a
+/// 407, echoing RTP) sends an INVITE with Replaces naming the gateway's dialog with the first
+/// phone. It gets 200 (with `Supported: replaces`), the first phone a BYE with `Reason`, alice a
+/// re-INVITE with the new device's media, and alice then hears her own tone echoed by it: the
+/// audio runs alice ↔ the new device. The call's record still names alice and bob, and the new
+/// device's BYE ends it.
+#[test]
+fn a_device_of_the_same_user_takes_over_an_answered_call() {
+    let Some(gw) = gateway() else {
+        return;
+    };
+    let bob = Sipp::callee(
+        "uas_answer.xml",
+        gw.sip_addr(),
+        ("bob", "bob-secret-1"),
+        DOMAIN,
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+    .silent();
+    let bob = std::thread::spawn(move || bob.run());
+    let alice_dir = tempfile::tempdir().expect("temp dir");
+    let _alice = registered_tone_phone(
+        &gw,
+        alice_dir.path(),
+        ("alice", DOMAIN),
+        600,
+        &[&format!("/dial sip:bob@{DOMAIN}")],
+    );
+    let id = call_in(&gw, "answered");
+    std::thread::sleep(Duration::from_secs(2));
+    let replaces = callee_dialog(&gw, id, 200);
+    let second = Sipp::caller(
+        "uac_replaces.xml",
+        gw.sip_addr(),
+        ("bob", "bob-secret-1"),
+        "bob",
+        DOMAIN,
+    )
+    .key("replaces", &replaces)
+    .arg("-rtp_echo")
+    .run();
+    assert!(
+        second.ok(),
+        "bob's second device failed:\n{}\n--- gateway ---\n{}",
+        second.output,
+        gw.log_tail(60)
+    );
+    let bob = bob.join().expect("bob thread");
+    assert!(bob.ok(), "bob's first phone got no BYE:\n{}", bob.output);
+    let record = gw.ended_call();
+    assert_eq!(record["caller"], format!("sip:alice@{DOMAIN}"), "{record}");
+    assert_eq!(record["callee"], format!("sip:bob@{DOMAIN}"), "{record}");
+    let bye = gw.call_message(id, "b", ("BYE", "out", None));
+    assert_eq!(
+        header(&bye, "Reason"),
+        "SIP;cause=200;text=\"Call replaced\"",
+        "{bye}"
+    );
+    // Alice was re-INVITEd to the new device's media.
+    let reinvite = gw.call_message(id, "a", ("INVITE", "out", None));
+    assert!(reinvite.contains("a=sendrecv"), "{reinvite}");
+    std::thread::sleep(Duration::from_millis(500));
+    drop(_alice);
+    let alice_hears_herself = heard(alice_dir.path(), 600.0);
+    eprintln!(
+        "tone share: alice hears her tone echoed by bob's second device {alice_hears_herself:.2}"
+    );
+    assert!(
+        alice_hears_herself > 0.5,
+        "alice hears 600 Hz at {alice_hears_herself}; call: {record}"
+    );
+}
+
+/// Call pickup: alice (baresip, 600 Hz) calls bob, whose phone (SIPp) rings; carol (SIPp,
+/// authenticated, echoing RTP) sends an INVITE with Replaces naming the gateway's early dialog
+/// with bob's phone. Carol gets 200, bob's phone a CANCEL ("Call completed elsewhere"), alice
+/// the 200 with carol's media: `GET /api/calls` names carol as the callee, alice hears her tone
+/// echoed by carol, and the record says alice called carol.
+#[test]
+fn another_user_of_the_domain_picks_up_a_ringing_call() {
+    let Some(gw) = gateway() else {
+        return;
+    };
+    let bob = Sipp::callee(
+        "uas_cancel.xml",
+        gw.sip_addr(),
+        ("bob", "bob-secret-1"),
+        DOMAIN,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let bob = std::thread::spawn(move || bob.run());
+    let alice_dir = tempfile::tempdir().expect("temp dir");
+    let alice = registered_tone_phone(
+        &gw,
+        alice_dir.path(),
+        ("alice", DOMAIN),
+        600,
+        &[&format!("/dial sip:bob@{DOMAIN}")],
+    );
+    let id = call_in(&gw, "ringing");
+    let replaces = callee_dialog(&gw, id, 180);
+    let carol = Sipp::caller(
+        "uac_replaces.xml",
+        gw.sip_addr(),
+        ("carol", "carol-secret-1"),
+        "bob",
+        DOMAIN,
+    )
+    .key("replaces", &replaces)
+    .arg("-rtp_echo");
+    let carol = std::thread::spawn(move || carol.run());
+    let mut calls = serde_json::Value::Null;
+    let picked = wait_until(Duration::from_secs(10), || {
+        calls = gw.api("GET", "/api/calls", None).json();
+        calls[0]["state"] == "answered"
+            && calls[0]["legs"][1]["party"] == format!("sip:carol@{DOMAIN}")
+    });
+    assert!(
+        picked,
+        "carol did not pick up: {calls}\n{}",
+        gw.log_tail(60)
+    );
+    let bob = bob.join().expect("bob thread");
+    assert!(bob.ok(), "bob's phone was not cancelled:\n{}", bob.output);
+    let cancel = gw.call_message(id, "b", ("CANCEL", "out", None));
+    assert_eq!(
+        header(&cancel, "Reason"),
+        "SIP;cause=200;text=\"Call completed elsewhere\"",
+        "{cancel}"
+    );
+    let carol = carol.join().expect("carol thread");
+    assert!(
+        carol.ok(),
+        "carol failed:\n{}\n--- gateway ---\n{}",
+        carol.output,
+        gw.log_tail(60)
+    );
+    let record = gw.ended_call();
+    assert_eq!(record["status"], 200, "{record}");
+    assert_eq!(record["callee"], format!("sip:carol@{DOMAIN}"), "{record}");
+    std::thread::sleep(Duration::from_millis(500));
+    drop(alice);
+    let alice_hears_herself = heard(alice_dir.path(), 600.0);
+    eprintln!("tone share: alice hears her tone echoed by carol {alice_hears_herself:.2}");
+    assert!(
+        alice_hears_herself > 0.5,
+        "alice hears 600 Hz at {alice_hears_herself}; call: {record}"
+    );
+}
+
+/// An INVITE with `replaces` sent as `user` from a trusted loopback socket of its own (the
+/// refusal's retransmissions, never ACKed, stay there); the final answer.
+fn replace(gw: &Gateway, user: &str, replaces: &str) -> csps_sip::Response {
+    let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let local = sock.local_addr().expect("local address");
+    let sdp = format!(
+        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+         m=audio {} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n",
+        local.port() + 2
+    );
+    let msg = format!(
+        "INVITE sip:bob@{DOMAIN} SIP/2.0\r\n\
+         Via: SIP/2.0/UDP {local};branch=z9hG4bK{branch};rport\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:{user}@{DOMAIN}>;tag={tag}\r\n\
+         To: <sip:bob@{DOMAIN}>\r\n\
+         Call-ID: {call_id}\r\n\
+         CSeq: 1 INVITE\r\n\
+         Contact: <sip:{user}@{local}>\r\n\
+         Replaces: {replaces}\r\n\
+         Content-Type: application/sdp\r\n\
+         Content-Length: {}\r\n\r\n{sdp}",
+        sdp.len(),
+        branch = raw::token("b"),
+        tag = raw::token("t"),
+        call_id = raw::token("c"),
+    );
+    raw::udp_request(&sock, gw.sip_addr(), &msg, Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("{e}\n{}", gw.log_tail(40)))
+}
+
+/// The refusals of RFC 3891 §3, each with a Warning, and the call they name goes on: 481 for a
+/// dialog the gateway does not have (also the right one with its tags the other way round: the
+/// `to-tag` is the gateway's), 486 for `early-only` on a confirmed dialog, 403 for another user
+/// taking over an answered call, 400 for a Replaces that names no dialog.
+#[test]
+fn replaces_that_cannot_be_honoured_are_refused_and_the_call_goes_on() {
+    let Some(gw) = gateway() else {
+        return;
+    };
+    let alice_dir = tempfile::tempdir().expect("temp dir");
+    let bob_dir = tempfile::tempdir().expect("temp dir");
+    let _bob = registered_tone_phone(&gw, bob_dir.path(), ("bob", DOMAIN), 1000, &[]);
+    let _alice = registered_tone_phone(
+        &gw,
+        alice_dir.path(),
+        ("alice", DOMAIN),
+        600,
+        &[&format!("/dial sip:bob@{DOMAIN}")],
+    );
+    let id = call_in(&gw, "answered");
+    let named = callee_dialog(&gw, id, 200);
+    // The phones registered with their digest; the probes come unchallenged from loopback.
+    gw.trust("127.0.0.0/8");
+    let mut parts = named.split(';');
+    let (call_id, to_tag, from_tag) = (
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or_default().replace("to-tag=", ""),
+        parts.next().unwrap_or_default().replace("from-tag=", ""),
+    );
+    let swapped = format!("{call_id};to-tag={from_tag};from-tag={to_tag}");
+    for (user, value, status) in [
+        ("bob", "nothing-here@x;to-tag=a;from-tag=b", 481),
+        ("bob", swapped.as_str(), 481),
+        ("bob", &format!("{named};early-only"), 486),
+        ("carol", named.as_str(), 403),
+        ("bob", ";to-tag=a;from-tag=b", 400),
+        ("bob", &format!("{call_id};to-tag={to_tag}"), 400),
+    ] {
+        let resp = replace(&gw, user, value);
+        assert_eq!(
+            resp.status, status,
+            "{user} with Replaces: {value}: {resp:?}"
+        );
+        assert!(
+            resp.headers.get("Warning").is_some(),
+            "a refusal says why: {resp:?}"
+        );
+    }
+    let calls = gw.api("GET", "/api/calls", None).json();
+    assert_eq!(calls[0]["id"], id, "{calls}");
+    assert_eq!(calls[0]["state"], "answered", "{calls}");
+    assert_eq!(calls[0]["legs"][1]["party"], format!("sip:bob@{DOMAIN}"));
+    gw.admin_hang_up(id);
+}
