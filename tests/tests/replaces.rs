@@ -88,6 +88,40 @@ fn heard(dir: &std::path::Path, freq: f32) -> f32 {
     csps_tests::audio::tone_share(&pcm, freq)
 }
 
+/// Bob's phone (SIPp `scenario`, registered, sending no media of its own) in a thread, and
+/// alice (baresip, 600 Hz, recording into `dir`) calling bob.
+fn alice_calls_bob(
+    gw: &Gateway,
+    scenario: &str,
+    dir: &std::path::Path,
+) -> (
+    std::thread::JoinHandle<csps_tests::SippOutcome>,
+    csps_tests::baresip::Baresip,
+) {
+    let bob = Sipp::callee(scenario, gw.sip_addr(), ("bob", "bob-secret-1"), DOMAIN)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .silent();
+    let bob = std::thread::spawn(move || bob.run());
+    let dial = format!("/dial sip:bob@{DOMAIN}");
+    let alice = registered_tone_phone(gw, dir, ("alice", DOMAIN), 600, &[&dial]);
+    (bob, alice)
+}
+
+/// `user`'s phone (SIPp, authenticated after a 407, echoing RTP) sending an INVITE with
+/// `Replaces: replaces` (`e2e/sipp/uac_replaces.xml`), talking 5 s and hanging up.
+fn replacing(gw: &Gateway, user: &str, replaces: &str) -> Sipp {
+    let password = format!("{user}-secret-1");
+    Sipp::caller(
+        "uac_replaces.xml",
+        gw.sip_addr(),
+        (user, &password),
+        "bob",
+        DOMAIN,
+    )
+    .key("replaces", replaces)
+    .arg("-rtp_echo")
+}
+
 /// A phone taking over an answered call: alice (baresip, 600 Hz) calls bob, whose first phone
 /// (SIPp) answers and sends no media; bob's second device (SIPp, authenticated by digest after a
 /// 407, echoing RTP) sends an INVITE with Replaces naming the gateway's dialog with the first
@@ -100,36 +134,12 @@ fn a_device_of_the_same_user_takes_over_an_answered_call() {
     let Some(gw) = gateway() else {
         return;
     };
-    let bob = Sipp::callee(
-        "uas_answer.xml",
-        gw.sip_addr(),
-        ("bob", "bob-secret-1"),
-        DOMAIN,
-    )
-    .unwrap_or_else(|e| panic!("{e}"))
-    .silent();
-    let bob = std::thread::spawn(move || bob.run());
     let alice_dir = tempfile::tempdir().expect("temp dir");
-    let _alice = registered_tone_phone(
-        &gw,
-        alice_dir.path(),
-        ("alice", DOMAIN),
-        600,
-        &[&format!("/dial sip:bob@{DOMAIN}")],
-    );
+    let (bob, alice) = alice_calls_bob(&gw, "uas_answer.xml", alice_dir.path());
     let id = call_in(&gw, "answered");
     std::thread::sleep(Duration::from_secs(2));
     let replaces = callee_dialog(&gw, id, 200);
-    let second = Sipp::caller(
-        "uac_replaces.xml",
-        gw.sip_addr(),
-        ("bob", "bob-secret-1"),
-        "bob",
-        DOMAIN,
-    )
-    .key("replaces", &replaces)
-    .arg("-rtp_echo")
-    .run();
+    let second = replacing(&gw, "bob", &replaces).run();
     assert!(
         second.ok(),
         "bob's second device failed:\n{}\n--- gateway ---\n{}",
@@ -151,7 +161,7 @@ fn a_device_of_the_same_user_takes_over_an_answered_call() {
     let reinvite = gw.call_message(id, "a", ("INVITE", "out", None));
     assert!(reinvite.contains("a=sendrecv"), "{reinvite}");
     std::thread::sleep(Duration::from_millis(500));
-    drop(_alice);
+    drop(alice);
     let alice_hears_herself = heard(alice_dir.path(), 600.0);
     eprintln!(
         "tone share: alice hears her tone echoed by bob's second device {alice_hears_herself:.2}"
@@ -172,33 +182,11 @@ fn another_user_of_the_domain_picks_up_a_ringing_call() {
     let Some(gw) = gateway() else {
         return;
     };
-    let bob = Sipp::callee(
-        "uas_cancel.xml",
-        gw.sip_addr(),
-        ("bob", "bob-secret-1"),
-        DOMAIN,
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    let bob = std::thread::spawn(move || bob.run());
     let alice_dir = tempfile::tempdir().expect("temp dir");
-    let alice = registered_tone_phone(
-        &gw,
-        alice_dir.path(),
-        ("alice", DOMAIN),
-        600,
-        &[&format!("/dial sip:bob@{DOMAIN}")],
-    );
+    let (bob, alice) = alice_calls_bob(&gw, "uas_cancel.xml", alice_dir.path());
     let id = call_in(&gw, "ringing");
     let replaces = callee_dialog(&gw, id, 180);
-    let carol = Sipp::caller(
-        "uac_replaces.xml",
-        gw.sip_addr(),
-        ("carol", "carol-secret-1"),
-        "bob",
-        DOMAIN,
-    )
-    .key("replaces", &replaces)
-    .arg("-rtp_echo");
+    let carol = replacing(&gw, "carol", &replaces);
     let carol = std::thread::spawn(move || carol.run());
     let mut calls = serde_json::Value::Null;
     let picked = wait_until(Duration::from_secs(10), || {
@@ -280,15 +268,7 @@ fn replaces_that_cannot_be_honoured_are_refused_and_the_call_goes_on() {
         return;
     };
     let alice_dir = tempfile::tempdir().expect("temp dir");
-    let bob_dir = tempfile::tempdir().expect("temp dir");
-    let _bob = registered_tone_phone(&gw, bob_dir.path(), ("bob", DOMAIN), 1000, &[]);
-    let _alice = registered_tone_phone(
-        &gw,
-        alice_dir.path(),
-        ("alice", DOMAIN),
-        600,
-        &[&format!("/dial sip:bob@{DOMAIN}")],
-    );
+    let (bob, _alice) = alice_calls_bob(&gw, "uas_answer.xml", alice_dir.path());
     let id = call_in(&gw, "answered");
     let named = callee_dialog(&gw, id, 200);
     // The phones registered with their digest; the probes come unchallenged from loopback.
@@ -323,4 +303,6 @@ fn replaces_that_cannot_be_honoured_are_refused_and_the_call_goes_on() {
     assert_eq!(calls[0]["state"], "answered", "{calls}");
     assert_eq!(calls[0]["legs"][1]["party"], format!("sip:bob@{DOMAIN}"));
     gw.admin_hang_up(id);
+    let bob = bob.join().expect("bob thread");
+    assert!(bob.ok(), "bob's phone:\n{}", bob.output);
 }

@@ -5342,4 +5342,193 @@ pub(super) mod tests {
         assert_eq!(byes, ["203.0.113.5:5060", "192.0.2.9:5060"]);
         assert_eq!(c.end_reason(), Some(EndReason::Rejected));
     }
+
+    /// An INVITE with Replaces from `user`'s phone at 198.51.100.4 (PCMA and PCMU offered),
+    /// as the switch hands it to the call.
+    fn replacement(user: &str, replaces: &str, call_id: &str) -> Replacement {
+        let sdp = "v=0\r\no=- 1 1 IN IP4 198.51.100.4\r\ns=-\r\nc=IN IP4 198.51.100.4\r\nt=0 0\r\n\
+            m=audio 7000 RTP/AVP 8 0\r\n";
+        let req = parse_req(&format!(
+            "INVITE sip:bob@csps.local SIP/2.0\r\nVia: SIP/2.0/UDP 198.51.100.4:5060;branch=z9hG4bK{call_id}\r\n\
+             From: <sip:{user}@csps.local>;tag=new\r\nTo: <sip:bob@csps.local>\r\nCall-ID: {call_id}\r\n\
+             CSeq: 1 INVITE\r\nContact: <sip:{user}@198.51.100.4>\r\nMax-Forwards: 70\r\n\
+             Replaces: {replaces}\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+            sdp.len()
+        ));
+        Replacement {
+            key: key_for(&req, "198.51.100.4:5060"),
+            from: remote("198.51.100.4:5060"),
+            local: "192.0.2.1:5060".parse().expect("addr"),
+            replaces: Replaces::parse(replaces).expect("replaces"),
+            req,
+            party: format!("<sip:{user}@csps.local>"),
+        }
+    }
+
+    /// The statuses of the answers in `out`.
+    fn statuses(out: &[Output]) -> Vec<u16> {
+        responses_to_a(out).iter().map(|r| r.status).collect()
+    }
+
+    /// RFC 3891 §3 on an answered call: the tags are matched as the gateway holds the dialog
+    /// (the other way round: 481); `early-only` gets 486, another user 403. Bob's other phone
+    /// is answered 200 in the codec alice uses, the first phone gets a BYE with the reason,
+    /// alice a re-INVITE with the new phone's media; a second Replaces of the old dialog: 603.
+    #[test]
+    fn a_replacing_invite_takes_over_the_answered_device_and_refusals_leave_the_call() {
+        let t0 = Instant::now();
+        let (mut c, _, inv1) = confirmed(t0);
+        drain(&mut c);
+        let gw = inv1
+            .from_hdr()
+            .and_then(|f| f.tag().map(str::to_owned))
+            .expect("tag");
+        let named = format!("b-call;to-tag={gw};from-tag=d1");
+        for (user, value, status) in [
+            ("bob", format!("b-call;to-tag=d1;from-tag={gw}"), 481),
+            ("bob", format!("{named};early-only"), 486),
+            ("carol", named.clone(), 403),
+        ] {
+            c.handle(
+                t0,
+                Input::Replace(Box::new(replacement(user, &value, "r1"))),
+            );
+            let out = drain(&mut c);
+            assert_eq!(statuses(&out), [status], "{value}");
+            assert!(sent(&out, Method::Bye).is_none(), "{value}");
+        }
+        let rep = replacement("bob", &named, "r2");
+        let key = rep.key;
+        c.handle(t0, Input::Replace(Box::new(rep)));
+        let out = drain(&mut c);
+        let ok = out
+            .iter()
+            .find_map(|o| match o {
+                Output::Respond { key: k, resp } if *k == key => Some(resp.clone()),
+                _ => None,
+            })
+            .expect("200 to the new phone");
+        assert_eq!(ok.status, 200);
+        assert!(
+            ok.to_hdr()
+                .and_then(|t| t.tag().map(str::to_owned))
+                .is_some()
+        );
+        let answer = String::from_utf8_lossy(&ok.body).into_owned();
+        // Alice's PCMU (what the old phone answered), not the new phone's first codec.
+        assert!(answer.contains("m=audio 20002 RTP/AVP 0\r\n"), "{answer}");
+        let (_, bye, to) = sent(&out, Method::Bye).expect("BYE to the old phone");
+        assert_eq!(to, remote("192.0.2.9:5060"));
+        assert_eq!(bye.headers.get("Reason"), Some(REPLACED));
+        let (_, reinvite, to) = sent(&out, Method::Invite).expect("re-INVITE to alice");
+        assert_eq!(to, remote("203.0.113.5:5060"));
+        let offer = String::from_utf8_lossy(&reinvite.body).into_owned();
+        assert!(offer.contains("m=audio 20000 RTP/AVP 0"), "{offer}");
+        assert!(offer.contains("a=sendrecv"), "{offer}");
+        assert!(out.iter().any(|o| matches!(
+            o,
+            Output::Transferred { a: false, party, teams: false } if party == "sip:bob@csps.local"
+        )));
+        assert!(out.iter().any(|o| matches!(
+            o,
+            Output::Media(MediaChange::B(Some(a), _)) if *a == "198.51.100.4:7000".parse().expect("addr")
+        )));
+        // The old dialog is gone; the new phone is the call's B leg.
+        c.handle(
+            t0,
+            Input::Replace(Box::new(replacement("bob", &named, "r3"))),
+        );
+        assert_eq!(statuses(&drain(&mut c)), [603]);
+        let legs = c.dialogs();
+        assert_eq!(legs[1].call_id, "r2");
+        assert_eq!(legs[1].device_tag, "new");
+        // Its 200 is retransmitted until its ACK.
+        let retransmitted = c.poll_timeout().expect("timer");
+        c.handle_timeout(retransmitted);
+        assert_eq!(statuses(&drain(&mut c)), [200]);
+        let ack = parse_req(&format!(
+            "ACK sip:csps@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP 198.51.100.4:5060;branch=z9hG4bKack\r\n\
+             From: <sip:bob@csps.local>;tag=new\r\nTo: <sip:bob@csps.local>;tag={}\r\nCall-ID: r2\r\n\
+             CSeq: 1 ACK\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+            legs[1].gateway_tag
+        ));
+        c.handle(t0, Input::Ack(ack));
+        assert!(c.replacement.is_none());
+    }
+
+    /// Call pickup (RFC 3891 §3, an early dialog the gateway initiated): carol's phone names
+    /// the gateway's early dialog with bob's second device; she gets 200, alice gets 200 with
+    /// an answer to her offer, the ringing device a CANCEL ("Call completed elsewhere"). The
+    /// caller's own early dialog (not initiated by the gateway) gets 481.
+    #[test]
+    fn a_replacing_invite_picks_up_a_ringing_device() {
+        let t0 = Instant::now();
+        let mut c = call(OFFER, t0);
+        let invites = sent_invites(&drain(&mut c));
+        let (tag2, inv2) = invites[1].clone();
+        c.handle(
+            t0,
+            Input::Response {
+                tag: tag2,
+                resp: reply(&inv2, 180, "ring2", None),
+            },
+        );
+        let out = drain(&mut c);
+        let a_tag = responses_to_a(&out)[0]
+            .to_hdr()
+            .and_then(|t| t.tag().map(str::to_owned))
+            .expect("To tag");
+        let own = format!("a-call;to-tag={a_tag};from-tag=at");
+        c.handle(
+            t0,
+            Input::Replace(Box::new(replacement("carol", &own, "p0"))),
+        );
+        assert_eq!(statuses(&drain(&mut c)), [481]);
+        let gw = inv2
+            .from_hdr()
+            .and_then(|f| f.tag().map(str::to_owned))
+            .expect("tag");
+        let early = format!("b-call;to-tag={gw};from-tag=ring2;early-only");
+        c.handle(
+            t0,
+            Input::Replace(Box::new(replacement("carol", &early, "p1"))),
+        );
+        let out = drain(&mut c);
+        assert_eq!(statuses(&out), [200, 200], "carol's 200, then alice's");
+        let to_alice = responses_to_a(&out)[1];
+        let answer = String::from_utf8_lossy(&to_alice.body).into_owned();
+        assert!(
+            answer.contains("m=audio 20000 RTP/AVP 0 101\r\n"),
+            "{answer}"
+        );
+        let cancel = out.iter().find_map(|o| match o {
+            Output::Send { req, to, .. } if req.method == Method::Cancel => Some((req, *to)),
+            _ => None,
+        });
+        let (cancel, to) = cancel.expect("CANCEL to the ringing device");
+        assert_eq!(to, remote("192.0.2.10:5060"));
+        assert_eq!(cancel.headers.get("Reason"), Some(COMPLETED_ELSEWHERE));
+        assert!(out.iter().any(|o| matches!(
+            o,
+            Output::Transferred { a: false, party, .. } if party == "sip:carol@csps.local"
+        )));
+        assert!(out.iter().any(|o| matches!(o, Output::Answered)));
+        // Carol offered PCMA first, but also alice's PCMU: she is answered PCMU, nothing is
+        // transcoded.
+        let to_carol = String::from_utf8_lossy(&responses_to_a(&out)[0].body).into_owned();
+        assert!(
+            to_carol.contains("m=audio 20002 RTP/AVP 0\r\n"),
+            "{to_carol}"
+        );
+        assert!(
+            out.iter()
+                .any(|o| matches!(o, Output::Media(MediaChange::Transcode(None))))
+        );
+        // The picked-up dialog ended with the pickup.
+        c.handle(
+            t0,
+            Input::Replace(Box::new(replacement("carol", &early, "p2"))),
+        );
+        assert_eq!(statuses(&drain(&mut c)), [603]);
+    }
 }

@@ -1007,20 +1007,24 @@ impl Switch {
                     replaces,
                     party,
                 };
-                let sent = self.calls.get(&no).map(|tx| {
-                    tx.try_send(CallEvent::Sip(b2bua::Input::Replace(Box::new(replacement))))
-                });
-                match sent {
-                    Some(Ok(())) => {
+                let event = CallEvent::Sip(b2bua::Input::Replace(Box::new(replacement)));
+                let ended = Some((481, "the call named by the Replaces ended"));
+                let refused = match self.calls.get(&no) {
+                    Some(tx) => match tx.try_send(event) {
+                        Ok(()) => None,
+                        Err(mpsc::error::TrySendError::Full(_)) => Some((503, "the call is busy")),
+                        Err(mpsc::error::TrySendError::Closed(_)) => ended,
+                    },
+                    None => ended,
+                };
+                match refused {
+                    None => {
                         self.by_call_id.insert(call_id.clone(), no);
                         if let Some(ids) = self.call_ids.get_mut(&no) {
                             ids.push(call_id);
                         }
                     }
-                    Some(Err(mpsc::error::TrySendError::Full(_))) => {
-                        refuse(cx.txns, 503, Some("the call is busy"));
-                    }
-                    _ => refuse(cx.txns, 481, Some("the call named by the Replaces ended")),
+                    Some((status, why)) => refuse(cx.txns, status, Some(why)),
                 }
                 return;
             }
