@@ -261,7 +261,7 @@ fn replace(gw: &Gateway, user: &str, replaces: &str) -> csps_sip::Response {
 /// The refusals of RFC 3891 §3, each with a Warning, and the call they name goes on: 481 for a
 /// dialog the gateway does not have (also the right one with its tags the other way round: the
 /// `to-tag` is the gateway's), 486 for `early-only` on a confirmed dialog, 403 for another user
-/// taking over an answered call, 400 for a Replaces that names no dialog.
+/// taking over an answered call, 400 for a Replaces that names no dialog and for two of them.
 #[test]
 fn replaces_that_cannot_be_honoured_are_refused_and_the_call_goes_on() {
     let Some(gw) = gateway() else {
@@ -287,6 +287,8 @@ fn replaces_that_cannot_be_honoured_are_refused_and_the_call_goes_on() {
         ("carol", named.as_str(), 403),
         ("bob", ";to-tag=a;from-tag=b", 400),
         ("bob", &format!("{call_id};to-tag={to_tag}"), 400),
+        // Two Replaces headers (§3: 400).
+        ("bob", &format!("{named}\r\nReplaces: {named}"), 400),
     ] {
         let resp = replace(&gw, user, value);
         assert_eq!(

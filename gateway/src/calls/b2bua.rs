@@ -3452,6 +3452,11 @@ impl Call {
         out
     }
 
+    /// Where leg A's device signals from (the caller's, or whoever took its place since).
+    pub fn caller_signalling(&self) -> SocketAddr {
+        self.setup.from.addr
+    }
+
     /// True once answered and not yet over.
     pub fn is_answered(&self) -> bool {
         matches!(self.phase, Phase::Answered | Phase::Confirmed)

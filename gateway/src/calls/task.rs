@@ -380,7 +380,6 @@ async fn run_call(t: CallTask, call_id: String) {
         }
         _ => return,
     }
-    let a_signalling = setup.from.addr;
     let started_at = Utc::now();
     let started = Instant::now();
     let mut record = CallRecord {
@@ -605,7 +604,8 @@ async fn run_call(t: CallTask, call_id: String) {
                             LegInfo {
                                 kind: kinds[0],
                                 party: caller.clone().unwrap_or_else(|| "anonymous".into()),
-                                signalling: a_signalling.to_string(),
+                                // Where leg A's phone is now (a transfer or a Replaces moves it).
+                                signalling: call.caller_signalling().to_string(),
                                 media: media.latched_a().map(|a| a.to_string()),
                                 codec: leg_codecs.as_ref().map(|c| c[0].clone()).or(codec.clone()),
                                 srtp: call.srtp(true),
