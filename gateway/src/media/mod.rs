@@ -50,7 +50,17 @@ pub struct Latch {
     sdp: Option<SocketAddr>,
     /// The source latched on to.
     latched: Option<SocketAddr>,
+    /// The source of the latch a new SDP address released, and how many of its packets were
+    /// refused since (see [`FORMER_GRACE`]).
+    former: Option<(SocketAddr, u32)>,
 }
+
+/// Packets from the source of a released latch refused before it may latch again (about half
+/// a second of 20 ms packets). When a leg changes hands (a transfer, a takeover) between two
+/// phones behind one NAT, the old phone's last packets come from an expected IP and would
+/// otherwise take the latch, and the new phone's media would be dropped; a phone that only
+/// moved its SDP port but still sends from the old source gets its latch back after these.
+const FORMER_GRACE: u32 = 25;
 
 impl Latch {
     /// Sets where the leg's SDP says it receives and which IPs may send its media. A latch on
@@ -60,7 +70,7 @@ impl Latch {
     pub fn expect(&mut self, sdp: Option<SocketAddr>, signalling: IpAddr) {
         let sdp = sdp.filter(|a| !a.ip().is_unspecified() && a.port() != 0);
         if self.sdp.is_some() && sdp.is_some() && self.sdp != sdp {
-            self.latched = None;
+            self.release();
         }
         let mut ips = vec![signalling.to_canonical()];
         if let Some(a) = sdp {
@@ -72,7 +82,7 @@ impl Latch {
         if let Some(l) = self.latched
             && !ips.contains(&l.ip().to_canonical())
         {
-            self.latched = None;
+            self.release();
         }
         self.expected = ips;
         // An SDP without a usable address (old-style hold, c=0.0.0.0) leaves the last one.
@@ -81,9 +91,16 @@ impl Latch {
         }
     }
 
+    fn release(&mut self) {
+        if let Some(l) = self.latched.take() {
+            self.former = Some((l, 0));
+        }
+    }
+
     /// True when a packet from `from` is accepted (latching on to it if nothing is latched yet).
     /// A packet from exactly the SDP address re-latches: when a leg changes hands (a transfer)
-    /// on one host, the old phone's last packets may come first from an expected IP.
+    /// on one host, the old phone's last packets may come first from an expected IP. For the
+    /// same reason the source of a released latch waits [`FORMER_GRACE`] packets.
     pub fn accept(&mut self, from: SocketAddr) -> bool {
         match self.latched {
             Some(l) if l == from => true,
@@ -93,6 +110,15 @@ impl Latch {
             }
             Some(_) => false,
             None if self.expected.contains(&from.ip().to_canonical()) => {
+                if let Some((f, refused)) = self.former.as_mut()
+                    && *f == from
+                    && self.sdp != Some(from)
+                    && *refused < FORMER_GRACE
+                {
+                    *refused += 1;
+                    return false;
+                }
+                self.former = None;
                 self.latched = Some(from);
                 true
             }
@@ -235,6 +261,34 @@ mod tests {
             !l.accept(a("127.0.0.1:4000")),
             "the old phone is dropped now"
         );
+    }
+
+    #[test]
+    fn two_phones_behind_one_nat_the_old_ones_last_packets_do_not_take_the_latch() {
+        let ip: IpAddr = "203.0.113.5".parse().expect("ip");
+        let mut l = Latch::default();
+        l.expect(Some(a("10.0.0.7:4000")), ip);
+        assert!(l.accept(a("203.0.113.5:31000")));
+        // A takeover by another phone behind the same NAT: a new private SDP address.
+        l.expect(Some(a("10.0.0.8:4000")), ip);
+        for _ in 0..3 {
+            assert!(
+                !l.accept(a("203.0.113.5:31000")),
+                "the old phone's last packets"
+            );
+        }
+        assert!(l.accept(a("203.0.113.5:32000")), "the new phone latches");
+        assert!(!l.accept(a("203.0.113.5:31000")));
+        assert_eq!(l.destination(), Some(a("203.0.113.5:32000")));
+
+        // A phone that moved its SDP port but still sends from its old source: latched again
+        // after the grace.
+        l.expect(Some(a("10.0.0.8:4100")), ip);
+        let refused = (0..100)
+            .take_while(|_| !l.accept(a("203.0.113.5:32000")))
+            .count();
+        assert_eq!(refused, FORMER_GRACE as usize);
+        assert_eq!(l.latched(), Some(a("203.0.113.5:32000")));
     }
 
     #[test]
