@@ -681,6 +681,22 @@ impl Gateway {
         r.json()
     }
 
+    /// Creates the account `account` (the JSON of `POST /api/users`) and sets its `activated`
+    /// flag as an admin does; its id. Panics unless both answers are the expected ones.
+    pub fn create_account(&self, account: serde_json::Value, activated: bool) -> String {
+        let r = self.api("POST", "/api/users", Some(&account));
+        assert_eq!(r.status, 201, "POST /api/users {account}: {}", r.body);
+        let id = r.json()["id"].as_str().unwrap_or_default().to_owned();
+        let r = self.api(
+            "PATCH",
+            &format!("/api/users/{id}"),
+            Some(&serde_json::json!({ "activated": activated })),
+        );
+        assert_eq!(r.status, 200, "PATCH activated: {}", r.body);
+        assert_eq!(r.json()["activated"], activated, "{}", r.body);
+        id
+    }
+
     /// Adds a trusted range for this server (`--server-name`, else `*`); panics unless 201.
     pub fn trust(&self, cidr: &str) {
         let server = self.server_name.as_deref().unwrap_or("*");

@@ -46,22 +46,11 @@ fn world(extra_args: &[&str]) -> Option<(TeamsEmulator, Gateway)> {
     // No credentials yet: off, and one line says so.
     wait_log(&gw, "Teams presence is off");
     for (user, upn, activated) in USERS {
-        let r = gw.api(
-            "POST",
-            "/api/users",
-            Some(
-                &json!({"username": user, "password": format!("{user}-secret-1"),
-                         "domain": DOMAIN, "upn": upn}),
-            ),
+        gw.create_account(
+            json!({"username": user, "password": format!("{user}-secret-1"),
+                   "domain": DOMAIN, "upn": upn}),
+            activated,
         );
-        assert_eq!(r.status, 201, "POST /api/users {user}: {}", r.body);
-        let id = r.json()["id"].as_str().unwrap_or_default().to_owned();
-        let r = gw.api(
-            "PATCH",
-            &format!("/api/users/{id}"),
-            Some(&json!({"activated": activated})),
-        );
-        assert_eq!(r.status, 200, "PATCH {user}: {}", r.body);
     }
     for (leaf, value) in [
         ("Tenant", TENANT.to_owned()),

@@ -36,23 +36,11 @@ fn peers() -> Option<(TeamsEmulator, Gateway)> {
         ..EmulatorOptions::default()
     })?;
     for (user, number, activated) in [("alice", ALICE, true), ("bob", BOB, false)] {
-        let r = gw.api(
-            "POST",
-            "/api/users",
-            Some(
-                &json!({"username": user, "password": format!("{user}-secret-1"),
-                         "domain": DOMAIN, "phone_number": number}),
-            ),
+        gw.create_account(
+            json!({"username": user, "password": format!("{user}-secret-1"),
+                   "domain": DOMAIN, "phone_number": number}),
+            activated,
         );
-        assert_eq!(r.status, 201, "POST /api/users: {}", r.body);
-        let id = r.json()["id"].as_str().unwrap_or_default().to_owned();
-        let r = gw.api(
-            "PATCH",
-            &format!("/api/users/{id}"),
-            Some(&json!({"activated": activated})),
-        );
-        assert_eq!(r.status, 200, "PATCH activated: {}", r.body);
-        assert_eq!(r.json()["activated"], activated);
     }
     emu.attach_trunk(&gw, FQDN, 1);
     wait_proxies(&gw, [true, true, true]);

@@ -160,22 +160,11 @@ fn srv_records_order_the_proxies_and_calls_fail_over_across_them() {
         return;
     };
     let Some(gw) = gateway(&dns) else { return };
-    let r = gw.api(
-        "POST",
-        "/api/users",
-        Some(
-            &json!({"username": "alice", "password": "alice-secret-1", "domain": DOMAIN,
-                     "phone_number": ALICE}),
-        ),
+    gw.create_account(
+        json!({"username": "alice", "password": "alice-secret-1", "domain": DOMAIN,
+               "phone_number": ALICE}),
+        true,
     );
-    assert_eq!(r.status, 201, "POST /api/users: {}", r.body);
-    let id = r.json()["id"].as_str().unwrap_or_default().to_owned();
-    let r = gw.api(
-        "PATCH",
-        &format!("/api/users/{id}"),
-        Some(&json!({"activated": true})),
-    );
-    assert_eq!(r.status, 200, "PATCH activated: {}", r.body);
     emu.attach_trunk_to(&gw, FQDN, 1, &[SERVICE]);
 
     let want: Vec<(String, bool)> = (1..=3).map(|n| (target(&emu, n), true)).collect();
