@@ -18,10 +18,20 @@ where
     T: serde::de::DeserializeOwned + Send + Sync + 'static,
 {
     let out = RwSignal::new(None);
+    // Only the latest request's answer is shown: one started earlier (before another server
+    // was picked) may answer later.
+    let latest = RwSignal::new(0u64);
     Effect::new(move |_| {
         watch();
         if let Some(p) = path() {
-            leptos::task::spawn_local(async move { out.set(Some(api::get::<T>(&p).await)) });
+            latest.update_untracked(|n| *n += 1);
+            let mine = latest.get_untracked();
+            leptos::task::spawn_local(async move {
+                let answer = api::get::<T>(&p).await;
+                if latest.get_untracked() == mine {
+                    out.set(Some(answer));
+                }
+            });
         }
     });
     out
@@ -438,19 +448,24 @@ fn Leaf(server: RwSignal<String>, info: Value, value: Memo<Option<Value>>) -> im
             });
         }
     };
+    // Nothing is typed before the stored value arrives: it would overwrite the typing, and a
+    // Save would then store the old value.
+    let loading = move || value.get().is_none();
     let input = match kind.as_str() {
         "boolean" => view! {
             <input id=id.clone() type="checkbox" prop:checked=move || text.get() == "true"
+                prop:disabled=loading
                 on:change=move |ev| text.set(event_target_checked(&ev).to_string()) />
         }
         .into_any(),
         "array" => view! {
-            <textarea id=id.clone() rows="3" prop:value=move || text.get()
+            <textarea id=id.clone() rows="3" prop:value=move || text.get() prop:disabled=loading
                 on:input=move |ev| text.set(event_target_value(&ev))></textarea>
         }
         .into_any(),
         _ if !choices.is_empty() => view! {
-            <select id=id.clone() on:change=move |ev| text.set(event_target_value(&ev))>
+            <select id=id.clone() prop:disabled=loading
+                on:change=move |ev| text.set(event_target_value(&ev))>
                 {choices.into_iter().map(|c| {
                     let (c2, value) = (c.clone(), c.clone());
                     view! { <option value=value selected=move || text.get() == c2>{c}</option> }
@@ -462,7 +477,7 @@ fn Leaf(server: RwSignal<String>, info: Value, value: Memo<Option<Value>>) -> im
             <input id=id.clone()
                 type=if secret { "password" } else if kind == "integer" { "number" } else { "text" }
                 placeholder=if secret { "unchanged" } else { "" }
-                prop:value=move || text.get()
+                prop:value=move || text.get() prop:disabled=loading
                 on:input=move |ev| text.set(event_target_value(&ev)) />
         }
         .into_any(),
@@ -473,7 +488,7 @@ fn Leaf(server: RwSignal<String>, info: Value, value: Memo<Option<Value>>) -> im
             <td>
                 <form on:submit=save class="leaf" data-path=path.clone()>
                     {input}
-                    <button type="submit">"Save"</button>
+                    <button type="submit" prop:disabled=loading>"Save"</button>
                 </form>
             </td>
             <td class="status" aria-live="polite">{move || outcome(status.get())}</td>
