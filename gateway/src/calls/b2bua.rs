@@ -3102,24 +3102,20 @@ impl Call {
         }
         let mut offer = Sdp::parse(&req.body).map_err(|e| (400, format!("bad SDP: {e}")))?;
         let fail = |e: sdp::OfferError| (e.status(), e.to_string());
-        let restrict = |o: &mut Sdp| -> Result<usize, (u16, String)> {
+        let narrowband = self.setup.narrowband;
+        let answer_to = |o: &mut Sdp| -> Result<(Sdp, usize, LegFormat), (u16, String)> {
             let idx = sdp::restrict_offer(o, sdp::SUPPORTED).map_err(fail)?;
-            if self.setup.narrowband {
+            if narrowband {
                 codecs::narrowband(o, idx).map_err(fail)?;
             }
-            codecs::answer_one(o, idx, prefer).map_err(fail)?;
-            Ok(idx)
+            let (answer, format) = codecs::answer_one(o, idx, prefer).map_err(fail)?;
+            Ok((answer, idx, format))
         };
         // Checked before the SDES is taken: a refusal leaves the leg's keys as they were.
-        restrict(&mut offer.clone())?;
+        answer_to(&mut offer.clone())?;
         let rule = self.setup.srtp.leg(rep.from.transport, false);
         self.take_sdes(a, rule, &mut offer, true).map_err(fail)?;
-        let idx = sdp::restrict_offer(&mut offer, sdp::SUPPORTED).map_err(fail)?;
-        if self.setup.narrowband {
-            codecs::narrowband(&mut offer, idx).map_err(fail)?;
-        }
-        let (answer, format) = codecs::answer_one(&offer, idx, prefer).map_err(fail)?;
-        Ok((answer, idx, format))
+        answer_to(&mut offer)
     }
 
     /// Answers the replacing phone 200 with `answer` (at the relay's side facing it, leg A

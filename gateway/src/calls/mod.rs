@@ -708,11 +708,13 @@ impl Switch {
             Route::Local { user, domain } => (user, domain),
             Route::Reject { code, .. } => return Err(b2bua::ReferRefusal::Failed(code)),
             Route::Teams(number) => {
-                return self.trunk_transfer_target(cx, &number, emergency, transferor, call_id);
+                let by = transferor.map(|l| l.party);
+                return self.trunk_transfer_target(cx, (&number, emergency), by, account, call_id);
             }
             Route::EmergencyUnrouted => {
                 let number = rules::dial_string(&dialled);
-                return self.trunk_transfer_target(cx, &number, true, transferor, call_id);
+                let by = transferor.map(|l| l.party);
+                return self.trunk_transfer_target(cx, (&number, true), by, account, call_id);
             }
             Route::WebUser(_) => return Err(b2bua::ReferRefusal::Failed(501)),
         };
@@ -737,18 +739,17 @@ impl Switch {
     /// transferor's: Direct Routing knows the gateway's users by their numbers, so it goes out
     /// as a call the transferor's account makes ([`teams::outgoing`]: only an activated
     /// account, 403 otherwise, except for an emergency number), with the transferor's number
-    /// asserted in From, P-Asserted-Identity and Referred-By; only that phone may make it.
+    /// asserted in From, P-Asserted-Identity and Referred-By; only that phone (`party`, of
+    /// `account`) may make it.
     fn trunk_transfer_target(
         &self,
         cx: &InviteCx<'_>,
-        number: &str,
-        emergency: bool,
-        transferor: Option<b2bua::LegDialog>,
+        (number, emergency): (&str, bool),
+        party: Option<String>,
+        account: Option<(String, String)>,
         call_id: String,
     ) -> Result<b2bua::TransferTarget, b2bua::ReferRefusal> {
         let paths = self.trunk.borrow().clone();
-        let party = transferor.map(|l| l.party);
-        let account = party.as_deref().and_then(account_of);
         let caller = account.as_ref().map(|(u, d)| (u.as_str(), d.as_str()));
         let out = teams::outgoing(number, caller, emergency, cx.accounts, &paths).map_err(|r| {
             tracing::info!(%number, status = r.status, "transfer to Teams refused: {}", r.warning);
