@@ -61,6 +61,86 @@ fn assert_ok(gw: &Gateway, who: &str, o: &csps_tests::SippOutcome) {
 /// One telephone-event packet as it arrived: (marker, timestamp, event).
 type Received = (bool, u32, Event);
 
+/// One RTP packet as it arrived: payload type, marker, sequence number, timestamp, SSRC.
+type Header = (u8, bool, u16, u32, u32);
+
+/// Sends 20 ms PCMU packets from `media` to `relay` until `stop` is set (at most `max`).
+fn play_audio(
+    media: &UdpSocket,
+    relay: SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    max: usize,
+) -> std::thread::JoinHandle<()> {
+    let media = media.try_clone().expect("clone media socket");
+    std::thread::spawn(move || {
+        let mut stream = RtpSender::new();
+        let mut packet = Vec::new();
+        for _ in 0..max {
+            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                break;
+            }
+            packet.clear();
+            stream.write(0, &[0xff; 160], 160, &mut packet);
+            let _ = media.send_to(&packet, relay);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
+}
+
+/// RFC 4733 §2.1: the events of each digit in `packets` (as alice received them) sit inside
+/// the audio stream she hears: its SSRC, the next sequence numbers, a start timestamp just
+/// after the audio before it, no audio while the event plays, and the audio after it numbered
+/// on without a gap.
+fn assert_events_spliced_into_the_audio(packets: &[Header]) {
+    let is_event = |h: &Header| h.0 == 101;
+    let mut checked = 0;
+    for (i, h) in packets.iter().enumerate() {
+        if !(is_event(h) && h.1) {
+            continue;
+        }
+        let before = i
+            .checked_sub(1)
+            .map(|j| packets[j])
+            .filter(|b| !is_event(b));
+        let Some(before) = before else {
+            panic!("no audio right before the event at {i}: {packets:?}");
+        };
+        let end = packets[i..]
+            .iter()
+            .position(|p| !is_event(p) || p.3 != h.3)
+            .map_or(packets.len(), |n| i + n);
+        let event = &packets[i..end];
+        assert!(
+            event.iter().all(|e| e.4 == before.4),
+            "the event keeps the audio's SSRC {:#x}: {event:?}",
+            before.4
+        );
+        for (k, e) in event.iter().enumerate() {
+            assert_eq!(
+                e.2,
+                before.2.wrapping_add(k as u16 + 1),
+                "event packet {k} numbered after the audio {before:?}: {event:?}"
+            );
+        }
+        let ticks = h.3.wrapping_sub(before.3);
+        assert!(
+            (1..=800).contains(&ticks),
+            "the event starts just after the audio's timestamp {}: {}",
+            before.3,
+            h.3
+        );
+        if let Some(after) = packets.get(end).filter(|a| !is_event(a)) {
+            assert_eq!(
+                (after.4, after.2),
+                (before.4, event[event.len() - 1].2.wrapping_add(1)),
+                "the audio after the event follows on: {after:?}"
+            );
+        }
+        checked += 1;
+    }
+    assert_eq!(checked, 2, "two digits: {packets:?}");
+}
+
 #[test]
 fn sip_info_digits_reach_a_telephone_event_phone_as_rfc_4733_events() {
     let Some(gw) = gateway() else { return };
@@ -70,22 +150,28 @@ fn sip_info_digits_reach_a_telephone_event_phone_as_rfc_4733_events() {
         .set_read_timeout(Some(Duration::from_millis(200)))
         .expect("timeout");
     let dir = tempfile::tempdir().expect("temp dir");
-    let alice = alice(
-        &gw,
-        &media,
-        &dir.path().join("port"),
-        Duration::from_secs(6),
-    );
-    // Read until both digits ended (bounded), while the call runs.
+    let portfile = dir.path().join("port");
+    let alice = alice(&gw, &media, &portfile, Duration::from_secs(6));
+    // Alice talks (bob's SIPp echoes it), so the digits have an audio stream to join.
+    let relay = relay_port(&gw, &portfile, "alice got no answer with the relay's port");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let talking = play_audio(&media, relay, stop.clone(), 500);
+    // Read until both digits ended and some audio followed (bounded), while the call runs.
     let mut events: Vec<Received> = Vec::new();
+    let mut packets: Vec<Header> = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut buf = [0u8; 2048];
     let ended = |events: &[Received], code: u8| events.iter().any(|e| e.2.code == code && e.2.end);
-    while Instant::now() < deadline && !(ended(&events, 5) && ended(&events, 9)) {
+    let mut after = 0;
+    while Instant::now() < deadline && after < 10 {
         let Ok(n) = media.recv(&mut buf) else {
             continue;
         };
         let Ok(p) = parse(&buf[..n]) else { continue };
+        packets.push((p.payload_type, p.marker, p.sequence, p.timestamp, p.ssrc));
+        if ended(&events, 5) && ended(&events, 9) {
+            after += 1;
+        }
         if p.payload_type != 101 {
             continue;
         }
@@ -93,6 +179,8 @@ fn sip_info_digits_reach_a_telephone_event_phone_as_rfc_4733_events() {
             events.push((p.marker, p.timestamp, ev));
         }
     }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    talking.join().expect("audio thread");
     let alice = alice.join().expect("alice thread");
     let bob = bob.join().expect("bob thread");
     assert_ok(&gw, "alice", &alice);
@@ -120,6 +208,7 @@ fn sip_info_digits_reach_a_telephone_event_phone_as_rfc_4733_events() {
     let first_nine = events.iter().position(|e| e.2.code == 9);
     let last_five = events.iter().rposition(|e| e.2.code == 5);
     assert!(last_five < first_nine, "{events:?}");
+    assert_events_spliced_into_the_audio(&packets);
 }
 
 #[test]

@@ -298,6 +298,11 @@ impl EventSender {
         self.next
     }
 
+    /// True from an event's first packet to its last end packet.
+    pub fn playing(&self) -> bool {
+        self.playing.is_some()
+    }
+
     /// The next packet if it is due at `now` (a first packet, [`EventPacket::marker`], tells
     /// the caller to take a new start timestamp).
     pub fn poll(&mut self, now: Instant) -> Option<EventPacket> {
@@ -342,6 +347,109 @@ impl EventSender {
             self.next = (!self.queue.is_empty()).then_some(due + self.ptime * 2);
         }
         Some(packet)
+    }
+}
+
+/// Puts the events the gateway plays to a leg into the audio stream that leg hears, as RFC 4733
+/// §2.1 requires ("the same sequence number and timestamp base as the regular audio channel";
+/// a stream of their own is dropped by phones that follow one SSRC). Sans-IO over RTP headers:
+/// each event packet takes the next sequence number of the audio passed on, which then moves
+/// on by the packets inserted, less the audio packets withheld while an event plays (a
+/// receiver mixing the two would hear the holder's audio under the tone). An event starts at
+/// the audio's last timestamp advanced by the time since that packet, in the event's clock
+/// (the audio's, when the SDP pairs them as phones do).
+#[derive(Clone, Debug)]
+pub struct EventSplice {
+    clock: u32,
+    /// Added to the sequence numbers of the audio passed on.
+    shift: u16,
+    /// The newest audio packet passed on, as it went out.
+    last: Option<Passed>,
+    /// The start timestamp of the event playing.
+    event_ts: u32,
+}
+
+/// An audio packet as it went out to the leg.
+#[derive(Clone, Copy, Debug)]
+struct Passed {
+    ssrc: u32,
+    sequence: u16,
+    timestamp: u32,
+    at: Instant,
+}
+
+/// Where an event packet goes in the audio stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SplicedHeader {
+    /// The audio's synchronisation source.
+    pub ssrc: u32,
+    /// The next sequence number of the audio stream.
+    pub sequence: u16,
+    /// The event's start, in the audio's timestamp base.
+    pub timestamp: u32,
+}
+
+impl EventSplice {
+    /// A splice for events in an RTP clock of `clock` Hz.
+    pub fn new(clock: u32) -> EventSplice {
+        EventSplice {
+            clock: clock.max(1),
+            shift: 0,
+            last: None,
+            event_ts: 0,
+        }
+    }
+
+    /// One audio packet on its way to the leg (an RTP packet, header first): renumbered in
+    /// place; false when it must be withheld because an event plays (`event_playing`).
+    pub fn audio(&mut self, now: Instant, packet: &mut [u8], event_playing: bool) -> bool {
+        let Some(header) = packet.get_mut(..12) else {
+            return true;
+        };
+        let ssrc = u32::from_be_bytes([header[8], header[9], header[10], header[11]]);
+        if self.last.is_some_and(|l| l.ssrc != ssrc) {
+            // A new source (a transfer, music on hold) numbers its own packets.
+            self.shift = 0;
+            self.last = None;
+        }
+        if event_playing {
+            self.shift = self.shift.wrapping_sub(1);
+            return false;
+        }
+        let sequence = u16::from_be_bytes([header[2], header[3]]).wrapping_add(self.shift);
+        header[2..4].copy_from_slice(&sequence.to_be_bytes());
+        let timestamp = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
+        // A late packet does not move the stream's position back.
+        let newer = self
+            .last
+            .is_none_or(|l| (sequence.wrapping_sub(l.sequence) as i16) > 0);
+        if newer {
+            self.last = Some(Passed {
+                ssrc,
+                sequence,
+                timestamp,
+                at: now,
+            });
+        }
+        true
+    }
+
+    /// The header of the next event packet (`start`: the event's first), or `None` while no
+    /// audio has gone to the leg (the caller then sends the event in a stream of its own).
+    pub fn event(&mut self, now: Instant, start: bool) -> Option<SplicedHeader> {
+        let last = self.last.as_mut()?;
+        if start {
+            let ticks = now.saturating_duration_since(last.at).as_micros() * u128::from(self.clock)
+                / 1_000_000;
+            self.event_ts = last.timestamp.wrapping_add(ticks as u32);
+        }
+        last.sequence = last.sequence.wrapping_add(1);
+        self.shift = self.shift.wrapping_add(1);
+        Some(SplicedHeader {
+            ssrc: last.ssrc,
+            sequence: last.sequence,
+            timestamp: self.event_ts,
+        })
     }
 }
 
@@ -511,5 +619,86 @@ mod tests {
             [false, true, true, true]
         );
         assert_eq!(s.next_due(), None);
+    }
+
+    /// A 12-byte RTP header of `ssrc` with `sequence` and `timestamp`.
+    fn audio(ssrc: u32, sequence: u16, timestamp: u32) -> [u8; 12] {
+        let mut h = [0u8; 12];
+        h[0] = 0x80;
+        h[2..4].copy_from_slice(&sequence.to_be_bytes());
+        h[4..8].copy_from_slice(&timestamp.to_be_bytes());
+        h[8..12].copy_from_slice(&ssrc.to_be_bytes());
+        h
+    }
+
+    fn sequence(h: &[u8; 12]) -> u16 {
+        u16::from_be_bytes([h[2], h[3]])
+    }
+
+    #[test]
+    fn events_take_the_audio_streams_numbers_and_the_audio_after_them_follows_on() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mut splice = EventSplice::new(8000);
+        assert_eq!(splice.event(t0, true), None, "no audio yet: own stream");
+        // Audio up to 65535 (the numbers wrap), the last at 40 ms with timestamp 1320.
+        for (i, seq) in [65534u16, 65535].into_iter().enumerate() {
+            let mut p = audio(7, seq, 1000 + 160 * i as u32);
+            assert!(splice.audio(ms(20 * i as u64), &mut p, false));
+            assert_eq!(sequence(&p), seq, "untouched before any event");
+        }
+        // An event 30 ms after that packet starts at its timestamp + 240 ticks, numbered on.
+        let first = splice.event(ms(50), true);
+        assert_eq!(
+            first,
+            Some(SplicedHeader {
+                ssrc: 7,
+                sequence: 0,
+                timestamp: 1160 + 240,
+            })
+        );
+        // Audio while the event plays is withheld; later event packets keep the start.
+        let mut held = audio(7, 0, 1480);
+        assert!(!splice.audio(ms(60), &mut held, true));
+        let next = splice
+            .event(ms(100), false)
+            .map(|h| (h.sequence, h.timestamp));
+        assert_eq!(next, Some((1, 1400)));
+        assert!(!splice.audio(ms(80), &mut audio(7, 1, 1640), true));
+        // The audio after the event continues the numbering without a gap.
+        let mut after = audio(7, 2, 1800);
+        assert!(splice.audio(ms(120), &mut after, false));
+        assert_eq!(sequence(&after), 2);
+        let mut later = audio(7, 3, 1960);
+        assert!(splice.audio(ms(140), &mut later, false));
+        assert_eq!(sequence(&later), 3);
+        // A second event lands after it.
+        let h = splice.event(ms(150), true).expect("spliced");
+        assert_eq!((h.sequence, h.timestamp), (4, 1960 + 80));
+        let mut resumed = audio(7, 4, 2120);
+        assert!(splice.audio(ms(160), &mut resumed, false));
+        assert_eq!(sequence(&resumed), 5);
+        // A late packet is renumbered the same way and does not move the position back.
+        let mut late = audio(7, 2, 1800);
+        assert!(splice.audio(ms(161), &mut late, false));
+        assert_eq!(sequence(&late), 3);
+        assert_eq!(splice.event(ms(170), true).map(|h| h.sequence), Some(6));
+    }
+
+    #[test]
+    fn a_new_source_keeps_its_own_numbers() {
+        let t0 = Instant::now();
+        let mut splice = EventSplice::new(8000);
+        assert!(splice.audio(t0, &mut audio(7, 100, 0), false));
+        assert!(splice.event(t0, true).is_some());
+        let mut other = audio(9, 500, 8000);
+        assert!(splice.audio(t0, &mut other, false));
+        assert_eq!(sequence(&other), 500);
+        let h = splice.event(t0, true).expect("spliced");
+        assert_eq!((h.ssrc, h.sequence, h.timestamp), (9, 501, 8000));
+        // A packet too short to be RTP passes untouched.
+        let mut short = [0x80u8, 0, 1];
+        assert!(splice.audio(t0, &mut short, true));
+        assert_eq!(short, [0x80, 0, 1]);
     }
 }

@@ -20,8 +20,8 @@ use tokio::io::unix::AsyncFd;
 
 use bytes::BytesMut;
 
-use super::dtmf::{Digit, EventReceiver, EventSender};
-use super::rtp::RtpSender;
+use super::dtmf::{Digit, EventReceiver, EventSender, EventSplice};
+use super::rtp::{self, RtpSender};
 use super::srtp::{SrtpKeys, SrtpSession};
 use super::transcode::{LegFormat, Transcoder};
 use super::{Latch, LegCounters, is_rtp_v2};
@@ -76,9 +76,11 @@ struct DtmfSide {
     receiver: EventReceiver,
     /// Digits read, for the call to send on as INFO.
     digits: Vec<Digit>,
-    /// Plays the other leg's digits to this leg, in a stream of the gateway's own (as music
-    /// on hold is), its timestamps following the wall clock from `epoch`.
+    /// Plays the other leg's digits to this leg, inside the audio stream it hears (`splice`),
+    /// or, before any audio went to it, in a stream of the gateway's own (as music on hold
+    /// is), its timestamps following the wall clock from `epoch`.
     sender: EventSender,
+    splice: EventSplice,
     stream: RtpSender,
     epoch: Option<(Instant, u32)>,
     /// The start timestamp of the event playing.
@@ -93,6 +95,7 @@ impl DtmfSide {
             receiver: EventReceiver::new(clock),
             digits: Vec::new(),
             sender: EventSender::new(clock, Duration::from_millis(50)),
+            splice: EventSplice::new(clock),
             stream: RtpSender::new(),
             epoch: None,
             event_ts: 0,
@@ -104,6 +107,18 @@ impl DtmfSide {
         let Some(p) = self.sender.poll(now) else {
             return false;
         };
+        out.clear();
+        if let Some(h) = self.splice.event(now, p.marker) {
+            let header = rtp::Header {
+                payload_type: self.payload_type,
+                // A new event starts a talk spurt (RFC 4733 §2.5.1.1).
+                marker: p.marker,
+                sequence: h.sequence,
+                timestamp: h.timestamp,
+                ssrc: h.ssrc,
+            };
+            return rtp::write(header, &p.event.to_bytes(), out);
+        }
         if p.marker {
             let (t0, ts0) = *self.epoch.get_or_insert((now, self.stream.timestamp()));
             let ticks = now.duration_since(t0).as_micros() * u128::from(self.clock) / 1_000_000;
@@ -111,7 +126,6 @@ impl DtmfSide {
             // A new event starts a talk spurt: the marker bit (RFC 4733 §2.5.1.1).
             self.stream.skip(0);
         }
-        out.clear();
         self.stream
             .write_at(self.payload_type, &p.event.to_bytes(), self.event_ts, out);
         true
@@ -179,6 +193,21 @@ impl Side {
             self.counters.rtp_bytes += packet.len() as u64;
         }
         Some(plain)
+    }
+
+    /// Audio on its way to this leg, renumbered around the events the gateway plays to it
+    /// (see [`EventSplice`]); `None` while an event plays (withheld on purpose, not lost).
+    fn splice<'p>(&mut self, packet: Packet<'p>) -> Option<Packet<'p>> {
+        let Some(d) = self.dtmf.as_mut() else {
+            return Some(packet);
+        };
+        let mut owned = match packet {
+            Packet::Owned(b) => b,
+            Packet::Wire(p) => BytesMut::from(p),
+        };
+        d.splice
+            .audio(Instant::now(), &mut owned[..], d.sender.playing())
+            .then_some(Packet::Owned(owned))
     }
 
     /// `packet` as this leg must receive it (protected when it speaks SRTP).
@@ -501,15 +530,24 @@ impl Relay {
                     }
                     if let (Some(t), false) = (from.transcoder.as_mut(), rtcp) {
                         let unsent = &mut from.counters.dropped_unsent;
-                        t.push(
-                            &plain,
-                            &mut |p| match (dest, to.outgoing(Packet::Wire(p), false)) {
+                        t.push(&plain, &mut |p| {
+                            let Some(p) = to.splice(Packet::Wire(p)) else {
+                                return;
+                            };
+                            match (dest, to.outgoing(p, false)) {
                                 (Some(d), Some(p)) if out.get_ref().send_to(&p, d).is_ok() => {}
                                 _ => *unsent += 1,
-                            },
-                        );
+                            }
+                        });
                         continue;
                     }
+                    let plain = match rtcp {
+                        true => plain,
+                        false => match to.splice(plain) {
+                            Some(p) => p,
+                            None => continue,
+                        },
+                    };
                     match (dest, to.outgoing(plain, rtcp)) {
                         (Some(d), Some(p)) if out.get_ref().send_to(&p, d).is_ok() => {}
                         _ => from.counters.dropped_unsent += 1,

@@ -45,6 +45,41 @@ pub fn parse(packet: &[u8]) -> Result<Received<'_>, NotRtp> {
     })
 }
 
+/// The fixed header of a packet the gateway writes (no CSRCs, extension or padding).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    /// Payload type (masked to 7 bits when written).
+    pub payload_type: u8,
+    /// Marker bit.
+    pub marker: bool,
+    /// Sequence number.
+    pub sequence: u16,
+    /// Timestamp.
+    pub timestamp: u32,
+    /// Synchronisation source.
+    pub ssrc: u32,
+}
+
+/// Appends one packet of `header` and `payload` to `out`; false when it was not written.
+pub fn write(header: Header, payload: &[u8], out: &mut Vec<u8>) -> bool {
+    let builder = rtp_types::RtpPacketBuilder::<&[u8], &[u8]>::new()
+        .payload_type(header.payload_type & 0x7f)
+        .sequence_number(header.sequence)
+        .timestamp(header.timestamp)
+        .ssrc(header.ssrc)
+        .marker_bit(header.marker)
+        .payload(payload);
+    // The payload type is masked to 7 bits and there are no CSRCs, extension or padding, so
+    // writing cannot fail; an error would only drop this one packet.
+    match builder.write_into_vec(out) {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::debug!("RTP packet not written: {e}");
+            false
+        }
+    }
+}
+
 /// One RTP stream the gateway sends: its SSRC, next sequence number and timestamp.
 #[derive(Clone, Debug)]
 pub struct RtpSender {
@@ -90,17 +125,14 @@ impl RtpSender {
     /// Appends one packet carrying `payload` to `out`, then moves the timestamp on by
     /// `duration` (in the payload type's RTP clock: 160 for 20 ms of PCMU, 960 for Opus).
     pub fn write(&mut self, payload_type: u8, payload: &[u8], duration: u32, out: &mut Vec<u8>) {
-        let builder = rtp_types::RtpPacketBuilder::<&[u8], &[u8]>::new()
-            .payload_type(payload_type & 0x7f)
-            .sequence_number(self.sequence)
-            .timestamp(self.timestamp)
-            .ssrc(self.ssrc)
-            .marker_bit(self.marker)
-            .payload(payload);
-        // The payload type is masked to 7 bits and there are no CSRCs, extension or padding,
-        // so writing cannot fail; an error would only drop this one packet.
-        if let Err(e) = builder.write_into_vec(out) {
-            tracing::debug!("RTP packet not written: {e}");
+        let header = Header {
+            payload_type,
+            marker: self.marker,
+            sequence: self.sequence,
+            timestamp: self.timestamp,
+            ssrc: self.ssrc,
+        };
+        if !write(header, payload, out) {
             return;
         }
         self.sequence = self.sequence.wrapping_add(1);
