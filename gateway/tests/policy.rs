@@ -500,25 +500,27 @@ async fn a_module_that_loops_forever_runs_out_of_fuel() {
     contained("test_loop", &[Failure::Fuel, Failure::Timeout]).await;
 }
 
-#[tokio::test]
-async fn a_loop_with_plenty_of_fuel_is_stopped_by_the_deadline() {
-    let Some(wasm) = component("test_loop") else {
-        return;
-    };
-    let metrics = Arc::new(Metrics::new());
+/// An engine whose routing module loops forever with practically endless fuel and a 5 ms
+/// deadline (`None` when the test components cannot be built and the e2e is optional).
+fn looping_router() -> Option<PolicyEngine> {
+    let wasm = component("test_loop")?;
     let limits = Limits {
         fuel: 1 << 60,
         deadline: std::time::Duration::from_millis(5),
         ..Limits::default()
     };
-    let engine = PolicyEngine::new(metrics, limits).expect("engine");
+    let engine = PolicyEngine::new(Arc::new(Metrics::new()), limits).expect("engine");
     let prepared = engine
         .prepare(PolicyKind::Routing, &wasm)
         .expect("a valid component");
     engine
         .install(meta("routing", &wasm), prepared)
         .expect("install");
-    let t0 = std::time::Instant::now();
+    Some(engine)
+}
+
+/// Asks the looping router: the deadline ends it and the built-in rule decides.
+fn route_past_the_deadline(engine: &PolicyEngine) {
     let d = engine.route(&dialled("+15551230000"));
     assert!(
         matches!(
@@ -532,8 +534,35 @@ async fn a_loop_with_plenty_of_fuel_is_stopped_by_the_deadline() {
         d.by
     );
     assert_eq!(d.value, Route::Teams("+15551230000".into()));
+}
+
+#[tokio::test]
+async fn a_loop_with_plenty_of_fuel_is_stopped_by_the_deadline() {
+    let Some(engine) = looping_router() else {
+        return;
+    };
+    let t0 = std::time::Instant::now();
+    route_past_the_deadline(&engine);
     // Bounded: the deadline, not the (practically endless) fuel, ended it.
     assert!(t0.elapsed() < std::time::Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn the_epoch_ticker_sleeps_while_idle_and_a_decision_wakes_it_for_its_deadline() {
+    let Some(engine) = looping_router() else {
+        return;
+    };
+    // No decision for a second: the ticker sleeps (bounded wait).
+    let t0 = std::time::Instant::now();
+    while !engine.ticker_asleep() && t0.elapsed() < std::time::Duration::from_secs(10) {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(engine.ticker_asleep(), "the ticker never went to sleep");
+    // The looping module's deadline still ends it: entering woke the ticker.
+    for _ in 0..3 {
+        route_past_the_deadline(&engine);
+    }
+    assert!(!engine.ticker_asleep(), "awake after decisions");
 }
 
 #[tokio::test]

@@ -603,6 +603,11 @@ impl PolicyEngine {
         }
     }
 
+    /// True while the sandbox's epoch ticker sleeps: no decision ran for a second.
+    pub fn ticker_asleep(&self) -> bool {
+        self.sandbox.ticker_asleep()
+    }
+
     /// Compiles (or takes from the cache) and checks a component for `kind`.
     pub fn prepare(&self, kind: PolicyKind, wasm: &[u8]) -> Result<sandbox::Prepared, PolicyError> {
         let keep: Vec<String> = PolicyKind::ALL

@@ -17,13 +17,14 @@
 //!
 //! # Bounds of one decision
 //! Fuel (instructions), an epoch deadline (wall time; a ticker thread advances the epoch every
-//! millisecond), a memory cap enforced by a [`ResourceLimiter`] and the pool's slot size, and the
+//! millisecond while decisions are being made, and sleeps after a second without one, so an
+//! idle gateway is not woken a thousand times a second), a memory cap enforced by a [`ResourceLimiter`] and the pool's slot size, and the
 //! pool itself: a fixed number of instance slots, so concurrent decisions beyond it fall back to
 //! the built-in rule instead of allocating.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
 use wasmtime::component::{Component, Linker};
@@ -56,6 +57,8 @@ use routing_world::exports::csps::policy::router as rt;
 
 /// Epoch ticks per second: the deadline's resolution is one millisecond.
 const TICK: Duration = Duration::from_millis(1);
+/// Ticks without a guest running after which the ticker sleeps until the next decision.
+const IDLE_TICKS: u32 = 1000;
 /// Bytes of a pooled memory or table slot reset in place (kept resident) when an instance ends.
 const KEEP_RESIDENT: usize = 1 << 20;
 /// Compiled components kept beyond the ones in use.
@@ -121,11 +124,95 @@ impl Prepared {
 /// The store's data.
 struct GuestStateHandle(GuestState);
 
+/// Advances the engine's epoch every [`TICK`] while guests run (their deadlines count these
+/// ticks) and sleeps after [`IDLE_TICKS`] without one. Guest entry is two atomic operations;
+/// only the first decision after a sleep pays a wake-up.
+struct EpochTicker {
+    /// Guests running now.
+    running: AtomicUsize,
+    /// The ticker thread waits on `wake` (set under `lock`).
+    parked: AtomicBool,
+    stop: AtomicBool,
+    lock: Mutex<()>,
+    wake: Condvar,
+}
+
+impl EpochTicker {
+    /// Starts the ticker thread of `engine`.
+    fn start(engine: Engine) -> Result<Arc<EpochTicker>, String> {
+        let ticker = Arc::new(EpochTicker {
+            running: AtomicUsize::new(0),
+            parked: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+            lock: Mutex::new(()),
+            wake: Condvar::new(),
+        });
+        let t = ticker.clone();
+        std::thread::Builder::new()
+            .name("csps-policy-epoch".into())
+            .spawn(move || t.run(&engine))
+            .map_err(|e| format!("starting the policy epoch ticker: {e}"))?;
+        Ok(ticker)
+    }
+
+    fn run(&self, engine: &Engine) {
+        let mut idle = 0u32;
+        while !self.stop.load(Ordering::SeqCst) {
+            std::thread::sleep(TICK);
+            engine.increment_epoch();
+            idle = match self.running.load(Ordering::SeqCst) {
+                0 => idle.saturating_add(1),
+                _ => 0,
+            };
+            if idle < IDLE_TICKS {
+                continue;
+            }
+            let mut guard = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
+            self.parked.store(true, Ordering::SeqCst);
+            // A guest that entered before `parked` was set is seen here; one entering after
+            // it sees `parked` and wakes the thread under the lock (see `enter`).
+            while self.running.load(Ordering::SeqCst) == 0 && !self.stop.load(Ordering::SeqCst) {
+                guard = self
+                    .wake
+                    .wait(guard)
+                    .unwrap_or_else(PoisonError::into_inner);
+            }
+            self.parked.store(false, Ordering::SeqCst);
+            idle = 0;
+        }
+    }
+
+    /// A guest is about to run: the epoch must advance until the returned guard drops.
+    fn enter(self: &Arc<Self>) -> Ticking {
+        self.running.fetch_add(1, Ordering::SeqCst);
+        if self.parked.load(Ordering::SeqCst) {
+            let _guard = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
+            self.wake.notify_all();
+        }
+        Ticking(self.clone())
+    }
+
+    fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _guard = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
+        self.wake.notify_all();
+    }
+}
+
+/// A guest running: keeps the epoch ticker awake.
+struct Ticking(Arc<EpochTicker>);
+
+impl Drop for Ticking {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// The engine, its epoch ticker and the compiled-component cache.
 pub struct Sandbox {
     engine: Engine,
     cache: Mutex<HashMap<String, Component>>,
-    stop: Arc<AtomicBool>,
+    ticker: Arc<EpochTicker>,
     /// The bounds of the one call a module gets at load (a quirks module's interests).
     limits: Limits,
 }
@@ -163,21 +250,11 @@ impl Sandbox {
             .wasm_component_model(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&cfg).map_err(|e| format!("starting the WASM engine: {e:#}"))?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let (ticker, flag) = (engine.clone(), stop.clone());
-        std::thread::Builder::new()
-            .name("csps-policy-epoch".into())
-            .spawn(move || {
-                while !flag.load(Ordering::Relaxed) {
-                    std::thread::sleep(TICK);
-                    ticker.increment_epoch();
-                }
-            })
-            .map_err(|e| format!("starting the policy epoch ticker: {e}"))?;
+        let ticker = EpochTicker::start(engine.clone())?;
         Ok(Sandbox {
             engine,
             cache: Mutex::new(HashMap::new()),
-            stop,
+            ticker,
             limits: limits.clone(),
         })
     }
@@ -248,6 +325,7 @@ impl Sandbox {
         pre: &quirks_world::QuirksPre<GuestStateHandle>,
     ) -> Result<Arc<[rules::Interest]>, String> {
         let fail = |(_, why): (Failure, String)| format!("asking the module's interests: {why}");
+        let _ticking = self.ticker.enter();
         let mut store = self.store(&self.limits).map_err(fail)?;
         let answer = pre
             .instantiate(&mut store)
@@ -301,6 +379,7 @@ impl Sandbox {
         let Prepared(Pre::Routing(pre)) = pre else {
             return Err((Failure::Invalid, "not a routing module".into()));
         };
+        let _ticking = self.ticker.enter();
         let mut store = self.store(limits)?;
         let answer = pre
             .instantiate(&mut store)
@@ -329,6 +408,7 @@ impl Sandbox {
         let Prepared(Pre::Admission(pre)) = pre else {
             return Err((Failure::Invalid, "not an admission module".into()));
         };
+        let _ticking = self.ticker.enter();
         let mut store = self.store(limits)?;
         let answer = pre
             .instantiate(&mut store)
@@ -357,11 +437,16 @@ impl Sandbox {
         let Prepared(Pre::Quirks(pre, _)) = pre else {
             return Err((Failure::Invalid, "not a quirks module".into()));
         };
+        let _ticking = self.ticker.enter();
         let mut store = self.store(limits)?;
         let quirks = pre
             .instantiate(&mut store)
             .map_err(|e| classify(&store, e, true))?;
-        Ok(QuirksInstance { store, quirks })
+        Ok(QuirksInstance {
+            store,
+            quirks,
+            ticker: self.ticker.clone(),
+        })
     }
 }
 
@@ -369,6 +454,7 @@ impl Sandbox {
 pub struct QuirksInstance {
     store: Store<GuestStateHandle>,
     quirks: quirks_world::Quirks,
+    ticker: Arc<EpochTicker>,
 }
 
 impl QuirksInstance {
@@ -381,6 +467,7 @@ impl QuirksInstance {
     ) -> Result<rules::Edits, (Failure, String)> {
         let store = &mut self.store;
         store.data_mut().0.memory_refused = false;
+        let _ticking = self.ticker.enter();
         budget(store, limits)?;
         let answer = self
             .quirks
@@ -410,9 +497,16 @@ impl QuirksInstance {
     }
 }
 
+impl Sandbox {
+    /// True while the epoch ticker sleeps (no decision for a second).
+    pub fn ticker_asleep(&self) -> bool {
+        self.ticker.parked.load(Ordering::SeqCst)
+    }
+}
+
 impl Drop for Sandbox {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.ticker.stop();
     }
 }
 
