@@ -1,7 +1,7 @@
 //! The call benchmark stays working: a short `csps-loadgen calls` run (a few calls with RTP both
-//! ways through the gateway for 2 s, then a second of call setups; and a few transcoded calls)
-//! must set up and end every call and deliver every RTP packet. Its numbers are not checked: they come from the full run in the
-//! README.
+//! ways through the gateway for 2 s, then a second of call setups; a few transcoded calls; a few
+//! SRTP calls) must set up and end every call and deliver every RTP packet. Its numbers are not
+//! checked: they come from the full run in the README.
 
 use std::process::Command;
 
@@ -99,5 +99,20 @@ fn loadgen_transcoded_calls_deliver_every_packet() {
         return;
     };
     assert!(text.contains("transcoded by the gateway"), "{text}");
+    assert_ten_calls_lost_nothing(&text);
+}
+
+/// The SRTP variant: both legs of every call SDES-SRTP (`Srtp` = `Required`); every packet
+/// the generator protected reaches the other end and authenticates with the key the gateway
+/// announced to it (a packet that does not counts as lost).
+#[test]
+fn loadgen_srtp_calls_deliver_every_packet() {
+    let Some(text) = loadgen_calls(&["--setup-rates", "", "--srtp"]) else {
+        return;
+    };
+    assert!(
+        text.contains("SRTP AES_CM_128_HMAC_SHA1_80 on both legs"),
+        "{text}"
+    );
     assert_ten_calls_lost_nothing(&text);
 }

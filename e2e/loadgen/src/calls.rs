@@ -4,13 +4,17 @@
 //! for the hold time, then the caller hangs up with BYE. The gateway admits the callers by the
 //! trusted-range rule (127.0.0.0/8), as a PBX's phones on a trusted LAN. One thread drives the
 //! signalling and the paced RTP sends (a heap of due streams, `sendmmsg` per socket), another
-//! receives RTP (see [`crate::media`]); no task or thread per call.
+//! receives RTP (see [`crate::media`]); no task or thread per call. With `--srtp` every call is
+//! SRTP on both legs (SDES, `Data.SipConfig.Srtp` = `Required`): each end offers or answers its
+//! own key and protects what it sends; the gateway decrypts and re-encrypts each packet.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::io::ErrorKind;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
+
+use csps::media::srtp::{SrtpKeys, SrtpSession, Suite};
 
 use crate::media::{self, Histogram, Receiver, SendBatch};
 use crate::sip;
@@ -59,6 +63,8 @@ pub struct CallPlan {
     /// Callers offer G.722 only and callees answer Opus, so the gateway transcodes every call
     /// both ways; the streams carry real frames of a speech-like signal.
     pub transcode: bool,
+    /// Every call is SRTP (SDES) on both legs.
+    pub srtp: bool,
 }
 
 /// The frames transcoded calls send: G.722 from callers, Opus from callees (one second each,
@@ -241,6 +247,39 @@ pub struct CallGen {
     drain: Duration,
     /// Set when the calls are transcoded (see [`CallPlan::transcode`]).
     frames: Option<Frames>,
+    /// Set when the calls are SRTP (see [`CallPlan::srtp`]).
+    srtp: bool,
+    /// SRTP calls: the sending end's session of each stream of the step (protects with its
+    /// own key), set when the call's keys are known.
+    tx_srtp: Vec<Option<SrtpSession>>,
+}
+
+/// The master key and salt the sending end of stream `sid` announces (distinct per stream
+/// and run; a benchmark's keys need not be secret).
+fn stream_key(run: u32, step: u32, sid: usize) -> [u8; 30] {
+    let mut x =
+        (u64::from(run) << 32 | u64::from(step)) ^ (sid as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let mut key = [0u8; 30];
+    for b in &mut key {
+        // xorshift64
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    key
+}
+
+/// Two sessions of one end with its own key and the gateway's: one protects what it sends,
+/// the other (for the receiving thread) unprotects what it gets.
+fn srtp_pair(own: [u8; 30], gateway: [u8; 30]) -> Option<(SrtpSession, SrtpSession)> {
+    let keys = SrtpKeys {
+        suite: Suite::AesCm128Sha1_80,
+        local: own,
+        remote: gateway,
+        remote_mki: 0,
+    };
+    Some((SrtpSession::new(&keys).ok()?, SrtpSession::new(&keys).ok()?))
 }
 
 fn sip_socket() -> std::io::Result<(UdpSocket, SocketAddr)> {
@@ -289,7 +328,15 @@ impl CallGen {
             callees: accounts,
             drain,
             frames: None,
+            srtp: false,
+            tx_srtp: Vec::new(),
         })
+    }
+
+    /// Makes every call SRTP (see [`CallPlan::srtp`]).
+    pub fn with_srtp(mut self) -> Self {
+        self.srtp = true;
+        self
     }
 
     /// Makes every call transcoded (see [`CallPlan::transcode`]).
@@ -381,10 +428,13 @@ impl CallGen {
         let media = self.media_a[idx % self.media_a.len()]
             .local_addr()
             .unwrap_or(self.local_a);
-        let sdp = match self.frames {
+        let mut sdp = match self.frames {
             Some(_) => sip::sdp(idx as u64, media, (9, "G722/8000")),
             None => sip::pcmu_sdp(idx as u64, media),
         };
+        if self.srtp {
+            sdp = sip::with_crypto(&sdp, &stream_key(self.run_id, self.step, 2 * idx));
+        }
         let user = callee(callee_slot);
         sip::Request {
             method: "INVITE",
@@ -436,6 +486,7 @@ impl CallGen {
             ..StepResult::default()
         };
         self.rx.begin(self.step, 2 * n, self.frames.is_some());
+        self.tx_srtp = std::iter::repeat_with(|| None).take(2 * n).collect();
         let mut free: VecDeque<u32> = (0..(n as u32).min(self.callees)).collect();
         let mut by_callee: HashMap<u32, usize> = HashMap::new();
         let mut b_dialogs: HashMap<String, usize> = HashMap::new();
@@ -596,10 +647,11 @@ impl CallGen {
                 let s = &mut streams[sid];
                 let p = batch.push(sock, dest);
                 let ssrc = media::ssrc(self.step, sid);
-                match &self.frames {
+                let len = match &self.frames {
                     None => {
-                        media::write_packet(p, ssrc, s.seq, s.ts, media::realtime_ns());
+                        let ts = s.ts;
                         s.ts = s.ts.wrapping_add(160);
+                        media::write_packet(p, ssrc, s.seq, ts, media::realtime_ns())
                     }
                     Some(f) => {
                         // Callers send G.722 (8 kHz RTP clock), callees Opus (48 kHz).
@@ -610,10 +662,15 @@ impl CallGen {
                         };
                         let frame = &frames[s.sent as usize % frames.len()];
                         let len = media::write_coded(p, (pt, ssrc, s.seq, s.ts), frame);
-                        batch.set_last_len(len);
                         s.ts = s.ts.wrapping_add(ticks);
+                        len
                     }
-                }
+                };
+                let len = match self.tx_srtp.get_mut(sid).and_then(Option::as_mut) {
+                    Some(srtp) => media::protect(srtp, p, len),
+                    None => len,
+                };
+                batch.set_last_len(len);
                 s.seq = s.seq.wrapping_add(1);
                 s.sent += 1;
                 due.push(Reverse((at + PTIME, sid as u32)));
@@ -706,6 +763,20 @@ impl CallGen {
                 };
                 b_dialogs.insert(m.call_id.to_string(), idx);
                 calls[idx].relay_b = m.sdp_audio();
+                let own = stream_key(self.run_id, self.step, 2 * idx + 1);
+                if self.srtp {
+                    // The callee sends stream 2·idx + 1 with its key and gets 2·idx with the
+                    // gateway's, from this offer.
+                    let Some((tx, rx)) = m.sdp_crypto().and_then(|gw| srtp_pair(own, gw)) else {
+                        let r = m.respond("488 Not Acceptable Here", Some("x"), "", "");
+                        let _ = self.sig_b.send_to(&r, self.target);
+                        return;
+                    };
+                    if let Some(slot) = self.tx_srtp.get_mut(2 * idx + 1) {
+                        *slot = Some(tx);
+                    }
+                    self.rx.set_srtp(2 * idx, rx);
+                }
                 let media = self.media_b[idx % self.media_b.len()]
                     .local_addr()
                     .unwrap_or(self.local_b);
@@ -716,10 +787,13 @@ impl CallGen {
                     self.local_b
                 );
                 // Transcoded: Opus, which the gateway added to the caller's G.722 offer at 111.
-                let sdp = match self.frames {
+                let mut sdp = match self.frames {
                     Some(_) => sip::sdp(idx as u64, media, (111, "opus/48000/2")),
                     None => sip::pcmu_sdp(idx as u64, media),
                 };
+                if self.srtp {
+                    sdp = sip::with_crypto(&sdp, &own);
+                }
                 m.respond("200 OK", Some(&format!("b{idx}")), &contact, &sdp)
             }
             "ACK" => return,
@@ -773,6 +847,18 @@ impl CallGen {
                 c.contact = m.contact.unwrap_or("").to_string();
                 c.relay_a = m.sdp_audio();
                 c.state = State::Answered;
+                if self.srtp {
+                    // The caller sends stream 2·idx with its key and gets 2·idx + 1 with the
+                    // gateway's, from this answer; an answer without one leaves the caller
+                    // sending plain RTP, which the gateway drops (counted as loss).
+                    let own = stream_key(self.run_id, self.step, 2 * idx);
+                    if let Some((tx, rx)) = m.sdp_crypto().and_then(|gw| srtp_pair(own, gw)) {
+                        if let Some(slot) = self.tx_srtp.get_mut(2 * idx) {
+                            *slot = Some(tx);
+                        }
+                        self.rx.set_srtp(2 * idx + 1, rx);
+                    }
+                }
                 let c = &calls[idx];
                 let ack = self.in_dialog(idx, c, "ACK", 1, "k");
                 let _ = self.sig_a.send_to(&ack, self.target);
@@ -1012,6 +1098,21 @@ pub fn bench(plan: &CallPlan, bin: &std::path::Path) -> Result<(), String> {
         "/api/config/bench/trusted-ips",
         serde_json::json!({"cidr": "127.0.0.0/8"}),
     )?;
+    if plan.srtp {
+        // Both legs SRTP; the keys cross loopback UDP (`SrtpOverPlainTransport`).
+        for (leaf, value) in [
+            ("Srtp", serde_json::json!("Required")),
+            ("SrtpOverPlainTransport", serde_json::json!(true)),
+        ] {
+            let path = format!("/api/config/*/Data.SipConfig.{leaf}");
+            let r = http
+                .request("PUT", &path, Some(&value.to_string()))
+                .map_err(|e| format!("PUT {path}: {e}"))?;
+            if r.status != 200 {
+                return Err(format!("PUT {path}: {} {}", r.status, r.body));
+            }
+        }
+    }
     // The trusted range reaches the SIP core through the configuration watch.
     std::thread::sleep(Duration::from_millis(500));
     let mut g = CallGen::new(
@@ -1024,6 +1125,9 @@ pub fn bench(plan: &CallPlan, bin: &std::path::Path) -> Result<(), String> {
     .map_err(|e| e.to_string())?;
     if plan.transcode {
         g = g.transcoded()?;
+    }
+    if plan.srtp {
+        g = g.with_srtp();
     }
     g.register_callees(accounts)?;
     println!(
@@ -1040,6 +1144,10 @@ pub fn bench(plan: &CallPlan, bin: &std::path::Path) -> Result<(), String> {
             "G.722 (callers) ↔ Opus 32 kbit/s (callees) transcoded by the gateway, real frames of a speech-like signal"
         } else {
             "G.711 PCMU relayed, 172 B RTP"
+        };
+        let what = match plan.srtp {
+            true => format!("{what}; SRTP AES_CM_128_HMAC_SHA1_80 on both legs (SDES)"),
+            false => what.to_string(),
         };
         let jitter = if plan.transcode {
             "jitter = |D(i-1,i)| of RFC 3550 §6.4.1 from kernel receive timestamps and RTP timestamps (the generator's send lag included; transit unknown)"

@@ -10,7 +10,7 @@
 //! csps-loadgen calls [--csps-bin PATH] [--concurrency 50,100,…] [--hold-secs 10]
 //!                    [--ramp-rate 500] [--setup-rates 250,500,…] [--setup-secs 5]
 //!                    [--media-sockets 4] [--max-loss-pct 0.1] [--max-jitter-ms 5] [--keep-going]
-//!                    [--accounts 1000] [--transcode]
+//!                    [--accounts 1000] [--transcode] [--srtp]
 //! csps-loadgen codec-chain --codecs g722,opus --in speech.wav --out coded.wav [--rate 16000]
 //! ```
 //! `calls` plays both ends of every call through csps (see [`calls`]): concurrent calls with
@@ -47,13 +47,14 @@ fn usage() -> &'static str {
      [--ramp-rate R (500)] [--setup-rates R1,... (250..3000; empty: none)] [--setup-secs S (5)]\n                          \
      [--media-sockets N (4)] [--max-loss-pct P (0.1)] [--max-jitter-ms M (5)] [--keep-going]\n                          \
      [--transcode (G.722 callers, Opus callees: every call transcoded)]\n                          \
+     [--srtp (SDES-SRTP on both legs of every call)]\n                          \
      [--drain-secs S (10)] [--pause-secs S (1)] [--domain D (csps.local)]\n                          \
      [--accounts N (1000; callers and callees each, at least the largest step)]\n       \
      csps-loadgen codec-chain --codecs g722,opus --in IN.wav --out OUT.wav [--rate HZ (16000)]"
 }
 
 /// Flags without a value.
-const FLAGS: &[&str] = &["keep-logs", "keep-going", "transcode"];
+const FLAGS: &[&str] = &["keep-logs", "keep-going", "transcode", "srtp"];
 
 /// `--flag value` pairs (and the value-less [`FLAGS`]).
 fn parse_flags(args: &[String]) -> Result<HashMap<String, String>, String> {
@@ -289,6 +290,7 @@ fn calls_cmd(f: &HashMap<String, String>) -> Result<(), String> {
         domain: get(f, "domain", "csps.local".to_string())?,
         accounts: get(f, "accounts", 1000)?,
         transcode: f.contains_key("transcode"),
+        srtp: f.contains_key("srtp"),
     };
     if !(1..=20_000).contains(&plan.accounts) {
         return Err("--accounts must be in [1, 20000]".into());

@@ -15,14 +15,22 @@
 //! difference of arrival spacing and RTP timestamp spacing. That counts the generator's own
 //! send lag as the gateway's jitter (the `lg lag` column shows how much there was); transit is
 //! not known.
+//!
+//! SRTP calls (`--srtp`) protect each packet with its phone's key before it is queued and
+//! unprotect it on arrival with the key the gateway announced to that phone (SDES), so the
+//! generator pays what a phone pays and the send time is read from the decrypted payload.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use csps::media::srtp::SrtpSession;
+
 /// RTP header plus 160 bytes of G.711 (20 ms at 8 kHz).
 pub const PACKET_LEN: usize = 12 + 160;
+/// Room for a packet and its SRTP authentication tag.
+pub const PACKET_CAP: usize = PACKET_LEN + 16;
 /// Packets per `sendmmsg`/`recvmmsg` call.
 const BATCH: usize = 64;
 /// Histogram resolution: 10 µs per bucket.
@@ -102,6 +110,11 @@ pub struct RxStats {
     /// way back as G.722 (8 kHz).
     transcoded: bool,
     streams: Vec<StreamRx>,
+    /// SRTP calls: each stream's receiving phone's session (it unprotects with the gateway's
+    /// key), set when the call's keys are known.
+    srtp: Vec<Option<SrtpSession>>,
+    /// SRTP packets that failed authentication (counted as stray too).
+    pub srtp_failed: u64,
     /// |D(i-1, i)|, RFC 3550 §6.4.1, per received packet after a stream's first.
     pub jitter: Histogram,
     /// Receive minus send time of each packet.
@@ -139,11 +152,23 @@ pub fn write_coded(
 }
 
 /// Fills `buf` with an RTP packet (PT 0) of stream `ssrc`, sequence `seq`, timestamp `ts`,
-/// carrying `sent_ns` in its first payload bytes and µ-law silence after.
-pub fn write_packet(buf: &mut [u8; PACKET_LEN], ssrc: u32, seq: u16, ts: u32, sent_ns: i64) {
+/// carrying `sent_ns` in its first payload bytes and µ-law silence after; its length.
+pub fn write_packet(buf: &mut [u8], ssrc: u32, seq: u16, ts: u32, sent_ns: i64) -> usize {
     let mut payload = [0xff; PACKET_LEN - 12];
     payload[..8].copy_from_slice(&sent_ns.to_be_bytes());
-    write_coded(buf, (0, ssrc, seq, ts), &payload);
+    write_coded(buf, (0, ssrc, seq, ts), &payload)
+}
+
+/// Protects the first `len` bytes of `buf` in place with `srtp`; the protected length (0 when
+/// the packet could not be protected or does not fit).
+pub fn protect(srtp: &mut SrtpSession, buf: &mut [u8], len: usize) -> usize {
+    match srtp.protect(&buf[..len.min(buf.len())], false) {
+        Ok(p) if p.len() <= buf.len() => {
+            buf[..p.len()].copy_from_slice(&p);
+            p.len()
+        }
+        _ => 0,
+    }
 }
 
 /// Binds `n` non-blocking UDP sockets on 127.0.0.1 with large buffers and receive timestamps.
@@ -209,7 +234,7 @@ fn sockaddr_of(a: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
 
 /// Packets waiting for one socket's next `sendmmsg`.
 pub struct SendBatch {
-    packets: Vec<[u8; PACKET_LEN]>,
+    packets: Vec<[u8; PACKET_CAP]>,
     /// The length of each packet (G.711 and G.722 fill the buffer, Opus does not).
     lens: Vec<usize>,
     dests: Vec<(libc::sockaddr_storage, libc::socklen_t)>,
@@ -233,11 +258,11 @@ impl Default for SendBatch {
 
 impl SendBatch {
     /// Queues a packet for `to`, flushing first when the batch is full.
-    pub fn push(&mut self, sock: &UdpSocket, to: SocketAddr) -> &mut [u8; PACKET_LEN] {
+    pub fn push(&mut self, sock: &UdpSocket, to: SocketAddr) -> &mut [u8; PACKET_CAP] {
         if self.packets.len() == BATCH {
             self.flush(sock);
         }
-        self.packets.push([0; PACKET_LEN]);
+        self.packets.push([0; PACKET_CAP]);
         self.lens.push(PACKET_LEN);
         self.dests.push(sockaddr_of(to));
         let last = self.packets.len() - 1;
@@ -247,7 +272,7 @@ impl SendBatch {
     /// Shortens the packet queued last to `len` bytes.
     pub fn set_last_len(&mut self, len: usize) {
         if let Some(l) = self.lens.last_mut() {
-            *l = len.min(PACKET_LEN);
+            *l = len.min(PACKET_CAP);
         }
     }
 
@@ -336,8 +361,17 @@ impl Receiver {
             step: step & 0xff,
             transcoded,
             streams: vec![StreamRx::default(); streams],
+            srtp: std::iter::repeat_with(|| None).take(streams).collect(),
             ..RxStats::default()
         };
+    }
+
+    /// Stream `id` arrives SRTP-protected: `session` unprotects it.
+    pub fn set_srtp(&self, id: usize, session: SrtpSession) {
+        let mut s = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(slot) = s.srtp.get_mut(id) {
+            *slot = Some(session);
+        }
     }
 
     /// The step's statistics so far (the counting goes on into an empty set).
@@ -503,12 +537,28 @@ fn account(s: &mut RxStats, p: &[u8], rx_ns: i64) {
         return;
     }
     let ssrc = u32::from_be_bytes([p[8], p[9], p[10], p[11]]);
+    let id = (ssrc & 0x00ff_ffff) as usize;
+    if ssrc >> 24 != s.step || id >= s.streams.len() {
+        s.stray += 1;
+        return;
+    }
+    // The header stays readable under SRTP; the payload (the send time) needs the key.
+    let plain;
+    let p = match s.srtp.get_mut(id).and_then(Option::as_mut) {
+        None => p,
+        Some(srtp) => match srtp.unprotect(p, false) {
+            Ok(d) => {
+                plain = d;
+                &plain[..]
+            }
+            Err(_) => {
+                s.srtp_failed += 1;
+                s.stray += 1;
+                return;
+            }
+        },
+    };
     if s.transcoded {
-        let id = (ssrc & 0x00ff_ffff) as usize;
-        if ssrc >> 24 != s.step || id >= s.streams.len() {
-            s.stray += 1;
-            return;
-        }
         let ts = u32::from_be_bytes([p[4], p[5], p[6], p[7]]);
         // Stream 2·call leaves the caller as G.722 and reaches the callee as Opus (48 kHz
         // RTP clock); the way back reaches the caller as G.722 (8 kHz).
@@ -527,11 +577,6 @@ fn account(s: &mut RxStats, p: &[u8], rx_ns: i64) {
         return;
     }
     let sent = i64::from_be_bytes([p[12], p[13], p[14], p[15], p[16], p[17], p[18], p[19]]);
-    let id = (ssrc & 0x00ff_ffff) as usize;
-    if ssrc >> 24 != s.step || id >= s.streams.len() {
-        s.stray += 1;
-        return;
-    }
     let transit = rx_ns - sent;
     let st = &mut s.streams[id];
     st.received += 1;
@@ -581,5 +626,49 @@ mod tests {
         assert_eq!((s.received(1), s.received(0), s.stray), (10, 0, 1));
         assert_eq!(s.jitter.count, 9);
         assert!(s.transit.quantile_ms(1.0) < 1000.0);
+    }
+
+    #[test]
+    fn srtp_packets_are_read_with_the_receiving_ends_key_and_forgeries_counted() {
+        use csps::media::srtp::{SrtpKeys, Suite};
+        let keys = |local: u8, remote: u8| SrtpKeys {
+            suite: Suite::AesCm128Sha1_80,
+            local: [local; 30],
+            remote: [remote; 30],
+            remote_mki: 0,
+        };
+        let session = |k: &SrtpKeys| SrtpSession::new(k).expect("session");
+        // The gateway protects with its key (7); the receiving end knows it as its remote key.
+        let mut gateway = session(&keys(7, 1));
+        let mut s = RxStats {
+            step: 5,
+            streams: vec![StreamRx::default(); 2],
+            srtp: vec![None, Some(session(&keys(1, 7)))],
+            ..RxStats::default()
+        };
+        let mut buf = [0u8; PACKET_CAP];
+        for seq in 0..3u16 {
+            let len = write_packet(
+                &mut buf,
+                ssrc(5, 1),
+                seq,
+                u32::from(seq) * 160,
+                realtime_ns(),
+            );
+            let len = protect(&mut gateway, &mut buf, len);
+            assert_eq!(len, PACKET_LEN + 10, "the 80-bit tag");
+            account(&mut s, &buf[..len], realtime_ns());
+        }
+        assert_eq!((s.received(1), s.stray, s.srtp_failed), (3, 0, 0));
+        assert_eq!(
+            s.transit.count, 3,
+            "the send time was read from the decrypted payload"
+        );
+        // Protected with another key: not authenticated, not counted as received.
+        let mut stranger = session(&keys(9, 1));
+        let len = write_packet(&mut buf, ssrc(5, 1), 3, 480, realtime_ns());
+        let len = protect(&mut stranger, &mut buf, len);
+        account(&mut s, &buf[..len], realtime_ns());
+        assert_eq!((s.received(1), s.stray, s.srtp_failed), (3, 1, 1));
     }
 }

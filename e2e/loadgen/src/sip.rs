@@ -294,6 +294,24 @@ impl Message<'_> {
         rest.split_once('@').map(|(u, _)| u)
     }
 
+    /// The master key and salt of the SDP body's first `a=crypto` line in
+    /// AES_CM_128_HMAC_SHA1_80 (RFC 4568), if it has one.
+    pub fn sdp_crypto(&self) -> Option<[u8; 30]> {
+        use base64::Engine;
+        self.body
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("a=crypto:"))
+            .filter_map(csps_sip::sdp::Crypto::parse)
+            .find(|c| c.suite == SRTP_SUITE)
+            .and_then(|c| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(c.key)
+                    .ok()?
+                    .try_into()
+                    .ok()
+            })
+    }
+
     /// The audio address of the SDP body (`c=` address, `m=audio` port).
     pub fn sdp_audio(&self) -> Option<std::net::SocketAddr> {
         let mut ip = None;
@@ -342,6 +360,20 @@ impl Message<'_> {
 /// A G.711 µ-law SDP offer or answer for one audio stream at `media`, 20 ms packets.
 pub fn pcmu_sdp(session: u64, media: std::net::SocketAddr) -> String {
     sdp(session, media, (0, "PCMU/8000"))
+}
+
+/// The SRTP suite SRTP calls offer and answer.
+pub const SRTP_SUITE: &str = "AES_CM_128_HMAC_SHA1_80";
+
+/// `sdp` made an SRTP offer or answer (RFC 4568): `RTP/SAVP` and one `a=crypto` line with
+/// `key` (master key and salt).
+pub fn with_crypto(sdp: &str, key: &[u8; 30]) -> String {
+    use base64::Engine;
+    let key = base64::engine::general_purpose::STANDARD.encode(key);
+    format!(
+        "{}a=crypto:1 {SRTP_SUITE} inline:{key}\r\n",
+        sdp.replace(" RTP/AVP ", " RTP/SAVP ")
+    )
 }
 
 /// An SDP offer or answer for one audio stream at `media` in one codec (payload type and
