@@ -46,6 +46,12 @@ async fn call_records() {
 }
 
 #[tokio::test]
+async fn busy_marks() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    store_suite::suite_busy_marks(&open(&dir)).await;
+}
+
+#[tokio::test]
 async fn data_survives_reopen() {
     let dir = tempfile::tempdir().expect("tempdir");
     let seeded = {

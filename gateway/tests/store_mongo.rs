@@ -67,6 +67,12 @@ async fn call_records() {
 }
 
 #[tokio::test]
+async fn busy_marks() {
+    let Some(f) = Ferret::start() else { return };
+    store_suite::suite_busy_marks(&store(&f, "busy_marks").await).await;
+}
+
+#[tokio::test]
 async fn suites_share_one_server_on_separate_databases() {
     let Some(f) = Ferret::start() else { return };
     let (a, b) = (store(&f, "shared_a").await, store(&f, "shared_b").await);

@@ -13,7 +13,10 @@
 //! - `policies`: kind → the [`PolicyMeta`] as JSON, `policy_wasm`: kind → the component's bytes
 //!   (apart, so listing never reads megabytes);
 //! - `call_records`: (`ended_at` in nanoseconds since the epoch, `record_id`) → the [`EndedCall`]
-//!   as JSON, so the history is a reverse range scan and the retention sweep a forward one.
+//!   as JSON, so the history is a reverse range scan and the retention sweep a forward one;
+//! - `busy_marks`: `lower(upn) \0 server` → until when (nanoseconds since the epoch), so one
+//!   user's marks are one key range; lapsed ones are removed when a server unmarks the user
+//!   (one server uses this store, but the backend is complete).
 //!
 //! Registrations are the hot path: the SIP driver group-commits REGISTERs, and one
 //! [`Store::write_registrations`] call is one write transaction with one fsync.
@@ -50,6 +53,8 @@ const POLICIES: TableDefinition<&str, &[u8]> = TableDefinition::new("policies");
 const POLICY_WASM: TableDefinition<&str, &[u8]> = TableDefinition::new("policy_wasm");
 /// Ended calls: key = (`ended_at` in nanoseconds since the epoch, `record_id`).
 const CALL_RECORDS: TableDefinition<(i64, u128), &[u8]> = TableDefinition::new("call_records");
+/// Busy marks: key = `lower(upn) \0 server`, value = until when (nanoseconds since the epoch).
+const BUSY_MARKS: TableDefinition<&str, i64> = TableDefinition::new("busy_marks");
 
 /// The embedded backend of [`Store`], over one redb file.
 #[derive(Clone)]
@@ -86,6 +91,7 @@ impl EmbeddedStore {
             txn.open_table(POLICIES)?;
             txn.open_table(POLICY_WASM)?;
             txn.open_table(CALL_RECORDS)?;
+            txn.open_table(BUSY_MARKS)?;
         }
         txn.commit()?;
         Ok(EmbeddedStore { db: Arc::new(db) })
@@ -158,13 +164,21 @@ fn name_key(username: &str, domain: &str) -> String {
     format!("{}@{}", username.to_lowercase(), domain.to_lowercase())
 }
 
-/// Key of a binding: `aor \0 binding`, so the bindings of one AoR are one key range.
-fn binding_key(aor: &str, binding: &str) -> String {
-    let mut k = String::with_capacity(aor.len() + 1 + binding.len());
-    k.push_str(aor);
+/// Key of a binding (`aor \0 binding`) or a busy mark (`upn \0 server`), so the rows of one
+/// AoR or user are one key range ([`key_range`]).
+fn pair_key(first: &str, second: &str) -> String {
+    let mut k = String::with_capacity(first.len() + 1 + second.len());
+    k.push_str(first);
     k.push('\0');
-    k.push_str(binding);
+    k.push_str(second);
     k
+}
+
+/// `first \0` .. `first \x01`: exactly the [`pair_key`]s under `first`.
+fn key_range(first: &str) -> (String, String) {
+    let mut hi = first.to_owned();
+    hi.push('\u{1}');
+    (pair_key(first, ""), hi)
 }
 
 fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
@@ -329,11 +343,11 @@ impl Store for EmbeddedStore {
         // Encode on the calling task; the blocking task only touches the B-tree.
         let puts = upserts
             .iter()
-            .map(|r| Ok((binding_key(&r.aor, &r.binding), encode(r)?)))
+            .map(|r| Ok((pair_key(&r.aor, &r.binding), encode(r)?)))
             .collect::<Result<Vec<_>, StoreError>>()?;
         let dels: Vec<(String, String)> = removals
             .iter()
-            .map(|k| (binding_key(&k.key.aor, &k.key.binding), k.server.clone()))
+            .map(|k| (pair_key(&k.key.aor, &k.key.binding), k.server.clone()))
             .collect();
         self.blocking(move |db| {
             let txn = write_txn(db)?;
@@ -380,10 +394,7 @@ impl Store for EmbeddedStore {
             };
             match &filter.aor {
                 Some(aor) => {
-                    // `aor \0` .. `aor \x01` is exactly the bindings of this AoR.
-                    let lo = binding_key(aor, "");
-                    let mut hi = aor.clone();
-                    hi.push('\u{1}');
+                    let (lo, hi) = key_range(aor);
                     for row in t.range(lo.as_str()..hi.as_str())? {
                         keep(row?.1.value())?;
                     }
@@ -602,6 +613,54 @@ impl Store for EmbeddedStore {
             }
             txn.commit()?;
             Ok(purged)
+        })
+        .await
+    }
+
+    async fn mark_busy(
+        &self,
+        upn: &str,
+        server: &str,
+        until: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let key = pair_key(&upn.to_lowercase(), server);
+        self.blocking(move |db| {
+            let txn = write_txn(db)?;
+            txn.open_table(BUSY_MARKS)?
+                .insert(key.as_str(), nanos(until))?;
+            txn.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn unmark_busy(
+        &self,
+        upn: &str,
+        server: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<String>, StoreError> {
+        let (lo, hi) = key_range(&upn.to_lowercase());
+        let server = server.to_owned();
+        let now = nanos(now);
+        self.blocking(move |db| {
+            let txn = write_txn(db)?;
+            let mut others = Vec::new();
+            {
+                let mut t = txn.open_table(BUSY_MARKS)?;
+                // One transaction: this server's mark and the lapsed ones go, the rest is read.
+                t.retain_in(lo.as_str()..hi.as_str(), |key, until| {
+                    let holder = key.get(lo.len()..).unwrap_or_default();
+                    let live = until > now && holder != server;
+                    if live {
+                        others.push(holder.to_owned());
+                    }
+                    live
+                })?;
+            }
+            txn.commit()?;
+            others.sort();
+            Ok(others)
         })
         .await
     }

@@ -1,6 +1,6 @@
 //! The `Store`: everything csps keeps — users (SIP accounts with HA1s), registrations (one document
-//! per binding), configuration entries, the audit log, policy modules, ended calls' records —
-//! behind one async trait, so the embedded backend (default,
+//! per binding), configuration entries, the audit log, policy modules, ended calls' records,
+//! busy marks (which server keeps a Teams user Busy) — behind one async trait, so the embedded backend (default,
 //! one server) and MongoDB (several servers) are interchangeable without changing callers.
 
 pub mod embedded;
@@ -159,6 +159,34 @@ pub trait Store: Send + Sync + 'static {
     async fn purge_call_records(&self, ended_before: DateTime<Utc>) -> Result<u64, StoreError> {
         let _ = ended_before;
         Ok(0)
+    }
+
+    /// Marks the Teams user `upn` busy because of calls on `server`, until `until` (replacing
+    /// that server's earlier mark): the busy presence of a cluster, so that a server whose last
+    /// call for the user ends leaves the presence to another server still in a call with them
+    /// (see `presence`). `upn` is compared case-insensitively. (Default: a store without marks,
+    /// where every server clears what it set; both real backends implement both methods.)
+    async fn mark_busy(
+        &self,
+        upn: &str,
+        server: &str,
+        until: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let _ = (upn, server, until);
+        Ok(())
+    }
+    /// Removes `server`'s busy mark of `upn` (and marks of it lapsed at `now`), THEN reads the
+    /// others: the servers whose mark of `upn` is still live at `now`, sorted. Removing before
+    /// reading is what makes two servers whose last calls end at once safe: at least the later
+    /// one finds no mark and clears the presence.
+    async fn unmark_busy(
+        &self,
+        upn: &str,
+        server: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<String>, StoreError> {
+        let _ = (upn, server, now);
+        Ok(Vec::new())
     }
 
     /// Makes every earlier write durable (a no-op where each write already is).

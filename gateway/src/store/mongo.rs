@@ -35,6 +35,12 @@
 //!   retention sweep exactly. No TTL index: the retention (`Data.System.CallRecordDays`) can
 //!   change at run time and FerretDB v1 does not expire documents, so the servers sweep
 //!   ([`Store::purge_call_records`]).
+//! - `busy_marks`: one document per (Teams user, server) whose calls keep the user Busy,
+//!   `_id` = lower-cased UPN + `"\0"` + server, with `user` (indexed), `server` and
+//!   `expires_at` (a BSON date, 5 minutes after the server's last `setPresence`). Reads ignore
+//!   lapsed marks. No TTL index: FerretDB v1 would not act on it, the `_id` bounds the
+//!   collection to one mark per user and server anyway, and a server unmarking a user removes
+//!   that user's lapsed marks (a crashed server's) in the same delete, so they do not linger.
 //!
 //! # Change notifications
 //! [`Store::change_feed`] opens a change stream on `config` and `users` where the server offers
@@ -91,6 +97,7 @@ const LEASES: &str = "leases";
 const POLICIES: &str = "policies";
 const REVISIONS: &str = "revisions";
 const CALL_RECORDS: &str = "call_records";
+const BUSY_MARKS: &str = "busy_marks";
 /// Writes per bulk command (well under every server's `maxWriteBatchSize`).
 const BULK_CHUNK: usize = 1000;
 
@@ -110,6 +117,7 @@ pub struct MongoStore {
     leases: Collection<Document>,
     revisions: Collection<Document>,
     call_records: Collection<Document>,
+    busy_marks: Collection<Document>,
     /// `writeConcern` added to raw bulk commands (`None`: the server's default).
     write_concern: Option<Document>,
     ttl_index: bool,
@@ -177,6 +185,7 @@ impl MongoStore {
             leases: coll(LEASES),
             revisions: coll(REVISIONS),
             call_records: coll(CALL_RECORDS),
+            busy_marks: coll(BUSY_MARKS),
             db,
             write_concern,
             ttl_index: false,
@@ -217,32 +226,17 @@ impl MongoStore {
             .create_index(users)
             .await
             .map_err(|e| backend("creating the users index", e))?;
-        for (name, key) in [("aor", "aor"), ("server", "server")] {
-            let m = IndexModel::builder()
-                .keys(doc! { key: 1 })
-                .options(IndexOptions::builder().name(name.to_owned()).build())
-                .build();
-            self.registrations
-                .create_index(m)
-                .await
-                .map_err(|e| backend("creating the registrations indexes", e))?;
+        for key in ["aor", "server"] {
+            plain_index(&self.registrations, key, doc! { key: 1 }).await?;
         }
-        let audit = IndexModel::builder()
-            .keys(doc! { "at": -1 })
-            .options(IndexOptions::builder().name("at".to_owned()).build())
-            .build();
-        self.audit
-            .create_index(audit)
-            .await
-            .map_err(|e| backend("creating the audit index", e))?;
-        let calls = IndexModel::builder()
-            .keys(doc! { "ended_key": -1, "_id": -1 })
-            .options(IndexOptions::builder().name("ended".to_owned()).build())
-            .build();
-        self.call_records
-            .create_index(calls)
-            .await
-            .map_err(|e| backend("creating the call records index", e))?;
+        plain_index(&self.audit, "at", doc! { "at": -1 }).await?;
+        plain_index(
+            &self.call_records,
+            "ended",
+            doc! { "ended_key": -1, "_id": -1 },
+        )
+        .await?;
+        plain_index(&self.busy_marks, "user", doc! { "user": 1 }).await?;
 
         // TTL on expires_at; fall back to a plain index where the server refuses the option.
         let ttl = IndexModel::builder()
@@ -263,18 +257,8 @@ impl MongoStore {
                         "the MongoDB server refuses TTL indexes ({e}); lapsed registrations are \
                          purged by one server instead"
                     );
-                    let plain = IndexModel::builder()
-                        .keys(doc! { "expires_at": 1 })
-                        .options(
-                            IndexOptions::builder()
-                                .name("expires_at".to_owned())
-                                .build(),
-                        )
-                        .build();
-                    self.registrations
-                        .create_index(plain)
-                        .await
-                        .map_err(|e| backend("creating the expires_at index", e))?;
+                    plain_index(&self.registrations, "expires_at", doc! { "expires_at": 1 })
+                        .await?;
                 }
                 // An existing expires_at index with other options (made before): keep it.
                 Some(INDEX_OPTIONS_CONFLICT) | Some(INDEX_KEY_SPECS_CONFLICT) => {}
@@ -774,6 +758,57 @@ impl Store for MongoStore {
         Ok(r.deleted_count)
     }
 
+    async fn mark_busy(
+        &self,
+        upn: &str,
+        server: &str,
+        until: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let user = upn.to_lowercase();
+        self.busy_marks
+            .replace_one(
+                doc! { "_id": binding_id(&user, server) },
+                doc! { "user": &user, "server": server, "expires_at": bson_date(until).0 },
+            )
+            .upsert(true)
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn unmark_busy(
+        &self,
+        upn: &str,
+        server: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<String>, StoreError> {
+        let user = upn.to_lowercase();
+        let now = bson_date(now).0;
+        // This server's mark and the lapsed ones first; only then read who else is left.
+        self.busy_marks
+            .delete_many(doc! {
+                "user": &user,
+                "$or": [ { "server": server }, { "expires_at": { "$lte": now } } ],
+            })
+            .await
+            .map_err(map_err)?;
+        let mut others = Vec::new();
+        let mut cursor = self
+            .busy_marks
+            .find(doc! { "user": &user, "expires_at": { "$gt": now } })
+            .await
+            .map_err(map_err)?;
+        while cursor.advance().await.map_err(map_err)? {
+            let d = cursor.deserialize_current().map_err(map_err)?;
+            match d.get_str("server") {
+                Ok(s) if s != server => others.push(s.to_owned()),
+                _ => {}
+            }
+        }
+        others.sort();
+        Ok(others)
+    }
+
     async fn flush(&self) -> Result<(), StoreError> {
         // Every write was acknowledged with the strongest write concern the server offers.
         Ok(())
@@ -851,7 +886,24 @@ impl Store for MongoStore {
     }
 }
 
-/// `_id` of a binding: AoR, NUL, binding (neither contains a NUL: both come from SIP text).
+/// Creates the index `name` on `keys` of `coll` (neither unique nor TTL).
+async fn plain_index(
+    coll: &Collection<Document>,
+    name: &str,
+    keys: Document,
+) -> Result<(), StoreError> {
+    let m = IndexModel::builder()
+        .keys(keys)
+        .options(IndexOptions::builder().name(name.to_owned()).build())
+        .build();
+    coll.create_index(m)
+        .await
+        .map_err(|e| backend(&format!("creating the index {name} of {}", coll.name()), e))?;
+    Ok(())
+}
+
+/// `_id` of a binding (AoR, NUL, binding: neither contains a NUL, both come from SIP text) or
+/// of a busy mark (UPN, NUL, server).
 fn binding_id(aor: &str, binding: &str) -> String {
     format!("{aor}\0{binding}")
 }

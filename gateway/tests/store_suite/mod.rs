@@ -373,6 +373,65 @@ pub async fn suite_config(store: &dyn Store) {
     assert_eq!(names, ["*", "s1"]);
 }
 
+/// Busy marks: unmarking removes the server's own mark before reading the others' live ones;
+/// a renewed mark replaces the earlier one; lapsed marks never count and are swept; UPNs are
+/// compared case-insensitively; users are independent.
+pub async fn suite_busy_marks(store: &dyn Store) {
+    let now = Utc::now();
+    let alice = "Alice@Contoso.test";
+    let soon = now + Duration::minutes(5);
+    let none: Vec<String> = Vec::new();
+    assert_eq!(
+        store.unmark_busy(alice, "a", now).await.expect("unmark"),
+        none
+    );
+    for server in ["a", "b", "c"] {
+        store.mark_busy(alice, server, soon).await.expect("mark");
+    }
+    store
+        .mark_busy("bob@contoso.test", "b", soon)
+        .await
+        .expect("mark bob");
+    // c crashed: its mark lapses (a renewal replaced it with an earlier time).
+    store
+        .mark_busy("alice@contoso.test", "c", now - Duration::seconds(1))
+        .await
+        .expect("renew c");
+    assert_eq!(
+        store
+            .unmark_busy("alice@contoso.test", "a", now)
+            .await
+            .expect("unmark a"),
+        ["b"],
+        "b's mark is live, c's lapsed, a's own removed"
+    );
+    // c's lapsed mark was swept: a minute earlier it would still count.
+    assert_eq!(
+        store
+            .unmark_busy(alice, "d", now - Duration::minutes(1))
+            .await
+            .expect("unmark d"),
+        ["b"],
+        "c's lapsed mark was swept"
+    );
+    // a's mark is gone: b ends last and finds nobody.
+    assert_eq!(
+        store.unmark_busy(alice, "b", now).await.expect("unmark b"),
+        none
+    );
+    assert_eq!(
+        store
+            .unmark_busy("bob@contoso.test", "a", now)
+            .await
+            .expect("unmark bob"),
+        ["b"],
+        "bob's mark is his own"
+    );
+    // A mark lapses at its time, not after it.
+    store.mark_busy(alice, "b", soon).await.expect("mark");
+    assert_eq!(store.unmark_busy(alice, "a", soon).await.expect("at"), none);
+}
+
 /// Writes one of each record (for a durability check across reopen); returns what was written.
 pub async fn seed(store: &dyn Store) -> (User, Registration, serde_json::Value) {
     let u = user("durable", "example.com");
