@@ -156,7 +156,7 @@ pub struct Metrics {
     /// Open `GET /api/events` streams.
     pub event_listeners: Gauge<i64, AtomicI64>,
     /// Teams presence requests to Graph that failed, by reason (`throttled`, `unavailable`,
-    /// `refused`, `token`, `lagged`).
+    /// `refused`, `token`, `lagged`; `store`: a busy mark not written or removed).
     pub presence_failures: Family<ReasonLabel, Counter<u64, AtomicU64>>,
     /// Refresh tokens the nightly task handled, by outcome (`refreshed`, `failed`,
     /// `needs_reactivation`), one per account.

@@ -330,6 +330,7 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
         metrics: metrics.clone(),
         renew: args.test_presence_renew_secs.map(Duration::from_secs),
         calls: sip.calls.clone(),
+        server: server_name.clone(),
     });
 
     let draining = Arc::new(AtomicBool::new(false));

@@ -24,6 +24,16 @@
 //! admin app's tenant, client id or client secret is missing; a change of them applies without
 //! a restart.
 //!
+//! A cluster shares one Graph session per user (the app's), so servers must not clear each
+//! other's Busy. Each server keeps a busy mark per Teams user in the shared store
+//! ([`Store::mark_busy`]: collection/table `busy_marks`), written before each `setPresence`
+//! and expiring with it (5 minutes after, so a crashed server's mark lapses when the presence
+//! it set does). When this server's last call for a user ends it removes its own mark and then
+//! reads the others' ([`Store::unmark_busy`]); while another server's mark is live it skips the
+//! `clearPresence` and logs `kept Busy`, leaving the presence to that server, which renews it
+//! and clears it after its own last call. A store that fails or does not answer within
+//! [`MARK_TIMEOUT`] never holds presence up: the mark is skipped, the clear is made.
+//!
 //! For tests only, the hidden `--test-presence-renew-secs` (`CSPS_TEST_PRESENCE_RENEW_SECS`)
 //! shortens the renewal interval (the expiration asked of Graph stays 5 minutes).
 
@@ -46,6 +56,9 @@ use sessions::{Action, Input, Outcome, Output, Request, Sessions, Timing};
 
 /// Longest wait for the store when looking up a user's Teams identity.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for the store when writing or removing a busy mark (short: a shutdown has 5 s
+/// for every unmark and clear).
+pub const MARK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What the presence driver needs.
 pub struct PresenceParts {
@@ -61,6 +74,8 @@ pub struct PresenceParts {
     pub renew: Option<Duration>,
     /// The running calls: who is in an answered call, when user states were lost.
     pub calls: crate::calls::Directory,
+    /// This server's name, the holder of its busy marks.
+    pub server: String,
 }
 
 /// The running presence driver.
@@ -71,8 +86,8 @@ pub struct Presence {
 
 impl Presence {
     /// The gateway stops: clears every user shown Busy because of this server's calls (they
-    /// end with it; Teams would otherwise show Busy until the expiration), waiting at most
-    /// `within` for Graph.
+    /// end with it; Teams would otherwise show Busy until the expiration) unless another
+    /// server still has them in a call, waiting at most `within` for the store and Graph.
     pub async fn stop(self, within: Duration) {
         let _ = self.stop.send(()).await;
         if tokio::time::timeout(within, self.task).await.is_err() {
@@ -136,6 +151,7 @@ struct Env {
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
     done: mpsc::Sender<Input>,
+    server: String,
 }
 
 async fn run(mut p: PresenceParts, timing: Timing, mut stop: mpsc::Receiver<()>) {
@@ -148,6 +164,7 @@ async fn run(mut p: PresenceParts, timing: Timing, mut stop: mpsc::Receiver<()>)
         store: p.store.clone(),
         metrics: p.metrics.clone(),
         done: done_tx,
+        server: p.server.clone(),
     });
     let mut on = configured(&p.settings.borrow_and_update().admin_app);
     log_switch(on);
@@ -283,9 +300,61 @@ fn path_segment(s: &str) -> String {
     out
 }
 
-/// The body of `setPresence` or `clearPresence` for `r`, as the app `client_id`.
-fn body(client_id: &str, r: &Request) -> (&'static str, Value) {
-    match r.action {
+/// This server's busy mark of `upn`, until `expiration` from now (before its `setPresence`, so
+/// a server ending its last call for the user meanwhile sees it). A failure is logged: the
+/// presence is set all the same.
+async fn mark(env: &Env, upn: &str, expiration: Duration) {
+    let until = chrono::Utc::now()
+        + chrono::Duration::from_std(expiration).unwrap_or(chrono::Duration::minutes(5));
+    match tokio::time::timeout(MARK_TIMEOUT, env.store.mark_busy(upn, &env.server, until)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(%upn, "Teams presence: cannot write the busy mark: {e}");
+            failed(&env.metrics, "store");
+        }
+        Err(_) => {
+            tracing::warn!(%upn, "Teams presence: the store did not answer the busy mark");
+            failed(&env.metrics, "store");
+        }
+    }
+}
+
+/// Removes this server's busy mark of `upn`, THEN reads the other servers' (the store does
+/// both in this order): `BusyElsewhere` while one is live. In that order, two servers whose
+/// last calls for the user end at once cannot both see the other's mark and both skip the
+/// clear: whichever reads last finds no mark and clears (two clears are harmless). A store
+/// failure answers `Done`, so the clear is made: a user wrongly shown available until the other
+/// server's renewal is better than one shown Busy for good.
+async fn unmark(env: &Env, upn: &str) -> Outcome {
+    let unmarked = env.store.unmark_busy(upn, &env.server, chrono::Utc::now());
+    match tokio::time::timeout(MARK_TIMEOUT, unmarked).await {
+        Ok(Ok(others)) if others.is_empty() => Outcome::Done,
+        Ok(Ok(others)) => {
+            tracing::info!(
+                %upn,
+                servers = ?others,
+                "Teams presence: kept Busy, the user is in a call on another server"
+            );
+            Outcome::BusyElsewhere
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(%upn, "Teams presence: cannot remove the busy mark ({e}); clearing");
+            failed(&env.metrics, "store");
+            Outcome::Done
+        }
+        Err(_) => {
+            tracing::warn!(%upn, "Teams presence: the store did not answer the unmark; clearing");
+            failed(&env.metrics, "store");
+            Outcome::Done
+        }
+    }
+}
+
+/// The Graph verb and body of `setPresence` or `clearPresence` for `r`, as the app
+/// `client_id`; `None` for what is not a Graph request.
+fn body(client_id: &str, r: &Request) -> Option<(&'static str, Value)> {
+    Some(match r.action {
+        Action::Unmark => return None,
         Action::Clear => ("clearPresence", json!({ "sessionId": client_id })),
         Action::SetBusy => (
             "setPresence",
@@ -296,7 +365,7 @@ fn body(client_id: &str, r: &Request) -> (&'static str, Value) {
                 "expirationDuration": iso_duration(r.expiration),
             }),
         ),
-    }
+    })
 }
 
 /// What a Graph answer means for the core.
@@ -311,13 +380,24 @@ fn outcome_of(status: StatusCode, retry_after: Option<Duration>) -> Outcome {
     }
 }
 
-/// Makes one Graph request (with a fresh app token once if Graph refuses the cached one).
+/// Makes one request: an unmark in the store, or a Graph request (with a fresh app token once
+/// if Graph refuses the cached one), a `setPresence` after this server's busy mark.
 async fn request(env: &Env, app: &AzureApp, r: &Request) -> Outcome {
     let upn = &r.upn;
+    // Unmarked also while presence is off: a mark left behind would keep other servers from
+    // clearing for up to 5 minutes.
+    if r.action == Action::Unmark {
+        return unmark(env, upn).await;
+    }
     if !configured(app) {
         return Outcome::Refused;
     }
-    let (verb, body) = body(&app.client_id, r);
+    let Some((verb, body)) = body(&app.client_id, r) else {
+        return Outcome::Done;
+    };
+    if r.action == Action::SetBusy {
+        mark(env, upn, r.expiration).await;
+    }
     let url = format!(
         "{}/v1.0/users/{}/presence/{verb}",
         app.graph_url.trim_end_matches('/'),
@@ -381,7 +461,7 @@ mod tests {
             action: Action::SetBusy,
             expiration: Duration::from_secs(300),
         };
-        let (verb, b) = body("app-id", &r);
+        let (verb, b) = body("app-id", &r).expect("a Graph request");
         assert_eq!(verb, "setPresence");
         assert_eq!(
             b,
@@ -394,8 +474,13 @@ mod tests {
         };
         assert_eq!(
             body("app-id", &r),
-            ("clearPresence", json!({"sessionId": "app-id"}))
+            Some(("clearPresence", json!({"sessionId": "app-id"})))
         );
+        let r = Request {
+            action: Action::Unmark,
+            ..r
+        };
+        assert_eq!(body("app-id", &r), None, "the store's, not Graph's");
         assert_eq!(iso_duration(Duration::from_secs(90)), "PT90S");
     }
 

@@ -30,6 +30,15 @@
 //! `Retry-After` Graph gave); a `clearPresence` that keeps failing is given up once the last
 //! `setPresence` has lapsed by itself; a refusal (400, 403, 404) is not retried before the next
 //! renewal.
+//!
+//! A cluster: every server sets and clears the same Graph session (the app's), so a server
+//! whose last call for a user ends must not clear while another server still has the user in a
+//! call. Each `setPresence` therefore goes with this server's busy mark in the shared store
+//! (written by the driver before it asks Graph), and the end of the user's last call here is
+//! first an [`Action::Unmark`]: the driver removes this server's mark and then reads the
+//! others'. [`Outcome::BusyElsewhere`] ends the user's state here without a clear (the other
+//! server renews, and clears when its own last call ends); any other outcome, a store failure
+//! included, goes on to the [`Action::Clear`].
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashMap, VecDeque};
@@ -71,17 +80,22 @@ impl Timing {
     }
 }
 
-/// What a request asks Graph for.
+/// What a request asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Action {
-    /// `setPresence` Busy/InACall for [`Timing::expiration`].
+    /// This server's busy mark of the user (until [`Timing::expiration`] from now) in the
+    /// store, then Graph's `setPresence` Busy/InACall for [`Timing::expiration`].
     SetBusy,
+    /// Of the store, not Graph: remove this server's busy mark of the user, then tell whether
+    /// another server's is live ([`Outcome::BusyElsewhere`]) or not ([`Outcome::Done`]). Comes
+    /// before every [`Action::Clear`].
+    Unmark,
     /// `clearPresence` of the application's session.
     Clear,
 }
 
-/// A Graph request to make for a user.
+/// A request to make for a user (to Graph; to the store for [`Action::Unmark`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Request {
     /// Answered with [`Input::Result`] under this id.
@@ -109,6 +123,9 @@ pub enum Outcome {
     },
     /// Graph refused it (400, 403, 404): asking again at once would get the same answer.
     Refused,
+    /// The answer to [`Action::Unmark`] when another server still has the user in a call: the
+    /// presence is that server's to keep and clear.
+    BusyElsewhere,
 }
 
 /// An event for the core.
@@ -198,6 +215,8 @@ struct User {
     attempts: u32,
     /// No request before this.
     not_before: Option<Instant>,
+    /// This server's busy mark is removed and no other server's was live: on to the clear.
+    unmarked: bool,
 }
 
 impl User {
@@ -210,6 +229,7 @@ impl User {
             in_flight: None,
             attempts: 0,
             not_before: None,
+            unmarked: false,
         }
     }
 }
@@ -298,12 +318,26 @@ impl Sessions {
                     return;
                 };
                 match (outcome, sent.action) {
-                    (Outcome::Done, Action::SetBusy) => {
+                    (Outcome::BusyElsewhere, Action::Unmark) => {
+                        // Another server keeps them Busy (and clears it): nothing shown here.
+                        u.renew_at = None;
+                        u.shown_until = None;
+                        u.attempts = 0;
+                        u.not_before = None;
+                        u.unmarked = false;
+                    }
+                    (_, Action::Unmark) => {
+                        // This server's mark is gone (or the store failed: clearing is the
+                        // safe side); a call that began meanwhile sets (and marks) it again.
+                        u.unmarked = true;
+                        u.renew_at = None;
+                    }
+                    (Outcome::Done | Outcome::BusyElsewhere, Action::SetBusy) => {
                         u.renew_at = Some(sent.sent + self.timing.renew);
                         u.attempts = 0;
                         u.not_before = None;
                     }
-                    (Outcome::Done, Action::Clear) => {
+                    (Outcome::Done | Outcome::BusyElsewhere, Action::Clear) => {
                         u.renew_at = None;
                         u.shown_until = None;
                         u.attempts = 0;
@@ -450,7 +484,11 @@ impl Sessions {
                 _ => Action::SetBusy,
             }
         } else if u.shown_until.is_some_and(|t| t > now) {
-            Action::Clear
+            if u.unmarked {
+                Action::Clear
+            } else {
+                Action::Unmark
+            }
         } else {
             // Cleared, or lapsed by itself.
             self.users.remove(aor);
@@ -460,6 +498,7 @@ impl Sessions {
         self.next_id += 1;
         if action == Action::SetBusy {
             u.shown_until = Some(now + self.timing.expiration);
+            u.unmarked = false;
         }
         u.in_flight = Some(InFlight {
             id,
@@ -550,6 +589,22 @@ mod tests {
             r
         }
 
+        /// `aor`'s last call here ended: the one request out is the unmark, answered `outcome`.
+        fn unmark(&mut self, aor: &str, outcome: Outcome) {
+            let r = self.request();
+            assert_eq!((r.action, r.aor.as_str()), (Action::Unmark, aor));
+            self.result(r.id, outcome);
+        }
+
+        /// `aor`'s last call here ended and no other server's mark is live: the clear that
+        /// follows the unmark, not answered yet.
+        fn clear(&mut self, aor: &str) -> Request {
+            self.unmark(aor, Outcome::Done);
+            let r = self.request();
+            assert_eq!((r.action, r.aor.as_str()), (Action::Clear, aor));
+            r
+        }
+
         /// Alice busy in `call` with her first `setPresence` done.
         fn alice_busy(&mut self, call: u64) {
             let r = self.alice_setting(call);
@@ -578,8 +633,7 @@ mod tests {
         let busy = vec![(BOB.to_owned(), 2), (BOB.to_owned(), 3)];
         w.s.handle(w.now, Input::Resync { busy });
         // Alice is cleared; bob and carol wait for their lookups.
-        let r = w.request();
-        assert_eq!((r.aor.as_str(), r.action), (ALICE, Action::Clear));
+        let r = w.clear(ALICE);
         w.result(r.id, Outcome::Done);
         w.identity(BOB, Some("bob@contoso.com"));
         assert_eq!(w.request().action, Action::SetBusy, "bob is in call 2");
@@ -598,8 +652,7 @@ mod tests {
         w.state(BOB, true, 2);
         assert_eq!(w.outputs(), vec![Output::Lookup { aor: BOB.into() }]);
         w.s.handle(w.now, Input::Shutdown);
-        let r = w.request();
-        assert_eq!((r.aor.as_str(), r.action), (ALICE, Action::Clear));
+        let r = w.clear(ALICE);
         w.result(r.id, Outcome::Done);
         // Bob's lookup comes back after the stop: his Busy is never set.
         w.identity(BOB, Some("bob@contoso.com"));
@@ -618,8 +671,7 @@ mod tests {
         w.state(ALICE, false, 1);
         assert!(w.outputs().is_empty());
         w.state(ALICE, false, 2);
-        let r = w.request();
-        assert_eq!(r.action, Action::Clear);
+        let r = w.clear(ALICE);
         w.result(r.id, Outcome::Done);
         assert!(w.s.is_empty());
         w.advance(Duration::from_secs(600));
@@ -632,7 +684,7 @@ mod tests {
         w.alice_busy(1);
         w.state(ALICE, true, 1);
         w.state(ALICE, false, 1);
-        assert_eq!(w.request().action, Action::Clear);
+        w.clear(ALICE);
         // An end for a call never seen is ignored.
         w.state(BOB, false, 9);
         assert!(w.outputs().is_empty());
@@ -693,7 +745,7 @@ mod tests {
         w.state(ALICE, false, 1);
         assert!(w.outputs().is_empty(), "one request at a time");
         w.result(set.id, Outcome::Done);
-        assert_eq!(w.request().action, Action::Clear);
+        w.clear(ALICE);
     }
 
     #[test]
@@ -701,7 +753,7 @@ mod tests {
         let mut w = World::new();
         w.alice_busy(1);
         w.state(ALICE, false, 1);
-        let clear = w.request();
+        let clear = w.clear(ALICE);
         w.state(ALICE, true, 2);
         assert!(w.outputs().is_empty());
         w.result(clear.id, Outcome::Done);
@@ -736,7 +788,7 @@ mod tests {
         // A success starts the backoff afresh.
         w.result(r.id, Outcome::Done);
         w.state(ALICE, false, 1);
-        let c = w.request();
+        let c = w.clear(ALICE);
         let at = w.now;
         w.result(c.id, Outcome::Retry { after: None });
         assert_eq!(w.s.poll_timeout(), Some(at + S));
@@ -748,6 +800,7 @@ mod tests {
         w.alice_busy(1);
         let set_at = w.now;
         w.state(ALICE, false, 1);
+        w.unmark(ALICE, Outcome::Done);
         let mut clears = 0;
         while !w.s.is_empty() {
             assert!(clears < 50, "never given up");
@@ -785,7 +838,7 @@ mod tests {
         let mut w = World::new();
         w.alice_busy(1);
         w.state(ALICE, false, 1);
-        let r = w.request();
+        let r = w.clear(ALICE);
         w.result(r.id, Outcome::Refused);
         assert!(w.outputs().is_empty());
         assert!(w.s.is_empty());
@@ -805,14 +858,88 @@ mod tests {
         );
         w.result(b.id, Outcome::Done);
         w.state(BOB, false, 1);
-        let c = w.request();
-        assert_eq!((c.action, c.aor.as_str()), (Action::Clear, BOB));
+        let c = w.clear(BOB);
         // A stale or unknown result changes nothing.
         w.result(b.id, Outcome::Done);
         w.result(999, Outcome::Done);
         assert!(w.outputs().is_empty());
         w.result(c.id, Outcome::Done);
         assert_eq!(w.s.len(), 1);
+    }
+
+    #[test]
+    fn busy_on_another_server_is_left_to_it() {
+        let mut w = World::new();
+        w.alice_busy(1);
+        w.state(ALICE, false, 1);
+        w.unmark(ALICE, Outcome::BusyElsewhere);
+        // No clear, no renewal: the other server renews, and clears after its last call.
+        assert!(w.outputs().is_empty());
+        assert!(w.s.is_empty());
+        w.advance(Duration::from_secs(600));
+        assert!(w.outputs().is_empty());
+        // A later call here sets (and marks) her Busy afresh.
+        w.alice_busy(2);
+    }
+
+    #[test]
+    fn an_unmark_that_did_not_answer_busy_elsewhere_goes_on_to_the_clear() {
+        let mut w = World::new();
+        w.alice_busy(1);
+        w.state(ALICE, false, 1);
+        w.unmark(ALICE, Outcome::Refused);
+        let r = w.request();
+        assert_eq!(r.action, Action::Clear);
+        // A clear that fails is retried as a clear: the mark is not asked about again.
+        w.result(r.id, Outcome::Retry { after: None });
+        w.advance(S);
+        assert_eq!(w.request().action, Action::Clear);
+    }
+
+    #[test]
+    fn a_new_call_during_the_unmark_sets_busy_again() {
+        for outcome in [Outcome::Done, Outcome::BusyElsewhere] {
+            let mut w = World::new();
+            w.alice_busy(1);
+            w.state(ALICE, false, 1);
+            let unmark = w.request();
+            assert_eq!(unmark.action, Action::Unmark);
+            w.state(ALICE, true, 2);
+            assert!(w.outputs().is_empty(), "one request at a time");
+            // The mark is gone either way: set (and mark) again at once, not at the renewal.
+            w.result(unmark.id, outcome.clone());
+            assert_eq!(w.request().action, Action::SetBusy, "{outcome:?}");
+        }
+    }
+
+    #[test]
+    fn shutdown_leaves_users_busy_on_another_server_to_it() {
+        let mut w = World::new();
+        w.alice_busy(1);
+        w.state(BOB, true, 2);
+        w.outputs();
+        w.identity(BOB, Some("bob@contoso.com"));
+        let b = w.request();
+        w.result(b.id, Outcome::Done);
+        w.s.handle(w.now, Input::Shutdown);
+        let unmarks = w.outputs();
+        assert_eq!(unmarks.len(), 2, "{unmarks:?}");
+        for o in unmarks {
+            let Output::Request(r) = o else {
+                panic!("{o:?}")
+            };
+            assert_eq!(r.action, Action::Unmark);
+            let outcome = if r.aor == ALICE {
+                Outcome::BusyElsewhere
+            } else {
+                Outcome::Done
+            };
+            w.result(r.id, outcome);
+        }
+        let c = w.request();
+        assert_eq!((c.action, c.aor.as_str()), (Action::Clear, BOB));
+        w.result(c.id, Outcome::Done);
+        assert!(w.s.is_empty());
     }
 
     #[test]
