@@ -4,13 +4,16 @@
 //! real `teams-emulator` standing in for Entra ID (the admin app's client credentials) and
 //! Graph (`setPresence`, `clearPresence`, `GET …/presence`, each recorded). An account that is
 //! not activated costs Graph nothing. With a short renewal interval (a test-only flag) a long
-//! call's presence is renewed, and a 429 from Graph is retried after its `Retry-After`.
+//! call's presence is renewed, and a 429 from Graph is retried after its `Retry-After`. In a
+//! cluster (two gateways on one FerretDB) a user in calls on both servers stays Busy until the
+//! last of them ends.
 
 use std::path::Path;
 use std::time::Duration;
 
 use csps_tests::baresip::Baresip;
 use csps_tests::emulator::{EmulatorOptions, TeamsEmulator};
+use csps_tests::ferret::Ferret;
 use csps_tests::{Gateway, GatewayOptions, have_tool, http, skip, wait_until};
 use serde_json::{Value, json};
 
@@ -36,6 +39,14 @@ fn world(extra_args: &[&str]) -> Option<(TeamsEmulator, Gateway)> {
     let opts = extra_args
         .iter()
         .fold(GatewayOptions::default(), |o, a| o.arg(*a));
+    let gw = start(opts)?;
+    create_accounts(&gw);
+    presence_on(&emu, &[&gw]);
+    Some((emu, gw))
+}
+
+/// A gateway started with `opts`, its presence off (no credentials yet: one line says so).
+fn start(opts: GatewayOptions) -> Option<Gateway> {
     let gw = match Gateway::start_with(opts) {
         Ok(gw) => gw,
         Err(e) => {
@@ -43,8 +54,12 @@ fn world(extra_args: &[&str]) -> Option<(TeamsEmulator, Gateway)> {
             return None;
         }
     };
-    // No credentials yet: off, and one line says so.
     wait_log(&gw, "Teams presence is off");
+    Some(gw)
+}
+
+/// The accounts of [`USERS`], created through `gw`.
+fn create_accounts(gw: &Gateway) {
     for (user, upn, activated) in USERS {
         gw.create_account(
             json!({"username": user, "password": format!("{user}-secret-1"),
@@ -52,6 +67,12 @@ fn world(extra_args: &[&str]) -> Option<(TeamsEmulator, Gateway)> {
             activated,
         );
     }
+}
+
+/// Sets the admin app's Graph credentials (pointing at `emu`) in the global configuration
+/// through the first of `gws` (they share it), and waits for each to turn presence on.
+fn presence_on(emu: &TeamsEmulator, gws: &[&Gateway]) {
+    let Some(gw) = gws.first() else { return };
     for (leaf, value) in [
         ("Tenant", TENANT.to_owned()),
         ("ClientId", CLIENT_ID.to_owned()),
@@ -61,8 +82,9 @@ fn world(extra_args: &[&str]) -> Option<(TeamsEmulator, Gateway)> {
     ] {
         gw.set_global(&format!("AdminAzureApp.{leaf}"), json!(value));
     }
-    wait_log(&gw, "Teams presence is on");
-    Some((emu, gw))
+    for gw in gws {
+        wait_log(gw, "Teams presence is on");
+    }
 }
 
 /// The emulated tenant, where the admin app may use its client credentials.
@@ -391,5 +413,101 @@ fn the_emulator_refuses_what_graph_refuses() {
     assert_eq!(
         shown(&emu, "dave@contoso.test"),
         ("Offline".into(), "Offline".into())
+    );
+}
+
+/// A phone of `user` (answering by itself, running `commands`) registered to `gw`, once the
+/// store lists its binding hosted by `gw`'s server (the user may have bindings on others).
+fn phone_on(gw: &Gateway, dir: &Path, user: &str, commands: &[&str]) -> Baresip {
+    let server = gw.server_name.clone().unwrap_or_default();
+    let password = format!("{user}-secret-1");
+    let phone = csps_tests::baresip::tone_phone(
+        dir,
+        gw.sip_port,
+        (user, &password, DOMAIN),
+        800,
+        "PCMU",
+        commands,
+    );
+    let registered = wait_until(Duration::from_secs(15), || {
+        gw.registrations_of(user)
+            .iter()
+            .any(|r| r["server"] == server.as_str())
+    });
+    assert!(
+        registered,
+        "{user} did not register on {server}:\n{}",
+        gw.log_tail(30)
+    );
+    phone
+}
+
+/// A cluster (issue 5): two gateways, `a` and `b`, share one FerretDB and one Graph session per
+/// user (the admin app's). Alice has a phone on each and is in a call on each (with bob on `a`,
+/// with carol, not activated, on `b`). Her call on `a` ends first: `a` removes its busy mark,
+/// finds `b`'s, and leaves her Busy (no clearPresence; bob, busy on `a` only, is cleared). Her
+/// call on `b` ends: `b` finds no other mark and clears her.
+#[test]
+fn busy_until_her_last_call_in_the_cluster_ends() {
+    if !have_tool("baresip") {
+        skip("baresip not installed (run e2e/setup)");
+        return;
+    }
+    let Some(db) = Ferret::start() else { return };
+    let Some(emu) = emulator() else { return };
+    let uri = format!("{}presence", db.uri());
+    let opts = |name: &str| {
+        GatewayOptions {
+            server_name: Some(name.into()),
+            ..GatewayOptions::default()
+        }
+        .arg("--mongodb-uri")
+        .arg(&uri)
+    };
+    let Some(a) = start(opts("a")) else { return };
+    create_accounts(&a);
+    // Started after the accounts exist: its registrar knows them from the start.
+    let Some(b) = start(opts("b")) else { return };
+    presence_on(&emu, &[&a, &b]);
+    let dirs: Vec<_> = (0..4)
+        .map(|_| tempfile::tempdir().expect("temp dir"))
+        .collect();
+    let _bob = phone_on(&a, dirs[0].path(), "bob", &[]);
+    let _carol = phone_on(&b, dirs[1].path(), "carol", &[]);
+    let dial = |who: &str| format!("/dial sip:{who}@{DOMAIN}");
+    let _alice_a = phone_on(&a, dirs[2].path(), "alice", &[&dial("bob")]);
+    let call_a = answered_call(&a);
+    let _alice_b = phone_on(&b, dirs[3].path(), "alice", &[&dial("carol")]);
+    let call_b = answered_call(&b);
+    let (alice, bob) = (USERS[0].1, USERS[1].1);
+    // One setPresence from each server, each after that server's busy mark.
+    wait_presence(&emu, &a, &[alice], "setPresence", 2);
+    wait_presence(&emu, &a, &[bob], "setPresence", 1);
+    assert_eq!(shown(&emu, alice), busy());
+
+    a.admin_hang_up(call_a);
+    let kept = wait_until(Duration::from_secs(15), || {
+        a.log_lines()
+            .iter()
+            .any(|l| l.contains("kept Busy") && l.contains(alice))
+    });
+    assert!(kept, "a did not keep alice Busy:\n{}", a.log_tail(30));
+    wait_presence(&emu, &a, &[bob], "clearPresence", 1);
+    assert!(
+        presence_requests(&emu, alice, "clearPresence").is_empty(),
+        "alice cleared while in a call on b: {:#?}\n{}",
+        emu.requests_to("Presence"),
+        a.log_tail(30)
+    );
+    assert_eq!(shown(&emu, alice), busy(), "alice while in a call on b");
+    assert_eq!(shown(&emu, bob).0, "Offline", "bob after his call on a");
+
+    b.admin_hang_up(call_b);
+    wait_presence(&emu, &b, &[alice], "clearPresence", 1);
+    assert_eq!(shown(&emu, alice).0, "Offline", "alice after her last call");
+    assert!(
+        !b.log_lines().iter().any(|l| l.contains("kept Busy")),
+        "b kept a presence:\n{}",
+        b.log_tail(30)
     );
 }
