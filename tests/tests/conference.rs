@@ -425,3 +425,154 @@ fn a_refer_with_replaces_moves_the_referrers_call_into_the_room() {
         gw.log_tail(40)
     );
 }
+
+/// Issue 4, a REFER through an ordinary call with `Refer-To` the conference URI (what a phone's
+/// network conference does to bring a party in, and a user transferring a caller into a meeting
+/// room): carol (baresip, 1000 Hz) is in room `team` (she dialled `conference-team`); alice
+/// (SIPp) calls bob (baresip, 600 Hz) and REFERs that call with
+/// `Refer-To: <sip:conference-team@…>`. Alice gets 202, NOTIFY 100 and 200, then the gateway's
+/// BYE; bob's leg is moved into the room by a re-INVITE in his dialog (no new call), the room is
+/// then the only call, with bob and carol, and each hears the other's tone.
+#[test]
+fn a_refer_to_the_conference_uri_moves_the_other_party_into_the_room() {
+    let Some(gw) = gateway_with_sipp() else {
+        return;
+    };
+    for user in ["alice", "bob", "carol"] {
+        gw.create_user(user, &format!("{user}-secret-1"));
+    }
+    let (bob_dir, carol_dir) = (
+        tempfile::tempdir().expect("temp dir"),
+        tempfile::tempdir().expect("temp dir"),
+    );
+    let carol = csps_tests::baresip::tone_phone(
+        carol_dir.path(),
+        gw.sip_port,
+        ("carol", "carol-secret-1", DOMAIN),
+        1000,
+        "PCMU",
+        &[&format!("/dial sip:conference-team@{DOMAIN}")],
+    );
+    assert!(
+        wait_until(Duration::from_secs(15), || room_with(&gw, 1).is_some()),
+        "carol did not join: {}",
+        gw.log_tail(40)
+    );
+    let bob =
+        csps_tests::baresip::registered_tone_phone(&gw, bob_dir.path(), ("bob", DOMAIN), 600, &[]);
+    let alice = csps_tests::Sipp::caller(
+        "uac_refer_room.xml",
+        gw.sip_addr(),
+        ("alice", "alice-secret-1"),
+        "bob",
+        DOMAIN,
+    )
+    .key("target", "conference-team");
+    let room = refer_while_watching(&gw, alice, 2);
+    assert_eq!(room["conference"], "team", "{room}");
+    for user in ["bob", "carol"] {
+        assert!(
+            leg_of(&room, user).is_object(),
+            "{user} not in the room: {room}"
+        );
+    }
+    // Alice's call ended with her BYE's answer: the room is the one call left.
+    let mut calls = serde_json::Value::Null;
+    let alone = wait_until(Duration::from_secs(10), || {
+        calls = gw.api("GET", "/api/calls", None).json();
+        calls.as_array().is_some_and(|c| c.len() == 1)
+    });
+    assert!(alone, "alice's call is still listed: {calls}");
+    std::thread::sleep(Duration::from_secs(3));
+    let id = room["id"].as_u64().expect("room id");
+    gw.admin_hang_up(id);
+    drop((bob, carol));
+    let bob_heard = heard_in(bob_dir.path()).expect("bob's recording");
+    let carol_heard = heard_in(carol_dir.path()).expect("carol's recording");
+    let (bob_hears_carol, carol_hears_bob) = (
+        tone_share(&bob_heard, 1000.0),
+        tone_share(&carol_heard, 600.0),
+    );
+    eprintln!("bob hears carol {bob_hears_carol:.2}, carol hears bob {carol_hears_bob:.2}");
+    assert!(
+        bob_hears_carol > 0.3,
+        "bob hears 1000 Hz at {bob_hears_carol}"
+    );
+    assert!(
+        carol_hears_bob > 0.3,
+        "carol hears 600 Hz at {carol_hears_bob}"
+    );
+    assert!(tone_share(&bob_heard, 600.0) < 0.05, "bob hears himself");
+}
+
+/// The "bad input" rule for the same REFER: alice (SIPp) calls bob (baresip) and REFERs him to a
+/// room name rooms do not take (`conference-bad!name`), then, with conferences turned off
+/// (`Data.SipConfig.ConferenceUri` empty), to `conference`. Each time the final NOTIFY is the
+/// 404 a dial-in to that URI gets, and the call goes on: the gateway answers alice's OPTIONS in
+/// it and her BYE with 200, and no room was opened.
+#[test]
+fn a_refer_to_a_room_that_cannot_be_fails_and_both_keep_the_call() {
+    let Some(gw) = gateway_with_sipp() else {
+        return;
+    };
+    for user in ["alice", "bob"] {
+        gw.create_user(user, &format!("{user}-secret-1"));
+    }
+    let bob_dir = tempfile::tempdir().expect("temp dir");
+    let _bob =
+        csps_tests::baresip::registered_tone_phone(&gw, bob_dir.path(), ("bob", DOMAIN), 600, &[]);
+    for (i, (target, disable)) in [("conference-bad!name", false), ("conference", true)]
+        .into_iter()
+        .enumerate()
+    {
+        if disable {
+            gw.set_global("SipConfig.ConferenceUri", serde_json::json!(""));
+        }
+        let alice = csps_tests::Sipp::caller(
+            "uac_refer_room_fails.xml",
+            gw.sip_addr(),
+            ("alice", "alice-secret-1"),
+            "bob",
+            DOMAIN,
+        )
+        .key("target", target)
+        .run();
+        assert!(
+            alice.ok(),
+            "{target}: alice's call did not go on after the failed REFER:\n{}\n--- gateway ---\n{}",
+            alice.output,
+            gw.log_tail(40)
+        );
+        // The call's record: alice ended it, and its final NOTIFY said 404.
+        let mut history = serde_json::Value::Null;
+        let recorded = wait_until(Duration::from_secs(10), || {
+            history = gw.api("GET", "/api/calls/history", None).json();
+            history.as_array().is_some_and(|h| h.len() == i + 1)
+        });
+        assert!(recorded, "{target}: no record of the call: {history}");
+        let call = &history[0];
+        assert_eq!(call["end_reason"], "caller_hung_up", "{target}: {call}");
+        let id = call["id"].as_u64().expect("call id");
+        let messages = gw
+            .api("GET", &format!("/api/calls/{id}/messages"), None)
+            .json();
+        let last_notify = messages
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|m| m["method"] == "NOTIFY" && m["direction"] == "out")
+            .filter_map(|m| m["text"].as_str())
+            .last()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(
+            last_notify.contains("SIP/2.0 404") && last_notify.contains("terminated"),
+            "{target}: {last_notify}"
+        );
+    }
+    assert!(
+        gw.no_calls_within(Duration::from_secs(5)),
+        "a call or room was left: {}",
+        gw.api("GET", "/api/calls", None).body
+    );
+}

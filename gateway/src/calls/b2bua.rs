@@ -158,6 +158,64 @@ pub enum Input {
     },
     /// A new INVITE whose Replaces header names one of this call's dialogs (RFC 3891).
     Replace(Box<Replacement>),
+    /// A REFER inside one of the call's dialogs whose Refer-To is a conference room: the other
+    /// party is to join that room (RFC 4579: the focus is the gateway itself).
+    ReferToRoom {
+        /// The transaction.
+        key: TxnKey,
+        /// Its source.
+        from: Remote,
+        /// The REFER.
+        req: Request,
+        /// The room the Refer-To names.
+        room: RoomRef,
+    },
+    /// How the move of this call's transferee into a room ended (the room's word, through
+    /// the switch).
+    RoomOutcome(RoomOutcome),
+}
+
+/// A conference room a Refer-To names: its name and the host the URI was written with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoomRef {
+    /// The room (`team` for `conference-team`).
+    pub name: String,
+    /// The Refer-To's host (the room's URI is `<room user>@<host>`).
+    pub host: String,
+}
+
+/// A leg handed over to a conference room: its dialog as the gateway holds it, where its
+/// device is, and who it is. The room re-INVITEs it with the room's media in that dialog.
+#[derive(Clone, Debug)]
+pub struct Handover {
+    /// The room it goes to.
+    pub room: RoomRef,
+    /// The leg's dialog (the gateway's side of it).
+    pub dialog: Dialog,
+    /// The device's flow.
+    pub to: Remote,
+    /// The gateway's SIP address on that flow.
+    pub local: SocketAddr,
+    /// The leg's party (`sip:user@domain`).
+    pub party: String,
+}
+
+/// How a [`Handover`] ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RoomOutcome {
+    /// The device answered the room's re-INVITE: it is a participant, its dialog the room's.
+    Joined,
+    /// It is not in the room: `status` for the transferor's NOTIFY, the dialog's CSeq as the
+    /// room left it, and whether the dialog is over (the device hung up, or the room hung it
+    /// up after an answer it could not use); otherwise its session is as it was.
+    Failed {
+        /// The final status.
+        status: u16,
+        /// The dialog's local CSeq after the room's requests.
+        local_seq: u32,
+        /// The dialog ended.
+        gone: bool,
+    },
 }
 
 /// An authenticated phone's INVITE with a Replaces naming a dialog of this call (by Call-ID):
@@ -315,6 +373,9 @@ pub enum Output {
         /// The digit.
         digit: Digit,
     },
+    /// Leg A's or B's device goes to a conference room (the other party referred it there);
+    /// the call waits for [`Input::RoomOutcome`].
+    ToRoom(Box<Handover>),
     /// The call is over; the driver drops it.
     Ended,
 }
@@ -344,6 +405,8 @@ pub enum EndReason {
     NoAck,
     /// The transferor left and its transfer failed: nobody was left to talk to the transferee.
     TransferFailed,
+    /// The transferor referred the other party into a conference room, which took it over.
+    MovedToConference,
 }
 
 impl EndReason {
@@ -360,6 +423,7 @@ impl EndReason {
             EndReason::SessionExpired => "session_expired",
             EndReason::NoAck => "no_ack",
             EndReason::TransferFailed => "transfer_failed",
+            EndReason::MovedToConference => "moved_to_conference",
         }
     }
 }
@@ -467,6 +531,15 @@ struct Transfer {
     deadline: Instant,
 }
 
+/// The transferee on its way into a conference room: its dialog is the room's until the
+/// room's [`RoomOutcome`] (the call sends nothing in it meanwhile).
+struct Moving {
+    /// The transferor is leg A (else the answered device).
+    x_is_a: bool,
+    /// The transferor hung up (or the call was hung up) meanwhile.
+    x_gone: bool,
+}
+
 /// A re-INVITE the gateway itself sent (to a transferee, with the new party's media).
 struct OwnOffer {
     /// Sent to leg A (else B).
@@ -512,6 +585,8 @@ pub struct Call {
     b_ack: Option<(Remote, Request)>,
     /// The blind transfer in progress.
     transfer: Option<Transfer>,
+    /// The transferee being moved into a conference room.
+    moving: Option<Moving>,
     /// The gateway's own re-INVITE in progress.
     own_offer: Option<OwnOffer>,
     /// The 2xx to a phone that replaced a leg (RFC 3891), retransmitted until its ACK.
@@ -817,6 +892,7 @@ impl Call {
             a_offer: None,
             b_ack: None,
             transfer: None,
+            moving: None,
             own_offer: None,
             replacement: None,
             former: Vec::new(),
@@ -1046,6 +1122,8 @@ impl Call {
                 key, req, target, ..
             } => self.on_refer(now, key, req, *target),
             Input::Replace(r) => self.on_replace(now, *r),
+            Input::ReferToRoom { key, req, room, .. } => self.on_refer_to_room(key, req, room),
+            Input::RoomOutcome(o) => self.on_room_outcome(now, o),
             Input::Timeout { tag } => {
                 if let Some(i) = self.transfer_fork(tag) {
                     self.transfer_fork_failed(now, i, 408);
@@ -1143,6 +1221,9 @@ impl Call {
     }
 
     fn bye_a(&mut self) {
+        if self.held_by_room(true) {
+            return;
+        }
         let tag = self.tag();
         let v = via_for(
             self.setup.from.transport,
@@ -1165,6 +1246,9 @@ impl Call {
     }
 
     fn bye_b(&mut self) {
+        if self.held_by_room(false) {
+            return;
+        }
         if let Some(w) = self.winner {
             self.bye_fork(w);
         }
@@ -1185,9 +1269,11 @@ impl Call {
         }
     }
 
-    /// True when nothing is outstanding: no BYE unanswered, no fork still ringing.
+    /// True when nothing is outstanding: no BYE unanswered, no fork still ringing, no leg
+    /// on its way into a room.
     fn settled(&self) -> bool {
         self.pending_byes.is_empty()
+            && self.moving.is_none()
             && self
                 .forks
                 .iter()
@@ -1739,6 +1825,11 @@ impl Call {
                 let r = req.response(481, "Call/Transaction Does Not Exist");
                 self.out.push_back(Output::Respond { key, resp: r });
             }
+            Method::Invite | Method::Update | Method::Info if self.moving.is_some() => {
+                // The other party is being moved into a room: nothing to modify or relay to.
+                let r = req.response(491, "Request Pending");
+                self.out.push_back(Output::Respond { key, resp: r });
+            }
             Method::Invite | Method::Update => self.on_reoffer(now, key, from_a, req),
             Method::Info => self.on_info(key, from_a, req),
             _ => {
@@ -1760,6 +1851,9 @@ impl Call {
         timer_headers: Option<&Headers>,
         extra: &[(&str, &str)],
     ) -> Option<(u32, u32)> {
+        if self.held_by_room(to_a) {
+            return None;
+        }
         let tag = self.tag();
         let allow = if to_a {
             allow_for(self.setup.a_sbc.as_ref())
@@ -1801,6 +1895,9 @@ impl Call {
 
     /// The ACK for a 2xx to our re-INVITE with CSeq `seq`, in leg A's (`to_a`) or B's dialog.
     fn ack_in_dialog(&mut self, to_a: bool, seq: u32, body: Option<Bytes>) {
+        if self.held_by_room(to_a) {
+            return;
+        }
         let (via, to, d) = if to_a {
             let v = via_for(
                 self.setup.from.transport,
@@ -2567,25 +2664,13 @@ impl Call {
         req: Request,
         target: Result<TransferTarget, ReferRefusal>,
     ) {
-        let Some((from_a, fork)) = self.leg_of(key, &req) else {
+        let Some(from_a) = self.referrer(key, &req) else {
             return;
         };
         let respond = |this: &mut Call, status: u16, warning: Option<&str>| {
             let resp = this.refusal(&req, status, warning);
             this.out.push_back(Output::Respond { key, resp });
         };
-        if !from_a && (fork != self.winner || self.winner.is_none()) {
-            respond(self, 481, None);
-            return;
-        }
-        if self.phase != Phase::Confirmed
-            || self.transfer.is_some()
-            || self.reoffer.is_some()
-            || self.own_offer.as_ref().is_some_and(|o| !o.acked)
-        {
-            respond(self, 491, None);
-            return;
-        }
         let target = match target {
             Ok(t)
                 if t.referrer
@@ -2699,6 +2784,147 @@ impl Call {
         });
     }
 
+    /// Which leg a REFER comes from (A: `true`), when it may transfer now; `None` after
+    /// answering 481 (not a leg of the call, or a device that lost the race) or 491 (the
+    /// session is being set up, modified, transferred or moved into a room).
+    fn referrer(&mut self, key: TxnKey, req: &Request) -> Option<bool> {
+        let (from_a, fork) = self.leg_of(key, req)?;
+        let status = if !from_a && (fork != self.winner || self.winner.is_none()) {
+            481
+        } else if self.phase != Phase::Confirmed
+            || self.transfer.is_some()
+            || self.moving.is_some()
+            || self.reoffer.is_some()
+            || self.own_offer.as_ref().is_some_and(|o| !o.acked)
+        {
+            491
+        } else {
+            return Some(from_a);
+        };
+        let resp = self.refusal(req, status, None);
+        self.out.push_back(Output::Respond { key, resp });
+        None
+    }
+
+    /// A REFER whose Refer-To is a conference room of this gateway (RFC 4579: a phone's
+    /// network conference asks the other party to join, or a user transfers a caller into a
+    /// meeting room): 202 and NOTIFY `100`, then the other party (Y) is handed to the room,
+    /// which re-INVITEs Y in its dialog with the room's media; the final NOTIFY is the room's
+    /// outcome ([`Call::on_room_outcome`]). Refusals as for a transfer; a Teams trunk leg cannot
+    /// be moved into a room (the room speaks to phones only): NOTIFY `501`, both keep the call.
+    fn on_refer_to_room(&mut self, key: TxnKey, req: Request, room: RoomRef) {
+        let Some(from_a) = self.referrer(key, &req) else {
+            return;
+        };
+        let y_is_a = !from_a;
+        let resp = self.refusal(&req, 202, None);
+        self.out.push_back(Output::Respond { key, resp });
+        self.notify_transferor(from_a, 100);
+        if self.sbc_of(y_is_a).is_some() {
+            tracing::info!(room = %room.name, "a Teams party cannot be moved into a conference room");
+            return self.notify_transferor(from_a, 501);
+        }
+        let leg = if y_is_a {
+            self.a_dialog
+                .clone()
+                .map(|d| (d, self.setup.from, self.setup.local))
+        } else {
+            self.winner
+                .and_then(|w| self.forks.get(w))
+                .and_then(|f| Some((f.dialog.clone()?, f.target.to, f.target.local)))
+        };
+        let Some((dialog, to, local)) = leg else {
+            return self.notify_transferor(from_a, 481);
+        };
+        tracing::info!(room = %room.name, leg = if y_is_a { "A" } else { "B" }, "moving the other party into a conference room");
+        // The room's mix replaces whatever the relay played to a held transferee.
+        self.music_off(y_is_a);
+        self.moving = Some(Moving {
+            x_is_a: from_a,
+            x_gone: false,
+        });
+        let party = self.party_aor(y_is_a);
+        self.out.push_back(Output::ToRoom(Box::new(Handover {
+            room,
+            dialog,
+            to,
+            local,
+            party,
+        })));
+    }
+
+    /// True while leg A's (`a`) or B's dialog is the room's (its device is being moved there).
+    fn held_by_room(&self, a: bool) -> bool {
+        self.moving.as_ref().is_some_and(|m| m.x_is_a != a)
+    }
+
+    /// The room's word on the transferee (Y). Joined: the transferor gets NOTIFY `200` and a
+    /// BYE, and the call ends (Y's dialog is the room's). Failed: Y's dialog is the call's
+    /// again; the transferor gets the status and both keep the call, unless the transferor
+    /// left meanwhile (Y is hung up) or Y's dialog ended (the transferor is hung up).
+    fn on_room_outcome(&mut self, now: Instant, outcome: RoomOutcome) {
+        let Some(m) = self.moving.take() else {
+            return;
+        };
+        let (x_is_a, y_is_a) = (m.x_is_a, !m.x_is_a);
+        // The transferor is still in the call (not gone, not hung up by the gateway).
+        let x_here = !m.x_gone && self.phase == Phase::Confirmed;
+        let (status, y_gone) = match outcome {
+            RoomOutcome::Joined => (200, true),
+            RoomOutcome::Failed {
+                status,
+                local_seq,
+                gone,
+            } => {
+                let d = if y_is_a {
+                    self.a_dialog.as_mut()
+                } else {
+                    self.winner
+                        .and_then(|w| self.forks.get_mut(w))
+                        .and_then(|f| f.dialog.as_mut())
+                };
+                if let Some(d) = d {
+                    d.local_seq = d.local_seq.max(local_seq);
+                }
+                (status, gone)
+            }
+        };
+        if x_here {
+            self.notify_transferor(x_is_a, status);
+        }
+        tracing::info!(status, "the move into the conference room ended");
+        if y_gone {
+            // Y's dialog is the room's (or over): the call forgets it and ends with X.
+            if y_is_a {
+                self.a_dialog = None;
+            } else {
+                self.winner = None;
+            }
+            self.ending(match outcome {
+                RoomOutcome::Joined => EndReason::MovedToConference,
+                _ if y_is_a => EndReason::CallerHungUp,
+                _ => EndReason::CalleeHungUp,
+            });
+        } else if x_here {
+            return;
+        } else {
+            self.ending(EndReason::TransferFailed);
+        }
+        if self.phase == Phase::Confirmed {
+            self.hang_up(now, None);
+        } else {
+            // Hung up while Y was moving: what was left to BYE is Y.
+            if !y_gone {
+                if y_is_a {
+                    self.bye_a();
+                } else {
+                    self.bye_b();
+                }
+            }
+            self.end_or_linger_at(now);
+        }
+    }
+
     /// NOTIFY the transferor (leg A or B) of the transfer's progress: `status` as a sipfrag
     /// status line (RFC 3515 §2.4.5); a final one ends the implicit subscription.
     fn notify_transferor(&mut self, to_a: bool, status: u16) {
@@ -2728,16 +2954,20 @@ impl Call {
             .and_then(|t| t.forks.iter().position(|f| f.tag == tag))
     }
 
-    /// A BYE from the transferor while its transfer goes on: the transfer continues without it
-    /// (RFC 5589 §6: many phones hang up as soon as the REFER is accepted). True when it was.
+    /// A BYE from the transferor while its transfer (or the transferee's move into a room)
+    /// goes on: it continues without it (RFC 5589 §6: many phones hang up as soon as the
+    /// REFER is accepted). True when it was.
     fn transferor_left(&mut self, from_a: bool, fork: Option<usize>) -> bool {
-        let Some(t) = self.transfer.as_mut() else {
-            return false;
+        let x = match (self.transfer.as_mut(), self.moving.as_mut()) {
+            (Some(t), _) => (t.x_is_a, &mut t.x_gone),
+            (None, Some(m)) => (m.x_is_a, &mut m.x_gone),
+            (None, None) => return false,
         };
-        if t.x_is_a != from_a || (!from_a && fork != self.winner) || t.x_gone {
+        let (x_is_a, x_gone) = x;
+        if x_is_a != from_a || (!from_a && fork != self.winner) || *x_gone {
             return false;
         }
-        t.x_gone = true;
+        *x_gone = true;
         if from_a {
             self.former.extend(self.a_dialog.take());
         } else {
@@ -3053,6 +3283,7 @@ impl Call {
             Named::Confirmed(_)
                 if self.phase != Phase::Confirmed
                     || self.transfer.is_some()
+                    || self.moving.is_some()
                     || self.reoffer.is_some()
                     || self.own_offer.as_ref().is_some_and(|o| !o.acked) =>
             {
@@ -3349,6 +3580,7 @@ impl Call {
         if let Some(d) = self.linger_deadline
             && d <= now
             && self.phase == Phase::Ending
+            && self.moving.is_none()
         {
             self.finish();
         }

@@ -32,7 +32,9 @@ use rand::RngCore;
 use tokio::sync::{broadcast, mpsc};
 use tracing::Instrument;
 
-use super::b2bua::{EndReason, Input, ReferRefusal, TransferTarget, new_invite, party_aor};
+use super::b2bua::{
+    EndReason, Handover, Input, ReferRefusal, RoomOutcome, TransferTarget, new_invite, party_aor,
+};
 use super::leg::{CallInfo, LegInfo, LegKind, UserState};
 use super::record::{CallRecord, Direction as LogDirection, MessageLog};
 use super::sdes::{LegSrtp, Sdes, SrtpPolicy};
@@ -43,6 +45,9 @@ use crate::media::{Latch, LegCounters, PortPool, is_rtp_v2};
 
 /// The conference user when `Data.SipConfig.ConferenceUri` is not set.
 pub const DEFAULT_USER: &str = "conference";
+
+/// The methods a room accepts in its dialogs (Allow).
+const ROOM_ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO";
 
 /// RFC 3261 T1 and T2, for retransmitting a 200 until its ACK (§13.3.1.4).
 const T1: Duration = Duration::from_millis(500);
@@ -106,6 +111,79 @@ pub struct Join {
     pub srtp: SrtpPolicy,
 }
 
+/// A call's leg moved into a room (its other party referred it there): the room re-INVITEs
+/// it in its dialog with the room's media.
+#[derive(Debug)]
+pub struct Move {
+    /// The call it comes from (which hears the outcome).
+    pub call: CallNo,
+    /// The leg: its dialog, device and party.
+    pub leg: Handover,
+    /// Where the participant's RTP/RTCP port pair comes from.
+    pub ports: Arc<PortPool>,
+    /// `Data.System.MinRtpPort..=MaxRtpPort` now.
+    pub rtp_range: (u16, u16),
+    /// `Data.SipConfig.Srtp` and `SrtpOverPlainTransport` now.
+    pub srtp: SrtpPolicy,
+}
+
+/// Someone entering a room.
+#[derive(Debug)]
+pub enum Arrival {
+    /// A phone dialled in.
+    Join(Join),
+    /// A call's leg is moved in.
+    Move(Move),
+}
+
+impl Arrival {
+    /// The Call-ID of the arrival's dialog (routed to the room).
+    pub fn call_id(&self) -> Option<&str> {
+        match self {
+            Arrival::Join(j) => j.invite.call_id(),
+            Arrival::Move(m) => Some(&m.leg.dialog.call_id),
+        }
+    }
+
+    fn opening(&self) -> Opening<'_> {
+        match self {
+            Arrival::Join(j) => j.opening(),
+            Arrival::Move(m) => Opening {
+                call_id: &m.leg.dialog.call_id,
+                party: &m.leg.party,
+                host: &m.leg.room.host,
+                ports: &m.ports,
+                rtp_range: m.rtp_range,
+                srtp: m.srtp,
+            },
+        }
+    }
+}
+
+impl Join {
+    fn opening(&self) -> Opening<'_> {
+        Opening {
+            call_id: self.invite.call_id().unwrap_or(""),
+            party: &self.party,
+            host: &self.invite.uri.host,
+            ports: &self.ports,
+            rtp_range: self.rtp_range,
+            srtp: self.srtp,
+        }
+    }
+}
+
+/// What a room takes from its first arrival: its record's Call-ID and caller, the host of
+/// its URI, and the media settings.
+struct Opening<'a> {
+    call_id: &'a str,
+    party: &'a str,
+    host: &'a str,
+    ports: &'a Arc<PortPool>,
+    rtp_range: (u16, u16),
+    srtp: SrtpPolicy,
+}
+
 /// Everything a room task starts with.
 pub struct RoomTask {
     /// The room's number among the calls.
@@ -115,7 +193,7 @@ pub struct RoomTask {
     /// The conference user (the Contact's user part).
     pub user: String,
     /// The first participant.
-    pub first: Join,
+    pub first: Arrival,
     /// Events from the switch (joins, in-dialog requests, snapshots).
     pub events: mpsc::Receiver<CallEvent>,
     /// Where SIP work goes.
@@ -216,29 +294,46 @@ struct Room {
     focus: String,
     /// The SRTP policy as of the latest join (for the parties the room calls in).
     srtp: SrtpPolicy,
-    /// Parties the room is calling in on a participant's REFER.
+    /// Parties the room is calling in on a participant's REFER, and calls' legs it is moving
+    /// in.
     invitations: Vec<Invitation>,
     /// The ACK sent for each answered invitation, by request tag (a retransmitted 200 gets it
     /// again).
     acks: Vec<(u32, Remote, Request)>,
 }
 
-/// A party the room calls in because a participant referred it (RFC 4579 §5.5).
+/// A party the room has offered its media to and waits for: called in because a participant
+/// referred it (RFC 4579 §5.5), or a call's leg being moved in.
 struct Invitation {
+    /// The INVITE's (or re-INVITE's) tag.
     tag: u32,
-    invite: Request,
     to: Remote,
     local: SocketAddr,
     party: String,
-    /// The participant that sent the REFER (NOTIFYs go to it).
-    referrer: ParticipantId,
     rtp: UdpSocket,
     rtcp: UdpSocket,
-    /// Given up (and CANCELled) when not answered by then.
-    deadline: Instant,
     /// SDES of the room's offer to the party, and its rule.
     sdes: Sdes,
     rule: LegSrtp,
+    how: How,
+}
+
+/// How a party is brought into the room.
+enum How {
+    /// By a new INVITE, on participant `referrer`'s REFER (NOTIFYs go to it); given up (and
+    /// CANCELled) when not answered by `deadline`.
+    Referred {
+        invite: Request,
+        referrer: ParticipantId,
+        deadline: Instant,
+    },
+    /// By a re-INVITE with CSeq `seq` in the dialog of call `call`'s leg (the call hears the
+    /// outcome).
+    Moved {
+        call: CallNo,
+        dialog: Dialog,
+        seq: u32,
+    },
 }
 
 /// How long the room rings a referred party.
@@ -400,13 +495,13 @@ impl Room {
     fn new(
         (no, name, user, agent): (CallNo, String, String, String),
         states: broadcast::Sender<UserState>,
-        first: &Join,
+        first: &Opening<'_>,
         rng: rand::rngs::StdRng,
     ) -> Room {
         let record = CallRecord {
             id: no,
-            call_id: first.invite.call_id().unwrap_or("").to_owned(),
-            caller: first.party.clone(),
+            call_id: first.call_id.to_owned(),
+            caller: first.party.to_owned(),
             callee: format!("conference:{name}"),
             started_at: Utc::now(),
             answered_at: None,
@@ -441,7 +536,7 @@ impl Room {
             invitations: Vec::new(),
             acks: Vec::new(),
         };
-        r.focus = format!("<sip:{}@{}>", r.room_user(), first.invite.uri.host);
+        r.focus = format!("<sip:{}@{}>", r.room_user(), first.host);
         r
     }
 
@@ -554,8 +649,7 @@ impl Room {
             ok.headers.set("To", format!("{to};tag={tag}"));
         }
         ok.headers.push("Contact", contact);
-        ok.headers
-            .push("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO");
+        ok.headers.push("Allow", ROOM_ALLOW);
         ok.headers.push("Content-Type", "application/sdp");
         ok.body = body;
         self.respond(join.key, join.from.addr, ok.clone());
@@ -682,17 +776,121 @@ impl Room {
         let referrer = self.members[i].id;
         self.invitations.push(Invitation {
             tag,
-            invite,
             to: target.to,
             local: target.local,
             party: t.party,
-            referrer,
             rtp,
             rtcp,
-            deadline: now + RING_TIMEOUT,
             sdes,
             rule,
+            how: How::Referred {
+                invite,
+                referrer,
+                deadline: now + RING_TIMEOUT,
+            },
         });
+    }
+
+    /// Someone enters: a phone's INVITE is answered, a call's leg re-INVITEd.
+    fn arrive(&mut self, now: Instant, a: Arrival) {
+        match a {
+            Arrival::Join(j) => self.join(now, j),
+            Arrival::Move(m) => self.move_in(m),
+        }
+    }
+
+    /// A call's leg is moved in: a re-INVITE in its dialog offers the room's media (as the
+    /// room offers a party it calls in, SRTP as a call would offer that device), with the
+    /// room's Contact; its answer makes the leg a participant ([`Room::on_response`]).
+    fn move_in(&mut self, m: Move) {
+        let Move {
+            call,
+            leg,
+            ports,
+            rtp_range: (min, max),
+            srtp,
+        } = m;
+        let Handover {
+            mut dialog,
+            to,
+            local,
+            party,
+            ..
+        } = leg;
+        let pair = ports
+            .bind_pair(local.ip(), min, max)
+            .and_then(|(rtp, rtcp)| Ok((rtp.local_addr()?.port(), rtp, rtcp)));
+        let Ok((port, rtp, rtcp)) = pair else {
+            tracing::error!("no media ports for a call's leg moved into the conference");
+            let outcome = RoomOutcome::Failed {
+                status: 503,
+                local_seq: dialog.local_seq,
+                gone: false,
+            };
+            return self.tell_call(call, &dialog, outcome);
+        };
+        self.srtp = srtp;
+        let rule = srtp.leg(to.transport, false);
+        let sdes = Sdes::new(&mut self.rng);
+        let body = offer_sdp(SocketAddr::new(local.ip(), port), |m| {
+            sdes.give_offer(rule, m)
+        });
+        dialog.local_contact = self.contact(to.transport, local);
+        let via = via_for(to.transport, local, &mut self.rng);
+        let mut invite = dialog.request(Method::Invite, &via);
+        invite.headers.push("Allow", ROOM_ALLOW);
+        invite.headers.push("Content-Type", "application/sdp");
+        invite.body = body;
+        let tag = self.tag();
+        tracing::info!(room = %self.name, %party, "moving a call's party into the conference");
+        self.log.request(LogDirection::Out, to.addr, &invite);
+        self.out.push_back(CallAction::Send {
+            tag,
+            to,
+            req: invite,
+        });
+        let seq = dialog.local_seq;
+        self.invitations.push(Invitation {
+            tag,
+            to,
+            local,
+            party,
+            rtp,
+            rtcp,
+            sdes,
+            rule,
+            how: How::Moved { call, dialog, seq },
+        });
+    }
+
+    /// Tells call `call` how the move of its leg (`dialog`) ended; the room ends when that
+    /// leaves it empty.
+    fn tell_call(&mut self, call: CallNo, dialog: &Dialog, outcome: RoomOutcome) {
+        self.out.push_back(CallAction::RoomOutcome {
+            call,
+            call_id: dialog.call_id.clone(),
+            outcome,
+        });
+        self.end_if_empty();
+    }
+
+    /// Invitation `inv` did not bring its party in (`status`; `gone`: its dialog is over):
+    /// its referrer or call hears it.
+    fn not_joined(&mut self, inv: Invitation, status: u16, gone: bool) {
+        match inv.how {
+            How::Referred { referrer, .. } => {
+                self.notify_referrer(referrer, status);
+                self.end_if_empty();
+            }
+            How::Moved { call, dialog, .. } => {
+                let outcome = RoomOutcome::Failed {
+                    status,
+                    local_seq: dialog.local_seq,
+                    gone,
+                };
+                self.tell_call(call, &dialog, outcome);
+            }
+        }
     }
 
     /// NOTIFY participant `i` of its REFER's progress (RFC 3515 §2.4.5); a final status ends
@@ -747,16 +945,18 @@ impl Room {
         let mut inv = self.invitations.remove(k);
         self.log.response(LogDirection::In, inv.to.addr, &resp);
         if resp.status >= 300 {
-            tracing::info!(room = %self.name, party = %inv.party, status = resp.status, "referred party not joined");
-            self.notify_referrer(inv.referrer, resp.status);
-            return self.end_if_empty();
+            tracing::info!(room = %self.name, party = %inv.party, status = resp.status, "party not joined");
+            return self.not_joined(inv, resp.status, false);
         }
-        let Some(mut dialog) = Dialog::uac(&inv.invite, &resp) else {
-            self.notify_referrer(inv.referrer, 502);
-            return self.end_if_empty();
+        let (mut dialog, seq) = match &inv.how {
+            How::Referred { invite, .. } => match Dialog::uac(invite, &resp) {
+                Some(d) => (d, 1),
+                None => return self.not_joined(inv, 502, false),
+            },
+            How::Moved { dialog, seq, .. } => (dialog.clone(), *seq),
         };
         let via = via_for(inv.to.transport, inv.local, &mut self.rng);
-        let ack = dialog.ack(1, &via);
+        let ack = dialog.ack(seq, &via);
         self.log.request(LogDirection::Out, inv.to.addr, &ack);
         self.out
             .push_back(CallAction::Stateless(inv.to, ack.clone()));
@@ -765,23 +965,30 @@ impl Room {
         let chosen = answer.as_ref().and_then(|a| pick(a).ok());
         let id = self.next_id;
         let (Some(answer), Some((audio, format))) = (answer, chosen) else {
-            return self.unusable_answer(&mut dialog, &inv);
+            return self.unusable_answer(&mut dialog, inv);
         };
         if let Err(e) = inv
             .sdes
             .take_answer(inv.rule, &mut answer.media[audio].clone())
         {
-            tracing::info!(room = %self.name, party = %inv.party, "referred party's answer refused: {e}");
-            return self.unusable_answer(&mut dialog, &inv);
+            tracing::info!(room = %self.name, party = %inv.party, "the party's answer refused: {e}");
+            return self.unusable_answer(&mut dialog, inv);
         }
         if self.mixer.add(id, format.codec, format.pt).is_err() {
-            return self.unusable_answer(&mut dialog, &inv);
+            return self.unusable_answer(&mut dialog, inv);
         }
         self.next_id += 1;
         let mut latch = Latch::default();
         latch.expect(answer.rtp_addr(audio), inv.to.addr.ip());
         dialog.local_contact = self.contact(inv.to.transport, inv.local);
-        self.notify_referrer(inv.referrer, 200);
+        match &inv.how {
+            How::Referred { referrer, .. } => self.notify_referrer(*referrer, 200),
+            How::Moved { call, .. } => self.out.push_back(CallAction::RoomOutcome {
+                call: *call,
+                call_id: dialog.call_id.clone(),
+                outcome: RoomOutcome::Joined,
+            }),
+        }
         self.admit(Member {
             id,
             party: inv.party,
@@ -804,9 +1011,9 @@ impl Room {
         });
     }
 
-    /// The called-in party answered with SDP the room cannot use: it is hung up at once and
-    /// the referrer hears 488.
-    fn unusable_answer(&mut self, dialog: &mut Dialog, inv: &Invitation) {
+    /// The party answered with SDP the room cannot use: it is hung up at once and the
+    /// referrer (or the call it came from) hears 488.
+    fn unusable_answer(&mut self, dialog: &mut Dialog, inv: Invitation) {
         let via = via_for(inv.to.transport, inv.local, &mut self.rng);
         let bye = dialog.request(Method::Bye, &via);
         let tag = self.tag();
@@ -816,27 +1023,30 @@ impl Room {
             to: inv.to,
             req: bye,
         });
-        self.notify_referrer(inv.referrer, 488);
-        self.end_if_empty();
+        self.not_joined(inv, 488, true);
     }
 
-    /// An invitation's INVITE got no answer at all (Timer B): the referrer hears 408.
+    /// An invitation's INVITE got no answer at all (Timer B): the referrer (or the call)
+    /// hears 408.
     fn on_timeout(&mut self, tag: u32) {
         if let Some(k) = self.invitations.iter().position(|v| v.tag == tag) {
             let inv = self.invitations.remove(k);
-            self.notify_referrer(inv.referrer, 408);
-            self.end_if_empty();
+            self.not_joined(inv, 408, false);
         }
     }
 
-    /// Rang too long: CANCEL the invitation; its 487 ends it.
+    /// Rang too long: CANCEL the invitation; its 487 ends it. (A moved leg's re-INVITE is
+    /// answered at once, or Timer B ends it.)
     fn cancel_unanswered(&mut self, now: Instant) {
         for k in 0..self.invitations.len() {
-            if self.invitations[k].deadline <= now {
-                self.invitations[k].deadline = now + RING_TIMEOUT;
-                let v = &self.invitations[k];
-                let cancel = csps_sip::dialog::cancel(&v.invite, None);
-                let to = v.to;
+            let to = self.invitations[k].to;
+            if let How::Referred {
+                invite, deadline, ..
+            } = &mut self.invitations[k].how
+                && *deadline <= now
+            {
+                *deadline = now + RING_TIMEOUT;
+                let cancel = csps_sip::dialog::cancel(invite, None);
                 let tag = self.tag();
                 self.out.push_back(CallAction::Send {
                     tag,
@@ -868,12 +1078,44 @@ impl Room {
         None
     }
 
+    /// The leg being moved in whose dialog `req` is in.
+    fn moving_of(&self, req: &Request) -> Option<usize> {
+        self.invitations
+            .iter()
+            .position(|v| matches!(&v.how, How::Moved { dialog, .. } if dialog.matches(req)))
+    }
+
+    /// A request from a leg the room is moving in (invitation `k`), before it answered the
+    /// room's re-INVITE: a BYE ends the move (the call hears 487, the dialog is over), a
+    /// re-INVITE or UPDATE crosses the room's (491), anything else gets 200.
+    fn on_moving_request(&mut self, k: usize, key: TxnKey, from: Remote, req: Request) {
+        self.log.request(LogDirection::In, from.addr, &req);
+        let in_order = match &mut self.invitations[k].how {
+            How::Moved { dialog, .. } => dialog.accept_remote_seq(&req),
+            How::Referred { .. } => false,
+        };
+        let status = match req.method {
+            _ if !in_order => 500,
+            Method::Invite | Method::Update => 491,
+            _ => 200,
+        };
+        let r = req.response(status, csps_sip::message::reason_phrase(status));
+        self.respond(key, from.addr, r);
+        if in_order && req.method == Method::Bye {
+            let inv = self.invitations.remove(k);
+            self.not_joined(inv, 487, true);
+        }
+    }
+
     /// Which participant an in-dialog request belongs to.
     fn member_of(&self, req: &Request) -> Option<usize> {
         self.members.iter().position(|m| m.dialog.matches(req))
     }
 
     fn on_request(&mut self, key: TxnKey, from: Remote, req: Request) {
+        if let Some(k) = self.moving_of(&req) {
+            return self.on_moving_request(k, key, from, req);
+        }
         let Some(i) = self.in_dialog(key, from, &req) else {
             return;
         };
@@ -901,8 +1143,7 @@ impl Room {
             }
             _ => {
                 let mut r = req.response(405, "Method Not Allowed");
-                r.headers
-                    .push("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO");
+                r.headers.push("Allow", ROOM_ALLOW);
                 self.respond(key, from.addr, r);
             }
         }
@@ -1208,22 +1449,27 @@ async fn run_room(t: RoomTask) {
     let mut r = Room::new(
         (no, room, user, agent),
         states,
-        &first,
+        &first.opening(),
         rand::SeedableRng::from_os_rng(),
     );
     let started_at = r.record.started_at;
     directory.started(&r.record);
-    r.join(Instant::now(), first);
-    if r.members.is_empty() && r.invitations.is_empty() {
+    let joining = matches!(first, Arrival::Join(_));
+    r.arrive(Instant::now(), first);
+    if joining && r.members.is_empty() && r.invitations.is_empty() {
         r.record.status = r.record.status.or(Some(488));
         r.end(EndReason::Rejected);
-    } else {
-        directory.answered(&r.record);
     }
+    // Answered with its first participant (a leg moved in is one once it answered).
+    let mut announced = false;
     let mut tick =
         tokio::time::interval(Duration::from_millis(crate::media::codec::FRAME_MS.into()));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
+        if !announced && r.record.answered_at.is_some() {
+            announced = true;
+            directory.answered(&r.record);
+        }
         while let Some(a) = r.out.pop_front() {
             if actions.send((no, a)).await.is_err() {
                 return;
@@ -1234,7 +1480,7 @@ async fn run_room(t: RoomTask) {
         }
         tokio::select! {
             ev = events.recv() => match ev {
-                Some(CallEvent::Join(j)) => r.join(Instant::now(), *j),
+                Some(CallEvent::Join(a)) => r.arrive(Instant::now(), *a),
                 Some(CallEvent::Sip(input)) => match input {
                     Input::Request { key, from, req } => r.on_request(key, from, req),
                     Input::Refer { key, from, req, target } => {
@@ -1266,8 +1512,18 @@ async fn run_room(t: RoomTask) {
     // Joins that raced with the end: the switch routed them here before it saw `Ended`.
     events.close();
     while let Some(ev) = events.recv().await {
-        if let CallEvent::Join(j) = ev {
-            r.refuse(&j, 480, "the conference just ended; call again");
+        if let CallEvent::Join(a) = ev {
+            match *a {
+                Arrival::Join(j) => r.refuse(&j, 480, "the conference just ended; call again"),
+                Arrival::Move(m) => {
+                    let outcome = RoomOutcome::Failed {
+                        status: 480,
+                        local_seq: m.leg.dialog.local_seq,
+                        gone: false,
+                    };
+                    r.tell_call(m.call, &m.leg.dialog, outcome);
+                }
+            }
         }
     }
     while let Some(a) = r.out.pop_front() {
@@ -1366,7 +1622,7 @@ mod tests {
                 "csps-test".into(),
             ),
             states,
-            first,
+            &first.opening(),
             rand::rngs::StdRng::seed_from_u64(3),
         )
     }

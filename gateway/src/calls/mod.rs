@@ -61,8 +61,9 @@ pub enum CallEvent {
     Snapshot(tokio::sync::oneshot::Sender<CallInfo>),
     /// Report the SIP messages kept so far.
     Messages(tokio::sync::oneshot::Sender<Vec<SipMessage>>),
-    /// A phone joins a conference room (only a room task gets it).
-    Join(Box<conference::Join>),
+    /// A phone joins a conference room, or a call's leg is moved into one (only a room task
+    /// gets it).
+    Join(Box<conference::Arrival>),
 }
 
 /// A call started, was answered or ended: for the console's event stream.
@@ -94,6 +95,17 @@ pub enum CallAction {
     },
     /// Send outside a transaction.
     Stateless(Remote, Request),
+    /// A call's leg goes to a conference room (the other party referred it there).
+    ToRoom(Box<b2bua::Handover>),
+    /// A room's word on a leg moved in from call `call` (its dialog's Call-ID `call_id`).
+    RoomOutcome {
+        /// The call the leg came from.
+        call: CallNo,
+        /// The leg's Call-ID.
+        call_id: String,
+        /// Joined, or why not.
+        outcome: b2bua::RoomOutcome,
+    },
     /// The call is over.
     Ended,
 }
@@ -614,6 +626,25 @@ impl Switch {
     /// Call-ID for the transfer's leg.
     pub fn on_refer(&mut self, cx: InviteCx<'_>, key: TxnKey, from: Remote, req: Request) {
         let Some(no) = self.by_req(&req) else { return };
+        if let Some(room) = self.referred_room(&req, from) {
+            let input = if self.rooms.values().any(|n| *n == no) {
+                let why = "a room does not refer its participants into a room";
+                b2bua::Input::Refer {
+                    key,
+                    from,
+                    req,
+                    target: Box::new(Err(b2bua::ReferRefusal::Unsupported(why.into()))),
+                }
+            } else {
+                b2bua::Input::ReferToRoom {
+                    key,
+                    from,
+                    req,
+                    room,
+                }
+            };
+            return self.send(no, input);
+        }
         let call_id = format!(
             "{:016x}{:016x}@{}",
             cx.rng.next_u64(),
@@ -636,6 +667,26 @@ impl Switch {
                 target: Box::new(target),
             },
         );
+    }
+
+    /// The conference room a phone's REFER names in its Refer-To (the URI a dial-in to which
+    /// would join that room); `None` for anything else, a REFER from the trunk (it goes back
+    /// through the trunk) and a Refer-To with Replaces included.
+    fn referred_room(&self, req: &Request, from: Remote) -> Option<b2bua::RoomRef> {
+        let uri = csps_sip::headers::NameAddr::parse(req.headers.get("Refer-To")?)
+            .ok()?
+            .uri;
+        if self.trunk.borrow().is_trunk(&from)
+            || !matches!(csps_sip::replaces::Replaces::in_uri(&uri), Ok(None))
+        {
+            return None;
+        }
+        let user = self.settings.borrow().conference_user.clone();
+        let name = conference::room_of(&dialled(&uri)?, &user)?;
+        Some(b2bua::RoomRef {
+            name,
+            host: uri.host,
+        })
     }
 
     /// Where a REFER's Refer-To leads: the registered devices of a local user, or, with a
@@ -873,6 +924,12 @@ impl Switch {
             CallAction::Stateless(to, req) => {
                 txns.send_stateless(to, csps_sip::Message::Request(req));
             }
+            CallAction::ToRoom(leg) => self.move_to_room(no, *leg),
+            CallAction::RoomOutcome {
+                call,
+                call_id,
+                outcome,
+            } => self.room_outcome(no, call, call_id, outcome),
             CallAction::Ended => {
                 self.calls.remove(&no);
                 self.rooms.retain(|_, n| *n != no);
@@ -1047,7 +1104,9 @@ impl Switch {
                         plain_keys: settings.srtp_over_plain,
                     },
                 };
-                if let Err(j) = self.join_room(room, &settings, join) {
+                if let Err(a) = self.enter_room(room, &settings, conference::Arrival::Join(join))
+                    && let conference::Arrival::Join(j) = *a
+                {
                     let mut r = j.invite.response(503, "Service Unavailable");
                     r.headers.push("Retry-After", "1");
                     self.directory.refused(503);
@@ -1233,33 +1292,34 @@ impl Switch {
 }
 
 impl Switch {
-    /// Hands `join` to room `room`, starting the room when it does not run; the join comes
-    /// back when the room is too busy to take it.
-    fn join_room(
+    /// Hands `arrival` to room `room`, starting the room when it does not run; the room's
+    /// number, or the arrival back when the room is too busy to take it. The arrival's dialog
+    /// is routed to the room from now on.
+    fn enter_room(
         &mut self,
         room: String,
         settings: &Settings,
-        join: conference::Join,
-    ) -> Result<(), Box<conference::Join>> {
-        let Some(call_id) = join.invite.call_id().map(str::to_owned) else {
-            return Err(Box::new(join));
+        arrival: conference::Arrival,
+    ) -> Result<CallNo, Box<conference::Arrival>> {
+        let Some(call_id) = arrival.call_id().map(str::to_owned) else {
+            return Err(Box::new(arrival));
         };
-        let mut join = Box::new(join);
+        let mut arrival = Box::new(arrival);
         if let Some(&no) = self.rooms.get(&room)
             && let Some(tx) = self.calls.get(&no)
         {
-            match tx.try_send(CallEvent::Join(join)) {
+            match tx.try_send(CallEvent::Join(arrival)) {
                 Ok(()) => {
                     self.by_call_id.insert(call_id.clone(), no);
                     if let Some(ids) = self.call_ids.get_mut(&no) {
                         ids.push(call_id);
                     }
-                    return Ok(());
+                    return Ok(no);
                 }
-                Err(mpsc::error::TrySendError::Full(CallEvent::Join(j))) => return Err(j),
+                Err(mpsc::error::TrySendError::Full(CallEvent::Join(a))) => return Err(a),
                 // The room ended and its `Ended` is still queued: a new room takes over.
-                Err(mpsc::error::TrySendError::Closed(CallEvent::Join(j))) => join = j,
-                Err(_) => return Ok(()),
+                Err(mpsc::error::TrySendError::Closed(CallEvent::Join(a))) => arrival = a,
+                Err(_) => return Ok(no),
             }
         }
         let no = self.next;
@@ -1274,14 +1334,77 @@ impl Switch {
             no,
             room,
             user: settings.conference_user.clone(),
-            first: *join,
+            first: *arrival,
             events: rx,
             actions: self.actions.clone(),
             states: self.states.clone(),
             directory: self.directory.clone(),
             agent: self.server_name.clone(),
         }));
-        Ok(())
+        Ok(no)
+    }
+
+    /// Call `call` hands its leg to a room: the room re-INVITEs it, and the leg's requests go
+    /// to the room meanwhile; a room too busy to take it is a 503 for the call.
+    fn move_to_room(&mut self, call: CallNo, leg: b2bua::Handover) {
+        let settings = self.settings.borrow().clone();
+        let call_id = leg.dialog.call_id.clone();
+        let room = leg.room.name.clone();
+        let arrival = conference::Arrival::Move(conference::Move {
+            call,
+            leg,
+            ports: self.ports.clone(),
+            rtp_range: (settings.min_rtp_port, settings.max_rtp_port),
+            srtp: sdes::SrtpPolicy {
+                mode: settings.srtp,
+                plain_keys: settings.srtp_over_plain,
+            },
+        });
+        match self.enter_room(room, &settings, arrival) {
+            Ok(_) => {
+                if let Some(ids) = self.call_ids.get_mut(&call) {
+                    ids.retain(|c| *c != call_id);
+                }
+            }
+            Err(a) => {
+                let local_seq = match *a {
+                    conference::Arrival::Move(m) => m.leg.dialog.local_seq,
+                    conference::Arrival::Join(_) => 0,
+                };
+                let outcome = b2bua::RoomOutcome::Failed {
+                    status: 503,
+                    local_seq,
+                    gone: false,
+                };
+                self.send(call, b2bua::Input::RoomOutcome(outcome));
+            }
+        }
+    }
+
+    /// Room `room` says how the move of call `call`'s leg (dialog `call_id`) ended: a leg that
+    /// is not in the room and whose dialog goes on is routed to its call again.
+    fn room_outcome(
+        &mut self,
+        room: CallNo,
+        call: CallNo,
+        call_id: String,
+        outcome: b2bua::RoomOutcome,
+    ) {
+        if let b2bua::RoomOutcome::Failed { gone, .. } = outcome {
+            if let Some(ids) = self.call_ids.get_mut(&room) {
+                ids.retain(|c| *c != call_id);
+            }
+            match self.call_ids.get_mut(&call) {
+                Some(ids) if !gone => {
+                    ids.push(call_id.clone());
+                    self.by_call_id.insert(call_id, call);
+                }
+                _ => {
+                    self.by_call_id.remove(&call_id);
+                }
+            }
+        }
+        self.send(call, b2bua::Input::RoomOutcome(outcome));
     }
 
     /// The registered devices of `user@domain` as call targets (noted in `devices` for the

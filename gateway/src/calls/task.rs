@@ -200,6 +200,10 @@ impl Peers {
                 None
             }
             Input::Ack(req) | Input::Cancel(req) => self.on_call_id(req.call_id()),
+            Input::Refer { key, from, .. } | Input::ReferToRoom { key, from, .. } => {
+                self.answering.insert(*key, from.addr);
+                Some(from.addr)
+            }
             Input::Replace(r) => {
                 self.answering.insert(r.key, r.from.addr);
                 if let Some(c) = r.req.call_id() {
@@ -281,9 +285,11 @@ impl Quirks {
 fn log_input(log: &mut MessageLog, peer: Option<SocketAddr>, input: &Input) {
     let Some(peer) = peer else { return };
     match input {
-        Input::Request { req, .. } | Input::Ack(req) | Input::Cancel(req) => {
-            log.request(LogDirection::In, peer, req)
-        }
+        Input::Request { req, .. }
+        | Input::Refer { req, .. }
+        | Input::ReferToRoom { req, .. }
+        | Input::Ack(req)
+        | Input::Cancel(req) => log.request(LogDirection::In, peer, req),
         Input::Replace(r) => log.request(LogDirection::In, peer, &r.req),
         Input::Response { resp, .. } => log.response(LogDirection::In, peer, resp),
         _ => {}
@@ -546,6 +552,7 @@ async fn run_call(t: CallTask, call_id: String) {
                     }
                     continue;
                 }
+                Output::ToRoom(leg) => CallAction::ToRoom(leg),
                 Output::Ended => {
                     ended = true;
                     CallAction::Ended
