@@ -5262,6 +5262,112 @@ pub(super) mod tests {
         assert_eq!(responses_to_a(&out)[0].status, 491, "a hold is in progress");
     }
 
+    /// Issue 4: alice REFERs her call with bob to a conference room (the switch resolved the
+    /// Refer-To): 202, NOTIFY 100, and bob's dialog is handed to the room; meanwhile nothing is
+    /// sent in it (alice's hold gets 491). A failed move: the final NOTIFY is the room's status,
+    /// bob's dialog comes back with the room's CSeq, and the call goes on (a second REFER hands
+    /// it over again). A joined one: NOTIFY 200, a BYE to alice only, and once it is answered
+    /// the call ends, moved into the conference.
+    #[test]
+    fn a_refer_to_a_room_hands_the_other_party_over_and_ends_once_it_joined() {
+        let t0 = Instant::now();
+        let (mut c, a_tag, _) = confirmed(t0);
+        drain(&mut c);
+        let alice = "203.0.113.5:5060";
+        let refer_to_room = |c: &mut Call, seq| {
+            let req = in_dialog_a("REFER", seq, &a_tag, None);
+            let key = key_for(&req, alice);
+            let room = RoomRef {
+                name: "team".into(),
+                host: "csps.local".into(),
+            };
+            c.handle(
+                t0,
+                Input::ReferToRoom {
+                    key,
+                    from: remote(alice),
+                    req,
+                    room,
+                },
+            );
+            let out = drain(c);
+            assert_eq!(responses_to_a(&out)[0].status, 202);
+            let n = notifies(&out);
+            assert_eq!(n.len(), 1, "{n:?}");
+            assert_eq!(
+                (n[0].0.as_str(), n[0].2.as_str()),
+                (alice, "SIP/2.0 100 Trying\r\n")
+            );
+            out.into_iter()
+                .find_map(|o| match o {
+                    Output::ToRoom(h) => Some(h),
+                    _ => None,
+                })
+                .expect("bob handed to the room")
+        };
+        let h = refer_to_room(&mut c, 3);
+        assert_eq!(h.dialog.call_id, "b-call");
+        assert_eq!(h.party, "sip:bob@csps.local");
+        assert_eq!(h.to.addr.to_string(), "192.0.2.9:5060");
+        assert_eq!(h.room.name, "team");
+        let out = request_in(
+            &mut c,
+            t0,
+            in_dialog_a("INVITE", 4, &a_tag, Some(HOLD)),
+            alice,
+        );
+        assert_eq!(responses_to_a(&out)[0].status, 491);
+        assert!(sent(&out, Method::Invite).is_none(), "nothing goes to bob");
+
+        let seq = h.dialog.local_seq + 1;
+        c.handle(
+            t0,
+            Input::RoomOutcome(RoomOutcome::Failed {
+                status: 488,
+                local_seq: seq,
+                gone: false,
+            }),
+        );
+        let out = drain(&mut c);
+        let n = notifies(&out);
+        assert_eq!(n.len(), 1, "{n:?}");
+        assert_eq!(n[0].2, "SIP/2.0 488 Not Acceptable Here\r\n");
+        assert!(n[0].1.starts_with("terminated"));
+        assert!(sent(&out, Method::Bye).is_none(), "both keep the call");
+        assert!(c.is_answered());
+
+        let h = refer_to_room(&mut c, 5);
+        assert_eq!(h.dialog.local_seq, seq, "the room's CSeq is kept");
+        c.handle(t0, Input::RoomOutcome(RoomOutcome::Joined));
+        let out = drain(&mut c);
+        let n = notifies(&out);
+        assert_eq!(n.len(), 1, "{n:?}");
+        assert_eq!(n[0].2, "SIP/2.0 200 OK\r\n");
+        let byes: Vec<_> = out
+            .iter()
+            .filter_map(|o| match o {
+                Output::Send { tag, to, req } if req.method == Method::Bye => {
+                    Some((*tag, to.addr.to_string(), req.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(byes.len(), 1, "a BYE to alice only: {byes:?}");
+        assert_eq!(byes[0].1, alice);
+        assert!(!out.iter().any(|o| matches!(o, Output::Ended)));
+        c.handle(
+            t0,
+            Input::Response {
+                tag: byes[0].0,
+                resp: reply(&byes[0].2, 200, &a_tag, None),
+            },
+        );
+        // (bob's second device never answered the ringing: the call lingers for it.)
+        c.handle_timeout(t0 + LINGER + Duration::from_secs(1));
+        assert!(drain(&mut c).iter().any(|o| matches!(o, Output::Ended)));
+        assert_eq!(c.end_reason(), Some(EndReason::MovedToConference));
+    }
+
     /// Issue 5: Teams (the callee, through the trunk) transfers with a REFER the switch resolved
     /// to the trunk: the new INVITE names the transferee as Teams knew it (the caller's number
     /// at the FQDN, in Contact too), carries Teams' own Referred-By and the trunk's session

@@ -1613,6 +1613,15 @@ mod tests {
 
     /// A room opened by `first` (which still has to join).
     fn room_for(first: &Join) -> Room {
+        room_opened_by(&first.opening())
+    }
+
+    /// A room opened by `first` (which still has to arrive).
+    fn room_for_arrival(first: &Arrival) -> Room {
+        room_opened_by(&first.opening())
+    }
+
+    fn room_opened_by(first: &Opening<'_>) -> Room {
         let (states, _) = broadcast::channel(16);
         Room::new(
             (
@@ -1622,7 +1631,7 @@ mod tests {
                 "csps-test".into(),
             ),
             states,
-            &first.opening(),
+            first,
             rand::rngs::StdRng::seed_from_u64(3),
         )
     }
@@ -1982,6 +1991,152 @@ mod tests {
         assert_eq!(status(&r), 488);
         let r = joined(policy(SrtpMode::Required, true), "RTP/AVP", &[]);
         assert_eq!((status(&r), r.members.len()), (488, 0));
+    }
+
+    /// `user`'s leg of call 7 (its dialog made from [`join_of`]'s INVITE, the gateway's tag
+    /// `gw-tag`), moved into room `team`.
+    fn moved(user: &str, sip_port: u16) -> Arrival {
+        let j = join_of(
+            (user, sip_port, SrtpPolicy::default()),
+            4000,
+            "RTP/AVP",
+            &[],
+        );
+        let dialog = Dialog::uas(&j.invite, "gw-tag", "<sip:csps@127.0.0.1:5060>").expect("dialog");
+        Arrival::Move(Move {
+            call: 7,
+            leg: Handover {
+                room: super::super::b2bua::RoomRef {
+                    name: "team".into(),
+                    host: "csps.local".into(),
+                },
+                dialog,
+                to: j.from,
+                local: j.local,
+                party: j.party,
+            },
+            ports: j.ports,
+            rtp_range: j.rtp_range,
+            srtp: j.srtp,
+        })
+    }
+
+    /// The room's last request of `method` and its tag.
+    fn last_sent(r: &Room, method: Method) -> (u32, Request) {
+        r.out
+            .iter()
+            .rev()
+            .find_map(|a| match a {
+                CallAction::Send { tag, req, .. } if req.method == method => {
+                    Some((*tag, req.clone()))
+                }
+                _ => None,
+            })
+            .expect("a request")
+    }
+
+    /// The outcome the room last reported to a call.
+    fn outcome(r: &Room) -> Option<(CallNo, String, RoomOutcome)> {
+        r.out.iter().rev().find_map(|a| match a {
+            CallAction::RoomOutcome {
+                call,
+                call_id,
+                outcome,
+            } => Some((*call, call_id.clone(), *outcome)),
+            _ => None,
+        })
+    }
+
+    /// Issue 4: a call's leg moved into a room that does not run yet opens it (the record names
+    /// the moved party) and is re-INVITEd in its dialog (the next CSeq, the room's Contact with
+    /// `isfocus`, the room's offer); its 200 is ACKed with that CSeq and makes it a participant,
+    /// and the call hears `Joined`. A leg that hangs up before it answered gets 200, its call
+    /// hears 487 with the dialog gone, and the room it opened ends; a refusal of the re-INVITE
+    /// gives the call the status and the dialog's CSeq back.
+    #[test]
+    fn a_call_leg_moved_in_is_reinvited_and_joins_or_goes_back() {
+        let now = Instant::now();
+        let bob = moved("bob", 5075);
+        let mut r = room_for_arrival(&bob);
+        assert_eq!(r.record.caller, "sip:bob@csps.local");
+        r.arrive(now, bob);
+        let (tag, reinvite) = last_sent(&r, Method::Invite);
+        assert_eq!(reinvite.call_id(), Some("bob-call"));
+        assert_eq!(reinvite.cseq().map(|c| c.seq), Some(1));
+        assert!(
+            reinvite
+                .headers
+                .get("Contact")
+                .is_some_and(|c| c.contains("isfocus"))
+        );
+        let offer = Sdp::parse(&reinvite.body).expect("the room's offer");
+        assert_eq!(offer.media[0].formats, ["9", "0", "8", "111"]);
+        let phone = phone_socket();
+        let sdp = format!(
+            "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+             m=audio {} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n",
+            phone.local_addr().expect("addr").port()
+        );
+        let mut ok = reinvite.response(200, "OK");
+        ok.headers.push("Content-Type", "application/sdp");
+        ok.body = Bytes::from(sdp);
+        r.on_response(tag, ok);
+        let ack = r.out.iter().find_map(|a| match a {
+            CallAction::Stateless(_, req) if req.method == Method::Ack => Some(req.clone()),
+            _ => None,
+        });
+        assert_eq!(ack.and_then(|a| a.cseq().map(|c| c.seq)), Some(1));
+        assert_eq!(
+            outcome(&r),
+            Some((7, "bob-call".into(), RoomOutcome::Joined))
+        );
+        let info = r.snapshot(Utc::now());
+        assert_eq!(info.legs.len(), 1);
+        assert_eq!(info.legs[0].party, "sip:bob@csps.local");
+        assert_eq!(info.legs[0].codec.as_deref(), Some("PCMU/8000"));
+
+        // Carol's re-INVITE is refused: her call gets 486 and her dialog's CSeq.
+        r.arrive(now, moved("carol", 5076));
+        let (tag, reinvite) = last_sent(&r, Method::Invite);
+        r.on_response(tag, reinvite.response(486, "Busy Here"));
+        let failed = RoomOutcome::Failed {
+            status: 486,
+            local_seq: 1,
+            gone: false,
+        };
+        assert_eq!(outcome(&r), Some((7, "carol-call".into(), failed)));
+        assert_eq!(
+            (r.members.len(), r.invitations.len(), r.ended),
+            (1, 0, false)
+        );
+
+        // Alice hangs up while the room moves her in: the room she opened ends.
+        let alice = moved("alice", 5074);
+        let mut r = room_for_arrival(&alice);
+        r.arrive(now, alice);
+        let bye = in_dialog("BYE", 2, "gw-tag", None);
+        let from = Remote {
+            transport: Transport::Udp,
+            addr: SocketAddr::from(([127, 0, 0, 1], 5074)),
+            flow: None,
+        };
+        r.on_request(
+            super::super::b2bua::tests::key_for(&bye, "127.0.0.1:5074"),
+            from,
+            bye,
+        );
+        assert!(
+            r.out
+                .iter()
+                .any(|a| matches!(a, CallAction::Respond(_, resp) if resp.status == 200))
+        );
+        let gone = RoomOutcome::Failed {
+            status: 487,
+            local_seq: 1,
+            gone: true,
+        };
+        assert_eq!(outcome(&r), Some((7, "alice-call".into(), gone)));
+        assert!(r.ended);
     }
 
     /// The room's offer to a party it calls in carries SRTP as a call's offer to that device
