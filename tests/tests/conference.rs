@@ -560,9 +560,9 @@ fn a_refer_to_a_room_that_cannot_be_fails_and_both_keep_the_call() {
             .as_array()
             .into_iter()
             .flatten()
+            .rev()
             .filter(|m| m["method"] == "NOTIFY" && m["direction"] == "out")
-            .filter_map(|m| m["text"].as_str())
-            .last()
+            .find_map(|m| m["text"].as_str())
             .unwrap_or_default()
             .to_owned();
         assert!(
