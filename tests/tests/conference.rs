@@ -302,10 +302,23 @@ fn refer_carol_in(gw: &Gateway, (bob_params, carol_params): (&str, &str)) -> ser
         )
     });
     let id = two["id"].as_u64().expect("room id");
+    heard_each_other(gw, id, (bob, carol), (bob_dir.path(), carol_dir.path()));
+    three
+}
+
+/// Ends room `id` (a BYE to each participant closes its recording) and stops `phones`; bob
+/// (600 Hz, recording in `bob_dir`) and carol (1000 Hz, in `carol_dir`) each heard the other's
+/// tone, and bob not his own.
+fn heard_each_other(
+    gw: &Gateway,
+    id: u64,
+    phones: (csps_tests::baresip::Baresip, csps_tests::baresip::Baresip),
+    (bob_dir, carol_dir): (&std::path::Path, &std::path::Path),
+) {
     gw.admin_hang_up(id);
-    drop((bob, carol));
-    let bob_heard = heard_in(bob_dir.path()).expect("bob's recording");
-    let carol_heard = heard_in(carol_dir.path()).expect("carol's recording");
+    drop(phones);
+    let bob_heard = heard_in(bob_dir).expect("bob's recording");
+    let carol_heard = heard_in(carol_dir).expect("carol's recording");
     let (bob_hears_carol, carol_hears_bob) = (
         tone_share(&bob_heard, 1000.0),
         tone_share(&carol_heard, 600.0),
@@ -320,7 +333,6 @@ fn refer_carol_in(gw: &Gateway, (bob_params, carol_params): (&str, &str)) -> ser
         "carol hears 600 Hz at {carol_hears_bob}"
     );
     assert!(tone_share(&bob_heard, 600.0) < 0.05, "bob hears himself");
-    three
 }
 
 /// An offer the room cannot mix (only G.729; an m= line whose format is no number) gets 488
@@ -485,24 +497,7 @@ fn a_refer_to_the_conference_uri_moves_the_other_party_into_the_room() {
     assert!(alone, "alice's call is still listed: {calls}");
     std::thread::sleep(Duration::from_secs(3));
     let id = room["id"].as_u64().expect("room id");
-    gw.admin_hang_up(id);
-    drop((bob, carol));
-    let bob_heard = heard_in(bob_dir.path()).expect("bob's recording");
-    let carol_heard = heard_in(carol_dir.path()).expect("carol's recording");
-    let (bob_hears_carol, carol_hears_bob) = (
-        tone_share(&bob_heard, 1000.0),
-        tone_share(&carol_heard, 600.0),
-    );
-    eprintln!("bob hears carol {bob_hears_carol:.2}, carol hears bob {carol_hears_bob:.2}");
-    assert!(
-        bob_hears_carol > 0.3,
-        "bob hears 1000 Hz at {bob_hears_carol}"
-    );
-    assert!(
-        carol_hears_bob > 0.3,
-        "carol hears 600 Hz at {carol_hears_bob}"
-    );
-    assert!(tone_share(&bob_heard, 600.0) < 0.05, "bob hears himself");
+    heard_each_other(&gw, id, (bob, carol), (bob_dir.path(), carol_dir.path()));
 }
 
 /// The "bad input" rule for the same REFER: alice (SIPp) calls bob (baresip) and REFERs him to a

@@ -103,11 +103,18 @@ pub struct Join {
     pub invite: Request,
     /// The authenticated caller, `sip:user@domain`.
     pub party: String,
+    /// The media settings at the time of the INVITE.
+    pub media: RoomMedia,
+}
+
+/// Where a participant's media comes from, as the settings were when it arrived.
+#[derive(Clone, Debug)]
+pub struct RoomMedia {
     /// Where the participant's RTP/RTCP port pair comes from.
     pub ports: Arc<PortPool>,
-    /// `Data.System.MinRtpPort..=MaxRtpPort` at the time of the INVITE.
+    /// `Data.System.MinRtpPort..=MaxRtpPort`.
     pub rtp_range: (u16, u16),
-    /// `Data.SipConfig.Srtp` and `SrtpOverPlainTransport` at the time of the INVITE.
+    /// `Data.SipConfig.Srtp` and `SrtpOverPlainTransport`.
     pub srtp: SrtpPolicy,
 }
 
@@ -119,12 +126,8 @@ pub struct Move {
     pub call: CallNo,
     /// The leg: its dialog, device and party.
     pub leg: Handover,
-    /// Where the participant's RTP/RTCP port pair comes from.
-    pub ports: Arc<PortPool>,
-    /// `Data.System.MinRtpPort..=MaxRtpPort` now.
-    pub rtp_range: (u16, u16),
-    /// `Data.SipConfig.Srtp` and `SrtpOverPlainTransport` now.
-    pub srtp: SrtpPolicy,
+    /// The media settings now.
+    pub media: RoomMedia,
 }
 
 /// Someone entering a room.
@@ -152,9 +155,7 @@ impl Arrival {
                 call_id: &m.leg.dialog.call_id,
                 party: &m.leg.party,
                 host: &m.leg.room.host,
-                ports: &m.ports,
-                rtp_range: m.rtp_range,
-                srtp: m.srtp,
+                media: &m.media,
             },
         }
     }
@@ -166,9 +167,7 @@ impl Join {
             call_id: self.invite.call_id().unwrap_or(""),
             party: &self.party,
             host: &self.invite.uri.host,
-            ports: &self.ports,
-            rtp_range: self.rtp_range,
-            srtp: self.srtp,
+            media: &self.media,
         }
     }
 }
@@ -179,9 +178,7 @@ struct Opening<'a> {
     call_id: &'a str,
     party: &'a str,
     host: &'a str,
-    ports: &'a Arc<PortPool>,
-    rtp_range: (u16, u16),
-    srtp: SrtpPolicy,
+    media: &'a RoomMedia,
 }
 
 /// Everything a room task starts with.
@@ -529,10 +526,10 @@ impl Room {
             record,
             ended: false,
             buf: Vec::new(),
-            ports: first.ports.clone(),
-            rtp_range: first.rtp_range,
+            ports: first.media.ports.clone(),
+            rtp_range: first.media.rtp_range,
             focus: String::new(),
-            srtp: first.srtp,
+            srtp: first.media.srtp,
             invitations: Vec::new(),
             acks: Vec::new(),
         };
@@ -609,14 +606,14 @@ impl Room {
             Err(why) => return self.refuse(&join, 488, why),
         };
         // SDES as for a call's leg: the phone's crypto line taken (or the offer refused).
-        self.srtp = join.srtp;
-        let rule = join.srtp.leg(join.from.transport, false);
+        self.srtp = join.media.srtp;
+        let rule = join.media.srtp.leg(join.from.transport, false);
         let mut sdes = Sdes::new(&mut self.rng);
         if let Err(e) = sdes.take_offer(rule, &mut offer.media[audio].clone()) {
             return self.refuse(&join, e.status(), &e.to_string());
         }
-        let (min, max) = join.rtp_range;
-        let (rtp, rtcp) = match join.ports.bind_pair(join.local.ip(), min, max) {
+        let (min, max) = join.media.rtp_range;
+        let (rtp, rtcp) = match join.media.ports.bind_pair(join.local.ip(), min, max) {
             Ok(pair) => pair,
             Err(e) => {
                 tracing::error!("no media ports for a conference participant: {e}");
@@ -806,9 +803,12 @@ impl Room {
         let Move {
             call,
             leg,
-            ports,
-            rtp_range: (min, max),
-            srtp,
+            media:
+                RoomMedia {
+                    ports,
+                    rtp_range: (min, max),
+                    srtp,
+                },
         } = m;
         let Handover {
             mut dialog,
@@ -1675,9 +1675,11 @@ mod tests {
             local: "127.0.0.1:5060".parse().expect("addr"),
             invite,
             party: format!("sip:{user}@csps.local"),
-            ports: Arc::new(PortPool::new()),
-            rtp_range: (47_000, 47_998),
-            srtp,
+            media: RoomMedia {
+                ports: Arc::new(PortPool::new()),
+                rtp_range: (47_000, 47_998),
+                srtp,
+            },
         }
     }
 
@@ -2015,9 +2017,7 @@ mod tests {
                 local: j.local,
                 party: j.party,
             },
-            ports: j.ports,
-            rtp_range: j.rtp_range,
-            srtp: j.srtp,
+            media: j.media,
         })
     }
 

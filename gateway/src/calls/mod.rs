@@ -1097,12 +1097,7 @@ impl Switch {
                     local,
                     invite: req,
                     party,
-                    ports: self.ports.clone(),
-                    rtp_range: (settings.min_rtp_port, settings.max_rtp_port),
-                    srtp: sdes::SrtpPolicy {
-                        mode: settings.srtp,
-                        plain_keys: settings.srtp_over_plain,
-                    },
+                    media: self.room_media(&settings),
                 };
                 if let Err(a) = self.enter_room(room, &settings, conference::Arrival::Join(join))
                     && let conference::Arrival::Join(j) = *a
@@ -1344,6 +1339,18 @@ impl Switch {
         Ok(no)
     }
 
+    /// What a room's participant arriving now gets its media from.
+    fn room_media(&self, settings: &Settings) -> conference::RoomMedia {
+        conference::RoomMedia {
+            ports: self.ports.clone(),
+            rtp_range: (settings.min_rtp_port, settings.max_rtp_port),
+            srtp: sdes::SrtpPolicy {
+                mode: settings.srtp,
+                plain_keys: settings.srtp_over_plain,
+            },
+        }
+    }
+
     /// Call `call` hands its leg to a room: the room re-INVITEs it, and the leg's requests go
     /// to the room meanwhile; a room too busy to take it is a 503 for the call.
     fn move_to_room(&mut self, call: CallNo, leg: b2bua::Handover) {
@@ -1353,12 +1360,7 @@ impl Switch {
         let arrival = conference::Arrival::Move(conference::Move {
             call,
             leg,
-            ports: self.ports.clone(),
-            rtp_range: (settings.min_rtp_port, settings.max_rtp_port),
-            srtp: sdes::SrtpPolicy {
-                mode: settings.srtp,
-                plain_keys: settings.srtp_over_plain,
-            },
+            media: self.room_media(&settings),
         });
         match self.enter_room(room, &settings, arrival) {
             Ok(_) => {
