@@ -5262,6 +5262,70 @@ pub(super) mod tests {
         assert_eq!(responses_to_a(&out)[0].status, 491, "a hold is in progress");
     }
 
+    /// Alice (leg A, gateway tag `a_tag`) REFERs her call to room `team` with CSeq `seq`.
+    fn alice_refers_to_room(c: &mut Call, now: Instant, a_tag: &str, seq: u32) -> Vec<Output> {
+        let alice = "203.0.113.5:5060";
+        let req = in_dialog_a("REFER", seq, a_tag, None);
+        let key = key_for(&req, alice);
+        let room = RoomRef {
+            name: "team".into(),
+            host: "csps.local".into(),
+        };
+        c.handle(
+            now,
+            Input::ReferToRoom {
+                key,
+                from: remote(alice),
+                req,
+                room,
+            },
+        );
+        drain(c)
+    }
+
+    /// Issue 4: a phone in a call with Teams REFERs the Teams leg to a room: 202, NOTIFY 100
+    /// and 501 (the room speaks to phones only), nothing is handed over, and the call goes on
+    /// (the phone's hold is relayed to Teams).
+    #[test]
+    fn a_teams_leg_is_not_moved_into_a_room() {
+        let t0 = Instant::now();
+        let mut s = setup(OFFER, "", SrtpPolicy::default(), false);
+        s.targets = vec![Target {
+            to: Remote {
+                transport: Transport::Tls,
+                ..remote("192.0.2.9:5061")
+            },
+            uri: Uri::parse("sip:+12065550123@sip.pstnhub.microsoft.com;user=phone").expect("uri"),
+            local: "192.0.2.1:5061".parse().expect("addr"),
+            sbc: Some(Sbc {
+                fqdn: "sbc1.csps.test".into(),
+                port: 5061,
+                user: "+14255550100".into(),
+            }),
+        }];
+        let mut c = started(s, t0);
+        let (a_tag, ..) = answer_first(&mut c, t0, SRTP_ANSWER);
+        drain(&mut c);
+        let out = alice_refers_to_room(&mut c, t0, &a_tag, 3);
+        assert_eq!(responses_to_a(&out)[0].status, 202);
+        let n: Vec<_> = notifies(&out).into_iter().map(|n| n.2).collect();
+        assert_eq!(
+            n,
+            ["SIP/2.0 100 Trying\r\n", "SIP/2.0 501 Not Implemented\r\n"]
+        );
+        assert!(!out.iter().any(|o| matches!(o, Output::ToRoom(_))));
+        let out = request_in(
+            &mut c,
+            t0,
+            in_dialog_a("INVITE", 4, &a_tag, Some(HOLD)),
+            "203.0.113.5:5060",
+        );
+        assert!(
+            sent(&out, Method::Invite).is_some(),
+            "the hold goes to Teams"
+        );
+    }
+
     /// Issue 4: alice REFERs her call with bob to a conference room (the switch resolved the
     /// Refer-To): 202, NOTIFY 100, and bob's dialog is handed to the room; meanwhile nothing is
     /// sent in it (alice's hold gets 491). A failed move: the final NOTIFY is the room's status,
@@ -5275,22 +5339,7 @@ pub(super) mod tests {
         drain(&mut c);
         let alice = "203.0.113.5:5060";
         let refer_to_room = |c: &mut Call, seq| {
-            let req = in_dialog_a("REFER", seq, &a_tag, None);
-            let key = key_for(&req, alice);
-            let room = RoomRef {
-                name: "team".into(),
-                host: "csps.local".into(),
-            };
-            c.handle(
-                t0,
-                Input::ReferToRoom {
-                    key,
-                    from: remote(alice),
-                    req,
-                    room,
-                },
-            );
-            let out = drain(c);
+            let out = alice_refers_to_room(c, t0, &a_tag, seq);
             assert_eq!(responses_to_a(&out)[0].status, 202);
             let n = notifies(&out);
             assert_eq!(n.len(), 1, "{n:?}");
