@@ -447,16 +447,11 @@ fn a_refer_with_replaces_moves_the_referrers_call_into_the_room() {
 /// then the only call, with bob and carol, and each hears the other's tone.
 #[test]
 fn a_refer_to_the_conference_uri_moves_the_other_party_into_the_room() {
-    let Some(gw) = gateway_with_sipp() else {
+    let Some((gw, bob_dir, bob)) = alice_and_bob() else {
         return;
     };
-    for user in ["alice", "bob", "carol"] {
-        gw.create_user(user, &format!("{user}-secret-1"));
-    }
-    let (bob_dir, carol_dir) = (
-        tempfile::tempdir().expect("temp dir"),
-        tempfile::tempdir().expect("temp dir"),
-    );
+    gw.create_user("carol", "carol-secret-1");
+    let carol_dir = tempfile::tempdir().expect("temp dir");
     let carol = csps_tests::baresip::tone_phone(
         carol_dir.path(),
         gw.sip_port,
@@ -470,16 +465,7 @@ fn a_refer_to_the_conference_uri_moves_the_other_party_into_the_room() {
         "carol did not join: {}",
         gw.log_tail(40)
     );
-    let bob =
-        csps_tests::baresip::registered_tone_phone(&gw, bob_dir.path(), ("bob", DOMAIN), 600, &[]);
-    let alice = csps_tests::Sipp::caller(
-        "uac_refer_room.xml",
-        gw.sip_addr(),
-        ("alice", "alice-secret-1"),
-        "bob",
-        DOMAIN,
-    )
-    .key("target", "conference-team");
+    let alice = alice_refers_bob(&gw, "uac_refer_room.xml", "conference-team");
     let room = refer_while_watching(&gw, alice, 2);
     assert_eq!(room["conference"], "team", "{room}");
     for user in ["bob", "carol"] {
@@ -488,16 +474,80 @@ fn a_refer_to_the_conference_uri_moves_the_other_party_into_the_room() {
             "{user} not in the room: {room}"
         );
     }
-    // Alice's call ended with her BYE's answer: the room is the one call left.
+    only_the_room_left(&gw);
+    std::thread::sleep(Duration::from_secs(3));
+    let id = room["id"].as_u64().expect("room id");
+    heard_each_other(&gw, id, (bob, carol), (bob_dir.path(), carol_dir.path()));
+}
+
+/// Alice's SIPp `scenario`: she calls bob and REFERs that call into `target` (a conference
+/// user).
+fn alice_refers_bob(gw: &Gateway, scenario: &str, target: &str) -> csps_tests::Sipp {
+    csps_tests::Sipp::caller(
+        scenario,
+        gw.sip_addr(),
+        ("alice", "alice-secret-1"),
+        "bob",
+        DOMAIN,
+    )
+    .key("target", target)
+}
+
+/// A gateway with SIPp and the users alice and bob, and bob's phone (baresip, 600 Hz,
+/// answering by itself, recording into the directory returned), registered; `None`: skipped.
+fn alice_and_bob() -> Option<(Gateway, tempfile::TempDir, csps_tests::baresip::Baresip)> {
+    let gw = gateway_with_sipp()?;
+    for user in ["alice", "bob"] {
+        gw.create_user(user, &format!("{user}-secret-1"));
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let bob =
+        csps_tests::baresip::registered_tone_phone(&gw, dir.path(), ("bob", DOMAIN), 600, &[]);
+    Some((gw, dir, bob))
+}
+
+/// Alice's call ended with her BYE's answer: the room is the one call left (within 10 s).
+fn only_the_room_left(gw: &Gateway) {
     let mut calls = serde_json::Value::Null;
     let alone = wait_until(Duration::from_secs(10), || {
         calls = gw.api("GET", "/api/calls", None).json();
         calls.as_array().is_some_and(|c| c.len() == 1)
     });
     assert!(alone, "alice's call is still listed: {calls}");
-    std::thread::sleep(Duration::from_secs(3));
-    let id = room["id"].as_u64().expect("room id");
-    heard_each_other(&gw, id, (bob, carol), (bob_dir.path(), carol_dir.path()));
+}
+
+/// As [`a_refer_to_the_conference_uri_moves_the_other_party_into_the_room`], into a room that
+/// does not run yet (`conference-new`): the move opens it, as a dial-in would, with bob as its
+/// one participant; the room's record names bob as its caller and `conference:new` as callee.
+#[test]
+fn a_refer_into_a_room_that_does_not_run_opens_it() {
+    let Some((gw, _bob_dir, _bob)) = alice_and_bob() else {
+        return;
+    };
+    let alice = alice_refers_bob(&gw, "uac_refer_room.xml", "conference-new");
+    let room = refer_while_watching(&gw, alice, 1);
+    assert_eq!(room["conference"], "new", "{room}");
+    assert!(leg_of(&room, "bob").is_object(), "{room}");
+    assert_eq!(room["state"], "answered", "{room}");
+    only_the_room_left(&gw);
+    gw.admin_hang_up(room["id"].as_u64().expect("room id"));
+    let mut history = serde_json::Value::Null;
+    let recorded = wait_until(Duration::from_secs(10), || {
+        history = gw.api("GET", "/api/calls/history", None).json();
+        history
+            .as_array()
+            .is_some_and(|h| h.iter().any(|c| c["callee"] == "conference:new"))
+    });
+    assert!(recorded, "no record of the room: {history}");
+    let record = history
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["callee"] == "conference:new")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(record["caller"], format!("sip:bob@{DOMAIN}"), "{record}");
+    assert!(record["answered_at"].is_string(), "{record}");
 }
 
 /// The "bad input" rule for the same REFER: alice (SIPp) calls bob (baresip) and REFERs him to a
@@ -507,15 +557,9 @@ fn a_refer_to_the_conference_uri_moves_the_other_party_into_the_room() {
 /// it and her BYE with 200, and no room was opened.
 #[test]
 fn a_refer_to_a_room_that_cannot_be_fails_and_both_keep_the_call() {
-    let Some(gw) = gateway_with_sipp() else {
+    let Some((gw, _bob_dir, _bob)) = alice_and_bob() else {
         return;
     };
-    for user in ["alice", "bob"] {
-        gw.create_user(user, &format!("{user}-secret-1"));
-    }
-    let bob_dir = tempfile::tempdir().expect("temp dir");
-    let _bob =
-        csps_tests::baresip::registered_tone_phone(&gw, bob_dir.path(), ("bob", DOMAIN), 600, &[]);
     for (i, (target, disable)) in [("conference-bad!name", false), ("conference", true)]
         .into_iter()
         .enumerate()
@@ -523,15 +567,7 @@ fn a_refer_to_a_room_that_cannot_be_fails_and_both_keep_the_call() {
         if disable {
             gw.set_global("SipConfig.ConferenceUri", serde_json::json!(""));
         }
-        let alice = csps_tests::Sipp::caller(
-            "uac_refer_room_fails.xml",
-            gw.sip_addr(),
-            ("alice", "alice-secret-1"),
-            "bob",
-            DOMAIN,
-        )
-        .key("target", target)
-        .run();
+        let alice = alice_refers_bob(&gw, "uac_refer_room_fails.xml", target).run();
         assert!(
             alice.ok(),
             "{target}: alice's call did not go on after the failed REFER:\n{}\n--- gateway ---\n{}",

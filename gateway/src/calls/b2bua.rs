@@ -2837,8 +2837,6 @@ impl Call {
             return self.notify_transferor(from_a, 481);
         };
         tracing::info!(room = %room.name, leg = if y_is_a { "A" } else { "B" }, "moving the other party into a conference room");
-        // The room's mix replaces whatever the relay played to a held transferee.
-        self.music_off(y_is_a);
         self.moving = Some(Moving {
             x_is_a: from_a,
             x_gone: false,
@@ -2894,7 +2892,9 @@ impl Call {
         }
         tracing::info!(status, "the move into the conference room ended");
         if y_gone {
-            // Y's dialog is the room's (or over): the call forgets it and ends with X.
+            // Y's dialog is the room's (or over): the call forgets it and ends with X; the
+            // relay no longer plays music to Y's media address, which the room's mix now uses.
+            self.music_off(y_is_a);
             if y_is_a {
                 self.a_dialog = None;
             } else {
