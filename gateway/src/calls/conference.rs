@@ -946,7 +946,10 @@ impl Room {
         self.log.response(LogDirection::In, inv.to.addr, &resp);
         if resp.status >= 300 {
             tracing::info!(room = %self.name, party = %inv.party, status = resp.status, "party not joined");
-            return self.not_joined(inv, resp.status, false);
+            // A 481 to a moved leg's re-INVITE: its dialog no longer exists (RFC 3261 §14.1),
+            // so the call does not get it back.
+            let gone = matches!(inv.how, How::Moved { .. }) && resp.status == 481;
+            return self.not_joined(inv, resp.status, gone);
         }
         let (mut dialog, seq) = match &inv.how {
             How::Referred { invite, .. } => match Dialog::uac(invite, &resp) {
@@ -2109,6 +2112,21 @@ mod tests {
             (r.members.len(), r.invitations.len(), r.ended),
             (1, 0, false)
         );
+
+        // Dave's dialog is gone by the time the room re-INVITEs him (481): his call ends.
+        r.arrive(now, moved("dave", 5078));
+        let (tag, reinvite) = last_sent(&r, Method::Invite);
+        r.on_response(
+            tag,
+            reinvite.response(481, "Call/Transaction Does Not Exist"),
+        );
+        let gone = RoomOutcome::Failed {
+            status: 481,
+            local_seq: 1,
+            gone: true,
+        };
+        assert_eq!(outcome(&r), Some((7, "dave-call".into(), gone)));
+        assert_eq!((r.members.len(), r.ended), (1, false));
 
         // Alice hangs up while the room moves her in: the room she opened ends.
         let alice = moved("alice", 5074);
