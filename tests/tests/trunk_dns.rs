@@ -209,15 +209,24 @@ fn naptr_chooses_the_srv_name_and_a_domain_without_records_is_shown_down() {
         srv(&format!("_sips._tcp.{SERVICE}"), 1, &emu, 1, 0),
         // A domain whose SRV target lies outside it: the certificate must name the domain.
         srv("_sips._tcp.elsewhere.test", 1, &emu, 1, 0),
+        // A domain that says "not offered" (SRV target `.`) although it has an address: the
+        // address is not tried (RFC 2782, RFC 3263 §4.2).
+        "--srv-host=_sips._tcp.closed.test".into(),
+        "--host-record=closed.test,127.0.0.1".into(),
     ]) else {
         return;
     };
     let Some(gw) = gateway(&dns) else { return };
-    emu.attach_trunk_to(&gw, FQDN, 1, &["absent.test", SERVICE, "elsewhere.test"]);
+    emu.attach_trunk_to(
+        &gw,
+        FQDN,
+        1,
+        &["absent.test", SERVICE, "elsewhere.test", "closed.test"],
+    );
     let v = wait_trunk(
         &gw,
         &dns,
-        "absent.test down, sip3 and sip2 up, elsewhere refused",
+        "absent.test down, sip3 and sip2 up, elsewhere refused, closed.test not offered",
         |v| {
             proxies(v)
                 == [
@@ -225,10 +234,14 @@ fn naptr_chooses_the_srv_name_and_a_domain_without_records_is_shown_down() {
                     (target(&emu, 3), true),
                     (target(&emu, 2), true),
                     (target(&emu, 1), false),
+                    ("closed.test".to_owned(), false),
                 ]
                 && v["proxies"][3]["error"]
                     .as_str()
                     .is_some_and(|e| e.contains("certificate"))
+                && v["proxies"][4]["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("not offered"))
         },
     );
     assert_eq!(v["current"], target(&emu, 3).as_str());

@@ -402,6 +402,10 @@ async fn locate(r: &TokioResolver, domain: &str) -> Result<(Vec<(String, u16)>, 
     if names.is_empty() {
         names.push(format!("_sips._tcp.{domain}"));
     }
+    // An SRV name whose only record has target `.`: the service is decidedly not offered there
+    // (RFC 2782), so the domain itself is not tried either (RFC 3263 §4.2 falls back to A/AAAA
+    // only when no SRV record exists).
+    let mut not_offered = Vec::new();
     for name in &names {
         match r.lookup(format!("{name}."), RecordType::SRV).await {
             Ok(found) => {
@@ -414,7 +418,11 @@ async fn locate(r: &TokioResolver, domain: &str) -> Result<(Vec<(String, u16)>, 
                     }),
                     _ => None,
                 });
+                let found_any = !records.is_empty();
                 let ordered = dns::order_srv(records, |total| rand::random_range(0..=total));
+                if found_any && ordered.is_empty() {
+                    not_offered.push(name.as_str());
+                }
                 if !ordered.is_empty() {
                     let until = until.min(found.valid_until());
                     return Ok((
@@ -426,6 +434,12 @@ async fn locate(r: &TokioResolver, domain: &str) -> Result<(Vec<(String, u16)>, 
             Err(e) if e.is_no_records_found() => {}
             Err(e) => failures.push(format!("SRV {name}: {e}")),
         }
+    }
+    if !not_offered.is_empty() {
+        return Err(format!(
+            "{domain}: DNS says the service is not offered (SRV target \".\" at {})",
+            not_offered.join(", ")
+        ));
     }
     match r.lookup_ip(fqdn.as_str()).await {
         Ok(ips) if ips.iter().next().is_some() => {
