@@ -8,16 +8,23 @@
 
 use std::time::Instant;
 
-use csps::media::codec::{Encoder, frame_samples, rtp_clock, speechlike};
+use csps::media::codec::{
+    Encoder, OpusProfile, SILK_BITRATE, frame_samples, rtp_clock, speechlike,
+};
 use csps::media::rtp::RtpSender;
 use csps::media::transcode::{LegFormat, Transcoder};
 use csps_sip::sdp::Codec;
 
 const FRAMES: usize = 3_000;
 
-/// RTP packets of `codec` (payload type `pt`) for the signal, as a phone would send them.
+/// RTP packets of `codec` (payload type `pt`) for the signal, as a phone would send them (Opus:
+/// SILK, as libopus's VoIP mode does).
 fn packets(codec: Codec, pt: u8) -> Vec<Vec<u8>> {
-    let mut enc = Encoder::new(codec).expect("encoder");
+    let mut enc = match codec {
+        Codec::Opus => Encoder::opus(OpusProfile::Silk(SILK_BITRATE)),
+        _ => Encoder::new(codec),
+    }
+    .expect("encoder");
     let duration = rtp_clock(codec).map_or(160, frame_samples) as u32;
     let mut rtp = RtpSender::new();
     speechlike(enc.rate(), FRAMES)
@@ -42,12 +49,14 @@ fn pt(codec: Codec) -> u8 {
     }
 }
 
-/// Microseconds per packet for `from` → `to` through the transcoder.
-fn one_way(from: Codec, to: Codec) -> f64 {
+/// Microseconds per packet for `from` → `to` through the transcoder, `to` capping Opus at
+/// `cap` bit/s (`maxaveragebitrate`) or not.
+fn one_way(from: Codec, to: Codec, cap: Option<u32>) -> f64 {
     let format = |c| LegFormat {
         codec: c,
         payload_type: pt(c),
         telephone_event: None,
+        max_average_bitrate: cap,
     };
     let input = packets(from, pt(from));
     let mut t = Transcoder::new(format(from), format(to)).expect("transcoder");
@@ -65,20 +74,27 @@ fn one_way(from: Codec, to: Codec) -> f64 {
 fn main() {
     println!("| call (A ↔ B) | A→B µs/packet | B→A µs/packet | CPU per call | calls per core |");
     println!("|---|---|---|---|---|");
-    for (a, b) in [
-        (Codec::Pcmu, Codec::G722),
-        (Codec::G722, Codec::Opus),
-        (Codec::Pcmu, Codec::Opus),
-        (Codec::Pcma, Codec::Pcmu),
+    // The Opus leg as the gateway codes it by default (CELT 64 kbit/s), and capped by its
+    // receiver at 32 kbit/s (SILK): see `media::codec::OpusProfile`.
+    for (a, b, cap) in [
+        (Codec::Pcmu, Codec::G722, None),
+        (Codec::G722, Codec::Opus, None),
+        (Codec::G722, Codec::Opus, Some(SILK_BITRATE)),
+        (Codec::Pcmu, Codec::Opus, None),
+        (Codec::Pcma, Codec::Pcmu, None),
     ] {
-        let ab = one_way(a, b);
-        let ba = one_way(b, a);
+        let ab = one_way(a, b, cap);
+        let ba = one_way(b, a, None);
         // Both directions each 20 ms: the share of one core a call takes.
         let share = (ab + ba) / 20_000.0;
         println!(
-            "| {} ↔ {} | {ab:.1} | {ba:.1} | {:.2} % | {:.0} |",
+            "| {} ↔ {}{} | {ab:.1} | {ba:.1} | {:.2} % | {:.0} |",
             a.name(),
             b.name(),
+            match cap {
+                Some(c) => format!(" (B caps Opus at {} kbit/s: SILK)", c / 1000),
+                None => String::new(),
+            },
             share * 100.0,
             1.0 / share
         );

@@ -67,8 +67,8 @@ pub struct CallPlan {
     pub srtp: bool,
 }
 
-/// The frames transcoded calls send: G.722 from callers, Opus from callees (one second each,
-/// looped).
+/// The frames transcoded calls send: G.722 from callers, Opus from callees as an Opus phone
+/// (libopus's VoIP mode) sends it, SILK at 32 kbit/s (one second each, looped).
 struct Frames {
     g722: Vec<Vec<u8>>,
     opus: Vec<Vec<u8>>,
@@ -76,10 +76,14 @@ struct Frames {
 
 impl Frames {
     fn new() -> Result<Frames, String> {
-        use csps::media::codec::{Encoder, speechlike};
+        use csps::media::codec::{Encoder, OpusProfile, SILK_BITRATE, speechlike};
         use csps_sip::sdp::Codec;
         let encode = |codec| -> Result<Vec<Vec<u8>>, String> {
-            let mut enc = Encoder::new(codec).map_err(|e| e.to_string())?;
+            let mut enc = match codec {
+                Codec::Opus => Encoder::opus(OpusProfile::Silk(SILK_BITRATE)),
+                _ => Encoder::new(codec),
+            }
+            .map_err(|e| e.to_string())?;
             speechlike(enc.rate(), 50)
                 .iter()
                 .map(|pcm| {
@@ -1141,7 +1145,7 @@ pub fn bench(plan: &CallPlan, bin: &std::path::Path) -> Result<(), String> {
     let hold = plan.hold.as_secs_f64();
     if !plan.concurrency.is_empty() {
         let what = if plan.transcode {
-            "G.722 (callers) ↔ Opus 32 kbit/s (callees) transcoded by the gateway, real frames of a speech-like signal"
+            "G.722 (callers) ↔ Opus (callees send SILK 32 kbit/s, the gateway sends them CELT 64 kbit/s) transcoded by the gateway, real frames of a speech-like signal"
         } else {
             "G.711 PCMU relayed, 172 B RTP"
         };

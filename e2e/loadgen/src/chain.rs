@@ -4,18 +4,26 @@
 
 use std::path::Path;
 
-use csps::media::codec::{Decoder, Encoder, Resampler, frame_samples};
+use csps::media::codec::{Decoder, Encoder, OpusProfile, Resampler, SILK_BITRATE, frame_samples};
 use csps_sip::sdp::Codec;
 
-/// The codec of a chain element's name (`pcmu`, `pcma`, `g722`, `opus`).
-fn codec(name: &str) -> Result<Codec, String> {
-    Ok(match name.to_ascii_lowercase().as_str() {
-        "pcmu" => Codec::Pcmu,
-        "pcma" => Codec::Pcma,
-        "g722" => Codec::G722,
-        "opus" => Codec::Opus,
-        other => return Err(format!("unknown codec {other:?} (pcmu, pcma, g722, opus)")),
-    })
+/// The codec of a chain element's name and the encoder the gateway would use for it (`pcmu`,
+/// `pcma`, `g722`, `opus`), or `opus-silk`: Opus as a receiver capped at 32 kbit/s gets it
+/// (SILK), which is also how Opus phones send.
+fn element(name: &str) -> Result<(Codec, Encoder), String> {
+    let (codec, encoder) = match name.to_ascii_lowercase().as_str() {
+        "pcmu" => (Codec::Pcmu, Encoder::new(Codec::Pcmu)),
+        "pcma" => (Codec::Pcma, Encoder::new(Codec::Pcma)),
+        "g722" => (Codec::G722, Encoder::new(Codec::G722)),
+        "opus" => (Codec::Opus, Encoder::new(Codec::Opus)),
+        "opus-silk" => (Codec::Opus, Encoder::opus(OpusProfile::Silk(SILK_BITRATE))),
+        other => {
+            return Err(format!(
+                "unknown codec {other:?} (pcmu, pcma, g722, opus, opus-silk)"
+            ));
+        }
+    };
+    Ok((codec, encoder.map_err(|e| e.to_string())?))
 }
 
 /// Mono 16-bit PCM at `rate` from a WAV file (16-bit; several channels are averaged).
@@ -48,9 +56,8 @@ fn resample(samples: &[i16], from: u32, to: u32) -> Vec<i16> {
     out
 }
 
-/// One codec's encode and decode of the whole signal, 20 ms a frame.
-fn through(codec: Codec, samples: &[i16]) -> Result<Vec<i16>, String> {
-    let mut enc = Encoder::new(codec).map_err(|e| e.to_string())?;
+/// One codec's encode (by `enc`) and decode of the whole signal, 20 ms a frame.
+fn through(codec: Codec, mut enc: Encoder, samples: &[i16]) -> Result<Vec<i16>, String> {
     let mut dec = Decoder::new(codec).map_err(|e| e.to_string())?;
     let n = frame_samples(enc.rate());
     let mut out = Vec::with_capacity(samples.len());
@@ -71,9 +78,9 @@ fn through(codec: Codec, samples: &[i16]) -> Result<Vec<i16>, String> {
 pub fn run(codecs: &str, input: &Path, output: &Path, out_rate: u32) -> Result<(), String> {
     let (mut rate, mut samples) = read(input)?;
     for name in codecs.split(',').filter(|c| !c.is_empty()) {
-        let c = codec(name)?;
-        let enc_rate = Encoder::new(c).map_err(|e| e.to_string())?.rate();
-        samples = through(c, &resample(&samples, rate, enc_rate))?;
+        let (c, enc) = element(name)?;
+        let enc_rate = enc.rate();
+        samples = through(c, enc, &resample(&samples, rate, enc_rate))?;
         rate = enc_rate;
     }
     write(output, out_rate, &resample(&samples, rate, out_rate))

@@ -50,7 +50,7 @@ fn usage() -> &'static str {
      [--srtp (SDES-SRTP on both legs of every call)]\n                          \
      [--drain-secs S (10)] [--pause-secs S (1)] [--domain D (csps.local)]\n                          \
      [--accounts N (1000; callers and callees each, at least the largest step)]\n       \
-     csps-loadgen codec-chain --codecs g722,opus --in IN.wav --out OUT.wav [--rate HZ (16000)]"
+     csps-loadgen codec-chain --codecs g722,opus --in IN.wav --out OUT.wav [--rate HZ (16000)]\n                          (codecs: pcmu, pcma, g722, opus as the gateway sends it, opus-silk as a capped receiver gets it)"
 }
 
 /// Flags without a value.

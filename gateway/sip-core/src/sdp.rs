@@ -123,6 +123,9 @@ pub struct Format {
     pub codec: Codec,
     /// Clock rate from the rtpmap (or the static table).
     pub clock: u32,
+    /// The `maxaveragebitrate` of the format's `fmtp` (RFC 7587 §6.1: the most, in bit/s, the
+    /// receiver wants to get of Opus), when it names one.
+    pub max_average_bitrate: Option<u32>,
 }
 
 /// Stream direction (RFC 3264 §5.1, RFC 4566 §6).
@@ -314,7 +317,29 @@ impl Media {
                 Some((Codec::from_name(name), clock))
             });
             let (codec, clock) = mapped.unwrap_or_else(|| (Codec::from_static(pt), 8000));
-            Some(Format { pt, codec, clock })
+            Some(Format {
+                pt,
+                codec,
+                clock,
+                max_average_bitrate: self.fmtp_param(pt, "maxaveragebitrate"),
+            })
+        })
+    }
+
+    /// The numeric parameter `key` of format `pt`'s `fmtp` line (`a=fmtp:111 a=1;b=2`), if any.
+    fn fmtp_param(&self, pt: u8, key: &str) -> Option<u32> {
+        self.attr("fmtp").find_map(|v| {
+            let (p, params) = v.split_once(' ')?;
+            if p.trim().parse::<u8>().ok()? != pt {
+                return None;
+            }
+            params.split(';').find_map(|kv| {
+                let (k, v) = kv.split_once('=')?;
+                if !k.trim().eq_ignore_ascii_case(key) {
+                    return None;
+                }
+                v.trim().parse().ok()
+            })
         })
     }
 
@@ -801,6 +826,38 @@ mod tests {
         );
         assert_eq!(a.direction(s.session_direction()), Direction::SendRecv);
         assert_eq!(s.rtp_addr(1).unwrap().to_string(), "10.0.0.7:51372");
+        assert!(a.codecs().all(|f| f.max_average_bitrate.is_none()));
+    }
+
+    #[test]
+    fn reads_the_opus_receive_cap_of_its_own_format_only() {
+        let sdp = OFFER.replace(
+            "a=fmtp:97 useinbandfec=1",
+            "a=fmtp:97 useinbandfec=1; MaxAverageBitrate=24000\r\na=fmtp:0 maxaveragebitrate=9",
+        );
+        let s = Sdp::parse(sdp.as_bytes()).unwrap();
+        let caps: Vec<_> = s
+            .audio()
+            .unwrap()
+            .codecs()
+            .map(|f| (f.pt, f.max_average_bitrate))
+            .collect();
+        assert_eq!(caps[3], (97, Some(24_000)));
+        assert_eq!(caps[0], (0, Some(9)));
+        assert!(caps[1..3].iter().chain(&caps[4..]).all(|c| c.1.is_none()));
+        // A value that is not a number is no cap.
+        let s = Sdp::parse(
+            OFFER
+                .replace("useinbandfec=1", "maxaveragebitrate=lots")
+                .as_bytes(),
+        );
+        assert!(
+            s.unwrap()
+                .audio()
+                .unwrap()
+                .codecs()
+                .all(|f| f.max_average_bitrate.is_none())
+        );
     }
 
     #[test]

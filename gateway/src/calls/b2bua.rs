@@ -4294,11 +4294,13 @@ pub(super) mod tests {
             codec: sdp::Codec::Pcmu,
             payload_type: 0,
             telephone_event: Some((101, 8000)),
+            max_average_bitrate: None,
         };
         let opus = LegFormat {
             codec: sdp::Codec::Opus,
             payload_type: 111,
             telephone_event: None,
+            max_average_bitrate: None,
         };
         assert_eq!(transcoding(&out), Some(Some((pcmu, opus))));
         drain(&mut c);

@@ -62,6 +62,7 @@ fn leg_format(m: &Media, audio: Format) -> LegFormat {
         codec: audio.codec,
         payload_type: audio.pt,
         telephone_event: telephone_event(m),
+        max_average_bitrate: audio.max_average_bitrate,
     }
 }
 
@@ -278,7 +279,7 @@ mod tests {
             "111 110",
             &[
                 "rtpmap:111 opus/48000/2",
-                "fmtp:111 useinbandfec=1",
+                "fmtp:111 useinbandfec=1;maxaveragebitrate=20000",
                 "rtpmap:110 telephone-event/48000",
             ],
         );
@@ -292,11 +293,14 @@ mod tests {
                     codec: Codec::G722,
                     payload_type: 9,
                     telephone_event: Some((101, 8000)),
+                    max_average_bitrate: None,
                 },
                 LegFormat {
                     codec: Codec::Opus,
                     payload_type: 111,
                     telephone_event: Some((110, 48000)),
+                    // Bob's cap: the gateway's Opus to him stays under it.
+                    max_average_bitrate: Some(20_000),
                 }
             )
         );

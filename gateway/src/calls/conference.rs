@@ -443,7 +443,12 @@ fn room_sdp(
 /// The room's offer to a party it calls in: every codec it mixes, G.722 first (wide-band, and
 /// far cheaper than Opus to encode), with the SRTP `sdes` gives it.
 fn offer_sdp(rtp: SocketAddr, sdes: impl FnOnce(&mut Media)) -> Bytes {
-    let f = |pt, codec, clock| Format { pt, codec, clock };
+    let f = |pt, codec, clock| Format {
+        pt,
+        codec,
+        clock,
+        max_average_bitrate: None,
+    };
     let formats = [
         f(9, Codec::G722, 8000),
         f(0, Codec::Pcmu, 8000),

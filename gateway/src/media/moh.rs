@@ -227,7 +227,7 @@ impl Player {
             music,
             rate,
             pos: 0,
-            encoder: Encoder::new(format.codec)?,
+            encoder: Encoder::for_receiver(format.codec, format.max_average_bitrate)?,
             sender: RtpSender::new(),
             payload_type: format.pt,
             step: clock * super::codec::FRAME_MS / 1000,
@@ -365,6 +365,7 @@ mod tests {
             pt,
             codec,
             clock: if codec == Codec::Opus { 48_000 } else { 8_000 },
+            max_average_bitrate: None,
         }
     }
 

@@ -37,6 +37,8 @@ pub struct LegFormat {
     pub payload_type: u8,
     /// The telephone-event payload type and clock on that leg, when it accepted RFC 4733.
     pub telephone_event: Option<(u8, u32)>,
+    /// The most Opus the leg wants to receive, in bit/s (its `maxaveragebitrate`), if it said.
+    pub max_average_bitrate: Option<u32>,
 }
 
 /// Counters of one transcoded direction.
@@ -93,7 +95,7 @@ impl Transcoder {
     /// A transcoder from what `input` sends to what `output` receives.
     pub fn new(input: LegFormat, output: LegFormat) -> Result<Transcoder, CodecError> {
         let decoder = Decoder::new(input.codec)?;
-        let encoder = Encoder::new(output.codec)?;
+        let encoder = Encoder::for_receiver(output.codec, output.max_average_bitrate)?;
         let resampler = Resampler::new(decoder.rate(), encoder.rate());
         let in_clock = rtp_clock(input.codec).ok_or(CodecError::Unsupported(input.codec))?;
         Ok(Transcoder {

@@ -168,36 +168,83 @@ pub enum Encoder {
     Pcma(audio_codec::pcma::PcmaEncoder),
     /// G.722 at 64 kbit/s.
     G722(Box<audio_codec::g722::G722Encoder>),
-    /// Opus, mono at [`OPUS_RATE`], VoIP application.
+    /// Opus, mono at [`OPUS_RATE`], coded as an [`OpusProfile`] says.
     Opus(Box<opus_rs::OpusEncoder>),
 }
 
-/// Opus bit rate and encoder complexity, chosen by wide-band PESQ on espeak-ng speech through
-/// G.722 then Opus with these codecs alone (`csps-loadgen codec-chain`, README "Speech
-/// quality"): 32 kbit/s at complexity 5 scores 3.12 beside 3.21 for G.722 alone; 24 kbit/s
-/// scores 3.00, and complexity 3 or less loses 0.25–0.45 more for at most half the encoder's
-/// cost (RFC 7587 §3.1.1 puts wide-band speech at 16–32 kbit/s).
-const OPUS_BITRATE: i32 = 32_000;
-/// See [`OPUS_BITRATE`].
-const OPUS_COMPLEXITY: i32 = 5;
+/// How the gateway's Opus encoder codes speech (RFC 6716 §2: SILK, CELT or both).
+///
+/// Chosen by wide-band PESQ on espeak-ng speech through G.722 then Opus, the codecs alone
+/// (`csps-loadgen codec-chain`, README "Speech quality"), and by the encoder's cost per 20 ms
+/// frame (`cargo bench -p csps --bench codec`): CELT alone at 64 kbit/s and complexity 0 scores
+/// 3.15 and 3.26 on two voices where SILK at 32 kbit/s and complexity 5 scores 3.12 and 3.21
+/// (G.722 alone: 3.21 and 3.33), and costs about 15 µs per frame against SILK's 100 µs, the
+/// one figure that bounds how many calls a core transcodes. The price is the bit rate on the
+/// Opus leg: 64 kbit/s, what G.722 and G.711 take too (RFC 7587 §3.1.1 puts wide-band speech
+/// at 16–32 kbit/s only for SILK). CELT at 48 kbit/s scores 0.09–0.10 less; SILK at complexity
+/// 3 or less, which costs at most two thirds, loses 0.25–0.45.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpusProfile {
+    /// CELT only (libopus's "restricted low delay" application) at [`CELT_BITRATE`],
+    /// complexity 0: what the gateway sends unless the receiver asks for less.
+    Celt,
+    /// SILK (libopus's VoIP application, wide-band) at this many bit/s, complexity 5: for a
+    /// receiver whose `maxaveragebitrate` is below [`CELT_BITRATE`], and what an Opus phone
+    /// (libopus VoIP) sends.
+    Silk(u32),
+}
+
+/// The bit rate of [`OpusProfile::Celt`].
+pub const CELT_BITRATE: u32 = 64_000;
+/// The highest bit rate [`OpusProfile::Silk`] is given: SILK gains nothing audible above it for
+/// wide-band speech (RFC 7587 §3.1.1).
+pub const SILK_BITRATE: u32 = 32_000;
+/// Opus's lowest bit rate (RFC 7587 §6.1 `maxaveragebitrate` range).
+const OPUS_MIN_BITRATE: u32 = 6_000;
+
+impl OpusProfile {
+    /// What to send a receiver that asked for at most `max` bit/s (`maxaveragebitrate`,
+    /// RFC 7587 §6.1), or that set no cap (`None`).
+    pub fn for_receiver(max: Option<u32>) -> OpusProfile {
+        match max {
+            Some(m) if m < CELT_BITRATE => {
+                OpusProfile::Silk(m.clamp(OPUS_MIN_BITRATE, SILK_BITRATE))
+            }
+            _ => OpusProfile::Celt,
+        }
+    }
+}
 
 impl Encoder {
-    /// An encoder for `codec`.
+    /// An encoder for `codec` (Opus: [`OpusProfile::Celt`]).
     pub fn new(codec: Codec) -> Result<Encoder, CodecError> {
+        Encoder::for_receiver(codec, None)
+    }
+
+    /// An encoder for `codec` sent to a receiver whose `fmtp` caps Opus at `max_bitrate`
+    /// ([`OpusProfile::for_receiver`]; ignored by the other codecs).
+    pub fn for_receiver(codec: Codec, max_bitrate: Option<u32>) -> Result<Encoder, CodecError> {
         Ok(match codec {
             Codec::Pcmu => Encoder::Pcmu(audio_codec::pcmu::PcmuEncoder::new()),
             Codec::Pcma => Encoder::Pcma(audio_codec::pcma::PcmaEncoder::new()),
             Codec::G722 => Encoder::G722(Box::default()),
-            Codec::Opus => {
-                let mut e =
-                    opus_rs::OpusEncoder::new(OPUS_RATE as i32, 1, opus_rs::Application::Voip)
-                        .map_err(|_| CodecError::Unsupported(codec))?;
-                e.bitrate_bps = OPUS_BITRATE;
-                e.complexity = OPUS_COMPLEXITY;
-                Encoder::Opus(Box::new(e))
-            }
+            Codec::Opus => Encoder::opus(OpusProfile::for_receiver(max_bitrate))?,
             other => return Err(CodecError::Unsupported(other)),
         })
+    }
+
+    /// An Opus encoder (mono at [`OPUS_RATE`]) that codes as `profile` says.
+    pub fn opus(profile: OpusProfile) -> Result<Encoder, CodecError> {
+        let (application, bitrate, complexity) = match profile {
+            OpusProfile::Celt => (opus_rs::Application::RestrictedLowDelay, CELT_BITRATE, 0),
+            OpusProfile::Silk(bitrate) => (opus_rs::Application::Voip, bitrate, 5),
+        };
+        let mut e = opus_rs::OpusEncoder::new(OPUS_RATE as i32, 1, application)
+            .map_err(|_| CodecError::Unsupported(Codec::Opus))?;
+        // opus-rs clamps to what Opus can do.
+        e.bitrate_bps = i32::try_from(bitrate).unwrap_or(i32::MAX);
+        e.complexity = complexity;
+        Ok(Encoder::Opus(Box::new(e)))
     }
 
     /// The sampling rate of the PCM this encoder takes.

@@ -85,11 +85,11 @@ fn g722_round_trip_keeps_wideband_content() {
 }
 
 #[test]
-fn opus_round_trip_keeps_a_tone_and_stays_small() {
+fn opus_round_trip_keeps_a_tone_at_its_bit_rate() {
     for freq in [440.0, 3000.0] {
         let (out, sizes) = round_trip(Codec::Opus, freq, 50);
-        // 24 kbit/s: about 60 bytes a frame; never the 160 of G.711.
-        assert!(sizes.iter().all(|&s| (2..160).contains(&s)), "{sizes:?}");
+        // CELT at 64 kbit/s: about 160 bytes a frame.
+        assert!(sizes.iter().all(|&s| (140..=180).contains(&s)), "{sizes:?}");
         assert!(dominant(&out, freq, OPUS_RATE), "{freq}");
         let e = energy(&out);
         assert!((0.3 * 32e6..2.0 * 32e6).contains(&e), "{freq}: {e}");
@@ -204,4 +204,56 @@ fn concealment_fills_a_frame() {
     dec.conceal(&[], 320, &mut out);
     assert_eq!(out.len(), 320);
     assert!(energy(&out) > 0.01 * 32e6, "PLC output silent");
+}
+
+/// The configuration a packet's TOC byte names (RFC 6716 §3.1: 0–11 SILK, 12–15 hybrid, 16–31
+/// CELT, each with its bandwidth and frame size).
+fn toc_config(payload: &[u8]) -> u8 {
+    payload[0] >> 3
+}
+
+/// Bit/s of `frames` 20 ms frames of speech-like signal through `enc`, and every TOC config seen.
+fn opus_rate_and_configs(enc: &mut Encoder, frames: usize) -> (f64, Vec<u8>) {
+    let (mut bytes, mut configs) = (0usize, Vec::new());
+    for pcm in speechlike(OPUS_RATE, frames) {
+        let mut payload = Vec::new();
+        enc.encode(&pcm, &mut payload).expect("encode");
+        bytes += payload.len();
+        let c = toc_config(&payload);
+        if !configs.contains(&c) {
+            configs.push(c);
+        }
+    }
+    (bytes as f64 * 8.0 / (frames as f64 * 0.02), configs)
+}
+
+#[test]
+fn opus_goes_out_as_wideband_celt_at_64_kbit_unless_the_receiver_caps_it_then_as_silk() {
+    assert_eq!(OpusProfile::for_receiver(None), OpusProfile::Celt);
+    assert_eq!(OpusProfile::for_receiver(Some(64_000)), OpusProfile::Celt);
+    assert_eq!(OpusProfile::for_receiver(Some(510_000)), OpusProfile::Celt);
+    assert_eq!(
+        OpusProfile::for_receiver(Some(63_999)),
+        OpusProfile::Silk(32_000)
+    );
+    assert_eq!(
+        OpusProfile::for_receiver(Some(20_000)),
+        OpusProfile::Silk(20_000)
+    );
+    // Below Opus's floor the floor is what can be done.
+    assert_eq!(
+        OpusProfile::for_receiver(Some(100)),
+        OpusProfile::Silk(6_000)
+    );
+
+    // CELT-only, wide-band, 20 ms: configuration 23 (RFC 6716 Table 2), near 64 kbit/s.
+    let (rate, configs) = opus_rate_and_configs(&mut Encoder::new(Codec::Opus).expect("enc"), 250);
+    assert_eq!(configs, [23], "CELT WB 20 ms only");
+    assert!((56_000.0..=68_000.0).contains(&rate), "{rate} bit/s");
+
+    // A receiver capped at 20 kbit/s gets SILK wide-band 20 ms (configuration 9), under the cap.
+    let mut enc = Encoder::for_receiver(Codec::Opus, Some(20_000)).expect("enc");
+    let (rate, configs) = opus_rate_and_configs(&mut enc, 250);
+    assert_eq!(configs, [9], "SILK WB 20 ms only");
+    assert!(rate <= 21_000.0, "{rate} bit/s");
 }

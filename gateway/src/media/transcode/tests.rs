@@ -7,6 +7,7 @@ fn fmt(codec: Codec, payload_type: u8, te: Option<(u8, u32)>) -> LegFormat {
         codec,
         payload_type,
         telephone_event: te,
+        max_average_bitrate: None,
     }
 }
 
