@@ -230,6 +230,11 @@ fn another_user_of_the_domain_picks_up_a_ringing_call() {
 /// An INVITE with `replaces` sent as `user` from a trusted loopback socket of its own (the
 /// refusal's retransmissions, never ACKed, stay there); the final answer.
 fn replace(gw: &Gateway, user: &str, replaces: &str) -> csps_sip::Response {
+    replace_in(gw, user, replaces, &raw::token("c"))
+}
+
+/// [`replace`] with the INVITE's own Call-ID `call_id`.
+fn replace_in(gw: &Gateway, user: &str, replaces: &str, call_id: &str) -> csps_sip::Response {
     let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
     let local = sock.local_addr().expect("local address");
     let sdp = format!(
@@ -252,7 +257,6 @@ fn replace(gw: &Gateway, user: &str, replaces: &str) -> csps_sip::Response {
         sdp.len(),
         branch = raw::token("b"),
         tag = raw::token("t"),
-        call_id = raw::token("c"),
     );
     raw::udp_request(&sock, gw.sip_addr(), &msg, Duration::from_secs(5))
         .unwrap_or_else(|e| panic!("{e}\n{}", gw.log_tail(40)))
@@ -262,6 +266,7 @@ fn replace(gw: &Gateway, user: &str, replaces: &str) -> csps_sip::Response {
 /// dialog the gateway does not have (also the right one with its tags the other way round: the
 /// `to-tag` is the gateway's), 486 for `early-only` on a confirmed dialog, 403 for another user
 /// taking over an answered call, 400 for a Replaces that names no dialog and for two of them.
+/// A refused INVITE leaves its own Call-ID free: a new one with it is judged afresh (not 482).
 #[test]
 fn replaces_that_cannot_be_honoured_are_refused_and_the_call_goes_on() {
     let Some(gw) = gateway() else {
@@ -300,6 +305,11 @@ fn replaces_that_cannot_be_honoured_are_refused_and_the_call_goes_on() {
             "a refusal says why: {resp:?}"
         );
     }
+    let again = raw::token("c");
+    assert_eq!(replace_in(&gw, "carol", &named, &again).status, 403);
+    let early_only = format!("{named};early-only");
+    let resp = replace_in(&gw, "bob", &early_only, &again);
+    assert_eq!(resp.status, 486, "the same Call-ID again: {resp:?}");
     let calls = gw.api("GET", "/api/calls", None).json();
     assert_eq!(calls[0]["id"], id, "{calls}");
     assert_eq!(calls[0]["state"], "answered", "{calls}");

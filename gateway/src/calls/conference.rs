@@ -951,9 +951,10 @@ impl Room {
         self.log.response(LogDirection::In, inv.to.addr, &resp);
         if resp.status >= 300 {
             tracing::info!(room = %self.name, party = %inv.party, status = resp.status, "party not joined");
-            // A 481 to a moved leg's re-INVITE: its dialog no longer exists (RFC 3261 §14.1),
-            // so the call does not get it back.
-            let gone = matches!(inv.how, How::Moved { .. }) && resp.status == 481;
+            // A 481 or 408 to a moved leg's re-INVITE: its dialog no longer exists, or its
+            // phone no longer answers in it (RFC 3261 §12.2.1.2, §14.1: the UAC terminates the
+            // dialog), so the call does not get it back.
+            let gone = matches!(inv.how, How::Moved { .. }) && matches!(resp.status, 481 | 408);
             return self.not_joined(inv, resp.status, gone);
         }
         let (mut dialog, seq) = match &inv.how {
@@ -1035,11 +1036,12 @@ impl Room {
     }
 
     /// An invitation's INVITE got no answer at all (Timer B): the referrer (or the call)
-    /// hears 408.
+    /// hears 408; a moved leg's dialog counts as gone, as with a 408 from the phone.
     fn on_timeout(&mut self, tag: u32) {
         if let Some(k) = self.invitations.iter().position(|v| v.tag == tag) {
             let inv = self.invitations.remove(k);
-            self.not_joined(inv, 408, false);
+            let gone = matches!(inv.how, How::Moved { .. });
+            self.not_joined(inv, 408, gone);
         }
     }
 
@@ -2132,6 +2134,27 @@ mod tests {
         };
         assert_eq!(outcome(&r), Some((7, "dave-call".into(), gone)));
         assert_eq!((r.members.len(), r.ended), (1, false));
+
+        // A 408 from his phone, or no answer at all (Timer B), ends his call the same way.
+        for timer_b in [false, true] {
+            r.arrive(now, moved("dave", 5078));
+            let (tag, reinvite) = last_sent(&r, Method::Invite);
+            match timer_b {
+                false => r.on_response(tag, reinvite.response(408, "Request Timeout")),
+                true => r.on_timeout(tag),
+            }
+            let gone = RoomOutcome::Failed {
+                status: 408,
+                local_seq: 1,
+                gone: true,
+            };
+            assert_eq!(
+                outcome(&r),
+                Some((7, "dave-call".into(), gone)),
+                "{timer_b}"
+            );
+            assert_eq!((r.members.len(), r.ended), (1, false));
+        }
 
         // Alice hangs up while the room moves her in: the room she opened ends.
         let alice = moved("alice", 5074);

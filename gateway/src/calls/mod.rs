@@ -515,6 +515,9 @@ pub struct Switch {
     /// Every Call-ID of a call: the caller's, the callee side's, each transfer's.
     call_ids: HashMap<CallNo, Vec<String>>,
     clients: HashMap<TxnKey, (CallNo, u32)>,
+    /// INVITEs with Replaces handed to a call and not yet answered finally, with their own
+    /// Call-ID: a refusal frees that Call-ID again, so the phone can retry with it.
+    replacing: HashMap<TxnKey, (CallNo, String)>,
     next: CallNo,
     ports: Arc<PortPool>,
     directory: Directory,
@@ -566,6 +569,7 @@ impl Switch {
             by_call_id: HashMap::new(),
             call_ids: HashMap::new(),
             clients: HashMap::new(),
+            replacing: HashMap::new(),
             next: 1,
             ports: Arc::new(PortPool::new()),
             directory,
@@ -908,6 +912,12 @@ impl Switch {
         let now = Instant::now();
         match action {
             CallAction::Respond(key, resp) => {
+                if resp.status >= 200
+                    && let Some((_, call_id)) = self.replacing.remove(&key)
+                    && resp.status >= 300
+                {
+                    self.forget_call_id(no, &call_id);
+                }
                 if let Err(e) = txns.respond(now, &key, resp) {
                     tracing::debug!(call = no, %key, "answer not sent: {e}");
                 }
@@ -933,6 +943,7 @@ impl Switch {
             CallAction::Ended => {
                 self.calls.remove(&no);
                 self.rooms.retain(|_, n| *n != no);
+                self.replacing.retain(|_, (n, _)| *n != no);
                 self.directory.remove(no);
                 if let Some(ids) = self.call_ids.remove(&no) {
                     for id in ids {
@@ -1079,8 +1090,9 @@ impl Switch {
                     None => {
                         self.by_call_id.insert(call_id.clone(), no);
                         if let Some(ids) = self.call_ids.get_mut(&no) {
-                            ids.push(call_id);
+                            ids.push(call_id.clone());
                         }
+                        self.replacing.insert(key, (no, call_id));
                     }
                     Some((status, why)) => refuse(cx.txns, status, Some(why)),
                 }
@@ -1380,6 +1392,16 @@ impl Switch {
                 };
                 self.send(call, b2bua::Input::RoomOutcome(outcome));
             }
+        }
+    }
+
+    /// Call `no` no longer uses `call_id`: requests with it are new requests again.
+    fn forget_call_id(&mut self, no: CallNo, call_id: &str) {
+        if let Some(ids) = self.call_ids.get_mut(&no) {
+            ids.retain(|c| c != call_id);
+        }
+        if self.by_call_id.get(call_id) == Some(&no) {
+            self.by_call_id.remove(call_id);
         }
     }
 
