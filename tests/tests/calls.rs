@@ -1241,3 +1241,100 @@ fn offerless_invite_gets_the_offer_from_the_callee_and_carries_audio() {
         "bob hears his 1000 Hz echoed at {bob_hears_himself}; call: {record}"
     );
 }
+
+/// Issue 4, `GET /api/calls` loss counters: alice's phone (raw SIP and RTP from a trusted
+/// loopback address) calls bob's SIPp phone, which echoes RTP, and sends 100 PCMU packets of
+/// which five never leave and two go out swapped. Her leg counts the five as lost (RFC 3550
+/// §6.4.1: expected from the sequence numbers, less received; the swap is no loss), and bob's
+/// leg, which echoes what reached it, the same five.
+#[test]
+fn rtp_lost_counts_the_gaps_in_what_a_phone_sends() {
+    use csps_tests::raw;
+    use std::net::UdpSocket;
+    let Some(gw) = gateway(&[("alice", "alice-secret-1"), ("bob", "bob-secret-1")]) else {
+        return;
+    };
+    let bob = callee(&gw, "uas_answer.xml", "bob", "bob-secret-1");
+    gw.trust("127.0.0.0/8");
+    let sig = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let rtp = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let (local, media) = (
+        sig.local_addr().expect("addr"),
+        rtp.local_addr().expect("addr"),
+    );
+    let (call_id, tag) = (raw::token("c"), raw::token("t"));
+    let sdp = format!(
+        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+         m=audio {} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n",
+        media.port()
+    );
+    let invite = format!(
+        "INVITE sip:bob@{DOMAIN} SIP/2.0\r\n\
+         Via: SIP/2.0/UDP {local};branch=z9hG4bK{branch};rport\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:alice@{DOMAIN}>;tag={tag}\r\nTo: <sip:bob@{DOMAIN}>\r\n\
+         Call-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:alice@{local}>\r\n\
+         Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+        sdp.len(),
+        branch = raw::token("b"),
+    );
+    let ok = raw::udp_request(&sig, gw.sip_addr(), &invite, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e}\n{}", gw.log_tail(40)));
+    assert_eq!(ok.status, 200, "{ok:?}");
+    let answer = String::from_utf8_lossy(&ok.body).into_owned();
+    let port = answer
+        .lines()
+        .find_map(|l| l.strip_prefix("m=audio "))
+        .and_then(|l| l.split(' ').next())
+        .and_then(|p| p.parse::<u16>().ok())
+        .unwrap_or_else(|| panic!("no audio port in {answer:?}"));
+    let relay = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let to = ok.headers.get("To").expect("To").to_owned();
+    let in_dialog = |method: &str, cseq: u32| {
+        format!(
+            "{method} sip:{} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK{};rport\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:alice@{DOMAIN}>;tag={tag}\r\nTo: {to}\r\n\
+             Call-ID: {call_id}\r\nCSeq: {cseq} {method}\r\nContent-Length: 0\r\n\r\n",
+            gw.sip_addr(),
+            raw::token("b"),
+        )
+    };
+    sig.send_to(in_dialog("ACK", 1).as_bytes(), gw.sip_addr())
+        .expect("ACK");
+    // Sequence numbers 1000–1099 without 1010, 1020, 1030, 1040, 1050; 1061 before 1060.
+    let mut order: Vec<u16> = (1000..1100)
+        .filter(|s| !(1010..=1050).contains(s) || s % 10 != 0)
+        .collect();
+    let at = order.iter().position(|&s| s == 1060).expect("1060");
+    order.swap(at, at + 1);
+    for (i, &seq) in order.iter().enumerate() {
+        let mut p = vec![0x80, 0, 0, 0, 0, 0, 0, 0, 0x12, 0x34, 0x56, 0x78];
+        p[2..4].copy_from_slice(&seq.to_be_bytes());
+        p[4..8].copy_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+        p.extend([0xffu8; 160]);
+        rtp.send_to(&p, relay).expect("RTP");
+        if i % 10 == 9 {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let counters = |leg: usize| {
+        let calls = gw.api("GET", "/api/calls", None).json();
+        calls[0]["legs"][leg]["counters"].clone()
+    };
+    for leg in [0, 1] {
+        let all_in = wait_until(Duration::from_secs(10), || {
+            counters(leg)["rtp_packets"].as_u64().unwrap_or(0) >= 95
+        });
+        assert!(all_in, "leg {leg}: {}", counters(leg));
+        assert_eq!(counters(leg)["rtp_lost"], 5, "leg {leg}: {}", counters(leg));
+    }
+    let bye = raw::udp_request(
+        &sig,
+        gw.sip_addr(),
+        &in_dialog("BYE", 2),
+        Duration::from_secs(10),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(bye.status, 200, "{bye:?}");
+    let bob = bob.join().expect("bob thread");
+    assert!(bob.ok(), "bob's phone:\n{}", bob.output);
+}

@@ -1361,8 +1361,7 @@ impl Room {
                 if !m.latch.accept(src) {
                     m.counters.dropped_unexpected += 1;
                 } else {
-                    m.counters.rtp_packets += 1;
-                    m.counters.rtp_bytes += n as u64;
+                    m.counters.count_rtp(n, p);
                     self.mixer.receive(m.id, p);
                 }
             }

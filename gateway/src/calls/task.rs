@@ -665,6 +665,8 @@ async fn run_call(t: CallTask, call_id: String) {
     tracing::info!(
         a_rtp = ca.rtp_packets,
         b_rtp = cb.rtp_packets,
+        a_lost = ca.rtp_lost,
+        b_lost = cb.rtp_lost,
         dropped = ca.dropped_unexpected + cb.dropped_unexpected,
         "call ended"
     );

@@ -29,6 +29,9 @@ pub struct LegCounters {
     pub rtp_packets: u64,
     /// RTP bytes accepted.
     pub rtp_bytes: u64,
+    /// RTP packets lost on the way from the leg: expected from the sequence numbers, less
+    /// received ([`rtp::Reception`], RFC 3550 §6.4.1).
+    pub rtp_lost: u64,
     /// RTCP packets accepted and forwarded.
     pub rtcp_packets: u64,
     /// Packets from an unexpected address (before or after latching), dropped.
@@ -39,6 +42,24 @@ pub struct LegCounters {
     pub dropped_unsent: u64,
     /// SRTP/SRTCP packets that failed authentication or the replay check, dropped.
     pub dropped_srtp: u64,
+    /// The sequence accounting behind `rtp_lost`.
+    #[serde(skip)]
+    reception: rtp::Reception,
+}
+
+impl LegCounters {
+    /// Counts one accepted RTP packet: `wire_len` bytes as received, `plain` its RTP (after
+    /// SRTP), whose sequence number and SSRC feed the loss count.
+    pub fn count_rtp(&mut self, wire_len: usize, plain: &[u8]) {
+        self.rtp_packets += 1;
+        self.rtp_bytes += wire_len as u64;
+        if let (Some(seq), Some(ssrc)) = (plain.get(2..4), plain.get(8..12)) {
+            let seq = u16::from_be_bytes([seq[0], seq[1]]);
+            let ssrc = u32::from_be_bytes([ssrc[0], ssrc[1], ssrc[2], ssrc[3]]);
+            self.reception.on_packet(ssrc, seq);
+            self.rtp_lost = self.reception.lost();
+        }
+    }
 }
 
 /// Which source one leg's packets are accepted from.

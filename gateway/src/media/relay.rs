@@ -189,8 +189,7 @@ impl Side {
         if rtcp {
             self.counters.rtcp_packets += 1;
         } else {
-            self.counters.rtp_packets += 1;
-            self.counters.rtp_bytes += packet.len() as u64;
+            self.counters.count_rtp(packet.len(), &plain);
         }
         Some(plain)
     }

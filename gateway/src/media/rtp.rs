@@ -3,7 +3,8 @@
 //! state RFC 3550 §5.1 asks of a sender it originates itself (music on hold, a conference mix, a
 //! transcoded stream): a random SSRC, and a sequence number and timestamp that start at random
 //! values and advance per packet. Parsing and writing are `rtp-types`' (CSRCs, extensions and
-//! padding handled there); this module owns only the sender's state.
+//! padding handled there); this module owns only the sender's state, and the receiver's
+//! sequence accounting every relayed or decoded stream gets ([`Reception`]: packets lost).
 
 /// What the media core needs of a received RTP packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -168,9 +169,117 @@ impl RtpSender {
     }
 }
 
+/// A sequence number this far ahead of the highest one is still the same stream with packets
+/// lost in between (RFC 3550 A.1 `MAX_DROPOUT`).
+const MAX_DROPOUT: u16 = 3000;
+/// A sequence number at most this far behind the highest one is a late or duplicate packet
+/// (RFC 3550 A.1 `MAX_MISORDER`); anything else is a jump.
+const MAX_MISORDER: u16 = 100;
+
+/// Packets lost on the way from one sender, counted as RFC 3550 §6.4.1 and A.3 count them: the
+/// packets expected from the first and the highest (extended) sequence number less the packets
+/// received, late and duplicate ones included. A new SSRC or a jump of the sequence number (a
+/// phone restarting its stream after a re-INVITE) starts a new run whose losses add to the
+/// earlier runs'; a duplicate can only hide a loss, never add one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reception {
+    /// The run's SSRC; `None` before the first packet.
+    ssrc: Option<u32>,
+    /// The run's first sequence number, and its highest, extended by the wraps seen.
+    base: u32,
+    highest: u32,
+    /// Packets received in the run.
+    received: u64,
+    /// Packets lost in the earlier runs.
+    lost_before: u64,
+}
+
+impl Reception {
+    /// Accounts one packet of `ssrc` with sequence number `sequence`.
+    pub fn on_packet(&mut self, ssrc: u32, sequence: u16) {
+        if self.ssrc != Some(ssrc) {
+            return self.restart(ssrc, sequence);
+        }
+        let delta = sequence.wrapping_sub(self.highest as u16);
+        if delta < MAX_DROPOUT {
+            // In order, maybe after a gap; below the old low bits means it wrapped.
+            let cycle = if sequence < self.highest as u16 {
+                (self.highest & !0xffff).wrapping_add(0x1_0000)
+            } else {
+                self.highest & !0xffff
+            };
+            self.highest = cycle | u32::from(sequence);
+        } else if delta <= u16::MAX - MAX_MISORDER {
+            return self.restart(ssrc, sequence);
+        }
+        self.received += 1;
+    }
+
+    /// Packets lost so far.
+    pub fn lost(&self) -> u64 {
+        self.lost_before + self.run_lost()
+    }
+
+    fn run_lost(&self) -> u64 {
+        match self.ssrc {
+            None => 0,
+            Some(_) => {
+                let expected = u64::from(self.highest.wrapping_sub(self.base)) + 1;
+                expected.saturating_sub(self.received)
+            }
+        }
+    }
+
+    fn restart(&mut self, ssrc: u32, sequence: u16) {
+        self.lost_before += self.run_lost();
+        self.ssrc = Some(ssrc);
+        self.base = u32::from(sequence);
+        self.highest = self.base;
+        self.received = 1;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The losses of `sequences` received in this order from SSRC 7.
+    fn lost(sequences: impl IntoIterator<Item = u16>) -> u64 {
+        let mut r = Reception::default();
+        for s in sequences {
+            r.on_packet(7, s);
+        }
+        r.lost()
+    }
+
+    #[test]
+    fn reception_counts_gaps_as_lost_but_not_late_duplicate_or_wrapped_packets() {
+        assert_eq!(Reception::default().lost(), 0);
+        assert_eq!(lost(100..200), 0);
+        // Ten gaps of one (105, 115, …, 195), and one of three (170–172).
+        let gaps = (100..200).filter(|s| s % 10 != 5 && !(170..173).contains(s));
+        assert_eq!(lost(gaps), 13);
+        // Two packets swapped, one duplicated: nothing lost.
+        assert_eq!(lost([10, 11, 13, 12, 14, 14, 15]), 0);
+        // One that comes late after its gap was counted is no longer lost.
+        assert_eq!(lost([10, 12, 13]), 1);
+        assert_eq!(lost([10, 12, 13, 11]), 0);
+        // Across the wrap of the 16-bit sequence number, with one lost on either side.
+        assert_eq!(lost([65533, 65535, 0, 2, 3]), 2);
+        // A new SSRC, or a jump, starts a new run; the old run's losses stay.
+        let mut r = Reception::default();
+        for s in [1, 2, 4] {
+            r.on_packet(7, s);
+        }
+        for s in [900, 901, 903] {
+            r.on_packet(8, s);
+        }
+        assert_eq!(r.lost(), 2);
+        for s in [40_000, 40_001, 40_004] {
+            r.on_packet(8, s);
+        }
+        assert_eq!(r.lost(), 4);
+    }
 
     #[test]
     fn a_stream_numbers_its_packets_and_marks_the_first_and_the_first_after_a_gap() {
