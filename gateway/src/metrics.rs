@@ -92,6 +92,10 @@ pub struct CallMetrics {
     pub records_failed: Counter<u64, AtomicU64>,
     /// Call records deleted by the retention sweep.
     pub records_swept: Counter<u64, AtomicU64>,
+    /// RTP packets the legs of ended calls sent to the gateway (counted when a call ends).
+    pub rtp_packets: Counter<u64, AtomicU64>,
+    /// RTP packets lost on the way from the legs of ended calls (counted when a call ends).
+    pub rtp_lost: Counter<u64, AtomicU64>,
 }
 
 impl Default for CallMetrics {
@@ -109,6 +113,8 @@ impl Default for CallMetrics {
             records_dropped: Counter::default(),
             records_failed: Counter::default(),
             records_swept: Counter::default(),
+            rtp_packets: Counter::default(),
+            rtp_lost: Counter::default(),
         }
     }
 }
@@ -309,6 +315,17 @@ impl Metrics {
             "call_records_swept",
             "Call records deleted after Data.System.CallRecordDays",
             c.records_swept.clone(),
+        );
+        registry.register(
+            "rtp_packets",
+            "RTP packets the legs of ended calls sent to the gateway (counted as calls end)",
+            c.rtp_packets.clone(),
+        );
+        registry.register(
+            "rtp_lost",
+            "RTP packets lost on the way from the legs of ended calls (RFC 3550 expected less \
+             received; counted as calls end)",
+            c.rtp_lost.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -1067,6 +1067,7 @@ fn ended(server: &str, id: u64, caller: &str, callee: &str, ago: Duration) -> En
         emergency: false,
         messages: 14,
         messages_dropped: 0,
+        media: Vec::new(),
     }
 }
 
@@ -1183,6 +1184,7 @@ async fn ended_calls_are_archived_and_a_full_queue_drops_and_counts() {
         emergency: false,
         messages: 6,
         messages_dropped: 0,
+        media: Vec::new(),
     };
     assert!(archive.stored(&call(9, None)).is_none(), "a running call");
     let stored: Vec<EndedCall> = (1..=3)

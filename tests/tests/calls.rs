@@ -92,7 +92,8 @@ fn sipp_busy_callee_gives_486_to_the_caller() {
 /// An ended call's record is in the store (embedded here): after a restart of the gateway (a
 /// crash, even)
 /// `GET /api/calls/history` still lists it, unchanged (the server that handled it, a record id,
-/// the parties, the status), while its SIP ladder, kept in memory only, is gone.
+/// the parties, the status, each leg's codec and packet counts), while its SIP ladder, kept in
+/// memory only, is gone.
 #[test]
 fn sipp_call_record_survives_a_gateway_restart() {
     let Some((mut gw, record)) = alice_calls_bob("uas_answer.xml", "uac_call.xml") else {
@@ -101,6 +102,13 @@ fn sipp_call_record_survives_a_gateway_restart() {
     assert_eq!(record["server"], "test", "{record}");
     assert!(record["record_id"].is_string(), "{record}");
     assert_eq!(record["status"], 200, "{record}");
+    // The media summary, caller's leg first (the SIPp caller sends no RTP: nothing lost).
+    for (i, party) in ["alice", "bob"].into_iter().enumerate() {
+        let leg = &record["media"][i];
+        assert_eq!(leg["party"], format!("sip:{party}@{DOMAIN}"), "{record}");
+        assert_eq!(leg["codec"], "PCMU/8000", "{record}");
+        assert_eq!(leg["rtp_lost"], 0, "{record}");
+    }
     let id = record["id"].as_u64().expect("id");
     let ladder = gw.api("GET", &format!("/api/calls/{id}/messages"), None);
     assert_eq!(ladder.status, 200, "{}", ladder.body);

@@ -109,6 +109,7 @@ impl Archive {
             emergency: call.emergency,
             messages: u64::try_from(call.messages).unwrap_or(u64::MAX),
             messages_dropped: call.messages_dropped,
+            media: call.media.clone(),
         })
     }
 

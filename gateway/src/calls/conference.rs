@@ -514,6 +514,7 @@ impl Room {
             emergency: false,
             messages: 0,
             messages_dropped: 0,
+            media: Vec::new(),
         };
         let mut r = Room {
             no,

@@ -276,6 +276,10 @@ impl Directory {
     /// A call ended: its record goes to the store (through the archive, never waiting), its
     /// record and messages to the in-memory history, its numbers to the metrics.
     pub(crate) fn ended(&self, call: CallRecord, log: record::MessageLog) {
+        for leg in &call.media {
+            self.metrics.rtp_packets.inc_by(leg.rtp_packets);
+            self.metrics.rtp_lost.inc_by(leg.rtp_lost);
+        }
         match (call.answered_at, call.status) {
             (Some(_), _) => self.metrics.talk_time.observe(call.talk_secs as f64),
             (None, Some(s)) => self.metrics.failed(s),

@@ -234,6 +234,9 @@ pub struct CallRecord {
     pub messages: usize,
     /// SIP messages not kept because the call's log was full.
     pub messages_dropped: u64,
+    /// What each leg sent to the gateway, caller's leg first; filled when the call ends
+    /// (empty for a conference room).
+    pub media: Vec<crate::store::LegMedia>,
 }
 
 struct Ended {
@@ -334,6 +337,7 @@ mod tests {
             emergency: false,
             messages: 0,
             messages_dropped: 0,
+            media: Vec::new(),
         }
     }
 

@@ -24,6 +24,7 @@ use crate::media::moh::{Music, Player};
 use crate::media::relay::Relay;
 use crate::policy::hooks::{CallQuirks, Device};
 use crate::policy::rules::Direction;
+use crate::store::LegMedia;
 
 /// Everything a call task starts with.
 pub struct CallTask {
@@ -402,6 +403,7 @@ async fn run_call(t: CallTask, call_id: String) {
         emergency,
         messages: 0,
         messages_dropped: 0,
+        media: Vec::new(),
     };
     directory.started(&record);
     let mut log = MessageLog::default();
@@ -660,8 +662,18 @@ async fn run_call(t: CallTask, call_id: String) {
     record.end_reason = call.end_reason();
     record.messages = log.messages().len();
     record.messages_dropped = log.dropped();
-    directory.ended(record, log);
     let (ca, cb) = media.counters();
+    let leg_codec = |i: usize| leg_codecs.as_ref().map(|c| c[i].clone()).or(codec.clone());
+    record.media = [(record.caller.clone(), 0, ca), (callee.clone(), 1, cb)]
+        .into_iter()
+        .map(|(party, i, c)| LegMedia {
+            party,
+            codec: leg_codec(i),
+            rtp_packets: c.rtp_packets,
+            rtp_lost: c.rtp_lost,
+        })
+        .collect();
+    directory.ended(record, log);
     tracing::info!(
         a_rtp = ca.rtp_packets,
         b_rtp = cb.rtp_packets,

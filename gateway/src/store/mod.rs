@@ -12,8 +12,9 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 pub use model::{
-    AuditEntry, BindingKey, CallRecordQuery, ConfigEntry, EndedCall, Ha1, HashAlgorithm, NewUser,
-    PolicyMeta, PolicyRecord, Registration, Removal, TeamsIdentity, TeamsLink, User, UserPatch,
+    AuditEntry, BindingKey, CallRecordQuery, ConfigEntry, EndedCall, Ha1, HashAlgorithm, LegMedia,
+    NewUser, PolicyMeta, PolicyRecord, Registration, Removal, TeamsIdentity, TeamsLink, User,
+    UserPatch,
 };
 
 /// Nanoseconds since the epoch, saturated (chrono's range is wider than an `i64` of them): the

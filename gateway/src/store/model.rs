@@ -314,6 +314,26 @@ pub struct EndedCall {
     pub messages: u64,
     /// SIP messages not kept because the call's log was full.
     pub messages_dropped: u64,
+    /// What each leg sent to the gateway, caller's leg first (empty for a conference room, and
+    /// in records written before 2026-11-28).
+    #[serde(default)]
+    pub media: Vec<LegMedia>,
+}
+
+/// What one leg of a call sent to the gateway over the whole call: the call record's media
+/// quality summary.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct LegMedia {
+    /// The party (`sip:user@domain`).
+    #[schema(example = "sip:alice@csps.local")]
+    pub party: String,
+    /// The codec it used last (`PCMU/8000`, `opus/48000`…); `null` when it never got to media.
+    pub codec: Option<String>,
+    /// RTP packets received from it.
+    pub rtp_packets: u64,
+    /// RTP packets lost on the way from it (RFC 3550 §6.4.1: expected from the sequence
+    /// numbers, less received).
+    pub rtp_lost: u64,
 }
 
 /// Which ended calls to list, newest (latest `ended_at`) first.

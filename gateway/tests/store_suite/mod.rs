@@ -609,6 +609,23 @@ pub fn ended_call(
         emergency: id == 3,
         messages: 7,
         messages_dropped: 0,
+        media: match answered {
+            true => vec![
+                csps::store::LegMedia {
+                    party: caller.to_owned(),
+                    codec: Some("G722/8000".into()),
+                    rtp_packets: 1_275,
+                    rtp_lost: 3,
+                },
+                csps::store::LegMedia {
+                    party: callee.to_owned(),
+                    codec: Some("opus/48000".into()),
+                    rtp_packets: 1_270,
+                    rtp_lost: 0,
+                },
+            ],
+            false => Vec::new(),
+        },
     }
 }
 
