@@ -674,7 +674,10 @@ impl CallGen {
                     Some(srtp) => media::protect(srtp, p, len),
                     None => len,
                 };
-                batch.set_last_len(len);
+                match len {
+                    0 => batch.discard_last(),
+                    _ => batch.set_last_len(len),
+                }
                 s.seq = s.seq.wrapping_add(1);
                 s.sent += 1;
                 due.push(Reverse((at + PTIME, sid as u32)));

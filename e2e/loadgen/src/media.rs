@@ -276,6 +276,16 @@ impl SendBatch {
         }
     }
 
+    /// Drops the packet queued last (it could not be written, e.g. SRTP failed), counted as an
+    /// error rather than sent empty.
+    pub fn discard_last(&mut self) {
+        if self.packets.pop().is_some() {
+            self.lens.pop();
+            self.dests.pop();
+            self.errors += 1;
+        }
+    }
+
     /// Sends everything queued with `sendmmsg` (as many calls as the kernel needs).
     pub fn flush(&mut self, sock: &UdpSocket) {
         let n = self.packets.len();
