@@ -9,6 +9,7 @@ mod api;
 mod auth;
 mod events;
 mod me;
+mod media;
 mod pages;
 mod webphone;
 

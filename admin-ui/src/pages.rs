@@ -1,5 +1,5 @@
 //! The pages: sign-in and its callback, the dashboard, the configuration editor, trusted IPs,
-//! registrations, active calls, users (SIP accounts), policies and the audit log. Each loads from the REST API and reloads when the event feed says its data
+//! registrations, active calls (with each leg's media, [`crate::media`]), users (SIP accounts), policies and the audit log. Each loads from the REST API and reloads when the event feed says its data
 //! moved.
 
 use leptos::prelude::*;
@@ -891,6 +891,20 @@ pub fn Audit() -> impl IntoView {
     }
 }
 
+/// How long the Calls page waits after an answer before asking again while calls run (their
+/// packet counters move).
+const CALLS_REFRESH_MS: u64 = 3_000;
+
+/// What the active-calls list is at: the page re-renders only when this changes, the rows
+/// follow their call in place.
+#[derive(Clone, PartialEq)]
+enum ListState {
+    Loading,
+    Failed(String),
+    Empty,
+    Calls,
+}
+
 #[component]
 pub fn Calls() -> impl IntoView {
     let feed = shell().feed;
@@ -902,6 +916,49 @@ pub fn Calls() -> impl IntoView {
             reload.track();
         },
     );
+    // While calls run, ask again a while after each answer (one request at a time, however
+    // slow the server); a call event asks at once. Stops when the page is left.
+    let next = StoredValue::new(None::<TimeoutHandle>);
+    let cancel = move || {
+        if let Some(h) = next.try_update_value(Option::take).flatten() {
+            h.clear();
+        }
+    };
+    Effect::new(move |_| {
+        let again = match list.get() {
+            Some(Ok(l)) => !l.is_empty(),
+            Some(Err(e)) => e.status != 401,
+            None => false,
+        };
+        cancel();
+        if again {
+            let handle = set_timeout_with_handle(
+                move || reload.update(|n| *n += 1),
+                std::time::Duration::from_millis(CALLS_REFRESH_MS),
+            );
+            next.set_value(handle.ok());
+        }
+    });
+    on_cleanup(cancel);
+    Effect::new(move |_| expired(&list.get()));
+    let state = Memo::new(move |_| match list.get() {
+        None => ListState::Loading,
+        Some(Err(e)) => ListState::Failed(e.to_string()),
+        Some(Ok(l)) if l.is_empty() => ListState::Empty,
+        Some(Ok(_)) => ListState::Calls,
+    });
+    let ids = Memo::new(move |_| match list.get() {
+        Some(Ok(l)) => l.iter().map(|c| text_of(c, "id")).collect::<Vec<_>>(),
+        _ => Vec::new(),
+    });
+    let call = move |id: String| {
+        Memo::new(move |_| {
+            list.with(|l| match l {
+                Some(Ok(l)) => l.iter().find(|c| text_of(c, "id") == id).cloned(),
+                _ => None,
+            })
+        })
+    };
     let message = RwSignal::new(None::<Result<String, String>>);
     let hang_up = move |id: String| {
         let url = format!("/api/calls/{}", api::encode(&id));
@@ -913,39 +970,58 @@ pub fn Calls() -> impl IntoView {
             reload.update(|n| *n += 1);
         });
     };
-    // The party of leg `i` (the caller's leg first).
-    let party = |c: &Value, i: usize| text_of(&c["legs"][i], "party");
     view! {
         <h2>"Active calls"</h2>
-        <p>"The calls running on this server; hanging up sends BYE to both phones."</p>
+        <p>"The calls running on this server, with each leg's media (refreshed every few \
+            seconds); hanging up sends BYE to both phones."</p>
         <p aria-live="polite">{move || outcome(message.get())}</p>
-        {move || match list.get() {
-            None => view! { <p>"Loading…"</p> }.into_any(),
-            Some(Err(e)) => error_line(&e),
-            Some(Ok(l)) if l.is_empty() => view! { <p id="no-calls">"No calls right now."</p> }.into_any(),
-            Some(Ok(l)) => view! {
+        {move || match state.get() {
+            ListState::Loading => view! { <p>"Loading…"</p> }.into_any(),
+            ListState::Failed(e) => view! { <p class="error" role="alert">{e}</p> }.into_any(),
+            ListState::Empty => view! { <p id="no-calls">"No calls right now."</p> }.into_any(),
+            ListState::Calls => view! {
                 <div class="scroll"><table id="calls">
                     {head(&["Call", "State", "Caller", "Callee", "Started", ""])}
                     <tbody>
-                        {l.into_iter().map(|c| {
-                            let id = text_of(&c, "id");
-                            let label = format!("Hang up call {id}");
-                            let target = id.clone();
-                            view! {
-                                <tr>
-                                    <td>{id}</td><td>{text_of(&c, "state")}</td>
-                                    <td>{party(&c, 0)}</td><td>{party(&c, 1)}</td>
-                                    <td>{text_of(&c, "started_at")}</td>
-                                    <td><button type="button" aria-label=label
-                                        on:click=move |_| hang_up(target.clone())>"Hang up"</button></td>
-                                </tr>
-                            }
-                        }).collect_view()}
+                        <For each=move || ids.get() key=|id| id.clone() let:id>
+                            <CallRow id=id.clone() call=call(id) hang_up=hang_up />
+                        </For>
                     </tbody>
                 </table></div>
+                <h3>"Media"</h3>
+                <p class="muted">"Per leg, what it sent to the gateway: packets received, lost \
+                    (of those expected), interarrival jitter, and packets dropped (open for why)."</p>
+                <For each=move || ids.get() key=|id| id.clone() let:id>
+                    <crate::media::CallMedia id=id.clone() call=call(id) />
+                </For>
             }.into_any(),
         }}
         <RecentCalls />
+    }
+}
+
+/// One running call: its parties, state and the hang-up button (kept in place while the list
+/// refreshes, so focus stays on it).
+#[component]
+fn CallRow(
+    id: String,
+    call: Memo<Option<Value>>,
+    hang_up: impl Fn(String) + Copy + 'static,
+) -> impl IntoView {
+    let field = move |k: &'static str| move || call.with(|c| c.as_ref().map(|c| text_of(c, k)));
+    // The party of leg `i` (the caller's leg first).
+    let party =
+        move |i: usize| move || call.with(|c| c.as_ref().map(|c| text_of(&c["legs"][i], "party")));
+    let label = format!("Hang up call {id}");
+    let (target, key) = (id.clone(), id.clone());
+    view! {
+        <tr data-call=key>
+            <td>{id}</td><td>{field("state")}</td>
+            <td>{party(0)}</td><td>{party(1)}</td>
+            <td>{field("started_at")}</td>
+            <td><button type="button" aria-label=label
+                on:click=move |_| hang_up(target.clone())>"Hang up"</button></td>
+        </tr>
     }
 }
 
