@@ -1,8 +1,9 @@
 // Drives the csps web console in Debian's Chromium (playwright-core) as an admin would:
 // sign in through the test IdP (idp.mjs), change a global leaf and see it on the server's entry,
 // add a trusted IP, create the phone's SIP account, set a new password and activate it, find the
-// changes in the audit log, watch the phone's registration appear and then a call, hang the call
-// up and open its SIP ladder, see the phone among the user's devices, upload a policy component
+// changes in the audit log, watch the phone's registration appear and then a call with each leg's
+// media (codec, packet counts that grow as the page refreshes), hang the call up and open its SIP
+// ladder, see the phone among the user's devices, upload a policy component
 // and switch it off, all without reloading. Saves a screenshot per step into --screens.
 // Talks to 127.0.0.1 only: every other request is aborted.
 //
@@ -10,7 +11,7 @@
 //        --policy ROUTING.wasm
 // Prints `await-registration` when the registrations page is open (the caller then registers
 // user U with password P), `await-call` when the calls page is open (the caller then starts a
-// call that only ends with the gateway's BYE), and last one JSON line `{"ok":true,"first_load_ms":…}`. Exit code 0
+// call with RTP both ways that only ends with the gateway's BYE), and last one JSON line `{"ok":true,"first_load_ms":…}`. Exit code 0
 // only on success.
 import fs from 'node:fs';
 import path from 'node:path';
@@ -124,7 +125,45 @@ try {
   console.log('await-call');
   const call = page.locator('#calls tr').filter({ hasText: 'answered' });
   await call.waitFor({ timeout: 30000 });
+  step("the call's media: both legs' codec, packets that grow between two refreshes");
+  const media = page.locator(`#media-${await call.getAttribute('data-call')}`);
+  const leg = (i) => media.locator(`tbody tr[data-leg="${i}"]`);
+  const cell = async (i, name) => (await leg(i).locator(`td.${name}`).textContent()).trim();
+  for (const i of [0, 1]) {
+    await leg(i).locator('td.codec').filter({ hasText: 'PCMU/8000' }).waitFor();
+    await leg(i).locator('td.packets').filter({ hasText: /^[1-9]\d*$/ }).waitFor({ timeout: 20000 });
+  }
+  const first = Number(await cell(0, 'packets'));
+  // Nothing but the page's own refresh changes the count (no reload: see `loads` below).
+  await page.waitForFunction(
+    ([sel, n]) => Number(document.querySelector(sel)?.textContent.trim()) > n,
+    [`#${await media.getAttribute('id')} tbody tr[data-leg="0"] td.packets`, first],
+    { timeout: 15000 },
+  );
+  result.media = {
+    legs: await media.locator('tbody tr').count(),
+    caption: (await media.locator('caption').textContent()).trim(),
+    packets_first: first,
+    packets_then: Number(await cell(0, 'packets')),
+    rows: [],
+  };
+  for (const i of [0, 1]) {
+    const row = {};
+    for (const name of ['kind', 'codec', 'srtp', 'moh', 'packets', 'lost', 'jitter']) row[name] = await cell(i, name);
+    row.party = (await leg(i).locator('th').textContent()).trim();
+    row.dropped = (await leg(i).locator('td.dropped summary').textContent()).trim();
+    row.dropped_title = await leg(i).locator('td.dropped summary').getAttribute('title');
+    result.media.rows.push(row);
+  }
   await shot('09-calls');
+  step('the calls page on a phone-sized screen: wide tables scroll, the page does not');
+  const wide = page.viewportSize();
+  await page.setViewportSize({ width: 390, height: 844 });
+  await shot('09-calls-phone');
+  result.media.page_overflows = await page.evaluate(
+    () => document.documentElement.scrollWidth > window.innerWidth,
+  );
+  await page.setViewportSize(wide);
   await call.getByRole('button', { name: /^Hang up call / }).click();
   await page.locator('#no-calls').waitFor();
   step("open the ended call's SIP ladder");

@@ -4,8 +4,10 @@
 //! flow and PKCE, changes a global leaf and sees it on the server's entry, sees a 422 message,
 //! adds a trusted IP, creates the phone's SIP account, sets a new password and activates it,
 //! finds its changes in the audit log, and watches a baresip phone's registration (digest, with the
-//! password set in the console) appear without a reload, then a call between two SIPp phones,
-//! which the admin hangs up there (both phones get the gateway's BYE), and the call's SIP ladder;
+//! password set in the console) appear without a reload, then a call from a SIPp phone to a
+//! baresip phone with RTP both ways, whose legs' media the page shows (PCMU on both, packet
+//! counts growing between two refreshes), which the admin hangs up there (the caller gets the
+//! gateway's BYE), and the call's SIP ladder;
 //! then the phone among the user's devices, and a real policy component (`routing_dialplan`,
 //! built from `policies/`) uploaded through the page's file input and switched off there.
 //! Then an end user signs in on the self-service page (`/me`) with the end-user app
@@ -50,6 +52,8 @@ fn admin_signs_in_edits_configuration_and_sees_a_registration_live() {
     let mut phones = Vec::new();
     let desk_dir = tempfile::tempdir().expect("temp dir");
     let mut desk = None;
+    let carol_dir = tempfile::tempdir().expect("temp dir");
+    let mut carol = None;
     let result = drive(
         &c,
         "console.mjs",
@@ -87,40 +91,95 @@ fn admin_signs_in_edits_configuration_and_sees_a_registration_live() {
                     gw.log_tail(30)
                 );
             } else if line == "await-call" {
-                // A call the console shows and hangs up: consolealice calls consolecarol; both
-                // SIPp phones then expect the gateway's BYE.
+                // A call with media both ways that the console shows and hangs up: consolealice's
+                // SIPp phone calls consolecarol's baresip, which answers by itself and sends a
+                // PCMU tone; the SIPp phone echoes it back (`-rtp_echo`) and expects the
+                // gateway's BYE.
                 gw.create_user("consolealice", "secret-ca");
-                gw.create_user("consolecarol", "secret-cc");
-                let callee = Sipp::callee(
-                    "uas_answer.xml",
-                    gw.sip_addr(),
-                    ("consolecarol", "secret-cc"),
-                    "csps.local",
-                )
-                .unwrap_or_else(|e| panic!("{e}"));
+                gw.create_user("consolecarol", "consolecarol-secret-1");
+                carol = Some(csps_tests::baresip::registered_tone_phone(
+                    gw,
+                    carol_dir.path(),
+                    ("consolecarol", "csps.local"),
+                    1000,
+                    &[],
+                ));
                 let caller = Sipp::caller(
                     "uac_hung_up.xml",
                     gw.sip_addr(),
                     ("consolealice", "secret-ca"),
                     "consolecarol",
                     "csps.local",
-                );
-                phones.push(std::thread::spawn(move || callee.run()));
+                )
+                .arg("-rtp_echo");
                 phones.push(std::thread::spawn(move || caller.run()));
             }
         },
     );
     // baresip kept console-bob registered through the admin's flow.
     drop(desk);
+    drop(carol);
     for phone in phones {
         let run = phone.join().expect("SIPp thread");
         assert!(
             run.ok(),
-            "a phone of the hung-up call failed:\n{}\n--- gateway ---\n{}",
+            "the caller of the hung-up call failed:\n{}\n--- gateway ---\n{}",
             run.output,
             gw.log_tail(40)
         );
     }
+    // The running call's media as the page showed it: both legs PCMU, packets counted on both
+    // and growing between two of the page's refreshes; loss and drops as numbers.
+    let media = &result["media"];
+    assert_eq!(media["legs"], 2, "{media}");
+    let (first, then) = (
+        media["packets_first"].as_u64().unwrap_or(0),
+        media["packets_then"].as_u64().unwrap_or(0),
+    );
+    assert!(first > 0 && then > first, "packets did not grow: {media}");
+    for leg in 0..2 {
+        let row = &media["rows"][leg];
+        assert_eq!(row["codec"], "PCMU/8000", "leg {leg}: {media}");
+        assert_eq!(row["srtp"], "no", "leg {leg}: {media}");
+        assert_eq!(row["moh"], "no", "leg {leg}: {media}");
+        assert!(
+            row["packets"]
+                .as_str()
+                .and_then(|p| p.parse::<u64>().ok())
+                .is_some_and(|p| p > 0),
+            "leg {leg}: {media}"
+        );
+        let lost = row["lost"].as_str().unwrap_or("");
+        assert!(
+            lost.split(' ')
+                .next()
+                .is_some_and(|n| n.parse::<u64>().is_ok())
+                && (lost.ends_with(" %)") || !lost.contains(' ')),
+            "leg {leg} lost: {media}"
+        );
+        assert!(
+            row["dropped"]
+                .as_str()
+                .is_some_and(|d| d.parse::<u64>().is_ok()),
+            "leg {leg} dropped: {media}"
+        );
+        assert!(
+            row["dropped_title"]
+                .as_str()
+                .is_some_and(|t| t.contains("unexpected address")),
+            "leg {leg} drop breakdown: {media}"
+        );
+    }
+    assert!(
+        media["rows"][0]["party"]
+            .as_str()
+            .is_some_and(|p| p.contains("consolealice")),
+        "the caller's leg first: {media}"
+    );
+    assert_eq!(
+        media["page_overflows"], false,
+        "the calls page is wider than a phone: {media}"
+    );
     assert!(
         result["validation_message"]
             .as_str()
@@ -181,8 +240,10 @@ fn admin_signs_in_edits_configuration_and_sees_a_registration_live() {
         "switched off in the page: {routing}"
     );
     println!(
-        "console first load (localhost, to the sign-in button): {} ms; screenshots in {}",
+        "console first load (localhost, to the sign-in button): {} ms; calls page media: {}; \
+         screenshots in {}",
         result["first_load_ms"],
+        result["media"],
         screens.display()
     );
 }
