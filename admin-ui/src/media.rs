@@ -101,6 +101,30 @@ pub fn transcoding(legs: &[Value]) -> Option<String> {
     (codecs.len() > 1).then(|| codecs.join(" ↔ "))
 }
 
+/// An ended call's media as its record keeps it (`media: [{party, codec, rtp_packets,
+/// rtp_lost}]`, caller's leg first): one line per leg, "–" for a record without it (a
+/// conference room, an older server).
+pub fn record_summary(record: &Value) -> String {
+    let Some(legs) = record.get("media").and_then(Value::as_array) else {
+        return NONE.into();
+    };
+    if legs.is_empty() {
+        return NONE.into();
+    }
+    legs.iter()
+        .map(|leg| {
+            let flat = serde_json::json!({ "counters": leg });
+            format!(
+                "{}: {} received, {} lost",
+                codec(leg).unwrap_or(NONE),
+                received(&flat),
+                lost(&flat)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// The legs of a call (none when the server gave no list).
 pub fn legs(call: &Value) -> Vec<Value> {
     call.get("legs")
@@ -251,5 +275,20 @@ mod tests {
             transcoding(&[pcmu, opus.clone(), opus]).as_deref(),
             Some("PCMU/8000 ↔ opus/48000")
         );
+    }
+
+    #[test]
+    fn an_ended_calls_record_summary() {
+        let record = json!({"media": [
+            {"party": "sip:a@x", "codec": "PCMU/8000", "rtp_packets": 990, "rtp_lost": 10},
+            {"party": "sip:b@x", "codec": null, "rtp_packets": 0, "rtp_lost": 0},
+        ]});
+        assert_eq!(
+            record_summary(&record),
+            "PCMU/8000: 990 received, 10 (1.0 %) lost\n–: 0 received, 0 lost"
+        );
+        for r in [json!({}), json!({"media": []}), json!({"media": "x"})] {
+            assert_eq!(record_summary(&r), NONE, "{r}");
+        }
     }
 }

@@ -1042,7 +1042,7 @@ fn RecentCalls() -> impl IntoView {
             Some(Ok(l)) if l.is_empty() => view! { <p>"No ended calls yet."</p> }.into_any(),
             Some(Ok(l)) => view! {
                 <div class="scroll"><table id="history">
-                    {head(&["Call", "Caller", "Callee", "Started", "Status", "End", ""])}
+                    {head(&["Call", "Caller", "Callee", "Started", "Status", "End", "Media", ""])}
                     <tbody>
                         {l.into_iter().map(|c| {
                             let id = text_of(&c, "id");
@@ -1053,6 +1053,7 @@ fn RecentCalls() -> impl IntoView {
                                     <td>{id}</td><td>{text_of(&c, "caller")}</td>
                                     <td>{text_of(&c, "callee")}</td><td>{text_of(&c, "started_at")}</td>
                                     <td>{text_of(&c, "status")}</td><td>{text_of(&c, "end_reason")}</td>
+                                    <td class="record-media">{crate::media::record_summary(&c)}</td>
                                     <td><button type="button" aria-label=label
                                         on:click=move |_| shown.set(Some(target.clone()))>"Ladder"</button></td>
                                 </tr>

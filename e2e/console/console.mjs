@@ -167,8 +167,9 @@ try {
   await call.getByRole('button', { name: /^Hang up call / }).click();
   await page.locator('#no-calls').waitFor();
   step("open the ended call's SIP ladder");
-  await page.locator('#history tr').filter({ hasText: 'admin_hang_up' }).first()
-    .getByRole('button', { name: /^SIP ladder of call / }).click();
+  const ended = page.locator('#history tr').filter({ hasText: 'admin_hang_up' }).first();
+  result.history_media = await ended.locator('td.record-media').innerText();
+  await ended.getByRole('button', { name: /^SIP ladder of call / }).click();
   const ladder = page.locator('#ladder');
   // The caller's INVITE in, the callee's leg set up, and the BYE the gateway sent each phone.
   await ladder.locator('tr[data-leg="a"]').filter({ hasText: 'INVITE →' }).first().waitFor();

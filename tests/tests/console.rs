@@ -132,6 +132,16 @@ fn admin_signs_in_edits_configuration_and_sees_a_registration_live() {
     // and growing between two of the page's refreshes; loss and drops as numbers.
     let media = &result["media"];
     assert_eq!(media["legs"], 2, "{media}");
+    // The ended call's record in the Recent calls table: each leg's codec, packets and loss.
+    let history = result["history_media"].as_str().unwrap_or_default();
+    let legs: Vec<&str> = history.lines().collect();
+    assert_eq!(legs.len(), 2, "{history:?}");
+    for leg in legs {
+        assert!(
+            leg.starts_with("PCMU/8000: ") && leg.contains(" received, 0 (0.0 %) lost"),
+            "{history:?}"
+        );
+    }
     let (first, then) = (
         media["packets_first"].as_u64().unwrap_or(0),
         media["packets_then"].as_u64().unwrap_or(0),
