@@ -305,6 +305,9 @@ pub enum MediaChange {
     /// that chose codecs: when only one has it, the relay reads its events as digits and plays
     /// it the other leg's SIP INFO digits (see [`Output::Dtmf`], [`Input::Dtmf`]).
     Dtmf(TelephoneEvent, TelephoneEvent),
+    /// The audio (payload type, RTP clock) legs A and B send, after an exchange that chose
+    /// codecs (with [`MediaChange::Transcode`]): what each leg's jitter is measured in.
+    Audio(codecs::AudioClock, codecs::AudioClock),
 }
 
 /// A leg's telephone-event payload type and clock, when it negotiated RFC 4733.
@@ -1488,6 +1491,9 @@ impl Call {
         )));
         self.out
             .push_back(Output::Media(MediaChange::Transcode(transcode)));
+        let (a_audio, b_audio) = codecs::audio_clocks(&answer, idx, transcode);
+        self.out
+            .push_back(Output::Media(MediaChange::Audio(a_audio, b_audio)));
         let a_events = answer.media.get(idx).and_then(codecs::telephone_event);
         self.set_telephone_events(a_events, b_events);
         sdp::rewrite_address(&mut answer, idx, self.setup.relay_a);
@@ -2411,6 +2417,9 @@ impl Call {
                     }));
                     self.out
                         .push_back(Output::Media(MediaChange::Transcode(transcode)));
+                    let (a_audio, b_audio) = codecs::audio_clocks(&answer, idx, transcode);
+                    self.out
+                        .push_back(Output::Media(MediaChange::Audio(a_audio, b_audio)));
                     let origin_events = answer.media.get(idx).and_then(codecs::telephone_event);
                     if from_a {
                         self.set_telephone_events(origin_events, target_events);
@@ -3456,6 +3465,10 @@ impl Call {
         )));
         self.out.push_back(Output::Media(MediaChange::Transcode(
             (!same).then_some((caller_format, phone_format)),
+        )));
+        self.out.push_back(Output::Media(MediaChange::Audio(
+            codecs::leg_clock(&caller_format),
+            codecs::leg_clock(&phone_format),
         )));
         self.set_telephone_events(caller_format.telephone_event, phone_format.telephone_event);
         self.b_answer = Some(answer);

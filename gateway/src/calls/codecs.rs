@@ -10,6 +10,7 @@
 
 use csps_sip::sdp::{Codec, Format, Media, OfferError, Sdp, codec_list};
 
+use crate::media::codec::rtp_clock;
 use crate::media::transcode::LegFormat;
 
 /// The codecs the media core decodes and encodes, in the order the gateway adds them to an offer
@@ -21,6 +22,34 @@ pub const NARROWBAND: &[Codec] = &[Codec::Pcmu, Codec::Pcma, Codec::TelephoneEve
 
 /// The codecs each leg of a transcoded call uses: (the offerer's, the answerer's).
 pub type Transcoding = (LegFormat, LegFormat);
+
+/// The audio a leg sends: its payload type and RTP clock rate, when the gateway knows the
+/// codec's clock (the jitter of `GET /api/calls` is measured in it).
+pub type AudioClock = Option<(u8, u32)>;
+
+/// A leg's audio payload type and RTP clock (RFC 3551, RFC 7587).
+pub fn leg_clock(f: &LegFormat) -> AudioClock {
+    Some((f.payload_type, rtp_clock(f.codec)?))
+}
+
+/// The audio legs A and B send after an exchange: each leg's own when the relay transcodes
+/// (`transcode`, A's first), else the one audio codec the `answer` (section `idx`) picked,
+/// which both legs then share.
+pub fn audio_clocks(
+    answer: &Sdp,
+    idx: usize,
+    transcode: Option<Transcoding>,
+) -> (AudioClock, AudioClock) {
+    if let Some((a, b)) = transcode {
+        return (leg_clock(&a), leg_clock(&b));
+    }
+    let shared = answer
+        .media
+        .get(idx)
+        .and_then(|m| m.codecs().find(|f| f.codec.is_audio()))
+        .and_then(|f| Some((f.pt, rtp_clock(f.codec)?)));
+    (shared, shared)
+}
 
 /// Appends to the audio section `idx` of an offer going onwards every transcodable codec it
 /// lacks, and telephone-event when it has none: an answerer that sends RFC 4733 digits then

@@ -1362,7 +1362,9 @@ impl Room {
                 if !m.latch.accept(src) {
                     m.counters.dropped_unexpected += 1;
                 } else {
-                    m.counters.count_rtp(n, p);
+                    // No arrival time, so no jitter: the room reads its sockets once per 20 ms
+                    // mix tick, and the tick's time is not when a packet arrived.
+                    m.counters.count_rtp(n, p, None);
                     self.mixer.receive(m.id, p);
                 }
             }

@@ -484,6 +484,10 @@ async fn run_call(t: CallTask, call_id: String) {
                     events_chosen = true;
                     continue;
                 }
+                Output::Media(MediaChange::Audio(a, b)) => {
+                    media.set_audio(a, b);
+                    continue;
+                }
                 Output::Dtmf { to_a, digit } => {
                     if !media.send_dtmf(to_a, digit, Instant::now()) {
                         tracing::debug!("a DTMF digit for a leg without telephone-event");
@@ -566,6 +570,8 @@ async fn run_call(t: CallTask, call_id: String) {
         }
         if media_moved && !codecs_chosen {
             media.set_transcode(None);
+            // The codecs are not known afresh: no jitter rather than one in a wrong clock.
+            media.set_audio(None, None);
             leg_codecs = None;
         }
         if media_moved && !events_chosen {

@@ -21,9 +21,10 @@ pub mod transcode;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Instant;
 
 /// Packet counters of one direction of one leg (what the leg sent to the gateway).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct LegCounters {
     /// RTP packets accepted and forwarded.
     pub rtp_packets: u64,
@@ -32,6 +33,9 @@ pub struct LegCounters {
     /// RTP packets lost on the way from the leg: expected from the sequence numbers, less
     /// received ([`rtp::Reception`], RFC 3550 §6.4.1).
     pub rtp_lost: u64,
+    /// Interarrival jitter of the leg's audio in milliseconds ([`rtp::Jitter`], RFC 3550
+    /// §6.4.1); `null` while the leg's RTP clock is unknown or before its second packet.
+    pub jitter_ms: Option<f64>,
     /// RTCP packets accepted and forwarded.
     pub rtcp_packets: u64,
     /// Packets from an unexpected address (before or after latching), dropped.
@@ -45,20 +49,39 @@ pub struct LegCounters {
     /// The sequence accounting behind `rtp_lost`.
     #[serde(skip)]
     reception: rtp::Reception,
+    /// The estimator behind `jitter_ms`.
+    #[serde(skip)]
+    jitter: rtp::Jitter,
 }
 
 impl LegCounters {
     /// Counts one accepted RTP packet: `wire_len` bytes as received, `plain` its RTP (after
-    /// SRTP), whose sequence number and SSRC feed the loss count.
-    pub fn count_rtp(&mut self, wire_len: usize, plain: &[u8]) {
+    /// SRTP), whose sequence number and SSRC feed the loss count, and, with its `arrival`
+    /// time, its payload type and timestamp the jitter.
+    pub fn count_rtp(&mut self, wire_len: usize, plain: &[u8], arrival: Option<Instant>) {
         self.rtp_packets += 1;
         self.rtp_bytes += wire_len as u64;
-        if let (Some(seq), Some(ssrc)) = (plain.get(2..4), plain.get(8..12)) {
-            let seq = u16::from_be_bytes([seq[0], seq[1]]);
-            let ssrc = u32::from_be_bytes([ssrc[0], ssrc[1], ssrc[2], ssrc[3]]);
-            self.reception.on_packet(ssrc, seq);
-            self.rtp_lost = self.reception.lost();
+        let Some(h) = plain.get(..12) else {
+            return;
+        };
+        let seq = u16::from_be_bytes([h[2], h[3]]);
+        let ssrc = u32::from_be_bytes([h[8], h[9], h[10], h[11]]);
+        if self.reception.on_packet(ssrc, seq) {
+            self.jitter.restart();
         }
+        self.rtp_lost = self.reception.lost();
+        if let Some(at) = arrival {
+            let ts = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
+            self.jitter.on_packet(at, h[1] & 0x7f, ts);
+            self.jitter_ms = self.jitter.ms();
+        }
+    }
+
+    /// The leg's audio payload type and RTP clock, which its jitter is measured in (`None`:
+    /// unknown, no jitter); a change starts the estimate afresh.
+    pub fn set_audio(&mut self, audio: Option<(u8, u32)>) {
+        self.jitter.set_audio(audio);
+        self.jitter_ms = self.jitter.ms();
     }
 }
 
@@ -240,6 +263,48 @@ mod tests {
 
     fn a(s: &str) -> SocketAddr {
         s.parse().expect("addr")
+    }
+
+    /// A PCMU packet of `ssrc` with `seq` and `ts`.
+    fn pcmu(ssrc: u32, seq: u16, ts: u32) -> Vec<u8> {
+        let mut p = vec![0x80, 0];
+        p.extend(seq.to_be_bytes());
+        p.extend(ts.to_be_bytes());
+        p.extend(ssrc.to_be_bytes());
+        p.extend([0xff; 160]);
+        p
+    }
+
+    #[test]
+    fn a_new_ssrc_or_a_sequence_jump_restarts_the_jitter_and_no_clock_means_none() {
+        let mut c = LegCounters::default();
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + std::time::Duration::from_millis(n);
+        c.count_rtp(172, &pcmu(1, 10, 0), Some(ms(0)));
+        c.count_rtp(172, &pcmu(1, 11, 160), Some(ms(30)));
+        assert_eq!(c.jitter_ms, None, "no clock yet");
+        c.set_audio(Some((0, 8000)));
+        for (i, at) in [0, 10, 40, 50, 80].into_iter().enumerate() {
+            c.count_rtp(
+                172,
+                &pcmu(1, 20 + i as u16, 3200 + 160 * i as u32),
+                Some(ms(at)),
+            );
+        }
+        assert!(c.jitter_ms.is_some_and(|j| j > 1.0), "{c:?}");
+        // A new SSRC, its timestamps anywhere, 20 ms apart: no D across the change, J from 0.
+        c.count_rtp(172, &pcmu(2, 7, 999_999), Some(ms(95)));
+        assert_eq!(c.jitter_ms, None);
+        c.count_rtp(172, &pcmu(2, 8, 999_999 + 160), Some(ms(115)));
+        assert_eq!(c.jitter_ms, Some(0.0));
+        // A sequence jump of the same SSRC (a restarted stream) likewise.
+        c.count_rtp(172, &pcmu(2, 30_000, 5), Some(ms(500)));
+        c.count_rtp(172, &pcmu(2, 30_001, 165), Some(ms(520)));
+        assert_eq!(c.jitter_ms, Some(0.0));
+        assert_eq!(c.rtp_packets, 11);
+        // Without an arrival time (a reader that cannot tell) nothing changes.
+        c.count_rtp(172, &pcmu(2, 30_002, 9_000), None);
+        assert_eq!(c.jitter_ms, Some(0.0));
     }
 
     #[test]

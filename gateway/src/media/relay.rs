@@ -157,8 +157,15 @@ impl Side {
 
     /// Checks and counts one packet from this leg; what goes on to the other leg (decrypted
     /// when this leg speaks SRTP), or `None` when it is dropped. An SRTP packet must
-    /// authenticate before it may latch: a forged one cannot steal the leg's media.
-    fn accept<'p>(&mut self, packet: &'p [u8], src: SocketAddr, rtcp: bool) -> Option<Packet<'p>> {
+    /// authenticate before it may latch: a forged one cannot steal the leg's media. `arrival`
+    /// is when its batch was read (the jitter's clock).
+    fn accept<'p>(
+        &mut self,
+        packet: &'p [u8],
+        src: SocketAddr,
+        rtcp: bool,
+        arrival: Instant,
+    ) -> Option<Packet<'p>> {
         if !is_rtp_v2(packet) {
             self.counters.dropped_malformed += 1;
             return None;
@@ -189,7 +196,7 @@ impl Side {
         if rtcp {
             self.counters.rtcp_packets += 1;
         } else {
-            self.counters.count_rtp(packet.len(), &plain);
+            self.counters.count_rtp(packet.len(), &plain, Some(arrival));
         }
         Some(plain)
     }
@@ -469,6 +476,13 @@ impl Relay {
         out
     }
 
+    /// The audio (payload type, RTP clock) legs A and B send, which their jitter is measured
+    /// in; `None`: not known, no jitter reported for that leg.
+    pub fn set_audio(&mut self, a: Option<(u8, u32)>, b: Option<(u8, u32)>) {
+        self.a.counters.set_audio(a);
+        self.b.counters.set_audio(b);
+    }
+
     /// What legs A and B sent.
     pub fn counters(&self) -> (LegCounters, LegCounters) {
         (self.a.counters, self.b.counters)
@@ -504,10 +518,13 @@ impl Relay {
                     // (an ICMP report): the next wake-up reads on.
                     _ => return None,
                 };
+                // One clock reading per batch: the arrival time the jitter is measured by
+                // (packets read together arrived within a wake-up of each other).
+                let arrival = Instant::now();
                 for (buf, &(len, src)) in scratch.bufs.iter().zip(&scratch.got) {
                     let packet = &buf[..len];
                     let Some(src) = src else { continue };
-                    let Some(plain) = from.accept(packet, src, rtcp) else {
+                    let Some(plain) = from.accept(packet, src, rtcp, arrival) else {
                         continue;
                     };
                     if !rtcp

@@ -4,7 +4,10 @@
 //! transcoded stream): a random SSRC, and a sequence number and timestamp that start at random
 //! values and advance per packet. Parsing and writing are `rtp-types`' (CSRCs, extensions and
 //! padding handled there); this module owns only the sender's state, and the receiver's
-//! sequence accounting every relayed or decoded stream gets ([`Reception`]: packets lost).
+//! statistics every relayed or decoded stream gets ([`Reception`]: packets lost; [`Jitter`]:
+//! interarrival jitter).
+
+use std::time::Instant;
 
 /// What the media core needs of a received RTP packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -195,10 +198,12 @@ pub struct Reception {
 }
 
 impl Reception {
-    /// Accounts one packet of `ssrc` with sequence number `sequence`.
-    pub fn on_packet(&mut self, ssrc: u32, sequence: u16) {
+    /// Accounts one packet of `ssrc` with sequence number `sequence`; true when it starts a
+    /// new run (the first packet, a new SSRC, a jump).
+    pub fn on_packet(&mut self, ssrc: u32, sequence: u16) -> bool {
         if self.ssrc != Some(ssrc) {
-            return self.restart(ssrc, sequence);
+            self.restart(ssrc, sequence);
+            return true;
         }
         let delta = sequence.wrapping_sub(self.highest as u16);
         if delta < MAX_DROPOUT {
@@ -210,9 +215,11 @@ impl Reception {
             };
             self.highest = cycle | u32::from(sequence);
         } else if delta <= u16::MAX - MAX_MISORDER {
-            return self.restart(ssrc, sequence);
+            self.restart(ssrc, sequence);
+            return true;
         }
         self.received += 1;
+        false
     }
 
     /// Packets lost so far.
@@ -239,6 +246,66 @@ impl Reception {
     }
 }
 
+/// The interarrival jitter of one sender, RFC 3550 §6.4.1 and A.8: for each packet of its audio
+/// payload type, D = (R_i − R_{i−1}) − (S_i − S_{i−1}) with R the arrival time in the stream's
+/// RTP clock and S the packet's timestamp, and J += (|D| − J)/16, in timestamp units. Arrival
+/// times are the driver's (one `Instant` per received batch): the estimator reads no clock.
+/// Packets of another payload type (telephone-event, comfort noise) are skipped; without a known
+/// clock there is no estimate; a new run ([`Reception::on_packet`]) or a new payload type or
+/// clock starts the estimate afresh (the first packet of a run has no D).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Jitter {
+    /// The sender's audio payload type and its RTP clock rate (Hz), when known.
+    audio: Option<(u8, u32)>,
+    /// The run's last audio packet: when it arrived and its timestamp.
+    last: Option<(Instant, u32)>,
+    /// J in timestamp units; `None` before the run's first D.
+    j: Option<f64>,
+}
+
+impl Jitter {
+    /// Sets the sender's audio payload type and RTP clock (`None`: unknown, no estimate); a
+    /// change starts afresh.
+    pub fn set_audio(&mut self, audio: Option<(u8, u32)>) {
+        if self.audio != audio {
+            *self = Jitter {
+                audio: audio.filter(|&(_, clock)| clock > 0),
+                ..Jitter::default()
+            };
+        }
+    }
+
+    /// Starts a new run: the next packet has no D, and J starts from 0 again.
+    pub fn restart(&mut self) {
+        self.last = None;
+        self.j = None;
+    }
+
+    /// Accounts one packet that arrived at `arrival` with `payload_type` and `timestamp`.
+    pub fn on_packet(&mut self, arrival: Instant, payload_type: u8, timestamp: u32) {
+        let Some((pt, clock)) = self.audio else {
+            return;
+        };
+        if payload_type != pt {
+            return;
+        }
+        if let Some((then, ts)) = self.last.replace((arrival, timestamp)) {
+            let r = arrival.saturating_duration_since(then).as_secs_f64() * f64::from(clock);
+            // The wrapping difference read as signed: right across the 32-bit wrap, and a
+            // packet with an older timestamp (reordered) counts as the jitter it is.
+            let s = f64::from(timestamp.wrapping_sub(ts) as i32);
+            let j = self.j.unwrap_or(0.0);
+            self.j = Some(j + ((r - s).abs() - j) / 16.0);
+        }
+    }
+
+    /// J in milliseconds (to the microsecond), once the run had two audio packets.
+    pub fn ms(&self) -> Option<f64> {
+        let (_, clock) = self.audio?;
+        Some((self.j? * 1_000_000.0 / f64::from(clock)).round() / 1000.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -250,6 +317,96 @@ mod tests {
             r.on_packet(7, s);
         }
         r.lost()
+    }
+
+    /// A PCMU sender's jitter after a first packet with timestamp `ts` and then one each
+    /// `gaps_ms` later, their timestamps 160 units (20 ms) apart.
+    fn jitter_of(ts: u32, gaps_ms: impl IntoIterator<Item = u64>) -> Jitter {
+        let mut j = Jitter::default();
+        j.set_audio(Some((0, 8000)));
+        let mut at = Instant::now();
+        let mut ts = ts;
+        j.on_packet(at, 0, ts);
+        for gap in gaps_ms {
+            at += std::time::Duration::from_millis(gap);
+            ts = ts.wrapping_add(160);
+            j.on_packet(at, 0, ts);
+        }
+        j
+    }
+
+    fn near(a: Option<f64>, b: f64) -> bool {
+        a.is_some_and(|a| (a - b).abs() < 0.002)
+    }
+
+    #[test]
+    fn jitter_is_zero_for_a_steady_stream_even_across_the_timestamp_wrap() {
+        assert_eq!(jitter_of(0, []).ms(), None, "one packet has no D");
+        assert!(near(jitter_of(1000, [20; 200]).ms(), 0.0));
+        // 160-unit steps from u32::MAX − 800: the wrap is five packets in.
+        assert!(near(jitter_of(u32::MAX - 800, [20; 20]).ms(), 0.0));
+        // Opus: 960 units per 20 ms at 48 kHz.
+        let mut j = Jitter::default();
+        j.set_audio(Some((111, 48_000)));
+        let t0 = Instant::now();
+        for i in 0..50u32 {
+            let at = t0 + std::time::Duration::from_millis(u64::from(i) * 20);
+            j.on_packet(at, 111, (u32::MAX - 4800).wrapping_add(i * 960));
+        }
+        assert!(near(j.ms(), 0.0), "{j:?}");
+    }
+
+    #[test]
+    fn jitter_of_alternating_10_and_30_ms_converges_to_10_ms() {
+        // Each D is ±80 units (10 or 30 ms of arrival against 20 ms of timestamp), so after n
+        // packets J = 80 (1 − (15/16)^n) units, /8 per ms at 8 kHz: 0.625 ms after the first D,
+        // 10 ms in the limit.
+        let gaps = |n: usize| [10, 30].into_iter().cycle().take(n);
+        assert!(near(jitter_of(0, gaps(1)).ms(), 0.625));
+        assert!(near(
+            jitter_of(0, gaps(2)).ms(),
+            10.0 * (1.0 - (15.0f64 / 16.0).powi(2))
+        ));
+        let expected = 10.0 * (1.0 - (15.0f64 / 16.0).powi(100));
+        assert!(near(jitter_of(0, gaps(100)).ms(), expected), "{expected}");
+        assert!(expected > 9.98);
+        // The same pattern across the timestamp wrap.
+        assert!(near(jitter_of(u32::MAX - 3000, gaps(100)).ms(), expected));
+        // A steady stream that arrives 40 ms later from its fourth packet on: one D of 320
+        // units makes J 20, which then shrinks by 15/16 per steady packet.
+        let j = jitter_of(0, [20, 20, 60, 20, 20]).ms();
+        assert!(near(j, 20.0 * (15.0f64 / 16.0).powi(2) / 8.0), "{j:?}");
+    }
+
+    #[test]
+    fn jitter_skips_other_payload_types_and_needs_a_clock() {
+        // Telephone-events (payload type 101) between audio packets do not count.
+        let mut j = Jitter::default();
+        j.set_audio(Some((0, 8000)));
+        let t0 = Instant::now();
+        for i in 0..20u32 {
+            let at = t0 + std::time::Duration::from_millis(u64::from(i) * 20);
+            j.on_packet(at, 0, i * 160);
+            j.on_packet(at + std::time::Duration::from_millis(7), 101, 99);
+        }
+        assert!(near(j.ms(), 0.0), "{j:?}");
+        // The same clock again keeps the estimate; another one, or none, starts afresh.
+        j.set_audio(Some((0, 8000)));
+        assert!(j.ms().is_some());
+        j.set_audio(Some((8, 8000)));
+        assert_eq!(j.ms(), None);
+        j.set_audio(None);
+        j.on_packet(t0, 0, 0);
+        j.on_packet(t0 + std::time::Duration::from_millis(30), 0, 160);
+        assert_eq!(j.ms(), None, "no clock, no jitter");
+        // A restart: the next packet has no D and J starts from 0.
+        let mut j = jitter_of(0, [10, 30, 10, 30]);
+        assert!(j.ms().is_some_and(|ms| ms > 1.0));
+        j.restart();
+        assert_eq!(j.ms(), None);
+        j.on_packet(t0, 0, 123_456);
+        j.on_packet(t0 + std::time::Duration::from_millis(20), 0, 123_616);
+        assert!(near(j.ms(), 0.0), "{j:?}");
     }
 
     #[test]
