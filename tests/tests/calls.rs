@@ -1250,6 +1250,141 @@ fn offerless_invite_gets_the_offer_from_the_callee_and_carries_audio() {
     );
 }
 
+/// A call from alice's phone (raw SIP and RTP from a trusted loopback address, PCMU) to bob's
+/// SIPp phone, which echoes RTP: the setup of the RTP counter tests.
+struct RawCall {
+    gw: Gateway,
+    bob: std::thread::JoinHandle<csps_tests::SippOutcome>,
+    sig: std::net::UdpSocket,
+    rtp: std::net::UdpSocket,
+    /// The relay's address facing alice.
+    relay: std::net::SocketAddr,
+    local: std::net::SocketAddr,
+    call_id: String,
+    tag: String,
+    /// The To header of the 200 (bob's tag).
+    to: String,
+}
+
+impl RawCall {
+    /// Alice calls bob and ACKs his 200; `None` without SIPp.
+    fn start() -> Option<RawCall> {
+        use csps_tests::raw;
+        use std::net::UdpSocket;
+        let gw = gateway(&[("alice", "alice-secret-1"), ("bob", "bob-secret-1")])?;
+        let bob = callee(&gw, "uas_answer.xml", "bob", "bob-secret-1");
+        gw.trust("127.0.0.0/8");
+        // The SIP side applies the change a moment after the API stored it; an INVITE before
+        // that gets a 407.
+        let applied = wait_until(Duration::from_secs(10), || {
+            gw.log_tail(200).contains("SIP settings applied trusted=1")
+        });
+        assert!(applied, "trust not applied:\n{}", gw.log_tail(40));
+        let sig = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let rtp = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let (local, media) = (
+            sig.local_addr().expect("addr"),
+            rtp.local_addr().expect("addr"),
+        );
+        let (call_id, tag) = (raw::token("c"), raw::token("t"));
+        let sdp = format!(
+            "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+             m=audio {} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n",
+            media.port()
+        );
+        let invite = format!(
+            "INVITE sip:bob@{DOMAIN} SIP/2.0\r\n\
+             Via: SIP/2.0/UDP {local};branch=z9hG4bK{branch};rport\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:alice@{DOMAIN}>;tag={tag}\r\nTo: <sip:bob@{DOMAIN}>\r\n\
+             Call-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:alice@{local}>\r\n\
+             Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+            sdp.len(),
+            branch = raw::token("b"),
+        );
+        let ok = raw::udp_request(&sig, gw.sip_addr(), &invite, Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("{e}\n{}", gw.log_tail(40)));
+        assert_eq!(ok.status, 200, "{ok:?}");
+        let answer = String::from_utf8_lossy(&ok.body).into_owned();
+        let port = answer
+            .lines()
+            .find_map(|l| l.strip_prefix("m=audio "))
+            .and_then(|l| l.split(' ').next())
+            .and_then(|p| p.parse::<u16>().ok())
+            .unwrap_or_else(|| panic!("no audio port in {answer:?}"));
+        let to = ok.headers.get("To").expect("To").to_owned();
+        let call = RawCall {
+            gw,
+            bob,
+            sig,
+            rtp,
+            relay: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            local,
+            call_id,
+            tag,
+            to,
+        };
+        call.sig
+            .send_to(call.in_dialog("ACK", 1).as_bytes(), call.gw.sip_addr())
+            .expect("ACK");
+        Some(call)
+    }
+
+    /// Alice's in-dialog request `method` with CSeq `cseq`.
+    fn in_dialog(&self, method: &str, cseq: u32) -> String {
+        format!(
+            "{method} sip:{} SIP/2.0\r\nVia: SIP/2.0/UDP {};branch=z9hG4bK{};rport\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:alice@{DOMAIN}>;tag={}\r\nTo: {}\r\n\
+             Call-ID: {}\r\nCSeq: {cseq} {method}\r\nContent-Length: 0\r\n\r\n",
+            self.gw.sip_addr(),
+            self.local,
+            csps_tests::raw::token("b"),
+            self.tag,
+            self.to,
+            self.call_id,
+        )
+    }
+
+    /// Alice's phone sends one PCMU packet.
+    fn send_pcmu(&self, ssrc: u32, seq: u16, timestamp: u32) {
+        let mut p = vec![0x80, 0];
+        p.extend(seq.to_be_bytes());
+        p.extend(timestamp.to_be_bytes());
+        p.extend(ssrc.to_be_bytes());
+        p.extend([0xffu8; 160]);
+        self.rtp.send_to(&p, self.relay).expect("RTP");
+    }
+
+    /// The API's counters of leg `leg` (0: alice's).
+    fn counters(&self, leg: usize) -> serde_json::Value {
+        let calls = self.gw.api("GET", "/api/calls", None).json();
+        calls[0]["legs"][leg]["counters"].clone()
+    }
+
+    /// Waits until both legs counted at least `packets` RTP packets.
+    fn wait_for_packets(&self, packets: u64) {
+        for leg in [0, 1] {
+            let all_in = wait_until(Duration::from_secs(10), || {
+                self.counters(leg)["rtp_packets"].as_u64().unwrap_or(0) >= packets
+            });
+            assert!(all_in, "leg {leg}: {}", self.counters(leg));
+        }
+    }
+
+    /// Alice hangs up; bob's phone must have seen the whole call.
+    fn hang_up(self) {
+        let bye = csps_tests::raw::udp_request(
+            &self.sig,
+            self.gw.sip_addr(),
+            &self.in_dialog("BYE", 2),
+            Duration::from_secs(10),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(bye.status, 200, "{bye:?}");
+        let bob = self.bob.join().expect("bob thread");
+        assert!(bob.ok(), "bob's phone:\n{}", bob.output);
+    }
+}
+
 /// Issue 4, `GET /api/calls` loss counters: alice's phone (raw SIP and RTP from a trusted
 /// loopback address) calls bob's SIPp phone, which echoes RTP, and sends 100 PCMU packets of
 /// which five never leave and two go out swapped. Her leg counts the five as lost (RFC 3550
@@ -1257,57 +1392,9 @@ fn offerless_invite_gets_the_offer_from_the_callee_and_carries_audio() {
 /// leg, which echoes what reached it, the same five.
 #[test]
 fn rtp_lost_counts_the_gaps_in_what_a_phone_sends() {
-    use csps_tests::raw;
-    use std::net::UdpSocket;
-    let Some(gw) = gateway(&[("alice", "alice-secret-1"), ("bob", "bob-secret-1")]) else {
+    let Some(call) = RawCall::start() else {
         return;
     };
-    let bob = callee(&gw, "uas_answer.xml", "bob", "bob-secret-1");
-    gw.trust("127.0.0.0/8");
-    let sig = UdpSocket::bind("127.0.0.1:0").expect("bind");
-    let rtp = UdpSocket::bind("127.0.0.1:0").expect("bind");
-    let (local, media) = (
-        sig.local_addr().expect("addr"),
-        rtp.local_addr().expect("addr"),
-    );
-    let (call_id, tag) = (raw::token("c"), raw::token("t"));
-    let sdp = format!(
-        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
-         m=audio {} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n",
-        media.port()
-    );
-    let invite = format!(
-        "INVITE sip:bob@{DOMAIN} SIP/2.0\r\n\
-         Via: SIP/2.0/UDP {local};branch=z9hG4bK{branch};rport\r\n\
-         Max-Forwards: 70\r\nFrom: <sip:alice@{DOMAIN}>;tag={tag}\r\nTo: <sip:bob@{DOMAIN}>\r\n\
-         Call-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:alice@{local}>\r\n\
-         Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
-        sdp.len(),
-        branch = raw::token("b"),
-    );
-    let ok = raw::udp_request(&sig, gw.sip_addr(), &invite, Duration::from_secs(10))
-        .unwrap_or_else(|e| panic!("{e}\n{}", gw.log_tail(40)));
-    assert_eq!(ok.status, 200, "{ok:?}");
-    let answer = String::from_utf8_lossy(&ok.body).into_owned();
-    let port = answer
-        .lines()
-        .find_map(|l| l.strip_prefix("m=audio "))
-        .and_then(|l| l.split(' ').next())
-        .and_then(|p| p.parse::<u16>().ok())
-        .unwrap_or_else(|| panic!("no audio port in {answer:?}"));
-    let relay = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let to = ok.headers.get("To").expect("To").to_owned();
-    let in_dialog = |method: &str, cseq: u32| {
-        format!(
-            "{method} sip:{} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK{};rport\r\n\
-             Max-Forwards: 70\r\nFrom: <sip:alice@{DOMAIN}>;tag={tag}\r\nTo: {to}\r\n\
-             Call-ID: {call_id}\r\nCSeq: {cseq} {method}\r\nContent-Length: 0\r\n\r\n",
-            gw.sip_addr(),
-            raw::token("b"),
-        )
-    };
-    sig.send_to(in_dialog("ACK", 1).as_bytes(), gw.sip_addr())
-        .expect("ACK");
     // Sequence numbers 1000–1099 without 1010, 1020, 1030, 1040, 1050; 1061 before 1060.
     let mut order: Vec<u16> = (1000..1100)
         .filter(|s| !(1010..=1050).contains(s) || s % 10 != 0)
@@ -1315,34 +1402,84 @@ fn rtp_lost_counts_the_gaps_in_what_a_phone_sends() {
     let at = order.iter().position(|&s| s == 1060).expect("1060");
     order.swap(at, at + 1);
     for (i, &seq) in order.iter().enumerate() {
-        let mut p = vec![0x80, 0, 0, 0, 0, 0, 0, 0, 0x12, 0x34, 0x56, 0x78];
-        p[2..4].copy_from_slice(&seq.to_be_bytes());
-        p[4..8].copy_from_slice(&(u32::from(seq) * 160).to_be_bytes());
-        p.extend([0xffu8; 160]);
-        rtp.send_to(&p, relay).expect("RTP");
+        call.send_pcmu(0x1234_5678, seq, u32::from(seq) * 160);
         if i % 10 == 9 {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-    let counters = |leg: usize| {
-        let calls = gw.api("GET", "/api/calls", None).json();
-        calls[0]["legs"][leg]["counters"].clone()
-    };
+    call.wait_for_packets(95);
     for leg in [0, 1] {
-        let all_in = wait_until(Duration::from_secs(10), || {
-            counters(leg)["rtp_packets"].as_u64().unwrap_or(0) >= 95
-        });
-        assert!(all_in, "leg {leg}: {}", counters(leg));
-        assert_eq!(counters(leg)["rtp_lost"], 5, "leg {leg}: {}", counters(leg));
+        let counters = call.counters(leg);
+        assert_eq!(counters["rtp_lost"], 5, "leg {leg}: {counters}");
     }
-    let bye = raw::udp_request(
-        &sig,
-        gw.sip_addr(),
-        &in_dialog("BYE", 2),
-        Duration::from_secs(10),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(bye.status, 200, "{bye:?}");
-    let bob = bob.join().expect("bob thread");
-    assert!(bob.ok(), "bob's phone:\n{}", bob.output);
+    call.hang_up();
+}
+
+/// J in milliseconds as RFC 3550 §6.4.1 computes it for packets 20 ms of timestamp apart that
+/// arrive as they were `sent` (the gateway's figure with no delay on the way).
+fn jitter_of_sends(sent: &[std::time::Instant]) -> f64 {
+    sent.windows(2).fold(0.0, |j, w| {
+        let d = (w[1] - w[0]).as_secs_f64() * 1000.0 - 20.0;
+        j + (d.abs() - j) / 16.0
+    })
+}
+
+/// Issue 4, `GET /api/calls` jitter (RFC 3550 §6.4.1, A.8): alice's phone sends PCMU (8000
+/// timestamp units a second, 160 a packet) first as a steady stream, a packet each 20 ms, then
+/// under a new SSRC (the estimate restarts) in pairs 10 ms apart with 30 ms between pairs. Each
+/// D of the pairs is ±80 units, so J tends to 80 units, 10 ms (9.98 after 100 packets); the
+/// steady stream's J is only scheduling noise. Both legs' `jitter_ms` (bob's leg echoes the
+/// same timing) must lie within 2.5 ms of the J of the sender's own send times, which must
+/// themselves show the pattern (steady below 4 ms, pairs 7–13 ms): a wrong clock is off by
+/// 10 ms or more (a steady stream read at 16 kHz has |D| = 160 units, 10 ms; at 48 kHz 16.7
+/// ms), no jitter is `null` or 0. A stream that a scheduling hiccup of the loaded test host
+/// spoiled (one 150 ms stall alone adds 9 ms) is sent again, at most three times.
+#[test]
+fn rtp_jitter_ms_follows_the_send_times_of_a_phone() {
+    let Some(call) = RawCall::start() else {
+        return;
+    };
+    let mut total = 0;
+    let mut ssrc = 0x1111_0000;
+    // Sends 100 packets of a new SSRC, packet i at `offset_ms(i)` after the start (an absolute
+    // schedule: a late wake-up does not shift the packets after it), until the API's figures
+    // agree with the send times and these lie in `expected`; the last figures.
+    let mut phase = |what: &str, offset_ms: &dyn Fn(u64) -> u64, expected: std::ops::Range<f64>| {
+        let mut figures = String::new();
+        for _ in 0..3 {
+            ssrc += 1;
+            let start = std::time::Instant::now();
+            let mut sent = Vec::with_capacity(100);
+            for i in 0..100u16 {
+                let due = start + Duration::from_millis(offset_ms(u64::from(i)));
+                std::thread::sleep(due.saturating_duration_since(std::time::Instant::now()));
+                call.send_pcmu(ssrc, 2000 + i, 77_000 + u32::from(i) * 160);
+                sent.push(std::time::Instant::now());
+            }
+            total += 100;
+            call.wait_for_packets(total);
+            let own = jitter_of_sends(&sent);
+            let legs = [call.counters(0), call.counters(1)];
+            figures = format!(
+                "{what}: sent with J {own:.3} ms; legs {} and {}",
+                legs[0], legs[1]
+            );
+            // The figures, for a run with --nocapture.
+            eprintln!("{figures}");
+            let agree = legs.iter().all(|c| {
+                c["jitter_ms"]
+                    .as_f64()
+                    .is_some_and(|ms| (ms - own).abs() < 2.5)
+            });
+            if agree && expected.contains(&own) {
+                return Ok(());
+            }
+        }
+        Err(figures)
+    };
+    let steady = phase("steady", &|i| i * 20, 0.0..4.0);
+    assert!(steady.is_ok(), "{steady:?}");
+    let pairs = phase("pairs", &|i| i / 2 * 40 + i % 2 * 10, 7.0..13.0);
+    assert!(pairs.is_ok(), "{pairs:?}");
+    call.hang_up();
 }
