@@ -1371,7 +1371,8 @@ impl RawCall {
     }
 
     /// Alice hangs up; bob's phone must have seen the whole call.
-    fn hang_up(self) {
+    /// Alice hangs up (BYE); bob's phone must have passed. The gateway, still running.
+    fn hang_up(self) -> Gateway {
         let bye = csps_tests::raw::udp_request(
             &self.sig,
             self.gw.sip_addr(),
@@ -1382,6 +1383,7 @@ impl RawCall {
         assert_eq!(bye.status, 200, "{bye:?}");
         let bob = self.bob.join().expect("bob thread");
         assert!(bob.ok(), "bob's phone:\n{}", bob.output);
+        self.gw
     }
 }
 
@@ -1389,7 +1391,8 @@ impl RawCall {
 /// loopback address) calls bob's SIPp phone, which echoes RTP, and sends 100 PCMU packets of
 /// which five never leave and two go out swapped. Her leg counts the five as lost (RFC 3550
 /// §6.4.1: expected from the sequence numbers, less received; the swap is no loss), and bob's
-/// leg, which echoes what reached it, the same five.
+/// leg, which echoes what reached it, the same five; the call's record keeps them and
+/// `csps_rtp_lost_total` adds them up once the call ended.
 #[test]
 fn rtp_lost_counts_the_gaps_in_what_a_phone_sends() {
     let Some(call) = RawCall::start() else {
@@ -1412,7 +1415,27 @@ fn rtp_lost_counts_the_gaps_in_what_a_phone_sends() {
         let counters = call.counters(leg);
         assert_eq!(counters["rtp_lost"], 5, "leg {leg}: {counters}");
     }
-    call.hang_up();
+    let gw = call.hang_up();
+    // The call's record keeps the losses of both legs, and /metrics adds them up.
+    let mut record = serde_json::Value::Null;
+    let stored = wait_until(Duration::from_secs(10), || {
+        record = gw.api("GET", "/api/calls/history", None).json()[0].clone();
+        record["media"].is_array()
+    });
+    assert!(stored, "no record: {record}");
+    for leg in [0, 1] {
+        assert_eq!(record["media"][leg]["rtp_lost"], 5, "leg {leg}: {record}");
+        assert_eq!(
+            record["media"][leg]["codec"], "PCMU/8000",
+            "leg {leg}: {record}"
+        );
+    }
+    let m = gw.metrics_text();
+    assert_eq!(
+        csps_tests::metric_sum(&m, "csps_rtp_lost_total", &[]),
+        Some(10.0),
+        "{m}"
+    );
 }
 
 /// J in milliseconds as RFC 3550 §6.4.1 computes it for packets 20 ms of timestamp apart that
