@@ -41,7 +41,7 @@ fn per_tick(codec: Codec, pt: u8, n: usize) -> f64 {
     let mut mixer = Mixer::new();
     let input: Vec<_> = (0..n)
         .map(|i| {
-            mixer.add(i as u32, codec, pt).expect("participant");
+            mixer.add(i as u32, codec, pt, None).expect("participant");
             packets(codec, pt, 300.0 + 150.0 * i as f32)
         })
         .collect();

@@ -632,7 +632,11 @@ impl Room {
         };
         let id = self.next_id;
         self.next_id += 1;
-        if self.mixer.add(id, format.codec, format.pt).is_err() {
+        if self
+            .mixer
+            .add(id, format.codec, format.pt, format.max_average_bitrate)
+            .is_err()
+        {
             return self.refuse(&join, 488, "codec not mixable");
         }
         let tag = format!("{:016x}", self.rng.next_u64());
@@ -984,7 +988,11 @@ impl Room {
             tracing::info!(room = %self.name, party = %inv.party, "the party's answer refused: {e}");
             return self.unusable_answer(&mut dialog, inv);
         }
-        if self.mixer.add(id, format.codec, format.pt).is_err() {
+        if self
+            .mixer
+            .add(id, format.codec, format.pt, format.max_average_bitrate)
+            .is_err()
+        {
             return self.unusable_answer(&mut dialog, inv);
         }
         self.next_id += 1;
@@ -1213,7 +1221,11 @@ impl Room {
                     }
                 };
                 if f != m.format {
-                    if self.mixer.add(m.id, f.codec, f.pt).is_err() {
+                    if self
+                        .mixer
+                        .add(m.id, f.codec, f.pt, f.max_average_bitrate)
+                        .is_err()
+                    {
                         return;
                     }
                     m.format = f;

@@ -91,16 +91,18 @@ impl Mixer {
         }
     }
 
-    /// Adds participant `id` sending and receiving `codec` under `payload_type`; an `id` already
-    /// present is replaced (a re-INVITE that changed the codec).
+    /// Adds participant `id` sending and receiving `codec` under `payload_type` (and, for Opus,
+    /// wanting at most `max_bitrate` bit/s, its `maxaveragebitrate`); an `id` already present is
+    /// replaced (a re-INVITE that changed the codec).
     pub fn add(
         &mut self,
         id: ParticipantId,
         codec: Codec,
         payload_type: u8,
+        max_bitrate: Option<u32>,
     ) -> Result<(), CodecError> {
         let decoder = Decoder::new(codec)?;
-        let encoder = Encoder::new(codec)?;
+        let encoder = Encoder::for_receiver(codec, max_bitrate)?;
         let clock = rtp_clock(codec).ok_or(CodecError::Unsupported(codec))?;
         let p = Participant {
             id,
@@ -279,7 +281,7 @@ mod tests {
         let mut dec: Vec<_> = codecs.iter().map(|&c| Decoder::new(c).unwrap()).collect();
         let mut senders: Vec<_> = codecs.iter().map(|_| RtpSender::new()).collect();
         for (i, &c) in codecs.iter().enumerate() {
-            mixer.add(i as u32, c, pt(c)).unwrap();
+            mixer.add(i as u32, c, pt(c), None).unwrap();
         }
         let mut heard: Vec<Vec<i16>> = vec![Vec::new(); codecs.len()];
         for k in 0..50 {
@@ -371,8 +373,8 @@ mod tests {
     #[test]
     fn a_silent_or_missing_participant_adds_nothing_and_junk_is_dropped() {
         let mut m = Mixer::new();
-        m.add(1, Codec::Pcmu, 0).unwrap();
-        m.add(2, Codec::Pcmu, 0).unwrap();
+        m.add(1, Codec::Pcmu, 0, None).unwrap();
+        m.add(2, Codec::Pcmu, 0, None).unwrap();
         assert!(!m.receive(1, b"not rtp"));
         assert!(!m.receive(3, &[0x80, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1, 0xff]));
         let mut dtmf = Vec::new();
@@ -384,5 +386,38 @@ mod tests {
         m.remove(1);
         assert_eq!(m.len(), 1);
         assert!(Mixer::new().is_empty());
+    }
+
+    #[test]
+    fn an_opus_participant_capped_below_64_kbit_gets_silk_and_the_others_celt() {
+        let mut m = Mixer::new();
+        m.add(1, Codec::Opus, 111, Some(24_000)).unwrap();
+        m.add(2, Codec::Opus, 111, None).unwrap();
+        m.add(3, Codec::Pcmu, 0, None).unwrap();
+        let mut configs = Vec::new();
+        for k in 0..5 {
+            let mut payload = Vec::new();
+            Encoder::new(Codec::Pcmu)
+                .unwrap()
+                .encode(&tone(440.0, 8000, k, 0.3), &mut payload)
+                .unwrap();
+            let mut packet = Vec::new();
+            RtpSender::new().write(0, &payload, 160, &mut packet);
+            m.receive(3, &packet);
+            m.tick(|id, p| {
+                let r = rtp::parse(p).unwrap();
+                if id != 3 && !r.payload.is_empty() {
+                    // RFC 6716 §3.1: the TOC's configuration, 0–11 SILK, 16–31 CELT.
+                    configs.push((id, r.payload[0] >> 3));
+                }
+            });
+        }
+        assert!(configs.iter().any(|&(id, _)| id == 1), "{configs:?}");
+        for (id, config) in configs {
+            match id {
+                1 => assert!(config < 12, "capped: SILK, got {config}"),
+                _ => assert!(config >= 16, "uncapped: CELT, got {config}"),
+            }
+        }
     }
 }
