@@ -8,9 +8,7 @@
 
 use std::time::Instant;
 
-use csps::media::codec::{
-    Encoder, OpusProfile, SILK_BITRATE, frame_samples, rtp_clock, speechlike,
-};
+use csps::media::codec::{SILK_BITRATE, frame_samples, phone_encoder, rtp_clock, speechlike};
 use csps::media::rtp::RtpSender;
 use csps::media::transcode::{LegFormat, Transcoder};
 use csps_sip::sdp::Codec;
@@ -20,11 +18,7 @@ const FRAMES: usize = 3_000;
 /// RTP packets of `codec` (payload type `pt`) for the signal, as a phone would send them (Opus:
 /// SILK, as libopus's VoIP mode does).
 fn packets(codec: Codec, pt: u8) -> Vec<Vec<u8>> {
-    let mut enc = match codec {
-        Codec::Opus => Encoder::opus(OpusProfile::Silk(SILK_BITRATE)),
-        _ => Encoder::new(codec),
-    }
-    .expect("encoder");
+    let mut enc = phone_encoder(codec).expect("encoder");
     let duration = rtp_clock(codec).map_or(160, frame_samples) as u32;
     let mut rtp = RtpSender::new();
     speechlike(enc.rate(), FRAMES)

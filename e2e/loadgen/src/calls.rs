@@ -76,14 +76,10 @@ struct Frames {
 
 impl Frames {
     fn new() -> Result<Frames, String> {
-        use csps::media::codec::{Encoder, OpusProfile, SILK_BITRATE, speechlike};
+        use csps::media::codec::{phone_encoder, speechlike};
         use csps_sip::sdp::Codec;
         let encode = |codec| -> Result<Vec<Vec<u8>>, String> {
-            let mut enc = match codec {
-                Codec::Opus => Encoder::opus(OpusProfile::Silk(SILK_BITRATE)),
-                _ => Encoder::new(codec),
-            }
-            .map_err(|e| e.to_string())?;
+            let mut enc = phone_encoder(codec).map_err(|e| e.to_string())?;
             speechlike(enc.rate(), 50)
                 .iter()
                 .map(|pcm| {

@@ -306,11 +306,7 @@ impl Media {
     pub fn codecs(&self) -> impl Iterator<Item = Format> + '_ {
         self.formats.iter().filter_map(move |f| {
             let pt: u8 = f.parse().ok()?;
-            let mapped = self.attr("rtpmap").find_map(|v| {
-                let (p, enc) = v.split_once(' ')?;
-                if p.trim().parse::<u8>().ok()? != pt {
-                    return None;
-                }
+            let mapped = self.format_attrs("rtpmap", pt).find_map(|enc| {
                 let mut it = enc.trim().split('/');
                 let name = it.next()?;
                 let clock = it.next().and_then(|c| c.parse().ok()).unwrap_or(8000);
@@ -326,13 +322,18 @@ impl Media {
         })
     }
 
+    /// What follows the payload type in each `name` line of format `pt` (`a=rtpmap:111
+    /// opus/48000/2` → `opus/48000/2`).
+    fn format_attrs<'a>(&'a self, name: &'a str, pt: u8) -> impl Iterator<Item = &'a str> + 'a {
+        self.attr(name).filter_map(move |v| {
+            let (p, rest) = v.split_once(' ')?;
+            (p.trim().parse::<u8>().ok()? == pt).then_some(rest)
+        })
+    }
+
     /// The numeric parameter `key` of format `pt`'s `fmtp` line (`a=fmtp:111 a=1;b=2`), if any.
     fn fmtp_param(&self, pt: u8, key: &str) -> Option<u32> {
-        self.attr("fmtp").find_map(|v| {
-            let (p, params) = v.split_once(' ')?;
-            if p.trim().parse::<u8>().ok()? != pt {
-                return None;
-            }
+        self.format_attrs("fmtp", pt).find_map(|params| {
             params.split(';').find_map(|kv| {
                 let (k, v) = kv.split_once('=')?;
                 if !k.trim().eq_ignore_ascii_case(key) {

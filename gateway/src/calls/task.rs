@@ -26,6 +26,15 @@ use crate::policy::hooks::{CallQuirks, Device};
 use crate::policy::rules::Direction;
 use crate::store::LegMedia;
 
+/// The codec leg `i` (0: A) uses: its own while the relay transcodes (`per_leg`), else the one
+/// both share.
+fn leg_codec(per_leg: &Option<[String; 2]>, shared: &Option<String>, i: usize) -> Option<String> {
+    per_leg
+        .as_ref()
+        .map(|c| c[i].clone())
+        .or_else(|| shared.clone())
+}
+
 /// Everything a call task starts with.
 pub struct CallTask {
     pub no: CallNo,
@@ -622,7 +631,7 @@ async fn run_call(t: CallTask, call_id: String) {
                                 // Where leg A's phone is now (a transfer or a Replaces moves it).
                                 signalling: call.caller_signalling().to_string(),
                                 media: media.latched_a().map(|a| a.to_string()),
-                                codec: leg_codecs.as_ref().map(|c| c[0].clone()).or(codec.clone()),
+                                codec: leg_codec(&leg_codecs, &codec, 0),
                                 srtp: call.srtp(true),
                                 counters: ca,
                                 music_on_hold: hold_music.playing_to(0),
@@ -632,7 +641,7 @@ async fn run_call(t: CallTask, call_id: String) {
                                 party: callee.clone(),
                                 signalling: b_signalling.map(|a| a.ip().to_string()).unwrap_or_default(),
                                 media: media.latched_b().map(|a| a.to_string()),
-                                codec: leg_codecs.as_ref().map(|c| c[1].clone()).or(codec.clone()),
+                                codec: leg_codec(&leg_codecs, &codec, 1),
                                 srtp: call.srtp(false),
                                 counters: cb,
                                 music_on_hold: hold_music.playing_to(1),
@@ -669,12 +678,11 @@ async fn run_call(t: CallTask, call_id: String) {
     record.messages = log.messages().len();
     record.messages_dropped = log.dropped();
     let (ca, cb) = media.counters();
-    let leg_codec = |i: usize| leg_codecs.as_ref().map(|c| c[i].clone()).or(codec.clone());
     record.media = [(record.caller.clone(), 0, ca), (callee.clone(), 1, cb)]
         .into_iter()
         .map(|(party, i, c)| LegMedia {
             party,
-            codec: leg_codec(i),
+            codec: leg_codec(&leg_codecs, &codec, i),
             rtp_packets: c.rtp_packets,
             rtp_lost: c.rtp_lost,
         })

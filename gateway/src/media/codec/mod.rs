@@ -300,6 +300,16 @@ fn push_with<T: Copy + Default, E>(
     }
 }
 
+/// The encoder a phone sending `codec` uses, as the codec benchmark and the load generator's
+/// transcoded calls model it: the gateway's own, except Opus, which phones (libopus's VoIP mode)
+/// send as SILK at [`SILK_BITRATE`].
+pub fn phone_encoder(codec: Codec) -> Result<Encoder, CodecError> {
+    match codec {
+        Codec::Opus => Encoder::opus(OpusProfile::Silk(SILK_BITRATE)),
+        _ => Encoder::new(codec),
+    }
+}
+
 /// `frames` 20 ms frames at `rate` of a voiced, noisy signal (three harmonics of a pitch moving
 /// between 80 and 160 Hz, and white noise): what the codec benchmark and the load generator's
 /// transcoded calls encode, so neither measures a codec on silence.
