@@ -59,14 +59,15 @@ pub fn lost(leg: &Value) -> String {
 
 /// The interarrival jitter of what the leg sends, in ms, when the server measures it.
 pub fn jitter(leg: &Value) -> String {
-    match leg
-        .get("counters")
-        .and_then(|c| c.get("jitter_ms"))
-        .and_then(Value::as_f64)
-    {
-        Some(ms) if ms.is_finite() && ms >= 0.0 => format!("{ms:.1} ms"),
-        _ => NONE.into(),
-    }
+    millis(leg, "jitter_ms").map_or_else(|| NONE.into(), |ms| format!("{ms:.1} ms"))
+}
+
+/// A counter in milliseconds of a leg, when the server gave a readable one.
+fn millis(leg: &Value, name: &str) -> Option<f64> {
+    leg.get("counters")?
+        .get(name)?
+        .as_f64()
+        .filter(|ms| ms.is_finite() && *ms >= 0.0)
 }
 
 /// Packets dropped from the leg (the sum of the `dropped_*` counters the server gave) and the
@@ -102,8 +103,8 @@ pub fn transcoding(legs: &[Value]) -> Option<String> {
 }
 
 /// An ended call's media as its record keeps it (`media: [{party, codec, rtp_packets,
-/// rtp_lost}]`, caller's leg first): one line per leg, "–" for a record without it (a
-/// conference room, an older server).
+/// rtp_lost, jitter_max_ms}]`, caller's leg first): one line per leg, the highest jitter when
+/// measured, "–" for a record without it (a conference room, an older server).
 pub fn record_summary(record: &Value) -> String {
     let Some(legs) = record.get("media").and_then(Value::as_array) else {
         return NONE.into();
@@ -114,8 +115,11 @@ pub fn record_summary(record: &Value) -> String {
     legs.iter()
         .map(|leg| {
             let flat = serde_json::json!({ "counters": leg });
+            let jitter = millis(&flat, "jitter_max_ms")
+                .map(|ms| format!(", jitter up to {ms:.1} ms"))
+                .unwrap_or_default();
             format!(
-                "{}: {} received, {} lost",
+                "{}: {} received, {} lost{jitter}",
                 codec(leg).unwrap_or(NONE),
                 received(&flat),
                 lost(&flat)
@@ -280,12 +284,13 @@ mod tests {
     #[test]
     fn an_ended_calls_record_summary() {
         let record = json!({"media": [
-            {"party": "sip:a@x", "codec": "PCMU/8000", "rtp_packets": 990, "rtp_lost": 10},
+            {"party": "sip:a@x", "codec": "PCMU/8000", "rtp_packets": 990, "rtp_lost": 10,
+                "jitter_ms": 1.2, "jitter_max_ms": 12.34},
             {"party": "sip:b@x", "codec": null, "rtp_packets": 0, "rtp_lost": 0},
         ]});
         assert_eq!(
             record_summary(&record),
-            "PCMU/8000: 990 received, 10 (1.0 %) lost\n–: 0 received, 0 lost"
+            "PCMU/8000: 990 received, 10 (1.0 %) lost, jitter up to 12.3 ms\n–: 0 received, 0 lost"
         );
         for r in [json!({}), json!({"media": []}), json!({"media": "x"})] {
             assert_eq!(record_summary(&r), NONE, "{r}");

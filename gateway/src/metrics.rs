@@ -96,6 +96,8 @@ pub struct CallMetrics {
     pub rtp_packets: Counter<u64, AtomicU64>,
     /// RTP packets lost on the way from the legs of ended calls (counted when a call ends).
     pub rtp_lost: Counter<u64, AtomicU64>,
+    /// The highest interarrival jitter (ms) of each leg of ended calls that measured one.
+    pub rtp_jitter_max: Histogram,
 }
 
 impl Default for CallMetrics {
@@ -115,6 +117,7 @@ impl Default for CallMetrics {
             records_swept: Counter::default(),
             rtp_packets: Counter::default(),
             rtp_lost: Counter::default(),
+            rtp_jitter_max: Histogram::new([1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 50.0, 100.0]),
         }
     }
 }
@@ -326,6 +329,11 @@ impl Metrics {
             "RTP packets lost on the way from the legs of ended calls (RFC 3550 expected less \
              received; counted as calls end)",
             c.rtp_lost.clone(),
+        );
+        registry.register(
+            "rtp_jitter_max_ms",
+            "The highest interarrival jitter (RFC 3550, ms) of each leg of ended calls",
+            c.rtp_jitter_max.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -1504,5 +1504,39 @@ fn rtp_jitter_ms_follows_the_send_times_of_a_phone() {
     assert!(steady.is_ok(), "{steady:?}");
     let pairs = phase("pairs", &|i| i / 2 * 40 + i % 2 * 10, 7.0..13.0);
     assert!(pairs.is_ok(), "{pairs:?}");
-    call.hang_up();
+    // Each leg's highest estimate so far is at least its current one, and the call's record
+    // keeps both; /metrics counts one maximum per leg.
+    let max_ms: Vec<f64> = (0..2)
+        .map(|leg| {
+            let c = call.counters(leg);
+            let (now, max) = (c["jitter_ms"].as_f64(), c["jitter_max_ms"].as_f64());
+            assert!(
+                now.zip(max)
+                    .is_some_and(|(now, max)| max >= now && max > 4.0),
+                "leg {leg}: {c}"
+            );
+            max.unwrap_or_default()
+        })
+        .collect();
+    let gw = call.hang_up();
+    let mut record = serde_json::Value::Null;
+    let stored = wait_until(Duration::from_secs(10), || {
+        record = gw.api("GET", "/api/calls/history", None).json()[0].clone();
+        record["media"].is_array()
+    });
+    assert!(stored, "no record: {record}");
+    for (leg, max) in max_ms.into_iter().enumerate() {
+        let media = &record["media"][leg];
+        assert!(
+            media["jitter_max_ms"].as_f64().is_some_and(|m| m >= max)
+                && media["jitter_ms"].as_f64().is_some(),
+            "leg {leg} (max {max} ms before the BYE): {record}"
+        );
+    }
+    let m = gw.metrics_text();
+    assert_eq!(
+        csps_tests::metric_sum(&m, "csps_rtp_jitter_max_ms_count", &[]),
+        Some(2.0),
+        "{m}"
+    );
 }

@@ -9,7 +9,9 @@
 use std::net::{TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
-use csps_tests::{Gateway, GatewayOptions, Sipp, SippOutcome, have_tool, http, raw, skip};
+use csps_tests::{
+    Gateway, GatewayOptions, Sipp, SippOutcome, have_tool, http, raw, skip, wait_until,
+};
 
 const DOMAIN: &str = "csps.local";
 /// Bound on a drain: Timer J (32 s) plus slack for the store flush and the HTTP shutdown.
@@ -112,12 +114,16 @@ fn restart_keeps_live_registrations_and_drops_expired_ones() {
         "an expired registration survived the restart: {:?}",
         gw.registrations(None)
     );
-    // The core itself restored exactly the live binding.
-    let restored: Vec<String> = gw
-        .log_since(mark)
-        .into_iter()
-        .filter(|l| l.contains("restored registrations"))
-        .collect();
+    // The core itself restored exactly the live binding (the API reads the store, which may
+    // answer before the SIP core has logged its restore).
+    let restored_lines = || -> Vec<String> {
+        gw.log_since(mark)
+            .into_iter()
+            .filter(|l| l.contains("restored registrations"))
+            .collect()
+    };
+    wait_until(Duration::from_secs(10), || !restored_lines().is_empty());
+    let restored = restored_lines();
     assert!(
         restored.len() == 1 && restored[0].contains("bindings=1"),
         "restore log: {restored:?}"

@@ -10,7 +10,7 @@
 
 use csps_sip::sdp::{Codec, Format, Media, OfferError, Sdp, codec_list};
 
-use crate::media::codec::rtp_clock;
+use crate::media::codec::{opus_fmtp, rtp_clock};
 use crate::media::transcode::LegFormat;
 
 /// The codecs the media core decodes and encodes, in the order the gateway adds them to an offer
@@ -60,8 +60,14 @@ pub fn augment(offer: &mut Sdp, idx: usize) {
         return;
     };
     for &c in TRANSCODABLE.iter().chain([&Codec::TelephoneEvent]) {
-        if !m.codecs().any(|f| f.codec == c) {
-            m.add_codec(c);
+        if m.codecs().any(|f| f.codec == c) {
+            continue;
+        }
+        if let (Some(pt), Codec::Opus) = (m.add_codec(c), c) {
+            m.attributes.push(csps_sip::sdp::Attribute {
+                name: "fmtp".to_owned(),
+                value: Some(format!("{pt} {}", opus_fmtp())),
+            });
         }
     }
 }
@@ -249,6 +255,12 @@ mod tests {
         let mut o = sdp("111", &["rtpmap:111 telephone-event/8000"]);
         augment(&mut o, 0);
         assert!(names(&o).contains(&(96, "opus")), "{:?}", names(&o));
+        // The Opus the gateway adds says it plays and captures at 16 kHz (RFC 7587 §6.1).
+        let text = String::from_utf8(o.to_bytes()).expect("utf8");
+        assert!(
+            text.contains("a=fmtp:96 maxplaybackrate=16000;sprop-maxcapturerate=16000\r\n"),
+            "{text}"
+        );
     }
 
     /// The gateway's own answer keeps one codec, the other leg's when the offer has it, with

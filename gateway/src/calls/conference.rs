@@ -39,6 +39,7 @@ use super::leg::{CallInfo, LegInfo, LegKind, UserState};
 use super::record::{CallRecord, Direction as LogDirection, MessageLog};
 use super::sdes::{LegSrtp, Sdes, SrtpPolicy};
 use super::{CallAction, CallEvent, CallNo, Directory};
+use crate::media::codec::opus_fmtp;
 use crate::media::mixer::{Mixer, ParticipantId};
 use crate::media::srtp::{SrtpKeys, SrtpSession};
 use crate::media::{Latch, LegCounters, PortPool, is_rtp_v2};
@@ -362,16 +363,18 @@ fn audio_section(
         name: name.to_owned(),
         value,
     };
-    let mut attributes: Vec<Attribute> = formats
-        .iter()
-        .map(|f| {
-            let enc = match f.codec {
-                Codec::Opus => format!("opus/{}/2", f.clock),
-                c => format!("{}/{}", c.name(), f.clock),
-            };
-            attr("rtpmap", Some(format!("{} {enc}", f.pt)))
-        })
-        .collect();
+    let mut attributes: Vec<Attribute> = Vec::with_capacity(formats.len() + 3);
+    for f in formats {
+        let enc = match f.codec {
+            Codec::Opus => format!("opus/{}/2", f.clock),
+            c => format!("{}/{}", c.name(), f.clock),
+        };
+        attributes.push(attr("rtpmap", Some(format!("{} {enc}", f.pt))));
+        if f.codec == Codec::Opus {
+            // The room mixes at 16 kHz (RFC 7587 §6.1).
+            attributes.push(attr("fmtp", Some(format!("{} {}", f.pt, opus_fmtp()))));
+        }
+    }
     attributes.push(attr("ptime", Some("20".to_owned())));
     attributes.push(attr(dir.as_str(), None));
     let mut m = Media {

@@ -279,6 +279,9 @@ impl Directory {
         for leg in &call.media {
             self.metrics.rtp_packets.inc_by(leg.rtp_packets);
             self.metrics.rtp_lost.inc_by(leg.rtp_lost);
+            if let Some(j) = leg.jitter_max_ms {
+                self.metrics.rtp_jitter_max.observe(j);
+            }
         }
         match (call.answered_at, call.status) {
             (Some(_), _) => self.metrics.talk_time.observe(call.talk_secs as f64),

@@ -685,6 +685,8 @@ async fn run_call(t: CallTask, call_id: String) {
             codec: leg_codec(&leg_codecs, &codec, i),
             rtp_packets: c.rtp_packets,
             rtp_lost: c.rtp_lost,
+            jitter_ms: c.jitter_ms,
+            jitter_max_ms: c.jitter_max_ms,
         })
         .collect();
     directory.ended(record, log);

@@ -36,6 +36,8 @@ pub struct LegCounters {
     /// Interarrival jitter of the leg's audio in milliseconds ([`rtp::Jitter`], RFC 3550
     /// §6.4.1); `null` while the leg's RTP clock is unknown or before its second packet.
     pub jitter_ms: Option<f64>,
+    /// The highest `jitter_ms` seen so far in the call (across codec and source changes).
+    pub jitter_max_ms: Option<f64>,
     /// RTCP packets accepted and forwarded.
     pub rtcp_packets: u64,
     /// Packets from an unexpected address (before or after latching), dropped.
@@ -74,6 +76,7 @@ impl LegCounters {
             let ts = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
             self.jitter.on_packet(at, h[1] & 0x7f, ts);
             self.jitter_ms = self.jitter.ms();
+            self.note_jitter_max();
         }
     }
 
@@ -82,6 +85,14 @@ impl LegCounters {
     pub fn set_audio(&mut self, audio: Option<(u8, u32)>) {
         self.jitter.set_audio(audio);
         self.jitter_ms = self.jitter.ms();
+    }
+
+    fn note_jitter_max(&mut self) {
+        if let Some(j) = self.jitter_ms
+            && self.jitter_max_ms.is_none_or(|m| j > m)
+        {
+            self.jitter_max_ms = Some(j);
+        }
     }
 }
 
@@ -305,6 +316,11 @@ mod tests {
         // Without an arrival time (a reader that cannot tell) nothing changes.
         c.count_rtp(172, &pcmu(2, 30_002, 9_000), None);
         assert_eq!(c.jitter_ms, Some(0.0));
+        // The highest estimate of the call outlives the restarts.
+        let max = c.jitter_max_ms.expect("a maximum");
+        assert!(max > 1.0, "{c:?}");
+        c.set_audio(Some((8, 8000)));
+        assert_eq!((c.jitter_ms, c.jitter_max_ms), (None, Some(max)));
     }
 
     #[test]

@@ -246,13 +246,19 @@ impl Reception {
     }
 }
 
+/// The arrival gap from which the jitter estimate takes a pause for a pause, not for jitter.
+pub const PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The interarrival jitter of one sender, RFC 3550 §6.4.1 and A.8: for each packet of its audio
 /// payload type, D = (R_i − R_{i−1}) − (S_i − S_{i−1}) with R the arrival time in the stream's
 /// RTP clock and S the packet's timestamp, and J += (|D| − J)/16, in timestamp units. Arrival
 /// times are the driver's (one `Instant` per received batch): the estimator reads no clock.
 /// Packets of another payload type (telephone-event, comfort noise) are skipped; without a known
 /// clock there is no estimate; a new run ([`Reception::on_packet`]) or a new payload type or
-/// clock starts the estimate afresh (the first packet of a run has no D).
+/// clock starts the estimate afresh (the first packet of a run has no D). A packet that comes
+/// [`PAUSE`] or more after the one before only sets the reference: a pause (hold, silence
+/// suppression) is not jitter, and phones that do not advance their timestamps across one
+/// would otherwise add the whole pause to J.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Jitter {
     /// The sender's audio payload type and its RTP clock rate (Hz), when known.
@@ -290,7 +296,11 @@ impl Jitter {
             return;
         }
         if let Some((then, ts)) = self.last.replace((arrival, timestamp)) {
-            let r = arrival.saturating_duration_since(then).as_secs_f64() * f64::from(clock);
+            let gap = arrival.saturating_duration_since(then);
+            if gap >= PAUSE {
+                return;
+            }
+            let r = gap.as_secs_f64() * f64::from(clock);
             // The wrapping difference read as signed: right across the 32-bit wrap, and a
             // packet with an older timestamp (reordered) counts as the jitter it is.
             let s = f64::from(timestamp.wrapping_sub(ts) as i32);
@@ -376,6 +386,26 @@ mod tests {
         // units makes J 20, which then shrinks by 15/16 per steady packet.
         let j = jitter_of(0, [20, 20, 60, 20, 20]).ms();
         assert!(near(j, 20.0 * (15.0f64 / 16.0).powi(2) / 8.0), "{j:?}");
+    }
+
+    #[test]
+    fn a_pause_is_not_jitter() {
+        // A phone on hold for 5 s whose timestamps do not advance across it: the packet after
+        // the pause only sets the reference, the steady stream around it stays at 0.
+        let mut j = Jitter::default();
+        j.set_audio(Some((0, 8000)));
+        let t0 = Instant::now();
+        let ms = std::time::Duration::from_millis;
+        for i in 0..10u32 {
+            j.on_packet(t0 + ms(u64::from(i) * 20), 0, i * 160);
+        }
+        for i in 10..20u32 {
+            j.on_packet(t0 + ms(5_000 + u64::from(i) * 20), 0, i * 160);
+        }
+        assert!(near(j.ms(), 0.0), "{j:?}");
+        // Just under the pause, the gap is jitter: D = 999 − 20 ms.
+        let j = jitter_of(0, [20, 999]);
+        assert!(near(j.ms(), 979.0 / 16.0), "{j:?}");
     }
 
     #[test]

@@ -178,12 +178,14 @@ pub async fn run(parts: CoreParts) {
         .filter_map(|r| binding_from_record(r, now_wall))
         .collect();
     keepalives.extend(restored.iter().filter_map(|b| keepalive_entry(now, b)));
-    tracing::info!(
-        bindings = restored.len(),
-        "restored registrations of this server"
-    );
+    let restored_count = restored.len();
     registrar.load(restored);
     metrics.registrations.set(registrar.len() as i64);
+    // Logged once the gauge is set: the line tells a reader the restore is complete.
+    tracing::info!(
+        bindings = restored_count,
+        "restored registrations of this server"
+    );
     let mut core = Core {
         server_name,
         txns: Transactions::new(TxnConfig::default()),

@@ -277,7 +277,7 @@ pub struct PolicyRecord {
 /// An ended call's record as the store keeps it (`GET /api/calls/history`, the `call.ended`
 /// event): the in-memory record of the call plus who handled it and an id unique in a cluster.
 /// The SIP messages stay in the handling server's memory (`GET /api/calls/{id}/messages`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EndedCall {
     /// Unique across servers (the store's key).
     pub record_id: Uuid,
@@ -322,7 +322,7 @@ pub struct EndedCall {
 
 /// What one leg of a call sent to the gateway over the whole call: the call record's media
 /// quality summary.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LegMedia {
     /// The party (`sip:user@domain`).
     #[schema(example = "sip:alice@csps.local")]
@@ -334,6 +334,13 @@ pub struct LegMedia {
     /// RTP packets lost on the way from it (RFC 3550 §6.4.1: expected from the sequence
     /// numbers, less received).
     pub rtp_lost: u64,
+    /// Its interarrival jitter in milliseconds when the call ended (RFC 3550 §6.4.1); `null`
+    /// when never measured (and in records written before 2026-11-28).
+    #[serde(default)]
+    pub jitter_ms: Option<f64>,
+    /// The highest interarrival jitter in milliseconds over the call; `null` as `jitter_ms`.
+    #[serde(default)]
+    pub jitter_max_ms: Option<f64>,
 }
 
 /// Which ended calls to list, newest (latest `ended_at`) first.

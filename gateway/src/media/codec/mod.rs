@@ -22,6 +22,12 @@ pub const FRAME_MS: u32 = 20;
 /// Opus sampling rate used inside the gateway (wide-band speech: what G.722 carries too).
 pub const OPUS_RATE: u32 = 16_000;
 
+/// The `a=fmtp` parameters of an Opus format the gateway offers (RFC 7587 §6.1): it decodes and
+/// encodes at [`OPUS_RATE`], so a far end need not spend bits on audio above 8 kHz.
+pub fn opus_fmtp() -> String {
+    format!("maxplaybackrate={OPUS_RATE};sprop-maxcapturerate={OPUS_RATE}")
+}
+
 /// Why a payload could not be decoded or a frame encoded.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CodecError {
