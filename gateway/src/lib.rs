@@ -7,13 +7,14 @@
 //! (the B2BUA: one task per call), `media` (the RTP relay and its port pool), `trunk` (the
 //! Teams Direct Routing trunk: proxies, keep-alive, failover), `policy` (sandboxed WASM
 //! policies: routing, admission, quirks), `presence` (Teams Busy/InACall through Graph while a
-//! user is in a call).
+//! user is in a call), `blf` (busy-lamp fields: the SIP dialog event package for desk phones).
 // `deny`, not `forbid`: the WASM policy bindings that wasmtime's `bindgen!` generates implement
 // its unsafe component traits (policy/sandbox.rs allows it there, and only there).
 #![deny(unsafe_code)]
 
 pub mod api;
 pub mod auth;
+pub mod blf;
 pub mod calls;
 pub mod config;
 pub mod demo;

@@ -164,6 +164,8 @@ pub struct Metrics {
     pub calls: CallMetrics,
     /// Open `GET /api/events` streams.
     pub event_listeners: Gauge<i64, AtomicI64>,
+    /// Live dialog-event subscriptions (busy-lamp fields) on this server.
+    pub dialog_subscriptions: Gauge<i64, AtomicI64>,
     /// Teams presence requests to Graph that failed, by reason (`throttled`, `unavailable`,
     /// `refused`, `token`, `lagged`; `store`: a busy mark not written or removed).
     pub presence_failures: Family<ReasonLabel, Counter<u64, AtomicU64>>,
@@ -199,6 +201,7 @@ impl Metrics {
             policy_failures: Family::default(),
             calls: CallMetrics::default(),
             event_listeners: Gauge::default(),
+            dialog_subscriptions: Gauge::default(),
             presence_failures: Family::default(),
             token_refreshes: Family::default(),
             registry: Registry::default(),
@@ -256,6 +259,11 @@ impl Metrics {
             "policy_failures",
             "Policy module failures answered by the built-in rule",
             m.policy_failures.clone(),
+        );
+        registry.register(
+            "dialog_subscriptions",
+            "Live dialog-event subscriptions (busy-lamp fields) on this server",
+            m.dialog_subscriptions.clone(),
         );
         registry.register(
             "event_listeners",

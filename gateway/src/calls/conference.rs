@@ -35,7 +35,7 @@ use tracing::Instrument;
 use super::b2bua::{
     EndReason, Handover, Input, ReferRefusal, RoomOutcome, TransferTarget, new_invite, party_aor,
 };
-use super::leg::{CallInfo, LegInfo, LegKind, UserState};
+use super::leg::{CallInfo, LegInfo, LegKind, LineState, UserState};
 use super::record::{CallRecord, Direction as LogDirection, MessageLog};
 use super::sdes::{LegSrtp, Sdes, SrtpPolicy};
 use super::{CallAction, CallEvent, CallNo, Directory};
@@ -693,10 +693,13 @@ impl Room {
             self.record.answered_at = Some(Utc::now());
             self.record.status = Some(200);
         }
+        // A participant dialled in (or was moved in by its own call's transfer): the room is
+        // a call it placed.
         let _ = self.states.send(UserState {
             aor: m.party.clone(),
-            busy: true,
+            state: LineState::Busy,
             call: self.no,
+            caller: true,
         });
         self.members.push(m);
     }
@@ -1269,8 +1272,9 @@ impl Room {
         tracing::info!(room = %self.name, party = %m.party, participants = self.members.len(), "left the conference");
         let _ = self.states.send(UserState {
             aor: m.party,
-            busy: false,
+            state: LineState::Idle,
             call: self.no,
+            caller: true,
         });
         self.end_if_empty();
     }

@@ -70,14 +70,31 @@ pub struct CallInfo {
     pub legs: Vec<LegInfo>,
 }
 
-/// A user's call state as published on the internal bus (Teams presence and the console
-/// consume it): a user with any device in a call is busy.
+/// A user's line in one call, as the user-state bus carries it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum LineState {
+    /// The user's devices ring for this call (they are its callee; not answered yet). Busy
+    /// presence ignores it; busy-lamp fields blink.
+    Ringing,
+    /// In the answered call.
+    Busy,
+    /// Out of the call: it ended, or its ringing stopped (cancelled, refused, picked up by
+    /// someone else).
+    Idle,
+}
+
+/// A user's call state as published on the internal bus (Teams presence and the busy-lamp
+/// fields consume it): a user with any device in an answered call is busy.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct UserState {
     /// `sip:user@domain`.
     pub aor: String,
-    /// True while in an answered call, false when it ended.
-    pub busy: bool,
+    /// Where the user's line is in this call.
+    pub state: LineState,
     /// The call.
     pub call: u64,
+    /// The user placed the call (RFC 4235 `direction="initiator"`); false: they were called.
+    pub caller: bool,
 }

@@ -16,7 +16,7 @@ use tokio::sync::{broadcast, mpsc};
 use tracing::Instrument;
 
 use super::b2bua::{Call, Input, MediaChange, Output, Setup};
-use super::leg::{CallInfo, LegInfo, LegKind, UserState};
+use super::leg::{CallInfo, LegInfo, LegKind, LineState, UserState};
 use super::record::{CallRecord, Direction as LogDirection, MessageLog};
 use super::{CallAction, CallEvent, CallNo, Directory};
 use crate::media::PortPool;
@@ -343,15 +343,35 @@ fn codec_of(body: &[u8]) -> Option<String> {
     Some(format!("{}/{}", f.codec.name(), f.clock))
 }
 
-/// The call's parties that are users of this gateway (a Teams party is not).
+/// The call's parties that are users of this gateway (a Teams party is not), each with whether
+/// it is the caller.
 fn local_users<'a>(
     caller: &'a Option<String>,
     callee: &'a String,
     kinds: [LegKind; 2],
-) -> impl Iterator<Item = &'a String> {
+) -> impl Iterator<Item = (&'a String, bool)> {
     let caller = caller.as_ref().filter(|_| kinds[0] == LegKind::Phone);
     let callee = Some(callee).filter(|_| kinds[1] == LegKind::Phone);
-    caller.into_iter().chain(callee)
+    caller
+        .map(|c| (c, true))
+        .into_iter()
+        .chain(callee.map(|c| (c, false)))
+}
+
+/// Publishes `aor`'s line in call `no` (nobody listening is fine).
+fn publish(
+    states: &broadcast::Sender<UserState>,
+    no: CallNo,
+    aor: &str,
+    state: LineState,
+    caller: bool,
+) {
+    let _ = states.send(UserState {
+        aor: aor.to_owned(),
+        state,
+        call: no,
+        caller,
+    });
 }
 
 /// Runs the call to its end, its log lines in the call's span.
@@ -415,6 +435,10 @@ async fn run_call(t: CallTask, call_id: String) {
         media: Vec::new(),
     };
     directory.started(&record);
+    // The callee's devices are rung from the start: its busy-lamp fields blink until the answer.
+    if kinds[1] == LegKind::Phone {
+        publish(&states, no, &callee, LineState::Ringing, false);
+    }
     let mut log = MessageLog::default();
     let mut peers = Peers::new(&setup);
     log.request(LogDirection::In, setup.from.addr, &setup.invite);
@@ -516,12 +540,8 @@ async fn run_call(t: CallTask, call_id: String) {
                     record.answered_at = answered_at;
                     directory.answered(&record);
                     directory.set_dialogs(no, call.dialogs());
-                    for aor in local_users(&caller, &callee, kinds) {
-                        let _ = states.send(UserState {
-                            aor: aor.clone(),
-                            busy: true,
-                            call: no,
-                        });
+                    for (aor, is_caller) in local_users(&caller, &callee, kinds) {
+                        publish(&states, no, aor, LineState::Busy, is_caller);
                     }
                     continue;
                 }
@@ -552,18 +572,14 @@ async fn run_call(t: CallTask, call_id: String) {
                     tracing::info!(to = %party, "call transferred");
                     directory.set_dialogs(no, call.dialogs());
                     // Before the answer (a call pickup) nobody is busy yet: the answer makes
-                    // the new party busy.
+                    // the new party busy, and the callee's ringing stops.
                     let answered = answered_at.is_some();
-                    let freed = old
-                        .filter(|_| was_phone && answered)
-                        .map(|aor| (aor, false));
-                    let taken = (!teams && answered).then_some((party, true));
-                    for (aor, busy) in freed.into_iter().chain(taken) {
-                        let _ = states.send(UserState {
-                            aor,
-                            busy,
-                            call: no,
-                        });
+                    let freed = old.filter(|_| was_phone && (answered || !a));
+                    if let Some(aor) = freed {
+                        publish(&states, no, &aor, LineState::Idle, a);
+                    }
+                    if !teams && answered {
+                        publish(&states, no, &party, LineState::Busy, a);
                     }
                     continue;
                 }
@@ -663,13 +679,12 @@ async fn run_call(t: CallTask, call_id: String) {
         }
     }
     if answered_at.is_some() {
-        for aor in local_users(&caller, &callee, kinds) {
-            let _ = states.send(UserState {
-                aor: aor.clone(),
-                busy: false,
-                call: no,
-            });
+        for (aor, is_caller) in local_users(&caller, &callee, kinds) {
+            publish(&states, no, aor, LineState::Idle, is_caller);
         }
+    } else if kinds[1] == LegKind::Phone {
+        // Never answered: the callee's ringing stops.
+        publish(&states, no, &callee, LineState::Idle, false);
     }
     let ended_at = Utc::now();
     record.ended_at = Some(ended_at);

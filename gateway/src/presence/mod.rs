@@ -48,7 +48,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::auth::graph::Graph;
 use crate::auth::http::HttpClient;
-use crate::calls::UserState;
+use crate::calls::{LineState, UserState};
 use crate::config::{AzureApp, Settings};
 use crate::metrics::{Metrics, ReasonLabel};
 use crate::store::Store;
@@ -186,7 +186,13 @@ async fn run(mut p: PresenceParts, timing: Timing, mut stop: mpsc::Receiver<()>)
         }
         tokio::select! {
             ev = p.states.recv() => match ev {
-                Ok(UserState { aor, busy, call }) => {
+                Ok(UserState { aor, state, call, .. }) => {
+                    // Only answered calls make a user Busy: ringing is for busy-lamp fields.
+                    let busy = match state {
+                        LineState::Busy => true,
+                        LineState::Idle => false,
+                        _ => continue,
+                    };
                     // Off: nobody becomes busy, but the users already busy are still cleared.
                     if busy && !on {
                         continue;

@@ -14,7 +14,7 @@ use csps_sip::{FlowId, Message, Method, Remote, Request, Response, SipHeaders, T
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use tokio::net::UdpSocket;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 
 use super::accounts::AccountCache;
 use super::transport::{Inbound, UDP_FLOW_BASE};
@@ -24,7 +24,8 @@ use crate::metrics::Metrics;
 use crate::store::{BindingKey, Registration};
 
 /// Methods this version implements; the others get 405 with this list.
-pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, PRACK, REGISTER";
+pub const ALLOW: &str =
+    "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, PRACK, REGISTER, SUBSCRIBE";
 /// Methods implemented here: outside a call's dialog, those that only make sense inside one get
 /// 481 (RFC 3261 §12.2.2), not 405.
 const IMPLEMENTED_HERE: &[Method] = &[
@@ -95,6 +96,8 @@ pub struct CoreParts {
         crate::calls::Switch,
         mpsc::Receiver<(crate::calls::CallNo, crate::calls::CallAction)>,
     ),
+    /// The calls' user states, for the busy-lamp fields.
+    pub user_states: broadcast::Receiver<crate::calls::UserState>,
 }
 
 /// Registrar settings from the live configuration.
@@ -146,6 +149,8 @@ struct Core {
     /// The trunk driver's channel, and its client transactions (generation, proxy).
     trunk: Option<mpsc::Sender<crate::trunk::driver::CoreAnswer>>,
     trunk_txns: HashMap<TxnKey, (u64, usize)>,
+    /// Busy-lamp fields: dialog-event subscriptions and their NOTIFYs.
+    blf: crate::blf::Blf,
 }
 
 /// Runs the core until the inbound channel closes.
@@ -164,6 +169,7 @@ pub async fn run(parts: CoreParts) {
         mut committed,
         metrics,
         calls: (calls, mut call_actions),
+        mut user_states,
     } = parts;
     let cfg = registrar_config(&server_name, &settings.borrow_and_update());
     let mut registrar = Registrar::new(cfg, secret);
@@ -204,7 +210,9 @@ pub async fn run(parts: CoreParts) {
         calls,
         trunk: None,
         trunk_txns: HashMap::new(),
+        blf: crate::blf::Blf::new(StdRng::from_os_rng()),
     };
+    let mut user_states_open = true;
     // One timer, re-armed only when the earliest deadline moves (not once per message).
     let sleep = tokio::time::sleep(Duration::from_secs(3600));
     tokio::pin!(sleep);
@@ -244,12 +252,23 @@ pub async fn run(parts: CoreParts) {
                     core.calls.apply(&mut core.txns, no, action);
                 }
             }
+            state = user_states.recv(), if user_states_open => match state {
+                Ok(s) => core.blf.on_user_state(Instant::now(), s),
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "busy-lamp fields fell behind the calls' user states");
+                }
+                Err(broadcast::error::RecvError::Closed) => user_states_open = false,
+            },
             Some(cmd) = commands.recv() => match cmd {
                 CoreCommand::Accounts(a) => {
                     tracing::debug!(accounts = a.len(), "account view updated");
+                    core.blf.on_accounts(Instant::now(), &a);
                     core.accounts = a;
                 }
-                CoreCommand::Drain(done) => core.draining = Some(done),
+                CoreCommand::Drain(done) => {
+                    core.blf.shutdown(Instant::now());
+                    core.draining = Some(done);
+                }
                 CoreCommand::TrunkAnswers(tx) => core.trunk = Some(tx),
                 CoreCommand::TrunkSend { generation, proxy, to, req } => {
                     core.trunk_send(generation, proxy, to, *req);
@@ -336,6 +355,7 @@ impl Core {
             self.txns.poll_timeout(),
             reg,
             self.keepalives.front().map(|k| k.0),
+            self.blf.next_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -387,6 +407,7 @@ impl Core {
     fn on_timer(&mut self) {
         let now = Instant::now();
         self.txns.handle_input(Input::Timeout(now));
+        self.blf.on_timer(now);
         let lapsed = self.registrar.expire(SystemTime::now());
         if !lapsed.is_empty() {
             self.metrics.registrations.set(self.registrar.len() as i64);
@@ -419,6 +440,8 @@ impl Core {
     }
 
     fn drain_outputs(&mut self) {
+        self.blf
+            .drain(Instant::now(), &mut self.txns, &self.metrics);
         while let Some(out) = self.txns.poll_output() {
             match out {
                 Output::Transmit {
@@ -445,7 +468,11 @@ impl Core {
                     self.send_raw(to, &bytes);
                     self.out = bytes;
                 }
-                Output::Event(ev) => self.on_event(ev),
+                Output::Event(ev) => {
+                    self.on_event(ev);
+                    self.blf
+                        .drain(Instant::now(), &mut self.txns, &self.metrics);
+                }
                 _ => {}
             }
         }
@@ -492,14 +519,14 @@ impl Core {
         }
     }
 
-    fn respond(&mut self, key: &TxnKey, req: &Request, mut resp: Response) {
-        self.add_to_tag(req, &mut resp);
+    fn respond(&mut self, key: &TxnKey, mut resp: Response) {
+        self.add_to_tag(&mut resp);
         if let Err(e) = self.txns.respond(Instant::now(), key, resp) {
             tracing::debug!(%key, "cannot answer: {e}");
         }
     }
 
-    fn add_to_tag(&mut self, _req: &Request, resp: &mut Response) {
+    fn add_to_tag(&mut self, resp: &mut Response) {
         if resp.status == 100 {
             return;
         }
@@ -522,6 +549,8 @@ impl Core {
             }
             Event::Ack { req, .. } => self.calls.on_ack(req),
             Event::Cancel { req, .. } => self.calls.on_cancel(req),
+            Event::Response { key, resp } if self.blf.on_response(Instant::now(), key, &resp) => {}
+            Event::Timeout { key } if self.blf.on_timeout(Instant::now(), key) => {}
             Event::Response { key, resp } if self.trunk_txns.contains_key(&key) => {
                 if resp.status >= 200
                     && let Some((generation, proxy)) = self.trunk_txns.remove(&key)
@@ -550,6 +579,7 @@ impl Core {
             Event::Timeout { key } => self.calls.on_timeout(key),
             Event::Terminated { key } => {
                 self.trunk_txns.remove(&key);
+                self.blf.on_terminated(key);
                 self.calls.on_terminated(key);
             }
             Event::StrayResponse { .. } => self.metrics.drop_msg("stray_response"),
@@ -594,26 +624,29 @@ impl Core {
                 let local = self.local_of(&from);
                 self.on_invite(key, from, req, local);
             }
+            Method::Subscribe => self.on_subscribe(key, from, req),
             Method::Options => {
                 let mut resp = req.response(200, "OK");
                 resp.headers.push("Allow", ALLOW);
+                resp.headers
+                    .push("Allow-Events", crate::blf::watchers::EVENT);
                 resp.headers.push("Accept", "application/sdp");
                 resp.headers.push("Supported", "path, outbound");
-                self.respond(&key, &req, resp);
+                self.respond(&key, resp);
             }
             Method::Other(_) => {
                 let mut resp = req.response(501, "Not Implemented");
                 resp.headers.push("Allow", ALLOW);
-                self.respond(&key, &req, resp);
+                self.respond(&key, resp);
             }
             ref m if !IMPLEMENTED_HERE.contains(m) => {
                 let mut resp = req.response(405, "Method Not Allowed");
                 resp.headers.push("Allow", ALLOW);
-                self.respond(&key, &req, resp);
+                self.respond(&key, resp);
             }
             _ => {
                 let resp = req.response(481, "Call/Transaction Does Not Exist");
-                self.respond(&key, &req, resp);
+                self.respond(&key, resp);
             }
         }
     }
@@ -664,13 +697,13 @@ impl Core {
                         let mut resp = req.response(503, "Service Unavailable");
                         resp.headers.push("Retry-After", "5");
                         self.metrics.store_failures.inc();
-                        self.respond(&key, &req, resp);
+                        self.respond(&key, resp);
                     }
                 }
             }
             _ => {
                 let resp = req.response(500, "Server Internal Error");
-                self.respond(&key, &req, resp);
+                self.respond(&key, resp);
             }
         }
     }
@@ -715,12 +748,29 @@ impl Core {
             _ => {
                 tracing::error!("registrar bound a REGISTER without credentials");
                 let mut resp = req.response(500, "Server Internal Error");
-                self.add_to_tag(req, &mut resp);
+                self.add_to_tag(&mut resp);
                 resp
             }
         };
         self.txns.send_stateless(from, Message::Response(resp));
         None
+    }
+
+    /// A SUBSCRIBE outside a call (busy-lamp fields, [`crate::blf`]).
+    fn on_subscribe(&mut self, key: TxnKey, from: Remote, req: Request) {
+        let accounts = self.accounts.clone();
+        let local = self.local_of(&from);
+        let cx = crate::blf::SubscribeCx {
+            registrar: &mut self.registrar,
+            accounts: accounts.as_ref(),
+            rng: &mut self.rng,
+            local,
+        };
+        let refusal = self.blf.on_subscribe(Instant::now(), cx, key, from, req);
+        self.sync_auth_counters();
+        if let Some(resp) = refusal {
+            self.respond(&key, resp);
+        }
     }
 
     fn on_refer(&mut self, key: TxnKey, from: Remote, req: Request) {
