@@ -1,0 +1,225 @@
+//! RFC 6665 §4.2 and RFC 4235 §4 (busy-lamp fields): a SIPp desk phone subscribes to a
+//! colleague's dialog state through the real gateway (digest challenge, 200, a full-state NOTIFY),
+//! watches a SIPp call to that colleague ring, be answered and end (NOTIFY bodies `early`,
+//! `confirmed`, `terminated`, versions one up each), and unsubscribes (`terminated` NOTIFY). Other
+//! packages get 489, users that are no account 404.
+
+use std::path::Path;
+use std::time::Duration;
+
+use csps_tests::{Gateway, Sipp, SippOutcome, wait_until};
+
+const DOMAIN: &str = "csps.local";
+
+fn gateway(users: &[(&str, &str)]) -> Option<Gateway> {
+    let gw = csps_tests::gateway_for("sipp")?;
+    for (u, p) in users {
+        gw.create_user(u, p);
+    }
+    Some(gw)
+}
+
+/// `user` (password `<user>-secret-1`) runs the SUBSCRIBE `scenario` for `watched`.
+fn watcher(gw: &Gateway, scenario: &str, user: &str, watched: &str) -> Sipp {
+    Sipp::new(scenario, gw.sip_addr())
+        .key("user", user)
+        .key("domain", DOMAIN)
+        .key("callee", watched)
+        .auth(user, &format!("{user}-secret-1"))
+        .auth_uri(&format!("{watched}@{DOMAIN}"))
+        .timeout(Duration::from_secs(60))
+}
+
+fn assert_ok(gw: &Gateway, who: &str, outcome: &SippOutcome) {
+    assert!(
+        outcome.ok(),
+        "{who} failed:\n{}\n--- gateway ---\n{}",
+        outcome.output,
+        gw.log_tail(40)
+    );
+}
+
+/// The gateway's count of live dialog subscriptions.
+fn subscriptions(gw: &Gateway) -> Option<f64> {
+    csps_tests::metric_sum(&gw.metrics_text(), "csps_dialog_subscriptions", &[])
+}
+
+/// One NOTIFY the watcher received, as the test reads it.
+#[derive(Debug)]
+struct Notify {
+    subscription_state: String,
+    version: u64,
+    /// Each `<dialog>`: id, direction, state.
+    dialogs: Vec<(String, String, String)>,
+}
+
+/// The value of attribute `name` in the XML start tag `tag`.
+fn attribute(tag: &str, name: &str) -> Option<String> {
+    let start = tag.find(&format!(" {name}=\""))? + name.len() + 3;
+    let len = tag[start..].find('"')?;
+    Some(tag[start..start + len].to_owned())
+}
+
+/// The dialog-info document of a NOTIFY: its version and its dialogs.
+fn dialog_info(body: &str) -> Result<(u64, Vec<(String, String, String)>), String> {
+    let root_at = body
+        .find("<dialog-info ")
+        .ok_or_else(|| format!("no dialog-info: {body}"))?;
+    let root = &body[root_at..root_at + body[root_at..].find('>').unwrap_or(0)];
+    if attribute(root, "state").as_deref() != Some("full")
+        || attribute(root, "entity").as_deref() != Some("sip:bob@csps.local")
+        || !root.contains("xmlns=\"urn:ietf:params:xml:ns:dialog-info\"")
+    {
+        return Err(format!("not bob's full state: {root}"));
+    }
+    let version = attribute(root, "version")
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| format!("no version: {root}"))?;
+    let mut dialogs = Vec::new();
+    for part in body.split("<dialog ").skip(1) {
+        let tag = &part[..part.find('>').unwrap_or(part.len())];
+        let state = part
+            .split_once("<state>")
+            .and_then(|(_, s)| s.split_once("</state>"))
+            .map(|(s, _)| s.to_owned())
+            .ok_or_else(|| format!("a dialog without state: {part}"))?;
+        dialogs.push((
+            attribute(tag, "id").unwrap_or_default(),
+            attribute(tag, "direction").unwrap_or_default(),
+            state,
+        ));
+    }
+    Ok((version, dialogs))
+}
+
+/// The NOTIFYs SIPp received, in order, from its message log (`-trace_msg`).
+fn received_notifies(log: &Path) -> Vec<Notify> {
+    let text = std::fs::read_to_string(log)
+        .unwrap_or_else(|e| panic!("SIPp's message log {}: {e}", log.display()));
+    let mut out = Vec::new();
+    for entry in text.split("\n----------------------------------------------- ") {
+        let Some((head, msg)) = entry.split_once("bytes :\n") else {
+            continue;
+        };
+        let msg = msg.trim_start_matches(['\r', '\n']);
+        if !head.contains("message received") || !msg.starts_with("NOTIFY ") {
+            continue;
+        }
+        let msg = msg.replace("\r\n", "\n");
+        let (headers, body) = msg.split_once("\n\n").unwrap_or((&msg, ""));
+        let subscription_state = headers
+            .lines()
+            .find_map(|l| l.strip_prefix("Subscription-State:"))
+            .map(|v| v.trim().to_owned())
+            .unwrap_or_default();
+        let (version, dialogs) = dialog_info(body).unwrap_or_else(|e| panic!("{e}"));
+        out.push(Notify {
+            subscription_state,
+            version,
+            dialogs,
+        });
+    }
+    out
+}
+
+/// Carol's phone watches bob. Alice calls bob (SIPp caller and callee), bob answers, alice
+/// hangs up: carol's NOTIFYs show bob's dialog early (recipient), confirmed, terminated, with
+/// versions 0, 1, 2, … and nothing of alice's; then carol unsubscribes (200 Expires 0, a
+/// `terminated;reason=timeout` NOTIFY) and the gateway counts no subscription.
+#[test]
+fn a_watcher_sees_the_watched_users_call_ring_answer_and_end() {
+    let Some(gw) = gateway(&[
+        ("alice", "alice-secret-1"),
+        ("bob", "bob-secret-1"),
+        ("carol", "carol-secret-1"),
+    ]) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("watcher_messages.log");
+    let sipp = watcher(&gw, "uac_blf_watch.xml", "carol", "bob")
+        .arg("-trace_msg")
+        .arg("-message_file")
+        .arg(log.to_string_lossy().into_owned());
+    let carol = std::thread::spawn(move || sipp.run());
+    assert!(
+        wait_until(Duration::from_secs(20), || subscriptions(&gw) == Some(1.0)),
+        "carol's subscription did not start:\n{}",
+        gw.log_tail(40)
+    );
+    let bob = Sipp::callee(
+        "uas_answer.xml",
+        gw.sip_addr(),
+        ("bob", "bob-secret-1"),
+        DOMAIN,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let bob = std::thread::spawn(move || bob.run());
+    let alice = Sipp::caller(
+        "uac_call.xml",
+        gw.sip_addr(),
+        ("alice", "alice-secret-1"),
+        "bob",
+        DOMAIN,
+    )
+    .run();
+    let bob = bob.join().expect("callee thread");
+    assert_ok(&gw, "alice (caller)", &alice);
+    assert_ok(&gw, "bob (callee)", &bob);
+    let carol = carol.join().expect("watcher thread");
+    assert_ok(&gw, "carol (watcher)", &carol);
+
+    let notifies = received_notifies(&log);
+    assert!(notifies.len() >= 4, "{notifies:#?}");
+    let first = &notifies[0];
+    assert!(
+        first.subscription_state.starts_with("active;expires="),
+        "{first:?}"
+    );
+    assert!(first.dialogs.is_empty(), "bob is idle at first: {first:?}");
+    let versions: Vec<u64> = notifies.iter().map(|n| n.version).collect();
+    let expected: Vec<u64> = (0..notifies.len() as u64).collect();
+    assert_eq!(versions, expected, "one up per NOTIFY: {notifies:#?}");
+    // Bob's one call, as each NOTIFY showed it (a repeat folded).
+    let mut seen: Vec<(String, String, String)> = Vec::new();
+    for d in notifies.iter().flat_map(|n| n.dialogs.iter()) {
+        if seen.last() != Some(d) {
+            seen.push(d.clone());
+        }
+    }
+    let id = seen.first().map(|d| d.0.clone()).unwrap_or_default();
+    let states: Vec<(&str, &str, &str)> = seen
+        .iter()
+        .map(|(i, dir, s)| (i.as_str(), dir.as_str(), s.as_str()))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            (id.as_str(), "recipient", "early"),
+            (id.as_str(), "recipient", "confirmed"),
+            (id.as_str(), "recipient", "terminated"),
+        ],
+        "{notifies:#?}"
+    );
+    let last = notifies.last().expect("a NOTIFY");
+    assert_eq!(last.subscription_state, "terminated;reason=timeout");
+    assert!(last.dialogs.is_empty(), "shown terminated once: {last:?}");
+    assert!(
+        wait_until(Duration::from_secs(10), || subscriptions(&gw) == Some(0.0)),
+        "the subscription is still counted"
+    );
+}
+
+/// `Event: presence` is 489 Bad Event with `Allow-Events: dialog` (without a challenge); a
+/// watched user that is no account is 404 after the challenge.
+#[test]
+fn other_packages_get_489_and_unknown_users_404() {
+    let Some(gw) = gateway(&[("carol", "carol-secret-1")]) else {
+        return;
+    };
+    let bad_event = watcher(&gw, "uac_blf_bad_event.xml", "carol", "bob").run();
+    assert_ok(&gw, "Event: presence", &bad_event);
+    let unknown = watcher(&gw, "uac_blf_unknown.xml", "carol", "nobody").run();
+    assert_ok(&gw, "SUBSCRIBE to nobody", &unknown);
+    assert_eq!(subscriptions(&gw), Some(0.0));
+}
