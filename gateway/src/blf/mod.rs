@@ -23,7 +23,7 @@ use csps_sip::transaction::{Transactions, TxnKey};
 use csps_sip::{Remote, Request, Response, SipHeaders};
 use rand::rngs::StdRng;
 
-use crate::calls::UserState;
+use crate::calls::{CallInfo, LegKind, LineState, UserState};
 use crate::metrics::Metrics;
 use crate::sip::accounts::AccountCache;
 use watchers::{Config, Input, Output, SubId, Watchers};
@@ -58,6 +58,32 @@ fn watched(req: &Request, domain: &str, accounts: &AccountCache) -> Option<(Stri
         .by_number(&crate::policy::rules::dial_string(&user))
         .filter(|(_, d)| d.eq_ignore_ascii_case(domain))
         .map(|(u, d)| (u.to_owned(), d.to_owned()))
+}
+
+/// The lines of the running calls as the call tasks publish them: a ringing call's callee
+/// ringing, an answered call's phones busy (the caller's leg first), a room's participants busy.
+pub fn lines_of(calls: &[CallInfo]) -> Vec<UserState> {
+    let mut out = Vec::new();
+    for c in calls {
+        let answered = c.answered_at.is_some();
+        let room = c.conference.is_some();
+        for (i, leg) in c.legs.iter().enumerate() {
+            let state = match (answered || room, i) {
+                (true, _) => LineState::Busy,
+                (false, 1) => LineState::Ringing,
+                (false, _) => continue,
+            };
+            if leg.kind == LegKind::Phone {
+                out.push(UserState {
+                    aor: leg.party.clone(),
+                    state,
+                    call: c.id,
+                    caller: room || i == 0,
+                });
+            }
+        }
+    }
+    out
 }
 
 impl Blf {
@@ -125,6 +151,19 @@ impl Blf {
     /// A line changed on the user-state bus.
     pub fn on_user_state(&mut self, now: Instant, state: UserState) {
         self.core.handle(now, Input::Line(state));
+    }
+
+    /// User states were lost; true when a snapshot of the running calls should now be taken
+    /// for [`Blf::on_resync`] (once per lag).
+    pub fn on_lagged(&mut self, now: Instant) -> bool {
+        let first = !self.core.resyncing();
+        self.core.handle(now, Input::Lagged);
+        first
+    }
+
+    /// The lines of the running calls ([`lines_of`]), taken after [`Blf::on_lagged`].
+    pub fn on_resync(&mut self, now: Instant, lines: Vec<UserState>) {
+        self.core.handle(now, Input::Resync(lines));
     }
 
     /// The accounts changed: the watchers of a deleted user are told `noresource`.
@@ -213,5 +252,90 @@ impl Blf {
             }
         }
         metrics.dialog_subscriptions.set(self.core.len() as i64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::calls::LegInfo;
+
+    fn leg(kind: LegKind, party: &str) -> LegInfo {
+        LegInfo {
+            kind,
+            party: party.into(),
+            signalling: String::new(),
+            media: None,
+            codec: None,
+            srtp: false,
+            counters: Default::default(),
+            music_on_hold: false,
+        }
+    }
+
+    fn call(id: u64, answered: bool, conference: Option<&str>, legs: Vec<LegInfo>) -> CallInfo {
+        CallInfo {
+            id,
+            state: if answered { "answered" } else { "ringing" },
+            started_at: chrono::Utc::now(),
+            answered_at: answered.then(chrono::Utc::now),
+            duration_secs: 0,
+            emergency: false,
+            routing_policy: None,
+            quirks_policy: None,
+            conference: conference.map(str::to_owned),
+            legs,
+        }
+    }
+
+    /// The running calls' lines as the call tasks publish them: a ringing call's phone callee
+    /// rings, an answered call's phones are busy, Teams parties are not users, a room's
+    /// participants are busy callers.
+    #[test]
+    fn lines_of_the_running_calls() {
+        let state = |aor: &str, state, call, caller| UserState {
+            aor: aor.into(),
+            state,
+            call,
+            caller,
+        };
+        let calls = [
+            call(
+                1,
+                false,
+                None,
+                vec![
+                    leg(LegKind::Phone, "sip:a@x"),
+                    leg(LegKind::Phone, "sip:b@x"),
+                ],
+            ),
+            call(
+                2,
+                true,
+                None,
+                vec![
+                    leg(LegKind::Teams, "sip:+1555@sbc"),
+                    leg(LegKind::Phone, "sip:c@x"),
+                ],
+            ),
+            call(
+                3,
+                true,
+                Some("room"),
+                vec![
+                    leg(LegKind::Phone, "sip:d@x"),
+                    leg(LegKind::Phone, "sip:e@x"),
+                ],
+            ),
+        ];
+        assert_eq!(
+            lines_of(&calls),
+            [
+                state("sip:b@x", LineState::Ringing, 1, false),
+                state("sip:c@x", LineState::Busy, 2, false),
+                state("sip:d@x", LineState::Busy, 3, true),
+                state("sip:e@x", LineState::Busy, 3, true),
+            ]
+        );
     }
 }

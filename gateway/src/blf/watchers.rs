@@ -99,6 +99,12 @@ pub enum Input {
     },
     /// A user's line changed (the call core's user-state bus).
     Line(UserState),
+    /// Some user states were lost (the bus ran ahead): the changes from now on are kept until
+    /// [`Input::Resync`].
+    Lagged,
+    /// Every line of the running calls, taken after [`Input::Lagged`]: it replaces the lines,
+    /// the changes seen since are applied on top, and what differs is notified.
+    Resync(Vec<UserState>),
     /// The final answer to subscription `sub`'s NOTIFY.
     NotifyAnswered {
         /// The subscription.
@@ -187,6 +193,8 @@ pub struct Watchers {
     lines: HashMap<String, BTreeMap<u64, Line>>,
     /// When each subscription lapses (or, ending, is given up).
     deadlines: BTreeSet<(Instant, SubId)>,
+    /// The line changes since [`Input::Lagged`], while a resync is awaited.
+    since_lag: Option<Vec<UserState>>,
     out: VecDeque<Output>,
     next: SubId,
 }
@@ -255,6 +263,31 @@ pub fn check(cfg: &Config, req: &Request) -> Result<u32, Response> {
     Ok(expires.min(cfg.max_expires))
 }
 
+/// Applies one user state to `lines`; true when it changed them.
+fn apply(lines: &mut HashMap<String, BTreeMap<u64, Line>>, s: &UserState) -> bool {
+    let k = aor_key(&s.aor);
+    let calls = lines.entry(k.clone()).or_default();
+    let new = match s.state {
+        LineState::Ringing => Some(DialogState::Early),
+        LineState::Busy => Some(DialogState::Confirmed),
+        _ => None,
+    };
+    let changed = match new {
+        Some(state) => {
+            let line = Line {
+                initiator: s.caller,
+                state,
+            };
+            calls.insert(s.call, line) != Some(line)
+        }
+        None => calls.remove(&s.call).is_some(),
+    };
+    if calls.is_empty() {
+        lines.remove(&k);
+    }
+    changed
+}
+
 /// Our Contact on a flow of `transport` from `local`.
 fn contact(transport: Transport, local: SocketAddr) -> String {
     match transport {
@@ -274,6 +307,7 @@ impl Watchers {
             by_aor: HashMap::new(),
             lines: HashMap::new(),
             deadlines: BTreeSet::new(),
+            since_lag: None,
             out: VecDeque::new(),
             next: 1,
         }
@@ -292,6 +326,11 @@ impl Watchers {
     /// True when nobody watches anyone.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// True while lost user states await [`Input::Resync`].
+    pub fn resyncing(&self) -> bool {
+        self.since_lag.is_some()
     }
 
     /// The watched AoRs (lower case).
@@ -336,7 +375,36 @@ impl Watchers {
                 aor,
             } => self.subscribe(now, key, from, local, req, aor),
             Input::InDialog { key, from, req } => self.in_dialog(now, key, from, req),
-            Input::Line(s) => self.line(now, s),
+            Input::Line(s) => {
+                if let Some(seen) = &mut self.since_lag {
+                    seen.push(s.clone());
+                }
+                if apply(&mut self.lines, &s) {
+                    self.notify_watchers(now, &aor_key(&s.aor));
+                }
+            }
+            Input::Lagged => {
+                self.since_lag.get_or_insert_with(Vec::new);
+            }
+            Input::Resync(snapshot) => {
+                let Some(seen) = self.since_lag.take() else {
+                    return;
+                };
+                let mut lines = HashMap::new();
+                for s in snapshot.iter().chain(&seen) {
+                    apply(&mut lines, s);
+                }
+                let old = std::mem::replace(&mut self.lines, lines);
+                let changed: BTreeSet<String> = old
+                    .keys()
+                    .chain(self.lines.keys())
+                    .filter(|k| old.get(*k) != self.lines.get(*k))
+                    .cloned()
+                    .collect();
+                for k in changed {
+                    self.notify_watchers(now, &k);
+                }
+            }
             Input::NotifyAnswered { sub, status } => {
                 if matches!(status, 408 | 481) {
                     tracing::debug!(
@@ -525,33 +593,11 @@ impl Watchers {
         }
     }
 
-    fn line(&mut self, now: Instant, s: UserState) {
-        let k = aor_key(&s.aor);
-        let lines = self.lines.entry(k.clone()).or_default();
-        let new = match s.state {
-            LineState::Ringing => Some(DialogState::Early),
-            LineState::Busy => Some(DialogState::Confirmed),
-            _ => None,
-        };
-        let changed = match new {
-            Some(state) => {
-                let line = Line {
-                    initiator: s.caller,
-                    state,
-                };
-                lines.insert(s.call, line) != Some(line)
-            }
-            None => lines.remove(&s.call).is_some(),
-        };
-        if lines.is_empty() {
-            self.lines.remove(&k);
-        }
-        if !changed {
-            return;
-        }
+    /// Every subscription watching `key` (an AoR's index form) gets the state.
+    fn notify_watchers(&mut self, now: Instant, key: &str) {
         let ids: Vec<SubId> = self
             .by_aor
-            .get(&k)
+            .get(key)
             .map(|s| s.iter().copied().collect())
             .unwrap_or_default();
         for id in ids {
@@ -1082,6 +1128,58 @@ mod tests {
         assert!(body(n).contains("version=\"0\""));
         assert!(w.is_empty());
         assert_eq!(w.poll_timeout(), None);
+    }
+
+    /// Lost user states: the snapshot taken after the lag replaces the lines, the changes seen
+    /// since go on top, and only the users whose lines differ are notified.
+    #[test]
+    fn a_resync_after_lost_states_corrects_the_lines() {
+        let mut w = watchers();
+        let now = Instant::now();
+        let (sub, _) = subscribed(&mut w, now);
+        // Call 3 was shown ringing; its end was lost.
+        w.handle(
+            now,
+            line("sip:bob@csps.local", 3, LineState::Ringing, false),
+        );
+        let (sub2, _) = notify(&outputs(&mut w)[0]);
+        assert_eq!(sub2, sub);
+        w.handle(now, Input::NotifyAnswered { sub, status: 200 });
+        w.handle(now, Input::Lagged);
+        // Seen after the lag: call 5 rings, then is answered.
+        w.handle(
+            now,
+            line("sip:bob@csps.local", 5, LineState::Ringing, false),
+        );
+        let out = outputs(&mut w);
+        let (_, n) = notify(&out[0]);
+        assert!(body(n).contains("call-3") && body(n).contains("call-5"));
+        w.handle(now, Input::NotifyAnswered { sub, status: 200 });
+        w.handle(now, line("sip:bob@csps.local", 5, LineState::Busy, false));
+        let out = outputs(&mut w);
+        let (_, n) = notify(&out[0]);
+        assert!(body(n).contains("<state>confirmed</state>"));
+        w.handle(now, Input::NotifyAnswered { sub, status: 200 });
+        // The snapshot (taken before call 5's answer) knows no call 3.
+        let snapshot = vec![UserState {
+            aor: "sip:bob@csps.local".into(),
+            state: LineState::Ringing,
+            call: 5,
+            caller: false,
+        }];
+        w.handle(now, Input::Resync(snapshot));
+        let out = outputs(&mut w);
+        assert_eq!(out.len(), 1, "{out:?}");
+        let (_, n) = notify(&out[0]);
+        assert!(body(n).contains(
+            "<dialog id=\"call-3\" direction=\"recipient\">\n    <state>terminated</state>"
+        ));
+        assert!(body(n).contains(
+            "<dialog id=\"call-5\" direction=\"recipient\">\n    <state>confirmed</state>"
+        ));
+        // A resync nobody asked for changes nothing.
+        w.handle(now, Input::Resync(Vec::new()));
+        assert!(outputs(&mut w).is_empty());
     }
 
     /// The server stops: `terminated;reason=deactivated`.

@@ -96,8 +96,12 @@ pub struct CoreParts {
         crate::calls::Switch,
         mpsc::Receiver<(crate::calls::CallNo, crate::calls::CallAction)>,
     ),
-    /// The calls' user states, for the busy-lamp fields.
-    pub user_states: broadcast::Receiver<crate::calls::UserState>,
+    /// The calls' user states, for the busy-lamp fields, and the running calls (their lines,
+    /// should states be lost).
+    pub user_states: (
+        broadcast::Receiver<crate::calls::UserState>,
+        crate::calls::Directory,
+    ),
 }
 
 /// Registrar settings from the live configuration.
@@ -169,7 +173,7 @@ pub async fn run(parts: CoreParts) {
         mut committed,
         metrics,
         calls: (calls, mut call_actions),
-        mut user_states,
+        user_states: (mut user_states, directory),
     } = parts;
     let cfg = registrar_config(&server_name, &settings.borrow_and_update());
     let mut registrar = Registrar::new(cfg, secret);
@@ -213,6 +217,7 @@ pub async fn run(parts: CoreParts) {
         blf: crate::blf::Blf::new(StdRng::from_os_rng()),
     };
     let mut user_states_open = true;
+    let (resync_tx, mut resync_rx) = mpsc::channel(1);
     // One timer, re-armed only when the earliest deadline moves (not once per message).
     let sleep = tokio::time::sleep(Duration::from_secs(3600));
     tokio::pin!(sleep);
@@ -255,10 +260,18 @@ pub async fn run(parts: CoreParts) {
             state = user_states.recv(), if user_states_open => match state {
                 Ok(s) => core.blf.on_user_state(Instant::now(), s),
                 Err(broadcast::error::RecvError::Lagged(n)) => {
-                    tracing::warn!(missed = n, "busy-lamp fields fell behind the calls' user states");
+                    tracing::warn!(missed = n, "busy-lamp fields fell behind the calls' user states; resyncing from the running calls");
+                    if core.blf.on_lagged(Instant::now()) {
+                        let (calls, done) = (directory.clone(), resync_tx.clone());
+                        tokio::spawn(async move {
+                            let lines = crate::blf::lines_of(&calls.list().await);
+                            let _ = done.send(lines).await;
+                        });
+                    }
                 }
                 Err(broadcast::error::RecvError::Closed) => user_states_open = false,
             },
+            Some(lines) = resync_rx.recv() => core.blf.on_resync(Instant::now(), lines),
             Some(cmd) = commands.recv() => match cmd {
                 CoreCommand::Accounts(a) => {
                     tracing::debug!(accounts = a.len(), "account view updated");

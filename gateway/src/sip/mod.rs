@@ -232,7 +232,7 @@ pub async fn start(
         committed: done_rx,
         metrics,
         calls: (switch, call_rx),
-        user_states: user_states.subscribe(),
+        user_states: (user_states.subscribe(), directory.clone()),
     }));
     // A web phone's line claims to arrive on the first listener, on loopback when it listens
     // on every address (the core then offers the relay's loopback side to the bridge).
