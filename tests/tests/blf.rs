@@ -44,13 +44,15 @@ fn subscriptions(gw: &Gateway) -> Option<f64> {
     csps_tests::metric_sum(&gw.metrics_text(), "csps_dialog_subscriptions", &[])
 }
 
+/// One `<dialog>` of a NOTIFY body: id, direction, state.
+type Dialog = (String, String, String);
+
 /// One NOTIFY the watcher received, as the test reads it.
 #[derive(Debug)]
 struct Notify {
     subscription_state: String,
     version: u64,
-    /// Each `<dialog>`: id, direction, state.
-    dialogs: Vec<(String, String, String)>,
+    dialogs: Vec<Dialog>,
 }
 
 /// The value of attribute `name` in the XML start tag `tag`.
@@ -61,7 +63,7 @@ fn attribute(tag: &str, name: &str) -> Option<String> {
 }
 
 /// The dialog-info document of a NOTIFY: its version and its dialogs.
-fn dialog_info(body: &str) -> Result<(u64, Vec<(String, String, String)>), String> {
+fn dialog_info(body: &str) -> Result<(u64, Vec<Dialog>), String> {
     let root_at = body
         .find("<dialog-info ")
         .ok_or_else(|| format!("no dialog-info: {body}"))?;
@@ -181,7 +183,7 @@ fn a_watcher_sees_the_watched_users_call_ring_answer_and_end() {
     let expected: Vec<u64> = (0..notifies.len() as u64).collect();
     assert_eq!(versions, expected, "one up per NOTIFY: {notifies:#?}");
     // Bob's one call, as each NOTIFY showed it (a repeat folded).
-    let mut seen: Vec<(String, String, String)> = Vec::new();
+    let mut seen: Vec<Dialog> = Vec::new();
     for d in notifies.iter().flat_map(|n| n.dialogs.iter()) {
         if seen.last() != Some(d) {
             seen.push(d.clone());
