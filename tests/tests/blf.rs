@@ -11,14 +11,6 @@ use csps_tests::{Gateway, Sipp, SippOutcome, wait_until};
 
 const DOMAIN: &str = "csps.local";
 
-fn gateway(users: &[(&str, &str)]) -> Option<Gateway> {
-    let gw = csps_tests::gateway_for("sipp")?;
-    for (u, p) in users {
-        gw.create_user(u, p);
-    }
-    Some(gw)
-}
-
 /// `user` (password `<user>-secret-1`) runs the SUBSCRIBE `scenario` for `watched`.
 fn watcher(gw: &Gateway, scenario: &str, user: &str, watched: &str) -> Sipp {
     Sipp::new(scenario, gw.sip_addr())
@@ -130,13 +122,12 @@ fn received_notifies(log: &Path) -> Vec<Notify> {
 /// `terminated;reason=timeout` NOTIFY) and the gateway counts no subscription.
 #[test]
 fn a_watcher_sees_the_watched_users_call_ring_answer_and_end() {
-    let Some(gw) = gateway(&[
-        ("alice", "alice-secret-1"),
-        ("bob", "bob-secret-1"),
-        ("carol", "carol-secret-1"),
-    ]) else {
+    let Some(gw) = csps_tests::gateway_for("sipp") else {
         return;
     };
+    for user in ["alice", "bob", "carol"] {
+        gw.create_user(user, &format!("{user}-secret-1"));
+    }
     let dir = tempfile::tempdir().expect("temp dir");
     let log = dir.path().join("watcher_messages.log");
     let sipp = watcher(&gw, "uac_blf_watch.xml", "carol", "bob")
@@ -216,9 +207,10 @@ fn a_watcher_sees_the_watched_users_call_ring_answer_and_end() {
 /// watched user that is no account is 404 after the challenge.
 #[test]
 fn other_packages_get_489_and_unknown_users_404() {
-    let Some(gw) = gateway(&[("carol", "carol-secret-1")]) else {
+    let Some(gw) = csps_tests::gateway_for("sipp") else {
         return;
     };
+    gw.create_user("carol", "carol-secret-1");
     let bad_event = watcher(&gw, "uac_blf_bad_event.xml", "carol", "bob").run();
     assert_ok(&gw, "Event: presence", &bad_event);
     let unknown = watcher(&gw, "uac_blf_unknown.xml", "carol", "nobody").run();
