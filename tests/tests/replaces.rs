@@ -110,16 +110,15 @@ fn alice_calls_bob(
 /// `user`'s phone (SIPp, authenticated after a 407, echoing RTP) sending an INVITE with
 /// `Replaces: replaces` (`e2e/sipp/uac_replaces.xml`), talking 5 s and hanging up.
 fn replacing(gw: &Gateway, user: &str, replaces: &str) -> Sipp {
+    replacing_as("uac_replaces.xml", gw, user, replaces)
+}
+
+/// [`replacing`] playing `scenario`.
+fn replacing_as(scenario: &str, gw: &Gateway, user: &str, replaces: &str) -> Sipp {
     let password = format!("{user}-secret-1");
-    Sipp::caller(
-        "uac_replaces.xml",
-        gw.sip_addr(),
-        (user, &password),
-        "bob",
-        DOMAIN,
-    )
-    .key("replaces", replaces)
-    .arg("-rtp_echo")
+    Sipp::caller(scenario, gw.sip_addr(), (user, &password), "bob", DOMAIN)
+        .key("replaces", replaces)
+        .arg("-rtp_echo")
 }
 
 /// A phone taking over an answered call: alice (baresip, 600 Hz) calls bob, whose first phone
@@ -165,6 +164,72 @@ fn a_device_of_the_same_user_takes_over_an_answered_call() {
     let alice_hears_herself = heard(alice_dir.path(), 600.0);
     eprintln!(
         "tone share: alice hears her tone echoed by bob's second device {alice_hears_herself:.2}"
+    );
+    assert!(
+        alice_hears_herself > 0.5,
+        "alice hears 600 Hz at {alice_hears_herself}; call: {record}"
+    );
+}
+
+/// RFC 3891 with RFC 3264 §4, an INVITE with Replaces without an offer (as some desk phones
+/// send it): alice (baresip, 600 Hz) calls bob's first phone (SIPp, silent). Bob's second device
+/// first sends one and ACKs the gateway's offer without an answer: it gets the BYE (`Reason`
+/// cause 488) and the call goes on untouched with the first phone. Then it sends one again and
+/// answers the offer (PCMU) in its ACK, echoing RTP: the first phone gets the BYE "Call
+/// replaced", alice a `sendrecv` re-INVITE, and she hears her own tone echoed by the new device.
+#[test]
+fn a_device_of_the_same_user_takes_over_an_answered_call_without_an_offer() {
+    let Some(gw) = gateway() else {
+        return;
+    };
+    let alice_dir = tempfile::tempdir().expect("temp dir");
+    let (bob, alice) = alice_calls_bob(&gw, "uas_answer.xml", alice_dir.path());
+    let id = call_in(&gw, "answered");
+    std::thread::sleep(Duration::from_secs(2));
+    let replaces = callee_dialog(&gw, id, 200);
+    let unanswered = replacing_as("uac_replaces_no_answer.xml", &gw, "bob", &replaces).run();
+    assert!(
+        unanswered.ok(),
+        "an ACK without an answer:\n{}\n--- gateway ---\n{}",
+        unanswered.output,
+        gw.log_tail(60)
+    );
+    let calls = gw.api("GET", "/api/calls", None).json();
+    assert_eq!(calls[0]["id"], id, "{calls}");
+    assert_eq!(calls[0]["state"], "answered", "{calls}");
+    let second = replacing_as("uac_replaces_offerless.xml", &gw, "bob", &replaces).run();
+    assert!(
+        second.ok(),
+        "bob's second device failed:\n{}\n--- gateway ---\n{}",
+        second.output,
+        gw.log_tail(60)
+    );
+    let bob = bob.join().expect("bob thread");
+    assert!(bob.ok(), "bob's first phone got no BYE:\n{}", bob.output);
+    let record = gw.ended_call();
+    assert_eq!(record["callee"], format!("sip:bob@{DOMAIN}"), "{record}");
+    let messages = gw
+        .api("GET", &format!("/api/calls/{id}/messages"), None)
+        .json();
+    let byes: Vec<&str> = messages
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| m["method"] == "BYE" && m["direction"] == "out" && m["status"].is_null())
+        .filter_map(|m| m["text"].as_str())
+        .collect();
+    assert!(
+        byes.iter()
+            .any(|b| b.contains("Reason: SIP;cause=200;text=\"Call replaced\"")),
+        "the first phone's BYE: {byes:?}"
+    );
+    let reinvite = gw.call_message(id, "a", ("INVITE", "out", None));
+    assert!(reinvite.contains("a=sendrecv"), "{reinvite}");
+    std::thread::sleep(Duration::from_millis(500));
+    drop(alice);
+    let alice_hears_herself = heard(alice_dir.path(), 600.0);
+    eprintln!(
+        "tone share: alice hears her tone echoed by bob's offerless device {alice_hears_herself:.2}"
     );
     assert!(
         alice_hears_herself > 0.5,

@@ -554,6 +554,20 @@ struct OwnOffer {
     acked: bool,
 }
 
+/// A phone whose INVITE with Replaces came without an offer (RFC 3891 with RFC 3264 §4): its
+/// 200 carried the gateway's offer, and it takes leg A's (`a`) or B's place only once its ACK
+/// brings a usable answer.
+struct Joining {
+    /// It takes leg A's place (else B's).
+    a: bool,
+    /// The phone as a device of this call, its dialog made.
+    phone: Fork,
+    /// The sender as the gateway asserts it.
+    party: String,
+    /// The offer in its 200, as neutral SDP (no SDES).
+    offer: Sdp,
+}
+
 /// The 2xx of a relayed re-INVITE, retransmitted until the origin's ACK (§13.3.1.4).
 struct Answered {
     /// The origin's INVITE CSeq, which its ACK repeats.
@@ -594,6 +608,8 @@ pub struct Call {
     own_offer: Option<OwnOffer>,
     /// The 2xx to a phone that replaced a leg (RFC 3891), retransmitted until its ACK.
     replacement: Option<(TxnKey, Answered)>,
+    /// The offerless replacing phone waiting for its ACK's answer.
+    joining: Option<Joining>,
     /// Dialogs of transferors that left leg A (a crossing BYE still gets its 200).
     former: Vec<Dialog>,
     /// The 200 to the caller, kept for retransmission until the ACK.
@@ -898,6 +914,7 @@ impl Call {
             moving: None,
             own_offer: None,
             replacement: None,
+            joining: None,
             former: Vec::new(),
             a_ok: None,
             a_ok_next: None,
@@ -1151,7 +1168,11 @@ impl Call {
                 }
             }
             Input::Request { key, from, req } => self.on_request(now, key, from, req),
-            Input::Ack(req) if self.replacement_acked(&req) => {}
+            Input::Ack(req) if self.replacement_acked(&req) => {
+                if let Some(j) = self.joining.take() {
+                    self.joined(&req, j);
+                }
+            }
             Input::Ack(req) => {
                 if self.phase == Phase::Answered
                     && self.a_dialog.as_ref().is_some_and(|d| d.matches(&req))
@@ -1277,6 +1298,7 @@ impl Call {
     fn settled(&self) -> bool {
         self.pending_byes.is_empty()
             && self.moving.is_none()
+            && self.joining.is_none()
             && self
                 .forks
                 .iter()
@@ -1284,6 +1306,10 @@ impl Call {
     }
 
     fn finish(&mut self) {
+        if let Some(j) = self.joining.take() {
+            // Still no ACK from an offerless replacing phone: its dialog ends with the call.
+            self.bye_joining(j.phone);
+        }
         if self.phase != Phase::Ended {
             self.phase = Phase::Ended;
             self.out.push_back(Output::Ended);
@@ -1639,17 +1665,12 @@ impl Call {
     /// answering device; an ACK without a usable answer ends the call (§13.2.2.4: ACK, then
     /// BYE).
     fn answer_in_ack(&mut self, now: Instant, ack: &Request, offer: &Sdp) {
-        let answer = is_sdp(&ack.headers, &ack.body)
-            .then(|| Sdp::parse(&ack.body).ok())
-            .flatten()
-            .and_then(|mut a| {
-                let idx = sdp::check_answer(offer, &a).ok()?;
-                self.take_sdes(true, self.srtp_rule(true), &mut a, false)
-                    .ok()?;
-                Some((a.rtp_addr(idx), {
-                    sdp::rewrite_address(&mut a, idx, self.setup.relay_b);
-                    a
-                }))
+        let answer = self
+            .answer_to(true, self.srtp_rule(true), offer, ack)
+            .map(|(mut a, idx)| {
+                let addr = a.rtp_addr(idx);
+                sdp::rewrite_address(&mut a, idx, self.setup.relay_b);
+                (addr, a)
             });
         let Some((addr, answer)) = answer else {
             tracing::info!("the caller's ACK carries no usable answer to the callee's offer");
@@ -1670,6 +1691,25 @@ impl Call {
             req.body = body;
             self.out.push_back(Output::Stateless { to, req });
         }
+    }
+
+    /// The answer in `ack` (an ACK to a 2xx that carried `offer`) from leg A's side (`a`) or
+    /// B's, checked against the offer, its SDES taken under `rule` (the relay's keys for that
+    /// side), and its audio section; `None` when the ACK has no usable answer.
+    fn answer_to(
+        &mut self,
+        a: bool,
+        rule: LegSrtp,
+        offer: &Sdp,
+        ack: &Request,
+    ) -> Option<(Sdp, usize)> {
+        if !is_sdp(&ack.headers, &ack.body) {
+            return None;
+        }
+        let mut answer = Sdp::parse(&ack.body).ok()?;
+        let idx = sdp::check_answer(offer, &answer).ok()?;
+        self.take_sdes(a, rule, &mut answer, false).ok()?;
+        Some((answer, idx))
     }
 
     /// Sends the held ACK to the answering device as it is (the call is being torn down).
@@ -2226,8 +2266,9 @@ impl Call {
             respond(self, status, None);
             return;
         }
-        if self.own_offer.as_ref().is_some_and(|o| !o.acked) {
-            // The gateway's own re-INVITE to this call is pending (§14.1).
+        if self.own_offer.as_ref().is_some_and(|o| !o.acked) || self.joining.is_some() {
+            // The gateway's own re-INVITE to this call is pending (§14.1), or a phone is about
+            // to take a leg's place.
             respond(self, 491, None);
             return;
         }
@@ -2562,18 +2603,14 @@ impl Call {
         let Some(offer) = a.offer_to_origin else {
             return;
         };
-        let answer = is_sdp(&ack.headers, &ack.body)
-            .then(|| Sdp::parse(&ack.body).ok())
-            .flatten()
-            .and_then(|mut answer| {
-                let idx = sdp::check_answer(&offer, &answer).ok()?;
-                self.take_sdes(p.from_a, self.srtp_rule(p.from_a), &mut answer, false)
-                    .ok()?;
+        let answer = self
+            .answer_to(p.from_a, self.srtp_rule(p.from_a), &offer, &ack)
+            .map(|(mut answer, idx)| {
                 let addr = answer.rtp_addr(idx);
                 self.telephone_events = (None, None);
                 self.media_for(p.from_a, addr);
                 sdp::rewrite_address(&mut answer, idx, self.relay_facing(!p.from_a));
-                Some(self.answer_body(!p.from_a, &answer))
+                self.answer_body(!p.from_a, &answer)
             });
         if answer.is_none() {
             tracing::info!("the ACK to an offerless re-INVITE carries no usable answer");
@@ -2698,24 +2735,9 @@ impl Call {
                 return;
             }
         };
-        // What the transferee receives, now at the relay's side facing the transferor.
-        let offer = if from_a {
-            self.b_answer.clone().map(|mut o| {
-                if let Some(i) = o.audio_index() {
-                    sdp::rewrite_address(&mut o, i, self.setup.relay_a);
-                }
-                o
-            })
-        } else {
-            self.b_offer.clone()
-        };
-        let Some(mut offer) = offer else {
+        let Some(offer) = self.offer_in_place_of(from_a) else {
             return respond(self, 491, None);
         };
-        if let Some(m) = offer.audio_index().and_then(|i| offer.media.get_mut(i)) {
-            // A transferee put on hold before the REFER is resumed with the new party.
-            m.set_direction(sdp::Direction::SendRecv);
-        }
         respond(self, 202, None);
         self.notify_transferor(from_a, 100);
         // The new leg is presented as the transferee, referred by the transferor, both as the
@@ -2793,6 +2815,27 @@ impl Call {
         });
     }
 
+    /// The neutral offer to a device that is to take leg A's (`x_is_a`) or B's place (a
+    /// transfer's target, an offerless replacing phone): what the other party receives (B's
+    /// answer, or A's offer without the codecs the gateway added: the other party is
+    /// re-INVITEd in the codec the device picks), at the relay's side facing that leg,
+    /// `sendrecv` (a party held before is resumed with the new one); `None` before the session
+    /// has that media.
+    fn offer_in_place_of(&self, x_is_a: bool) -> Option<Sdp> {
+        let mut offer = if x_is_a {
+            self.b_answer.clone()
+        } else {
+            self.a_origin.clone().or_else(|| self.b_offer.clone())
+        }?;
+        if let Some(i) = offer.audio_index() {
+            sdp::rewrite_address(&mut offer, i, self.relay_facing(x_is_a));
+        }
+        if let Some(m) = offer.audio_index().and_then(|i| offer.media.get_mut(i)) {
+            m.set_direction(sdp::Direction::SendRecv);
+        }
+        Some(offer)
+    }
+
     /// Which leg a REFER comes from (A: `true`), when it may transfer now; `None` after
     /// answering 481 (not a leg of the call, or a device that lost the race) or 491 (the
     /// session is being set up, modified, transferred or moved into a room).
@@ -2800,12 +2843,7 @@ impl Call {
         let (from_a, fork) = self.leg_of(key, req)?;
         let status = if !from_a && (fork != self.winner || self.winner.is_none()) {
             481
-        } else if self.phase != Phase::Confirmed
-            || self.transfer.is_some()
-            || self.moving.is_some()
-            || self.reoffer.is_some()
-            || self.own_offer.as_ref().is_some_and(|o| !o.acked)
-        {
+        } else if self.session_changing() {
             491
         } else {
             return Some(from_a);
@@ -2813,6 +2851,18 @@ impl Call {
         let resp = self.refusal(req, status, None);
         self.out.push_back(Output::Respond { key, resp });
         None
+    }
+
+    /// True while the session is not settled: the first ACK is pending, or a re-offer, a
+    /// transfer, a move into a room, the gateway's own re-INVITE or an offerless replacement
+    /// is in progress (a REFER or a Replaces then gets 491).
+    fn session_changing(&self) -> bool {
+        self.phase != Phase::Confirmed
+            || self.transfer.is_some()
+            || self.moving.is_some()
+            || self.reoffer.is_some()
+            || self.own_offer.as_ref().is_some_and(|o| !o.acked)
+            || self.joining.is_some()
     }
 
     /// A REFER whose Refer-To is a conference room of this gateway (RFC 4579: a phone's
@@ -3289,13 +3339,7 @@ impl Call {
                 403,
                 "only the user of the replaced phone may take over an answered call",
             ),
-            Named::Confirmed(_)
-                if self.phase != Phase::Confirmed
-                    || self.transfer.is_some()
-                    || self.moving.is_some()
-                    || self.reoffer.is_some()
-                    || self.own_offer.as_ref().is_some_and(|o| !o.acked) =>
-            {
+            Named::Confirmed(_) if self.session_changing() => {
                 refuse(self, 491, "the session is being changed")
             }
             Named::Confirmed(a) => {
@@ -3367,14 +3411,27 @@ impl Call {
         a: bool,
         (answer, idx): (&Sdp, usize),
     ) -> Result<Fork, (u16, String)> {
+        let mut to_phone = answer.clone();
+        sdp::rewrite_address(&mut to_phone, idx, self.relay_facing(a));
+        let body = self.answer_body(a, &to_phone);
+        self.ok_to_replacing(now, rep, body)
+    }
+
+    /// Answers the replacing phone 200 with the SDP `body` (the gateway's answer, or its offer
+    /// to an offerless INVITE), repeated until the ACK, and returns the phone as a device of
+    /// this call, its dialog made.
+    fn ok_to_replacing(
+        &mut self,
+        now: Instant,
+        rep: &Replacement,
+        body: Bytes,
+    ) -> Result<Fork, (u16, String)> {
         let tag = hex_token(&mut *self.rng);
         let contact = contact_for(rep.from.transport, rep.local, None);
         let dialog = Dialog::uas(&rep.req, &tag, &contact).ok_or((
             400,
             "no Contact or From tag to make a dialog with".to_owned(),
         ))?;
-        let mut to_phone = answer.clone();
-        sdp::rewrite_address(&mut to_phone, idx, self.relay_facing(a));
         let mut ok = rep.req.response(200, "OK");
         if let Some(to) = rep.req.headers.get("To") {
             ok.headers.set("To", format!("{to};tag={tag}"));
@@ -3383,7 +3440,7 @@ impl Call {
         ok.headers.push("Allow", super::ALLOW_IN_DIALOG);
         ok.headers.push("Supported", "replaces");
         ok.headers.push("Content-Type", "application/sdp");
-        ok.body = self.answer_body(a, &to_phone);
+        ok.body = body;
         self.out.push_back(Output::Respond {
             key: rep.key,
             resp: ok.clone(),
@@ -3420,6 +3477,9 @@ impl Call {
     /// ([`Call::take_place`]): the old device gets a BYE with [`REPLACED`], the other party a
     /// re-INVITE with the phone's media.
     fn take_over(&mut self, now: Instant, rep: &Replacement, a: bool) -> Result<(), (u16, String)> {
+        if rep.req.body.is_empty() {
+            return self.join_offerless(now, rep, a);
+        }
         let other = if a { &self.b_answer } else { &self.a_origin };
         let prefer = other.as_ref().map(codecs::audio_codecs).unwrap_or_default();
         let (answer, idx, _) = self.replacing_answer(a, rep, &prefer)?;
@@ -3439,6 +3499,85 @@ impl Call {
             Vec::new(),
         );
         Ok(())
+    }
+
+    /// An offerless INVITE with Replaces of a confirmed leg (A when `a`; RFC 3264 §4: the 2xx
+    /// carries the offer, the ACK the answer): the phone gets 200 with the offer a transfer's
+    /// target gets ([`Call::offer_in_place_of`]) and takes the leg's place only once its ACK
+    /// answers ([`Call::joined`]); until then the session stays as it is (491 to changes).
+    fn join_offerless(
+        &mut self,
+        now: Instant,
+        rep: &Replacement,
+        a: bool,
+    ) -> Result<(), (u16, String)> {
+        let offer = self
+            .offer_in_place_of(a)
+            .ok_or((491, "the session has no media to offer yet".to_owned()))?;
+        let offer = self.offer_for(true, &offer);
+        let rule = self.setup.srtp.leg(rep.from.transport, false);
+        let body = self.offer_body(a, rule, &offer);
+        let phone = self.ok_to_replacing(now, rep, body)?;
+        tracing::info!(
+            leg = if a { "A" } else { "B" },
+            "an offerless INVITE with Replaces: offered in the 200, waiting for the ACK"
+        );
+        self.joining = Some(Joining {
+            a,
+            phone,
+            party: rep.party.clone(),
+            offer,
+        });
+        Ok(())
+    }
+
+    /// The offerless replacing phone's ACK (`j` its state). With a usable answer the phone
+    /// takes the leg's place as with an offer (the old device gets a BYE with [`REPLACED`],
+    /// the other party a re-INVITE). Without one, or when the call ended meanwhile, the new
+    /// dialog gets a BYE (RFC 3261 §13.2.2.4 and RFC 3264 §4: a 2xx whose offer cannot be
+    /// answered is ACKed, then ended) and the old one goes on untouched. Why the old dialog
+    /// waits for the ACK: RFC 3891 §3 has the replaced dialog ended because a new one took its
+    /// place, and an offerless new dialog has no session before the ACK's answer; ending the
+    /// old one at the 200 would leave the other party with nobody should that answer fail.
+    fn joined(&mut self, ack: &Request, j: Joining) {
+        let rule = self.setup.srtp.leg(j.phone.target.to.transport, false);
+        let answer = (self.phase == Phase::Confirmed)
+            .then(|| self.answer_to(j.a, rule, &j.offer, ack))
+            .flatten();
+        let Some(answer) = answer else {
+            tracing::info!(
+                "the replacing phone's ACK carries no usable answer (or the call ended): BYE"
+            );
+            self.bye_joining(j.phone);
+            self.end_check();
+            return;
+        };
+        tracing::info!(
+            leg = if j.a { "A" } else { "B" },
+            "a phone took over a leg (offerless Replaces)"
+        );
+        let party = party_aor(&j.party);
+        self.take_place(
+            j.a,
+            j.phone,
+            j.party,
+            party,
+            answer,
+            Some(Some(REPLACED)),
+            Vec::new(),
+        );
+    }
+
+    /// Ends an offerless replacing phone's dialog with a BYE (a crossing BYE from it still
+    /// gets its 200).
+    fn bye_joining(&mut self, mut phone: Fork) {
+        let reason = "SIP;cause=488;text=\"No usable SDP answer\"";
+        if let Some((to, req)) = fork_bye(&mut phone, Some(reason), &mut *self.rng) {
+            let tag = self.tag();
+            self.pending_byes.push(tag);
+            self.out.push_back(Output::Send { tag, to, req });
+        }
+        self.former.extend(phone.dialog);
     }
 
     /// Call pickup: the phone answers the ringing call in the devices' place. It is answered
@@ -3603,8 +3742,13 @@ impl Call {
         {
             if now >= give_up {
                 // No ACK from the replacing phone: it keeps the call (as for a lost ACK of a
-                // relayed re-INVITE), the retransmissions stop.
+                // relayed re-INVITE), the retransmissions stop. An offerless one has no
+                // media without the ACK's answer: its dialog is ended (§13.3.1.4).
                 self.replacement = None;
+                if let Some(j) = self.joining.take() {
+                    self.bye_joining(j.phone);
+                    self.end_check();
+                }
             } else {
                 let next = (interval * 2).min(T2);
                 a.next = Some((now + next, next, give_up));
@@ -5751,11 +5895,21 @@ pub(super) mod tests {
     fn replacement(user: &str, replaces: &str, call_id: &str) -> Replacement {
         let sdp = "v=0\r\no=- 1 1 IN IP4 198.51.100.4\r\ns=-\r\nc=IN IP4 198.51.100.4\r\nt=0 0\r\n\
             m=audio 7000 RTP/AVP 8 0\r\n";
+        replacement_with(user, replaces, call_id, sdp)
+    }
+
+    /// [`replacement`] with the body `sdp` (empty: an offerless INVITE).
+    fn replacement_with(user: &str, replaces: &str, call_id: &str, sdp: &str) -> Replacement {
+        let content_type = if sdp.is_empty() {
+            ""
+        } else {
+            "Content-Type: application/sdp\r\n"
+        };
         let req = parse_req(&format!(
             "INVITE sip:bob@csps.local SIP/2.0\r\nVia: SIP/2.0/UDP 198.51.100.4:5060;branch=z9hG4bK{call_id}\r\n\
              From: <sip:{user}@csps.local>;tag=new\r\nTo: <sip:bob@csps.local>\r\nCall-ID: {call_id}\r\n\
              CSeq: 1 INVITE\r\nContact: <sip:{user}@198.51.100.4>\r\nMax-Forwards: 70\r\n\
-             Replaces: {replaces}\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+             Replaces: {replaces}\r\n{content_type}Content-Length: {}\r\n\r\n{sdp}",
             sdp.len()
         ));
         Replacement {
@@ -5849,14 +6003,151 @@ pub(super) mod tests {
         let retransmitted = c.poll_timeout().expect("timer");
         c.handle_timeout(retransmitted);
         assert_eq!(statuses(&drain(&mut c)), [200]);
-        let ack = parse_req(&format!(
-            "ACK sip:csps@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP 198.51.100.4:5060;branch=z9hG4bKack\r\n\
-             From: <sip:bob@csps.local>;tag=new\r\nTo: <sip:bob@csps.local>;tag={}\r\nCall-ID: r2\r\n\
-             CSeq: 1 ACK\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
-            legs[1].gateway_tag
-        ));
-        c.handle(t0, Input::Ack(ack));
+        c.handle(
+            t0,
+            Input::Ack(replacing_ack("r2", &legs[1].gateway_tag, "")),
+        );
         assert!(c.replacement.is_none());
+    }
+
+    /// The ACK of bob's replacing phone (Call-ID `call_id`, the gateway's tag `gw`) with the
+    /// body `sdp` (an answer, or nothing).
+    fn replacing_ack(call_id: &str, gw: &str, sdp: &str) -> Request {
+        let content_type = if sdp.is_empty() {
+            ""
+        } else {
+            "Content-Type: application/sdp\r\n"
+        };
+        parse_req(&format!(
+            "ACK sip:csps@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP 198.51.100.4:5060;branch=z9hG4bKack\r\n\
+             From: <sip:bob@csps.local>;tag=new\r\nTo: <sip:bob@csps.local>;tag={gw}\r\nCall-ID: {call_id}\r\n\
+             CSeq: 1 ACK\r\nMax-Forwards: 70\r\n{content_type}Content-Length: {}\r\n\r\n{sdp}",
+            sdp.len()
+        ))
+    }
+
+    /// An offerless INVITE with Replaces of bob's answered device (RFC 3891 with RFC 3264 §4)
+    /// in a confirmed call; the 200 to the new phone and its gateway tag.
+    fn offerless_takeover(c: &mut Call, t0: Instant, inv1: &Request) -> (Vec<Output>, Response) {
+        let gw = inv1
+            .from_hdr()
+            .and_then(|f| f.tag().map(str::to_owned))
+            .expect("tag");
+        let named = format!("b-call;to-tag={gw};from-tag=d1");
+        let rep = replacement_with("bob", &named, "r4", "");
+        let key = rep.key;
+        c.handle(t0, Input::Replace(Box::new(rep)));
+        let out = drain(c);
+        let ok = out
+            .iter()
+            .find_map(|o| match o {
+                Output::Respond { key: k, resp } if *k == key => Some(resp.clone()),
+                _ => None,
+            })
+            .expect("200 to the new phone");
+        (out, ok)
+    }
+
+    /// RFC 3891 without an offer: the new phone's 200 carries the offer a transfer's target
+    /// gets (alice's media at the relay's side facing bob); nothing else changes until its
+    /// ACK (a re-INVITE meanwhile gets 491). The ACK's answer makes it bob's device: the old
+    /// one gets a BYE with the reason, alice a re-INVITE with the new phone's media.
+    #[test]
+    fn an_offerless_replacing_invite_gets_an_offer_and_takes_over_with_the_acks_answer() {
+        let t0 = Instant::now();
+        let (mut c, a_tag, inv1) = confirmed(t0);
+        drain(&mut c);
+        let (out, ok) = offerless_takeover(&mut c, t0, &inv1);
+        assert_eq!(ok.status, 200);
+        let offer = String::from_utf8_lossy(&ok.body).into_owned();
+        assert!(
+            offer.contains("m=audio 20002 RTP/AVP 0 101\r\n"),
+            "alice's codecs, none she lacks: {offer}"
+        );
+        assert!(offer.contains("a=sendrecv"), "{offer}");
+        assert!(sent(&out, Method::Bye).is_none(), "{out:?}");
+        assert!(sent(&out, Method::Invite).is_none(), "{out:?}");
+        assert!(!out.iter().any(|o| matches!(o, Output::Transferred { .. })));
+        // Alice's hold meanwhile waits.
+        c.handle(
+            t0,
+            Input::Request {
+                key: key_for(
+                    &in_dialog_a("INVITE", 3, &a_tag, Some(HOLD)),
+                    "10.0.0.7:5060",
+                ),
+                from: remote("203.0.113.5:5060"),
+                req: in_dialog_a("INVITE", 3, &a_tag, Some(HOLD)),
+            },
+        );
+        assert_eq!(statuses(&drain(&mut c)), [491]);
+        let gw = ok
+            .to_hdr()
+            .and_then(|t| t.tag().map(str::to_owned))
+            .expect("To tag");
+        let answer = "v=0\r\no=- 1 1 IN IP4 198.51.100.4\r\ns=-\r\nc=IN IP4 198.51.100.4\r\nt=0 0\r\n\
+            m=audio 7000 RTP/AVP 0\r\na=sendrecv\r\n";
+        c.handle(t0, Input::Ack(replacing_ack("r4", &gw, answer)));
+        let out = drain(&mut c);
+        let (_, bye, to) = sent(&out, Method::Bye).expect("BYE to the old phone");
+        assert_eq!(to, remote("192.0.2.9:5060"));
+        assert_eq!(bye.headers.get("Reason"), Some(REPLACED));
+        let (_, reinvite, to) = sent(&out, Method::Invite).expect("re-INVITE to alice");
+        assert_eq!(to, remote("203.0.113.5:5060"));
+        let offer = String::from_utf8_lossy(&reinvite.body).into_owned();
+        assert!(offer.contains("m=audio 20000 RTP/AVP 0"), "{offer}");
+        assert!(out.iter().any(|o| matches!(
+            o,
+            Output::Media(MediaChange::B(Some(a), _)) if *a == "198.51.100.4:7000".parse().expect("addr")
+        )));
+        assert!(out.iter().any(|o| matches!(
+            o,
+            Output::Transferred { a: false, party, teams: false } if party == "sip:bob@csps.local"
+        )));
+        assert_eq!(c.dialogs()[1].call_id, "r4");
+        assert!(c.joining.is_none() && c.replacement.is_none());
+    }
+
+    /// An offerless replacing phone whose ACK has no answer (or one that answers nothing
+    /// offered) gets a BYE in its new dialog; the old device and alice keep their call
+    /// untouched. No ACK at all: the BYE once the 200's retransmissions give up.
+    #[test]
+    fn an_offerless_replacing_phone_without_an_answer_is_hung_up_and_the_call_goes_on() {
+        let unusable = "v=0\r\no=- 1 1 IN IP4 198.51.100.4\r\ns=-\r\nc=IN IP4 198.51.100.4\r\nt=0 0\r\n\
+            m=audio 7000 RTP/AVP 18\r\n";
+        for ack_body in ["", unusable, "none"] {
+            let t0 = Instant::now();
+            let (mut c, _, inv1) = confirmed(t0);
+            drain(&mut c);
+            let (_, ok) = offerless_takeover(&mut c, t0, &inv1);
+            let gw = ok
+                .to_hdr()
+                .and_then(|t| t.tag().map(str::to_owned))
+                .expect("To tag");
+            if ack_body == "none" {
+                let mut at = t0;
+                while c.joining.is_some() {
+                    at = c.poll_timeout().expect("the 200 is retransmitted");
+                    c.handle_timeout(at);
+                }
+                assert!(at >= t0 + LINGER);
+            } else {
+                c.handle(t0, Input::Ack(replacing_ack("r4", &gw, ack_body)));
+            }
+            let out = drain(&mut c);
+            let byes: Vec<Remote> = out
+                .iter()
+                .filter_map(|o| match o {
+                    Output::Send { req, to, .. } if req.method == Method::Bye => Some(*to),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(byes, [remote("198.51.100.4:5060")], "{ack_body}");
+            assert!(sent(&out, Method::Invite).is_none(), "{ack_body}");
+            assert!(c.is_answered(), "{ack_body}");
+            assert_eq!(c.end_reason(), None, "{ack_body}");
+            assert_eq!(c.dialogs()[1].device_tag, "d1", "{ack_body}");
+        }
     }
 
     /// Call pickup (RFC 3891 §3, an early dialog the gateway initiated): carol's phone names
