@@ -6,9 +6,14 @@ use std::net::UdpSocket;
 use std::time::Duration;
 
 use csps_tests::baresip::registered_tone_phone;
+use csps_tests::emulator::{EmulatorOptions, TeamsEmulator};
 use csps_tests::{Gateway, Sipp, have_tool, raw, skip, wait_until};
+use serde_json::json;
 
 const DOMAIN: &str = "csps.local";
+/// The gateway's FQDN on the Teams trunk, and alice's number there.
+const FQDN: &str = "sbc1.csps.test";
+const ALICE: &str = "+14255550100";
 
 /// A gateway with alice, bob and carol (passwords `<user>-secret-1`); `None` (skipped) without
 /// baresip.
@@ -156,18 +161,27 @@ fn a_device_of_the_same_user_takes_over_an_answered_call() {
         "SIP;cause=200;text=\"Call replaced\"",
         "{bye}"
     );
-    // Alice was re-INVITEd to the new device's media.
+    alice_hears_the_new_device(&gw, id, alice, alice_dir.path(), "bob's second device");
+}
+
+/// Alice (recording into `dir`) was re-INVITEd in call `id` to the media of the device that
+/// took bob's place (`who`, echoing RTP), `sendrecv`, and hears her own 600 Hz tone come back.
+fn alice_hears_the_new_device(
+    gw: &Gateway,
+    id: u64,
+    alice: csps_tests::baresip::Baresip,
+    dir: &std::path::Path,
+    who: &str,
+) {
     let reinvite = gw.call_message(id, "a", ("INVITE", "out", None));
     assert!(reinvite.contains("a=sendrecv"), "{reinvite}");
     std::thread::sleep(Duration::from_millis(500));
     drop(alice);
-    let alice_hears_herself = heard(alice_dir.path(), 600.0);
-    eprintln!(
-        "tone share: alice hears her tone echoed by bob's second device {alice_hears_herself:.2}"
-    );
+    let alice_hears_herself = heard(dir, 600.0);
+    eprintln!("tone share: alice hears her tone echoed by {who} {alice_hears_herself:.2}");
     assert!(
         alice_hears_herself > 0.5,
-        "alice hears 600 Hz at {alice_hears_herself}; call: {record}"
+        "alice hears 600 Hz at {alice_hears_herself}"
     );
 }
 
@@ -223,18 +237,169 @@ fn a_device_of_the_same_user_takes_over_an_answered_call_without_an_offer() {
             .any(|b| b.contains("Reason: SIP;cause=200;text=\"Call replaced\"")),
         "the first phone's BYE: {byes:?}"
     );
-    let reinvite = gw.call_message(id, "a", ("INVITE", "out", None));
-    assert!(reinvite.contains("a=sendrecv"), "{reinvite}");
-    std::thread::sleep(Duration::from_millis(500));
-    drop(alice);
-    let alice_hears_herself = heard(alice_dir.path(), 600.0);
-    eprintln!(
-        "tone share: alice hears her tone echoed by bob's offerless device {alice_hears_herself:.2}"
+    alice_hears_the_new_device(&gw, id, alice, alice_dir.path(), "bob's offerless device");
+}
+
+/// A gateway with alice (activated for Teams, number [`ALICE`]) and the Teams emulator whose
+/// first proxy is up on its trunk; `None` (skipped) without SIPp or the emulator.
+fn gateway_with_teams() -> Option<(Gateway, TeamsEmulator)> {
+    let gw = csps_tests::gateway_for("sipp")?;
+    let emu = TeamsEmulator::start_or_skip(&EmulatorOptions {
+        tenant: "00000000-0000-4000-8000-000000000005".into(),
+        sip_fqdn: Some(FQDN.into()),
+        ..EmulatorOptions::default()
+    })?;
+    gw.create_account(
+        json!({"username": "alice", "password": "alice-secret-1", "domain": DOMAIN,
+               "phone_number": ALICE}),
+        true,
     );
+    emu.attach_trunk(&gw, FQDN, 1);
+    let mut trunk = serde_json::Value::Null;
+    let up = wait_until(Duration::from_secs(15), || {
+        trunk = gw.api("GET", "/api/trunk", None).json();
+        trunk["proxies"][0]["up"] == true && trunk["proxies"][0]["connected"] == true
+    });
+    assert!(up, "trunk not up: {trunk:#}\n{}", gw.log_tail(30));
+    Some((gw, emu))
+}
+
+/// RFC 3891 in a call with Teams: Teams calls alice's number, her first phone (SIPp, silent)
+/// answers; her second device (SIPp, echoing RTP) replaces the phone's dialog with the gateway
+/// and joins the call with the Teams party. The first phone gets the BYE, Teams one `sendrecv`
+/// re-INVITE that stays SRTP (RTP/SAVP with a key; the trunk leg always is), and the
+/// emulator's tone comes back authenticated from the new device (media both ways through the
+/// relay, SRTP towards Teams and plain RTP to the phone).
+#[test]
+fn a_device_of_the_same_user_takes_over_a_call_with_teams() {
+    let Some((gw, emu)) = gateway_with_teams() else {
+        return;
+    };
+    let first = Sipp::callee(
+        "uas_teams.xml",
+        gw.sip_addr(),
+        ("alice", "alice-secret-1"),
+        DOMAIN,
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+    .silent();
+    let first = std::thread::spawn(move || first.run());
     assert!(
-        alice_hears_herself > 0.5,
-        "alice hears 600 Hz at {alice_hears_herself}; call: {record}"
+        wait_until(Duration::from_secs(5), || gw
+            .registrations_of("alice")
+            .len()
+            == 1),
+        "alice's phone registered"
     );
+    // SIPp needs a moment to listen after its REGISTER run.
+    std::thread::sleep(Duration::from_millis(300));
+    let teams_call = emu.call_in(1, ALICE, 30_000);
+    let id = call_in(&gw, "answered");
+    let replaces = callee_dialog(&gw, id, 200);
+    let second = replacing(&gw, "alice", &replaces).run();
+    assert!(
+        second.ok(),
+        "alice's second device failed:\n{}\n--- gateway ---\n{}",
+        second.output,
+        gw.log_tail(60)
+    );
+    let first = first.join().expect("first phone thread");
+    assert!(
+        first.ok(),
+        "alice's first phone got no BYE:\n{}",
+        first.output
+    );
+    let mut record = serde_json::Value::Null;
+    let ended = wait_until(Duration::from_secs(10), || {
+        record = emu
+            .sip_calls()
+            .into_iter()
+            .find(|c| c["call_id"] == teams_call.as_str())
+            .unwrap_or_default();
+        record["state"] == "ended"
+    });
+    assert!(ended, "Teams' call ended: {record:#}");
+    assert_eq!(record["ended_by"], "sbc", "{record:#}");
+    assert_eq!(record["sbc_offers"], json!(["sendrecv"]), "{record:#}");
+    let returned = record["rtp"]["returned"].as_u64().unwrap_or(0);
+    eprintln!("Teams' tone packets back from the new device: {returned}");
+    assert!(returned >= 20, "{record:#}\n{}", gw.log_tail(40));
+    assert_eq!(record["rtp"]["srtp_failed"], 0, "{record:#}");
+    let reinvite = gw.call_message(id, "a", ("INVITE", "out", None));
+    assert!(
+        reinvite.contains(" RTP/SAVP ") && reinvite.contains("a=crypto:"),
+        "{reinvite}"
+    );
+}
+
+/// Attended transfer of a call with Teams to a local phone (RFC 5589 §7): alice (SIPp, trusted)
+/// calls a number through the trunk (Teams answers with its tone), consults bob (SIPp, echoing
+/// RTP) and REFERs the call with Teams with a Replaces naming her consultation dialog. Bob's
+/// device gets an INVITE with Replaces of its consultation dialog and takes alice's place:
+/// Teams gets one `sendrecv` re-INVITE (SRTP) and its tone comes back from bob.
+#[test]
+fn a_call_with_teams_is_transferred_attended_to_a_local_phone() {
+    let Some((gw, emu)) = gateway_with_teams() else {
+        return;
+    };
+    gw.create_user("bob", "bob-secret-1");
+    let bob = Sipp::callee(
+        "uas_answer.xml",
+        gw.sip_addr(),
+        ("bob", "bob-secret-1"),
+        DOMAIN,
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+    .calls(2)
+    .timeout(Duration::from_secs(60));
+    let bob = std::thread::spawn(move || bob.run());
+    // Alice's calls come from loopback without a challenge, so one SIPp run holds both
+    // dialogs (trusted only now: bob registered with his digest).
+    trust_loopback(&gw);
+    let alice = Sipp::new("uac_attended.xml", gw.sip_addr())
+        .key("user", "alice")
+        .key("callee", "+12065550123")
+        .key("target", "bob")
+        .key("domain", DOMAIN)
+        // A Call-ID without '@', which the scenario's Refer-To carries unescaped.
+        .arg("-cid_str")
+        .arg("%u-%p-attended")
+        .arg("-mp")
+        .arg(csps_tests::free_port().to_string())
+        .timeout(Duration::from_secs(40))
+        .run();
+    assert!(
+        alice.ok(),
+        "alice's attended transfer failed:\n{}\n--- gateway ---\n{}",
+        alice.output,
+        gw.log_tail(80)
+    );
+    let mut record = serde_json::Value::Null;
+    let talking = wait_until(Duration::from_secs(10), || {
+        record = emu
+            .sip_calls()
+            .into_iter()
+            .find(|c| c["direction"] == "out")
+            .unwrap_or_default();
+        record["rtp"]["returned"].as_u64().unwrap_or(0) >= 20
+    });
+    eprintln!(
+        "Teams' tone packets back from bob: {}",
+        record["rtp"]["returned"]
+    );
+    assert!(talking, "{record:#}\n{}", gw.log_tail(40));
+    assert_eq!(record["sbc_offers"], json!(["sendrecv"]), "{record:#}");
+    assert_eq!(record["rtp"]["srtp_failed"], 0, "{record:#}");
+    let calls = gw.api("GET", "/api/calls", None).json();
+    assert_eq!(
+        calls[0]["legs"][0]["party"],
+        format!("sip:bob@{DOMAIN}"),
+        "{calls}"
+    );
+    assert_eq!(calls[0]["legs"][1]["kind"], "teams", "{calls}");
+    gw.admin_hang_up(calls[0]["id"].as_u64().expect("call id"));
+    let bob = bob.join().expect("bob thread");
+    assert!(bob.ok(), "bob's phone:\n{}", bob.output);
 }
 
 /// Call pickup: alice (baresip, 600 Hz) calls bob, whose phone (SIPp) rings; carol (SIPp,
@@ -244,6 +409,19 @@ fn a_device_of_the_same_user_takes_over_an_answered_call_without_an_offer() {
 /// echoed by carol, and the record says alice called carol.
 #[test]
 fn another_user_of_the_domain_picks_up_a_ringing_call() {
+    carol_picks_up("uac_replaces.xml");
+}
+
+/// [`another_user_of_the_domain_picks_up_a_ringing_call`] with carol's INVITE without an offer
+/// (RFC 3264 §4): her 200 carries the offer bob's phone got, her ACK the answer, and only then
+/// is alice answered.
+#[test]
+fn another_user_of_the_domain_picks_up_a_ringing_call_without_an_offer() {
+    carol_picks_up("uac_replaces_offerless.xml");
+}
+
+/// The pickup of a ringing call by carol's phone playing `scenario`.
+fn carol_picks_up(scenario: &str) {
     let Some(gw) = gateway() else {
         return;
     };
@@ -251,7 +429,7 @@ fn another_user_of_the_domain_picks_up_a_ringing_call() {
     let (bob, alice) = alice_calls_bob(&gw, "uas_cancel.xml", alice_dir.path());
     let id = call_in(&gw, "ringing");
     let replaces = callee_dialog(&gw, id, 180);
-    let carol = replacing(&gw, "carol", &replaces);
+    let carol = replacing_as(scenario, &gw, "carol", &replaces);
     let carol = std::thread::spawn(move || carol.run());
     let mut calls = serde_json::Value::Null;
     let picked = wait_until(Duration::from_secs(10), || {
@@ -327,6 +505,15 @@ fn replace_in(gw: &Gateway, user: &str, replaces: &str, call_id: &str) -> csps_s
         .unwrap_or_else(|e| panic!("{e}\n{}", gw.log_tail(40)))
 }
 
+/// Trusts 127.0.0.0/8 and waits until the gateway applies it (a probe before that gets 407).
+fn trust_loopback(gw: &Gateway) {
+    gw.trust("127.0.0.0/8");
+    let applied = wait_until(Duration::from_secs(5), || {
+        replace(gw, "bob", "nothing-here@x;to-tag=a;from-tag=b").status != 407
+    });
+    assert!(applied, "the trusted range applies");
+}
+
 /// The refusals of RFC 3891 §3, each with a Warning, and the call they name goes on: 481 for a
 /// dialog the gateway does not have (also the right one with its tags the other way round: the
 /// `to-tag` is the gateway's), 486 for `early-only` on a confirmed dialog, 403 for another user
@@ -342,7 +529,7 @@ fn replaces_that_cannot_be_honoured_are_refused_and_the_call_goes_on() {
     let id = call_in(&gw, "answered");
     let named = callee_dialog(&gw, id, 200);
     // The phones registered with their digest; the probes come unchallenged from loopback.
-    gw.trust("127.0.0.0/8");
+    trust_loopback(&gw);
     let mut parts = named.split(';');
     let (call_id, to_tag, from_tag) = (
         parts.next().unwrap_or_default(),

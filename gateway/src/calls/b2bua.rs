@@ -82,6 +82,10 @@ pub struct Setup {
     pub invite: Request,
     /// The caller as the gateway asserts it: `"Name" <sip:user@domain>`.
     pub caller: String,
+    /// The caller's own AoR (`sip:user@domain`) when `caller` is not it: a call out through
+    /// the trunk asserts the user's number at the gateway's FQDN. Whom a Replaces of leg A, or
+    /// an attended transfer's REFER from it, is checked against.
+    pub caller_party: Option<String>,
     /// The callee's To value: `<sip:user@domain>`.
     pub callee: String,
     /// The devices to ring.
@@ -1170,7 +1174,7 @@ impl Call {
             Input::Request { key, from, req } => self.on_request(now, key, from, req),
             Input::Ack(req) if self.replacement_acked(&req) => {
                 if let Some(j) = self.joining.take() {
-                    self.joined(&req, j);
+                    self.joined(now, &req, j);
                 }
             }
             Input::Ack(req) => {
@@ -2130,13 +2134,14 @@ impl Call {
         if a { &self.sdes_a } else { &self.sdes_b }.keys().is_some()
     }
 
-    /// Leg A's (`a`) or B's party as an AoR (`sip:user@domain`).
+    /// Leg A's (`a`) or B's party as an AoR (`sip:user@domain`; a phone's own user's even on
+    /// a call to Teams).
     fn party_aor(&self, a: bool) -> String {
-        party_aor(if a {
-            &self.setup.caller
-        } else {
-            &self.setup.callee
-        })
+        match (a, &self.setup.caller_party) {
+            (true, Some(aor)) => aor.clone(),
+            (true, None) => party_aor(&self.setup.caller),
+            (false, _) => party_aor(&self.setup.callee),
+        }
     }
 
     /// The call's confirmed legs (A first) as their devices hold the dialogs; empty before the
@@ -3202,6 +3207,7 @@ impl Call {
             );
             self.setup.a_sbc = new.target.sbc;
             self.setup.caller = to;
+            self.setup.caller_party = None;
             self.telephone_events = (None, None);
             self.out
                 .push_back(Output::Media(MediaChange::A(target_addr, ip)));
@@ -3306,8 +3312,8 @@ impl Call {
     /// device's early dialog (the call ringing there) is picked up by any user of the called
     /// user's domain (200 to the phone, CANCEL to the ringing devices, 200 to the caller).
     /// Refusals: 481 for no such dialog, 603 for one that ended, 486 for `early-only` on a
-    /// confirmed dialog, 403 for a sender the rule does not allow, 501 for a Teams leg, 491
-    /// while the session changes.
+    /// confirmed dialog, 403 for a sender the rule does not allow (and for the dialog with the
+    /// Teams trunk, whose party is no phone's user), 491 while the session changes.
     fn on_replace(&mut self, now: Instant, rep: Replacement) {
         let named = self.named_by(&rep.replaces);
         let refuse = |this: &mut Call, status: u16, why: &str| {
@@ -3326,10 +3332,14 @@ impl Call {
         match named {
             Named::Nothing => refuse(self, 481, "the Replaces names no dialog of this call"),
             Named::Ended => refuse(self, 603, "the dialog the Replaces names has ended"),
+            // RFC 3891 §3 lets only the party being replaced (or one authenticated as it)
+            // replace a dialog, and the party of the gateway's dialog with the trunk is the
+            // Teams user: no phone is. (A phone takes over a call with Teams by naming its own
+            // user's dialog with the gateway, the call's other leg.)
             Named::Confirmed(a) if self.sbc_of(a).is_some() => refuse(
                 self,
-                501,
-                "replacing the Teams trunk's dialog is not supported",
+                403,
+                "the dialog with the Teams trunk is the Teams party's; name the phone's dialog",
             ),
             Named::Confirmed(_) if rep.replaces.early_only => {
                 refuse(self, 486, "early-only, and the dialog is confirmed")
@@ -3347,16 +3357,17 @@ impl Call {
                     refuse(self, status, &why);
                 }
             }
-            Named::Early(i) if self.forks[i].target.sbc.is_some() => refuse(
-                self,
-                501,
-                "replacing the Teams trunk's dialog is not supported",
-            ),
+            Named::Early(i) if self.forks[i].target.sbc.is_some() => {
+                refuse(self, 403, "a call ringing at Teams is not picked up here")
+            }
             Named::Early(_) if domain_of(&sender) != domain_of(&self.party_aor(false)) => refuse(
                 self,
                 403,
                 "a call is picked up only by users of the called user's domain",
             ),
+            Named::Early(_) if self.joining.is_some() => {
+                refuse(self, 491, "another phone is picking the call up")
+            }
             Named::Early(_) => {
                 if let Err((status, why)) = self.pick_up(now, &rep) {
                     refuse(self, status, &why);
@@ -3478,7 +3489,10 @@ impl Call {
     /// re-INVITE with the phone's media.
     fn take_over(&mut self, now: Instant, rep: &Replacement, a: bool) -> Result<(), (u16, String)> {
         if rep.req.body.is_empty() {
-            return self.join_offerless(now, rep, a);
+            let offer = self
+                .offer_in_place_of(a)
+                .ok_or((491, "the session has no media to offer yet".to_owned()))?;
+            return self.join_offerless(now, rep, a, offer);
         }
         let other = if a { &self.b_answer } else { &self.a_origin };
         let prefer = other.as_ref().map(codecs::audio_codecs).unwrap_or_default();
@@ -3501,19 +3515,18 @@ impl Call {
         Ok(())
     }
 
-    /// An offerless INVITE with Replaces of a confirmed leg (A when `a`; RFC 3264 §4: the 2xx
-    /// carries the offer, the ACK the answer): the phone gets 200 with the offer a transfer's
-    /// target gets ([`Call::offer_in_place_of`]) and takes the leg's place only once its ACK
-    /// answers ([`Call::joined`]); until then the session stays as it is (491 to changes).
+    /// An offerless INVITE with Replaces (RFC 3264 §4: the 2xx carries the offer, the ACK the
+    /// answer) of a confirmed leg (A when `a`) or of a ringing device: the phone gets 200 with
+    /// the neutral `offer` (a transfer's target's, [`Call::offer_in_place_of`], or the ringing
+    /// devices') and takes the leg's place only once its ACK answers ([`Call::joined`]); until
+    /// then the session stays as it is (491 to changes).
     fn join_offerless(
         &mut self,
         now: Instant,
         rep: &Replacement,
         a: bool,
+        offer: Sdp,
     ) -> Result<(), (u16, String)> {
-        let offer = self
-            .offer_in_place_of(a)
-            .ok_or((491, "the session has no media to offer yet".to_owned()))?;
         let offer = self.offer_for(true, &offer);
         let rule = self.setup.srtp.leg(rep.from.transport, false);
         let body = self.offer_body(a, rule, &offer);
@@ -3539,7 +3552,10 @@ impl Call {
     /// waits for the ACK: RFC 3891 §3 has the replaced dialog ended because a new one took its
     /// place, and an offerless new dialog has no session before the ACK's answer; ending the
     /// old one at the 200 would leave the other party with nobody should that answer fail.
-    fn joined(&mut self, ack: &Request, j: Joining) {
+    fn joined(&mut self, now: Instant, ack: &Request, j: Joining) {
+        if self.phase == Phase::Ringing {
+            return self.picked_up(now, ack, j);
+        }
         let rule = self.setup.srtp.leg(j.phone.target.to.transport, false);
         let answer = (self.phase == Phase::Confirmed)
             .then(|| self.answer_to(j.a, rule, &j.offer, ack))
@@ -3568,6 +3584,34 @@ impl Call {
         );
     }
 
+    /// The ACK of an offerless phone picking up the ringing call: its answer to the ringing
+    /// devices' offer makes it the answering device, as if it had answered that offer (the
+    /// relay transcodes what the caller lacks; the caller gets the 200, the devices a CANCEL).
+    /// Without a usable answer its dialog gets a BYE and the devices ring on.
+    fn picked_up(&mut self, now: Instant, ack: &Request, j: Joining) {
+        self.forks.push(j.phone);
+        let i = self.forks.len() - 1;
+        let body = is_sdp(&ack.headers, &ack.body)
+            .then(|| self.rewritten_answer(i, &ack.body))
+            .flatten();
+        let Some(body) = body else {
+            tracing::info!("the picking-up phone's ACK carries no usable answer: BYE");
+            if let Some(phone) = self.forks.pop() {
+                self.bye_joining(phone);
+            }
+            return;
+        };
+        tracing::info!("a phone picked up the ringing call (offerless Replaces)");
+        self.setup.callee.clone_from(&j.party);
+        self.out.push_back(Output::Transferred {
+            a: false,
+            party: party_aor(&j.party),
+            teams: false,
+        });
+        let b_ok = self.forks[i].invite.response(200, "OK");
+        self.answer_caller(now, i, body, &b_ok);
+    }
+
     /// Ends an offerless replacing phone's dialog with a BYE (a crossing BYE from it still
     /// gets its 200).
     fn bye_joining(&mut self, mut phone: Fork) {
@@ -3585,6 +3629,14 @@ impl Call {
     /// transcodes when they differ), the ringing devices are cancelled ("Call completed
     /// elsewhere").
     fn pick_up(&mut self, now: Instant, rep: &Replacement) -> Result<(), (u16, String)> {
+        if rep.req.body.is_empty() {
+            // The ringing devices' offer: the relay transcodes what the phone picks from it.
+            let offer = self.b_offer.clone().ok_or((
+                488,
+                "neither the caller nor the phone offered SDP".to_owned(),
+            ))?;
+            return self.join_offerless(now, rep, false, offer);
+        }
         let Some(origin) = self.a_origin.clone() else {
             return Err((488, "the caller's INVITE had no offer to answer".into()));
         };
@@ -3937,6 +3989,7 @@ pub(super) mod tests {
             local: "192.0.2.1:5060".parse().expect("addr"),
             invite: invite_with(body, extra),
             caller: "\"Alice\" <sip:alice@csps.local>".into(),
+            caller_party: None,
             callee: "<sip:bob@csps.local>".into(),
             targets: vec![target("192.0.2.9:5060"), target("192.0.2.10:5060")],
             b_call_id: "b-call".into(),
@@ -6150,13 +6203,125 @@ pub(super) mod tests {
         }
     }
 
-    /// Call pickup (RFC 3891 §3, an early dialog the gateway initiated): carol's phone names
-    /// the gateway's early dialog with bob's second device; she gets 200, alice gets 200 with
-    /// an answer to her offer, the ringing device a CANCEL ("Call completed elsewhere"). The
-    /// caller's own early dialog (not initiated by the gateway) gets 481.
+    /// Call pickup without an offer: carol's phone gets 200 with the ringing devices' offer,
+    /// and nothing else happens until her ACK; its answer (PCMA, which alice lacks) makes her
+    /// the answering device: alice gets 200 in her PCMU, the relay transcodes, the ringing
+    /// device gets a CANCEL. A second pickup meanwhile gets 491.
     #[test]
-    fn a_replacing_invite_picks_up_a_ringing_device() {
+    fn an_offerless_pickup_answers_the_caller_with_the_acks_answer() {
         let t0 = Instant::now();
+        let (mut c, inv2, _) = ringing_at_the_second_device(t0);
+        let gw = inv2
+            .from_hdr()
+            .and_then(|f| f.tag().map(str::to_owned))
+            .expect("tag");
+        let early = format!("b-call;to-tag={gw};from-tag=ring2");
+        c.handle(
+            t0,
+            Input::Replace(Box::new(replacement_with("carol", &early, "p5", ""))),
+        );
+        let out = drain(&mut c);
+        assert_eq!(statuses(&out), [200], "carol's 200 only");
+        let ok = responses_to_a(&out)[0].clone();
+        let offer = String::from_utf8_lossy(&ok.body).into_owned();
+        assert!(
+            offer.contains("m=audio 20002 RTP/AVP 0 101 9 111 8\r\n"),
+            "{offer}"
+        );
+        assert!(!out.iter().any(|o| matches!(o, Output::Send { .. })));
+        c.handle(
+            t0,
+            Input::Replace(Box::new(replacement("carol", &early, "p6"))),
+        );
+        assert_eq!(statuses(&drain(&mut c)), [491]);
+        let to_tag = ok
+            .to_hdr()
+            .and_then(|t| t.tag().map(str::to_owned))
+            .expect("To tag");
+        let answer = "v=0\r\no=- 1 1 IN IP4 198.51.100.4\r\ns=-\r\nc=IN IP4 198.51.100.4\r\nt=0 0\r\n\
+            m=audio 7000 RTP/AVP 8\r\n";
+        let ack = replacing_ack("p5", &to_tag, answer);
+        c.handle(t0, Input::Ack(ack));
+        let out = drain(&mut c);
+        let to_alice = responses_to_a(&out);
+        assert_eq!(to_alice.len(), 1);
+        assert_eq!(to_alice[0].status, 200);
+        let b = String::from_utf8_lossy(&to_alice[0].body).into_owned();
+        assert!(b.contains("m=audio 20000 RTP/AVP 0"), "{b}");
+        assert!(matches!(transcoding(&out), Some(Some(_))), "{out:?}");
+        let (_, _, to) = sent(&out, Method::Cancel).expect("CANCEL to the ringing device");
+        assert_eq!(to, remote("192.0.2.10:5060"));
+        assert!(out.iter().any(|o| matches!(
+            o,
+            Output::Transferred { a: false, party, .. } if party == "sip:carol@csps.local"
+        )));
+        assert!(out.iter().any(|o| matches!(o, Output::Answered)));
+    }
+
+    /// A call with Teams (alice's phone calls out through the trunk, as her number): a Replaces
+    /// naming the gateway's dialog with the trunk gets 403 (its party is the Teams user, no
+    /// phone's); one naming alice's own dialog, from her other phone (checked against her AoR,
+    /// not the number), moves the call there, and Teams gets a
+    /// `sendrecv` re-INVITE that stays SRTP (RTP/SAVP with a key) while the new phone is plain.
+    #[test]
+    fn a_phone_takes_over_a_call_with_teams_and_the_trunks_dialog_is_not_replaceable() {
+        let t0 = Instant::now();
+        let mut s = setup(OFFER, "", SrtpPolicy::default(), false);
+        s.targets.truncate(1);
+        s.targets[0].to.transport = Transport::Tls;
+        s.targets[0].sbc = Some(Sbc {
+            fqdn: "sbc1.csps.test".into(),
+            port: 5061,
+            user: "+14255550100".into(),
+        });
+        // As the switch sets a call out through the trunk up: alice is her number there.
+        s.caller = "<sip:+14255550100@sbc1.csps.test;user=phone>".into();
+        s.caller_party = Some("sip:alice@csps.local".into());
+        let mut c = started(s, t0);
+        let (a_tag, inv1, ..) = answer_first(&mut c, t0, SRTP_ANSWER);
+        drain(&mut c);
+        let gw = inv1
+            .from_hdr()
+            .and_then(|f| f.tag().map(str::to_owned))
+            .expect("tag");
+        let trunk = format!("b-call;to-tag={gw};from-tag=d1");
+        c.handle(
+            t0,
+            Input::Replace(Box::new(replacement("alice", &trunk, "t1"))),
+        );
+        let out = drain(&mut c);
+        assert_eq!(statuses(&out), [403]);
+        assert!(sent(&out, Method::Bye).is_none());
+        let own = format!("a-call;to-tag={a_tag};from-tag=at");
+        c.handle(
+            t0,
+            Input::Replace(Box::new(replacement("alice", &own, "t2"))),
+        );
+        let out = drain(&mut c);
+        assert_eq!(statuses(&out), [200]);
+        let to_phone = String::from_utf8_lossy(&responses_to_a(&out)[0].body).into_owned();
+        assert!(
+            to_phone.contains("RTP/AVP") && !to_phone.contains("a=crypto"),
+            "{to_phone}"
+        );
+        let (_, bye, to) = sent(&out, Method::Bye).expect("BYE to the first phone");
+        assert_eq!(to, remote("203.0.113.5:5060"));
+        assert_eq!(bye.headers.get("Reason"), Some(REPLACED));
+        let (_, reinvite, to) = sent(&out, Method::Invite).expect("re-INVITE to Teams");
+        assert_eq!(to.addr, "192.0.2.9:5060".parse().expect("addr"));
+        let offer = body(&reinvite);
+        assert!(offer.contains("m=audio 20002 RTP/SAVP 0"), "{offer}");
+        assert!(offer.contains("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:"));
+        assert!(offer.contains("a=sendrecv"), "{offer}");
+        assert!(out.iter().any(|o| matches!(
+            o,
+            Output::Transferred { a: true, party, teams: false } if party == "sip:alice@csps.local"
+        )));
+    }
+
+    /// Alice's call ringing at bob's second device (180, its tag `ring2`): the call, that
+    /// device's INVITE and what the call did on the 180.
+    fn ringing_at_the_second_device(t0: Instant) -> (Call, Request, Vec<Output>) {
         let mut c = call(OFFER, t0);
         let invites = sent_invites(&drain(&mut c));
         let (tag2, inv2) = invites[1].clone();
@@ -6168,6 +6333,17 @@ pub(super) mod tests {
             },
         );
         let out = drain(&mut c);
+        (c, inv2, out)
+    }
+
+    /// Call pickup (RFC 3891 §3, an early dialog the gateway initiated): carol's phone names
+    /// the gateway's early dialog with bob's second device; she gets 200, alice gets 200 with
+    /// an answer to her offer, the ringing device a CANCEL ("Call completed elsewhere"). The
+    /// caller's own early dialog (not initiated by the gateway) gets 481.
+    #[test]
+    fn a_replacing_invite_picks_up_a_ringing_device() {
+        let t0 = Instant::now();
+        let (mut c, inv2, out) = ringing_at_the_second_device(t0);
         let a_tag = responses_to_a(&out)[0]
             .to_hdr()
             .and_then(|t| t.tag().map(str::to_owned))

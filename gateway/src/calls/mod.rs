@@ -1269,6 +1269,7 @@ impl Switch {
             local,
             invite: req,
             caller: caller_id,
+            caller_party: caller_party.clone(),
             callee,
             targets,
             b_call_id,
