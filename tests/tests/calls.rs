@@ -1417,12 +1417,7 @@ fn rtp_lost_counts_the_gaps_in_what_a_phone_sends() {
     }
     let gw = call.hang_up();
     // The call's record keeps the losses of both legs, and /metrics adds them up.
-    let mut record = serde_json::Value::Null;
-    let stored = wait_until(Duration::from_secs(10), || {
-        record = gw.api("GET", "/api/calls/history", None).json()[0].clone();
-        record["media"].is_array()
-    });
-    assert!(stored, "no record: {record}");
+    let record = latest_record(&gw);
     for leg in [0, 1] {
         assert_eq!(record["media"][leg]["rtp_lost"], 5, "leg {leg}: {record}");
         assert_eq!(
@@ -1436,6 +1431,17 @@ fn rtp_lost_counts_the_gaps_in_what_a_phone_sends() {
         Some(10.0),
         "{m}"
     );
+}
+
+/// The newest call record once the store has it (waits up to 10 s).
+fn latest_record(gw: &Gateway) -> serde_json::Value {
+    let mut record = serde_json::Value::Null;
+    let stored = wait_until(Duration::from_secs(10), || {
+        record = gw.api("GET", "/api/calls/history", None).json()[0].clone();
+        record["media"].is_array()
+    });
+    assert!(stored, "no record: {record}");
+    record
 }
 
 /// J in milliseconds as RFC 3550 §6.4.1 computes it for packets 20 ms of timestamp apart that
@@ -1519,12 +1525,7 @@ fn rtp_jitter_ms_follows_the_send_times_of_a_phone() {
         })
         .collect();
     let gw = call.hang_up();
-    let mut record = serde_json::Value::Null;
-    let stored = wait_until(Duration::from_secs(10), || {
-        record = gw.api("GET", "/api/calls/history", None).json()[0].clone();
-        record["media"].is_array()
-    });
-    assert!(stored, "no record: {record}");
+    let record = latest_record(&gw);
     for (leg, max) in max_ms.into_iter().enumerate() {
         let media = &record["media"][leg];
         assert!(
