@@ -8,7 +8,12 @@
 //!
 //! The lines come from the call core's user-state bus: ringing for a callee whose devices ring
 //! (`early`, direction `recipient`), busy in an answered call (`confirmed`), idle when it ends
-//! (`terminated`, once). In a cluster each server reports its own calls only: a phone
+//! (`terminated`, once). Once a ringing device sent a tagged provisional, the early dialog also
+//! carries that device's dialog with the gateway (`call-id`, `local-tag`, `remote-tag`) and the
+//! caller as remote identity: a BLF key picks the call up with an INVITE whose
+//! `Replaces: call-id;to-tag=remote-tag;from-tag=local-tag;early-only` names it (the gateway
+//! takes the two tags in either order). A resync after lost states shows ringing without them
+//! until the next change. In a cluster each server reports its own calls only: a phone
 //! subscribed to one server does not see a colleague's call through another.
 
 pub mod dialog_info;
@@ -79,6 +84,7 @@ pub fn lines_of(calls: &[CallInfo]) -> Vec<UserState> {
                     state,
                     call: c.id,
                     caller: room || i == 0,
+                    dialog: None,
                 });
             }
         }
@@ -298,6 +304,7 @@ mod tests {
             state,
             call,
             caller,
+            dialog: None,
         };
         let calls = [
             call(

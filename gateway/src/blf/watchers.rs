@@ -35,7 +35,7 @@ use csps_sip::{Method, Remote, Request, Response, SipHeaders, Transport};
 use rand::RngCore;
 
 use super::dialog_info::{self, DialogEntry, DialogState};
-use crate::calls::{LineState, UserState};
+use crate::calls::{DialogIds, LineState, UserState};
 
 /// The only event package served.
 pub const EVENT: &str = "dialog";
@@ -174,10 +174,12 @@ struct Sub {
 }
 
 /// A user's line in one call.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 struct Line {
     initiator: bool,
     state: DialogState,
+    /// The early dialog a pickup names, while ringing.
+    dialog: Option<DialogIds>,
 }
 
 /// The subscriptions of one server and the lines they report.
@@ -277,8 +279,9 @@ fn apply(lines: &mut HashMap<String, BTreeMap<u64, Line>>, s: &UserState) -> boo
             let line = Line {
                 initiator: s.caller,
                 state,
+                dialog: s.dialog.clone().filter(|_| state == DialogState::Early),
             };
-            calls.insert(s.call, line) != Some(line)
+            calls.insert(s.call, line.clone()) != Some(line)
         }
         None => calls.remove(&s.call).is_some(),
     };
@@ -648,6 +651,7 @@ impl Watchers {
                 call: *call,
                 initiator: l.initiator,
                 state: l.state,
+                dialog: l.dialog.clone(),
             })
             .collect();
         let branch = self.rng.next_u64();
@@ -666,6 +670,7 @@ impl Watchers {
                     call: *call,
                     initiator: *initiator,
                     state: DialogState::Terminated,
+                    dialog: None,
                 });
             }
         }
@@ -822,6 +827,7 @@ mod tests {
             state,
             call,
             caller,
+            dialog: None,
         })
     }
 
@@ -961,6 +967,64 @@ mod tests {
         let (_, n) = notify(&out[0]);
         assert!(!body(n).contains("call-7"), "terminated once: {}", body(n));
         assert!(body(n).contains("<dialog id=\"call-9\" direction=\"initiator\">"));
+    }
+
+    /// The ringing device's early dialog, published once its provisional is tagged, goes out
+    /// as a new NOTIFY with the identifiers and identities (escaped); the answer shows the
+    /// state only again.
+    #[test]
+    fn a_ringing_line_shows_its_early_dialog_until_answered() {
+        let mut w = watchers();
+        let now = Instant::now();
+        let (sub, _) = subscribed(&mut w, now);
+        w.handle(
+            now,
+            line("sip:bob@csps.local", 7, LineState::Ringing, false),
+        );
+        let out = outputs(&mut w);
+        let (_, n) = notify(&out[0]);
+        assert!(!body(n).contains("call-id="), "no tags yet: {}", body(n));
+        w.handle(now, Input::NotifyAnswered { sub, status: 200 });
+        w.handle(
+            now,
+            Input::Line(UserState {
+                dialog: Some(DialogIds {
+                    call_id: "b7@gw".into(),
+                    local_tag: "dev1".into(),
+                    remote_tag: "gw1".into(),
+                    remote: "sip:alice@csps.local".into(),
+                    remote_name: Some("Alice & Co".into()),
+                }),
+                ..UserState {
+                    aor: "sip:bob@csps.local".into(),
+                    state: LineState::Ringing,
+                    call: 7,
+                    caller: false,
+                    dialog: None,
+                }
+            }),
+        );
+        let out = outputs(&mut w);
+        let (_, n) = notify(&out[0]);
+        let b = body(n);
+        assert!(b.contains("version=\"2\""), "{b}");
+        assert!(
+            b.contains(
+                "<dialog id=\"call-7\" call-id=\"b7@gw\" local-tag=\"dev1\" \
+                 remote-tag=\"gw1\" direction=\"recipient\">"
+            ),
+            "{b}"
+        );
+        assert!(b.contains("<local><identity>sip:bob@csps.local</identity></local>"));
+        assert!(b.contains(
+            "<remote><identity display=\"Alice &amp; Co\">sip:alice@csps.local</identity></remote>"
+        ));
+        w.handle(now, Input::NotifyAnswered { sub, status: 200 });
+        w.handle(now, line("sip:bob@csps.local", 7, LineState::Busy, false));
+        let out = outputs(&mut w);
+        let (_, n) = notify(&out[0]);
+        assert!(!body(n).contains("call-id="), "{}", body(n));
+        assert!(!body(n).contains("<remote>"), "{}", body(n));
     }
 
     /// A user already in a call when the subscription starts: the first NOTIFY shows it.
@@ -1166,6 +1230,7 @@ mod tests {
             state: LineState::Ringing,
             call: 5,
             caller: false,
+            dialog: None,
         }];
         w.handle(now, Input::Resync(snapshot));
         let out = outputs(&mut w);

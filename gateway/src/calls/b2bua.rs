@@ -2144,6 +2144,21 @@ impl Call {
         }
     }
 
+    /// The early dialog a call pickup can name (see [`Call::named_by`]): the first ringing
+    /// phone fork with a tagged provisional, as (Call-ID, the device's tag, the gateway's tag).
+    pub fn early_dialog(&self) -> Option<(String, String, String)> {
+        if self.phase != Phase::Ringing {
+            return None;
+        }
+        self.forks.iter().find_map(|f| {
+            let ringing =
+                f.state == ForkState::Proceeding && f.cancel.is_none() && f.target.sbc.is_none();
+            let device = f.early_tags.first().filter(|_| ringing)?;
+            let gateway = f.invite.from_hdr()?.tag()?.to_owned();
+            Some((f.invite.call_id()?.to_owned(), device.clone(), gateway))
+        })
+    }
+
     /// The call's confirmed legs (A first) as their devices hold the dialogs; empty before the
     /// answer. Teams legs are left out: the trunk is not a device a Replaces could reach.
     pub fn dialogs(&self) -> Vec<LegDialog> {
@@ -3278,14 +3293,19 @@ impl Call {
                 Named::Confirmed(false)
             };
         }
+        // While ringing, the tags in either order: a busy-lamp field shows the device's view of
+        // the dialog (RFC 4235 local-tag and remote-tag), and phones differ in which one they
+        // send as `to-tag` (both are random; they cannot be mistaken for each other). Once
+        // answered, RFC 3891's order only, as for the confirmed dialogs above.
+        let swapped_too = self.phase == Phase::Ringing;
         let early = self.forks.iter().position(|f| {
+            let gateway = f.invite.from_hdr().and_then(|h| h.tag().map(str::to_owned));
+            let tagged = |ours: &str, device: &String| {
+                gateway.as_deref() == Some(ours) && f.early_tags.contains(device)
+            };
             f.invite.call_id() == Some(r.call_id.as_str())
-                && f.invite
-                    .from_hdr()
-                    .and_then(|h| h.tag().map(str::to_owned))
-                    .as_deref()
-                    == Some(r.to_tag.as_str())
-                && f.early_tags.contains(&r.from_tag)
+                && (tagged(&r.to_tag, &r.from_tag)
+                    || (swapped_too && tagged(&r.from_tag, &r.to_tag)))
         });
         if let Some(i) = early {
             let f = &self.forks[i];
@@ -6339,7 +6359,9 @@ pub(super) mod tests {
     /// Call pickup (RFC 3891 §3, an early dialog the gateway initiated): carol's phone names
     /// the gateway's early dialog with bob's second device; she gets 200, alice gets 200 with
     /// an answer to her offer, the ringing device a CANCEL ("Call completed elsewhere"). The
-    /// caller's own early dialog (not initiated by the gateway) gets 481.
+    /// caller's own early dialog (not initiated by the gateway) gets 481. The ringing device's
+    /// dialog is what [`Call::early_dialog`] shows a busy-lamp field, and a Replaces naming it
+    /// with the tags the other way round (as the device holds it) is accepted too.
     #[test]
     fn a_replacing_invite_picks_up_a_ringing_device() {
         let t0 = Instant::now();
@@ -6358,10 +6380,14 @@ pub(super) mod tests {
             .from_hdr()
             .and_then(|f| f.tag().map(str::to_owned))
             .expect("tag");
-        let early = format!("b-call;to-tag={gw};from-tag=ring2;early-only");
+        assert_eq!(
+            c.early_dialog(),
+            Some(("b-call".to_owned(), "ring2".to_owned(), gw.clone()))
+        );
+        let swapped = format!("b-call;to-tag=ring2;from-tag={gw};early-only");
         c.handle(
             t0,
-            Input::Replace(Box::new(replacement("carol", &early, "p1"))),
+            Input::Replace(Box::new(replacement("carol", &swapped, "p1"))),
         );
         let out = drain(&mut c);
         assert_eq!(statuses(&out), [200, 200], "carol's 200, then alice's");
@@ -6394,7 +6420,9 @@ pub(super) mod tests {
             out.iter()
                 .any(|o| matches!(o, Output::Media(MediaChange::Transcode(None))))
         );
+        assert_eq!(c.early_dialog(), None, "nothing rings any more");
         // The picked-up dialog ended with the pickup.
+        let early = format!("b-call;to-tag={gw};from-tag=ring2;early-only");
         c.handle(
             t0,
             Input::Replace(Box::new(replacement("carol", &early, "p2"))),

@@ -700,6 +700,7 @@ impl Room {
             state: LineState::Busy,
             call: self.no,
             caller: true,
+            dialog: None,
         });
         self.members.push(m);
     }
@@ -1275,6 +1276,7 @@ impl Room {
             state: LineState::Idle,
             call: self.no,
             caller: true,
+            dialog: None,
         });
         self.end_if_empty();
     }

@@ -97,4 +97,24 @@ pub struct UserState {
     pub call: u64,
     /// The user placed the call (RFC 4235 `direction="initiator"`); false: they were called.
     pub caller: bool,
+    /// While ringing: the early dialog with one of the user's ringing devices, which a call
+    /// pickup's Replaces names (busy-lamp fields show it); `None` otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dialog: Option<DialogIds>,
+}
+
+/// The early dialog between the gateway and a ringing device as that device holds it (RFC 4235
+/// §4.1.6), and the caller it shows: what a BLF key needs to pick the call up (RFC 3891).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DialogIds {
+    /// The Call-ID of the gateway's INVITE to the device.
+    pub call_id: String,
+    /// The device's tag (its To tag in its provisional response).
+    pub local_tag: String,
+    /// The gateway's tag (its From tag in that INVITE).
+    pub remote_tag: String,
+    /// The caller's URI as the device was shown it.
+    pub remote: String,
+    /// The caller's display name, if any.
+    pub remote_name: Option<String>,
 }

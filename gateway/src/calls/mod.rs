@@ -39,7 +39,7 @@ use crate::policy::hooks::{CallQuirks, Device};
 use crate::policy::{Pinned, PolicyEngine, PolicyKind, Route as PolicyRoute, RouteRequest, rules};
 use crate::sip::accounts::AccountCache;
 
-pub use leg::{CallInfo, LegInfo, LegKind, LineState, UserState};
+pub use leg::{CallInfo, DialogIds, LegInfo, LegKind, LineState, UserState};
 pub use record::{CallRecord, SipMessage};
 
 use crate::metrics::CallMetrics;

@@ -16,7 +16,7 @@ use tokio::sync::{broadcast, mpsc};
 use tracing::Instrument;
 
 use super::b2bua::{Call, Input, MediaChange, Output, Setup};
-use super::leg::{CallInfo, LegInfo, LegKind, LineState, UserState};
+use super::leg::{CallInfo, DialogIds, LegInfo, LegKind, LineState, UserState};
 use super::record::{CallRecord, Direction as LogDirection, MessageLog};
 use super::{CallAction, CallEvent, CallNo, Directory};
 use crate::media::PortPool;
@@ -371,6 +371,31 @@ fn publish(
         state,
         call: no,
         caller,
+        dialog: None,
+    });
+}
+
+/// Publishes `callee`'s ringing again, now with the early dialog `(Call-ID, device tag, gateway
+/// tag)` a call pickup names and the caller `shown` to the ringing device.
+fn publish_early(
+    states: &broadcast::Sender<UserState>,
+    no: CallNo,
+    callee: &str,
+    (call_id, local_tag, remote_tag): (String, String, String),
+    shown: &csps_sip::headers::NameAddr,
+) {
+    let _ = states.send(UserState {
+        aor: callee.to_owned(),
+        state: LineState::Ringing,
+        call: no,
+        caller: false,
+        dialog: Some(DialogIds {
+            call_id,
+            local_tag,
+            remote_tag,
+            remote: shown.uri.to_string(),
+            remote_name: shown.display.clone(),
+        }),
     });
 }
 
@@ -456,6 +481,10 @@ async fn run_call(t: CallTask, call_id: String) {
             .request(caller_device, Direction::FromDevice, &mut setup.invite);
     }
     let mut first_answer_seen = false;
+    // The caller as the callee's devices are shown it, for the busy-lamp fields' pickup.
+    let shown_caller = csps_sip::headers::NameAddr::parse(&setup.caller).ok();
+    // The early dialog last published with the callee's ringing.
+    let mut early_shown = None;
     let mut call = Call::new(setup, Box::new(rand::rngs::StdRng::from_os_rng()));
     call.start(Instant::now());
     let sleep = tokio::time::sleep(std::time::Duration::from_secs(3600));
@@ -604,6 +633,16 @@ async fn run_call(t: CallTask, call_id: String) {
         }
         if ended {
             break;
+        }
+        // A ringing device's first tagged provisional makes the early dialog a pickup names.
+        if answered_at.is_none()
+            && kinds[1] == LegKind::Phone
+            && let Some(shown) = &shown_caller
+            && let Some(early) = call.early_dialog()
+            && early_shown.as_ref() != Some(&early)
+        {
+            early_shown = Some(early.clone());
+            publish_early(&states, no, &callee, early, shown);
         }
         if let Some(d) = call.poll_timeout() {
             sleep.as_mut().reset(d.into());
