@@ -116,6 +116,36 @@ fn received_notifies(log: &Path) -> Vec<Notify> {
     out
 }
 
+/// Accounts alice, bob and carol; carol's phone (SIPp `uac_blf_watch.xml`, its messages logged
+/// to `log`) subscribed to bob, then bob's registered phone playing `bob_scenario` (sending no
+/// media): both running in threads.
+fn carol_watches_bob(
+    gw: &Gateway,
+    log: &Path,
+    bob_scenario: &str,
+) -> (
+    std::thread::JoinHandle<SippOutcome>,
+    std::thread::JoinHandle<SippOutcome>,
+) {
+    for user in ["alice", "bob", "carol"] {
+        gw.create_user(user, &format!("{user}-secret-1"));
+    }
+    let sipp = watcher(gw, "uac_blf_watch.xml", "carol", "bob")
+        .arg("-trace_msg")
+        .arg("-message_file")
+        .arg(log.to_string_lossy().into_owned());
+    let carol = std::thread::spawn(move || sipp.run());
+    assert!(
+        wait_until(Duration::from_secs(20), || subscriptions(gw) == Some(1.0)),
+        "carol's subscription did not start:\n{}",
+        gw.log_tail(40)
+    );
+    let bob = Sipp::callee(bob_scenario, gw.sip_addr(), ("bob", "bob-secret-1"), DOMAIN)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .silent();
+    (carol, std::thread::spawn(move || bob.run()))
+}
+
 /// Carol's phone watches bob. Alice calls bob (SIPp caller and callee), bob answers, alice
 /// hangs up: carol's NOTIFYs show bob's dialog early (recipient), confirmed, terminated, with
 /// versions 0, 1, 2, … and nothing of alice's; then carol unsubscribes (200 Expires 0, a
@@ -125,29 +155,9 @@ fn a_watcher_sees_the_watched_users_call_ring_answer_and_end() {
     let Some(gw) = csps_tests::gateway_for("sipp") else {
         return;
     };
-    for user in ["alice", "bob", "carol"] {
-        gw.create_user(user, &format!("{user}-secret-1"));
-    }
     let dir = tempfile::tempdir().expect("temp dir");
     let log = dir.path().join("watcher_messages.log");
-    let sipp = watcher(&gw, "uac_blf_watch.xml", "carol", "bob")
-        .arg("-trace_msg")
-        .arg("-message_file")
-        .arg(log.to_string_lossy().into_owned());
-    let carol = std::thread::spawn(move || sipp.run());
-    assert!(
-        wait_until(Duration::from_secs(20), || subscriptions(&gw) == Some(1.0)),
-        "carol's subscription did not start:\n{}",
-        gw.log_tail(40)
-    );
-    let bob = Sipp::callee(
-        "uas_answer.xml",
-        gw.sip_addr(),
-        ("bob", "bob-secret-1"),
-        DOMAIN,
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    let bob = std::thread::spawn(move || bob.run());
+    let (carol, bob) = carol_watches_bob(&gw, &log, "uas_answer.xml");
     let alice = Sipp::caller(
         "uac_call.xml",
         gw.sip_addr(),
@@ -201,6 +211,124 @@ fn a_watcher_sees_the_watched_users_call_ring_answer_and_end() {
         wait_until(Duration::from_secs(10), || subscriptions(&gw) == Some(0.0)),
         "the subscription is still counted"
     );
+}
+
+/// What a BLF key reads from an early `<dialog>` to pick the call up (RFC 4235 §4.1.6): the
+/// Call-ID, the watched device's tag (`local-tag`), the other side's (`remote-tag`), and the
+/// remote identity element.
+#[derive(Debug)]
+struct EarlyDialog {
+    call_id: String,
+    local_tag: String,
+    remote_tag: String,
+    remote: String,
+}
+
+/// `value` with the five predefined XML entities resolved.
+fn unescape(value: &str) -> String {
+    value
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&apos;", "'")
+        .replace("&amp;", "&")
+}
+
+/// The first early `<dialog>` with identifiers in the watcher's message log so far.
+fn early_dialog(log: &Path) -> Option<EarlyDialog> {
+    let text = std::fs::read_to_string(log).ok()?;
+    text.split("<dialog ").skip(1).find_map(|part| {
+        let tag = &part[..part.find('>')?];
+        if !part.contains("<state>early</state>") {
+            return None;
+        }
+        let remote = part.split_once("<remote>")?.1.split_once("</remote>")?.0;
+        Some(EarlyDialog {
+            call_id: unescape(&attribute(tag, "call-id")?),
+            local_tag: unescape(&attribute(tag, "local-tag")?),
+            remote_tag: unescape(&attribute(tag, "remote-tag")?),
+            remote: remote.trim().to_owned(),
+        })
+    })
+}
+
+/// Directed call pickup from a BLF key (RFC 4235 + RFC 3891): carol's phone watches bob; alice
+/// calls bob, whose phone rings without answering; carol's NOTIFY shows the early dialog with
+/// `call-id`, `local-tag`, `remote-tag` and alice as remote identity. Carol's phone (another
+/// SIPp) sends an INVITE with `Replaces: call-id;to-tag=remote-tag;from-tag=local-tag;early-only`
+/// built from them and gets 200: the call is answered by carol, bob's phone gets CANCEL, alice
+/// the BYE when carol hangs up, and the record names carol as callee.
+#[test]
+fn a_blf_key_picks_up_the_watched_users_ringing_call() {
+    let Some(gw) = csps_tests::gateway_for("sipp") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("watcher_messages.log");
+    let (watching, bob) = carol_watches_bob(&gw, &log, "uas_cancel.xml");
+    let alice = Sipp::caller(
+        "uac_hung_up.xml",
+        gw.sip_addr(),
+        ("alice", "alice-secret-1"),
+        "bob",
+        DOMAIN,
+    );
+    let alice = std::thread::spawn(move || alice.run());
+    let mut early = None;
+    let shown = wait_until(Duration::from_secs(15), || {
+        early = early_dialog(&log);
+        early.is_some()
+    });
+    assert!(
+        shown,
+        "no early dialog with identifiers in carol's NOTIFYs:\n{}\n--- gateway ---\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default(),
+        gw.log_tail(40)
+    );
+    let early = early.expect("an early dialog");
+    assert!(
+        early
+            .remote
+            .contains(&format!("sip:alice@{DOMAIN}</identity>")),
+        "{early:?}"
+    );
+    // RFC 3891 §3: the tags as the gateway, which gets the Replaces, holds the dialog.
+    let replaces = format!(
+        "{};to-tag={};from-tag={};early-only",
+        early.call_id, early.remote_tag, early.local_tag
+    );
+    let picker = Sipp::caller(
+        "uac_replaces.xml",
+        gw.sip_addr(),
+        ("carol", "carol-secret-1"),
+        "bob",
+        DOMAIN,
+    )
+    .key("replaces", &replaces)
+    .arg("-rtp_echo");
+    let picker = std::thread::spawn(move || picker.run());
+    let mut calls = serde_json::Value::Null;
+    let picked = wait_until(Duration::from_secs(10), || {
+        calls = gw.api("GET", "/api/calls", None).json();
+        calls[0]["state"] == "answered"
+            && calls[0]["legs"][1]["party"] == format!("sip:carol@{DOMAIN}")
+    });
+    assert!(
+        picked,
+        "carol did not pick up with {replaces}: {calls}\n{}",
+        gw.log_tail(60)
+    );
+    let bob = bob.join().expect("bob thread");
+    assert_ok(&gw, "bob (rung, then cancelled)", &bob);
+    let picker = picker.join().expect("picker thread");
+    assert_ok(&gw, "carol (picking up)", &picker);
+    let alice = alice.join().expect("alice thread");
+    assert_ok(&gw, "alice (caller)", &alice);
+    let watching = watching.join().expect("watcher thread");
+    assert_ok(&gw, "carol (watcher)", &watching);
+    let record = gw.ended_call();
+    assert_eq!(record["status"], 200, "{record}");
+    assert_eq!(record["callee"], format!("sip:carol@{DOMAIN}"), "{record}");
 }
 
 /// `Event: presence` is 489 Bad Event with `Allow-Events: dialog` (without a challenge); a
