@@ -456,6 +456,16 @@ pub trait SipHeaders {
             .get("To")
             .and_then(|v| NameAddr::parse(v).ok())
     }
+    /// The From header's tag, when it has one.
+    // `from_tag` names the From header's tag, not a conversion.
+    #[allow(clippy::wrong_self_convention)]
+    fn from_tag(&self) -> Option<String> {
+        self.from_hdr()?.tag().map(str::to_owned)
+    }
+    /// The To header's tag, when it has one.
+    fn to_tag(&self) -> Option<String> {
+        self.to_hdr()?.tag().map(str::to_owned)
+    }
     /// Max-Forwards, when present and in its legal range 0..=255.
     fn max_forwards(&self) -> Option<u8> {
         self.headers()

@@ -482,10 +482,7 @@ impl Watchers {
             Ok(e) => e,
             Err(r) => return self.respond(key, r),
         };
-        let dialog_id = match (
-            req.call_id(),
-            req.from_hdr().and_then(|f| f.tag().map(str::to_owned)),
-        ) {
+        let dialog_id = match (req.call_id(), req.from_tag()) {
             (Some(c), Some(t)) => (c.to_owned(), t),
             _ => return self.respond(key, req.response(400, "Missing From Tag")),
         };
@@ -835,10 +832,7 @@ mod tests {
     /// gateway's tag.
     fn subscribed(w: &mut Watchers, now: Instant) -> (SubId, String) {
         let out = new_sub(w, now, subscribe(1, None, "Event: dialog\r\n"));
-        let tag = answer(&out[0])
-            .to_hdr()
-            .and_then(|t| t.tag().map(str::to_owned))
-            .expect("To tag");
+        let tag = answer(&out[0]).to_tag().expect("To tag");
         let (sub, _) = notify(&out[1]);
         w.handle(now, Input::NotifyAnswered { sub, status: 200 });
         assert!(outputs(w).is_empty());
@@ -861,13 +855,13 @@ mod tests {
         assert_eq!(ok.status, 200);
         assert_eq!(ok.headers.get("Expires"), Some("600"));
         assert_eq!(ok.headers.get("Contact"), Some("<sip:csps@192.0.2.1:5060>"));
-        let tag = ok.to_hdr().and_then(|t| t.tag().map(str::to_owned));
+        let tag = ok.to_tag();
         let (_, n) = notify(&out[1]);
         assert_eq!(n.method, Method::Notify);
         assert_eq!(n.uri.to_string(), format!("sip:alice@{PHONE}"));
         assert_eq!(n.headers.get("To"), Some("<sip:alice@csps.local>;tag=w1"));
         assert_eq!(
-            n.from_hdr().and_then(|f| f.tag().map(str::to_owned)),
+            n.from_tag(),
             tag,
             "the NOTIFY's From tag is the 200's To tag"
         );

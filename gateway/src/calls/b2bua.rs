@@ -1396,7 +1396,7 @@ impl Call {
 
     fn on_provisional(&mut self, now: Instant, i: usize, resp: Response) {
         let f = &mut self.forks[i];
-        if let Some(tag) = resp.to_hdr().and_then(|t| t.tag().map(str::to_owned))
+        if let Some(tag) = resp.to_tag()
             && !f.early_tags.contains(&tag)
         {
             f.early_tags.push(tag);
@@ -1444,13 +1444,8 @@ impl Call {
     fn on_prack(&mut self, now: Instant, key: TxnKey, req: &Request) {
         let inv = &self.setup.invite;
         let ours = req.call_id() == inv.call_id()
-            && req.from_hdr().and_then(|f| f.tag().map(str::to_owned))
-                == inv.from_hdr().and_then(|f| f.tag().map(str::to_owned))
-            && req
-                .to_hdr()
-                .and_then(|t| t.tag().map(str::to_owned))
-                .as_deref()
-                == Some(self.a_tag.as_str());
+            && req.from_tag() == inv.from_tag()
+            && req.to_tag().as_deref() == Some(self.a_tag.as_str());
         let (resp, next) = match self.rel1xx.as_mut() {
             Some(rel) if ours => rel.prack(now, req),
             _ => (req.response(481, "Call/Transaction Does Not Exist"), None),
@@ -3299,7 +3294,7 @@ impl Call {
         // answered, RFC 3891's order only, as for the confirmed dialogs above.
         let swapped_too = self.phase == Phase::Ringing;
         let early = self.forks.iter().position(|f| {
-            let gateway = f.invite.from_hdr().and_then(|h| h.tag().map(str::to_owned));
+            let gateway = f.invite.from_tag();
             let tagged = |ours: &str, device: &String| {
                 gateway.as_deref() == Some(ours) && f.early_tags.contains(device)
             };
@@ -4255,10 +4250,7 @@ pub(super) mod tests {
         );
         let out = drain(c);
         let ok = responses_to_a(&out)[0].clone();
-        let a_tag = ok
-            .to_hdr()
-            .and_then(|t| t.tag().map(str::to_owned))
-            .expect("To tag");
+        let a_tag = ok.to_tag().expect("To tag");
         c.handle(t0, Input::Ack(in_dialog_a("ACK", 2, &a_tag, None)));
         (a_tag, inv1, ok, out)
     }
@@ -4303,10 +4295,7 @@ pub(super) mod tests {
 
     /// A request from the answering device inside its dialog with the gateway.
     fn in_dialog_b(method: &str, seq: u32, inv1: &Request, sdp: Option<&str>) -> Request {
-        let from_tag = inv1
-            .from_hdr()
-            .and_then(|f| f.tag().map(str::to_owned))
-            .expect("From tag");
+        let from_tag = inv1.from_tag().expect("From tag");
         with_body(
             format!(
                 "{method} sip:csps@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.9:5060;branch=z9hG4bKb{method}{seq}\r\n\
@@ -5195,10 +5184,7 @@ pub(super) mod tests {
 
     /// A request from carol in the dialog the transfer INVITE `inv` created (To tag `c1`).
     fn from_carol(method: &str, seq: u32, inv: &Request) -> Request {
-        let from_tag = inv
-            .from_hdr()
-            .and_then(|f| f.tag().map(str::to_owned))
-            .expect("From tag");
+        let from_tag = inv.from_tag().expect("From tag");
         with_body(
             format!(
                 "{method} sip:csps@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.20:5060;branch=z9hG4bKc{method}{seq}\r\n\
@@ -5237,10 +5223,7 @@ pub(super) mod tests {
             .get("RSeq")
             .and_then(|v| v.parse().ok())
             .expect("RSeq");
-        let a_tag = ringing[0]
-            .to_hdr()
-            .and_then(|t| t.tag().map(str::to_owned))
-            .expect("To tag");
+        let a_tag = ringing[0].to_tag().expect("To tag");
         assert!(to_a(&mut c, tag1, reply(&inv1, 183, "d1", Some(ANSWER))).is_empty());
         // Unacknowledged: retransmitted at T1.
         assert!(c.poll_timeout().is_some_and(|t| t <= t0 + T1));
@@ -5280,12 +5263,7 @@ pub(super) mod tests {
         assert_eq!(legs.len(), 2, "{legs:?}");
         assert_eq!(legs[1].call_id, "b-call");
         assert_eq!(legs[1].party, "<sip:bob@csps.local>");
-        assert_eq!(
-            legs[1].gateway_tag,
-            inv1.from_hdr()
-                .and_then(|f| f.tag().map(str::to_owned))
-                .expect("tag")
-        );
+        assert_eq!(legs[1].gateway_tag, inv1.from_tag().expect("tag"));
         assert_eq!(legs[0].target.to.addr.to_string(), "203.0.113.5:5060");
 
         let attended = |referrer: &str| {
@@ -5905,10 +5883,7 @@ pub(super) mod tests {
                 .iter()
                 .any(|o| matches!(o, Output::Stateless { .. }))
         );
-        let a_tag = ok
-            .to_hdr()
-            .and_then(|t| t.tag().map(str::to_owned))
-            .expect("To tag");
+        let a_tag = ok.to_tag().expect("To tag");
         let answer = "v=0\r\no=- 1 1 IN IP4 10.0.0.7\r\ns=-\r\nc=IN IP4 10.0.0.7\r\nt=0 0\r\n\
             m=audio 4000 RTP/AVP 0\r\n";
         c.handle(t0, Input::Ack(in_dialog_a("ACK", 2, &a_tag, Some(answer))));
@@ -5942,10 +5917,7 @@ pub(super) mod tests {
             },
         );
         let ok = responses_to_a(&drain(&mut c))[0].clone();
-        let a_tag = ok
-            .to_hdr()
-            .and_then(|t| t.tag().map(str::to_owned))
-            .expect("To tag");
+        let a_tag = ok.to_tag().expect("To tag");
         c.handle(t0, Input::Ack(in_dialog_a("ACK", 2, &a_tag, None)));
         let out = drain(&mut c);
         assert!(out.iter().any(|o| matches!(o,
@@ -6009,10 +5981,7 @@ pub(super) mod tests {
         let t0 = Instant::now();
         let (mut c, _, inv1) = confirmed(t0);
         drain(&mut c);
-        let gw = inv1
-            .from_hdr()
-            .and_then(|f| f.tag().map(str::to_owned))
-            .expect("tag");
+        let gw = inv1.from_tag().expect("tag");
         let named = format!("b-call;to-tag={gw};from-tag=d1");
         for (user, value, status) in [
             ("bob", format!("b-call;to-tag=d1;from-tag={gw}"), 481),
@@ -6039,11 +6008,7 @@ pub(super) mod tests {
             })
             .expect("200 to the new phone");
         assert_eq!(ok.status, 200);
-        assert!(
-            ok.to_hdr()
-                .and_then(|t| t.tag().map(str::to_owned))
-                .is_some()
-        );
+        assert!(ok.to_tag().is_some());
         let answer = String::from_utf8_lossy(&ok.body).into_owned();
         // Alice's PCMU (what the old phone answered), not the new phone's first codec.
         assert!(answer.contains("m=audio 20002 RTP/AVP 0\r\n"), "{answer}");
@@ -6102,10 +6067,7 @@ pub(super) mod tests {
     /// An offerless INVITE with Replaces of bob's answered device (RFC 3891 with RFC 3264 §4)
     /// in a confirmed call; the 200 to the new phone and its gateway tag.
     fn offerless_takeover(c: &mut Call, t0: Instant, inv1: &Request) -> (Vec<Output>, Response) {
-        let gw = inv1
-            .from_hdr()
-            .and_then(|f| f.tag().map(str::to_owned))
-            .expect("tag");
+        let gw = inv1.from_tag().expect("tag");
         let named = format!("b-call;to-tag={gw};from-tag=d1");
         let rep = replacement_with("bob", &named, "r4", "");
         let key = rep.key;
@@ -6154,10 +6116,7 @@ pub(super) mod tests {
             },
         );
         assert_eq!(statuses(&drain(&mut c)), [491]);
-        let gw = ok
-            .to_hdr()
-            .and_then(|t| t.tag().map(str::to_owned))
-            .expect("To tag");
+        let gw = ok.to_tag().expect("To tag");
         let answer = "v=0\r\no=- 1 1 IN IP4 198.51.100.4\r\ns=-\r\nc=IN IP4 198.51.100.4\r\nt=0 0\r\n\
             m=audio 7000 RTP/AVP 0\r\na=sendrecv\r\n";
         c.handle(t0, Input::Ack(replacing_ack("r4", &gw, answer)));
@@ -6193,10 +6152,7 @@ pub(super) mod tests {
             let (mut c, _, inv1) = confirmed(t0);
             drain(&mut c);
             let (_, ok) = offerless_takeover(&mut c, t0, &inv1);
-            let gw = ok
-                .to_hdr()
-                .and_then(|t| t.tag().map(str::to_owned))
-                .expect("To tag");
+            let gw = ok.to_tag().expect("To tag");
             if ack_body == "none" {
                 let mut at = t0;
                 while c.joining.is_some() {
@@ -6231,10 +6187,7 @@ pub(super) mod tests {
     fn an_offerless_pickup_answers_the_caller_with_the_acks_answer() {
         let t0 = Instant::now();
         let (mut c, inv2, _) = ringing_at_the_second_device(t0);
-        let gw = inv2
-            .from_hdr()
-            .and_then(|f| f.tag().map(str::to_owned))
-            .expect("tag");
+        let gw = inv2.from_tag().expect("tag");
         let early = format!("b-call;to-tag={gw};from-tag=ring2");
         c.handle(
             t0,
@@ -6254,10 +6207,7 @@ pub(super) mod tests {
             Input::Replace(Box::new(replacement("carol", &early, "p6"))),
         );
         assert_eq!(statuses(&drain(&mut c)), [491]);
-        let to_tag = ok
-            .to_hdr()
-            .and_then(|t| t.tag().map(str::to_owned))
-            .expect("To tag");
+        let to_tag = ok.to_tag().expect("To tag");
         let answer = "v=0\r\no=- 1 1 IN IP4 198.51.100.4\r\ns=-\r\nc=IN IP4 198.51.100.4\r\nt=0 0\r\n\
             m=audio 7000 RTP/AVP 8\r\n";
         let ack = replacing_ack("p5", &to_tag, answer);
@@ -6300,10 +6250,7 @@ pub(super) mod tests {
         let mut c = started(s, t0);
         let (a_tag, inv1, ..) = answer_first(&mut c, t0, SRTP_ANSWER);
         drain(&mut c);
-        let gw = inv1
-            .from_hdr()
-            .and_then(|f| f.tag().map(str::to_owned))
-            .expect("tag");
+        let gw = inv1.from_tag().expect("tag");
         let trunk = format!("b-call;to-tag={gw};from-tag=d1");
         c.handle(
             t0,
@@ -6366,20 +6313,14 @@ pub(super) mod tests {
     fn a_replacing_invite_picks_up_a_ringing_device() {
         let t0 = Instant::now();
         let (mut c, inv2, out) = ringing_at_the_second_device(t0);
-        let a_tag = responses_to_a(&out)[0]
-            .to_hdr()
-            .and_then(|t| t.tag().map(str::to_owned))
-            .expect("To tag");
+        let a_tag = responses_to_a(&out)[0].to_tag().expect("To tag");
         let own = format!("a-call;to-tag={a_tag};from-tag=at");
         c.handle(
             t0,
             Input::Replace(Box::new(replacement("carol", &own, "p0"))),
         );
         assert_eq!(statuses(&drain(&mut c)), [481]);
-        let gw = inv2
-            .from_hdr()
-            .and_then(|f| f.tag().map(str::to_owned))
-            .expect("tag");
+        let gw = inv2.from_tag().expect("tag");
         assert_eq!(
             c.early_dialog(),
             Some(("b-call".to_owned(), "ring2".to_owned(), gw.clone()))

@@ -1141,10 +1141,7 @@ mod tests {
         l.answer().expect("answer");
         let ok = response(one(&mut l));
         assert_eq!(ok.status, 200);
-        assert_eq!(
-            ok.to_hdr().and_then(|t| t.tag().map(str::to_owned)),
-            ringing.to_hdr().and_then(|t| t.tag().map(str::to_owned))
-        );
+        assert_eq!(ok.to_tag(), ringing.to_tag());
         let answer = Sdp::parse(&ok.body).expect("sdp");
         let m = answer.audio().expect("audio");
         assert_eq!(m.formats, vec!["96"]);
