@@ -610,6 +610,18 @@ impl Gateway {
         last[0].clone()
     }
 
+    /// Waits up to 10 s for the first call of `GET /api/calls` to be answered with `party`
+    /// (`sip:user@domain`) as its callee's leg (after a pickup or takeover); the last list read,
+    /// `Ok` when it came to that.
+    pub fn answered_by(&self, party: &str) -> Result<serde_json::Value, serde_json::Value> {
+        let mut calls = serde_json::Value::Null;
+        let answered = wait_until(Duration::from_secs(10), || {
+            calls = self.api("GET", "/api/calls", None).json();
+            calls[0]["state"] == "answered" && calls[0]["legs"][1]["party"] == party
+        });
+        if answered { Ok(calls) } else { Err(calls) }
+    }
+
     /// True when `GET /api/calls` is empty within `timeout`.
     pub fn no_calls_within(&self, timeout: Duration) -> bool {
         wait_until(timeout, || {

@@ -307,15 +307,10 @@ fn a_blf_key_picks_up_the_watched_users_ringing_call() {
     .key("replaces", &replaces)
     .arg("-rtp_echo");
     let picker = std::thread::spawn(move || picker.run());
-    let mut calls = serde_json::Value::Null;
-    let picked = wait_until(Duration::from_secs(10), || {
-        calls = gw.api("GET", "/api/calls", None).json();
-        calls[0]["state"] == "answered"
-            && calls[0]["legs"][1]["party"] == format!("sip:carol@{DOMAIN}")
-    });
+    let picked = gw.answered_by(&format!("sip:carol@{DOMAIN}"));
     assert!(
-        picked,
-        "carol did not pick up with {replaces}: {calls}\n{}",
+        picked.is_ok(),
+        "carol did not pick up with {replaces}: {picked:?}\n{}",
         gw.log_tail(60)
     );
     let bob = bob.join().expect("bob thread");

@@ -431,15 +431,10 @@ fn carol_picks_up(scenario: &str) {
     let replaces = callee_dialog(&gw, id, 180);
     let carol = replacing_as(scenario, &gw, "carol", &replaces);
     let carol = std::thread::spawn(move || carol.run());
-    let mut calls = serde_json::Value::Null;
-    let picked = wait_until(Duration::from_secs(10), || {
-        calls = gw.api("GET", "/api/calls", None).json();
-        calls[0]["state"] == "answered"
-            && calls[0]["legs"][1]["party"] == format!("sip:carol@{DOMAIN}")
-    });
+    let picked = gw.answered_by(&format!("sip:carol@{DOMAIN}"));
     assert!(
-        picked,
-        "carol did not pick up: {calls}\n{}",
+        picked.is_ok(),
+        "carol did not pick up: {picked:?}\n{}",
         gw.log_tail(60)
     );
     let bob = bob.join().expect("bob thread");
