@@ -442,20 +442,16 @@ fn phone_on(gw: &Gateway, dir: &Path, user: &str, commands: &[&str]) -> Baresip 
     phone
 }
 
-/// A cluster (issue 5): two gateways, `a` and `b`, share one FerretDB and one Graph session per
-/// user (the admin app's). Alice has a phone on each and is in a call on each (with bob on `a`,
-/// with carol, not activated, on `b`). Her call on `a` ends first: `a` removes its busy mark,
-/// finds `b`'s, and leaves her Busy (no clearPresence; bob, busy on `a` only, is cleared). Her
-/// call on `b` ends: `b` finds no other mark and clears her.
-#[test]
-fn busy_until_her_last_call_in_the_cluster_ends() {
+/// Two gateways, `a` and `b`, on one FerretDB (database `db_name`), with the users of
+/// [`USERS`] and presence on; `None` (skipped) without baresip or the peers.
+fn cluster(db_name: &str) -> Option<(Ferret, TeamsEmulator, Gateway, Gateway)> {
     if !have_tool("baresip") {
         skip("baresip not installed (run e2e/setup)");
-        return;
+        return None;
     }
-    let Some(db) = Ferret::start() else { return };
-    let Some(emu) = emulator() else { return };
-    let uri = format!("{}presence", db.uri());
+    let db = Ferret::start()?;
+    let emu = emulator()?;
+    let uri = format!("{}{db_name}", db.uri());
     let opts = |name: &str| {
         GatewayOptions {
             server_name: Some(name.into()),
@@ -464,11 +460,24 @@ fn busy_until_her_last_call_in_the_cluster_ends() {
         .arg("--mongodb-uri")
         .arg(&uri)
     };
-    let Some(a) = start(opts("a")) else { return };
+    let a = start(opts("a"))?;
     create_accounts(&a);
     // Started after the accounts exist: its registrar knows them from the start.
-    let Some(b) = start(opts("b")) else { return };
+    let b = start(opts("b"))?;
     presence_on(&emu, &[&a, &b]);
+    Some((db, emu, a, b))
+}
+
+/// A cluster (issue 5): two gateways, `a` and `b`, share one FerretDB and one Graph session per
+/// user (the admin app's). Alice has a phone on each and is in a call on each (with bob on `a`,
+/// with carol, not activated, on `b`). Her call on `a` ends first: `a` removes its busy mark,
+/// finds `b`'s, and leaves her Busy (no clearPresence; bob, busy on `a` only, is cleared). Her
+/// call on `b` ends: `b` finds no other mark and clears her.
+#[test]
+fn busy_until_her_last_call_in_the_cluster_ends() {
+    let Some((_db, emu, a, b)) = cluster("presence") else {
+        return;
+    };
     let dirs: Vec<_> = (0..4)
         .map(|_| tempfile::tempdir().expect("temp dir"))
         .collect();
@@ -509,5 +518,56 @@ fn busy_until_her_last_call_in_the_cluster_ends() {
         !b.log_lines().iter().any(|l| l.contains("kept Busy")),
         "b kept a presence:\n{}",
         b.log_tail(30)
+    );
+}
+
+/// The window the busy marks leave (a clear landing after another server's set): Graph is slow
+/// with `b`'s clearPresence for alice (the emulator holds it), and meanwhile she goes Busy on
+/// `a` (its mark, then its setPresence). When the held clear lands it wipes `a`'s Busy; `b`
+/// then reads the marks again, finds `a`'s and sets her Busy once more, so she does not show
+/// available for the minutes until `a`'s renewal.
+#[test]
+fn a_clear_that_lands_after_another_servers_set_is_mended() {
+    let Some((_db, emu, a, b)) = cluster("presence_window") else {
+        return;
+    };
+    let dirs: Vec<_> = (0..4)
+        .map(|_| tempfile::tempdir().expect("temp dir"))
+        .collect();
+    let _bob = phone_on(&a, dirs[0].path(), "bob", &[]);
+    let _carol = phone_on(&b, dirs[1].path(), "carol", &[]);
+    let dial = |who: &str| format!("/dial sip:{who}@{DOMAIN}");
+    let _alice_b = phone_on(&b, dirs[2].path(), "alice", &[&dial("carol")]);
+    let call_b = answered_call(&b);
+    let alice = USERS[0].1;
+    wait_presence(&emu, &b, &[alice], "setPresence", 1);
+
+    let body = json!({"count": 1}).to_string();
+    let r = http::request(emu.addr, "POST", "/test/graph/hold", None, Some(&body))
+        .unwrap_or_else(|e| panic!("POST /test/graph/hold: {e}"));
+    assert_eq!(r.status, 204, "{}", r.body);
+    b.admin_hang_up(call_b);
+    // b found no other mark and cleared; Graph holds the clear.
+    wait_presence(&emu, &b, &[alice], "clearPresence", 1);
+    let _alice_a = phone_on(&a, dirs[3].path(), "alice", &[&dial("bob")]);
+    let call_a = answered_call(&a);
+    wait_presence(&emu, &a, &[alice], "setPresence", 2);
+    let r = http::request(emu.addr, "POST", "/test/graph/release", None, Some("{}"))
+        .unwrap_or_else(|e| panic!("POST /test/graph/release: {e}"));
+    assert_eq!(r.json()["released"], 1, "the clear was held: {}", r.body);
+
+    wait_log(&b, "set Busy again");
+    wait_presence(&emu, &b, &[alice], "setPresence", 3);
+    assert_eq!(shown(&emu, alice), busy(), "alice while in a call on a");
+
+    a.admin_hang_up(call_a);
+    wait_presence(&emu, &a, &[alice], "clearPresence", 2);
+    let cleared = wait_until(Duration::from_secs(10), || {
+        shown(&emu, alice).0 == "Offline"
+    });
+    assert!(
+        cleared,
+        "alice after her last call: {:?}",
+        shown(&emu, alice)
     );
 }

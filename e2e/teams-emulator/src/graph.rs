@@ -16,7 +16,10 @@
 //! presence any `{id}` (object id or UPN, case-insensitive) is a user. Users with their numbers:
 //! `GET /v1.0/users/{id}` serves the users tests added to the directory (`POST /test/users`,
 //! see `token`). Test facility: `POST /test/graph/throttle` `{"count","retry_after"}` answers the next
-//! `count` presence requests 429 with that `Retry-After`, as Graph throttles.
+//! `count` presence requests 429 with that `Retry-After`, as Graph throttles; `POST
+//! /test/graph/hold` `{"count"}` holds the next `count` `clearPresence` requests (checked, not
+//! yet in effect) until `POST /test/graph/release`, as a slow Graph whose clear lands after
+//! requests that came later.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -239,7 +242,14 @@ pub struct PresenceBook {
     sessions: Mutex<Sessions>,
     /// (requests still to answer 429, `Retry-After` seconds).
     throttle: Mutex<(u32, u64)>,
+    /// `clearPresence` requests still to hold, and how many are held now.
+    hold: Mutex<(u32, u32)>,
+    /// Wakes the held `clearPresence` requests.
+    release: tokio::sync::Notify,
 }
+
+/// Longest a held `clearPresence` waits for `POST /test/graph/release`.
+const MAX_HOLD: std::time::Duration = std::time::Duration::from_secs(20);
 
 impl PresenceBook {
     fn throttled(&self) -> Option<u64> {
@@ -249,6 +259,26 @@ impl PresenceBook {
         }
         t.0 -= 1;
         Some(t.1)
+    }
+
+    /// Waits, when a test asked to hold this `clearPresence`, until it is released (at most
+    /// [`MAX_HOLD`]): a slow Graph, whose clear lands after requests that came later.
+    async fn held(&self) {
+        let released = self.release.notified();
+        tokio::pin!(released);
+        // Registered as a waiter before it counts as held, so a release never misses it.
+        released.as_mut().enable();
+        {
+            let mut h = self.hold.lock().unwrap_or_else(|p| p.into_inner());
+            if h.0 == 0 {
+                return;
+            }
+            h.0 -= 1;
+            h.1 += 1;
+        }
+        let _ = tokio::time::timeout(MAX_HOLD, released).await;
+        let mut h = self.hold.lock().unwrap_or_else(|p| p.into_inner());
+        h.1 -= 1;
     }
 }
 
@@ -423,6 +453,7 @@ pub async fn clear_presence(
         Ok(r) => r,
         Err(r) => return r.into_response(),
     };
+    s.presence.held().await;
     let mut book = s
         .presence
         .sessions
@@ -485,6 +516,24 @@ pub async fn throttle(State(s): State<Shared>, Json(body): Json<Value>) -> Respo
         .lock()
         .unwrap_or_else(|p| p.into_inner()) = (count, after);
     StatusCode::NO_CONTENT.into_response()
+}
+
+/// `POST /test/graph/hold` `{"count"}`: the next `count` `clearPresence` requests wait, once
+/// checked, until `POST /test/graph/release` (or 20 s) before they take effect.
+pub async fn hold(State(s): State<Shared>, Json(body): Json<Value>) -> Response {
+    let Some(count) = body["count"].as_u64().and_then(|c| u32::try_from(c).ok()) else {
+        return (StatusCode::BAD_REQUEST, "`count` (a number) is required").into_response();
+    };
+    s.presence.hold.lock().unwrap_or_else(|p| p.into_inner()).0 = count;
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// `POST /test/graph/release`: lets the held `clearPresence` requests take effect;
+/// `{"released"}` says how many were held.
+pub async fn release(State(s): State<Shared>) -> Response {
+    let held = s.presence.hold.lock().unwrap_or_else(|p| p.into_inner()).1;
+    s.presence.release.notify_waiters();
+    Json(json!({ "released": held })).into_response()
 }
 
 #[cfg(test)]

@@ -8,7 +8,8 @@
 //!
 //! Every request to a face is recorded ([`record`]) for tests to assert on. Test facilities live
 //! under `/test/` and are not part of any Microsoft API: `POST /test/mint` (sign a user token),
-//! `GET|DELETE /test/requests` (the request log), `POST /test/graph/throttle` (429s from Graph), `GET /test/sip` and
+//! `GET|DELETE /test/requests` (the request log), `POST /test/graph/throttle` (429s from Graph),
+//! `POST /test/graph/hold` and `/release` (a slow `clearPresence`), `GET /test/sip` and
 //! `POST /test/sip/{n}/stop|start|options|call`, `GET /test/sip/calls`,
 //! `POST /test/sip/calls/{call_id}/bye` (the SIP proxies and their calls). The emulator listens on loopback only.
 
@@ -177,6 +178,8 @@ fn app(state: Shared) -> Router {
         .route("/v1.0/users/{id}/presence", get(graph::get_presence))
         .route("/test/mint", post(token::mint))
         .route("/test/graph/throttle", post(graph::throttle))
+        .route("/test/graph/hold", post(graph::hold))
+        .route("/test/graph/release", post(graph::release))
         .route("/test/requests", get(record::list).delete(record::clear))
         .route("/test/sip", get(sip::status))
         .route("/test/sip/{n}/stop", post(sip::stop))

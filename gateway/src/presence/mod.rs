@@ -31,8 +31,10 @@
 //! it set does). When this server's last call for a user ends it removes its own mark and then
 //! reads the others' ([`Store::unmark_busy`]); while another server's mark is live it skips the
 //! `clearPresence` and logs `kept Busy`, leaving the presence to that server, which renews it
-//! and clears it after its own last call. A store that fails or does not answer within
-//! [`MARK_TIMEOUT`] never holds presence up: the mark is skipped, the clear is made.
+//! and clears it after its own last call. After each clear it reads the marks once more, for a
+//! clear that landed after another server's set ([`set_again_if_busy_elsewhere`]). A store
+//! that fails or does not answer within [`MARK_TIMEOUT`] never holds presence up: the mark is
+//! skipped, the clear is made.
 //!
 //! For tests only, the hidden `--test-presence-renew-secs` (`CSPS_TEST_PRESENCE_RENEW_SECS`)
 //! shortens the renewal interval (the expiration asked of Graph stays 5 minutes).
@@ -362,15 +364,17 @@ fn body(client_id: &str, r: &Request) -> Option<(&'static str, Value)> {
     Some(match r.action {
         Action::Unmark => return None,
         Action::Clear => ("clearPresence", json!({ "sessionId": client_id })),
-        Action::SetBusy => (
-            "setPresence",
-            json!({
-                "sessionId": client_id,
-                "availability": "Busy",
-                "activity": "InACall",
-                "expirationDuration": iso_duration(r.expiration),
-            }),
-        ),
+        Action::SetBusy => ("setPresence", busy_body(client_id, r.expiration)),
+    })
+}
+
+/// The `setPresence` body: Busy/InACall in the app's session for `expiration`.
+fn busy_body(client_id: &str, expiration: Duration) -> Value {
+    json!({
+        "sessionId": client_id,
+        "availability": "Busy",
+        "activity": "InACall",
+        "expirationDuration": iso_duration(expiration),
     })
 }
 
@@ -404,6 +408,52 @@ async fn request(env: &Env, app: &AzureApp, r: &Request) -> Outcome {
     if r.action == Action::SetBusy {
         mark(env, upn, r.expiration).await;
     }
+    let outcome = graph_post(env, app, upn, verb, &body).await;
+    if r.action == Action::Clear && outcome == Outcome::Done {
+        set_again_if_busy_elsewhere(env, app, r).await;
+    }
+    outcome
+}
+
+/// After this server cleared `r.upn`: another server may have marked the user and set Busy
+/// between this server's unmark (which found no live mark) and the clear's landing, which then
+/// wiped that fresh Busy. A server writes its mark before its `setPresence` starts, so a set
+/// that could have landed before this clear has its mark in the store by now: read the marks
+/// again and, while another server's is live, set Busy once more (without a mark of this
+/// server: the other one renews it and clears after its own last call). Without this the user
+/// would show available until the other server's next renewal, up to 4 minutes.
+async fn set_again_if_busy_elsewhere(env: &Env, app: &AzureApp, r: &Request) {
+    let upn = &r.upn;
+    let others = env.store.unmark_busy(upn, &env.server, chrono::Utc::now());
+    let others = match tokio::time::timeout(MARK_TIMEOUT, others).await {
+        Ok(Ok(others)) => others,
+        Ok(Err(e)) => {
+            tracing::warn!(%upn, "Teams presence: cannot read the busy marks after the clear: {e}");
+            failed(&env.metrics, "store");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(%upn, "Teams presence: the store did not answer the busy marks after the clear");
+            failed(&env.metrics, "store");
+            return;
+        }
+    };
+    if others.is_empty() {
+        return;
+    }
+    tracing::info!(
+        %upn,
+        servers = ?others,
+        "Teams presence: the user went Busy on another server during the clear; set Busy again"
+    );
+    let body = busy_body(&app.client_id, r.expiration);
+    // A failure is logged and counted by graph_post; the other server's renewal mends it.
+    graph_post(env, app, upn, "setPresence", &body).await;
+}
+
+/// One Graph presence request `verb` with `body` for `upn`, with a fresh app token once if
+/// Graph refuses the cached one; failures are logged and counted.
+async fn graph_post(env: &Env, app: &AzureApp, upn: &str, verb: &str, body: &Value) -> Outcome {
     let url = format!(
         "{}/v1.0/users/{}/presence/{verb}",
         app.graph_url.trim_end_matches('/'),
@@ -418,7 +468,7 @@ async fn request(env: &Env, app: &AzureApp, r: &Request) -> Outcome {
                 return Outcome::Retry { after: None };
             }
         };
-        let answer = match env.http.post_json(&url, &token, &body).await {
+        let answer = match env.http.post_json(&url, &token, body).await {
             Ok(a) => a,
             Err(e) => {
                 tracing::warn!(%upn, "Teams presence: {verb}: {e}");
