@@ -2,7 +2,8 @@
 //! colleague's dialog state through the real gateway (digest challenge, 200, a full-state NOTIFY),
 //! watches a SIPp call to that colleague ring, be answered and end (NOTIFY bodies `early`,
 //! `confirmed`, `terminated`, versions one up each), and unsubscribes (`terminated` NOTIFY). Other
-//! packages get 489, users that are no account 404.
+//! packages get 489, users that are no account 404. A call the watched user places shows as the
+//! initiator's dialog, early while the other phone rings.
 
 use std::path::Path;
 use std::time::Duration;
@@ -127,6 +128,16 @@ fn carol_watches_bob(
     std::thread::JoinHandle<SippOutcome>,
     std::thread::JoinHandle<SippOutcome>,
 ) {
+    let carol = carol_watches(gw, log);
+    let bob = Sipp::callee(bob_scenario, gw.sip_addr(), ("bob", "bob-secret-1"), DOMAIN)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .silent();
+    (carol, std::thread::spawn(move || bob.run()))
+}
+
+/// Accounts alice, bob and carol; carol's phone (SIPp `uac_blf_watch.xml`, its messages logged
+/// to `log`) subscribed to bob, running in a thread.
+fn carol_watches(gw: &Gateway, log: &Path) -> std::thread::JoinHandle<SippOutcome> {
     for user in ["alice", "bob", "carol"] {
         gw.create_user(user, &format!("{user}-secret-1"));
     }
@@ -140,10 +151,32 @@ fn carol_watches_bob(
         "carol's subscription did not start:\n{}",
         gw.log_tail(40)
     );
-    let bob = Sipp::callee(bob_scenario, gw.sip_addr(), ("bob", "bob-secret-1"), DOMAIN)
-        .unwrap_or_else(|e| panic!("{e}"))
-        .silent();
-    (carol, std::thread::spawn(move || bob.run()))
+    carol
+}
+
+/// The NOTIFYs showed bob's one call (a repeat folded) early, confirmed and terminated, each
+/// time with the same id and `direction`.
+fn assert_bobs_call(notifies: &[Notify], direction: &str) {
+    let mut seen: Vec<&Dialog> = Vec::new();
+    for d in notifies.iter().flat_map(|n| n.dialogs.iter()) {
+        if seen.last() != Some(&d) {
+            seen.push(d);
+        }
+    }
+    let id = seen.first().map(|d| d.0.as_str()).unwrap_or_default();
+    let states: Vec<(&str, &str, &str)> = seen
+        .iter()
+        .map(|(i, dir, s)| (i.as_str(), dir.as_str(), s.as_str()))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            (id, direction, "early"),
+            (id, direction, "confirmed"),
+            (id, direction, "terminated"),
+        ],
+        "{notifies:#?}"
+    );
 }
 
 /// Carol's phone watches bob. Alice calls bob (SIPp caller and callee), bob answers, alice
@@ -183,27 +216,7 @@ fn a_watcher_sees_the_watched_users_call_ring_answer_and_end() {
     let versions: Vec<u64> = notifies.iter().map(|n| n.version).collect();
     let expected: Vec<u64> = (0..notifies.len() as u64).collect();
     assert_eq!(versions, expected, "one up per NOTIFY: {notifies:#?}");
-    // Bob's one call, as each NOTIFY showed it (a repeat folded).
-    let mut seen: Vec<Dialog> = Vec::new();
-    for d in notifies.iter().flat_map(|n| n.dialogs.iter()) {
-        if seen.last() != Some(d) {
-            seen.push(d.clone());
-        }
-    }
-    let id = seen.first().map(|d| d.0.clone()).unwrap_or_default();
-    let states: Vec<(&str, &str, &str)> = seen
-        .iter()
-        .map(|(i, dir, s)| (i.as_str(), dir.as_str(), s.as_str()))
-        .collect();
-    assert_eq!(
-        states,
-        [
-            (id.as_str(), "recipient", "early"),
-            (id.as_str(), "recipient", "confirmed"),
-            (id.as_str(), "recipient", "terminated"),
-        ],
-        "{notifies:#?}"
-    );
+    assert_bobs_call(&notifies, "recipient");
     let last = notifies.last().expect("a NOTIFY");
     assert_eq!(last.subscription_state, "terminated;reason=timeout");
     assert!(last.dialogs.is_empty(), "shown terminated once: {last:?}");
@@ -211,6 +224,44 @@ fn a_watcher_sees_the_watched_users_call_ring_answer_and_end() {
         wait_until(Duration::from_secs(10), || subscriptions(&gw) == Some(0.0)),
         "the subscription is still counted"
     );
+}
+
+/// Carol's phone watches bob, who calls alice (SIPp caller and callee): carol's NOTIFYs show
+/// bob's dialog as the initiator's, early while alice's phone rings, then confirmed and
+/// terminated; nothing of alice's line.
+#[test]
+fn a_watcher_sees_the_watched_users_own_call_dial_answer_and_end() {
+    let Some(gw) = csps_tests::gateway_for("sipp") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("watcher_messages.log");
+    let carol = carol_watches(&gw, &log);
+    let alice = Sipp::callee(
+        "uas_answer.xml",
+        gw.sip_addr(),
+        ("alice", "alice-secret-1"),
+        DOMAIN,
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+    .silent();
+    let alice = std::thread::spawn(move || alice.run());
+    let bob = Sipp::caller(
+        "uac_call.xml",
+        gw.sip_addr(),
+        ("bob", "bob-secret-1"),
+        "alice",
+        DOMAIN,
+    )
+    .run();
+    let alice = alice.join().expect("callee thread");
+    assert_ok(&gw, "bob (caller)", &bob);
+    assert_ok(&gw, "alice (callee)", &alice);
+    let carol = carol.join().expect("watcher thread");
+    assert_ok(&gw, "carol (watcher)", &carol);
+
+    let notifies = received_notifies(&log);
+    assert_bobs_call(&notifies, "initiator");
 }
 
 /// What a BLF key reads from an early `<dialog>` to pick the call up (RFC 4235 §4.1.6): the

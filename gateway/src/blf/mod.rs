@@ -65,8 +65,9 @@ fn watched(req: &Request, domain: &str, accounts: &AccountCache) -> Option<(Stri
         .map(|(u, d)| (u.to_owned(), d.to_owned()))
 }
 
-/// The lines of the running calls as the call tasks publish them: a ringing call's callee
-/// ringing, an answered call's phones busy (the caller's leg first), a room's participants busy.
+/// The lines of the running calls as the call tasks publish them: a ringing call's phones
+/// early (the caller dialling, the callee ringing), an answered call's phones busy (the
+/// caller's leg first), a room's participants busy.
 pub fn lines_of(calls: &[CallInfo]) -> Vec<UserState> {
     let mut out = Vec::new();
     for c in calls {
@@ -75,7 +76,7 @@ pub fn lines_of(calls: &[CallInfo]) -> Vec<UserState> {
         for (i, leg) in c.legs.iter().enumerate() {
             let state = match (answered || room, i) {
                 (true, _) => LineState::Busy,
-                (false, 1) => LineState::Ringing,
+                (false, 0 | 1) => LineState::Ringing,
                 (false, _) => continue,
             };
             if leg.kind == LegKind::Phone {
@@ -338,6 +339,7 @@ mod tests {
         assert_eq!(
             lines_of(&calls),
             [
+                state("sip:a@x", LineState::Ringing, 1, true),
                 state("sip:b@x", LineState::Ringing, 1, false),
                 state("sip:c@x", LineState::Busy, 2, false),
                 state("sip:d@x", LineState::Busy, 3, true),

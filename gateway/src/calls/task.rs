@@ -460,9 +460,10 @@ async fn run_call(t: CallTask, call_id: String) {
         media: Vec::new(),
     };
     directory.started(&record);
-    // The callee's devices are rung from the start: its busy-lamp fields blink until the answer.
-    if kinds[1] == LegKind::Phone {
-        publish(&states, no, &callee, LineState::Ringing, false);
+    // From the start the callee's devices ring and a local caller's line is dialling (an
+    // `early` initiator dialog, RFC 4235): busy-lamp fields show both until the answer.
+    for (aor, is_caller) in local_users(&caller, &callee, kinds) {
+        publish(&states, no, aor, LineState::Ringing, is_caller);
     }
     let mut log = MessageLog::default();
     let mut peers = Peers::new(&setup);
@@ -717,13 +718,8 @@ async fn run_call(t: CallTask, call_id: String) {
             _ = hold_music.tick.tick(), if hold_music.playing() => hold_music.play(&mut media),
         }
     }
-    if answered_at.is_some() {
-        for (aor, is_caller) in local_users(&caller, &callee, kinds) {
-            publish(&states, no, aor, LineState::Idle, is_caller);
-        }
-    } else if kinds[1] == LegKind::Phone {
-        // Never answered: the callee's ringing stops.
-        publish(&states, no, &callee, LineState::Idle, false);
+    for (aor, is_caller) in local_users(&caller, &callee, kinds) {
+        publish(&states, no, aor, LineState::Idle, is_caller);
     }
     let ended_at = Utc::now();
     record.ended_at = Some(ended_at);
