@@ -857,6 +857,56 @@ fn a_phone_transfers_its_call_to_a_number_through_the_trunk() {
     );
 }
 
+/// Alice (SIPp) in a call to CALLED through the trunk transfers Teams' party blind to another
+/// number through the trunk: the gateway makes the new call as alice's account (her number in
+/// From and Referred-By), alice gets 202, NOTIFY 100 and 200 and the gateway's BYE, and the two
+/// Teams parties are connected by the gateway (both legs SRTP, the target hears CALLED's
+/// audio).
+#[test]
+fn a_phone_in_a_call_to_teams_transfers_it_to_another_number() {
+    const TARGET: &str = "+12065550177";
+    let Some((emu, gw)) = peers() else { return };
+    let alice = caller(&gw, "uac_refer_room.xml", "alice", CALLED).key("target", TARGET);
+    let alice = alice.run();
+    assert_ok(&gw, &emu, "alice's transfer", &alice);
+    let target = answered_call_to(&emu, &|n| n == TARGET, "the transfer's call answered");
+    let call_id = target["call_id"].as_str().unwrap_or_default().to_owned();
+    let legs = answered_legs(&gw);
+    let kinds: Vec<_> = legs
+        .iter()
+        .map(|l| (l["kind"].as_str().unwrap_or_default(), l["srtp"] == true))
+        .collect();
+    assert_eq!(kinds, [("teams", true), ("teams", true)], "{legs:#?}");
+    let log = emu.sip_messages();
+    let msg = log
+        .iter()
+        .find(|e| e["method"] == "INVITE" && e["call_id"] == call_id.as_str())
+        .and_then(|e| e["message"].as_str())
+        .unwrap_or_else(|| panic!("no INVITE for the transfer: {log:#?}"));
+    let asserted = format!("<sip:{ALICE}@{FQDN};user=phone>");
+    for h in ["From", "P-Asserted-Identity", "Referred-By"] {
+        assert!(
+            header(msg, h)
+                .first()
+                .is_some_and(|v| v.contains(&asserted)),
+            "{h} is alice's number: {msg}"
+        );
+    }
+    assert_savp(msg);
+    std::thread::sleep(TALK);
+    teams_hangs_up(&emu, &gw, &call_id);
+    let target = wait_call(&emu, &call_id, "the transfer's call ended", |c| {
+        c["state"] == "ended"
+    });
+    // CALLED's tone crossed the gateway into the target's leg (the emulator's calls each
+    // send their own tone and count what arrives authenticated).
+    assert!(
+        target["rtp"]["received"].as_u64().unwrap_or(0) >= 20,
+        "the transferee's audio reaches the target: {target:#}"
+    );
+    assert_eq!(target["rtp"]["srtp_failed"], 0, "{target:#}");
+}
+
 /// Alice (linphone-cli, playing a 600 Hz tone) in an answered call to `CALLED` through the
 /// trunk, recording from the start into `talk`; the temporary directory lives as long as it.
 struct LinphoneCall {

@@ -68,7 +68,12 @@ impl Call {
                     local: self.setup.local,
                     sbc: None,
                 },
-                party: self.setup.caller.clone(),
+                // The phone's own user even on a call to Teams (whose caller is the user's
+                // number at the trunk's FQDN): its REFER acts as that account.
+                party: match &self.setup.caller_party {
+                    Some(aor) => format!("<{aor}>"),
+                    None => self.setup.caller.clone(),
+                },
             });
         }
         if let Some(f) = self.winner.and_then(|w| self.forks.get(w))
