@@ -18,6 +18,7 @@ pub async fn ensure_demo_account(
     store: &dyn Store,
     config: &LiveConfig,
     data_dir: &Path,
+    listeners: &[crate::sip::ListenSpec],
 ) -> Result<(), String> {
     let users = store
         .list_users()
@@ -54,8 +55,10 @@ pub async fn ensure_demo_account(
     println!("    SIP user:     {DEMO_USER}");
     println!("    password:     {password}");
     println!("    domain/realm: {domain}");
+    let on: Vec<String> = listeners.iter().map(|l| l.to_string()).collect();
     println!(
-        "  Register a softphone with user {DEMO_USER}@{domain} to this machine's port 5060 (UDP or TCP)."
+        "  Register a softphone with user {DEMO_USER}@{domain} to this machine: {}.",
+        on.join(", ")
     );
     println!(
         "  Admin token for the REST API: {}",

@@ -286,8 +286,13 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
     let config = LiveConfig::open(store.clone(), &server_name)
         .await
         .map_err(|e| ServeError::new(format!("cannot read the configuration: {e}")))?;
+    let listen = if args.sip_listen.is_empty() {
+        sip::listen::default_listeners()
+    } else {
+        args.sip_listen.clone()
+    };
     if args.demo {
-        crate::demo::ensure_demo_account(store.as_ref(), &config, &args.data_dir)
+        crate::demo::ensure_demo_account(store.as_ref(), &config, &args.data_dir, &listen)
             .await
             .map_err(ServeError::new)?;
     }
@@ -300,11 +305,6 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
     let archive =
         crate::calls::archive::Archive::start(store.clone(), &server_name, metrics.calls.clone());
     crate::calls::archive::spawn_sweeper(store.clone(), config.subscribe(), metrics.calls.clone());
-    let listen = if args.sip_listen.is_empty() {
-        sip::listen::default_listeners()
-    } else {
-        args.sip_listen.clone()
-    };
     let sip = sip::start(
         SipOptions {
             listen,
