@@ -26,6 +26,11 @@ impl Transport {
         !matches!(self, Transport::Udp)
     }
 
+    /// True for transports encrypted to the peer (TLS, secure WebSocket): SDES keys may cross.
+    pub fn is_secure(self) -> bool {
+        matches!(self, Transport::Tls | Transport::Wss)
+    }
+
     /// The Via token (`UDP`, `TCP`, `TLS`, `WS`, `WSS`).
     pub fn via_token(self) -> &'static str {
         match self {

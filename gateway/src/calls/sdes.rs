@@ -40,7 +40,7 @@ impl SrtpPolicy {
     /// SRTP (`RTP/SAVP`), whatever `Data.SipConfig.Srtp` says for phones: Direct Routing
     /// requires it, and the trunk is TLS, so its keys are safe.
     pub fn leg(&self, transport: Transport, teams: bool) -> LegSrtp {
-        let keys_safe = transport == Transport::Tls || self.plain_keys;
+        let keys_safe = transport.is_secure() || self.plain_keys;
         match self.mode {
             _ if teams => LegSrtp::Mandatory,
             SrtpMode::Disabled => LegSrtp::Off,

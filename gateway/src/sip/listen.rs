@@ -1,4 +1,5 @@
-//! Listener specifications (`udp:127.0.0.1:5060`, `tcp:[::1]:5060`, `tls:0.0.0.0:5061`) as given
+//! Listener specifications (`udp:127.0.0.1:5060`, `tcp:[::1]:5060`, `tls:0.0.0.0:5061`,
+//! `ws:0.0.0.0:8080`, `wss:0.0.0.0:8443`) as given
 //! by `--sip-listen` and `CSPS_SIP_LISTEN`.
 
 use std::fmt;
@@ -27,12 +28,11 @@ impl FromStr for ListenSpec {
             "udp" => Transport::Udp,
             "tcp" => Transport::Tcp,
             "tls" => Transport::Tls,
-            "ws" | "wss" => {
-                return Err(format!("`{s}`: WebSocket listeners are not supported yet"));
-            }
+            "ws" => Transport::Ws,
+            "wss" => Transport::Wss,
             other => {
                 return Err(format!(
-                    "`{s}`: unknown transport `{other}` (udp, tcp, tls)"
+                    "`{s}`: unknown transport `{other}` (udp, tcp, tls, ws, wss)"
                 ));
             }
         };
@@ -75,9 +75,12 @@ mod tests {
         let s: ListenSpec = "tcp:[::1]:5062".parse().expect("v6");
         assert_eq!(s.addr.port(), 5062);
         assert!(s.addr.is_ipv6());
+        assert_eq!(s.to_string(), "tcp:[::1]:5062");
         assert!("TLS:0.0.0.0:5061".parse::<ListenSpec>().is_ok());
+        let s: ListenSpec = "wss:0.0.0.0:8443".parse().expect("wss");
+        assert_eq!(s.transport, Transport::Wss);
+        assert_eq!(s.to_string(), "wss:0.0.0.0:8443");
         assert!("sctp:0.0.0.0:1".parse::<ListenSpec>().is_err());
         assert!("udp:localhost".parse::<ListenSpec>().is_err());
-        assert_eq!(s.to_string(), "tcp:[::1]:5062");
     }
 }

@@ -1,12 +1,14 @@
-//! SIP on the wire: listeners and connections (`transport`), the TLS certificate (`tls`), the
-//! core task that drives the sans-IO transaction layer and registrar (`core`), the account view it
-//! authenticates against (`accounts`) and the group-commit writer for registrations (`writer`).
+//! SIP on the wire: listeners and connections (`transport`; WebSocket ones in `websocket`), the
+//! TLS certificate (`tls`), the core task that drives the sans-IO transaction layer and
+//! registrar (`core`), the account view it authenticates against (`accounts`) and the
+//! group-commit writer for registrations (`writer`).
 
 pub mod accounts;
 pub mod core;
 pub mod listen;
 pub mod tls;
 pub mod transport;
+pub mod websocket;
 pub mod writer;
 
 use std::path::PathBuf;
@@ -117,10 +119,11 @@ pub async fn start(
                 udp_tasks.push((sock, index));
                 bound.push(ListenSpec { addr, ..*spec });
             }
-            Transport::Tcp | Transport::Tls => {
+            // TCP, TLS, WS and WSS: stream listeners.
+            _ => {
                 let listener = bind_tcp(*spec).map_err(bind_err(*spec))?;
                 let addr = listener.local_addr().map_err(bind_err(*spec))?;
-                let acceptor = if spec.transport == Transport::Tls {
+                let acceptor = if matches!(spec.transport, Transport::Tls | Transport::Wss) {
                     let resolver = match &tls_resolver {
                         Some(r) => r.clone(),
                         None => {
@@ -139,10 +142,13 @@ pub async fn start(
                 } else {
                     None
                 };
-                tokio::spawn(transport::run_tcp_listener(ctx.clone(), listener, acceptor));
+                if matches!(spec.transport, Transport::Ws | Transport::Wss) {
+                    tokio::spawn(websocket::run_ws_listener(ctx.clone(), listener, acceptor));
+                } else {
+                    tokio::spawn(transport::run_tcp_listener(ctx.clone(), listener, acceptor));
+                }
                 bound.push(ListenSpec { addr, ..*spec });
             }
-            _ => {}
         }
         tracing::info!(listener = %bound.last().map(|b| b.to_string()).unwrap_or_default(), "SIP listening");
     }

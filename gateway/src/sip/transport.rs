@@ -12,7 +12,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use csps_sip::headers::Via;
 use csps_sip::{FlowId, Frame, Message, ParseError, Remote, Transport};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, watch};
 
 use crate::metrics::Metrics;
@@ -168,7 +168,7 @@ fn refusal(req: &csps_sip::Request, status: u16, why: &str, server_name: &str) -
 }
 
 /// What became of one message from the wire.
-enum Ingested {
+pub(super) enum Ingested {
     /// Parsed and checked: for the core (boxed, as the core's queue holds it).
     Message(Box<Message>),
     /// A request answered (or an ACK dropped) here: malformed, or refused while draining.
@@ -178,7 +178,7 @@ enum Ingested {
 }
 
 /// Parses bytes from one remote, counting and answering failures. Says what to pass on.
-fn ingest(
+pub(super) fn ingest(
     ctx: &TransportCtx,
     bytes: &[u8],
     from: Remote,
@@ -311,6 +311,24 @@ pub async fn run_udp(ctx: TransportCtx, socket: Arc<UdpSocket>, index: u64) {
     }
 }
 
+/// The next accepted TCP connection (no Nagle: SIP messages go out whole), its peer and our
+/// end; failures (out of file descriptors and the like) are logged and waited out, not spun on.
+pub(super) async fn accept(listener: &TcpListener) -> (TcpStream, SocketAddr, SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                let local = stream.local_addr().unwrap_or(peer);
+                return (stream, peer, local);
+            }
+            Err(e) => {
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
 /// Accepts TCP connections (plain, or TLS when `tls` is set) until the process ends.
 pub async fn run_tcp_listener(
     ctx: TransportCtx,
@@ -318,17 +336,7 @@ pub async fn run_tcp_listener(
     tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
     loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!("accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let local = stream.local_addr().unwrap_or(peer);
+        let (stream, peer, local) = accept(&listener).await;
         let ctx = ctx.clone();
         match &tls {
             None => {
@@ -353,7 +361,7 @@ pub async fn run_tcp_listener(
 /// How long a partial message may sit without progress before the connection is closed (RFC 4475 clerr).
 const PARTIAL_TIMEOUT: Duration = Duration::from_secs(32);
 /// Consecutive unparsable messages after which a connection is closed.
-const GARBAGE_LIMIT: u32 = 3;
+pub(super) const GARBAGE_LIMIT: u32 = 3;
 
 /// Serves one accepted stream connection under a new flow id.
 pub async fn run_connection<S>(

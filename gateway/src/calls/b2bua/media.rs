@@ -3,7 +3,6 @@
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use csps_sip::Transport;
 use csps_sip::sdp::{self, Sdp};
 
 use super::{Call, MediaChange, Output, Sbc, Target};
@@ -159,7 +158,7 @@ impl Call {
                 } else {
                     self.winner.map(|w| self.forks[w].target.to.transport)
                 };
-                if fresh && transport.is_some_and(|t| t != Transport::Tls) {
+                if fresh && transport.is_some_and(|t| !t.is_secure()) {
                     tracing::warn!(
                         leg = if a { "A" } else { "B" },
                         "SRTP keys crossed unencrypted signalling (Data.SipConfig.SrtpOverPlainTransport)"
