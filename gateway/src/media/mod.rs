@@ -15,6 +15,7 @@ pub mod dtmf;
 pub mod mixer;
 pub mod moh;
 pub mod relay;
+pub mod rtcp;
 pub mod rtp;
 pub mod srtp;
 pub mod transcode;
@@ -38,8 +39,15 @@ pub struct LegCounters {
     pub jitter_ms: Option<f64>,
     /// The highest `jitter_ms` seen so far in the call (across codec and source changes).
     pub jitter_max_ms: Option<f64>,
-    /// RTCP packets accepted and forwarded.
+    /// RTCP packets accepted (and forwarded, unless the gateway reports to the other leg
+    /// itself: a transcoded call).
     pub rtcp_packets: u64,
+    /// How much of the RTP it receives the leg said it lost, in per mille: the fraction lost
+    /// of its last RTCP report (RFC 3550 §6.4.1); `null` before a report came.
+    pub remote_loss_permille: Option<u32>,
+    /// The interarrival jitter the leg last reported of the RTP it receives, in milliseconds;
+    /// `null` before a report came or while its RTP clock is unknown.
+    pub remote_jitter_ms: Option<f64>,
     /// Packets from an unexpected address (before or after latching), dropped.
     pub dropped_unexpected: u64,
     /// Packets that are not RTP/RTCP version 2, dropped.
@@ -78,6 +86,46 @@ impl LegCounters {
             self.jitter_ms = self.jitter.ms();
             self.note_jitter_max();
         }
+    }
+
+    /// Counts one accepted RTCP packet (plain, after SRTCP) and keeps what the leg reports in
+    /// it about the RTP it receives: the report block on `ours` (the SSRC the gateway sends it
+    /// when it is the source), else the first block (a relayed call: on the other leg's
+    /// stream). The packet as read, or `None` when it is not valid RTCP (still counted: it
+    /// passed the latch and SRTCP).
+    pub fn count_rtcp(&mut self, plain: &[u8], ours: Option<u32>) -> Option<rtcp::Compound> {
+        self.rtcp_packets += 1;
+        let report = rtcp::parse(plain).ok()?;
+        let block = match ours {
+            Some(ssrc) => report.report_on(ssrc),
+            None => report.reports.first(),
+        };
+        if let Some(b) = block {
+            self.remote_loss_permille = Some((u32::from(b.fraction_lost) * 1000).div_ceil(256));
+            self.remote_jitter_ms = self
+                .jitter
+                .clock()
+                .and_then(|c| rtcp::jitter_ms(b.jitter, c));
+        }
+        Some(report)
+    }
+
+    /// The RTP clock of the leg's audio, when known.
+    pub fn audio_clock(&self) -> Option<u32> {
+        self.jitter.clock()
+    }
+
+    /// What an RTCP report block on the leg's stream says: its SSRC, highest sequence number,
+    /// packets received and lost, and jitter; `None` before its first packet.
+    pub fn receiving(&self) -> Option<rtcp::Receiving> {
+        let (ssrc, highest_seq) = self.reception.highest()?;
+        Some(rtcp::Receiving {
+            ssrc,
+            highest_seq,
+            received: self.reception.received(),
+            lost: self.reception.lost(),
+            jitter: self.jitter.units().unwrap_or(0),
+        })
     }
 
     /// The leg's audio payload type and RTP clock, which its jitter is measured in (`None`:

@@ -195,6 +195,8 @@ pub struct Reception {
     received: u64,
     /// Packets lost in the earlier runs.
     lost_before: u64,
+    /// Packets received in the earlier runs.
+    received_before: u64,
 }
 
 impl Reception {
@@ -227,6 +229,17 @@ impl Reception {
         self.lost_before + self.run_lost()
     }
 
+    /// Packets received so far (late and duplicate ones included, as RFC 3550 A.3 counts).
+    pub fn received(&self) -> u64 {
+        self.received_before + self.received
+    }
+
+    /// The SSRC of the current run and its extended highest sequence number (what an RTCP
+    /// report block names), once a packet came.
+    pub fn highest(&self) -> Option<(u32, u32)> {
+        Some((self.ssrc?, self.highest))
+    }
+
     fn run_lost(&self) -> u64 {
         match self.ssrc {
             None => 0,
@@ -239,6 +252,7 @@ impl Reception {
 
     fn restart(&mut self, ssrc: u32, sequence: u16) {
         self.lost_before += self.run_lost();
+        self.received_before += self.received;
         self.ssrc = Some(ssrc);
         self.base = u32::from(sequence);
         self.highest = self.base;
@@ -307,6 +321,16 @@ impl Jitter {
             let j = self.j.unwrap_or(0.0);
             self.j = Some(j + ((r - s).abs() - j) / 16.0);
         }
+    }
+
+    /// J in timestamp units, rounded (what an RTCP report block carries).
+    pub fn units(&self) -> Option<u32> {
+        self.j.map(|j| j.round() as u32)
+    }
+
+    /// The RTP clock of the sender's audio, when known.
+    pub fn clock(&self) -> Option<u32> {
+        self.audio.map(|(_, clock)| clock)
     }
 
     /// J in milliseconds (to the microsecond), once the run had two audio packets.
