@@ -6,12 +6,18 @@
 //! 20 ms is the common case): a short read means the queue was empty, so the readiness is
 //! cleared without the extra `recvfrom` that would only answer `EAGAIN` — that call was a third
 //! of the relay's receive syscalls. The receive buffers are one per worker thread, not per call.
+//!
+//! RTCP passes between the legs like RTP, except where the gateway is the source of what a leg
+//! hears: while music on hold plays to it, the gateway also reports on the music's stream, and
+//! in a transcoded call it reports to each leg on the stream it sends that leg instead of passing
+//! on the other leg's RTCP, whose SSRC, timestamps and counts describe another codec's stream
+//! ([`super::rtcp::Reporter`], one compound report per ~5 s, checked when packets pass).
 
 use std::cell::RefCell;
 use std::io::IoSliceMut;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg};
 
@@ -21,6 +27,7 @@ use tokio::io::unix::AsyncFd;
 use bytes::BytesMut;
 
 use super::dtmf::{Digit, EventReceiver, EventSender, EventSplice};
+use super::rtcp::Reporter;
 use super::rtp::{self, RtpSender};
 use super::srtp::{SrtpKeys, SrtpSession};
 use super::transcode::{LegFormat, Transcoder};
@@ -65,6 +72,9 @@ struct Side {
     /// DTMF interworking, set while only this leg accepted telephone-event: its events are
     /// read here (not passed on) and the digits the other leg sends by SIP INFO played to it.
     dtmf: Option<DtmfSide>,
+    /// The gateway's own RTCP to this leg, while it is the source of what the leg hears (music
+    /// on hold, a transcoded call).
+    reporter: Option<Reporter>,
 }
 
 /// One telephone-event leg of a call whose other leg sends DTMF by SIP INFO.
@@ -194,7 +204,12 @@ impl Side {
             return None;
         }
         if rtcp {
-            self.counters.rtcp_packets += 1;
+            let ours = self.reporter.as_ref().map(Reporter::ssrc);
+            if let Some(report) = self.counters.count_rtcp(&plain, ours)
+                && let Some(r) = self.reporter.as_mut()
+            {
+                r.received(arrival, &report);
+            }
         } else {
             self.counters.count_rtp(packet.len(), &plain, Some(arrival));
         }
@@ -221,6 +236,45 @@ impl Side {
         match self.srtp.as_mut() {
             None => Some(packet),
             Some(s) => s.protect(&packet, rtcp).ok().map(Packet::Owned),
+        }
+    }
+
+    /// Starts (`on`) or stops the gateway's own reports to this leg.
+    fn report(&mut self, on: bool) {
+        match (on, self.reporter.is_some()) {
+            (true, false) => {
+                let mut r = Reporter::new(rand::random());
+                if let Some(clock) = self.counters.audio_clock() {
+                    r.set_clock(clock);
+                }
+                self.reporter = Some(r);
+            }
+            (false, true) => self.reporter = None,
+            _ => {}
+        }
+    }
+
+    /// Sends this leg the gateway's report when one is due at `now`, from `sock` (the relay's
+    /// RTCP socket facing it), SRTCP-protected when the leg speaks SRTP.
+    fn send_report(&mut self, sock: &UdpSocket, now: Instant) {
+        let Some(r) = self.reporter.as_mut() else {
+            return;
+        };
+        if !r.due(now) {
+            return;
+        }
+        let mut report = Vec::with_capacity(96);
+        r.write_report(
+            now,
+            SystemTime::now(),
+            self.counters.receiving(),
+            &mut report,
+        );
+        let Some(dest) = self.rtcp_latch.destination() else {
+            return;
+        };
+        if let Some(p) = self.outgoing(Packet::Wire(&report), true) {
+            let _ = sock.send_to(&p, dest);
         }
     }
 
@@ -356,12 +410,23 @@ impl Relay {
         } else {
             self.b.music = on;
         }
+        self.follow_sources();
+    }
+
+    /// Gives each leg the gateway's own RTCP while the gateway is the source of what it hears
+    /// (music on hold to it, or a transcoded call), and none otherwise.
+    fn follow_sources(&mut self) {
+        let transcoded = self.a.transcoder.is_some() || self.b.transcoder.is_some();
+        for side in [&mut self.a, &mut self.b] {
+            side.report(side.music || transcoded);
+        }
     }
 
     /// Sends one RTP packet the gateway originates (music on hold, telephone-events) to leg A
     /// (`a`) or B from the relay's socket facing it, to where its media is latched (or its SDP
     /// address), SRTP-protected when it speaks SRTP. A send error (the phone gone) drops the
-    /// packet: the next one follows in 20 ms.
+    /// packet: the next one follows in 20 ms. While music plays to the leg, the packets count
+    /// in the gateway's RTCP to it, and a due report goes out with them.
     pub fn send_music(&mut self, a: bool, packet: &[u8]) {
         let (side, socks) = if a {
             (&mut self.a, &self.a_socks)
@@ -371,15 +436,27 @@ impl Relay {
         let Some(dest) = side.latch.destination() else {
             return;
         };
+        let now = Instant::now();
+        if side.music
+            && let Some(r) = side.reporter.as_mut()
+        {
+            r.sent(now, packet);
+        }
         if let Some(p) = side.outgoing(Packet::Wire(packet), false) {
             let _ = socks.rtp.get_ref().send_to(&p, dest);
         }
+        side.send_report(socks.rtcp.get_ref(), now);
     }
 
     /// Transcodes between leg A's codec and leg B's (`Some((a, b))`), or relays unchanged
     /// (`None`). A direction whose formats stay as they were keeps its transcoder, so a
     /// re-INVITE (hold, resume) does not restart the stream the other leg hears.
     pub fn set_transcode(&mut self, formats: Option<(LegFormat, LegFormat)>) {
+        self.set_transcoders(formats);
+        self.follow_sources();
+    }
+
+    fn set_transcoders(&mut self, formats: Option<(LegFormat, LegFormat)>) {
         let Some((a, b)) = formats else {
             self.a.transcoder = None;
             self.b.transcoder = None;
@@ -479,8 +556,13 @@ impl Relay {
     /// The audio (payload type, RTP clock) legs A and B send, which their jitter is measured
     /// in; `None`: not known, no jitter reported for that leg.
     pub fn set_audio(&mut self, a: Option<(u8, u32)>, b: Option<(u8, u32)>) {
-        self.a.counters.set_audio(a);
-        self.b.counters.set_audio(b);
+        for (side, audio) in [(&mut self.a, a), (&mut self.b, b)] {
+            side.counters.set_audio(audio);
+            // What the gateway sends a leg is in the leg's own codec (music, transcoded audio).
+            if let (Some(r), Some((_, clock))) = (side.reporter.as_mut(), audio) {
+                r.set_clock(clock);
+            }
+        }
     }
 
     /// What legs A and B sent.
@@ -503,6 +585,10 @@ impl Relay {
             Port::ARtcp => (&mut self.a, &mut self.b, &self.b_socks.rtcp, true),
             Port::BRtp => (&mut self.b, &mut self.a, &self.a_socks.rtp, false),
             Port::BRtcp => (&mut self.b, &mut self.a, &self.a_socks.rtcp, true),
+        };
+        let (from_rtcp, to_rtcp) = match port {
+            Port::ARtp | Port::ARtcp => (&self.a_socks.rtcp, &self.b_socks.rtcp),
+            Port::BRtp | Port::BRtcp => (&self.b_socks.rtcp, &self.a_socks.rtcp),
         };
         let dest = if rtcp {
             to.rtcp_latch.destination()
@@ -544,12 +630,19 @@ impl Relay {
                         // The held leg hears the gateway's music, not the holder.
                         continue;
                     }
+                    if rtcp && from.transcoder.is_some() {
+                        // The gateway reports to the other leg on the stream it makes for it.
+                        continue;
+                    }
                     if let (Some(t), false) = (from.transcoder.as_mut(), rtcp) {
                         let unsent = &mut from.counters.dropped_unsent;
                         t.push(&plain, &mut |p| {
                             let Some(p) = to.splice(Packet::Wire(p)) else {
                                 return;
                             };
+                            if let Some(r) = to.reporter.as_mut() {
+                                r.sent(arrival, &p);
+                            }
                             match (dest, to.outgoing(p, false)) {
                                 (Some(d), Some(p)) if out.get_ref().send_to(&p, d).is_ok() => {}
                                 _ => *unsent += 1,
@@ -577,10 +670,15 @@ impl Relay {
                     // A short read emptied the queue: no need for a recvmmsg that only says
                     // EAGAIN. A packet that arrived since is a new readiness event, not lost.
                     guard.clear_ready();
-                    return;
+                    break;
                 }
-                None => return,
+                None => break,
             }
+        }
+        if from.reporter.is_some() || to.reporter.is_some() {
+            let now = Instant::now();
+            from.send_report(from_rtcp.get_ref(), now);
+            to.send_report(to_rtcp.get_ref(), now);
         }
     }
 }
