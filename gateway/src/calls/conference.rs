@@ -16,11 +16,17 @@
 //! ([`Sdes`], under `Data.SipConfig.Srtp` for the phone's transport): the answer carries the
 //! gateway's own key, and the participant's [`SrtpSession`] unprotects what it sends before the
 //! mixer and protects its mix after it. A participant without SRTP hears the same mix in clear.
+//!
+//! The room is the source of what each participant hears, so it sends each one its own RTCP
+//! (RFC 3550: an SR on the mix, a report block on the participant's stream, a CNAME; one per
+//! ~5 s, [`Reporter`]) to where the participant's RTCP comes from, else its RTP port + 1, as
+//! SRTCP for an SRTP participant; the participant's reports are read for what they say about
+//! the mix (`remote_loss_permille`, `remote_jitter_ms`).
 
 use std::collections::VecDeque;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -41,6 +47,7 @@ use super::sdes::{LegSrtp, Sdes, SrtpPolicy};
 use super::{CallAction, CallEvent, CallNo, Directory};
 use crate::media::codec::opus_fmtp;
 use crate::media::mixer::{Mixer, ParticipantId};
+use crate::media::rtcp::Reporter;
 use crate::media::srtp::{SrtpKeys, SrtpSession};
 use crate::media::{Latch, LegCounters, PortPool, is_rtp_v2};
 
@@ -233,6 +240,10 @@ struct Member {
     srtp: Option<SrtpSession>,
     /// The room's last 200 carried an offer (to an offerless re-INVITE): the ACK answers it.
     offered: bool,
+    /// The room's RTCP to the participant.
+    reporter: Reporter,
+    /// Where the participant's RTCP last came from (its reports go back there).
+    rtcp_from: Option<SocketAddr>,
 }
 
 impl Member {
@@ -248,6 +259,42 @@ impl Member {
         }
         self.keys = now.cloned();
         self.srtp = now.and_then(session);
+    }
+
+    /// The RTP clock of the participant's codec, which the room's reports and the
+    /// participant's reports on the mix are in.
+    fn follow_format(&mut self) {
+        self.reporter.set_clock(self.format.clock);
+        self.counters
+            .set_audio(Some((self.format.pt, self.format.clock)));
+    }
+
+    /// Sends the participant the room's report when one is due at `now`: to where its RTCP
+    /// comes from, else its RTP port + 1; SRTCP when it speaks SRTP.
+    fn send_report(&mut self, now: Instant) {
+        if !self.reporter.due(now) {
+            return;
+        }
+        let mut report = Vec::with_capacity(96);
+        let receiving = self.counters.receiving();
+        self.reporter
+            .write_report(now, SystemTime::now(), receiving, &mut report);
+        let to = self.rtcp_from.or_else(|| {
+            let rtp = self.latch.destination()?;
+            Some(SocketAddr::new(rtp.ip(), rtp.port().wrapping_add(1)))
+        });
+        let protected;
+        let report = match self.srtp.as_mut().map(|s| s.protect(&report, true)) {
+            None => &report[..],
+            Some(Ok(p)) => {
+                protected = p;
+                &protected[..]
+            }
+            Some(Err(_)) => return,
+        };
+        if let Some(to) = to {
+            let _ = self.rtcp.send_to(report, to);
+        }
     }
 
     /// The rule for an offer the room makes (an offerless re-INVITE): `RTP/SAVP` once the
@@ -663,6 +710,7 @@ impl Room {
         ok.headers.push("Content-Type", "application/sdp");
         ok.body = body;
         self.respond(join.key, join.from.addr, ok.clone());
+        let seed = self.rng.next_u64();
         self.admit(Member {
             id,
             party: join.party,
@@ -682,12 +730,15 @@ impl Room {
             keys: None,
             srtp: None,
             offered: false,
+            reporter: Reporter::new(seed),
+            rtcp_from: None,
         });
     }
 
     /// A participant is in: busy on the bus, in the record, in the room (already in the mix).
     fn admit(&mut self, mut m: Member) {
         m.rekey();
+        m.follow_format();
         tracing::info!(room = %self.name, party = %m.party, codec = m.format.codec.name(), srtp = m.srtp.is_some(), participants = self.members.len() + 1, "joined the conference");
         if self.record.answered_at.is_none() {
             self.record.answered_at = Some(Utc::now());
@@ -1014,6 +1065,7 @@ impl Room {
                 outcome: RoomOutcome::Joined,
             }),
         }
+        let seed = self.rng.next_u64();
         self.admit(Member {
             id,
             party: inv.party,
@@ -1033,6 +1085,8 @@ impl Room {
             keys: None,
             srtp: None,
             offered: false,
+            reporter: Reporter::new(seed),
+            rtcp_from: None,
         });
     }
 
@@ -1236,6 +1290,7 @@ impl Room {
                         return;
                     }
                     m.format = f;
+                    m.follow_format();
                 }
                 m.latch.expect(o.rtp_addr(audio), from.addr.ip());
                 m.sending = we_send(o, audio);
@@ -1389,18 +1444,31 @@ impl Room {
                     self.mixer.receive(m.id, p);
                 }
             }
-            // RTCP is read and counted, not mixed (the room reports nothing yet); SRTCP is
-            // counted once it authenticates.
+            // RTCP is read for its reports (the mix's quality, the participant's SR for the
+            // room's next report), not mixed; SRTCP once it authenticates.
             for _ in 0..8 {
                 let Ok((n, src)) = m.rtcp.recv_from(&mut self.buf) else {
                     break;
                 };
-                if let Some(s) = m.srtp.as_mut()
-                    && s.unprotect(&self.buf[..n], true).is_err()
-                {
-                    m.counters.dropped_srtp += 1;
-                } else if m.latch.latched().is_some_and(|l| l.ip() == src.ip()) {
-                    m.counters.rtcp_packets += 1;
+                let unprotected;
+                let p = match m.srtp.as_mut() {
+                    None => &self.buf[..n],
+                    Some(s) => match s.unprotect(&self.buf[..n], true) {
+                        Ok(plain) => {
+                            unprotected = plain;
+                            &unprotected[..]
+                        }
+                        Err(_) => {
+                            m.counters.dropped_srtp += 1;
+                            continue;
+                        }
+                    },
+                };
+                if m.latch.latched().is_some_and(|l| l.ip() == src.ip()) {
+                    m.rtcp_from = Some(src);
+                    if let Some(report) = m.counters.count_rtcp(p, Some(m.reporter.ssrc())) {
+                        m.reporter.received(now, &report);
+                    }
                 }
             }
         }
@@ -1412,6 +1480,7 @@ impl Room {
             if !m.sending {
                 return;
             }
+            m.reporter.sent(now, packet);
             let protected;
             let packet = match m.srtp.as_mut().map(|s| s.protect(packet, false)) {
                 None => packet,
@@ -1429,6 +1498,9 @@ impl Room {
                 _ => m.counters.dropped_unsent += 1,
             }
         });
+        for m in &mut self.members {
+            m.send_report(now);
+        }
     }
 
     fn snapshot(&self, started_at: DateTime<Utc>) -> CallInfo {
