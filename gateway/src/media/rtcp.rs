@@ -359,7 +359,7 @@ impl Reporter {
         out.extend([1, cname.len() as u8]);
         out.extend(cname);
         out.push(0);
-        while (out.len() - sdes) % 4 != 0 {
+        while !(out.len() - sdes).is_multiple_of(4) {
             out.push(0);
         }
         set_length(out, sdes);
