@@ -607,3 +607,64 @@ fn a_refer_to_a_room_that_cannot_be_fails_and_both_keep_the_call() {
         gw.api("GET", "/api/calls", None).body
     );
 }
+
+/// RFC 3550 from the room: a phone alone in a room (SIPp, 12 s) receives the room's own RTCP on
+/// its media's RTCP port (RTP port + 1, a socket of the test): compound packets of version 2
+/// that open with a sender or receiver report and carry an SDES with a CNAME, the reporter's
+/// SSRC the same in every report, at least two of them within 20 s (the interval is 5 s,
+/// randomised).
+#[test]
+fn a_phone_in_a_room_receives_the_rooms_rtcp_reports() {
+    let Some(gw) = gateway_with_sipp() else {
+        return;
+    };
+    gw.create_user("alice", "alice-secret-1");
+    let media = csps_tests::free_port();
+    let rtcp = std::net::UdpSocket::bind(("127.0.0.1", media + 1)).expect("bind the RTCP port");
+    rtcp.set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("read timeout");
+    let alice = csps_tests::Sipp::new("uac_long_call.xml", gw.sip_addr())
+        .key("user", "alice")
+        .key("domain", DOMAIN)
+        .key("callee", "conference")
+        .auth("alice", "alice-secret-1")
+        .auth_uri(&format!("conference@{DOMAIN}"))
+        .arg("-mp")
+        .arg(media.to_string())
+        .arg("-rtp_echo")
+        .timeout(Duration::from_secs(40));
+    let alice = std::thread::spawn(move || alice.run());
+    let mut reports = Vec::new();
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    let mut buf = [0u8; 1500];
+    while reports.len() < 2 && std::time::Instant::now() < until {
+        if let Ok(n) = rtcp.recv(&mut buf) {
+            reports.push(buf[..n].to_vec());
+        }
+    }
+    let outcome = alice.join().expect("SIPp thread");
+    assert!(outcome.ok(), "{}\n{}", outcome.output, gw.log_tail(30));
+    assert!(
+        reports.len() >= 2,
+        "{} RTCP reports: {reports:?}",
+        reports.len()
+    );
+    let mut ssrcs = Vec::new();
+    for r in &reports {
+        assert!(r.len() >= 8 && r[0] >> 6 == 2, "not RTCP version 2: {r:?}");
+        assert!(matches!(r[1], 200 | 201), "not an SR or RR first: {r:?}");
+        ssrcs.push(u32::from_be_bytes([r[4], r[5], r[6], r[7]]));
+        // The packets of the compound one: an SDES (202) holding a CNAME item (type 1).
+        let mut at = 0;
+        let mut cname = false;
+        while at + 4 <= r.len() {
+            let len = (usize::from(u16::from_be_bytes([r[at + 2], r[at + 3]])) + 1) * 4;
+            if r[at + 1] == 202 && r.get(at + 8) == Some(&1) {
+                cname = true;
+            }
+            at += len;
+        }
+        assert!(cname, "no SDES CNAME: {r:?}");
+    }
+    assert!(ssrcs.windows(2).all(|w| w[0] == w[1]), "{ssrcs:x?}");
+}

@@ -254,7 +254,7 @@ impl Member {
         if self.keys.as_ref() == now {
             return;
         }
-        if self.keys.is_none() && self.remote.transport != Transport::Tls {
+        if self.keys.is_none() && !self.remote.transport.is_secure() {
             tracing::warn!(party = %self.party, "SRTP keys crossed unencrypted signalling (Data.SipConfig.SrtpOverPlainTransport)");
         }
         self.keys = now.cloned();
