@@ -39,20 +39,46 @@ pub struct TeamsEmulator {
     pub addr: SocketAddr,
 }
 
+/// Why one start of the emulator failed.
+enum StartFailure {
+    /// It exited before answering (its port was taken, most likely): worth another port.
+    ExitedAtStart(String),
+    /// Anything else.
+    Other(String),
+}
+
 impl TeamsEmulator {
     /// [`TeamsEmulator::start`], or `None` after [`crate::skip`] saying why it could not.
     pub fn start_or_skip(opts: &EmulatorOptions) -> Option<TeamsEmulator> {
         TeamsEmulator::start(opts).map_err(|e| crate::skip(&e)).ok()
     }
 
-    /// Starts the emulator; `Err` names a missing prerequisite (the binary).
+    /// Starts the emulator; `Err` names a missing prerequisite (the binary). A free port can be
+    /// taken by another test's process before the emulator binds it: an emulator that exits at
+    /// start is tried again on another port, three times at most.
     pub fn start(opts: &EmulatorOptions) -> Result<TeamsEmulator, String> {
         let bin = find_workspace_bin("teams-emulator", "TEAMS_EMULATOR_BIN").ok_or(
             "teams-emulator binary not found: run `cargo build --release --workspace --bins` \
              or set TEAMS_EMULATOR_BIN",
         )?;
+        let mut last = String::new();
+        for _ in 0..3 {
+            match TeamsEmulator::start_on(&bin, opts) {
+                Err(StartFailure::ExitedAtStart(why)) => last = why,
+                Err(StartFailure::Other(why)) => return Err(why),
+                Ok(emu) => return Ok(emu),
+            }
+        }
+        Err(last)
+    }
+
+    /// One attempt of [`TeamsEmulator::start`] on a fresh port.
+    fn start_on(
+        bin: &std::path::Path,
+        opts: &EmulatorOptions,
+    ) -> Result<TeamsEmulator, StartFailure> {
         let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-        let mut cmd = Command::new(&bin);
+        let mut cmd = Command::new(bin);
         cmd.arg("--listen")
             .arg(addr.to_string())
             .arg("--tenant")
@@ -75,12 +101,13 @@ impl TeamsEmulator {
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
-            .map_err(|e| format!("spawn {}: {e}", bin.display()))?;
+            .map_err(|e| StartFailure::Other(format!("spawn {}: {e}", bin.display())))?;
         let mut emu = TeamsEmulator { child, addr };
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Ok(Some(status)) = emu.child.try_wait() {
-                return Err(format!("teams-emulator exited at start ({status})"));
+                let why = format!("teams-emulator exited at start ({status})");
+                return Err(StartFailure::ExitedAtStart(why));
             }
             if http::request(addr, "GET", "/test/requests", None, None)
                 .is_ok_and(|r| r.status == 200)
@@ -89,7 +116,8 @@ impl TeamsEmulator {
             }
             if Instant::now() > deadline {
                 let _ = emu.child.kill();
-                return Err("teams-emulator did not answer within 10 s".into());
+                let why = "teams-emulator did not answer within 10 s".to_owned();
+                return Err(StartFailure::Other(why));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
