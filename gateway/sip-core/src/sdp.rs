@@ -560,6 +560,13 @@ impl Sdp {
         if !other.iter().any(|(k, _)| *k == 't') {
             other.push(('t', "0 0".to_owned()));
         }
+        // Kept in the order we write them (RFC 4566: i u e p before c, the rest after; i first in
+        // a media section), so what we write parses back to the same description. The sorts are
+        // stable: t= keeps its r= lines.
+        other.sort_by_key(|(k, _)| !"iuep".contains(*k));
+        for m in &mut media {
+            m.other.sort_by_key(|(k, _)| *k != 'i');
+        }
         Ok(Sdp {
             origin: origin.ok_or(SdpError::Missing("o="))?,
             // Some phones omit s=; RFC 4566 wants it, and `-` is what we would write.
@@ -828,6 +835,18 @@ mod tests {
         assert_eq!(a.direction(s.session_direction()), Direction::SendRecv);
         assert_eq!(s.rtp_addr(1).unwrap().to_string(), "10.0.0.7:51372");
         assert!(a.codecs().all(|f| f.max_average_bitrate.is_none()));
+    }
+
+    #[test]
+    fn lines_out_of_rfc_order_are_written_in_it_and_parse_back_the_same() {
+        // Found by the sdp_props property: e= after t= (and i= after b= in a section).
+        let body = "v=0\no=- 1 1 IN IP4 10.0.0.1\nt=0 0\nr=7d 1h 0\ne=\nt=1 2\n\
+            m=audio 4000 RTP/AVP 0\nb=AS:64\ni=voice\n";
+        let s = Sdp::parse(body.as_bytes()).unwrap();
+        let keys: String = s.other.iter().map(|(k, _)| *k).collect();
+        assert_eq!(keys, "etrt");
+        assert_eq!(s.media[0].other[0], ('i', "voice".to_owned()));
+        assert_eq!(Sdp::parse(&s.to_bytes()).unwrap(), s);
     }
 
     #[test]
