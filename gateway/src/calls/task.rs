@@ -493,6 +493,9 @@ async fn run_call(t: CallTask, call_id: String) {
     // When the next RFC 4733 packet of a digit from a SIP INFO is due.
     let dtmf_timer = tokio::time::sleep(std::time::Duration::from_secs(3600));
     tokio::pin!(dtmf_timer);
+    // When the gateway's next RTCP report to a leg is due, sent even while no packet passes.
+    let rtcp_timer = tokio::time::sleep(std::time::Duration::from_secs(3600));
+    tokio::pin!(rtcp_timer);
     loop {
         // Carry out what the call asked for.
         let mut ended = false;
@@ -651,6 +654,10 @@ async fn run_call(t: CallTask, call_id: String) {
         if let Some(d) = media.dtmf_due() {
             dtmf_timer.as_mut().reset(d.into());
         }
+        let rtcp_due = media.rtcp_due(Instant::now());
+        if let Some(d) = rtcp_due {
+            rtcp_timer.as_mut().reset(d.into());
+        }
         tokio::select! {
             ev = events.recv() => match ev {
                 Some(CallEvent::Sip(mut input)) => {
@@ -715,6 +722,7 @@ async fn run_call(t: CallTask, call_id: String) {
                 }
             }
             _ = &mut dtmf_timer, if media.dtmf_due().is_some() => media.play_dtmf(Instant::now()),
+            _ = &mut rtcp_timer, if rtcp_due.is_some() => media.send_due_reports(Instant::now()),
             _ = hold_music.tick.tick(), if hold_music.playing() => hold_music.play(&mut media),
         }
     }

@@ -542,6 +542,22 @@ impl Relay {
         }
     }
 
+    /// When the gateway's next RTCP report to a leg is due (it reports to a leg hearing music
+    /// or transcoded audio); the first call schedules the first report.
+    pub fn rtcp_due(&mut self, now: Instant) -> Option<Instant> {
+        [&mut self.a, &mut self.b]
+            .into_iter()
+            .filter_map(|s| Some(s.reporter.as_mut()?.poll_timeout(now)))
+            .min()
+    }
+
+    /// Sends the reports due at `now`, so a leg gets them while no packet passes (both parties
+    /// silent, or on hold without music); [`Relay::forward`] sends them too as packets pass.
+    pub fn send_due_reports(&mut self, now: Instant) {
+        self.a.send_report(self.a_socks.rtcp.get_ref(), now);
+        self.b.send_report(self.b_socks.rtcp.get_ref(), now);
+    }
+
     /// The digits read from leg A's and B's events since the last call: (from A, digit).
     pub fn take_digits(&mut self) -> Vec<(bool, Digit)> {
         let mut out = Vec::new();
@@ -886,6 +902,42 @@ mod tests {
             "decrypted once, the replay dropped"
         );
         task.abort();
+    }
+
+    /// The gateway reports to a leg that hears music even while no packet passes, when due and
+    /// not before, from the RTCP port facing it; the other leg (hearing its peer) gets none.
+    #[tokio::test]
+    async fn a_silent_leg_still_gets_the_gateways_reports_when_due() {
+        let pool = super::super::PortPool::new();
+        let mut relay = Relay::new(pair(&pool), pair(&pool)).expect("relay");
+        let gw_b_rtcp = relay.b_socks.rtcp.get_ref().local_addr().expect("addr");
+        let (a_rtp, a_rtcp) = pair(&pool);
+        let (b_rtp, b_rtcp) = pair(&pool);
+        let lo: IpAddr = "127.0.0.1".parse().expect("ip");
+        relay.expect_a(Some(a_rtp.local_addr().expect("addr")), lo);
+        relay.expect_b(Some(b_rtp.local_addr().expect("addr")), lo);
+        assert_eq!(
+            relay.rtcp_due(Instant::now()),
+            None,
+            "a plain relay forwards"
+        );
+        relay.set_music(false, true);
+        let now = Instant::now();
+        let due = relay.rtcp_due(now).expect("B is reported to");
+        assert!(due > now);
+        relay.send_due_reports(now);
+        relay.send_due_reports(due);
+        let wait = Duration::from_millis(200);
+        b_rtcp.set_read_timeout(Some(wait)).expect("timeout");
+        let mut buf = [0u8; 512];
+        let (n, from) = b_rtcp.recv_from(&mut buf).expect("a report to B");
+        assert_eq!(from, gw_b_rtcp);
+        let report = super::super::rtcp::parse(&buf[..n]).expect("RTCP");
+        assert!(report.cname.is_some(), "{report:?}");
+        assert!(b_rtcp.recv_from(&mut buf).is_err(), "one report, when due");
+        a_rtcp.set_read_timeout(Some(wait)).expect("timeout");
+        assert!(a_rtcp.recv_from(&mut buf).is_err(), "none to A");
+        assert!(relay.rtcp_due(due).is_some_and(|next| next > due));
     }
 
     /// Music on hold: the held leg gets the gateway's packets from the relay port facing it, and
