@@ -334,10 +334,8 @@ async fn mark(env: &Env, upn: &str, expiration: Duration) {
 /// failure answers `Done`, so the clear is made: a user wrongly shown available until the other
 /// server's renewal is better than one shown Busy for good.
 async fn unmark(env: &Env, upn: &str) -> Outcome {
-    let unmarked = env.store.unmark_busy(upn, &env.server, chrono::Utc::now());
-    match tokio::time::timeout(MARK_TIMEOUT, unmarked).await {
-        Ok(Ok(others)) if others.is_empty() => Outcome::Done,
-        Ok(Ok(others)) => {
+    match others_marking(env, upn, "remove the busy mark (clearing)").await {
+        Some(others) if !others.is_empty() => {
             tracing::info!(
                 %upn,
                 servers = ?others,
@@ -345,15 +343,26 @@ async fn unmark(env: &Env, upn: &str) -> Outcome {
             );
             Outcome::BusyElsewhere
         }
+        _ => Outcome::Done,
+    }
+}
+
+/// Removes this server's busy mark of `upn` (if any) and reads the servers whose marks are
+/// live; `None` when the store fails or does not answer in time (logged and counted as
+/// `what` failing).
+async fn others_marking(env: &Env, upn: &str, what: &str) -> Option<Vec<String>> {
+    let unmarked = env.store.unmark_busy(upn, &env.server, chrono::Utc::now());
+    match tokio::time::timeout(MARK_TIMEOUT, unmarked).await {
+        Ok(Ok(others)) => Some(others),
         Ok(Err(e)) => {
-            tracing::warn!(%upn, "Teams presence: cannot remove the busy mark ({e}); clearing");
+            tracing::warn!(%upn, "Teams presence: cannot {what}: {e}");
             failed(&env.metrics, "store");
-            Outcome::Done
+            None
         }
         Err(_) => {
-            tracing::warn!(%upn, "Teams presence: the store did not answer the unmark; clearing");
+            tracing::warn!(%upn, "Teams presence: the store did not answer in time to {what}");
             failed(&env.metrics, "store");
-            Outcome::Done
+            None
         }
     }
 }
@@ -424,19 +433,8 @@ async fn request(env: &Env, app: &AzureApp, r: &Request) -> Outcome {
 /// would show available until the other server's next renewal, up to 4 minutes.
 async fn set_again_if_busy_elsewhere(env: &Env, app: &AzureApp, r: &Request) {
     let upn = &r.upn;
-    let others = env.store.unmark_busy(upn, &env.server, chrono::Utc::now());
-    let others = match tokio::time::timeout(MARK_TIMEOUT, others).await {
-        Ok(Ok(others)) => others,
-        Ok(Err(e)) => {
-            tracing::warn!(%upn, "Teams presence: cannot read the busy marks after the clear: {e}");
-            failed(&env.metrics, "store");
-            return;
-        }
-        Err(_) => {
-            tracing::warn!(%upn, "Teams presence: the store did not answer the busy marks after the clear");
-            failed(&env.metrics, "store");
-            return;
-        }
+    let Some(others) = others_marking(env, upn, "read the busy marks after the clear").await else {
+        return;
     };
     if others.is_empty() {
         return;
