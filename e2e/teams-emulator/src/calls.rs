@@ -5,7 +5,9 @@
 //! - **Out** (the SBC calls a number): an INVITE whose Contact holds the FQDN is answered 100,
 //!   180, then 200 with an SDP answer (the first of G.711 µ-law, A-law or G.722 the offer has,
 //!   plus telephone-event); a number ending in [`BUSY_SUFFIX`] gets 486; ACK, BYE and
-//!   re-INVITE in the dialog are answered.
+//!   re-INVITE in the dialog are answered. An SBC re-offer that names another media address
+//!   or key (both ways: a gateway moving the call into a conference room) moves the media
+//!   there (`media_moves` counts them).
 //! - **In** (`POST /test/sip/{n}/call` `{"to","from"?,"hangup_after_ms"?}`): proxy n sends an
 //!   INVITE for `to` on its connection to the SBC as Teams does for a user's forwarded or
 //!   simultaneous-ring call; the SBC's final answer is ACKed; after a 2xx the emulator hangs
@@ -152,8 +154,15 @@ pub struct Call {
     /// The directions the SBC's own re-offers asked for (`sendonly` for a phone's hold…), each
     /// answered with its mirror (RFC 3264 §6.1: `recvonly` to `sendonly`).
     sbc_offers: Vec<String>,
-    /// Hands the media task a new SRTP context.
-    rekey: Option<mpsc::Sender<Srtp>>,
+    /// Hands the media task a new SRTP context, and a new destination with it.
+    rekey: Option<mpsc::Sender<MediaUpdate>>,
+    /// The keys in use (ours, the SBC's) and where the media goes: an SBC re-offer that
+    /// changes either (a gateway moving the call's media into a conference room) moves the
+    /// media there (RFC 3264 §8).
+    keys: Option<(LocalKey, RemoteKey)>,
+    media_to: Option<SocketAddr>,
+    /// How many SBC re-offers moved the media.
+    media_moves: u32,
     /// The key a resume offered, until the SBC's answer brings its own.
     next_key: Option<LocalKey>,
 }
@@ -174,6 +183,13 @@ impl Calls {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Call>> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// What an answered call's media task is handed when a re-INVITE changed its session.
+struct MediaUpdate {
+    srtp: Srtp,
+    /// The SBC's new media address (`None`: where it went so far).
+    to: Option<SocketAddr>,
 }
 
 /// Numbers the emulator's tags, branches and Call-IDs.
@@ -278,13 +294,14 @@ fn sdp_body(
 
 /// Plays the tone to `to` and echoes what comes in, counting, until aborted or the lifetime
 /// ends; what goes out is protected by `srtp`, what comes in must authenticate. A context
-/// from `rekeyed` replaces it (new keys agreed in a re-INVITE).
+/// from `rekeyed` replaces it (new keys agreed in a re-INVITE), with the new destination the
+/// re-INVITE named.
 async fn media(
     sock: UdpSocket,
-    to: Option<SocketAddr>,
+    mut to: Option<SocketAddr>,
     (pt, tone_hz): (u8, u32),
     counters: Arc<Counters>,
-    (mut srtp, mut rekeyed): (Srtp, mpsc::Receiver<Srtp>),
+    (mut srtp, mut rekeyed): (Srtp, mpsc::Receiver<MediaUpdate>),
 ) {
     let ssrc_out = TONE_SSRC.wrapping_add(token() as u32);
     let mut tick = tokio::time::interval(Duration::from_millis(20));
@@ -339,7 +356,10 @@ async fn media(
                     counters.echoed.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            Some(fresh) = rekeyed.recv() => srtp = fresh,
+            Some(update) = rekeyed.recv() => {
+                srtp = update.srtp;
+                to = update.to.or(to);
+            }
             () = &mut end => return,
         }
     }
@@ -406,7 +426,7 @@ async fn start_media(
     to: Option<SocketAddr>,
     (pt, tone_hz): (&str, u32),
     counters: Arc<Counters>,
-    srtp: (Srtp, mpsc::Receiver<Srtp>),
+    srtp: (Srtp, mpsc::Receiver<MediaUpdate>),
 ) -> Option<(u16, JoinHandle<()>)> {
     let sock = UdpSocket::bind("127.0.0.1:0").await.ok()?;
     let port = sock.local_addr().ok()?.port();
@@ -546,6 +566,7 @@ pub async fn invite(
     };
     let crypto = local.line(remote.tag);
     let answer = sdp_body(port, &offer.proto, &pt, name, te.as_deref(), &crypto);
+    let media_to = offer.addr;
     out.extend(response(req, 180, "Ringing", &to_tag, i, None));
     out.extend(response(req, 200, "OK", &to_tag, i, Some(&answer)));
     let to = req.headers.get("To").unwrap_or("").to_owned();
@@ -580,6 +601,9 @@ pub async fn invite(
         sdp_version: 1,
         sbc_offers: Vec::new(),
         rekey: Some(rekey),
+        keys: Some((local, remote)),
+        media_to,
+        media_moves: 0,
         next_key: None,
     };
     face.calls.lock().insert(call_id, call);
@@ -616,6 +640,7 @@ pub fn in_dialog(state: &Shared, i: usize, req: &Request) -> Option<Option<Vec<u
                 call.sdp_version += 1;
             }
             call.sbc_offers.push(offered.to_owned());
+            follow_reoffer(call, &String::from_utf8_lossy(&req.body));
             let sdp = redirected(&call.sdp, answer, call.sdp_version, None);
             Some(response(req, 200, "OK", "", i, Some(&sdp)))
         }
@@ -642,6 +667,31 @@ pub fn in_dialog(state: &Shared, i: usize, req: &Request) -> Option<Option<Vec<u
         }
         _ => Some(response(req, 501, "Not Implemented", "", i, None)),
     })
+}
+
+/// An SBC re-offer that names another media address or another key (a gateway moving the
+/// call's media into a conference room): the media task sends there, under the new key.
+fn follow_reoffer(call: &mut Call, offer: &str) {
+    let to = audio(offer).and_then(|a| a.addr);
+    let Some(remote) = crate::srtp::remote_key(offer) else {
+        return;
+    };
+    let Some((local, current)) = &call.keys else {
+        return;
+    };
+    if (*current == remote && to == call.media_to) || to.is_none() {
+        return;
+    }
+    let Some(srtp) = Srtp::new(local, &remote) else {
+        return;
+    };
+    if let Some(rekey) = &call.rekey
+        && rekey.try_send(MediaUpdate { srtp, to }).is_ok()
+    {
+        call.keys = Some((local.clone(), remote));
+        call.media_to = to;
+        call.media_moves += 1;
+    }
 }
 
 /// A response from the SBC to a request the emulator sent: a final answer to its INVITE is
@@ -705,15 +755,14 @@ pub async fn on_response(state: &Shared, resp: &Response) {
                 .and_then(|f| f.parse().ok())
                 .unwrap_or(0);
             // The answer's key for the one line offered (tag 1); without it no media flows.
-            let srtp = |local: &LocalKey| {
-                crate::srtp::remote_key(&body)
-                    .filter(|r: &RemoteKey| r.tag == 1)
-                    .and_then(|r| Srtp::new(local, &r))
-            };
+            let remote = crate::srtp::remote_key(&body).filter(|r: &RemoteKey| r.tag == 1);
             if let Some((sock, local)) = call.pending.take()
-                && let Some(srtp) = srtp(&local)
+                && let Some(remote) = remote
+                && let Some(srtp) = Srtp::new(&local, &remote)
             {
                 let to = answer.and_then(|a| a.addr);
+                call.keys = Some((local, remote));
+                call.media_to = to;
                 call.srtp = true;
                 let (rekey, rekeyed) = mpsc::channel(1);
                 call.rekey = Some(rekey);
@@ -794,9 +843,12 @@ fn own_request_answered(
     if let Some(key) = call.next_key.take() {
         // The new key goes into use with the answer's (the SBC's own, as it answered it).
         let body = String::from_utf8_lossy(&resp.body);
-        let fresh = crate::srtp::remote_key(&body).and_then(|r| Srtp::new(&key, &r));
-        if let (Some(fresh), Some(rekey)) = (fresh, &call.rekey) {
-            let _ = rekey.try_send(fresh);
+        if let Some(remote) = crate::srtp::remote_key(&body)
+            && let Some(srtp) = Srtp::new(&key, &remote)
+            && let Some(rekey) = &call.rekey
+        {
+            let _ = rekey.try_send(MediaUpdate { srtp, to: None });
+            call.keys = Some((key, remote));
         }
     }
     if resumed {
@@ -1180,6 +1232,9 @@ pub async fn call(
             sdp_version: 1,
             sbc_offers: Vec::new(),
             rekey: None,
+            keys: None,
+            media_to: None,
+            media_moves: 0,
             next_key: None,
         },
     );
@@ -1216,7 +1271,7 @@ pub async fn list(State(s): State<Shared>) -> (StatusCode, Json<Value>) {
                 "reinvites": c.reinvites.iter().map(|r| json!({
                     "what": r.what, "status": r.status,
                 })).collect::<Vec<_>>(),
-                "sbc_offers": c.sbc_offers,
+                "sbc_offers": c.sbc_offers, "media_moves": c.media_moves,
                 "rtp": {
                     "received": c.counters.received.load(Ordering::Relaxed),
                     "echoed": c.counters.echoed.load(Ordering::Relaxed),

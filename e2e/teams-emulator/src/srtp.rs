@@ -23,6 +23,7 @@ const TAG_LEN: usize = 10;
 const MKI: u8 = 1;
 
 /// The emulator's master key and salt for one call.
+#[derive(Clone)]
 pub struct LocalKey([u8; MASTER_LEN]);
 
 impl LocalKey {
@@ -43,6 +44,7 @@ impl LocalKey {
 }
 
 /// The peer's key from its `a=crypto` line.
+#[derive(Clone, PartialEq, Eq)]
 pub struct RemoteKey {
     /// The line's tag (an answer repeats the offer's).
     pub tag: u32,
