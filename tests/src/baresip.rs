@@ -83,6 +83,29 @@ pub fn registered_tone_phone(
     phone
 }
 
+/// A new user `user@domain` (password `<user>-secret-1`) whose baresip phone, playing `tone_hz`
+/// in PCMU, dials `room_user` (`conference-team` for the room `team`) and is the room's one
+/// participant within 15 s (panics otherwise).
+pub fn alone_in_room(
+    gw: &crate::Gateway,
+    dir: &Path,
+    (user, domain): (&str, &str),
+    tone_hz: u32,
+    room_user: &str,
+) -> Baresip {
+    gw.create_user(user, &format!("{user}-secret-1"));
+    let dial = format!("/dial sip:{room_user}@{domain}");
+    let phone = registered_tone_phone(gw, dir, (user, domain), tone_hz, &[&dial]);
+    assert!(
+        crate::wait_until(std::time::Duration::from_secs(15), || gw
+            .room_with(1)
+            .is_some()),
+        "{user} did not join: {}",
+        gw.log_tail(40)
+    );
+    phone
+}
+
 /// As [`tone_phone`], with `account_params` appended to its account: `;mediaenc=srtp-mand`
 /// offers RTP/SAVP with SDES, `;mediaenc=srtp` best-effort SRTP (RTP/AVP with `a=crypto`);
 /// the `srtp` module is loaded for them.

@@ -536,6 +536,16 @@ impl Gateway {
         metric_sum(&self.metrics_text(), name, &[])
     }
 
+    /// The one running call that is a conference room with `n` legs (`GET /api/calls`), if
+    /// there is one.
+    pub fn room_with(&self, n: usize) -> Option<serde_json::Value> {
+        let calls = self.api("GET", "/api/calls", None).json();
+        calls.as_array()?.iter().find_map(|c| {
+            (c["conference"].is_string() && c["legs"].as_array().is_some_and(|l| l.len() == n))
+                .then(|| c.clone())
+        })
+    }
+
     /// An administrator hangs up call `id` (`DELETE /api/calls/{id}`: every phone in it gets a
     /// BYE, which also closes baresip's recordings), and the list of calls is empty within 10 s;
     /// then half a second for the phones to write their recordings.

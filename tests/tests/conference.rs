@@ -9,15 +9,6 @@ use csps_tests::{Gateway, wait_until};
 
 const DOMAIN: &str = "csps.local";
 
-/// The one running call that is a conference room with `n` participants, once there is one.
-fn room_with(gw: &Gateway, n: usize) -> Option<serde_json::Value> {
-    let calls = gw.api("GET", "/api/calls", None).json();
-    calls.as_array()?.iter().find_map(|c| {
-        (c["conference"].is_string() && c["legs"].as_array().is_some_and(|l| l.len() == n))
-            .then(|| c.clone())
-    })
-}
-
 /// `user`'s leg in `room` (`null` when there is none).
 fn leg_of(room: &serde_json::Value, user: &str) -> serde_json::Value {
     room["legs"]
@@ -36,7 +27,7 @@ fn refer_while_watching(gw: &Gateway, alice: csps_tests::Sipp, n: usize) -> serd
     let alice = std::thread::spawn(move || alice.run());
     let mut room = None;
     wait_until(Duration::from_secs(20), || {
-        room = room_with(gw, n);
+        room = gw.room_with(n);
         room.is_some()
     });
     let alice = alice.join().expect("alice's thread");
@@ -82,7 +73,7 @@ fn phones_in(gw: &Gateway, parties: &[(&str, u32, &str, &str)]) -> serde_json::V
     }
     let mut room = None;
     let joined = wait_until(Duration::from_secs(30), || {
-        room = room_with(gw, n);
+        room = gw.room_with(n);
         room.is_some()
     });
     assert!(
@@ -92,7 +83,7 @@ fn phones_in(gw: &Gateway, parties: &[(&str, u32, &str, &str)]) -> serde_json::V
         gw.log_tail(60)
     );
     std::thread::sleep(Duration::from_secs(4));
-    let room = room_with(gw, n).or(room).expect("room");
+    let room = gw.room_with(n).or(room).expect("room");
     assert_eq!(room["conference"], "conference", "{room}");
     let id = room["id"].as_u64().expect("room id");
     gw.admin_hang_up(id);
@@ -274,7 +265,7 @@ fn refer_carol_in(gw: &Gateway, (bob_params, carol_params): (&str, &str)) -> ser
         &[&format!("/dial sip:conference@{DOMAIN}")],
     );
     assert!(
-        wait_until(Duration::from_secs(15), || room_with(gw, 1).is_some()),
+        wait_until(Duration::from_secs(15), || gw.room_with(1).is_some()),
         "bob did not join: {}",
         gw.log_tail(40)
     );
@@ -295,7 +286,7 @@ fn refer_carol_in(gw: &Gateway, (bob_params, carol_params): (&str, &str)) -> ser
         .collect();
     assert!(parties.contains(&format!("sip:carol@{DOMAIN}")), "{three}");
     assert_eq!(leg_of(&three, "carol")["codec"], "G722/8000", "{three}");
-    let two = room_with(gw, 2).unwrap_or_else(|| {
+    let two = gw.room_with(2).unwrap_or_else(|| {
         panic!(
             "alice's BYE should leave bob and carol: {}",
             gw.api("GET", "/api/calls", None).body
@@ -450,20 +441,13 @@ fn a_refer_to_the_conference_uri_moves_the_other_party_into_the_room() {
     let Some((gw, bob_dir, bob)) = alice_and_bob() else {
         return;
     };
-    gw.create_user("carol", "carol-secret-1");
     let carol_dir = tempfile::tempdir().expect("temp dir");
-    let carol = csps_tests::baresip::tone_phone(
+    let carol = csps_tests::baresip::alone_in_room(
+        &gw,
         carol_dir.path(),
-        gw.sip_port,
-        ("carol", "carol-secret-1", DOMAIN),
+        ("carol", DOMAIN),
         1000,
-        "PCMU",
-        &[&format!("/dial sip:conference-team@{DOMAIN}")],
-    );
-    assert!(
-        wait_until(Duration::from_secs(15), || room_with(&gw, 1).is_some()),
-        "carol did not join: {}",
-        gw.log_tail(40)
+        "conference-team",
     );
     let alice = alice_refers_bob(&gw, "uac_refer_room.xml", "conference-team");
     let room = refer_while_watching(&gw, alice, 2);

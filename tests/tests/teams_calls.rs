@@ -1090,3 +1090,165 @@ fn a_phone_holds_and_resumes_a_call_through_the_trunk_and_hears_teams_again() {
         gw.log_tail(30)
     );
 }
+
+/// Runs `phone` (a SIPp scenario that moves its call's party into a room) while watching for
+/// a room with two legs; the room as it was then, once `phone` passed.
+fn room_filled_by(gw: &Gateway, emu: &TeamsEmulator, what: &str, phone: Sipp) -> Value {
+    let phone = std::thread::spawn(move || phone.run());
+    let mut room = None;
+    wait_until(Duration::from_secs(30), || {
+        room = gw.room_with(2);
+        room.is_some()
+    });
+    let outcome = phone.join().expect("the phone's thread");
+    assert_ok(gw, emu, what, &outcome);
+    room.unwrap_or_else(|| panic!("{what}: no room with two legs: {}", gw.log_tail(60)))
+}
+
+/// Each leg of `room` as (kind, speaks SRTP).
+fn leg_kinds(room: &Value) -> Vec<(&str, bool)> {
+    room["legs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|l| (l["kind"].as_str().unwrap_or_default(), l["srtp"] == true))
+        .collect()
+}
+
+/// The emulator's record of its answered call to `number`, once an SBC re-offer moved its
+/// media (into a room).
+fn moved_call(emu: &TeamsEmulator, number: &str) -> (String, Value) {
+    let c = answered_call_to(emu, &|n| n == number, "a call reached Teams");
+    let id = c["call_id"].as_str().unwrap_or_default().to_owned();
+    let c = wait_call(emu, &id, "the media moved to the room", |c| {
+        c["media_moves"] == 1
+    });
+    (id, c)
+}
+
+/// Two seconds after the moves, each moved call received at least 50 more packets (the room's
+/// mix), all of them authenticating under the room's key.
+fn assert_room_mix_reaches(emu: &TeamsEmulator, moved: &[(String, Value)]) {
+    std::thread::sleep(Duration::from_secs(2));
+    let count = |c: &Value, what: &str| c["rtp"][what].as_u64().unwrap_or_default();
+    for (id, before) in moved {
+        let later = wait_call(emu, id, "the room's mix", |_| true);
+        assert!(
+            count(&later, "received") >= count(before, "received") + 50,
+            "the room's mix did not reach {id}: {before:#} then {later:#}"
+        );
+        assert_eq!(
+            count(&later, "srtp_failed"),
+            count(before, "srtp_failed"),
+            "{later:#}"
+        );
+    }
+}
+
+/// Issue 5 ("conference uses the same call task as local calls"): alice (SIPp, activated) calls
+/// CALLED through the trunk and after 2 s REFERs that call to the conference URI
+/// `conference-team`, where carol's baresip (600 Hz) waits. The Teams party is moved into the
+/// room by a re-INVITE in its dialog shaped as the trunk's requests are (FQDN in Via and
+/// Contact, an SRTP offer, the session timer), and the emulator follows it (its media moves
+/// once, to the room's port, under the room's key). The room is then the only call, with carol
+/// and an SRTP Teams leg; the emulator receives the room's mix, every packet authenticating, and
+/// carol hears Teams' 1000 Hz tone.
+#[test]
+fn a_phone_moves_its_teams_call_into_a_conference_room() {
+    let Some((emu, gw)) = peers() else { return };
+    if !csps_tests::have_tool("baresip") {
+        csps_tests::skip("baresip not installed (run e2e/setup)");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let carol = csps_tests::baresip::alone_in_room(
+        &gw,
+        dir.path(),
+        ("carol", DOMAIN),
+        600,
+        "conference-team",
+    );
+    let alice = caller(&gw, "uac_refer_room.xml", "alice", CALLED).key("target", "conference-team");
+    let room = room_filled_by(&gw, &emu, "alice's REFER into the room", alice);
+    assert_eq!(room["conference"], "team", "{room:#}");
+    let legs = leg_kinds(&room);
+    assert!(legs.contains(&("teams", true)), "{room:#}");
+    assert!(legs.contains(&("phone", false)), "{room:#}");
+    let calls = gw.api("GET", "/api/calls", None).json();
+    assert_eq!(calls.as_array().map(Vec::len), Some(1), "{calls:#}");
+
+    let (call_id, moved) = moved_call(&emu, CALLED);
+    let reinvite = invites(&emu)
+        .into_iter()
+        .filter(|e| e["call_id"] == call_id.as_str())
+        .filter_map(|e| e["message"].as_str().map(str::to_owned))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no re-INVITE from the room: {:#?}", emu.sip_messages()));
+    assert!(
+        header(&reinvite, "Via")[0].starts_with(&format!("SIP/2.0/TLS {FQDN}:")),
+        "{reinvite}"
+    );
+    assert!(
+        header(&reinvite, "Contact")[0].contains(&format!("@{FQDN}:")),
+        "{reinvite}"
+    );
+    assert!(
+        !header(&reinvite, "Session-Expires").is_empty(),
+        "{reinvite}"
+    );
+    assert_savp(&reinvite);
+    assert_room_mix_reaches(&emu, &[(call_id, moved)]);
+    gw.admin_hang_up(room["id"].as_u64().expect("room id"));
+    drop(carol);
+    let heard = csps_tests::audio::heard_in(dir.path()).expect("carol's recording");
+    let share = csps_tests::audio::tone_share(&heard, 1000.0);
+    eprintln!("carol hears Teams' 1000 Hz at {share:.2}");
+    assert!(share > 0.3, "carol does not hear Teams: {share}");
+    assert!(
+        csps_tests::audio::tone_share(&heard, 600.0) < 0.05,
+        "carol hears herself"
+    );
+}
+
+/// Issue 5, attended transfer with Teams on both sides (a receptionist's transfer): alice
+/// (SIPp, activated, from a trusted address) calls CALLED through the trunk, consults
+/// CONSULTED on a second call and REFERs her first call with a Replaces naming the
+/// consultation dialog. No INVITE with Replaces reaches a Teams party, so the gateway bridges
+/// the two in a private room: alice gets 202, NOTIFY 100 and 200 and a BYE on each call
+/// (e2e/sipp/uac_attended_bridge.xml); the room (`transfer+<n>`, no name a phone can dial) is
+/// the one call left, with two SRTP Teams legs, each re-INVITEd once to the room's media; the
+/// emulator then receives authenticated packets on both calls, each the other's tone.
+#[test]
+fn an_attended_transfer_between_two_teams_parties_bridges_them_in_a_room() {
+    const CONSULTED: &str = "+12065550124";
+    let Some((emu, gw)) = peers() else { return };
+    gw.trust("127.0.0.0/8");
+    let alice = Sipp::new("uac_attended_bridge.xml", gw.sip_addr())
+        .key("user", "alice")
+        .key("callee", CALLED)
+        .key("target", CONSULTED)
+        .key("domain", DOMAIN)
+        // A Call-ID without '@', which the scenario's Refer-To carries unescaped.
+        .arg("-cid_str")
+        .arg("%u-%p-attended")
+        .arg("-mp")
+        .arg(free_port().to_string())
+        .timeout(Duration::from_secs(40));
+    let room = room_filled_by(&gw, &emu, "alice's attended transfer", alice);
+    let name = room["conference"].as_str().unwrap_or_default();
+    assert!(name.starts_with("transfer+"), "{room:#}");
+    assert_eq!(
+        leg_kinds(&room),
+        [("teams", true), ("teams", true)],
+        "{room:#}"
+    );
+    let mut calls = Value::Null;
+    let alone = wait_until(Duration::from_secs(10), || {
+        calls = gw.api("GET", "/api/calls", None).json();
+        calls.as_array().is_some_and(|c| c.len() == 1)
+    });
+    assert!(alone, "alice's calls are still listed: {calls:#}");
+    let moved = [moved_call(&emu, CALLED), moved_call(&emu, CONSULTED)];
+    assert_room_mix_reaches(&emu, &moved);
+    gw.admin_hang_up(room["id"].as_u64().expect("room id"));
+}

@@ -39,7 +39,8 @@ use tokio::sync::{broadcast, mpsc};
 use tracing::Instrument;
 
 use super::b2bua::{
-    EndReason, Handover, Input, ReferRefusal, RoomOutcome, TransferTarget, new_invite, party_aor,
+    EndReason, Handover, Input, ReferRefusal, RoomOutcome, Sbc, TransferTarget, contact_for,
+    new_invite, party_aor, teams_timer, via_for,
 };
 use super::leg::{CallInfo, LegInfo, LegKind, LineState, UserState};
 use super::record::{CallRecord, Direction as LogDirection, MessageLog};
@@ -54,8 +55,26 @@ use crate::media::{Latch, LegCounters, PortPool, is_rtp_v2};
 /// The conference user when `Data.SipConfig.ConferenceUri` is not set.
 pub const DEFAULT_USER: &str = "conference";
 
+/// The name prefix of the private rooms that bridge an attended transfer's two parties
+/// (`transfer+<call>`): no dial-in reaches them (room names dialled have no `+`), and a bridge
+/// left with one party ends.
+pub const BRIDGE_PREFIX: &str = "transfer+";
+
+/// How long a bridge may hold fewer than two parties with nobody on the way before the one
+/// left is hung up (its two moves start together; a failed or missing one leaves it alone).
+const BRIDGE_GRACE: Duration = Duration::from_secs(5);
+
 /// The methods a room accepts in its dialogs (Allow).
 const ROOM_ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO";
+
+/// The Allow a room sends a party: the trunk's list (Teams transfers only where it lists REFER)
+/// to Teams, the room's own to a phone.
+fn allow(sbc: Option<&Sbc>) -> &'static str {
+    match sbc {
+        Some(_) => crate::trunk::ALLOW,
+        None => ROOM_ALLOW,
+    }
+}
 
 /// RFC 3261 T1 and T2, for retransmitting a 200 until its ACK (§13.3.1.4).
 const T1: Duration = Duration::from_millis(500);
@@ -217,6 +236,8 @@ struct Member {
     party: String,
     remote: Remote,
     local: SocketAddr,
+    /// The trunk's names when the participant is Teams.
+    sbc: Option<Sbc>,
     dialog: Dialog,
     rtp: UdpSocket,
     rtcp: UdpSocket,
@@ -345,6 +366,10 @@ struct Room {
     /// The ACK sent for each answered invitation, by request tag (a retransmitted 200 gets it
     /// again).
     acks: Vec<(u32, Remote, Request)>,
+    /// The room bridges an attended transfer ([`BRIDGE_PREFIX`]), and since when it has been
+    /// short of two parties.
+    bridge: bool,
+    lonely_since: Option<Instant>,
 }
 
 /// A party the room has offered its media to and waits for: called in because a participant
@@ -354,6 +379,8 @@ struct Invitation {
     tag: u32,
     to: Remote,
     local: SocketAddr,
+    /// The trunk's names when the party is Teams.
+    sbc: Option<Sbc>,
     party: String,
     rtp: UdpSocket,
     rtcp: UdpSocket,
@@ -515,15 +542,6 @@ fn offer_sdp(rtp: SocketAddr, sdes: impl FnOnce(&mut Media)) -> Bytes {
     Bytes::from(s)
 }
 
-/// A top Via for a request the room sends on a participant's flow.
-fn via_for(transport: Transport, local: SocketAddr, rng: &mut dyn RngCore) -> String {
-    format!(
-        "SIP/2.0/{} {local};branch=z9hG4bK{:016x};rport",
-        transport.via_token(),
-        rng.next_u64()
-    )
-}
-
 /// Whether our answer to `offer` lets the room send on the audio section (not when the phone
 /// holds with `sendonly` or `inactive`).
 fn we_send(offer: &Sdp, audio: usize) -> bool {
@@ -588,7 +606,10 @@ impl Room {
             srtp: first.media.srtp,
             invitations: Vec::new(),
             acks: Vec::new(),
+            bridge: false,
+            lonely_since: None,
         };
+        r.bridge = r.name.starts_with(BRIDGE_PREFIX);
         r.focus = format!("<sip:{}@{}>", r.room_user(), first.host);
         r
     }
@@ -607,7 +628,12 @@ impl Room {
         }
     }
 
-    fn contact(&self, transport: Transport, local: SocketAddr) -> String {
+    /// The room's Contact on a party's flow: the focus (`isfocus`, RFC 4579) to a phone, the
+    /// trunk's FQDN to Teams (Direct Routing refuses a Contact without it).
+    fn contact(&self, transport: Transport, local: SocketAddr, sbc: Option<&Sbc>) -> String {
+        if sbc.is_some() {
+            return contact_for(transport, local, sbc);
+        }
         let user = self.room_user();
         match transport {
             Transport::Udp => format!("<sip:{user}@{local}>;isfocus"),
@@ -690,7 +716,7 @@ impl Room {
             return self.refuse(&join, 488, "codec not mixable");
         }
         let tag = format!("{:016x}", self.rng.next_u64());
-        let contact = self.contact(join.from.transport, join.local);
+        let contact = self.contact(join.from.transport, join.local, None);
         let Some(dialog) = Dialog::uas(&join.invite, &tag, &contact) else {
             self.mixer.remove(id);
             return self.refuse(&join, 400, "the INVITE makes no dialog (From tag, Contact)");
@@ -716,6 +742,7 @@ impl Room {
             party: join.party,
             remote: join.from,
             local: join.local,
+            sbc: None,
             dialog,
             rtp,
             rtcp,
@@ -745,14 +772,16 @@ impl Room {
             self.record.status = Some(200);
         }
         // A participant dialled in (or was moved in by its own call's transfer): the room is
-        // a call it placed.
-        let _ = self.states.send(UserState {
-            aor: m.party.clone(),
-            state: LineState::Busy,
-            call: self.no,
-            caller: true,
-            dialog: None,
-        });
+        // a call it placed. (A Teams party is no user of this gateway.)
+        if m.sbc.is_none() {
+            let _ = self.states.send(UserState {
+                aor: m.party.clone(),
+                state: LineState::Busy,
+                call: self.no,
+                caller: true,
+                dialog: None,
+            });
+        }
         self.members.push(m);
     }
 
@@ -806,25 +835,29 @@ impl Room {
         self.respond(key, from.addr, req.response(202, "Accepted"));
         self.notify(i, 100);
         // The party is offered SRTP as a call would offer it that device (a phone that swaps
-        // its SRTP call for the room by Replaces keeps SRTP).
-        let rule = self.srtp.leg(target.to.transport, false);
+        // its SRTP call for the room by Replaces keeps SRTP; Teams always gets it).
+        let rule = self.srtp.leg(target.to.transport, target.sbc.is_some());
         let sdes = Sdes::new(&mut self.rng);
         let body = offer_sdp(SocketAddr::new(target.local.ip(), port), |m| {
             sdes.give_offer(rule, m)
         });
         let from_tag = format!("{:016x}", self.rng.next_u64());
+        // Through the trunk the caller is the referrer's number, as the switch asserted it.
+        let caller = t.asserted.clone().unwrap_or_else(|| self.focus.clone());
         let mut invite = new_invite(
             &target,
-            &self.focus,
+            &caller,
             &from_tag,
             &t.to,
             &t.call_id,
             body,
             &mut self.rng,
         );
-        invite
-            .headers
-            .set("Contact", self.contact(target.to.transport, target.local));
+        let contact = self.contact(target.to.transport, target.local, target.sbc.as_ref());
+        invite.headers.set("Contact", contact);
+        if target.sbc.is_some() {
+            teams_timer(&mut invite.headers);
+        }
         invite.headers.push("Referred-By", format!("<{referrer}>"));
         if let Some(r) = &t.replaces {
             // A device that cannot replace must refuse (420), not ring a second call.
@@ -843,6 +876,7 @@ impl Room {
             tag,
             to: target.to,
             local: target.local,
+            sbc: target.sbc,
             party: t.party,
             rtp,
             rtcp,
@@ -883,6 +917,7 @@ impl Room {
             to,
             local,
             party,
+            sbc,
             ..
         } = leg;
         let pair = ports
@@ -898,15 +933,19 @@ impl Room {
             return self.tell_call(call, &dialog, outcome);
         };
         self.srtp = srtp;
-        let rule = srtp.leg(to.transport, false);
+        let rule = srtp.leg(to.transport, sbc.is_some());
         let sdes = Sdes::new(&mut self.rng);
         let body = offer_sdp(SocketAddr::new(local.ip(), port), |m| {
             sdes.give_offer(rule, m)
         });
-        dialog.local_contact = self.contact(to.transport, local);
-        let via = via_for(to.transport, local, &mut self.rng);
+        dialog.local_contact = self.contact(to.transport, local, sbc.as_ref());
+        let via = via_for(to.transport, local, sbc.as_ref(), &mut self.rng);
         let mut invite = dialog.request(Method::Invite, &via);
-        invite.headers.push("Allow", ROOM_ALLOW);
+        invite.headers.push("Allow", allow(sbc.as_ref()));
+        if sbc.is_some() {
+            // Teams refreshes the session with the room as it did with the call.
+            teams_timer(&mut invite.headers);
+        }
         invite.headers.push("Content-Type", "application/sdp");
         invite.body = body;
         let tag = self.tag();
@@ -922,6 +961,7 @@ impl Room {
             tag,
             to,
             local,
+            sbc,
             party,
             rtp,
             rtcp,
@@ -966,7 +1006,7 @@ impl Room {
     fn notify(&mut self, i: usize, status: u16) {
         let tag = self.tag();
         let m = &mut self.members[i];
-        let via = via_for(m.remote.transport, m.local, &mut self.rng);
+        let via = via_for(m.remote.transport, m.local, m.sbc.as_ref(), &mut self.rng);
         let mut req = m.dialog.request(Method::Notify, &via);
         req.headers.push("Event", "refer");
         req.headers.push(
@@ -1027,7 +1067,7 @@ impl Room {
             },
             How::Moved { dialog, seq, .. } => (dialog.clone(), *seq),
         };
-        let via = via_for(inv.to.transport, inv.local, &mut self.rng);
+        let via = via_for(inv.to.transport, inv.local, inv.sbc.as_ref(), &mut self.rng);
         let ack = dialog.ack(seq, &via);
         self.log.request(LogDirection::Out, inv.to.addr, &ack);
         self.out
@@ -1056,7 +1096,7 @@ impl Room {
         self.next_id += 1;
         let mut latch = Latch::default();
         latch.expect(answer.rtp_addr(audio), inv.to.addr.ip());
-        dialog.local_contact = self.contact(inv.to.transport, inv.local);
+        dialog.local_contact = self.contact(inv.to.transport, inv.local, inv.sbc.as_ref());
         match &inv.how {
             How::Referred { referrer, .. } => self.notify_referrer(*referrer, 200),
             How::Moved { call, .. } => self.out.push_back(CallAction::RoomOutcome {
@@ -1071,6 +1111,7 @@ impl Room {
             party: inv.party,
             remote: inv.to,
             local: inv.local,
+            sbc: inv.sbc,
             dialog,
             rtp: inv.rtp,
             rtcp: inv.rtcp,
@@ -1093,7 +1134,7 @@ impl Room {
     /// The party answered with SDP the room cannot use: it is hung up at once and the
     /// referrer (or the call it came from) hears 488.
     fn unusable_answer(&mut self, dialog: &mut Dialog, inv: Invitation) {
-        let via = via_for(inv.to.transport, inv.local, &mut self.rng);
+        let via = via_for(inv.to.transport, inv.local, inv.sbc.as_ref(), &mut self.rng);
         let bye = dialog.request(Method::Bye, &via);
         let tag = self.tag();
         self.log.request(LogDirection::Out, inv.to.addr, &bye);
@@ -1138,6 +1179,21 @@ impl Room {
     }
 
     /// The room ends when nobody is in it and nobody is being called in.
+    /// A transfer's bridge is for two: short of two parties, with nobody on the way, for
+    /// [`BRIDGE_GRACE`] (one hung up, a move failed or never came), it hangs up the one left
+    /// and ends.
+    fn end_lonely_bridge(&mut self, now: Instant) {
+        if self.members.len() >= 2 || !self.invitations.is_empty() {
+            self.lonely_since = None;
+            return;
+        }
+        let since = *self.lonely_since.get_or_insert(now);
+        if now.duration_since(since) >= BRIDGE_GRACE && !self.members.is_empty() {
+            tracing::info!(room = %self.name, "the transfer's bridge has one party left: hung up");
+            self.hang_up(0);
+        }
+    }
+
     fn end_if_empty(&mut self) {
         if self.members.is_empty() && self.invitations.is_empty() {
             self.end(EndReason::CallerHungUp);
@@ -1326,13 +1382,15 @@ impl Room {
         let m = self.members.remove(i);
         self.mixer.remove(m.id);
         tracing::info!(room = %self.name, party = %m.party, participants = self.members.len(), "left the conference");
-        let _ = self.states.send(UserState {
-            aor: m.party,
-            state: LineState::Idle,
-            call: self.no,
-            caller: true,
-            dialog: None,
-        });
+        if m.sbc.is_none() {
+            let _ = self.states.send(UserState {
+                aor: m.party,
+                state: LineState::Idle,
+                call: self.no,
+                caller: true,
+                dialog: None,
+            });
+        }
         self.end_if_empty();
     }
 
@@ -1340,7 +1398,7 @@ impl Room {
     fn hang_up(&mut self, i: usize) {
         let tag = self.tag();
         let m = &mut self.members[i];
-        let via = via_for(m.remote.transport, m.local, &mut self.rng);
+        let via = via_for(m.remote.transport, m.local, m.sbc.as_ref(), &mut self.rng);
         let req = m.dialog.request(Method::Bye, &via);
         let to = m.remote;
         self.log.request(LogDirection::Out, to.addr, &req);
@@ -1384,6 +1442,9 @@ impl Room {
     /// and send each participant its mix.
     fn tick(&mut self, now: Instant) {
         self.cancel_unanswered(now);
+        if self.bridge {
+            self.end_lonely_bridge(now);
+        }
         let mut no_ack = Vec::new();
         for (i, m) in self.members.iter_mut().enumerate() {
             if let Some((key, ok, next, interval, give_up)) = m.unacked.as_mut()
@@ -1519,7 +1580,10 @@ impl Room {
                 .members
                 .iter()
                 .map(|m| LegInfo {
-                    kind: LegKind::Phone,
+                    kind: match m.sbc {
+                        Some(_) => LegKind::Teams,
+                        None => LegKind::Phone,
+                    },
                     party: m.party.clone(),
                     signalling: m.remote.addr.to_string(),
                     media: m.latch.latched().map(|a| a.to_string()),
@@ -1704,6 +1768,7 @@ mod tests {
         assert!(pick(&srtp).is_ok());
     }
 
+    use super::super::b2bua::Target;
     use crate::config::SrtpMode;
     use crate::media::codec::{Decoder, Encoder};
     use crate::media::rtp::{self, RtpSender};
@@ -2121,6 +2186,7 @@ mod tests {
                 to: j.from,
                 local: j.local,
                 party: j.party,
+                sbc: None,
             },
             media: j.media,
         })
@@ -2278,6 +2344,187 @@ mod tests {
         };
         assert_eq!(outcome(&r), Some((7, "alice-call".into(), gone)));
         assert!(r.ended);
+    }
+
+    /// Issue 5: a Teams party moved in (a phone REFERred its call to Teams into the room) is
+    /// re-INVITEd as the trunk speaks: Via and Contact with the gateway's FQDN (no `isfocus`),
+    /// the trunk's Allow (with REFER), the Direct Routing session timer, an RTP/SAVP offer
+    /// whatever the phones' SRTP setting. Its SRTP answer makes it an SRTP participant shown
+    /// as a Teams leg, for which no user of this gateway goes Busy; the room's BYE to it names
+    /// the FQDN too.
+    #[test]
+    fn a_teams_party_moved_in_is_reinvited_as_the_trunk_speaks() {
+        let now = Instant::now();
+        let Arrival::Move(mut teams) = moved("teams", 5061) else {
+            unreachable!("moved() makes a move");
+        };
+        teams.leg.to.transport = Transport::Tls;
+        teams.leg.party = "sip:+12065550123@sip.pstnhub.microsoft.com".into();
+        teams.leg.sbc = Some(Sbc {
+            fqdn: "sbc1.csps.test".into(),
+            port: 5061,
+            user: "+14255550100".into(),
+        });
+        let teams = Arrival::Move(teams);
+        let mut r = room_for_arrival(&teams);
+        let mut states = r.states.subscribe();
+        r.arrive(now, teams);
+        let (tag, reinvite) = last_sent(&r, Method::Invite);
+        let h = |name| reinvite.headers.get(name).unwrap_or_default().to_owned();
+        assert!(
+            h("Via").starts_with("SIP/2.0/TLS sbc1.csps.test:5061;"),
+            "{reinvite:?}"
+        );
+        assert_eq!(
+            h("Contact"),
+            "<sip:+14255550100@sbc1.csps.test:5061;transport=tls>"
+        );
+        assert_eq!(h("Allow"), crate::trunk::ALLOW);
+        assert!(
+            h("Session-Expires").ends_with(";refresher=uas"),
+            "{reinvite:?}"
+        );
+        let offer = Sdp::parse(&reinvite.body).expect("the room's offer");
+        assert_eq!(offer.media[0].proto, "RTP/SAVP");
+        let tag_offered = offer.media[0].crypto()[0].tag;
+        let answer = format!(
+            "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+             m=audio 30000 RTP/SAVP 0\r\na=rtpmap:0 PCMU/8000\r\na=crypto:{tag_offered} \
+             AES_CM_128_HMAC_SHA1_80 inline:YUJDZGVmZ2hpSktMbW5vcFFyc3RVdnd4eXoxMjM0|2^31|1:1\r\n"
+        );
+        let mut ok = reinvite.response(200, "OK");
+        ok.headers.push("Content-Type", "application/sdp");
+        ok.body = Bytes::from(answer);
+        r.on_response(tag, ok);
+        assert_eq!(
+            outcome(&r),
+            Some((7, "teams-call".into(), RoomOutcome::Joined))
+        );
+        let info = r.snapshot(Utc::now());
+        assert_eq!(info.legs.len(), 1);
+        assert_eq!(info.legs[0].kind, LegKind::Teams);
+        assert!(info.legs[0].srtp, "the Teams leg speaks SRTP");
+        assert!(states.try_recv().is_err(), "no Busy for a Teams party");
+        r.hang_up(0);
+        let (_, bye) = last_sent(&r, Method::Bye);
+        assert!(
+            bye.headers
+                .get("Via")
+                .is_some_and(|v| v.starts_with("SIP/2.0/TLS sbc1.csps.test:5061;")),
+            "{bye:?}"
+        );
+        assert!(r.ended);
+    }
+
+    /// Issue 5: a participant's REFER to a number the switch routed to Teams (a trunk target,
+    /// the referrer's number asserted): the room's INVITE goes out as the trunk's do (Via and
+    /// Contact with the FQDN, the asserted caller as From, the session timer, an RTP/SAVP offer
+    /// although the room's phones speak plain RTP), and Teams' SRTP answer makes it an SRTP
+    /// Teams participant.
+    #[test]
+    fn a_participant_refers_a_teams_number_in_through_the_trunk() {
+        let now = Instant::now();
+        let j = join_of(("alice", 5074, SrtpPolicy::default()), 4000, "RTP/AVP", &[]);
+        let mut r = room_for(&j);
+        r.join(now, j);
+        let to_tag = r.members[0].dialog.local_tag.clone();
+        let from = r.members[0].remote;
+        let mut refer = in_dialog("REFER", 2, &to_tag, None);
+        refer
+            .headers
+            .push("Refer-To", "<sip:+12065550123@csps.local>");
+        let teams = Target {
+            to: Remote {
+                transport: Transport::Tls,
+                addr: "127.0.0.1:5071".parse().expect("addr"),
+                flow: None,
+            },
+            uri: csps_sip::Uri::parse("sip:+12065550123@sip.pstnhub.microsoft.com;user=phone")
+                .expect("uri"),
+            local: "127.0.0.1:5061".parse().expect("addr"),
+            sbc: Some(Sbc {
+                fqdn: "sbc1.csps.test".into(),
+                port: 5061,
+                user: "+14255550100".into(),
+            }),
+        };
+        let asserted = "<sip:+14255550100@sbc1.csps.test;user=phone>";
+        let target = TransferTarget {
+            targets: vec![teams],
+            to: "<sip:+12065550123@sip.pstnhub.microsoft.com;user=phone>".into(),
+            party: "sip:+12065550123@sip.pstnhub.microsoft.com".into(),
+            call_id: "room-out".into(),
+            replaces: None,
+            referrer: None,
+            asserted: Some(asserted.into()),
+        };
+        let key = super::super::b2bua::tests::key_for(&refer, "127.0.0.1:5074");
+        r.on_refer(now, key, from, refer, Ok(target));
+        let (tag, invite) = last_sent(&r, Method::Invite);
+        let h = |name| invite.headers.get(name).unwrap_or_default().to_owned();
+        assert!(
+            h("Via").starts_with("SIP/2.0/TLS sbc1.csps.test:5061;"),
+            "{invite:?}"
+        );
+        assert_eq!(
+            h("Contact"),
+            "<sip:+14255550100@sbc1.csps.test:5061;transport=tls>"
+        );
+        assert!(h("From").starts_with(asserted), "{invite:?}");
+        assert!(
+            h("Session-Expires").ends_with(";refresher=uas"),
+            "{invite:?}"
+        );
+        let offer = Sdp::parse(&invite.body).expect("the room's offer");
+        assert_eq!(offer.media[0].proto, "RTP/SAVP");
+        let answer = format!(
+            "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+             m=audio 30000 RTP/SAVP 0\r\na=rtpmap:0 PCMU/8000\r\na=crypto:{} \
+             AES_CM_128_HMAC_SHA1_80 inline:YUJDZGVmZ2hpSktMbW5vcFFyc3RVdnd4eXoxMjM0|2^31|1:1\r\n",
+            offer.media[0].crypto()[0].tag
+        );
+        let mut ok = invite.response(200, "OK");
+        ok.headers.set("To", format!("{};tag=teams", h("To")));
+        ok.headers.push(
+            "Contact",
+            "<sip:sip.pstnhub.microsoft.com:5061;transport=tls>",
+        );
+        ok.headers.push("Content-Type", "application/sdp");
+        ok.body = Bytes::from(answer);
+        r.on_response(tag, ok);
+        let info = r.snapshot(Utc::now());
+        let kinds: Vec<_> = info.legs.iter().map(|l| (l.kind, l.srtp)).collect();
+        assert_eq!(kinds, [(LegKind::Phone, false), (LegKind::Teams, true)]);
+    }
+
+    /// A transfer's bridge goes on with two parties; left with one (the other hung up, or its
+    /// move failed or never came) it hangs that one up after the grace, and ends.
+    #[test]
+    fn a_bridge_left_with_one_party_hangs_it_up() {
+        let now = Instant::now();
+        let alice = join_of(("alice", 5074, SrtpPolicy::default()), 4000, "RTP/AVP", &[]);
+        let mut r = room_for(&alice);
+        r.name = format!("{BRIDGE_PREFIX}7");
+        r.bridge = true;
+        r.join(now, alice);
+        r.tick(now);
+        r.tick(now + BRIDGE_GRACE / 2);
+        let bob = join_of(("bob", 5075, SrtpPolicy::default()), 4002, "RTP/AVP", &[]);
+        r.join(now + BRIDGE_GRACE / 2, bob);
+        let later = now + BRIDGE_GRACE * 2;
+        r.tick(later);
+        assert_eq!((r.members.len(), r.ended), (2, false), "two talk on");
+        r.leave(1);
+        r.tick(later);
+        r.tick(later + BRIDGE_GRACE / 2);
+        assert_eq!(r.members.len(), 1, "the grace");
+        r.tick(later + BRIDGE_GRACE);
+        assert!(
+            r.members.is_empty() && r.ended,
+            "alice is hung up, the bridge ends"
+        );
+        let (_, bye) = last_sent(&r, Method::Bye);
+        assert_eq!(bye.call_id(), Some("alice-call"));
     }
 
     /// The room's offer to a party it calls in carries SRTP as a call's offer to that device

@@ -656,6 +656,21 @@ impl Switch {
             };
             return self.send(no, input);
         }
+        if let Some((consult, keep, room)) = self.bridged_transfer(&req, no, from) {
+            tracing::info!(room = %room.name, consultation = consult, "attended transfer to a party no INVITE with Replaces reaches: bridged in a private room");
+            let pull = b2bua::Input::PullToRoom {
+                room: room.clone(),
+                keep,
+            };
+            self.send(consult, pull);
+            let input = b2bua::Input::ReferToRoom {
+                key,
+                from,
+                req,
+                room,
+            };
+            return self.send(no, input);
+        }
         let call_id = format!(
             "{:016x}{:016x}@{}",
             cx.rng.next_u64(),
@@ -698,6 +713,44 @@ impl Switch {
             name,
             host: uri.host,
         })
+    }
+
+    /// An attended transfer (RFC 5589 §7: a Refer-To with Replaces naming the referrer's own
+    /// dialog of its consultation call, another call on this server) whose consultation party
+    /// is no device of this gateway (a Teams party, a web phone), which an INVITE with Replaces
+    /// cannot reach: the gateway bridges the transferee and that party in a private room
+    /// instead, named `transfer+<call>` (no room a phone can dial: dial-in names have no `+`).
+    /// The consultation call, the referrer's dialog there (the gateway's tag) and the room;
+    /// `None` for anything else (a REFER from Teams or in a room, a consultation party that is
+    /// a device, someone else's dialog), which the usual transfer handles.
+    fn bridged_transfer(
+        &self,
+        req: &Request,
+        no: CallNo,
+        from: Remote,
+    ) -> Option<(CallNo, String, b2bua::RoomRef)> {
+        if self.trunk.borrow().is_trunk(&from) || self.rooms.values().any(|n| *n == no) {
+            return None;
+        }
+        let uri = csps_sip::headers::NameAddr::parse(req.headers.get("Refer-To")?)
+            .ok()?
+            .uri;
+        let r = csps_sip::replaces::Replaces::in_uri(&uri).ok()??;
+        let (consult, named, other) = self.directory.replaced(&r, no)?;
+        if other.is_some() {
+            return None;
+        }
+        let referrer = self
+            .directory
+            .leg(no, req.call_id()?, req.from_hdr()?.tag()?)?;
+        if b2bua::party_aor(&referrer.party) != b2bua::party_aor(&named.party) {
+            return None;
+        }
+        let room = b2bua::RoomRef {
+            name: format!("{}{no}", conference::BRIDGE_PREFIX),
+            host: uri.host,
+        };
+        Some((consult, named.gateway_tag, room))
     }
 
     /// Where a REFER's Refer-To leads: the registered devices of a local user, or, with a

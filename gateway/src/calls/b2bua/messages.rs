@@ -16,7 +16,7 @@ pub(super) fn via(t: &Target, rng: &mut dyn RngCore) -> String {
     via_for(t.to.transport, t.local, t.sbc.as_ref(), rng)
 }
 
-pub(super) fn via_for(
+pub(crate) fn via_for(
     transport: Transport,
     local: SocketAddr,
     sbc: Option<&Sbc>,
@@ -37,7 +37,7 @@ pub(super) fn via_for(
     }
 }
 
-pub(super) fn contact_for(transport: Transport, local: SocketAddr, sbc: Option<&Sbc>) -> String {
+pub(crate) fn contact_for(transport: Transport, local: SocketAddr, sbc: Option<&Sbc>) -> String {
     match (sbc, transport) {
         (Some(s), _) => format!("<sip:{}@{}:{};transport=tls>", s.user, s.fqdn, s.port),
         (None, Transport::Udp) => format!("<sip:csps@{local}>"),

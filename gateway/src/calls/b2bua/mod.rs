@@ -39,8 +39,9 @@ mod replaces;
 mod timers;
 mod transfer;
 
-pub(crate) use messages::new_invite;
-use messages::{contact_for, hex_token};
+use messages::hex_token;
+pub(crate) use messages::{contact_for, new_invite, via_for};
+pub(crate) use timers::teams_timer;
 
 /// How long the callee's devices ring before the caller gets 480.
 pub const NO_ANSWER: Duration = Duration::from_secs(60);
@@ -193,6 +194,15 @@ pub enum Input {
         /// The room the Refer-To names.
         room: RoomRef,
     },
+    /// The other half of an attended transfer whose consultation party is no device of this
+    /// gateway (Teams, a web phone): that party goes to `room`, where the transferee is moved
+    /// too; `keep` is the gateway's tag of the transferor's dialog in this call.
+    PullToRoom {
+        /// The private room the transfer bridges in.
+        room: RoomRef,
+        /// The transferor's dialog (the gateway's tag), which is not moved.
+        keep: String,
+    },
     /// How the move of this call's transferee into a room ended (the room's word, through
     /// the switch).
     RoomOutcome(RoomOutcome),
@@ -221,6 +231,8 @@ pub struct Handover {
     pub local: SocketAddr,
     /// The leg's party (`sip:user@domain`).
     pub party: String,
+    /// The trunk's names when the leg is Teams (FQDN in Via and Contact, its session timer).
+    pub sbc: Option<Sbc>,
 }
 
 /// How a [`Handover`] ended.
@@ -546,6 +558,9 @@ struct Moving {
     x_is_a: bool,
     /// The transferor hung up (or the call was hung up) meanwhile.
     x_gone: bool,
+    /// The transferor REFERred in this call (it hears the outcome by NOTIFY); else the move
+    /// is the consultation half of an attended transfer bridged in a room.
+    referred: bool,
 }
 
 /// A re-INVITE the gateway itself sent (to a transferee, with the new party's media).
@@ -793,6 +808,7 @@ impl Call {
             } => self.on_refer(now, key, req, *target),
             Input::Replace(r) => self.on_replace(now, *r),
             Input::ReferToRoom { key, req, room, .. } => self.on_refer_to_room(key, req, room),
+            Input::PullToRoom { room, keep } => self.on_pull_to_room(room, &keep),
             Input::RoomOutcome(o) => self.on_room_outcome(now, o),
             Input::Timeout { tag } => {
                 if let Some(i) = self.transfer_fork(tag) {

@@ -30,7 +30,7 @@ pub(super) fn supports_timer(h: &Headers) -> bool {
 
 /// Direct Routing expects session timers: a new leg to Teams whose other side asked none
 /// offers ours, and Teams refreshes (the gateway relays refreshes).
-pub(super) fn teams_timer(h: &mut Headers) {
+pub(crate) fn teams_timer(h: &mut Headers) {
     h.push(
         "Session-Expires",
         format!("{TEAMS_SESSION_EXPIRES};refresher=uas"),

@@ -193,20 +193,40 @@ impl Call {
     /// network conference asks the other party to join, or a user transfers a caller into a
     /// meeting room): 202 and NOTIFY `100`, then the other party (Y) is handed to the room,
     /// which re-INVITEs Y in its dialog with the room's media; the final NOTIFY is the room's
-    /// outcome ([`Call::on_room_outcome`]). Refusals as for a transfer; a Teams trunk leg cannot
-    /// be moved into a room (the room speaks to phones only): NOTIFY `501`, both keep the call.
+    /// outcome ([`Call::on_room_outcome`]). Refusals as for a transfer. A Teams party is moved
+    /// as a phone is, the room speaking to it as the trunk does (FQDN, SRTP, session timer).
     pub(super) fn on_refer_to_room(&mut self, key: TxnKey, req: Request, room: RoomRef) {
         let Some(from_a) = self.referrer(key, &req) else {
             return;
         };
-        let y_is_a = !from_a;
         let resp = self.refusal(&req, 202, None);
         self.out.push_back(Output::Respond { key, resp });
         self.notify_transferor(from_a, 100);
-        if self.sbc_of(y_is_a).is_some() {
-            tracing::info!(room = %room.name, "a Teams party cannot be moved into a conference room");
-            return self.notify_transferor(from_a, 501);
+        if let Err(status) = self.hand_to_room(from_a, room, true) {
+            self.notify_transferor(from_a, status);
         }
+    }
+
+    /// The consultation call of an attended transfer bridged in `room` (the transferee's call
+    /// moves its party there, see [`Input::PullToRoom`]): the other party of the transferor's
+    /// dialog `keep` goes to the room too, and once it is in, the transferor gets a BYE here
+    /// (as the target of an attended transfer ends the consultation dialog, RFC 5589 §7.2). No
+    /// NOTIFY: the REFER was the other call's. A call that is not settled keeps its party.
+    pub(super) fn on_pull_to_room(&mut self, room: RoomRef, keep: &str) {
+        if self.session_changing() {
+            tracing::warn!(room = %room.name, "the consultation call is not settled: its party stays");
+            return;
+        }
+        let x_is_a = self.a_dialog.as_ref().is_some_and(|d| d.local_tag == keep);
+        if let Err(status) = self.hand_to_room(x_is_a, room, false) {
+            tracing::warn!(status, "the consultation call's party cannot be moved");
+        }
+    }
+
+    /// Hands the party other than the transferor (leg A: `x_is_a`) to `room`; `referred`: the
+    /// transferor hears the outcome by NOTIFY. `Err(481)` when that party has no dialog.
+    fn hand_to_room(&mut self, x_is_a: bool, room: RoomRef, referred: bool) -> Result<(), u16> {
+        let y_is_a = !x_is_a;
         let leg = if y_is_a {
             self.a_dialog
                 .clone()
@@ -217,21 +237,25 @@ impl Call {
                 .and_then(|f| Some((f.dialog.clone()?, f.target.to, f.target.local)))
         };
         let Some((dialog, to, local)) = leg else {
-            return self.notify_transferor(from_a, 481);
+            return Err(481);
         };
         tracing::info!(room = %room.name, leg = if y_is_a { "A" } else { "B" }, "moving the other party into a conference room");
         self.moving = Some(Moving {
-            x_is_a: from_a,
+            x_is_a,
             x_gone: false,
+            referred,
         });
         let party = self.party_aor(y_is_a);
+        let sbc = self.sbc_of(y_is_a).cloned();
         self.out.push_back(Output::ToRoom(Box::new(Handover {
             room,
             dialog,
             to,
             local,
             party,
+            sbc,
         })));
+        Ok(())
     }
 
     /// True while leg A's (`a`) or B's dialog is the room's (its device is being moved there).
@@ -270,7 +294,7 @@ impl Call {
                 (status, gone)
             }
         };
-        if x_here {
+        if x_here && m.referred {
             self.notify_transferor(x_is_a, status);
         }
         tracing::info!(status, "the move into the conference room ended");

@@ -310,13 +310,18 @@ fn alice_refers_to_room(c: &mut Call, now: Instant, a_tag: &str, seq: u32) -> Ve
     drain(c)
 }
 
-/// Issue 4: a phone in a call with Teams REFERs the Teams leg to a room: 202, NOTIFY 100
-/// and 501 (the room speaks to phones only), nothing is handed over, and the call goes on
-/// (the phone's hold is relayed to Teams).
+/// Issue 5: a phone in a call with Teams REFERs the Teams leg to a room: 202, NOTIFY 100,
+/// and the Teams leg's dialog is handed to the room with the trunk's names (the room speaks
+/// to it as the trunk does); meanwhile the phone's hold is not sent to Teams (491).
 #[test]
-fn a_teams_leg_is_not_moved_into_a_room() {
+fn a_teams_leg_is_moved_into_a_room_with_the_trunks_names() {
     let t0 = Instant::now();
     let mut s = setup(OFFER, "", SrtpPolicy::default(), false);
+    let sbc = Sbc {
+        fqdn: "sbc1.csps.test".into(),
+        port: 5061,
+        user: "+14255550100".into(),
+    };
     s.targets = vec![Target {
         to: Remote {
             transport: Transport::Tls,
@@ -324,11 +329,7 @@ fn a_teams_leg_is_not_moved_into_a_room() {
         },
         uri: Uri::parse("sip:+12065550123@sip.pstnhub.microsoft.com;user=phone").expect("uri"),
         local: "192.0.2.1:5061".parse().expect("addr"),
-        sbc: Some(Sbc {
-            fqdn: "sbc1.csps.test".into(),
-            port: 5061,
-            user: "+14255550100".into(),
-        }),
+        sbc: Some(sbc.clone()),
     }];
     let mut c = started(s, t0);
     let (a_tag, ..) = answer_first(&mut c, t0, SRTP_ANSWER);
@@ -336,11 +337,14 @@ fn a_teams_leg_is_not_moved_into_a_room() {
     let out = alice_refers_to_room(&mut c, t0, &a_tag, 3);
     assert_eq!(responses_to_a(&out)[0].status, 202);
     let n: Vec<_> = notifies(&out).into_iter().map(|n| n.2).collect();
-    assert_eq!(
-        n,
-        ["SIP/2.0 100 Trying\r\n", "SIP/2.0 501 Not Implemented\r\n"]
-    );
-    assert!(!out.iter().any(|o| matches!(o, Output::ToRoom(_))));
+    assert_eq!(n, ["SIP/2.0 100 Trying\r\n"]);
+    let handed = out.iter().find_map(|o| match o {
+        Output::ToRoom(h) => Some(h),
+        _ => None,
+    });
+    let handed = handed.expect("the Teams leg is handed to the room");
+    assert_eq!(handed.sbc.as_ref(), Some(&sbc));
+    assert_eq!(handed.to.transport, Transport::Tls);
     let out = request_in(
         &mut c,
         t0,
@@ -348,9 +352,10 @@ fn a_teams_leg_is_not_moved_into_a_room() {
         "203.0.113.5:5060",
     );
     assert!(
-        sent(&out, Method::Invite).is_some(),
-        "the hold goes to Teams"
+        sent(&out, Method::Invite).is_none(),
+        "nothing goes to Teams"
     );
+    assert_eq!(responses_to_a(&out)[0].status, 491);
 }
 
 /// Issue 4: alice REFERs her call with bob to a conference room (the switch resolved the
@@ -419,6 +424,13 @@ fn a_refer_to_a_room_hands_the_other_party_over_and_ends_once_it_joined() {
     let n = notifies(&out);
     assert_eq!(n.len(), 1, "{n:?}");
     assert_eq!(n[0].2, "SIP/2.0 200 OK\r\n");
+    // (bob's second device never answered the ringing: the call lingers for it.)
+    ends_moved_after_the_bye_to_alice(&mut c, t0, &a_tag, &out);
+}
+
+/// `out` has one BYE, to alice (203.0.113.5:5060), and the call does not end before her 200;
+/// after it (and the linger) the call ends, moved into the conference.
+fn ends_moved_after_the_bye_to_alice(c: &mut Call, t0: Instant, a_tag: &str, out: &[Output]) {
     let byes: Vec<_> = out
         .iter()
         .filter_map(|o| match o {
@@ -429,19 +441,85 @@ fn a_refer_to_a_room_hands_the_other_party_over_and_ends_once_it_joined() {
         })
         .collect();
     assert_eq!(byes.len(), 1, "a BYE to alice only: {byes:?}");
-    assert_eq!(byes[0].1, alice);
+    assert_eq!(byes[0].1, "203.0.113.5:5060");
     assert!(!out.iter().any(|o| matches!(o, Output::Ended)));
     c.handle(
         t0,
         Input::Response {
             tag: byes[0].0,
-            resp: reply(&byes[0].2, 200, &a_tag, None),
+            resp: reply(&byes[0].2, 200, a_tag, None),
         },
     );
-    // (bob's second device never answered the ringing: the call lingers for it.)
     c.handle_timeout(t0 + LINGER + Duration::from_secs(1));
-    assert!(drain(&mut c).iter().any(|o| matches!(o, Output::Ended)));
+    assert!(drain(c).iter().any(|o| matches!(o, Output::Ended)));
     assert_eq!(c.end_reason(), Some(EndReason::MovedToConference));
+}
+
+/// Issue 5, attended transfer to a Teams consultation party: this call is the consultation
+/// (alice and bob) and is told to pull bob into the transfer's private room. Bob's dialog is
+/// handed over, alice hears no NOTIFY (her REFER was in the other call) and her re-INVITE
+/// meanwhile gets 491; once bob joined, alice gets a BYE (as a transfer target ends the
+/// consultation dialog, RFC 5589 §7.2) and the call ends, moved into the conference. A
+/// failed move leaves both in the call, without NOTIFY.
+#[test]
+fn a_consultation_call_hands_its_other_party_to_the_transfers_room() {
+    let t0 = Instant::now();
+    let (mut c, a_tag, _) = confirmed(t0);
+    drain(&mut c);
+    let alice = "203.0.113.5:5060";
+    let room = RoomRef {
+        name: "transfer+1".into(),
+        host: "csps.local".into(),
+    };
+    let pull = |c: &mut Call| {
+        c.handle(
+            t0,
+            Input::PullToRoom {
+                room: room.clone(),
+                keep: a_tag.clone(),
+            },
+        );
+        let out = drain(c);
+        assert!(notifies(&out).is_empty(), "no NOTIFY: {out:?}");
+        out.into_iter()
+            .find_map(|o| match o {
+                Output::ToRoom(h) => Some(h),
+                _ => None,
+            })
+            .expect("bob handed to the room")
+    };
+    let h = pull(&mut c);
+    assert_eq!(
+        (h.party.as_str(), h.room.name.as_str()),
+        ("sip:bob@csps.local", "transfer+1")
+    );
+    let out = request_in(
+        &mut c,
+        t0,
+        in_dialog_a("INVITE", 3, &a_tag, Some(HOLD)),
+        alice,
+    );
+    assert_eq!(responses_to_a(&out)[0].status, 491);
+    c.handle(
+        t0,
+        Input::RoomOutcome(RoomOutcome::Failed {
+            status: 488,
+            local_seq: h.dialog.local_seq + 1,
+            gone: false,
+        }),
+    );
+    let out = drain(&mut c);
+    assert!(
+        notifies(&out).is_empty() && sent(&out, Method::Bye).is_none(),
+        "{out:?}"
+    );
+    assert!(c.is_answered(), "both keep the call");
+
+    pull(&mut c);
+    c.handle(t0, Input::RoomOutcome(RoomOutcome::Joined));
+    let out = drain(&mut c);
+    assert!(notifies(&out).is_empty(), "{out:?}");
+    ends_moved_after_the_bye_to_alice(&mut c, t0, &a_tag, &out);
 }
 
 /// Issue 5: Teams (the callee, through the trunk) transfers with a REFER the switch resolved
