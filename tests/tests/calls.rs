@@ -1354,6 +1354,21 @@ impl RawCall {
         self.rtp.send_to(&p, self.relay).expect("RTP");
     }
 
+    /// Alice's phone sends an RTCP receiver report on the stream it receives (RFC 3550 §6.4.2:
+    /// one report block with `fraction` lost in 1/256 and `jitter` in RTP clock units) to the
+    /// relay's RTCP port.
+    fn send_rr(&self, fraction: u8, jitter: u32) {
+        let mut p = vec![0x81, 201, 0, 7];
+        p.extend(0x1234_5678u32.to_be_bytes());
+        p.extend(0x0bad_cafeu32.to_be_bytes());
+        p.extend([fraction, 0, 0, 3]);
+        p.extend(1100u32.to_be_bytes());
+        p.extend(jitter.to_be_bytes());
+        p.extend([0u8; 8]);
+        let rtcp = std::net::SocketAddr::new(self.relay.ip(), self.relay.port() + 1);
+        self.rtp.send_to(&p, rtcp).expect("RTCP");
+    }
+
     /// The API's counters of leg `leg` (0: alice's).
     fn counters(&self, leg: usize) -> serde_json::Value {
         let calls = self.gw.api("GET", "/api/calls", None).json();
@@ -1392,7 +1407,9 @@ impl RawCall {
 /// which five never leave and two go out swapped. Her leg counts the five as lost (RFC 3550
 /// §6.4.1: expected from the sequence numbers, less received; the swap is no loss), and bob's
 /// leg, which echoes what reached it, the same five; the call's record keeps them and
-/// `csps_rtp_lost_total` adds them up once the call ended.
+/// `csps_rtp_lost_total` adds them up once the call ended. Her receiver report (25 % lost,
+/// jitter 80 units) is read as her leg's `remote_loss_permille` 250 and `remote_jitter_ms` 10,
+/// live and in the record.
 #[test]
 fn rtp_lost_counts_the_gaps_in_what_a_phone_sends() {
     let Some(call) = RawCall::start() else {
@@ -1415,9 +1432,21 @@ fn rtp_lost_counts_the_gaps_in_what_a_phone_sends() {
         let counters = call.counters(leg);
         assert_eq!(counters["rtp_lost"], 5, "leg {leg}: {counters}");
     }
+    call.send_rr(64, 80);
+    let read = wait_until(Duration::from_secs(5), || {
+        call.counters(0)["remote_loss_permille"] == 250
+    });
+    assert!(read, "alice's report: {}", call.counters(0));
+    assert_eq!(call.counters(0)["remote_jitter_ms"], 10.0);
     let gw = call.hang_up();
     // The call's record keeps the losses of both legs, and /metrics adds them up.
     let record = latest_record(&gw);
+    let alice = &record["media"][0];
+    assert_eq!(
+        (&alice["remote_loss_permille"], &alice["remote_jitter_ms"]),
+        (&serde_json::json!(250), &serde_json::json!(10.0)),
+        "{record}"
+    );
     for leg in [0, 1] {
         assert_eq!(record["media"][leg]["rtp_lost"], 5, "leg {leg}: {record}");
         assert_eq!(

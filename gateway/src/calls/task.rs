@@ -745,6 +745,8 @@ async fn run_call(t: CallTask, call_id: String) {
             rtp_lost: c.rtp_lost,
             jitter_ms: c.jitter_ms,
             jitter_max_ms: c.jitter_max_ms,
+            remote_loss_permille: c.remote_loss_permille,
+            remote_jitter_ms: c.remote_jitter_ms,
         })
         .collect();
     directory.ended(record, log);

@@ -341,6 +341,15 @@ pub struct LegMedia {
     /// The highest interarrival jitter in milliseconds over the call; `null` as `jitter_ms`.
     #[serde(default)]
     pub jitter_max_ms: Option<f64>,
+    /// The fraction lost, in per mille, that the leg's own last RTCP report gave for the
+    /// stream the gateway sent it (RFC 3550 §6.4.1); `null` when it sent no report on that
+    /// stream (and in records written before 2026-11-28).
+    #[serde(default)]
+    pub remote_loss_permille: Option<u32>,
+    /// The interarrival jitter in milliseconds that the same report gave; `null` as
+    /// `remote_loss_permille`.
+    #[serde(default)]
+    pub remote_jitter_ms: Option<f64>,
 }
 
 /// Which ended calls to list, newest (latest `ended_at`) first.
