@@ -1152,7 +1152,9 @@ fn assert_room_mix_reaches(emu: &TeamsEmulator, moved: &[(String, Value)]) {
 /// Contact, an SRTP offer, the session timer), and the emulator follows it (its media moves
 /// once, to the room's port, under the room's key). The room is then the only call, with carol
 /// and an SRTP Teams leg; the emulator receives the room's mix, every packet authenticating, and
-/// carol hears Teams' 1000 Hz tone.
+/// carol hears Teams' 1000 Hz tone. Teams then transfers its leg by REFER: the room calls the
+/// target in through the trunk as alice's number (Teams gets NOTIFY 100 and 200) and carol hears
+/// the target too.
 #[test]
 fn a_phone_moves_its_teams_call_into_a_conference_room() {
     let Some((emu, gw)) = peers() else { return };
@@ -1197,13 +1199,45 @@ fn a_phone_moves_its_teams_call_into_a_conference_room() {
         "{reinvite}"
     );
     assert_savp(&reinvite);
-    assert_room_mix_reaches(&emu, &[(call_id, moved)]);
+    assert_room_mix_reaches(&emu, &[(call_id.clone(), moved)]);
+
+    // The Teams user transfers their leg (REFER): the room calls the target in through the
+    // trunk as alice's number, with Teams' Referred-By (the emulator plays it 650 Hz).
+    const TARGET: &str = "+12065550177";
+    let refer = json!({ "to": TARGET });
+    assert_eq!(teams_does(&emu, &call_id, "refer", Some(refer)), 200);
+    let target = answered_call_to(&emu, &|n| n == TARGET, "the room called the target");
+    assert!(target["referred_by"].is_string(), "{target:#}");
+    let invite = invites(&emu)
+        .into_iter()
+        .find(|e| e["call_id"] == target["call_id"])
+        .and_then(|e| e["message"].as_str().map(str::to_owned))
+        .unwrap_or_default();
+    assert!(header(&invite, "From")[0].contains(ALICE), "{invite}");
+    assert!(
+        wait_until(Duration::from_secs(10), || gw.room_with(3).is_some()),
+        "the target did not join: {}",
+        gw.log_tail(30)
+    );
+    wait_call(&emu, &call_id, "the REFER's final NOTIFY", |c| {
+        c["refers"][0]["notifies"]
+            .as_array()
+            .is_some_and(|n| n.len() >= 2)
+    });
+    std::thread::sleep(Duration::from_millis(1500));
     gw.admin_hang_up(room["id"].as_u64().expect("room id"));
     drop(carol);
     let heard = csps_tests::audio::heard_in(dir.path()).expect("carol's recording");
-    let share = csps_tests::audio::tone_share(&heard, 1000.0);
-    eprintln!("carol hears Teams' 1000 Hz at {share:.2}");
-    assert!(share > 0.3, "carol does not hear Teams: {share}");
+    // Over the whole call Teams' tone; in its last second the target's too.
+    let (teams, target) = (
+        csps_tests::audio::tone_share(&heard, 1000.0),
+        share_at_end(&heard, 1.0, 650.0),
+    );
+    eprintln!(
+        "carol hears Teams' 1000 Hz at {teams:.2}, the target's 650 Hz at the end at {target:.2}"
+    );
+    assert!(teams > 0.3, "carol does not hear Teams: {teams}");
+    assert!(target > 0.2, "carol does not hear the target: {target}");
     assert!(
         csps_tests::audio::tone_share(&heard, 600.0) < 0.05,
         "carol hears herself"

@@ -3,8 +3,8 @@
 //! session timers, History-Info on calls in).
 //!
 //! - **Out** (the SBC calls a number): an INVITE whose Contact holds the FQDN is answered 100,
-//!   180, then 200 with an SDP answer (the first of G.711 µ-law, A-law or G.722 the offer has,
-//!   plus telephone-event); a number ending in [`BUSY_SUFFIX`] gets 486; ACK, BYE and
+//!   180, then 200 with an SDP answer (the offer's first G.711, µ-law or A-law, which its tone
+//!   is made in; G.722 only without one; plus telephone-event); a number ending in [`BUSY_SUFFIX`] gets 486; ACK, BYE and
 //!   re-INVITE in the dialog are answered. An SBC re-offer that names another media address
 //!   or key (both ways: a gateway moving the call into a conference room) moves the media
 //!   there (`media_moves` counts them).
@@ -249,7 +249,7 @@ fn choose(sdp: &str, offer: &Audio) -> Option<(String, &'static str, Option<Stri
             .find_map(|l| l.strip_prefix(&format!("a=rtpmap:{pt} ")))
             .map(|v| v.to_ascii_lowercase())
     };
-    let codec = offer.formats.iter().find_map(|pt| {
+    let name_of = |pt: &String| {
         let name = match (pt.as_str(), rtpmap(pt).as_deref()) {
             ("0", _) => "PCMU/8000",
             ("8", _) => "PCMA/8000",
@@ -259,7 +259,13 @@ fn choose(sdp: &str, offer: &Audio) -> Option<(String, &'static str, Option<Stri
             _ => return None,
         };
         Some((pt.clone(), name))
-    })?;
+    };
+    // Its tone is G.711: G.722 only when the offer has no G.711.
+    let codec = offer
+        .formats
+        .iter()
+        .filter_map(name_of)
+        .min_by_key(|(_, name)| *name == "G722/8000")?;
     let te = offer
         .formats
         .iter()

@@ -821,9 +821,19 @@ impl Room {
                 return self.notify(i, status);
             }
         };
-        let Some(target) = t.targets.into_iter().next() else {
+        let Some(mut target) = t.targets.into_iter().next() else {
             self.respond(key, from.addr, req.response(202, "Accepted"));
             return self.notify(i, 480);
+        };
+        // A REFER from a Teams participant goes back through the trunk as a call's does: the
+        // room presents itself as the user Teams knew on that leg, with Teams' own Referred-By.
+        let teams_referrer = self.members[i].sbc.clone();
+        if let (Some(own), Some(s)) = (target.sbc.as_mut(), &teams_referrer) {
+            own.user.clone_from(&s.user);
+        }
+        let referred_by = match (&teams_referrer, req.headers.get("Referred-By")) {
+            (Some(_), Some(by)) => by.to_owned(),
+            _ => format!("<{referrer}>"),
         };
         let (min, max) = self.rtp_range;
         let Ok((rtp, rtcp)) = self.ports.bind_pair(target.local.ip(), min, max) else {
@@ -842,8 +852,13 @@ impl Room {
             sdes.give_offer(rule, m)
         });
         let from_tag = format!("{:016x}", self.rng.next_u64());
-        // Through the trunk the caller is the referrer's number, as the switch asserted it.
-        let caller = t.asserted.clone().unwrap_or_else(|| self.focus.clone());
+        // Through the trunk the caller is the referrer's number, as the switch asserted it (or
+        // as Teams knew the leg it REFERred from).
+        let caller = match (&t.asserted, &teams_referrer) {
+            (Some(a), _) => a.clone(),
+            (None, Some(s)) => format!("<sip:{}@{};user=phone>", s.user, s.fqdn),
+            (None, None) => self.focus.clone(),
+        };
         let mut invite = new_invite(
             &target,
             &caller,
@@ -858,7 +873,7 @@ impl Room {
         if target.sbc.is_some() {
             teams_timer(&mut invite.headers);
         }
-        invite.headers.push("Referred-By", format!("<{referrer}>"));
+        invite.headers.push("Referred-By", referred_by);
         if let Some(r) = &t.replaces {
             // A device that cannot replace must refuse (420), not ring a second call.
             invite.headers.push("Replaces", r.to_string());
@@ -2346,12 +2361,22 @@ mod tests {
         assert!(r.ended);
     }
 
+    /// The trunk's names on a leg to Teams of the user with number +14255550100.
+    fn teams_sbc() -> Sbc {
+        Sbc {
+            fqdn: "sbc1.csps.test".into(),
+            port: 5061,
+            user: "+14255550100".into(),
+        }
+    }
+
     /// Issue 5: a Teams party moved in (a phone REFERred its call to Teams into the room) is
     /// re-INVITEd as the trunk speaks: Via and Contact with the gateway's FQDN (no `isfocus`),
     /// the trunk's Allow (with REFER), the Direct Routing session timer, an RTP/SAVP offer
     /// whatever the phones' SRTP setting. Its SRTP answer makes it an SRTP participant shown
-    /// as a Teams leg, for which no user of this gateway goes Busy; the room's BYE to it names
-    /// the FQDN too.
+    /// as a Teams leg, for which no user of this gateway goes Busy. Teams' REFER in the room
+    /// calls its Refer-To in through the trunk, presented as the user Teams knew, with Teams'
+    /// Referred-By; the room's BYE to the Teams party names the FQDN too.
     #[test]
     fn a_teams_party_moved_in_is_reinvited_as_the_trunk_speaks() {
         let now = Instant::now();
@@ -2360,11 +2385,7 @@ mod tests {
         };
         teams.leg.to.transport = Transport::Tls;
         teams.leg.party = "sip:+12065550123@sip.pstnhub.microsoft.com".into();
-        teams.leg.sbc = Some(Sbc {
-            fqdn: "sbc1.csps.test".into(),
-            port: 5061,
-            user: "+14255550100".into(),
-        });
+        teams.leg.sbc = Some(teams_sbc());
         let teams = Arrival::Move(teams);
         let mut r = room_for_arrival(&teams);
         let mut states = r.states.subscribe();
@@ -2405,6 +2426,52 @@ mod tests {
         assert_eq!(info.legs[0].kind, LegKind::Teams);
         assert!(info.legs[0].srtp, "the Teams leg speaks SRTP");
         assert!(states.try_recv().is_err(), "no Busy for a Teams party");
+        // Teams REFERs its leg (a transfer by the Teams user): the room calls the Refer-To
+        // party in through the trunk, presented as the user Teams knew on this leg, with
+        // Teams' own Referred-By.
+        let text = "REFER sip:conference@127.0.0.1:5060 SIP/2.0\r\n\
+            Via: SIP/2.0/TLS 127.0.0.1:5061;branch=z9hG4bKteamsrefer\r\n\
+            From: <sip:teams@csps.local>;tag=teams-tag\r\n\
+            To: <sip:conference@csps.local>;tag=gw-tag\r\nCall-ID: teams-call\r\n\
+            CSeq: 2 REFER\r\nRefer-To: <sip:+12065550177@sip.pstnhub.microsoft.com>\r\n\
+            Referred-By: <sip:bob@contoso.com>;x-m=bob\r\nMax-Forwards: 70\r\n\
+            Content-Length: 0\r\n\r\n";
+        let Message::Request(refer) = csps_sip::parse(text.as_bytes()).expect("parses").message
+        else {
+            panic!("a request");
+        };
+        let key = super::super::b2bua::tests::key_for(&refer, "127.0.0.1:5061");
+        let from = r.members[0].remote;
+        let target = TransferTarget {
+            targets: vec![Target {
+                to: from,
+                uri: csps_sip::Uri::parse("sip:+12065550177@sip.pstnhub.microsoft.com")
+                    .expect("uri"),
+                local: "127.0.0.1:5061".parse().expect("addr"),
+                sbc: Some(Sbc {
+                    user: "csps".into(),
+                    ..teams_sbc()
+                }),
+            }],
+            to: "<sip:+12065550177@sip.pstnhub.microsoft.com>".into(),
+            party: "sip:+12065550177@sip.pstnhub.microsoft.com".into(),
+            call_id: "room-out".into(),
+            replaces: None,
+            referrer: None,
+            asserted: None,
+        };
+        r.on_refer(now, key, from, refer, Ok(target));
+        let (_, invite) = last_sent(&r, Method::Invite);
+        let h = |name| invite.headers.get(name).unwrap_or_default().to_owned();
+        assert!(
+            h("From").starts_with("<sip:+14255550100@sbc1.csps.test;user=phone>"),
+            "{invite:?}"
+        );
+        assert_eq!(
+            h("Contact"),
+            "<sip:+14255550100@sbc1.csps.test:5061;transport=tls>"
+        );
+        assert_eq!(h("Referred-By"), "<sip:bob@contoso.com>;x-m=bob");
         r.hang_up(0);
         let (_, bye) = last_sent(&r, Method::Bye);
         assert!(
@@ -2413,7 +2480,10 @@ mod tests {
                 .is_some_and(|v| v.starts_with("SIP/2.0/TLS sbc1.csps.test:5061;")),
             "{bye:?}"
         );
-        assert!(r.ended);
+        assert!(
+            r.members.is_empty() && !r.ended,
+            "the referred party is on its way"
+        );
     }
 
     /// Issue 5: a participant's REFER to a number the switch routed to Teams (a trunk target,
@@ -2442,11 +2512,7 @@ mod tests {
             uri: csps_sip::Uri::parse("sip:+12065550123@sip.pstnhub.microsoft.com;user=phone")
                 .expect("uri"),
             local: "127.0.0.1:5061".parse().expect("addr"),
-            sbc: Some(Sbc {
-                fqdn: "sbc1.csps.test".into(),
-                port: 5061,
-                user: "+14255550100".into(),
-            }),
+            sbc: Some(teams_sbc()),
         };
         let asserted = "<sip:+14255550100@sbc1.csps.test;user=phone>";
         let target = TransferTarget {

@@ -618,6 +618,8 @@ pub fn ended_call(
                     rtp_lost: 3,
                     jitter_ms: Some(2.375),
                     jitter_max_ms: Some(11.5),
+                    remote_loss_permille: Some(12),
+                    remote_jitter_ms: Some(1.25),
                 },
                 csps::store::LegMedia {
                     party: callee.to_owned(),
@@ -626,6 +628,8 @@ pub fn ended_call(
                     rtp_lost: 0,
                     jitter_ms: None,
                     jitter_max_ms: None,
+                    remote_loss_permille: None,
+                    remote_jitter_ms: None,
                 },
             ],
             false => Vec::new(),
