@@ -522,6 +522,30 @@ fn a_consultation_call_hands_its_other_party_to_the_transfers_room() {
     ends_moved_after_the_bye_to_alice(&mut c, t0, &a_tag, &out);
 }
 
+/// A consultation call told to pull its party into a transfer's room before it is answered
+/// (a transfer made while the consultation still rings) hands nothing over: its party stays.
+#[test]
+fn a_consultation_call_that_is_not_settled_keeps_its_party() {
+    let t0 = Instant::now();
+    let mut c = started(setup(OFFER, "", SrtpPolicy::default(), false), t0);
+    drain(&mut c);
+    c.handle(
+        t0,
+        Input::PullToRoom {
+            room: RoomRef {
+                name: "transfer+1".into(),
+                host: "csps.local".into(),
+            },
+            keep: "any".into(),
+        },
+    );
+    let out = drain(&mut c);
+    assert!(
+        !out.iter().any(|o| matches!(o, Output::ToRoom(_))),
+        "{out:?}"
+    );
+}
+
 /// Issue 5: Teams (the callee, through the trunk) transfers with a REFER the switch resolved
 /// to the trunk: the new INVITE names the transferee as Teams knew it (the caller's number
 /// at the FQDN, in Contact too), carries Teams' own Referred-By and the trunk's session
