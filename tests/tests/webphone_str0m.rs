@@ -508,3 +508,96 @@ fn a_str0m_browser_calls_baresip_and_answers_a_call_hearing_and_heard_both_ways(
     assert_eq!(r.status, 404, "{}", r.body);
     drop(browser);
 }
+
+/// Issue 4 and 7, a web phone moved into a conference room: alice's web phone (the str0m
+/// browser) answers a call from bob (SIPp), who REFERs it into the room `team`, where carol
+/// (baresip, 1400 Hz) waits. The room re-INVITEs the web phone's line in its dialog with the
+/// room's media; the room is then the one call, with alice's and carol's legs, and each hears
+/// the other: the browser carol's tone, carol the browser's.
+#[test]
+fn a_web_phone_moved_into_a_conference_room_hears_and_is_heard() {
+    if !csps_tests::have_tool("baresip") || !csps_tests::have_tool("sipp") {
+        return skip("baresip or SIPp not installed (run e2e/setup)");
+    }
+    let Some(s) = setup() else { return };
+    let (rtc, socket, mid, offer, pending) = Browser::offer();
+    let r = me(
+        &s,
+        "POST",
+        "/api/me/webphone",
+        Some(&json!({"aor": "sip:alice@csps.local", "sdp": offer})),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let started = r.json();
+    let id = started["id"].as_str().expect("id").to_owned();
+    let browser = Browser::run(
+        rtc,
+        socket,
+        mid,
+        started["sdp"].as_str().expect("sdp"),
+        pending,
+    );
+    wait_state(&s, &id, "idle");
+    let carol_dir = tempfile::tempdir().expect("temp dir");
+    let carol = phone(
+        &s,
+        carol_dir.path(),
+        "carol",
+        CAROL_HZ,
+        &[&format!("/dial sip:conference-team@{DOMAIN}")],
+    );
+    assert!(
+        wait_until(Duration::from_secs(15), || s.gw.room_with(1).is_some()),
+        "carol did not join: {}",
+        s.gw.log_tail(40)
+    );
+    let bob = csps_tests::Sipp::caller(
+        "uac_refer_room.xml",
+        s.gw.sip_addr(),
+        ("bob", "bob-secret-1"),
+        "alice",
+        DOMAIN,
+    )
+    .key("target", "conference-team");
+    let bob = std::thread::spawn(move || bob.run());
+    wait_state(&s, &id, "incoming");
+    let r = me(&s, "POST", &format!("/api/me/webphone/{id}/answer"), None);
+    assert_eq!(r.status, 202, "{}", r.body);
+    let bob = bob.join().expect("bob's thread");
+    assert!(
+        bob.ok(),
+        "bob's REFER into the room:\n{}\n{}",
+        bob.output,
+        s.gw.log_tail(60)
+    );
+    let mut room = None;
+    let joined = wait_until(Duration::from_secs(15), || {
+        room = s.gw.room_with(2);
+        room.is_some()
+    });
+    assert!(joined, "the web phone did not join: {}", s.gw.log_tail(60));
+    let room = room.unwrap_or_default();
+    let parties: Vec<_> = room["legs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| l["party"].as_str())
+        .collect();
+    assert!(parties.contains(&"sip:alice@csps.local"), "{room:#}");
+    std::thread::sleep(Duration::from_millis(500));
+    let pcm = browser.listen(Duration::from_secs(3));
+    let share = tone_share(&pcm, CAROL_HZ as f32);
+    assert!(
+        share > 0.5,
+        "the browser hears carol's {CAROL_HZ} Hz in the room: share {share}; room {room:#}"
+    );
+    s.gw.admin_hang_up(room["id"].as_u64().expect("room id"));
+    drop(carol);
+    let carol_heard = heard_in(carol_dir.path()).expect("carol's recording");
+    let share = tone_share(&carol_heard, BROWSER_HZ);
+    assert!(
+        share > 0.3,
+        "carol hears the browser's {BROWSER_HZ} Hz: share {share}"
+    );
+    drop(browser);
+}
