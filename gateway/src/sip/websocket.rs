@@ -3,7 +3,8 @@
 //! framed by WebSocket instead of Content-Length: each message carries one SIP message, sent
 //! as text (binary when it is not UTF-8). The opening handshake must offer the `sip`
 //! subprotocol (§4), which the answer then names; other clients get HTTP 400. A message of only
-//! CRLFs is a keep-alive: `\r\n\r\n` gets `\r\n` back, as SIP.js and RFC 5626 expect.
+//! CRLFs is a keep-alive: `\r\n\r\n` gets `\r\n` back, as SIP.js and RFC 5626 expect. The
+//! gateway Pings each flow every 30 s and closes one whose peer sent nothing for 90 s.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -24,6 +25,22 @@ use super::transport::{GARBAGE_LIMIT, Inbound, Ingested, TransportCtx, accept, i
 
 /// Longest a client may take for the TLS and WebSocket handshakes together.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How the gateway keeps a WebSocket flow alive and notices a dead one: a Ping every
+/// `ping_every` (NATs and proxies drop idle connections; every WebSocket peer answers with a
+/// Pong by itself, RFC 6455 §5.5.2), and the flow closes when no frame at all came from the
+/// peer for `dead_after` (a browser or phone gone without a close, its connection half-open).
+#[derive(Clone, Copy, Debug)]
+struct Keepalive {
+    ping_every: Duration,
+    dead_after: Duration,
+}
+
+/// A Ping every 30 s; three unanswered, the flow is closed.
+const KEEPALIVE: Keepalive = Keepalive {
+    ping_every: Duration::from_secs(30),
+    dead_after: Duration::from_secs(90),
+};
 
 /// Accepts WebSocket connections (`wss` when `tls` is set) until the process ends.
 pub async fn run_ws_listener(
@@ -65,7 +82,7 @@ async fn accepted<S>(
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshakes).await {
-        Ok(Ok(ws)) => serve(ctx, ws, peer, local, transport).await,
+        Ok(Ok(ws)) => serve(ctx, ws, (peer, local, transport), KEEPALIVE).await,
         Ok(Err(why)) => tracing::info!(%peer, "WebSocket connection refused: {why}"),
         Err(_) => tracing::info!(%peer, "WebSocket handshake timed out"),
     }
@@ -119,13 +136,13 @@ fn ws_message(bytes: Bytes) -> Message {
     }
 }
 
-/// Serves one WebSocket connection as a new flow until either side closes it.
+/// Serves one WebSocket connection from `peer` to `local` as a new flow until either side
+/// closes it or the peer falls silent ([`Keepalive`]).
 async fn serve<S>(
     ctx: TransportCtx,
     ws: WebSocketStream<S>,
-    peer: SocketAddr,
-    local: SocketAddr,
-    transport: Transport,
+    (peer, local, transport): (SocketAddr, SocketAddr, Transport),
+    keepalive: Keepalive,
 ) where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
@@ -149,15 +166,33 @@ async fn serve<S>(
     ctx.metrics.connections.inc();
     tracing::debug!(%peer, %transport, "WebSocket flow opened");
     let writer = tokio::spawn(async move {
-        while let Some(bytes) = rx.recv().await {
-            if sink.send(ws_message(bytes)).await.is_err() {
+        let mut ping = tokio::time::interval(keepalive.ping_every);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ping.reset();
+        loop {
+            let frame = tokio::select! {
+                bytes = rx.recv() => match bytes {
+                    Some(bytes) => ws_message(bytes),
+                    None => break,
+                },
+                _ = ping.tick() => Message::Ping(Bytes::new()),
+            };
+            if sink.send(frame).await.is_err() {
                 break;
             }
         }
         let _ = sink.close().await;
     });
     let mut garbage = 0u32;
-    while let Some(next) = stream.next().await {
+    loop {
+        let next = match tokio::time::timeout(keepalive.dead_after, stream.next()).await {
+            Ok(Some(next)) => next,
+            Ok(None) => break,
+            Err(_) => {
+                tracing::info!(%peer, "closing a WebSocket flow whose peer answers no Ping");
+                break;
+            }
+        };
         let data = match next {
             Ok(Message::Text(text)) => Bytes::from(text),
             Ok(Message::Binary(bytes)) => bytes,
@@ -242,6 +277,53 @@ mod tests {
             let status = refused.err().map(|e| e.status());
             assert_eq!(status, Some(StatusCode::BAD_REQUEST), "{offered:?}");
         }
+    }
+
+    /// The gateway Pings an idle flow; a peer that answers (its WebSocket layer Pongs as it
+    /// reads) keeps the flow, one that falls silent is closed after `dead_after` and the core
+    /// hears the flow close.
+    #[tokio::test]
+    async fn an_idle_flow_is_pinged_and_a_silent_peer_closed() {
+        use std::sync::Arc;
+        use std::sync::atomic::AtomicU64;
+        use tokio_tungstenite::tungstenite::protocol::Role;
+        let (inbound, mut events) = mpsc::channel(16);
+        let (_draining_tx, draining) = tokio::sync::watch::channel(false);
+        let ctx = TransportCtx {
+            inbound,
+            metrics: Arc::new(crate::metrics::Metrics::new()),
+            server_name: Arc::from("test"),
+            draining,
+            next_flow: Arc::new(AtomicU64::new(1)),
+        };
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let server = WebSocketStream::from_raw_socket(server_io, Role::Server, None).await;
+        let mut client = WebSocketStream::from_raw_socket(client_io, Role::Client, None).await;
+        let addr: SocketAddr = "127.0.0.1:5062".parse().expect("addr");
+        let keepalive = Keepalive {
+            ping_every: Duration::from_millis(50),
+            dead_after: Duration::from_millis(300),
+        };
+        tokio::spawn(serve(ctx, server, (addr, addr, Transport::Ws), keepalive));
+        assert!(matches!(
+            events.recv().await,
+            Some(Inbound::FlowOpened { .. })
+        ));
+        let until = tokio::time::Instant::now() + Duration::from_millis(700);
+        let mut pings = 0;
+        while let Ok(Some(Ok(frame))) = tokio::time::timeout_at(until, client.next()).await {
+            pings += usize::from(matches!(frame, Message::Ping(_)));
+        }
+        assert!(pings >= 5, "{pings} pings in 700 ms");
+        assert!(
+            events.try_recv().is_err(),
+            "an answering peer keeps its flow"
+        );
+        let closed = tokio::time::timeout(Duration::from_secs(2), events.recv()).await;
+        assert!(
+            matches!(closed, Ok(Some(Inbound::FlowClosed { .. }))),
+            "a silent peer's flow is closed: {closed:?}"
+        );
     }
 
     #[test]
