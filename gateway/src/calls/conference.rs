@@ -39,8 +39,8 @@ use tokio::sync::{broadcast, mpsc};
 use tracing::Instrument;
 
 use super::b2bua::{
-    EndReason, Handover, Input, ReferRefusal, RoomOutcome, Sbc, TransferTarget, contact_for,
-    new_invite, party_aor, teams_timer, via_for,
+    EndReason, Handover, Input, MIN_SE, ReferRefusal, RoomOutcome, Sbc, TransferTarget,
+    contact_for, new_invite, party_aor, session_expires, supports_timer, teams_timer, via_for,
 };
 use super::leg::{CallInfo, LegInfo, LegKind, LineState, UserState};
 use super::record::{CallRecord, Direction as LogDirection, MessageLog};
@@ -265,6 +265,9 @@ struct Member {
     reporter: Reporter,
     /// Where the participant's RTCP last came from (its reports go back there).
     rtcp_from: Option<SocketAddr>,
+    /// RFC 4028 with the participant refreshing: the session interval and when the session
+    /// expires without a refresh.
+    session: Option<(Duration, Instant)>,
 }
 
 impl Member {
@@ -327,6 +330,28 @@ impl Member {
             self.rule
         }
     }
+}
+
+/// RFC 4028 §9 for a participant's INVITE, re-INVITE or UPDATE: the session interval when the
+/// participant asks for a session timer and refreshes it itself (it supports `timer`, and its
+/// `refresher` is `uac` or left to the room, which names the participant); the room's 2xx then
+/// carries `Session-Expires: N;refresher=uac` and `Require: timer`. `None` when it asks none,
+/// asks the room to refresh (a room sends no refreshes: no timer then, as from a UAS without
+/// the extension) or an interval under Min-SE.
+fn participant_refreshes(req: &Request) -> Option<u32> {
+    let (secs, refresher) = session_expires(&req.headers)?;
+    (supports_timer(&req.headers) && refresher.as_deref() != Some("uas") && secs >= MIN_SE)
+        .then_some(secs)
+}
+
+/// Confirms a participant's session timer of `secs` in the room's 2xx (see
+/// [`participant_refreshes`]), and when it expires from `now`.
+fn confirm_timer(resp: &mut Response, secs: u32, now: Instant) -> (Duration, Instant) {
+    resp.headers
+        .push("Session-Expires", format!("{secs};refresher=uac"));
+    resp.headers.push("Require", "timer");
+    let interval = Duration::from_secs(u64::from(secs));
+    (interval, now + interval)
 }
 
 /// A session for `keys` (checked when their SDP was read, so a refusal is not expected).
@@ -733,6 +758,7 @@ impl Room {
         }
         ok.headers.push("Contact", contact);
         ok.headers.push("Allow", ROOM_ALLOW);
+        let session = participant_refreshes(&join.invite).map(|s| confirm_timer(&mut ok, s, now));
         ok.headers.push("Content-Type", "application/sdp");
         ok.body = body;
         self.respond(join.key, join.from.addr, ok.clone());
@@ -751,6 +777,7 @@ impl Room {
             sdp_version: 1,
             sending,
             unacked: Some((join.key, ok, now + T1, T1, now + 64 * T1)),
+            session,
             counters: LegCounters::default(),
             sdes,
             rule,
@@ -1120,6 +1147,14 @@ impl Room {
                 outcome: RoomOutcome::Joined,
             }),
         }
+        // The party refreshes the session when its 2xx names itself (the UAS of the room's
+        // request) refresher, as Teams does to the room's `refresher=uas`.
+        let session = session_expires(&resp.headers)
+            .filter(|(secs, r)| r.as_deref() == Some("uas") && *secs >= MIN_SE)
+            .map(|(secs, _)| {
+                let interval = Duration::from_secs(u64::from(secs));
+                (interval, Instant::now() + interval)
+            });
         let seed = self.rng.next_u64();
         self.admit(Member {
             id,
@@ -1143,6 +1178,7 @@ impl Room {
             offered: false,
             reporter: Reporter::new(seed),
             rtcp_from: None,
+            session,
         });
     }
 
@@ -1387,6 +1423,8 @@ impl Room {
             ok.headers.set("To", to.to_owned());
         }
         ok.headers.push("Contact", m.dialog.local_contact.clone());
+        // A refresh (RFC 4028 §9): the session goes on from now.
+        m.session = participant_refreshes(req).map(|s| confirm_timer(&mut ok, s, Instant::now()));
         ok.headers.push("Content-Type", "application/sdp");
         ok.body = body;
         self.respond(key, from.addr, ok);
@@ -1477,6 +1515,19 @@ impl Room {
         for i in no_ack.into_iter().rev() {
             self.record.end_reason.get_or_insert(EndReason::NoAck);
             self.members[i].unacked = None;
+            self.hang_up(i);
+        }
+        // RFC 4028 §10: a session not refreshed is over; the room sends the BYE a little before
+        // it expires (the lesser of 32 s and a third of the interval).
+        while let Some(i) = self.members.iter().position(|m| {
+            m.session.is_some_and(|(interval, at)| {
+                now + (interval / 3).min(Duration::from_secs(32)) >= at
+            })
+        }) {
+            tracing::info!(room = %self.name, party = %self.members[i].party, "session timer expired: hung up");
+            self.record
+                .end_reason
+                .get_or_insert(EndReason::SessionExpired);
             self.hang_up(i);
         }
         self.buf.resize(2048, 0);
@@ -2561,6 +2612,68 @@ mod tests {
         let info = r.snapshot(Utc::now());
         let kinds: Vec<_> = info.legs.iter().map(|l| (l.kind, l.srtp)).collect();
         assert_eq!(kinds, [(LegKind::Phone, false), (LegKind::Teams, true)]);
+    }
+
+    /// RFC 4028 in rooms: a phone joining with a session timer it refreshes itself gets it
+    /// confirmed (`Session-Expires: 120;refresher=uac`, `Require: timer`); a refresh re-INVITE
+    /// moves the expiry on; a phone that stops refreshing is hung up a little before its
+    /// session expires (32 s before). A phone that asks the room to refresh gets no timer.
+    #[test]
+    fn a_participant_that_stops_refreshing_its_session_is_hung_up() {
+        let now = Instant::now();
+        let timer = |h: &mut csps_sip::Headers, refresher: &str| {
+            h.push("Session-Expires", format!("120;refresher={refresher}"));
+            h.push("Supported", "timer");
+        };
+        let mut j = join_of(("alice", 5074, SrtpPolicy::default()), 4000, "RTP/AVP", &[]);
+        timer(&mut j.invite.headers, "uac");
+        let mut r = room_for(&j);
+        r.join(now, j);
+        let ok = |r: &Room| {
+            r.out
+                .iter()
+                .rev()
+                .find_map(|a| match a {
+                    CallAction::Respond(_, resp) if resp.status == 200 => Some(resp.clone()),
+                    _ => None,
+                })
+                .expect("a 200")
+        };
+        let first = ok(&r);
+        assert_eq!(
+            first.headers.get("Session-Expires"),
+            Some("120;refresher=uac")
+        );
+        assert_eq!(first.headers.get("Require"), Some("timer"));
+        let to_tag = r.members[0].dialog.local_tag.clone();
+        let from = r.members[0].remote;
+        r.on_ack(&in_dialog("ACK", 1, &to_tag, None));
+        assert!(r.members[0].unacked.is_none());
+        let mut refresh = in_dialog("INVITE", 2, &to_tag, None);
+        timer(&mut refresh.headers, "uac");
+        let key = super::super::b2bua::tests::key_for(&refresh, "127.0.0.1:5074");
+        r.on_request(key, from, refresh);
+        let refreshed = Instant::now();
+        assert_eq!(
+            ok(&r).headers.get("Session-Expires"),
+            Some("120;refresher=uac")
+        );
+        r.tick(refreshed + Duration::from_secs(80));
+        assert_eq!(r.members.len(), 1, "refreshed: the session goes on");
+        r.tick(refreshed + Duration::from_secs(89));
+        assert!(r.members.is_empty(), "not refreshed again: hung up");
+        let (_, bye) = last_sent(&r, Method::Bye);
+        assert_eq!(bye.call_id(), Some("alice-call"));
+        assert_eq!(r.record.end_reason, Some(EndReason::SessionExpired));
+
+        let mut j = join_of(("bob", 5075, SrtpPolicy::default()), 4002, "RTP/AVP", &[]);
+        timer(&mut j.invite.headers, "uas");
+        let mut r = room_for(&j);
+        r.join(now, j);
+        assert_eq!(ok(&r).headers.get("Session-Expires"), None);
+        r.members[0].unacked = None; // (its ACK)
+        r.tick(now + Duration::from_secs(3600));
+        assert_eq!(r.members.len(), 1, "no timer, no expiry");
     }
 
     /// A transfer's bridge goes on with two parties; left with one (the other hung up, or its

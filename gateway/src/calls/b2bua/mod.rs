@@ -41,7 +41,7 @@ mod transfer;
 
 use messages::hex_token;
 pub(crate) use messages::{contact_for, new_invite, via_for};
-pub(crate) use timers::teams_timer;
+pub(crate) use timers::{session_expires, supports_timer, teams_timer};
 
 /// How long the callee's devices ring before the caller gets 480.
 pub const NO_ANSWER: Duration = Duration::from_secs(60);

@@ -8,7 +8,7 @@ use super::{Call, EndReason, MIN_SE, Output, Phase, SESSION_EXPIRED, T2, TEAMS_S
 use crate::calls::rel1xx::{NoPrack, Rel1xx};
 
 /// `Session-Expires` (RFC 4028 §4): the interval in seconds and the `refresher` parameter.
-pub(super) fn session_expires(h: &Headers) -> Option<(u32, Option<String>)> {
+pub(crate) fn session_expires(h: &Headers) -> Option<(u32, Option<String>)> {
     let v = h.get("Session-Expires")?;
     let mut parts = v.split(';');
     let secs = parts.next()?.trim().parse().ok()?;
@@ -22,7 +22,7 @@ pub(super) fn session_expires(h: &Headers) -> Option<(u32, Option<String>)> {
 }
 
 /// True when `h` lists the `timer` option tag in Supported (or its compact form `k`).
-pub(super) fn supports_timer(h: &Headers) -> bool {
+pub(crate) fn supports_timer(h: &Headers) -> bool {
     h.values("Supported")
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case("timer"))
