@@ -1355,6 +1355,15 @@ impl Room {
             }
         };
         let m = &mut self.members[i];
+        if offer.is_none() && req.method == Method::Update {
+            // An UPDATE without SDP (a session refresh, RFC 4028 §7.4): its 200 carries no
+            // offer (RFC 3311 §5.2), the session stays as it is.
+            let mut ok = req.response(200, "OK");
+            ok.headers.push("Contact", m.dialog.local_contact.clone());
+            m.session =
+                participant_refreshes(req).map(|s| confirm_timer(&mut ok, s, Instant::now()));
+            return self.respond(key, from.addr, ok);
+        }
         let rtp = match m.rtp.local_addr() {
             Ok(a) => SocketAddr::new(m.local.ip(), a.port()),
             Err(_) => return,
@@ -2615,8 +2624,9 @@ mod tests {
     }
 
     /// RFC 4028 in rooms: a phone joining with a session timer it refreshes itself gets it
-    /// confirmed (`Session-Expires: 120;refresher=uac`, `Require: timer`); a refresh re-INVITE
-    /// moves the expiry on; a phone that stops refreshing is hung up a little before its
+    /// confirmed (`Session-Expires: 120;refresher=uac`, `Require: timer`); a refresh re-INVITE,
+    /// then an UPDATE without SDP (answered without an offer), moves the expiry on; a phone
+    /// that stops refreshing is hung up a little before its
     /// session expires (32 s before). A phone that asks the room to refresh gets no timer.
     #[test]
     fn a_participant_that_stops_refreshing_its_session_is_hung_up() {
@@ -2653,9 +2663,21 @@ mod tests {
         timer(&mut refresh.headers, "uac");
         let key = super::super::b2bua::tests::key_for(&refresh, "127.0.0.1:5074");
         r.on_request(key, from, refresh);
-        let refreshed = Instant::now();
         assert_eq!(
             ok(&r).headers.get("Session-Expires"),
+            Some("120;refresher=uac")
+        );
+        // The next refresh is an UPDATE without SDP: a 200 without an offer.
+        let mut refresh = in_dialog("UPDATE", 3, &to_tag, None);
+        timer(&mut refresh.headers, "uac");
+        let key = super::super::b2bua::tests::key_for(&refresh, "127.0.0.1:5074");
+        r.on_request(key, from, refresh);
+        let refreshed = Instant::now();
+        let updated = ok(&r);
+        assert_eq!(updated.headers.get("CSeq"), Some("3 UPDATE"));
+        assert!(updated.body.is_empty(), "no offer in a 200 to UPDATE");
+        assert_eq!(
+            updated.headers.get("Session-Expires"),
             Some("120;refresher=uac")
         );
         r.tick(refreshed + Duration::from_secs(80));
