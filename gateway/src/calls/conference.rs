@@ -337,11 +337,17 @@ impl Member {
 /// `refresher` is `uac` or left to the room, which names the participant); the room's 2xx then
 /// carries `Session-Expires: N;refresher=uac` and `Require: timer`. `None` when it asks none,
 /// asks the room to refresh (a room sends no refreshes: no timer then, as from a UAS without
-/// the extension) or an interval under Min-SE.
+/// the extension) or an interval under Min-SE (refused before, see [`interval_too_small`]).
 fn participant_refreshes(req: &Request) -> Option<u32> {
     let (secs, refresher) = session_expires(&req.headers)?;
     (supports_timer(&req.headers) && refresher.as_deref() != Some("uas") && secs >= MIN_SE)
         .then_some(secs)
+}
+
+/// RFC 4028 §8: a request whose session interval is under the room's Min-SE (90 s) gets 422
+/// with `Min-SE`.
+fn interval_too_small(req: &Request) -> bool {
+    session_expires(&req.headers).is_some_and(|(secs, _)| secs < MIN_SE)
 }
 
 /// Confirms a participant's session timer of `secs` in the room's 2xx (see
@@ -690,6 +696,9 @@ impl Room {
         if status == 415 {
             r.headers.push("Accept", "application/sdp");
         }
+        if status == 422 {
+            r.headers.push("Min-SE", MIN_SE.to_string());
+        }
         tracing::info!(room = %self.name, status, "conference join refused: {why}");
         self.respond(join.key, join.from.addr, r);
     }
@@ -703,6 +712,9 @@ impl Room {
         }
         if !is_sdp(&join.invite) {
             return self.refuse(&join, 415, "only application/sdp bodies");
+        }
+        if interval_too_small(&join.invite) {
+            return self.refuse(&join, 422, "Session-Expires below Min-SE");
         }
         let offer = match Sdp::parse(&join.invite.body) {
             Ok(o) => o,
@@ -1354,6 +1366,11 @@ impl Room {
                 }
             }
         };
+        if interval_too_small(req) {
+            let mut r = req.response(422, "Session Interval Too Small");
+            r.headers.push("Min-SE", MIN_SE.to_string());
+            return self.respond(key, from.addr, r);
+        }
         let m = &mut self.members[i];
         if offer.is_none() && req.method == Method::Update {
             // An UPDATE without SDP (a session refresh, RFC 4028 §7.4): its 200 carries no
@@ -2627,7 +2644,8 @@ mod tests {
     /// confirmed (`Session-Expires: 120;refresher=uac`, `Require: timer`); a refresh re-INVITE,
     /// then an UPDATE without SDP (answered without an offer), moves the expiry on; a phone
     /// that stops refreshing is hung up a little before its
-    /// session expires (32 s before). A phone that asks the room to refresh gets no timer.
+    /// session expires (32 s before). A phone that asks the room to refresh gets no timer; one
+    /// asking an interval under 90 s gets 422 with Min-SE.
     #[test]
     fn a_participant_that_stops_refreshing_its_session_is_hung_up() {
         let now = Instant::now();
@@ -2696,6 +2714,22 @@ mod tests {
         r.members[0].unacked = None; // (its ACK)
         r.tick(now + Duration::from_secs(3600));
         assert_eq!(r.members.len(), 1, "no timer, no expiry");
+
+        // Under Min-SE: 422 with Min-SE 90, and carol is not in the room.
+        let mut j = join_of(("carol", 5076, SrtpPolicy::default()), 4004, "RTP/AVP", &[]);
+        j.invite.headers.push("Session-Expires", "30");
+        j.invite.headers.push("Supported", "timer");
+        r.join(now, j);
+        let refused = r.out.iter().rev().find_map(|a| match a {
+            CallAction::Respond(_, resp) if resp.status >= 300 => Some(resp.clone()),
+            _ => None,
+        });
+        let refused = refused.expect("a refusal");
+        assert_eq!(
+            (refused.status, refused.headers.get("Min-SE")),
+            (422, Some("90"))
+        );
+        assert_eq!(r.members.len(), 1);
     }
 
     /// A transfer's bridge goes on with two parties; left with one (the other hung up, or its
