@@ -397,9 +397,8 @@ struct Room {
     /// The ACK sent for each answered invitation, by request tag (a retransmitted 200 gets it
     /// again).
     acks: Vec<(u32, Remote, Request)>,
-    /// The room bridges an attended transfer ([`BRIDGE_PREFIX`]), and since when it has been
-    /// short of two parties.
-    bridge: bool,
+    /// A room bridging an attended transfer ([`BRIDGE_PREFIX`]): since when it has been short
+    /// of two parties.
     lonely_since: Option<Instant>,
 }
 
@@ -637,10 +636,8 @@ impl Room {
             srtp: first.media.srtp,
             invitations: Vec::new(),
             acks: Vec::new(),
-            bridge: false,
             lonely_since: None,
         };
-        r.bridge = r.name.starts_with(BRIDGE_PREFIX);
         r.focus = format!("<sip:{}@{}>", r.room_user(), first.host);
         r
     }
@@ -1521,7 +1518,7 @@ impl Room {
     /// and send each participant its mix.
     fn tick(&mut self, now: Instant) {
         self.cancel_unanswered(now);
-        if self.bridge {
+        if self.name.starts_with(BRIDGE_PREFIX) {
             self.end_lonely_bridge(now);
         }
         let mut no_ack = Vec::new();
@@ -2740,7 +2737,6 @@ mod tests {
         let alice = join_of(("alice", 5074, SrtpPolicy::default()), 4000, "RTP/AVP", &[]);
         let mut r = room_for(&alice);
         r.name = format!("{BRIDGE_PREFIX}7");
-        r.bridge = true;
         r.join(now, alice);
         r.tick(now);
         r.tick(now + BRIDGE_GRACE / 2);

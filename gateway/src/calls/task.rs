@@ -496,6 +496,9 @@ async fn run_call(t: CallTask, call_id: String) {
     // When the gateway's next RTCP report to a leg is due, sent even while no packet passes.
     let rtcp_timer = tokio::time::sleep(std::time::Duration::from_secs(3600));
     tokio::pin!(rtcp_timer);
+    // What the timer is set to: it is reset only when that changes (the loop turns with every
+    // batch of packets, the report is due every few seconds).
+    let mut rtcp_set: Option<Instant> = None;
     loop {
         // Carry out what the call asked for.
         let mut ended = false;
@@ -655,8 +658,11 @@ async fn run_call(t: CallTask, call_id: String) {
             dtmf_timer.as_mut().reset(d.into());
         }
         let rtcp_due = media.rtcp_due(Instant::now());
-        if let Some(d) = rtcp_due {
+        if let Some(d) = rtcp_due
+            && rtcp_set != Some(d)
+        {
             rtcp_timer.as_mut().reset(d.into());
+            rtcp_set = Some(d);
         }
         tokio::select! {
             ev = events.recv() => match ev {
