@@ -284,6 +284,31 @@ fn phone(s: &Setup, dir: &Path, user: &str, hz: u32, commands: &[&str]) -> bares
     )
 }
 
+/// Starts a web phone for alice with the browser's `offered` peer connection (201): its id, the
+/// state the start answered, and the browser running on the gateway's answer.
+fn start_alices_phone(
+    s: &Setup,
+    (rtc, socket, mid, offer, pending): (Rtc, UdpSocket, Mid, String, SdpPendingOffer),
+) -> (String, Value, Browser) {
+    let r = me(
+        s,
+        "POST",
+        "/api/me/webphone",
+        Some(&json!({"aor": "sip:alice@csps.local", "sdp": offer})),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let started = r.json();
+    let id = started["id"].as_str().expect("id").to_owned();
+    let browser = Browser::run(
+        rtc,
+        socket,
+        mid,
+        started["sdp"].as_str().expect("sdp"),
+        pending,
+    );
+    (id, started["state"].clone(), browser)
+}
+
 fn registered(s: &Setup, user: &str) -> Vec<Value> {
     s.gw.registrations(Some(&format!("sip:{user}@{DOMAIN}")))
 }
@@ -312,23 +337,8 @@ fn a_str0m_browser_calls_baresip_and_answers_a_call_hearing_and_heard_both_ways(
     );
     assert_eq!(r.status, 404, "{}", r.body);
 
-    let r = me(
-        &s,
-        "POST",
-        "/api/me/webphone",
-        Some(&json!({"aor": "sip:alice@csps.local", "sdp": offer})),
-    );
-    assert_eq!(r.status, 201, "{}", r.body);
-    let started = r.json();
-    let id = started["id"].as_str().expect("id").to_owned();
-    assert_eq!(started["state"], "connecting");
-    let browser = Browser::run(
-        rtc,
-        socket,
-        mid,
-        started["sdp"].as_str().expect("sdp"),
-        pending,
-    );
+    let (id, started, browser) = start_alices_phone(&s, (rtc, socket, mid, offer, pending));
+    assert_eq!(started, "connecting");
     wait_state(&s, &id, "idle");
     assert!(browser.connected.load(Ordering::Relaxed));
     let devices = registered(&s, "alice");
@@ -520,23 +530,7 @@ fn a_web_phone_moved_into_a_conference_room_hears_and_is_heard() {
         return skip("baresip or SIPp not installed (run e2e/setup)");
     }
     let Some(s) = setup() else { return };
-    let (rtc, socket, mid, offer, pending) = Browser::offer();
-    let r = me(
-        &s,
-        "POST",
-        "/api/me/webphone",
-        Some(&json!({"aor": "sip:alice@csps.local", "sdp": offer})),
-    );
-    assert_eq!(r.status, 201, "{}", r.body);
-    let started = r.json();
-    let id = started["id"].as_str().expect("id").to_owned();
-    let browser = Browser::run(
-        rtc,
-        socket,
-        mid,
-        started["sdp"].as_str().expect("sdp"),
-        pending,
-    );
+    let (id, _, browser) = start_alices_phone(&s, Browser::offer());
     wait_state(&s, &id, "idle");
     let carol_dir = tempfile::tempdir().expect("temp dir");
     let carol = phone(
